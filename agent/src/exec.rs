@@ -1,0 +1,170 @@
+//! Runs one command for one SSH channel: `sh -c CMD` in its own process group, stdin fed
+//! from the channel, stdout and stderr streamed back separately, and the exit status (or
+//! the signal) reported last. If the caller goes away, the whole process group is killed.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+
+use russh::server::{Handle, Msg};
+use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
+use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// Where a command's output goes, and how its end is reported.
+/// Writes go through the channel's write half, which waits for the peer's SSH window, so a
+/// slow reader slows the command instead of filling memory.
+pub struct ChannelOut {
+    pub id: ChannelId,
+    pub handle: Handle,
+    pub write: ChannelWriteHalf<Msg>,
+}
+
+impl ChannelOut {
+    pub async fn stdout(&self, data: &[u8]) -> bool {
+        self.write.data_bytes(data.to_vec()).await.is_ok()
+    }
+
+    pub async fn stderr(&self, data: &[u8]) -> bool {
+        self.write.extended_data_bytes(1, data.to_vec()).await.is_ok()
+    }
+
+    /// Reports a refusal as ssh would: a line on stderr and exit status 255, then closes.
+    pub async fn refuse(&self, why: &str) {
+        self.stderr(format!("openbox agent: {why}\n").as_bytes()).await;
+        self.finish(Outcome::Code(255)).await;
+    }
+
+    pub async fn finish(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Code(c) => {
+                let _ = self.write.exit_status(c).await;
+            }
+            Outcome::Signal(sig, core) => {
+                let _ = self.handle.exit_signal_request(self.id, sig, core, String::new(), String::new()).await;
+            }
+        }
+        let _ = self.write.eof().await;
+        let _ = self.write.close().await;
+    }
+}
+
+pub enum Outcome {
+    Code(u32),
+    Signal(Sig, bool),
+}
+
+fn sig_from_raw(n: i32) -> Sig {
+    match Signal::from_named_raw(n) {
+        Some(Signal::HUP) => Sig::HUP,
+        Some(Signal::INT) => Sig::INT,
+        Some(Signal::QUIT) => Sig::QUIT,
+        Some(Signal::ILL) => Sig::ILL,
+        Some(Signal::ABORT) => Sig::ABRT,
+        Some(Signal::FPE) => Sig::FPE,
+        Some(Signal::KILL) => Sig::KILL,
+        Some(Signal::USR1) => Sig::USR1,
+        Some(Signal::SEGV) => Sig::SEGV,
+        Some(Signal::PIPE) => Sig::PIPE,
+        Some(Signal::ALARM) => Sig::ALRM,
+        Some(Signal::TERM) => Sig::TERM,
+        Some(Signal::USR2) => Sig::Custom("USR2".into()),
+        _ => Sig::Custom(format!("SIG{n}")),
+    }
+}
+
+fn sig_to_signal(sig: &Sig) -> Option<Signal> {
+    Some(match sig {
+        Sig::HUP => Signal::HUP,
+        Sig::INT => Signal::INT,
+        Sig::QUIT => Signal::QUIT,
+        Sig::ILL => Signal::ILL,
+        Sig::ABRT => Signal::ABORT,
+        Sig::FPE => Signal::FPE,
+        Sig::KILL => Signal::KILL,
+        Sig::USR1 => Signal::USR1,
+        Sig::SEGV => Signal::SEGV,
+        Sig::PIPE => Signal::PIPE,
+        Sig::ALRM => Signal::ALARM,
+        Sig::TERM => Signal::TERM,
+        Sig::Custom(name) if name == "USR2" => Signal::USR2,
+        Sig::Custom(_) => return None,
+    })
+}
+
+/// Kills every process the command started (its process group).
+fn kill_group(child: &Child, sig: Signal) {
+    if let Some(pid) = child.id().and_then(|p| Pid::from_raw(p as i32)) {
+        let _ = kill_process_group(pid, sig);
+    }
+}
+
+/// Runs `command` natively on this host for the channel; returns when it has ended and its
+/// status has been sent.
+pub async fn run_native(command: &str, env: &[(&str, &str)], mut input: ChannelReadHalf, out: ChannelOut) {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c").arg(command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    if let Some(home) = std::env::var_os("HOME") {
+        cmd.current_dir(home);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return out.refuse(&format!("cannot start /bin/sh: {e}")).await,
+    };
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+
+    let mut out_buf = vec![0u8; 32 * 1024];
+    let mut err_buf = vec![0u8; 32 * 1024];
+    let (mut out_open, mut err_open, mut input_open) = (true, true, true);
+    let mut status = None;
+    // Output is drained until both pipes close, as sshd does; the status is sent last.
+    while out_open || err_open || status.is_none() {
+        tokio::select! {
+            r = stdout.read(&mut out_buf), if out_open => match r {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => if !out.stdout(&out_buf[..n]).await { kill_group(&child, Signal::KILL); out_open = false; },
+            },
+            r = stderr.read(&mut err_buf), if err_open => match r {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => { out.stderr(&err_buf[..n]).await; }
+            },
+            msg = input.wait(), if input_open => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(pipe) = stdin.as_mut() {
+                        if pipe.write_all(&data).await.is_err() { stdin = None; }
+                    }
+                }
+                Some(ChannelMsg::Eof) => stdin = None,
+                Some(ChannelMsg::Signal { signal }) => {
+                    if let Some(s) = sig_to_signal(&signal) { kill_group(&child, s); }
+                }
+                Some(ChannelMsg::Close) | None => {
+                    // The caller is gone: nobody will read the rest.
+                    kill_group(&child, Signal::KILL);
+                    input_open = false;
+                }
+                Some(_) => {}
+            },
+            s = child.wait(), if status.is_none() => {
+                status = Some(s);
+            }
+        }
+    }
+    let outcome = match status.expect("loop ends with a status") {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => Outcome::Code(c as u32),
+            (None, Some(sig)) => Outcome::Signal(sig_from_raw(sig), s.core_dumped()),
+            (None, None) => Outcome::Code(255),
+        },
+        Err(e) => {
+            out.stderr(format!("openbox agent: waiting for the command failed: {e}\n").as_bytes()).await;
+            Outcome::Code(255)
+        }
+    };
+    out.finish(outcome).await;
+}

@@ -1,0 +1,69 @@
+//! Heartbeats: tell the control plane this node is alive, authenticated with the node's own
+//! secret, and take a renewed host certificate when one comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::api::{Heartbeat, HeartbeatReply, Platform};
+
+use crate::server::Shared;
+
+/// How a heartbeat loop ended.
+pub enum Stop {
+    /// The control plane removed this node; its identity is no longer valid.
+    Revoked(String),
+}
+
+async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatReply, net::control::ControlError> {
+    let id = shared.identity();
+    let client = net::control::Client::new(&id.server, Some(id.heartbeat_secret.clone()))?;
+    let hb = Heartbeat {
+        node_id: id.node_id.clone(),
+        addr: addr.to_owned(),
+        platform: Platform::this_machine(),
+        version: proto::VERSION.to_owned(),
+        host_cert_valid_before: id.host_cert.valid_before(),
+        stopping,
+    };
+    client.post("/v1/heartbeat", &hb).await
+}
+
+/// Sends a heartbeat every `every` until the node is revoked. Failures to reach the control
+/// plane are logged and retried: the node keeps serving callers who hold valid certificates.
+pub async fn run(shared: Arc<Shared>, addr: String, every: Duration, agent_dir: std::path::PathBuf) -> Stop {
+    let mut warned = false;
+    loop {
+        match beat(&shared, &addr, false).await {
+            Ok(reply) => {
+                if warned {
+                    tracing::info!("control plane reachable again");
+                    warned = false;
+                }
+                if let Some(text) = reply.host_cert {
+                    match trust::parse_certificate(&text) {
+                        Ok(cert) => {
+                            shared.renew_host_cert(cert);
+                            if let Err(e) = shared.identity().save(&agent_dir) {
+                                tracing::error!(error = %format!("{e:#}"), "could not save the renewed host certificate");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "the control plane sent an unreadable host certificate"),
+                    }
+                }
+            }
+            Err(e) if e.status() == Some(410) => return Stop::Revoked(e.to_string()),
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "heartbeat failed; still serving, will retry");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Tells the control plane this node is stopping, so it shows offline at once.
+pub async fn say_goodbye(shared: &Shared, addr: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), beat(shared, addr, true)).await;
+}

@@ -1,0 +1,124 @@
+//! The node's identity, kept in the agent directory: the host key (which never leaves the
+//! node), and what enrollment returned — node id, host certificate, CA key, heartbeat secret.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use proto::api::{EnrollRequest, Enrolled, Platform};
+use serde::{Deserialize, Serialize};
+use trust::{Certificate, PrivateKey, PublicKey, Secret};
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    node_id: String,
+    name: String,
+    server: String,
+    heartbeat_secret: String,
+    ca_public_key: String,
+    host_cert: String,
+}
+
+/// Everything the agent needs to prove who it is and to check who calls it.
+#[derive(Clone)]
+pub struct Identity {
+    pub node_id: String,
+    pub name: String,
+    pub server: String,
+    pub heartbeat_secret: Secret,
+    pub ca: PublicKey,
+    pub host_key: PrivateKey,
+    pub host_cert: Certificate,
+}
+
+fn identity_file(dir: &Path) -> PathBuf {
+    dir.join("identity.json")
+}
+
+fn host_key_file(dir: &Path) -> PathBuf {
+    dir.join("host_key")
+}
+
+impl Identity {
+    /// The stored identity, if this node has enrolled.
+    pub fn load(dir: &Path) -> anyhow::Result<Option<Identity>> {
+        let text = match std::fs::read_to_string(identity_file(dir)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).context("reading the node identity"),
+        };
+        let s: Stored = serde_json::from_str(&text).context("the node identity file is damaged")?;
+        let key_text = std::fs::read_to_string(host_key_file(dir)).context("reading the host key")?;
+        Ok(Some(Identity {
+            node_id: s.node_id,
+            name: s.name,
+            server: s.server,
+            heartbeat_secret: Secret::new(s.heartbeat_secret),
+            ca: trust::parse_public_key(&s.ca_public_key)?,
+            host_key: PrivateKey::from_openssh(&key_text).context("the host key file is damaged")?,
+            host_cert: trust::parse_certificate(&s.host_cert)?,
+        }))
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let key = self.host_key.to_openssh(trust::ssh_key_line_ending()).context("encoding the host key")?;
+        paths::write_private(&host_key_file(dir), key.as_bytes()).context("writing the host key")?;
+        let s = Stored {
+            node_id: self.node_id.clone(),
+            name: self.name.clone(),
+            server: self.server.clone(),
+            heartbeat_secret: self.heartbeat_secret.expose().to_owned(),
+            ca_public_key: self.ca.to_openssh()?,
+            host_cert: self.host_cert.to_openssh()?,
+        };
+        paths::write_private(&identity_file(dir), serde_json::to_string_pretty(&s)?.as_bytes()).context("writing the node identity")
+    }
+
+    /// Forgets the identity (after the control plane revoked it).
+    pub fn forget(dir: &Path) {
+        let _ = std::fs::remove_file(identity_file(dir));
+        let _ = std::fs::remove_file(host_key_file(dir));
+    }
+}
+
+/// What enrollment asks for.
+pub struct EnrollParams<'a> {
+    pub server: &'a str,
+    pub token: &'a str,
+    pub name: Option<String>,
+    pub addr: String,
+    pub tags: Vec<String>,
+}
+
+/// Enrolls this node: generates its host key here, sends only the public half, and
+/// returns the identity the control plane issued.
+pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
+    let host_key = trust::generate_key();
+    let client = net::control::Client::new(p.server, None)?;
+    let req = EnrollRequest {
+        token: p.token.to_owned(),
+        name: p.name.or_else(hostname),
+        addr: p.addr,
+        tags: p.tags,
+        platform: Platform::this_machine(),
+        host_public_key: host_key.public_key().to_openssh()?,
+    };
+    let e: Enrolled = client.post("/v1/enroll", &req).await.context("enrollment failed")?;
+    Ok(Identity {
+        node_id: e.node_id,
+        name: e.name,
+        server: client.url().to_owned(),
+        heartbeat_secret: Secret::new(e.heartbeat_secret),
+        ca: trust::parse_public_key(&e.ca_public_key)?,
+        host_cert: trust::parse_certificate(&e.host_cert)?,
+        host_key,
+    })
+}
+
+/// This machine's host name, made into a valid node name.
+fn hostname() -> Option<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::process::Command::new("hostname").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()))?;
+    let name: String = raw.trim().split('.').next()?.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+    proto::check_name("node name", &name).ok().map(|_| name)
+}

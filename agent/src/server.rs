@@ -1,0 +1,192 @@
+//! The agent's SSH server. The russh handler only translates callbacks: authentication
+//! goes to [`trust::verify_user_cert`], and each session channel is handed to its own task
+//! in [`crate::exec`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+use trust::{Certificate, UserGrant};
+
+use crate::exec::{self, ChannelOut};
+use crate::identity::Identity;
+
+/// State every connection reads: the identity (whose host certificate may be renewed) and
+/// the SSH server configuration built from it.
+pub struct Shared {
+    identity: RwLock<Identity>,
+    ssh_config: RwLock<Arc<russh::server::Config>>,
+}
+
+fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
+    Arc::new(russh::server::Config {
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        keys: vec![id.host_key.clone()],
+        certificates: vec![id.host_cert.clone()],
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        max_auth_attempts: 3,
+        ..Default::default()
+    })
+}
+
+impl Shared {
+    pub fn new(identity: Identity) -> Arc<Shared> {
+        let config = ssh_config(&identity);
+        Arc::new(Shared { identity: RwLock::new(identity), ssh_config: RwLock::new(config) })
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.identity.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Swaps in a renewed host certificate; new connections present it.
+    pub fn renew_host_cert(&self, cert: Certificate) {
+        let mut id = self.identity.write().unwrap_or_else(|e| e.into_inner());
+        id.host_cert = cert;
+        *self.ssh_config.write().unwrap_or_else(|e| e.into_inner()) = ssh_config(&id);
+    }
+
+    fn config(&self) -> Arc<russh::server::Config> {
+        self.ssh_config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Accepts SSH connections on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    stream.set_nodelay(true).ok();
+                    let handler = Connection { shared: shared.clone(), peer, grant: None };
+                    let config = shared.config();
+                    tokio::spawn(async move {
+                        match russh::server::run_stream(config, stream, handler).await {
+                            Ok(session) => {
+                                if let Err(e) = session.await {
+                                    tracing::debug!(%peer, error = %e, "connection ended");
+                                }
+                            }
+                            Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// One client connection: who it authenticated as, and what its certificate allows.
+struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    grant: Option<UserGrant>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey(&mut self, user: &str, _key: russh::server::VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        tracing::warn!(peer = %self.peer, %user, "refused a bare key: openbox accepts only user certificates from its CA");
+        Ok(Auth::reject())
+    }
+
+    async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
+        let id = self.shared.identity();
+        match trust::verify_user_cert(cert, &id.ca, user, &id.node_id, unix_now()) {
+            Ok(grant) => {
+                tracing::info!(peer = %self.peer, %user, key_id = %grant.key_id, isolation = %grant.isolation, "accepted user certificate");
+                self.grant = Some(grant);
+                Ok(Auth::Accept)
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, %user, key_id = %cert.key_id(), reason = %e, "refused user certificate");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(&mut self, channel: Channel<Msg>, reply: ChannelOpenHandle, session: &mut Session) -> Result<(), Self::Error> {
+        let Some(grant) = self.grant.clone() else {
+            return Ok(()); // dropping `reply` refuses the channel
+        };
+        reply.accept().await;
+        let handle = session.handle();
+        let node_id = self.shared.identity().node_id;
+        tokio::spawn(serve_channel(channel, grant, handle, node_id));
+        Ok(())
+    }
+
+    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        // The channel's own task runs the command; here the request is only acknowledged.
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+}
+
+/// Waits for the channel's exec request, then runs it under the isolation the certificate
+/// names. Anything but a plain exec is refused.
+async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::server::Handle, node_id: String) {
+    let id = channel.id();
+    let (mut read, write) = channel.split();
+    let out = ChannelOut { id, handle, write };
+    let command = loop {
+        match read.wait().await {
+            Some(ChannelMsg::Exec { command, .. }) => break String::from_utf8_lossy(&command).into_owned(),
+            Some(ChannelMsg::RequestShell { .. }) => {
+                return out.refuse("interactive shells are not offered; run a command, as in `openbox -t TAG CMD`").await;
+            }
+            Some(ChannelMsg::RequestSubsystem { name, .. }) => {
+                return out.refuse(&format!("subsystem {name:?} is not offered")).await;
+            }
+            Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return,
+            Some(_) => continue,
+        }
+    };
+    // A pooled connection may outlive the certificate that opened it.
+    if unix_now() >= grant.valid_before {
+        return out.refuse("the user certificate for this connection has expired; reconnect").await;
+    }
+    match &grant.isolation {
+        proto::Isolation::Native => {}
+        other => {
+            tracing::warn!(user = %grant.user, isolation = %other, "refused an isolation this node cannot serve");
+            return out.refuse(&format!("isolation {other} is not available on this node; nothing was run")).await;
+        }
+    }
+    tracing::info!(user = %grant.user, key_id = %grant.key_id, %command, "exec");
+    let env = [("OPENBOX_USER", grant.user.as_str()), ("OPENBOX_NODE", node_id.as_str())];
+    exec::run_native(&command, &env, read, out).await;
+}

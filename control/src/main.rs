@@ -1,0 +1,114 @@
+//! `openbox-control` (also `openbox control`): runs the control plane.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// Run the openbox control plane: users, node registry, certificate authority.
+///
+/// On first start it creates the CA key and an admin user, and prints the exact
+/// `openbox login` command with a one-time token. State lives in a SQLite file; restarting
+/// keeps every user, node and token.
+#[derive(Parser, Debug)]
+#[command(name = "openbox control", version = proto::VERSION)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7683")]
+    addr: String,
+    /// URL that people and nodes use to reach this control plane [default: http://ADDR].
+    #[arg(long)]
+    url: Option<String>,
+    /// SQLite database file [default: STATE/control/openbox.db].
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// CA private key, OpenSSH format, created on first start [default: STATE/control/ca_key].
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Name of the admin user created on first start.
+    #[arg(long, default_value = "admin")]
+    admin: String,
+    /// Show a node offline when its last heartbeat is older than this (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = proto::parse_duration)]
+    offline_after: u64,
+    /// Also write the first-start login token to this file (mode 0600), for scripts.
+    #[arg(long)]
+    bootstrap_token_file: Option<PathBuf>,
+    /// Mint a fresh login token for the admin user and print it (when the first one is lost).
+    #[arg(long)]
+    new_admin_token: bool,
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.verbose);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("openbox control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = ["info", "debug", "trace"][usize::from(verbose.min(2))];
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG").unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let db = args.db.unwrap_or_else(openbox_control::default_db);
+    let ca_path = args.ca.unwrap_or_else(openbox_control::default_ca);
+    if let Some(dir) = db.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let store = openbox_control::Store::open(&db).with_context(|| format!("opening the database {}", db.display()))?;
+    let ca = openbox_control::load_or_create_ca(&ca_path)?;
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another control plane running there? (--addr picks another)", args.addr))?;
+    let bound = listener.local_addr()?;
+    let url = args.url.unwrap_or_else(|| format!("http://{bound}")).trim_end_matches('/').to_owned();
+
+    let first_token = openbox_control::bootstrap_admin(&store, &args.admin)?;
+    let extra_token = if args.new_admin_token { Some(openbox_control::new_login_token(&store, &args.admin)?) } else { None };
+
+    println!("openbox control plane listening on {url} (database {}, CA {})", db.display(), ca_path.display());
+    if let Some(tok) = first_token.as_ref().or(extra_token.as_ref()) {
+        if let Some(path) = &args.bootstrap_token_file {
+            paths::write_private(path, tok.expose().as_bytes())?;
+        }
+        let what = if first_token.is_some() { format!("First start: created admin user {:?}.", args.admin) } else { format!("New login token for {:?}.", args.admin) };
+        println!("{what} Log in with (the token is shown only once):");
+        println!("  openbox login --server {url} --token {}", tok.expose());
+    }
+
+    let app = Arc::new(openbox_control::App {
+        config: openbox_control::Config { public_url: url, offline_after_secs: args.offline_after },
+        store,
+        ca,
+    });
+    openbox_control::serve(listener, app, shutdown_signal()).await?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

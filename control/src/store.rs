@@ -1,0 +1,462 @@
+//! The registry on SQLite: users, hashed tokens, nodes and revoked node identities.
+//! Schema changes are numbered migrations tracked in `PRAGMA user_version`.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use proto::api::{Node, Platform, UserInfo};
+use rusqlite::{Connection, OptionalExtension, params};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        admin INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('login', 'enroll')),
+        user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
+        tags TEXT NOT NULL DEFAULT '[]',
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        used_at INTEGER
+    );
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        tags TEXT NOT NULL,
+        os TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        host_key TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        version TEXT NOT NULL DEFAULT '',
+        last_seen INTEGER,
+        stopped INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE revoked_nodes (
+        id TEXT PRIMARY KEY,
+        host_key TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL
+    );",
+];
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub admin: bool,
+}
+
+/// A node as stored, with what the API does not show.
+#[derive(Clone, Debug)]
+pub struct NodeRow {
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub platform: Platform,
+    pub addr: String,
+    pub host_key: String,
+    pub secret_hash: String,
+    pub last_seen: Option<u64>,
+    pub stopped: bool,
+    pub created_at: u64,
+}
+
+impl NodeRow {
+    pub fn to_api(&self, now: u64, offline_after: u64) -> Node {
+        let online = !self.stopped && self.last_seen.is_some_and(|t| now.saturating_sub(t) <= offline_after);
+        Node {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            tags: self.tags.clone(),
+            platform: self.platform.clone(),
+            addr: self.addr.clone(),
+            online,
+            last_seen: self.last_seen,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// Why an enrollment token was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnrollTokenProblem {
+    Unknown,
+    Used,
+    Expired,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn tags_json(tags: &[String]) -> String {
+    serde_json::to_string(tags).expect("a list of strings serializes")
+}
+
+fn tags_from(text: String) -> Vec<String> {
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    pub fn open_in_memory() -> Result<Store> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Refused(format!(
+                "the database has schema version {version}, newer than this control plane knows ({}); upgrade openbox",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent; keep serving.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- users and login tokens ----
+
+    pub fn user_count(&self) -> Result<u64> {
+        Ok(self.conn().query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?)
+    }
+
+    /// Creates a user together with its first login token (by hash).
+    pub fn create_user(&self, name: &str, admin: bool, token_hash: &str, now: u64) -> Result<User> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [name], |r| r.get(0))?;
+        if exists {
+            return Err(StoreError::Conflict(format!("a user named {name:?} already exists")));
+        }
+        tx.execute("INSERT INTO users (name, admin, created_at) VALUES (?1, ?2, ?3)", params![name, admin, now])?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO tokens (hash, kind, user_id, created_at) VALUES (?1, 'login', ?2, ?3)",
+            params![token_hash, id, now],
+        )?;
+        tx.commit()?;
+        Ok(User { id, name: name.to_owned(), admin })
+    }
+
+    /// Adds another login token for an existing user.
+    pub fn add_login_token(&self, user: &str, token_hash: &str, now: u64) -> Result<()> {
+        let conn = self.conn();
+        let id: Option<i64> = conn.query_row("SELECT id FROM users WHERE name = ?1", [user], |r| r.get(0)).optional()?;
+        let id = id.ok_or_else(|| StoreError::NotFound(format!("no user named {user:?}")))?;
+        conn.execute(
+            "INSERT INTO tokens (hash, kind, user_id, created_at) VALUES (?1, 'login', ?2, ?3)",
+            params![token_hash, id, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn user_by_login_token(&self, token_hash: &str) -> Result<Option<User>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT u.id, u.name, u.admin FROM tokens t JOIN users u ON u.id = t.user_id
+                 WHERE t.hash = ?1 AND t.kind = 'login'",
+                [token_hash],
+                |r| Ok(User { id: r.get(0)?, name: r.get(1)?, admin: r.get(2)? }),
+            )
+            .optional()?)
+    }
+
+    pub fn revoke_login_token(&self, token_hash: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM tokens WHERE hash = ?1 AND kind = 'login'", [token_hash])?;
+        Ok(())
+    }
+
+    pub fn list_users(&self) -> Result<Vec<UserInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, admin, created_at FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok(UserInfo { name: r.get(0)?, admin: r.get(1)?, created_at: r.get(2)? }))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Removes a user and every token it had; the last admin cannot be removed.
+    pub fn remove_user(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let admin: Option<bool> = tx.query_row("SELECT admin FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        match admin {
+            None => return Err(StoreError::NotFound(format!("no user named {name:?}"))),
+            Some(true) => {
+                let admins: i64 = tx.query_row("SELECT COUNT(*) FROM users WHERE admin = 1", [], |r| r.get(0))?;
+                if admins <= 1 {
+                    return Err(StoreError::Refused(format!("{name:?} is the last admin and cannot be removed")));
+                }
+            }
+            Some(false) => {}
+        }
+        tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- enrollment tokens ----
+
+    pub fn add_enroll_token(&self, token_hash: &str, user_id: i64, tags: &[String], now: u64, expires_at: u64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO tokens (hash, kind, user_id, tags, created_at, expires_at) VALUES (?1, 'enroll', ?2, ?3, ?4, ?5)",
+            params![token_hash, user_id, tags_json(tags), now, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an enrollment token used and returns its tags, all in one transaction, so a
+    /// token enrolls at most one node.
+    pub fn take_enroll_token(&self, token_hash: &str, now: u64) -> Result<std::result::Result<Vec<String>, EnrollTokenProblem>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let row: Option<(String, Option<u64>, Option<u64>)> = tx
+            .query_row(
+                "SELECT tags, expires_at, used_at FROM tokens WHERE hash = ?1 AND kind = 'enroll'",
+                [token_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((tags, expires_at, used_at)) = row else { return Ok(Err(EnrollTokenProblem::Unknown)) };
+        if used_at.is_some() {
+            return Ok(Err(EnrollTokenProblem::Used));
+        }
+        if expires_at.is_some_and(|e| now >= e) {
+            return Ok(Err(EnrollTokenProblem::Expired));
+        }
+        tx.execute("UPDATE tokens SET used_at = ?2 WHERE hash = ?1", params![token_hash, now])?;
+        tx.commit()?;
+        Ok(Ok(tags_from(tags)))
+    }
+
+    // ---- nodes ----
+
+    /// Inserts a node; when `exact_name` is false and the name is taken, a numeric suffix
+    /// keeps it unique.
+    pub fn insert_node(&self, mut node: NodeRow, exact_name: bool) -> Result<NodeRow> {
+        let conn = self.conn();
+        let taken = |name: &str| -> Result<bool> {
+            Ok(conn.query_row("SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1)", [name], |r| r.get(0))?)
+        };
+        if taken(&node.name)? {
+            if exact_name {
+                return Err(StoreError::Conflict(format!(
+                    "a node named {:?} already exists; choose another --name or remove it first",
+                    node.name
+                )));
+            }
+            let base = node.name.clone();
+            let mut n = 2;
+            while taken(&format!("{base}-{n}"))? {
+                n += 1;
+            }
+            node.name = format!("{base}-{n}");
+        }
+        conn.execute(
+            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                node.id,
+                node.name,
+                tags_json(&node.tags),
+                node.platform.os,
+                node.platform.arch,
+                node.addr,
+                node.host_key,
+                node.secret_hash,
+                node.last_seen,
+                node.created_at
+            ],
+        )?;
+        Ok(node)
+    }
+
+    fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
+        Ok(NodeRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            tags: tags_from(r.get(2)?),
+            platform: Platform { os: r.get(3)?, arch: r.get(4)? },
+            addr: r.get(5)?,
+            host_key: r.get(6)?,
+            secret_hash: r.get(7)?,
+            last_seen: r.get(8)?,
+            stopped: r.get(9)?,
+            created_at: r.get(10)?,
+        })
+    }
+
+    const NODE_COLUMNS: &'static str =
+        "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at";
+
+    pub fn list_nodes(&self) -> Result<Vec<NodeRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {} FROM nodes ORDER BY name", Self::NODE_COLUMNS))?;
+        let rows = stmt.query_map([], Self::node_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A node by id, or else by name.
+    pub fn node(&self, id_or_name: &str) -> Result<Option<NodeRow>> {
+        let conn = self.conn();
+        let sql = format!("SELECT {} FROM nodes WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1", Self::NODE_COLUMNS);
+        Ok(conn.query_row(&sql, [id_or_name], Self::node_from_row).optional()?)
+    }
+
+    pub fn is_revoked(&self, id: &str) -> Result<bool> {
+        Ok(self.conn().query_row("SELECT EXISTS(SELECT 1 FROM revoked_nodes WHERE id = ?1)", [id], |r| r.get(0))?)
+    }
+
+    pub fn record_heartbeat(&self, id: &str, addr: &str, platform: &Platform, version: &str, now: u64, stopping: bool) -> Result<()> {
+        self.conn().execute(
+            "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7 WHERE id = ?1",
+            params![id, addr, platform.os, platform.arch, version, now, stopping],
+        )?;
+        Ok(())
+    }
+
+    /// Renames and retags a node; returns the updated row.
+    pub fn update_node(&self, id: &str, name: Option<&str>, tags: &[String]) -> Result<()> {
+        let conn = self.conn();
+        if let Some(name) = name {
+            let clash: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1 AND id != ?2)",
+                params![name, id],
+                |r| r.get(0),
+            )?;
+            if clash {
+                return Err(StoreError::Conflict(format!("a node named {name:?} already exists")));
+            }
+            conn.execute("UPDATE nodes SET name = ?2 WHERE id = ?1", params![id, name])?;
+        }
+        conn.execute("UPDATE nodes SET tags = ?2 WHERE id = ?1", params![id, tags_json(tags)])?;
+        Ok(())
+    }
+
+    /// Removes a node and records its identity as revoked, in one transaction.
+    pub fn remove_node(&self, id: &str, now: u64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let host_key: Option<String> =
+            tx.query_row("SELECT host_key FROM nodes WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+        let host_key = host_key.ok_or_else(|| StoreError::NotFound(format!("no node {id:?}")))?;
+        tx.execute("INSERT OR REPLACE INTO revoked_nodes (id, host_key, revoked_at) VALUES (?1, ?2, ?3)", params![id, host_key, now])?;
+        tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, name: &str) -> NodeRow {
+        NodeRow {
+            id: id.into(),
+            name: name.into(),
+            tags: vec!["a".into()],
+            platform: Platform::this_machine(),
+            addr: "127.0.0.1:1".into(),
+            host_key: "ssh-ed25519 AAAA".into(),
+            secret_hash: "h".into(),
+            last_seen: None,
+            stopped: false,
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn an_enrollment_token_is_taken_once_and_not_after_expiry() {
+        let s = Store::open_in_memory().unwrap();
+        let u = s.create_user("admin", true, "login-hash", 1).unwrap();
+        s.add_enroll_token("e1", u.id, &["gpu".into()], 10, 100).unwrap();
+        s.add_enroll_token("e2", u.id, &[], 10, 100).unwrap();
+        assert_eq!(s.take_enroll_token("e1", 50).unwrap(), Ok(vec!["gpu".to_string()]));
+        assert_eq!(s.take_enroll_token("e1", 51).unwrap(), Err(EnrollTokenProblem::Used));
+        assert_eq!(s.take_enroll_token("e2", 100).unwrap(), Err(EnrollTokenProblem::Expired));
+        assert_eq!(s.take_enroll_token("nope", 1).unwrap(), Err(EnrollTokenProblem::Unknown));
+    }
+
+    #[test]
+    fn default_node_names_get_a_suffix_but_explicit_ones_conflict() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_node(node("1", "box"), false).unwrap();
+        assert_eq!(s.insert_node(node("2", "box"), false).unwrap().name, "box-2");
+        assert!(matches!(s.insert_node(node("3", "box"), true), Err(StoreError::Conflict(_))));
+    }
+
+    #[test]
+    fn removing_a_node_revokes_it() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_node(node("1", "box"), false).unwrap();
+        s.remove_node("1", 5).unwrap();
+        assert!(s.node("1").unwrap().is_none());
+        assert!(s.is_revoked("1").unwrap());
+    }
+
+    #[test]
+    fn the_last_admin_cannot_be_removed() {
+        let s = Store::open_in_memory().unwrap();
+        s.create_user("admin", true, "h1", 1).unwrap();
+        s.create_user("bob", false, "h2", 1).unwrap();
+        assert!(matches!(s.remove_user("admin"), Err(StoreError::Refused(_))));
+        s.remove_user("bob").unwrap();
+        assert!(s.user_by_login_token("h2").unwrap().is_none(), "a removed user's tokens go with it");
+    }
+
+    #[test]
+    fn reopening_the_file_keeps_everything() {
+        let dir = std::env::temp_dir().join(format!("obx-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.create_user("admin", true, "h1", 1).unwrap();
+            s.insert_node(node("1", "box"), false).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.user_by_login_token("h1").unwrap().unwrap().name, "admin");
+        assert_eq!(s.list_nodes().unwrap().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,123 @@
+//! A JSON-over-HTTP client for the control plane's `/v1` API (plain `http://` URLs).
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use trust::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot reach the control plane at {url}: {why}")]
+    Unreachable { url: String, why: String },
+    /// The control plane answered with an error; `message` is meant for the user.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    #[error("unexpected answer from the control plane: {0}")]
+    Protocol(String),
+    #[error("invalid control-plane URL {0:?}: expected http://HOST:PORT")]
+    BadUrl(String),
+}
+
+impl ControlError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ControlError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one control plane, optionally authenticated with a bearer token.
+#[derive(Clone, Debug)]
+pub struct Client {
+    url: String,
+    authority: String,
+    token: Option<Secret>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Client {
+    pub fn new(url: &str, token: Option<Secret>) -> Result<Client, ControlError> {
+        let url = url.trim_end_matches('/').to_owned();
+        if url.starts_with("https://") {
+            return Err(ControlError::Unreachable {
+                url,
+                why: "https is not supported by this build; serve the control plane over http on a trusted network or the tailnet".into(),
+            });
+        }
+        let authority = url
+            .strip_prefix("http://")
+            .filter(|a| !a.is_empty() && !a.contains('/'))
+            .ok_or_else(|| ControlError::BadUrl(url.clone()))?
+            .to_owned();
+        Ok(Client { url, authority, token })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ControlError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ControlError> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ControlError> {
+        match tokio::time::timeout(TIMEOUT, self.call_inner(method, path, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(ControlError::Unreachable { url: self.url.clone(), why: "no answer within 15s".into() }),
+        }
+    }
+
+    async fn call_inner<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ControlError> {
+        let unreachable = |why: String| ControlError::Unreachable { url: self.url.clone(), why };
+        let stream = TcpStream::connect(&self.authority).await.map_err(|e| unreachable(e.to_string()))?;
+        stream.set_nodelay(true).ok();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ControlError::Protocol(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+            .header("content-type", "application/json")
+            .header("user-agent", concat!("openbox/", env!("CARGO_PKG_VERSION")));
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {}", t.expose()));
+        }
+        let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<proto::api::ApiError>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
+            return Err(ControlError::Api { status: status.as_u16(), message });
+        }
+        let body: &[u8] = if body.is_empty() || status == StatusCode::NO_CONTENT { b"null" } else { &body };
+        serde_json::from_slice(body).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+}

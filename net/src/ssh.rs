@@ -1,0 +1,246 @@
+//! The SSH client side: dial a node, accept it only with a host certificate from the fleet's
+//! CA naming the expected node id, authenticate with a user certificate, run commands.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::{self, Handle};
+use russh::keys::PublicKeyOrCertificate;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use trust::{Certificate, PrivateKey, PublicKey, TrustError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot reach node {node} at {addr}: {why}")]
+    Unreachable { node: String, addr: String, why: String },
+    #[error("node {node} at {addr} was refused: {why}")]
+    HostRejected { node: String, addr: String, why: String },
+    #[error("node {node} refused the user certificate")]
+    AuthRejected { node: String },
+    #[error("connection to node {node} lost: {why}")]
+    Lost { node: String, why: String },
+}
+
+/// Where a node is and how to recognise it.
+#[derive(Clone, Debug)]
+pub struct NodeTarget {
+    pub node_id: String,
+    pub addr: String,
+    pub ca: PublicKey,
+}
+
+/// How a remote command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(u32),
+    Signal { name: String, core_dumped: bool, message: String },
+}
+
+impl ExitStatus {
+    /// The code the CLI exits with: the remote code, or 128+N for a signal, as ssh does.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ExitStatus::Code(c) => (*c).min(255) as u8,
+            ExitStatus::Signal { name, .. } => 128u8.saturating_add(signal_number(name)),
+        }
+    }
+}
+
+/// Signal numbers as POSIX and Linux number the common signals.
+fn signal_number(name: &str) -> u8 {
+    match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "ABRT" => 6,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        _ => 127,
+    }
+}
+
+struct HostCheck {
+    target: NodeTarget,
+    refusal: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for HostCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let now = unix_now();
+        let verdict = match key.certificate() {
+            Some(cert) => trust::verify_host_cert(cert, &self.target.ca, &self.target.node_id, now).map_err(|e| e.to_string()),
+            None => Err("it presented a bare host key, not a host certificate from this fleet's CA".to_owned()),
+        };
+        match verdict {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                tracing::warn!(node = %self.target.node_id, addr = %self.target.addr, %why, "host certificate refused");
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("its host certificate is not acceptable: {why}"));
+                Ok(false)
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn client_config() -> Arc<client::Config> {
+    let mut preferred = russh::Preferred::default();
+    // Ask for the host's certificate; a bare host key is then refused by HostCheck.
+    preferred.host_key_certificates = Cow::Borrowed(&[russh::keys::Algorithm::Ed25519]);
+    Arc::new(client::Config {
+        preferred,
+        nodelay: true,
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        window_size: 8 * 1024 * 1024,
+        ..Default::default()
+    })
+}
+
+/// A connection to one node whose host certificate has been verified.
+pub struct Connection {
+    handle: Handle<HostCheck>,
+    node: String,
+}
+
+/// Dials the node over TCP and verifies its host certificate.
+pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
+    let node = target.node_id.clone();
+    let unreachable = |why: String| SshError::Unreachable { node: node.clone(), addr: target.addr.clone(), why };
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target.addr))
+        .await
+        .map_err(|_| unreachable("no answer within 10s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    stream.set_nodelay(true).ok();
+    let refusal = Arc::new(Mutex::new(None));
+    let check = HostCheck { target: target.clone(), refusal: refusal.clone() };
+    match client::connect_stream(client_config(), stream, check).await {
+        Ok(handle) => Ok(Connection { handle, node }),
+        Err(e) => {
+            if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return Err(SshError::HostRejected { node, addr: target.addr.clone(), why });
+            }
+            Err(unreachable(format!("SSH handshake failed: {e}")))
+        }
+    }
+}
+
+impl Connection {
+    /// Authenticates as `user` with a user certificate for `key`.
+    pub async fn authenticate(&mut self, user: &str, key: Arc<PrivateKey>, cert: Certificate) -> Result<(), SshError> {
+        let lost = |e: russh::Error| SshError::Lost { node: self.node.clone(), why: e.to_string() };
+        let res = self.handle.authenticate_openssh_cert(user, key, cert).await.map_err(lost)?;
+        if res.success() { Ok(()) } else { Err(SshError::AuthRejected { node: self.node.clone() }) }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Runs `command` on the node, streaming `stdin` to it and its stdout and stderr to the
+    /// given writers as they arrive; returns how it ended.
+    pub async fn exec<I, O, E>(&self, command: &str, stdin: Option<I>, stdout: &mut O, stderr: &mut E) -> Result<ExitStatus, SshError>
+    where
+        I: AsyncRead + Unpin + Send + 'static,
+        O: AsyncWrite + Unpin,
+        E: AsyncWrite + Unpin,
+    {
+        let lost = |e: russh::Error| SshError::Lost { node: self.node.clone(), why: e.to_string() };
+        let channel = self.handle.channel_open_session().await.map_err(lost)?;
+        channel.exec(true, command).await.map_err(lost)?;
+        let (mut read, write) = channel.split();
+        let write = Arc::new(write);
+
+        let feeder = stdin.map(|mut input| {
+            let write = write.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match input.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if write.data_bytes(buf[..n].to_vec()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = write.eof().await;
+            })
+        });
+        if feeder.is_none() {
+            write.eof().await.map_err(lost)?;
+        }
+
+        let mut status = None;
+        let mut stdout_open = true;
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    // A reader that went away (`| head`) stops mattering; keep draining.
+                    if stdout_open && (stdout.write_all(&data).await.is_err() || stdout.flush().await.is_err()) {
+                        stdout_open = false;
+                    }
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    let _ = stderr.write_all(&data).await;
+                    let _ = stderr.flush().await;
+                }
+                ChannelMsg::ExitStatus { exit_status } => status = Some(ExitStatus::Code(exit_status)),
+                ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. } => {
+                    status = Some(ExitStatus::Signal { name: sig_name(&signal_name), core_dumped, message: error_message })
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        if let Some(f) = feeder {
+            f.abort();
+        }
+        status.ok_or_else(|| SshError::Lost { node: self.node.clone(), why: "the command ended without an exit status".into() })
+    }
+
+    pub async fn close(self) {
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+fn sig_name(sig: &russh::Sig) -> String {
+    use russh::Sig::*;
+    match sig {
+        ABRT => "ABRT".into(),
+        ALRM => "ALRM".into(),
+        FPE => "FPE".into(),
+        HUP => "HUP".into(),
+        ILL => "ILL".into(),
+        INT => "INT".into(),
+        KILL => "KILL".into(),
+        PIPE => "PIPE".into(),
+        QUIT => "QUIT".into(),
+        SEGV => "SEGV".into(),
+        TERM => "TERM".into(),
+        USR1 => "USR1".into(),
+        Custom(s) => s.clone(),
+    }
+}
+
+impl From<TrustError> for SshError {
+    fn from(e: TrustError) -> SshError {
+        SshError::HostRejected { node: String::new(), addr: String::new(), why: e.to_string() }
+    }
+}

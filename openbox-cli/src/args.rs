@@ -1,0 +1,216 @@
+//! The command line, and its translation into one typed [`Request`]. Everything is
+//! validated here, before anything runs.
+
+use std::ffi::OsString;
+
+use clap::{Args, Parser, Subcommand};
+use proto::Isolation;
+use proto::api::Target;
+use proto::request::{Request, RunRequest, UpRequest};
+
+const AFTER_HELP: &str = "\
+Run a command on a node:
+  openbox -t TAG CMD [ARGS…]      on any node carrying TAG (online nodes first)
+  openbox -n NODE CMD [ARGS…]     on one node, by id or name
+Command words are joined with spaces and run by the node's `sh -c`, as ssh does:
+  openbox -t mac 'cd /tmp && make'
+The exit code is the remote command's (128+N for a signal); 255 means openbox itself failed.
+
+Get started on this machine:
+  openbox up                      local control plane + this machine as node `local`
+  openbox -t local uname -a";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "openbox",
+    version = proto::VERSION,
+    about = "Run commands on any of your machines: log in once, then `openbox -t TAG CMD`.",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_value_name = "COMMAND"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run on a node carrying this tag.
+    #[arg(short = 't', long = "tag", value_name = "TAG")]
+    tag: Option<String>,
+    /// Run on this node (id or name).
+    #[arg(short = 'n', long = "node", value_name = "NODE", conflicts_with = "tag")]
+    node: Option<String>,
+    /// Run in the persistent session SID (same node, shell, cwd and environment).
+    #[arg(short = 's', long = "session", value_name = "SID")]
+    session: Option<String>,
+    /// Run inside a container from IMAGE.
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["nspawn", "isolate"])]
+    docker: Option<String>,
+    /// Run inside a systemd-nspawn container over DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "isolate")]
+    nspawn: Option<String>,
+    /// Isolation: native, docker:IMAGE or nspawn:DIR.
+    #[arg(long, value_name = "MODE")]
+    isolate: Option<String>,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Log in to a control plane with a token (creates this machine's key pair).
+    Login {
+        #[arg(long, value_name = "URL")]
+        server: String,
+        #[arg(long, value_name = "TOKEN")]
+        token: String,
+    },
+    /// Forget the login and revoke its token.
+    Logout,
+    /// Show who you are logged in as.
+    Whoami,
+    /// List the nodes in the fleet.
+    Nodes {
+        /// Only nodes carrying this tag.
+        #[arg(long = "tag", short = 't')]
+        tag: Option<String>,
+    },
+    /// Manage nodes: enrollment tokens, tags, names, removal.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Manage users (admins only).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Start a personal fleet here: a local control plane, this machine as a node tagged `local`, logged in.
+    Up {
+        /// Control plane address for the local fleet.
+        #[arg(long, default_value = "127.0.0.1:7683")]
+        addr: String,
+    },
+    /// Stop what `openbox up` started.
+    Down,
+    /// Run the control plane (see `openbox control --help`).
+    #[command(disable_help_flag = true)]
+    Control {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run the node agent (see `openbox agent --help`).
+    #[command(disable_help_flag = true)]
+    Agent {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Mint a single-use enrollment token and print the agent command that uses it.
+    Token {
+        /// Tag the new node will carry (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// How long the token stays valid (e.g. 30m, 1h, 7d).
+        #[arg(long, default_value = "1h", value_parser = proto::parse_duration)]
+        ttl: u64,
+    },
+    /// Remove a node and revoke its identity.
+    Rm { node: String },
+    /// Add (+TAG) or remove (-TAG) tags: `openbox node tag web1 +gpu -old`.
+    Tag {
+        node: String,
+        #[arg(allow_hyphen_values = true, required = true, value_name = "+TAG|-TAG")]
+        changes: Vec<String>,
+    },
+    /// Rename a node.
+    Rename { node: String, name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user and print their login command.
+    Add { name: String },
+    /// List users.
+    Ls,
+    /// Remove a user; their tokens stop working.
+    Rm { name: String },
+}
+
+/// What the CLI will do once the flags are understood.
+pub enum Action {
+    /// Hand this request to openboxd.
+    Call(Request),
+    /// Run another role's binary with these arguments.
+    Exec(&'static str, Vec<OsString>),
+}
+
+fn name(kind: &str, v: &str) -> Result<String, String> {
+    proto::check_name(kind, v).map(|_| v.to_owned())
+}
+
+impl Cli {
+    pub fn into_action(self) -> Result<Action, String> {
+        let req = match self.command {
+            None => return self.run.into_request().map(|r| Action::Call(Request::Run(r))),
+            Some(Command::Control { args }) => return Ok(Action::Exec("openbox-control", args)),
+            Some(Command::Agent { args }) => return Ok(Action::Exec("openbox-agent", args)),
+            Some(Command::Login { server, token }) => Request::Login { server, token },
+            Some(Command::Logout) => Request::Logout,
+            Some(Command::Whoami) => Request::Whoami,
+            Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
+            Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: addr }),
+            Some(Command::Down) => Request::Down,
+            Some(Command::User(UserCommand::Add { name: n })) => Request::UserAdd { name: name("user name", &n)? },
+            Some(Command::User(UserCommand::Ls)) => Request::UserList,
+            Some(Command::User(UserCommand::Rm { name: n })) => Request::UserRemove { name: n },
+            Some(Command::Node(NodeCommand::Token { tags, ttl })) => Request::NodeToken {
+                tags: tags.iter().map(|t| name("tag", t)).collect::<Result<_, _>>()?,
+                ttl_secs: ttl,
+            },
+            Some(Command::Node(NodeCommand::Rm { node })) => Request::NodeRemove { node },
+            Some(Command::Node(NodeCommand::Rename { node, name: n })) => Request::NodeRename { node, name: name("node name", &n)? },
+            Some(Command::Node(NodeCommand::Tag { node, changes })) => {
+                let (mut add, mut remove) = (Vec::new(), Vec::new());
+                for c in changes {
+                    match (c.strip_prefix('+'), c.strip_prefix('-')) {
+                        (Some(t), _) => add.push(name("tag", t)?),
+                        (_, Some(t)) => remove.push(name("tag", t)?),
+                        _ => return Err(format!("{c:?}: write +TAG to add a tag or -TAG to remove one")),
+                    }
+                }
+                Request::NodeTag { node, add, remove }
+            }
+        };
+        Ok(Action::Call(req))
+    }
+}
+
+impl RunArgs {
+    fn into_request(self) -> Result<RunRequest, String> {
+        let target = match (self.tag, self.node) {
+            (Some(t), None) => Target::Tag(name("tag", &t)?),
+            (None, Some(n)) => Target::Node(n),
+            (None, None) if self.command.is_empty() => return Err("no command given; see `openbox --help`".into()),
+            _ => return Err("say where to run it: -t TAG (any node with that tag) or -n NODE".into()),
+        };
+        if self.command.is_empty() {
+            return Err(format!("no command given to run on {target}: openbox -t TAG CMD [ARGS…]"));
+        }
+        let isolation = match (self.docker, self.nspawn, self.isolate) {
+            (Some(image), _, _) => format!("docker:{image}").parse::<Isolation>()?,
+            (_, Some(dir), _) => format!("nspawn:{dir}").parse::<Isolation>()?,
+            (_, _, Some(mode)) => mode.parse::<Isolation>()?,
+            _ => Isolation::Native,
+        };
+        let session = self.session.map(|s| name("session id", &s)).transpose()?;
+        Ok(RunRequest { target, session, isolation, command: self.command })
+    }
+}

@@ -1,0 +1,229 @@
+//! `openbox up` and `openbox down`: a personal fleet on this machine — a control plane on
+//! SQLite under the state directory, this machine enrolled as a node tagged `local`, and
+//! the CLI logged in. Both run as background processes logging to the state directory.
+
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use proto::api::{EnrollToken, NewEnrollToken, WhoAmI};
+use proto::request::UpRequest;
+use rustix::process::{Pid, Signal, kill_process, test_kill_process};
+
+use crate::login::{Login, user_key};
+
+const LOCAL_TAG: &str = "local";
+
+struct Role {
+    name: &'static str,
+    binary: &'static str,
+}
+
+const CONTROL: Role = Role { name: "control", binary: "openbox-control" };
+const AGENT: Role = Role { name: "agent", binary: "openbox-agent" };
+
+impl Role {
+    fn pid_file(&self) -> PathBuf {
+        paths::logs_dir().join(format!("{}.pid", self.name))
+    }
+
+    fn log_file(&self) -> PathBuf {
+        paths::logs_dir().join(format!("{}.log", self.name))
+    }
+
+    /// The pid of this role's process if it is running.
+    fn running(&self) -> Option<Pid> {
+        let pid: i32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        let pid = Pid::from_raw(pid)?;
+        test_kill_process(pid).ok()?;
+        // A recycled pid belongs to some other program; only trust our own binary.
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero()))
+            && !String::from_utf8_lossy(&cmdline).contains(self.binary)
+        {
+            return None;
+        }
+        Some(pid)
+    }
+
+    /// Starts the role in the background, its output appended to its log.
+    fn spawn(&self, args: &[String]) -> anyhow::Result<Pid> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file())?;
+        let binary = sibling(self.binary);
+        let child = Command::new(&binary)
+            .args(args)
+            .env_remove(proto::request::CALL_ENV)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        std::fs::write(self.pid_file(), child.id().to_string())?;
+        Ok(Pid::from_raw(child.id() as i32).expect("a child has a positive pid"))
+    }
+}
+
+/// A sibling binary of this one (they are installed side by side), else from PATH.
+pub fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Waits for `ready` to hold, checking that the process is still alive.
+async fn wait_for<F, Fut>(what: &str, role: &Role, pid: Pid, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if ready().await {
+            return Ok(());
+        }
+        if test_kill_process(pid).is_err() || is_zombie(pid) {
+            bail!("the {} exited while starting; see {}", role.name, role.log_file().display());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not happen within 30s; see {}", role.log_file().display());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn log_len(role: &Role) -> u64 {
+    std::fs::metadata(role.log_file()).map(|m| m.len()).unwrap_or(0)
+}
+
+fn log_since(role: &Role, offset: u64) -> String {
+    let text = std::fs::read(role.log_file()).unwrap_or_default();
+    String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default()).into_owned()
+}
+
+pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
+    let logs = paths::logs_dir();
+    paths::create_private_dir(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let url = format!("http://{}", req.control_addr);
+    let logged_in = Login::load().ok().filter(|l| l.server == url);
+
+    // 1. The control plane.
+    let token_file = logs.join("admin.token");
+    let control_started = match CONTROL.running() {
+        Some(_) => false,
+        None => {
+            let mut args = vec!["--addr".into(), req.control_addr.clone(), "--bootstrap-token-file".into(), path_arg(&token_file)];
+            if logged_in.is_none() {
+                args.push("--new-admin-token".into());
+            }
+            let _ = std::fs::remove_file(&token_file);
+            let pid = CONTROL.spawn(&args)?;
+            let health = net::control::Client::new(&url, None)?;
+            wait_for("the control plane answering", &CONTROL, pid, || async { health.get::<serde_json::Value>("/v1/health").await.is_ok() })
+                .await?;
+            true
+        }
+    };
+
+    // 2. The CLI's login.
+    let login = match logged_in {
+        Some(l) => l,
+        None => {
+            let token = std::fs::read_to_string(&token_file).map_err(|_| {
+                anyhow::anyhow!("the control plane at {url} is running but this machine is not logged in to it; run `openbox down` then `openbox up`")
+            })?;
+            let token = trust::Secret::new(token.trim());
+            let me: WhoAmI = net::control::Client::new(&url, Some(token.clone()))?.get("/v1/whoami").await?;
+            let login = Login { server: url.clone(), user: me.user, token, ca: trust::parse_public_key(&me.ca_public_key)? };
+            user_key()?;
+            login.save()?;
+            let _ = std::fs::remove_file(&token_file);
+            login
+        }
+    };
+
+    // 3. This machine as a node.
+    let enrolled = openbox_agent_identity_exists();
+    let agent_started = match AGENT.running() {
+        Some(_) => false,
+        None => {
+            let mut args: Vec<String> = vec!["--addr".into(), "127.0.0.1:0".into()];
+            if !enrolled {
+                let tok: EnrollToken =
+                    login.client()?.post("/v1/enroll-tokens", &NewEnrollToken { tags: vec![LOCAL_TAG.into()], ttl_secs: 600 }).await?;
+                args.extend(["--server".into(), url.clone(), "--token".into(), tok.token]);
+            }
+            let offset = log_len(&AGENT);
+            let pid = AGENT.spawn(&args)?;
+            wait_for("the agent serving", &AGENT, pid, || async { log_since(&AGENT, offset).contains("openbox agent: node ") }).await?;
+            true
+        }
+    };
+
+    let logs_shown = logs.display().to_string();
+    let summary = serde_json::json!({
+        "server": url, "user": login.user, "control_started": control_started, "agent_started": agent_started,
+        "tag": LOCAL_TAG, "logs": logs_shown,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let state = |started: bool| if started { "started" } else { "already running" };
+        println!("openbox is up:");
+        println!("  control plane  {url} ({})", state(control_started));
+        println!("  this machine   node tagged {LOCAL_TAG} ({})", state(agent_started));
+        println!("  logged in as   {}", login.user);
+        println!("  logs           {logs_shown}");
+        println!();
+        println!("Try:  openbox -t {LOCAL_TAG} uname -a");
+        println!("      openbox nodes");
+        println!("Stop: openbox down");
+    }
+    Ok(())
+}
+
+fn openbox_agent_identity_exists() -> bool {
+    paths::agent_dir().join("identity.json").exists()
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Stops what `up` started: the agent first (it says goodbye to the control plane).
+pub async fn down(json: bool) -> anyhow::Result<()> {
+    let mut stopped = Vec::new();
+    for role in [&AGENT, &CONTROL] {
+        if let Some(pid) = role.running() {
+            let _ = kill_process(pid, Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while test_kill_process(pid).is_ok() && !is_zombie(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if test_kill_process(pid).is_ok() && !is_zombie(pid) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+            stopped.push(role.name);
+        }
+        let _ = std::fs::remove_file(role.pid_file());
+    }
+    if json {
+        println!("{}", serde_json::json!({ "stopped": stopped }));
+    } else if stopped.is_empty() {
+        println!("Nothing was running.");
+    } else {
+        println!("Stopped: {}.", stopped.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Every file openbox reads or writes is named by a function here; nothing depends on the
+//! current directory.
+//!
+//! Priority: when `OPENBOX_HOME` is set, every file of that identity lives under it (so
+//! tests, and several identities on one machine, run side by side). Otherwise the platform
+//! directories from `directories` are used: config for login state and keys, local data
+//! for service state and logs, the runtime directory for sockets.
+
+use std::path::PathBuf;
+
+/// The variable that puts every file of one identity under one directory.
+pub const HOME_ENV: &str = "OPENBOX_HOME";
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+fn project() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("dev", "openbox", "openbox")
+}
+
+/// Fallback when the platform offers no home directory at all (e.g. a bare service account).
+fn last_resort() -> PathBuf {
+    std::env::temp_dir().join(format!("openbox-{}", whoami_uid()))
+}
+
+fn whoami_uid() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "user".into())
+}
+
+/// Login state and user keys.
+pub fn config_dir() -> PathBuf {
+    home().or_else(|| project().map(|p| p.config_dir().to_path_buf())).unwrap_or_else(last_resort)
+}
+
+/// Service state (control-plane database, agent identity) and logs.
+pub fn state_dir() -> PathBuf {
+    home()
+        .or_else(|| project().map(|p| p.data_local_dir().to_path_buf()))
+        .unwrap_or_else(last_resort)
+}
+
+/// Sockets and lock files.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(h) = home() {
+        return h.join("run");
+    }
+    project()
+        .and_then(|p| p.runtime_dir().map(|d| d.to_path_buf()))
+        .unwrap_or_else(|| state_dir().join("run"))
+}
+
+/// The CLI's login state: server URL, token, user name.
+pub fn login_file() -> PathBuf {
+    config_dir().join("login.json")
+}
+
+/// The user's own SSH key pair, generated at login; the private half never leaves here.
+pub fn user_key() -> PathBuf {
+    config_dir().join("id_ed25519")
+}
+
+/// The control plane's files (database, CA key) when run with defaults.
+pub fn control_dir() -> PathBuf {
+    state_dir().join("control")
+}
+
+/// The agent's identity: node id, host key and certificate, CA key, heartbeat secret.
+pub fn agent_dir() -> PathBuf {
+    state_dir().join("agent")
+}
+
+/// Logs and pid files of the processes `openbox up` starts.
+pub fn logs_dir() -> PathBuf {
+    state_dir().join("logs")
+}
+
+/// openboxd's Unix socket.
+pub fn daemon_socket() -> PathBuf {
+    runtime_dir().join("openboxd.sock")
+}
+
+/// Creates `dir` and its parents with mode 0700.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Writes a file only its owner can read (0600), atomically: a crash leaves the old
+/// contents or the new, never half.
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,26 @@
+//! Names of the extensions openbox binds into user certificates. The agent refuses a
+//! certificate whose openbox extensions are missing or malformed.
+
+/// The node id the certificate was issued for; the agent refuses it elsewhere.
+pub const EXT_NODE: &str = "node@openbox";
+/// The isolation the command must run under (`native`, `docker:IMG`, `nspawn:DIR`).
+pub const EXT_ISOLATION: &str = "isolation@openbox";
+/// The persistent session the command belongs to, when there is one.
+pub const EXT_SESSION: &str = "session@openbox";
+
+/// Standard OpenSSH extensions a user certificate may carry; all others must be ours.
+pub const STANDARD_EXTENSIONS: &[&str] = &[
+    "permit-pty",
+    "permit-user-rc",
+    "permit-agent-forwarding",
+    "permit-port-forwarding",
+    "permit-X11-forwarding",
+    "no-touch-required",
+];
+
+/// Lifetime of a user certificate minted for one dispatch.
+pub const USER_CERT_TTL_SECS: u64 = 300;
+/// How far back a user certificate's validity starts, to absorb small clock differences.
+pub const CLOCK_SKEW_SECS: u64 = 30;
+/// Lifetime of a node's host certificate; renewed over the heartbeat well before expiry.
+pub const HOST_CERT_TTL_SECS: u64 = 7 * 24 * 3600;

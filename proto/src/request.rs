@@ -1,0 +1,53 @@
+//! What the CLI asks openboxd to do. The CLI validates its flags into one [`Request`];
+//! openboxd carries it out with the CLI's stdin, stdout and stderr and answers with an exit
+//! code.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Isolation;
+use crate::api::Target;
+
+/// The environment variable through which the CLI hands a one-shot call to openboxd.
+pub const CALL_ENV: &str = "OPENBOX_CALL";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Call {
+    pub request: Request,
+    /// Print machine-readable JSON instead of text.
+    #[serde(default)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Run(RunRequest),
+    Login { server: String, token: String },
+    Logout,
+    Whoami,
+    UserAdd { name: String },
+    UserList,
+    UserRemove { name: String },
+    NodeToken { tags: Vec<String>, ttl_secs: u64 },
+    Nodes { tag: Option<String> },
+    NodeRemove { node: String },
+    NodeTag { node: String, add: Vec<String>, remove: Vec<String> },
+    NodeRename { node: String, name: String },
+    Up(UpRequest),
+    Down,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub target: Target,
+    pub session: Option<String>,
+    pub isolation: Isolation,
+    /// Command words; joined with spaces and run by the node's `sh -c`, as ssh does.
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpRequest {
+    /// Control plane listen address for the embedded fleet.
+    pub control_addr: String,
+}
