@@ -14,7 +14,11 @@ pub enum Stop {
     Revoked(String),
 }
 
-async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatReply, net::control::ControlError> {
+async fn beat(
+    shared: &Shared,
+    addr: &str,
+    stopping: bool,
+) -> Result<HeartbeatReply, net::control::ControlError> {
     let id = shared.identity();
     let client = net::control::Client::new(&id.server, Some(id.heartbeat_secret.clone()))?;
     let hb = Heartbeat {
@@ -28,10 +32,19 @@ async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatRe
     client.post("/v1/heartbeat", &hb).await
 }
 
-/// Sends a heartbeat every `every` until the node is revoked. Failures to reach the control
-/// plane are logged and retried: the node keeps serving callers who hold valid certificates.
-pub async fn run(shared: Arc<Shared>, addr: String, every: Duration, agent_dir: std::path::PathBuf) -> Stop {
+/// Sends a heartbeat every `every` until the node is revoked, calling `ready` after the
+/// first one (so the registry has this start's address before anyone is told to dial it).
+/// Failures to reach the control plane are logged and retried: the node keeps serving
+/// callers who hold valid certificates.
+pub async fn run(
+    shared: Arc<Shared>,
+    addr: String,
+    every: Duration,
+    agent_dir: std::path::PathBuf,
+    ready: impl FnOnce(),
+) -> Stop {
     let mut warned = false;
+    let mut ready = Some(ready);
     loop {
         match beat(&shared, &addr, false).await {
             Ok(reply) => {
@@ -47,7 +60,9 @@ pub async fn run(shared: Arc<Shared>, addr: String, every: Duration, agent_dir: 
                                 tracing::error!(error = %format!("{e:#}"), "could not save the renewed host certificate");
                             }
                         }
-                        Err(e) => tracing::error!(error = %e, "the control plane sent an unreadable host certificate"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the control plane sent an unreadable host certificate")
+                        }
                     }
                 }
             }
@@ -58,6 +73,9 @@ pub async fn run(shared: Arc<Shared>, addr: String, every: Duration, agent_dir: 
                     warned = true;
                 }
             }
+        }
+        if let Some(r) = ready.take() {
+            r();
         }
         tokio::time::sleep(every).await;
     }

@@ -39,18 +39,28 @@ pub struct Config {
 
 /// What `run` says once it is serving (printed by the binary; tests wait for it).
 pub fn ready_line(id: &Identity, addr: &str) -> String {
-    format!("openbox agent: node {} ({}) serving on {addr}", id.name, id.node_id)
+    format!(
+        "openbox agent: node {} ({}) serving on {addr}",
+        id.name, id.node_id
+    )
 }
 
 /// Enrolls if needed, then serves until `shutdown` completes or the node is removed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let existing = Identity::load(&config.dir)?;
     if existing.is_none() && config.token.is_none() {
-        bail!("this node has not enrolled yet: run `openbox agent --server URL --token enroll_…` (an admin mints the token with `openbox node token`)");
+        bail!(
+            "this node has not enrolled yet: run `openbox agent --server URL --token enroll_…` (an admin mints the token with `openbox node token`)"
+        );
     }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}; is another agent running? (--addr picks another)", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another agent running? (--addr picks another)",
+                config.listen
+            )
+        })?;
     let bound = listener.local_addr()?;
     let addr = advertised(bound, config.advertise.as_deref())?;
 
@@ -62,7 +72,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             id
         }
         None => {
-            let server = config.server.as_deref().context("enrolling needs --server URL")?;
+            let server = config
+                .server
+                .as_deref()
+                .context("enrolling needs --server URL")?;
             let token = config.token.as_deref().unwrap_or_default();
             let id = identity::enroll(identity::EnrollParams {
                 server,
@@ -77,15 +90,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             id
         }
     };
-    println!("{}", ready_line(&identity, &addr));
-
+    let ready = ready_line(&identity, &addr);
     let shared = server::Shared::new(identity);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::serve(listener, shared.clone(), async {
         let _ = stop_rx.await;
     }));
     let outcome = tokio::select! {
-        stop = heartbeat::run(shared.clone(), addr.clone(), config.heartbeat_every, config.dir.clone()) => Some(stop),
+        stop = heartbeat::run(shared.clone(), addr.clone(), config.heartbeat_every, config.dir.clone(), || println!("{ready}")) => Some(stop),
         _ = shutdown => None,
     };
     let _ = stop_tx.send(());
@@ -108,7 +120,9 @@ fn advertised(bound: SocketAddr, advertise: Option<&str>) -> anyhow::Result<Stri
         return Ok(a.to_owned());
     }
     if bound.ip().is_unspecified() {
-        bail!("listening on {bound} (all addresses): say which address callers should dial with --advertise HOST:PORT");
+        bail!(
+            "listening on {bound} (all addresses): say which address callers should dial with --advertise HOST:PORT"
+        );
     }
     Ok(bound.to_string())
 }

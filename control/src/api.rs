@@ -21,7 +21,12 @@ type AppState = State<Arc<App>>;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { "ok" }))
+        .route(
+            "/v1/health",
+            get(|| async {
+                Json(serde_json::json!({ "status": "ok", "version": proto::VERSION }))
+            }),
+        )
         .route("/v1/whoami", get(whoami))
         .route("/v1/logout", post(logout))
         .route("/v1/users", get(list_users).post(add_user))
@@ -58,7 +63,10 @@ impl From<StoreError> for ApiErr {
             StoreError::Refused(m) => ApiErr::new(StatusCode::FORBIDDEN, m),
             StoreError::Sqlite(e) => {
                 tracing::error!(error = %e, "database error");
-                ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "the control plane's database failed; see its log")
+                ApiErr::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the control plane's database failed; see its log",
+                )
             }
         }
     }
@@ -74,11 +82,20 @@ type ApiResult<T> = Result<Json<T>, ApiErr>;
 
 /// Unwraps a JSON body, answering a malformed one with a JSON error.
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiErr> {
-    b.map(|Json(v)| v).map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text())))
+    b.map(|Json(v)| v).map_err(|e| {
+        ApiErr::new(
+            StatusCode::BAD_REQUEST,
+            format!("bad request body: {}", e.body_text()),
+        )
+    })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
 }
 
 fn check_name(kind: &str, v: &str) -> Result<(), ApiErr> {
@@ -96,14 +113,20 @@ impl FromRequestParts<Arc<App>> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Caller, ApiErr> {
         let unauthorized = |m: &str| ApiErr::new(StatusCode::UNAUTHORIZED, m);
-        let tok = bearer(&parts.headers).ok_or_else(|| unauthorized("not logged in: run `openbox login --server URL --token TOKEN`"))?;
+        let tok = bearer(&parts.headers).ok_or_else(|| {
+            unauthorized("not logged in: run `openbox login --server URL --token TOKEN`")
+        })?;
         if !tok.starts_with(token::LOGIN_PREFIX) {
-            return Err(unauthorized("that is not a login token (login tokens start with obx_)"));
+            return Err(unauthorized(
+                "that is not a login token (login tokens start with obx_)",
+            ));
         }
         let token_hash = token::hash(tok);
         match app.store.user_by_login_token(&token_hash)? {
             Some(user) => Ok(Caller { user, token_hash }),
-            None => Err(unauthorized("the login token is invalid or was revoked; ask an admin for a new one (`openbox user add`)")),
+            None => Err(unauthorized(
+                "the login token is invalid or was revoked; ask an admin for a new one (`openbox user add`)",
+            )),
         }
     }
 }
@@ -113,13 +136,23 @@ impl Caller {
         if self.user.admin {
             Ok(())
         } else {
-            Err(ApiErr::new(StatusCode::FORBIDDEN, format!("{:?} is not an admin; ask an admin to do this", self.user.name)))
+            Err(ApiErr::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{:?} is not an admin; ask an admin to do this",
+                    self.user.name
+                ),
+            ))
         }
     }
 }
 
 async fn whoami(State(app): AppState, caller: Caller) -> ApiResult<WhoAmI> {
-    Ok(Json(WhoAmI { user: caller.user.name, admin: caller.user.admin, ca_public_key: app.ca.public_key_openssh() }))
+    Ok(Json(WhoAmI {
+        user: caller.user.name,
+        admin: caller.user.admin,
+        ca_public_key: app.ca.public_key_openssh(),
+    }))
 }
 
 async fn logout(State(app): AppState, caller: Caller) -> Result<StatusCode, ApiErr> {
@@ -132,17 +165,29 @@ async fn list_users(State(app): AppState, caller: Caller) -> ApiResult<Vec<UserI
     Ok(Json(app.store.list_users()?))
 }
 
-async fn add_user(State(app): AppState, caller: Caller, b: Result<Json<NewUser>, JsonRejection>) -> ApiResult<UserCreated> {
+async fn add_user(
+    State(app): AppState,
+    caller: Caller,
+    b: Result<Json<NewUser>, JsonRejection>,
+) -> ApiResult<UserCreated> {
     caller.require_admin()?;
     let req = body(b)?;
     check_name("user name", &req.name)?;
     let tok = token::generate(token::LOGIN_PREFIX);
-    app.store.create_user(&req.name, false, &token::hash(tok.expose()), now())?;
+    app.store
+        .create_user(&req.name, false, &token::hash(tok.expose()), now())?;
     tracing::info!(user = %req.name, by = %caller.user.name, "user added");
-    Ok(Json(UserCreated { name: req.name, token: tok.expose().to_owned() }))
+    Ok(Json(UserCreated {
+        name: req.name,
+        token: tok.expose().to_owned(),
+    }))
 }
 
-async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiErr> {
+async fn remove_user(
+    State(app): AppState,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiErr> {
     caller.require_admin()?;
     app.store.remove_user(&name)?;
     tracing::info!(user = %name, by = %caller.user.name, "user removed");
@@ -160,25 +205,48 @@ async fn new_enroll_token(
         check_name("tag", t)?;
     }
     if req.ttl_secs == 0 || req.ttl_secs > 30 * 24 * 3600 {
-        return Err(ApiErr::new(StatusCode::BAD_REQUEST, "the token lifetime must be between 1 second and 30 days"));
+        return Err(ApiErr::new(
+            StatusCode::BAD_REQUEST,
+            "the token lifetime must be between 1 second and 30 days",
+        ));
     }
     let tok = token::generate(token::ENROLL_PREFIX);
     let expires_at = now() + req.ttl_secs;
-    app.store.add_enroll_token(&token::hash(tok.expose()), caller.user.id, &req.tags, now(), expires_at)?;
-    Ok(Json(EnrollToken { token: tok.expose().to_owned(), tags: req.tags, expires_at }))
+    app.store.add_enroll_token(
+        &token::hash(tok.expose()),
+        caller.user.id,
+        &req.tags,
+        now(),
+        expires_at,
+    )?;
+    Ok(Json(EnrollToken {
+        token: tok.expose().to_owned(),
+        tags: req.tags,
+        expires_at,
+    }))
 }
 
 fn sign_host_cert(app: &App, host_key: &trust::PublicKey, node_id: &str) -> Result<String, ApiErr> {
     let t = now();
-    let cert = app.ca.sign_host(host_key, node_id, t - CLOCK_SKEW_SECS, t + HOST_CERT_TTL_SECS)?;
+    let cert = app.ca.sign_host(
+        host_key,
+        node_id,
+        t - CLOCK_SKEW_SECS,
+        t + HOST_CERT_TTL_SECS,
+    )?;
     Ok(cert.to_openssh().map_err(trust::TrustError::from)?)
 }
 
-async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejection>) -> ApiResult<Enrolled> {
+async fn enroll(
+    State(app): AppState,
+    b: Result<Json<EnrollRequest>, JsonRejection>,
+) -> ApiResult<Enrolled> {
     let req = body(b)?;
     let unauthorized = |m: &str| ApiErr::new(StatusCode::UNAUTHORIZED, m);
     if !req.token.starts_with(token::ENROLL_PREFIX) {
-        return Err(unauthorized("that is not an enrollment token (they start with enroll_); mint one with `openbox node token`"));
+        return Err(unauthorized(
+            "that is not an enrollment token (they start with enroll_); mint one with `openbox node token`",
+        ));
     }
     for t in &req.tags {
         check_name("tag", t)?;
@@ -186,14 +254,32 @@ async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejecti
     if let Some(n) = &req.name {
         check_name("node name", n)?;
     }
+    // A host name that is not a valid node name is replaced rather than refused.
+    let default_name = req
+        .default_name
+        .filter(|n| proto::check_name("node name", n).is_ok())
+        .unwrap_or_else(|| "node".into());
     let host_key = trust::parse_public_key(&req.host_public_key)?;
-    let mut tags = match app.store.take_enroll_token(&token::hash(&req.token), now())? {
+    let mut tags = match app
+        .store
+        .take_enroll_token(&token::hash(&req.token), now())?
+    {
         Ok(tags) => tags,
-        Err(EnrollTokenProblem::Unknown) => return Err(unauthorized("unknown enrollment token; mint one with `openbox node token`")),
-        Err(EnrollTokenProblem::Used) => {
-            return Err(unauthorized("this enrollment token was already used; each token enrolls one node — mint another with `openbox node token`"));
+        Err(EnrollTokenProblem::Unknown) => {
+            return Err(unauthorized(
+                "unknown enrollment token; mint one with `openbox node token`",
+            ));
         }
-        Err(EnrollTokenProblem::Expired) => return Err(unauthorized("this enrollment token has expired; mint another with `openbox node token`")),
+        Err(EnrollTokenProblem::Used) => {
+            return Err(unauthorized(
+                "this enrollment token was already used; each token enrolls one node — mint another with `openbox node token`",
+            ));
+        }
+        Err(EnrollTokenProblem::Expired) => {
+            return Err(unauthorized(
+                "this enrollment token has expired; mint another with `openbox node token`",
+            ));
+        }
     };
     for t in req.tags {
         if !tags.contains(&t) {
@@ -207,7 +293,7 @@ async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejecti
     let row = app.store.insert_node(
         NodeRow {
             id: node_id.clone(),
-            name: req.name.unwrap_or_else(|| "node".into()),
+            name: req.name.unwrap_or(default_name),
             tags,
             platform: req.platform,
             addr: req.addr,
@@ -237,17 +323,31 @@ async fn heartbeat(
     let hb = body(b)?;
     let Some(node) = app.store.node(&hb.node_id)? else {
         if app.store.is_revoked(&hb.node_id)? {
-            return Err(ApiErr::new(StatusCode::GONE, "this node was removed from the fleet; enroll it again with a new token"));
+            return Err(ApiErr::new(
+                StatusCode::GONE,
+                "this node was removed from the fleet; enroll it again with a new token",
+            ));
         }
         return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unknown node"));
     };
     // Look nodes up by id only: a name must not stand in for the id here.
-    let secret_ok = node.id == hb.node_id && bearer(&headers).is_some_and(|s| token::hash(s) == node.secret_hash);
+    let secret_ok = node.id == hb.node_id
+        && bearer(&headers).is_some_and(|s| token::hash(s) == node.secret_hash);
     if !secret_ok {
         tracing::warn!(node = %hb.node_id, "heartbeat with a wrong secret refused");
-        return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "heartbeat secret does not match this node"));
+        return Err(ApiErr::new(
+            StatusCode::UNAUTHORIZED,
+            "heartbeat secret does not match this node",
+        ));
     }
-    app.store.record_heartbeat(&node.id, &hb.addr, &hb.platform, &hb.version, now(), hb.stopping)?;
+    app.store.record_heartbeat(
+        &node.id,
+        &hb.addr,
+        &hb.platform,
+        &hb.version,
+        now(),
+        hb.stopping,
+    )?;
     let mut reply = HeartbeatReply::default();
     if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
         let key = trust::parse_public_key(&node.host_key)?;
@@ -262,7 +362,11 @@ struct NodeFilter {
     tag: Option<String>,
 }
 
-async fn list_nodes(State(app): AppState, _caller: Caller, Query(f): Query<NodeFilter>) -> ApiResult<Vec<Node>> {
+async fn list_nodes(
+    State(app): AppState,
+    _caller: Caller,
+    Query(f): Query<NodeFilter>,
+) -> ApiResult<Vec<Node>> {
     let t = now();
     let nodes = app.store.list_nodes()?;
     Ok(Json(
@@ -276,11 +380,18 @@ async fn list_nodes(State(app): AppState, _caller: Caller, Query(f): Query<NodeF
 
 fn find_node(app: &App, id_or_name: &str) -> Result<NodeRow, ApiErr> {
     app.store.node(id_or_name)?.ok_or_else(|| {
-        ApiErr::new(StatusCode::NOT_FOUND, format!("no node with id or name {id_or_name:?}; `openbox nodes` lists them"))
+        ApiErr::new(
+            StatusCode::NOT_FOUND,
+            format!("no node with id or name {id_or_name:?}; `openbox nodes` lists them"),
+        )
     })
 }
 
-async fn remove_node(State(app): AppState, caller: Caller, Path(node): Path<String>) -> Result<StatusCode, ApiErr> {
+async fn remove_node(
+    State(app): AppState,
+    caller: Caller,
+    Path(node): Path<String>,
+) -> Result<StatusCode, ApiErr> {
     caller.require_admin()?;
     let row = find_node(&app, &node)?;
     app.store.remove_node(&row.id, now())?;
@@ -330,27 +441,51 @@ fn resolve(app: &App, target: &Target) -> Result<Node, ApiErr> {
         Target::Node(n) => {
             let node = find_node(app, n)?.to_api(t, offline_after);
             if !node.online {
-                let seen = node.last_seen.map(|s| ago(t.saturating_sub(s))).unwrap_or_else(|| "never".into());
-                return Err(ApiErr::new(StatusCode::SERVICE_UNAVAILABLE, format!("node {} is offline (last seen {seen})", node.name)));
+                let seen = node
+                    .last_seen
+                    .map(|s| ago(t.saturating_sub(s)))
+                    .unwrap_or_else(|| "never".into());
+                return Err(ApiErr::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("node {} is offline (last seen {seen})", node.name),
+                ));
             }
             Ok(node)
         }
         Target::Tag(tag) => {
-            let all: Vec<Node> = app.store.list_nodes()?.iter().map(|n| n.to_api(t, offline_after)).collect();
+            let all: Vec<Node> = app
+                .store
+                .list_nodes()?
+                .iter()
+                .map(|n| n.to_api(t, offline_after))
+                .collect();
             let tagged: Vec<&Node> = all.iter().filter(|n| n.tags.contains(tag)).collect();
             if tagged.is_empty() {
-                let mut known: Vec<&str> = all.iter().flat_map(|n| n.tags.iter().map(String::as_str)).collect();
+                let mut known: Vec<&str> = all
+                    .iter()
+                    .flat_map(|n| n.tags.iter().map(String::as_str))
+                    .collect();
                 known.sort_unstable();
                 known.dedup();
-                let known = if known.is_empty() { "none yet".to_owned() } else { known.join(", ") };
-                return Err(ApiErr::new(StatusCode::NOT_FOUND, format!("no node carries tag {tag:?}; tags in this fleet: {known}")));
+                let known = if known.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                return Err(ApiErr::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no node carries tag {tag:?}; tags in this fleet: {known}"),
+                ));
             }
             let online: Vec<&&Node> = tagged.iter().filter(|n| n.online).collect();
             if online.is_empty() {
                 let seen: Vec<String> = tagged
                     .iter()
                     .map(|n| {
-                        let s = n.last_seen.map(|s| ago(t.saturating_sub(s))).unwrap_or_else(|| "never".into());
+                        let s = n
+                            .last_seen
+                            .map(|s| ago(t.saturating_sub(s)))
+                            .unwrap_or_else(|| "never".into());
                         format!("{} last seen {s}", n.name)
                     })
                     .collect();
@@ -371,7 +506,11 @@ fn rand_index(n: usize) -> usize {
     usize::from_str_radix(&id[..8], 16).unwrap_or(0) % n.max(1)
 }
 
-async fn dispatch(State(app): AppState, caller: Caller, b: Result<Json<DispatchRequest>, JsonRejection>) -> ApiResult<Dispatch> {
+async fn dispatch(
+    State(app): AppState,
+    caller: Caller,
+    b: Result<Json<DispatchRequest>, JsonRejection>,
+) -> ApiResult<Dispatch> {
     let req = body(b)?;
     if let Some(s) = &req.session {
         check_name("session id", s)?;

@@ -37,7 +37,8 @@ pub struct App {
 /// Loads the CA key from `path`, or creates it there (mode 0600) on first start.
 pub fn load_or_create_ca(path: &Path) -> anyhow::Result<Ca> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ca::from_openssh(&text).with_context(|| format!("reading the CA key {}", path.display())),
+        Ok(text) => Ca::from_openssh(&text)
+            .with_context(|| format!("reading the CA key {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let ca = Ca::generate();
             paths::write_private(path, ca.to_openssh()?.expose().as_bytes())
@@ -51,7 +52,10 @@ pub fn load_or_create_ca(path: &Path) -> anyhow::Result<Ca> {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// On an empty registry, creates the admin user and returns its one-time login token.
@@ -77,7 +81,9 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, api::router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The default file locations, under the control directory of [`paths`].

@@ -59,7 +59,8 @@ fn main() -> ExitCode {
 
 fn init_tracing(verbose: u8) {
     let default = ["info", "debug", "trace"][usize::from(verbose.min(2))];
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG").unwrap_or_else(|_| default.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG")
+        .unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -73,29 +74,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let store = openbox_control::Store::open(&db).with_context(|| format!("opening the database {}", db.display()))?;
+    let store = openbox_control::Store::open(&db)
+        .with_context(|| format!("opening the database {}", db.display()))?;
     let ca = openbox_control::load_or_create_ca(&ca_path)?;
     let listener = tokio::net::TcpListener::bind(&args.addr)
         .await
         .with_context(|| format!("cannot listen on {}; is another control plane running there? (--addr picks another)", args.addr))?;
     let bound = listener.local_addr()?;
-    let url = args.url.unwrap_or_else(|| format!("http://{bound}")).trim_end_matches('/').to_owned();
+    let url = args
+        .url
+        .unwrap_or_else(|| format!("http://{bound}"))
+        .trim_end_matches('/')
+        .to_owned();
 
     let first_token = openbox_control::bootstrap_admin(&store, &args.admin)?;
-    let extra_token = if args.new_admin_token { Some(openbox_control::new_login_token(&store, &args.admin)?) } else { None };
+    let extra_token = if args.new_admin_token {
+        Some(openbox_control::new_login_token(&store, &args.admin)?)
+    } else {
+        None
+    };
 
-    println!("openbox control plane listening on {url} (database {}, CA {})", db.display(), ca_path.display());
+    println!(
+        "openbox control plane listening on {url} (database {}, CA {})",
+        db.display(),
+        ca_path.display()
+    );
     if let Some(tok) = first_token.as_ref().or(extra_token.as_ref()) {
         if let Some(path) = &args.bootstrap_token_file {
             paths::write_private(path, tok.expose().as_bytes())?;
         }
-        let what = if first_token.is_some() { format!("First start: created admin user {:?}.", args.admin) } else { format!("New login token for {:?}.", args.admin) };
+        let what = if first_token.is_some() {
+            format!("First start: created admin user {:?}.", args.admin)
+        } else {
+            format!("New login token for {:?}.", args.admin)
+        };
         println!("{what} Log in with (the token is shown only once):");
         println!("  openbox login --server {url} --token {}", tok.expose());
     }
 
     let app = Arc::new(openbox_control::App {
-        config: openbox_control::Config { public_url: url, offline_after_secs: args.offline_after },
+        config: openbox_control::Config {
+            public_url: url,
+            offline_after_secs: args.offline_after,
+        },
         store,
         ca,
     });

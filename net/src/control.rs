@@ -56,7 +56,11 @@ impl Client {
             .filter(|a| !a.is_empty() && !a.contains('/'))
             .ok_or_else(|| ControlError::BadUrl(url.clone()))?
             .to_owned();
-        Ok(Client { url, authority, token })
+        Ok(Client {
+            url,
+            authority,
+            token,
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -67,11 +71,19 @@ impl Client {
         self.call(Method::GET, path, None::<&()>).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ControlError> {
         self.call(Method::POST, path, Some(body)).await
     }
 
-    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ControlError> {
         self.call(Method::PATCH, path, Some(body)).await
     }
 
@@ -79,19 +91,39 @@ impl Client {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ControlError> {
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ControlError> {
         match tokio::time::timeout(TIMEOUT, self.call_inner(method, path, body)).await {
             Ok(r) => r,
-            Err(_) => Err(ControlError::Unreachable { url: self.url.clone(), why: "no answer within 15s".into() }),
+            Err(_) => Err(ControlError::Unreachable {
+                url: self.url.clone(),
+                why: "no answer within 15s".into(),
+            }),
         }
     }
 
-    async fn call_inner<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ControlError> {
-        let unreachable = |why: String| ControlError::Unreachable { url: self.url.clone(), why };
-        let stream = TcpStream::connect(&self.authority).await.map_err(|e| unreachable(e.to_string()))?;
+    async fn call_inner<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ControlError> {
+        let unreachable = |why: String| ControlError::Unreachable {
+            url: self.url.clone(),
+            why,
+        };
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).ok();
         let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn);
 
         let bytes = match body {
@@ -107,17 +139,36 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {}", t.expose()));
         }
-        let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
+        let req = req
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
         if !status.is_success() {
             let message = serde_json::from_slice::<proto::api::ApiError>(&body)
                 .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
-            return Err(ControlError::Api { status: status.as_u16(), message });
+                .unwrap_or_else(|_| {
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())
+                });
+            return Err(ControlError::Api {
+                status: status.as_u16(),
+                message,
+            });
         }
-        let body: &[u8] = if body.is_empty() || status == StatusCode::NO_CONTENT { b"null" } else { &body };
+        let body: &[u8] = if body.is_empty() || status == StatusCode::NO_CONTENT {
+            b"null"
+        } else {
+            &body
+        };
         serde_json::from_slice(body).map_err(|e| ControlError::Protocol(e.to_string()))
     }
 }

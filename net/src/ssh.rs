@@ -10,14 +10,22 @@ use russh::client::{self, Handle};
 use russh::keys::PublicKeyOrCertificate;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use trust::{Certificate, PrivateKey, PublicKey, TrustError};
+use trust::{Certificate, PrivateKey, PublicKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error("cannot reach node {node} at {addr}: {why}")]
-    Unreachable { node: String, addr: String, why: String },
+    Unreachable {
+        node: String,
+        addr: String,
+        why: String,
+    },
     #[error("node {node} at {addr} was refused: {why}")]
-    HostRejected { node: String, addr: String, why: String },
+    HostRejected {
+        node: String,
+        addr: String,
+        why: String,
+    },
     #[error("node {node} refused the user certificate")]
     AuthRejected { node: String },
     #[error("connection to node {node} lost: {why}")]
@@ -36,7 +44,11 @@ pub struct NodeTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
     Code(u32),
-    Signal { name: String, core_dumped: bool, message: String },
+    Signal {
+        name: String,
+        core_dumped: bool,
+        message: String,
+    },
 }
 
 impl ExitStatus {
@@ -77,17 +89,25 @@ struct HostCheck {
 impl client::Handler for HostCheck {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let now = unix_now();
         let verdict = match key.certificate() {
-            Some(cert) => trust::verify_host_cert(cert, &self.target.ca, &self.target.node_id, now).map_err(|e| e.to_string()),
-            None => Err("it presented a bare host key, not a host certificate from this fleet's CA".to_owned()),
+            Some(cert) => trust::verify_host_cert(cert, &self.target.ca, &self.target.node_id, now)
+                .map_err(|e| e.to_string()),
+            None => Err(
+                "it presented a bare host key, not a host certificate from this fleet's CA"
+                    .to_owned(),
+            ),
         };
         match verdict {
             Ok(()) => Ok(true),
             Err(why) => {
                 tracing::warn!(node = %self.target.node_id, addr = %self.target.addr, %why, "host certificate refused");
-                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("its host certificate is not acceptable: {why}"));
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("its host certificate is not acceptable: {why}"));
                 Ok(false)
             }
         }
@@ -95,13 +115,18 @@ impl client::Handler for HostCheck {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn client_config() -> Arc<client::Config> {
-    let mut preferred = russh::Preferred::default();
     // Ask for the host's certificate; a bare host key is then refused by HostCheck.
-    preferred.host_key_certificates = Cow::Borrowed(&[russh::keys::Algorithm::Ed25519]);
+    let preferred = russh::Preferred {
+        host_key_certificates: Cow::Borrowed(&[russh::keys::Algorithm::Ed25519]),
+        ..Default::default()
+    };
     Arc::new(client::Config {
         preferred,
         nodelay: true,
@@ -121,19 +146,30 @@ pub struct Connection {
 /// Dials the node over TCP and verifies its host certificate.
 pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
     let node = target.node_id.clone();
-    let unreachable = |why: String| SshError::Unreachable { node: node.clone(), addr: target.addr.clone(), why };
+    let unreachable = |why: String| SshError::Unreachable {
+        node: node.clone(),
+        addr: target.addr.clone(),
+        why,
+    };
     let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target.addr))
         .await
         .map_err(|_| unreachable("no answer within 10s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     stream.set_nodelay(true).ok();
     let refusal = Arc::new(Mutex::new(None));
-    let check = HostCheck { target: target.clone(), refusal: refusal.clone() };
+    let check = HostCheck {
+        target: target.clone(),
+        refusal: refusal.clone(),
+    };
     match client::connect_stream(client_config(), stream, check).await {
         Ok(handle) => Ok(Connection { handle, node }),
         Err(e) => {
             if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return Err(SshError::HostRejected { node, addr: target.addr.clone(), why });
+                return Err(SshError::HostRejected {
+                    node,
+                    addr: target.addr.clone(),
+                    why,
+                });
             }
             Err(unreachable(format!("SSH handshake failed: {e}")))
         }
@@ -142,10 +178,28 @@ pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
 
 impl Connection {
     /// Authenticates as `user` with a user certificate for `key`.
-    pub async fn authenticate(&mut self, user: &str, key: Arc<PrivateKey>, cert: Certificate) -> Result<(), SshError> {
-        let lost = |e: russh::Error| SshError::Lost { node: self.node.clone(), why: e.to_string() };
-        let res = self.handle.authenticate_openssh_cert(user, key, cert).await.map_err(lost)?;
-        if res.success() { Ok(()) } else { Err(SshError::AuthRejected { node: self.node.clone() }) }
+    pub async fn authenticate(
+        &mut self,
+        user: &str,
+        key: Arc<PrivateKey>,
+        cert: Certificate,
+    ) -> Result<(), SshError> {
+        let lost = |e: russh::Error| SshError::Lost {
+            node: self.node.clone(),
+            why: e.to_string(),
+        };
+        let res = self
+            .handle
+            .authenticate_openssh_cert(user, key, cert)
+            .await
+            .map_err(lost)?;
+        if res.success() {
+            Ok(())
+        } else {
+            Err(SshError::AuthRejected {
+                node: self.node.clone(),
+            })
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -154,13 +208,22 @@ impl Connection {
 
     /// Runs `command` on the node, streaming `stdin` to it and its stdout and stderr to the
     /// given writers as they arrive; returns how it ended.
-    pub async fn exec<I, O, E>(&self, command: &str, stdin: Option<I>, stdout: &mut O, stderr: &mut E) -> Result<ExitStatus, SshError>
+    pub async fn exec<I, O, E>(
+        &self,
+        command: &str,
+        stdin: Option<I>,
+        stdout: &mut O,
+        stderr: &mut E,
+    ) -> Result<ExitStatus, SshError>
     where
         I: AsyncRead + Unpin + Send + 'static,
         O: AsyncWrite + Unpin,
         E: AsyncWrite + Unpin,
     {
-        let lost = |e: russh::Error| SshError::Lost { node: self.node.clone(), why: e.to_string() };
+        let lost = |e: russh::Error| SshError::Lost {
+            node: self.node.clone(),
+            why: e.to_string(),
+        };
         let channel = self.handle.channel_open_session().await.map_err(lost)?;
         channel.exec(true, command).await.map_err(lost)?;
         let (mut read, write) = channel.split();
@@ -191,12 +254,11 @@ impl Connection {
         let mut stdout_open = true;
         while let Some(msg) = read.wait().await {
             match msg {
-                ChannelMsg::Data { data } => {
+                ChannelMsg::Data { data }
                     // A reader that went away (`| head`) stops mattering; keep draining.
-                    if stdout_open && (stdout.write_all(&data).await.is_err() || stdout.flush().await.is_err()) {
+                    if stdout_open && (stdout.write_all(&data).await.is_err() || stdout.flush().await.is_err()) => {
                         stdout_open = false;
                     }
-                }
                 ChannelMsg::ExtendedData { data, ext: 1 } => {
                     let _ = stderr.write_all(&data).await;
                     let _ = stderr.flush().await;
@@ -212,11 +274,17 @@ impl Connection {
         if let Some(f) = feeder {
             f.abort();
         }
-        status.ok_or_else(|| SshError::Lost { node: self.node.clone(), why: "the command ended without an exit status".into() })
+        status.ok_or_else(|| SshError::Lost {
+            node: self.node.clone(),
+            why: "the command ended without an exit status".into(),
+        })
     }
 
     pub async fn close(self) {
-        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
     }
 }
 
@@ -236,11 +304,5 @@ fn sig_name(sig: &russh::Sig) -> String {
         TERM => "TERM".into(),
         USR1 => "USR1".into(),
         Custom(s) => s.clone(),
-    }
-}
-
-impl From<TrustError> for SshError {
-    fn from(e: TrustError) -> SshError {
-        SshError::HostRejected { node: String::new(), addr: String::new(), why: e.to_string() }
     }
 }

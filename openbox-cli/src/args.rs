@@ -45,7 +45,12 @@ pub struct RunArgs {
     #[arg(short = 't', long = "tag", value_name = "TAG")]
     tag: Option<String>,
     /// Run on this node (id or name).
-    #[arg(short = 'n', long = "node", value_name = "NODE", conflicts_with = "tag")]
+    #[arg(
+        short = 'n',
+        long = "node",
+        value_name = "NODE",
+        conflicts_with = "tag"
+    )]
     node: Option<String>,
     /// Run in the persistent session SID (same node, shell, cwd and environment).
     #[arg(short = 's', long = "session", value_name = "SID")]
@@ -60,7 +65,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE")]
     isolate: Option<String>,
     /// The command and its arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     command: Vec<String>,
 }
 
@@ -146,8 +155,8 @@ pub enum UserCommand {
 
 /// What the CLI will do once the flags are understood.
 pub enum Action {
-    /// Hand this request to openboxd.
-    Call(Request),
+    /// Hand this request to openboxd; `json` asks for machine-readable output.
+    Call { request: Request, json: bool },
     /// Run another role's binary with these arguments.
     Exec(&'static str, Vec<OsString>),
 }
@@ -158,38 +167,58 @@ fn name(kind: &str, v: &str) -> Result<String, String> {
 
 impl Cli {
     pub fn into_action(self) -> Result<Action, String> {
-        let req = match self.command {
-            None => return self.run.into_request().map(|r| Action::Call(Request::Run(r))),
+        let mut json = self.json;
+        let request = match self.command {
+            None => Request::Run(self.run.into_request()?),
             Some(Command::Control { args }) => return Ok(Action::Exec("openbox-control", args)),
             Some(Command::Agent { args }) => return Ok(Action::Exec("openbox-agent", args)),
             Some(Command::Login { server, token }) => Request::Login { server, token },
             Some(Command::Logout) => Request::Logout,
             Some(Command::Whoami) => Request::Whoami,
-            Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
+            Some(Command::Nodes { tag }) => Request::Nodes {
+                tag: tag.map(|t| name("tag", &t)).transpose()?,
+            },
             Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: addr }),
             Some(Command::Down) => Request::Down,
-            Some(Command::User(UserCommand::Add { name: n })) => Request::UserAdd { name: name("user name", &n)? },
+            Some(Command::User(UserCommand::Add { name: n })) => Request::UserAdd {
+                name: name("user name", &n)?,
+            },
             Some(Command::User(UserCommand::Ls)) => Request::UserList,
             Some(Command::User(UserCommand::Rm { name: n })) => Request::UserRemove { name: n },
             Some(Command::Node(NodeCommand::Token { tags, ttl })) => Request::NodeToken {
-                tags: tags.iter().map(|t| name("tag", t)).collect::<Result<_, _>>()?,
+                tags: tags
+                    .iter()
+                    .map(|t| name("tag", t))
+                    .collect::<Result<_, _>>()?,
                 ttl_secs: ttl,
             },
             Some(Command::Node(NodeCommand::Rm { node })) => Request::NodeRemove { node },
-            Some(Command::Node(NodeCommand::Rename { node, name: n })) => Request::NodeRename { node, name: name("node name", &n)? },
+            Some(Command::Node(NodeCommand::Rename { node, name: n })) => Request::NodeRename {
+                node,
+                name: name("node name", &n)?,
+            },
             Some(Command::Node(NodeCommand::Tag { node, changes })) => {
                 let (mut add, mut remove) = (Vec::new(), Vec::new());
                 for c in changes {
+                    // `-TAG` values swallow later flags; take --json back out.
+                    if c == "--json" {
+                        json = true;
+                        continue;
+                    }
                     match (c.strip_prefix('+'), c.strip_prefix('-')) {
                         (Some(t), _) => add.push(name("tag", t)?),
                         (_, Some(t)) => remove.push(name("tag", t)?),
-                        _ => return Err(format!("{c:?}: write +TAG to add a tag or -TAG to remove one")),
+                        _ => {
+                            return Err(format!(
+                                "{c:?}: write +TAG to add a tag or -TAG to remove one"
+                            ));
+                        }
                     }
                 }
                 Request::NodeTag { node, add, remove }
             }
         };
-        Ok(Action::Call(req))
+        Ok(Action::Call { request, json })
     }
 }
 
@@ -198,11 +227,21 @@ impl RunArgs {
         let target = match (self.tag, self.node) {
             (Some(t), None) => Target::Tag(name("tag", &t)?),
             (None, Some(n)) => Target::Node(n),
-            (None, None) if self.command.is_empty() => return Err("no command given; see `openbox --help`".into()),
-            _ => return Err("say where to run it: -t TAG (any node with that tag) or -n NODE".into()),
+            (None, None) if self.command.is_empty() => {
+                return Err("no command given; see `openbox --help`".into());
+            }
+            (None, None) => {
+                return Err(format!(
+                    "{:?} is not an openbox command (see `openbox --help`); to run it on a node, say where: -t TAG or -n NODE",
+                    self.command[0]
+                ));
+            }
+            (Some(_), Some(_)) => return Err("give -t TAG or -n NODE, not both".into()),
         };
         if self.command.is_empty() {
-            return Err(format!("no command given to run on {target}: openbox -t TAG CMD [ARGS…]"));
+            return Err(format!(
+                "no command given to run on {target}: openbox -t TAG CMD [ARGS…]"
+            ));
         }
         let isolation = match (self.docker, self.nspawn, self.isolate) {
             (Some(image), _, _) => format!("docker:{image}").parse::<Isolation>()?,
@@ -211,6 +250,11 @@ impl RunArgs {
             _ => Isolation::Native,
         };
         let session = self.session.map(|s| name("session id", &s)).transpose()?;
-        Ok(RunRequest { target, session, isolation, command: self.command })
+        Ok(RunRequest {
+            target,
+            session,
+            isolation,
+            command: self.command,
+        })
     }
 }

@@ -14,13 +14,18 @@ use proto::request::{CALL_ENV, Call};
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    let json = cli.json;
     match cli.into_action() {
-        Ok(args::Action::Call(request)) => {
+        Ok(args::Action::Call { request, json }) => {
             let call = serde_json::to_string(&Call { request, json }).expect("requests serialize");
-            exec(Command::new(sibling("openboxd")).env(CALL_ENV, call), "openboxd")
+            exec(
+                Command::new(sibling("openboxd")).env(CALL_ENV, call),
+                "openboxd",
+            )
         }
-        Ok(args::Action::Exec(binary, rest)) => exec(Command::new(sibling(binary)).args::<_, OsString>(rest), binary),
+        Ok(args::Action::Exec(binary, rest)) => exec(
+            Command::new(sibling(binary)).args::<_, OsString>(rest),
+            binary,
+        ),
         Err(msg) => {
             eprintln!("openbox: {msg}");
             ExitCode::from(2)
@@ -31,7 +36,9 @@ fn main() -> ExitCode {
 /// Replaces this process with `cmd`; returns only if that fails.
 fn exec(cmd: &mut Command, what: &str) -> ExitCode {
     let err = cmd.exec();
-    eprintln!("openbox: cannot start {what} ({err}); it is installed next to `openbox` — reinstall openbox");
+    eprintln!(
+        "openbox: cannot start {what} ({err}); it is installed next to `openbox` — reinstall openbox"
+    );
     ExitCode::from(proto::EXIT_OPENBOX_FAILURE)
 }
 

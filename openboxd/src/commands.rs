@@ -10,7 +10,10 @@ use crate::login::{Login, user_key};
 /// Prints `value` as JSON when asked, otherwise the text.
 fn show<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
     if json {
-        println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("serializable")
+        );
     } else {
         let t = text();
         if !t.is_empty() {
@@ -30,9 +33,18 @@ pub async fn login(server: &str, token: &str, json: bool) -> anyhow::Result<()> 
     };
     user_key()?;
     login.save()?;
-    show(json, &serde_json::json!({"server": login.server, "user": me.user, "admin": me.admin}), || {
-        format!("Logged in to {} as {}{}.", login.server, me.user, if me.admin { " (admin)" } else { "" })
-    });
+    show(
+        json,
+        &serde_json::json!({"server": login.server, "user": me.user, "admin": me.admin}),
+        || {
+            format!(
+                "Logged in to {} as {}{}.",
+                login.server,
+                me.user,
+                if me.admin { " (admin)" } else { "" }
+            )
+        },
+    );
     Ok(())
 }
 
@@ -40,7 +52,9 @@ pub async fn logout(json: bool) -> anyhow::Result<()> {
     let login = match Login::load() {
         Ok(l) => l,
         Err(_) => {
-            show(json, &serde_json::json!({"logged_out": false}), || "Not logged in.".into());
+            show(json, &serde_json::json!({"logged_out": false}), || {
+                "Not logged in.".into()
+            });
             return Ok(());
         }
     };
@@ -54,26 +68,57 @@ pub async fn logout(json: bool) -> anyhow::Result<()> {
         }
     };
     Login::remove()?;
-    show(json, &serde_json::json!({"logged_out": true, "token_revoked": revoked}), || format!("Logged out of {}.", login.server));
+    show(
+        json,
+        &serde_json::json!({"logged_out": true, "token_revoked": revoked}),
+        || format!("Logged out of {}.", login.server),
+    );
     Ok(())
 }
 
 pub async fn whoami(json: bool) -> anyhow::Result<()> {
     let login = Login::load()?;
     let me: WhoAmI = login.client()?.get("/v1/whoami").await?;
-    show(json, &serde_json::json!({"server": login.server, "user": me.user, "admin": me.admin}), || {
-        format!("{}{} at {}", me.user, if me.admin { " (admin)" } else { "" }, login.server)
-    });
+    show(
+        json,
+        &serde_json::json!({"server": login.server, "user": me.user, "admin": me.admin}),
+        || {
+            format!(
+                "{}{} at {}",
+                me.user,
+                if me.admin { " (admin)" } else { "" },
+                login.server
+            )
+        },
+    );
     Ok(())
 }
 
 pub async fn user_add(name: &str, json: bool) -> anyhow::Result<()> {
     let login = Login::load()?;
-    let created: UserCreated = login.client()?.post("/v1/users", &NewUser { name: name.to_owned() }).await?;
-    let command = format!("openbox login --server {} --token {}", login.server, created.token);
-    show(json, &serde_json::json!({"name": created.name, "token": created.token, "command": command}), || {
-        format!("Created user {}. They log in with (the token is shown only once):\n  {command}", created.name)
-    });
+    let created: UserCreated = login
+        .client()?
+        .post(
+            "/v1/users",
+            &NewUser {
+                name: name.to_owned(),
+            },
+        )
+        .await?;
+    let command = format!(
+        "openbox login --server {} --token {}",
+        login.server, created.token
+    );
+    show(
+        json,
+        &serde_json::json!({"name": created.name, "token": created.token, "command": command}),
+        || {
+            format!(
+                "Created user {}. They log in with (the token is shown only once):\n  {command}",
+                created.name
+            )
+        },
+    );
     Ok(())
 }
 
@@ -82,7 +127,12 @@ pub async fn user_list(json: bool) -> anyhow::Result<()> {
     show(json, &users, || {
         let mut out = format!("{:<24} {:<6} {}\n", "NAME", "ADMIN", "CREATED");
         for u in &users {
-            out += &format!("{:<24} {:<6} {}\n", u.name, if u.admin { "yes" } else { "no" }, ago(u.created_at));
+            out += &format!(
+                "{:<24} {:<6} {}\n",
+                u.name,
+                if u.admin { "yes" } else { "no" },
+                ago(u.created_at)
+            );
         }
         out
     });
@@ -90,22 +140,43 @@ pub async fn user_list(json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn user_remove(name: &str, json: bool) -> anyhow::Result<()> {
-    Login::load()?.client()?.delete(&format!("/v1/users/{name}")).await?;
-    show(json, &serde_json::json!({"removed": name}), || format!("Removed user {name}; their tokens no longer work."));
+    Login::load()?
+        .client()?
+        .delete(&format!("/v1/users/{name}"))
+        .await?;
+    show(json, &serde_json::json!({"removed": name}), || {
+        format!("Removed user {name}; their tokens no longer work.")
+    });
     Ok(())
 }
 
 pub async fn node_token(tags: &[String], ttl_secs: u64, json: bool) -> anyhow::Result<()> {
     let login = Login::load()?;
-    let tok: EnrollToken = login.client()?.post("/v1/enroll-tokens", &NewEnrollToken { tags: tags.to_vec(), ttl_secs }).await?;
-    let tag_flags: String = tok.tags.iter().map(|t| format!(" --tag {t}")).collect();
-    let command = format!("openbox agent --server {} --token {}{tag_flags}", login.server, tok.token);
-    show(json, &serde_json::json!({"token": tok.token, "tags": tok.tags, "expires_at": tok.expires_at, "command": command}), || {
-        format!(
-            "Enrollment token (single use, expires in {}). On the new node run:\n  {command}",
-            human_secs(tok.expires_at.saturating_sub(now()))
+    let tok: EnrollToken = login
+        .client()?
+        .post(
+            "/v1/enroll-tokens",
+            &NewEnrollToken {
+                tags: tags.to_vec(),
+                ttl_secs,
+            },
         )
-    });
+        .await?;
+    let tag_flags: String = tok.tags.iter().map(|t| format!(" --tag {t}")).collect();
+    let command = format!(
+        "openbox agent --server {} --token {}{tag_flags}",
+        login.server, tok.token
+    );
+    show(
+        json,
+        &serde_json::json!({"token": tok.token, "tags": tok.tags, "expires_at": tok.expires_at, "command": command}),
+        || {
+            format!(
+                "Enrollment token (single use, expires in {}). On the new node run:\n  {command}",
+                human_secs(tok.expires_at.saturating_sub(now()))
+            )
+        },
+    );
     Ok(())
 }
 
@@ -122,7 +193,10 @@ pub async fn nodes(tag: Option<&str>, json: bool) -> anyhow::Result<()> {
                 None => "No nodes yet. Add one: `openbox node token --tag TAG` prints the command to run on it.".into(),
             };
         }
-        let mut out = format!("{:<13} {:<16} {:<8} {:<14} {:<22} {:<10} {}\n", "ID", "NAME", "STATUS", "PLATFORM", "ADDRESS", "LAST SEEN", "TAGS");
+        let mut out = format!(
+            "{:<13} {:<16} {:<8} {:<14} {:<22} {:<10} {}\n",
+            "ID", "NAME", "STATUS", "PLATFORM", "ADDRESS", "LAST SEEN", "TAGS"
+        );
         for n in &nodes {
             out += &format!(
                 "{:<13} {:<16} {:<8} {:<14} {:<22} {:<10} {}\n",
@@ -141,8 +215,13 @@ pub async fn nodes(tag: Option<&str>, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn node_remove(node: &str, json: bool) -> anyhow::Result<()> {
-    Login::load()?.client()?.delete(&format!("/v1/nodes/{node}")).await?;
-    show(json, &serde_json::json!({"removed": node}), || format!("Removed node {node}; its identity is revoked."));
+    Login::load()?
+        .client()?
+        .delete(&format!("/v1/nodes/{node}"))
+        .await?;
+    show(json, &serde_json::json!({"removed": node}), || {
+        format!("Removed node {node}; its identity is revoked.")
+    });
     Ok(())
 }
 
@@ -150,13 +229,30 @@ pub async fn node_update(node: &str, update: NodeUpdate, json: bool) -> anyhow::
     if update.name.is_none() && update.add_tags.is_empty() && update.remove_tags.is_empty() {
         bail!("nothing to change: give +TAG to add or -TAG to remove");
     }
-    let n: Node = Login::load()?.client()?.patch(&format!("/v1/nodes/{node}"), &update).await?;
-    show(json, &n, || format!("Node {} ({}): tags {}", n.name, n.id, if n.tags.is_empty() { "none".into() } else { n.tags.join(",") }));
+    let n: Node = Login::load()?
+        .client()?
+        .patch(&format!("/v1/nodes/{node}"), &update)
+        .await?;
+    show(json, &n, || {
+        format!(
+            "Node {} ({}): tags {}",
+            n.name,
+            n.id,
+            if n.tags.is_empty() {
+                "none".into()
+            } else {
+                n.tags.join(",")
+            }
+        )
+    });
     Ok(())
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn human_secs(s: u64) -> String {

@@ -2,8 +2,8 @@
 //! SQLite under the state directory, this machine enrolled as a node tagged `local`, and
 //! the CLI logged in. Both run as background processes logging to the state directory.
 
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,14 @@ struct Role {
     binary: &'static str,
 }
 
-const CONTROL: Role = Role { name: "control", binary: "openbox-control" };
-const AGENT: Role = Role { name: "agent", binary: "openbox-agent" };
+const CONTROL: Role = Role {
+    name: "control",
+    binary: "openbox-control",
+};
+const AGENT: Role = Role {
+    name: "agent",
+    binary: "openbox-agent",
+};
 
 impl Role {
     fn pid_file(&self) -> PathBuf {
@@ -35,7 +41,11 @@ impl Role {
 
     /// The pid of this role's process if it is running.
     fn running(&self) -> Option<Pid> {
-        let pid: i32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        let pid: i32 = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         let pid = Pid::from_raw(pid)?;
         test_kill_process(pid).ok()?;
         // A recycled pid belongs to some other program; only trust our own binary.
@@ -49,7 +59,10 @@ impl Role {
 
     /// Starts the role in the background, its output appended to its log.
     fn spawn(&self, args: &[String]) -> anyhow::Result<Pid> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())?;
         let binary = sibling(self.binary);
         let child = Command::new(&binary)
             .args(args)
@@ -87,10 +100,17 @@ where
             return Ok(());
         }
         if test_kill_process(pid).is_err() || is_zombie(pid) {
-            bail!("the {} exited while starting; see {}", role.name, role.log_file().display());
+            bail!(
+                "the {} exited while starting; see {}",
+                role.name,
+                role.log_file().display()
+            );
         }
         if Instant::now() > deadline {
-            bail!("{what} did not happen within 30s; see {}", role.log_file().display());
+            bail!(
+                "{what} did not happen within 30s; see {}",
+                role.log_file().display()
+            );
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
@@ -99,12 +119,18 @@ where
 
 fn is_zombie(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
 fn log_len(role: &Role) -> u64 {
-    std::fs::metadata(role.log_file()).map(|m| m.len()).unwrap_or(0)
+    std::fs::metadata(role.log_file())
+        .map(|m| m.len())
+        .unwrap_or(0)
 }
 
 fn log_since(role: &Role, offset: u64) -> String {
@@ -123,15 +149,22 @@ pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
     let control_started = match CONTROL.running() {
         Some(_) => false,
         None => {
-            let mut args = vec!["--addr".into(), req.control_addr.clone(), "--bootstrap-token-file".into(), path_arg(&token_file)];
+            let mut args = vec![
+                "--addr".into(),
+                req.control_addr.clone(),
+                "--bootstrap-token-file".into(),
+                path_arg(&token_file),
+            ];
             if logged_in.is_none() {
                 args.push("--new-admin-token".into());
             }
             let _ = std::fs::remove_file(&token_file);
             let pid = CONTROL.spawn(&args)?;
             let health = net::control::Client::new(&url, None)?;
-            wait_for("the control plane answering", &CONTROL, pid, || async { health.get::<serde_json::Value>("/v1/health").await.is_ok() })
-                .await?;
+            wait_for("the control plane answering", &CONTROL, pid, || async {
+                health.get::<serde_json::Value>("/v1/health").await.is_ok()
+            })
+            .await?;
             true
         }
     };
@@ -144,8 +177,15 @@ pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
                 anyhow::anyhow!("the control plane at {url} is running but this machine is not logged in to it; run `openbox down` then `openbox up`")
             })?;
             let token = trust::Secret::new(token.trim());
-            let me: WhoAmI = net::control::Client::new(&url, Some(token.clone()))?.get("/v1/whoami").await?;
-            let login = Login { server: url.clone(), user: me.user, token, ca: trust::parse_public_key(&me.ca_public_key)? };
+            let me: WhoAmI = net::control::Client::new(&url, Some(token.clone()))?
+                .get("/v1/whoami")
+                .await?;
+            let login = Login {
+                server: url.clone(),
+                user: me.user,
+                token,
+                ca: trust::parse_public_key(&me.ca_public_key)?,
+            };
             user_key()?;
             login.save()?;
             let _ = std::fs::remove_file(&token_file);
@@ -160,13 +200,24 @@ pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
         None => {
             let mut args: Vec<String> = vec!["--addr".into(), "127.0.0.1:0".into()];
             if !enrolled {
-                let tok: EnrollToken =
-                    login.client()?.post("/v1/enroll-tokens", &NewEnrollToken { tags: vec![LOCAL_TAG.into()], ttl_secs: 600 }).await?;
+                let tok: EnrollToken = login
+                    .client()?
+                    .post(
+                        "/v1/enroll-tokens",
+                        &NewEnrollToken {
+                            tags: vec![LOCAL_TAG.into()],
+                            ttl_secs: 600,
+                        },
+                    )
+                    .await?;
                 args.extend(["--server".into(), url.clone(), "--token".into(), tok.token]);
             }
             let offset = log_len(&AGENT);
             let pid = AGENT.spawn(&args)?;
-            wait_for("the agent serving", &AGENT, pid, || async { log_since(&AGENT, offset).contains("openbox agent: node ") }).await?;
+            wait_for("the agent serving", &AGENT, pid, || async {
+                log_since(&AGENT, offset).contains("openbox agent: node ")
+            })
+            .await?;
             true
         }
     };
@@ -179,10 +230,19 @@ pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        let state = |started: bool| if started { "started" } else { "already running" };
+        let state = |started: bool| {
+            if started {
+                "started"
+            } else {
+                "already running"
+            }
+        };
         println!("openbox is up:");
         println!("  control plane  {url} ({})", state(control_started));
-        println!("  this machine   node tagged {LOCAL_TAG} ({})", state(agent_started));
+        println!(
+            "  this machine   node tagged {LOCAL_TAG} ({})",
+            state(agent_started)
+        );
         println!("  logged in as   {}", login.user);
         println!("  logs           {logs_shown}");
         println!();

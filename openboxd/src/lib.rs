@@ -41,10 +41,27 @@ pub async fn handle(call: Call) -> u8 {
         Request::Nodes { tag } => commands::nodes(tag.as_deref(), json).await,
         Request::NodeRemove { node } => commands::node_remove(&node, json).await,
         Request::NodeTag { node, add, remove } => {
-            commands::node_update(&node, NodeUpdate { name: None, add_tags: add, remove_tags: remove }, json).await
+            commands::node_update(
+                &node,
+                NodeUpdate {
+                    name: None,
+                    add_tags: add,
+                    remove_tags: remove,
+                },
+                json,
+            )
+            .await
         }
         Request::NodeRename { node, name } => {
-            commands::node_update(&node, NodeUpdate { name: Some(name), ..Default::default() }, json).await
+            commands::node_update(
+                &node,
+                NodeUpdate {
+                    name: Some(name),
+                    ..Default::default()
+                },
+                json,
+            )
+            .await
         }
         Request::Up(req) => fleet::up(req, json).await,
         Request::Down => fleet::down(json).await,

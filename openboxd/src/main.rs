@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use proto::request::{CALL_ENV, Call};
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG").unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG")
+        .unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -20,7 +21,9 @@ fn main() -> ExitCode {
     let call: Call = match serde_json::from_str(&text.to_string_lossy()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("openboxd: the request from the CLI is not understood ({e}); are openbox and openboxd the same version?");
+            eprintln!(
+                "openboxd: the request from the CLI is not understood ({e}); are openbox and openboxd the same version?"
+            );
             return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
         }
     };

@@ -31,19 +31,32 @@ pub async fn run(req: RunRequest) -> anyhow::Result<u8> {
         .await?;
     let ca = trust::parse_public_key(&dispatch.ca_public_key)?;
     if ca != login.ca {
-        bail!("the control plane's certificate authority changed since you logged in; log in again if that is expected");
+        bail!(
+            "the control plane's certificate authority changed since you logged in; log in again if that is expected"
+        );
     }
     let cert = trust::parse_certificate(&dispatch.cert)?;
     let node = &dispatch.node;
-    let target = net::ssh::NodeTarget { node_id: node.id.clone(), addr: node.addr.clone(), ca };
-    let mut conn = net::ssh::dial(&target).await.with_context(|| format!("node {}", node.name))?;
+    let target = net::ssh::NodeTarget {
+        node_id: node.id.clone(),
+        addr: node.addr.clone(),
+        ca,
+    };
+    let mut conn = net::ssh::dial(&target)
+        .await
+        .with_context(|| format!("node {}", node.name))?;
     conn.authenticate(&login.user, key, cert).await?;
     let command = req.command.join(" ");
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    let status = conn.exec(&command, Some(tokio::io::stdin()), &mut stdout, &mut stderr).await?;
+    let status = conn
+        .exec(&command, Some(tokio::io::stdin()), &mut stdout, &mut stderr)
+        .await?;
     if let net::ssh::ExitStatus::Signal { name, .. } = &status {
-        eprintln!("openbox: remote command on {} was killed by signal {name}", node.name);
+        eprintln!(
+            "openbox: remote command on {} was killed by signal {name}",
+            node.name
+        );
     }
     conn.close().await;
     Ok(status.exit_code())

@@ -60,14 +60,21 @@ pub struct Platform {
 
 impl Platform {
     pub fn this_machine() -> Platform {
-        Platform { os: std::env::consts::OS.to_owned(), arch: std::env::consts::ARCH.to_owned() }
+        Platform {
+            os: std::env::consts::OS.to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+        }
     }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnrollRequest {
     pub token: String,
+    /// A name the operator chose; enrollment fails if another node has it.
     pub name: Option<String>,
+    /// The name to use when none was chosen (the host name); made unique with a suffix.
+    #[serde(default)]
+    pub default_name: Option<String>,
     /// Where clients dial the agent, `HOST:PORT`.
     pub addr: String,
     /// Tags asked for by the node, added to those the token carries.

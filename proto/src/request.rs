@@ -22,17 +22,38 @@ pub struct Call {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Run(RunRequest),
-    Login { server: String, token: String },
+    Login {
+        server: String,
+        token: String,
+    },
     Logout,
     Whoami,
-    UserAdd { name: String },
+    UserAdd {
+        name: String,
+    },
     UserList,
-    UserRemove { name: String },
-    NodeToken { tags: Vec<String>, ttl_secs: u64 },
-    Nodes { tag: Option<String> },
-    NodeRemove { node: String },
-    NodeTag { node: String, add: Vec<String>, remove: Vec<String> },
-    NodeRename { node: String, name: String },
+    UserRemove {
+        name: String,
+    },
+    NodeToken {
+        tags: Vec<String>,
+        ttl_secs: u64,
+    },
+    Nodes {
+        tag: Option<String>,
+    },
+    NodeRemove {
+        node: String,
+    },
+    NodeTag {
+        node: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+    NodeRename {
+        node: String,
+        name: String,
+    },
     Up(UpRequest),
     Down,
 }

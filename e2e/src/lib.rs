@@ -1,0 +1,452 @@
+//! The test harness: start the real `openbox`, `openbox-control` and `openbox-agent`
+//! binaries on 127.0.0.1 with temporary `OPENBOX_HOME`s, and wait on their readiness lines.
+//!
+//! The binaries come from the same target directory as the test executable; build them
+//! first (`cargo build --workspace`, which the test command does).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use tempfile::TempDir;
+
+/// How long anything may take to become ready before a test fails.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A binary of this workspace, from the target directory the tests were built into.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// What a finished process printed and how it exited.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(out: std::process::Output) -> Out {
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns self, showing everything on failure.
+    #[track_caller]
+    pub fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "expected success, got {self:#?}");
+        self
+    }
+
+    /// Asserts this exit code and a message on stderr containing `needle`.
+    #[track_caller]
+    pub fn fails_with(self, code: i32, needle: &str) -> Out {
+        assert_eq!(self.code, code, "wrong exit code: {self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should mention {needle:?}: {self:#?}"
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:#?}"))
+    }
+}
+
+/// Polls `check` until it holds; panics naming `what` after [`READY_TIMEOUT`].
+#[track_caller]
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A running child whose stdout lines arrive on a channel and whose stderr goes to a log
+/// file (printed if the test fails).
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines, log }
+    }
+
+    /// The first stdout line containing `needle`, waiting for it.
+    fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!(
+                    "process did not print {needle:?} (exit: {:?}); its log:\n{}",
+                    self.child.try_wait(),
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, sig);
+        }
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "process did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(Signal::TERM);
+        self.wait_exit()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log {} ----\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// A control plane on 127.0.0.1 with its own home.
+pub struct ControlPlane {
+    proc: Option<Proc>,
+    pub home: TempDir,
+    pub url: String,
+    pub addr: String,
+    /// The admin's one-time login token from the first start.
+    pub admin_token: String,
+}
+
+impl ControlPlane {
+    /// Starts a control plane that shows nodes offline 2s after their last heartbeat.
+    pub fn start() -> ControlPlane {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut proc = Self::spawn(home.path(), "127.0.0.1:0");
+        let listening = proc.wait_line("listening on ");
+        let url = listening
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("URL in the listening line")
+            .to_owned();
+        let login = proc.wait_line("openbox login --server");
+        let admin_token = login.split_whitespace().last().expect("token").to_owned();
+        let addr = url.trim_start_matches("http://").to_owned();
+        ControlPlane {
+            proc: Some(proc),
+            home,
+            url,
+            addr,
+            admin_token,
+        }
+    }
+
+    fn spawn(home: &Path, addr: &str) -> Proc {
+        let mut cmd = Command::new(bin("openbox-control"));
+        cmd.env("OPENBOX_HOME", home)
+            .args(["--addr", addr, "--offline-after", "2s"]);
+        Proc::spawn(cmd, home.join("control.log"))
+    }
+
+    /// Stops the control plane (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+
+    /// Kills the control plane outright (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.signal(Signal::KILL);
+            drop(p);
+        }
+    }
+
+    /// Starts it again on the same address with the same files.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut proc = Self::spawn(self.home.path(), &self.addr);
+        proc.wait_line("listening on ");
+        self.proc = Some(proc);
+    }
+
+    /// The real CA, loaded from the control plane's key file.
+    pub fn ca(&self) -> trust::Ca {
+        let text = std::fs::read_to_string(self.ca_path()).expect("CA key file");
+        trust::Ca::from_openssh(&text).expect("CA key")
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.home.path().join("control/ca_key")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.home.path().join("control/openbox.db")
+    }
+}
+
+/// One person's CLI identity: an `OPENBOX_HOME` of its own.
+pub struct Cli {
+    pub home: TempDir,
+}
+
+impl Default for Cli {
+    fn default() -> Self {
+        Cli::new()
+    }
+}
+
+impl Cli {
+    pub fn new() -> Cli {
+        Cli {
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A CLI logged in to `cp` with `token`.
+    pub fn logged_in(cp: &ControlPlane, token: &str) -> Cli {
+        let cli = Cli::new();
+        cli.run(&["login", "--server", &cp.url, "--token", token])
+            .ok();
+        cli
+    }
+
+    /// The admin, logged in with the bootstrap token.
+    pub fn admin(cp: &ControlPlane) -> Cli {
+        Cli::logged_in(cp, &cp.admin_token)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin("openbox"));
+        c.env("OPENBOX_HOME", self.home.path());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_stdin(args, b"")
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Out {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn openbox");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let input = input.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("wait openbox");
+        let _ = feeder.join();
+        Out::from(out)
+    }
+
+    /// Mints an enrollment token with these tags.
+    pub fn enroll_token(&self, tags: &[&str]) -> String {
+        let mut args = vec!["node", "token", "--json"];
+        for t in tags {
+            args.extend(["--tag", t]);
+        }
+        self.run(&args).ok().json()["token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+
+    /// The node list as JSON.
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        self.run(&["nodes", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .expect("array")
+            .clone()
+    }
+
+    /// The listed node with this id, if any.
+    pub fn node(&self, id: &str) -> Option<serde_json::Value> {
+        self.nodes().into_iter().find(|n| n["id"] == id)
+    }
+}
+
+/// An agent on 127.0.0.1 with its own home.
+pub struct Agent {
+    proc: Option<Proc>,
+    pub home: TempDir,
+    pub node_id: String,
+    pub name: String,
+    pub addr: String,
+}
+
+impl Agent {
+    /// Enrolls a new node carrying `tags`, using a token the admin mints.
+    pub fn enroll(cp: &ControlPlane, admin: &Cli, tags: &[&str]) -> Agent {
+        let token = admin.enroll_token(tags);
+        Agent::enroll_with(cp, &token, &[])
+    }
+
+    /// Enrolls with this token and extra agent arguments.
+    pub fn enroll_with(cp: &ControlPlane, token: &str, extra: &[&str]) -> Agent {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut args = vec!["--server", &cp.url, "--token", token];
+        args.extend(extra);
+        let mut agent = Agent {
+            proc: None,
+            home,
+            node_id: String::new(),
+            name: String::new(),
+            addr: String::new(),
+        };
+        agent.start(&args);
+        agent
+    }
+
+    /// Runs the agent binary in a fresh home until it exits (for refusals).
+    pub fn run_to_end(args: &[&str]) -> Out {
+        let home = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(bin("openbox-agent"))
+            .env("OPENBOX_HOME", home.path())
+            .args(["--addr", "127.0.0.1:0", "--heartbeat", "1s"])
+            .args(args)
+            .output()
+            .expect("run agent");
+        Out::from(out)
+    }
+
+    fn start(&mut self, args: &[&str]) {
+        let mut cmd = Command::new(bin("openbox-agent"));
+        cmd.env("OPENBOX_HOME", self.home.path())
+            .args(["--addr", "127.0.0.1:0", "--heartbeat", "1s"])
+            .args(args);
+        let mut proc = Proc::spawn(cmd, self.home.path().join("agent.log"));
+        // "openbox agent: node NAME (ID) serving on ADDR"
+        let line = proc.wait_line("serving on ");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        self.name = words[3].to_owned();
+        self.node_id = words[4].trim_matches(|c| c == '(' || c == ')').to_owned();
+        self.addr = words.last().expect("addr").to_string();
+        self.proc = Some(proc);
+    }
+
+    /// Stops the agent (SIGTERM, so it says goodbye) and starts it again without a token.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start(&[]);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+
+    /// Kills the agent outright (SIGKILL): no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.signal(Signal::KILL);
+            drop(p);
+        }
+    }
+
+    /// Waits for the agent to exit by itself; returns its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.proc.as_mut().expect("running agent").wait_exit()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn identity_file(&self) -> PathBuf {
+        self.home.path().join("agent/identity.json")
+    }
+
+    pub fn host_key_file(&self) -> PathBuf {
+        self.home.path().join("agent/host_key")
+    }
+}
+
+/// A fresh tokio runtime for tests that speak SSH directly.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}

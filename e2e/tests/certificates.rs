@@ -1,0 +1,388 @@
+//! Mutual certificate checks through the real agent, and OpenSSH interoperability.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::Arc;
+
+use net::ssh::{NodeTarget, SshError, dial};
+use openbox_e2e::{Agent, Cli, ControlPlane, now, runtime};
+use proto::Isolation;
+use trust::{Ca, Certificate, PrivateKey, UserCertSpec};
+
+struct Node {
+    cp: ControlPlane,
+    _admin: Cli,
+    agent: Agent,
+}
+
+fn node() -> Node {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["t"]);
+    Node {
+        cp,
+        _admin: admin,
+        agent,
+    }
+}
+
+fn user_cert(
+    ca: &Ca,
+    key: &PrivateKey,
+    user: &str,
+    node_id: &str,
+    after: u64,
+    before: u64,
+) -> Certificate {
+    ca.sign_user(&UserCertSpec {
+        user,
+        node_id,
+        request_id: "test",
+        isolation: &Isolation::Native,
+        session: None,
+        public_key: key.public_key(),
+        valid_after: after,
+        valid_before: before,
+    })
+    .unwrap()
+}
+
+impl Node {
+    fn target(&self) -> NodeTarget {
+        NodeTarget {
+            node_id: self.agent.node_id.clone(),
+            addr: self.agent.addr.clone(),
+            ca: self.cp.ca().public_key().clone(),
+        }
+    }
+
+    /// Tries to run `echo ok` as `user` with `cert`; returns the output or the error.
+    fn try_exec(
+        &self,
+        user: &str,
+        key: &PrivateKey,
+        cert: Certificate,
+    ) -> Result<String, SshError> {
+        let target = self.target();
+        let key = Arc::new(key.clone());
+        runtime().block_on(async move {
+            let mut conn = dial(&target).await?;
+            conn.authenticate(user, key, cert).await?;
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            conn.exec("echo ok", None::<tokio::io::Empty>, &mut out, &mut err)
+                .await?;
+            Ok(String::from_utf8(out).unwrap())
+        })
+    }
+}
+
+#[track_caller]
+fn assert_refused(node: &Node, result: Result<String, SshError>, reason: &str) {
+    assert!(
+        matches!(result, Err(SshError::AuthRejected { .. })),
+        "expected refusal, got {result:?}"
+    );
+    assert!(
+        node.agent.log().contains(reason),
+        "agent log should give the reason {reason:?}:\n{}",
+        node.agent.log()
+    );
+}
+
+#[test]
+fn the_agent_accepts_a_valid_user_certificate() {
+    let n = node();
+    let key = trust::generate_key();
+    let cert = user_cert(
+        &n.cp.ca(),
+        &key,
+        "admin",
+        &n.agent.node_id,
+        now() - 30,
+        now() + 300,
+    );
+    assert_eq!(n.try_exec("admin", &key, cert).unwrap(), "ok\n");
+}
+
+#[test]
+fn the_agent_refuses_expired_and_not_yet_valid_certificates() {
+    let n = node();
+    let key = trust::generate_key();
+    let expired = user_cert(
+        &n.cp.ca(),
+        &key,
+        "admin",
+        &n.agent.node_id,
+        now() - 600,
+        now() - 300,
+    );
+    // russh refuses these before the handler sees them; openbox's own check is the second lock.
+    assert_refused(
+        &n,
+        n.try_exec("admin", &key, expired),
+        "expired or not yet valid",
+    );
+    let future = user_cert(
+        &n.cp.ca(),
+        &key,
+        "admin",
+        &n.agent.node_id,
+        now() + 300,
+        now() + 600,
+    );
+    assert_refused(
+        &n,
+        n.try_exec("admin", &key, future),
+        "expired or not yet valid",
+    );
+}
+
+#[test]
+fn the_agent_refuses_certificates_from_another_ca() {
+    let n = node();
+    let key = trust::generate_key();
+    let foreign = user_cert(
+        &Ca::generate(),
+        &key,
+        "admin",
+        &n.agent.node_id,
+        now() - 30,
+        now() + 300,
+    );
+    assert_refused(
+        &n,
+        n.try_exec("admin", &key, foreign),
+        "not issued by this fleet's certificate authority",
+    );
+}
+
+#[test]
+fn the_agent_refuses_a_principal_mismatch_and_a_certificate_for_another_node() {
+    let n = node();
+    let key = trust::generate_key();
+    let for_bob = user_cert(
+        &n.cp.ca(),
+        &key,
+        "bob",
+        &n.agent.node_id,
+        now() - 30,
+        now() + 300,
+    );
+    assert_refused(
+        &n,
+        n.try_exec("admin", &key, for_bob),
+        "is for [\"bob\"], not \"admin\"",
+    );
+    let elsewhere = user_cert(
+        &n.cp.ca(),
+        &key,
+        "admin",
+        "another-node",
+        now() - 30,
+        now() + 300,
+    );
+    assert_refused(
+        &n,
+        n.try_exec("admin", &key, elsewhere),
+        "issued for node another-node",
+    );
+}
+
+#[test]
+fn the_client_refuses_a_host_certificate_from_another_ca_or_for_another_node() {
+    let n = node();
+    let mut wrong_ca = n.target();
+    wrong_ca.ca = Ca::generate().public_key().clone();
+    let err = runtime()
+        .block_on(dial(&wrong_ca))
+        .err()
+        .expect("must refuse");
+    assert!(
+        err.to_string()
+            .contains("not issued by this fleet's certificate authority"),
+        "{err}"
+    );
+    let mut wrong_node = n.target();
+    wrong_node.node_id = "someone-else".into();
+    let err = runtime()
+        .block_on(dial(&wrong_node))
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("not \"someone-else\""), "{err}");
+}
+
+#[test]
+fn the_client_refuses_an_expired_host_certificate_and_renewal_repairs_it() {
+    let mut n = node();
+    let ca = n.cp.ca();
+    // Give the node an expired host certificate while the control plane is down, so that
+    // no heartbeat can renew it before the client looks.
+    let host_key =
+        PrivateKey::from_openssh(std::fs::read_to_string(n.agent.host_key_file()).unwrap())
+            .unwrap();
+    let expired = ca
+        .sign_host(
+            host_key.public_key(),
+            &n.agent.node_id,
+            now() - 600,
+            now() - 60,
+        )
+        .unwrap();
+    n.cp.stop();
+    n.agent.stop();
+    let path = n.agent.identity_file();
+    let mut id: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    id["host_cert"] = expired.to_openssh().unwrap().into();
+    std::fs::write(&path, id.to_string()).unwrap();
+    n.agent.restart();
+    let err = runtime()
+        .block_on(dial(&n.target()))
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("expired"), "{err}");
+
+    // With the control plane back, the next heartbeat brings a fresh certificate.
+    n.cp.restart();
+    openbox_e2e::wait_until("the host certificate to be renewed", || {
+        runtime().block_on(dial(&n.target())).is_ok()
+    });
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let renewed = trust::parse_certificate(saved["host_cert"].as_str().unwrap()).unwrap();
+    assert!(
+        renewed.valid_before() > now() + 3600,
+        "the renewed certificate is saved for the next start"
+    );
+}
+
+// ---- OpenSSH interoperability ----
+
+struct SshFiles {
+    dir: tempfile::TempDir,
+}
+
+impl SshFiles {
+    /// A key (and optionally a certificate for it) and a known_hosts file that trusts `ca`
+    /// for host certificates naming the node id.
+    fn new(key: &PrivateKey, cert: Option<&Certificate>, ca: &Ca, node_id: &str) -> SshFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("id");
+        std::fs::write(
+            &id,
+            key.to_openssh(trust::ssh_key_line_ending())
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some(c) = cert {
+            std::fs::write(dir.path().join("id-cert.pub"), c.to_openssh().unwrap()).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("known_hosts"),
+            format!("@cert-authority {node_id} {}\n", ca.public_key_openssh()),
+        )
+        .unwrap();
+        SshFiles { dir }
+    }
+
+    fn ssh(&self, agent: &Agent, user: &str, command: &str) -> std::process::Output {
+        let (host, port) = agent.addr.rsplit_once(':').unwrap();
+        let p = |f: &str| self.dir.path().join(f).to_str().unwrap().to_owned();
+        let mut cmd = Command::new("ssh");
+        cmd.args([
+            "-F",
+            "/dev/null",
+            "-i",
+            &p("id"),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .args([
+            "-o",
+            &format!("UserKnownHostsFile={}", p("known_hosts")),
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            &format!("HostKeyAlias={}", agent.node_id),
+        ])
+        .args(["-p", port, &format!("{user}@{host}"), command]);
+        if std::path::Path::new(&p("id-cert.pub")).exists() {
+            cmd.args(["-o", &format!("CertificateFile={}", p("id-cert.pub"))]);
+        }
+        cmd.output()
+            .expect("the OpenSSH client (ssh) must be installed")
+    }
+}
+
+#[test]
+fn a_stock_openssh_client_with_an_openbox_certificate_runs_a_command() {
+    let n = node();
+    let key = trust::generate_key();
+    let ca = n.cp.ca();
+    let cert = user_cert(
+        &ca,
+        &key,
+        "admin",
+        &n.agent.node_id,
+        now() - 30,
+        now() + 300,
+    );
+    let files = SshFiles::new(&key, Some(&cert), &ca, &n.agent.node_id);
+    let out = files.ssh(&n.agent, "admin", "echo interop; echo to-err >&2; exit 3");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "interop\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
+}
+
+#[test]
+fn a_stock_openssh_client_with_a_bare_key_is_refused() {
+    let n = node();
+    let key = trust::generate_key();
+    let files = SshFiles::new(&key, None, &n.cp.ca(), &n.agent.node_id);
+    let out = files.ssh(&n.agent, "admin", "echo should-not-run");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(n.agent.log().contains("refused a bare key"));
+}
+
+#[test]
+fn a_stock_openssh_client_checks_the_agents_host_certificate() {
+    let n = node();
+    let key = trust::generate_key();
+    let cert = user_cert(
+        &n.cp.ca(),
+        &key,
+        "admin",
+        &n.agent.node_id,
+        now() - 30,
+        now() + 300,
+    );
+    // known_hosts trusts some other CA: OpenSSH must refuse the host.
+    let files = SshFiles::new(&key, Some(&cert), &Ca::generate(), &n.agent.node_id);
+    let out = files.ssh(&n.agent, "admin", "echo should-not-run");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,177 @@
+//! `openbox -t TAG cmd` and `-n NODE cmd`: ssh-like command words, separate live streams,
+//! stdin, exit codes, and a byte path that does not touch the control plane.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+
+use openbox_e2e::{Agent, Cli, ControlPlane};
+
+fn fleet(tags: &[&str]) -> (ControlPlane, Cli, Agent) {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, tags);
+    (cp, admin, agent)
+}
+
+#[test]
+fn command_words_are_joined_and_run_by_the_nodes_shell() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    assert_eq!(
+        cli.run(&["-t", "t", "cd /tmp && pwd"]).ok().stdout,
+        "/tmp\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["a.txt", "b.txt", "c.log"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    assert_eq!(
+        cli.run(&["-t", "t", "cd", d, "&&", "ls", "*.txt"])
+            .ok()
+            .stdout,
+        "a.txt\nb.txt\n"
+    );
+    assert_eq!(
+        cli.run(&["-t", "t", "echo", "-n", "x"]).ok().stdout,
+        "x",
+        "flags after the command belong to it"
+    );
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate_and_the_exit_code_is_the_remote_one() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    let out = cli.run(&["-t", "t", "echo to-out; echo to-err >&2; exit 7"]);
+    assert_eq!(out.code, 7);
+    assert_eq!(out.stdout, "to-out\n");
+    assert_eq!(out.stderr, "to-err\n");
+    assert_eq!(cli.run(&["-t", "t", "false"]).code, 1);
+}
+
+#[test]
+fn a_remote_signal_exits_128_plus_its_number() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    let out = cli.run(&["-t", "t", "kill -TERM $$"]);
+    assert_eq!(out.code, 128 + 15, "{out:?}");
+    assert!(out.stderr.contains("signal TERM"), "{out:?}");
+    assert_eq!(cli.run(&["-t", "t", "kill -KILL $$"]).code, 128 + 9);
+}
+
+#[test]
+fn stdin_is_forwarded() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    assert_eq!(
+        cli.run_stdin(&["-t", "t", "cat"], b"hi\n").ok().stdout,
+        "hi\n"
+    );
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = cli.run_stdin(&["-t", "t", "wc -c"], &big).ok();
+    assert_eq!(out.stdout.trim(), "3000000");
+}
+
+#[test]
+fn large_output_arrives_complete() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    let out = cli
+        .cmd()
+        .args(["-t", "t", "head -c 20000000 /dev/zero"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 20_000_000);
+    assert!(out.stdout.iter().all(|b| *b == 0));
+}
+
+#[test]
+fn output_streams_while_the_command_runs() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    let mut child = cli
+        .cmd()
+        .args(["-t", "t", "echo first; read reply; echo \"got $reply\""])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The command is blocked on stdin, so this line can only have arrived live.
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    writeln!(child.stdin.take().unwrap(), "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got go");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn command_bytes_do_not_pass_through_the_control_plane() {
+    let (mut cp, cli, _agent) = fleet(&["t"]);
+    let mut child = cli
+        .cmd()
+        .args(["-t", "t", "echo started; read reply; echo \"got $reply\""])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "started");
+    cp.kill(); // the command keeps talking to the node without it
+    writeln!(child.stdin.take().unwrap(), "direct").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got direct");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_node_is_picked_by_id_or_name_and_a_tag_prefers_online_nodes() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let a = Agent::enroll_with(&cp, &admin.enroll_token(&["pool"]), &["--name", "alpha"]);
+    let mut b = Agent::enroll_with(&cp, &admin.enroll_token(&["pool"]), &["--name", "beta"]);
+    assert_eq!(
+        admin
+            .run(&["-n", &a.node_id, "echo $OPENBOX_NODE"])
+            .ok()
+            .stdout
+            .trim(),
+        a.node_id
+    );
+    assert_eq!(
+        admin
+            .run(&["-n", "beta", "echo $OPENBOX_NODE"])
+            .ok()
+            .stdout
+            .trim(),
+        b.node_id
+    );
+    b.stop();
+    for _ in 0..5 {
+        assert_eq!(
+            admin
+                .run(&["-t", "pool", "echo $OPENBOX_NODE"])
+                .ok()
+                .stdout
+                .trim(),
+            a.node_id
+        );
+    }
+}
+
+#[test]
+fn two_users_run_side_by_side_each_as_themselves() {
+    let (cp, admin, _agent) = fleet(&["t"]);
+    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob = Cli::logged_in(&cp, &token);
+    assert_eq!(
+        admin.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout,
+        "admin\n"
+    );
+    assert_eq!(
+        bob.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout,
+        "bob\n"
+    );
+    assert_ne!(
+        std::fs::read(admin.home.path().join("id_ed25519")).unwrap(),
+        std::fs::read(bob.home.path().join("id_ed25519")).unwrap(),
+        "each identity has its own key"
+    );
+}

@@ -1,0 +1,73 @@
+//! `openbox up` / `openbox down`: a personal fleet on this machine in one command.
+
+use openbox_e2e::Cli;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn up_brings_a_local_fleet_that_runs_commands_and_down_stops_it() {
+    let me = Cli::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = me.run(&["up", "--addr", &addr]).ok();
+    assert!(
+        out.stdout.contains("openbox -t local uname -a"),
+        "up says what to try next: {out:?}"
+    );
+
+    let uname = me.run(&["-t", "local", "uname", "-s"]).ok();
+    assert_eq!(uname.stdout.trim(), "Linux");
+    let nodes = me.nodes();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["tags"], serde_json::json!(["local"]));
+    assert_eq!(me.run(&["whoami", "--json"]).ok().json()["admin"], true);
+    for log in ["control.log", "agent.log"] {
+        assert!(
+            me.home.path().join("logs").join(log).exists(),
+            "{log} in the state dir"
+        );
+    }
+
+    // Running up twice is harmless.
+    let again = me.run(&["up", "--addr", &addr, "--json"]).ok().json();
+    assert_eq!(again["control_started"], false);
+    assert_eq!(again["agent_started"], false);
+    me.run(&["-t", "local", "true"]).ok();
+
+    let down = me.run(&["down"]).ok();
+    assert!(
+        down.stdout.contains("agent") && down.stdout.contains("control"),
+        "{down:?}"
+    );
+    me.run(&["-t", "local", "true"])
+        .fails_with(255, "cannot reach the control plane");
+    assert!(
+        me.run(&["down"])
+            .ok()
+            .stdout
+            .contains("Nothing was running")
+    );
+
+    // Up after down comes back with the same node and login.
+    me.run(&["up", "--addr", &addr]).ok();
+    assert_eq!(me.nodes().len(), 1);
+    me.run(&["-t", "local", "true"]).ok();
+    me.run(&["down"]).ok();
+}
+
+#[test]
+fn up_after_logout_logs_in_again() {
+    let me = Cli::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    me.run(&["up", "--addr", &addr]).ok();
+    me.run(&["down"]).ok();
+    me.run(&["logout"]).ok();
+    me.run(&["up", "--addr", &addr]).ok();
+    me.run(&["-t", "local", "echo", "back"]).ok();
+    me.run(&["down"]).ok();
+}
