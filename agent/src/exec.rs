@@ -26,16 +26,12 @@ impl ChannelOut {
     }
 
     pub async fn stderr(&self, data: &[u8]) -> bool {
-        self.write
-            .extended_data_bytes(1, data.to_vec())
-            .await
-            .is_ok()
+        self.write.extended_data_bytes(1, data.to_vec()).await.is_ok()
     }
 
     /// Reports a refusal as ssh would: a line on stderr and exit status 255, then closes.
     pub async fn refuse(&self, why: &str) {
-        self.stderr(format!("openbox agent: {why}\n").as_bytes())
-            .await;
+        self.stderr(format!("openbox agent: {why}\n").as_bytes()).await;
         self.finish(Outcome::Code(255)).await;
     }
 
@@ -45,10 +41,7 @@ impl ChannelOut {
                 let _ = self.write.exit_status(c).await;
             }
             Outcome::Signal(sig, core) => {
-                let _ = self
-                    .handle
-                    .exit_signal_request(self.id, sig, core, String::new(), String::new())
-                    .await;
+                let _ = self.handle.exit_signal_request(self.id, sig, core, String::new(), String::new()).await;
             }
         }
         let _ = self.write.eof().await;
@@ -108,12 +101,7 @@ fn kill_group(child: &Child, sig: Signal) {
 
 /// Runs `command` natively on this host for the channel; returns when it has ended and its
 /// status has been sent.
-pub async fn run_native(
-    command: &str,
-    env: &[(&str, &str)],
-    mut input: ChannelReadHalf,
-    out: ChannelOut,
-) {
+pub async fn run_native(command: &str, env: &[(&str, &str)], mut input: ChannelReadHalf, out: ChannelOut) {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)
@@ -179,8 +167,7 @@ pub async fn run_native(
             (None, None) => Outcome::Code(255),
         },
         Err(e) => {
-            out.stderr(format!("openbox agent: waiting for the command failed: {e}\n").as_bytes())
-                .await;
+            out.stderr(format!("openbox agent: waiting for the command failed: {e}\n").as_bytes()).await;
             Outcome::Code(255)
         }
     };

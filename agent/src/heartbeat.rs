@@ -14,11 +14,7 @@ pub enum Stop {
     Revoked(String),
 }
 
-async fn beat(
-    shared: &Shared,
-    addr: &str,
-    stopping: bool,
-) -> Result<HeartbeatReply, net::control::ControlError> {
+async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatReply, net::control::ControlError> {
     let id = shared.identity();
     let client = net::control::Client::new(&id.server, Some(id.heartbeat_secret.clone()))?;
     let hb = Heartbeat {

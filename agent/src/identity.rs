@@ -47,27 +47,21 @@ impl Identity {
             Err(e) => return Err(e).context("reading the node identity"),
         };
         let s: Stored = serde_json::from_str(&text).context("the node identity file is damaged")?;
-        let key_text =
-            std::fs::read_to_string(host_key_file(dir)).context("reading the host key")?;
+        let key_text = std::fs::read_to_string(host_key_file(dir)).context("reading the host key")?;
         Ok(Some(Identity {
             node_id: s.node_id,
             name: s.name,
             server: s.server,
             heartbeat_secret: Secret::new(s.heartbeat_secret),
             ca: trust::parse_public_key(&s.ca_public_key)?,
-            host_key: PrivateKey::from_openssh(&key_text)
-                .context("the host key file is damaged")?,
+            host_key: PrivateKey::from_openssh(&key_text).context("the host key file is damaged")?,
             host_cert: trust::parse_certificate(&s.host_cert)?,
         }))
     }
 
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        let key = self
-            .host_key
-            .to_openssh(trust::ssh_key_line_ending())
-            .context("encoding the host key")?;
-        paths::write_private(&host_key_file(dir), key.as_bytes())
-            .context("writing the host key")?;
+        let key = self.host_key.to_openssh(trust::ssh_key_line_ending()).context("encoding the host key")?;
+        paths::write_private(&host_key_file(dir), key.as_bytes()).context("writing the host key")?;
         let s = Stored {
             node_id: self.node_id.clone(),
             name: self.name.clone(),
@@ -76,11 +70,8 @@ impl Identity {
             ca_public_key: self.ca.to_openssh()?,
             host_cert: self.host_cert.to_openssh()?,
         };
-        paths::write_private(
-            &identity_file(dir),
-            serde_json::to_string_pretty(&s)?.as_bytes(),
-        )
-        .context("writing the node identity")
+        paths::write_private(&identity_file(dir), serde_json::to_string_pretty(&s)?.as_bytes())
+            .context("writing the node identity")
     }
 
     /// Forgets the identity (after the control plane revoked it).
@@ -113,10 +104,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         platform: Platform::this_machine(),
         host_public_key: host_key.public_key().to_openssh()?,
     };
-    let e: Enrolled = client
-        .post("/v1/enroll", &req)
-        .await
-        .context("enrollment failed")?;
+    let e: Enrolled = client.post("/v1/enroll", &req).await.context("enrollment failed")?;
     Ok(Identity {
         node_id: e.node_id,
         name: e.name,
@@ -130,20 +118,10 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
 
 /// This machine's host name, made into a valid node name.
 fn hostname() -> Option<String> {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| {
-            std::process::Command::new("hostname")
-                .output()
-                .ok()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        })?;
-    let name: String = raw
-        .trim()
-        .split('.')
-        .next()?
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| {
+        std::process::Command::new("hostname").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    })?;
+    let name: String =
+        raw.trim().split('.').next()?.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
     proto::check_name("node name", &name).ok().map(|_| name)
 }

@@ -39,10 +39,7 @@ pub struct Config {
 
 /// What `run` says once it is serving (printed by the binary; tests wait for it).
 pub fn ready_line(id: &Identity, addr: &str) -> String {
-    format!(
-        "openbox agent: node {} ({}) serving on {addr}",
-        id.name, id.node_id
-    )
+    format!("openbox agent: node {} ({}) serving on {addr}", id.name, id.node_id)
 }
 
 /// Enrolls if needed, then serves until `shutdown` completes or the node is removed.
@@ -53,14 +50,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "this node has not enrolled yet: run `openbox agent --server URL --token enroll_…` (an admin mints the token with `openbox node token`)"
         );
     }
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}; is another agent running? (--addr picks another)",
-                config.listen
-            )
-        })?;
+    let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another agent running? (--addr picks another)", config.listen)
+    })?;
     let bound = listener.local_addr()?;
     let addr = advertised(bound, config.advertise.as_deref())?;
 
@@ -72,10 +64,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             id
         }
         None => {
-            let server = config
-                .server
-                .as_deref()
-                .context("enrolling needs --server URL")?;
+            let server = config.server.as_deref().context("enrolling needs --server URL")?;
             let token = config.token.as_deref().unwrap_or_default();
             let id = identity::enroll(identity::EnrollParams {
                 server,
@@ -120,9 +109,7 @@ fn advertised(bound: SocketAddr, advertise: Option<&str>) -> anyhow::Result<Stri
         return Ok(a.to_owned());
     }
     if bound.ip().is_unspecified() {
-        bail!(
-            "listening on {bound} (all addresses): say which address callers should dial with --advertise HOST:PORT"
-        );
+        bail!("listening on {bound} (all addresses): say which address callers should dial with --advertise HOST:PORT");
     }
     Ok(bound.to_string())
 }

@@ -41,8 +41,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let default = ["info", "debug", "trace"][usize::from(args.verbose.min(2))];
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG")
-        .unwrap_or_else(|_| default.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG").unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -39,17 +39,11 @@ fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
 impl Shared {
     pub fn new(identity: Identity) -> Arc<Shared> {
         let config = ssh_config(&identity);
-        Arc::new(Shared {
-            identity: RwLock::new(identity),
-            ssh_config: RwLock::new(config),
-        })
+        Arc::new(Shared { identity: RwLock::new(identity), ssh_config: RwLock::new(config) })
     }
 
     pub fn identity(&self) -> Identity {
-        self.identity
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.identity.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Swaps in a renewed host certificate; new connections present it.
@@ -60,10 +54,7 @@ impl Shared {
     }
 
     fn config(&self) -> Arc<russh::server::Config> {
-        self.ssh_config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.ssh_config.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -106,10 +97,7 @@ struct Connection {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl russh::server::Handler for Connection {
@@ -124,11 +112,7 @@ impl russh::server::Handler for Connection {
         Ok(Auth::reject())
     }
 
-    async fn auth_openssh_certificate(
-        &mut self,
-        user: &str,
-        cert: &Certificate,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
         let id = self.shared.identity();
         match trust::verify_user_cert(cert, &id.ca, user, &id.node_id, unix_now()) {
             Ok(grant) => {
@@ -188,12 +172,7 @@ impl russh::server::Handler for Connection {
 
 /// Waits for the channel's exec request, then runs it under the isolation the certificate
 /// names. Anything but a plain exec is refused.
-async fn serve_channel(
-    channel: Channel<Msg>,
-    grant: UserGrant,
-    handle: russh::server::Handle,
-    node_id: String,
-) {
+async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::server::Handle, node_id: String) {
     let id = channel.id();
     let (mut read, write) = channel.split();
     let out = ChannelOut { id, handle, write };
@@ -203,12 +182,12 @@ async fn serve_channel(
                 break String::from_utf8_lossy(&command).into_owned();
             }
             Some(ChannelMsg::RequestShell { .. }) => {
-                return out.refuse("interactive shells are not offered; run a command, as in `openbox -t TAG CMD`").await;
+                return out
+                    .refuse("interactive shells are not offered; run a command, as in `openbox -t TAG CMD`")
+                    .await;
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) => {
-                return out
-                    .refuse(&format!("subsystem {name:?} is not offered"))
-                    .await;
+                return out.refuse(&format!("subsystem {name:?} is not offered")).await;
             }
             Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return,
             Some(_) => continue,
@@ -216,25 +195,16 @@ async fn serve_channel(
     };
     // A pooled connection may outlive the certificate that opened it.
     if unix_now() >= grant.valid_before {
-        return out
-            .refuse("the user certificate for this connection has expired; reconnect")
-            .await;
+        return out.refuse("the user certificate for this connection has expired; reconnect").await;
     }
     match &grant.isolation {
         proto::Isolation::Native => {}
         other => {
             tracing::warn!(user = %grant.user, isolation = %other, "refused an isolation this node cannot serve");
-            return out
-                .refuse(&format!(
-                    "isolation {other} is not available on this node; nothing was run"
-                ))
-                .await;
+            return out.refuse(&format!("isolation {other} is not available on this node; nothing was run")).await;
         }
     }
     tracing::info!(user = %grant.user, key_id = %grant.key_id, %command, "exec");
-    let env = [
-        ("OPENBOX_USER", grant.user.as_str()),
-        ("OPENBOX_NODE", node_id.as_str()),
-    ];
+    let env = [("OPENBOX_USER", grant.user.as_str()), ("OPENBOX_NODE", node_id.as_str())];
     exec::run_native(&command, &env, read, out).await;
 }

@@ -6,11 +6,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use proto::api::*;
-use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS, USER_CERT_TTL_SECS};
+use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS};
 use serde::Deserialize;
 use trust::token;
 
@@ -21,12 +22,7 @@ type AppState = State<Arc<App>>;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route(
-            "/v1/health",
-            get(|| async {
-                Json(serde_json::json!({ "status": "ok", "version": proto::VERSION }))
-            }),
-        )
+        .route("/v1/health", get(|| async { Json(serde_json::json!({ "status": "ok", "version": proto::VERSION })) }))
         .route("/v1/whoami", get(whoami))
         .route("/v1/logout", post(logout))
         .route("/v1/users", get(list_users).post(add_user))
@@ -37,6 +33,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{node}", delete(remove_node).patch(update_node))
         .route("/v1/dispatch", post(dispatch))
+        .route("/v1/events", get(events))
         .with_state(app)
 }
 
@@ -63,10 +60,7 @@ impl From<StoreError> for ApiErr {
             StoreError::Refused(m) => ApiErr::new(StatusCode::FORBIDDEN, m),
             StoreError::Sqlite(e) => {
                 tracing::error!(error = %e, "database error");
-                ApiErr::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the control plane's database failed; see its log",
-                )
+                ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "the control plane's database failed; see its log")
             }
         }
     }
@@ -82,20 +76,11 @@ type ApiResult<T> = Result<Json<T>, ApiErr>;
 
 /// Unwraps a JSON body, answering a malformed one with a JSON error.
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiErr> {
-    b.map(|Json(v)| v).map_err(|e| {
-        ApiErr::new(
-            StatusCode::BAD_REQUEST,
-            format!("bad request body: {}", e.body_text()),
-        )
-    })
+    b.map(|Json(v)| v).map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text())))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 fn check_name(kind: &str, v: &str) -> Result<(), ApiErr> {
@@ -113,13 +98,10 @@ impl FromRequestParts<Arc<App>> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Caller, ApiErr> {
         let unauthorized = |m: &str| ApiErr::new(StatusCode::UNAUTHORIZED, m);
-        let tok = bearer(&parts.headers).ok_or_else(|| {
-            unauthorized("not logged in: run `openbox login --server URL --token TOKEN`")
-        })?;
+        let tok = bearer(&parts.headers)
+            .ok_or_else(|| unauthorized("not logged in: run `openbox login --server URL --token TOKEN`"))?;
         if !tok.starts_with(token::LOGIN_PREFIX) {
-            return Err(unauthorized(
-                "that is not a login token (login tokens start with obx_)",
-            ));
+            return Err(unauthorized("that is not a login token (login tokens start with obx_)"));
         }
         let token_hash = token::hash(tok);
         match app.store.user_by_login_token(&token_hash)? {
@@ -138,21 +120,14 @@ impl Caller {
         } else {
             Err(ApiErr::new(
                 StatusCode::FORBIDDEN,
-                format!(
-                    "{:?} is not an admin; ask an admin to do this",
-                    self.user.name
-                ),
+                format!("{:?} is not an admin; ask an admin to do this", self.user.name),
             ))
         }
     }
 }
 
 async fn whoami(State(app): AppState, caller: Caller) -> ApiResult<WhoAmI> {
-    Ok(Json(WhoAmI {
-        user: caller.user.name,
-        admin: caller.user.admin,
-        ca_public_key: app.ca.public_key_openssh(),
-    }))
+    Ok(Json(WhoAmI { user: caller.user.name, admin: caller.user.admin, ca_public_key: app.ca.public_key_openssh() }))
 }
 
 async fn logout(State(app): AppState, caller: Caller) -> Result<StatusCode, ApiErr> {
@@ -174,20 +149,12 @@ async fn add_user(
     let req = body(b)?;
     check_name("user name", &req.name)?;
     let tok = token::generate(token::LOGIN_PREFIX);
-    app.store
-        .create_user(&req.name, false, &token::hash(tok.expose()), now())?;
+    app.store.create_user(&req.name, false, &token::hash(tok.expose()), now())?;
     tracing::info!(user = %req.name, by = %caller.user.name, "user added");
-    Ok(Json(UserCreated {
-        name: req.name,
-        token: tok.expose().to_owned(),
-    }))
+    Ok(Json(UserCreated { name: req.name, token: tok.expose().to_owned() }))
 }
 
-async fn remove_user(
-    State(app): AppState,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiErr> {
+async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiErr> {
     caller.require_admin()?;
     app.store.remove_user(&name)?;
     tracing::info!(user = %name, by = %caller.user.name, "user removed");
@@ -205,42 +172,21 @@ async fn new_enroll_token(
         check_name("tag", t)?;
     }
     if req.ttl_secs == 0 || req.ttl_secs > 30 * 24 * 3600 {
-        return Err(ApiErr::new(
-            StatusCode::BAD_REQUEST,
-            "the token lifetime must be between 1 second and 30 days",
-        ));
+        return Err(ApiErr::new(StatusCode::BAD_REQUEST, "the token lifetime must be between 1 second and 30 days"));
     }
     let tok = token::generate(token::ENROLL_PREFIX);
     let expires_at = now() + req.ttl_secs;
-    app.store.add_enroll_token(
-        &token::hash(tok.expose()),
-        caller.user.id,
-        &req.tags,
-        now(),
-        expires_at,
-    )?;
-    Ok(Json(EnrollToken {
-        token: tok.expose().to_owned(),
-        tags: req.tags,
-        expires_at,
-    }))
+    app.store.add_enroll_token(&token::hash(tok.expose()), caller.user.id, &req.tags, now(), expires_at)?;
+    Ok(Json(EnrollToken { token: tok.expose().to_owned(), tags: req.tags, expires_at }))
 }
 
 fn sign_host_cert(app: &App, host_key: &trust::PublicKey, node_id: &str) -> Result<String, ApiErr> {
     let t = now();
-    let cert = app.ca.sign_host(
-        host_key,
-        node_id,
-        t - CLOCK_SKEW_SECS,
-        t + HOST_CERT_TTL_SECS,
-    )?;
+    let cert = app.ca.sign_host(host_key, node_id, t - CLOCK_SKEW_SECS, t + HOST_CERT_TTL_SECS)?;
     Ok(cert.to_openssh().map_err(trust::TrustError::from)?)
 }
 
-async fn enroll(
-    State(app): AppState,
-    b: Result<Json<EnrollRequest>, JsonRejection>,
-) -> ApiResult<Enrolled> {
+async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejection>) -> ApiResult<Enrolled> {
     let req = body(b)?;
     let unauthorized = |m: &str| ApiErr::new(StatusCode::UNAUTHORIZED, m);
     if !req.token.starts_with(token::ENROLL_PREFIX) {
@@ -255,20 +201,13 @@ async fn enroll(
         check_name("node name", n)?;
     }
     // A host name that is not a valid node name is replaced rather than refused.
-    let default_name = req
-        .default_name
-        .filter(|n| proto::check_name("node name", n).is_ok())
-        .unwrap_or_else(|| "node".into());
+    let default_name =
+        req.default_name.filter(|n| proto::check_name("node name", n).is_ok()).unwrap_or_else(|| "node".into());
     let host_key = trust::parse_public_key(&req.host_public_key)?;
-    let mut tags = match app
-        .store
-        .take_enroll_token(&token::hash(&req.token), now())?
-    {
+    let mut tags = match app.store.take_enroll_token(&token::hash(&req.token), now())? {
         Ok(tags) => tags,
         Err(EnrollTokenProblem::Unknown) => {
-            return Err(unauthorized(
-                "unknown enrollment token; mint one with `openbox node token`",
-            ));
+            return Err(unauthorized("unknown enrollment token; mint one with `openbox node token`"));
         }
         Err(EnrollTokenProblem::Used) => {
             return Err(unauthorized(
@@ -276,9 +215,7 @@ async fn enroll(
             ));
         }
         Err(EnrollTokenProblem::Expired) => {
-            return Err(unauthorized(
-                "this enrollment token has expired; mint another with `openbox node token`",
-            ));
+            return Err(unauthorized("this enrollment token has expired; mint another with `openbox node token`"));
         }
     };
     for t in req.tags {
@@ -306,6 +243,7 @@ async fn enroll(
         exact_name,
     )?;
     tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, "node enrolled");
+    app.refresh_registry();
     Ok(Json(Enrolled {
         node_id,
         name: row.name,
@@ -331,23 +269,13 @@ async fn heartbeat(
         return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unknown node"));
     };
     // Look nodes up by id only: a name must not stand in for the id here.
-    let secret_ok = node.id == hb.node_id
-        && bearer(&headers).is_some_and(|s| token::hash(s) == node.secret_hash);
+    let secret_ok = node.id == hb.node_id && bearer(&headers).is_some_and(|s| token::hash(s) == node.secret_hash);
     if !secret_ok {
         tracing::warn!(node = %hb.node_id, "heartbeat with a wrong secret refused");
-        return Err(ApiErr::new(
-            StatusCode::UNAUTHORIZED,
-            "heartbeat secret does not match this node",
-        ));
+        return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "heartbeat secret does not match this node"));
     }
-    app.store.record_heartbeat(
-        &node.id,
-        &hb.addr,
-        &hb.platform,
-        &hb.version,
-        now(),
-        hb.stopping,
-    )?;
+    app.store.record_heartbeat(&node.id, &hb.addr, &hb.platform, &hb.version, now(), hb.stopping)?;
+    app.refresh_registry();
     let mut reply = HeartbeatReply::default();
     if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
         let key = trust::parse_public_key(&node.host_key)?;
@@ -362,11 +290,7 @@ struct NodeFilter {
     tag: Option<String>,
 }
 
-async fn list_nodes(
-    State(app): AppState,
-    _caller: Caller,
-    Query(f): Query<NodeFilter>,
-) -> ApiResult<Vec<Node>> {
+async fn list_nodes(State(app): AppState, _caller: Caller, Query(f): Query<NodeFilter>) -> ApiResult<Vec<Node>> {
     let t = now();
     let nodes = app.store.list_nodes()?;
     Ok(Json(
@@ -387,15 +311,12 @@ fn find_node(app: &App, id_or_name: &str) -> Result<NodeRow, ApiErr> {
     })
 }
 
-async fn remove_node(
-    State(app): AppState,
-    caller: Caller,
-    Path(node): Path<String>,
-) -> Result<StatusCode, ApiErr> {
+async fn remove_node(State(app): AppState, caller: Caller, Path(node): Path<String>) -> Result<StatusCode, ApiErr> {
     caller.require_admin()?;
     let row = find_node(&app, &node)?;
     app.store.remove_node(&row.id, now())?;
     tracing::info!(node = %row.id, name = %row.name, by = %caller.user.name, "node removed and revoked");
+    app.refresh_registry();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -421,89 +342,22 @@ async fn update_node(
     tags.retain(|t| !upd.remove_tags.contains(t));
     app.store.update_node(&row.id, upd.name.as_deref(), &tags)?;
     let row = find_node(&app, &row.id)?;
+    app.refresh_registry();
     Ok(Json(row.to_api(now(), app.config.offline_after_secs)))
 }
 
-fn ago(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
-    }
-}
-
-/// Picks the node for a target: an exact node, or a node carrying the tag (online first).
+/// Picks the node for a target: an exact node, or an online node carrying the tag.
 fn resolve(app: &App, target: &Target) -> Result<Node, ApiErr> {
     let t = now();
-    let offline_after = app.config.offline_after_secs;
-    match target {
-        Target::Node(n) => {
-            let node = find_node(app, n)?.to_api(t, offline_after);
-            if !node.online {
-                let seen = node
-                    .last_seen
-                    .map(|s| ago(t.saturating_sub(s)))
-                    .unwrap_or_else(|| "never".into());
-                return Err(ApiErr::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("node {} is offline (last seen {seen})", node.name),
-                ));
-            }
-            Ok(node)
-        }
-        Target::Tag(tag) => {
-            let all: Vec<Node> = app
-                .store
-                .list_nodes()?
-                .iter()
-                .map(|n| n.to_api(t, offline_after))
-                .collect();
-            let tagged: Vec<&Node> = all.iter().filter(|n| n.tags.contains(tag)).collect();
-            if tagged.is_empty() {
-                let mut known: Vec<&str> = all
-                    .iter()
-                    .flat_map(|n| n.tags.iter().map(String::as_str))
-                    .collect();
-                known.sort_unstable();
-                known.dedup();
-                let known = if known.is_empty() {
-                    "none yet".to_owned()
-                } else {
-                    known.join(", ")
-                };
-                return Err(ApiErr::new(
-                    StatusCode::NOT_FOUND,
-                    format!("no node carries tag {tag:?}; tags in this fleet: {known}"),
-                ));
-            }
-            let online: Vec<&&Node> = tagged.iter().filter(|n| n.online).collect();
-            if online.is_empty() {
-                let seen: Vec<String> = tagged
-                    .iter()
-                    .map(|n| {
-                        let s = n
-                            .last_seen
-                            .map(|s| ago(t.saturating_sub(s)))
-                            .unwrap_or_else(|| "never".into());
-                        format!("{} last seen {s}", n.name)
-                    })
-                    .collect();
-                return Err(ApiErr::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("every node tagged {tag:?} is offline ({})", seen.join("; ")),
-                ));
-            }
-            // Spread calls over the online nodes.
-            let pick = (rand_index(online.len())) % online.len();
-            Ok((**online[pick]).clone())
-        }
-    }
-}
-
-fn rand_index(n: usize) -> usize {
-    let id = token::random_id();
-    usize::from_str_radix(&id[..8], 16).unwrap_or(0) % n.max(1)
+    let nodes: Vec<Node> = app.store.list_nodes()?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
+    let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
+    proto::api::resolve(&nodes, target, t, spread).cloned().map_err(|e| {
+        let status = match e {
+            ResolveError::Offline { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::NOT_FOUND,
+        };
+        ApiErr::new(status, e.to_string())
+    })
 }
 
 async fn dispatch(
@@ -527,7 +381,7 @@ async fn dispatch(
         session: req.session.as_deref(),
         public_key: &key,
         valid_after: t - CLOCK_SKEW_SECS,
-        valid_before: t + USER_CERT_TTL_SECS,
+        valid_before: t + app.config.user_cert_ttl_secs,
     })?;
     tracing::info!(user = %caller.user.name, node = %node.id, request = %request_id, isolation = %req.isolation, "dispatch");
     Ok(Json(Dispatch {
@@ -536,4 +390,29 @@ async fn dispatch(
         ca_public_key: app.ca.public_key_openssh(),
         request_id,
     }))
+}
+
+/// The live registry: a `nodes` event with the whole node list now, and again whenever a
+/// node joins, leaves, changes, or goes online or offline. openboxd mirrors it so that
+/// resolving a tag costs no round trip.
+async fn events(
+    State(app): AppState,
+    _caller: Caller,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let mut rx = app.subscribe_registry();
+    rx.mark_changed();
+    let closing = Box::pin(app.closing());
+    let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
+        tokio::select! {
+            changed = rx.changed() => changed.ok()?,
+            _ = &mut closing => return None,
+        }
+        let nodes = rx.borrow_and_update().clone();
+        let event = Event::default()
+            .event("nodes")
+            .json_data(nodes)
+            .unwrap_or_else(|_| Event::default().comment("unserializable"));
+        Some((Ok(event), (rx, closing)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -25,6 +25,8 @@ pub struct Config {
     pub public_url: String,
     /// A node whose last heartbeat is older than this many seconds is shown offline.
     pub offline_after_secs: u64,
+    /// How long a user certificate minted for a dispatch stays valid.
+    pub user_cert_ttl_secs: u64,
 }
 
 /// What request handlers share.
@@ -32,13 +34,62 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub ca: Ca,
+    /// The current node list, pushed to every open `/v1/events` stream when it changes.
+    registry: tokio::sync::watch::Sender<Vec<proto::api::Node>>,
+    /// Set when shutdown begins, so that endless event streams end and let it finish.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl App {
+    pub fn new(config: Config, store: Store, ca: Ca) -> Arc<App> {
+        let (registry, _) = tokio::sync::watch::channel(Vec::new());
+        let (closing, _) = tokio::sync::watch::channel(false);
+        let app = Arc::new(App { config, store, ca, registry, closing });
+        app.refresh_registry();
+        app
+    }
+
+    /// Recomputes the node list and notifies subscribers if anything but `last_seen`
+    /// changed (heartbeats alone do not wake every openboxd).
+    pub fn refresh_registry(&self) {
+        let t = now();
+        let nodes: Vec<proto::api::Node> = match self.store.list_nodes() {
+            Ok(rows) => rows.iter().map(|n| n.to_api(t, self.config.offline_after_secs)).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not list nodes for the registry feed");
+                return;
+            }
+        };
+        self.registry.send_if_modified(|current| {
+            let same = current.len() == nodes.len()
+                && current
+                    .iter()
+                    .zip(&nodes)
+                    .all(|(a, b)| proto::api::Node { last_seen: b.last_seen, ..a.clone() } == *b);
+            if !same {
+                *current = nodes;
+            }
+            !same
+        });
+    }
+
+    pub fn subscribe_registry(&self) -> tokio::sync::watch::Receiver<Vec<proto::api::Node>> {
+        self.registry.subscribe()
+    }
+
+    /// Completes when the control plane starts shutting down.
+    pub fn closing(&self) -> impl Future<Output = ()> + use<> {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
 }
 
 /// Loads the CA key from `path`, or creates it there (mode 0600) on first start.
 pub fn load_or_create_ca(path: &Path) -> anyhow::Result<Ca> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ca::from_openssh(&text)
-            .with_context(|| format!("reading the CA key {}", path.display())),
+        Ok(text) => Ca::from_openssh(&text).with_context(|| format!("reading the CA key {}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let ca = Ca::generate();
             paths::write_private(path, ca.to_openssh()?.expose().as_bytes())
@@ -52,10 +103,7 @@ pub fn load_or_create_ca(path: &Path) -> anyhow::Result<Ca> {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// On an empty registry, creates the admin user and returns its one-time login token.
@@ -81,9 +129,25 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Nodes go offline by staying silent; notice that within a second.
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                app.refresh_registry();
+            }
+        })
+    };
+    let closing = app.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    };
+    let result = axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await;
+    sweeper.abort();
+    result
 }
 
 /// The default file locations, under the control directory of [`paths`].

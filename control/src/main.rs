@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -33,6 +32,9 @@ struct Args {
     /// Show a node offline when its last heartbeat is older than this (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = proto::parse_duration)]
     offline_after: u64,
+    /// How long the user certificate minted for each command stays valid (10s to 1h).
+    #[arg(long, default_value = "5m", value_parser = parse_cert_ttl)]
+    user_cert_ttl: u64,
     /// Also write the first-start login token to this file (mode 0600), for scripts.
     #[arg(long)]
     bootstrap_token_file: Option<PathBuf>,
@@ -59,8 +61,7 @@ fn main() -> ExitCode {
 
 fn init_tracing(verbose: u8) {
     let default = ["info", "debug", "trace"][usize::from(verbose.min(2))];
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG")
-        .unwrap_or_else(|_| default.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG").unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -74,31 +75,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let store = openbox_control::Store::open(&db)
-        .with_context(|| format!("opening the database {}", db.display()))?;
+    let store = openbox_control::Store::open(&db).with_context(|| format!("opening the database {}", db.display()))?;
     let ca = openbox_control::load_or_create_ca(&ca_path)?;
-    let listener = tokio::net::TcpListener::bind(&args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}; is another control plane running there? (--addr picks another)", args.addr))?;
+    let listener = tokio::net::TcpListener::bind(&args.addr).await.with_context(|| {
+        format!("cannot listen on {}; is another control plane running there? (--addr picks another)", args.addr)
+    })?;
     let bound = listener.local_addr()?;
-    let url = args
-        .url
-        .unwrap_or_else(|| format!("http://{bound}"))
-        .trim_end_matches('/')
-        .to_owned();
+    let url = args.url.unwrap_or_else(|| format!("http://{bound}")).trim_end_matches('/').to_owned();
 
     let first_token = openbox_control::bootstrap_admin(&store, &args.admin)?;
-    let extra_token = if args.new_admin_token {
-        Some(openbox_control::new_login_token(&store, &args.admin)?)
-    } else {
-        None
-    };
+    let extra_token =
+        if args.new_admin_token { Some(openbox_control::new_login_token(&store, &args.admin)?) } else { None };
 
-    println!(
-        "openbox control plane listening on {url} (database {}, CA {})",
-        db.display(),
-        ca_path.display()
-    );
+    println!("openbox control plane listening on {url} (database {}, CA {})", db.display(), ca_path.display());
     if let Some(tok) = first_token.as_ref().or(extra_token.as_ref()) {
         if let Some(path) = &args.bootstrap_token_file {
             paths::write_private(path, tok.expose().as_bytes())?;
@@ -112,14 +101,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("  openbox login --server {url} --token {}", tok.expose());
     }
 
-    let app = Arc::new(openbox_control::App {
-        config: openbox_control::Config {
-            public_url: url,
-            offline_after_secs: args.offline_after,
-        },
-        store,
-        ca,
-    });
+    let config = openbox_control::Config {
+        public_url: url,
+        offline_after_secs: args.offline_after,
+        user_cert_ttl_secs: args.user_cert_ttl,
+    };
+    let app = openbox_control::App::new(config, store, ca);
     openbox_control::serve(listener, app, shutdown_signal()).await?;
     tracing::info!("control plane stopped");
     Ok(())
@@ -132,4 +119,12 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+fn parse_cert_ttl(text: &str) -> Result<u64, String> {
+    let secs = proto::parse_duration(text)?;
+    if !(10..=3600).contains(&secs) {
+        return Err("the user certificate lifetime must be between 10s and 1h".into());
+    }
+    Ok(secs)
 }

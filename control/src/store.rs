@@ -83,10 +83,7 @@ pub struct NodeRow {
 
 impl NodeRow {
     pub fn to_api(&self, now: u64, offline_after: u64) -> Node {
-        let online = !self.stopped
-            && self
-                .last_seen
-                .is_some_and(|t| now.saturating_sub(t) <= offline_after);
+        let online = !self.stopped && self.last_seen.is_some_and(|t| now.saturating_sub(t) <= offline_after);
         Node {
             id: self.id.clone(),
             name: self.name.clone(),
@@ -149,9 +146,7 @@ impl Store {
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
         }
-        Ok(Store {
-            conn: Mutex::new(conn),
-        })
+        Ok(Store { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -162,48 +157,32 @@ impl Store {
     // ---- users and login tokens ----
 
     pub fn user_count(&self) -> Result<u64> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?)
+        Ok(self.conn().query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?)
     }
 
     /// Creates a user together with its first login token (by hash).
     pub fn create_user(&self, name: &str, admin: bool, token_hash: &str, now: u64) -> Result<User> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)",
-            [name],
-            |r| r.get(0),
-        )?;
+        let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [name], |r| r.get(0))?;
         if exists {
-            return Err(StoreError::Conflict(format!(
-                "a user named {name:?} already exists"
-            )));
+            return Err(StoreError::Conflict(format!("a user named {name:?} already exists")));
         }
-        tx.execute(
-            "INSERT INTO users (name, admin, created_at) VALUES (?1, ?2, ?3)",
-            params![name, admin, now],
-        )?;
+        tx.execute("INSERT INTO users (name, admin, created_at) VALUES (?1, ?2, ?3)", params![name, admin, now])?;
         let id = tx.last_insert_rowid();
         tx.execute(
             "INSERT INTO tokens (hash, kind, user_id, created_at) VALUES (?1, 'login', ?2, ?3)",
             params![token_hash, id, now],
         )?;
         tx.commit()?;
-        Ok(User {
-            id,
-            name: name.to_owned(),
-            admin,
-        })
+        Ok(User { id, name: name.to_owned(), admin })
     }
 
     /// Adds another login token for an existing user.
     pub fn add_login_token(&self, user: &str, token_hash: &str, now: u64) -> Result<()> {
         let conn = self.conn();
-        let id: Option<i64> = conn
-            .query_row("SELECT id FROM users WHERE name = ?1", [user], |r| r.get(0))
-            .optional()?;
+        let id: Option<i64> =
+            conn.query_row("SELECT id FROM users WHERE name = ?1", [user], |r| r.get(0)).optional()?;
         let id = id.ok_or_else(|| StoreError::NotFound(format!("no user named {user:?}")))?;
         conn.execute(
             "INSERT INTO tokens (hash, kind, user_id, created_at) VALUES (?1, 'login', ?2, ?3)",
@@ -219,35 +198,20 @@ impl Store {
                 "SELECT u.id, u.name, u.admin FROM tokens t JOIN users u ON u.id = t.user_id
                  WHERE t.hash = ?1 AND t.kind = 'login'",
                 [token_hash],
-                |r| {
-                    Ok(User {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        admin: r.get(2)?,
-                    })
-                },
+                |r| Ok(User { id: r.get(0)?, name: r.get(1)?, admin: r.get(2)? }),
             )
             .optional()?)
     }
 
     pub fn revoke_login_token(&self, token_hash: &str) -> Result<()> {
-        self.conn().execute(
-            "DELETE FROM tokens WHERE hash = ?1 AND kind = 'login'",
-            [token_hash],
-        )?;
+        self.conn().execute("DELETE FROM tokens WHERE hash = ?1 AND kind = 'login'", [token_hash])?;
         Ok(())
     }
 
     pub fn list_users(&self) -> Result<Vec<UserInfo>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT name, admin, created_at FROM users ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(UserInfo {
-                name: r.get(0)?,
-                admin: r.get(1)?,
-                created_at: r.get(2)?,
-            })
-        })?;
+        let rows = stmt.query_map([], |r| Ok(UserInfo { name: r.get(0)?, admin: r.get(1)?, created_at: r.get(2)? }))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -255,22 +219,14 @@ impl Store {
     pub fn remove_user(&self, name: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let admin: Option<bool> = tx
-            .query_row("SELECT admin FROM users WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let admin: Option<bool> =
+            tx.query_row("SELECT admin FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()?;
         match admin {
             None => return Err(StoreError::NotFound(format!("no user named {name:?}"))),
             Some(true) => {
-                let admins: i64 =
-                    tx.query_row("SELECT COUNT(*) FROM users WHERE admin = 1", [], |r| {
-                        r.get(0)
-                    })?;
+                let admins: i64 = tx.query_row("SELECT COUNT(*) FROM users WHERE admin = 1", [], |r| r.get(0))?;
                 if admins <= 1 {
-                    return Err(StoreError::Refused(format!(
-                        "{name:?} is the last admin and cannot be removed"
-                    )));
+                    return Err(StoreError::Refused(format!("{name:?} is the last admin and cannot be removed")));
                 }
             }
             Some(false) => {}
@@ -322,10 +278,7 @@ impl Store {
         if expires_at.is_some_and(|e| now >= e) {
             return Ok(Err(EnrollTokenProblem::Expired));
         }
-        tx.execute(
-            "UPDATE tokens SET used_at = ?2 WHERE hash = ?1",
-            params![token_hash, now],
-        )?;
+        tx.execute("UPDATE tokens SET used_at = ?2 WHERE hash = ?1", params![token_hash, now])?;
         tx.commit()?;
         Ok(Ok(tags_from(tags)))
     }
@@ -337,11 +290,7 @@ impl Store {
     pub fn insert_node(&self, mut node: NodeRow, exact_name: bool) -> Result<NodeRow> {
         let conn = self.conn();
         let taken = |name: &str| -> Result<bool> {
-            Ok(conn.query_row(
-                "SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1)",
-                [name],
-                |r| r.get(0),
-            )?)
+            Ok(conn.query_row("SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1)", [name], |r| r.get(0))?)
         };
         if taken(&node.name)? {
             if exact_name {
@@ -381,10 +330,7 @@ impl Store {
             id: r.get(0)?,
             name: r.get(1)?,
             tags: tags_from(r.get(2)?),
-            platform: Platform {
-                os: r.get(3)?,
-                arch: r.get(4)?,
-            },
+            platform: Platform { os: r.get(3)?, arch: r.get(4)? },
             addr: r.get(5)?,
             host_key: r.get(6)?,
             secret_hash: r.get(7)?,
@@ -399,10 +345,7 @@ impl Store {
 
     pub fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {} FROM nodes ORDER BY name",
-            Self::NODE_COLUMNS
-        ))?;
+        let mut stmt = conn.prepare(&format!("SELECT {} FROM nodes ORDER BY name", Self::NODE_COLUMNS))?;
         let rows = stmt.query_map([], Self::node_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -414,17 +357,11 @@ impl Store {
             "SELECT {} FROM nodes WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
             Self::NODE_COLUMNS
         );
-        Ok(conn
-            .query_row(&sql, [id_or_name], Self::node_from_row)
-            .optional()?)
+        Ok(conn.query_row(&sql, [id_or_name], Self::node_from_row).optional()?)
     }
 
     pub fn is_revoked(&self, id: &str) -> Result<bool> {
-        Ok(self.conn().query_row(
-            "SELECT EXISTS(SELECT 1 FROM revoked_nodes WHERE id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?)
+        Ok(self.conn().query_row("SELECT EXISTS(SELECT 1 FROM revoked_nodes WHERE id = ?1)", [id], |r| r.get(0))?)
     }
 
     pub fn record_heartbeat(
@@ -453,19 +390,11 @@ impl Store {
                 |r| r.get(0),
             )?;
             if clash {
-                return Err(StoreError::Conflict(format!(
-                    "a node named {name:?} already exists"
-                )));
+                return Err(StoreError::Conflict(format!("a node named {name:?} already exists")));
             }
-            conn.execute(
-                "UPDATE nodes SET name = ?2 WHERE id = ?1",
-                params![id, name],
-            )?;
+            conn.execute("UPDATE nodes SET name = ?2 WHERE id = ?1", params![id, name])?;
         }
-        conn.execute(
-            "UPDATE nodes SET tags = ?2 WHERE id = ?1",
-            params![id, tags_json(tags)],
-        )?;
+        conn.execute("UPDATE nodes SET tags = ?2 WHERE id = ?1", params![id, tags_json(tags)])?;
         Ok(())
     }
 
@@ -473,11 +402,8 @@ impl Store {
     pub fn remove_node(&self, id: &str, now: u64) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let host_key: Option<String> = tx
-            .query_row("SELECT host_key FROM nodes WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let host_key: Option<String> =
+            tx.query_row("SELECT host_key FROM nodes WHERE id = ?1", [id], |r| r.get(0)).optional()?;
         let host_key = host_key.ok_or_else(|| StoreError::NotFound(format!("no node {id:?}")))?;
         tx.execute(
             "INSERT OR REPLACE INTO revoked_nodes (id, host_key, revoked_at) VALUES (?1, ?2, ?3)",
@@ -512,39 +438,20 @@ mod tests {
     fn an_enrollment_token_is_taken_once_and_not_after_expiry() {
         let s = Store::open_in_memory().unwrap();
         let u = s.create_user("admin", true, "login-hash", 1).unwrap();
-        s.add_enroll_token("e1", u.id, &["gpu".into()], 10, 100)
-            .unwrap();
+        s.add_enroll_token("e1", u.id, &["gpu".into()], 10, 100).unwrap();
         s.add_enroll_token("e2", u.id, &[], 10, 100).unwrap();
-        assert_eq!(
-            s.take_enroll_token("e1", 50).unwrap(),
-            Ok(vec!["gpu".to_string()])
-        );
-        assert_eq!(
-            s.take_enroll_token("e1", 51).unwrap(),
-            Err(EnrollTokenProblem::Used)
-        );
-        assert_eq!(
-            s.take_enroll_token("e2", 100).unwrap(),
-            Err(EnrollTokenProblem::Expired)
-        );
-        assert_eq!(
-            s.take_enroll_token("nope", 1).unwrap(),
-            Err(EnrollTokenProblem::Unknown)
-        );
+        assert_eq!(s.take_enroll_token("e1", 50).unwrap(), Ok(vec!["gpu".to_string()]));
+        assert_eq!(s.take_enroll_token("e1", 51).unwrap(), Err(EnrollTokenProblem::Used));
+        assert_eq!(s.take_enroll_token("e2", 100).unwrap(), Err(EnrollTokenProblem::Expired));
+        assert_eq!(s.take_enroll_token("nope", 1).unwrap(), Err(EnrollTokenProblem::Unknown));
     }
 
     #[test]
     fn default_node_names_get_a_suffix_but_explicit_ones_conflict() {
         let s = Store::open_in_memory().unwrap();
         s.insert_node(node("1", "box"), false).unwrap();
-        assert_eq!(
-            s.insert_node(node("2", "box"), false).unwrap().name,
-            "box-2"
-        );
-        assert!(matches!(
-            s.insert_node(node("3", "box"), true),
-            Err(StoreError::Conflict(_))
-        ));
+        assert_eq!(s.insert_node(node("2", "box"), false).unwrap().name, "box-2");
+        assert!(matches!(s.insert_node(node("3", "box"), true), Err(StoreError::Conflict(_))));
     }
 
     #[test]
@@ -561,15 +468,9 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         s.create_user("admin", true, "h1", 1).unwrap();
         s.create_user("bob", false, "h2", 1).unwrap();
-        assert!(matches!(
-            s.remove_user("admin"),
-            Err(StoreError::Refused(_))
-        ));
+        assert!(matches!(s.remove_user("admin"), Err(StoreError::Refused(_))));
         s.remove_user("bob").unwrap();
-        assert!(
-            s.user_by_login_token("h2").unwrap().is_none(),
-            "a removed user's tokens go with it"
-        );
+        assert!(s.user_by_login_token("h2").unwrap().is_none(), "a removed user's tokens go with it");
     }
 
     #[test]

@@ -19,16 +19,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A binary of this workspace, from the target directory the tests were built into.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` before the tests",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` before the tests", path.display());
     path
 }
 
@@ -60,10 +53,7 @@ impl Out {
     #[track_caller]
     pub fn fails_with(self, code: i32, needle: &str) -> Out {
         assert_eq!(self.code, code, "wrong exit code: {self:#?}");
-        assert!(
-            self.stderr.contains(needle),
-            "stderr should mention {needle:?}: {self:#?}"
-        );
+        assert!(self.stderr.contains(needle), "stderr should mention {needle:?}: {self:#?}");
         self
     }
 
@@ -95,17 +85,8 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
-        let err = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .expect("spawn");
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err).spawn().expect("spawn");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -180,13 +161,20 @@ pub struct ControlPlane {
     pub addr: String,
     /// The admin's one-time login token from the first start.
     pub admin_token: String,
+    extra: Vec<String>,
 }
 
 impl ControlPlane {
     /// Starts a control plane that shows nodes offline 2s after their last heartbeat.
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with(&[])
+    }
+
+    /// Starts one with extra `openbox-control` arguments (kept for restarts).
+    pub fn start_with(extra: &[&str]) -> ControlPlane {
         let home = tempfile::tempdir().expect("tempdir");
-        let mut proc = Self::spawn(home.path(), "127.0.0.1:0");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut proc = Self::spawn(home.path(), "127.0.0.1:0", &extra);
         let listening = proc.wait_line("listening on ");
         let url = listening
             .split_whitespace()
@@ -196,19 +184,12 @@ impl ControlPlane {
         let login = proc.wait_line("openbox login --server");
         let admin_token = login.split_whitespace().last().expect("token").to_owned();
         let addr = url.trim_start_matches("http://").to_owned();
-        ControlPlane {
-            proc: Some(proc),
-            home,
-            url,
-            addr,
-            admin_token,
-        }
+        ControlPlane { proc: Some(proc), home, url, addr, admin_token, extra }
     }
 
-    fn spawn(home: &Path, addr: &str) -> Proc {
+    fn spawn(home: &Path, addr: &str, extra: &[String]) -> Proc {
         let mut cmd = Command::new(bin("openbox-control"));
-        cmd.env("OPENBOX_HOME", home)
-            .args(["--addr", addr, "--offline-after", "2s"]);
+        cmd.env("OPENBOX_HOME", home).args(["--addr", addr, "--offline-after", "2s"]).args(extra);
         Proc::spawn(cmd, home.join("control.log"))
     }
 
@@ -230,7 +211,7 @@ impl ControlPlane {
     /// Starts it again on the same address with the same files.
     pub fn restart(&mut self) {
         self.stop();
-        let mut proc = Self::spawn(self.home.path(), &self.addr);
+        let mut proc = Self::spawn(self.home.path(), &self.addr, &self.extra);
         proc.wait_line("listening on ");
         self.proc = Some(proc);
     }
@@ -245,6 +226,11 @@ impl ControlPlane {
         self.home.path().join("control/ca_key")
     }
 
+    /// The control plane's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("control.log")).unwrap_or_default()
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.home.path().join("control/openbox.db")
     }
@@ -255,6 +241,19 @@ pub struct Cli {
     pub home: TempDir,
 }
 
+impl Drop for Cli {
+    /// Stops this identity's openboxd, if a call started one.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.home.path().join("logs/openboxd.log");
+            eprintln!("---- log {} ----\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        if self.home.path().join("run/openboxd.sock").exists() {
+            let _ = self.cmd().args(["daemon", "stop"]).output();
+        }
+    }
+}
+
 impl Default for Cli {
     fn default() -> Self {
         Cli::new()
@@ -263,16 +262,13 @@ impl Default for Cli {
 
 impl Cli {
     pub fn new() -> Cli {
-        Cli {
-            home: tempfile::tempdir().expect("tempdir"),
-        }
+        Cli { home: tempfile::tempdir().expect("tempdir") }
     }
 
     /// A CLI logged in to `cp` with `token`.
     pub fn logged_in(cp: &ControlPlane, token: &str) -> Cli {
         let cli = Cli::new();
-        cli.run(&["login", "--server", &cp.url, "--token", token])
-            .ok();
+        cli.run(&["login", "--server", &cp.url, "--token", token]).ok();
         cli
     }
 
@@ -316,20 +312,17 @@ impl Cli {
         for t in tags {
             args.extend(["--tag", t]);
         }
-        self.run(&args).ok().json()["token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
+        self.run(&args).ok().json()["token"].as_str().expect("token").to_owned()
+    }
+
+    /// `openbox daemon status --json`.
+    pub fn daemon_status(&self) -> serde_json::Value {
+        self.run(&["daemon", "status", "--json"]).ok().json()
     }
 
     /// The node list as JSON.
     pub fn nodes(&self) -> Vec<serde_json::Value> {
-        self.run(&["nodes", "--json"])
-            .ok()
-            .json()
-            .as_array()
-            .expect("array")
-            .clone()
+        self.run(&["nodes", "--json"]).ok().json().as_array().expect("array").clone()
     }
 
     /// The listed node with this id, if any.
@@ -359,13 +352,7 @@ impl Agent {
         let home = tempfile::tempdir().expect("tempdir");
         let mut args = vec!["--server", &cp.url, "--token", token];
         args.extend(extra);
-        let mut agent = Agent {
-            proc: None,
-            home,
-            node_id: String::new(),
-            name: String::new(),
-            addr: String::new(),
-        };
+        let mut agent = Agent { proc: None, home, node_id: String::new(), name: String::new(), addr: String::new() };
         agent.start(&args);
         agent
     }
@@ -384,9 +371,7 @@ impl Agent {
 
     fn start(&mut self, args: &[&str]) {
         let mut cmd = Command::new(bin("openbox-agent"));
-        cmd.env("OPENBOX_HOME", self.home.path())
-            .args(["--addr", "127.0.0.1:0", "--heartbeat", "1s"])
-            .args(args);
+        cmd.env("OPENBOX_HOME", self.home.path()).args(["--addr", "127.0.0.1:0", "--heartbeat", "1s"]).args(args);
         let mut proc = Proc::spawn(cmd, self.home.path().join("agent.log"));
         // "openbox agent: node NAME (ID) serving on ADDR"
         let line = proc.wait_line("serving on ");
@@ -437,16 +422,10 @@ impl Agent {
 
 /// A fresh tokio runtime for tests that speak SSH directly.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
 }

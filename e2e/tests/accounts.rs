@@ -8,47 +8,26 @@ use openbox_e2e::{Cli, ControlPlane};
 fn login_creates_a_local_key_pair_and_whoami_reports_the_user() {
     let cp = ControlPlane::start();
     let admin = Cli::new();
-    let out = admin
-        .run(&["login", "--server", &cp.url, "--token", &cp.admin_token])
-        .ok();
+    let out = admin.run(&["login", "--server", &cp.url, "--token", &cp.admin_token]).ok();
     assert!(out.stdout.contains("Logged in"), "{out:?}");
     let key = admin.home.path().join("id_ed25519");
-    assert!(
-        std::fs::read_to_string(&key)
-            .unwrap()
-            .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
-    );
-    assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    assert!(
-        std::fs::read_to_string(key.with_extension("pub"))
-            .unwrap()
-            .starts_with("ssh-ed25519 ")
-    );
+    assert!(std::fs::read_to_string(&key).unwrap().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(key.with_extension("pub")).unwrap().starts_with("ssh-ed25519 "));
     let text = admin.run(&["whoami"]).ok();
-    assert!(
-        text.stdout.contains("admin") && text.stdout.contains(&cp.url),
-        "{text:?}"
-    );
+    assert!(text.stdout.contains("admin") && text.stdout.contains(&cp.url), "{text:?}");
 }
 
 #[test]
 fn logout_forgets_the_login_and_revokes_the_token() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
-    let bob_token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let bob_token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
     let bob = Cli::logged_in(&cp, &bob_token);
     bob.run(&["logout"]).ok();
     bob.run(&["whoami"]).fails_with(1, "not logged in");
     // The same token no longer logs in anywhere.
-    Cli::new()
-        .run(&["login", "--server", &cp.url, "--token", &bob_token])
-        .fails_with(1, "invalid or was revoked");
+    Cli::new().run(&["login", "--server", &cp.url, "--token", &bob_token]).fails_with(1, "invalid or was revoked");
 }
 
 #[test]
@@ -56,10 +35,7 @@ fn an_admin_adds_lists_and_removes_users() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
     let added = admin.run(&["user", "add", "dave"]).ok();
-    assert!(
-        added.stdout.contains("openbox login --server"),
-        "user add prints the login command: {added:?}"
-    );
+    assert!(added.stdout.contains("openbox login --server"), "user add prints the login command: {added:?}");
     let token = added.stdout.split_whitespace().last().unwrap().to_owned();
     assert!(token.starts_with("obx_"));
     let dave = Cli::logged_in(&cp, &token);
@@ -73,28 +49,19 @@ fn an_admin_adds_lists_and_removes_users() {
         .map(|u| u["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["admin", "dave"]);
-    admin
-        .run(&["user", "add", "dave"])
-        .fails_with(1, "already exists");
+    admin.run(&["user", "add", "dave"]).fails_with(1, "already exists");
     admin.run(&["user", "rm", "dave"]).ok();
-    dave.run(&["whoami"])
-        .fails_with(1, "invalid or was revoked");
-    admin
-        .run(&["user", "rm", "admin"])
-        .fails_with(1, "last admin");
+    dave.run(&["whoami"]).fails_with(1, "invalid or was revoked");
+    admin.run(&["user", "rm", "admin"]).fails_with(1, "last admin");
 }
 
 #[test]
 fn people_who_are_not_admins_cannot_manage_users_or_nodes() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
-    let token = admin.run(&["user", "add", "erin", "--json"]).ok().json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin.run(&["user", "add", "erin", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
     let erin = Cli::logged_in(&cp, &token);
-    erin.run(&["user", "add", "mallory"])
-        .fails_with(1, "not an admin");
+    erin.run(&["user", "add", "mallory"]).fails_with(1, "not an admin");
     erin.run(&["user", "ls"]).fails_with(1, "not an admin");
     erin.run(&["node", "token"]).fails_with(1, "not an admin");
     erin.run(&["nodes"]).ok();
@@ -104,18 +71,10 @@ fn people_who_are_not_admins_cannot_manage_users_or_nodes() {
 fn bad_tokens_and_unreachable_control_planes_get_one_clear_line() {
     let cp = ControlPlane::start();
     let cli = Cli::new();
-    cli.run(&["login", "--server", &cp.url, "--token", "obx_0000"])
-        .fails_with(1, "invalid or was revoked");
-    cli.run(&["login", "--server", &cp.url, "--token", "hello"])
-        .fails_with(1, "not a login token");
-    cli.run(&[
-        "login",
-        "--server",
-        "http://127.0.0.1:9",
-        "--token",
-        "obx_1",
-    ])
-    .fails_with(1, "cannot reach the control plane");
+    cli.run(&["login", "--server", &cp.url, "--token", "obx_0000"]).fails_with(1, "invalid or was revoked");
+    cli.run(&["login", "--server", &cp.url, "--token", "hello"]).fails_with(1, "not a login token");
+    cli.run(&["login", "--server", "http://127.0.0.1:9", "--token", "obx_1"])
+        .fails_with(1, "cannot reach the control plane");
     cli.run(&["whoami"]).fails_with(1, "not logged in");
     // The control plane still serves after the bad requests.
     Cli::admin(&cp).run(&["whoami"]).ok();

@@ -19,21 +19,10 @@ fn node() -> Node {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
     let agent = Agent::enroll(&cp, &admin, &["t"]);
-    Node {
-        cp,
-        _admin: admin,
-        agent,
-    }
+    Node { cp, _admin: admin, agent }
 }
 
-fn user_cert(
-    ca: &Ca,
-    key: &PrivateKey,
-    user: &str,
-    node_id: &str,
-    after: u64,
-    before: u64,
-) -> Certificate {
+fn user_cert(ca: &Ca, key: &PrivateKey, user: &str, node_id: &str, after: u64, before: u64) -> Certificate {
     ca.sign_user(&UserCertSpec {
         user,
         node_id,
@@ -57,50 +46,30 @@ impl Node {
     }
 
     /// Tries to run `echo ok` as `user` with `cert`; returns the output or the error.
-    fn try_exec(
-        &self,
-        user: &str,
-        key: &PrivateKey,
-        cert: Certificate,
-    ) -> Result<String, SshError> {
+    fn try_exec(&self, user: &str, key: &PrivateKey, cert: Certificate) -> Result<String, SshError> {
         let target = self.target();
         let key = Arc::new(key.clone());
         runtime().block_on(async move {
             let mut conn = dial(&target).await?;
             conn.authenticate(user, key, cert).await?;
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            conn.exec("echo ok", None::<tokio::io::Empty>, &mut out, &mut err)
-                .await?;
-            Ok(String::from_utf8(out).unwrap())
+            let mut output = net::ssh::Writers { stdout: Vec::new(), stderr: Vec::new() };
+            conn.exec("echo ok", net::ssh::NoInput, &mut output, std::future::pending()).await?;
+            Ok(String::from_utf8(output.stdout).unwrap())
         })
     }
 }
 
 #[track_caller]
 fn assert_refused(node: &Node, result: Result<String, SshError>, reason: &str) {
-    assert!(
-        matches!(result, Err(SshError::AuthRejected { .. })),
-        "expected refusal, got {result:?}"
-    );
-    assert!(
-        node.agent.log().contains(reason),
-        "agent log should give the reason {reason:?}:\n{}",
-        node.agent.log()
-    );
+    assert!(matches!(result, Err(SshError::AuthRejected { .. })), "expected refusal, got {result:?}");
+    assert!(node.agent.log().contains(reason), "agent log should give the reason {reason:?}:\n{}", node.agent.log());
 }
 
 #[test]
 fn the_agent_accepts_a_valid_user_certificate() {
     let n = node();
     let key = trust::generate_key();
-    let cert = user_cert(
-        &n.cp.ca(),
-        &key,
-        "admin",
-        &n.agent.node_id,
-        now() - 30,
-        now() + 300,
-    );
+    let cert = user_cert(&n.cp.ca(), &key, "admin", &n.agent.node_id, now() - 30, now() + 300);
     assert_eq!(n.try_exec("admin", &key, cert).unwrap(), "ok\n");
 }
 
@@ -108,84 +77,29 @@ fn the_agent_accepts_a_valid_user_certificate() {
 fn the_agent_refuses_expired_and_not_yet_valid_certificates() {
     let n = node();
     let key = trust::generate_key();
-    let expired = user_cert(
-        &n.cp.ca(),
-        &key,
-        "admin",
-        &n.agent.node_id,
-        now() - 600,
-        now() - 300,
-    );
+    let expired = user_cert(&n.cp.ca(), &key, "admin", &n.agent.node_id, now() - 600, now() - 300);
     // russh refuses these before the handler sees them; openbox's own check is the second lock.
-    assert_refused(
-        &n,
-        n.try_exec("admin", &key, expired),
-        "expired or not yet valid",
-    );
-    let future = user_cert(
-        &n.cp.ca(),
-        &key,
-        "admin",
-        &n.agent.node_id,
-        now() + 300,
-        now() + 600,
-    );
-    assert_refused(
-        &n,
-        n.try_exec("admin", &key, future),
-        "expired or not yet valid",
-    );
+    assert_refused(&n, n.try_exec("admin", &key, expired), "expired or not yet valid");
+    let future = user_cert(&n.cp.ca(), &key, "admin", &n.agent.node_id, now() + 300, now() + 600);
+    assert_refused(&n, n.try_exec("admin", &key, future), "expired or not yet valid");
 }
 
 #[test]
 fn the_agent_refuses_certificates_from_another_ca() {
     let n = node();
     let key = trust::generate_key();
-    let foreign = user_cert(
-        &Ca::generate(),
-        &key,
-        "admin",
-        &n.agent.node_id,
-        now() - 30,
-        now() + 300,
-    );
-    assert_refused(
-        &n,
-        n.try_exec("admin", &key, foreign),
-        "not issued by this fleet's certificate authority",
-    );
+    let foreign = user_cert(&Ca::generate(), &key, "admin", &n.agent.node_id, now() - 30, now() + 300);
+    assert_refused(&n, n.try_exec("admin", &key, foreign), "not issued by this fleet's certificate authority");
 }
 
 #[test]
 fn the_agent_refuses_a_principal_mismatch_and_a_certificate_for_another_node() {
     let n = node();
     let key = trust::generate_key();
-    let for_bob = user_cert(
-        &n.cp.ca(),
-        &key,
-        "bob",
-        &n.agent.node_id,
-        now() - 30,
-        now() + 300,
-    );
-    assert_refused(
-        &n,
-        n.try_exec("admin", &key, for_bob),
-        "is for [\"bob\"], not \"admin\"",
-    );
-    let elsewhere = user_cert(
-        &n.cp.ca(),
-        &key,
-        "admin",
-        "another-node",
-        now() - 30,
-        now() + 300,
-    );
-    assert_refused(
-        &n,
-        n.try_exec("admin", &key, elsewhere),
-        "issued for node another-node",
-    );
+    let for_bob = user_cert(&n.cp.ca(), &key, "bob", &n.agent.node_id, now() - 30, now() + 300);
+    assert_refused(&n, n.try_exec("admin", &key, for_bob), "is for [\"bob\"], not \"admin\"");
+    let elsewhere = user_cert(&n.cp.ca(), &key, "admin", "another-node", now() - 30, now() + 300);
+    assert_refused(&n, n.try_exec("admin", &key, elsewhere), "issued for node another-node");
 }
 
 #[test]
@@ -193,21 +107,11 @@ fn the_client_refuses_a_host_certificate_from_another_ca_or_for_another_node() {
     let n = node();
     let mut wrong_ca = n.target();
     wrong_ca.ca = Ca::generate().public_key().clone();
-    let err = runtime()
-        .block_on(dial(&wrong_ca))
-        .err()
-        .expect("must refuse");
-    assert!(
-        err.to_string()
-            .contains("not issued by this fleet's certificate authority"),
-        "{err}"
-    );
+    let err = runtime().block_on(dial(&wrong_ca)).err().expect("must refuse");
+    assert!(err.to_string().contains("not issued by this fleet's certificate authority"), "{err}");
     let mut wrong_node = n.target();
     wrong_node.node_id = "someone-else".into();
-    let err = runtime()
-        .block_on(dial(&wrong_node))
-        .err()
-        .expect("must refuse");
+    let err = runtime().block_on(dial(&wrong_node)).err().expect("must refuse");
     assert!(err.to_string().contains("not \"someone-else\""), "{err}");
 }
 
@@ -217,43 +121,24 @@ fn the_client_refuses_an_expired_host_certificate_and_renewal_repairs_it() {
     let ca = n.cp.ca();
     // Give the node an expired host certificate while the control plane is down, so that
     // no heartbeat can renew it before the client looks.
-    let host_key =
-        PrivateKey::from_openssh(std::fs::read_to_string(n.agent.host_key_file()).unwrap())
-            .unwrap();
-    let expired = ca
-        .sign_host(
-            host_key.public_key(),
-            &n.agent.node_id,
-            now() - 600,
-            now() - 60,
-        )
-        .unwrap();
+    let host_key = PrivateKey::from_openssh(std::fs::read_to_string(n.agent.host_key_file()).unwrap()).unwrap();
+    let expired = ca.sign_host(host_key.public_key(), &n.agent.node_id, now() - 600, now() - 60).unwrap();
     n.cp.stop();
     n.agent.stop();
     let path = n.agent.identity_file();
-    let mut id: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut id: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     id["host_cert"] = expired.to_openssh().unwrap().into();
     std::fs::write(&path, id.to_string()).unwrap();
     n.agent.restart();
-    let err = runtime()
-        .block_on(dial(&n.target()))
-        .err()
-        .expect("must refuse");
+    let err = runtime().block_on(dial(&n.target())).err().expect("must refuse");
     assert!(err.to_string().contains("expired"), "{err}");
 
     // With the control plane back, the next heartbeat brings a fresh certificate.
     n.cp.restart();
-    openbox_e2e::wait_until("the host certificate to be renewed", || {
-        runtime().block_on(dial(&n.target())).is_ok()
-    });
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    openbox_e2e::wait_until("the host certificate to be renewed", || runtime().block_on(dial(&n.target())).is_ok());
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let renewed = trust::parse_certificate(saved["host_cert"].as_str().unwrap()).unwrap();
-    assert!(
-        renewed.valid_before() > now() + 3600,
-        "the renewed certificate is saved for the next start"
-    );
+    assert!(renewed.valid_before() > now() + 3600, "the renewed certificate is saved for the next start");
 }
 
 // ---- OpenSSH interoperability ----
@@ -268,13 +153,7 @@ impl SshFiles {
     fn new(key: &PrivateKey, cert: Option<&Certificate>, ca: &Ca, node_id: &str) -> SshFiles {
         let dir = tempfile::tempdir().unwrap();
         let id = dir.path().join("id");
-        std::fs::write(
-            &id,
-            key.to_openssh(trust::ssh_key_line_ending())
-                .unwrap()
-                .as_bytes(),
-        )
-        .unwrap();
+        std::fs::write(&id, key.to_openssh(trust::ssh_key_line_ending()).unwrap().as_bytes()).unwrap();
         std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o600)).unwrap();
         if let Some(c) = cert {
             std::fs::write(dir.path().join("id-cert.pub"), c.to_openssh().unwrap()).unwrap();
@@ -291,34 +170,14 @@ impl SshFiles {
         let (host, port) = agent.addr.rsplit_once(':').unwrap();
         let p = |f: &str| self.dir.path().join(f).to_str().unwrap().to_owned();
         let mut cmd = Command::new("ssh");
-        cmd.args([
-            "-F",
-            "/dev/null",
-            "-i",
-            &p("id"),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-        ])
-        .args([
-            "-o",
-            &format!("UserKnownHostsFile={}", p("known_hosts")),
-            "-o",
-            "GlobalKnownHostsFile=/dev/null",
-        ])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            &format!("HostKeyAlias={}", agent.node_id),
-        ])
-        .args(["-p", port, &format!("{user}@{host}"), command]);
+        cmd.args(["-F", "/dev/null", "-i", &p("id"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args(["-o", &format!("UserKnownHostsFile={}", p("known_hosts")), "-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", &format!("HostKeyAlias={}", agent.node_id)])
+            .args(["-p", port, &format!("{user}@{host}"), command]);
         if std::path::Path::new(&p("id-cert.pub")).exists() {
             cmd.args(["-o", &format!("CertificateFile={}", p("id-cert.pub"))]);
         }
-        cmd.output()
-            .expect("the OpenSSH client (ssh) must be installed")
+        cmd.output().expect("the OpenSSH client (ssh) must be installed")
     }
 }
 
@@ -327,22 +186,10 @@ fn a_stock_openssh_client_with_an_openbox_certificate_runs_a_command() {
     let n = node();
     let key = trust::generate_key();
     let ca = n.cp.ca();
-    let cert = user_cert(
-        &ca,
-        &key,
-        "admin",
-        &n.agent.node_id,
-        now() - 30,
-        now() + 300,
-    );
+    let cert = user_cert(&ca, &key, "admin", &n.agent.node_id, now() - 30, now() + 300);
     let files = SshFiles::new(&key, Some(&cert), &ca, &n.agent.node_id);
     let out = files.ssh(&n.agent, "admin", "echo interop; echo to-err >&2; exit 3");
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "interop\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
 }
@@ -367,14 +214,7 @@ fn a_stock_openssh_client_with_a_bare_key_is_refused() {
 fn a_stock_openssh_client_checks_the_agents_host_certificate() {
     let n = node();
     let key = trust::generate_key();
-    let cert = user_cert(
-        &n.cp.ca(),
-        &key,
-        "admin",
-        &n.agent.node_id,
-        now() - 30,
-        now() + 300,
-    );
+    let cert = user_cert(&n.cp.ca(), &key, "admin", &n.agent.node_id, now() - 30, now() + 300);
     // known_hosts trusts some other CA: OpenSSH must refuse the host.
     let files = SshFiles::new(&key, Some(&cert), &Ca::generate(), &n.agent.node_id);
     let out = files.ssh(&n.agent, "admin", "echo should-not-run");

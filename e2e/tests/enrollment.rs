@@ -9,23 +9,10 @@ use openbox_e2e::{Agent, Cli, ControlPlane, wait_until};
 fn node_token_prints_the_agent_command_and_the_token_enrolls_exactly_once() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
-    let out = admin
-        .run(&["node", "token", "--tag", "mac", "--ttl", "10m"])
-        .ok();
-    assert!(
-        out.stdout.contains(&format!(
-            "openbox agent --server {} --token enroll_",
-            cp.url
-        )),
-        "{out:?}"
-    );
+    let out = admin.run(&["node", "token", "--tag", "mac", "--ttl", "10m"]).ok();
+    assert!(out.stdout.contains(&format!("openbox agent --server {} --token enroll_", cp.url)), "{out:?}");
     assert!(out.stdout.contains("--tag mac"), "{out:?}");
-    let token = out
-        .stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("enroll_"))
-        .unwrap()
-        .to_owned();
+    let token = out.stdout.split_whitespace().find(|w| w.starts_with("enroll_")).unwrap().to_owned();
 
     let agent = Agent::enroll_with(&cp, &token, &["--name", "first"]);
     let node = admin.node(&agent.node_id).unwrap();
@@ -40,19 +27,13 @@ fn node_token_prints_the_agent_command_and_the_token_enrolls_exactly_once() {
 fn an_expired_enrollment_token_is_refused() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
-    let token = admin
-        .run(&["node", "token", "--ttl", "1s", "--json"])
-        .ok()
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token =
+        admin.run(&["node", "token", "--ttl", "1s", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
     let minted = openbox_e2e::now();
     // Expiry is a matter of the clock: wait until the token's second has passed.
     wait_until("the token to expire", || openbox_e2e::now() >= minted + 2);
     Agent::run_to_end(&["--server", &cp.url, "--token", &token]).fails_with(1, "expired");
-    Agent::run_to_end(&["--server", &cp.url, "--token", "enroll_nope"])
-        .fails_with(1, "unknown enrollment token");
+    Agent::run_to_end(&["--server", &cp.url, "--token", "enroll_nope"]).fails_with(1, "unknown enrollment token");
     Agent::run_to_end(&[]).fails_with(1, "has not enrolled yet");
 }
 
@@ -64,34 +45,14 @@ fn the_node_keeps_its_identity_and_only_its_public_key_leaves_it() {
     let id = agent.node_id.clone();
     let key = std::fs::read_to_string(agent.host_key_file()).unwrap();
     assert!(key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
-    assert_eq!(
-        std::fs::metadata(agent.host_key_file())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(agent.host_key_file()).unwrap().permissions().mode() & 0o777, 0o600);
     let identity: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(agent.identity_file()).unwrap()).unwrap();
-    assert!(
-        identity["host_cert"]
-            .as_str()
-            .unwrap()
-            .starts_with("ssh-ed25519-cert-v01@openssh.com ")
-    );
-    assert!(
-        identity["heartbeat_secret"]
-            .as_str()
-            .unwrap()
-            .starts_with("node_")
-    );
+    assert!(identity["host_cert"].as_str().unwrap().starts_with("ssh-ed25519-cert-v01@openssh.com "));
+    assert!(identity["heartbeat_secret"].as_str().unwrap().starts_with("node_"));
 
     agent.restart();
-    assert_eq!(
-        agent.node_id, id,
-        "a restarted agent comes back as the same node"
-    );
+    assert_eq!(agent.node_id, id, "a restarted agent comes back as the same node");
     assert_eq!(admin.nodes().len(), 1);
     admin.run(&["-t", "a", "true"]).ok();
 
@@ -108,9 +69,7 @@ fn raw_heartbeat(cp: &ControlPlane, node_id: &str, secret: Option<&str>) -> Stri
         "version": "x", "host_cert_valid_before": 0
     })
     .to_string();
-    let auth = secret
-        .map(|s| format!("Authorization: Bearer {s}\r\n"))
-        .unwrap_or_default();
+    let auth = secret.map(|s| format!("Authorization: Bearer {s}\r\n")).unwrap_or_default();
     let mut s = std::net::TcpStream::connect(&cp.addr).unwrap();
     write!(
         s,
@@ -134,14 +93,7 @@ fn heartbeats_without_the_node_secret_are_refused() {
     let other = Agent::enroll(&cp, &admin, &[]);
     let other_secret: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(other.identity_file()).unwrap()).unwrap();
-    assert!(
-        raw_heartbeat(
-            &cp,
-            &agent.node_id,
-            other_secret["heartbeat_secret"].as_str()
-        )
-        .contains(" 401 ")
-    );
+    assert!(raw_heartbeat(&cp, &agent.node_id, other_secret["heartbeat_secret"].as_str()).contains(" 401 "));
     let own: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(agent.identity_file()).unwrap()).unwrap();
     assert!(raw_heartbeat(&cp, &agent.node_id, own["heartbeat_secret"].as_str()).contains(" 200 "));
@@ -159,19 +111,8 @@ fn removing_a_node_revokes_its_identity_and_stops_its_agent() {
     // Its next heartbeat learns of the removal: the agent discards its identity and exits.
     let status = agent.wait_exit();
     assert!(!status.success());
-    assert!(
-        agent.log().contains("removed from the fleet"),
-        "{}",
-        agent.log()
-    );
-    assert!(
-        !agent.identity_file().exists(),
-        "the revoked identity must be discarded"
-    );
-    assert!(
-        raw_heartbeat(&cp, &agent.node_id, secret["heartbeat_secret"].as_str()).contains(" 410 ")
-    );
-    admin
-        .run(&["-n", &agent.node_id, "true"])
-        .fails_with(255, "no node with id or name");
+    assert!(agent.log().contains("removed from the fleet"), "{}", agent.log());
+    assert!(!agent.identity_file().exists(), "the revoked identity must be discarded");
+    assert!(raw_heartbeat(&cp, &agent.node_id, secret["heartbeat_secret"].as_str()).contains(" 410 "));
+    admin.run(&["-n", &agent.node_id, "true"]).fails_with(255, "no node with id or name");
 }

@@ -37,9 +37,7 @@ fn a_node_shows_offline_when_stopped_or_silent() {
     polite.stop(); // says goodbye: offline at once
     assert_eq!(admin.node(&polite.node_id).unwrap()["online"], false);
     silent.kill(); // no goodbye: offline once heartbeats are overdue (2s here)
-    wait_until("the killed node to show offline", || {
-        admin.node(&silent.node_id).unwrap()["online"] == false
-    });
+    wait_until("the killed node to show offline", || admin.node(&silent.node_id).unwrap()["online"] == false);
 }
 
 #[test]
@@ -47,25 +45,14 @@ fn tags_and_names_can_be_changed() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
     let a = Agent::enroll(&cp, &admin, &["old"]);
-    let out = admin
-        .run(&["node", "tag", &a.node_id, "+new", "-old", "--json"])
-        .ok()
-        .json();
+    let out = admin.run(&["node", "tag", &a.node_id, "+new", "-old", "--json"]).ok().json();
     assert_eq!(out["tags"], serde_json::json!(["new"]));
     admin.run(&["-t", "new", "true"]).ok();
-    admin
-        .run(&["-t", "old", "true"])
-        .fails_with(255, "no node carries tag \"old\"");
+    admin.run(&["-t", "old", "true"]).fails_with(255, "no node carries tag \"old\"");
     admin.run(&["node", "rename", &a.node_id, "renamed"]).ok();
     assert_eq!(admin.node(&a.node_id).unwrap()["name"], "renamed");
     admin.run(&["-n", "renamed", "true"]).ok();
-    admin
-        .run(&["node", "tag", &a.node_id, "oops"])
-        .fails_with(2, "+TAG");
-    admin
-        .run(&["node", "tag", &a.node_id, "+bad tag"])
-        .fails_with(2, "may hold only");
-    admin
-        .run(&["node", "rename", "nope", "x"])
-        .fails_with(1, "no node with id or name");
+    admin.run(&["node", "tag", &a.node_id, "oops"]).fails_with(2, "+TAG");
+    admin.run(&["node", "tag", &a.node_id, "+bad tag"]).fails_with(2, "may hold only");
+    admin.run(&["node", "rename", "nope", "x"]).fails_with(1, "no node with id or name");
 }

@@ -16,26 +16,14 @@ fn fleet(tags: &[&str]) -> (ControlPlane, Cli, Agent) {
 #[test]
 fn command_words_are_joined_and_run_by_the_nodes_shell() {
     let (_cp, cli, _agent) = fleet(&["t"]);
-    assert_eq!(
-        cli.run(&["-t", "t", "cd /tmp && pwd"]).ok().stdout,
-        "/tmp\n"
-    );
+    assert_eq!(cli.run(&["-t", "t", "cd /tmp && pwd"]).ok().stdout, "/tmp\n");
     let dir = tempfile::tempdir().unwrap();
     for f in ["a.txt", "b.txt", "c.log"] {
         std::fs::write(dir.path().join(f), "").unwrap();
     }
     let d = dir.path().to_str().unwrap();
-    assert_eq!(
-        cli.run(&["-t", "t", "cd", d, "&&", "ls", "*.txt"])
-            .ok()
-            .stdout,
-        "a.txt\nb.txt\n"
-    );
-    assert_eq!(
-        cli.run(&["-t", "t", "echo", "-n", "x"]).ok().stdout,
-        "x",
-        "flags after the command belong to it"
-    );
+    assert_eq!(cli.run(&["-t", "t", "cd", d, "&&", "ls", "*.txt"]).ok().stdout, "a.txt\nb.txt\n");
+    assert_eq!(cli.run(&["-t", "t", "echo", "-n", "x"]).ok().stdout, "x", "flags after the command belong to it");
 }
 
 #[test]
@@ -60,10 +48,7 @@ fn a_remote_signal_exits_128_plus_its_number() {
 #[test]
 fn stdin_is_forwarded() {
     let (_cp, cli, _agent) = fleet(&["t"]);
-    assert_eq!(
-        cli.run_stdin(&["-t", "t", "cat"], b"hi\n").ok().stdout,
-        "hi\n"
-    );
+    assert_eq!(cli.run_stdin(&["-t", "t", "cat"], b"hi\n").ok().stdout, "hi\n");
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let out = cli.run_stdin(&["-t", "t", "wc -c"], &big).ok();
     assert_eq!(out.stdout.trim(), "3000000");
@@ -72,11 +57,7 @@ fn stdin_is_forwarded() {
 #[test]
 fn large_output_arrives_complete() {
     let (_cp, cli, _agent) = fleet(&["t"]);
-    let out = cli
-        .cmd()
-        .args(["-t", "t", "head -c 20000000 /dev/zero"])
-        .output()
-        .unwrap();
+    let out = cli.cmd().args(["-t", "t", "head -c 20000000 /dev/zero"]).output().unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout.len(), 20_000_000);
     assert!(out.stdout.iter().all(|b| *b == 0));
@@ -124,51 +105,21 @@ fn a_node_is_picked_by_id_or_name_and_a_tag_prefers_online_nodes() {
     let admin = Cli::admin(&cp);
     let a = Agent::enroll_with(&cp, &admin.enroll_token(&["pool"]), &["--name", "alpha"]);
     let mut b = Agent::enroll_with(&cp, &admin.enroll_token(&["pool"]), &["--name", "beta"]);
-    assert_eq!(
-        admin
-            .run(&["-n", &a.node_id, "echo $OPENBOX_NODE"])
-            .ok()
-            .stdout
-            .trim(),
-        a.node_id
-    );
-    assert_eq!(
-        admin
-            .run(&["-n", "beta", "echo $OPENBOX_NODE"])
-            .ok()
-            .stdout
-            .trim(),
-        b.node_id
-    );
+    assert_eq!(admin.run(&["-n", &a.node_id, "echo $OPENBOX_NODE"]).ok().stdout.trim(), a.node_id);
+    assert_eq!(admin.run(&["-n", "beta", "echo $OPENBOX_NODE"]).ok().stdout.trim(), b.node_id);
     b.stop();
     for _ in 0..5 {
-        assert_eq!(
-            admin
-                .run(&["-t", "pool", "echo $OPENBOX_NODE"])
-                .ok()
-                .stdout
-                .trim(),
-            a.node_id
-        );
+        assert_eq!(admin.run(&["-t", "pool", "echo $OPENBOX_NODE"]).ok().stdout.trim(), a.node_id);
     }
 }
 
 #[test]
 fn two_users_run_side_by_side_each_as_themselves() {
     let (cp, admin, _agent) = fleet(&["t"]);
-    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
     let bob = Cli::logged_in(&cp, &token);
-    assert_eq!(
-        admin.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout,
-        "admin\n"
-    );
-    assert_eq!(
-        bob.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout,
-        "bob\n"
-    );
+    assert_eq!(admin.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout, "admin\n");
+    assert_eq!(bob.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout, "bob\n");
     assert_ne!(
         std::fs::read(admin.home.path().join("id_ed25519")).unwrap(),
         std::fs::read(bob.home.path().join("id_ed25519")).unwrap(),

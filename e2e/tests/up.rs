@@ -3,11 +3,7 @@
 use openbox_e2e::Cli;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
@@ -15,10 +11,7 @@ fn up_brings_a_local_fleet_that_runs_commands_and_down_stops_it() {
     let me = Cli::new();
     let addr = format!("127.0.0.1:{}", free_port());
     let out = me.run(&["up", "--addr", &addr]).ok();
-    assert!(
-        out.stdout.contains("openbox -t local uname -a"),
-        "up says what to try next: {out:?}"
-    );
+    assert!(out.stdout.contains("openbox -t local uname -a"), "up says what to try next: {out:?}");
 
     let uname = me.run(&["-t", "local", "uname", "-s"]).ok();
     assert_eq!(uname.stdout.trim(), "Linux");
@@ -27,10 +20,7 @@ fn up_brings_a_local_fleet_that_runs_commands_and_down_stops_it() {
     assert_eq!(nodes[0]["tags"], serde_json::json!(["local"]));
     assert_eq!(me.run(&["whoami", "--json"]).ok().json()["admin"], true);
     for log in ["control.log", "agent.log"] {
-        assert!(
-            me.home.path().join("logs").join(log).exists(),
-            "{log} in the state dir"
-        );
+        assert!(me.home.path().join("logs").join(log).exists(), "{log} in the state dir");
     }
 
     // Running up twice is harmless.
@@ -40,18 +30,9 @@ fn up_brings_a_local_fleet_that_runs_commands_and_down_stops_it() {
     me.run(&["-t", "local", "true"]).ok();
 
     let down = me.run(&["down"]).ok();
-    assert!(
-        down.stdout.contains("agent") && down.stdout.contains("control"),
-        "{down:?}"
-    );
-    me.run(&["-t", "local", "true"])
-        .fails_with(255, "cannot reach the control plane");
-    assert!(
-        me.run(&["down"])
-            .ok()
-            .stdout
-            .contains("Nothing was running")
-    );
+    assert!(down.stdout.contains("agent") && down.stdout.contains("control"), "{down:?}");
+    me.run(&["-t", "local", "true"]).fails_with(255, "cannot reach the control plane");
+    assert!(me.run(&["down"]).ok().stdout.contains("Nothing was running"));
 
     // Up after down comes back with the same node and login.
     me.run(&["up", "--addr", &addr]).ok();

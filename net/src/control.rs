@@ -56,11 +56,7 @@ impl Client {
             .filter(|a| !a.is_empty() && !a.contains('/'))
             .ok_or_else(|| ControlError::BadUrl(url.clone()))?
             .to_owned();
-        Ok(Client {
-            url,
-            authority,
-            token,
-        })
+        Ok(Client { url, authority, token })
     }
 
     pub fn url(&self) -> &str {
@@ -71,24 +67,45 @@ impl Client {
         self.call(Method::GET, path, None::<&()>).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ControlError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
         self.call(Method::POST, path, Some(body)).await
     }
 
-    pub async fn patch<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ControlError> {
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
         self.call(Method::PATCH, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ControlError> {
         self.call(Method::DELETE, path, None::<&()>).await
+    }
+
+    /// Opens a server-sent event stream (e.g. `/v1/events`).
+    pub async fn events(&self, path: &str) -> Result<EventStream, ControlError> {
+        let unreachable = |why: String| ControlError::Unreachable { url: self.url.clone(), why };
+        let stream = TcpStream::connect(&self.authority).await.map_err(|e| unreachable(e.to_string()))?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", &self.authority)
+            .header("accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {}", t.expose()));
+        }
+        let req = req.body(Full::new(Bytes::new())).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
+            let message = serde_json::from_slice::<proto::api::ApiError>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(ControlError::Api { status: status.as_u16(), message });
+        }
+        Ok(EventStream { body: resp.into_body(), buf: Vec::new(), _sender: sender })
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -99,10 +116,7 @@ impl Client {
     ) -> Result<T, ControlError> {
         match tokio::time::timeout(TIMEOUT, self.call_inner(method, path, body)).await {
             Ok(r) => r,
-            Err(_) => Err(ControlError::Unreachable {
-                url: self.url.clone(),
-                why: "no answer within 15s".into(),
-            }),
+            Err(_) => Err(ControlError::Unreachable { url: self.url.clone(), why: "no answer within 15s".into() }),
         }
     }
 
@@ -112,18 +126,12 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ControlError> {
-        let unreachable = |why: String| ControlError::Unreachable {
-            url: self.url.clone(),
-            why,
-        };
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |why: String| ControlError::Unreachable { url: self.url.clone(), why };
+        let stream = TcpStream::connect(&self.authority).await.map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).ok();
         let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(conn);
 
         let bytes = match body {
@@ -139,36 +147,57 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {}", t.expose()));
         }
-        let req = req
-            .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
         let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
+        let body = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
         if !status.is_success() {
             let message = serde_json::from_slice::<proto::api::ApiError>(&body)
                 .map(|e| e.error)
-                .unwrap_or_else(|_| {
-                    format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim())
-                });
-            return Err(ControlError::Api {
-                status: status.as_u16(),
-                message,
-            });
+                .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
+            return Err(ControlError::Api { status: status.as_u16(), message });
         }
-        let body: &[u8] = if body.is_empty() || status == StatusCode::NO_CONTENT {
-            b"null"
-        } else {
-            &body
-        };
+        let body: &[u8] = if body.is_empty() || status == StatusCode::NO_CONTENT { b"null" } else { &body };
         serde_json::from_slice(body).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+}
+
+/// A server-sent event stream: `next` yields `(event, data)` pairs.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    // Keeps the connection's request side alive for as long as the stream is read.
+    _sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl EventStream {
+    /// The next event, or `None` when the stream ends.
+    pub async fn next(&mut self) -> Option<Result<(String, String), ControlError>> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                let (mut event, mut data) = (String::from("message"), Vec::new());
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some(Ok((event, data.join("\n"))));
+            }
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Some(chunk) = frame.data_ref() {
+                        self.buf.extend_from_slice(chunk);
+                    }
+                }
+                Err(e) => return Some(Err(ControlError::Protocol(e.to_string()))),
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! CA naming the expected node id, authenticate with a user certificate, run commands.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,21 +16,82 @@ use trust::{Certificate, PrivateKey, PublicKey};
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error("cannot reach node {node} at {addr}: {why}")]
-    Unreachable {
-        node: String,
-        addr: String,
-        why: String,
-    },
+    Unreachable { node: String, addr: String, why: String },
     #[error("node {node} at {addr} was refused: {why}")]
-    HostRejected {
-        node: String,
-        addr: String,
-        why: String,
-    },
+    HostRejected { node: String, addr: String, why: String },
     #[error("node {node} refused the user certificate")]
     AuthRejected { node: String },
+    /// The command was running when the connection broke; its outcome is unknown.
     #[error("connection to node {node} lost: {why}")]
     Lost { node: String, why: String },
+    /// The connection could not start the command; nothing ran, so a retry is safe.
+    #[error("connection to node {node} is no longer usable: {why}")]
+    Stale { node: String, why: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Where a remote command's output goes.
+pub trait Output: Send {
+    /// A chunk of stdout; an error means nobody reads stdout any more.
+    fn stdout(&mut self, data: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// A chunk of stderr.
+    fn stderr(&mut self, data: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Where a remote command's stdin comes from: chunks, then `None` for end of input.
+pub trait Input: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Option<Vec<u8>>> + Send;
+}
+
+/// Output into two async writers (a terminal, a pipe, a file, a buffer).
+pub struct Writers<O, E> {
+    pub stdout: O,
+    pub stderr: E,
+}
+
+impl<O: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send> Output for Writers<O, E> {
+    async fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stdout.write_all(data).await?;
+        self.stdout.flush().await
+    }
+
+    async fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stderr.write_all(data).await?;
+        self.stderr.flush().await
+    }
+}
+
+/// Input from an async reader, until it reports end of file or fails.
+pub struct Reader<R>(pub R);
+
+impl<R: AsyncRead + Unpin + Send + 'static> Input for Reader<R> {
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 64 * 1024];
+        match self.0.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(buf)
+            }
+        }
+    }
+}
+
+/// No input: the command sees end of file at once.
+pub struct NoInput;
+
+impl Input for NoInput {
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// Input from a channel of chunks (closing the sender ends the input).
+impl Input for tokio::sync::mpsc::Receiver<Vec<u8>> {
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        self.recv().await
+    }
 }
 
 /// Where a node is and how to recognise it.
@@ -44,11 +106,7 @@ pub struct NodeTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
     Code(u32),
-    Signal {
-        name: String,
-        core_dumped: bool,
-        message: String,
-    },
+    Signal { name: String, core_dumped: bool, message: String },
 }
 
 impl ExitStatus {
@@ -89,18 +147,13 @@ struct HostCheck {
 impl client::Handler for HostCheck {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let now = unix_now();
         let verdict = match key.certificate() {
-            Some(cert) => trust::verify_host_cert(cert, &self.target.ca, &self.target.node_id, now)
-                .map_err(|e| e.to_string()),
-            None => Err(
-                "it presented a bare host key, not a host certificate from this fleet's CA"
-                    .to_owned(),
-            ),
+            Some(cert) => {
+                trust::verify_host_cert(cert, &self.target.ca, &self.target.node_id, now).map_err(|e| e.to_string())
+            }
+            None => Err("it presented a bare host key, not a host certificate from this fleet's CA".to_owned()),
         };
         match verdict {
             Ok(()) => Ok(true),
@@ -115,10 +168,7 @@ impl client::Handler for HostCheck {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn client_config() -> Arc<client::Config> {
@@ -146,30 +196,19 @@ pub struct Connection {
 /// Dials the node over TCP and verifies its host certificate.
 pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
     let node = target.node_id.clone();
-    let unreachable = |why: String| SshError::Unreachable {
-        node: node.clone(),
-        addr: target.addr.clone(),
-        why,
-    };
+    let unreachable = |why: String| SshError::Unreachable { node: node.clone(), addr: target.addr.clone(), why };
     let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target.addr))
         .await
         .map_err(|_| unreachable("no answer within 10s".into()))?
         .map_err(|e| unreachable(e.to_string()))?;
     stream.set_nodelay(true).ok();
     let refusal = Arc::new(Mutex::new(None));
-    let check = HostCheck {
-        target: target.clone(),
-        refusal: refusal.clone(),
-    };
+    let check = HostCheck { target: target.clone(), refusal: refusal.clone() };
     match client::connect_stream(client_config(), stream, check).await {
         Ok(handle) => Ok(Connection { handle, node }),
         Err(e) => {
             if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return Err(SshError::HostRejected {
-                    node,
-                    addr: target.addr.clone(),
-                    why,
-                });
+                return Err(SshError::HostRejected { node, addr: target.addr.clone(), why });
             }
             Err(unreachable(format!("SSH handshake failed: {e}")))
         }
@@ -178,113 +217,109 @@ pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
 
 impl Connection {
     /// Authenticates as `user` with a user certificate for `key`.
-    pub async fn authenticate(
-        &mut self,
-        user: &str,
-        key: Arc<PrivateKey>,
-        cert: Certificate,
-    ) -> Result<(), SshError> {
-        let lost = |e: russh::Error| SshError::Lost {
-            node: self.node.clone(),
-            why: e.to_string(),
-        };
-        let res = self
-            .handle
-            .authenticate_openssh_cert(user, key, cert)
-            .await
-            .map_err(lost)?;
-        if res.success() {
-            Ok(())
-        } else {
-            Err(SshError::AuthRejected {
-                node: self.node.clone(),
-            })
-        }
+    pub async fn authenticate(&mut self, user: &str, key: Arc<PrivateKey>, cert: Certificate) -> Result<(), SshError> {
+        let lost = |e: russh::Error| SshError::Lost { node: self.node.clone(), why: e.to_string() };
+        let res = self.handle.authenticate_openssh_cert(user, key, cert).await.map_err(lost)?;
+        if res.success() { Ok(()) } else { Err(SshError::AuthRejected { node: self.node.clone() }) }
     }
 
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
     }
 
-    /// Runs `command` on the node, streaming `stdin` to it and its stdout and stderr to the
-    /// given writers as they arrive; returns how it ended.
-    pub async fn exec<I, O, E>(
+    /// Runs `command` on the node: feeds it `input`, streams its stdout and stderr into
+    /// `output` as they arrive, and returns how it ended. If `cancel` completes first, the
+    /// channel is closed (the agent then kills the command) and [`SshError::Cancelled`] is
+    /// returned. A failure before the command started is [`SshError::Stale`]: the
+    /// connection is unusable and the command can safely be retried on a new one.
+    pub async fn exec(
         &self,
         command: &str,
-        stdin: Option<I>,
-        stdout: &mut O,
-        stderr: &mut E,
-    ) -> Result<ExitStatus, SshError>
-    where
-        I: AsyncRead + Unpin + Send + 'static,
-        O: AsyncWrite + Unpin,
-        E: AsyncWrite + Unpin,
-    {
-        let lost = |e: russh::Error| SshError::Lost {
-            node: self.node.clone(),
-            why: e.to_string(),
-        };
-        let channel = self.handle.channel_open_session().await.map_err(lost)?;
-        channel.exec(true, command).await.map_err(lost)?;
-        let (mut read, write) = channel.split();
+        input: impl Input,
+        output: &mut impl Output,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<ExitStatus, SshError> {
+        self.start(command).await?.finish(input, output, cancel).await
+    }
+
+    /// Opens a channel and starts `command` on it. Fails with [`SshError::Stale`] when the
+    /// connection cannot: then nothing ran.
+    pub async fn start(&self, command: &str) -> Result<Started, SshError> {
+        let stale = |e: russh::Error| SshError::Stale { node: self.node.clone(), why: e.to_string() };
+        let channel = self.handle.channel_open_session().await.map_err(stale)?;
+        channel.exec(true, command).await.map_err(stale)?;
+        Ok(Started { channel, node: self.node.clone() })
+    }
+
+    pub async fn close(self) {
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+/// A command that has started on a node.
+pub struct Started {
+    channel: russh::Channel<client::Msg>,
+    node: String,
+}
+
+impl Started {
+    /// Feeds the command `input`, streams its output, and returns how it ended.
+    pub async fn finish(
+        self,
+        input: impl Input,
+        output: &mut impl Output,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<ExitStatus, SshError> {
+        let (mut read, write) = self.channel.split();
         let write = Arc::new(write);
 
-        let feeder = stdin.map(|mut input| {
+        let feeder = {
             let write = write.clone();
+            let mut input = input;
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match input.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if write.data_bytes(buf[..n].to_vec()).await.is_err() {
-                                return;
-                            }
-                        }
+                while let Some(chunk) = input.next().await {
+                    if write.data_bytes(chunk).await.is_err() {
+                        return;
                     }
                 }
                 let _ = write.eof().await;
             })
-        });
-        if feeder.is_none() {
-            write.eof().await.map_err(lost)?;
-        }
+        };
 
+        tokio::pin!(cancel);
         let mut status = None;
         let mut stdout_open = true;
-        while let Some(msg) = read.wait().await {
+        let ended = loop {
+            let msg = tokio::select! {
+                m = read.wait() => m,
+                _ = &mut cancel => {
+                    let _ = write.close().await;
+                    break Err(SshError::Cancelled);
+                }
+            };
             match msg {
-                ChannelMsg::Data { data }
-                    // A reader that went away (`| head`) stops mattering; keep draining.
-                    if stdout_open && (stdout.write_all(&data).await.is_err() || stdout.flush().await.is_err()) => {
-                        stdout_open = false;
-                    }
-                ChannelMsg::ExtendedData { data, ext: 1 } => {
-                    let _ = stderr.write_all(&data).await;
-                    let _ = stderr.flush().await;
+                // A reader that went away (`| head`) stops mattering; keep draining.
+                Some(ChannelMsg::Data { data }) if stdout_open && output.stdout(&data).await.is_err() => {
+                    stdout_open = false;
                 }
-                ChannelMsg::ExitStatus { exit_status } => status = Some(ExitStatus::Code(exit_status)),
-                ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. } => {
-                    status = Some(ExitStatus::Signal { name: sig_name(&signal_name), core_dumped, message: error_message })
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    let _ = output.stderr(&data).await;
                 }
-                ChannelMsg::Close => break,
-                _ => {}
+                Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(ExitStatus::Code(exit_status)),
+                Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. }) => {
+                    status =
+                        Some(ExitStatus::Signal { name: sig_name(&signal_name), core_dumped, message: error_message })
+                }
+                Some(ChannelMsg::Close) | None => break Ok(()),
+                Some(_) => {}
             }
-        }
-        if let Some(f) = feeder {
-            f.abort();
-        }
+        };
+        feeder.abort();
+        ended?;
         status.ok_or_else(|| SshError::Lost {
             node: self.node.clone(),
-            why: "the command ended without an exit status".into(),
+            why: "the connection closed while the command was running".into(),
         })
-    }
-
-    pub async fn close(self) {
-        let _ = self
-            .handle
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Run this call directly instead of through openboxd (also OPENBOX_NO_DAEMON=1).
+    #[arg(long, global = true)]
+    pub no_daemon: bool,
 }
 
 #[derive(Args, Debug)]
@@ -45,12 +48,7 @@ pub struct RunArgs {
     #[arg(short = 't', long = "tag", value_name = "TAG")]
     tag: Option<String>,
     /// Run on this node (id or name).
-    #[arg(
-        short = 'n',
-        long = "node",
-        value_name = "NODE",
-        conflicts_with = "tag"
-    )]
+    #[arg(short = 'n', long = "node", value_name = "NODE", conflicts_with = "tag")]
     node: Option<String>,
     /// Run in the persistent session SID (same node, shell, cwd and environment).
     #[arg(short = 's', long = "session", value_name = "SID")]
@@ -65,11 +63,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE")]
     isolate: Option<String>,
     /// The command and its arguments.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
@@ -106,6 +100,11 @@ pub enum Command {
     },
     /// Stop what `openbox up` started.
     Down,
+    /// Run or manage openboxd, the per-user daemon that keeps connections warm.
+    Daemon {
+        #[arg(value_enum, default_value = "run")]
+        action: DaemonAction,
+    },
     /// Run the control plane (see `openbox control --help`).
     #[command(disable_help_flag = true)]
     Control {
@@ -118,6 +117,16 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DaemonAction {
+    /// Run openboxd in the foreground (as a service manager does).
+    Run,
+    /// Show the running openboxd's state.
+    Status,
+    /// Stop the running openboxd.
+    Stop,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,9 +165,11 @@ pub enum UserCommand {
 /// What the CLI will do once the flags are understood.
 pub enum Action {
     /// Hand this request to openboxd; `json` asks for machine-readable output.
-    Call { request: Request, json: bool },
+    Call { request: Request, json: bool, no_daemon: bool },
     /// Run another role's binary with these arguments.
     Exec(&'static str, Vec<OsString>),
+    /// Stop openboxd if it runs (without starting one to do so).
+    StopDaemon { json: bool },
 }
 
 fn name(kind: &str, v: &str) -> Result<String, String> {
@@ -172,31 +183,26 @@ impl Cli {
             None => Request::Run(self.run.into_request()?),
             Some(Command::Control { args }) => return Ok(Action::Exec("openbox-control", args)),
             Some(Command::Agent { args }) => return Ok(Action::Exec("openbox-agent", args)),
+            Some(Command::Daemon { action: DaemonAction::Run }) => return Ok(Action::Exec("openboxd", Vec::new())),
+            Some(Command::Daemon { action: DaemonAction::Status }) => Request::DaemonStatus,
+            Some(Command::Daemon { action: DaemonAction::Stop }) => return Ok(Action::StopDaemon { json }),
             Some(Command::Login { server, token }) => Request::Login { server, token },
             Some(Command::Logout) => Request::Logout,
             Some(Command::Whoami) => Request::Whoami,
-            Some(Command::Nodes { tag }) => Request::Nodes {
-                tag: tag.map(|t| name("tag", &t)).transpose()?,
-            },
+            Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
             Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: addr }),
             Some(Command::Down) => Request::Down,
-            Some(Command::User(UserCommand::Add { name: n })) => Request::UserAdd {
-                name: name("user name", &n)?,
-            },
+            Some(Command::User(UserCommand::Add { name: n })) => Request::UserAdd { name: name("user name", &n)? },
             Some(Command::User(UserCommand::Ls)) => Request::UserList,
             Some(Command::User(UserCommand::Rm { name: n })) => Request::UserRemove { name: n },
             Some(Command::Node(NodeCommand::Token { tags, ttl })) => Request::NodeToken {
-                tags: tags
-                    .iter()
-                    .map(|t| name("tag", t))
-                    .collect::<Result<_, _>>()?,
+                tags: tags.iter().map(|t| name("tag", t)).collect::<Result<_, _>>()?,
                 ttl_secs: ttl,
             },
             Some(Command::Node(NodeCommand::Rm { node })) => Request::NodeRemove { node },
-            Some(Command::Node(NodeCommand::Rename { node, name: n })) => Request::NodeRename {
-                node,
-                name: name("node name", &n)?,
-            },
+            Some(Command::Node(NodeCommand::Rename { node, name: n })) => {
+                Request::NodeRename { node, name: name("node name", &n)? }
+            }
             Some(Command::Node(NodeCommand::Tag { node, changes })) => {
                 let (mut add, mut remove) = (Vec::new(), Vec::new());
                 for c in changes {
@@ -209,16 +215,14 @@ impl Cli {
                         (Some(t), _) => add.push(name("tag", t)?),
                         (_, Some(t)) => remove.push(name("tag", t)?),
                         _ => {
-                            return Err(format!(
-                                "{c:?}: write +TAG to add a tag or -TAG to remove one"
-                            ));
+                            return Err(format!("{c:?}: write +TAG to add a tag or -TAG to remove one"));
                         }
                     }
                 }
                 Request::NodeTag { node, add, remove }
             }
         };
-        Ok(Action::Call { request, json })
+        Ok(Action::Call { request, json, no_daemon: self.no_daemon })
     }
 }
 
@@ -239,9 +243,7 @@ impl RunArgs {
             (Some(_), Some(_)) => return Err("give -t TAG or -n NODE, not both".into()),
         };
         if self.command.is_empty() {
-            return Err(format!(
-                "no command given to run on {target}: openbox -t TAG CMD [ARGS…]"
-            ));
+            return Err(format!("no command given to run on {target}: openbox -t TAG CMD [ARGS…]"));
         }
         let isolation = match (self.docker, self.nspawn, self.isolate) {
             (Some(image), _, _) => format!("docker:{image}").parse::<Isolation>()?,
@@ -250,11 +252,6 @@ impl RunArgs {
             _ => Isolation::Native,
         };
         let session = self.session.map(|s| name("session id", &s)).transpose()?;
-        Ok(RunRequest {
-            target,
-            session,
-            isolation,
-            command: self.command,
-        })
+        Ok(RunRequest { target, session, isolation, command: self.command })
     }
 }

@@ -1,8 +1,9 @@
 //! `openbox`: the one command people and scripts type. It parses and validates the command
-//! line, then hands the work to openboxd (or to the control-plane or agent binary). It has
-//! no async runtime and no SSH: it must start in about a millisecond.
+//! line, then hands the work to openboxd over its socket (or to the control-plane or agent
+//! binary). It has no async runtime and no SSH: it must start in about a millisecond.
 
 mod args;
+mod daemon;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
@@ -10,22 +11,53 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use clap::Parser as _;
-use proto::request::{CALL_ENV, Call};
+use proto::request::{CALL_ENV, Call, Request};
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
-    match cli.into_action() {
-        Ok(args::Action::Call { request, json }) => {
-            let call = serde_json::to_string(&Call { request, json }).expect("requests serialize");
-            exec(
-                Command::new(sibling("openboxd")).env(CALL_ENV, call),
-                "openboxd",
-            )
+    // Global flags before a subcommand (`openbox --json nodes`) would otherwise be read as
+    // the start of the run form; take them out first.
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    let (mut json, mut no_daemon) = (false, false);
+    while let Some(flag) = argv.get(1).and_then(|a| a.to_str()) {
+        match flag {
+            "--json" => json = true,
+            "--no-daemon" => no_daemon = true,
+            _ => break,
         }
-        Ok(args::Action::Exec(binary, rest)) => exec(
-            Command::new(sibling(binary)).args::<_, OsString>(rest),
-            binary,
-        ),
+        argv.remove(1);
+    }
+    let mut cli = args::Cli::parse_from(argv);
+    cli.json |= json;
+    cli.no_daemon |= no_daemon;
+    match cli.into_action() {
+        Ok(args::Action::Call { request, json, no_daemon }) => {
+            let call = Call { request, json };
+            if no_daemon || std::env::var_os("OPENBOX_NO_DAEMON").is_some_and(|v| !v.is_empty() && v != "0") {
+                let text = serde_json::to_string(&call).expect("requests serialize");
+                return exec(Command::new(sibling("openboxd")).env(CALL_ENV, text), "openboxd");
+            }
+            match daemon::call(&call) {
+                Ok(code) => ExitCode::from(code),
+                Err(msg) => {
+                    eprintln!("openbox: {msg}");
+                    ExitCode::from(proto::EXIT_OPENBOX_FAILURE)
+                }
+            }
+        }
+        Ok(args::Action::StopDaemon { json }) => {
+            if std::os::unix::net::UnixStream::connect(paths::daemon_socket()).is_err() {
+                println!("{}", if json { r#"{"stopping":false}"# } else { "openboxd is not running." });
+                return ExitCode::SUCCESS;
+            }
+            match daemon::call(&Call { request: Request::DaemonStop, json }) {
+                Ok(code) => ExitCode::from(code),
+                Err(msg) => {
+                    eprintln!("openbox: {msg}");
+                    ExitCode::from(proto::EXIT_OPENBOX_FAILURE)
+                }
+            }
+        }
+        Ok(args::Action::Exec(binary, rest)) => exec(Command::new(sibling(binary)).args::<_, OsString>(rest), binary),
         Err(msg) => {
             eprintln!("openbox: {msg}");
             ExitCode::from(2)
@@ -36,14 +68,12 @@ fn main() -> ExitCode {
 /// Replaces this process with `cmd`; returns only if that fails.
 fn exec(cmd: &mut Command, what: &str) -> ExitCode {
     let err = cmd.exec();
-    eprintln!(
-        "openbox: cannot start {what} ({err}); it is installed next to `openbox` — reinstall openbox"
-    );
+    eprintln!("openbox: cannot start {what} ({err}); it is installed next to `openbox` — reinstall openbox");
     ExitCode::from(proto::EXIT_OPENBOX_FAILURE)
 }
 
 /// The other binaries are installed next to this one; else they are looked up in PATH.
-fn sibling(name: &str) -> PathBuf {
+pub(crate) fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join(name)))

@@ -12,6 +12,8 @@ use proto::api::{EnrollToken, NewEnrollToken, WhoAmI};
 use proto::request::UpRequest;
 use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 
+use crate::Daemon;
+use crate::commands::Reply;
 use crate::login::{Login, user_key};
 
 const LOCAL_TAG: &str = "local";
@@ -21,14 +23,8 @@ struct Role {
     binary: &'static str,
 }
 
-const CONTROL: Role = Role {
-    name: "control",
-    binary: "openbox-control",
-};
-const AGENT: Role = Role {
-    name: "agent",
-    binary: "openbox-agent",
-};
+const CONTROL: Role = Role { name: "control", binary: "openbox-control" };
+const AGENT: Role = Role { name: "agent", binary: "openbox-agent" };
 
 impl Role {
     fn pid_file(&self) -> PathBuf {
@@ -41,11 +37,7 @@ impl Role {
 
     /// The pid of this role's process if it is running.
     fn running(&self) -> Option<Pid> {
-        let pid: i32 = std::fs::read_to_string(self.pid_file())
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        let pid: i32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
         let pid = Pid::from_raw(pid)?;
         test_kill_process(pid).ok()?;
         // A recycled pid belongs to some other program; only trust our own binary.
@@ -59,10 +51,7 @@ impl Role {
 
     /// Starts the role in the background, its output appended to its log.
     fn spawn(&self, args: &[String]) -> anyhow::Result<Pid> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_file())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file())?;
         let binary = sibling(self.binary);
         let child = Command::new(&binary)
             .args(args)
@@ -100,17 +89,10 @@ where
             return Ok(());
         }
         if test_kill_process(pid).is_err() || is_zombie(pid) {
-            bail!(
-                "the {} exited while starting; see {}",
-                role.name,
-                role.log_file().display()
-            );
+            bail!("the {} exited while starting; see {}", role.name, role.log_file().display());
         }
         if Instant::now() > deadline {
-            bail!(
-                "{what} did not happen within 30s; see {}",
-                role.log_file().display()
-            );
+            bail!("{what} did not happen within 30s; see {}", role.log_file().display());
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
@@ -119,18 +101,12 @@ where
 
 fn is_zombie(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
 
 fn log_len(role: &Role) -> u64 {
-    std::fs::metadata(role.log_file())
-        .map(|m| m.len())
-        .unwrap_or(0)
+    std::fs::metadata(role.log_file()).map(|m| m.len()).unwrap_or(0)
 }
 
 fn log_since(role: &Role, offset: u64) -> String {
@@ -138,7 +114,7 @@ fn log_since(role: &Role, offset: u64) -> String {
     String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default()).into_owned()
 }
 
-pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
+pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
     let logs = paths::logs_dir();
     paths::create_private_dir(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let url = format!("http://{}", req.control_addr);
@@ -149,12 +125,8 @@ pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
     let control_started = match CONTROL.running() {
         Some(_) => false,
         None => {
-            let mut args = vec![
-                "--addr".into(),
-                req.control_addr.clone(),
-                "--bootstrap-token-file".into(),
-                path_arg(&token_file),
-            ];
+            let mut args =
+                vec!["--addr".into(), req.control_addr.clone(), "--bootstrap-token-file".into(), path_arg(&token_file)];
             if logged_in.is_none() {
                 args.push("--new-admin-token".into());
             }
@@ -177,17 +149,12 @@ pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
                 anyhow::anyhow!("the control plane at {url} is running but this machine is not logged in to it; run `openbox down` then `openbox up`")
             })?;
             let token = trust::Secret::new(token.trim());
-            let me: WhoAmI = net::control::Client::new(&url, Some(token.clone()))?
-                .get("/v1/whoami")
-                .await?;
-            let login = Login {
-                server: url.clone(),
-                user: me.user,
-                token,
-                ca: trust::parse_public_key(&me.ca_public_key)?,
-            };
+            let me: WhoAmI = net::control::Client::new(&url, Some(token.clone()))?.get("/v1/whoami").await?;
+            let login =
+                Login { server: url.clone(), user: me.user, token, ca: trust::parse_public_key(&me.ca_public_key)? };
             user_key()?;
             login.save()?;
+            d.reload_login();
             let _ = std::fs::remove_file(&token_file);
             login
         }
@@ -202,13 +169,7 @@ pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
             if !enrolled {
                 let tok: EnrollToken = login
                     .client()?
-                    .post(
-                        "/v1/enroll-tokens",
-                        &NewEnrollToken {
-                            tags: vec![LOCAL_TAG.into()],
-                            ttl_secs: 600,
-                        },
-                    )
+                    .post("/v1/enroll-tokens", &NewEnrollToken { tags: vec![LOCAL_TAG.into()], ttl_secs: 600 })
                     .await?;
                 args.extend(["--server".into(), url.clone(), "--token".into(), tok.token]);
             }
@@ -223,34 +184,18 @@ pub async fn up(req: UpRequest, json: bool) -> anyhow::Result<()> {
     };
 
     let logs_shown = logs.display().to_string();
-    let summary = serde_json::json!({
+    let json = serde_json::json!({
         "server": url, "user": login.user, "control_started": control_started, "agent_started": agent_started,
         "tag": LOCAL_TAG, "logs": logs_shown,
     });
-    if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        let state = |started: bool| {
-            if started {
-                "started"
-            } else {
-                "already running"
-            }
-        };
-        println!("openbox is up:");
-        println!("  control plane  {url} ({})", state(control_started));
-        println!(
-            "  this machine   node tagged {LOCAL_TAG} ({})",
-            state(agent_started)
-        );
-        println!("  logged in as   {}", login.user);
-        println!("  logs           {logs_shown}");
-        println!();
-        println!("Try:  openbox -t {LOCAL_TAG} uname -a");
-        println!("      openbox nodes");
-        println!("Stop: openbox down");
-    }
-    Ok(())
+    let state = |started: bool| if started { "started" } else { "already running" };
+    let text = format!(
+        "openbox is up:\n  control plane  {url} ({})\n  this machine   node tagged {LOCAL_TAG} ({})\n  logged in as   {}\n  logs           {logs_shown}\n\nTry:  openbox -t {LOCAL_TAG} uname -a\n      openbox nodes\nStop: openbox down",
+        state(control_started),
+        state(agent_started),
+        login.user
+    );
+    Ok(Reply { json, text, warnings: Vec::new() })
 }
 
 fn openbox_agent_identity_exists() -> bool {
@@ -262,7 +207,7 @@ fn path_arg(p: &Path) -> String {
 }
 
 /// Stops what `up` started: the agent first (it says goodbye to the control plane).
-pub async fn down(json: bool) -> anyhow::Result<()> {
+pub async fn down() -> anyhow::Result<Reply> {
     let mut stopped = Vec::new();
     for role in [&AGENT, &CONTROL] {
         if let Some(pid) = role.running() {
@@ -278,12 +223,10 @@ pub async fn down(json: bool) -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_file(role.pid_file());
     }
-    if json {
-        println!("{}", serde_json::json!({ "stopped": stopped }));
-    } else if stopped.is_empty() {
-        println!("Nothing was running.");
+    let text = if stopped.is_empty() {
+        "Nothing was running.".to_owned()
     } else {
-        println!("Stopped: {}.", stopped.join(", "));
-    }
-    Ok(())
+        format!("Stopped: {}.", stopped.join(", "))
+    };
+    Ok(Reply { json: serde_json::json!({ "stopped": stopped }), text, warnings: Vec::new() })
 }

@@ -1,76 +1,202 @@
-//! openboxd: carries out what the `openbox` CLI asks. It holds the user's login state and
-//! key, asks the control plane to dispatch, and talks SSH straight to the chosen node's
-//! agent — so the CLI itself stays tiny, with no runtime and no SSH.
+//! openboxd: the per-user daemon behind the `openbox` CLI. It holds the login state and
+//! key, a certificate cache and a pool of SSH connections to nodes, and a live mirror of
+//! the node registry — so a repeated `openbox -t TAG cmd` costs one channel on an open
+//! connection and no control-plane round trip.
 //!
-//! Each request arrives as a [`proto::request::Call`]; [`handle`] runs it with the
-//! caller's stdin, stdout and stderr and returns the exit code.
+//! Requests arrive over a Unix socket as JSON-RPC ([`serve`], see `docs/rpc.md`), or, for
+//! one-shot use without a daemon, as a single call handed over by the CLI ([`handle`]).
+//! It knows nothing about parsing command lines.
 
 mod commands;
 mod fleet;
+pub mod io;
 mod login;
+mod mirror;
+mod pool;
+mod rpc;
 mod run;
 
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context as _;
+pub use fleet::sibling;
 use proto::api::NodeUpdate;
 use proto::request::{Call, Request};
+pub use rpc::serve;
+use trust::PrivateKey;
 
-pub use fleet::sibling;
+use crate::io::{CallInput, CallOutput};
+use crate::login::Login;
 
 /// Exit code for a failed account or fleet command.
 const COMMAND_FAILED: u8 = 1;
 
-/// Runs one call and returns the process exit code.
-pub async fn handle(call: Call) -> u8 {
+/// Everything openboxd keeps between calls.
+pub struct Daemon {
+    login: RwLock<Option<Login>>,
+    key: Mutex<Option<Arc<PrivateKey>>>,
+    pool: pool::Pool,
+    mirror: mirror::Mirror,
+    /// Whether to follow the registry (a long-lived daemon does; a one-shot call does not).
+    follow_registry: bool,
+    runtime: tokio::runtime::Handle,
+    /// Notified by the `shutdown` method.
+    pub shutdown: tokio::sync::Notify,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Daemon {
+    /// A daemon state; call from within a tokio runtime.
+    pub fn new(follow_registry: bool) -> Arc<Daemon> {
+        let d = Arc::new(Daemon {
+            login: RwLock::new(None),
+            key: Mutex::new(None),
+            pool: pool::Pool::default(),
+            mirror: mirror::Mirror::default(),
+            follow_registry,
+            runtime: tokio::runtime::Handle::current(),
+            shutdown: tokio::sync::Notify::new(),
+            calls: Default::default(),
+        });
+        d.reload_login();
+        d
+    }
+
+    /// Rereads the login file; when the login changed, certificates and connections made
+    /// for the old one are dropped and the registry mirror follows the new one.
+    pub fn reload_login(&self) {
+        let fresh = Login::load().ok();
+        let mut current = self.login.write().unwrap_or_else(|e| e.into_inner());
+        let ident =
+            |l: &Option<Login>| l.as_ref().map(|l| (l.server.clone(), l.user.clone(), l.token.expose().to_owned()));
+        if ident(&current) == ident(&fresh) {
+            return;
+        }
+        tracing::info!(user = ?fresh.as_ref().map(|l| &l.user), "login changed");
+        *current = fresh.clone();
+        drop(current);
+        self.pool.clear();
+        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if self.follow_registry {
+            self.mirror.follow(fresh, &self.runtime);
+        }
+    }
+
+    pub fn login(&self) -> anyhow::Result<Login> {
+        match self.login.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            Some(l) => Ok(l),
+            // The file may have appeared since; the watcher may not have said so yet.
+            None => Login::load(),
+        }
+    }
+
+    pub fn key(&self) -> anyhow::Result<Arc<PrivateKey>> {
+        let mut key = self.key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = key.as_ref() {
+            return Ok(k.clone());
+        }
+        let k = login::user_key().context("loading your key")?;
+        *key = Some(k.clone());
+        Ok(k)
+    }
+
+    /// A different number each call, to spread a tag's calls over its nodes.
+    fn spread(&self) -> usize {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> proto::rpc::Status {
+        let login = self.login.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (live, nodes) = self.mirror.status();
+        proto::rpc::Status {
+            version: proto::VERSION.into(),
+            socket: paths::daemon_socket().display().to_string(),
+            protocol: proto::rpc::PROTOCOL,
+            pid: std::process::id(),
+            logged_in: login.is_some(),
+            server: login.as_ref().map(|l| l.server.clone()),
+            user: login.map(|l| l.user),
+            connections: self.pool.connections(),
+            registry_live: live,
+            nodes,
+        }
+    }
+}
+
+/// Carries out one CLI call with the given streams and returns its exit code. `cancel`
+/// completing (the caller went away) stops a running command.
+pub async fn handle(
+    d: &Arc<Daemon>,
+    call: Call,
+    input: CallInput,
+    mut output: CallOutput,
+    cancel: impl Future<Output = ()>,
+) -> u8 {
     let json = call.json;
     let result = match call.request {
-        Request::Run(req) => {
-            return match run::run(req).await {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("openbox: {e:#}");
-                    run::FAILED
-                }
-            };
-        }
-        Request::Login { server, token } => commands::login(&server, &token, json).await,
-        Request::Logout => commands::logout(json).await,
-        Request::Whoami => commands::whoami(json).await,
-        Request::UserAdd { name } => commands::user_add(&name, json).await,
-        Request::UserList => commands::user_list(json).await,
-        Request::UserRemove { name } => commands::user_remove(&name, json).await,
-        Request::NodeToken { tags, ttl_secs } => commands::node_token(&tags, ttl_secs, json).await,
-        Request::Nodes { tag } => commands::nodes(tag.as_deref(), json).await,
-        Request::NodeRemove { node } => commands::node_remove(&node, json).await,
+        Request::Run(req) => return run::run(d, req, input, &mut output, cancel).await.exit_code,
+        Request::Login { server, token } => commands::login(d, &server, &token).await,
+        Request::Logout => commands::logout(d).await,
+        Request::Whoami => commands::whoami(d).await,
+        Request::UserAdd { name } => commands::user_add(d, &name).await,
+        Request::UserList => commands::user_list(d).await,
+        Request::UserRemove { name } => commands::user_remove(d, &name).await,
+        Request::NodeToken { tags, ttl_secs } => commands::node_token(d, &tags, ttl_secs).await,
+        Request::Nodes { tag } => commands::nodes(d, tag.as_deref()).await,
+        Request::NodeRemove { node } => commands::node_remove(d, &node).await,
         Request::NodeTag { node, add, remove } => {
-            commands::node_update(
-                &node,
-                NodeUpdate {
-                    name: None,
-                    add_tags: add,
-                    remove_tags: remove,
-                },
-                json,
-            )
-            .await
+            commands::node_update(d, &node, NodeUpdate { name: None, add_tags: add, remove_tags: remove }).await
         }
         Request::NodeRename { node, name } => {
-            commands::node_update(
-                &node,
-                NodeUpdate {
-                    name: Some(name),
-                    ..Default::default()
-                },
-                json,
-            )
-            .await
+            commands::node_update(d, &node, NodeUpdate { name: Some(name), ..Default::default() }).await
         }
-        Request::Up(req) => fleet::up(req, json).await,
-        Request::Down => fleet::down(json).await,
+        Request::Up(req) => fleet::up(d, req).await,
+        Request::Down => fleet::down().await,
+        Request::DaemonStatus => Ok(daemon_status(d)),
+        Request::DaemonStop => {
+            d.shutdown.notify_one();
+            Ok(commands::Reply {
+                json: serde_json::json!({"stopping": true}),
+                text: "openboxd is stopping.".into(),
+                warnings: vec![],
+            })
+        }
     };
     match result {
-        Ok(()) => 0,
+        Ok(reply) => {
+            for w in &reply.warnings {
+                output.eprint(&format!("openbox: {w}\n")).await;
+            }
+            if json {
+                output.print(&format!("{}\n", serde_json::to_string_pretty(&reply.json).unwrap_or_default())).await;
+            } else if !reply.text.is_empty() {
+                output.print(&format!("{}\n", reply.text.trim_end())).await;
+            }
+            0
+        }
         Err(e) => {
-            eprintln!("openbox: {e:#}");
+            output.eprint(&format!("openbox: {e:#}\n")).await;
             COMMAND_FAILED
         }
     }
+}
+
+fn daemon_status(d: &Daemon) -> commands::Reply {
+    let s = d.status();
+    let text = format!(
+        "openboxd {} (pid {}, protocol {})\n  socket      {}\n  login       {}\n  connections {}\n  registry    {} ({} nodes)",
+        s.version,
+        s.pid,
+        s.protocol,
+        s.socket,
+        match (&s.user, &s.server) {
+            (Some(u), Some(srv)) => format!("{u} at {srv}"),
+            _ => "not logged in".into(),
+        },
+        s.connections,
+        if s.registry_live { "live" } else { "not connected" },
+        s.nodes
+    );
+    commands::Reply { json: serde_json::to_value(&s).unwrap_or_default(), text, warnings: vec![] }
 }

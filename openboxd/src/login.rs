@@ -35,8 +35,8 @@ impl Login {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let s: Stored = serde_json::from_str(&text)
-            .with_context(|| format!("{} is damaged; log in again", path.display()))?;
+        let s: Stored =
+            serde_json::from_str(&text).with_context(|| format!("{} is damaged; log in again", path.display()))?;
         Ok(Login {
             server: s.server,
             user: s.user,
@@ -52,11 +52,8 @@ impl Login {
             token: self.token.expose().to_owned(),
             ca_public_key: self.ca.to_openssh()?,
         };
-        paths::write_private(
-            &paths::login_file(),
-            serde_json::to_string_pretty(&s)?.as_bytes(),
-        )
-        .context("saving the login")
+        paths::write_private(&paths::login_file(), serde_json::to_string_pretty(&s)?.as_bytes())
+            .context("saving the login")
     }
 
     pub fn remove() -> std::io::Result<()> {
@@ -67,10 +64,7 @@ impl Login {
     }
 
     pub fn client(&self) -> anyhow::Result<net::control::Client> {
-        Ok(net::control::Client::new(
-            &self.server,
-            Some(self.token.clone()),
-        )?)
+        Ok(net::control::Client::new(&self.server, Some(self.token.clone()))?)
     }
 }
 
@@ -78,15 +72,13 @@ impl Login {
 pub fn user_key() -> anyhow::Result<Arc<PrivateKey>> {
     let path = paths::user_key();
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Arc::new(
-            PrivateKey::from_openssh(&text)
-                .with_context(|| format!("{} is damaged", path.display()))?,
-        )),
+        Ok(text) => {
+            Ok(Arc::new(PrivateKey::from_openssh(&text).with_context(|| format!("{} is damaged", path.display()))?))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = trust::generate_key();
             let text = key.to_openssh(trust::ssh_key_line_ending())?;
-            paths::write_private(&path, text.as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
+            paths::write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
             let public = key.public_key().to_openssh()?;
             std::fs::write(path.with_extension("pub"), format!("{public}\n"))?;
             Ok(Arc::new(key))

@@ -1,24 +1,39 @@
-//! `openboxd`: runs the call the `openbox` CLI handed over in `OPENBOX_CALL`.
+//! `openboxd` (also `openbox daemon`): serves the CLI's requests on a Unix socket. Started
+//! with a call in `OPENBOX_CALL`, it runs just that call instead (no daemon).
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::{Context as _, bail};
+use openboxd::Daemon;
+use openboxd::io::{CallInput, CallOutput};
 use proto::request::{CALL_ENV, Call};
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG")
-        .unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match std::env::var_os(CALL_ENV) {
+        Some(text) => one_shot(&rt, &text.to_string_lossy()),
+        None => match rt.block_on(daemon()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("openboxd: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
 
-    let Some(text) = std::env::var_os(CALL_ENV) else {
-        eprintln!("openboxd: nothing to do; it is started by the `openbox` command");
-        return ExitCode::from(2);
-    };
-    let call: Call = match serde_json::from_str(&text.to_string_lossy()) {
+/// Runs the one call the CLI handed over, with this process's own streams.
+fn one_shot(rt: &tokio::runtime::Runtime, text: &str) -> ExitCode {
+    let call: Call = match serde_json::from_str(text) {
         Ok(c) => c,
         Err(e) => {
             eprintln!(
@@ -27,9 +42,76 @@ fn main() -> ExitCode {
             return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
         }
     };
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let code = rt.block_on(openboxd::handle(call));
+    let code = rt.block_on(async {
+        let d = Daemon::new(false);
+        openboxd::handle(
+            &d,
+            call,
+            CallInput::Process(tokio::io::stdin()),
+            CallOutput::process(),
+            std::future::pending(),
+        )
+        .await
+    });
     let _ = std::io::stdout().flush();
     // Exit without waiting for a blocked read of stdin (the runtime would wait for it).
     std::process::exit(i32::from(code));
+}
+
+async fn daemon() -> anyhow::Result<()> {
+    let socket = paths::daemon_socket();
+    let listener = bind(&socket)?;
+    let d = Daemon::new(true);
+    let _watcher = watch_login(d.clone())?;
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "openboxd listening");
+    println!("openboxd listening on {}", socket.display());
+    openboxd::serve(listener, d, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("openboxd stopped");
+    Ok(())
+}
+
+/// Binds the socket: mode 0600 in a 0700 directory. A socket file nobody answers on is
+/// left over from a daemon that died, and is replaced.
+fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = socket.parent().context("socket path has no directory")?;
+    paths::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            bail!("another openboxd is already serving {}", socket.display());
+        }
+        std::fs::remove_file(socket)?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Notices `openbox login` / `logout` done by other processes, without a restart.
+fn watch_login(d: Arc<Daemon>) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let file = paths::login_file();
+    let dir = file.parent().context("login file has no directory")?.to_path_buf();
+    paths::create_private_dir(&dir)?;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event
+            && e.paths.iter().any(|p| p.file_name() == file.file_name())
+        {
+            d.reload_login();
+        }
+    })
+    .context("watching the login file")?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -1,63 +1,97 @@
-//! Running a command on a node: dispatch (the control plane picks the node and signs a
-//! user certificate), then SSH straight to the node's agent.
+//! Running a command on a node. Warm path: resolve the target from the registry mirror,
+//! take the pooled connection (its certificate still good), open a channel — no
+//! control-plane round trip. Cold path: ask the control plane to dispatch.
 
-use anyhow::{Context as _, bail};
-use proto::api::{Dispatch, DispatchRequest};
+use std::future::Future;
+
+use anyhow::bail;
+use net::ssh::{ExitStatus, SshError};
+use proto::api::Node;
 use proto::request::RunRequest;
 
-use crate::login::{Login, user_key};
+use crate::Daemon;
+use crate::io::{CallInput, CallOutput};
+use crate::mirror::Resolved;
+use crate::pool::{Key, dispatch};
 
 /// Exit code openbox uses for its own failures.
 pub const FAILED: u8 = proto::EXIT_OPENBOX_FAILURE;
 
-/// Runs `req` with this process's stdin, stdout and stderr; returns the exit code.
-pub async fn run(req: RunRequest) -> anyhow::Result<u8> {
+/// How a run ended, for the caller's exit.
+pub struct Outcome {
+    pub exit_code: u8,
+    pub signal: Option<String>,
+}
+
+/// Runs `req`; failures are reported on the call's stderr as one line and exit 255.
+pub async fn run(
+    d: &Daemon,
+    req: RunRequest,
+    input: CallInput,
+    output: &mut CallOutput,
+    cancel: impl Future<Output = ()>,
+) -> Outcome {
+    match run_inner(d, req, input, output, cancel).await {
+        Ok((status, node)) => {
+            let signal = match &status {
+                ExitStatus::Signal { name, .. } => {
+                    output
+                        .eprint(&format!("openbox: remote command on {} was killed by signal {name}\n", node.name))
+                        .await;
+                    Some(name.clone())
+                }
+                ExitStatus::Code(_) => None,
+            };
+            Outcome { exit_code: status.exit_code(), signal }
+        }
+        Err(e) => {
+            if !matches!(e.downcast_ref::<SshError>(), Some(SshError::Cancelled)) {
+                output.eprint(&format!("openbox: {e:#}\n")).await;
+            }
+            Outcome { exit_code: FAILED, signal: None }
+        }
+    }
+}
+
+async fn run_inner(
+    d: &Daemon,
+    req: RunRequest,
+    input: CallInput,
+    output: &mut CallOutput,
+    cancel: impl Future<Output = ()>,
+) -> anyhow::Result<(ExitStatus, Node)> {
     if req.command.is_empty() {
         bail!("no command given: openbox -t TAG CMD [ARGS…]");
     }
-    let login = Login::load()?;
-    let key = user_key()?;
-    let dispatch: Dispatch = login
-        .client()?
-        .post(
-            "/v1/dispatch",
-            &DispatchRequest {
-                target: req.target.clone(),
-                session: req.session.clone(),
-                isolation: req.isolation.clone(),
-                public_key: key.public_key().to_openssh()?,
-            },
-        )
-        .await?;
-    let ca = trust::parse_public_key(&dispatch.ca_public_key)?;
-    if ca != login.ca {
-        bail!(
-            "the control plane's certificate authority changed since you logged in; log in again if that is expected"
-        );
-    }
-    let cert = trust::parse_certificate(&dispatch.cert)?;
-    let node = &dispatch.node;
-    let target = net::ssh::NodeTarget {
-        node_id: node.id.clone(),
-        addr: node.addr.clone(),
-        ca,
+    let login = d.login()?;
+    let key_pair = d.key()?;
+    let node = match d.mirror.resolve(&req.target, d.spread()) {
+        Resolved::Node(node) => node,
+        Resolved::Unknown => {
+            let (node, cert) = dispatch(&login, &key_pair, &req.target, req.session.as_deref(), &req.isolation).await?;
+            let key = Key { node_id: node.id.clone(), session: req.session.clone(), isolation: req.isolation.clone() };
+            d.pool.remember(&key, cert, node.addr.clone()).await;
+            node
+        }
     };
-    let mut conn = net::ssh::dial(&target)
-        .await
-        .with_context(|| format!("node {}", node.name))?;
-    conn.authenticate(&login.user, key, cert).await?;
+    let key = Key { node_id: node.id.clone(), session: req.session.clone(), isolation: req.isolation.clone() };
     let command = req.command.join(" ");
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    let status = conn
-        .exec(&command, Some(tokio::io::stdin()), &mut stdout, &mut stderr)
-        .await?;
-    if let net::ssh::ExitStatus::Signal { name, .. } = &status {
-        eprintln!(
-            "openbox: remote command on {} was killed by signal {name}",
-            node.name
-        );
-    }
-    conn.close().await;
-    Ok(status.exit_code())
+
+    // A pooled connection can die without our noticing (the agent restarted): then the
+    // command never started, and one retry on a fresh connection is safe.
+    let mut retried = false;
+    let started = loop {
+        let conn = d.pool.connection(&login, &key_pair, &key, Some(node.addr.clone())).await?;
+        match conn.start(&command).await {
+            Ok(started) => break started,
+            Err(SshError::Stale { .. }) if !retried => {
+                tracing::info!(node = %node.id, "pooled connection was dead; retrying on a new one");
+                d.pool.discard(&key, &conn).await;
+                retried = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let status = started.finish(input, output, cancel).await?;
+    Ok((status, node))
 }

@@ -12,9 +12,7 @@ use std::path::PathBuf;
 pub const HOME_ENV: &str = "OPENBOX_HOME";
 
 fn home() -> Option<PathBuf> {
-    std::env::var_os(HOME_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 fn project() -> Option<directories::ProjectDirs> {
@@ -32,16 +30,12 @@ fn whoami_uid() -> String {
 
 /// Login state and user keys.
 pub fn config_dir() -> PathBuf {
-    home()
-        .or_else(|| project().map(|p| p.config_dir().to_path_buf()))
-        .unwrap_or_else(last_resort)
+    home().or_else(|| project().map(|p| p.config_dir().to_path_buf())).unwrap_or_else(last_resort)
 }
 
 /// Service state (control-plane database, agent identity) and logs.
 pub fn state_dir() -> PathBuf {
-    home()
-        .or_else(|| project().map(|p| p.data_local_dir().to_path_buf()))
-        .unwrap_or_else(last_resort)
+    home().or_else(|| project().map(|p| p.data_local_dir().to_path_buf())).unwrap_or_else(last_resort)
 }
 
 /// Sockets and lock files.
@@ -49,9 +43,7 @@ pub fn runtime_dir() -> PathBuf {
     if let Some(h) = home() {
         return h.join("run");
     }
-    project()
-        .and_then(|p| p.runtime_dir().map(|d| d.to_path_buf()))
-        .unwrap_or_else(|| state_dir().join("run"))
+    project().and_then(|p| p.runtime_dir().map(|d| d.to_path_buf())).unwrap_or_else(|| state_dir().join("run"))
 }
 
 /// The CLI's login state: server URL, token, user name.
@@ -87,10 +79,7 @@ pub fn daemon_socket() -> PathBuf {
 /// Creates `dir` and its parents with mode 0700.
 pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Writes a file only its owner can read (0600), atomically: a crash leaves the old
@@ -104,12 +93,7 @@ pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

@@ -60,10 +60,7 @@ pub struct Platform {
 
 impl Platform {
     pub fn this_machine() -> Platform {
-        Platform {
-            os: std::env::consts::OS.to_owned(),
-            arch: std::env::consts::ARCH.to_owned(),
-        }
+        Platform { os: std::env::consts::OS.to_owned(), arch: std::env::consts::ARCH.to_owned() }
     }
 }
 
@@ -169,4 +166,129 @@ pub struct Dispatch {
     pub cert: String,
     pub ca_public_key: String,
     pub request_id: String,
+}
+
+/// Why a target could not be resolved to a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResolveError {
+    NoSuchNode(String),
+    NoSuchTag {
+        tag: String,
+        known: Vec<String>,
+    },
+    /// Every matching node is offline: (name, last seen) of each.
+    Offline {
+        target: Target,
+        nodes: Vec<(String, Option<u64>)>,
+        now: u64,
+    },
+}
+
+fn ago(now: u64, t: Option<u64>) -> String {
+    let Some(t) = t else { return "never".into() };
+    match now.saturating_sub(t) {
+        s @ 0..60 => format!("{s}s ago"),
+        s @ 60..3600 => format!("{}m ago", s / 60),
+        s @ 3600..86400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86400),
+    }
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::NoSuchNode(n) => write!(f, "no node with id or name {n:?}; `openbox nodes` lists them"),
+            ResolveError::NoSuchTag { tag, known } => {
+                let known = if known.is_empty() { "none yet".to_owned() } else { known.join(", ") };
+                write!(f, "no node carries tag {tag:?}; tags in this fleet: {known}")
+            }
+            ResolveError::Offline { target: Target::Node(_), nodes, now } => {
+                let (name, seen) = &nodes[0];
+                write!(f, "node {name} is offline (last seen {})", ago(*now, *seen))
+            }
+            ResolveError::Offline { target: Target::Tag(tag), nodes, now } => {
+                let seen: Vec<String> = nodes.iter().map(|(n, s)| format!("{n} last seen {}", ago(*now, *s))).collect();
+                write!(f, "every node tagged {tag:?} is offline ({})", seen.join("; "))
+            }
+        }
+    }
+}
+
+/// Picks the node for `target` from a registry listing: an exact node (by id, else name),
+/// or one of the online nodes carrying the tag, chosen by `spread` (any number; it spreads
+/// calls over the candidates). Shared by the control plane and openboxd's registry mirror
+/// so both choose alike.
+pub fn resolve<'a>(nodes: &'a [Node], target: &Target, now: u64, spread: usize) -> Result<&'a Node, ResolveError> {
+    match target {
+        Target::Node(n) => {
+            let node = nodes
+                .iter()
+                .find(|x| &x.id == n)
+                .or_else(|| nodes.iter().find(|x| &x.name == n))
+                .ok_or_else(|| ResolveError::NoSuchNode(n.clone()))?;
+            if node.online {
+                Ok(node)
+            } else {
+                Err(ResolveError::Offline {
+                    target: target.clone(),
+                    nodes: vec![(node.name.clone(), node.last_seen)],
+                    now,
+                })
+            }
+        }
+        Target::Tag(tag) => {
+            let tagged: Vec<&Node> = nodes.iter().filter(|n| n.tags.contains(tag)).collect();
+            if tagged.is_empty() {
+                let mut known: Vec<String> = nodes.iter().flat_map(|n| n.tags.iter().cloned()).collect();
+                known.sort_unstable();
+                known.dedup();
+                return Err(ResolveError::NoSuchTag { tag: tag.clone(), known });
+            }
+            let online: Vec<&Node> = tagged.iter().copied().filter(|n| n.online).collect();
+            if online.is_empty() {
+                let nodes = tagged.iter().map(|n| (n.name.clone(), n.last_seen)).collect();
+                return Err(ResolveError::Offline { target: target.clone(), nodes, now });
+            }
+            Ok(online[spread % online.len()])
+        }
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    fn node(id: &str, tags: &[&str], online: bool) -> Node {
+        Node {
+            id: id.into(),
+            name: format!("n-{id}"),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            platform: Platform { os: "linux".into(), arch: "x86_64".into() },
+            addr: "127.0.0.1:1".into(),
+            online,
+            last_seen: Some(100),
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_tag_resolves_only_to_online_nodes_carrying_it() {
+        let nodes = [node("a", &["x"], false), node("b", &["x"], true), node("c", &["y"], true)];
+        for spread in 0..4 {
+            assert_eq!(resolve(&nodes, &Target::Tag("x".into()), 100, spread).unwrap().id, "b");
+        }
+    }
+
+    #[test]
+    fn unknown_tags_list_the_known_ones_and_offline_ones_say_so() {
+        let nodes = [node("a", &["x"], false), node("c", &["y", "x"], false)];
+        let e = resolve(&nodes, &Target::Tag("z".into()), 100, 0).unwrap_err();
+        assert_eq!(e.to_string(), "no node carries tag \"z\"; tags in this fleet: x, y");
+        let e = resolve(&nodes, &Target::Tag("x".into()), 130, 0).unwrap_err();
+        assert_eq!(e.to_string(), "every node tagged \"x\" is offline (n-a last seen 30s ago; n-c last seen 30s ago)");
+        assert_eq!(
+            resolve(&nodes, &Target::Node("n-c".into()), 100, 0).unwrap_err().to_string(),
+            "node n-c is offline (last seen 0s ago)"
+        );
+    }
 }

@@ -18,8 +18,6 @@ pub const STANDARD_EXTENSIONS: &[&str] = &[
     "no-touch-required",
 ];
 
-/// Lifetime of a user certificate minted for one dispatch.
-pub const USER_CERT_TTL_SECS: u64 = 300;
 /// How far back a user certificate's validity starts, to absorb small clock differences.
 pub const CLOCK_SKEW_SECS: u64 = 30;
 /// Lifetime of a node's host certificate; renewed over the heartbeat well before expiry.

@@ -39,19 +39,13 @@ impl FromStr for Isolation {
             if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return bad("docker needs an image name without spaces, as in docker:debian:12");
             }
-            return Ok(Isolation::Docker {
-                image: image.to_owned(),
-            });
+            return Ok(Isolation::Docker { image: image.to_owned() });
         }
         if let Some(dir) = s.strip_prefix("nspawn:") {
             if !dir.starts_with('/') || dir.chars().any(|c| c.is_control()) {
-                return bad(
-                    "nspawn needs an absolute directory, as in nspawn:/var/lib/machines/deb",
-                );
+                return bad("nspawn needs an absolute directory, as in nspawn:/var/lib/machines/deb");
             }
-            return Ok(Isolation::Nspawn {
-                dir: dir.to_owned(),
-            });
+            return Ok(Isolation::Nspawn { dir: dir.to_owned() });
         }
         bad("expected native, docker:IMAGE or nspawn:DIR")
     }
@@ -84,15 +78,7 @@ mod tests {
 
     #[test]
     fn refuses_unknown_or_malformed_modes() {
-        for s in [
-            "",
-            "host",
-            "Native",
-            "docker:",
-            "docker:a b",
-            "nspawn:relative",
-            "vm:x",
-        ] {
+        for s in ["", "host", "Native", "docker:", "docker:a b", "nspawn:relative", "vm:x"] {
             assert!(s.parse::<Isolation>().is_err(), "{s:?} must be refused");
         }
         assert!(serde_json::from_str::<Isolation>("\"chroot:/\"").is_err());

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cert;
 pub mod isolation;
 pub mod request;
+pub mod rpc;
 
 pub use isolation::Isolation;
 
@@ -55,22 +56,19 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {text:?}: expected a number with s, m, h or d, as in 15m")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number with s, m, h or d, as in 15m"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
         _ => {
-            return Err(format!(
-                "invalid duration {text:?}: the unit must be s, m, h or d"
-            ));
+            return Err(format!("invalid duration {text:?}: the unit must be s, m, h or d"));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("duration {text:?} is too long"))
+    n.checked_mul(mult).ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
 #[cfg(test)]

@@ -56,6 +56,10 @@ pub enum Request {
     },
     Up(UpRequest),
     Down,
+    /// Show the running openboxd's state.
+    DaemonStatus,
+    /// Stop the running openboxd.
+    DaemonStop,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -7,8 +7,7 @@ use crate::{Secret, TrustError};
 
 /// A fresh ed25519 key pair, for the CA, a node's host key or a user's key.
 pub fn generate_key() -> PrivateKey {
-    PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-        .expect("ed25519 generation cannot fail")
+    PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).expect("ed25519 generation cannot fail")
 }
 
 /// What a user certificate vouches for: who, on which node, under which isolation and
@@ -32,17 +31,13 @@ pub struct Ca {
 
 impl std::fmt::Debug for Ca {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca")
-            .field("public_key", &self.public_key_openssh())
-            .finish()
+        f.debug_struct("Ca").field("public_key", &self.public_key_openssh()).finish()
     }
 }
 
 impl Ca {
     pub fn generate() -> Ca {
-        Ca {
-            key: generate_key(),
-        }
+        Ca { key: generate_key() }
     }
 
     /// Loads a CA key kept in OpenSSH private-key format.
@@ -53,9 +48,7 @@ impl Ca {
 
     /// The CA key in OpenSSH private-key format, for storing at mode 0600.
     pub fn to_openssh(&self) -> Result<Secret, TrustError> {
-        Ok(Secret::new(
-            self.key.to_openssh(LineEnding::LF)?.to_string(),
-        ))
+        Ok(Secret::new(self.key.to_openssh(LineEnding::LF)?.to_string()))
     }
 
     pub fn public_key(&self) -> &PublicKey {
@@ -74,12 +67,8 @@ impl Ca {
         valid_after: u64,
         valid_before: u64,
     ) -> Result<ssh_key::Certificate, TrustError> {
-        let mut b = Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            host_key.key_data().clone(),
-            valid_after,
-            valid_before,
-        )?;
+        let mut b =
+            Builder::new_with_random_nonce(&mut rand::rng(), host_key.key_data().clone(), valid_after, valid_before)?;
         b.cert_type(CertType::Host)?;
         b.key_id(format!("openbox-node:{node_id}"))?;
         b.valid_principal(node_id)?;
@@ -95,10 +84,7 @@ impl Ca {
             spec.valid_before,
         )?;
         b.cert_type(CertType::User)?;
-        b.key_id(format!(
-            "openbox-user:{}:req:{}",
-            spec.user, spec.request_id
-        ))?;
+        b.key_id(format!("openbox-user:{}:req:{}", spec.user, spec.request_id))?;
         b.valid_principal(spec.user)?;
         b.extension("permit-pty", "")?;
         b.extension(EXT_NODE, spec.node_id)?;

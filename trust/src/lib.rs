@@ -20,10 +20,7 @@ pub use verify::{UserGrant, verify_host_cert, verify_user_cert};
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     #[error("the certificate is a {found} certificate where a {wanted} certificate is needed")]
-    WrongType {
-        wanted: &'static str,
-        found: &'static str,
-    },
+    WrongType { wanted: &'static str, found: &'static str },
     #[error("the certificate was not issued by this fleet's certificate authority")]
     WrongCa,
     #[error("the certificate's signature does not verify")]

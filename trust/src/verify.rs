@@ -20,29 +20,18 @@ fn type_name(t: CertType) -> &'static str {
 }
 
 /// Signed by `ca`, signature intact, and `now` inside the validity window.
-fn check_signed_and_current(
-    cert: &Certificate,
-    ca: &PublicKey,
-    now: u64,
-) -> Result<(), TrustError> {
+fn check_signed_and_current(cert: &Certificate, ca: &PublicKey, now: u64) -> Result<(), TrustError> {
     if cert.signature_key() != ca.key_data() {
         return Err(TrustError::WrongCa);
     }
     if now < cert.valid_after() {
-        return Err(TrustError::NotYetValid {
-            valid_after: cert.valid_after(),
-            now,
-        });
+        return Err(TrustError::NotYetValid { valid_after: cert.valid_after(), now });
     }
     if now >= cert.valid_before() {
-        return Err(TrustError::Expired {
-            valid_before: cert.valid_before(),
-            now,
-        });
+        return Err(TrustError::Expired { valid_before: cert.valid_before(), now });
     }
     let ca_fingerprint = ca.fingerprint(HashAlg::Sha256);
-    cert.validate_at(now, [&ca_fingerprint])
-        .map_err(|_| TrustError::BadSignature)
+    cert.validate_at(now, [&ca_fingerprint]).map_err(|_| TrustError::BadSignature)
 }
 
 /// An explicit principal list that names `wanted` (an empty list, which OpenSSH reads as
@@ -51,10 +40,7 @@ fn check_principal(cert: &Certificate, wanted: &str) -> Result<(), TrustError> {
     if cert.valid_principals().iter().any(|p| p == wanted) {
         Ok(())
     } else {
-        Err(TrustError::PrincipalMismatch {
-            wanted: wanted.to_owned(),
-            found: cert.valid_principals().to_vec(),
-        })
+        Err(TrustError::PrincipalMismatch { wanted: wanted.to_owned(), found: cert.valid_principals().to_vec() })
     }
 }
 
@@ -68,10 +54,7 @@ pub fn verify_user_cert(
     now: u64,
 ) -> Result<UserGrant, TrustError> {
     if cert.cert_type() != CertType::User {
-        return Err(TrustError::WrongType {
-            wanted: "user",
-            found: type_name(cert.cert_type()),
-        });
+        return Err(TrustError::WrongType { wanted: "user", found: type_name(cert.cert_type()) });
     }
     check_signed_and_current(cert, ca, now)?;
     check_principal(cert, ssh_user)?;
@@ -79,10 +62,7 @@ pub fn verify_user_cert(
         return Err(TrustError::UnknownCriticalOption(name.clone()));
     }
     let ext = cert.extensions();
-    let bad = |name: &str, why: &str| TrustError::BadExtension {
-        name: name.to_owned(),
-        why: why.to_owned(),
-    };
+    let bad = |name: &str, why: &str| TrustError::BadExtension { name: name.to_owned(), why: why.to_owned() };
     for name in ext.keys() {
         let ours = [EXT_NODE, EXT_ISOLATION, EXT_SESSION].contains(&name.as_str());
         if !ours && !STANDARD_EXTENSIONS.contains(&name.as_str()) {
@@ -92,17 +72,12 @@ pub fn verify_user_cert(
     match ext.get(EXT_NODE) {
         Some(n) if n == node_id => {}
         Some(n) => {
-            return Err(bad(
-                EXT_NODE,
-                &format!("issued for node {n}, this is node {node_id}"),
-            ));
+            return Err(bad(EXT_NODE, &format!("issued for node {n}, this is node {node_id}")));
         }
         None => return Err(bad(EXT_NODE, "missing")),
     }
     let isolation = match ext.get(EXT_ISOLATION) {
-        Some(s) => s
-            .parse::<Isolation>()
-            .map_err(|why| bad(EXT_ISOLATION, &why))?,
+        Some(s) => s.parse::<Isolation>().map_err(|why| bad(EXT_ISOLATION, &why))?,
         None => return Err(bad(EXT_ISOLATION, "missing")),
     };
     let session = match ext.get(EXT_SESSION) {
@@ -123,17 +98,9 @@ pub fn verify_user_cert(
 
 /// The client's check of a node: a host certificate from this fleet's CA, valid now, whose
 /// principal is the node id the client meant to reach.
-pub fn verify_host_cert(
-    cert: &Certificate,
-    ca: &PublicKey,
-    node_id: &str,
-    now: u64,
-) -> Result<(), TrustError> {
+pub fn verify_host_cert(cert: &Certificate, ca: &PublicKey, node_id: &str, now: u64) -> Result<(), TrustError> {
     if cert.cert_type() != CertType::Host {
-        return Err(TrustError::WrongType {
-            wanted: "host",
-            found: type_name(cert.cert_type()),
-        });
+        return Err(TrustError::WrongType { wanted: "host", found: type_name(cert.cert_type()) });
     }
     check_signed_and_current(cert, ca, now)?;
     check_principal(cert, node_id)
@@ -172,14 +139,7 @@ mod tests {
         let ca = Ca::generate();
         let key = generate_key();
         let iso: Isolation = "docker:img".parse().unwrap();
-        let cert = user_cert(
-            &ca,
-            key.public_key(),
-            &iso,
-            Some("build"),
-            NOW - 30,
-            NOW + 300,
-        );
+        let cert = user_cert(&ca, key.public_key(), &iso, Some("build"), NOW - 30, NOW + 300);
         let grant = verify_user_cert(&cert, ca.public_key(), "alice", "n1", NOW).unwrap();
         assert_eq!(grant.isolation, iso);
         assert_eq!(grant.session.as_deref(), Some("build"));
@@ -193,54 +153,28 @@ mod tests {
         let key = generate_key();
         let iso = Isolation::Native;
         let good = user_cert(&ca, key.public_key(), &iso, None, NOW - 30, NOW + 300);
-        let check = |c: &Certificate, user: &str, node: &str, now: u64| {
-            verify_user_cert(c, ca.public_key(), user, node, now)
-        };
+        let check =
+            |c: &Certificate, user: &str, node: &str, now: u64| verify_user_cert(c, ca.public_key(), user, node, now);
 
-        assert!(matches!(
-            check(&good, "alice", "n1", NOW + 300),
-            Err(TrustError::Expired { .. })
-        ));
-        assert!(matches!(
-            check(&good, "alice", "n1", NOW - 31),
-            Err(TrustError::NotYetValid { .. })
-        ));
-        assert!(matches!(
-            check(&good, "bob", "n1", NOW),
-            Err(TrustError::PrincipalMismatch { .. })
-        ));
-        assert!(matches!(
-            check(&good, "alice", "n2", NOW),
-            Err(TrustError::BadExtension { .. })
-        ));
+        assert!(matches!(check(&good, "alice", "n1", NOW + 300), Err(TrustError::Expired { .. })));
+        assert!(matches!(check(&good, "alice", "n1", NOW - 31), Err(TrustError::NotYetValid { .. })));
+        assert!(matches!(check(&good, "bob", "n1", NOW), Err(TrustError::PrincipalMismatch { .. })));
+        assert!(matches!(check(&good, "alice", "n2", NOW), Err(TrustError::BadExtension { .. })));
         let foreign = user_cert(&other_ca, key.public_key(), &iso, None, NOW - 30, NOW + 300);
-        assert!(matches!(
-            check(&foreign, "alice", "n1", NOW),
-            Err(TrustError::WrongCa)
-        ));
-        let host = ca
-            .sign_host(key.public_key(), "alice", NOW - 30, NOW + 300)
-            .unwrap();
-        assert!(matches!(
-            check(&host, "alice", "n1", NOW),
-            Err(TrustError::WrongType { .. })
-        ));
+        assert!(matches!(check(&foreign, "alice", "n1", NOW), Err(TrustError::WrongCa)));
+        let host = ca.sign_host(key.public_key(), "alice", NOW - 30, NOW + 300).unwrap();
+        assert!(matches!(check(&host, "alice", "n1", NOW), Err(TrustError::WrongType { .. })));
     }
 
     #[test]
     fn user_certificates_without_openbox_extensions_are_refused() {
         use ssh_key::certificate::Builder;
         let ca_key = generate_key();
-        let ca =
-            Ca::from_openssh(ca_key.to_openssh(ssh_key::LineEnding::LF).unwrap().as_str()).unwrap();
+        let ca = Ca::from_openssh(ca_key.to_openssh(ssh_key::LineEnding::LF).unwrap().as_str()).unwrap();
         let key = generate_key();
-        let mut b = Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            key.public_key().key_data().clone(),
-            NOW - 1,
-            NOW + 60,
-        )
-        .unwrap();
+        let mut b =
+            Builder::new_with_random_nonce(&mut rand::rng(), key.public_key().key_data().clone(), NOW - 1, NOW + 60)
+                .unwrap();
         b.cert_type(CertType::User).unwrap();
         b.valid_principal("alice").unwrap();
         b.extension(EXT_NODE, "n1").unwrap();
@@ -248,13 +182,9 @@ mod tests {
         let err = verify_user_cert(&no_isolation, ca.public_key(), "alice", "n1", NOW).unwrap_err();
         assert!(err.to_string().contains(EXT_ISOLATION), "{err}");
 
-        let mut b = Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            key.public_key().key_data().clone(),
-            NOW - 1,
-            NOW + 60,
-        )
-        .unwrap();
+        let mut b =
+            Builder::new_with_random_nonce(&mut rand::rng(), key.public_key().key_data().clone(), NOW - 1, NOW + 60)
+                .unwrap();
         b.cert_type(CertType::User).unwrap();
         b.valid_principal("alice").unwrap();
         b.extension(EXT_NODE, "n1").unwrap();
@@ -265,13 +195,9 @@ mod tests {
             Err(TrustError::BadExtension { .. })
         ));
 
-        let mut b = Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            key.public_key().key_data().clone(),
-            NOW - 1,
-            NOW + 60,
-        )
-        .unwrap();
+        let mut b =
+            Builder::new_with_random_nonce(&mut rand::rng(), key.public_key().key_data().clone(), NOW - 1, NOW + 60)
+                .unwrap();
         b.cert_type(CertType::User).unwrap();
         b.all_principals_valid().unwrap();
         b.extension(EXT_NODE, "n1").unwrap();
@@ -288,32 +214,21 @@ mod tests {
         let ca = Ca::generate();
         let other_ca = Ca::generate();
         let host_key = generate_key();
-        let cert = ca
-            .sign_host(host_key.public_key(), "n1", NOW - 10, NOW + 100)
-            .unwrap();
+        let cert = ca.sign_host(host_key.public_key(), "n1", NOW - 10, NOW + 100).unwrap();
         assert!(verify_host_cert(&cert, ca.public_key(), "n1", NOW).is_ok());
         assert!(matches!(
             verify_host_cert(&cert, ca.public_key(), "n2", NOW),
             Err(TrustError::PrincipalMismatch { .. })
         ));
-        assert!(matches!(
-            verify_host_cert(&cert, other_ca.public_key(), "n1", NOW),
-            Err(TrustError::WrongCa)
-        ));
-        assert!(matches!(
-            verify_host_cert(&cert, ca.public_key(), "n1", NOW + 100),
-            Err(TrustError::Expired { .. })
-        ));
+        assert!(matches!(verify_host_cert(&cert, other_ca.public_key(), "n1", NOW), Err(TrustError::WrongCa)));
+        assert!(matches!(verify_host_cert(&cert, ca.public_key(), "n1", NOW + 100), Err(TrustError::Expired { .. })));
     }
 
     #[test]
     fn the_ca_key_round_trips_through_openssh_format() {
         let ca = Ca::generate();
         let text = ca.to_openssh().unwrap();
-        assert!(
-            text.expose()
-                .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
-        );
+        assert!(text.expose().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
         let again = Ca::from_openssh(text.expose()).unwrap();
         assert_eq!(again.public_key(), ca.public_key());
     }

@@ -1,0 +1,174 @@
+//! Talking to openboxd: connect to its socket (starting it under a lock when it is not
+//! running), say `hello`, and hand over the call with this process's stdin, stdout and
+//! stderr (SCM_RIGHTS). openboxd writes the output straight into them; the CLI only waits
+//! for the exit code.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, IoSlice};
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::request::{CALL_ENV, Call};
+use proto::rpc::{self, CliParams, Hello, Request, Response};
+use rustix::fs::{FlockOperation, flock};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+
+/// Why a call through the daemon did not produce an exit code.
+pub enum Failure {
+    /// The running daemon speaks another protocol; it has been asked to stop.
+    Mismatch(String),
+    /// The daemon went away before answering `hello` (it was dying): nothing ran.
+    Unanswered(String),
+    Other(String),
+}
+
+/// Runs `call` through openboxd and returns the exit code.
+pub fn call(call: &Call) -> Result<u8, String> {
+    let socket = paths::daemon_socket();
+    for attempt in 0..2 {
+        let stream = connect_or_start(&socket)?;
+        match exchange(stream, call) {
+            Ok(code) => return Ok(code),
+            Err(Failure::Mismatch(why)) if attempt == 0 => {
+                eprintln!("openbox: restarting openboxd ({why})");
+            }
+            Err(Failure::Unanswered(_)) if attempt == 0 => {}
+            Err(Failure::Mismatch(why) | Failure::Unanswered(why) | Failure::Other(why)) => return Err(why),
+        }
+    }
+    unreachable!("the loop returns on its second attempt")
+}
+
+fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
+    if let Ok(s) = UnixStream::connect(socket) {
+        return Ok(s);
+    }
+    // Start it, under a lock so that concurrent first calls start one daemon.
+    let dir = socket.parent().ok_or("the socket path has no directory")?;
+    paths::create_private_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("openboxd.lock"))
+        .map_err(|e| format!("opening the openboxd lock: {e}"))?;
+    flock(&lock, FlockOperation::LockExclusive).map_err(|e| format!("locking: {e}"))?;
+    if let Ok(s) = UnixStream::connect(socket) {
+        return Ok(s); // another call started it while we waited
+    }
+    let logs = paths::logs_dir();
+    paths::create_private_dir(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    let log_path = logs.join("openboxd.log");
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let binary = crate::sibling("openboxd");
+    let mut child = Command::new(&binary)
+        .env_remove(CALL_ENV)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            format!("cannot start {} ({e}); it is installed next to `openbox` — reinstall openbox", binary.display())
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Ok(s) = UnixStream::connect(socket) {
+            // The daemon lives on; its exit status is nobody's business here.
+            std::mem::forget(child);
+            return Ok(s);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("openboxd exited while starting ({status}); see {}", log_path.display()));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("openboxd did not start within 10s; see {}", log_path.display()));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn exchange(stream: UnixStream, call: &Call) -> Result<u8, Failure> {
+    let other = |e: std::io::Error| Failure::Other(format!("talking to openboxd: {e}"));
+    let hello = Request::new(
+        Some(0.into()),
+        "hello",
+        to_value(&Hello { protocol: rpc::PROTOCOL, client: format!("openbox {}", proto::VERSION) }),
+    );
+    let cli = Request::new(Some(1.into()), "cli", to_value(&CliParams { call: call.clone() }));
+    let mut bytes = serde_json::to_vec(&hello).expect("serializable");
+    bytes.push(b'\n');
+    bytes.extend(serde_json::to_vec(&cli).expect("serializable"));
+    bytes.push(b'\n');
+
+    // Both requests and our three standard streams travel in one message.
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let fds = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    let mut sent =
+        sendmsg(&stream, &[IoSlice::new(&bytes)], &mut control, SendFlags::empty()).map_err(|e| other(e.into()))?;
+    while sent < bytes.len() {
+        sent += rustix::io::write(&stream, &bytes[sent..]).map_err(|e| other(e.into()))?;
+    }
+
+    let mut lines = BufReader::new(&stream).lines();
+    let mut next = || -> Result<Response, Failure> {
+        let line =
+            lines.next().ok_or_else(|| Failure::Other("openboxd closed the connection".into()))?.map_err(other)?;
+        serde_json::from_str(&line).map_err(|e| Failure::Other(format!("unreadable answer from openboxd: {e}")))
+    };
+    let hello = next().map_err(|f| match f {
+        Failure::Other(why) => Failure::Unanswered(why),
+        f => f,
+    })?;
+    if let Some(err) = hello.error {
+        if err.code == rpc::code::PROTOCOL_MISMATCH {
+            stop_daemon(err.data.as_ref().and_then(|d| d.get("pid")).and_then(|p| p.as_i64()));
+            return Err(Failure::Mismatch(err.message));
+        }
+        return Err(Failure::Other(err.message));
+    }
+    let answer = next()?;
+    match (answer.result, answer.error) {
+        (Some(result), _) => result
+            .get("exit_code")
+            .and_then(|c| c.as_u64())
+            .map(|c| c.min(255) as u8)
+            .ok_or_else(|| Failure::Other("openboxd's answer has no exit code".into())),
+        (None, Some(err)) => Err(Failure::Other(err.message)),
+        (None, None) => Err(Failure::Other("openboxd's answer is empty".into())),
+    }
+}
+
+/// Asks a daemon of another protocol to stop, and waits until it has.
+fn stop_daemon(pid: Option<i64>) {
+    if let Ok(mut s) = UnixStream::connect(paths::daemon_socket()) {
+        use std::io::Write;
+        let req = Request::new(Some(0.into()), "shutdown", serde_json::Value::Null);
+        let _ = writeln!(s, "{}", serde_json::to_string(&req).expect("serializable"));
+        let _ = BufReader::new(&s).lines().next();
+    }
+    let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) else { return };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rustix::process::test_kill_process(pid).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).expect("serializable")
+}

@@ -1,0 +1,305 @@
+//! The Unix-socket JSON-RPC server (see `docs/rpc.md`): one JSON object per line each way.
+//! File descriptors for `cli` and fd-mode `run` arrive with the request (SCM_RIGHTS).
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use proto::rpc::{
+    self, CliParams, CliResult, Hello, HelloReply, Request, Response, RunParams, RunResult, StdioMode, code,
+};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+use serde_json::{Value, json};
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::UnixListener;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::{mpsc, watch};
+
+use crate::io::{CallInput, CallOutput, FrameSink, fd_input};
+use crate::{Daemon, handle};
+
+/// Serves the socket until `shutdown` completes or a client calls `shutdown`; then stops
+/// accepting and gives open connections a few seconds to finish (so a stop request is
+/// answered, and short calls complete).
+pub async fn serve(listener: UnixListener, d: Arc<Daemon>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let me = rustix::process::getuid().as_raw();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    match stream.peer_cred() {
+                        Ok(cred) if cred.uid() == me => {}
+                        Ok(cred) => {
+                            tracing::warn!(uid = cred.uid(), "refused a connection from another user");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refused a connection whose peer is unknown");
+                            continue;
+                        }
+                    }
+                    connections.spawn(connection(stream, d.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = d.shutdown.notified() => break,
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), drain).await.is_err() {
+        tracing::warn!("stopping with calls still running");
+    }
+}
+
+/// Reads newline-delimited messages, keeping any file descriptors that came along.
+struct Reader {
+    half: OwnedReadHalf,
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+    eof: bool,
+}
+
+impl Reader {
+    async fn next_line(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                return Some(self.buf.drain(..=pos).collect());
+            }
+            if self.eof {
+                return None;
+            }
+            let stream = self.half.as_ref();
+            if stream.readable().await.is_err() {
+                return None;
+            }
+            let got = stream.try_io(Interest::READABLE, || {
+                let mut data = vec![0u8; 64 * 1024];
+                let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let msg = recvmsg(stream, &mut [IoSliceMut::new(&mut data)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+                let mut fds = Vec::new();
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received) = m {
+                        fds.extend(received);
+                    }
+                }
+                data.truncate(msg.bytes);
+                Ok((data, fds))
+            });
+            match got {
+                Ok((data, fds)) => {
+                    if data.is_empty() && fds.is_empty() {
+                        self.eof = true;
+                    }
+                    self.buf.extend_from_slice(&data);
+                    self.fds.extend(fds);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+fn line(resp: &Response) -> String {
+    serde_json::to_string(resp).expect("responses serialize")
+}
+
+async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
+    let (read, mut write) = stream.into_split();
+    let (lines, mut outbox) = mpsc::channel::<String>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(mut l) = outbox.recv().await {
+            l.push('\n');
+            if write.write_all(l.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Flips to true when the client goes away: running commands are then stopped.
+    let (gone_tx, gone) = watch::channel(false);
+    let mut reader = Reader { half: read, buf: Vec::new(), fds: VecDeque::new(), eof: false };
+    let mut greeted = false;
+    let mut stdin_routes: HashMap<String, mpsc::Sender<Vec<u8>>> = HashMap::new();
+
+    while let Some(raw) = reader.next_line().await {
+        let req: Request = match serde_json::from_slice(&raw) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = lines
+                    .send(line(&Response::err(Value::Null, code::PARSE_ERROR, format!("not a JSON-RPC request: {e}"))))
+                    .await;
+                continue;
+            }
+        };
+        let id = req.id.clone().unwrap_or(Value::Null);
+        let reply = |resp: Response| {
+            let lines = lines.clone();
+            async move {
+                let _ = lines.send(line(&resp)).await;
+            }
+        };
+        if !greeted && req.method != "hello" && req.method != "shutdown" {
+            reply(Response::err(id, code::PROTOCOL_MISMATCH, "send `hello` with the protocol version first")).await;
+            break;
+        }
+        match req.method.as_str() {
+            "hello" => {
+                let hello: Hello = match serde_json::from_value(req.params) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, format!("hello: {e}"))).await;
+                        break;
+                    }
+                };
+                if hello.protocol != rpc::PROTOCOL {
+                    let msg = format!("openboxd speaks protocol {}, the client {}", rpc::PROTOCOL, hello.protocol);
+                    let mut resp = Response::err(id, code::PROTOCOL_MISMATCH, msg);
+                    if let Some(e) = resp.error.as_mut() {
+                        e.data = Some(
+                            json!({"protocol": rpc::PROTOCOL, "version": proto::VERSION, "pid": std::process::id()}),
+                        );
+                    }
+                    reply(resp).await;
+                    break;
+                }
+                greeted = true;
+                let r = HelloReply { protocol: rpc::PROTOCOL, version: proto::VERSION.into(), pid: std::process::id() };
+                reply(Response::ok(id, serde_json::to_value(r).expect("serializable"))).await;
+            }
+            "cli" => {
+                let params: CliParams = match serde_json::from_value(req.params) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, format!("cli: {e}"))).await;
+                        continue;
+                    }
+                };
+                let Some((stdin, stdout, stderr)) = take_three(&mut reader.fds) else {
+                    reply(Response::err(
+                        id,
+                        code::INVALID_PARAMS,
+                        "cli needs stdin, stdout and stderr sent with the request (SCM_RIGHTS)",
+                    ))
+                    .await;
+                    continue;
+                };
+                let (d, lines, gone) = (d.clone(), lines.clone(), gone.clone());
+                tokio::spawn(async move {
+                    let exit_code =
+                        handle(&d, params.call, fd_input(stdin), CallOutput::fds(stdout, stderr), went_away(gone))
+                            .await;
+                    let _ = lines
+                        .send(line(&Response::ok(
+                            id,
+                            serde_json::to_value(CliResult { exit_code }).expect("serializable"),
+                        )))
+                        .await;
+                });
+            }
+            "run" => {
+                let params: RunParams = match serde_json::from_value(req.params) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, format!("run: {e}"))).await;
+                        continue;
+                    }
+                };
+                let (input, output) = match params.stdio {
+                    StdioMode::Fds => {
+                        let Some((stdin, stdout, stderr)) = take_three(&mut reader.fds) else {
+                            reply(Response::err(
+                                id,
+                                code::INVALID_PARAMS,
+                                "stdio \"fds\" needs three descriptors sent with the request",
+                            ))
+                            .await;
+                            continue;
+                        };
+                        (fd_input(stdin), CallOutput::fds(stdout, stderr))
+                    }
+                    StdioMode::Frames => {
+                        let input = if params.stdin {
+                            let (tx, rx) = mpsc::channel(16);
+                            stdin_routes.insert(id.to_string(), tx);
+                            CallInput::Chunks(rx)
+                        } else {
+                            CallInput::Empty
+                        };
+                        (input, CallOutput::Frames(FrameSink { id: id.clone(), lines: lines.clone() }))
+                    }
+                };
+                let run = proto::request::RunRequest {
+                    target: params.target,
+                    session: params.session,
+                    isolation: params.isolation,
+                    command: params.command,
+                };
+                let (d, lines, gone) = (d.clone(), lines.clone(), gone.clone());
+                tokio::spawn(async move {
+                    let mut output = output;
+                    let outcome = crate::run::run(&d, run, input, &mut output, went_away(gone)).await;
+                    let result = RunResult { exit_code: outcome.exit_code, signal: outcome.signal };
+                    let _ =
+                        lines.send(line(&Response::ok(id, serde_json::to_value(result).expect("serializable")))).await;
+                });
+            }
+            "stdin" => {
+                let Ok(params) = serde_json::from_value::<rpc::Stdin>(req.params) else { continue };
+                let key = params.id.to_string();
+                if let Some(data) = params.data.and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                    && let Some(tx) = stdin_routes.get(&key)
+                {
+                    let _ = tx.send(data).await;
+                }
+                if params.eof {
+                    stdin_routes.remove(&key);
+                }
+            }
+            "nodes" => {
+                let tag = req.params.get("tag").and_then(Value::as_str).map(str::to_owned);
+                reply(reply_of(id, crate::commands::nodes(&d, tag.as_deref()).await)).await;
+            }
+            "whoami" => reply(reply_of(id, crate::commands::whoami(&d).await)).await,
+            "status" => reply(Response::ok(id, serde_json::to_value(d.status()).expect("serializable"))).await,
+            "shutdown" => {
+                reply(Response::ok(id, json!({"stopping": true}))).await;
+                d.shutdown.notify_one();
+            }
+            other => reply(Response::err(id, code::METHOD_NOT_FOUND, format!("no method {other:?}"))).await,
+        }
+    }
+    let _ = gone_tx.send(true);
+    drop(lines);
+    let _ = writer.await;
+}
+
+fn take_three(fds: &mut VecDeque<OwnedFd>) -> Option<(OwnedFd, OwnedFd, OwnedFd)> {
+    if fds.len() < 3 {
+        return None;
+    }
+    Some((fds.pop_front()?, fds.pop_front()?, fds.pop_front()?))
+}
+
+async fn went_away(mut gone: watch::Receiver<bool>) {
+    let _ = gone.wait_for(|g| *g).await;
+}
+
+fn reply_of(id: Value, r: anyhow::Result<crate::commands::Reply>) -> Response {
+    match r {
+        Ok(reply) => Response::ok(id, reply.json),
+        Err(e) => Response::err(id, code::FAILED, format!("{e:#}")),
+    }
+}

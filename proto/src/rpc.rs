@@ -1,0 +1,177 @@
+//! openboxd's JSON-RPC 2.0 API on its Unix socket: one JSON object per line, each way.
+//! `docs/rpc.md` is the reference; these are the types behind it.
+//!
+//! A connection starts with `hello`, which checks the protocol version. Requests may be
+//! pipelined behind it: the daemon answers `hello` first and stops there on a mismatch.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Isolation;
+use crate::api::Target;
+use crate::request::Call;
+
+/// Bumped whenever a method, parameter or notification changes incompatibly.
+pub const PROTOCOL: u32 = 1;
+
+/// JSON-RPC error codes (the standard ones, and openbox's in the server range).
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// `hello` was skipped, or asked for another protocol version.
+    pub const PROTOCOL_MISMATCH: i64 = -32000;
+    /// The request was understood but failed (not logged in, node unreachable, …).
+    pub const FAILED: i64 = -32001;
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub jsonrpc: String,
+    /// Absent for notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub method: String,
+    #[serde(default)]
+    pub params: Value,
+}
+
+impl Request {
+    pub fn new(id: Option<Value>, method: &str, params: Value) -> Request {
+        Request { jsonrpc: "2.0".into(), id, method: method.into(), params }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub jsonrpc: String,
+    pub id: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+}
+
+impl Response {
+    pub fn ok(id: Value, result: Value) -> Response {
+        Response { jsonrpc: "2.0".into(), id, result: Some(result), error: None }
+    }
+
+    pub fn err(id: Value, code: i64, message: impl Into<String>) -> Response {
+        Response {
+            jsonrpc: "2.0".into(),
+            id,
+            result: None,
+            error: Some(RpcError { code, message: message.into(), data: None }),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    #[serde(default)]
+    pub client: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub protocol: u32,
+    pub version: String,
+    pub pid: u32,
+}
+
+/// How a `run` exchanges its standard streams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdioMode {
+    /// As JSON messages: `output` notifications from the daemon, `stdin` notifications to it.
+    #[default]
+    Frames,
+    /// As the three file descriptors sent with the request (SCM_RIGHTS): the daemon reads
+    /// and writes them directly.
+    Fds,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunParams {
+    pub target: Target,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Command words; joined with spaces and run by the node's `sh -c`.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub stdio: StdioMode,
+    /// With `frames`: whether `stdin` notifications will follow. Otherwise the command's
+    /// stdin is empty from the start.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// `output` notification: a chunk of the command's stdout or stderr, base64-encoded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Output {
+    /// The id of the `run` request it belongs to.
+    pub id: Value,
+    pub stream: String,
+    pub data: String,
+}
+
+/// `stdin` notification from the client: bytes for the command (base64), or `eof: true`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stdin {
+    pub id: Value,
+    #[serde(default)]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub eof: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The code to exit with: the remote code, 128+N for signal N, 255 for openbox's own failure.
+    pub exit_code: u8,
+    /// The signal that killed the remote command, if one did.
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+/// `cli`: a CLI call carried out with the caller's file descriptors (sent with the request).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CliParams {
+    pub call: Call,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CliResult {
+    pub exit_code: u8,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    /// The socket this daemon serves.
+    pub socket: String,
+    pub protocol: u32,
+    pub pid: u32,
+    pub logged_in: bool,
+    pub server: Option<String>,
+    pub user: Option<String>,
+    /// Open SSH connections to nodes.
+    pub connections: usize,
+    /// Whether the live registry feed from the control plane is connected.
+    pub registry_live: bool,
+    /// Nodes in the local mirror of the registry.
+    pub nodes: usize,
+}
