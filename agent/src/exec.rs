@@ -124,7 +124,7 @@ pub async fn run_native(command: &str, env: &[(&str, &str)], mut input: ChannelR
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
 
-    let mut out_buf = vec![0u8; 32 * 1024];
+    let mut out_buf = vec![0u8; 128 * 1024];
     let mut err_buf = vec![0u8; 32 * 1024];
     let (mut out_open, mut err_open, mut input_open) = (true, true, true);
     let mut status = None;

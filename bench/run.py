@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""openbox against OpenSSH, measured in the same run on this machine.
+
+Sets up, all on 127.0.0.1 and under a temporary directory:
+  - a second OpenSSH sshd logging in a user whose shell is /bin/sh, reached through a
+    ControlMaster socket and with fresh connections;
+  - an openbox fleet: control plane, one agent, a logged-in CLI with its openboxd.
+Then prints latency (median, p99), throughput, concurrent calls per second, openboxd's
+memory with 50 pooled connections, and the CLI's size and start time, with ratios.
+
+Usage: bench/run [--calls N] [--bytes N] [--seconds S]   (needs root: it starts sshd)
+"""
+
+import argparse
+import json
+import os
+import pwd
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+USER = "obbench"
+# The cipher openbox prefers; OpenSSH's default is chacha20-poly1305.
+AES = "aes256-gcm@openssh.com"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+def ensure_user():
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        sh("useradd", "--create-home", "--shell", "/bin/sh", USER)
+    # Key login only: a '*' password unlocks the account without allowing passwords.
+    sh("usermod", "-p", "*", USER)
+
+
+class Sshd:
+    def __init__(self, tmp):
+        self.dir = os.path.join(tmp, "sshd")
+        os.makedirs(self.dir)
+        os.chmod(tmp, 0o755)
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/host_key")
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/user_key")
+        shutil.copy(f"{self.dir}/user_key.pub", f"{self.dir}/authorized_keys")
+        os.chmod(f"{self.dir}/authorized_keys", 0o644)
+        with open(f"{self.dir}/sshd_config", "w") as f:
+            f.write(
+                f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.dir}/host_key\n"
+                f"PidFile {self.dir}/sshd.pid\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
+                "UsePAM no\nStrictModes no\nUseDNS no\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nMaxSessions 100\nMaxStartups 100\n"
+            )
+        os.makedirs("/run/sshd", exist_ok=True)
+        sh("/usr/sbin/sshd", "-f", f"{self.dir}/sshd_config", "-E", f"{self.dir}/sshd.log")
+        self.control = f"{self.dir}/cm.sock"
+
+    def ssh(self, master, cipher=None):
+        base = ["ssh", "-q", "-F", "/dev/null", "-i", f"{self.dir}/user_key", "-p", str(self.port),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
+        if cipher:
+            base += ["-c", cipher]
+        if master:
+            path = self.control + (f".{cipher}" if cipher else "")
+            base += ["-o", "ControlMaster=auto", "-o", f"ControlPath={path}", "-o", "ControlPersist=600"]
+        else:
+            base += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        return base + [f"{USER}@127.0.0.1"]
+
+    def stop(self):
+        for cipher in (None, AES):
+            subprocess.run(self.ssh(True, cipher)[:-1] + ["-O", "exit", f"{USER}@127.0.0.1"], capture_output=True)
+        try:
+            with open(f"{self.dir}/sshd.pid") as f:
+                os.kill(int(f.read().strip()), 15)
+        except (OSError, ValueError):
+            pass
+
+
+class Fleet:
+    def __init__(self, tmp):
+        self.home = os.path.join(tmp, "openbox")
+        self.env = dict(os.environ, OPENBOX_HOME=self.home)
+        self.addr = f"127.0.0.1:{free_port()}"
+        out = subprocess.run([f"{BIN}/openbox", "up", "--addr", self.addr], env=self.env, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"openbox up failed: {out.stderr}")
+        self.openbox = [f"{BIN}/openbox", "-t", "local"]
+
+    def daemon_pid(self):
+        out = subprocess.run([f"{BIN}/openbox", "daemon", "status", "--json"], env=self.env, capture_output=True, text=True)
+        return json.loads(out.stdout)["pid"]
+
+    def stop(self):
+        subprocess.run([f"{BIN}/openbox", "down"], env=self.env, capture_output=True)
+        subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=self.env, capture_output=True)
+
+
+def time_calls(argv, n, env=None):
+    """Wall-clock seconds of each of n runs of argv (output discarded)."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def p99(times):
+    return sorted(times)[max(0, int(len(times) * 0.99) - 1)]
+
+
+def throughput(argv, nbytes, env=None):
+    start = time.perf_counter()
+    subprocess.run(argv + [f"head -c {nbytes} /dev/zero"], env=env, stdout=subprocess.DEVNULL, check=True)
+    return nbytes / (time.perf_counter() - start) / 1e6
+
+
+def concurrent_rate(argv, loops, seconds, env=None):
+    count = [0] * loops
+    deadline = time.perf_counter() + seconds
+
+    def loop(i):
+        while time.perf_counter() < deadline:
+            subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+            count[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(loops)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(count) / seconds
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def ms(s):
+    return f"{s * 1000:.2f} ms"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--bytes", type=int, default=1_000_000_000)
+    ap.add_argument("--seconds", type=float, default=10)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/run needs root (it starts a second sshd and adds the user obbench)")
+
+    tmp = tempfile.mkdtemp(prefix="openbox-bench-")
+    ensure_user()
+    sshd = Sshd(tmp)
+    fleet = Fleet(tmp)
+    rows = []
+    try:
+        master, fresh, ob = sshd.ssh(True), sshd.ssh(False), fleet.openbox
+        env = fleet.env
+        # Warm both paths: the ControlMaster connection and openboxd's pool.
+        for _ in range(5):
+            subprocess.run(master + ["true"], check=True)
+            subprocess.run(ob + ["true"], env=env, check=True)
+
+        t_ob = time_calls(ob + ["true"], args.calls, env)
+        t_cm = time_calls(master + ["true"], args.calls)
+        t_fresh = time_calls(fresh + ["true"], max(20, args.calls // 10))
+        med = statistics.median
+        rows.append(("latency of `true`, median", ms(med(t_ob)), ms(med(t_cm)), ms(med(t_fresh)),
+                     f"{med(t_ob) / med(t_cm):.2f}x ControlMaster"))
+        rows.append(("latency of `true`, p99", ms(p99(t_ob)), ms(p99(t_cm)), ms(p99(t_fresh)),
+                     f"{p99(t_ob) / p99(t_cm):.2f}x ControlMaster"))
+
+        mb_ob = throughput(ob, args.bytes, env)
+        mb_cm = throughput(master, args.bytes)
+        rows.append((f"stdout throughput, {args.bytes / 1e6:.0f} MB", f"{mb_ob:.0f} MB/s", f"{mb_cm:.0f} MB/s", "",
+                     f"{mb_ob / mb_cm:.2f}x ControlMaster"))
+        master_aes = sshd.ssh(True, AES)
+        subprocess.run(master_aes + ["true"], check=True)
+        mb_aes = throughput(master_aes, args.bytes)
+        rows.append((f"stdout throughput, both {AES}", f"{mb_ob:.0f} MB/s", f"{mb_aes:.0f} MB/s", "",
+                     f"{mb_ob / mb_aes:.2f}x ControlMaster"))
+
+        r_ob = concurrent_rate(ob + ["true"], 8, args.seconds, env)
+        r_cm = concurrent_rate(master + ["true"], 8, args.seconds)
+        rows.append((f"8 loops of `true` for {args.seconds:.0f}s", f"{r_ob:.0f} calls/s", f"{r_cm:.0f} calls/s", "",
+                     f"{r_ob / r_cm:.2f}x ControlMaster"))
+
+        # 50 pooled connections: one per session id (each certificate binds its session).
+        for i in range(50):
+            subprocess.run(ob[:1] + ["-t", "local", "-s", f"bench{i}", "true"], env=env, check=True, stdout=subprocess.DEVNULL)
+        status = json.loads(subprocess.run([f"{BIN}/openbox", "daemon", "status", "--json"], env=env,
+                                           capture_output=True, text=True).stdout)
+        rss = rss_kib(fleet.daemon_pid())
+        rows.append((f"openboxd RSS, {status['connections']} pooled connections", f"{rss / 1024:.1f} MiB", "", "", ""))
+
+        size = os.path.getsize(f"{BIN}/openbox")
+        t_ver = time_calls([f"{BIN}/openbox", "--version"], args.calls)
+        t_true = time_calls(["/bin/true"], args.calls)
+        rows.append(("CLI binary size", f"{size / 1e6:.2f} MB", "", "", ""))
+        rows.append(("`openbox --version` start, median", ms(med(t_ver)), "", "", f"{med(t_ver) / med(t_true):.2f}x /bin/true ({ms(med(t_true))})"))
+    finally:
+        fleet.stop()
+        sshd.stop()
+
+    head = ("measure", "openbox", "ssh ControlMaster", "ssh fresh", "ratio")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    print(line(head))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print(line(r))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
