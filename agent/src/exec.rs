@@ -101,7 +101,13 @@ fn kill_group(child: &Child, sig: Signal) {
 
 /// Runs `command` natively on this host for the channel; returns when it has ended and its
 /// status has been sent.
-pub async fn run_native(command: &str, env: &[(&str, &str)], mut input: ChannelReadHalf, out: ChannelOut) {
+pub async fn run_native(
+    command: &str,
+    env: &[(&str, &str)],
+    timeout: Option<std::time::Duration>,
+    mut input: ChannelReadHalf,
+    out: ChannelOut,
+) {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)
@@ -120,7 +126,20 @@ pub async fn run_native(command: &str, env: &[(&str, &str)], mut input: ChannelR
         Ok(c) => c,
         Err(e) => return out.refuse(&format!("cannot start /bin/sh: {e}")).await,
     };
-    let mut stdin = child.stdin.take();
+    // Stdin is written by a task of its own, and the channel is always read: a command not
+    // reading its input must not stop us draining its output, and russh's session loop —
+    // which also carries our output — blocks while a channel's messages go unread.
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+    let mut stdin_tx = Some(stdin_tx);
+    if let Some(mut pipe) = child.stdin.take() {
+        tokio::spawn(async move {
+            while let Some(chunk) = stdin_rx.recv().await {
+                if pipe.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
 
@@ -128,9 +147,15 @@ pub async fn run_native(command: &str, env: &[(&str, &str)], mut input: ChannelR
     let mut err_buf = vec![0u8; 32 * 1024];
     let (mut out_open, mut err_open, mut input_open) = (true, true, true);
     let mut status = None;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut timed_out = false;
     // Output is drained until both pipes close, as sshd does; the status is sent last.
     while out_open || err_open || status.is_none() {
         tokio::select! {
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !timed_out => {
+                timed_out = true;
+                kill_group(&child, Signal::KILL);
+            },
             r = stdout.read(&mut out_buf), if out_open => match r {
                 Ok(0) | Err(_) => out_open = false,
                 Ok(n) => if !out.stdout(&out_buf[..n]).await { kill_group(&child, Signal::KILL); out_open = false; },
@@ -141,10 +166,9 @@ pub async fn run_native(command: &str, env: &[(&str, &str)], mut input: ChannelR
             },
             msg = input.wait(), if input_open => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    if let Some(pipe) = stdin.as_mut()
-                        && pipe.write_all(&data).await.is_err() { stdin = None; }
+                    if let Some(tx) = &stdin_tx && tx.send(data).is_err() { stdin_tx = None; }
                 }
-                Some(ChannelMsg::Eof) => stdin = None,
+                Some(ChannelMsg::Eof) => stdin_tx = None,
                 Some(ChannelMsg::Signal { signal }) => {
                     if let Some(s) = sig_to_signal(&signal) { kill_group(&child, s); }
                 }
@@ -159,6 +183,11 @@ pub async fn run_native(command: &str, env: &[(&str, &str)], mut input: ChannelR
                 status = Some(s);
             }
         }
+    }
+    if timed_out {
+        let secs = timeout.map(|t| t.as_secs()).unwrap_or(0);
+        out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
+        return out.finish(Outcome::Code(124)).await;
     }
     let outcome = match status.expect("loop ends with a status") {
         Ok(s) => match (s.code(), s.signal()) {

@@ -24,6 +24,7 @@ async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatRe
         version: proto::VERSION.to_owned(),
         host_cert_valid_before: id.host_cert.valid_before(),
         stopping,
+        sessions: shared.sessions.reports().await,
     };
     client.post("/v1/heartbeat", &hb).await
 }

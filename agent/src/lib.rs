@@ -10,6 +10,7 @@ mod exec;
 mod heartbeat;
 mod identity;
 mod server;
+mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub struct Config {
     pub tags: Vec<String>,
     pub name: Option<String>,
     pub heartbeat_every: Duration,
+    /// Sessions idle longer than this are reaped.
+    pub session_idle: Duration,
 }
 
 /// What `run` says once it is serving (printed by the binary; tests wait for it).
@@ -80,7 +83,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     let ready = ready_line(&identity, &addr);
-    let shared = server::Shared::new(identity);
+    let sessions = session::Sessions::new(config.session_idle);
+    let reaper = tokio::spawn(sessions.clone().reap_forever());
+    let shared = server::Shared::new(identity, sessions);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::serve(listener, shared.clone(), async {
         let _ = stop_rx.await;
@@ -91,6 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let _ = stop_tx.send(());
     let _ = serving.await;
+    reaper.abort();
     match outcome {
         None => {
             heartbeat::say_goodbye(&shared, &addr).await;

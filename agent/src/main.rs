@@ -33,6 +33,9 @@ struct Args {
     /// How often to heartbeat.
     #[arg(long, default_value = "10s", value_parser = proto::parse_duration)]
     heartbeat: u64,
+    /// Reap a persistent session's shell after it has been idle this long.
+    #[arg(long, default_value = "30m", value_parser = proto::parse_duration)]
+    session_idle: u64,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         tags: args.tags,
         name: args.name,
         heartbeat_every: Duration::from_secs(args.heartbeat.max(1)),
+        session_idle: Duration::from_secs(args.session_idle.max(1)),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(openbox_agent::run(config, shutdown_signal())) {

@@ -14,12 +14,14 @@ use trust::{Certificate, UserGrant};
 
 use crate::exec::{self, ChannelOut};
 use crate::identity::Identity;
+use crate::session::{Job, Sessions};
 
 /// State every connection reads: the identity (whose host certificate may be renewed) and
 /// the SSH server configuration built from it.
 pub struct Shared {
     identity: RwLock<Identity>,
     ssh_config: RwLock<Arc<russh::server::Config>>,
+    pub sessions: Arc<Sessions>,
 }
 
 fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
@@ -37,9 +39,9 @@ fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
 }
 
 impl Shared {
-    pub fn new(identity: Identity) -> Arc<Shared> {
+    pub fn new(identity: Identity, sessions: Arc<Sessions>) -> Arc<Shared> {
         let config = ssh_config(&identity);
-        Arc::new(Shared { identity: RwLock::new(identity), ssh_config: RwLock::new(config) })
+        Arc::new(Shared { identity: RwLock::new(identity), ssh_config: RwLock::new(config), sessions })
     }
 
     pub fn identity(&self) -> Identity {
@@ -138,8 +140,7 @@ impl russh::server::Handler for Connection {
         };
         reply.accept().await;
         let handle = session.handle();
-        let node_id = self.shared.identity().node_id;
-        tokio::spawn(serve_channel(channel, grant, handle, node_id));
+        tokio::spawn(serve_channel(channel, grant, handle, self.shared.clone()));
         Ok(())
     }
 
@@ -171,15 +172,26 @@ impl russh::server::Handler for Connection {
 }
 
 /// Waits for the channel's exec request, then runs it under the isolation the certificate
-/// names. Anything but a plain exec is refused.
-async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::server::Handle, node_id: String) {
+/// names — in the certificate's session when it names one. Anything but an exec (or the
+/// session-ending subsystem) is refused.
+async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::server::Handle, shared: Arc<Shared>) {
     let id = channel.id();
     let (mut read, write) = channel.split();
     let out = ChannelOut { id, handle, write };
+    let mut timeout = None;
     let command = loop {
         match read.wait().await {
-            Some(ChannelMsg::Exec { command, .. }) => {
-                break String::from_utf8_lossy(&command).into_owned();
+            Some(ChannelMsg::Exec { command, .. }) => break String::from_utf8_lossy(&command).into_owned(),
+            Some(ChannelMsg::SetEnv { variable_name, variable_value, .. }) if variable_name == "OPENBOX_TIMEOUT" => {
+                timeout = variable_value.parse::<u64>().ok().filter(|s| *s > 0).map(std::time::Duration::from_secs);
+            }
+            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == proto::cert::END_SESSION_SUBSYSTEM => {
+                let Some(session) = &grant.session else {
+                    return out.refuse("this certificate names no session to end").await;
+                };
+                let had = shared.sessions.remove(&grant.user, session).await;
+                tracing::info!(user = %grant.user, %session, had_shell = had, "session ended");
+                return out.finish(crate::exec::Outcome::Code(0)).await;
             }
             Some(ChannelMsg::RequestShell { .. }) => {
                 return out
@@ -204,7 +216,14 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
             return out.refuse(&format!("isolation {other} is not available on this node; nothing was run")).await;
         }
     }
-    tracing::info!(user = %grant.user, key_id = %grant.key_id, %command, "exec");
+    tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, %command, "exec");
+    let node_id = shared.identity().node_id;
     let env = [("OPENBOX_USER", grant.user.as_str()), ("OPENBOX_NODE", node_id.as_str())];
-    exec::run_native(&command, &env, read, out).await;
+    match &grant.session {
+        Some(session) => {
+            let job = Job { command: &command, env: &env, timeout };
+            shared.sessions.run(&grant.user, session, job, &out, read).await
+        }
+        None => exec::run_native(&command, &env, timeout, read, out).await,
+    }
 }

@@ -15,7 +15,7 @@ use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS};
 use serde::Deserialize;
 use trust::token;
 
-use crate::store::{EnrollTokenProblem, NodeRow, StoreError, User};
+use crate::store::{EnrollTokenProblem, NodeRow, SessionRow, StoreError, User};
 use crate::{App, now};
 
 type AppState = State<Arc<App>>;
@@ -34,6 +34,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes/{node}", delete(remove_node).patch(update_node))
         .route("/v1/dispatch", post(dispatch))
         .route("/v1/events", get(events))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/sessions/{id}", delete(remove_session))
         .with_state(app)
 }
 
@@ -204,6 +206,15 @@ async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejecti
     let default_name =
         req.default_name.filter(|n| proto::check_name("node name", n).is_ok()).unwrap_or_else(|| "node".into());
     let host_key = trust::parse_public_key(&req.host_public_key)?;
+    // A chosen name that is taken is refused before the token is used up.
+    if let Some(name) = &req.name
+        && app.store.node(name)?.is_some_and(|n| &n.name == name)
+    {
+        return Err(ApiErr::new(
+            StatusCode::CONFLICT,
+            format!("a node named {name:?} already exists; choose another --name (the token is still valid)"),
+        ));
+    }
     let mut tags = match app.store.take_enroll_token(&token::hash(&req.token), now())? {
         Ok(tags) => tags,
         Err(EnrollTokenProblem::Unknown) => {
@@ -275,6 +286,7 @@ async fn heartbeat(
         return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "heartbeat secret does not match this node"));
     }
     app.store.record_heartbeat(&node.id, &hb.addr, &hb.platform, &hb.version, now(), hb.stopping)?;
+    app.store.apply_session_reports(&node.id, &hb.sessions)?;
     app.refresh_registry();
     let mut reply = HeartbeatReply::default();
     if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
@@ -370,7 +382,10 @@ async fn dispatch(
         check_name("session id", s)?;
     }
     let key = trust::parse_public_key(&req.public_key)?;
-    let node = resolve(&app, &req.target)?;
+    let node = match &req.session {
+        Some(sid) => session_node(&app, &caller, sid, &req)?,
+        None => resolve(&app, &req.target)?,
+    };
     let request_id = token::random_id();
     let t = now();
     let cert = app.ca.sign_user(&trust::UserCertSpec {
@@ -415,4 +430,73 @@ async fn events(
         Some((Ok(event), (rx, closing)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// The node a session lives on: where its first use went, whatever the target says now.
+fn session_node(app: &App, caller: &Caller, sid: &str, req: &DispatchRequest) -> Result<Node, ApiErr> {
+    let t = now();
+    if let Some(row) = app.store.session(caller.user.id, sid)? {
+        if row.isolation != req.isolation.to_string() {
+            return Err(ApiErr::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "session {sid:?} runs {}, not {}; end it first with `openbox session rm {sid}`",
+                    row.isolation, req.isolation
+                ),
+            ));
+        }
+        let node = app.store.node(&row.node_id)?.ok_or_else(|| {
+            ApiErr::new(
+                StatusCode::GONE,
+                format!("session {sid:?} was on a node that has been removed; end it with `openbox session rm {sid}`"),
+            )
+        })?;
+        let node = node.to_api(t, app.config.offline_after_secs);
+        if !node.online {
+            return Err(ApiErr::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("session {sid:?} lives on node {}, which is offline", node.name),
+            ));
+        }
+        app.store.put_session(caller.user.id, &SessionRow { last_used: t, ..row })?;
+        return Ok(node);
+    }
+    let node = resolve(app, &req.target)?;
+    let row = SessionRow {
+        id: sid.to_owned(),
+        node_id: node.id.clone(),
+        isolation: req.isolation.to_string(),
+        created_at: t,
+        last_used: t,
+        state: "active".into(),
+    };
+    app.store.put_session(caller.user.id, &row)?;
+    tracing::info!(user = %caller.user.name, session = %sid, node = %node.id, "session placed");
+    Ok(node)
+}
+
+async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<SessionInfo>> {
+    let rows = app.store.list_sessions(caller.user.id)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let node_name = app.store.node(&r.node_id)?.map(|n| n.name).unwrap_or_else(|| "(removed)".into());
+        out.push(SessionInfo {
+            id: r.id,
+            node_id: r.node_id,
+            node_name,
+            isolation: r.isolation.parse().unwrap_or_default(),
+            created_at: r.created_at,
+            last_used: r.last_used,
+            state: r.state,
+        });
+    }
+    Ok(Json(out))
+}
+
+async fn remove_session(State(app): AppState, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiErr> {
+    if app.store.remove_session(caller.user.id, &id)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiErr::new(StatusCode::NOT_FOUND, format!("you have no session {id:?}; `openbox sessions` lists them")))
+    }
 }

@@ -143,7 +143,7 @@ pub async fn serve(
     let closing = app.closing.clone();
     let shutdown = async move {
         shutdown.await;
-        let _ = closing.send(true);
+        closing.send_replace(true);
     };
     let result = axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await;
     sweeper.abort();

@@ -57,7 +57,29 @@ const MIGRATIONS: &[&str] = &[
         host_key TEXT NOT NULL,
         revoked_at INTEGER NOT NULL
     );",
+    // 2: the session directory.
+    "CREATE TABLE sessions (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        isolation TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (user_id, id)
+    );",
 ];
+
+/// A session in the directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub node_id: String,
+    pub isolation: String,
+    pub created_at: u64,
+    pub last_used: u64,
+    pub state: String,
+}
 
 #[derive(Clone, Debug)]
 pub struct User {
@@ -411,6 +433,66 @@ impl Store {
         )?;
         tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
         tx.commit()?;
+        Ok(())
+    }
+}
+
+impl Store {
+    pub fn session(&self, user_id: i64, id: &str) -> Result<Option<SessionRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, node_id, isolation, created_at, last_used, state FROM sessions WHERE user_id = ?1 AND id = ?2",
+                params![user_id, id],
+                |r| Ok(SessionRow { id: r.get(0)?, node_id: r.get(1)?, isolation: r.get(2)?, created_at: r.get(3)?, last_used: r.get(4)?, state: r.get(5)? }),
+            )
+            .optional()?)
+    }
+
+    /// Records a session's first use on a node (or a use after it was removed).
+    pub fn put_session(&self, user_id: i64, row: &SessionRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO sessions (user_id, id, node_id, isolation, created_at, last_used, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (user_id, id) DO UPDATE SET last_used = excluded.last_used",
+            params![user_id, row.id, row.node_id, row.isolation, row.created_at, row.last_used, row.state],
+        )?;
+        Ok(())
+    }
+
+    pub fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, node_id, isolation, created_at, last_used, state FROM sessions WHERE user_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([user_id], |r| {
+            Ok(SessionRow {
+                id: r.get(0)?,
+                node_id: r.get(1)?,
+                isolation: r.get(2)?,
+                created_at: r.get(3)?,
+                last_used: r.get(4)?,
+                state: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn remove_session(&self, user_id: i64, id: &str) -> Result<bool> {
+        Ok(self.conn().execute("DELETE FROM sessions WHERE user_id = ?1 AND id = ?2", params![user_id, id])? > 0)
+    }
+
+    /// Applies what a node reported about its sessions (by user name); reports for
+    /// sessions the directory does not hold on that node are ignored.
+    pub fn apply_session_reports(&self, node_id: &str, reports: &[proto::api::SessionReport]) -> Result<()> {
+        let conn = self.conn();
+        for r in reports {
+            conn.execute(
+                "UPDATE sessions SET state = ?4, last_used = MAX(last_used, ?5)
+                 WHERE node_id = ?1 AND id = ?3 AND user_id = (SELECT id FROM users WHERE name = ?2)",
+                params![node_id, r.user, r.id, r.state, r.last_used],
+            )?;
+        }
         Ok(())
     }
 }

@@ -24,6 +24,17 @@ fn node_token_prints_the_agent_command_and_the_token_enrolls_exactly_once() {
 }
 
 #[test]
+fn a_name_clash_does_not_use_up_the_token() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let _first = Agent::enroll_with(&cp, &admin.enroll_token(&[]), &["--name", "box"]);
+    let token = admin.enroll_token(&[]);
+    Agent::run_to_end(&["--server", &cp.url, "--token", &token, "--name", "box"]).fails_with(1, "already exists");
+    let second = Agent::enroll_with(&cp, &token, &["--name", "box2"]);
+    assert_eq!(admin.node(&second.node_id).unwrap()["name"], "box2");
+}
+
+#[test]
 fn an_expired_enrollment_token_is_refused() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);

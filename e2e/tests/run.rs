@@ -55,6 +55,21 @@ fn stdin_is_forwarded() {
 }
 
 #[test]
+fn a_command_streaming_stdin_to_stdout_neither_hangs_nor_loses_bytes() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    // More than every pipe and window in between can hold, in both directions at once.
+    let data: Vec<u8> = (0..30_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let mut child = cli.cmd().args(["-t", "t", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let sent = data.clone();
+    let feeder = std::thread::spawn(move || stdin.write_all(&sent));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == data, "got {} bytes back of {}", out.stdout.len(), data.len());
+}
+
+#[test]
 fn large_output_arrives_complete() {
     let (_cp, cli, _agent) = fleet(&["t"]);
     let out = cli.cmd().args(["-t", "t", "head -c 20000000 /dev/zero"]).output().unwrap();

@@ -185,7 +185,7 @@ fn client_config() -> Arc<client::Config> {
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 3,
         window_size: 8 * 1024 * 1024,
-        maximum_packet_size: 128 * 1024,
+        maximum_packet_size: 65535,
         ..Default::default()
     })
 }
@@ -242,16 +242,28 @@ impl Connection {
         output: &mut impl Output,
         cancel: impl Future<Output = ()>,
     ) -> Result<ExitStatus, SshError> {
-        self.start(command).await?.finish(input, output, cancel).await
+        self.start(command, &[]).await?.finish(input, output, cancel).await
     }
 
     /// Opens a channel and starts `command` on it. Fails with [`SshError::Stale`] when the
     /// connection cannot: then nothing ran.
-    pub async fn start(&self, command: &str) -> Result<Started, SshError> {
+    pub async fn start(&self, command: &str, env: &[(&str, &str)]) -> Result<Started, SshError> {
         let stale = |e: russh::Error| SshError::Stale { node: self.node.clone(), why: e.to_string() };
         let channel = self.handle.channel_open_session().await.map_err(stale)?;
+        for (name, value) in env {
+            channel.set_env(false, *name, *value).await.map_err(stale)?;
+        }
         channel.exec(true, command).await.map_err(stale)?;
         Ok(Started { channel, node: self.node.clone() })
+    }
+
+    /// Asks the agent to run SSH subsystem `name` (no input, no output expected).
+    pub async fn subsystem(&self, name: &str) -> Result<ExitStatus, SshError> {
+        let stale = |e: russh::Error| SshError::Stale { node: self.node.clone(), why: e.to_string() };
+        let channel = self.handle.channel_open_session().await.map_err(stale)?;
+        channel.request_subsystem(true, name).await.map_err(stale)?;
+        let mut output = Writers { stdout: tokio::io::sink(), stderr: tokio::io::sink() };
+        Started { channel, node: self.node.clone() }.finish(NoInput, &mut output, std::future::pending()).await
     }
 
     pub async fn close(self) {

@@ -12,6 +12,7 @@ const AFTER_HELP: &str = "\
 Run a command on a node:
   openbox -t TAG CMD [ARGS…]      on any node carrying TAG (online nodes first)
   openbox -n NODE CMD [ARGS…]     on one node, by id or name
+  openbox -t TAG -s NAME CMD      in persistent session NAME: same node, shell, cwd, env
 Command words are joined with spaces and run by the node's `sh -c`, as ssh does:
   openbox -t mac 'cd /tmp && make'
 The exit code is the remote command's (128+N for a signal); 255 means openbox itself failed.
@@ -62,6 +63,9 @@ pub struct RunArgs {
     /// Isolation: native, docker:IMAGE or nspawn:DIR.
     #[arg(long, value_name = "MODE")]
     isolate: Option<String>,
+    /// Stop the command after this long (e.g. 30s, 5m): exit 124, output so far is kept.
+    #[arg(long, value_name = "DUR", value_parser = proto::parse_duration)]
+    timeout: Option<u64>,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<String>,
@@ -89,6 +93,11 @@ pub enum Command {
     /// Manage nodes: enrollment tokens, tags, names, removal.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// List your persistent sessions.
+    Sessions,
+    /// Manage persistent sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Manage users (admins only).
     #[command(subcommand)]
     User(UserCommand),
@@ -153,6 +162,12 @@ pub enum NodeCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// End a session: its shell on the node is stopped.
+    Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Create a user and print their login command.
     Add { name: String },
@@ -188,6 +203,10 @@ impl Cli {
             Some(Command::Daemon { action: DaemonAction::Stop }) => return Ok(Action::StopDaemon { json }),
             Some(Command::Login { server, token }) => Request::Login { server, token },
             Some(Command::Logout) => Request::Logout,
+            Some(Command::Sessions) => Request::Sessions,
+            Some(Command::Session(SessionCommand::Rm { id })) => {
+                Request::SessionRemove { id: name("session id", &id)? }
+            }
             Some(Command::Whoami) => Request::Whoami,
             Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
             Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: addr }),
@@ -252,6 +271,9 @@ impl RunArgs {
             _ => Isolation::Native,
         };
         let session = self.session.map(|s| name("session id", &s)).transpose()?;
-        Ok(RunRequest { target, session, isolation, command: self.command })
+        if self.timeout == Some(0) {
+            return Err("--timeout must be at least 1s".into());
+        }
+        Ok(RunRequest { target, session, isolation, command: self.command, timeout_secs: self.timeout })
     }
 }

@@ -168,3 +168,50 @@ fn human_secs(s: u64) -> String {
 fn ago(t: u64) -> String {
     format!("{} ago", human_secs(now().saturating_sub(t)))
 }
+
+pub async fn sessions(d: &Daemon) -> anyhow::Result<Reply> {
+    let sessions: Vec<SessionInfo> = d.login()?.client()?.get("/v1/sessions").await?;
+    let text = if sessions.is_empty() {
+        "No sessions. Start one with `openbox -t TAG -s NAME CMD`.".to_owned()
+    } else {
+        let row = |c: [&str; 6]| format!("{:<16} {:<16} {:<20} {:<10} {:<10} {}\n", c[0], c[1], c[2], c[3], c[4], c[5]);
+        let mut text = row(["SESSION", "NODE", "ISOLATION", "CREATED", "LAST USED", "STATE"]);
+        for s in &sessions {
+            text +=
+                &row([&s.id, &s.node_name, &s.isolation.to_string(), &ago(s.created_at), &ago(s.last_used), &s.state]);
+        }
+        text
+    };
+    Ok(Reply::new(serde_json::to_value(&sessions)?, text))
+}
+
+/// Ends a session: stops its shell on the node, then removes it from the directory.
+pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
+    let login = d.login()?;
+    let sessions: Vec<SessionInfo> = login.client()?.get("/v1/sessions").await?;
+    let Some(s) = sessions.into_iter().find(|s| s.id == id) else {
+        bail!("you have no session {id:?}; `openbox sessions` lists them");
+    };
+    let key =
+        crate::pool::Key { node_id: s.node_id.clone(), session: Some(id.to_owned()), isolation: s.isolation.clone() };
+    let mut warnings = Vec::new();
+    let stopped = async {
+        let conn = d.pool.connection(&login, &d.key()?, &key, None).await?;
+        conn.subsystem(proto::cert::END_SESSION_SUBSYSTEM).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = stopped {
+        warnings.push(format!(
+            "warning: the shell on node {} could not be stopped now ({e:#}); it ends when it has idled long enough",
+            s.node_name
+        ));
+    }
+    login.client()?.delete(&format!("/v1/sessions/{id}")).await?;
+    d.forget_session(id);
+    Ok(Reply {
+        json: json!({"removed": id, "node": s.node_id}),
+        text: format!("Ended session {id} on {}.", s.node_name),
+        warnings,
+    })
+}

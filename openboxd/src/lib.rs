@@ -44,6 +44,8 @@ pub struct Daemon {
     /// Notified by the `shutdown` method.
     pub shutdown: tokio::sync::Notify,
     calls: std::sync::atomic::AtomicUsize,
+    /// Which node each persistent session lives on, learned from its first dispatch.
+    sessions: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Daemon {
@@ -58,6 +60,7 @@ impl Daemon {
             runtime: tokio::runtime::Handle::current(),
             shutdown: tokio::sync::Notify::new(),
             calls: Default::default(),
+            sessions: Mutex::default(),
         });
         d.reload_login();
         d
@@ -77,6 +80,7 @@ impl Daemon {
         *current = fresh.clone();
         drop(current);
         self.pool.clear();
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).clear();
         *self.key.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if self.follow_registry {
             self.mirror.follow(fresh, &self.runtime);
@@ -99,6 +103,18 @@ impl Daemon {
         let k = login::user_key().context("loading your key")?;
         *key = Some(k.clone());
         Ok(k)
+    }
+
+    fn session_node(&self, id: &str) -> Option<String> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    fn remember_session(&self, id: &str, node_id: &str) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), node_id.to_owned());
+    }
+
+    fn forget_session(&self, id: &str) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     /// A different number each call, to spread a tag's calls over its nodes.
@@ -153,6 +169,8 @@ pub async fn handle(
         }
         Request::Up(req) => fleet::up(d, req).await,
         Request::Down => fleet::down().await,
+        Request::Sessions => commands::sessions(d).await,
+        Request::SessionRemove { id } => commands::session_remove(d, &id).await,
         Request::DaemonStatus => Ok(daemon_status(d)),
         Request::DaemonStop => {
             d.shutdown.notify_one();

@@ -246,6 +246,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     session: params.session,
                     isolation: params.isolation,
                     command: params.command,
+                    timeout_secs: params.timeout_secs,
                 };
                 let (d, lines, gone) = (d.clone(), lines.clone(), gone.clone());
                 tokio::spawn(async move {

@@ -6,7 +6,7 @@ use std::future::Future;
 
 use anyhow::bail;
 use net::ssh::{ExitStatus, SshError};
-use proto::api::Node;
+use proto::api::{Node, Target};
 use proto::request::RunRequest;
 
 use crate::Daemon;
@@ -65,12 +65,20 @@ async fn run_inner(
     }
     let login = d.login()?;
     let key_pair = d.key()?;
-    let node = match d.mirror.resolve(&req.target, d.spread()) {
-        Resolved::Node(node) => node,
-        Resolved::Unknown => {
+    // A session stays on the node of its first use; otherwise the mirror picks.
+    let known = match &req.session {
+        Some(sid) => d.session_node(sid).map(|id| d.mirror.resolve(&Target::Node(id), 0)),
+        None => Some(d.mirror.resolve(&req.target, d.spread())),
+    };
+    let node = match known {
+        Some(Resolved::Node(node)) => node,
+        _ => {
             let (node, cert) = dispatch(&login, &key_pair, &req.target, req.session.as_deref(), &req.isolation).await?;
             let key = Key { node_id: node.id.clone(), session: req.session.clone(), isolation: req.isolation.clone() };
             d.pool.remember(&key, cert, node.addr.clone()).await;
+            if let Some(sid) = &req.session {
+                d.remember_session(sid, &node.id);
+            }
             node
         }
     };
@@ -82,7 +90,9 @@ async fn run_inner(
     let mut retried = false;
     let started = loop {
         let conn = d.pool.connection(&login, &key_pair, &key, Some(node.addr.clone())).await?;
-        match conn.start(&command).await {
+        let timeout = req.timeout_secs.map(|t| t.to_string());
+        let env: Vec<(&str, &str)> = timeout.iter().map(|t| ("OPENBOX_TIMEOUT", t.as_str())).collect();
+        match conn.start(&command, &env).await {
             Ok(started) => break started,
             Err(SshError::Stale { .. }) if !retried => {
                 tracing::info!(node = %node.id, "pooled connection was dead; retrying on a new one");

@@ -102,6 +102,32 @@ pub struct Heartbeat {
     /// Sent once on a clean shutdown, so the registry shows the node offline at once.
     #[serde(default)]
     pub stopping: bool,
+    /// The node's live sessions, and those that ended since the last heartbeat.
+    #[serde(default)]
+    pub sessions: Vec<SessionReport>,
+}
+
+/// What a node says about one session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReport {
+    pub user: String,
+    pub id: String,
+    /// `active`, `exited` (the shell exited), `reaped` (idle too long) or `ended` (removed).
+    pub state: String,
+    pub last_used: u64,
+}
+
+/// A session in the directory, as `openbox sessions` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub node_id: String,
+    pub node_name: String,
+    pub isolation: Isolation,
+    pub created_at: u64,
+    pub last_used: u64,
+    /// `active`, `exited`, `reaped`.
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -56,6 +56,12 @@ pub enum Request {
     },
     Up(UpRequest),
     Down,
+    /// The caller's persistent sessions.
+    Sessions,
+    /// End a persistent session (its shell on the node is stopped).
+    SessionRemove {
+        id: String,
+    },
     /// Show the running openboxd's state.
     DaemonStatus,
     /// Stop the running openboxd.
@@ -69,6 +75,9 @@ pub struct RunRequest {
     pub isolation: Isolation,
     /// Command words; joined with spaces and run by the node's `sh -c`, as ssh does.
     pub command: Vec<String>,
+    /// Stop the command after this many seconds (exit 124; a session survives).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

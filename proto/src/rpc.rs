@@ -117,6 +117,9 @@ pub struct RunParams {
     /// stdin is empty from the start.
     #[serde(default)]
     pub stdin: bool,
+    /// Stop the command after this many seconds (exit 124).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// `output` notification: a chunk of the command's stdout or stderr, base64-encoded.

@@ -1,0 +1,419 @@
+//! Persistent shells, one per (user, session id): `cd` and `export` in one command are seen
+//! by the next. The shell reads commands from a pipe; each command is followed by a
+//! marker line carrying a fresh random nonce and the exit status, on stdout (and a marker
+//! on stderr), so output streams live and the status is exact. Output that imitates a
+//! marker cannot know the nonce. Commands on one session run one at a time, in order.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use proto::api::SessionReport;
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+
+use crate::exec::{ChannelOut, Outcome};
+
+type Key = (String, String);
+
+/// Why a session's previous shell is gone; told to the next caller.
+#[derive(Clone, Debug)]
+enum Ended {
+    Exited(i32),
+    Reaped(Duration),
+    Removed,
+}
+
+struct Shell {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    pid: u32,
+}
+
+#[derive(Default)]
+struct Slot {
+    shell: Option<Shell>,
+    ended: Option<Ended>,
+    created: u64,
+    last_used: u64,
+    /// Monotonic time of last use, for reaping.
+    idle_since: Option<Instant>,
+}
+
+/// One command for a session.
+pub struct Job<'a> {
+    pub command: &'a str,
+    /// Environment for a shell started for it.
+    pub env: &'a [(&'a str, &'a str)],
+    pub timeout: Option<Duration>,
+}
+
+/// All sessions on this node.
+pub struct Sessions {
+    slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Sessions that ended since the last heartbeat, with why.
+    ended_reports: Mutex<Vec<SessionReport>>,
+    idle_limit: Duration,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn nonce() -> String {
+    trust::token::random_id()
+}
+
+/// `text` as one single-quoted shell word.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Finds `marker` in a byte stream fed in pieces, holding back bytes that might be the
+/// start of it.
+struct Scanner {
+    marker: Vec<u8>,
+    held: Vec<u8>,
+}
+
+impl Scanner {
+    fn new(marker: String) -> Scanner {
+        Scanner { marker: marker.into_bytes(), held: Vec::new() }
+    }
+
+    /// Returns the bytes that are certainly output, and what follows the marker if it was
+    /// found.
+    fn feed(&mut self, data: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+        self.held.extend_from_slice(data);
+        if let Some(pos) = self.held.windows(self.marker.len()).position(|w| w == self.marker.as_slice()) {
+            let after = self.held.split_off(pos + self.marker.len());
+            self.held.truncate(pos);
+            return (std::mem::take(&mut self.held), Some(after));
+        }
+        // Keep the longest tail that is a prefix of the marker.
+        let keep = (1..self.marker.len().min(self.held.len() + 1))
+            .rev()
+            .find(|&n| self.held.ends_with(&self.marker[..n]))
+            .unwrap_or(0);
+        let emit = self.held.drain(..self.held.len() - keep).collect();
+        (emit, None)
+    }
+}
+
+/// Stops the command running in the shell `pid`: tells the shell to abandon the rest of it
+/// (SIGUSR1 first, so nothing after a killed process runs), then kills what it started.
+fn interrupt(pid: u32) {
+    if let Some(p) = Pid::from_raw(pid as i32) {
+        let _ = kill_process(p, Signal::USR1);
+    }
+    kill_children_of(pid);
+}
+
+/// Kills the processes a session command started, leaving the shell itself alone.
+fn kill_children_of(pid: u32) {
+    for child in descendants(pid) {
+        if let Some(p) = Pid::from_raw(child as i32) {
+            let _ = kill_process(p, Signal::KILL);
+        }
+    }
+}
+
+/// Every process below `root`, from /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // The fields after the command name (which may hold spaces) start after ')'.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+impl Sessions {
+    pub fn new(idle_limit: Duration) -> Arc<Sessions> {
+        Arc::new(Sessions { slots: Mutex::default(), ended_reports: Mutex::default(), idle_limit })
+    }
+
+    fn slot(&self, key: &Key) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
+    }
+
+    fn report_end(&self, key: &Key, state: &str, slot: &Slot) {
+        self.ended_reports.lock().unwrap_or_else(|e| e.into_inner()).push(SessionReport {
+            user: key.0.clone(),
+            id: key.1.clone(),
+            state: state.into(),
+            last_used: slot.last_used,
+        });
+    }
+
+    /// What the heartbeat tells the control plane: live shells, and ends since last time.
+    pub async fn reports(&self) -> Vec<SessionReport> {
+        let mut out: Vec<SessionReport> =
+            std::mem::take(&mut *self.ended_reports.lock().unwrap_or_else(|e| e.into_inner()));
+        let slots: Vec<(Key, Arc<tokio::sync::Mutex<Slot>>)> =
+            self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (key, slot) in slots {
+            // A busy session is in use right now.
+            let (live, last_used) = match slot.try_lock() {
+                Ok(s) => (s.shell.is_some(), s.last_used),
+                Err(_) => (true, unix_now()),
+            };
+            if live {
+                out.push(SessionReport { user: key.0, id: key.1, state: "active".into(), last_used });
+            }
+        }
+        out
+    }
+
+    /// Stops shells idle longer than the limit; runs until the agent stops.
+    pub async fn reap_forever(self: Arc<Self>) {
+        let tick = (self.idle_limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        loop {
+            tokio::time::sleep(tick).await;
+            let slots: Vec<(Key, Arc<tokio::sync::Mutex<Slot>>)> = self
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (key, slot) in slots {
+                let Ok(mut s) = slot.try_lock() else { continue };
+                if s.shell.is_some() && s.idle_since.is_some_and(|t| t.elapsed() >= self.idle_limit) {
+                    if let Some(mut shell) = s.shell.take() {
+                        stop_shell(&mut shell).await;
+                    }
+                    s.ended = Some(Ended::Reaped(self.idle_limit));
+                    tracing::info!(user = %key.0, session = %key.1, "session reaped after idling");
+                    self.report_end(&key, "reaped", &s);
+                }
+            }
+        }
+    }
+
+    /// Ends a session's shell (`openbox session rm`).
+    pub async fn remove(&self, user: &str, id: &str) -> bool {
+        let key = (user.to_owned(), id.to_owned());
+        let slot = self.slot(&key);
+        let mut s = slot.lock().await;
+        let had = match s.shell.take() {
+            Some(mut shell) => {
+                stop_shell(&mut shell).await;
+                true
+            }
+            None => false,
+        };
+        s.ended = Some(Ended::Removed);
+        self.report_end(&key, "ended", &s);
+        had
+    }
+
+    /// Runs `job` in the session's shell (starting one if needed) and reports its end.
+    pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, mut input: russh::ChannelReadHalf) {
+        let Job { command, env, timeout } = job;
+        let key = (user.to_owned(), id.to_owned());
+        let slot = self.slot(&key);
+        let mut s = slot.lock().await; // one command at a time, in arrival order
+        if s.shell.is_none() {
+            if let Some(why) = s.ended.take() {
+                let why = match why {
+                    Ended::Exited(code) => format!("its shell had exited (status {code})"),
+                    Ended::Reaped(after) => format!("it was reaped after {}s idle", after.as_secs()),
+                    Ended::Removed => "it had been removed".to_owned(),
+                };
+                out.stderr(format!("openbox: session {id}: {why}; started a new shell\n").as_bytes()).await;
+            }
+            match spawn_shell(env) {
+                Ok(shell) => {
+                    s.shell = Some(shell);
+                    s.created = unix_now();
+                }
+                Err(e) => return out.refuse(&format!("cannot start a shell for session {id}: {e}")).await,
+            }
+        }
+        s.last_used = unix_now();
+        s.idle_since = None;
+        let shell = s.shell.as_mut().expect("just ensured");
+        let outcome = run_framed(shell, command, timeout, out, &mut input).await;
+        s.last_used = unix_now();
+        s.idle_since = Some(Instant::now());
+        let outcome = match outcome {
+            Framed::Done(code) => Outcome::Code(code),
+            Framed::TimedOut(after) => {
+                out.stderr(
+                    format!("openbox: timed out after {}s; the session is still there\n", after.as_secs()).as_bytes(),
+                )
+                .await;
+                Outcome::Code(124)
+            }
+            Framed::ShellEnded => {
+                let mut shell = s.shell.take().expect("running");
+                let code = match shell.child.wait().await {
+                    Ok(st) => st.code().unwrap_or(255),
+                    Err(_) => 255,
+                };
+                out.stderr(
+                    format!(
+                        "openbox: session {id}: the shell exited (status {code}); the next command starts a new one\n"
+                    )
+                    .as_bytes(),
+                )
+                .await;
+                s.ended = Some(Ended::Exited(code));
+                self.report_end(&key, "exited", &s);
+                Outcome::Code(code as u32)
+            }
+        };
+        drop(s);
+        out.finish(outcome).await;
+    }
+}
+
+fn spawn_shell(env: &[(&str, &str)]) -> std::io::Result<Shell> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    if let Some(home) = std::env::var_os("HOME") {
+        cmd.current_dir(home);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
+    Ok(Shell {
+        pid: child.id().unwrap_or(0),
+        stdin: child.stdin.take().expect("piped"),
+        stdout: child.stdout.take().expect("piped"),
+        stderr: child.stderr.take().expect("piped"),
+        child,
+    })
+}
+
+async fn stop_shell(shell: &mut Shell) {
+    if let Some(pid) = Pid::from_raw(shell.pid as i32) {
+        let _ = kill_process_group(pid, Signal::KILL);
+    }
+    let _ = shell.child.wait().await;
+}
+
+enum Framed {
+    Done(u32),
+    TimedOut(Duration),
+    ShellEnded,
+}
+
+/// Sends one command to the shell and streams its output until both markers arrive.
+async fn run_framed(
+    shell: &mut Shell,
+    command: &str,
+    timeout: Option<Duration>,
+    out: &ChannelOut,
+    input: &mut russh::ChannelReadHalf,
+) -> Framed {
+    let n = nonce();
+    // The command runs in a function of the session's own shell, so `cd` and `export`
+    // stay. `command eval` keeps the shell alive through a syntax error; stdin is
+    // /dev/null so a command cannot swallow the lines that follow it. SIGUSR1 (armed only
+    // while the command runs) makes the function return, which stops what is left of the
+    // command — even a loop of builtins — without losing the shell.
+    let script = format!(
+        "trap 'return 124' USR1\n__openbox_run() {{ command eval {} </dev/null\n}}\n__openbox_run; __obx=$?; trap '' USR1\nprintf 'OBX:{n}:%d\\n' \"$__obx\"\nprintf 'OBX:{n}\\n' >&2\n",
+        quote(command)
+    );
+    if shell.stdin.write_all(script.as_bytes()).await.is_err() {
+        return Framed::ShellEnded;
+    }
+    let mut out_scan = Scanner::new(format!("OBX:{n}:"));
+    let mut err_scan = Scanner::new(format!("OBX:{n}\n"));
+    let (mut status_text, mut code, mut err_done) = (None::<Vec<u8>>, None::<u32>, false);
+    let (mut out_buf, mut err_buf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut timed_out = None;
+    let mut caller_gone = false;
+    while code.is_none() || !err_done {
+        tokio::select! {
+            r = shell.stdout.read(&mut out_buf), if code.is_none() => match r {
+                Ok(0) | Err(_) => return Framed::ShellEnded,
+                Ok(k) => {
+                    if let Some(text) = status_text.as_mut() {
+                        text.extend_from_slice(&out_buf[..k]);
+                    } else {
+                        let (emit, after) = out_scan.feed(&out_buf[..k]);
+                        if !emit.is_empty() && !caller_gone {
+                            out.stdout(&emit).await;
+                        }
+                        status_text = after;
+                    }
+                    if let Some(text) = &status_text
+                        && let Some(end) = text.iter().position(|b| *b == b'\n')
+                    {
+                        code = std::str::from_utf8(&text[..end]).ok().and_then(|t| t.parse().ok()).or(Some(255));
+                    }
+                }
+            },
+            r = shell.stderr.read(&mut err_buf), if !err_done => match r {
+                Ok(0) | Err(_) => return Framed::ShellEnded,
+                Ok(k) => {
+                    let (emit, after) = err_scan.feed(&err_buf[..k]);
+                    if !emit.is_empty() && !caller_gone {
+                        out.stderr(&emit).await;
+                    }
+                    err_done = after.is_some();
+                }
+            },
+            msg = input.wait(), if !caller_gone => {
+                if matches!(msg, Some(russh::ChannelMsg::Close) | None) {
+                    // Nobody waits for this command any more: stop it, keep the shell.
+                    caller_gone = true;
+                    interrupt(shell.pid);
+                }
+            },
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && timed_out.is_none() => {
+                timed_out = timeout;
+                interrupt(shell.pid);
+            },
+        }
+    }
+    match timed_out {
+        Some(after) => Framed::TimedOut(after),
+        None => Framed::Done(code.expect("loop ends with a code")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scanner_finds_a_marker_split_across_reads_and_holds_back_only_a_possible_prefix() {
+        let mut s = Scanner::new("OBX:ab:".into());
+        assert_eq!(s.feed(b"hello OB"), (b"hello ".to_vec(), None));
+        assert_eq!(s.feed(b"X:a"), (Vec::new(), None));
+        assert_eq!(s.feed(b"b:0\n"), (Vec::new(), Some(b"0\n".to_vec())));
+        let mut s = Scanner::new("OBX:ab:".into());
+        assert_eq!(s.feed(b"OBX:zz:1\nmore"), (b"OBX:zz:1\nmore".to_vec(), None));
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(quote("echo 'a'"), r"'echo '\''a'\'''");
+    }
+}
