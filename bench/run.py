@@ -186,12 +186,24 @@ def main():
 
         t_ob = time_calls(ob + ["true"], args.calls, env)
         t_cm = time_calls(master + ["true"], args.calls)
-        t_fresh = time_calls(fresh + ["true"], max(20, args.calls // 10))
+        t_fresh = time_calls(fresh + ["true"], args.calls)
         med = statistics.median
         rows.append(("latency of `true`, median", ms(med(t_ob)), ms(med(t_cm)), ms(med(t_fresh)),
                      f"{med(t_ob) / med(t_cm):.2f}x ControlMaster"))
         rows.append(("latency of `true`, p99", ms(p99(t_ob)), ms(p99(t_cm)), ms(p99(t_fresh)),
                      f"{p99(t_ob) / p99(t_cm):.2f}x ControlMaster"))
+
+        # A session: three calls in one shell (cd, then two commands there), repeated.
+        sess = ob[:1] + ["-t", "local", "-s", "bench-session"]
+        subprocess.run(sess + ["true"], env=env, check=True)
+        def three(argv, env=None):
+            start = time.perf_counter()
+            for cmd in (["cd", "/tmp"], ["pwd"], ["true"]):
+                subprocess.run(argv + cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True)
+            return time.perf_counter() - start
+        s_ob = [three(sess, env) for _ in range(max(50, args.calls // 3))]
+        s_cm = [three(master) for _ in range(max(50, args.calls // 3))]
+        rows.append(("3 calls in one session, median", ms(med(s_ob)), ms(med(s_cm)), "", f"{med(s_ob) / med(s_cm):.2f}x ControlMaster"))
 
         mb_ob = throughput(ob, args.bytes, env)
         mb_cm = throughput(master, args.bytes)

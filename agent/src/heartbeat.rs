@@ -64,6 +64,12 @@ pub async fn run(
                 }
             }
             Err(e) if e.status() == Some(410) => return Stop::Revoked(e.to_string()),
+            Err(e) if e.status() == Some(401) => {
+                if !warned {
+                    tracing::error!(error = %e, "the control plane does not accept this node (was its registry reset?); enroll it again with a new token");
+                    warned = true;
+                }
+            }
             Err(e) => {
                 if !warned {
                     tracing::warn!(error = %e, "heartbeat failed; still serving, will retry");

@@ -109,7 +109,7 @@ impl FromRequestParts<Arc<App>> for Caller {
         match app.store.user_by_login_token(&token_hash)? {
             Some(user) => Ok(Caller { user, token_hash }),
             None => Err(unauthorized(
-                "the login token is invalid or was revoked; ask an admin for a new one (`openbox user add`)",
+                "the login token is invalid or was revoked; log in again with a new token from an admin",
             )),
         }
     }

@@ -438,13 +438,24 @@ impl Store {
 }
 
 impl Store {
+    fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+        Ok(SessionRow {
+            id: r.get(0)?,
+            node_id: r.get(1)?,
+            isolation: r.get(2)?,
+            created_at: r.get(3)?,
+            last_used: r.get(4)?,
+            state: r.get(5)?,
+        })
+    }
+
     pub fn session(&self, user_id: i64, id: &str) -> Result<Option<SessionRow>> {
         Ok(self
             .conn()
             .query_row(
                 "SELECT id, node_id, isolation, created_at, last_used, state FROM sessions WHERE user_id = ?1 AND id = ?2",
                 params![user_id, id],
-                |r| Ok(SessionRow { id: r.get(0)?, node_id: r.get(1)?, isolation: r.get(2)?, created_at: r.get(3)?, last_used: r.get(4)?, state: r.get(5)? }),
+                Self::session_from_row,
             )
             .optional()?)
     }
@@ -465,16 +476,7 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT id, node_id, isolation, created_at, last_used, state FROM sessions WHERE user_id = ?1 ORDER BY id",
         )?;
-        let rows = stmt.query_map([user_id], |r| {
-            Ok(SessionRow {
-                id: r.get(0)?,
-                node_id: r.get(1)?,
-                isolation: r.get(2)?,
-                created_at: r.get(3)?,
-                last_used: r.get(4)?,
-                state: r.get(5)?,
-            })
-        })?;
+        let rows = stmt.query_map([user_id], Self::session_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

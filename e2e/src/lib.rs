@@ -208,6 +208,20 @@ impl ControlPlane {
         }
     }
 
+    /// Freezes the control plane (SIGSTOP): anything that asks it now hangs.
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(Signal::STOP);
+        }
+    }
+
+    /// Lets a paused control plane run again (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(Signal::CONT);
+        }
+    }
+
     /// Starts it again on the same address with the same files.
     pub fn restart(&mut self) {
         self.stop();

@@ -19,7 +19,9 @@ pub enum SshError {
     Unreachable { node: String, addr: String, why: String },
     #[error("node {node} at {addr} was refused: {why}")]
     HostRejected { node: String, addr: String, why: String },
-    #[error("node {node} refused the user certificate")]
+    #[error(
+        "node {node} refused the user certificate (its agent log says why); retry, and if it persists log in again"
+    )]
     AuthRejected { node: String },
     /// The command was running when the connection broke; its outcome is unknown.
     #[error("connection to node {node} lost: {why}")]

@@ -107,7 +107,10 @@ pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::R
     let left = human_secs(tok.expires_at.saturating_sub(now()));
     Ok(Reply::new(
         json!({"token": tok.token, "tags": tok.tags, "expires_at": tok.expires_at, "command": command}),
-        format!("Enrollment token (single use, expires in {left}). On the new node run:\n  {command}"),
+        format!(
+            "Enrollment token (single use, expires in {left}). On the new node run:\n  {command}\n\
+             (add --addr 0.0.0.0:7684 --advertise THAT-HOST:7684 so other machines can reach it)"
+        ),
     ))
 }
 

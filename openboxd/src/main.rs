@@ -96,7 +96,9 @@ fn watch_login(d: Arc<Daemon>) -> anyhow::Result<notify::RecommendedWatcher> {
     let dir = file.parent().context("login file has no directory")?.to_path_buf();
     paths::create_private_dir(&dir)?;
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the file is an event too: reacting to those would loop forever.
         if let Ok(e) = event
+            && (e.kind.is_create() || e.kind.is_modify() || e.kind.is_remove())
             && e.paths.iter().any(|p| p.file_name() == file.file_name())
         {
             d.reload_login();
