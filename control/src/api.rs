@@ -27,6 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/logout", post(logout))
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{name}", delete(remove_user))
+        .route("/v1/users/{name}/tokens", post(new_user_token))
         .route("/v1/enroll-tokens", post(new_enroll_token))
         .route("/v1/enroll", post(enroll))
         .route("/v1/heartbeat", post(heartbeat))
@@ -109,7 +110,7 @@ impl FromRequestParts<Arc<App>> for Caller {
         match app.store.user_by_login_token(&token_hash)? {
             Some(user) => Ok(Caller { user, token_hash }),
             None => Err(unauthorized(
-                "the login token is invalid or was revoked; log in again with a new token from an admin",
+                "the login token is invalid or was revoked; ask an admin for a new one (`openbox user token NAME`)",
             )),
         }
     }
@@ -161,6 +162,16 @@ async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<Stri
     app.store.remove_user(&name)?;
     tracing::info!(user = %name, by = %caller.user.name, "user removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn new_user_token(State(app): AppState, caller: Caller, Path(name): Path<String>) -> ApiResult<UserCreated> {
+    caller.require_admin()?;
+    let tok = crate::new_login_token(&app.store, &name).map_err(|e| match e.downcast::<StoreError>() {
+        Ok(se) => ApiErr::from(se),
+        Err(e) => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
+    })?;
+    tracing::info!(user = %name, by = %caller.user.name, "login token issued");
+    Ok(Json(UserCreated { name, token: tok.expose().to_owned() }))
 }
 
 async fn new_enroll_token(

@@ -56,6 +56,23 @@ fn an_admin_adds_lists_and_removes_users() {
 }
 
 #[test]
+fn an_admin_issues_a_new_token_to_a_user_who_logged_out() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let first = admin.run(&["user", "add", "fay", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let fay = Cli::logged_in(&cp, &first);
+    fay.run(&["logout"]).ok();
+    fay.run(&["login", "--server", &cp.url, "--token", &first]).fails_with(1, "openbox user token NAME");
+    let out = admin.run(&["user", "token", "fay"]).ok();
+    let second = out.stdout.split_whitespace().last().unwrap().to_owned();
+    assert!(out.stdout.contains("openbox login --server") && second.starts_with("obx_"), "{out:?}");
+    fay.run(&["login", "--server", &cp.url, "--token", &second]).ok();
+    assert_eq!(fay.run(&["whoami", "--json"]).ok().json()["user"], "fay");
+    admin.run(&["user", "token", "nobody"]).fails_with(1, "no user named");
+    fay.run(&["user", "token", "fay"]).fails_with(1, "not an admin");
+}
+
+#[test]
 fn people_who_are_not_admins_cannot_manage_users_or_nodes() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);

@@ -175,6 +175,8 @@ pub enum UserCommand {
     Ls,
     /// Remove a user; their tokens stop working.
     Rm { name: String },
+    /// Issue a new login token for an existing user and print their login command.
+    Token { name: String },
 }
 
 /// What the CLI will do once the flags are understood.
@@ -213,7 +215,8 @@ impl Cli {
             Some(Command::Down) => Request::Down,
             Some(Command::User(UserCommand::Add { name: n })) => Request::UserAdd { name: name("user name", &n)? },
             Some(Command::User(UserCommand::Ls)) => Request::UserList,
-            Some(Command::User(UserCommand::Rm { name: n })) => Request::UserRemove { name: n },
+            Some(Command::User(UserCommand::Rm { name: n })) => Request::UserRemove { name: name("user name", &n)? },
+            Some(Command::User(UserCommand::Token { name: n })) => Request::UserToken { name: name("user name", &n)? },
             Some(Command::Node(NodeCommand::Token { tags, ttl })) => Request::NodeToken {
                 tags: tags.iter().map(|t| name("tag", t)).collect::<Result<_, _>>()?,
                 ttl_secs: ttl,

@@ -84,6 +84,17 @@ pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     ))
 }
 
+/// A new login token for an existing user (their other tokens keep working).
+pub async fn user_token(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
+    let login = d.login()?;
+    let created: UserCreated = login.client()?.post(&format!("/v1/users/{name}/tokens"), &()).await?;
+    let command = format!("openbox login --server {} --token {}", login.server, created.token);
+    Ok(Reply::new(
+        json!({"name": created.name, "token": created.token, "command": command}),
+        format!("New login token for {}. They log in with (the token is shown only once):\n  {command}", created.name),
+    ))
+}
+
 pub async fn user_list(d: &Daemon) -> anyhow::Result<Reply> {
     let users: Vec<UserInfo> = d.login()?.client()?.get("/v1/users").await?;
     let mut text = format!("{:<24} {:<6} {}\n", "NAME", "ADMIN", "CREATED");

@@ -158,6 +158,7 @@ pub async fn handle(
         Request::UserAdd { name } => commands::user_add(d, &name).await,
         Request::UserList => commands::user_list(d).await,
         Request::UserRemove { name } => commands::user_remove(d, &name).await,
+        Request::UserToken { name } => commands::user_token(d, &name).await,
         Request::NodeToken { tags, ttl_secs } => commands::node_token(d, &tags, ttl_secs).await,
         Request::Nodes { tag } => commands::nodes(d, tag.as_deref()).await,
         Request::NodeRemove { node } => commands::node_remove(d, &node).await,

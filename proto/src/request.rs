@@ -35,6 +35,9 @@ pub enum Request {
     UserRemove {
         name: String,
     },
+    UserToken {
+        name: String,
+    },
     NodeToken {
         tags: Vec<String>,
         ttl_secs: u64,
