@@ -153,6 +153,20 @@ impl Drop for Proc {
     }
 }
 
+/// Stops a process (SIGTERM) and waits for it to exit.
+fn stop(proc: &mut Option<Proc>) {
+    if let Some(mut p) = proc.take() {
+        p.stop();
+    }
+}
+
+/// Kills a process outright (SIGKILL).
+fn kill(proc: &mut Option<Proc>) {
+    if let Some(p) = proc.take() {
+        p.signal(Signal::KILL);
+    }
+}
+
 /// A control plane on 127.0.0.1 with its own home.
 pub struct ControlPlane {
     proc: Option<Proc>,
@@ -195,17 +209,12 @@ impl ControlPlane {
 
     /// Stops the control plane (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.stop();
-        }
+        stop(&mut self.proc);
     }
 
     /// Kills the control plane outright (SIGKILL).
     pub fn kill(&mut self) {
-        if let Some(p) = self.proc.take() {
-            p.signal(Signal::KILL);
-            drop(p);
-        }
+        kill(&mut self.proc);
     }
 
     /// Freezes the control plane (SIGSTOP): anything that asks it now hangs.
@@ -403,17 +412,12 @@ impl Agent {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.stop();
-        }
+        stop(&mut self.proc);
     }
 
     /// Kills the agent outright (SIGKILL): no goodbye.
     pub fn kill(&mut self) {
-        if let Some(p) = self.proc.take() {
-            p.signal(Signal::KILL);
-            drop(p);
-        }
+        kill(&mut self.proc);
     }
 
     /// Waits for the agent to exit by itself; returns its exit status.

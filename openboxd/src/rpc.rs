@@ -180,10 +180,10 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 reply(Response::ok(id, serde_json::to_value(r).expect("serializable"))).await;
             }
             "cli" => {
-                let params: CliParams = match serde_json::from_value(req.params) {
+                let params: CliParams = match params(req.params, "cli") {
                     Ok(p) => p,
-                    Err(e) => {
-                        reply(Response::err(id, code::INVALID_PARAMS, format!("cli: {e}"))).await;
+                    Err(msg) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, msg)).await;
                         continue;
                     }
                 };
@@ -210,10 +210,10 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 });
             }
             "run" => {
-                let params: RunParams = match serde_json::from_value(req.params) {
+                let params: RunParams = match params(req.params, "run") {
                     Ok(p) => p,
-                    Err(e) => {
-                        reply(Response::err(id, code::INVALID_PARAMS, format!("run: {e}"))).await;
+                    Err(msg) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, msg)).await;
                         continue;
                     }
                 };
@@ -285,6 +285,11 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
     let _ = gone_tx.send(true);
     drop(lines);
     let _ = writer.await;
+}
+
+/// A method's parameters, or why they do not fit.
+fn params<T: serde::de::DeserializeOwned>(value: Value, method: &str) -> Result<T, String> {
+    serde_json::from_value(value).map_err(|e| format!("{method}: {e}"))
 }
 
 fn take_three(fds: &mut VecDeque<OwnedFd>) -> Option<(OwnedFd, OwnedFd, OwnedFd)> {
