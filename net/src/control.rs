@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -81,29 +82,11 @@ impl Client {
 
     /// Opens a server-sent event stream (e.g. `/v1/events`).
     pub async fn events(&self, path: &str) -> Result<EventStream, ControlError> {
-        let unreachable = |why: String| ControlError::Unreachable { url: self.url.clone(), why };
-        let stream = TcpStream::connect(&self.authority).await.map_err(|e| unreachable(e.to_string()))?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", &self.authority)
-            .header("accept", "text/event-stream");
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {}", t.expose()));
-        }
-        let req = req.body(Full::new(Bytes::new())).map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-            let message = serde_json::from_slice::<proto::api::ApiError>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {status}"));
-            return Err(ControlError::Api { status: status.as_u16(), message });
+        let (sender, resp) = self.send(Method::GET, path, Vec::new(), "text/event-stream").await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+            return Err(api_error(status, &body));
         }
         Ok(EventStream { body: resp.into_body(), buf: Vec::new(), _sender: sender })
     }
@@ -126,40 +109,60 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ControlError> {
-        let unreachable = |why: String| ControlError::Unreachable { url: self.url.clone(), why };
-        let stream = TcpStream::connect(&self.authority).await.map_err(|e| unreachable(e.to_string()))?;
-        stream.set_nodelay(true).ok();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(io).await.map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
-
         let bytes = match body {
             Some(b) => serde_json::to_vec(b).map_err(|e| ControlError::Protocol(e.to_string()))?,
             None => Vec::new(),
         };
+        let (_sender, resp) = self.send(method, path, bytes, "application/json").await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        let body: &[u8] = if body.is_empty() || status == StatusCode::NO_CONTENT { b"null" } else { &body };
+        serde_json::from_slice(body).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+
+    /// Opens a connection and sends one request; the connection lives as long as the
+    /// returned sender (a streamed response needs it).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        accept: &str,
+    ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<hyper::body::Incoming>), ControlError> {
+        let stream = TcpStream::connect(&self.authority).await.map_err(|e| self.unreachable(e))?;
+        stream.set_nodelay(true).ok();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| self.unreachable(e))?;
+        tokio::spawn(conn);
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", &self.authority)
+            .header("accept", accept)
             .header("content-type", "application/json")
             .header("user-agent", concat!("openbox/", env!("CARGO_PKG_VERSION")));
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {}", t.expose()));
         }
-        let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<proto::api::ApiError>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim()));
-            return Err(ControlError::Api { status: status.as_u16(), message });
-        }
-        let body: &[u8] = if body.is_empty() || status == StatusCode::NO_CONTENT { b"null" } else { &body };
-        serde_json::from_slice(body).map_err(|e| ControlError::Protocol(e.to_string()))
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| self.unreachable(e))?;
+        Ok((sender, resp))
     }
+
+    fn unreachable(&self, why: impl std::fmt::Display) -> ControlError {
+        ControlError::Unreachable { url: self.url.clone(), why: why.to_string() }
+    }
+}
+
+/// The error an unsuccessful answer carries: the control plane's own message when it sent one.
+fn api_error(status: StatusCode, body: &[u8]) -> ControlError {
+    let message = serde_json::from_slice::<proto::api::ApiError>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim()));
+    ControlError::Api { status: status.as_u16(), message }
 }
 
 /// A server-sent event stream: `next` yields `(event, data)` pairs.
@@ -167,7 +170,7 @@ pub struct EventStream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
     // Keeps the connection's request side alive for as long as the stream is read.
-    _sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    _sender: SendRequest<Full<Bytes>>,
 }
 
 impl EventStream {

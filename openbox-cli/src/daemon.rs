@@ -70,7 +70,7 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
         .open(&log_path)
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
-    let binary = crate::sibling("openboxd");
+    let binary = paths::sibling_binary("openboxd");
     let mut child = Command::new(&binary)
         .env_remove(CALL_ENV)
         .stdin(Stdio::null())

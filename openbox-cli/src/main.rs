@@ -7,7 +7,6 @@ mod daemon;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use clap::Parser as _;
@@ -34,7 +33,7 @@ fn main() -> ExitCode {
             let call = Call { request, json };
             if no_daemon || std::env::var_os("OPENBOX_NO_DAEMON").is_some_and(|v| !v.is_empty() && v != "0") {
                 let text = serde_json::to_string(&call).expect("requests serialize");
-                return exec(Command::new(sibling("openboxd")).env(CALL_ENV, text), "openboxd");
+                return exec(Command::new(paths::sibling_binary("openboxd")).env(CALL_ENV, text), "openboxd");
             }
             match daemon::call(&call) {
                 Ok(code) => ExitCode::from(code),
@@ -57,7 +56,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Ok(args::Action::Exec(binary, rest)) => exec(Command::new(sibling(binary)).args::<_, OsString>(rest), binary),
+        Ok(args::Action::Exec(binary, rest)) => {
+            exec(Command::new(paths::sibling_binary(binary)).args::<_, OsString>(rest), binary)
+        }
         Err(msg) => {
             eprintln!("openbox: {msg}");
             ExitCode::from(2)
@@ -70,13 +71,4 @@ fn exec(cmd: &mut Command, what: &str) -> ExitCode {
     let err = cmd.exec();
     eprintln!("openbox: cannot start {what} ({err}); it is installed next to `openbox` — reinstall openbox");
     ExitCode::from(proto::EXIT_OPENBOX_FAILURE)
-}
-
-/// The other binaries are installed next to this one; else they are looked up in PATH.
-pub(crate) fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
 }

@@ -52,7 +52,7 @@ impl Role {
     /// Starts the role in the background, its output appended to its log.
     fn spawn(&self, args: &[String]) -> anyhow::Result<Pid> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file())?;
-        let binary = sibling(self.binary);
+        let binary = paths::sibling_binary(self.binary);
         let child = Command::new(&binary)
             .args(args)
             .env_remove(proto::request::CALL_ENV)
@@ -65,15 +65,6 @@ impl Role {
         std::fs::write(self.pid_file(), child.id().to_string())?;
         Ok(Pid::from_raw(child.id() as i32).expect("a child has a positive pid"))
     }
-}
-
-/// A sibling binary of this one (they are installed side by side), else from PATH.
-pub fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)))
-        .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// Waits for `ready` to hold, checking that the process is still alive.

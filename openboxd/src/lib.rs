@@ -20,7 +20,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context as _;
-pub use fleet::sibling;
 use proto::api::NodeUpdate;
 use proto::request::{Call, Request};
 pub use rpc::serve;

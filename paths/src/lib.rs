@@ -21,10 +21,10 @@ fn project() -> Option<directories::ProjectDirs> {
 
 /// Fallback when the platform offers no home directory at all (e.g. a bare service account).
 fn last_resort() -> PathBuf {
-    std::env::temp_dir().join(format!("openbox-{}", whoami_uid()))
+    std::env::temp_dir().join(format!("openbox-{}", user_name()))
 }
 
-fn whoami_uid() -> String {
+fn user_name() -> String {
     std::env::var("USER").unwrap_or_else(|_| "user".into())
 }
 
@@ -97,4 +97,14 @@ pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Another openbox binary: they are installed side by side, so next to the running one,
+/// else found in PATH.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
