@@ -92,10 +92,38 @@ fn sig_to_signal(sig: &Sig) -> Option<Signal> {
     })
 }
 
-/// Kills every process the command started (its process group).
-fn kill_group(child: &Child, sig: Signal) {
-    if let Some(pid) = child.id().and_then(|p| Pid::from_raw(p as i32)) {
-        let _ = kill_process_group(pid, sig);
+/// Where a command's processes live, for signalling them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// Natively: the command's own process group.
+    Group,
+    /// In an nspawn container: the processes inside it.
+    Nspawn,
+}
+
+/// Signals every process the command started. For a container, SIGKILL goes to its pid 1,
+/// which takes the whole container down; other signals go to what runs inside (its pid 1
+/// ignores them, as pid 1 does).
+fn signal_tree(child: &Child, tree: Tree, sig: Signal) {
+    let Some(pid) = child.id() else { return };
+    match tree {
+        Tree::Group => {
+            if let Some(p) = Pid::from_raw(pid as i32) {
+                let _ = kill_process_group(p, sig);
+            }
+        }
+        Tree::Nspawn => {
+            let inside = crate::procs::container_processes(pid);
+            for (host, inner) in &inside {
+                if sig == Signal::KILL && *inner != 1 {
+                    continue;
+                }
+                crate::procs::signal(*host, sig);
+            }
+            if sig == Signal::KILL && inside.is_empty() {
+                crate::procs::signal(pid, sig); // not started yet: stop nspawn itself
+            }
+        }
     }
 }
 
@@ -105,27 +133,37 @@ pub async fn run_native(
     command: &str,
     env: &[(&str, &str)],
     timeout: Option<std::time::Duration>,
-    mut input: ChannelReadHalf,
+    input: ChannelReadHalf,
     out: ChannelOut,
 ) {
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    cmd.arg("-c").arg(command);
     if let Some(home) = std::env::var_os("HOME") {
         cmd.current_dir(home);
     }
     for (k, v) in env {
         cmd.env(k, v);
     }
+    run_process(cmd, Tree::Group, timeout, input, out).await
+}
+
+/// Runs a prepared command (`sh -c …`, or `systemd-nspawn …`) for the channel.
+pub async fn run_process(
+    mut cmd: Command,
+    tree: Tree,
+    timeout: Option<std::time::Duration>,
+    mut input: ChannelReadHalf,
+    out: ChannelOut,
+) {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return out.refuse(&format!("cannot start /bin/sh: {e}")).await,
+        Err(e) => {
+            let program = cmd.as_std().get_program().to_string_lossy().into_owned();
+            return out.refuse(&format!("cannot start {program}: {e}")).await;
+        }
     };
+    let kill_group = |child: &Child, sig: Signal| signal_tree(child, tree, sig);
     // Stdin is written by a task of its own, and the channel is always read: a command not
     // reading its input must not stop us draining its output, and russh's session loop —
     // which also carries our output — blocks while a channel's messages go unread.

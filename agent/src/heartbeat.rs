@@ -25,6 +25,7 @@ async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatRe
         host_cert_valid_before: id.host_cert.valid_before(),
         stopping,
         sessions: shared.sessions.reports().await,
+        capabilities: shared.runtimes.capabilities().await,
     };
     client.post("/v1/heartbeat", &hb).await
 }

@@ -6,9 +6,13 @@
 //! certificate already says who may run what here — so commands keep working while the
 //! control plane is down, for as long as callers' certificates are valid.
 
+mod docker;
 mod exec;
 mod heartbeat;
 mod identity;
+mod nspawn;
+mod procs;
+mod runtimes;
 mod server;
 mod session;
 
@@ -85,7 +89,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let ready = ready_line(&identity, &addr);
     let sessions = session::Sessions::new(config.session_idle);
     let reaper = tokio::spawn(sessions.clone().reap_forever());
-    let shared = server::Shared::new(identity, sessions);
+    let runtimes = runtimes::Runtimes::new(&identity.node_id);
+    runtimes.clean_up().await;
+    let shared = server::Shared::new(identity, sessions, runtimes);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::serve(listener, shared.clone(), async {
         let _ = stop_rx.await;

@@ -14,6 +14,7 @@ use trust::{Certificate, UserGrant};
 
 use crate::exec::{self, ChannelOut};
 use crate::identity::Identity;
+use crate::runtimes::Runtimes;
 use crate::session::{Job, Sessions};
 
 /// State every connection reads: the identity (whose host certificate may be renewed) and
@@ -22,6 +23,7 @@ pub struct Shared {
     identity: RwLock<Identity>,
     ssh_config: RwLock<Arc<russh::server::Config>>,
     pub sessions: Arc<Sessions>,
+    pub runtimes: Runtimes,
 }
 
 fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
@@ -39,9 +41,9 @@ fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
 }
 
 impl Shared {
-    pub fn new(identity: Identity, sessions: Arc<Sessions>) -> Arc<Shared> {
+    pub fn new(identity: Identity, sessions: Arc<Sessions>, runtimes: Runtimes) -> Arc<Shared> {
         let config = ssh_config(&identity);
-        Arc::new(Shared { identity: RwLock::new(identity), ssh_config: RwLock::new(config), sessions })
+        Arc::new(Shared { identity: RwLock::new(identity), ssh_config: RwLock::new(config), sessions, runtimes })
     }
 
     pub fn identity(&self) -> Identity {
@@ -209,21 +211,30 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     if unix_now() >= grant.valid_before {
         return out.refuse("the user certificate for this connection has expired; reconnect").await;
     }
-    match &grant.isolation {
-        proto::Isolation::Native => {}
-        other => {
-            tracing::warn!(user = %grant.user, isolation = %other, "refused an isolation this node cannot serve");
-            return out.refuse(&format!("isolation {other} is not available on this node; nothing was run")).await;
-        }
+    // The isolation comes from the signed certificate, already parsed strictly; it runs
+    // exactly as issued or not at all.
+    let isolation = &grant.isolation;
+    if let Err(why) = shared.runtimes.check(isolation).await {
+        tracing::warn!(user = %grant.user, %isolation, reason = %why, "refused an isolation this node cannot serve now");
+        return out.refuse(&format!("cannot run {} isolation here: {why}; nothing was run", isolation.kind())).await;
     }
-    tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, %command, "exec");
+    tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, %isolation, %command, "exec");
     let node_id = shared.identity().node_id;
     let env = [("OPENBOX_USER", grant.user.as_str()), ("OPENBOX_NODE", node_id.as_str())];
-    match &grant.session {
-        Some(session) => {
-            let job = Job { command: &command, env: &env, timeout };
-            shared.sessions.run(&grant.user, session, job, &out, read).await
+    if let Some(session) = &grant.session {
+        let job = Job { command: &command, isolation, runtimes: &shared.runtimes, env: &env, timeout };
+        return shared.sessions.run(&grant.user, session, job, &out, read).await;
+    }
+    match isolation {
+        proto::Isolation::Native => exec::run_native(&command, &env, timeout, read, out).await,
+        proto::Isolation::Nspawn { dir, limits } => {
+            let cmd = crate::nspawn::command(dir, limits, &env, &crate::nspawn::one_shot_argv(&command));
+            exec::run_process(cmd, exec::Tree::Nspawn, timeout, read, out).await
         }
-        None => exec::run_native(&command, &env, timeout, read, out).await,
+        proto::Isolation::Docker { image, limits } => {
+            let engine = shared.runtimes.docker().expect("checked above");
+            let spec = crate::docker::Spec { image, limits, env: &env, session: None };
+            crate::docker::run_once(&engine, spec, &command, timeout, read, out).await
+        }
     }
 }

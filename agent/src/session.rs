@@ -3,18 +3,26 @@
 //! marker line carrying a fresh random nonce and the exit status, on stdout (and a marker
 //! on stderr), so output streams live and the status is exact. Output that imitates a
 //! marker cannot know the nonce. Commands on one session run one at a time, in order.
+//!
+//! Under isolation the shell is the first process of the session's container (Docker or
+//! nspawn), so the same framing works there and the container lives as long as the shell.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use proto::Isolation;
 use proto::api::SessionReport;
-use rustix::process::{Pid, Signal, kill_process, kill_process_group};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::process::{Child, Command};
 
+use crate::docker::SessionContainer;
 use crate::exec::{ChannelOut, Outcome};
+use crate::procs;
+use crate::runtimes::Runtimes;
 
 type Key = (String, String);
 
@@ -27,16 +35,71 @@ enum Ended {
 }
 
 struct Shell {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
-    stderr: ChildStderr,
-    pid: u32,
+    stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    stdout: Pin<Box<dyn AsyncRead + Send>>,
+    stderr: Pin<Box<dyn AsyncRead + Send>>,
+    host: ShellHost,
+}
+
+/// What the shell runs in.
+enum ShellHost {
+    /// A process here: the shell itself, or (`nspawn`) the container whose pid 1 it is.
+    Process { child: Child, pid: u32, nspawn: bool },
+    /// A container on the Docker engine whose pid 1 is the shell.
+    Container(SessionContainer),
+}
+
+impl ShellHost {
+    /// Stops the command running in the shell, keeping the shell.
+    async fn interrupt(&self) {
+        match self {
+            ShellHost::Process { pid, nspawn: false, .. } => interrupt(*pid),
+            ShellHost::Process { pid, nspawn: true, .. } => {
+                if let Some(init) = procs::container_init(*pid) {
+                    interrupt(init);
+                }
+            }
+            ShellHost::Container(c) => c.interrupt().await,
+        }
+    }
+
+    /// Ends the shell and whatever it runs in.
+    async fn stop(&mut self) {
+        match self {
+            ShellHost::Process { child, pid, nspawn } => {
+                if *nspawn && let Some(init) = procs::container_init(*pid) {
+                    procs::signal(init, Signal::KILL); // takes the whole container down
+                }
+                if let Some(p) = Pid::from_raw(*pid as i32) {
+                    let _ = kill_process_group(p, Signal::KILL);
+                }
+                let _ = child.wait().await;
+            }
+            ShellHost::Container(c) => c.stop().await,
+        }
+    }
+
+    /// The exit status of a shell that has ended; its container is removed.
+    async fn exit_code(&mut self) -> i32 {
+        match self {
+            ShellHost::Process { child, .. } => match child.wait().await {
+                Ok(st) => st.code().unwrap_or(255),
+                Err(_) => 255,
+            },
+            ShellHost::Container(c) => {
+                let code = c.engine.exit_code(&c.id).await.unwrap_or(255);
+                c.stop().await;
+                code.clamp(0, 255) as i32
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct Slot {
     shell: Option<Shell>,
+    /// What the shell runs under.
+    isolation: Isolation,
     ended: Option<Ended>,
     created: u64,
     last_used: u64,
@@ -47,6 +110,9 @@ struct Slot {
 /// One command for a session.
 pub struct Job<'a> {
     pub command: &'a str,
+    /// What a shell started for it runs under; must match the session's.
+    pub isolation: &'a Isolation,
+    pub runtimes: &'a Runtimes,
     /// Environment for a shell started for it.
     pub env: &'a [(&'a str, &'a str)],
     pub timeout: Option<Duration>,
@@ -107,44 +173,8 @@ impl Scanner {
 /// Stops the command running in the shell `pid`: tells the shell to abandon the rest of it
 /// (SIGUSR1 first, so nothing after a killed process runs), then kills what it started.
 fn interrupt(pid: u32) {
-    if let Some(p) = Pid::from_raw(pid as i32) {
-        let _ = kill_process(p, Signal::USR1);
-    }
-    kill_children_of(pid);
-}
-
-/// Kills the processes a session command started, leaving the shell itself alone.
-fn kill_children_of(pid: u32) {
-    for child in descendants(pid) {
-        if let Some(p) = Pid::from_raw(child as i32) {
-            let _ = kill_process(p, Signal::KILL);
-        }
-    }
-}
-
-/// Every process below `root`, from /proc.
-fn descendants(root: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-            // The fields after the command name (which may hold spaces) start after ')'.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
-                parent_of.push((pid, ppid));
-            }
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let p = found[i];
-        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    found.remove(0);
-    found
+    procs::signal(pid, Signal::USR1);
+    procs::kill_descendants(pid);
 }
 
 impl Sessions {
@@ -229,10 +259,17 @@ impl Sessions {
 
     /// Runs `job` in the session's shell (starting one if needed) and reports its end.
     pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, mut input: russh::ChannelReadHalf) {
-        let Job { command, env, timeout } = job;
+        let Job { command, isolation, runtimes, env, timeout } = job;
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let mut s = slot.lock().await; // one command at a time, in arrival order
+        if s.shell.is_some() && s.isolation != *isolation {
+            let why = format!(
+                "session {id} runs {}, not {isolation}; nothing was run (end it with `openbox session rm {id}`)",
+                s.isolation
+            );
+            return out.refuse(&why).await;
+        }
         if s.shell.is_none() {
             if let Some(why) = s.ended.take() {
                 let why = match why {
@@ -242,12 +279,15 @@ impl Sessions {
                 };
                 out.stderr(format!("openbox: session {id}: {why}; started a new shell\n").as_bytes()).await;
             }
-            match spawn_shell(env) {
+            match spawn_shell(isolation, runtimes, env, id).await {
                 Ok(shell) => {
                     s.shell = Some(shell);
+                    s.isolation = isolation.clone();
                     s.created = unix_now();
                 }
-                Err(e) => return out.refuse(&format!("cannot start a shell for session {id}: {e}")).await,
+                Err(e) => {
+                    return out.refuse(&format!("cannot start a shell for session {id}: {e}; nothing was run")).await;
+                }
             }
         }
         s.last_used = unix_now();
@@ -267,10 +307,7 @@ impl Sessions {
             }
             Framed::ShellEnded => {
                 let mut shell = s.shell.take().expect("running");
-                let code = match shell.child.wait().await {
-                    Ok(st) => st.code().unwrap_or(255),
-                    Err(_) => 255,
-                };
+                let code = shell.host.exit_code().await;
                 out.stderr(
                     format!(
                         "openbox: session {id}: the shell exited (status {code}); the next command starts a new one\n"
@@ -288,30 +325,52 @@ impl Sessions {
     }
 }
 
-fn spawn_shell(env: &[(&str, &str)]) -> std::io::Result<Shell> {
-    let mut cmd = Command::new("/bin/sh");
+/// Starts the session's shell under `isolation`.
+async fn spawn_shell(
+    isolation: &Isolation,
+    runtimes: &Runtimes,
+    env: &[(&str, &str)],
+    id: &str,
+) -> Result<Shell, String> {
+    let (mut cmd, nspawn) = match isolation {
+        Isolation::Native => {
+            let mut cmd = Command::new("/bin/sh");
+            if let Some(home) = std::env::var_os("HOME") {
+                cmd.current_dir(home);
+            }
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            (cmd, false)
+        }
+        Isolation::Nspawn { dir, limits } => {
+            crate::nspawn::check_tree(dir)?;
+            (crate::nspawn::command(dir, limits, env, &["/bin/sh"]), true)
+        }
+        Isolation::Docker { image, limits } => {
+            let engine = runtimes.docker()?;
+            let spec = crate::docker::Spec { image, limits, env, session: Some(id) };
+            let (container, io) = SessionContainer::start(&engine, spec).await?;
+            return Ok(Shell {
+                stdin: io.stdin,
+                stdout: Box::pin(io.stdout),
+                stderr: Box::pin(io.stderr),
+                host: ShellHost::Container(container),
+            });
+        }
+    };
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    if let Some(home) = std::env::var_os("HOME") {
-        cmd.current_dir(home);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn()?;
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     Ok(Shell {
-        pid: child.id().unwrap_or(0),
-        stdin: child.stdin.take().expect("piped"),
-        stdout: child.stdout.take().expect("piped"),
-        stderr: child.stderr.take().expect("piped"),
-        child,
+        stdin: Box::pin(child.stdin.take().expect("piped")),
+        stdout: Box::pin(child.stdout.take().expect("piped")),
+        stderr: Box::pin(child.stderr.take().expect("piped")),
+        host: ShellHost::Process { pid: child.id().unwrap_or(0), child, nspawn },
     })
 }
 
 async fn stop_shell(shell: &mut Shell) {
-    if let Some(pid) = Pid::from_raw(shell.pid as i32) {
-        let _ = kill_process_group(pid, Signal::KILL);
-    }
-    let _ = shell.child.wait().await;
+    shell.host.stop().await;
 }
 
 enum Framed {
@@ -383,12 +442,12 @@ async fn run_framed(
                 if matches!(msg, Some(russh::ChannelMsg::Close) | None) {
                     // Nobody waits for this command any more: stop it, keep the shell.
                     caller_gone = true;
-                    interrupt(shell.pid);
+                    shell.host.interrupt().await;
                 }
             },
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && timed_out.is_none() => {
                 timed_out = timeout;
-                interrupt(shell.pid);
+                shell.host.interrupt().await;
             },
         }
     }

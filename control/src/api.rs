@@ -10,6 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use proto::Isolation;
 use proto::api::*;
 use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS};
 use serde::Deserialize;
@@ -261,6 +262,7 @@ async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejecti
             last_seen: Some(now()),
             stopped: false,
             created_at: now(),
+            capabilities: vec!["native".into()], // until its first heartbeat says more
         },
         exact_name,
     )?;
@@ -296,7 +298,7 @@ async fn heartbeat(
         tracing::warn!(node = %hb.node_id, "heartbeat with a wrong secret refused");
         return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "heartbeat secret does not match this node"));
     }
-    app.store.record_heartbeat(&node.id, &hb.addr, &hb.platform, &hb.version, now(), hb.stopping)?;
+    app.store.record_heartbeat(&hb, now())?;
     app.store.apply_session_reports(&node.id, &hb.sessions)?;
     app.refresh_registry();
     let mut reply = HeartbeatReply::default();
@@ -370,13 +372,14 @@ async fn update_node(
 }
 
 /// Picks the node for a target: an exact node, or an online node carrying the tag.
-fn resolve(app: &App, target: &Target) -> Result<Node, ApiErr> {
+fn resolve(app: &App, target: &Target, isolation: &Isolation) -> Result<Node, ApiErr> {
     let t = now();
     let nodes: Vec<Node> = app.store.list_nodes()?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
     let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
-    proto::api::resolve(&nodes, target, t, spread).cloned().map_err(|e| {
+    proto::api::resolve(&nodes, target, isolation.kind(), t, spread).cloned().map_err(|e| {
         let status = match e {
             ResolveError::Offline { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ResolveError::Incapable { .. } => StatusCode::CONFLICT,
             _ => StatusCode::NOT_FOUND,
         };
         ApiErr::new(status, e.to_string())
@@ -395,7 +398,7 @@ async fn dispatch(
     let key = trust::parse_public_key(&req.public_key)?;
     let node = match &req.session {
         Some(sid) => session_node(&app, &caller, sid, &req)?,
-        None => resolve(&app, &req.target)?,
+        None => resolve(&app, &req.target, &req.isolation)?,
     };
     let request_id = token::random_id();
     let t = now();
@@ -472,7 +475,7 @@ fn session_node(app: &App, caller: &Caller, sid: &str, req: &DispatchRequest) ->
         app.store.put_session(caller.user.id, &SessionRow { last_used: t, ..row })?;
         return Ok(node);
     }
-    let node = resolve(app, &req.target)?;
+    let node = resolve(app, &req.target, &req.isolation)?;
     let row = SessionRow {
         id: sid.to_owned(),
         node_id: node.id.clone(),

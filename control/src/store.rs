@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use proto::api::{Node, Platform, UserInfo};
+use proto::api::{Heartbeat, Node, Platform, UserInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,8 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         PRIMARY KEY (user_id, id)
     );",
+    // 3: what isolation kinds each node can serve, as its heartbeats say.
+    "ALTER TABLE nodes ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[\"native\"]';",
 ];
 
 /// A session in the directory.
@@ -101,6 +103,8 @@ pub struct NodeRow {
     pub last_seen: Option<u64>,
     pub stopped: bool,
     pub created_at: u64,
+    /// Isolation kinds the node reported it can serve.
+    pub capabilities: Vec<String>,
 }
 
 impl NodeRow {
@@ -115,6 +119,7 @@ impl NodeRow {
             online,
             last_seen: self.last_seen,
             created_at: self.created_at,
+            capabilities: self.capabilities.clone(),
         }
     }
 }
@@ -359,11 +364,12 @@ impl Store {
             last_seen: r.get(8)?,
             stopped: r.get(9)?,
             created_at: r.get(10)?,
+            capabilities: tags_from(r.get(11)?),
         })
     }
 
     const NODE_COLUMNS: &'static str =
-        "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at";
+        "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities";
 
     pub fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
@@ -386,18 +392,17 @@ impl Store {
         Ok(self.conn().query_row("SELECT EXISTS(SELECT 1 FROM revoked_nodes WHERE id = ?1)", [id], |r| r.get(0))?)
     }
 
-    pub fn record_heartbeat(
-        &self,
-        id: &str,
-        addr: &str,
-        platform: &Platform,
-        version: &str,
-        now: u64,
-        stopping: bool,
-    ) -> Result<()> {
+    pub fn record_heartbeat(&self, hb: &Heartbeat, now: u64) -> Result<()> {
+        // Only kinds this control plane knows how to dispatch are kept.
+        let caps: Vec<String> = proto::isolation::KINDS
+            .iter()
+            .filter(|k| hb.capabilities.iter().any(|c| c == *k))
+            .map(|k| k.to_string())
+            .collect();
         self.conn().execute(
-            "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7 WHERE id = ?1",
-            params![id, addr, platform.os, platform.arch, version, now, stopping],
+            "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7, capabilities = ?8
+             WHERE id = ?1",
+            params![hb.node_id, hb.addr, hb.platform.os, hb.platform.arch, hb.version, now, hb.stopping, tags_json(&caps)],
         )?;
         Ok(())
     }
@@ -515,6 +520,7 @@ mod tests {
             last_seen: None,
             stopped: false,
             created_at: 1,
+            capabilities: vec!["native".into()],
         }
     }
 

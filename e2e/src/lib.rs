@@ -240,6 +240,23 @@ impl ControlPlane {
     }
 
     /// The real CA, loaded from the control plane's key file.
+    /// POSTs `body` to `path` over a plain HTTP/1.1 connection with the admin's token, as
+    /// a script might, and returns the whole raw response.
+    pub fn post_raw(&self, path: &str, body: &str) -> String {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&self.addr).expect("connect to the control plane");
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.admin_token,
+            body.len()
+        )
+        .expect("write request");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read response");
+        resp
+    }
+
     pub fn ca(&self) -> trust::Ca {
         let text = std::fs::read_to_string(self.ca_path()).expect("CA key file");
         trust::Ca::from_openssh(&text).expect("CA key")
@@ -329,6 +346,14 @@ impl Cli {
         Out::from(out)
     }
 
+    /// Starts `openbox ARGS` and returns it once it has printed its first stdout line.
+    pub fn start_until_line(&self, args: &[&str]) -> (Child, String) {
+        let mut child = self.cmd().args(args).stdout(Stdio::piped()).spawn().expect("spawn openbox");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut line).expect("read a line");
+        (child, line)
+    }
+
     /// Mints an enrollment token with these tags.
     pub fn enroll_token(&self, tags: &[&str]) -> String {
         let mut args = vec!["node", "token", "--json"];
@@ -357,6 +382,8 @@ impl Cli {
 /// An agent on 127.0.0.1 with its own home.
 pub struct Agent {
     proc: Option<Proc>,
+    /// Environment for the agent process (kept for restarts).
+    env: Vec<(String, String)>,
     pub home: TempDir,
     pub node_id: String,
     pub name: String,
@@ -370,12 +397,24 @@ impl Agent {
         Agent::enroll_with(cp, &token, &[])
     }
 
-    /// Enrolls with this token and extra agent arguments.
+    /// Enrolls with this token and extra agent arguments. The agent sees no Docker engine.
     pub fn enroll_with(cp: &ControlPlane, token: &str, extra: &[&str]) -> Agent {
+        Agent::enroll_env(cp, token, extra, &[])
+    }
+
+    /// Enrolls with extra environment, e.g. `DOCKER_HOST` from [`engines`]. Without a
+    /// `DOCKER_HOST` here the agent is pointed at a socket that does not exist, so tests
+    /// never depend on an engine the machine happens to run.
+    pub fn enroll_env(cp: &ControlPlane, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let home = tempfile::tempdir().expect("tempdir");
         let mut args = vec!["--server", &cp.url, "--token", token];
         args.extend(extra);
-        let mut agent = Agent { proc: None, home, node_id: String::new(), name: String::new(), addr: String::new() };
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if !env.iter().any(|(k, _)| k == "DOCKER_HOST") {
+            env.push(("DOCKER_HOST".into(), format!("unix://{}/no-engine.sock", home.path().display())));
+        }
+        let mut agent =
+            Agent { proc: None, env, home, node_id: String::new(), name: String::new(), addr: String::new() };
         agent.start(&args);
         agent
     }
@@ -395,6 +434,7 @@ impl Agent {
     fn start(&mut self, args: &[&str]) {
         let mut cmd = Command::new(bin("openbox-agent"));
         cmd.env("OPENBOX_HOME", self.home.path()).args(["--addr", "127.0.0.1:0", "--heartbeat", "1s"]).args(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut proc = Proc::spawn(cmd, self.home.path().join("agent.log"));
         // "openbox agent: node NAME (ID) serving on ADDR"
         let line = proc.wait_line("serving on ");
@@ -435,6 +475,122 @@ impl Agent {
 
     pub fn host_key_file(&self) -> PathBuf {
         self.home.path().join("agent/host_key")
+    }
+}
+
+/// The real container engines the isolation tests run against, started once per test
+/// process by `scripts/test-engines` (podman's Docker-API service, a local image, an
+/// nspawn root tree). A machine without them fails these tests; it does not skip them.
+pub struct Engines {
+    /// `unix://…` for `DOCKER_HOST`.
+    pub docker_host: String,
+    /// A small local image with busybox.
+    pub image: String,
+    /// A root tree for systemd-nspawn.
+    pub tree: String,
+}
+
+impl Engines {
+    /// Containers the engine holds with this label (`key=value`), as the engine lists them.
+    pub fn containers(&self, label: &str) -> Vec<serde_json::Value> {
+        let sock = self.docker_host.strip_prefix("unix://").expect("unix socket");
+        let filters = format!("{{\"label\":[\"{label}\"]}}");
+        let out = Command::new("curl")
+            .args(["-fsS", "--unix-socket", sock, "-G", "http://d/v1.41/containers/json", "-d", "all=1"])
+            .arg("--data-urlencode")
+            .arg(format!("filters={filters}"))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "listing containers failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("container list")
+    }
+}
+
+pub fn engines() -> &'static Engines {
+    static ENGINES: std::sync::OnceLock<Engines> = std::sync::OnceLock::new();
+    ENGINES.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-engines");
+        let out = Command::new(&script).output().expect("run scripts/test-engines");
+        assert!(
+            out.status.success(),
+            "scripts/test-engines failed (the isolation tests need podman, runc, systemd-nspawn and busybox; \
+             scripts/setup-test-env installs them):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("scripts/test-engines printed no {k}:\n{text}"))
+                .to_owned()
+        };
+        Engines { docker_host: get("DOCKER_HOST"), image: get("OPENBOX_TEST_IMAGE"), tree: get("OPENBOX_TEST_TREE") }
+    })
+}
+
+/// A control plane, its admin logged in, and one agent tagged `t`; `run` adds the flags
+/// that choose an isolation (`--docker IMAGE`, `--nspawn DIR`) to every command.
+pub struct IsolatedFleet {
+    pub cp: ControlPlane,
+    pub cli: Cli,
+    pub agent: Agent,
+    pub e: &'static Engines,
+    mode: Vec<String>,
+}
+
+impl IsolatedFleet {
+    /// Commands run with `--docker IMAGE`; the agent reaches the test engine.
+    pub fn docker(agent_args: &[&str]) -> IsolatedFleet {
+        let e = engines();
+        IsolatedFleet::start(e, &["--docker", &e.image], agent_args, &[("DOCKER_HOST", &e.docker_host)])
+    }
+
+    /// Commands run with `--nspawn TREE`.
+    pub fn nspawn(agent_args: &[&str]) -> IsolatedFleet {
+        let e = engines();
+        IsolatedFleet::start(e, &["--nspawn", &e.tree], agent_args, &[])
+    }
+
+    fn start(e: &'static Engines, mode: &[&str], agent_args: &[&str], env: &[(&str, &str)]) -> IsolatedFleet {
+        let cp = ControlPlane::start();
+        let cli = Cli::admin(&cp);
+        let agent = Agent::enroll_env(&cp, &cli.enroll_token(&["t"]), agent_args, env);
+        IsolatedFleet { cp, cli, agent, e, mode: mode.iter().map(|m| m.to_string()).collect() }
+    }
+
+    /// `openbox -t t MODE [extra…] CMD`
+    pub fn run(&self, extra: &[&str], cmd: &str) -> Out {
+        self.run_stdin(extra, cmd, b"")
+    }
+
+    pub fn run_stdin(&self, extra: &[&str], cmd: &str, input: &[u8]) -> Out {
+        let mut args = vec!["-t", "t"];
+        args.extend(self.mode.iter().map(String::as_str));
+        args.extend(extra);
+        args.push(cmd);
+        self.cli.run_stdin(&args, input)
+    }
+
+    /// Checks that `--mount DIR:/data:ro --network none` gives the command that directory,
+    /// read only, and no network but loopback. Returns the directory.
+    pub fn check_read_only_mount_without_network(&self) -> TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("in.txt"), "from the host\n").expect("write");
+        let ro = format!("{}:/data:ro", dir.path().display());
+        let out =
+            self.run(&["--mount", &ro, "--network", "none"], "cat /data/in.txt; ls /sys/class/net; touch /data/x");
+        assert_ne!(out.code, 0, "a read-only mount must refuse writes: {out:?}");
+        assert_eq!(out.stdout, "from the host\nlo\n");
+        assert!(!dir.path().join("x").exists());
+        dir
+    }
+
+    /// Starts `openbox -t t MODE CMD` and returns it once it printed its first line.
+    pub fn start_until_line(&self, cmd: &str) -> (Child, String) {
+        let mut args = vec!["-t", "t"];
+        args.extend(self.mode.iter().map(String::as_str));
+        args.push(cmd);
+        self.cli.start_until_line(&args)
     }
 }
 

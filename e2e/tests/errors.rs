@@ -48,20 +48,10 @@ fn an_unreachable_control_plane_is_named_in_the_error() {
 
 #[test]
 fn malformed_requests_get_json_errors_and_the_control_plane_keeps_serving() {
-    use std::io::{Read, Write};
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
     for body in ["{", "{\"target\":{\"tag\":\"x\"},\"isolation\":\"vm:1\",\"public_key\":\"k\"}", "[]"] {
-        let mut s = std::net::TcpStream::connect(&cp.addr).unwrap();
-        write!(
-            s,
-            "POST /v1/dispatch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            cp.admin_token,
-            body.len()
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
+        let resp = cp.post_raw("/v1/dispatch", body);
         assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
         assert!(resp.contains("{\"error\":"), "{resp}");
     }

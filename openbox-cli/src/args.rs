@@ -13,6 +13,9 @@ Run a command on a node:
   openbox -t TAG CMD [ARGS…]      on any node carrying TAG (online nodes first)
   openbox -n NODE CMD [ARGS…]     on one node, by id or name
   openbox -t TAG -s NAME CMD      in persistent session NAME: same node, shell, cwd, env
+  openbox -t TAG --docker IMG CMD in a fresh container from IMG (removed afterwards)
+  openbox -t TAG --nspawn DIR CMD in a systemd-nspawn container over the root tree DIR
+A session with --docker or --nspawn keeps one container for all its commands.
 Command words are joined with spaces and run by the node's `sh -c`, as ssh does:
   openbox -t mac 'cd /tmp && make'
 The exit code is the remote command's (128+N for a signal); 255 means openbox itself failed.
@@ -60,9 +63,21 @@ pub struct RunArgs {
     /// Run inside a systemd-nspawn container over DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "isolate")]
     nspawn: Option<String>,
-    /// Isolation: native, docker:IMAGE or nspawn:DIR.
+    /// Isolation: native, docker:IMAGE or nspawn:DIR [default: native, a shell on the node].
     #[arg(long, value_name = "MODE")]
     isolate: Option<String>,
+    /// Container CPU limit, e.g. 2 or 0.5 (with --docker).
+    #[arg(long, value_name = "N")]
+    cpus: Option<String>,
+    /// Container memory limit, e.g. 512m or 2g (with --docker).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Container network: none (loopback only) or host (with --docker or --nspawn).
+    #[arg(long, value_name = "none|host")]
+    network: Option<String>,
+    /// Mount a node directory into the container: SRC:DST or SRC:DST:ro (repeatable).
+    #[arg(long = "mount", value_name = "SRC:DST[:ro]")]
+    mounts: Vec<String>,
     /// Stop the command after this long (e.g. 30s, 5m): exit 124, output so far is kept.
     #[arg(long, value_name = "DUR", value_parser = proto::parse_duration)]
     timeout: Option<u64>,
@@ -249,7 +264,35 @@ impl Cli {
 }
 
 impl RunArgs {
+    /// The isolation the flags ask for, validated into its one typed value.
+    fn isolation(&self) -> Result<Isolation, String> {
+        let no_semicolon = |flag: &str, v: &str| {
+            if v.contains(';') { Err(format!("{flag} {v:?}: ';' is not allowed")) } else { Ok(v.to_owned()) }
+        };
+        let mut text = match (&self.docker, &self.nspawn, &self.isolate) {
+            (Some(image), _, _) => format!("docker:{}", no_semicolon("--docker", image)?),
+            (_, Some(dir), _) => format!("nspawn:{}", no_semicolon("--nspawn", dir)?),
+            (_, _, Some(mode)) => mode.clone(),
+            _ => "native".to_owned(),
+        };
+        let options = [
+            ("cpus", "--cpus", &self.cpus),
+            ("memory", "--memory", &self.memory),
+            ("network", "--network", &self.network),
+        ];
+        for (name, flag, value) in options {
+            if let Some(v) = value {
+                text += &format!(";{name}={}", no_semicolon(flag, v)?);
+            }
+        }
+        for m in &self.mounts {
+            text += &format!(";mount={}", no_semicolon("--mount", m)?);
+        }
+        text.parse::<Isolation>()
+    }
+
     fn into_request(self) -> Result<RunRequest, String> {
+        let isolation = self.isolation()?;
         let target = match (self.tag, self.node) {
             (Some(t), None) => Target::Tag(name("tag", &t)?),
             (None, Some(n)) => Target::Node(n),
@@ -267,12 +310,6 @@ impl RunArgs {
         if self.command.is_empty() {
             return Err(format!("no command given to run on {target}: openbox -t TAG CMD [ARGS…]"));
         }
-        let isolation = match (self.docker, self.nspawn, self.isolate) {
-            (Some(image), _, _) => format!("docker:{image}").parse::<Isolation>()?,
-            (_, Some(dir), _) => format!("nspawn:{dir}").parse::<Isolation>()?,
-            (_, _, Some(mode)) => mode.parse::<Isolation>()?,
-            _ => Isolation::Native,
-        };
         let session = self.session.map(|s| name("session id", &s)).transpose()?;
         if self.timeout == Some(0) {
             return Err("--timeout must be at least 1s".into());

@@ -137,15 +137,17 @@ pub async fn nodes(d: &Daemon, tag: Option<&str>) -> anyhow::Result<Reply> {
             None => "No nodes yet. Add one: `openbox node token --tag TAG` prints the command to run on it.".into(),
         }
     } else {
-        let row = |c: [&str; 7]| {
-            format!("{:<13} {:<16} {:<8} {:<14} {:<22} {:<10} {}\n", c[0], c[1], c[2], c[3], c[4], c[5], c[6])
+        let row = |c: [&str; 8]| {
+            let [id, name, status, platform, addr, seen, iso, tags] = c;
+            format!("{id:<13} {name:<16} {status:<8} {platform:<14} {addr:<22} {seen:<10} {iso:<20} {tags}\n")
         };
-        let mut text = row(["ID", "NAME", "STATUS", "PLATFORM", "ADDRESS", "LAST SEEN", "TAGS"]);
+        let mut text = row(["ID", "NAME", "STATUS", "PLATFORM", "ADDRESS", "LAST SEEN", "ISOLATION", "TAGS"]);
         for n in &nodes {
             let platform = format!("{}/{}", n.platform.os, n.platform.arch);
             let seen = n.last_seen.map(ago).unwrap_or_else(|| "never".into());
             let status = if n.online { "online" } else { "offline" };
-            text += &row([&n.id, &n.name, status, &platform, &n.addr, &seen, &n.tags.join(",")]);
+            text +=
+                &row([&n.id, &n.name, status, &platform, &n.addr, &seen, &n.capabilities.join(","), &n.tags.join(",")]);
         }
         text
     };

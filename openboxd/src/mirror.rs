@@ -46,10 +46,10 @@ impl Mirror {
         }
     }
 
-    pub fn resolve(&self, target: &Target, spread: usize) -> Resolved {
+    pub fn resolve(&self, target: &Target, kind: &str, spread: usize) -> Resolved {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let Some(nodes) = &state.nodes else { return Resolved::Unknown };
-        match proto::api::resolve(nodes, target, crate::commands::now(), spread) {
+        match proto::api::resolve(nodes, target, kind, crate::commands::now(), spread) {
             Ok(node) => Resolved::Node(node.clone()),
             Err(_) => Resolved::Unknown,
         }

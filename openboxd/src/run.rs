@@ -67,8 +67,8 @@ async fn run_inner(
     let key_pair = d.key()?;
     // A session stays on the node of its first use; otherwise the mirror picks.
     let known = match &req.session {
-        Some(sid) => d.session_node(sid).map(|id| d.mirror.resolve(&Target::Node(id), 0)),
-        None => Some(d.mirror.resolve(&req.target, d.spread())),
+        Some(sid) => d.session_node(sid).map(|id| d.mirror.resolve(&Target::Node(id), req.isolation.kind(), 0)),
+        None => Some(d.mirror.resolve(&req.target, req.isolation.kind(), d.spread())),
     };
     let node = match known {
         Some(Resolved::Node(node)) => node,

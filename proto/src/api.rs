@@ -105,6 +105,13 @@ pub struct Heartbeat {
     /// The node's live sessions, and those that ended since the last heartbeat.
     #[serde(default)]
     pub sessions: Vec<SessionReport>,
+    /// The isolation kinds the node can serve right now (see [`crate::isolation::KINDS`]).
+    #[serde(default = "native_only")]
+    pub capabilities: Vec<String>,
+}
+
+fn native_only() -> Vec<String> {
+    vec!["native".to_owned()]
 }
 
 /// What a node says about one session.
@@ -146,6 +153,15 @@ pub struct Node {
     pub online: bool,
     pub last_seen: Option<u64>,
     pub created_at: u64,
+    /// The isolation kinds it reported it can serve: `native`, `docker`, `nspawn`.
+    #[serde(default = "native_only")]
+    pub capabilities: Vec<String>,
+}
+
+impl Node {
+    pub fn can_run(&self, kind: &str) -> bool {
+        self.capabilities.iter().any(|c| c == kind)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -208,6 +224,12 @@ pub enum ResolveError {
         nodes: Vec<(String, Option<u64>)>,
         now: u64,
     },
+    /// No online matching node can serve this isolation kind: (name, what it can) of each.
+    Incapable {
+        target: Target,
+        kind: String,
+        nodes: Vec<(String, Vec<String>)>,
+    },
 }
 
 fn ago(now: u64, t: Option<u64>) -> String {
@@ -236,15 +258,39 @@ impl std::fmt::Display for ResolveError {
                 let seen: Vec<String> = nodes.iter().map(|(n, s)| format!("{n} last seen {}", ago(*now, *s))).collect();
                 write!(f, "every node tagged {tag:?} is offline ({})", seen.join("; "))
             }
+            ResolveError::Incapable { target, kind, nodes } => {
+                let can: Vec<String> = nodes.iter().map(|(n, c)| format!("{n} offers {}", c.join(", "))).collect();
+                let what = match target {
+                    Target::Node(_) => "node".to_owned(),
+                    Target::Tag(tag) => format!("online node tagged {tag:?}"),
+                };
+                let hint = match kind.as_str() {
+                    "docker" => "; a node offers docker when its agent reaches a Docker-API engine (DOCKER_HOST)",
+                    "nspawn" => "; a node offers nspawn when its agent runs as root with systemd-nspawn installed",
+                    _ => "",
+                };
+                write!(f, "no {what} can run {kind} isolation ({}){hint}", can.join("; "))
+            }
         }
     }
 }
 
 /// Picks the node for `target` from a registry listing: an exact node (by id, else name),
 /// or one of the online nodes carrying the tag, chosen by `spread` (any number; it spreads
-/// calls over the candidates). Shared by the control plane and openboxd's registry mirror
-/// so both choose alike.
-pub fn resolve<'a>(nodes: &'a [Node], target: &Target, now: u64, spread: usize) -> Result<&'a Node, ResolveError> {
+/// calls over the candidates). The node must offer the isolation `kind`. Shared by the
+/// control plane and openboxd's registry mirror so both choose alike.
+pub fn resolve<'a>(
+    nodes: &'a [Node],
+    target: &Target,
+    kind: &str,
+    now: u64,
+    spread: usize,
+) -> Result<&'a Node, ResolveError> {
+    let incapable = |nodes: &[&Node]| ResolveError::Incapable {
+        target: target.clone(),
+        kind: kind.to_owned(),
+        nodes: nodes.iter().map(|n| (n.name.clone(), n.capabilities.clone())).collect(),
+    };
     match target {
         Target::Node(n) => {
             let node = nodes
@@ -253,6 +299,9 @@ pub fn resolve<'a>(nodes: &'a [Node], target: &Target, now: u64, spread: usize) 
                 .or_else(|| nodes.iter().find(|x| &x.name == n))
                 .ok_or_else(|| ResolveError::NoSuchNode(n.clone()))?;
             if node.online {
+                if !node.can_run(kind) {
+                    return Err(incapable(&[node]));
+                }
                 Ok(node)
             } else {
                 Err(ResolveError::Offline {
@@ -275,7 +324,11 @@ pub fn resolve<'a>(nodes: &'a [Node], target: &Target, now: u64, spread: usize) 
                 let nodes = tagged.iter().map(|n| (n.name.clone(), n.last_seen)).collect();
                 return Err(ResolveError::Offline { target: target.clone(), nodes, now });
             }
-            Ok(online[spread % online.len()])
+            let capable: Vec<&Node> = online.iter().copied().filter(|n| n.can_run(kind)).collect();
+            if capable.is_empty() {
+                return Err(incapable(&online));
+            }
+            Ok(capable[spread % capable.len()])
         }
     }
 }
@@ -294,6 +347,7 @@ mod resolve_tests {
             online,
             last_seen: Some(100),
             created_at: 1,
+            capabilities: vec!["native".into()],
         }
     }
 
@@ -301,20 +355,39 @@ mod resolve_tests {
     fn a_tag_resolves_only_to_online_nodes_carrying_it() {
         let nodes = [node("a", &["x"], false), node("b", &["x"], true), node("c", &["y"], true)];
         for spread in 0..4 {
-            assert_eq!(resolve(&nodes, &Target::Tag("x".into()), 100, spread).unwrap().id, "b");
+            assert_eq!(resolve(&nodes, &Target::Tag("x".into()), "native", 100, spread).unwrap().id, "b");
         }
     }
 
     #[test]
     fn unknown_tags_list_the_known_ones_and_offline_ones_say_so() {
         let nodes = [node("a", &["x"], false), node("c", &["y", "x"], false)];
-        let e = resolve(&nodes, &Target::Tag("z".into()), 100, 0).unwrap_err();
+        let e = resolve(&nodes, &Target::Tag("z".into()), "native", 100, 0).unwrap_err();
         assert_eq!(e.to_string(), "no node carries tag \"z\"; tags in this fleet: x, y");
-        let e = resolve(&nodes, &Target::Tag("x".into()), 130, 0).unwrap_err();
+        let e = resolve(&nodes, &Target::Tag("x".into()), "native", 130, 0).unwrap_err();
         assert_eq!(e.to_string(), "every node tagged \"x\" is offline (n-a last seen 30s ago; n-c last seen 30s ago)");
         assert_eq!(
-            resolve(&nodes, &Target::Node("n-c".into()), 100, 0).unwrap_err().to_string(),
+            resolve(&nodes, &Target::Node("n-c".into()), "native", 100, 0).unwrap_err().to_string(),
             "node n-c is offline (last seen 0s ago)"
         );
+    }
+
+    #[test]
+    fn a_tag_resolves_only_to_nodes_offering_the_isolation_and_says_what_each_offers() {
+        let mut docker = node("d", &["x"], true);
+        docker.capabilities.push("docker".into());
+        let nodes = [node("a", &["x"], true), docker];
+        for spread in 0..4 {
+            assert_eq!(resolve(&nodes, &Target::Tag("x".into()), "docker", 100, spread).unwrap().id, "d");
+        }
+        let e = resolve(&nodes, &Target::Tag("x".into()), "nspawn", 100, 0).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "no online node tagged \"x\" can run nspawn isolation (n-a offers native; n-d offers native, docker)"
+            ),
+            "{e}"
+        );
+        let e = resolve(&nodes, &Target::Node("n-a".into()), "docker", 100, 0).unwrap_err();
+        assert!(e.to_string().starts_with("no node can run docker isolation (n-a offers native)"), "{e}");
     }
 }

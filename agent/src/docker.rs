@@ -1,0 +1,359 @@
+//! Containers on the node's Docker-API engine (Docker, or podman's compatible service),
+//! through bollard. A one-shot command gets a fresh container that is removed afterwards;
+//! a session keeps one container whose first process is the session's shell. Every
+//! container carries the node's label, so ones left by a crashed agent are removed at
+//! the next start.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use proto::isolation::{Limits, Network};
+use russh::{ChannelMsg, ChannelReadHalf};
+use tokio::io::AsyncWriteExt;
+
+use crate::exec::{ChannelOut, Outcome};
+
+/// Label on every container openbox creates: the node id that owns it.
+pub const NODE_LABEL: &str = "dev.openbox.node";
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// The node's engine: a client and where it points.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    /// `DOCKER_HOST`, or the default socket, for messages.
+    pub host: String,
+    node_id: String,
+}
+
+/// One line for a user from an engine error, naming what is wrong.
+fn explain(host: &str, image: Option<&str>, e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { status_code: 404, message } if image.is_some() => {
+            let image = image.unwrap_or_default();
+            format!(
+                "image {image} is not on this node's Docker engine ({message}); pull or load it there first, e.g. `docker pull {image}`"
+            )
+        }
+        DockerError::DockerResponseServerError { status_code, message } => {
+            format!("the Docker engine at {host} refused: {message} (HTTP {status_code})")
+        }
+        DockerError::IOError { .. } | DockerError::HyperResponseError { .. } | DockerError::RequestTimeoutError => {
+            format!("cannot reach the Docker engine at {host}: {e}; is it running? (DOCKER_HOST picks another)")
+        }
+        other => format!("the Docker engine at {host} failed: {other}"),
+    }
+}
+
+impl Engine {
+    /// A client for `DOCKER_HOST` (or the default socket); fails while a Unix socket is
+    /// missing.
+    pub fn from_env(node_id: &str) -> Result<Engine, String> {
+        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned());
+        let docker = Docker::connect_with_defaults().map_err(|e| {
+            format!("cannot reach the Docker engine at {host}: {e}; is it running? (DOCKER_HOST picks another)")
+        })?;
+        Ok(Engine { docker: docker.with_timeout(Duration::from_secs(120)), host, node_id: node_id.to_owned() })
+    }
+
+    /// Whether the engine answers now; why not, if it does not.
+    pub async fn check(&self) -> Result<(), String> {
+        match tokio::time::timeout(Duration::from_secs(3), self.docker.ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(explain(&self.host, None, &e)),
+            Err(_) => Err(format!("the Docker engine at {} did not answer within 3s", self.host)),
+        }
+    }
+
+    fn err(&self, image: Option<&str>, e: DockerError) -> String {
+        explain(&self.host, image, &e)
+    }
+
+    /// Removes containers a previous run of this agent left behind.
+    pub async fn remove_leftovers(&self) {
+        let filter = HashMap::from([("label".to_owned(), vec![format!("{NODE_LABEL}={}", self.node_id)])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filter).build();
+        let Ok(list) = self.docker.list_containers(Some(opts)).await else { return };
+        for c in list {
+            if let Some(id) = c.id {
+                tracing::info!(container = %id, "removing a container left by an earlier run");
+                self.remove(&id).await;
+            }
+        }
+    }
+
+    pub async fn remove(&self, id: &str) {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+        if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
+            tracing::warn!(container = %id, error = %e, "could not remove container");
+        }
+    }
+
+    pub async fn kill(&self, id: &str, signal: &str) {
+        let opts = KillContainerOptionsBuilder::default().signal(signal).build();
+        if let Err(e) = self.docker.kill_container(id, Some(opts)).await {
+            tracing::debug!(container = %id, error = %e, "kill failed");
+        }
+    }
+
+    /// Creates (not starts) a container running `cmd` with stdin open.
+    async fn create(&self, spec: &Spec<'_>, cmd: Vec<String>, one_shot: bool) -> Result<String, String> {
+        let mut labels = HashMap::from([(NODE_LABEL.to_owned(), self.node_id.clone())]);
+        if let Some(s) = spec.session {
+            labels.insert("dev.openbox.session".to_owned(), s.to_owned());
+        }
+        let limits = spec.limits;
+        let host_config = HostConfig {
+            // An init as pid 1 forwards signals to the command and reaps; a session's shell
+            // is pid 1 itself, so the interrupt can reach it (see `interrupt`).
+            init: Some(one_shot),
+            nano_cpus: limits.millicpus.map(|m| (m * 1_000_000) as i64),
+            memory: limits.memory.map(|b| b as i64),
+            network_mode: limits.network.map(|n| match n {
+                Network::None => "none".to_owned(),
+                Network::Host => "host".to_owned(),
+            }),
+            binds: (!limits.mounts.is_empty()).then(|| limits.mounts.iter().map(|m| m.to_string()).collect()),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.to_owned()),
+            cmd: Some(cmd),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            open_stdin: Some(true),
+            stdin_once: Some(one_shot),
+            tty: Some(false),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let name = format!("openbox-{}", &trust::token::random_id()[..12]);
+        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created =
+            self.docker.create_container(Some(opts), body).await.map_err(|e| self.err(Some(spec.image), e))?;
+        Ok(created.id)
+    }
+
+    /// Attaches to a created container and starts it.
+    async fn attach_and_start(
+        &self,
+        id: &str,
+        image: &str,
+    ) -> Result<bollard::container::AttachContainerResults, String> {
+        let opts = AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build();
+        let attached = self.docker.attach_container(id, Some(opts)).await.map_err(|e| self.err(None, e))?;
+        self.docker.start_container(id, None).await.map_err(|e| self.err(Some(image), e))?;
+        Ok(attached)
+    }
+
+    /// The exit code of a container that has stopped (or stops soon).
+    pub async fn exit_code(&self, id: &str) -> Option<i64> {
+        match self.docker.wait_container(id, None).next().await {
+            Some(Ok(r)) => Some(r.status_code),
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// What to run a container from, and for whom.
+pub struct Spec<'a> {
+    pub image: &'a str,
+    pub limits: &'a Limits,
+    pub env: &'a [(&'a str, &'a str)],
+    /// The session it serves, for its label.
+    pub session: Option<&'a str>,
+}
+
+/// Removes a container when dropped, whatever path the run took.
+struct Removal {
+    engine: Engine,
+    id: String,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let (engine, id) = (self.engine.clone(), std::mem::take(&mut self.id));
+        tokio::spawn(async move { engine.remove(&id).await });
+    }
+}
+
+fn signal_name(sig: &russh::Sig) -> String {
+    match sig {
+        russh::Sig::Custom(name) => format!("SIG{name}"),
+        other => format!("SIG{}", format!("{other:?}").to_uppercase()),
+    }
+}
+
+/// Runs `command` in a fresh container from `spec` for the channel, then removes the
+/// container. Stdin, stdout, stderr, signals and the exit code behave as natively.
+pub async fn run_once(
+    engine: &Engine,
+    spec: Spec<'_>,
+    command: &str,
+    timeout: Option<Duration>,
+    mut input: ChannelReadHalf,
+    out: ChannelOut,
+) {
+    let cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
+    let id = match engine.create(&spec, cmd, true).await {
+        Ok(id) => id,
+        Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
+    };
+    let _removal = Removal { engine: engine.clone(), id: id.clone() };
+    let attached = match engine.attach_and_start(&id, spec.image).await {
+        Ok(a) => a,
+        Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
+    };
+    let mut output = attached.output;
+    // Stdin goes through a task of its own so output keeps draining (as in native runs).
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+    let mut stdin_tx = Some(stdin_tx);
+    let mut stdin = attached.input;
+    tokio::spawn(async move {
+        while let Some(chunk) = stdin_rx.recv().await {
+            if stdin.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = stdin.shutdown().await; // end of input reaches the command
+    });
+
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let (mut timed_out, mut input_open, mut output_open) = (false, true, true);
+    while output_open {
+        tokio::select! {
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !timed_out => {
+                timed_out = true;
+                engine.kill(&id, "SIGKILL").await;
+            },
+            item = output.next() => match item {
+                Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => {
+                    if !out.stdout(&message).await {
+                        engine.kill(&id, "SIGKILL").await;
+                    }
+                }
+                Some(Ok(LogOutput::StdErr { message })) => { out.stderr(&message).await; }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(container = %id, error = %e, "reading container output failed");
+                    output_open = false;
+                }
+                None => output_open = false,
+            },
+            msg = input.wait(), if input_open => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(tx) = &stdin_tx && tx.send(data).is_err() { stdin_tx = None; }
+                }
+                Some(ChannelMsg::Eof) => stdin_tx = None,
+                Some(ChannelMsg::Signal { signal }) => engine.kill(&id, &signal_name(&signal)).await,
+                Some(ChannelMsg::Close) | None => {
+                    engine.kill(&id, "SIGKILL").await;
+                    input_open = false;
+                }
+                Some(_) => {}
+            },
+        }
+    }
+    if timed_out {
+        let secs = timeout.map(|t| t.as_secs()).unwrap_or(0);
+        out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
+        return out.finish(Outcome::Code(124)).await;
+    }
+    let outcome = match engine.exit_code(&id).await {
+        Some(code) => Outcome::Code(code.clamp(0, 255) as u32),
+        None => {
+            out.stderr(b"openbox agent: the Docker engine did not report the container's exit code\n").await;
+            Outcome::Code(255)
+        }
+    };
+    out.finish(outcome).await;
+}
+
+/// A session's container: its shell is the container's first process, reading commands
+/// from the attached stdin.
+pub struct SessionContainer {
+    pub engine: Engine,
+    pub id: String,
+}
+
+/// The streams of a session's shell in a container.
+pub struct Attached {
+    pub stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub stdout: tokio::io::DuplexStream,
+    pub stderr: tokio::io::DuplexStream,
+}
+
+impl SessionContainer {
+    /// Starts a container whose pid 1 is `/bin/sh` reading from stdin.
+    pub async fn start(engine: &Engine, spec: Spec<'_>) -> Result<(SessionContainer, Attached), String> {
+        let id = engine.create(&spec, vec!["/bin/sh".to_owned()], false).await?;
+        let container = SessionContainer { engine: engine.clone(), id };
+        let attached = match engine.attach_and_start(&container.id, spec.image).await {
+            Ok(a) => a,
+            Err(e) => {
+                container.stop().await;
+                return Err(e);
+            }
+        };
+        // The engine interleaves stdout and stderr on one stream; the session reads them
+        // as two pipes.
+        let (mut out_w, out_r) = tokio::io::duplex(256 * 1024);
+        let (mut err_w, err_r) = tokio::io::duplex(64 * 1024);
+        let mut output = attached.output;
+        tokio::spawn(async move {
+            while let Some(Ok(item)) = output.next().await {
+                let ok = match item {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => out_w.write_all(&message).await,
+                    LogOutput::StdErr { message } => err_w.write_all(&message).await,
+                    LogOutput::StdIn { .. } => Ok(()),
+                };
+                if ok.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((container, Attached { stdin: attached.input, stdout: out_r, stderr: err_r }))
+    }
+
+    /// Stops the command running in the session: the shell (pid 1) is told to abandon it,
+    /// and every other process in the container is killed — as natively, from inside,
+    /// so it works whatever host the engine runs on.
+    pub async fn interrupt(&self) {
+        let script = "kill -USR1 1; for d in /proc/[0-9]*; do p=${d#/proc/}; [ \"$p\" = 1 ] || [ \"$p\" = $$ ] || kill -KILL \"$p\" 2>/dev/null; done";
+        let exec = bollard::exec::CreateExecOptions {
+            cmd: Some(vec!["/bin/sh", "-c", script]),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            ..Default::default()
+        };
+        let started = match self.engine.docker.create_exec(&self.id, exec).await {
+            Ok(e) => self
+                .engine
+                .docker
+                .start_exec(&e.id, Some(bollard::exec::StartExecOptions { detach: true, ..Default::default() }))
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            tracing::warn!(container = %self.id, error = %e, "could not interrupt the session's command");
+        }
+    }
+
+    pub async fn stop(&self) {
+        self.engine.remove(&self.id).await;
+    }
+}

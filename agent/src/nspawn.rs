@@ -1,0 +1,65 @@
+//! systemd-nspawn containers over a root tree on this node. Every container runs with a
+//! throw-away overlay over the tree (`--volatile=overlay`), so runs on one tree never
+//! clash and never change it; a session keeps its container, and so its changes, until it
+//! ends. No system bus is needed (`--register=no --keep-unit`).
+
+use proto::isolation::{Limits, Network};
+use tokio::process::Command;
+
+const NSPAWN: &str = "systemd-nspawn";
+
+/// Why this node cannot run nspawn containers, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return Some("systemd-nspawn exists only on Linux".into());
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Some("systemd-nspawn needs the agent to run as root".into());
+    }
+    let on_path =
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(NSPAWN).is_file()));
+    if !on_path {
+        return Some("systemd-nspawn is not installed (Debian: apt install systemd-container)".into());
+    }
+    None
+}
+
+/// Checks the tree before starting a container on it, so the error names the problem.
+pub fn check_tree(dir: &str) -> Result<(), String> {
+    let root = std::path::Path::new(dir);
+    if !root.is_dir() {
+        return Err(format!("nspawn directory {dir} does not exist on this node"));
+    }
+    if !root.join("usr").is_dir() {
+        return Err(format!("{dir} is not a root tree for systemd-nspawn: it has no /usr"));
+    }
+    if !root.join("bin/sh").exists() && !root.join("usr/bin/sh").exists() {
+        return Err(format!("{dir} has no /bin/sh to run commands with"));
+    }
+    Ok(())
+}
+
+/// `systemd-nspawn … -- ARGV` for a container over `dir`. Its pid 1 is `argv`.
+pub fn command(dir: &str, limits: &Limits, env: &[(&str, &str)], argv: &[&str]) -> Command {
+    let mut c = Command::new(NSPAWN);
+    c.args(["--quiet", "--register=no", "--keep-unit", "--pipe", "--volatile=overlay", "--directory", dir]);
+    if limits.network == Some(Network::None) {
+        c.arg("--private-network");
+    }
+    for m in &limits.mounts {
+        let flag = if m.read_only { "--bind-ro" } else { "--bind" };
+        c.arg(format!("{flag}={}:{}", m.src, m.dst));
+    }
+    for (k, v) in env {
+        c.arg(format!("--setenv={k}={v}"));
+    }
+    c.arg("--").args(argv);
+    c
+}
+
+/// The payload for a one-shot command: a shell as the container's pid 1 runs the command
+/// in a shell of its own, so the command gets ordinary signal handling (pid 1 ignores
+/// signals it has no handler for) and a signal death is reported as 128+N.
+pub fn one_shot_argv(command: &str) -> [&str; 5] {
+    ["/bin/sh", "-c", "/bin/sh -c \"$1\"; exit $?", "openbox", command]
+}

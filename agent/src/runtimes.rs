@@ -1,0 +1,70 @@
+//! What this node can run commands under: natively always; in Docker containers when a
+//! Docker-API engine answers; in nspawn containers when systemd-nspawn can run here. Checked
+//! again for every heartbeat and before every isolated command, so the registry follows an
+//! engine that starts or stops, and a command never runs somewhere it was not asked to.
+
+use std::sync::Mutex;
+
+use proto::Isolation;
+
+use crate::docker::Engine;
+
+pub struct Runtimes {
+    node_id: String,
+    /// The engine client, made once its socket exists.
+    docker: Mutex<Option<Engine>>,
+}
+
+impl Runtimes {
+    pub fn new(node_id: &str) -> Runtimes {
+        Runtimes { node_id: node_id.to_owned(), docker: Mutex::new(None) }
+    }
+
+    /// The Docker engine client, or why there is none.
+    pub fn docker(&self) -> Result<Engine, String> {
+        let mut slot = self.docker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(engine) = slot.as_ref() {
+            return Ok(engine.clone());
+        }
+        let engine = Engine::from_env(&self.node_id)?;
+        *slot = Some(engine.clone());
+        Ok(engine)
+    }
+
+    /// The isolation kinds this node can serve right now, for the heartbeat.
+    pub async fn capabilities(&self) -> Vec<String> {
+        let mut caps = vec!["native".to_owned()];
+        if let Ok(engine) = self.docker()
+            && engine.check().await.is_ok()
+        {
+            caps.push("docker".to_owned());
+        }
+        if crate::nspawn::unavailable().is_none() {
+            caps.push("nspawn".to_owned());
+        }
+        caps
+    }
+
+    /// Whether `isolation` can run here now; why not, in words a user can act on.
+    pub async fn check(&self, isolation: &Isolation) -> Result<(), String> {
+        match isolation {
+            Isolation::Native => Ok(()),
+            Isolation::Docker { .. } => self.docker()?.check().await,
+            Isolation::Nspawn { dir, .. } => {
+                if let Some(why) = crate::nspawn::unavailable() {
+                    return Err(why);
+                }
+                crate::nspawn::check_tree(dir)
+            }
+        }
+    }
+
+    /// Removes containers an earlier run of this agent left behind.
+    pub async fn clean_up(&self) {
+        if let Ok(engine) = self.docker()
+            && engine.check().await.is_ok()
+        {
+            engine.remove_leftovers().await;
+        }
+    }
+}

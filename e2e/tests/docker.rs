@@ -1,0 +1,159 @@
+//! `--docker IMAGE`: commands in containers on a real Docker-API engine (podman's
+//! compatible service, started by `scripts/test-engines`), through the real binaries.
+
+use openbox_e2e::{Agent, Cli, ControlPlane, IsolatedFleet, engines, wait_until};
+
+fn fleet(agent_args: &[&str]) -> IsolatedFleet {
+    IsolatedFleet::docker(agent_args)
+}
+
+/// The containers this fleet's agent has on the engine.
+fn containers(f: &IsolatedFleet) -> Vec<serde_json::Value> {
+    f.e.containers(&format!("dev.openbox.node={}", f.agent.node_id))
+}
+
+fn assert_no_containers_left(f: &IsolatedFleet) {
+    wait_until("the node's containers to be removed", || containers(f).is_empty());
+}
+
+#[test]
+fn a_one_shot_command_runs_in_a_fresh_container_that_is_removed_afterwards() {
+    let f = fleet(&[]);
+    let out = f.run(&[], "echo out; echo err >&2; cat /etc/passwd; echo $OPENBOX_NODE; exit 3");
+    assert_eq!(out.code, 3, "{out:?}");
+    // The image's own /etc/passwd, not the host's.
+    assert_eq!(out.stdout, format!("out\nroot:x:0:0:root:/root:/bin/sh\n{}\n", f.agent.node_id));
+    assert_eq!(out.stderr, "err\n");
+    assert_no_containers_left(&f);
+
+    // Each run starts from the image: a file written by one is not seen by the next.
+    f.run(&[], "echo x > /root/left-behind").ok();
+    let out = f.run(&[], "cat /root/left-behind 2>&1 || echo absent");
+    assert!(out.stdout.ends_with("absent\n"), "{out:?}");
+    assert_no_containers_left(&f);
+}
+
+#[test]
+fn stdin_streams_through_and_signals_and_timeouts_end_the_container() {
+    let f = fleet(&[]);
+    let input: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = f.cli.run_stdin(&["-t", "t", "--docker", &f.e.image, "wc", "-c"], &input);
+    assert_eq!(out.ok().stdout.trim(), "2000000");
+    let out = f.run_stdin(&[], "cat; echo done", b"line one\nline two\n");
+    assert_eq!(out.ok().stdout, "line one\nline two\ndone\n");
+
+    // A command killed by a signal exits 128+N, as natively.
+    assert_eq!(f.run(&[], "kill -TERM $$").code, 143);
+    let out = f.run(&["--timeout", "1s"], "echo started; sleep 60");
+    assert_eq!(out.code, 124, "{out:?}");
+    assert_eq!(out.stdout, "started\n");
+    assert!(out.stderr.contains("timed out after 1s"), "{out:?}");
+    assert_no_containers_left(&f);
+}
+
+#[test]
+fn a_session_keeps_one_container_across_commands_and_removes_it_when_it_ends() {
+    let f = fleet(&[]);
+    let s = ["-s", "box"];
+    f.run(&s, "cd /tmp && export COUNT=1 && echo state > /tmp/file").ok();
+    let out = f.run(&s, "pwd; echo $COUNT; cat file; hostname").ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[..3], ["/tmp", "1", "state"]);
+    let containers = containers(&f);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    // A timeout stops the command, not the session's container.
+    assert_eq!(f.run(&["-s", "box", "--timeout", "1s"], "sleep 60").code, 124);
+    assert_eq!(f.run(&s, "echo $COUNT; hostname").ok().stdout, format!("1\n{}\n", lines[3]));
+    assert_eq!(f.run(&s, "exit 7").code, 7);
+    assert_no_containers_left(&f);
+    let out = f.run(&s, "cat /tmp/file 2>/dev/null || echo fresh").ok();
+    assert!(out.stderr.contains("started a new shell"), "{out:?}");
+    assert_eq!(out.stdout, "fresh\n");
+
+    f.cli.run(&["session", "rm", "box"]).ok();
+    assert_no_containers_left(&f);
+    let listed = f.cli.run(&["sessions", "--json"]).ok().json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}
+
+#[test]
+fn a_reaped_session_leaves_no_container_behind() {
+    let f = fleet(&["--session-idle", "1s"]);
+    f.run(&["-s", "idle"], "echo hello > /tmp/x").ok();
+    wait_until("the idle session to be reaped", || {
+        f.cli.run(&["sessions", "--json"]).ok().json()[0]["state"] == "reaped"
+    });
+    assert_no_containers_left(&f);
+}
+
+#[test]
+fn resource_options_reach_the_container() {
+    let f = fleet(&[]);
+    let dir = f.check_read_only_mount_without_network();
+    let rw = format!("{}:/data", dir.path().display());
+    f.run(&["--mount", &rw], "echo written > /data/out.txt").ok();
+    assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "written\n");
+
+    // Limits are applied by the engine: seen on the session's container.
+    f.run(&["-s", "limited", "--cpus", "0.5", "--memory", "64m"], "true").ok();
+    let c = &containers(&f)[0];
+    let id = c["Id"].as_str().unwrap();
+    let sock = f.e.docker_host.strip_prefix("unix://").unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-fsS", "--unix-socket", sock, &format!("http://d/v1.41/containers/{id}/json")])
+        .output()
+        .unwrap();
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inspect["HostConfig"]["Memory"], 64 << 20, "{inspect}");
+    assert_eq!(inspect["HostConfig"]["NanoCpus"], 500_000_000i64, "{inspect}");
+    // The session runs under exactly what it was created with.
+    f.run(&["-s", "limited"], "true").fails_with(255, "end it first with `openbox session rm limited`");
+}
+
+#[test]
+fn engine_problems_get_clear_messages_and_run_nothing() {
+    let f = fleet(&[]);
+    let out = f.cli.run(&["-t", "t", "--docker", "localhost/no-such-image:1", "true"]);
+    out.fails_with(255, "image localhost/no-such-image:1 is not on this node's Docker engine");
+    assert_no_containers_left(&f);
+}
+
+#[test]
+fn nodes_report_their_isolation_and_docker_runs_go_only_to_nodes_that_can() {
+    let e = engines();
+    let cp = ControlPlane::start();
+    let cli = Cli::admin(&cp);
+    let plain = Agent::enroll(&cp, &cli, &["t"]);
+    let docker = Agent::enroll_env(&cp, &cli.enroll_token(&["t"]), &[], &[("DOCKER_HOST", &e.docker_host)]);
+
+    let caps = |id: &str| cli.node(id).unwrap()["capabilities"].clone();
+    assert_eq!(caps(&plain.node_id), serde_json::json!(["native", "nspawn"]));
+    assert_eq!(caps(&docker.node_id), serde_json::json!(["native", "docker", "nspawn"]));
+    let table = cli.run(&["nodes"]).ok().stdout;
+    assert!(table.contains("ISOLATION") && table.contains("native,docker,nspawn"), "{table}");
+
+    for _ in 0..6 {
+        let out = cli.run(&["-t", "t", "--docker", &e.image, "echo $OPENBOX_NODE"]).ok();
+        assert_eq!(out.stdout.trim(), docker.node_id);
+    }
+    let out = cli.run(&["-n", &plain.name, "--docker", &e.image, "true"]);
+    out.fails_with(255, &format!("no node can run docker isolation ({} offers native, nspawn)", plain.name));
+
+    let alone = Agent::enroll(&cp, &cli, &["plain-only"]);
+    let out = cli.run(&["-t", "plain-only", "--docker", &e.image, "true"]);
+    out.fails_with(
+        255,
+        &format!("no online node tagged \"plain-only\" can run docker isolation ({} offers", alone.name),
+    );
+}
+
+#[test]
+fn a_caller_that_goes_away_takes_its_container_with_it() {
+    let f = fleet(&[]);
+    let (mut child, line) = f.start_until_line("echo started; sleep 300");
+    assert_eq!(line, "started\n");
+    assert_eq!(containers(&f).len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_no_containers_left(&f);
+}
