@@ -13,7 +13,7 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    ListContainersOptionsBuilder, PruneContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use proto::isolation::{Limits, Network};
@@ -78,16 +78,26 @@ impl Engine {
         explain(&self.host, image, &e)
     }
 
-    /// Removes containers a previous run of this agent left behind.
+    /// Removes containers a previous run of this agent left behind: running ones by id,
+    /// then the stopped ones by a prune (engines differ in the states they list, so the
+    /// listing asks only for running containers).
     pub async fn remove_leftovers(&self) {
-        let filter = HashMap::from([("label".to_owned(), vec![format!("{NODE_LABEL}={}", self.node_id)])]);
-        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filter).build();
-        let Ok(list) = self.docker.list_containers(Some(opts)).await else { return };
-        for c in list {
-            if let Some(id) = c.id {
-                tracing::info!(container = %id, "removing a container left by an earlier run");
-                self.remove(&id).await;
+        let label = format!("{NODE_LABEL}={}", self.node_id);
+        let running = HashMap::from([("label", vec![label.as_str()]), ("status", vec!["running"])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&running).build();
+        match self.docker.list_containers(Some(opts)).await {
+            Ok(list) => {
+                for id in list.into_iter().filter_map(|c| c.id) {
+                    tracing::info!(container = %id, "removing a container left by an earlier run");
+                    self.remove(&id).await;
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "could not list containers left by an earlier run"),
+        }
+        let mine = HashMap::from([("label", vec![label.as_str()])]);
+        let opts = PruneContainersOptionsBuilder::default().filters(&mine).build();
+        if let Err(e) = self.docker.prune_containers(Some(opts)).await {
+            tracing::warn!(error = %e, "could not prune containers left by an earlier run");
         }
     }
 

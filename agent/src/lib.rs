@@ -103,6 +103,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let _ = stop_tx.send(());
     let _ = serving.await;
     reaper.abort();
+    shared.sessions.stop_all().await;
     match outcome {
         None => {
             heartbeat::say_goodbye(&shared, &addr).await;

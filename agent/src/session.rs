@@ -240,6 +240,20 @@ impl Sessions {
         }
     }
 
+    /// Ends every session's shell (and container) as the agent stops. A session busy for
+    /// longer than a moment is left to the process exit, and its container to the next
+    /// start's clean-up.
+    pub async fn stop_all(&self) {
+        let slots: Vec<Arc<tokio::sync::Mutex<Slot>>> =
+            self.slots.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for slot in slots {
+            let Ok(mut s) = tokio::time::timeout(Duration::from_secs(2), slot.lock()).await else { continue };
+            if let Some(mut shell) = s.shell.take() {
+                stop_shell(&mut shell).await;
+            }
+        }
+    }
+
     /// Ends a session's shell (`openbox session rm`).
     pub async fn remove(&self, user: &str, id: &str) -> bool {
         let key = (user.to_owned(), id.to_owned());

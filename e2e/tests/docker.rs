@@ -157,3 +157,21 @@ fn a_caller_that_goes_away_takes_its_container_with_it() {
     child.wait().unwrap();
     assert_no_containers_left(&f);
 }
+
+#[test]
+fn an_agent_that_stops_or_crashes_leaves_no_containers() {
+    let mut f = fleet(&[]);
+    f.run(&["-s", "a"], "true").ok();
+    assert_eq!(containers(&f).len(), 1);
+    f.agent.stop();
+    assert_no_containers_left(&f);
+
+    // Killed outright, it cannot clean up; its next start removes what it left.
+    f.agent.restart();
+    f.run(&["-s", "b"], "true").ok();
+    assert_eq!(containers(&f).len(), 1);
+    f.agent.kill();
+    assert_eq!(containers(&f).len(), 1);
+    f.agent.restart();
+    assert_no_containers_left(&f);
+}

@@ -124,3 +124,19 @@ fn a_caller_that_goes_away_takes_its_container_with_it() {
     child.wait().unwrap();
     wait_until("the container to stop", || containers(&f) == 0);
 }
+
+#[test]
+fn an_agent_that_stops_or_crashes_leaves_no_containers() {
+    let mut f = fleet(&[]);
+    f.run(&["-s", "a"], "true").ok();
+    assert_eq!(containers(&f), 1);
+    f.agent.stop();
+    assert_eq!(containers(&f), 0, "a stopped agent ends its sessions' containers");
+
+    // Killed outright, the session's shell reads the end of its input and exits.
+    f.agent.restart();
+    f.run(&["-s", "b"], "true").ok();
+    assert_eq!(containers(&f), 1);
+    f.agent.kill();
+    wait_until("the orphaned container to end", || containers(&f) == 0);
+}
