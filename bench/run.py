@@ -4,9 +4,12 @@
 Sets up, all on 127.0.0.1 and under a temporary directory:
   - a second OpenSSH sshd logging in a user whose shell is /bin/sh, reached through a
     ControlMaster socket and with fresh connections;
-  - an openbox fleet: control plane, one agent, a logged-in CLI with its openboxd.
-Then prints latency (median, p99), throughput, concurrent calls per second, openboxd's
-memory with 50 pooled connections, and the CLI's size and start time, with ratios.
+  - an openbox fleet: control plane, one agent, a logged-in CLI with its openboxd;
+  - the container engines (scripts/test-engines): podman's Docker-API service, which the
+    agent uses and the ssh user reaches with `podman --remote`, and an nspawn tree.
+Then prints latency (median, p99), throughput, concurrent calls per second, container
+runs, openboxd's memory with 50 pooled connections, and the CLI's size and start time,
+with ratios.
 
 Usage: bench/run [--calls N] [--bytes N] [--seconds S]   (needs root: it starts sshd)
 """
@@ -94,10 +97,33 @@ class Sshd:
             pass
 
 
-class Fleet:
+class Engines:
+    """A podman API service of the bench's own, open to the ssh user, and an nspawn tree."""
+
     def __init__(self, tmp):
+        self.dir = os.path.join(tmp, "engines")
+        out = subprocess.run([os.path.join(ROOT, "scripts", "test-engines")], capture_output=True, text=True,
+                             env=dict(os.environ, OPENBOX_TEST_ENGINES=self.dir))
+        if out.returncode != 0:
+            sys.exit(f"scripts/test-engines failed: {out.stderr}")
+        found = dict(line.split("=", 1) for line in out.stdout.split())
+        self.docker_host, self.image, self.tree = found["DOCKER_HOST"], found["OPENBOX_TEST_IMAGE"], found["OPENBOX_TEST_TREE"]
+        self.sock = self.docker_host.removeprefix("unix://")
+        os.chmod(self.dir, 0o755)
+        os.chmod(self.sock, 0o666)  # the ssh user's `podman --remote` uses the same engine
+
+    def podman(self, ssh):
+        return ssh + ["podman", "--remote", "--url", self.docker_host]
+
+    def stop(self):
+        subprocess.run(["pkill", "-f", f"podman system service --time=0 {self.docker_host}"])
+
+
+class Fleet:
+    def __init__(self, tmp, engines):
         self.home = os.path.join(tmp, "openbox")
-        self.env = dict(os.environ, OPENBOX_HOME=self.home)
+        # The agent `openbox up` starts inherits DOCKER_HOST through openboxd.
+        self.env = dict(os.environ, OPENBOX_HOME=self.home, DOCKER_HOST=engines.docker_host)
         self.addr = f"127.0.0.1:{free_port()}"
         out = subprocess.run([f"{BIN}/openbox", "up", "--addr", self.addr], env=self.env, capture_output=True, text=True)
         if out.returncode != 0:
@@ -174,7 +200,8 @@ def main():
     tmp = tempfile.mkdtemp(prefix="openbox-bench-")
     ensure_user()
     sshd = Sshd(tmp)
-    fleet = Fleet(tmp)
+    engines = Engines(tmp)
+    fleet = Fleet(tmp, engines)
     rows = []
     try:
         master, fresh, ob = sshd.ssh(True), sshd.ssh(False), fleet.openbox
@@ -204,6 +231,34 @@ def main():
         s_ob = [three(sess, env) for _ in range(max(50, args.calls // 3))]
         s_cm = [three(master) for _ in range(max(50, args.calls // 3))]
         rows.append(("3 calls in one session, median", ms(med(s_ob)), ms(med(s_cm)), "", f"{med(s_ob) / med(s_cm):.2f}x ControlMaster"))
+
+        # Containers on one engine: openbox's agent through bollard, against the engine's
+        # own client over the ControlMaster connection.
+        n = max(20, args.calls // 10)
+        ob_docker = ob + ["--docker", engines.image, "true"]
+        cm_docker = engines.podman(master) + ["run", "--rm", engines.image, "true"]
+        subprocess.run(ob_docker, env=env, check=True)
+        subprocess.run(cm_docker, check=True)
+        d_ob, d_cm = time_calls(ob_docker, n, env), time_calls(cm_docker, n)
+        rows.append(("`true` in a fresh container, median", ms(med(d_ob)), ms(med(d_cm)), "",
+                     f"{med(d_ob) / med(d_cm):.2f}x ssh + podman run --rm"))
+        ob_dsess = ob + ["-s", "bench-docker", "--docker", engines.image, "true"]
+        subprocess.run(ob_dsess, env=env, check=True)
+        subprocess.run(engines.podman(master) + ["run", "-d", "--name", "obbench-session", engines.image, "sleep", "86400"],
+                       check=True, stdout=subprocess.DEVNULL)
+        cm_exec = engines.podman(master) + ["exec", "obbench-session", "true"]
+        e_ob, e_cm = time_calls(ob_dsess, args.calls, env), time_calls(cm_exec, n)
+        subprocess.run(engines.podman(master) + ["rm", "-f", "obbench-session"], stdout=subprocess.DEVNULL)
+        rows.append(("`true` in a session's container, median", ms(med(e_ob)), ms(med(e_cm)), "",
+                     f"{med(e_ob) / med(e_cm):.2f}x ssh + podman exec"))
+        # nspawn needs root, which the ssh user is not: the baseline is nspawn run locally.
+        ob_nspawn = ob + ["--nspawn", engines.tree, "true"]
+        local_nspawn = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe", "--volatile=overlay",
+                        "--directory", engines.tree, "--", "/bin/true"]
+        subprocess.run(ob_nspawn, env=env, check=True)
+        n_ob, n_local = time_calls(ob_nspawn, n, env), time_calls(local_nspawn, n)
+        rows.append(("`true` in an nspawn container, median", ms(med(n_ob)), "", "",
+                     f"{med(n_ob) / med(n_local):.2f}x local systemd-nspawn ({ms(med(n_local))})"))
 
         mb_ob = throughput(ob, args.bytes, env)
         mb_cm = throughput(master, args.bytes)
@@ -235,6 +290,7 @@ def main():
         rows.append(("`openbox --version` start, median", ms(med(t_ver)), "", "", f"{med(t_ver) / med(t_true):.2f}x /bin/true ({ms(med(t_true))})"))
     finally:
         fleet.stop()
+        engines.stop()
         sshd.stop()
 
     head = ("measure", "openbox", "ssh ControlMaster", "ssh fresh", "ratio")

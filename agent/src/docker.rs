@@ -14,6 +14,7 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, PruneContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use proto::isolation::{Limits, Network};
@@ -156,21 +157,27 @@ impl Engine {
         Ok(created.id)
     }
 
-    /// Attaches to a created container and starts it.
-    async fn attach_and_start(
-        &self,
-        id: &str,
-        image: &str,
-    ) -> Result<bollard::container::AttachContainerResults, String> {
+    /// Attaches to a created container's stdin, stdout and stderr.
+    async fn attach(&self, id: &str) -> Result<bollard::container::AttachContainerResults, String> {
         let opts = AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build();
-        let attached = self.docker.attach_container(id, Some(opts)).await.map_err(|e| self.err(None, e))?;
-        self.docker.start_container(id, None).await.map_err(|e| self.err(Some(image), e))?;
-        Ok(attached)
+        self.docker.attach_container(id, Some(opts)).await.map_err(|e| self.err(None, e))
+    }
+
+    async fn start(&self, id: &str, image: &str) -> Result<(), String> {
+        self.docker.start_container(id, None).await.map_err(|e| self.err(Some(image), e))
     }
 
     /// The exit code of a container that has stopped (or stops soon).
     pub async fn exit_code(&self, id: &str) -> Option<i64> {
-        match self.docker.wait_container(id, None).next().await {
+        self.wait(id, "not-running").await
+    }
+
+    /// Waits for a container to stop. Asked before the container starts, `next-exit`
+    /// answers as soon as it exits, where `not-running` asked afterwards can lag behind
+    /// (podman updates the state only after its clean-up process has run).
+    async fn wait(&self, id: &str, condition: &str) -> Option<i64> {
+        let opts = WaitContainerOptionsBuilder::default().condition(condition).build();
+        match self.docker.wait_container(id, Some(opts)).next().await {
             Some(Ok(r)) => Some(r.status_code),
             Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Some(code),
             _ => None,
@@ -200,6 +207,15 @@ impl Drop for Removal {
     }
 }
 
+/// Stops a task when dropped (a wait that will never be answered, on an early return).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn signal_name(sig: &russh::Sig) -> String {
     match sig {
         russh::Sig::Custom(name) => format!("SIG{name}"),
@@ -223,10 +239,17 @@ pub async fn run_once(
         Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
     };
     let _removal = Removal { engine: engine.clone(), id: id.clone() };
-    let attached = match engine.attach_and_start(&id, spec.image).await {
+    let attached = match engine.attach(&id).await {
         Ok(a) => a,
         Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
     };
+    let mut exit = AbortOnDrop(tokio::spawn({
+        let (engine, id) = (engine.clone(), id.clone());
+        async move { engine.wait(&id, "next-exit").await }
+    }));
+    if let Err(e) = engine.start(&id, spec.image).await {
+        return out.refuse(&format!("{e}; nothing was run")).await;
+    }
     let mut output = attached.output;
     // Stdin goes through a task of its own so output keeps draining (as in native runs).
     let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
@@ -282,7 +305,11 @@ pub async fn run_once(
         out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
         return out.finish(Outcome::Code(124)).await;
     }
-    let outcome = match engine.exit_code(&id).await {
+    let exit_code = match (&mut exit.0).await {
+        Ok(Some(code)) => Some(code),
+        _ => engine.exit_code(&id).await,
+    };
+    let outcome = match exit_code {
         Some(code) => Outcome::Code(code.clamp(0, 255) as u32),
         None => {
             out.stderr(b"openbox agent: the Docker engine did not report the container's exit code\n").await;
@@ -311,7 +338,11 @@ impl SessionContainer {
     pub async fn start(engine: &Engine, spec: Spec<'_>) -> Result<(SessionContainer, Attached), String> {
         let id = engine.create(&spec, vec!["/bin/sh".to_owned()], false).await?;
         let container = SessionContainer { engine: engine.clone(), id };
-        let attached = match engine.attach_and_start(&container.id, spec.image).await {
+        let started = match engine.attach(&container.id).await {
+            Ok(a) => engine.start(&container.id, spec.image).await.map(|_| a),
+            Err(e) => Err(e),
+        };
+        let attached = match started {
             Ok(a) => a,
             Err(e) => {
                 container.stop().await;
