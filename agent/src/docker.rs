@@ -305,8 +305,10 @@ pub async fn run_once(
         out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
         return out.finish(Outcome::Code(124)).await;
     }
-    let exit_code = match (&mut exit.0).await {
-        Ok(Some(code)) => Some(code),
+    // The early wait may have reached the engine only after the container had exited
+    // (then it waits for an exit that never comes): after a grace period, ask plainly.
+    let exit_code = match tokio::time::timeout(Duration::from_secs(2), &mut exit.0).await {
+        Ok(Ok(Some(code))) => Some(code),
         _ => engine.exit_code(&id).await,
     };
     let outcome = match exit_code {
