@@ -116,8 +116,9 @@ impl Engine {
         }
     }
 
-    /// Creates (not starts) a container running `cmd` with stdin open.
-    async fn create(&self, spec: &Spec<'_>, cmd: Vec<String>, one_shot: bool) -> Result<String, String> {
+    /// Creates (not starts) a container running `argv` with stdin open. `argv` replaces the
+    /// image's entrypoint too, so what runs is exactly the shell openbox asked for.
+    async fn create(&self, spec: &Spec<'_>, argv: Vec<String>, one_shot: bool) -> Result<String, String> {
         let mut labels = HashMap::from([(NODE_LABEL.to_owned(), self.node_id.clone())]);
         if let Some(s) = spec.session {
             labels.insert("dev.openbox.session".to_owned(), s.to_owned());
@@ -128,17 +129,31 @@ impl Engine {
             // is pid 1 itself, so the interrupt can reach it (see `interrupt`).
             init: Some(one_shot),
             nano_cpus: limits.millicpus.map(|m| (m * 1_000_000) as i64),
-            memory: limits.memory.map(|b| b as i64),
+            memory: limits.memory.map(|b| b.min(i64::MAX as u64) as i64),
             network_mode: limits.network.map(|n| match n {
                 Network::None => "none".to_owned(),
                 Network::Host => "host".to_owned(),
             }),
-            binds: (!limits.mounts.is_empty()).then(|| limits.mounts.iter().map(|m| m.to_string()).collect()),
+            // `Mounts` rather than `Binds`: a missing source is an error, not a new directory.
+            mounts: (!limits.mounts.is_empty()).then(|| {
+                limits
+                    .mounts
+                    .iter()
+                    .map(|m| bollard::models::Mount {
+                        typ: Some(bollard::models::MountType::BIND),
+                        source: Some(m.src.clone()),
+                        target: Some(m.dst.clone()),
+                        read_only: Some(m.read_only),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.to_owned()),
-            cmd: Some(cmd),
+            entrypoint: Some(argv),
+            cmd: Some(Vec::new()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             attach_stdin: Some(true),
             attach_stdout: Some(true),

@@ -9,6 +9,15 @@ use proto::Isolation;
 
 use crate::docker::Engine;
 
+/// Mount sources must exist: engines differ on whether they create a missing one, and a
+/// typo should not become a new empty directory on the node.
+fn check_mount_sources(limits: &proto::isolation::Limits) -> Result<(), String> {
+    match limits.mounts.iter().find(|m| !std::path::Path::new(&m.src).exists()) {
+        Some(m) => Err(format!("mount source {} does not exist on this node", m.src)),
+        None => Ok(()),
+    }
+}
+
 pub struct Runtimes {
     node_id: String,
     /// The engine client, made once its socket exists.
@@ -49,12 +58,21 @@ impl Runtimes {
     pub async fn check(&self, isolation: &Isolation) -> Result<(), String> {
         match isolation {
             Isolation::Native => Ok(()),
-            Isolation::Docker { .. } => self.docker()?.check().await,
-            Isolation::Nspawn { dir, .. } => {
+            Isolation::Docker { limits, .. } => {
+                let engine = self.docker()?;
+                engine.check().await?;
+                // An engine on this machine sees this machine's paths (a remote one does not).
+                if engine.host.starts_with("unix://") {
+                    check_mount_sources(limits)?;
+                }
+                Ok(())
+            }
+            Isolation::Nspawn { dir, limits } => {
                 if let Some(why) = crate::nspawn::unavailable() {
                     return Err(why);
                 }
-                crate::nspawn::check_tree(dir)
+                crate::nspawn::check_tree(dir)?;
+                check_mount_sources(limits)
             }
         }
     }

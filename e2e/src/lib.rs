@@ -486,6 +486,8 @@ pub struct Engines {
     pub docker_host: String,
     /// A small local image with busybox.
     pub image: String,
+    /// The same with an `ENTRYPOINT` that openbox must not run.
+    pub entrypoint_image: String,
     /// A root tree for systemd-nspawn.
     pub tree: String,
 }
@@ -524,7 +526,12 @@ pub fn engines() -> &'static Engines {
                 .unwrap_or_else(|| panic!("scripts/test-engines printed no {k}:\n{text}"))
                 .to_owned()
         };
-        Engines { docker_host: get("DOCKER_HOST"), image: get("OPENBOX_TEST_IMAGE"), tree: get("OPENBOX_TEST_TREE") }
+        Engines {
+            docker_host: get("DOCKER_HOST"),
+            image: get("OPENBOX_TEST_IMAGE"),
+            entrypoint_image: get("OPENBOX_TEST_ENTRYPOINT_IMAGE"),
+            tree: get("OPENBOX_TEST_TREE"),
+        }
     })
 }
 

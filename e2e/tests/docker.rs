@@ -116,6 +116,23 @@ fn engine_problems_get_clear_messages_and_run_nothing() {
     let out = f.cli.run(&["-t", "t", "--docker", "localhost/no-such-image:1", "true"]);
     out.fails_with(255, "image localhost/no-such-image:1 is not on this node's Docker engine");
     assert_no_containers_left(&f);
+
+    // A mount whose source is missing is the engine's error, named; nothing is created.
+    let missing = tempfile::tempdir().unwrap().path().join("missing");
+    let out = f.run(&["--mount", &format!("{}:/data", missing.display())], "true");
+    out.fails_with(255, &format!("mount source {} does not exist on this node; nothing was run", missing.display()));
+    assert!(!missing.exists(), "the mount source must not be created");
+    assert_no_containers_left(&f);
+}
+
+#[test]
+fn the_image_entrypoint_does_not_replace_the_command() {
+    let f = fleet(&[]);
+    let image = &f.e.entrypoint_image;
+    let out = f.cli.run(&["-t", "t", "--docker", image, "echo mine; exit 4"]);
+    assert_eq!((out.code, out.stdout.as_str()), (4, "mine\n"), "{out:?}");
+    f.cli.run(&["-t", "t", "-s", "ep", "--docker", image, "cd /tmp"]).ok();
+    assert_eq!(f.cli.run(&["-t", "t", "-s", "ep", "--docker", image, "pwd"]).ok().stdout, "/tmp\n");
 }
 
 #[test]
