@@ -9,7 +9,7 @@ use russh::server::{Handle, Msg};
 use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// Where a command's output goes, and how its end is reported.
 /// Writes go through the channel's write half, which waits for the peer's SSH window, so a
@@ -101,11 +101,10 @@ pub enum Tree {
     Nspawn,
 }
 
-/// Signals every process the command started. For a container, SIGKILL goes to its pid 1,
-/// which takes the whole container down; other signals go to what runs inside (its pid 1
-/// ignores them, as pid 1 does).
-fn signal_tree(child: &Child, tree: Tree, sig: Signal) {
-    let Some(pid) = child.id() else { return };
+/// Passes the caller's signal to every process the command started (`pid` is the process
+/// openbox spawned; its group outlives it while the command's processes do). In a
+/// container that is what runs below its pid 1, so a SIGKILL'd command reads 128+9.
+fn signal_tree(pid: u32, tree: Tree, sig: Signal) {
     match tree {
         Tree::Group => {
             if let Some(p) = Pid::from_raw(pid as i32) {
@@ -113,17 +112,26 @@ fn signal_tree(child: &Child, tree: Tree, sig: Signal) {
             }
         }
         Tree::Nspawn => {
-            let inside = crate::procs::container_processes(pid);
-            for (host, inner) in &inside {
-                if sig == Signal::KILL && *inner != 1 {
-                    continue;
+            for (host, inner) in crate::procs::container_processes(pid) {
+                if inner != 1 {
+                    crate::procs::signal(host, sig);
                 }
-                crate::procs::signal(*host, sig);
-            }
-            if sig == Signal::KILL && inside.is_empty() {
-                crate::procs::signal(pid, sig); // not started yet: stop nspawn itself
             }
         }
+    }
+}
+
+/// Ends everything the command started (timeout, or the caller gone). A container goes
+/// down with its pid 1.
+fn tear_down(pid: u32, tree: Tree) {
+    if tree == Tree::Nspawn {
+        match crate::procs::container_init(pid) {
+            Some(init) => crate::procs::signal(init, Signal::KILL),
+            None => crate::procs::signal(pid, Signal::KILL), // not started yet: stop nspawn
+        }
+    }
+    if let Some(p) = Pid::from_raw(pid as i32) {
+        let _ = kill_process_group(p, Signal::KILL);
     }
 }
 
@@ -163,7 +171,9 @@ pub async fn run_process(
             return out.refuse(&format!("cannot start {program}: {e}")).await;
         }
     };
-    let kill_group = |child: &Child, sig: Signal| signal_tree(child, tree, sig);
+    // Kept from the start: once the spawned process has been waited for, `child.id()` is
+    // gone, but what it left running (`server &`) must still be stoppable.
+    let pid = child.id().unwrap_or(0);
     // Stdin is written by a task of its own, and the channel is always read: a command not
     // reading its input must not stop us draining its output, and russh's session loop —
     // which also carries our output — blocks while a channel's messages go unread.
@@ -192,11 +202,11 @@ pub async fn run_process(
         tokio::select! {
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !timed_out => {
                 timed_out = true;
-                kill_group(&child, Signal::KILL);
+                tear_down(pid, tree);
             },
             r = stdout.read(&mut out_buf), if out_open => match r {
                 Ok(0) | Err(_) => out_open = false,
-                Ok(n) => if !out.stdout(&out_buf[..n]).await { kill_group(&child, Signal::KILL); out_open = false; },
+                Ok(n) => if !out.stdout(&out_buf[..n]).await { tear_down(pid, tree); out_open = false; },
             },
             r = stderr.read(&mut err_buf), if err_open => match r {
                 Ok(0) | Err(_) => err_open = false,
@@ -208,11 +218,11 @@ pub async fn run_process(
                 }
                 Some(ChannelMsg::Eof) => stdin_tx = None,
                 Some(ChannelMsg::Signal { signal }) => {
-                    if let Some(s) = sig_to_signal(&signal) { kill_group(&child, s); }
+                    if let Some(s) = sig_to_signal(&signal) { signal_tree(pid, tree, s); }
                 }
                 Some(ChannelMsg::Close) | None => {
                     // The caller is gone: nobody will read the rest.
-                    kill_group(&child, Signal::KILL);
+                    tear_down(pid, tree);
                     input_open = false;
                 }
                 Some(_) => {}

@@ -141,3 +141,12 @@ fn two_users_run_side_by_side_each_as_themselves() {
         "each identity has its own key"
     );
 }
+
+#[test]
+fn a_timeout_stops_what_a_command_left_running_after_its_shell_exited() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    // The shell exits at once; the background `sleep` keeps the output open.
+    let out = cli.run(&["--timeout", "1s", "-t", "t", "sleep 300 & echo started"]);
+    assert_eq!((out.code, out.stdout.as_str()), (124, "started\n"), "{out:?}");
+    assert!(out.stderr.contains("timed out after 1s"), "{out:?}");
+}
