@@ -222,6 +222,14 @@ impl Drop for Removal {
     }
 }
 
+/// A shell loop that sends signal `name` to every process in the container but pid 1 (the
+/// session's shell) and itself.
+fn signal_all_but_the_shell(name: &str) -> String {
+    format!(
+        "for d in /proc/[0-9]*; do p=${{d#/proc/}}; [ \"$p\" = 1 ] || [ \"$p\" = $$ ] || kill -{name} \"$p\" 2>/dev/null; done"
+    )
+}
+
 /// Stops a task when dropped (a wait that will never be answered, on an early return).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -390,24 +398,29 @@ impl SessionContainer {
     /// and every other process in the container is killed — as natively, from inside,
     /// so it works whatever host the engine runs on.
     pub async fn interrupt(&self) {
-        let script = "kill -USR1 1; for d in /proc/[0-9]*; do p=${d#/proc/}; [ \"$p\" = 1 ] || [ \"$p\" = $$ ] || kill -KILL \"$p\" 2>/dev/null; done";
+        self.run_inside(&format!("kill -USR1 1; {}", signal_all_but_the_shell("KILL"))).await;
+    }
+
+    /// Passes a signal (a name such as `INT`) to what the session's command started.
+    pub async fn signal(&self, name: &'static str) {
+        self.run_inside(&signal_all_but_the_shell(name)).await;
+    }
+
+    /// Runs a short script inside the container without waiting for it.
+    async fn run_inside(&self, script: &str) {
         let exec = bollard::exec::CreateExecOptions {
             cmd: Some(vec!["/bin/sh", "-c", script]),
             attach_stdout: Some(false),
             attach_stderr: Some(false),
             ..Default::default()
         };
+        let detached = Some(bollard::exec::StartExecOptions { detach: true, ..Default::default() });
         let started = match self.engine.docker.create_exec(&self.id, exec).await {
-            Ok(e) => self
-                .engine
-                .docker
-                .start_exec(&e.id, Some(bollard::exec::StartExecOptions { detach: true, ..Default::default() }))
-                .await
-                .map(|_| ()),
+            Ok(e) => self.engine.docker.start_exec(&e.id, detached).await.map(|_| ()),
             Err(e) => Err(e),
         };
         if let Err(e) = started {
-            tracing::warn!(container = %self.id, error = %e, "could not interrupt the session's command");
+            tracing::warn!(container = %self.id, error = %e, "could not signal the session's command");
         }
     }
 

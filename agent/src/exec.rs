@@ -73,7 +73,7 @@ fn sig_from_raw(n: i32) -> Sig {
     }
 }
 
-fn sig_to_signal(sig: &Sig) -> Option<Signal> {
+pub fn sig_to_signal(sig: &Sig) -> Option<Signal> {
     Some(match sig {
         Sig::HUP => Signal::HUP,
         Sig::INT => Signal::INT,

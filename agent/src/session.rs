@@ -63,6 +63,24 @@ impl ShellHost {
         }
     }
 
+    /// Passes the caller's signal to what the session's command started (not the shell).
+    async fn signal(&self, sig: Signal) {
+        let kill_below = |pid: u32| procs::descendants(pid).into_iter().for_each(|p| procs::signal(p, sig));
+        match self {
+            ShellHost::Process { pid, nspawn: false, .. } => kill_below(*pid),
+            ShellHost::Process { pid, nspawn: true, .. } => {
+                if let Some(init) = procs::container_init(*pid) {
+                    kill_below(init);
+                }
+            }
+            ShellHost::Container(c) => {
+                if let Some(name) = procs::signal_name(sig) {
+                    c.signal(name).await;
+                }
+            }
+        }
+    }
+
     /// Ends the shell and whatever it runs in.
     async fn stop(&mut self) {
         match self {
@@ -321,7 +339,19 @@ impl Sessions {
             }
             Framed::ShellEnded => {
                 let mut shell = s.shell.take().expect("running");
-                let code = shell.host.exit_code().await;
+                // Closed output with the shell still alive (`exec >/dev/null`) cannot be
+                // framed any more: such a shell is ended.
+                let code = match tokio::time::timeout(Duration::from_secs(2), shell.host.exit_code()).await {
+                    Ok(code) => code,
+                    Err(_) => {
+                        shell.host.stop().await;
+                        out.stderr(
+                            format!("openbox: session {id}: the shell closed its output; it was ended\n").as_bytes(),
+                        )
+                        .await;
+                        255
+                    }
+                };
                 out.stderr(
                     format!(
                         "openbox: session {id}: the shell exited (status {code}); the next command starts a new one\n"
@@ -332,6 +362,20 @@ impl Sessions {
                 s.ended = Some(Ended::Exited(code));
                 self.report_end(&key, "exited", &s);
                 Outcome::Code(code as u32)
+            }
+            Framed::Unresponsive(timed_out) => {
+                let mut shell = s.shell.take().expect("running");
+                shell.host.stop().await;
+                out.stderr(
+                    format!(
+                        "openbox: session {id}: the shell did not answer after its command was stopped; it was ended, and the next command starts a new one\n"
+                    )
+                    .as_bytes(),
+                )
+                .await;
+                s.ended = Some(Ended::Exited(255));
+                self.report_end(&key, "exited", &s);
+                Outcome::Code(if timed_out.is_some() { 124 } else { 255 })
             }
         };
         drop(s);
@@ -390,6 +434,8 @@ async fn stop_shell(shell: &mut Shell) {
 enum Framed {
     Done(u32),
     TimedOut(Duration),
+    /// No end markers came after an interrupt (the timeout, if that was why).
+    Unresponsive(Option<Duration>),
     ShellEnded,
 }
 
@@ -404,11 +450,12 @@ async fn run_framed(
     let n = nonce();
     // The command runs in a function of the session's own shell, so `cd` and `export`
     // stay. `command eval` keeps the shell alive through a syntax error; stdin is
-    // /dev/null so a command cannot swallow the lines that follow it. SIGUSR1 (armed only
-    // while the command runs) makes the function return, which stops what is left of the
-    // command — even a loop of builtins — without losing the shell.
+    // /dev/null so a command cannot swallow the lines that follow it. SIGUSR1 makes the
+    // function return, which stops what is left of the command — even a loop of builtins
+    // — without losing the shell. That trap is armed and disarmed inside the function:
+    // outside it, `return` would end the shell, so there USR1 does nothing (`:`).
     let script = format!(
-        "trap 'return 124' USR1\n__openbox_run() {{ command eval {} </dev/null\n}}\n__openbox_run; __obx=$?; trap '' USR1\nprintf 'OBX:{n}:%d\\n' \"$__obx\"\nprintf 'OBX:{n}\\n' >&2\n",
+        "trap : USR1\n__openbox_run() {{ trap 'return 124' USR1; command eval {} </dev/null\n__obx=$?; trap : USR1; return $__obx\n}}\n__openbox_run; __obx=$?\nprintf 'OBX:{n}:%d\\n' \"$__obx\"\nprintf 'OBX:{n}\\n' >&2\n",
         quote(command)
     );
     if shell.stdin.write_all(script.as_bytes()).await.is_err() {
@@ -421,8 +468,15 @@ async fn run_framed(
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut timed_out = None;
     let mut caller_gone = false;
+    // After an interrupt the markers must come soon; a shell that sends none (its output
+    // redirected away by `exec >…`, say) is given up on.
+    let mut give_up_at = None;
+    let grace = Duration::from_secs(5);
     while code.is_none() || !err_done {
         tokio::select! {
+            _ = async { tokio::time::sleep_until(give_up_at.expect("guarded")).await }, if give_up_at.is_some() => {
+                return Framed::Unresponsive(timed_out);
+            },
             r = shell.stdout.read(&mut out_buf), if code.is_none() => match r {
                 Ok(0) | Err(_) => return Framed::ShellEnded,
                 Ok(k) => {
@@ -452,16 +506,24 @@ async fn run_framed(
                     err_done = after.is_some();
                 }
             },
-            msg = input.wait(), if !caller_gone => {
-                if matches!(msg, Some(russh::ChannelMsg::Close) | None) {
+            msg = input.wait(), if !caller_gone => match msg {
+                Some(russh::ChannelMsg::Close) | None => {
                     // Nobody waits for this command any more: stop it, keep the shell.
                     caller_gone = true;
                     shell.host.interrupt().await;
+                    give_up_at.get_or_insert(tokio::time::Instant::now() + grace);
                 }
+                Some(russh::ChannelMsg::Signal { signal }) => {
+                    if let Some(sig) = crate::exec::sig_to_signal(&signal) {
+                        shell.host.signal(sig).await;
+                    }
+                }
+                Some(_) => {}
             },
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && timed_out.is_none() => {
                 timed_out = timeout;
                 shell.host.interrupt().await;
+                give_up_at.get_or_insert(tokio::time::Instant::now() + grace);
             },
         }
     }

@@ -192,3 +192,15 @@ fn an_agent_that_stops_or_crashes_leaves_no_containers() {
     f.agent.restart();
     assert_no_containers_left(&f);
 }
+
+#[test]
+fn a_session_whose_shell_stops_answering_is_ended_after_a_timeout_instead_of_hanging() {
+    let f = fleet(&[]);
+    // The engine's stream stays open, but the shell's output now goes nowhere.
+    let out = f.run(&["-s", "mute", "--timeout", "1s"], "exec >/dev/null 2>&1; sleep 60");
+    assert_eq!(out.code, 124, "{out:?}");
+    assert!(out.stderr.contains("did not answer after its command was stopped; it was ended"), "{out:?}");
+    assert_no_containers_left(&f);
+    let out = f.run(&["-s", "mute"], "echo back").ok();
+    assert_eq!(out.stdout, "back\n");
+}

@@ -168,3 +168,15 @@ fn a_session_stays_on_its_node_across_calls_daemons_and_control_plane_restarts()
     let listed = admin.run(&["sessions", "--json"]).ok().json();
     assert_eq!(listed[0]["node_id"], first.trim());
 }
+
+#[test]
+fn a_command_that_closes_the_shells_output_ends_the_session_instead_of_hanging_it() {
+    let (_cp, cli, _agent) = fleet(&[]);
+    let s = ["-t", "t", "-s", "redirected"];
+    let out = cli.run(&[&s[..], &["exec >/dev/null"]].concat());
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(out.stderr.contains("the shell closed its output; it was ended"), "{out:?}");
+    let out = cli.run(&[&s[..], &["echo again"]].concat()).ok();
+    assert_eq!(out.stdout, "again\n");
+    assert!(out.stderr.contains("started a new shell"), "{out:?}");
+}

@@ -101,8 +101,9 @@ fn check_path(what: &str, p: &str) -> Result<(), String> {
     if p.chars().any(|c| c.is_control() || matches!(c, ':' | ';' | ',')) {
         return Err(format!("{what} {p:?} must not contain ':', ';', ',' or control characters"));
     }
-    if p.split('/').any(|part| part == "..") {
-        return Err(format!("{what} {p:?} must not contain '..'"));
+    // One spelling per path: no `..`, `.`, `//` or trailing `/` (so `nspawn:/.` is `/`).
+    if p != "/" && p.split('/').skip(1).any(|part| matches!(part, "" | "." | "..")) {
+        return Err(format!("{what} {p:?} must be a plain path, without '.', '..', '//' or a trailing '/'"));
     }
     Ok(())
 }
@@ -332,6 +333,11 @@ mod tests {
             "native;network=none",
             "nspawn:relative",
             "nspawn:/",
+            "nspawn:/.",
+            "nspawn://",
+            "nspawn:/srv/tree/",
+            "nspawn:/srv/./tree",
+            "docker:img;mount=/a//b:/c",
             "nspawn:/srv;cpus=1",
             "vm:x",
         ] {
