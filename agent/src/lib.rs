@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let reaper = tokio::spawn(sessions.clone().reap_forever());
     let runtimes = runtimes::Runtimes::new(&identity.node_id);
     runtimes.clean_up().await;
+    tracing::info!(isolation = ?runtimes.capabilities().await, "this node can run commands under");
     let shared = server::Shared::new(identity, sessions, runtimes);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::serve(listener, shared.clone(), async {
