@@ -375,9 +375,11 @@ impl SessionContainer {
             }
         };
         // The engine interleaves stdout and stderr on one stream; the session reads them
-        // as two pipes.
-        let (mut out_w, out_r) = tokio::io::duplex(256 * 1024);
-        let (mut err_w, err_r) = tokio::io::duplex(64 * 1024);
+        // as two pipes. Output a background job writes while no command reads it waits
+        // here; the buffers grow only as used, and are large so that such output does not
+        // hold up the other stream's end marker behind it.
+        let (mut out_w, out_r) = tokio::io::duplex(16 << 20);
+        let (mut err_w, err_r) = tokio::io::duplex(16 << 20);
         let mut output = attached.output;
         tokio::spawn(async move {
             while let Some(Ok(item)) = output.next().await {
