@@ -253,9 +253,10 @@ pub async fn run_once(
     spec: Spec<'_>,
     command: &str,
     timeout: Option<Duration>,
-    mut input: ChannelReadHalf,
+    input: ChannelReadHalf,
     out: ChannelOut,
 ) {
+    let mut input = crate::exec::messages(input);
     let cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
     let id = match engine.create(&spec, cmd, true).await {
         Ok(id) => id,
@@ -309,7 +310,7 @@ pub async fn run_once(
                 }
                 None => output_open = false,
             },
-            msg = input.wait(), if input_open => match msg {
+            msg = input.recv(), if input_open => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     if let Some(tx) = &stdin_tx && tx.send(data).is_err() { stdin_tx = None; }
                 }

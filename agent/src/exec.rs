@@ -92,6 +92,24 @@ pub fn sig_to_signal(sig: &Sig) -> Option<Signal> {
     })
 }
 
+/// The caller's messages (stdin, end of input, signals, close) for a command, read from
+/// the channel by a task of its own. russh's session loop — which also carries window
+/// adjustments for our output — waits while a channel's messages go unread, so a command
+/// loop that is waiting for output window must not also be the one reading them.
+pub type Messages = tokio::sync::mpsc::UnboundedReceiver<ChannelMsg>;
+
+pub fn messages(mut input: ChannelReadHalf) -> Messages {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = input.wait().await {
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Where a command's processes live, for signalling them.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Tree {
@@ -160,9 +178,10 @@ pub async fn run_process(
     mut cmd: Command,
     tree: Tree,
     timeout: Option<std::time::Duration>,
-    mut input: ChannelReadHalf,
+    input: ChannelReadHalf,
     out: ChannelOut,
 ) {
+    let mut input = messages(input);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -212,7 +231,7 @@ pub async fn run_process(
                 Ok(0) | Err(_) => err_open = false,
                 Ok(n) => { out.stderr(&err_buf[..n]).await; }
             },
-            msg = input.wait(), if input_open => match msg {
+            msg = input.recv(), if input_open => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     if let Some(tx) = &stdin_tx && tx.send(data).is_err() { stdin_tx = None; }
                 }

@@ -290,7 +290,8 @@ impl Sessions {
     }
 
     /// Runs `job` in the session's shell (starting one if needed) and reports its end.
-    pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, mut input: russh::ChannelReadHalf) {
+    pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, input: russh::ChannelReadHalf) {
+        let mut input = crate::exec::messages(input);
         let Job { command, isolation, runtimes, env, timeout } = job;
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
@@ -445,7 +446,7 @@ async fn run_framed(
     command: &str,
     timeout: Option<Duration>,
     out: &ChannelOut,
-    input: &mut russh::ChannelReadHalf,
+    input: &mut crate::exec::Messages,
 ) -> Framed {
     let n = nonce();
     // The command runs in a function of the session's own shell, so `cd` and `export`
@@ -506,7 +507,7 @@ async fn run_framed(
                     err_done = after.is_some();
                 }
             },
-            msg = input.wait(), if !caller_gone => match msg {
+            msg = input.recv(), if !caller_gone => match msg {
                 Some(russh::ChannelMsg::Close) | None => {
                     // Nobody waits for this command any more: stop it, keep the shell.
                     caller_gone = true;
