@@ -59,8 +59,9 @@ impl Runtimes {
         match isolation {
             Isolation::Native => Ok(()),
             Isolation::Docker { limits, .. } => {
+                // No ping here: it would cost a round trip on every call, and an engine
+                // that does not answer fails the container's creation with the same words.
                 let engine = self.docker()?;
-                engine.check().await?;
                 // An engine on this machine sees this machine's paths (a remote one does not).
                 if engine.host.starts_with("unix://") {
                     check_mount_sources(limits)?;
