@@ -31,11 +31,14 @@ pub enum SshError {
     Stale { node: String, why: String },
     #[error("cancelled")]
     Cancelled,
+    /// The command's output could not be written where it goes; the command was stopped.
+    #[error("cannot write the command's output: {0}")]
+    Output(std::io::Error),
 }
 
 /// Where a remote command's output goes.
 pub trait Output: Send {
-    /// A chunk of stdout; an error means nobody reads stdout any more.
+    /// A chunk of stdout; an error means it cannot be delivered, and the command is stopped.
     fn stdout(&mut self, data: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
     /// A chunk of stderr.
     fn stderr(&mut self, data: &[u8]) -> impl Future<Output = std::io::Result<()>> + Send;
@@ -305,7 +308,6 @@ impl Started {
 
         tokio::pin!(cancel);
         let mut status = None;
-        let mut stdout_open = true;
         let ended = loop {
             let msg = tokio::select! {
                 m = read.wait() => m,
@@ -315,12 +317,19 @@ impl Started {
                 }
             };
             match msg {
-                // A reader that went away (`| head`) stops mattering; keep draining.
-                Some(ChannelMsg::Data { data }) if stdout_open && output.stdout(&data).await.is_err() => {
-                    stdout_open = false;
+                // Output that cannot be delivered is never dropped quietly: the command
+                // stops, as a local one would on SIGPIPE, and the caller hears why.
+                Some(ChannelMsg::Data { data }) => {
+                    if let Err(e) = output.stdout(&data).await {
+                        let _ = write.close().await;
+                        break Err(SshError::Output(e));
+                    }
                 }
                 Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                    let _ = output.stderr(&data).await;
+                    if let Err(e) = output.stderr(&data).await {
+                        let _ = write.close().await;
+                        break Err(SshError::Output(e));
+                    }
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(ExitStatus::Code(exit_status)),
                 Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. }) => {

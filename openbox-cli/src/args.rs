@@ -18,7 +18,9 @@ Run a command on a node:
 A session with --docker or --nspawn keeps one container for all its commands.
 Command words are joined with spaces and run by the node's `sh -c`, as ssh does:
   openbox -t mac 'cd /tmp && make'
-The exit code is the remote command's (128+N for a signal); 255 means openbox itself failed.
+The exit code is the remote command's (128+N for a signal); 255 means openbox itself failed,
+141 that its stdout was closed before all output was written. As rsync's or git's remote
+shell: rsync -e 'openbox -n' NODE:DIR/ DIR/, GIT_SSH_COMMAND='openbox -n' git clone NODE:REPO
 
 Get started on this machine:
   openbox up                      local control plane + this machine as node `local`

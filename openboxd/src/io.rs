@@ -1,19 +1,39 @@
-//! Where a call's standard streams are: this process's own (one-shot), the caller's file
-//! descriptors passed over the socket, or JSON notifications on the socket.
+//! Where a call's standard streams are: file descriptors (the caller's, passed over the
+//! socket, or this process's own in a one-shot call), or JSON notifications on the socket.
+//!
+//! Descriptors are used as they come: blocking or not (rsync hands its remote shell a
+//! non-blocking socket), pipes, sockets, terminals or files, perhaps shared with other
+//! processes — so their flags are never changed. Each is served by a thread of its own
+//! that writes or reads and, on `EAGAIN`, waits in `poll` until the descriptor is ready.
+//! Output is never dropped: a write that truly fails is remembered, and [`conclude`]
+//! turns it into a message and a failing exit code.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use net::ssh::{Input, Output, Writers};
+use net::ssh::{Input, Output};
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::io::Errno;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+/// How often a thread waiting on a descriptor checks whether its call still wants it.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Chunks of output queued for the writer thread; with SSH packets of at most 64 KiB this
+/// bounds what one call holds in memory while its reader is slow.
+const QUEUED_CHUNKS: usize = 16;
+
+/// Exit code when the caller's stdout was closed before all output was written: what a
+/// local command killed by SIGPIPE exits with.
+const BROKEN_PIPE: u8 = 128 + 13;
 
 /// A call's stdin.
 pub enum CallInput {
     Empty,
-    Process(tokio::io::Stdin),
     Chunks(mpsc::Receiver<Vec<u8>>),
 }
 
@@ -21,38 +41,26 @@ impl Input for CallInput {
     async fn next(&mut self) -> Option<Vec<u8>> {
         match self {
             CallInput::Empty => None,
-            CallInput::Process(stdin) => {
-                use tokio::io::AsyncReadExt;
-                let mut buf = vec![0u8; 64 * 1024];
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some(buf)
-                    }
-                }
-            }
             CallInput::Chunks(rx) => rx.recv().await,
         }
     }
 }
 
-/// Reads a passed stdin descriptor on a thread of its own. It polls with a short timeout
-/// so that it stops soon after the command ends: a read left blocked on a terminal would
-/// otherwise swallow what the user types next.
+/// Reads a stdin descriptor on a thread of its own. It polls with a short timeout so that
+/// it stops soon after the command ends: a read left blocked on a terminal would otherwise
+/// swallow what the user types next.
 pub fn fd_input(fd: OwnedFd) -> CallInput {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
     std::thread::spawn(move || {
-        let tick = Timespec::try_from(Duration::from_millis(100)).expect("small duration");
+        let tick = Timespec::try_from(TICK).expect("small duration");
         loop {
             if tx.is_closed() {
                 return;
             }
             let mut fds = [PollFd::new(&fd, PollFlags::IN)];
             match poll(&mut fds, Some(&tick)) {
-                Ok(0) => continue,
+                Ok(0) | Err(Errno::INTR) => continue,
                 Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => return,
             }
             let mut buf = vec![0u8; 64 * 1024];
@@ -64,32 +72,171 @@ pub fn fd_input(fd: OwnedFd) -> CallInput {
                         return;
                     }
                 }
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
-                Err(_) => return,
+                Err(Errno::INTR | Errno::AGAIN) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the caller's stdin failed; sending end of input");
+                    return;
+                }
             }
         }
     });
     CallInput::Chunks(rx)
 }
 
+/// Which of a call's output streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// A write into the caller's descriptor that failed: from then on that stream is
+/// incomplete, and the call must not report success.
+#[derive(Debug, Clone)]
+pub struct WriteFailure {
+    pub stream: Stream,
+    pub kind: std::io::ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kind == std::io::ErrorKind::BrokenPipe {
+            write!(f, "{} was closed before all output was written (broken pipe)", self.stream.name())
+        } else {
+            write!(f, "could not write all output to {}: {}", self.stream.name(), self.message)
+        }
+    }
+}
+
+enum Chunk {
+    Data(Stream, Vec<u8>),
+    /// Answered once everything queued before it has been written (or has failed).
+    Flush(oneshot::Sender<()>),
+}
+
+/// Writes a call's stdout and stderr into two descriptors, in the order the output
+/// arrived, on one thread of its own.
+pub struct FdWriter {
+    queue: mpsc::Sender<Chunk>,
+    failures: Arc<Mutex<[Option<WriteFailure>; 2]>>,
+    /// Set when the call no longer wants its output (dropped unconcluded): a thread
+    /// waiting for a stalled reader then gives up.
+    abandoned: Arc<AtomicBool>,
+}
+
+impl FdWriter {
+    pub fn new(stdout: OwnedFd, stderr: OwnedFd) -> FdWriter {
+        let (queue, mut chunks) = mpsc::channel::<Chunk>(QUEUED_CHUNKS);
+        let failures: Arc<Mutex<[Option<WriteFailure>; 2]>> = Arc::default();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let (failed, gone) = (failures.clone(), abandoned.clone());
+        std::thread::spawn(move || {
+            let fds = [stdout, stderr];
+            while let Some(chunk) = chunks.blocking_recv() {
+                match chunk {
+                    Chunk::Data(stream, data) => {
+                        if failed.lock().unwrap_or_else(|e| e.into_inner())[stream.index()].is_some() {
+                            continue; // that stream is already incomplete
+                        }
+                        if let Err(e) = write_all(&fds[stream.index()], &data, &gone) {
+                            let failure = WriteFailure { stream, kind: e.kind(), message: e.to_string() };
+                            failed.lock().unwrap_or_else(|e| e.into_inner())[stream.index()] = Some(failure);
+                        }
+                    }
+                    Chunk::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        FdWriter { queue, failures, abandoned }
+    }
+
+    async fn write(&mut self, stream: Stream, data: &[u8]) -> std::io::Result<()> {
+        if let Some(f) = self.failure_of(stream) {
+            return Err(std::io::Error::new(f.kind, f.to_string()));
+        }
+        self.queue
+            .send(Chunk::Data(stream, data.to_vec()))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the output writer stopped"))
+    }
+
+    /// Waits until everything queued so far is written or has failed.
+    async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.queue.send(Chunk::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+
+    fn failure_of(&self, stream: Stream) -> Option<WriteFailure> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())[stream.index()].clone()
+    }
+}
+
+impl Drop for FdWriter {
+    fn drop(&mut self) {
+        // Queued chunks are still written; only a wait for a reader that never comes ends.
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Writes all of `data`, waiting for readiness when the descriptor is non-blocking and
+/// full. Fails only when the descriptor truly cannot take it (or the call was abandoned).
+fn write_all(fd: &OwnedFd, mut data: &[u8], abandoned: &AtomicBool) -> std::io::Result<()> {
+    while !data.is_empty() {
+        match rustix::io::write(fd, data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => wait_writable(fd, abandoned)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn wait_writable(fd: &OwnedFd, abandoned: &AtomicBool) -> std::io::Result<()> {
+    let tick = Timespec::try_from(TICK).expect("small duration");
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::OUT)];
+        match poll(&mut fds, Some(&tick)) {
+            // Ready, or an error or hang-up that the next write will report.
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if abandoned.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the call ended while its reader stalled"));
+        }
+    }
+}
+
 /// A call's stdout and stderr.
 pub enum CallOutput {
-    Process(Writers<tokio::io::Stdout, tokio::io::Stderr>),
-    Files(Writers<tokio::fs::File, tokio::fs::File>),
+    Fds(FdWriter),
     Frames(FrameSink),
 }
 
 impl CallOutput {
-    pub fn process() -> CallOutput {
-        CallOutput::Process(Writers { stdout: tokio::io::stdout(), stderr: tokio::io::stderr() })
-    }
-
-    /// Writes into the caller's own descriptors (blocking writes happen off the runtime).
+    /// Writes into these descriptors (the caller's, or this process's own).
     pub fn fds(stdout: OwnedFd, stderr: OwnedFd) -> CallOutput {
-        CallOutput::Files(Writers {
-            stdout: tokio::fs::File::from_std(std::fs::File::from(stdout)),
-            stderr: tokio::fs::File::from_std(std::fs::File::from(stderr)),
-        })
+        CallOutput::Fds(FdWriter::new(stdout, stderr))
     }
 
     pub async fn print(&mut self, text: &str) {
@@ -99,21 +246,52 @@ impl CallOutput {
     pub async fn eprint(&mut self, text: &str) {
         let _ = self.stderr(text.as_bytes()).await;
     }
+
+    async fn flush(&self) {
+        if let CallOutput::Fds(w) = self {
+            w.flush().await;
+        }
+    }
+
+    fn failure_of(&self, stream: Stream) -> Option<WriteFailure> {
+        match self {
+            CallOutput::Fds(w) => w.failure_of(stream),
+            CallOutput::Frames(_) => None,
+        }
+    }
+}
+
+/// Ends a call: waits until all its output is written, and returns the exit code the
+/// caller gets — `code`, unless some output could not be written. Then it is 141 (as for
+/// a local command killed by SIGPIPE) when stdout's reader went away, 255 otherwise, with
+/// one line on stderr saying so: a call never reports success with bytes missing.
+pub async fn conclude(mut output: CallOutput, code: u8) -> u8 {
+    output.flush().await;
+    let Some(failure) = output.failure_of(Stream::Stdout).or_else(|| output.failure_of(Stream::Stderr)) else {
+        return code;
+    };
+    tracing::info!(%failure, "output incomplete");
+    if failure.stream == Stream::Stdout {
+        output.eprint(&format!("openbox: {failure}\n")).await;
+        output.flush().await;
+    }
+    match (failure.stream, failure.kind) {
+        (Stream::Stdout, std::io::ErrorKind::BrokenPipe) => BROKEN_PIPE,
+        _ => proto::EXIT_OPENBOX_FAILURE,
+    }
 }
 
 impl Output for CallOutput {
     async fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
-            CallOutput::Process(w) => w.stdout(data).await,
-            CallOutput::Files(w) => w.stdout(data).await,
+            CallOutput::Fds(w) => w.write(Stream::Stdout, data).await,
             CallOutput::Frames(f) => f.send("stdout", data).await,
         }
     }
 
     async fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
         match self {
-            CallOutput::Process(w) => w.stderr(data).await,
-            CallOutput::Files(w) => w.stderr(data).await,
+            CallOutput::Fds(w) => w.write(Stream::Stderr, data).await,
             CallOutput::Frames(f) => f.send("stderr", data).await,
         }
     }

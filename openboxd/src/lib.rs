@@ -139,8 +139,9 @@ impl Daemon {
     }
 }
 
-/// Carries out one CLI call with the given streams and returns its exit code. `cancel`
-/// completing (the caller went away) stops a running command.
+/// Carries out one CLI call with the given streams and returns its exit code, once all
+/// its output is written. `cancel` completing (the caller went away) stops a running
+/// command.
 pub async fn handle(
     d: &Arc<Daemon>,
     call: Call,
@@ -148,9 +149,20 @@ pub async fn handle(
     mut output: CallOutput,
     cancel: impl Future<Output = ()>,
 ) -> u8 {
+    let code = handle_with(d, call, input, &mut output, cancel).await;
+    io::conclude(output, code).await
+}
+
+async fn handle_with(
+    d: &Arc<Daemon>,
+    call: Call,
+    input: CallInput,
+    output: &mut CallOutput,
+    cancel: impl Future<Output = ()>,
+) -> u8 {
     let json = call.json;
     let result = match call.request {
-        Request::Run(req) => return run::run(d, req, input, &mut output, cancel).await.exit_code,
+        Request::Run(req) => return run::run(d, req, input, output, cancel).await.exit_code,
         Request::Login { server, token } => commands::login(d, &server, &token).await,
         Request::Logout => commands::logout(d).await,
         Request::Whoami => commands::whoami(d).await,

@@ -1,14 +1,14 @@
 //! `openboxd` (also `openbox daemon`): serves the CLI's requests on a Unix socket. Started
 //! with a call in `OPENBOX_CALL`, it runs just that call instead (no daemon).
 
-use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use openboxd::Daemon;
-use openboxd::io::{CallInput, CallOutput};
+use openboxd::io::{CallOutput, fd_input};
 use proto::request::{CALL_ENV, Call};
 
 fn main() -> ExitCode {
@@ -42,18 +42,22 @@ fn one_shot(rt: &tokio::runtime::Runtime, text: &str) -> ExitCode {
             return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
         }
     };
+    // The same descriptor handling as for a caller's passed descriptors: they may be
+    // non-blocking, and they may be shared.
+    let own = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned();
+    let streams = own(std::io::stdin().as_fd())
+        .and_then(|i| Ok((i, own(std::io::stdout().as_fd())?, own(std::io::stderr().as_fd())?)));
+    let (stdin, stdout, stderr) = match streams {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("openboxd: cannot use this process's standard streams ({e})");
+            return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
+        }
+    };
     let code = rt.block_on(async {
         let d = Daemon::new(false);
-        openboxd::handle(
-            &d,
-            call,
-            CallInput::Process(tokio::io::stdin()),
-            CallOutput::process(),
-            std::future::pending(),
-        )
-        .await
+        openboxd::handle(&d, call, fd_input(stdin), CallOutput::fds(stdout, stderr), std::future::pending()).await
     });
-    let _ = std::io::stdout().flush();
     // Exit without waiting for a blocked read of stdin (the runtime would wait for it).
     std::process::exit(i32::from(code));
 }

@@ -252,7 +252,8 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 tokio::spawn(async move {
                     let mut output = output;
                     let outcome = crate::run::run(&d, run, input, &mut output, went_away(gone)).await;
-                    let result = RunResult { exit_code: outcome.exit_code, signal: outcome.signal };
+                    let exit_code = crate::io::conclude(output, outcome.exit_code).await;
+                    let result = RunResult { exit_code, signal: outcome.signal };
                     let _ =
                         lines.send(line(&Response::ok(id, serde_json::to_value(result).expect("serializable")))).await;
                 });

@@ -45,7 +45,8 @@ pub async fn run(
             Outcome { exit_code: status.exit_code(), signal }
         }
         Err(e) => {
-            if !matches!(e.downcast_ref::<SshError>(), Some(SshError::Cancelled)) {
+            // A cancelled call has nobody to tell; an output failure is told by `conclude`.
+            if !matches!(e.downcast_ref::<SshError>(), Some(SshError::Cancelled | SshError::Output(_))) {
                 output.eprint(&format!("openbox: {e:#}\n")).await;
             }
             Outcome { exit_code: FAILED, signal: None }
