@@ -184,10 +184,10 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     let command = loop {
         match read.wait().await {
             Some(ChannelMsg::Exec { command, .. }) => break String::from_utf8_lossy(&command).into_owned(),
-            Some(ChannelMsg::SetEnv { variable_name, variable_value, .. }) if variable_name == "OPENBOX_TIMEOUT" => {
+            Some(ChannelMsg::SetEnv { variable_name, variable_value, .. }) if variable_name == proto::exec::TIMEOUT_ENV => {
                 timeout = variable_value.parse::<u64>().ok().filter(|s| *s > 0).map(std::time::Duration::from_secs);
             }
-            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == proto::cert::END_SESSION_SUBSYSTEM => {
+            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == proto::exec::END_SESSION_SUBSYSTEM => {
                 let Some(session) = &grant.session else {
                     return out.refuse("this certificate names no session to end").await;
                 };
@@ -220,7 +220,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     }
     tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, %isolation, %command, "exec");
     let node_id = shared.identity().node_id;
-    let env = [("OPENBOX_USER", grant.user.as_str()), ("OPENBOX_NODE", node_id.as_str())];
+    let env = [(proto::exec::USER_ENV, grant.user.as_str()), (proto::exec::NODE_ENV, node_id.as_str())];
     if let Some(session) = &grant.session {
         let job = Job { command: &command, isolation, runtimes: &shared.runtimes, env: &env, timeout };
         return shared.sessions.run(&grant.user, session, job, &out, read).await;

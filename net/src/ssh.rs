@@ -119,28 +119,8 @@ impl ExitStatus {
     pub fn exit_code(&self) -> u8 {
         match self {
             ExitStatus::Code(c) => (*c).min(255) as u8,
-            ExitStatus::Signal { name, .. } => 128u8.saturating_add(signal_number(name)),
+            ExitStatus::Signal { name, .. } => proto::exec::signal_exit_code(name),
         }
-    }
-}
-
-/// Signal numbers as POSIX and Linux number the common signals.
-fn signal_number(name: &str) -> u8 {
-    match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "ILL" => 4,
-        "ABRT" => 6,
-        "FPE" => 8,
-        "KILL" => 9,
-        "USR1" => 10,
-        "SEGV" => 11,
-        "USR2" => 12,
-        "PIPE" => 13,
-        "ALRM" => 14,
-        "TERM" => 15,
-        _ => 127,
     }
 }
 
@@ -350,20 +330,33 @@ impl Started {
 }
 
 fn sig_name(sig: &russh::Sig) -> String {
-    use russh::Sig::*;
     match sig {
-        ABRT => "ABRT".into(),
-        ALRM => "ALRM".into(),
-        FPE => "FPE".into(),
-        HUP => "HUP".into(),
-        ILL => "ILL".into(),
-        INT => "INT".into(),
-        KILL => "KILL".into(),
-        PIPE => "PIPE".into(),
-        QUIT => "QUIT".into(),
-        SEGV => "SEGV".into(),
-        TERM => "TERM".into(),
-        USR1 => "USR1".into(),
-        Custom(s) => s.clone(),
+        russh::Sig::Custom(name) => name.clone(),
+        // russh's names for the standard signals are SSH's, as its Debug output spells them.
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn russh_names_its_signals_as_the_shared_table_does() {
+        use russh::Sig::*;
+        for sig in [ABRT, ALRM, FPE, HUP, ILL, INT, KILL, PIPE, QUIT, SEGV, TERM, USR1] {
+            let name = sig_name(&sig);
+            assert!(proto::exec::signal_number(&name).is_some(), "{name}");
+        }
+        assert_eq!(sig_name(&Custom("USR2".into())), "USR2");
+    }
+
+    #[test]
+    fn exit_codes_are_the_remote_code_or_128_plus_the_signal() {
+        assert_eq!(ExitStatus::Code(3).exit_code(), 3);
+        assert_eq!(ExitStatus::Code(300).exit_code(), 255);
+        let killed = |name: &str| ExitStatus::Signal { name: name.into(), core_dumped: false, message: String::new() };
+        assert_eq!(killed("TERM").exit_code(), 143);
+        assert_eq!(killed("USR2").exit_code(), 140);
     }
 }

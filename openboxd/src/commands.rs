@@ -213,7 +213,7 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
     let mut warnings = Vec::new();
     let stopped = async {
         let conn = d.pool.connection(&login, &d.key()?, &key, None).await?;
-        conn.subsystem(proto::cert::END_SESSION_SUBSYSTEM).await?;
+        conn.subsystem(proto::exec::END_SESSION_SUBSYSTEM).await?;
         anyhow::Ok(())
     }
     .await;

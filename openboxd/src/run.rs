@@ -92,7 +92,7 @@ async fn run_inner(
     let started = loop {
         let conn = d.pool.connection(&login, &key_pair, &key, Some(node.addr.clone())).await?;
         let timeout = req.timeout_secs.map(|t| t.to_string());
-        let env: Vec<(&str, &str)> = timeout.iter().map(|t| ("OPENBOX_TIMEOUT", t.as_str())).collect();
+        let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
         match conn.start(&command, &env).await {
             Ok(started) => break started,
             Err(SshError::Stale { .. }) if !retried => {

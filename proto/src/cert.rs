@@ -22,6 +22,3 @@ pub const STANDARD_EXTENSIONS: &[&str] = &[
 pub const CLOCK_SKEW_SECS: u64 = 30;
 /// Lifetime of a node's host certificate; renewed over the heartbeat well before expiry.
 pub const HOST_CERT_TTL_SECS: u64 = 7 * 24 * 3600;
-
-/// The SSH subsystem that ends the session named by the caller's certificate.
-pub const END_SESSION_SUBSYSTEM: &str = "openbox-end-session";

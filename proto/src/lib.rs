@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cert;
+pub mod exec;
 pub mod isolation;
 pub mod request;
 pub mod rpc;

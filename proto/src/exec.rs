@@ -1,0 +1,82 @@
+//! What travels on an SSH channel besides the bytes: the environment variables and
+//! subsystem names openbox uses, and the signal names both ends agree on.
+
+/// Set by the client on a channel: stop the command after this many seconds (exit 124).
+pub const TIMEOUT_ENV: &str = "OPENBOX_TIMEOUT";
+/// Set by the agent for every command: the openbox user it runs for.
+pub const USER_ENV: &str = "OPENBOX_USER";
+/// Set by the agent for every command: the id of the node it runs on.
+pub const NODE_ENV: &str = "OPENBOX_NODE";
+
+/// The SSH subsystem that ends the session named by the caller's certificate.
+pub const END_SESSION_SUBSYSTEM: &str = "openbox-end-session";
+
+/// Signals by the names SSH uses (RFC 4254 §6.10: without "SIG") and the numbers Linux
+/// gives them; the one table every crate reads.
+pub const SIGNALS: &[(&str, u8)] = &[
+    ("HUP", 1),
+    ("INT", 2),
+    ("QUIT", 3),
+    ("ILL", 4),
+    ("TRAP", 5),
+    ("ABRT", 6),
+    ("BUS", 7),
+    ("FPE", 8),
+    ("KILL", 9),
+    ("USR1", 10),
+    ("SEGV", 11),
+    ("USR2", 12),
+    ("PIPE", 13),
+    ("ALRM", 14),
+    ("TERM", 15),
+    ("CHLD", 17),
+    ("CONT", 18),
+    ("STOP", 19),
+    ("TSTP", 20),
+    ("TTIN", 21),
+    ("TTOU", 22),
+    ("XCPU", 24),
+    ("XFSZ", 25),
+    ("WINCH", 28),
+];
+
+/// The number of the signal SSH calls `name` (with or without a "SIG" prefix).
+pub fn signal_number(name: &str) -> Option<u8> {
+    let name = name.strip_prefix("SIG").unwrap_or(name);
+    SIGNALS.iter().find(|(n, _)| *n == name).map(|(_, num)| *num)
+}
+
+/// The SSH name of signal number `num`.
+pub fn signal_name(num: i32) -> Option<&'static str> {
+    SIGNALS.iter().find(|(_, n)| i32::from(*n) == num).map(|(name, _)| *name)
+}
+
+/// The code a command killed by signal `name` exits with, as a shell reports it: 128+N
+/// (255 for a signal this table does not know).
+pub fn signal_exit_code(name: &str) -> u8 {
+    signal_number(name).map_or(crate::EXIT_OPENBOX_FAILURE, |n| 128 + n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_numbers_map_both_ways() {
+        for (name, num) in SIGNALS {
+            assert_eq!(signal_number(name), Some(*num));
+            assert_eq!(signal_name(i32::from(*num)), Some(*name));
+        }
+        assert_eq!(signal_number("SIGTERM"), Some(15));
+        assert_eq!(signal_number("NOPE"), None);
+        assert_eq!(signal_name(64), None);
+    }
+
+    #[test]
+    fn a_signal_exit_code_is_128_plus_its_number() {
+        assert_eq!(signal_exit_code("TERM"), 143);
+        assert_eq!(signal_exit_code("KILL"), 137);
+        assert_eq!(signal_exit_code("PIPE"), 141);
+        assert_eq!(signal_exit_code("WHAT"), 255);
+    }
+}
