@@ -184,7 +184,9 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     let command = loop {
         match read.wait().await {
             Some(ChannelMsg::Exec { command, .. }) => break String::from_utf8_lossy(&command).into_owned(),
-            Some(ChannelMsg::SetEnv { variable_name, variable_value, .. }) if variable_name == proto::exec::TIMEOUT_ENV => {
+            Some(ChannelMsg::SetEnv { variable_name, variable_value, .. })
+                if variable_name == proto::exec::TIMEOUT_ENV =>
+            {
                 timeout = variable_value.parse::<u64>().ok().filter(|s| *s > 0).map(std::time::Duration::from_secs);
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) if name == proto::exec::END_SESSION_SUBSYSTEM => {

@@ -23,7 +23,7 @@ type AppState = State<Arc<App>>;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { Json(serde_json::json!({ "status": "ok", "version": proto::VERSION })) }))
+        .route("/v1/health", get(|| async { Json(Health { status: "ok".into(), version: proto::VERSION.into() }) }))
         .route("/v1/whoami", get(whoami))
         .route("/v1/logout", post(logout))
         .route("/v1/users", get(list_users).post(add_user))
@@ -438,7 +438,7 @@ async fn events(
         }
         let nodes = rx.borrow_and_update().clone();
         let event = Event::default()
-            .event("nodes")
+            .event(EVENT_NODES)
             .json_data(nodes)
             .unwrap_or_else(|_| Event::default().comment("unserializable"));
         Some((Ok(event), (rx, closing)))

@@ -102,9 +102,7 @@ pub fn load_or_create_ca(path: &Path) -> anyhow::Result<Ca> {
 }
 
 /// Seconds since the Unix epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use proto::time::now;
 
 /// On an empty registry, creates the admin user and returns its one-time login token.
 pub fn bootstrap_admin(store: &Store, admin: &str) -> anyhow::Result<Option<trust::Secret>> {

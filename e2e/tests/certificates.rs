@@ -41,6 +41,7 @@ impl Node {
         NodeTarget {
             node_id: self.agent.node_id.clone(),
             addr: self.agent.addr.clone(),
+            via: net::transport::Transport::Tcp,
             ca: self.cp.ca().public_key().clone(),
         }
     }

@@ -88,8 +88,12 @@ fn exec_with(
     key: &trust::PrivateKey,
     command: &str,
 ) -> Result<(u8, String), SshError> {
-    let target =
-        NodeTarget { node_id: agent.node_id.clone(), addr: agent.addr.clone(), ca: cp.ca().public_key().clone() };
+    let target = NodeTarget {
+        node_id: agent.node_id.clone(),
+        addr: agent.addr.clone(),
+        via: net::transport::Transport::Tcp,
+        ca: cp.ca().public_key().clone(),
+    };
     let key = Arc::new(key.clone());
     runtime().block_on(async move {
         let mut conn = dial(&target).await?;

@@ -2,7 +2,9 @@
 //! console: a small JSON client for the control plane's HTTP API, and the SSH client that
 //! reaches agents, checking each node's host certificate before anything is sent.
 //!
-//! The transport is plain TCP today; the tailnet plugs in behind [`ssh::dial`].
+//! Every connection to a node is dialled through [`transport::Transport`]: plain TCP
+//! today; the tailnet becomes one more variant there.
 
 pub mod control;
 pub mod ssh;
+pub mod transport;

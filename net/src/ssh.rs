@@ -10,8 +10,9 @@ use russh::ChannelMsg;
 use russh::client::{self, Handle};
 use russh::keys::PublicKeyOrCertificate;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use trust::{Certificate, PrivateKey, PublicKey};
+
+use crate::transport::Transport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -99,11 +100,12 @@ impl Input for tokio::sync::mpsc::Receiver<Vec<u8>> {
     }
 }
 
-/// Where a node is and how to recognise it.
+/// Where a node is, how to reach it, and how to recognise it.
 #[derive(Clone, Debug)]
 pub struct NodeTarget {
     pub node_id: String,
     pub addr: String,
+    pub via: Transport,
     pub ca: PublicKey,
 }
 
@@ -133,7 +135,7 @@ impl client::Handler for HostCheck {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let now = unix_now();
+        let now = proto::time::now();
         let verdict = match key.certificate() {
             Some(cert) => {
                 trust::verify_host_cert(cert, &self.target.ca, &self.target.node_id, now).map_err(|e| e.to_string())
@@ -150,10 +152,6 @@ impl client::Handler for HostCheck {
             }
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn client_config() -> Arc<client::Config> {
@@ -181,15 +179,11 @@ pub struct Connection {
     node: String,
 }
 
-/// Dials the node over TCP and verifies its host certificate.
+/// Dials the node through its transport and verifies its host certificate.
 pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
     let node = target.node_id.clone();
     let unreachable = |why: String| SshError::Unreachable { node: node.clone(), addr: target.addr.clone(), why };
-    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&target.addr))
-        .await
-        .map_err(|_| unreachable("no answer within 10s".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
-    stream.set_nodelay(true).ok();
+    let stream = target.via.connect(&target.addr).await.map_err(|e| unreachable(e.to_string()))?;
     let refusal = Arc::new(Mutex::new(None));
     let check = HostCheck { target: target.clone(), refusal: refusal.clone() };
     match client::connect_stream(client_config(), stream, check).await {

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::request::{CALL_ENV, Call};
-use proto::rpc::{self, CliParams, Hello, Request, Response};
+use proto::rpc::{self, CliParams, CliResult, Hello, HelloReply, Request, Response, method};
 use rustix::fs::{FlockOperation, flock};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
 
@@ -104,10 +104,10 @@ fn exchange(stream: UnixStream, call: &Call) -> Result<u8, Failure> {
     let other = |e: std::io::Error| Failure::Other(format!("talking to openboxd: {e}"));
     let hello = Request::new(
         Some(0.into()),
-        "hello",
+        method::HELLO,
         to_value(&Hello { protocol: rpc::PROTOCOL, client: format!("openbox {}", proto::VERSION) }),
     );
-    let cli = Request::new(Some(1.into()), "cli", to_value(&CliParams { call: call.clone() }));
+    let cli = Request::new(Some(1.into()), method::CLI, to_value(&CliParams { call: call.clone() }));
     let mut bytes = serde_json::to_vec(&hello).expect("serializable");
     bytes.push(b'\n');
     bytes.extend(serde_json::to_vec(&cli).expect("serializable"));
@@ -137,28 +137,27 @@ fn exchange(stream: UnixStream, call: &Call) -> Result<u8, Failure> {
     })?;
     if let Some(err) = hello.error {
         if err.code == rpc::code::PROTOCOL_MISMATCH {
-            stop_daemon(err.data.as_ref().and_then(|d| d.get("pid")).and_then(|p| p.as_i64()));
+            let daemon = err.data.and_then(|d| serde_json::from_value::<HelloReply>(d).ok());
+            stop_daemon(daemon.map(|d| d.pid));
             return Err(Failure::Mismatch(err.message));
         }
         return Err(Failure::Other(err.message));
     }
     let answer = next()?;
     match (answer.result, answer.error) {
-        (Some(result), _) => result
-            .get("exit_code")
-            .and_then(|c| c.as_u64())
-            .map(|c| c.min(255) as u8)
-            .ok_or_else(|| Failure::Other("openboxd's answer has no exit code".into())),
+        (Some(result), _) => serde_json::from_value::<CliResult>(result)
+            .map(|r| r.exit_code)
+            .map_err(|e| Failure::Other(format!("openboxd's answer has no exit code ({e})"))),
         (None, Some(err)) => Err(Failure::Other(err.message)),
         (None, None) => Err(Failure::Other("openboxd's answer is empty".into())),
     }
 }
 
 /// Asks a daemon of another protocol to stop, and waits until it has.
-fn stop_daemon(pid: Option<i64>) {
+fn stop_daemon(pid: Option<u32>) {
     if let Ok(mut s) = UnixStream::connect(paths::daemon_socket()) {
         use std::io::Write;
-        let req = Request::new(Some(0.into()), "shutdown", serde_json::Value::Null);
+        let req = Request::new(Some(0.into()), method::SHUTDOWN, serde_json::Value::Null);
         let _ = writeln!(s, "{}", serde_json::to_string(&req).expect("serializable"));
         let _ = BufReader::new(&s).lines().next();
     }

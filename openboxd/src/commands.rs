@@ -3,6 +3,7 @@
 
 use anyhow::{Context as _, bail};
 use proto::api::*;
+use proto::rpc::Whoami;
 use serde_json::json;
 
 use crate::Daemon;
@@ -14,6 +15,10 @@ pub struct Reply {
     pub text: String,
     /// Lines for stderr that do not make the command fail.
     pub warnings: Vec<String>,
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).expect("replies serialize")
 }
 
 impl Reply {
@@ -35,10 +40,8 @@ pub async fn login(d: &Daemon, server: &str, token: &str) -> anyhow::Result<Repl
     login.save()?;
     d.reload_login();
     let admin = if me.admin { " (admin)" } else { "" };
-    Ok(Reply::new(
-        json!({"server": login.server, "user": me.user, "admin": me.admin}),
-        format!("Logged in to {} as {}{admin}.", login.server, me.user),
-    ))
+    let text = format!("Logged in to {} as {}{admin}.", login.server, me.user);
+    Ok(Reply::new(to_json(&Whoami { server: login.server, user: me.user, admin: me.admin }), text))
 }
 
 pub async fn logout(d: &Daemon) -> anyhow::Result<Reply> {
@@ -68,10 +71,8 @@ pub async fn whoami(d: &Daemon) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let me: WhoAmI = login.client()?.get("/v1/whoami").await?;
     let admin = if me.admin { " (admin)" } else { "" };
-    Ok(Reply::new(
-        json!({"server": login.server, "user": me.user, "admin": me.admin}),
-        format!("{}{admin} at {}", me.user, login.server),
-    ))
+    let text = format!("{}{admin} at {}", me.user, login.server);
+    Ok(Reply::new(to_json(&Whoami { server: login.server, user: me.user, admin: me.admin }), text))
 }
 
 pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
@@ -115,7 +116,7 @@ pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::R
         login.client()?.post("/v1/enroll-tokens", &NewEnrollToken { tags: tags.to_vec(), ttl_secs }).await?;
     let tag_flags: String = tok.tags.iter().map(|t| format!(" --tag {t}")).collect();
     let command = format!("openbox agent --server {} --token {}{tag_flags}", login.server, tok.token);
-    let left = human_secs(tok.expires_at.saturating_sub(now()));
+    let left = proto::time::human_secs(tok.expires_at.saturating_sub(proto::time::now()));
     Ok(Reply::new(
         json!({"token": tok.token, "tags": tok.tags, "expires_at": tok.expires_at, "command": command}),
         format!(
@@ -168,21 +169,8 @@ pub async fn node_update(d: &Daemon, node: &str, update: NodeUpdate) -> anyhow::
     Ok(Reply::new(serde_json::to_value(&n)?, format!("Node {} ({}): tags {tags}", n.name, n.id)))
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn human_secs(s: u64) -> String {
-    match s {
-        0..120 => format!("{s}s"),
-        120..7200 => format!("{}m", s / 60),
-        7200..172800 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
-}
-
 fn ago(t: u64) -> String {
-    format!("{} ago", human_secs(now().saturating_sub(t)))
+    proto::time::ago(proto::time::now(), Some(t))
 }
 
 pub async fn sessions(d: &Daemon) -> anyhow::Result<Reply> {
@@ -208,11 +196,12 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
     let Some(s) = sessions.into_iter().find(|s| s.id == id) else {
         bail!("you have no session {id:?}; `openbox sessions` lists them");
     };
-    let key =
-        crate::pool::Key { node_id: s.node_id.clone(), session: Some(id.to_owned()), isolation: s.isolation.clone() };
     let mut warnings = Vec::new();
+    let acct = d.account()?;
     let stopped = async {
-        let conn = d.pool.connection(&login, &d.key()?, &key, None).await?;
+        let target = Target::Node(s.node_id.clone());
+        let want = crate::connect::Want { target: &target, session: Some(id), isolation: &s.isolation };
+        let (_, conn) = crate::connect::connect(d, &acct, want).await?;
         conn.subsystem(proto::exec::END_SESSION_SUBSYSTEM).await?;
         anyhow::Ok(())
     }
@@ -224,7 +213,7 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
         ));
     }
     login.client()?.delete(&format!("/v1/sessions/{id}")).await?;
-    d.forget_session(id);
+    acct.forget_session(id);
     Ok(Reply {
         json: json!({"removed": id, "node": s.node_id}),
         text: format!("Ended session {id} on {}.", s.node_name),

@@ -310,7 +310,11 @@ impl FrameSink {
             stream: stream.to_owned(),
             data: base64::engine::general_purpose::STANDARD.encode(data),
         };
-        let note = proto::rpc::Request::new(None, "output", serde_json::to_value(params).expect("serializable"));
+        let note = proto::rpc::Request::new(
+            None,
+            proto::rpc::method::OUTPUT,
+            serde_json::to_value(params).expect("serializable"),
+        );
         let line = serde_json::to_string(&note).expect("serializable");
         self.lines.send(line).await.map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
     }

@@ -7,7 +7,9 @@
 //! one-shot use without a daemon, as a single call handed over by the CLI ([`handle`]).
 //! It knows nothing about parsing command lines.
 
+mod account;
 mod commands;
+mod connect;
 mod fleet;
 pub mod io;
 mod login;
@@ -17,14 +19,13 @@ mod rpc;
 mod run;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use anyhow::Context as _;
 use proto::api::NodeUpdate;
 use proto::request::{Call, Request};
 pub use rpc::serve;
-use trust::PrivateKey;
 
+use crate::account::Account;
 use crate::io::{CallInput, CallOutput};
 use crate::login::Login;
 
@@ -33,9 +34,8 @@ const COMMAND_FAILED: u8 = 1;
 
 /// Everything openboxd keeps between calls.
 pub struct Daemon {
-    login: RwLock<Option<Login>>,
-    key: Mutex<Option<Arc<PrivateKey>>>,
-    pool: pool::Pool,
+    /// The current login and all that was made with it; `None` when logged out.
+    account: RwLock<Option<Arc<Account>>>,
     mirror: mirror::Mirror,
     /// Whether to follow the registry (a long-lived daemon does; a one-shot call does not).
     follow_registry: bool,
@@ -43,77 +43,66 @@ pub struct Daemon {
     /// Notified by the `shutdown` method.
     pub shutdown: tokio::sync::Notify,
     calls: std::sync::atomic::AtomicUsize,
-    /// Which node each persistent session lives on, learned from its first dispatch.
-    sessions: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Daemon {
     /// A daemon state; call from within a tokio runtime.
     pub fn new(follow_registry: bool) -> Arc<Daemon> {
         let d = Arc::new(Daemon {
-            login: RwLock::new(None),
-            key: Mutex::new(None),
-            pool: pool::Pool::default(),
+            account: RwLock::new(None),
             mirror: mirror::Mirror::default(),
             follow_registry,
             runtime: tokio::runtime::Handle::current(),
             shutdown: tokio::sync::Notify::new(),
             calls: Default::default(),
-            sessions: Mutex::default(),
         });
         d.reload_login();
         d
     }
 
-    /// Rereads the login file; when the login changed, certificates and connections made
-    /// for the old one are dropped and the registry mirror follows the new one.
+    /// Rereads the login file; when the login changed, the account made for the old one
+    /// (its key, certificates, connections and sessions) is replaced as a whole, and the
+    /// registry mirror follows the new one.
     pub fn reload_login(&self) {
         let fresh = Login::load().ok();
-        let mut current = self.login.write().unwrap_or_else(|e| e.into_inner());
-        let ident =
-            |l: &Option<Login>| l.as_ref().map(|l| (l.server.clone(), l.user.clone(), l.token.expose().to_owned()));
-        if ident(&current) == ident(&fresh) {
+        let mut current = self.account.write().unwrap_or_else(|e| e.into_inner());
+        let same = match (current.as_ref(), fresh.as_ref()) {
+            (Some(acct), Some(login)) => acct.is(login),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
             return;
         }
         tracing::info!(user = ?fresh.as_ref().map(|l| &l.user), "login changed");
-        *current = fresh.clone();
+        *current = fresh.clone().and_then(|login| match Account::new(login) {
+            Ok(acct) => Some(Arc::new(acct)),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the new login cannot be used yet");
+                None
+            }
+        });
         drop(current);
-        self.pool.clear();
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        *self.key.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if self.follow_registry {
             self.mirror.follow(fresh, &self.runtime);
         }
     }
 
+    /// The current account: what every call that reaches a node works with.
+    pub fn account(&self) -> anyhow::Result<Arc<Account>> {
+        if let Some(acct) = self.account.read().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(acct);
+        }
+        // The file may have appeared since; the watcher may not have said so yet.
+        Ok(Arc::new(Account::new(Login::load()?)?))
+    }
+
+    /// The current login, for calls that only talk to the control plane.
     pub fn login(&self) -> anyhow::Result<Login> {
-        match self.login.read().unwrap_or_else(|e| e.into_inner()).clone() {
-            Some(l) => Ok(l),
-            // The file may have appeared since; the watcher may not have said so yet.
-            None => Login::load(),
+        if let Some(acct) = self.account.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(acct.login.clone());
         }
-    }
-
-    pub fn key(&self) -> anyhow::Result<Arc<PrivateKey>> {
-        let mut key = self.key.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = key.as_ref() {
-            return Ok(k.clone());
-        }
-        let k = login::user_key().context("loading your key")?;
-        *key = Some(k.clone());
-        Ok(k)
-    }
-
-    fn session_node(&self, id: &str) -> Option<String> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
-    }
-
-    fn remember_session(&self, id: &str, node_id: &str) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), node_id.to_owned());
-    }
-
-    fn forget_session(&self, id: &str) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        Login::load()
     }
 
     /// A different number each call, to spread a tag's calls over its nodes.
@@ -122,17 +111,17 @@ impl Daemon {
     }
 
     pub fn status(&self) -> proto::rpc::Status {
-        let login = self.login.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let acct = self.account.read().unwrap_or_else(|e| e.into_inner()).clone();
         let (live, nodes) = self.mirror.status();
         proto::rpc::Status {
             version: proto::VERSION.into(),
             socket: paths::daemon_socket().display().to_string(),
             protocol: proto::rpc::PROTOCOL,
             pid: std::process::id(),
-            logged_in: login.is_some(),
-            server: login.as_ref().map(|l| l.server.clone()),
-            user: login.map(|l| l.user),
-            connections: self.pool.connections(),
+            logged_in: acct.is_some(),
+            server: acct.as_ref().map(|a| a.login.server.clone()),
+            user: acct.as_ref().map(|a| a.login.user.clone()),
+            connections: acct.map_or(0, |a| a.pool.connections()),
             registry_live: live,
             nodes,
         }
@@ -187,7 +176,7 @@ async fn handle_with(
         Request::DaemonStop => {
             d.shutdown.notify_one();
             Ok(commands::Reply {
-                json: serde_json::json!({"stopping": true}),
+                json: serde_json::to_value(proto::rpc::Stopping { stopping: true }).expect("serializable"),
                 text: "openboxd is stopping.".into(),
                 warnings: vec![],
             })

@@ -49,7 +49,7 @@ impl Mirror {
     pub fn resolve(&self, target: &Target, kind: &str, spread: usize) -> Resolved {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         let Some(nodes) = &state.nodes else { return Resolved::Unknown };
-        match proto::api::resolve(nodes, target, kind, crate::commands::now(), spread) {
+        match proto::api::resolve(nodes, target, kind, proto::time::now(), spread) {
             Ok(node) => Resolved::Node(node.clone()),
             Err(_) => Resolved::Unknown,
         }
@@ -70,15 +70,17 @@ async fn feed(login: Login, state: Arc<RwLock<State>>) {
                 Ok(mut stream) => {
                     while let Some(event) = stream.next().await {
                         match event {
-                            Ok((name, data)) if name == "nodes" => match serde_json::from_str::<Vec<Node>>(&data) {
-                                Ok(nodes) => {
-                                    let mut s = state.write().unwrap_or_else(|e| e.into_inner());
-                                    s.nodes = Some(nodes);
-                                    s.live = true;
-                                    pause = Duration::from_millis(200);
+                            Ok((name, data)) if name == proto::api::EVENT_NODES => {
+                                match serde_json::from_str::<Vec<Node>>(&data) {
+                                    Ok(nodes) => {
+                                        let mut s = state.write().unwrap_or_else(|e| e.into_inner());
+                                        s.nodes = Some(nodes);
+                                        s.live = true;
+                                        pause = Duration::from_millis(200);
+                                    }
+                                    Err(e) => tracing::warn!(error = %e, "unreadable registry event"),
                                 }
-                                Err(e) => tracing::warn!(error = %e, "unreadable registry event"),
-                            },
+                            }
                             Ok(_) => {}
                             Err(e) => {
                                 tracing::debug!(error = %e, "registry stream broke");

@@ -1,17 +1,14 @@
 //! Certificates and SSH connections kept warm per (node, session, isolation) — what a user
 //! certificate binds. A certificate is reused until shortly before it expires; a connection
-//! carries many commands, each on a channel of its own, in parallel.
+//! carries many commands, each on a channel of its own, in parallel. Deciding when to use
+//! what is [`crate::connect`]'s job; this is only the cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use anyhow::bail;
-use net::ssh::{Connection, NodeTarget, SshError};
+use net::ssh::Connection;
 use proto::Isolation;
-use proto::api::{Dispatch, DispatchRequest, Node, Target};
-use trust::{Certificate, PrivateKey};
-
-use crate::login::Login;
+use trust::Certificate;
 
 /// Certificates are renewed this long before they expire (at most), so none expires
 /// mid-dial.
@@ -24,11 +21,47 @@ pub struct Key {
     pub isolation: Isolation,
 }
 
+/// What is cached for one key. Its lock is held while a connection for the key is being
+/// made, so concurrent first calls make one connection.
 #[derive(Default)]
-struct Slot {
+pub struct Slot {
     cert: Option<Certificate>,
-    addr: Option<String>,
     conn: Option<Arc<Connection>>,
+}
+
+impl Slot {
+    /// The pooled connection, when it is alive and its certificate is good for a while.
+    pub fn live(&self) -> Option<Arc<Connection>> {
+        match (&self.conn, &self.cert) {
+            (Some(conn), Some(cert)) if !conn.is_closed() && fresh(cert, proto::time::now()) => Some(conn.clone()),
+            _ => None,
+        }
+    }
+
+    /// The cached certificate, when it is good for a while.
+    pub fn fresh_cert(&self) -> Option<Certificate> {
+        self.cert.clone().filter(|c| fresh(c, proto::time::now()))
+    }
+
+    /// Keeps `conn`, made with `cert`, as the pooled connection.
+    pub fn keep(&mut self, cert: Certificate, conn: Connection) -> Arc<Connection> {
+        let conn = Arc::new(conn);
+        self.cert = Some(cert);
+        self.conn = Some(conn.clone());
+        conn
+    }
+
+    /// Whether nothing here is worth keeping.
+    fn is_spent(&self) -> bool {
+        self.live().is_none() && self.fresh_cert().is_none()
+    }
+}
+
+/// Good for a while yet at `now`: more than the margin (a fifth of its life, at most 30s)
+/// remains.
+fn fresh(cert: &Certificate, now: u64) -> bool {
+    let margin = MARGIN_SECS.min(cert.valid_before().saturating_sub(cert.valid_after()) / 5);
+    cert.valid_before() > now + margin
 }
 
 #[derive(Default)]
@@ -36,52 +69,16 @@ pub struct Pool {
     slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
-fn now() -> u64 {
-    crate::commands::now()
-}
-
-/// Good for a while yet: more than the margin (a fifth of its life, at most 30s) remains.
-fn fresh(cert: &Certificate) -> bool {
-    let margin = MARGIN_SECS.min(cert.valid_before().saturating_sub(cert.valid_after()) / 5);
-    cert.valid_before() > now() + margin
-}
-
-/// Asks the control plane for a node and a user certificate for this key pair.
-pub async fn dispatch(
-    login: &Login,
-    key: &PrivateKey,
-    target: &Target,
-    session: Option<&str>,
-    isolation: &Isolation,
-) -> anyhow::Result<(Node, Certificate)> {
-    let d: Dispatch = login
-        .client()?
-        .post(
-            "/v1/dispatch",
-            &DispatchRequest {
-                target: target.clone(),
-                session: session.map(str::to_owned),
-                isolation: isolation.clone(),
-                public_key: key.public_key().to_openssh()?,
-            },
-        )
-        .await?;
-    if trust::parse_public_key(&d.ca_public_key)? != login.ca {
-        bail!(
-            "the control plane's certificate authority changed since you logged in; log in again if that is expected"
-        );
-    }
-    Ok((d.node, trust::parse_certificate(&d.cert)?))
-}
-
 impl Pool {
-    fn slot(&self, key: &Key) -> Arc<tokio::sync::Mutex<Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
-    }
-
-    /// Forgets every certificate and connection (after a login change).
-    pub fn clear(&self) {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    /// The slot for `key`. Making a new one first drops the slots that hold nothing worth
+    /// keeping and that no call is using, so the pool never grows without bound.
+    pub fn slot(&self, key: &Key) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(key) {
+            return slot.clone();
+        }
+        slots.retain(|_, slot| Arc::strong_count(slot) > 1 || slot.try_lock().map_or(true, |s| !s.is_spent()));
+        slots.entry(key.clone()).or_default().clone()
     }
 
     /// Open connections (slots busy dialing are not counted).
@@ -90,12 +87,10 @@ impl Pool {
         slots.iter().filter(|s| s.try_lock().is_ok_and(|s| s.conn.as_ref().is_some_and(|c| !c.is_closed()))).count()
     }
 
-    /// Keeps a certificate that came with a dispatch, for the connection about to be made.
-    pub async fn remember(&self, key: &Key, cert: Certificate, addr: String) {
-        let slot = self.slot(key);
-        let mut s = slot.lock().await;
-        s.cert = Some(cert);
-        s.addr = Some(addr);
+    /// Slots kept (for tests of the bound).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.lock().unwrap().len()
     }
 
     /// Drops `conn` from the pool if it is still the pooled one (it turned out dead).
@@ -106,71 +101,52 @@ impl Pool {
             s.conn = None;
         }
     }
+}
 
-    /// A connection for `key`, authenticated with a certificate that is good for a while:
-    /// the pooled one when it is alive, else a new one. `addr` is where the registry mirror
-    /// last saw the node. The control plane is asked only when no usable certificate is
-    /// cached, or when the known address no longer answers.
-    pub async fn connection(
-        &self,
-        login: &Login,
-        key_pair: &Arc<PrivateKey>,
-        key: &Key,
-        addr: Option<String>,
-    ) -> anyhow::Result<Arc<Connection>> {
-        let slot = self.slot(key);
-        let mut s = slot.lock().await;
-        if let (Some(conn), Some(cert)) = (&s.conn, &s.cert)
-            && !conn.is_closed()
-            && fresh(cert)
-        {
-            return Ok(conn.clone());
-        }
-        s.conn = None;
-        if let Some(a) = addr {
-            s.addr = Some(a);
-        }
-        let cached = match (&s.cert, &s.addr) {
-            (Some(cert), Some(addr)) if fresh(cert) => Some((cert.clone(), addr.clone())),
-            _ => None,
-        };
-        let target = Target::Node(key.node_id.clone());
-        let conn = match cached {
-            Some((cert, addr)) => match self.dial(login, key_pair, key, &addr, cert).await {
-                Ok(c) => c,
-                // The node may have moved (a restart on another port): ask where it is now.
-                Err(e) if matches!(e.downcast_ref::<SshError>(), Some(SshError::Unreachable { .. })) => {
-                    let (node, cert) =
-                        dispatch(login, key_pair, &target, key.session.as_deref(), &key.isolation).await?;
-                    s.cert = Some(cert.clone());
-                    s.addr = Some(node.addr.clone());
-                    self.dial(login, key_pair, key, &node.addr, cert).await?
-                }
-                Err(e) => return Err(e),
-            },
-            None => {
-                let (node, cert) = dispatch(login, key_pair, &target, key.session.as_deref(), &key.isolation).await?;
-                s.cert = Some(cert.clone());
-                s.addr = Some(node.addr.clone());
-                self.dial(login, key_pair, key, &node.addr, cert).await?
-            }
-        };
-        let conn = Arc::new(conn);
-        s.conn = Some(conn.clone());
-        Ok(conn)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(after: u64, before: u64) -> Certificate {
+        let ca = trust::Ca::generate();
+        let key = trust::generate_key();
+        ca.sign_user(&trust::UserCertSpec {
+            user: "u",
+            node_id: "n",
+            request_id: "r",
+            isolation: &Isolation::Native,
+            session: None,
+            public_key: key.public_key(),
+            valid_after: after,
+            valid_before: before,
+        })
+        .unwrap()
     }
 
-    async fn dial(
-        &self,
-        login: &Login,
-        key_pair: &Arc<PrivateKey>,
-        key: &Key,
-        addr: &str,
-        cert: Certificate,
-    ) -> anyhow::Result<Connection> {
-        let target = NodeTarget { node_id: key.node_id.clone(), addr: addr.to_owned(), ca: login.ca.clone() };
-        let mut conn = net::ssh::dial(&target).await?;
-        conn.authenticate(&login.user, key_pair.clone(), cert).await?;
-        Ok(conn)
+    #[test]
+    fn a_certificate_is_fresh_until_a_fifth_of_its_life_or_30s_remain() {
+        let c = cert(1000, 1300); // five minutes: the margin is 30s
+        assert!(fresh(&c, 1000));
+        assert!(fresh(&c, 1269));
+        assert!(!fresh(&c, 1270));
+        let short = cert(1000, 1050); // fifty seconds: the margin is 10s
+        assert!(fresh(&short, 1039));
+        assert!(!fresh(&short, 1040));
+        assert!(!fresh(&c, 2000), "an expired certificate is not fresh");
+    }
+
+    #[test]
+    fn slots_that_hold_nothing_are_dropped_when_new_ones_are_made() {
+        let pool = Pool::default();
+        let key =
+            |n: usize| Key { node_id: format!("n{n}"), session: Some(format!("s{n}")), isolation: Isolation::Native };
+        for n in 0..100 {
+            drop(pool.slot(&key(n)));
+        }
+        assert_eq!(pool.len(), 1, "empty slots nobody holds are not kept");
+        let held = pool.slot(&key(200));
+        pool.slot(&key(201));
+        assert_eq!(pool.len(), 2, "a slot in use is kept");
+        drop(held);
     }
 }

@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use proto::rpc::{
-    self, CliParams, CliResult, Hello, HelloReply, Request, Response, RunParams, RunResult, StdioMode, code,
+    self, CliParams, CliResult, Hello, HelloReply, NodesParams, Request, Response, RunParams, RunResult, StdioMode,
+    Stopping, code, method,
 };
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::UnixListener;
 use tokio::net::unix::OwnedReadHalf;
@@ -151,12 +152,12 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 let _ = lines.send(line(&resp)).await;
             }
         };
-        if !greeted && req.method != "hello" && req.method != "shutdown" {
+        if !greeted && req.method != method::HELLO && req.method != method::SHUTDOWN {
             reply(Response::err(id, code::PROTOCOL_MISMATCH, "send `hello` with the protocol version first")).await;
             break;
         }
         match req.method.as_str() {
-            "hello" => {
+            method::HELLO => {
                 let hello: Hello = match serde_json::from_value(req.params) {
                     Ok(h) => h,
                     Err(e) => {
@@ -168,18 +169,15 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     let msg = format!("openboxd speaks protocol {}, the client {}", rpc::PROTOCOL, hello.protocol);
                     let mut resp = Response::err(id, code::PROTOCOL_MISMATCH, msg);
                     if let Some(e) = resp.error.as_mut() {
-                        e.data = Some(
-                            json!({"protocol": rpc::PROTOCOL, "version": proto::VERSION, "pid": std::process::id()}),
-                        );
+                        e.data = Some(to_value(&me()));
                     }
                     reply(resp).await;
                     break;
                 }
                 greeted = true;
-                let r = HelloReply { protocol: rpc::PROTOCOL, version: proto::VERSION.into(), pid: std::process::id() };
-                reply(Response::ok(id, serde_json::to_value(r).expect("serializable"))).await;
+                reply(Response::ok(id, to_value(&me()))).await;
             }
-            "cli" => {
+            method::CLI => {
                 let params: CliParams = match params(req.params, "cli") {
                     Ok(p) => p,
                     Err(msg) => {
@@ -201,15 +199,10 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     let exit_code =
                         handle(&d, params.call, fd_input(stdin), CallOutput::fds(stdout, stderr), went_away(gone))
                             .await;
-                    let _ = lines
-                        .send(line(&Response::ok(
-                            id,
-                            serde_json::to_value(CliResult { exit_code }).expect("serializable"),
-                        )))
-                        .await;
+                    let _ = lines.send(line(&Response::ok(id, to_value(&CliResult { exit_code })))).await;
                 });
             }
-            "run" => {
+            method::RUN => {
                 let params: RunParams = match params(req.params, "run") {
                     Ok(p) => p,
                     Err(msg) => {
@@ -241,24 +234,17 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                         (input, CallOutput::Frames(FrameSink { id: id.clone(), lines: lines.clone() }))
                     }
                 };
-                let run = proto::request::RunRequest {
-                    target: params.target,
-                    session: params.session,
-                    isolation: params.isolation,
-                    command: params.command,
-                    timeout_secs: params.timeout_secs,
-                };
+                let run = params.run;
                 let (d, lines, gone) = (d.clone(), lines.clone(), gone.clone());
                 tokio::spawn(async move {
                     let mut output = output;
                     let outcome = crate::run::run(&d, run, input, &mut output, went_away(gone)).await;
                     let exit_code = crate::io::conclude(output, outcome.exit_code).await;
                     let result = RunResult { exit_code, signal: outcome.signal };
-                    let _ =
-                        lines.send(line(&Response::ok(id, serde_json::to_value(result).expect("serializable")))).await;
+                    let _ = lines.send(line(&Response::ok(id, to_value(&result)))).await;
                 });
             }
-            "stdin" => {
+            method::STDIN => {
                 let Ok(params) = serde_json::from_value::<rpc::Stdin>(req.params) else { continue };
                 let key = params.id.to_string();
                 if let Some(data) = params.data.and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
@@ -270,14 +256,20 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     stdin_routes.remove(&key);
                 }
             }
-            "nodes" => {
-                let tag = req.params.get("tag").and_then(Value::as_str).map(str::to_owned);
-                reply(reply_of(id, crate::commands::nodes(&d, tag.as_deref()).await)).await;
+            method::NODES => {
+                let params: NodesParams = match params(req.params, method::NODES) {
+                    Ok(p) => p,
+                    Err(msg) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, msg)).await;
+                        continue;
+                    }
+                };
+                reply(reply_of(id, crate::commands::nodes(&d, params.tag.as_deref()).await)).await;
             }
-            "whoami" => reply(reply_of(id, crate::commands::whoami(&d).await)).await,
-            "status" => reply(Response::ok(id, serde_json::to_value(d.status()).expect("serializable"))).await,
-            "shutdown" => {
-                reply(Response::ok(id, json!({"stopping": true}))).await;
+            method::WHOAMI => reply(reply_of(id, crate::commands::whoami(&d).await)).await,
+            method::STATUS => reply(Response::ok(id, to_value(&d.status()))).await,
+            method::SHUTDOWN => {
+                reply(Response::ok(id, to_value(&Stopping { stopping: true }))).await;
                 d.shutdown.notify_one();
             }
             other => reply(Response::err(id, code::METHOD_NOT_FOUND, format!("no method {other:?}"))).await,
@@ -291,6 +283,15 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
 /// A method's parameters, or why they do not fit.
 fn params<T: serde::de::DeserializeOwned>(value: Value, method: &str) -> Result<T, String> {
     serde_json::from_value(value).map_err(|e| format!("{method}: {e}"))
+}
+
+/// This daemon, as `hello` describes it.
+fn me() -> HelloReply {
+    HelloReply { protocol: rpc::PROTOCOL, version: proto::VERSION.into(), pid: std::process::id() }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("openboxd's answers serialize")
 }
 
 fn take_three(fds: &mut VecDeque<OwnedFd>) -> Option<(OwnedFd, OwnedFd, OwnedFd)> {

@@ -1,18 +1,14 @@
-//! Running a command on a node. Warm path: resolve the target from the registry mirror,
-//! take the pooled connection (its certificate still good), open a channel — no
-//! control-plane round trip. Cold path: ask the control plane to dispatch.
+//! Running a command on a node: [`connect`] finds the node and a connection (warm or
+//! cold), then the command runs on a channel of its own with the call's streams.
 
 use std::future::Future;
 
-use anyhow::bail;
 use net::ssh::{ExitStatus, SshError};
-use proto::api::{Node, Target};
 use proto::request::RunRequest;
 
 use crate::Daemon;
+use crate::connect::{ConnectError, Want, connect};
 use crate::io::{CallInput, CallOutput};
-use crate::mirror::Resolved;
-use crate::pool::{Key, dispatch};
 
 /// Exit code openbox uses for its own failures.
 pub const FAILED: u8 = proto::EXIT_OPENBOX_FAILURE;
@@ -21,6 +17,20 @@ pub const FAILED: u8 = proto::EXIT_OPENBOX_FAILURE;
 pub struct Outcome {
     pub exit_code: u8,
     pub signal: Option<String>,
+}
+
+/// Why a command did not run to its end.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("no command given: openbox -t TAG CMD [ARGS…]")]
+    NoCommand,
+    /// Not logged in, or the login or key could not be read (already worded for people).
+    #[error("{0:#}")]
+    Account(anyhow::Error),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
 }
 
 /// Runs `req`; failures are reported on the call's stderr as one line and exit 255.
@@ -32,11 +42,11 @@ pub async fn run(
     cancel: impl Future<Output = ()>,
 ) -> Outcome {
     match run_inner(d, req, input, output, cancel).await {
-        Ok((status, node)) => {
+        Ok((status, node_name)) => {
             let signal = match &status {
                 ExitStatus::Signal { name, .. } => {
                     output
-                        .eprint(&format!("openbox: remote command on {} was killed by signal {name}\n", node.name))
+                        .eprint(&format!("openbox: remote command on {node_name} was killed by signal {name}\n"))
                         .await;
                     Some(name.clone())
                 }
@@ -44,11 +54,10 @@ pub async fn run(
             };
             Outcome { exit_code: status.exit_code(), signal }
         }
+        // A cancelled call has nobody to tell; an output failure is told by `conclude`.
+        Err(RunError::Ssh(SshError::Cancelled | SshError::Output(_))) => Outcome { exit_code: FAILED, signal: None },
         Err(e) => {
-            // A cancelled call has nobody to tell; an output failure is told by `conclude`.
-            if !matches!(e.downcast_ref::<SshError>(), Some(SshError::Cancelled | SshError::Output(_))) {
-                output.eprint(&format!("openbox: {e:#}\n")).await;
-            }
+            output.eprint(&format!("openbox: {e}\n")).await;
             Outcome { exit_code: FAILED, signal: None }
         }
     }
@@ -60,49 +69,31 @@ async fn run_inner(
     input: CallInput,
     output: &mut CallOutput,
     cancel: impl Future<Output = ()>,
-) -> anyhow::Result<(ExitStatus, Node)> {
+) -> Result<(ExitStatus, String), RunError> {
     if req.command.is_empty() {
-        bail!("no command given: openbox -t TAG CMD [ARGS…]");
+        return Err(RunError::NoCommand);
     }
-    let login = d.login()?;
-    let key_pair = d.key()?;
-    // A session stays on the node of its first use; otherwise the mirror picks.
-    let known = match &req.session {
-        Some(sid) => d.session_node(sid).map(|id| d.mirror.resolve(&Target::Node(id), req.isolation.kind(), 0)),
-        None => Some(d.mirror.resolve(&req.target, req.isolation.kind(), d.spread())),
-    };
-    let node = match known {
-        Some(Resolved::Node(node)) => node,
-        _ => {
-            let (node, cert) = dispatch(&login, &key_pair, &req.target, req.session.as_deref(), &req.isolation).await?;
-            let key = Key { node_id: node.id.clone(), session: req.session.clone(), isolation: req.isolation.clone() };
-            d.pool.remember(&key, cert, node.addr.clone()).await;
-            if let Some(sid) = &req.session {
-                d.remember_session(sid, &node.id);
-            }
-            node
-        }
-    };
-    let key = Key { node_id: node.id.clone(), session: req.session.clone(), isolation: req.isolation.clone() };
+    let acct = d.account().map_err(RunError::Account)?;
+    let want = Want { target: &req.target, session: req.session.as_deref(), isolation: &req.isolation };
     let command = req.command.join(" ");
+    let timeout = req.timeout_secs.map(|t| t.to_string());
+    let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
 
     // A pooled connection can die without our noticing (the agent restarted): then the
     // command never started, and one retry on a fresh connection is safe.
     let mut retried = false;
-    let started = loop {
-        let conn = d.pool.connection(&login, &key_pair, &key, Some(node.addr.clone())).await?;
-        let timeout = req.timeout_secs.map(|t| t.to_string());
-        let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
+    let (node, started) = loop {
+        let (node, conn) = connect(d, &acct, want).await?;
         match conn.start(&command, &env).await {
-            Ok(started) => break started,
+            Ok(started) => break (node, started),
             Err(SshError::Stale { .. }) if !retried => {
                 tracing::info!(node = %node.id, "pooled connection was dead; retrying on a new one");
-                d.pool.discard(&key, &conn).await;
+                acct.pool.discard(&want.key(&node.id), &conn).await;
                 retried = true;
             }
             Err(e) => return Err(e.into()),
         }
     };
     let status = started.finish(input, output, cancel).await?;
-    Ok((status, node))
+    Ok((status, node.name))
 }

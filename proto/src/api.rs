@@ -5,10 +5,23 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Isolation;
+use crate::time::ago;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApiError {
     pub error: String,
+}
+
+/// The event a `/v1/events` stream sends, with the whole node list as its data, whenever
+/// the registry changes.
+pub const EVENT_NODES: &str = "nodes";
+
+/// `GET /v1/health`: answered without authentication.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` while the control plane serves.
+    pub status: String,
+    pub version: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -230,16 +243,6 @@ pub enum ResolveError {
         kind: String,
         nodes: Vec<(String, Vec<String>)>,
     },
-}
-
-fn ago(now: u64, t: Option<u64>) -> String {
-    let Some(t) = t else { return "never".into() };
-    match now.saturating_sub(t) {
-        s @ 0..60 => format!("{s}s ago"),
-        s @ 60..3600 => format!("{}m ago", s / 60),
-        s @ 3600..86400 => format!("{}h ago", s / 3600),
-        s => format!("{}d ago", s / 86400),
-    }
 }
 
 impl std::fmt::Display for ResolveError {

@@ -10,6 +10,7 @@ pub mod exec;
 pub mod isolation;
 pub mod request;
 pub mod rpc;
+pub mod time;
 
 pub use isolation::Isolation;
 

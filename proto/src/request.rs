@@ -71,10 +71,13 @@ pub enum Request {
     DaemonStop,
 }
 
+/// A command to run: on which node, in which session and isolation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunRequest {
     pub target: Target,
+    #[serde(default)]
     pub session: Option<String>,
+    #[serde(default)]
     pub isolation: Isolation,
     /// Command words; joined with spaces and run by the node's `sh -c`, as ssh does.
     pub command: Vec<String>,

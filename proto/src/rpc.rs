@@ -7,12 +7,26 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::Isolation;
-use crate::api::Target;
-use crate::request::Call;
+use crate::request::{Call, RunRequest};
 
 /// Bumped whenever a method, parameter or notification changes incompatibly.
 pub const PROTOCOL: u32 = 1;
+
+/// The methods and notifications, by the names they travel under.
+pub mod method {
+    pub const HELLO: &str = "hello";
+    /// A CLI call, with the caller's descriptors.
+    pub const CLI: &str = "cli";
+    pub const RUN: &str = "run";
+    /// Notification to the daemon: bytes for a running command's stdin.
+    pub const STDIN: &str = "stdin";
+    /// Notification from the daemon: bytes of a running command's stdout or stderr.
+    pub const OUTPUT: &str = "output";
+    pub const NODES: &str = "nodes";
+    pub const WHOAMI: &str = "whoami";
+    pub const STATUS: &str = "status";
+    pub const SHUTDOWN: &str = "shutdown";
+}
 
 /// JSON-RPC error codes (the standard ones, and openbox's in the server range).
 pub mod code {
@@ -83,11 +97,35 @@ pub struct Hello {
     pub client: String,
 }
 
+/// The answer to `hello`; also the `data` of a protocol-mismatch error, so that the
+/// client can stop the daemon it cannot talk to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HelloReply {
     pub protocol: u32,
     pub version: String,
     pub pid: u32,
+}
+
+/// `nodes` parameters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodesParams {
+    /// Only nodes carrying this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// `whoami` result (also what `openbox login --json` and `whoami --json` print).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Whoami {
+    pub server: String,
+    pub user: String,
+    pub admin: bool,
+}
+
+/// `shutdown` result (also `openbox daemon stop --json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stopping {
+    pub stopping: bool,
 }
 
 /// How a `run` exchanges its standard streams.
@@ -102,24 +140,17 @@ pub enum StdioMode {
     Fds,
 }
 
+/// `run` parameters: what to run, as the CLI asks for it, and how its streams travel.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunParams {
-    pub target: Target,
-    #[serde(default)]
-    pub session: Option<String>,
-    #[serde(default)]
-    pub isolation: Isolation,
-    /// Command words; joined with spaces and run by the node's `sh -c`.
-    pub command: Vec<String>,
+    #[serde(flatten)]
+    pub run: RunRequest,
     #[serde(default)]
     pub stdio: StdioMode,
     /// With `frames`: whether `stdin` notifications will follow. Otherwise the command's
     /// stdin is empty from the start.
     #[serde(default)]
     pub stdin: bool,
-    /// Stop the command after this many seconds (exit 124).
-    #[serde(default)]
-    pub timeout_secs: Option<u64>,
 }
 
 /// `output` notification: a chunk of the command's stdout or stderr, base64-encoded.
