@@ -307,8 +307,8 @@ impl Started {
                 }
                 Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(ExitStatus::Code(exit_status)),
                 Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. }) => {
-                    status =
-                        Some(ExitStatus::Signal { name: sig_name(&signal_name), core_dumped, message: error_message })
+                    let name = sig_name(&signal_name);
+                    status = Some(ExitStatus::Signal { name, core_dumped, message: error_message });
                 }
                 Some(ChannelMsg::Close) | None => break Ok(()),
                 Some(_) => {}

@@ -166,7 +166,7 @@ impl FdWriter {
         FdWriter { queue, failures, abandoned }
     }
 
-    async fn write(&mut self, stream: Stream, data: &[u8]) -> std::io::Result<()> {
+    async fn write(&self, stream: Stream, data: &[u8]) -> std::io::Result<()> {
         if let Some(f) = self.failure_of(stream) {
             return Err(std::io::Error::new(f.kind, f.to_string()));
         }
@@ -304,7 +304,7 @@ pub struct FrameSink {
 }
 
 impl FrameSink {
-    async fn send(&mut self, stream: &str, data: &[u8]) -> std::io::Result<()> {
+    async fn send(&self, stream: &str, data: &[u8]) -> std::io::Result<()> {
         let params = proto::rpc::Output {
             id: self.id.clone(),
             stream: stream.to_owned(),
