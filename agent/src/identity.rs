@@ -88,6 +88,8 @@ pub struct EnrollParams<'a> {
     pub name: Option<String>,
     pub addr: String,
     pub tags: Vec<String>,
+    /// The isolation kinds it can serve now.
+    pub capabilities: Vec<String>,
 }
 
 /// Enrolls this node: generates its host key here, sends only the public half, and
@@ -103,6 +105,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         tags: p.tags,
         platform: Platform::this_machine(),
         host_public_key: host_key.public_key().to_openssh()?,
+        capabilities: p.capabilities,
     };
     let e: Enrolled = client.post("/v1/enroll", &req).await.context("enrollment failed")?;
     Ok(Identity {

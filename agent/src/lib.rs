@@ -79,6 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 name: config.name.clone(),
                 addr: addr.clone(),
                 tags: config.tags.clone(),
+                capabilities: runtimes::Runtimes::probe().await,
             })
             .await?;
             id.save(&config.dir)?;

@@ -40,6 +40,12 @@ impl Runtimes {
         Ok(engine)
     }
 
+    /// What this machine can serve before it has a node id, for its enrollment (the id
+    /// only labels containers, and a probe creates none).
+    pub async fn probe() -> Vec<String> {
+        Runtimes::new("").capabilities().await
+    }
+
     /// The isolation kinds this node can serve right now, for the heartbeat.
     pub async fn capabilities(&self) -> Vec<String> {
         let mut caps = vec!["native".to_owned()];

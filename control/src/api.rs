@@ -262,11 +262,11 @@ async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejecti
             last_seen: Some(now()),
             stopped: false,
             created_at: now(),
-            capabilities: vec!["native".into()], // until its first heartbeat says more
+            capabilities: proto::api::known_capabilities(&req.capabilities),
         },
         exact_name,
     )?;
-    tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, "node enrolled");
+    tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, isolation = ?row.capabilities, "node enrolled");
     app.refresh_registry();
     Ok(Json(Enrolled {
         node_id,

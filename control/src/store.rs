@@ -334,8 +334,8 @@ impl Store {
             node.name = format!("{base}-{n}");
         }
         conn.execute(
-            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 node.id,
                 node.name,
@@ -346,7 +346,8 @@ impl Store {
                 node.host_key,
                 node.secret_hash,
                 node.last_seen,
-                node.created_at
+                node.created_at,
+                tags_json(&node.capabilities)
             ],
         )?;
         Ok(node)
@@ -394,11 +395,7 @@ impl Store {
 
     pub fn record_heartbeat(&self, hb: &Heartbeat, now: u64) -> Result<()> {
         // Only kinds this control plane knows how to dispatch are kept.
-        let caps: Vec<String> = proto::isolation::KINDS
-            .iter()
-            .filter(|k| hb.capabilities.iter().any(|c| c == *k))
-            .map(|k| k.to_string())
-            .collect();
+        let caps = proto::api::known_capabilities(&hb.capabilities);
         self.conn().execute(
             "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7, capabilities = ?8
              WHERE id = ?1",

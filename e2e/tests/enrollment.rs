@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
-use openbox_e2e::{Agent, Cli, ControlPlane, wait_until};
+use openbox_e2e::{Agent, Cli, ControlPlane, engines, wait_until};
 
 #[test]
 fn node_token_prints_the_agent_command_and_the_token_enrolls_exactly_once() {
@@ -126,4 +126,29 @@ fn removing_a_node_revokes_its_identity_and_stops_its_agent() {
     assert!(!agent.identity_file().exists(), "the revoked identity must be discarded");
     assert!(raw_heartbeat(&cp, &agent.node_id, secret["heartbeat_secret"].as_str()).contains(" 410 "));
     admin.run(&["-n", &agent.node_id, "true"]).fails_with(255, "no node with id or name");
+}
+
+#[test]
+fn a_node_offers_its_isolation_from_the_moment_it_enrolls() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    // Enrolled by hand and never heard from again: no heartbeat can have said more.
+    let key = trust::generate_key();
+    let body = serde_json::json!({
+        "token": admin.enroll_token(&["t"]), "name": "quiet", "addr": "127.0.0.1:9", "tags": [],
+        "platform": {"os": "linux", "arch": "x86_64"},
+        "host_public_key": key.public_key().to_openssh().unwrap(),
+        "capabilities": ["native", "docker", "warp-drive"],
+    });
+    let resp = cp.post_raw("/v1/enroll", &body.to_string());
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let node = admin.nodes().into_iter().find(|n| n["name"] == "quiet").expect("the node is listed");
+    assert_eq!(node["capabilities"], serde_json::json!(["native", "docker"]), "unknown kinds are ignored");
+
+    // The real agent says what it can serve when it enrolls, before its first heartbeat.
+    let e = engines();
+    let agent = Agent::enroll_env(&cp, &admin.enroll_token(&["t"]), &[], &[("DOCKER_HOST", &e.docker_host)]);
+    let line = cp.log().lines().find(|l| l.contains("node enrolled") && l.contains(&agent.node_id)).map(str::to_owned);
+    let line = line.expect("the control plane logs each enrollment");
+    assert!(line.contains("\"docker\""), "{line}");
 }

@@ -1,6 +1,8 @@
 //! `openbox up` / `openbox down`: a personal fleet on this machine in one command.
 
-use openbox_e2e::Cli;
+use std::path::Path;
+
+use openbox_e2e::{Cli, wait_until};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -29,8 +31,16 @@ fn up_brings_a_local_fleet_that_runs_commands_and_down_stops_it() {
     assert_eq!(again["agent_started"], false);
     me.run(&["-t", "local", "true"]).ok();
 
+    let pids: Vec<String> = ["control", "agent"]
+        .iter()
+        .map(|r| std::fs::read_to_string(me.home.path().join(format!("logs/{r}.pid"))).unwrap().trim().to_owned())
+        .collect();
     let down = me.run(&["down"]).ok();
     assert!(down.stdout.contains("agent") && down.stdout.contains("control"), "{down:?}");
+    // openboxd started them, so it reaps them: no zombie is left behind.
+    for pid in &pids {
+        wait_until(&format!("process {pid} to be gone, not a zombie"), || !Path::new(&format!("/proc/{pid}")).exists());
+    }
     me.run(&["-t", "local", "true"]).fails_with(255, "cannot reach the control plane");
     assert!(me.run(&["down"]).ok().stdout.contains("Nothing was running"));
 
@@ -51,4 +61,12 @@ fn up_after_logout_logs_in_again() {
     me.run(&["up", "--addr", &addr]).ok();
     me.run(&["-t", "local", "echo", "back"]).ok();
     me.run(&["down"]).ok();
+}
+
+#[test]
+fn down_with_nothing_running_starts_no_daemon() {
+    let me = Cli::new();
+    let out = me.run(&["down"]).ok();
+    assert!(out.stdout.contains("Nothing was running"), "{out:?}");
+    assert!(!me.home.path().join("run/openboxd.sock").exists(), "no openboxd was started");
 }

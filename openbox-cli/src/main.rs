@@ -30,6 +30,8 @@ fn main() -> ExitCode {
     cli.no_daemon |= no_daemon;
     match cli.into_action() {
         Ok(args::Action::Call { request, json, no_daemon }) => {
+            // Stopping the fleet never starts a daemon just to do it.
+            let no_daemon = no_daemon || (matches!(request, Request::Down) && !daemon_running());
             let call = Call { request, json };
             if no_daemon || std::env::var_os("OPENBOX_NO_DAEMON").is_some_and(|v| !v.is_empty() && v != "0") {
                 let text = serde_json::to_string(&call).expect("requests serialize");
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
             }
         }
         Ok(args::Action::StopDaemon { json }) => {
-            if std::os::unix::net::UnixStream::connect(paths::daemon_socket()).is_err() {
+            if !daemon_running() {
                 println!("{}", if json { r#"{"stopping":false}"# } else { "openboxd is not running." });
                 return ExitCode::SUCCESS;
             }
@@ -64,6 +66,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether an openboxd answers on the socket.
+fn daemon_running() -> bool {
+    std::os::unix::net::UnixStream::connect(paths::daemon_socket()).is_ok()
 }
 
 /// Replaces this process with `cmd`; returns only if that fails.

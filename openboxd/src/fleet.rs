@@ -53,7 +53,7 @@ impl Role {
     fn spawn(&self, args: &[String]) -> anyhow::Result<Pid> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file())?;
         let binary = paths::sibling_binary(self.binary);
-        let child = Command::new(&binary)
+        let mut child = Command::new(&binary)
             .args(args)
             .env_remove(proto::request::CALL_ENV)
             .stdin(Stdio::null())
@@ -63,7 +63,10 @@ impl Role {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         std::fs::write(self.pid_file(), child.id().to_string())?;
-        Ok(Pid::from_raw(child.id() as i32).expect("a child has a positive pid"))
+        let pid = Pid::from_raw(child.id() as i32).expect("a child has a positive pid");
+        // Reap it when it exits (`openbox down`, a crash), so no zombie stays behind.
+        std::thread::spawn(move || child.wait());
+        Ok(pid)
     }
 }
 
@@ -125,7 +128,7 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
             let pid = CONTROL.spawn(&args)?;
             let health = net::control::Client::new(&url, None)?;
             wait_for("the control plane answering", &CONTROL, pid, || async {
-                health.get::<serde_json::Value>("/v1/health").await.is_ok()
+                health.get::<proto::api::Health>("/v1/health").await.is_ok()
             })
             .await?;
             true

@@ -92,6 +92,10 @@ pub struct EnrollRequest {
     pub platform: Platform,
     /// The node's own host public key (OpenSSH format); its private half never leaves it.
     pub host_public_key: String,
+    /// The isolation kinds the node can serve, so that it is dispatched to for them from
+    /// the moment it is enrolled (see [`crate::isolation::KINDS`]).
+    #[serde(default = "native_only")]
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -125,6 +129,12 @@ pub struct Heartbeat {
 
 fn native_only() -> Vec<String> {
     vec!["native".to_owned()]
+}
+
+/// The kinds in `said` that this version knows how to dispatch, in [`crate::isolation::KINDS`]
+/// order; anything else a node says is ignored.
+pub fn known_capabilities(said: &[String]) -> Vec<String> {
+    crate::isolation::KINDS.iter().filter(|k| said.iter().any(|c| c == *k)).map(|k| k.to_string()).collect()
 }
 
 /// What a node says about one session.
