@@ -43,13 +43,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let default = ["info", "debug", "trace"][usize::from(args.verbose.min(2))];
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG").unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    telemetry::init(args.verbose);
 
     for t in &args.tags {
         if let Err(e) = proto::check_name("tag", t) {

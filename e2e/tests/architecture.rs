@@ -12,10 +12,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-paths", &[]),
     ("openbox-trust", &["openbox-proto"]),
     ("libtailscale-sys", &[]),
+    ("openbox-telemetry", &[]),
     ("openbox-net", &["openbox-proto", "openbox-trust", "libtailscale-sys"]),
-    ("openbox-control", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net"]),
-    ("openbox-agent", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net"]),
-    ("openboxd", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "libtailscale-sys"]),
+    ("openbox-control", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry"]),
+    ("openbox-agent", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry"]),
+    (
+        "openboxd",
+        &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry", "libtailscale-sys"],
+    ),
     ("openbox-cli", &["openbox-proto", "openbox-paths"]),
     ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net"]),
 ];

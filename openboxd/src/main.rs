@@ -12,14 +12,11 @@ use openboxd::io::{CallOutput, fd_input};
 use proto::request::{CALL_ENV, Call};
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENBOX_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let call = std::env::var_os(CALL_ENV);
+    // A one-shot call's stderr is the user's own: only warnings belong there.
+    telemetry::init_at(if call.is_some() { "warn" } else { "info" });
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match std::env::var_os(CALL_ENV) {
+    match call {
         Some(text) => one_shot(&rt, &text.to_string_lossy()),
         None => match rt.block_on(daemon()) {
             Ok(()) => ExitCode::SUCCESS,
