@@ -31,11 +31,11 @@ pub struct Identity {
 }
 
 fn identity_file(dir: &Path) -> PathBuf {
-    dir.join("identity.json")
+    paths::agent_identity(dir)
 }
 
 fn host_key_file(dir: &Path) -> PathBuf {
-    dir.join("host_key")
+    paths::agent_host_key(dir)
 }
 
 impl Identity {

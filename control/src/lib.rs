@@ -150,9 +150,9 @@ pub async fn serve(
 
 /// The default file locations, under the control directory of [`paths`].
 pub fn default_db() -> PathBuf {
-    paths::control_dir().join("openbox.db")
+    paths::control_db()
 }
 
 pub fn default_ca() -> PathBuf {
-    paths::control_dir().join("ca_key")
+    paths::control_ca_key()
 }

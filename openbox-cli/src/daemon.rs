@@ -55,7 +55,7 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("openboxd.lock"))
+        .open(paths::daemon_lock())
         .map_err(|e| format!("opening the openboxd lock: {e}"))?;
     flock(&lock, FlockOperation::LockExclusive).map_err(|e| format!("locking: {e}"))?;
     if let Ok(s) = UnixStream::connect(socket) {
@@ -63,7 +63,7 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
     }
     let logs = paths::logs_dir();
     paths::create_private_dir(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
-    let log_path = logs.join("openboxd.log");
+    let log_path = paths::log_file("openboxd");
     let log = File::options()
         .create(true)
         .append(true)

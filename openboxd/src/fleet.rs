@@ -28,11 +28,11 @@ const AGENT: Role = Role { name: "agent", binary: "openbox-agent" };
 
 impl Role {
     fn pid_file(&self) -> PathBuf {
-        paths::logs_dir().join(format!("{}.pid", self.name))
+        paths::pid_file(self.name)
     }
 
     fn log_file(&self) -> PathBuf {
-        paths::logs_dir().join(format!("{}.log", self.name))
+        paths::log_file(self.name)
     }
 
     /// The pid of this role's process if it is running.
@@ -115,7 +115,7 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
     let logged_in = Login::load().ok().filter(|l| l.server == url);
 
     // 1. The control plane.
-    let token_file = logs.join("admin.token");
+    let token_file = paths::admin_token_file();
     let control_started = match CONTROL.running() {
         Some(_) => false,
         None => {
@@ -193,7 +193,7 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
 }
 
 fn openbox_agent_identity_exists() -> bool {
-    paths::agent_dir().join("identity.json").exists()
+    paths::agent_identity(&paths::agent_dir()).exists()
 }
 
 fn path_arg(p: &Path) -> String {

@@ -76,6 +76,47 @@ pub fn daemon_socket() -> PathBuf {
     runtime_dir().join("openboxd.sock")
 }
 
+/// The lock under which a CLI starts openboxd (beside the socket), so concurrent first
+/// calls start one daemon.
+pub fn daemon_lock() -> PathBuf {
+    runtime_dir().join("openboxd.lock")
+}
+
+/// A background process's log in [`logs_dir`]: `openboxd`, `control`, `agent`.
+pub fn log_file(name: &str) -> PathBuf {
+    logs_dir().join(format!("{name}.log"))
+}
+
+/// The pid file of a process `openbox up` started.
+pub fn pid_file(name: &str) -> PathBuf {
+    logs_dir().join(format!("{name}.pid"))
+}
+
+/// Where the local control plane leaves its admin's first login token for `openbox up`.
+pub fn admin_token_file() -> PathBuf {
+    logs_dir().join("admin.token")
+}
+
+/// The control plane's SQLite database, by default.
+pub fn control_db() -> PathBuf {
+    control_dir().join("openbox.db")
+}
+
+/// The control plane's CA private key, by default.
+pub fn control_ca_key() -> PathBuf {
+    control_dir().join("ca_key")
+}
+
+/// The agent's identity (node id, certificates, heartbeat secret) in its directory `dir`.
+pub fn agent_identity(dir: &std::path::Path) -> PathBuf {
+    dir.join("identity.json")
+}
+
+/// The agent's host private key in its directory `dir`.
+pub fn agent_host_key(dir: &std::path::Path) -> PathBuf {
+    dir.join("host_key")
+}
+
 /// Creates `dir` and its parents with mode 0700.
 pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
