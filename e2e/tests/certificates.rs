@@ -86,6 +86,35 @@ fn the_agent_refuses_expired_and_not_yet_valid_certificates() {
 }
 
 #[test]
+fn a_connection_whose_certificate_expired_while_open_runs_nothing_more() {
+    // russh checks a certificate's validity only when it authenticates; a pooled
+    // connection outlives that moment, so openbox's own check must refuse later commands.
+    let n = node();
+    let key = Arc::new(trust::generate_key());
+    let valid_before = now() + 3;
+    let cert = user_cert(&n.cp.ca(), &key, "admin", &n.agent.node_id, now() - 30, valid_before);
+    let target = n.target();
+    runtime().block_on(async move {
+        let mut conn = dial(&target).await.unwrap();
+        conn.authenticate("admin", key, cert).await.unwrap();
+        let mut first = net::ssh::Writers { stdout: Vec::new(), stderr: Vec::new() };
+        let status = conn.exec("echo ok", net::ssh::NoInput, &mut first, std::future::pending()).await.unwrap();
+        assert_eq!((status.exit_code(), first.stdout.as_slice()), (0, b"ok\n".as_slice()));
+
+        // The same open connection, once the certificate's validity has ended.
+        while now() < valid_before {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut later = net::ssh::Writers { stdout: Vec::new(), stderr: Vec::new() };
+        let status = conn.exec("echo again", net::ssh::NoInput, &mut later, std::future::pending()).await.unwrap();
+        let stderr = String::from_utf8_lossy(&later.stderr);
+        assert_eq!(status.exit_code(), 255, "{stderr}");
+        assert!(later.stdout.is_empty(), "nothing ran: {:?}", String::from_utf8_lossy(&later.stdout));
+        assert!(stderr.contains("certificate for this connection has expired"), "{stderr}");
+    });
+}
+
+#[test]
 fn the_agent_refuses_certificates_from_another_ca() {
     let n = node();
     let key = trust::generate_key();

@@ -211,6 +211,30 @@ fn name(kind: &str, v: &str) -> Result<String, String> {
 }
 
 impl Cli {
+    /// Parses the whole command line, exiting with clap's message on a usage error.
+    pub fn from_argv(argv: Vec<OsString>) -> Cli {
+        Self::try_from_argv(argv).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses the whole command line. Leading `--json` / `--no-daemon` are taken out first:
+    /// before a subcommand (`openbox --json nodes`) they would otherwise be read as the
+    /// start of the run form.
+    pub fn try_from_argv(mut argv: Vec<OsString>) -> Result<Cli, clap::Error> {
+        let (mut json, mut no_daemon) = (false, false);
+        while let Some(flag) = argv.get(1).and_then(|a| a.to_str()) {
+            match flag {
+                "--json" => json = true,
+                "--no-daemon" => no_daemon = true,
+                _ => break,
+            }
+            argv.remove(1);
+        }
+        let mut cli = Cli::try_parse_from(argv)?;
+        cli.json |= json;
+        cli.no_daemon |= no_daemon;
+        Ok(cli)
+    }
+
     pub fn into_action(self) -> Result<Action, String> {
         let mut json = self.json;
         let request = match self.command {
@@ -317,5 +341,82 @@ impl RunArgs {
             return Err("--timeout must be at least 1s".into());
         }
         Ok(RunRequest { target, session, isolation, command: self.command, timeout_secs: self.timeout })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(args: &[&str]) -> Result<Action, String> {
+        let argv = std::iter::once("openbox").chain(args.iter().copied()).map(OsString::from).collect();
+        Cli::try_from_argv(argv).map_err(|e| e.to_string())?.into_action()
+    }
+
+    fn run(args: &[&str]) -> RunRequest {
+        match action(args) {
+            Ok(Action::Call { request: Request::Run(r), .. }) => r,
+            Ok(_) => panic!("{args:?} is not a run"),
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_run_form_keeps_the_command_words_and_their_flags() {
+        let r = run(&["-t", "gpu", "ls", "-la", "--json"]);
+        assert_eq!(r.target, Target::Tag("gpu".into()));
+        assert_eq!(r.command, ["ls", "-la", "--json"], "flags after the command belong to it");
+        assert_eq!(r.isolation, Isolation::Native);
+        assert_eq!((r.session, r.timeout_secs), (None, None));
+        let r = run(&["-n", "box-1", "-s", "build", "--timeout", "5m", "make"]);
+        assert_eq!(r.target, Target::Node("box-1".into()));
+        assert_eq!((r.session.as_deref(), r.timeout_secs), (Some("build"), Some(300)));
+    }
+
+    #[test]
+    fn isolation_flags_become_one_typed_value() {
+        let r =
+            run(&["-t", "t", "--docker", "img:1", "--cpus", "2", "--network", "none", "--mount", "/a:/b:ro", "true"]);
+        assert_eq!(r.isolation.to_string(), "docker:img:1;cpus=2;network=none;mount=/a:/b:ro");
+        assert_eq!(run(&["-t", "t", "--nspawn", "/srv/tree", "true"]).isolation.kind(), "nspawn");
+        assert_eq!(run(&["-t", "t", "--isolate", "native", "true"]).isolation, Isolation::Native);
+    }
+
+    #[test]
+    fn bad_run_forms_are_refused_with_what_to_do() {
+        let refused = |args: &[&str], needle: &str| match action(args) {
+            Err(e) => assert!(e.contains(needle), "{args:?}: {e}"),
+            Ok(_) => panic!("{args:?} was accepted"),
+        };
+        refused(&["ls"], "say where: -t TAG or -n NODE");
+        refused(&["-t", "t"], "no command given");
+        refused(&["-t", "a;b", "true"], "may hold only");
+        refused(&["-t", "t", "--timeout", "0", "true"], "at least 1s");
+        refused(&["-t", "t", "--docker", "x;cpus=1", "true"], "';' is not allowed");
+        refused(&["-t", "t", "--isolate", "chroot:/x", "true"], "");
+        refused(&["-t", "t", "-n", "n", "true"], "cannot be used with");
+    }
+
+    #[test]
+    fn global_flags_may_come_before_a_subcommand() {
+        match action(&["--json", "--no-daemon", "nodes", "-t", "gpu"]) {
+            Ok(Action::Call { request: Request::Nodes { tag }, json: true, no_daemon: true }) => {
+                assert_eq!(tag.as_deref(), Some("gpu"));
+            }
+            _ => panic!("not understood"),
+        }
+        assert!(matches!(action(&["daemon", "stop", "--json"]), Ok(Action::StopDaemon { json: true })));
+        assert!(matches!(action(&["agent", "--help"]), Ok(Action::Exec("openbox-agent", a)) if a == ["--help"]));
+    }
+
+    #[test]
+    fn node_tag_takes_plus_and_minus_and_a_trailing_json() {
+        match action(&["node", "tag", "web1", "+gpu", "-old", "--json"]) {
+            Ok(Action::Call { request: Request::NodeTag { node, add, remove }, json: true, .. }) => {
+                assert_eq!((node.as_str(), add, remove), ("web1", vec!["gpu".to_owned()], vec!["old".to_owned()]));
+            }
+            _ => panic!("not understood"),
+        }
+        assert!(action(&["node", "tag", "web1", "gpu"]).is_err_and(|e| e.contains("+TAG")));
     }
 }

@@ -9,26 +9,10 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitCode};
 
-use clap::Parser as _;
 use proto::request::{CALL_ENV, Call, Request};
 
 fn main() -> ExitCode {
-    // Global flags before a subcommand (`openbox --json nodes`) would otherwise be read as
-    // the start of the run form; take them out first.
-    let mut argv: Vec<OsString> = std::env::args_os().collect();
-    let (mut json, mut no_daemon) = (false, false);
-    while let Some(flag) = argv.get(1).and_then(|a| a.to_str()) {
-        match flag {
-            "--json" => json = true,
-            "--no-daemon" => no_daemon = true,
-            _ => break,
-        }
-        argv.remove(1);
-    }
-    let mut cli = args::Cli::parse_from(argv);
-    cli.json |= json;
-    cli.no_daemon |= no_daemon;
-    match cli.into_action() {
+    match args::Cli::from_argv(std::env::args_os().collect()).into_action() {
         Ok(args::Action::Call { request, json, no_daemon }) => {
             // Stopping the fleet never starts a daemon just to do it.
             let no_daemon = no_daemon || (matches!(request, Request::Down) && !daemon_running());
