@@ -21,7 +21,7 @@ use proto::isolation::{Limits, Network};
 use russh::{ChannelMsg, ChannelReadHalf};
 use tokio::io::AsyncWriteExt;
 
-use crate::exec::{ChannelOut, Outcome};
+use crate::channel::{ChannelOut, Outcome};
 
 /// Label on every container openbox creates: the node id that owns it.
 pub const NODE_LABEL: &str = "dev.openbox.node";
@@ -256,7 +256,7 @@ pub async fn run_once(
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
-    let mut input = crate::exec::messages(input);
+    let mut input = crate::channel::messages(input);
     let cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
     let id = match engine.create(&spec, cmd, true).await {
         Ok(id) => id,

@@ -6,6 +6,7 @@
 //! certificate already says who may run what here — so commands keep working while the
 //! control plane is down, for as long as callers' certificates are valid.
 
+mod channel;
 mod docker;
 mod exec;
 mod heartbeat;

@@ -12,7 +12,8 @@ use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
 use tokio::net::TcpListener;
 use trust::{Certificate, UserGrant};
 
-use crate::exec::{self, ChannelOut};
+use crate::channel::{ChannelOut, Outcome};
+use crate::exec;
 use crate::identity::Identity;
 use crate::runtimes::Runtimes;
 use crate::session::{Job, Sessions};
@@ -184,7 +185,9 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     let command = loop {
         match read.wait().await {
             Some(ChannelMsg::Exec { command, .. }) => break String::from_utf8_lossy(&command).into_owned(),
-            Some(ChannelMsg::SetEnv { variable_name, variable_value, .. }) if variable_name == proto::exec::TIMEOUT_ENV => {
+            Some(ChannelMsg::SetEnv { variable_name, variable_value, .. })
+                if variable_name == proto::exec::TIMEOUT_ENV =>
+            {
                 timeout = variable_value.parse::<u64>().ok().filter(|s| *s > 0).map(std::time::Duration::from_secs);
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) if name == proto::exec::END_SESSION_SUBSYSTEM => {
@@ -193,7 +196,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
                 };
                 let had = shared.sessions.remove(&grant.user, session).await;
                 tracing::info!(user = %grant.user, %session, had_shell = had, "session ended");
-                return out.finish(crate::exec::Outcome::Code(0)).await;
+                return out.finish(Outcome::Code(0)).await;
             }
             Some(ChannelMsg::RequestShell { .. }) => {
                 return out

@@ -19,8 +19,8 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+use crate::channel::{ChannelOut, Outcome};
 use crate::docker::SessionContainer;
-use crate::exec::{ChannelOut, Outcome};
 use crate::procs;
 use crate::runtimes::Runtimes;
 
@@ -291,7 +291,7 @@ impl Sessions {
 
     /// Runs `job` in the session's shell (starting one if needed) and reports its end.
     pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, input: russh::ChannelReadHalf) {
-        let mut input = crate::exec::messages(input);
+        let mut input = crate::channel::messages(input);
         let Job { command, isolation, runtimes, env, timeout } = job;
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
@@ -446,7 +446,7 @@ async fn run_framed(
     command: &str,
     timeout: Option<Duration>,
     out: &ChannelOut,
-    input: &mut crate::exec::Messages,
+    input: &mut crate::channel::Messages,
 ) -> Framed {
     let n = nonce();
     // The command runs in a function of the session's own shell, so `cd` and `export`
