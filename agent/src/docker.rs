@@ -239,13 +239,6 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-fn signal_name(sig: &russh::Sig) -> String {
-    match sig {
-        russh::Sig::Custom(name) => format!("SIG{name}"),
-        other => format!("SIG{}", format!("{other:?}").to_uppercase()),
-    }
-}
-
 /// Runs `command` in a fresh container from `spec` for the channel, then removes the
 /// container. Stdin, stdout, stderr, signals and the exit code behave as natively.
 pub async fn run_once(
@@ -315,7 +308,11 @@ pub async fn run_once(
                     if let Some(tx) = &stdin_tx && tx.send(data).is_err() { stdin_tx = None; }
                 }
                 Some(ChannelMsg::Eof) => stdin_tx = None,
-                Some(ChannelMsg::Signal { signal }) => engine.kill(&id, &signal_name(&signal)).await,
+                Some(ChannelMsg::Signal { signal }) => {
+                    if let Some(name) = crate::signals::name(&signal) {
+                        engine.kill(&id, &format!("SIG{name}")).await;
+                    }
+                }
                 Some(ChannelMsg::Close) | None => {
                     engine.kill(&id, "SIGKILL").await;
                     input_open = false;

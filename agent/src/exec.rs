@@ -5,50 +5,13 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
-use russh::{ChannelMsg, ChannelReadHalf, Sig};
+use russh::{ChannelMsg, ChannelReadHalf};
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::channel::{ChannelOut, Outcome, messages};
-
-fn sig_from_raw(n: i32) -> Sig {
-    match Signal::from_named_raw(n) {
-        Some(Signal::HUP) => Sig::HUP,
-        Some(Signal::INT) => Sig::INT,
-        Some(Signal::QUIT) => Sig::QUIT,
-        Some(Signal::ILL) => Sig::ILL,
-        Some(Signal::ABORT) => Sig::ABRT,
-        Some(Signal::FPE) => Sig::FPE,
-        Some(Signal::KILL) => Sig::KILL,
-        Some(Signal::USR1) => Sig::USR1,
-        Some(Signal::SEGV) => Sig::SEGV,
-        Some(Signal::PIPE) => Sig::PIPE,
-        Some(Signal::ALARM) => Sig::ALRM,
-        Some(Signal::TERM) => Sig::TERM,
-        Some(Signal::USR2) => Sig::Custom("USR2".into()),
-        _ => Sig::Custom(format!("SIG{n}")),
-    }
-}
-
-pub fn sig_to_signal(sig: &Sig) -> Option<Signal> {
-    Some(match sig {
-        Sig::HUP => Signal::HUP,
-        Sig::INT => Signal::INT,
-        Sig::QUIT => Signal::QUIT,
-        Sig::ILL => Signal::ILL,
-        Sig::ABRT => Signal::ABORT,
-        Sig::FPE => Signal::FPE,
-        Sig::KILL => Signal::KILL,
-        Sig::USR1 => Signal::USR1,
-        Sig::SEGV => Signal::SEGV,
-        Sig::PIPE => Signal::PIPE,
-        Sig::ALRM => Signal::ALARM,
-        Sig::TERM => Signal::TERM,
-        Sig::Custom(name) if name == "USR2" => Signal::USR2,
-        Sig::Custom(_) => return None,
-    })
-}
+use crate::signals;
 
 /// Where a command's processes live, for signalling them.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -177,7 +140,7 @@ pub async fn run_process(
                 }
                 Some(ChannelMsg::Eof) => stdin_tx = None,
                 Some(ChannelMsg::Signal { signal }) => {
-                    if let Some(s) = sig_to_signal(&signal) { signal_tree(pid, tree, s); }
+                    if let Some(s) = signals::to_signal(&signal) { signal_tree(pid, tree, s); }
                 }
                 Some(ChannelMsg::Close) | None => {
                     // The caller is gone: nobody will read the rest.
@@ -199,7 +162,7 @@ pub async fn run_process(
     let outcome = match status.expect("loop ends with a status") {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(c), _) => Outcome::Code(c as u32),
-            (None, Some(sig)) => Outcome::Signal(sig_from_raw(sig), s.core_dumped()),
+            (None, Some(sig)) => Outcome::Signal(signals::from_raw(sig), s.core_dumped()),
             (None, None) => Outcome::Code(255),
         },
         Err(e) => {

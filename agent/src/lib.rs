@@ -16,6 +16,7 @@ mod procs;
 mod runtimes;
 mod server;
 mod session;
+mod signals;
 
 use std::future::Future;
 use std::net::SocketAddr;

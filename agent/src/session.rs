@@ -74,7 +74,7 @@ impl ShellHost {
                 }
             }
             ShellHost::Container(c) => {
-                if let Some(name) = procs::signal_name(sig) {
+                if let Some(name) = crate::signals::signal_name(sig) {
                     c.signal(name).await;
                 }
             }
@@ -515,7 +515,7 @@ async fn run_framed(
                     give_up_at.get_or_insert(tokio::time::Instant::now() + grace);
                 }
                 Some(russh::ChannelMsg::Signal { signal }) => {
-                    if let Some(sig) = crate::exec::sig_to_signal(&signal) {
+                    if let Some(sig) = crate::signals::to_signal(&signal) {
                         shell.host.signal(sig).await;
                     }
                 }
