@@ -8,6 +8,7 @@
 
 mod channel;
 mod docker;
+mod drive;
 mod exec;
 mod heartbeat;
 mod identity;

@@ -13,15 +13,15 @@ mod session;
 use std::time::Duration;
 
 use bollard::container::LogOutput;
-use futures_util::StreamExt;
-use russh::{ChannelMsg, ChannelReadHalf};
-use tokio::io::AsyncWriteExt;
+use futures_util::{Stream, StreamExt};
+use russh::{ChannelReadHalf, Sig};
 
 use engine::Removal;
 pub use engine::{Engine, Spec};
 pub use session::SessionContainer;
 
 use crate::channel::{ChannelOut, Outcome};
+use crate::drive::{self, Process, StatusError, Step};
 
 /// Stops a task when dropped (a wait that will never be answered, on an early return).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -42,7 +42,7 @@ pub async fn run_once(
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
-    let mut input = crate::channel::messages(input);
+    let input = crate::channel::messages(input);
     let cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
     let id = match engine.create(&spec, cmd, true).await {
         Ok(id) => id,
@@ -53,84 +53,87 @@ pub async fn run_once(
         Ok(a) => a,
         Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
     };
-    let mut exit = AbortOnDrop(tokio::spawn({
+    let early_exit = AbortOnDrop(tokio::spawn({
         let (engine, id) = (engine.clone(), id.clone());
         async move { engine.wait(&id, "next-exit").await }
     }));
     if let Err(e) = engine.start(&id, spec.image).await {
         return out.refuse(&format!("{e}; nothing was run")).await;
     }
-    let mut output = attached.output;
-    // Stdin goes through a task of its own so output keeps draining (as in native runs).
-    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
-    let mut stdin_tx = Some(stdin_tx);
-    let mut stdin = attached.input;
-    tokio::spawn(async move {
-        while let Some(chunk) = stdin_rx.recv().await {
-            if stdin.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        let _ = stdin.shutdown().await; // end of input reaches the command
-    });
+    let container = Container {
+        engine: engine.clone(),
+        id,
+        output: attached.output,
+        message: bytes::Bytes::new(),
+        output_open: true,
+        early_exit: Some(early_exit),
+        exit: None,
+    };
+    drive::run(container, attached.input, timeout, input, out).await
+}
 
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let (mut timed_out, mut input_open, mut output_open) = (false, true, true);
-    while output_open {
-        tokio::select! {
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !timed_out => {
-                timed_out = true;
-                engine.kill(&id, "SIGKILL").await;
-            },
-            item = output.next() => match item {
+/// A one-shot's container as the loop drives it: its output comes interleaved on one
+/// stream, which ends when the container stops; the exit code is asked for then.
+struct Container {
+    engine: Engine,
+    id: String,
+    output: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    /// The piece of output last handed on.
+    message: bytes::Bytes,
+    output_open: bool,
+    /// The wait for the container's exit, asked before it started.
+    early_exit: Option<AbortOnDrop<Option<i64>>>,
+    /// The exit code, asked for once the output has ended.
+    exit: Option<AbortOnDrop<Option<i64>>>,
+}
+
+impl Process for Container {
+    async fn next(&mut self) -> Step<'_> {
+        while self.output_open {
+            match self.output.next().await {
                 Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => {
-                    if !out.stdout(&message).await {
-                        engine.kill(&id, "SIGKILL").await;
-                    }
+                    self.message = message;
+                    return Step::Stdout(&self.message);
                 }
-                Some(Ok(LogOutput::StdErr { message })) => { out.stderr(&message).await; }
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    self.message = message;
+                    return Step::Stderr(&self.message);
+                }
                 Some(Ok(LogOutput::StdIn { .. })) => {}
                 Some(Err(e)) => {
-                    tracing::warn!(container = %id, error = %e, "reading container output failed");
-                    output_open = false;
+                    tracing::warn!(container = %self.id, error = %e, "reading container output failed");
+                    self.output_open = false;
                 }
-                None => output_open = false,
-            },
-            msg = input.recv(), if input_open => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if let Some(tx) = &stdin_tx && tx.send(data).is_err() { stdin_tx = None; }
+                None => self.output_open = false,
+            }
+        }
+        let exit = self.exit.get_or_insert_with(|| {
+            let (engine, id, early) = (self.engine.clone(), self.id.clone(), self.early_exit.take());
+            AbortOnDrop(tokio::spawn(async move {
+                // The early wait may have reached the engine only after the container had
+                // exited (then it waits for an exit that never comes): after a grace
+                // period, ask plainly.
+                if let Some(mut early) = early
+                    && let Ok(Ok(Some(code))) = tokio::time::timeout(Duration::from_secs(2), &mut early.0).await
+                {
+                    return Some(code);
                 }
-                Some(ChannelMsg::Eof) => stdin_tx = None,
-                Some(ChannelMsg::Signal { signal }) => {
-                    if let Some(name) = crate::signals::name(&signal) {
-                        engine.kill(&id, &format!("SIG{name}")).await;
-                    }
-                }
-                Some(ChannelMsg::Close) | None => {
-                    engine.kill(&id, "SIGKILL").await;
-                    input_open = false;
-                }
-                Some(_) => {}
-            },
+                engine.exit_code(&id).await
+            }))
+        });
+        Step::Ended(match (&mut exit.0).await {
+            Ok(Some(code)) => Ok(Outcome::Code(code.clamp(0, 255) as u32)),
+            _ => Err(StatusError::NoExitCode),
+        })
+    }
+
+    async fn signal(&mut self, sig: &Sig) {
+        if let Some(name) = crate::signals::name(sig) {
+            self.engine.kill(&self.id, &format!("SIG{name}")).await;
         }
     }
-    if timed_out {
-        let secs = timeout.map(|t| t.as_secs()).unwrap_or(0);
-        out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
-        return out.finish(Outcome::Code(124)).await;
+
+    async fn stop(&mut self) {
+        self.engine.kill(&self.id, "SIGKILL").await;
     }
-    // The early wait may have reached the engine only after the container had exited
-    // (then it waits for an exit that never comes): after a grace period, ask plainly.
-    let exit_code = match tokio::time::timeout(Duration::from_secs(2), &mut exit.0).await {
-        Ok(Ok(Some(code))) => Some(code),
-        _ => engine.exit_code(&id).await,
-    };
-    let outcome = match exit_code {
-        Some(code) => Outcome::Code(code.clamp(0, 255) as u32),
-        None => {
-            out.stderr(b"openbox agent: the Docker engine did not report the container's exit code\n").await;
-            Outcome::Code(255)
-        }
-    };
-    out.finish(outcome).await;
 }
