@@ -30,47 +30,66 @@ pub struct Engine {
     node_id: String,
 }
 
-/// One line for a user from an engine error, naming what is wrong.
-fn explain(host: &str, image: Option<&str>, e: &DockerError) -> String {
-    match e {
-        DockerError::DockerResponseServerError { status_code: 404, message } if image.is_some() => {
-            let image = image.unwrap_or_default();
-            format!(
-                "image {image} is not on this node's Docker engine ({message}); pull or load it there first, e.g. `docker pull {image}`"
-            )
+/// What went wrong with the engine, each in one line for a user that names what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the Docker engine at {host}: {error}; is it running? (DOCKER_HOST picks another)")]
+    Unreachable { host: String, error: DockerError },
+    #[error("the Docker engine at {host} did not answer within 3s")]
+    Silent { host: String },
+    #[error(
+        "image {image} is not on this node's Docker engine ({message}); pull or load it there first, e.g. `docker pull {image}`"
+    )]
+    NoImage { image: String, message: String },
+    #[error("the Docker engine at {host} refused: {message} (HTTP {status})")]
+    Refused { host: String, status: u16, message: String },
+    #[error("the Docker engine at {host} failed: {error}")]
+    Failed { host: String, error: DockerError },
+}
+
+/// What an error from the engine at `host` means, asked about `image` if it was.
+fn explain(host: &str, image: Option<&str>, e: DockerError) -> EngineError {
+    let host = host.to_owned();
+    match (e, image) {
+        (DockerError::DockerResponseServerError { status_code: 404, message }, Some(image)) => {
+            EngineError::NoImage { image: image.to_owned(), message }
         }
-        DockerError::DockerResponseServerError { status_code, message } => {
-            format!("the Docker engine at {host} refused: {message} (HTTP {status_code})")
+        (DockerError::DockerResponseServerError { status_code, message }, _) => {
+            EngineError::Refused { host, status: status_code, message }
         }
-        DockerError::IOError { .. } | DockerError::HyperResponseError { .. } | DockerError::RequestTimeoutError => {
-            format!("cannot reach the Docker engine at {host}: {e}; is it running? (DOCKER_HOST picks another)")
-        }
-        other => format!("the Docker engine at {host} failed: {other}"),
+        (
+            error @ (DockerError::IOError { .. }
+            | DockerError::HyperResponseError { .. }
+            | DockerError::RequestTimeoutError),
+            _,
+        ) => EngineError::Unreachable { host, error },
+        (error, _) => EngineError::Failed { host, error },
     }
 }
 
 impl Engine {
     /// A client for `DOCKER_HOST` (or the default socket); fails while a Unix socket is
     /// missing.
-    pub fn from_env(node_id: &str) -> Result<Engine, String> {
+    pub fn from_env(node_id: &str) -> Result<Engine, EngineError> {
         let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned());
-        let docker = Docker::connect_with_defaults().map_err(|e| {
-            format!("cannot reach the Docker engine at {host}: {e}; is it running? (DOCKER_HOST picks another)")
-        })?;
+        let docker = match Docker::connect_with_defaults() {
+            Ok(docker) => docker,
+            Err(error) => return Err(EngineError::Unreachable { host, error }),
+        };
         Ok(Engine { docker: docker.with_timeout(Duration::from_secs(120)), host, node_id: node_id.to_owned() })
     }
 
     /// Whether the engine answers now; why not, if it does not.
-    pub async fn check(&self) -> Result<(), String> {
+    pub async fn check(&self) -> Result<(), EngineError> {
         match tokio::time::timeout(Duration::from_secs(3), self.docker.ping()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(explain(&self.host, None, &e)),
-            Err(_) => Err(format!("the Docker engine at {} did not answer within 3s", self.host)),
+            Ok(Err(e)) => Err(self.err(None, e)),
+            Err(_) => Err(EngineError::Silent { host: self.host.clone() }),
         }
     }
 
-    fn err(&self, image: Option<&str>, e: DockerError) -> String {
-        explain(&self.host, image, &e)
+    fn err(&self, image: Option<&str>, e: DockerError) -> EngineError {
+        explain(&self.host, image, e)
     }
 
     /// Removes containers a previous run of this agent left behind: running ones by id,
@@ -112,7 +131,12 @@ impl Engine {
 
     /// Creates (not starts) a container running `argv` with stdin open. `argv` replaces the
     /// image's entrypoint too, so what runs is exactly the shell openbox asked for.
-    pub(super) async fn create(&self, spec: &Spec<'_>, argv: Vec<String>, one_shot: bool) -> Result<String, String> {
+    pub(super) async fn create(
+        &self,
+        spec: &Spec<'_>,
+        argv: Vec<String>,
+        one_shot: bool,
+    ) -> Result<String, EngineError> {
         let mut labels = HashMap::from([(NODE_LABEL.to_owned(), self.node_id.clone())]);
         if let Some(s) = spec.session {
             labels.insert("dev.openbox.session".to_owned(), s.to_owned());
@@ -167,12 +191,12 @@ impl Engine {
     }
 
     /// Attaches to a created container's stdin, stdout and stderr.
-    pub(super) async fn attach(&self, id: &str) -> Result<bollard::container::AttachContainerResults, String> {
+    pub(super) async fn attach(&self, id: &str) -> Result<bollard::container::AttachContainerResults, EngineError> {
         let opts = AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build();
         self.docker.attach_container(id, Some(opts)).await.map_err(|e| self.err(None, e))
     }
 
-    pub(super) async fn start(&self, id: &str, image: &str) -> Result<(), String> {
+    pub(super) async fn start(&self, id: &str, image: &str) -> Result<(), EngineError> {
         self.docker.start_container(id, None).await.map_err(|e| self.err(Some(image), e))
     }
 
@@ -226,5 +250,39 @@ impl Drop for Removal {
     fn drop(&mut self) {
         let (engine, id) = (self.engine.clone(), std::mem::take(&mut self.id));
         tokio::spawn(async move { engine.remove(&id).await });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(status_code: u16, message: &str) -> DockerError {
+        DockerError::DockerResponseServerError { status_code, message: message.into() }
+    }
+
+    #[test]
+    fn a_missing_image_says_how_to_get_it() {
+        let e = explain("unix:///d.sock", Some("busybox:1"), refusal(404, "no such image"));
+        assert_eq!(
+            e.to_string(),
+            "image busybox:1 is not on this node's Docker engine (no such image); pull or load it there first, e.g. `docker pull busybox:1`"
+        );
+    }
+
+    #[test]
+    fn other_refusals_name_the_engine_and_the_http_status() {
+        let e = explain("unix:///d.sock", None, refusal(404, "no such container"));
+        assert_eq!(e.to_string(), "the Docker engine at unix:///d.sock refused: no such container (HTTP 404)");
+        let e = explain("unix:///d.sock", Some("busybox:1"), refusal(500, "broken"));
+        assert_eq!(e.to_string(), "the Docker engine at unix:///d.sock refused: broken (HTTP 500)");
+    }
+
+    #[test]
+    fn an_engine_that_does_not_answer_is_called_unreachable() {
+        let e = explain("unix:///d.sock", None, DockerError::RequestTimeoutError);
+        assert!(matches!(e, EngineError::Unreachable { .. }));
+        assert!(e.to_string().starts_with("cannot reach the Docker engine at unix:///d.sock: "), "{e}");
+        assert!(e.to_string().ends_with("; is it running? (DOCKER_HOST picks another)"), "{e}");
     }
 }

@@ -17,7 +17,7 @@ use futures_util::{Stream, StreamExt};
 use russh::{ChannelReadHalf, Sig};
 
 use engine::Removal;
-pub use engine::{Engine, Spec};
+pub use engine::{Engine, EngineError, Spec};
 pub use session::SessionContainer;
 
 use crate::channel::{ChannelOut, Outcome};

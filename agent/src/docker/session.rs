@@ -7,7 +7,7 @@ use bollard::container::LogOutput;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::engine::{Engine, Spec};
+use super::engine::{Engine, EngineError, Spec};
 
 /// A shell loop that sends signal `name` to every process in the container but pid 1 (the
 /// session's shell) and itself.
@@ -33,7 +33,7 @@ pub struct Attached {
 
 impl SessionContainer {
     /// Starts a container whose pid 1 is `/bin/sh` reading from stdin.
-    pub async fn start(engine: &Engine, spec: Spec<'_>) -> Result<(SessionContainer, Attached), String> {
+    pub async fn start(engine: &Engine, spec: Spec<'_>) -> Result<(SessionContainer, Attached), EngineError> {
         let id = engine.create(&spec, vec!["/bin/sh".to_owned()], false).await?;
         let container = SessionContainer { engine: engine.clone(), id };
         let started = match engine.attach(&container.id).await {

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 
 use crate::docker::SessionContainer;
 use crate::procs;
-use crate::runtimes::Runtimes;
+use crate::runtimes::{RuntimeError, Runtimes};
 
 /// A session's shell: the pipes it reads commands from and writes output to, and what it
 /// runs in.
@@ -108,7 +108,7 @@ pub async fn spawn_shell(
     runtimes: &Runtimes,
     env: &[(&str, &str)],
     id: &str,
-) -> Result<Shell, String> {
+) -> Result<Shell, RuntimeError> {
     let (mut cmd, nspawn) = match isolation {
         Isolation::Native => {
             let mut cmd = Command::new("/bin/sh");
@@ -137,7 +137,7 @@ pub async fn spawn_shell(
         }
     };
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
     Ok(Shell {
         stdin: Box::pin(child.stdin.take().expect("piped")),
         stdout: Box::pin(child.stdout.take().expect("piped")),
