@@ -1,114 +1,19 @@
-//! Runs one command for one SSH channel: `sh -c CMD` in its own process group, stdin fed
-//! from the channel, stdout and stderr streamed back separately, and the exit status (or
-//! the signal) reported last. If the caller goes away, the whole process group is killed.
+//! Runs one command for one SSH channel as a process here: `sh -c CMD` in its own process
+//! group (or an nspawn container), driven by [`crate::drive`] — stdin fed from the
+//! channel, stdout and stderr streamed back separately, and the exit status (or the
+//! signal) reported last. If the caller goes away, the whole process group is killed.
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 
-use russh::server::{Handle, Msg};
-use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
+use russh::{ChannelReadHalf, Sig};
 use rustix::process::{Pid, Signal, kill_process_group};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
-/// Where a command's output goes, and how its end is reported.
-/// Writes go through the channel's write half, which waits for the peer's SSH window, so a
-/// slow reader slows the command instead of filling memory.
-pub struct ChannelOut {
-    pub id: ChannelId,
-    pub handle: Handle,
-    pub write: ChannelWriteHalf<Msg>,
-}
-
-impl ChannelOut {
-    pub async fn stdout(&self, data: &[u8]) -> bool {
-        self.write.data_bytes(data.to_vec()).await.is_ok()
-    }
-
-    pub async fn stderr(&self, data: &[u8]) -> bool {
-        self.write.extended_data_bytes(1, data.to_vec()).await.is_ok()
-    }
-
-    /// Reports a refusal as ssh would: a line on stderr and exit status 255, then closes.
-    pub async fn refuse(&self, why: &str) {
-        self.stderr(format!("openbox agent: {why}\n").as_bytes()).await;
-        self.finish(Outcome::Code(255)).await;
-    }
-
-    pub async fn finish(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Code(c) => {
-                let _ = self.write.exit_status(c).await;
-            }
-            Outcome::Signal(sig, core) => {
-                let _ = self.handle.exit_signal_request(self.id, sig, core, String::new(), String::new()).await;
-            }
-        }
-        let _ = self.write.eof().await;
-        let _ = self.write.close().await;
-    }
-}
-
-pub enum Outcome {
-    Code(u32),
-    Signal(Sig, bool),
-}
-
-fn sig_from_raw(n: i32) -> Sig {
-    match Signal::from_named_raw(n) {
-        Some(Signal::HUP) => Sig::HUP,
-        Some(Signal::INT) => Sig::INT,
-        Some(Signal::QUIT) => Sig::QUIT,
-        Some(Signal::ILL) => Sig::ILL,
-        Some(Signal::ABORT) => Sig::ABRT,
-        Some(Signal::FPE) => Sig::FPE,
-        Some(Signal::KILL) => Sig::KILL,
-        Some(Signal::USR1) => Sig::USR1,
-        Some(Signal::SEGV) => Sig::SEGV,
-        Some(Signal::PIPE) => Sig::PIPE,
-        Some(Signal::ALARM) => Sig::ALRM,
-        Some(Signal::TERM) => Sig::TERM,
-        Some(Signal::USR2) => Sig::Custom("USR2".into()),
-        _ => Sig::Custom(format!("SIG{n}")),
-    }
-}
-
-pub fn sig_to_signal(sig: &Sig) -> Option<Signal> {
-    Some(match sig {
-        Sig::HUP => Signal::HUP,
-        Sig::INT => Signal::INT,
-        Sig::QUIT => Signal::QUIT,
-        Sig::ILL => Signal::ILL,
-        Sig::ABRT => Signal::ABORT,
-        Sig::FPE => Signal::FPE,
-        Sig::KILL => Signal::KILL,
-        Sig::USR1 => Signal::USR1,
-        Sig::SEGV => Signal::SEGV,
-        Sig::PIPE => Signal::PIPE,
-        Sig::ALRM => Signal::ALARM,
-        Sig::TERM => Signal::TERM,
-        Sig::Custom(name) if name == "USR2" => Signal::USR2,
-        Sig::Custom(_) => return None,
-    })
-}
-
-/// The caller's messages (stdin, end of input, signals, close) for a command, read from
-/// the channel by a task of its own. russh's session loop — which also carries window
-/// adjustments for our output — waits while a channel's messages go unread, so a command
-/// loop that is waiting for output window must not also be the one reading them.
-pub type Messages = tokio::sync::mpsc::UnboundedReceiver<ChannelMsg>;
-
-pub fn messages(mut input: ChannelReadHalf) -> Messages {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(msg) = input.wait().await {
-            if tx.send(msg).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
+use crate::channel::{ChannelOut, Outcome, messages};
+use crate::drive::{self, Process, StatusError, Step};
+use crate::signals;
 
 /// Where a command's processes live, for signalling them.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -181,7 +86,7 @@ pub async fn run_process(
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
-    let mut input = messages(input);
+    let input = messages(input);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -190,82 +95,86 @@ pub async fn run_process(
             return out.refuse(&format!("cannot start {program}: {e}")).await;
         }
     };
-    // Kept from the start: once the spawned process has been waited for, `child.id()` is
-    // gone, but what it left running (`server &`) must still be stoppable.
-    let pid = child.id().unwrap_or(0);
-    // Stdin is written by a task of its own, and the channel is always read: a command not
-    // reading its input must not stop us draining its output, and russh's session loop —
-    // which also carries our output — blocks while a channel's messages go unread.
-    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
-    let mut stdin_tx = Some(stdin_tx);
-    if let Some(mut pipe) = child.stdin.take() {
-        tokio::spawn(async move {
-            while let Some(chunk) = stdin_rx.recv().await {
-                if pipe.write_all(&chunk).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-
-    let mut out_buf = vec![0u8; 128 * 1024];
-    let mut err_buf = vec![0u8; 32 * 1024];
-    let (mut out_open, mut err_open, mut input_open) = (true, true, true);
-    let mut status = None;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut timed_out = false;
-    // Output is drained until both pipes close, as sshd does; the status is sent last.
-    while out_open || err_open || status.is_none() {
-        tokio::select! {
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !timed_out => {
-                timed_out = true;
-                tear_down(pid, tree);
-            },
-            r = stdout.read(&mut out_buf), if out_open => match r {
-                Ok(0) | Err(_) => out_open = false,
-                Ok(n) => if !out.stdout(&out_buf[..n]).await { tear_down(pid, tree); out_open = false; },
-            },
-            r = stderr.read(&mut err_buf), if err_open => match r {
-                Ok(0) | Err(_) => err_open = false,
-                Ok(n) => { out.stderr(&err_buf[..n]).await; }
-            },
-            msg = input.recv(), if input_open => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if let Some(tx) = &stdin_tx && tx.send(data).is_err() { stdin_tx = None; }
-                }
-                Some(ChannelMsg::Eof) => stdin_tx = None,
-                Some(ChannelMsg::Signal { signal }) => {
-                    if let Some(s) = sig_to_signal(&signal) { signal_tree(pid, tree, s); }
-                }
-                Some(ChannelMsg::Close) | None => {
-                    // The caller is gone: nobody will read the rest.
-                    tear_down(pid, tree);
-                    input_open = false;
-                }
-                Some(_) => {}
-            },
-            s = child.wait(), if status.is_none() => {
-                status = Some(s);
-            }
-        }
-    }
-    if timed_out {
-        let secs = timeout.map(|t| t.as_secs()).unwrap_or(0);
-        out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
-        return out.finish(Outcome::Code(124)).await;
-    }
-    let outcome = match status.expect("loop ends with a status") {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(c), _) => Outcome::Code(c as u32),
-            (None, Some(sig)) => Outcome::Signal(sig_from_raw(sig), s.core_dumped()),
-            (None, None) => Outcome::Code(255),
-        },
-        Err(e) => {
-            out.stderr(format!("openbox agent: waiting for the command failed: {e}\n").as_bytes()).await;
-            Outcome::Code(255)
-        }
+    let stdin = child.stdin.take().expect("piped");
+    let process = Spawned {
+        // Kept from the start: once the spawned process has been waited for, `child.id()`
+        // is gone, but what it left running (`server &`) must still be stoppable.
+        pid: child.id().unwrap_or(0),
+        tree,
+        stdout: child.stdout.take().expect("piped"),
+        stderr: child.stderr.take().expect("piped"),
+        child,
+        out_buf: vec![0u8; 128 * 1024],
+        err_buf: vec![0u8; 32 * 1024],
+        out_open: true,
+        err_open: true,
+        status: None,
     };
-    out.finish(outcome).await;
+    drive::run(process, stdin, timeout, input, out).await
+}
+
+/// A spawned command as the loop drives it: its two output pipes, and its exit status,
+/// which is known only once both pipes have closed (what it left running may still write).
+struct Spawned {
+    child: Child,
+    pid: u32,
+    tree: Tree,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    out_buf: Vec<u8>,
+    err_buf: Vec<u8>,
+    out_open: bool,
+    err_open: bool,
+    status: Option<std::io::Result<ExitStatus>>,
+}
+
+impl Process for Spawned {
+    async fn next(&mut self) -> Step<'_> {
+        loop {
+            if !self.out_open
+                && !self.err_open
+                && let Some(status) = self.status.take()
+            {
+                return Step::Ended(outcome(status));
+            }
+            tokio::select! {
+                r = self.stdout.read(&mut self.out_buf), if self.out_open => match r {
+                    Ok(0) | Err(_) => self.out_open = false,
+                    Ok(n) => return Step::Stdout(&self.out_buf[..n]),
+                },
+                r = self.stderr.read(&mut self.err_buf), if self.err_open => match r {
+                    Ok(0) | Err(_) => self.err_open = false,
+                    Ok(n) => return Step::Stderr(&self.err_buf[..n]),
+                },
+                s = self.child.wait(), if self.status.is_none() => self.status = Some(s),
+            }
+        }
+    }
+
+    async fn signal(&mut self, sig: &Sig) {
+        if let Some(s) = signals::to_signal(sig) {
+            signal_tree(self.pid, self.tree, s);
+        }
+    }
+
+    async fn stop(&mut self) {
+        tear_down(self.pid, self.tree);
+    }
+
+    /// Nobody reads the rest of stdout: the command is ended, and its stdout no longer
+    /// waited for.
+    async fn stdout_lost(&mut self) {
+        tear_down(self.pid, self.tree);
+        self.out_open = false;
+    }
+}
+
+/// How a command that has been waited for ended: its code, or the signal that killed it.
+fn outcome(status: std::io::Result<ExitStatus>) -> Result<Outcome, StatusError> {
+    let s = status.map_err(StatusError::Wait)?;
+    Ok(match (s.code(), s.signal()) {
+        (Some(c), _) => Outcome::Code(c as u32),
+        (None, Some(sig)) => Outcome::Signal(signals::from_raw(sig), s.core_dumped()),
+        (None, None) => Outcome::Code(255),
+    })
 }

@@ -6,7 +6,9 @@
 //! certificate already says who may run what here — so commands keep working while the
 //! control plane is down, for as long as callers' certificates are valid.
 
+mod channel;
 mod docker;
+mod drive;
 mod exec;
 mod heartbeat;
 mod identity;
@@ -15,6 +17,7 @@ mod procs;
 mod runtimes;
 mod server;
 mod session;
+mod signals;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -8,33 +8,50 @@ use tokio::process::Command;
 
 const NSPAWN: &str = "systemd-nspawn";
 
+/// Why a command cannot run in an nspawn container here.
+#[derive(Debug, thiserror::Error)]
+pub enum NspawnError {
+    #[error("systemd-nspawn exists only on Linux")]
+    NotLinux,
+    #[error("systemd-nspawn needs the agent to run as root")]
+    NotRoot,
+    #[error("systemd-nspawn is not installed (Debian: apt install systemd-container)")]
+    NotInstalled,
+    #[error("nspawn directory {0} does not exist on this node")]
+    NoDirectory(String),
+    #[error("{0} is not a root tree for systemd-nspawn: it has no /usr")]
+    NotATree(String),
+    #[error("{0} has no /bin/sh to run commands with")]
+    NoShell(String),
+}
+
 /// Why this node cannot run nspawn containers, if it cannot.
-pub fn unavailable() -> Option<String> {
+pub fn unavailable() -> Option<NspawnError> {
     if !cfg!(target_os = "linux") {
-        return Some("systemd-nspawn exists only on Linux".into());
+        return Some(NspawnError::NotLinux);
     }
     if !rustix::process::geteuid().is_root() {
-        return Some("systemd-nspawn needs the agent to run as root".into());
+        return Some(NspawnError::NotRoot);
     }
     let on_path =
         std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(NSPAWN).is_file()));
     if !on_path {
-        return Some("systemd-nspawn is not installed (Debian: apt install systemd-container)".into());
+        return Some(NspawnError::NotInstalled);
     }
     None
 }
 
 /// Checks the tree before starting a container on it, so the error names the problem.
-pub fn check_tree(dir: &str) -> Result<(), String> {
+pub fn check_tree(dir: &str) -> Result<(), NspawnError> {
     let root = std::path::Path::new(dir);
     if !root.is_dir() {
-        return Err(format!("nspawn directory {dir} does not exist on this node"));
+        return Err(NspawnError::NoDirectory(dir.to_owned()));
     }
     if !root.join("usr").is_dir() {
-        return Err(format!("{dir} is not a root tree for systemd-nspawn: it has no /usr"));
+        return Err(NspawnError::NotATree(dir.to_owned()));
     }
     if !root.join("bin/sh").exists() && !root.join("usr/bin/sh").exists() {
-        return Err(format!("{dir} has no /bin/sh to run commands with"));
+        return Err(NspawnError::NoShell(dir.to_owned()));
     }
     Ok(())
 }

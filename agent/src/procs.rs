@@ -28,22 +28,6 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
-/// The name `kill -NAME` takes, for the signals a caller may send.
-pub fn signal_name(sig: Signal) -> Option<&'static str> {
-    Some(match sig {
-        Signal::HUP => "HUP",
-        Signal::INT => "INT",
-        Signal::QUIT => "QUIT",
-        Signal::KILL => "KILL",
-        Signal::USR1 => "USR1",
-        Signal::USR2 => "USR2",
-        Signal::PIPE => "PIPE",
-        Signal::ALARM => "ALRM",
-        Signal::TERM => "TERM",
-        _ => return None,
-    })
-}
-
 pub fn signal(pid: u32, sig: Signal) {
     if let Some(p) = Pid::from_raw(pid as i32) {
         let _ = kill_process(p, sig);

@@ -7,13 +7,29 @@ use std::sync::Mutex;
 
 use proto::Isolation;
 
-use crate::docker::Engine;
+use crate::docker::{Engine, EngineError};
+use crate::nspawn::NspawnError;
+
+/// Why a command (or a session's shell) cannot run under its isolation here, in words a
+/// user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Docker(#[from] EngineError),
+    #[error(transparent)]
+    Nspawn(#[from] NspawnError),
+    #[error("mount source {0} does not exist on this node")]
+    MountSource(String),
+    /// The process (a session's shell) could not be started.
+    #[error("{0}")]
+    Spawn(std::io::Error),
+}
 
 /// Mount sources must exist: engines differ on whether they create a missing one, and a
 /// typo should not become a new empty directory on the node.
-fn check_mount_sources(limits: &proto::isolation::Limits) -> Result<(), String> {
+fn check_mount_sources(limits: &proto::isolation::Limits) -> Result<(), RuntimeError> {
     match limits.mounts.iter().find(|m| !std::path::Path::new(&m.src).exists()) {
-        Some(m) => Err(format!("mount source {} does not exist on this node", m.src)),
+        Some(m) => Err(RuntimeError::MountSource(m.src.clone())),
         None => Ok(()),
     }
 }
@@ -30,7 +46,7 @@ impl Runtimes {
     }
 
     /// The Docker engine client, or why there is none.
-    pub fn docker(&self) -> Result<Engine, String> {
+    pub fn docker(&self) -> Result<Engine, EngineError> {
         let mut slot = self.docker.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(engine) = slot.as_ref() {
             return Ok(engine.clone());
@@ -61,7 +77,7 @@ impl Runtimes {
     }
 
     /// Whether `isolation` can run here now; why not, in words a user can act on.
-    pub async fn check(&self, isolation: &Isolation) -> Result<(), String> {
+    pub async fn check(&self, isolation: &Isolation) -> Result<(), RuntimeError> {
         match isolation {
             Isolation::Native => Ok(()),
             Isolation::Docker { limits, .. } => {
@@ -76,7 +92,7 @@ impl Runtimes {
             }
             Isolation::Nspawn { dir, limits } => {
                 if let Some(why) = crate::nspawn::unavailable() {
-                    return Err(why);
+                    return Err(why.into());
                 }
                 crate::nspawn::check_tree(dir)?;
                 check_mount_sources(limits)

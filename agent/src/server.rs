@@ -12,7 +12,8 @@ use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
 use tokio::net::TcpListener;
 use trust::{Certificate, UserGrant};
 
-use crate::exec::{self, ChannelOut};
+use crate::channel::{ChannelOut, Outcome};
+use crate::exec;
 use crate::identity::Identity;
 use crate::runtimes::Runtimes;
 use crate::session::{Job, Sessions};
@@ -195,7 +196,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
                 };
                 let had = shared.sessions.remove(&grant.user, session).await;
                 tracing::info!(user = %grant.user, %session, had_shell = had, "session ended");
-                return out.finish(crate::exec::Outcome::Code(0)).await;
+                return out.finish(Outcome::Code(0)).await;
             }
             Some(ChannelMsg::RequestShell { .. }) => {
                 return out

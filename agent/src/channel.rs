@@ -1,0 +1,66 @@
+//! What every kind of command writes back to its SSH channel — stdout, stderr, and how it
+//! ended — and the caller's messages it reads from it.
+
+use russh::server::{Handle, Msg};
+use russh::{ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
+
+/// Where a command's output goes, and how its end is reported.
+/// Writes go through the channel's write half, which waits for the peer's SSH window, so a
+/// slow reader slows the command instead of filling memory.
+pub struct ChannelOut {
+    pub id: ChannelId,
+    pub handle: Handle,
+    pub write: ChannelWriteHalf<Msg>,
+}
+
+impl ChannelOut {
+    pub async fn stdout(&self, data: &[u8]) -> bool {
+        self.write.data_bytes(data.to_vec()).await.is_ok()
+    }
+
+    pub async fn stderr(&self, data: &[u8]) -> bool {
+        self.write.extended_data_bytes(1, data.to_vec()).await.is_ok()
+    }
+
+    /// Reports a refusal as ssh would: a line on stderr and exit status 255, then closes.
+    pub async fn refuse(&self, why: &str) {
+        self.stderr(format!("openbox agent: {why}\n").as_bytes()).await;
+        self.finish(Outcome::Code(255)).await;
+    }
+
+    pub async fn finish(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Code(c) => {
+                let _ = self.write.exit_status(c).await;
+            }
+            Outcome::Signal(sig, core) => {
+                let _ = self.handle.exit_signal_request(self.id, sig, core, String::new(), String::new()).await;
+            }
+        }
+        let _ = self.write.eof().await;
+        let _ = self.write.close().await;
+    }
+}
+
+pub enum Outcome {
+    Code(u32),
+    Signal(Sig, bool),
+}
+
+/// The caller's messages (stdin, end of input, signals, close) for a command, read from
+/// the channel by a task of its own. russh's session loop — which also carries window
+/// adjustments for our output — waits while a channel's messages go unread, so a command
+/// loop that is waiting for output window must not also be the one reading them.
+pub type Messages = tokio::sync::mpsc::UnboundedReceiver<ChannelMsg>;
+
+pub fn messages(mut input: ChannelReadHalf) -> Messages {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = input.wait().await {
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

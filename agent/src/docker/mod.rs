@@ -1,0 +1,139 @@
+//! Containers on the node's Docker-API engine (Docker, or podman's compatible service),
+//! through bollard. A one-shot command gets a fresh container that is removed afterwards;
+//! a session keeps one container whose first process is the session's shell. Every
+//! container carries the node's label, so ones left by a crashed agent are removed at
+//! the next start.
+//!
+//! This module runs one-shot commands; `engine` is the client for the engine, `session`
+//! a session's container.
+
+mod engine;
+mod session;
+
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use futures_util::{Stream, StreamExt};
+use russh::{ChannelReadHalf, Sig};
+
+use engine::Removal;
+pub use engine::{Engine, EngineError, Spec};
+pub use session::SessionContainer;
+
+use crate::channel::{ChannelOut, Outcome};
+use crate::drive::{self, Process, StatusError, Step};
+
+/// Stops a task when dropped (a wait that will never be answered, on an early return).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `command` in a fresh container from `spec` for the channel, then removes the
+/// container. Stdin, stdout, stderr, signals and the exit code behave as natively.
+pub async fn run_once(
+    engine: &Engine,
+    spec: Spec<'_>,
+    command: &str,
+    timeout: Option<Duration>,
+    input: ChannelReadHalf,
+    out: ChannelOut,
+) {
+    let input = crate::channel::messages(input);
+    let cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
+    let id = match engine.create(&spec, cmd, true).await {
+        Ok(id) => id,
+        Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
+    };
+    let _removal = Removal { engine: engine.clone(), id: id.clone() };
+    let attached = match engine.attach(&id).await {
+        Ok(a) => a,
+        Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
+    };
+    let early_exit = AbortOnDrop(tokio::spawn({
+        let (engine, id) = (engine.clone(), id.clone());
+        async move { engine.wait(&id, "next-exit").await }
+    }));
+    if let Err(e) = engine.start(&id, spec.image).await {
+        return out.refuse(&format!("{e}; nothing was run")).await;
+    }
+    let container = Container {
+        engine: engine.clone(),
+        id,
+        output: attached.output,
+        message: bytes::Bytes::new(),
+        output_open: true,
+        early_exit: Some(early_exit),
+        exit: None,
+    };
+    drive::run(container, attached.input, timeout, input, out).await
+}
+
+/// A one-shot's container as the loop drives it: its output comes interleaved on one
+/// stream, which ends when the container stops; the exit code is asked for then.
+struct Container {
+    engine: Engine,
+    id: String,
+    output: std::pin::Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
+    /// The piece of output last handed on.
+    message: bytes::Bytes,
+    output_open: bool,
+    /// The wait for the container's exit, asked before it started.
+    early_exit: Option<AbortOnDrop<Option<i64>>>,
+    /// The exit code, asked for once the output has ended.
+    exit: Option<AbortOnDrop<Option<i64>>>,
+}
+
+impl Process for Container {
+    async fn next(&mut self) -> Step<'_> {
+        while self.output_open {
+            match self.output.next().await {
+                Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => {
+                    self.message = message;
+                    return Step::Stdout(&self.message);
+                }
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    self.message = message;
+                    return Step::Stderr(&self.message);
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(container = %self.id, error = %e, "reading container output failed");
+                    self.output_open = false;
+                }
+                None => self.output_open = false,
+            }
+        }
+        let exit = self.exit.get_or_insert_with(|| {
+            let (engine, id, early) = (self.engine.clone(), self.id.clone(), self.early_exit.take());
+            AbortOnDrop(tokio::spawn(async move {
+                // The early wait may have reached the engine only after the container had
+                // exited (then it waits for an exit that never comes): after a grace
+                // period, ask plainly.
+                if let Some(mut early) = early
+                    && let Ok(Ok(Some(code))) = tokio::time::timeout(Duration::from_secs(2), &mut early.0).await
+                {
+                    return Some(code);
+                }
+                engine.exit_code(&id).await
+            }))
+        });
+        Step::Ended(match (&mut exit.0).await {
+            Ok(Some(code)) => Ok(Outcome::Code(code.clamp(0, 255) as u32)),
+            _ => Err(StatusError::NoExitCode),
+        })
+    }
+
+    async fn signal(&mut self, sig: &Sig) {
+        if let Some(name) = crate::signals::name(sig) {
+            self.engine.kill(&self.id, &format!("SIG{name}")).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        self.engine.kill(&self.id, "SIGKILL").await;
+    }
+}

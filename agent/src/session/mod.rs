@@ -1,0 +1,260 @@
+//! Persistent shells, one per (user, session id): `cd` and `export` in one command are seen
+//! by the next. The shell reads commands from a pipe; each command is followed by a
+//! marker line carrying a fresh random nonce and the exit status, on stdout (and a marker
+//! on stderr), so output streams live and the status is exact. Output that imitates a
+//! marker cannot know the nonce. Commands on one session run one at a time, in order.
+//!
+//! Under isolation the shell is the first process of the session's container (Docker or
+//! nspawn), so the same framing works there and the container lives as long as the shell.
+//!
+//! This module is the registry: which shell serves which session, taking turns, and
+//! reaping. `shell` starts, signals and ends a shell; `framing` runs one command in it.
+
+mod framing;
+mod shell;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use proto::Isolation;
+use proto::api::SessionReport;
+
+use crate::channel::{ChannelOut, Outcome};
+use crate::runtimes::Runtimes;
+use framing::{Framed, run_framed};
+use shell::{Shell, spawn_shell, stop_shell};
+
+type Key = (String, String);
+
+/// Why a session's previous shell is gone; told to the next caller.
+#[derive(Clone, Debug)]
+enum Ended {
+    Exited(i32),
+    Reaped(Duration),
+    Removed,
+}
+
+#[derive(Default)]
+struct Slot {
+    shell: Option<Shell>,
+    /// What the shell runs under.
+    isolation: Isolation,
+    ended: Option<Ended>,
+    created: u64,
+    last_used: u64,
+    /// Monotonic time of last use, for reaping.
+    idle_since: Option<Instant>,
+}
+
+/// One command for a session.
+pub struct Job<'a> {
+    pub command: &'a str,
+    /// What a shell started for it runs under; must match the session's.
+    pub isolation: &'a Isolation,
+    pub runtimes: &'a Runtimes,
+    /// Environment for a shell started for it.
+    pub env: &'a [(&'a str, &'a str)],
+    pub timeout: Option<Duration>,
+}
+
+/// All sessions on this node.
+pub struct Sessions {
+    slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Sessions that ended since the last heartbeat, with why.
+    ended_reports: Mutex<Vec<SessionReport>>,
+    idle_limit: Duration,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Sessions {
+    pub fn new(idle_limit: Duration) -> Arc<Sessions> {
+        Arc::new(Sessions { slots: Mutex::default(), ended_reports: Mutex::default(), idle_limit })
+    }
+
+    fn slot(&self, key: &Key) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
+    }
+
+    fn report_end(&self, key: &Key, state: &str, slot: &Slot) {
+        self.ended_reports.lock().unwrap_or_else(|e| e.into_inner()).push(SessionReport {
+            user: key.0.clone(),
+            id: key.1.clone(),
+            state: state.into(),
+            last_used: slot.last_used,
+        });
+    }
+
+    /// What the heartbeat tells the control plane: live shells, and ends since last time.
+    pub async fn reports(&self) -> Vec<SessionReport> {
+        let mut out: Vec<SessionReport> =
+            std::mem::take(&mut *self.ended_reports.lock().unwrap_or_else(|e| e.into_inner()));
+        let slots: Vec<(Key, Arc<tokio::sync::Mutex<Slot>>)> =
+            self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (key, slot) in slots {
+            // A busy session is in use right now.
+            let (live, last_used) = match slot.try_lock() {
+                Ok(s) => (s.shell.is_some(), s.last_used),
+                Err(_) => (true, unix_now()),
+            };
+            if live {
+                out.push(SessionReport { user: key.0, id: key.1, state: "active".into(), last_used });
+            }
+        }
+        out
+    }
+
+    /// Stops shells idle longer than the limit; runs until the agent stops.
+    pub async fn reap_forever(self: Arc<Self>) {
+        let tick = (self.idle_limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        loop {
+            tokio::time::sleep(tick).await;
+            let slots: Vec<(Key, Arc<tokio::sync::Mutex<Slot>>)> = self
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (key, slot) in slots {
+                let Ok(mut s) = slot.try_lock() else { continue };
+                if s.shell.is_some() && s.idle_since.is_some_and(|t| t.elapsed() >= self.idle_limit) {
+                    if let Some(mut shell) = s.shell.take() {
+                        stop_shell(&mut shell).await;
+                    }
+                    s.ended = Some(Ended::Reaped(self.idle_limit));
+                    tracing::info!(user = %key.0, session = %key.1, "session reaped after idling");
+                    self.report_end(&key, "reaped", &s);
+                }
+            }
+        }
+    }
+
+    /// Ends every session's shell (and container) as the agent stops. A session busy for
+    /// longer than a moment is left to the process exit, and its container to the next
+    /// start's clean-up.
+    pub async fn stop_all(&self) {
+        let slots: Vec<Arc<tokio::sync::Mutex<Slot>>> =
+            self.slots.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for slot in slots {
+            let Ok(mut s) = tokio::time::timeout(Duration::from_secs(2), slot.lock()).await else { continue };
+            if let Some(mut shell) = s.shell.take() {
+                stop_shell(&mut shell).await;
+            }
+        }
+    }
+
+    /// Ends a session's shell (`openbox session rm`).
+    pub async fn remove(&self, user: &str, id: &str) -> bool {
+        let key = (user.to_owned(), id.to_owned());
+        let slot = self.slot(&key);
+        let mut s = slot.lock().await;
+        let had = match s.shell.take() {
+            Some(mut shell) => {
+                stop_shell(&mut shell).await;
+                true
+            }
+            None => false,
+        };
+        s.ended = Some(Ended::Removed);
+        self.report_end(&key, "ended", &s);
+        had
+    }
+
+    /// Runs `job` in the session's shell (starting one if needed) and reports its end.
+    pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, input: russh::ChannelReadHalf) {
+        let mut input = crate::channel::messages(input);
+        let Job { command, isolation, runtimes, env, timeout } = job;
+        let key = (user.to_owned(), id.to_owned());
+        let slot = self.slot(&key);
+        let mut s = slot.lock().await; // one command at a time, in arrival order
+        if s.shell.is_some() && s.isolation != *isolation {
+            let why = format!(
+                "session {id} runs {}, not {isolation}; nothing was run (end it with `openbox session rm {id}`)",
+                s.isolation
+            );
+            return out.refuse(&why).await;
+        }
+        if s.shell.is_none() {
+            if let Some(why) = s.ended.take() {
+                let why = match why {
+                    Ended::Exited(code) => format!("its shell had exited (status {code})"),
+                    Ended::Reaped(after) => format!("it was reaped after {}s idle", after.as_secs()),
+                    Ended::Removed => "it had been removed".to_owned(),
+                };
+                out.stderr(format!("openbox: session {id}: {why}; started a new shell\n").as_bytes()).await;
+            }
+            match spawn_shell(isolation, runtimes, env, id).await {
+                Ok(shell) => {
+                    s.shell = Some(shell);
+                    s.isolation = isolation.clone();
+                    s.created = unix_now();
+                }
+                Err(e) => {
+                    return out.refuse(&format!("cannot start a shell for session {id}: {e}; nothing was run")).await;
+                }
+            }
+        }
+        s.last_used = unix_now();
+        s.idle_since = None;
+        let shell = s.shell.as_mut().expect("just ensured");
+        let outcome = run_framed(shell, command, timeout, out, &mut input).await;
+        s.last_used = unix_now();
+        s.idle_since = Some(Instant::now());
+        let outcome = match outcome {
+            Framed::Done(code) => Outcome::Code(code),
+            Framed::TimedOut(after) => {
+                out.stderr(
+                    format!("openbox: timed out after {}s; the session is still there\n", after.as_secs()).as_bytes(),
+                )
+                .await;
+                Outcome::Code(124)
+            }
+            Framed::ShellEnded => {
+                let mut shell = s.shell.take().expect("running");
+                // Closed output with the shell still alive (`exec >/dev/null`) cannot be
+                // framed any more: such a shell is ended.
+                let code = match tokio::time::timeout(Duration::from_secs(2), shell.host.exit_code()).await {
+                    Ok(code) => code,
+                    Err(_) => {
+                        shell.host.stop().await;
+                        out.stderr(
+                            format!("openbox: session {id}: the shell closed its output; it was ended\n").as_bytes(),
+                        )
+                        .await;
+                        255
+                    }
+                };
+                out.stderr(
+                    format!(
+                        "openbox: session {id}: the shell exited (status {code}); the next command starts a new one\n"
+                    )
+                    .as_bytes(),
+                )
+                .await;
+                s.ended = Some(Ended::Exited(code));
+                self.report_end(&key, "exited", &s);
+                Outcome::Code(code as u32)
+            }
+            Framed::Unresponsive(timed_out) => {
+                let mut shell = s.shell.take().expect("running");
+                shell.host.stop().await;
+                out.stderr(
+                    format!(
+                        "openbox: session {id}: the shell did not answer after its command was stopped; it was ended, and the next command starts a new one\n"
+                    )
+                    .as_bytes(),
+                )
+                .await;
+                s.ended = Some(Ended::Exited(255));
+                self.report_end(&key, "exited", &s);
+                Outcome::Code(if timed_out.is_some() { 124 } else { 255 })
+            }
+        };
+        drop(s);
+        out.finish(outcome).await;
+    }
+}

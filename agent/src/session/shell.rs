@@ -1,0 +1,151 @@
+//! A session's shell and what it runs in: a process here, an nspawn container whose pid 1
+//! it is, or a Docker container whose pid 1 it is. Starting it, stopping the command it
+//! runs (keeping the shell), passing signals on, and ending it.
+
+use std::pin::Pin;
+use std::process::Stdio;
+
+use proto::Isolation;
+use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::process::{Child, Command};
+
+use crate::docker::SessionContainer;
+use crate::procs;
+use crate::runtimes::{RuntimeError, Runtimes};
+
+/// A session's shell: the pipes it reads commands from and writes output to, and what it
+/// runs in.
+pub struct Shell {
+    pub stdin: Pin<Box<dyn AsyncWrite + Send>>,
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    pub stderr: Pin<Box<dyn AsyncRead + Send>>,
+    pub host: ShellHost,
+}
+
+/// What the shell runs in.
+pub enum ShellHost {
+    /// A process here: the shell itself, or (`nspawn`) the container whose pid 1 it is.
+    Process { child: Child, pid: u32, nspawn: bool },
+    /// A container on the Docker engine whose pid 1 is the shell.
+    Container(SessionContainer),
+}
+
+impl ShellHost {
+    /// Stops the command running in the shell, keeping the shell.
+    pub async fn interrupt(&self) {
+        match self {
+            ShellHost::Process { pid, nspawn: false, .. } => interrupt(*pid),
+            ShellHost::Process { pid, nspawn: true, .. } => {
+                if let Some(init) = procs::container_init(*pid) {
+                    interrupt(init);
+                }
+            }
+            ShellHost::Container(c) => c.interrupt().await,
+        }
+    }
+
+    /// Passes the caller's signal to what the session's command started (not the shell).
+    pub async fn signal(&self, sig: Signal) {
+        let kill_below = |pid: u32| procs::descendants(pid).into_iter().for_each(|p| procs::signal(p, sig));
+        match self {
+            ShellHost::Process { pid, nspawn: false, .. } => kill_below(*pid),
+            ShellHost::Process { pid, nspawn: true, .. } => {
+                if let Some(init) = procs::container_init(*pid) {
+                    kill_below(init);
+                }
+            }
+            ShellHost::Container(c) => {
+                if let Some(name) = crate::signals::signal_name(sig) {
+                    c.signal(name).await;
+                }
+            }
+        }
+    }
+
+    /// Ends the shell and whatever it runs in.
+    pub async fn stop(&mut self) {
+        match self {
+            ShellHost::Process { child, pid, nspawn } => {
+                if *nspawn && let Some(init) = procs::container_init(*pid) {
+                    procs::signal(init, Signal::KILL); // takes the whole container down
+                }
+                if let Some(p) = Pid::from_raw(*pid as i32) {
+                    let _ = kill_process_group(p, Signal::KILL);
+                }
+                let _ = child.wait().await;
+            }
+            ShellHost::Container(c) => c.stop().await,
+        }
+    }
+
+    /// The exit status of a shell that has ended; its container is removed.
+    pub async fn exit_code(&mut self) -> i32 {
+        match self {
+            ShellHost::Process { child, .. } => match child.wait().await {
+                Ok(st) => st.code().unwrap_or(255),
+                Err(_) => 255,
+            },
+            ShellHost::Container(c) => {
+                let code = c.engine.exit_code(&c.id).await.unwrap_or(255);
+                c.stop().await;
+                code.clamp(0, 255) as i32
+            }
+        }
+    }
+}
+
+/// Stops the command running in the shell `pid`: tells the shell to abandon the rest of it
+/// (SIGUSR1 first, so nothing after a killed process runs), then kills what it started.
+pub fn interrupt(pid: u32) {
+    procs::signal(pid, Signal::USR1);
+    procs::kill_descendants(pid);
+}
+
+/// Starts the session's shell under `isolation`.
+pub async fn spawn_shell(
+    isolation: &Isolation,
+    runtimes: &Runtimes,
+    env: &[(&str, &str)],
+    id: &str,
+) -> Result<Shell, RuntimeError> {
+    let (mut cmd, nspawn) = match isolation {
+        Isolation::Native => {
+            let mut cmd = Command::new("/bin/sh");
+            if let Some(home) = std::env::var_os("HOME") {
+                cmd.current_dir(home);
+            }
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            (cmd, false)
+        }
+        Isolation::Nspawn { dir, limits } => {
+            crate::nspawn::check_tree(dir)?;
+            (crate::nspawn::command(dir, limits, env, &["/bin/sh"]), true)
+        }
+        Isolation::Docker { image, limits } => {
+            let engine = runtimes.docker()?;
+            let spec = crate::docker::Spec { image, limits, env, session: Some(id) };
+            let (container, io) = SessionContainer::start(&engine, spec).await?;
+            return Ok(Shell {
+                stdin: io.stdin,
+                stdout: Box::pin(io.stdout),
+                stderr: Box::pin(io.stderr),
+                host: ShellHost::Container(container),
+            });
+        }
+    };
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
+    Ok(Shell {
+        stdin: Box::pin(child.stdin.take().expect("piped")),
+        stdout: Box::pin(child.stdout.take().expect("piped")),
+        stderr: Box::pin(child.stderr.take().expect("piped")),
+        host: ShellHost::Process { pid: child.id().unwrap_or(0), child, nspawn },
+    })
+}
+
+pub async fn stop_shell(shell: &mut Shell) {
+    shell.host.stop().await;
+}
