@@ -75,7 +75,7 @@ pub async fn run_native(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    run_process(cmd, Tree::Group, timeout, input, out).await
+    run_process(cmd, Tree::Group, timeout, input, out).await;
 }
 
 /// Runs a prepared command (`sh -c …`, or `systemd-nspawn …`) for the channel.
@@ -110,7 +110,7 @@ pub async fn run_process(
         err_open: true,
         status: None,
     };
-    drive::run(process, stdin, timeout, input, out).await
+    drive::run(process, stdin, timeout, input, out).await;
 }
 
 /// A spawned command as the loop drives it: its two output pipes, and its exit status,

@@ -24,7 +24,7 @@ async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatRe
         version: proto::VERSION.to_owned(),
         host_cert_valid_before: id.host_cert.valid_before(),
         stopping,
-        sessions: shared.sessions.reports().await,
+        sessions: shared.sessions.reports(),
         capabilities: shared.runtimes.capabilities().await,
     };
     client.post("/v1/heartbeat", &hb).await
@@ -59,7 +59,7 @@ pub async fn run(
                             }
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "the control plane sent an unreadable host certificate")
+                            tracing::error!(error = %e, "the control plane sent an unreadable host certificate");
                         }
                     }
                 }

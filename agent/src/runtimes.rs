@@ -77,7 +77,7 @@ impl Runtimes {
     }
 
     /// Whether `isolation` can run here now; why not, in words a user can act on.
-    pub async fn check(&self, isolation: &Isolation) -> Result<(), RuntimeError> {
+    pub fn check(&self, isolation: &Isolation) -> Result<(), RuntimeError> {
         match isolation {
             Isolation::Native => Ok(()),
             Isolation::Docker { limits, .. } => {

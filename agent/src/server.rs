@@ -102,7 +102,7 @@ struct Connection {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    proto::time::now()
 }
 
 impl russh::server::Handler for Connection {
@@ -217,7 +217,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     // The isolation comes from the signed certificate, already parsed strictly; it runs
     // exactly as issued or not at all.
     let isolation = &grant.isolation;
-    if let Err(why) = shared.runtimes.check(isolation).await {
+    if let Err(why) = shared.runtimes.check(isolation) {
         tracing::warn!(user = %grant.user, %isolation, reason = %why, "refused an isolation this node cannot serve now");
         return out.refuse(&format!("cannot run {} isolation here: {why}; nothing was run", isolation.kind())).await;
     }
@@ -232,12 +232,12 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
         proto::Isolation::Native => exec::run_native(&command, &env, timeout, read, out).await,
         proto::Isolation::Nspawn { dir, limits } => {
             let cmd = crate::nspawn::command(dir, limits, &env, &crate::nspawn::one_shot_argv(&command));
-            exec::run_process(cmd, exec::Tree::Nspawn, timeout, read, out).await
+            exec::run_process(cmd, exec::Tree::Nspawn, timeout, read, out).await;
         }
         proto::Isolation::Docker { image, limits } => {
             let engine = shared.runtimes.docker().expect("checked above");
             let spec = crate::docker::Spec { image, limits, env: &env, session: None };
-            crate::docker::run_once(&engine, spec, &command, timeout, read, out).await
+            crate::docker::run_once(&engine, spec, &command, timeout, read, out).await;
         }
     }
 }

@@ -69,7 +69,7 @@ pub async fn run_once(
         early_exit: Some(early_exit),
         exit: None,
     };
-    drive::run(container, attached.input, timeout, input, out).await
+    drive::run(container, attached.input, timeout, input, out).await;
 }
 
 /// A one-shot's container as the loop drives it: its output comes interleaved on one

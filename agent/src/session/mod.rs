@@ -15,7 +15,7 @@ mod shell;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use proto::Isolation;
 use proto::api::SessionReport;
@@ -66,8 +66,12 @@ pub struct Sessions {
     idle_limit: Duration,
 }
 
+/// How long a session whose shell is gone is remembered, so that its next use can say
+/// why the shell went; after that it is forgotten and the registry does not grow forever.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    proto::time::now()
 }
 
 impl Sessions {
@@ -89,7 +93,7 @@ impl Sessions {
     }
 
     /// What the heartbeat tells the control plane: live shells, and ends since last time.
-    pub async fn reports(&self) -> Vec<SessionReport> {
+    pub fn reports(&self) -> Vec<SessionReport> {
         let mut out: Vec<SessionReport> =
             std::mem::take(&mut *self.ended_reports.lock().unwrap_or_else(|e| e.into_inner()));
         let slots: Vec<(Key, Arc<tokio::sync::Mutex<Slot>>)> =
@@ -130,7 +134,19 @@ impl Sessions {
                     self.report_end(&key, "reaped", &s);
                 }
             }
+            self.forget_old();
         }
+    }
+
+    /// Drops the sessions whose shell is gone and that nobody has used for a long time
+    /// (or ever), and that no call holds now.
+    fn forget_old(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|_, slot| {
+            let Ok(s) = slot.try_lock() else { return true };
+            let spent = s.shell.is_none() && s.idle_since.is_none_or(|t| t.elapsed() >= FORGET_AFTER);
+            !(spent && Arc::strong_count(slot) == 1)
+        });
     }
 
     /// Ends every session's shell (and container) as the agent stops. A session busy for
