@@ -28,7 +28,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+# Where `cargo build --release` put the binaries: CARGO_TARGET_DIR when set (relative to
+# the workspace root, where bench/run builds), else target/.
+BIN = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target", "release")
 USER = "obbench"
 # The cipher openbox prefers; OpenSSH's default is chacha20-poly1305.
 AES = "aes256-gcm@openssh.com"
@@ -38,6 +40,40 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pids_of(cmdline):
+    """Processes whose command line is exactly `cmdline`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read().replace(b"\0", b" ").decode(errors="replace").strip() == cmdline:
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def alive(pid):
+    """Whether `pid` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_gone(pid, seconds=10):
+    """Waits until process `pid` has exited; SIGKILL if it has not after `seconds`."""
+    deadline = time.monotonic() + seconds
+    killed = False
+    while alive(pid):
+        if time.monotonic() > deadline and not killed:
+            os.kill(pid, 9)
+            killed = True
+        time.sleep(0.02)
 
 
 def sh(*args, **kw):
@@ -92,7 +128,9 @@ class Sshd:
             subprocess.run(self.ssh(True, cipher)[:-1] + ["-O", "exit", f"{USER}@127.0.0.1"], capture_output=True)
         try:
             with open(f"{self.dir}/sshd.pid") as f:
-                os.kill(int(f.read().strip()), 15)
+                pid = int(f.read().strip())
+            os.kill(pid, 15)
+            wait_gone(pid)
         except (OSError, ValueError):
             pass
 
@@ -116,7 +154,12 @@ class Engines:
         return ssh + ["podman", "--remote", "--url", self.docker_host]
 
     def stop(self):
-        subprocess.run(["pkill", "-f", f"podman system service --time=0 {self.docker_host}"])
+        for pid in pids_of(f"podman system service --time=0 {self.docker_host}"):
+            try:
+                os.kill(pid, 15)
+                wait_gone(pid)
+            except OSError:
+                pass
 
 
 class Fleet:
@@ -199,11 +242,16 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="openbox-bench-")
     ensure_user()
-    sshd = Sshd(tmp)
-    engines = Engines(tmp)
-    fleet = Fleet(tmp, engines)
+    # Everything started is stopped again, on every path out (a failed start included).
+    started = []
     rows = []
     try:
+        sshd = Sshd(tmp)
+        started.append(sshd)
+        engines = Engines(tmp)
+        started.append(engines)
+        fleet = Fleet(tmp, engines)
+        started.append(fleet)
         master, fresh, ob = sshd.ssh(True), sshd.ssh(False), fleet.openbox
         env = fleet.env
         # Warm both paths: the ControlMaster connection and openboxd's pool.
@@ -289,9 +337,9 @@ def main():
         rows.append(("CLI binary size", f"{size / 1e6:.2f} MB", "", "", ""))
         rows.append(("`openbox --version` start, median", ms(med(t_ver)), "", "", f"{med(t_ver) / med(t_true):.2f}x /bin/true ({ms(med(t_true))})"))
     finally:
-        fleet.stop()
-        engines.stop()
-        sshd.stop()
+        for thing in reversed(started):
+            thing.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     head = ("measure", "openbox", "ssh ControlMaster", "ssh fresh", "ratio")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
@@ -300,7 +348,6 @@ def main():
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(line(r))
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use proto::request::{CALL_ENV, Call};
-use proto::rpc::{self, CliParams, CliResult, Hello, HelloReply, Request, Response, method};
+use proto::rpc::{self, CliParams, CliResult, Hello, Mismatch, Request, Response, method};
 use rustix::fs::{FlockOperation, flock};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
 
@@ -137,8 +137,8 @@ fn exchange(stream: UnixStream, call: &Call) -> Result<u8, Failure> {
     })?;
     if let Some(err) = hello.error {
         if err.code == rpc::code::PROTOCOL_MISMATCH {
-            let daemon = err.data.and_then(|d| serde_json::from_value::<HelloReply>(d).ok());
-            stop_daemon(daemon.map(|d| d.pid));
+            let daemon = err.data.and_then(|d| serde_json::from_value::<Mismatch>(d).ok());
+            stop_daemon(daemon.and_then(|d| d.pid));
             return Err(Failure::Mismatch(err.message));
         }
         return Err(Failure::Other(err.message));

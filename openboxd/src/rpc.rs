@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use proto::rpc::{
-    self, CliParams, CliResult, Hello, HelloReply, NodesParams, Request, Response, RunParams, RunResult, StdioMode,
-    Stopping, code, method,
+    self, CliParams, CliResult, Hello, HelloReply, Mismatch, NodesParams, Request, Response, RunParams, RunResult,
+    StdioMode, Stopping, code, method,
 };
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
 use serde_json::Value;
@@ -169,7 +169,12 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     let msg = format!("openboxd speaks protocol {}, the client {}", rpc::PROTOCOL, hello.protocol);
                     let mut resp = Response::err(id, code::PROTOCOL_MISMATCH, msg);
                     if let Some(e) = resp.error.as_mut() {
-                        e.data = Some(to_value(&me()));
+                        let me = me();
+                        e.data = Some(to_value(&Mismatch {
+                            protocol: me.protocol,
+                            version: Some(me.version),
+                            pid: Some(me.pid),
+                        }));
                     }
                     reply(resp).await;
                     break;

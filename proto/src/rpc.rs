@@ -97,13 +97,24 @@ pub struct Hello {
     pub client: String,
 }
 
-/// The answer to `hello`; also the `data` of a protocol-mismatch error, so that the
-/// client can stop the daemon it cannot talk to.
+/// The answer to `hello`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HelloReply {
     pub protocol: u32,
     pub version: String,
     pub pid: u32,
+}
+
+/// The `data` of a protocol-mismatch error, so that the client can stop the daemon it
+/// cannot talk to. Read from daemons of any version: every field but `protocol` may be
+/// missing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Mismatch {
+    pub protocol: u32,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// `nodes` parameters.
