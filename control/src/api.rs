@@ -10,14 +10,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use proto::Isolation;
 use proto::api::*;
-use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS};
 use serde::Deserialize;
 use trust::token;
 
-use crate::store::{EnrollTokenProblem, NodeRow, SessionRow, StoreError, User};
-use crate::{App, now};
+use crate::refusal::{Kind, Refusal, check_name};
+use crate::store::{NodeRow, User};
+use crate::{App, enrollment, now, placement};
 
 type AppState = State<Arc<App>>;
 
@@ -41,54 +40,32 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// An error answer: a status and one line for the user.
-pub struct ApiErr(StatusCode, String);
+type ApiResult<T> = Result<Json<T>, Refusal>;
 
-impl ApiErr {
-    fn new(status: StatusCode, msg: impl Into<String>) -> ApiErr {
-        ApiErr(status, msg.into())
-    }
-}
-
-impl IntoResponse for ApiErr {
+/// A refusal as an HTTP answer: a status for its kind and an [`Refusalor`] body.
+impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        (self.0, Json(ApiError { error: self.1 })).into_response()
+        let status = match self.kind {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Gone => StatusCode::GONE,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(ApiError { error: self.message })).into_response()
     }
 }
-
-impl From<StoreError> for ApiErr {
-    fn from(e: StoreError) -> ApiErr {
-        match e {
-            StoreError::Conflict(m) => ApiErr::new(StatusCode::CONFLICT, m),
-            StoreError::NotFound(m) => ApiErr::new(StatusCode::NOT_FOUND, m),
-            StoreError::Refused(m) => ApiErr::new(StatusCode::FORBIDDEN, m),
-            StoreError::Sqlite(e) => {
-                tracing::error!(error = %e, "database error");
-                ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, "the control plane's database failed; see its log")
-            }
-        }
-    }
-}
-
-impl From<trust::TrustError> for ApiErr {
-    fn from(e: trust::TrustError) -> ApiErr {
-        ApiErr::new(StatusCode::BAD_REQUEST, e.to_string())
-    }
-}
-
-type ApiResult<T> = Result<Json<T>, ApiErr>;
 
 /// Unwraps a JSON body, answering a malformed one with a JSON error.
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiErr> {
-    b.map(|Json(v)| v).map_err(|e| ApiErr::new(StatusCode::BAD_REQUEST, format!("bad request body: {}", e.body_text())))
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Refusal> {
+    b.map(|Json(v)| v).map_err(|e| Refusal::new(Kind::BadRequest, format!("bad request body: {}", e.body_text())))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
-}
-
-fn check_name(kind: &str, v: &str) -> Result<(), ApiErr> {
-    proto::check_name(kind, v).map_err(|m| ApiErr::new(StatusCode::BAD_REQUEST, m))
 }
 
 /// A person authenticated by a login token.
@@ -98,10 +75,10 @@ struct Caller {
 }
 
 impl FromRequestParts<Arc<App>> for Caller {
-    type Rejection = ApiErr;
+    type Rejection = Refusal;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Caller, ApiErr> {
-        let unauthorized = |m: &str| ApiErr::new(StatusCode::UNAUTHORIZED, m);
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Caller, Refusal> {
+        let unauthorized = |m: &str| Refusal::new(Kind::Unauthorized, m);
         let tok = bearer(&parts.headers)
             .ok_or_else(|| unauthorized("not logged in: run `openbox login --server URL --token TOKEN`"))?;
         if !tok.starts_with(token::LOGIN_PREFIX) {
@@ -118,14 +95,11 @@ impl FromRequestParts<Arc<App>> for Caller {
 }
 
 impl Caller {
-    fn require_admin(&self) -> Result<(), ApiErr> {
+    fn require_admin(&self) -> Result<(), Refusal> {
         if self.user.admin {
             Ok(())
         } else {
-            Err(ApiErr::new(
-                StatusCode::FORBIDDEN,
-                format!("{:?} is not an admin; ask an admin to do this", self.user.name),
-            ))
+            Err(Refusal::new(Kind::Forbidden, format!("{:?} is not an admin; ask an admin to do this", self.user.name)))
         }
     }
 }
@@ -134,7 +108,7 @@ async fn whoami(State(app): AppState, caller: Caller) -> ApiResult<WhoAmI> {
     Ok(Json(WhoAmI { user: caller.user.name, admin: caller.user.admin, ca_public_key: app.ca.public_key_openssh() }))
 }
 
-async fn logout(State(app): AppState, caller: Caller) -> Result<StatusCode, ApiErr> {
+async fn logout(State(app): AppState, caller: Caller) -> Result<StatusCode, Refusal> {
     app.store.revoke_login_token(&caller.token_hash)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -158,7 +132,7 @@ async fn add_user(
     Ok(Json(UserCreated { name: req.name, token: tok.expose().to_owned() }))
 }
 
-async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiErr> {
+async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, Refusal> {
     caller.require_admin()?;
     app.store.remove_user(&name)?;
     tracing::info!(user = %name, by = %caller.user.name, "user removed");
@@ -167,10 +141,7 @@ async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<Stri
 
 async fn new_user_token(State(app): AppState, caller: Caller, Path(name): Path<String>) -> ApiResult<UserCreated> {
     caller.require_admin()?;
-    let tok = crate::new_login_token(&app.store, &name).map_err(|e| match e.downcast::<StoreError>() {
-        Ok(se) => ApiErr::from(se),
-        Err(e) => ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
-    })?;
+    let tok = crate::new_login_token(&app.store, &name)?;
     tracing::info!(user = %name, by = %caller.user.name, "login token issued");
     Ok(Json(UserCreated { name, token: tok.expose().to_owned() }))
 }
@@ -186,7 +157,7 @@ async fn new_enroll_token(
         check_name("tag", t)?;
     }
     if req.ttl_secs == 0 || req.ttl_secs > 30 * 24 * 3600 {
-        return Err(ApiErr::new(StatusCode::BAD_REQUEST, "the token lifetime must be between 1 second and 30 days"));
+        return Err(Refusal::new(Kind::BadRequest, "the token lifetime must be between 1 second and 30 days"));
     }
     let tok = token::generate(token::ENROLL_PREFIX);
     let expires_at = now() + req.ttl_secs;
@@ -194,87 +165,8 @@ async fn new_enroll_token(
     Ok(Json(EnrollToken { token: tok.expose().to_owned(), tags: req.tags, expires_at }))
 }
 
-fn sign_host_cert(app: &App, host_key: &trust::PublicKey, node_id: &str) -> Result<String, ApiErr> {
-    let t = now();
-    let cert = app.ca.sign_host(host_key, node_id, t - CLOCK_SKEW_SECS, t + HOST_CERT_TTL_SECS)?;
-    Ok(cert.to_openssh().map_err(trust::TrustError::from)?)
-}
-
 async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejection>) -> ApiResult<Enrolled> {
-    let req = body(b)?;
-    let unauthorized = |m: &str| ApiErr::new(StatusCode::UNAUTHORIZED, m);
-    if !req.token.starts_with(token::ENROLL_PREFIX) {
-        return Err(unauthorized(
-            "that is not an enrollment token (they start with enroll_); mint one with `openbox node token`",
-        ));
-    }
-    for t in &req.tags {
-        check_name("tag", t)?;
-    }
-    if let Some(n) = &req.name {
-        check_name("node name", n)?;
-    }
-    // A host name that is not a valid node name is replaced rather than refused.
-    let default_name =
-        req.default_name.filter(|n| proto::check_name("node name", n).is_ok()).unwrap_or_else(|| "node".into());
-    let host_key = trust::parse_public_key(&req.host_public_key)?;
-    // A chosen name that is taken is refused before the token is used up.
-    if let Some(name) = &req.name
-        && app.store.node(name)?.is_some_and(|n| &n.name == name)
-    {
-        return Err(ApiErr::new(
-            StatusCode::CONFLICT,
-            format!("a node named {name:?} already exists; choose another --name (the token is still valid)"),
-        ));
-    }
-    let mut tags = match app.store.take_enroll_token(&token::hash(&req.token), now())? {
-        Ok(tags) => tags,
-        Err(EnrollTokenProblem::Unknown) => {
-            return Err(unauthorized("unknown enrollment token; mint one with `openbox node token`"));
-        }
-        Err(EnrollTokenProblem::Used) => {
-            return Err(unauthorized(
-                "this enrollment token was already used; each token enrolls one node — mint another with `openbox node token`",
-            ));
-        }
-        Err(EnrollTokenProblem::Expired) => {
-            return Err(unauthorized("this enrollment token has expired; mint another with `openbox node token`"));
-        }
-    };
-    for t in req.tags {
-        if !tags.contains(&t) {
-            tags.push(t);
-        }
-    }
-    let node_id = token::random_id()[..12].to_owned();
-    let secret = token::generate(token::NODE_PREFIX);
-    let host_cert = sign_host_cert(&app, &host_key, &node_id)?;
-    let exact_name = req.name.is_some();
-    let row = app.store.insert_node(
-        NodeRow {
-            id: node_id.clone(),
-            name: req.name.unwrap_or(default_name),
-            tags,
-            platform: req.platform,
-            addr: req.addr,
-            host_key: host_key.to_openssh().map_err(trust::TrustError::from)?,
-            secret_hash: token::hash(secret.expose()),
-            last_seen: Some(now()),
-            stopped: false,
-            created_at: now(),
-            capabilities: proto::api::known_capabilities(&req.capabilities),
-        },
-        exact_name,
-    )?;
-    tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, isolation = ?row.capabilities, "node enrolled");
-    app.refresh_registry();
-    Ok(Json(Enrolled {
-        node_id,
-        name: row.name,
-        host_cert,
-        ca_public_key: app.ca.public_key_openssh(),
-        heartbeat_secret: secret.expose().to_owned(),
-    }))
+    Ok(Json(enrollment::enroll(&app, body(b)?)?))
 }
 
 async fn heartbeat(
@@ -282,32 +174,15 @@ async fn heartbeat(
     headers: HeaderMap,
     b: Result<Json<Heartbeat>, JsonRejection>,
 ) -> ApiResult<HeartbeatReply> {
-    let hb = body(b)?;
-    let Some(node) = app.store.node(&hb.node_id)? else {
-        if app.store.is_revoked(&hb.node_id)? {
-            return Err(ApiErr::new(
-                StatusCode::GONE,
-                "this node was removed from the fleet; enroll it again with a new token",
-            ));
-        }
-        return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "unknown node"));
-    };
-    // Look nodes up by id only: a name must not stand in for the id here.
-    let secret_ok = node.id == hb.node_id && bearer(&headers).is_some_and(|s| token::hash(s) == node.secret_hash);
-    if !secret_ok {
-        tracing::warn!(node = %hb.node_id, "heartbeat with a wrong secret refused");
-        return Err(ApiErr::new(StatusCode::UNAUTHORIZED, "heartbeat secret does not match this node"));
-    }
-    app.store.record_heartbeat(&hb, now())?;
-    app.store.apply_session_reports(&node.id, &hb.sessions)?;
-    app.refresh_registry();
-    let mut reply = HeartbeatReply::default();
-    if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
-        let key = trust::parse_public_key(&node.host_key)?;
-        reply.host_cert = Some(sign_host_cert(&app, &key, &node.id)?);
-        tracing::info!(node = %node.id, "host certificate renewed");
-    }
-    Ok(Json(reply))
+    Ok(Json(enrollment::heartbeat(&app, bearer(&headers), body(b)?)?))
+}
+
+async fn dispatch(
+    State(app): AppState,
+    caller: Caller,
+    b: Result<Json<DispatchRequest>, JsonRejection>,
+) -> ApiResult<Dispatch> {
+    Ok(Json(placement::dispatch(&app, &caller.user, body(b)?)?))
 }
 
 #[derive(Deserialize)]
@@ -327,16 +202,13 @@ async fn list_nodes(State(app): AppState, _caller: Caller, Query(f): Query<NodeF
     ))
 }
 
-fn find_node(app: &App, id_or_name: &str) -> Result<NodeRow, ApiErr> {
+fn find_node(app: &App, id_or_name: &str) -> Result<NodeRow, Refusal> {
     app.store.node(id_or_name)?.ok_or_else(|| {
-        ApiErr::new(
-            StatusCode::NOT_FOUND,
-            format!("no node with id or name {id_or_name:?}; `openbox nodes` lists them"),
-        )
+        Refusal::new(Kind::NotFound, format!("no node with id or name {id_or_name:?}; `openbox nodes` lists them"))
     })
 }
 
-async fn remove_node(State(app): AppState, caller: Caller, Path(node): Path<String>) -> Result<StatusCode, ApiErr> {
+async fn remove_node(State(app): AppState, caller: Caller, Path(node): Path<String>) -> Result<StatusCode, Refusal> {
     caller.require_admin()?;
     let row = find_node(&app, &node)?;
     app.store.remove_node(&row.id, now())?;
@@ -371,56 +243,6 @@ async fn update_node(
     Ok(Json(row.to_api(now(), app.config.offline_after_secs)))
 }
 
-/// Picks the node for a target: an exact node, or an online node carrying the tag.
-fn resolve(app: &App, target: &Target, isolation: &Isolation) -> Result<Node, ApiErr> {
-    let t = now();
-    let nodes: Vec<Node> = app.store.list_nodes()?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
-    let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
-    proto::api::resolve(&nodes, target, isolation.kind(), t, spread).cloned().map_err(|e| {
-        let status = match e {
-            ResolveError::Offline { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ResolveError::Incapable { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::NOT_FOUND,
-        };
-        ApiErr::new(status, e.to_string())
-    })
-}
-
-async fn dispatch(
-    State(app): AppState,
-    caller: Caller,
-    b: Result<Json<DispatchRequest>, JsonRejection>,
-) -> ApiResult<Dispatch> {
-    let req = body(b)?;
-    if let Some(s) = &req.session {
-        check_name("session id", s)?;
-    }
-    let key = trust::parse_public_key(&req.public_key)?;
-    let node = match &req.session {
-        Some(sid) => session_node(&app, &caller, sid, &req)?,
-        None => resolve(&app, &req.target, &req.isolation)?,
-    };
-    let request_id = token::random_id();
-    let t = now();
-    let cert = app.ca.sign_user(&trust::UserCertSpec {
-        user: &caller.user.name,
-        node_id: &node.id,
-        request_id: &request_id,
-        isolation: &req.isolation,
-        session: req.session.as_deref(),
-        public_key: &key,
-        valid_after: t - CLOCK_SKEW_SECS,
-        valid_before: t + app.config.user_cert_ttl_secs,
-    })?;
-    tracing::info!(user = %caller.user.name, node = %node.id, request = %request_id, isolation = %req.isolation, "dispatch");
-    Ok(Json(Dispatch {
-        node,
-        cert: cert.to_openssh().map_err(trust::TrustError::from)?,
-        ca_public_key: app.ca.public_key_openssh(),
-        request_id,
-    }))
-}
-
 /// The live registry: a `nodes` event with the whole node list now, and again whenever a
 /// node joins, leaves, changes, or goes online or offline. openboxd mirrors it so that
 /// resolving a tag costs no round trip.
@@ -446,49 +268,6 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// The node a session lives on: where its first use went, whatever the target says now.
-fn session_node(app: &App, caller: &Caller, sid: &str, req: &DispatchRequest) -> Result<Node, ApiErr> {
-    let t = now();
-    if let Some(row) = app.store.session(caller.user.id, sid)? {
-        if row.isolation != req.isolation.to_string() {
-            return Err(ApiErr::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "session {sid:?} runs {}, not {}; end it first with `openbox session rm {sid}`",
-                    row.isolation, req.isolation
-                ),
-            ));
-        }
-        let node = app.store.node(&row.node_id)?.ok_or_else(|| {
-            ApiErr::new(
-                StatusCode::GONE,
-                format!("session {sid:?} was on a node that has been removed; end it with `openbox session rm {sid}`"),
-            )
-        })?;
-        let node = node.to_api(t, app.config.offline_after_secs);
-        if !node.online {
-            return Err(ApiErr::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("session {sid:?} lives on node {}, which is offline", node.name),
-            ));
-        }
-        app.store.put_session(caller.user.id, &SessionRow { last_used: t, ..row })?;
-        return Ok(node);
-    }
-    let node = resolve(app, &req.target, &req.isolation)?;
-    let row = SessionRow {
-        id: sid.to_owned(),
-        node_id: node.id.clone(),
-        isolation: req.isolation.to_string(),
-        created_at: t,
-        last_used: t,
-        state: "active".into(),
-    };
-    app.store.put_session(caller.user.id, &row)?;
-    tracing::info!(user = %caller.user.name, session = %sid, node = %node.id, "session placed");
-    Ok(node)
-}
-
 async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<SessionInfo>> {
     let rows = app.store.list_sessions(caller.user.id)?;
     let mut out = Vec::new();
@@ -507,10 +286,10 @@ async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<Se
     Ok(Json(out))
 }
 
-async fn remove_session(State(app): AppState, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiErr> {
+async fn remove_session(State(app): AppState, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, Refusal> {
     if app.store.remove_session(caller.user.id, &id)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiErr::new(StatusCode::NOT_FOUND, format!("you have no session {id:?}; `openbox sessions` lists them")))
+        Err(Refusal::new(Kind::NotFound, format!("you have no session {id:?}; `openbox sessions` lists them")))
     }
 }

@@ -8,6 +8,9 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
 mod api;
+mod enrollment;
+mod placement;
+mod refusal;
 mod store;
 
 use std::future::Future;
@@ -115,7 +118,7 @@ pub fn bootstrap_admin(store: &Store, admin: &str) -> anyhow::Result<Option<trus
 }
 
 /// Mints an extra login token for an existing user (for an admin who lost theirs).
-pub fn new_login_token(store: &Store, user: &str) -> anyhow::Result<trust::Secret> {
+pub fn new_login_token(store: &Store, user: &str) -> Result<trust::Secret, StoreError> {
     let token = trust::token::generate(trust::token::LOGIN_PREFIX);
     store.add_login_token(user, &trust::token::hash(token.expose()), now())?;
     Ok(token)

@@ -1,0 +1,127 @@
+//! Nodes joining and staying: enrollment with a single-use token, and the heartbeats that
+//! keep a node's entry current and its host certificate renewed.
+
+use proto::api::{EnrollRequest, Enrolled, Heartbeat, HeartbeatReply};
+use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS};
+use trust::token;
+
+use crate::refusal::{Kind, Refusal, check_name};
+use crate::store::{EnrollTokenProblem, NodeRow};
+use crate::{App, now};
+
+/// Enrolls a node with a single-use token: checks the token and names, issues its id,
+/// heartbeat secret and host certificate, and adds it to the registry with the isolation
+/// it says it can serve.
+pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
+    let unauthorized = |m: &str| Refusal::new(Kind::Unauthorized, m);
+    if !req.token.starts_with(token::ENROLL_PREFIX) {
+        return Err(unauthorized(
+            "that is not an enrollment token (they start with enroll_); mint one with `openbox node token`",
+        ));
+    }
+    for t in &req.tags {
+        check_name("tag", t)?;
+    }
+    if let Some(n) = &req.name {
+        check_name("node name", n)?;
+    }
+    // A host name that is not a valid node name is replaced rather than refused.
+    let default_name =
+        req.default_name.filter(|n| proto::check_name("node name", n).is_ok()).unwrap_or_else(|| "node".into());
+    let host_key = trust::parse_public_key(&req.host_public_key)?;
+    // A chosen name that is taken is refused before the token is used up.
+    if let Some(name) = &req.name
+        && app.store.node(name)?.is_some_and(|n| &n.name == name)
+    {
+        return Err(Refusal::new(
+            Kind::Conflict,
+            format!("a node named {name:?} already exists; choose another --name (the token is still valid)"),
+        ));
+    }
+    let mut tags = match app.store.take_enroll_token(&token::hash(&req.token), now())? {
+        Ok(tags) => tags,
+        Err(EnrollTokenProblem::Unknown) => {
+            return Err(unauthorized("unknown enrollment token; mint one with `openbox node token`"));
+        }
+        Err(EnrollTokenProblem::Used) => {
+            return Err(unauthorized(
+                "this enrollment token was already used; each token enrolls one node — mint another with `openbox node token`",
+            ));
+        }
+        Err(EnrollTokenProblem::Expired) => {
+            return Err(unauthorized("this enrollment token has expired; mint another with `openbox node token`"));
+        }
+    };
+    for t in req.tags {
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    let node_id = token::random_id()[..12].to_owned();
+    let secret = token::generate(token::NODE_PREFIX);
+    let host_cert = sign_host_cert(app, &host_key, &node_id)?;
+    let exact_name = req.name.is_some();
+    let row = app.store.insert_node(
+        NodeRow {
+            id: node_id.clone(),
+            name: req.name.unwrap_or(default_name),
+            tags,
+            platform: req.platform,
+            addr: req.addr,
+            host_key: host_key.to_openssh().map_err(trust::TrustError::from)?,
+            secret_hash: token::hash(secret.expose()),
+            last_seen: Some(now()),
+            stopped: false,
+            created_at: now(),
+            capabilities: proto::api::known_capabilities(&req.capabilities),
+        },
+        exact_name,
+    )?;
+    tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, isolation = ?row.capabilities, "node enrolled");
+    app.refresh_registry();
+    Ok(Enrolled {
+        node_id,
+        name: row.name,
+        host_cert,
+        ca_public_key: app.ca.public_key_openssh(),
+        heartbeat_secret: secret.expose().to_owned(),
+    })
+}
+
+/// Records a heartbeat authenticated by the node's secret, and renews the node's host
+/// certificate once past half its life.
+pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
+    let Some(node) = app.store.node(&hb.node_id)? else {
+        if app.store.is_revoked(&hb.node_id)? {
+            return Err(Refusal::new(
+                Kind::Gone,
+                "this node was removed from the fleet; enroll it again with a new token",
+            ));
+        }
+        return Err(Refusal::new(Kind::Unauthorized, "unknown node"));
+    };
+    // Look nodes up by id only: a name must not stand in for the id here.
+    let secret_ok = node.id == hb.node_id && secret.is_some_and(|s| token::hash(s) == node.secret_hash);
+    if !secret_ok {
+        tracing::warn!(node = %hb.node_id, "heartbeat with a wrong secret refused");
+        return Err(Refusal::new(Kind::Unauthorized, "heartbeat secret does not match this node"));
+    }
+    app.store.record_heartbeat(&hb, now())?;
+    app.store.apply_session_reports(&node.id, &hb.sessions)?;
+    app.refresh_registry();
+    let mut reply = HeartbeatReply::default();
+    if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
+        let key = trust::parse_public_key(&node.host_key)?;
+        reply.host_cert = Some(sign_host_cert(app, &key, &node.id)?);
+        tracing::info!(node = %node.id, "host certificate renewed");
+    }
+    Ok(reply)
+}
+
+/// A host certificate for `node_id`, valid from now (less the clock skew) for the host
+/// certificate lifetime.
+fn sign_host_cert(app: &App, host_key: &trust::PublicKey, node_id: &str) -> Result<String, Refusal> {
+    let t = now();
+    let cert = app.ca.sign_host(host_key, node_id, t - CLOCK_SKEW_SECS, t + HOST_CERT_TTL_SECS)?;
+    Ok(cert.to_openssh().map_err(trust::TrustError::from)?)
+}

@@ -1,0 +1,102 @@
+//! Where a command runs: the node a target resolves to, or the node a persistent session
+//! already lives on — and the user certificate that binds the command to it.
+
+use proto::Isolation;
+use proto::api::{Dispatch, DispatchRequest, Node, ResolveError, Target};
+use proto::cert::CLOCK_SKEW_SECS;
+use trust::token;
+
+use crate::refusal::{Kind, Refusal, check_name};
+use crate::store::{SessionRow, User};
+use crate::{App, now};
+
+/// Picks the node for a command (a session's own node, or one the target resolves to)
+/// and signs a short-lived user certificate for the caller's key, bound to that node, the
+/// isolation and the session.
+pub fn dispatch(app: &App, user: &User, req: DispatchRequest) -> Result<Dispatch, Refusal> {
+    if let Some(s) = &req.session {
+        check_name("session id", s)?;
+    }
+    let key = trust::parse_public_key(&req.public_key)?;
+    let node = match &req.session {
+        Some(sid) => session_node(app, user, sid, &req)?,
+        None => resolve(app, &req.target, &req.isolation)?,
+    };
+    let request_id = token::random_id();
+    let t = now();
+    let cert = app.ca.sign_user(&trust::UserCertSpec {
+        user: &user.name,
+        node_id: &node.id,
+        request_id: &request_id,
+        isolation: &req.isolation,
+        session: req.session.as_deref(),
+        public_key: &key,
+        valid_after: t - CLOCK_SKEW_SECS,
+        valid_before: t + app.config.user_cert_ttl_secs,
+    })?;
+    tracing::info!(user = %user.name, node = %node.id, request = %request_id, isolation = %req.isolation, "dispatch");
+    Ok(Dispatch {
+        node,
+        cert: cert.to_openssh().map_err(trust::TrustError::from)?,
+        ca_public_key: app.ca.public_key_openssh(),
+        request_id,
+    })
+}
+
+/// Picks the node for a target: an exact node, or an online node carrying the tag.
+fn resolve(app: &App, target: &Target, isolation: &Isolation) -> Result<Node, Refusal> {
+    let t = now();
+    let nodes: Vec<Node> = app.store.list_nodes()?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
+    let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
+    proto::api::resolve(&nodes, target, isolation.kind(), t, spread).cloned().map_err(|e| {
+        let kind = match e {
+            ResolveError::Offline { .. } => Kind::Unavailable,
+            ResolveError::Incapable { .. } => Kind::Conflict,
+            _ => Kind::NotFound,
+        };
+        Refusal::new(kind, e.to_string())
+    })
+}
+
+/// The node a session lives on: where its first use went, whatever the target says now.
+fn session_node(app: &App, user: &User, sid: &str, req: &DispatchRequest) -> Result<Node, Refusal> {
+    let t = now();
+    if let Some(row) = app.store.session(user.id, sid)? {
+        if row.isolation != req.isolation.to_string() {
+            return Err(Refusal::new(
+                Kind::Conflict,
+                format!(
+                    "session {sid:?} runs {}, not {}; end it first with `openbox session rm {sid}`",
+                    row.isolation, req.isolation
+                ),
+            ));
+        }
+        let node = app.store.node(&row.node_id)?.ok_or_else(|| {
+            Refusal::new(
+                Kind::Gone,
+                format!("session {sid:?} was on a node that has been removed; end it with `openbox session rm {sid}`"),
+            )
+        })?;
+        let node = node.to_api(t, app.config.offline_after_secs);
+        if !node.online {
+            return Err(Refusal::new(
+                Kind::Unavailable,
+                format!("session {sid:?} lives on node {}, which is offline", node.name),
+            ));
+        }
+        app.store.put_session(user.id, &SessionRow { last_used: t, ..row })?;
+        return Ok(node);
+    }
+    let node = resolve(app, &req.target, &req.isolation)?;
+    let row = SessionRow {
+        id: sid.to_owned(),
+        node_id: node.id.clone(),
+        isolation: req.isolation.to_string(),
+        created_at: t,
+        last_used: t,
+        state: "active".into(),
+    };
+    app.store.put_session(user.id, &row)?;
+    tracing::info!(user = %user.name, session = %sid, node = %node.id, "session placed");
+    Ok(node)
+}

@@ -1,0 +1,57 @@
+//! Why the control plane says no: a [`Kind`] (which the HTTP layer turns into a status)
+//! and one line for the user that says what to do. The rules modules speak only this;
+//! they know nothing about HTTP.
+
+use crate::store::StoreError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    /// It existed and was removed (a revoked node, a session on a removed node).
+    Gone,
+    /// It exists but cannot serve now (offline).
+    Unavailable,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: Kind,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(kind: Kind, message: impl Into<String>) -> Refusal {
+        Refusal { kind, message: message.into() }
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Refusal {
+        match e {
+            StoreError::Conflict(m) => Refusal::new(Kind::Conflict, m),
+            StoreError::NotFound(m) => Refusal::new(Kind::NotFound, m),
+            StoreError::Refused(m) => Refusal::new(Kind::Forbidden, m),
+            StoreError::Sqlite(e) => {
+                tracing::error!(error = %e, "database error");
+                Refusal::new(Kind::Internal, "the control plane's database failed; see its log")
+            }
+        }
+    }
+}
+
+impl From<trust::TrustError> for Refusal {
+    fn from(e: trust::TrustError) -> Refusal {
+        Refusal::new(Kind::BadRequest, e.to_string())
+    }
+}
+
+/// A user, node or session name, or why it is not one.
+pub fn check_name(kind: &str, v: &str) -> Result<(), Refusal> {
+    proto::check_name(kind, v).map_err(|m| Refusal::new(Kind::BadRequest, m))
+}
