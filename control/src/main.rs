@@ -111,10 +111,10 @@ async fn shutdown_signal() {
     }
 }
 
-fn parse_cert_ttl(text: &str) -> Result<u64, String> {
+fn parse_cert_ttl(text: &str) -> Result<u64, proto::Invalid> {
     let secs = proto::parse_duration(text)?;
     if !(10..=3600).contains(&secs) {
-        return Err("the user certificate lifetime must be between 10s and 1h".into());
+        return Err(proto::Invalid::Duration("the user certificate lifetime must be between 10s and 1h".into()));
     }
     Ok(secs)
 }

@@ -51,7 +51,13 @@ impl From<trust::TrustError> for Refusal {
     }
 }
 
+impl From<proto::Invalid> for Refusal {
+    fn from(e: proto::Invalid) -> Refusal {
+        Refusal::new(Kind::BadRequest, e.to_string())
+    }
+}
+
 /// A user, node or session name, or why it is not one.
 pub fn check_name(kind: &str, v: &str) -> Result<(), Refusal> {
-    proto::check_name(kind, v).map_err(|m| Refusal::new(Kind::BadRequest, m))
+    Ok(proto::check_name(kind, v)?)
 }

@@ -207,7 +207,7 @@ pub enum Action {
 }
 
 fn name(kind: &str, v: &str) -> Result<String, String> {
-    proto::check_name(kind, v).map(|_| v.to_owned())
+    proto::check_name(kind, v).map(|_| v.to_owned()).map_err(|e| e.to_string())
 }
 
 impl Cli {
@@ -314,7 +314,7 @@ impl RunArgs {
         for m in &self.mounts {
             text += &format!(";mount={}", no_semicolon("--mount", m)?);
         }
-        text.parse::<Isolation>()
+        text.parse::<Isolation>().map_err(|e| e.to_string())
     }
 
     fn into_request(self) -> Result<RunRequest, String> {

@@ -12,6 +12,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Invalid;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Isolation {
     /// A shell on the node itself.
@@ -74,12 +76,12 @@ impl fmt::Display for Network {
 }
 
 impl FromStr for Network {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         match s {
             "none" => Ok(Network::None),
             "host" => Ok(Network::Host),
-            _ => Err(format!("network {s:?}: expected none or host")),
+            _ => Err(Invalid::Isolation(format!("network {s:?}: expected none or host"))),
         }
     }
 }
@@ -109,18 +111,18 @@ fn check_path(what: &str, p: &str) -> Result<(), String> {
 }
 
 impl FromStr for Mount {
-    type Err = String;
+    type Err = Invalid;
     /// `SRC:DST` or `SRC:DST:ro` (or `:rw`), both absolute.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         let parts: Vec<&str> = s.split(':').collect();
         let (src, dst, read_only) = match parts[..] {
             [src, dst] => (src, dst, false),
             [src, dst, "ro"] => (src, dst, true),
             [src, dst, "rw"] => (src, dst, false),
-            _ => return Err(format!("mount {s:?}: expected SRC:DST or SRC:DST:ro")),
+            _ => return Err(Invalid::Isolation(format!("mount {s:?}: expected SRC:DST or SRC:DST:ro"))),
         };
-        check_path("mount source", src)?;
-        check_path("mount target", dst)?;
+        check_path("mount source", src).map_err(Invalid::Isolation)?;
+        check_path("mount target", dst).map_err(Invalid::Isolation)?;
         Ok(Mount { src: src.to_owned(), dst: dst.to_owned(), read_only })
     }
 }
@@ -185,9 +187,9 @@ impl Limits {
                 }
                 "network" => {
                     dup(l.network.is_some())?;
-                    l.network = Some(value.parse()?);
+                    l.network = Some(value.parse().map_err(|e: Invalid| e.to_string())?);
                 }
-                "mount" => l.mounts.push(value.parse()?),
+                "mount" => l.mounts.push(value.parse().map_err(|e: Invalid| e.to_string())?),
                 _ => return Err(format!("unknown option {name:?}; known: cpus, memory, network, mount")),
             }
         }
@@ -227,10 +229,10 @@ impl fmt::Display for Isolation {
 }
 
 impl FromStr for Isolation {
-    type Err = String;
+    type Err = Invalid;
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| Err(format!("invalid isolation {s:?}: {why}"));
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let bad = |why: &str| Err(Invalid::Isolation(format!("invalid isolation {s:?}: {why}")));
         let mut parts = s.split(';');
         let mode = parts.next().unwrap_or_default();
         let opts: Vec<&str> = parts.collect();

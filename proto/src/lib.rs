@@ -20,22 +20,34 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Exit code for openbox's own failures (as ssh uses 255), distinct from remote exit codes.
 pub const EXIT_OPENBOX_FAILURE: u8 = 255;
 
+/// Input that does not parse, by what it was meant to be; the message says why in words a
+/// user can act on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// A user name, node name, tag or session id.
+    #[error("{0}")]
+    Name(String),
+    #[error("{0}")]
+    Duration(String),
+    /// An isolation mode or one of its options.
+    #[error("{0}")]
+    Isolation(String),
+}
+
 /// Names must be short, printable and shell-friendly: used for user names, node names,
 /// tags and session ids. Returns why not, in words a user can act on.
-pub fn check_name(kind: &str, value: &str) -> Result<(), String> {
+pub fn check_name(kind: &str, value: &str) -> Result<(), Invalid> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if value.is_empty() {
-        return Err(format!("{kind} must not be empty"));
-    }
-    if value.len() > 64 {
-        return Err(format!("{kind} {value:?} is longer than 64 characters"));
-    }
-    if !value.chars().all(ok_char) || value.starts_with(['-', '.']) {
-        return Err(format!(
-            "{kind} {value:?} may hold only letters, digits, '-', '_' and '.', and must not start with '-' or '.'"
-        ));
-    }
-    Ok(())
+    let why = if value.is_empty() {
+        format!("{kind} must not be empty")
+    } else if value.len() > 64 {
+        format!("{kind} {value:?} is longer than 64 characters")
+    } else if !value.chars().all(ok_char) || value.starts_with(['-', '.']) {
+        format!("{kind} {value:?} may hold only letters, digits, '-', '_' and '.', and must not start with '-' or '.'")
+    } else {
+        return Ok(());
+    };
+    Err(Invalid::Name(why))
 }
 
 #[cfg(test)]
@@ -54,23 +66,22 @@ mod tests {
 }
 
 /// Parses a duration such as `90s`, `15m`, `2h`, `7d` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<u64, String> {
+pub fn parse_duration(text: &str) -> Result<u64, Invalid> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    let bad = |why: String| Invalid::Duration(why);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected a number with s, m, h or d, as in 15m"))?;
+        .map_err(|_| bad(format!("invalid duration {text:?}: expected a number with s, m, h or d, as in 15m")))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
-        _ => {
-            return Err(format!("invalid duration {text:?}: the unit must be s, m, h or d"));
-        }
+        _ => return Err(bad(format!("invalid duration {text:?}: the unit must be s, m, h or d"))),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("duration {text:?} is too long"))
+    n.checked_mul(mult).ok_or_else(|| bad(format!("duration {text:?} is too long")))
 }
 
 #[cfg(test)]

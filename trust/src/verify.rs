@@ -77,12 +77,12 @@ pub fn verify_user_cert(
         None => return Err(bad(EXT_NODE, "missing")),
     }
     let isolation = match ext.get(EXT_ISOLATION) {
-        Some(s) => s.parse::<Isolation>().map_err(|why| bad(EXT_ISOLATION, &why))?,
+        Some(s) => s.parse::<Isolation>().map_err(|why| bad(EXT_ISOLATION, &why.to_string()))?,
         None => return Err(bad(EXT_ISOLATION, "missing")),
     };
     let session = match ext.get(EXT_SESSION) {
         Some(s) => {
-            proto::check_name("session id", s).map_err(|why| bad(EXT_SESSION, &why))?;
+            proto::check_name("session id", s).map_err(|why| bad(EXT_SESSION, &why.to_string()))?;
             Some(s.clone())
         }
         None => None,
