@@ -55,13 +55,19 @@ fn stdin_exit_codes_signals_and_timeouts_behave_as_natively() {
 #[test]
 fn concurrent_runs_on_one_tree_do_not_clash() {
     let f = fleet(&[]);
+    // Each run writes its own file in the tree, then waits until all four are running
+    // (they check in through a shared mount) before reading it back: they provably overlap.
+    let shared = tempfile::tempdir().unwrap();
+    let mount = format!("{}:/shared", shared.path().display());
     let runs: Vec<_> = (0..4)
         .map(|i| {
+            let script = format!(
+                "echo {i} > /root/f; touch /shared/{i}; n=0; \
+                 while [ $(ls /shared | wc -l) -lt 4 ]; do n=$((n+1)); [ $n -gt 1000 ] && exit 9; sleep 0.02; done; \
+                 cat /root/f"
+            );
             let args: Vec<String> =
-                ["-t", "t", "--nspawn", &f.e.tree, &format!("echo {i} > /root/f; sleep 1; cat /root/f")]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
+                ["-t", "t", "--nspawn", &f.e.tree, "--mount", &mount, &script].iter().map(|s| s.to_string()).collect();
             let mut cmd = f.cli.cmd();
             cmd.args(&args);
             std::thread::spawn(move || cmd.output().unwrap())

@@ -45,15 +45,26 @@ fn exit_codes_are_exact_even_after_output_that_imitates_a_marker() {
 
 #[test]
 fn concurrent_callers_take_turns_in_one_shell() {
-    let (_cp, cli, _agent) = fleet(&[]);
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let path = log.path().to_str().unwrap().to_owned();
-    let children: Vec<_> = (0..4)
-        .map(|i| {
-            let cmd = format!("echo start-{i} >> {path}; sleep 0.2; echo end-{i} >> {path}; echo $$");
-            cli.cmd().args(["-t", "t", "-s", "queue", &cmd]).stdout(Stdio::piped()).spawn().unwrap()
-        })
-        .collect();
+    let (_cp, cli, agent) = fleet(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, go) = (dir.path().join("log"), dir.path().join("go"));
+    // Each command holds the shell until the test says go, so the callers provably overlap:
+    // all four have reached the agent while the first still holds the shell.
+    let cmd = |i: usize| {
+        format!(
+            "echo start-{i} >> {log}; while [ ! -e {go} ]; do sleep 0.01; done; echo end-{i} >> {log}; echo $$",
+            log = log.display(),
+            go = go.display()
+        )
+    };
+    let spawn = |i: usize| cli.cmd().args(["-t", "t", "-s", "queue", &cmd(i)]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut children = vec![spawn(0)];
+    wait_until("the first command to hold the shell", || std::fs::read_to_string(&log).is_ok_and(|l| !l.is_empty()));
+    children.extend((1..4).map(spawn));
+    let asked = || agent.log().lines().filter(|l| l.contains(" exec ") && l.contains("\"queue\"")).count();
+    wait_until("all four commands to reach the agent", || asked() == 4);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1, "the others wait their turn");
+    std::fs::write(&go, "").unwrap();
     let shells: Vec<String> = children
         .into_iter()
         .map(|c| {
@@ -63,7 +74,7 @@ fn concurrent_callers_take_turns_in_one_shell() {
         })
         .collect();
     assert!(shells.iter().all(|s| *s == shells[0]), "one shell served them all: {shells:?}");
-    let lines: Vec<String> = std::fs::read_to_string(log.path()).unwrap().lines().map(str::to_owned).collect();
+    let lines: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 8);
     for pair in lines.chunks(2) {
         let n = pair[0].strip_prefix("start-").expect("a command starts");

@@ -135,14 +135,7 @@ impl client::Handler for HostCheck {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let now = proto::time::now();
-        let verdict = match key.certificate() {
-            Some(cert) => {
-                trust::verify_host_cert(cert, &self.target.ca, &self.target.node_id, now).map_err(|e| e.to_string())
-            }
-            None => Err("it presented a bare host key, not a host certificate from this fleet's CA".to_owned()),
-        };
-        match verdict {
+        match host_verdict(key.certificate(), &self.target, proto::time::now()) {
             Ok(()) => Ok(true),
             Err(why) => {
                 tracing::warn!(node = %self.target.node_id, addr = %self.target.addr, %why, "host certificate refused");
@@ -151,6 +144,15 @@ impl client::Handler for HostCheck {
                 Ok(false)
             }
         }
+    }
+}
+
+/// Whether a node may be talked to: only with a host certificate from the fleet's CA,
+/// valid at `now`, naming the node id the caller meant to reach. Why not, otherwise.
+fn host_verdict(cert: Option<&Certificate>, target: &NodeTarget, now: u64) -> Result<(), String> {
+    match cert {
+        Some(cert) => trust::verify_host_cert(cert, &target.ca, &target.node_id, now).map_err(|e| e.to_string()),
+        None => Err("it presented a bare host key, not a host certificate from this fleet's CA".to_owned()),
     }
 }
 
@@ -334,6 +336,37 @@ fn sig_name(sig: &russh::Sig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(ca: &trust::Ca) -> NodeTarget {
+        NodeTarget {
+            node_id: "n1".into(),
+            addr: "127.0.0.1:1".into(),
+            via: Transport::Tcp,
+            ca: ca.public_key().clone(),
+        }
+    }
+
+    #[test]
+    fn a_node_is_accepted_only_with_a_valid_host_certificate_for_it_from_the_fleets_ca() {
+        let ca = trust::Ca::generate();
+        let host = trust::generate_key();
+        let now = 1_000_000;
+        let cert = |ca: &trust::Ca, node: &str, after: u64, before: u64| {
+            ca.sign_host(host.public_key(), node, after, before).expect("sign")
+        };
+        let t = target(&ca);
+        assert_eq!(host_verdict(Some(&cert(&ca, "n1", now - 10, now + 10)), &t, now), Ok(()));
+
+        let refused = |c: Option<&Certificate>, needle: &str| {
+            let why = host_verdict(c, &t, now).expect_err("must be refused");
+            assert!(why.contains(needle), "{why}");
+        };
+        refused(None, "bare host key");
+        refused(Some(&cert(&trust::Ca::generate(), "n1", now - 10, now + 10)), "certificate authority");
+        refused(Some(&cert(&ca, "n2", now - 10, now + 10)), "not \"n1\"");
+        refused(Some(&cert(&ca, "n1", now - 100, now - 10)), "expired");
+        refused(Some(&cert(&ca, "n1", now + 10, now + 100)), "not valid until");
+    }
 
     #[test]
     fn russh_names_its_signals_as_the_shared_table_does() {

@@ -316,3 +316,61 @@ fn reply_of(id: Value, r: anyhow::Result<crate::commands::Reply>) -> Response {
         Err(e) => Response::err(id, code::FAILED, format!("{e:#}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+    use std::os::fd::AsFd;
+
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+
+    use super::*;
+
+    fn reader(half: OwnedReadHalf) -> Reader {
+        Reader { half, buf: Vec::new(), fds: VecDeque::new(), eof: false }
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_wherever_the_bytes_break_and_descriptors_are_kept() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (read, _write) = tokio::net::UnixStream::from_std({
+            ours.set_nonblocking(true).unwrap();
+            ours
+        })
+        .unwrap()
+        .into_split();
+        let mut r = reader(read);
+
+        // Two requests and the start of a third in one message, with three descriptors.
+        let file = tempfile_fd();
+        let fds = [file.as_fd(), file.as_fd(), file.as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        sendmsg(&theirs, &[IoSlice::new(b"{\"a\":1}\n{\"b\":2}\n{\"c\"")], &mut control, SendFlags::empty()).unwrap();
+        assert_eq!(r.next_line().await.unwrap(), b"{\"a\":1}\n");
+        assert_eq!(r.fds.len(), 3, "the descriptors arrive with the first bytes");
+        assert_eq!(r.next_line().await.unwrap(), b"{\"b\":2}\n");
+
+        // The rest of the third, later.
+        rustix::io::write(&theirs, b":3}\n").unwrap();
+        assert_eq!(r.next_line().await.unwrap(), b"{\"c\":3}\n");
+        drop(theirs);
+        assert_eq!(r.next_line().await, None, "end of stream ends the lines");
+    }
+
+    #[test]
+    fn take_three_needs_all_three() {
+        let mut fds: VecDeque<OwnedFd> = VecDeque::new();
+        fds.push_back(tempfile_fd());
+        fds.push_back(tempfile_fd());
+        assert!(take_three(&mut fds).is_none());
+        fds.push_back(tempfile_fd());
+        assert!(take_three(&mut fds).is_some());
+        assert!(fds.is_empty());
+    }
+
+    fn tempfile_fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+}
