@@ -3,8 +3,8 @@
 
 use anyhow::{Context as _, bail};
 use proto::api::*;
+use proto::output::{EnrollIssued, LoggedOut, LoginIssued, Removed};
 use proto::rpc::Whoami;
-use serde_json::json;
 
 use crate::Daemon;
 use crate::login::{Login, user_key};
@@ -17,7 +17,7 @@ pub struct Reply {
     pub warnings: Vec<String>,
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+pub fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).expect("replies serialize")
 }
 
@@ -46,7 +46,7 @@ pub async fn login(d: &Daemon, server: &str, token: &str) -> anyhow::Result<Repl
 
 pub async fn logout(d: &Daemon) -> anyhow::Result<Reply> {
     let Ok(login) = Login::load() else {
-        return Ok(Reply::new(json!({"logged_out": false}), "Not logged in."));
+        return Ok(Reply::new(to_json(&LoggedOut { logged_out: false, token_revoked: None }), "Not logged in."));
     };
     // Revoke the token on the control plane too; if it cannot be reached, the local
     // logout still happens and says so.
@@ -61,7 +61,7 @@ pub async fn logout(d: &Daemon) -> anyhow::Result<Reply> {
     Login::remove()?;
     d.reload_login();
     Ok(Reply {
-        json: json!({"logged_out": true, "token_revoked": revoked}),
+        json: to_json(&LoggedOut { logged_out: true, token_revoked: Some(revoked) }),
         text: format!("Logged out of {}.", login.server),
         warnings,
     })
@@ -79,10 +79,8 @@ pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let created: UserCreated = login.client()?.post("/v1/users", &NewUser { name: name.to_owned() }).await?;
     let command = format!("openbox login --server {} --token {}", login.server, created.token);
-    Ok(Reply::new(
-        json!({"name": created.name, "token": created.token, "command": command}),
-        format!("Created user {}. They log in with (the token is shown only once):\n  {command}", created.name),
-    ))
+    let text = format!("Created user {}. They log in with (the token is shown only once):\n  {command}", created.name);
+    Ok(Reply::new(to_json(&LoginIssued { name: created.name, token: created.token, command }), text))
 }
 
 /// A new login token for an existing user (their other tokens keep working).
@@ -90,10 +88,9 @@ pub async fn user_token(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let created: UserCreated = login.client()?.post(&format!("/v1/users/{name}/tokens"), &()).await?;
     let command = format!("openbox login --server {} --token {}", login.server, created.token);
-    Ok(Reply::new(
-        json!({"name": created.name, "token": created.token, "command": command}),
-        format!("New login token for {}. They log in with (the token is shown only once):\n  {command}", created.name),
-    ))
+    let text =
+        format!("New login token for {}. They log in with (the token is shown only once):\n  {command}", created.name);
+    Ok(Reply::new(to_json(&LoginIssued { name: created.name, token: created.token, command }), text))
 }
 
 pub async fn user_list(d: &Daemon) -> anyhow::Result<Reply> {
@@ -107,7 +104,10 @@ pub async fn user_list(d: &Daemon) -> anyhow::Result<Reply> {
 
 pub async fn user_remove(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     d.login()?.client()?.delete(&format!("/v1/users/{name}")).await?;
-    Ok(Reply::new(json!({"removed": name}), format!("Removed user {name}; their tokens no longer work.")))
+    Ok(Reply::new(
+        to_json(&Removed { removed: name.to_owned(), node: None }),
+        format!("Removed user {name}; their tokens no longer work."),
+    ))
 }
 
 pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::Result<Reply> {
@@ -117,12 +117,13 @@ pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::R
     let tag_flags: String = tok.tags.iter().map(|t| format!(" --tag {t}")).collect();
     let command = format!("openbox agent --server {} --token {}{tag_flags}", login.server, tok.token);
     let left = proto::time::human_secs(tok.expires_at.saturating_sub(proto::time::now()));
+    let text = format!(
+        "Enrollment token (single use, expires in {left}). On the new node run:\n  {command}\n\
+         (add --addr 0.0.0.0:7684 --advertise THAT-HOST:7684 so other machines can reach it)"
+    );
     Ok(Reply::new(
-        json!({"token": tok.token, "tags": tok.tags, "expires_at": tok.expires_at, "command": command}),
-        format!(
-            "Enrollment token (single use, expires in {left}). On the new node run:\n  {command}\n\
-             (add --addr 0.0.0.0:7684 --advertise THAT-HOST:7684 so other machines can reach it)"
-        ),
+        to_json(&EnrollIssued { token: tok.token, tags: tok.tags, expires_at: tok.expires_at, command }),
+        text,
     ))
 }
 
@@ -157,7 +158,10 @@ pub async fn nodes(d: &Daemon, tag: Option<&str>) -> anyhow::Result<Reply> {
 
 pub async fn node_remove(d: &Daemon, node: &str) -> anyhow::Result<Reply> {
     d.login()?.client()?.delete(&format!("/v1/nodes/{node}")).await?;
-    Ok(Reply::new(json!({"removed": node}), format!("Removed node {node}; its identity is revoked.")))
+    Ok(Reply::new(
+        to_json(&Removed { removed: node.to_owned(), node: None }),
+        format!("Removed node {node}; its identity is revoked."),
+    ))
 }
 
 pub async fn node_update(d: &Daemon, node: &str, update: NodeUpdate) -> anyhow::Result<Reply> {
@@ -215,7 +219,7 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
     login.client()?.delete(&format!("/v1/sessions/{id}")).await?;
     acct.forget_session(id);
     Ok(Reply {
-        json: json!({"removed": id, "node": s.node_id}),
+        json: to_json(&Removed { removed: id.to_owned(), node: Some(s.node_id) }),
         text: format!("Ended session {id} on {}.", s.node_name),
         warnings,
     })

@@ -13,7 +13,7 @@ use proto::request::UpRequest;
 use rustix::process::{Pid, Signal, kill_process, test_kill_process};
 
 use crate::Daemon;
-use crate::commands::Reply;
+use crate::commands::{Reply, to_json};
 use crate::login::{Login, user_key};
 
 const LOCAL_TAG: &str = "local";
@@ -178,9 +178,13 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
     };
 
     let logs_shown = logs.display().to_string();
-    let json = serde_json::json!({
-        "server": url, "user": login.user, "control_started": control_started, "agent_started": agent_started,
-        "tag": LOCAL_TAG, "logs": logs_shown,
+    let json = to_json(&proto::output::Up {
+        server: url.clone(),
+        user: login.user.clone(),
+        control_started,
+        agent_started,
+        tag: LOCAL_TAG.into(),
+        logs: logs_shown.clone(),
     });
     let state = |started: bool| if started { "started" } else { "already running" };
     let text = format!(
@@ -222,5 +226,6 @@ pub async fn down() -> anyhow::Result<Reply> {
     } else {
         format!("Stopped: {}.", stopped.join(", "))
     };
-    Ok(Reply { json: serde_json::json!({ "stopped": stopped }), text, warnings: Vec::new() })
+    let stopped = stopped.iter().map(|s| s.to_string()).collect();
+    Ok(Reply { json: to_json(&proto::output::Down { stopped }), text, warnings: Vec::new() })
 }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cert;
 pub mod exec;
 pub mod isolation;
+pub mod output;
 pub mod request;
 pub mod rpc;
 pub mod time;

@@ -1,0 +1,63 @@
+//! What `--json` prints for the CLI's account and fleet commands, so scripts can rely on
+//! the shape. Listings print the API's own types (`Node`, `UserInfo`, `SessionInfo`), and
+//! `login` / `whoami` print [`crate::rpc::Whoami`], `daemon stop` [`crate::rpc::Stopping`].
+
+use serde::{Deserialize, Serialize};
+
+/// `openbox logout --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoggedOut {
+    /// False when there was no login to forget.
+    pub logged_out: bool,
+    /// Whether the control plane revoked the token (absent when there was no login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_revoked: Option<bool>,
+}
+
+/// `openbox user add --json` and `openbox user token --json`: a login token, shown once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginIssued {
+    pub name: String,
+    pub token: String,
+    /// The exact `openbox login …` command that uses it.
+    pub command: String,
+}
+
+/// `openbox node token --json`: a single-use enrollment token, shown once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnrollIssued {
+    pub token: String,
+    pub tags: Vec<String>,
+    pub expires_at: u64,
+    /// The exact `openbox agent …` command that uses it.
+    pub command: String,
+}
+
+/// `openbox user rm`, `node rm` and `session rm` with `--json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Removed {
+    pub removed: String,
+    /// For a session: the node its shell was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// `openbox up --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Up {
+    pub server: String,
+    pub user: String,
+    /// False when it was already running.
+    pub control_started: bool,
+    pub agent_started: bool,
+    /// The tag this machine carries as a node.
+    pub tag: String,
+    /// Where the logs of the processes it started are.
+    pub logs: String,
+}
+
+/// `openbox down --json`: the roles that were stopped (none when nothing ran).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Down {
+    pub stopped: Vec<String>,
+}
