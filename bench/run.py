@@ -170,6 +170,7 @@ class Fleet:
         self.addr = f"127.0.0.1:{free_port()}"
         out = subprocess.run([f"{BIN}/openbox", "up", "--addr", self.addr], env=self.env, capture_output=True, text=True)
         if out.returncode != 0:
+            self.stop()  # whatever `up` did start
             sys.exit(f"openbox up failed: {out.stderr}")
         self.openbox = [f"{BIN}/openbox", "-t", "local"]
 

@@ -101,10 +101,6 @@ struct Connection {
     grant: Option<UserGrant>,
 }
 
-fn unix_now() -> u64 {
-    proto::time::now()
-}
-
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
@@ -119,7 +115,7 @@ impl russh::server::Handler for Connection {
 
     async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
         let id = self.shared.identity();
-        match trust::verify_user_cert(cert, &id.ca, user, &id.node_id, unix_now()) {
+        match trust::verify_user_cert(cert, &id.ca, user, &id.node_id, proto::time::now()) {
             Ok(grant) => {
                 tracing::info!(peer = %self.peer, %user, key_id = %grant.key_id, isolation = %grant.isolation, "accepted user certificate");
                 self.grant = Some(grant);
@@ -211,7 +207,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
         }
     };
     // A pooled connection may outlive the certificate that opened it.
-    if unix_now() >= grant.valid_before {
+    if proto::time::now() >= grant.valid_before {
         return out.refuse("the user certificate for this connection has expired; reconnect").await;
     }
     // The isolation comes from the signed certificate, already parsed strictly; it runs

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use openbox_e2e::{Agent, Cli, ControlPlane, Out, READY_TIMEOUT, bin};
+use openbox_e2e::{Agent, Cli, ControlPlane, Out, READY_TIMEOUT, bin, wait_until};
 
 /// A control plane, the admin logged in, and one node named `n1`.
 struct Fleet {
@@ -398,4 +398,49 @@ fn tar_pipelines_copy_a_tree_both_ways() {
         diff_r(src.path(), up.path());
         diff_r(src.path(), down.path());
     }
+}
+
+#[test]
+fn a_call_that_reads_no_input_leaves_the_callers_stdin_alone() {
+    // A shell loop reading lines while each call runs: no call may swallow the next line.
+    for no_daemon in [false, true] {
+        let fleet = Fleet::start(no_daemon);
+        let script =
+            r#"n=0; while read line; do "$OB" nodes >/dev/null; "$OB" whoami >/dev/null; n=$((n+1)); done; echo $n"#;
+        let input = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(input.path(), "1\n2\n3\n4\n5\n").unwrap();
+        let mut sh = fleet.tool("sh");
+        sh.args(["-c", script]).env("OB", bin("openbox"));
+        let out = sh.stdin(std::fs::File::open(input.path()).unwrap()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "5\n", "no_daemon={no_daemon}");
+    }
+}
+
+#[test]
+fn a_caller_that_goes_away_while_its_output_is_stalled_stops_the_command() {
+    let fleet = Fleet::start(false);
+    let marker = format!("openbox-stalled-{}", std::process::id());
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut child = fleet
+        .openbox()
+        .args(["-n", "n1", &format!("exec yes {marker}")])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .spawn()
+        .unwrap();
+    // Nobody reads: the pipe fills, and openboxd's writes wait for room.
+    // (Nearly full: it stops a little short of 64 KiB, holding whole lines.)
+    wait_until("the caller's pipe to be full", || rustix::io::ioctl_fionread(&reader).is_ok_and(|n| n > 60_000));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The call is gone; the remote command must not go on forever.
+    let running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == format!("yes {marker}"))
+        })
+    };
+    wait_until("the remote command to be stopped", || !running());
+    drop(reader);
 }

@@ -359,3 +359,18 @@ fn an_idle_daemon_uses_no_cpu_after_a_login_change() {
     wait_until("a second to pass", || start.elapsed() >= std::time::Duration::from_secs(1));
     assert!(ticks() - before < 30, "openboxd is busy while idle ({} ticks in 1s)", ticks() - before);
 }
+
+#[test]
+fn a_request_may_leave_out_its_parameters() {
+    let (_cp, admin, agent) = fleet(&["t"]);
+    admin.daemon_status(); // starts openboxd
+    let mut s = std::os::unix::net::UnixStream::connect(admin.home.path().join("run/openboxd.sock")).unwrap();
+    use std::io::Write;
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"hello\",\"params\":{\"protocol\":1}}\n").unwrap();
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"nodes\"}\n").unwrap();
+    let mut lines = BufReader::new(&s).lines();
+    let hello: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(hello["result"]["protocol"], 1, "{hello}");
+    let nodes: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(nodes["result"][0]["id"], agent.node_id.as_str(), "{nodes}");
+}

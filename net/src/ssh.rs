@@ -292,21 +292,30 @@ impl Started {
                     break Err(SshError::Cancelled);
                 }
             };
+            // Output that cannot be delivered is never dropped quietly: the command stops,
+            // as a local one would on SIGPIPE, and the caller hears why. A caller that
+            // goes away while its output waits for room is noticed all the same.
+            // `Err(None)`: the caller went away first.
+            let delivered = match &msg {
+                Some(ChannelMsg::Data { data }) => Some(tokio::select! {
+                    r = output.stdout(data) => r.map_err(Some),
+                    _ = &mut cancel => Err(None),
+                }),
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => Some(tokio::select! {
+                    r = output.stderr(data) => r.map_err(Some),
+                    _ = &mut cancel => Err(None),
+                }),
+                _ => None,
+            };
+            match delivered {
+                Some(Ok(())) => continue,
+                Some(Err(why)) => {
+                    let _ = write.close().await;
+                    break Err(why.map_or(SshError::Cancelled, SshError::Output));
+                }
+                None => {}
+            }
             match msg {
-                // Output that cannot be delivered is never dropped quietly: the command
-                // stops, as a local one would on SIGPIPE, and the caller hears why.
-                Some(ChannelMsg::Data { data }) => {
-                    if let Err(e) = output.stdout(&data).await {
-                        let _ = write.close().await;
-                        break Err(SshError::Output(e));
-                    }
-                }
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
-                    if let Err(e) = output.stderr(&data).await {
-                        let _ = write.close().await;
-                        break Err(SshError::Output(e));
-                    }
-                }
                 Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(ExitStatus::Code(exit_status)),
                 Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. }) => {
                     let name = sig_name(&signal_name);

@@ -68,6 +68,7 @@ pub async fn connect(d: &Daemon, acct: &Account, want: Want<'_>) -> Result<(Node
             }
         }
         let (node, cert) = dispatch(acct, &Target::Node(node.id.clone()), want).await?;
+        s.remember(cert.clone());
         let conn = dial(acct, &node, cert.clone()).await?;
         return Ok((node, s.keep(cert, conn)));
     }
@@ -81,6 +82,7 @@ pub async fn connect(d: &Daemon, acct: &Account, want: Want<'_>) -> Result<(Node
     if let Some(conn) = s.live() {
         return Ok((node, conn)); // a concurrent call connected meanwhile
     }
+    s.remember(cert.clone());
     let conn = dial(acct, &node, cert.clone()).await?;
     Ok((node, s.keep(cert, conn)))
 }

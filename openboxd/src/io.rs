@@ -34,22 +34,35 @@ const BROKEN_PIPE: u8 = 128 + 13;
 /// A call's stdin.
 pub enum CallInput {
     Empty,
+    /// A descriptor nothing has read from yet: a call that never asks for input (`nodes`,
+    /// `whoami`) leaves the caller's stdin alone.
+    Fd(OwnedFd),
     Chunks(mpsc::Receiver<Vec<u8>>),
 }
 
 impl Input for CallInput {
     async fn next(&mut self) -> Option<Vec<u8>> {
+        if let CallInput::Fd(_) = self
+            && let CallInput::Fd(fd) = std::mem::replace(self, CallInput::Empty)
+        {
+            *self = CallInput::Chunks(read_fd(fd));
+        }
         match self {
-            CallInput::Empty => None,
+            CallInput::Empty | CallInput::Fd(_) => None,
             CallInput::Chunks(rx) => rx.recv().await,
         }
     }
 }
 
+/// A stdin descriptor, read once the call first asks for input.
+pub fn fd_input(fd: OwnedFd) -> CallInput {
+    CallInput::Fd(fd)
+}
+
 /// Reads a stdin descriptor on a thread of its own. It polls with a short timeout so that
 /// it stops soon after the command ends: a read left blocked on a terminal would otherwise
 /// swallow what the user types next.
-pub fn fd_input(fd: OwnedFd) -> CallInput {
+fn read_fd(fd: OwnedFd) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
     std::thread::spawn(move || {
         let tick = Timespec::try_from(TICK).expect("small duration");
@@ -80,7 +93,7 @@ pub fn fd_input(fd: OwnedFd) -> CallInput {
             }
         }
     });
-    CallInput::Chunks(rx)
+    rx
 }
 
 /// Which of a call's output streams.
@@ -149,6 +162,9 @@ impl FdWriter {
             while let Some(chunk) = chunks.blocking_recv() {
                 match chunk {
                     Chunk::Data(stream, data) => {
+                        if gone.load(Ordering::Relaxed) {
+                            continue; // nobody wants it any more
+                        }
                         if failed.lock().unwrap_or_else(|e| e.into_inner())[stream.index()].is_some() {
                             continue; // that stream is already incomplete
                         }
@@ -187,12 +203,16 @@ impl FdWriter {
     fn failure_of(&self, stream: Stream) -> Option<WriteFailure> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())[stream.index()].clone()
     }
+
+    /// Nobody wants what is still queued: drop it, and stop waiting for a stalled reader.
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for FdWriter {
     fn drop(&mut self) {
-        // Queued chunks are still written; only a wait for a reader that never comes ends.
-        self.abandoned.store(true, Ordering::Relaxed);
+        self.abandon();
     }
 }
 
@@ -253,6 +273,17 @@ impl CallOutput {
         }
     }
 
+    /// The caller went away: what is still queued for it is dropped, not written.
+    pub fn abandon(&self) {
+        if let CallOutput::Fds(w) = self {
+            w.abandon();
+        }
+    }
+
+    fn is_abandoned(&self) -> bool {
+        matches!(self, CallOutput::Fds(w) if w.abandoned.load(Ordering::Relaxed))
+    }
+
     fn failure_of(&self, stream: Stream) -> Option<WriteFailure> {
         match self {
             CallOutput::Fds(w) => w.failure_of(stream),
@@ -266,6 +297,9 @@ impl CallOutput {
 /// a local command killed by SIGPIPE) when stdout's reader went away, 255 otherwise, with
 /// one line on stderr saying so: a call never reports success with bytes missing.
 pub async fn conclude(mut output: CallOutput, code: u8) -> u8 {
+    if output.is_abandoned() {
+        return code; // nobody is left to tell
+    }
     output.flush().await;
     let Some(failure) = output.failure_of(Stream::Stdout).or_else(|| output.failure_of(Stream::Stderr)) else {
         return code;

@@ -65,23 +65,29 @@ impl Daemon {
     /// registry mirror follows the new one.
     pub fn reload_login(&self) {
         let fresh = Login::load().ok();
-        let mut current = self.account.write().unwrap_or_else(|e| e.into_inner());
-        let same = match (current.as_ref(), fresh.as_ref()) {
+        let unchanged = |current: &Option<Arc<Account>>| match (current.as_ref(), fresh.as_ref()) {
             (Some(acct), Some(login)) => acct.is(login),
             (None, None) => true,
             _ => false,
         };
-        if same {
+        if unchanged(&self.account.read().unwrap_or_else(|e| e.into_inner())) {
             return;
         }
-        tracing::info!(user = ?fresh.as_ref().map(|l| &l.user), "login changed");
-        *current = fresh.clone().and_then(|login| match Account::new(login) {
+        // Reading (or making) the key happens before the lock is taken, so that no call
+        // waits behind file I/O.
+        let account = fresh.clone().and_then(|login| match Account::new(login) {
             Ok(acct) => Some(Arc::new(acct)),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "the new login cannot be used yet");
                 None
             }
         });
+        let mut current = self.account.write().unwrap_or_else(|e| e.into_inner());
+        if unchanged(&current) {
+            return; // another reload got here first
+        }
+        tracing::info!(user = ?fresh.as_ref().map(|l| &l.user), "login changed");
+        *current = account;
         drop(current);
         if self.follow_registry {
             self.mirror.follow(fresh, &self.runtime);

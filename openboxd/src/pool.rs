@@ -43,6 +43,12 @@ impl Slot {
         self.cert.clone().filter(|c| fresh(c, proto::time::now()))
     }
 
+    /// Keeps a certificate that came with a dispatch, before dialing with it: if the dial
+    /// fails, the next try still has it and need not ask the control plane again.
+    pub fn remember(&mut self, cert: Certificate) {
+        self.cert = Some(cert);
+    }
+
     /// Keeps `conn`, made with `cert`, as the pooled connection.
     pub fn keep(&mut self, cert: Certificate, conn: Connection) -> Arc<Connection> {
         let conn = Arc::new(conn);

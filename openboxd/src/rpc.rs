@@ -287,6 +287,8 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
 
 /// A method's parameters, or why they do not fit.
 fn params<T: serde::de::DeserializeOwned>(value: Value, method: &str) -> Result<T, String> {
+    // Parameters left out altogether are no parameters.
+    let value = if value.is_null() { Value::Object(Default::default()) } else { value };
     serde_json::from_value(value).map_err(|e| format!("{method}: {e}"))
 }
 

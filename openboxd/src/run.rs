@@ -54,8 +54,13 @@ pub async fn run(
             };
             Outcome { exit_code: status.exit_code(), signal }
         }
-        // A cancelled call has nobody to tell; an output failure is told by `conclude`.
-        Err(RunError::Ssh(SshError::Cancelled | SshError::Output(_))) => Outcome { exit_code: FAILED, signal: None },
+        // A cancelled call has nobody to tell, nor to write to.
+        Err(RunError::Ssh(SshError::Cancelled)) => {
+            output.abandon();
+            Outcome { exit_code: FAILED, signal: None }
+        }
+        // An output failure is told by `conclude`.
+        Err(RunError::Ssh(SshError::Output(_))) => Outcome { exit_code: FAILED, signal: None },
         Err(e) => {
             output.eprint(&format!("openbox: {e}\n")).await;
             Outcome { exit_code: FAILED, signal: None }

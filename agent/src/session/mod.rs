@@ -70,10 +70,6 @@ pub struct Sessions {
 /// why the shell went; after that it is forgotten and the registry does not grow forever.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-fn unix_now() -> u64 {
-    proto::time::now()
-}
-
 impl Sessions {
     pub fn new(idle_limit: Duration) -> Arc<Sessions> {
         Arc::new(Sessions { slots: Mutex::default(), ended_reports: Mutex::default(), idle_limit })
@@ -102,7 +98,7 @@ impl Sessions {
             // A busy session is in use right now.
             let (live, last_used) = match slot.try_lock() {
                 Ok(s) => (s.shell.is_some(), s.last_used),
-                Err(_) => (true, unix_now()),
+                Err(_) => (true, proto::time::now()),
             };
             if live {
                 out.push(SessionReport { user: key.0, id: key.1, state: "active".into(), last_used });
@@ -207,18 +203,18 @@ impl Sessions {
                 Ok(shell) => {
                     s.shell = Some(shell);
                     s.isolation = isolation.clone();
-                    s.created = unix_now();
+                    s.created = proto::time::now();
                 }
                 Err(e) => {
                     return out.refuse(&format!("cannot start a shell for session {id}: {e}; nothing was run")).await;
                 }
             }
         }
-        s.last_used = unix_now();
+        s.last_used = proto::time::now();
         s.idle_since = None;
         let shell = s.shell.as_mut().expect("just ensured");
         let outcome = run_framed(shell, command, timeout, out, &mut input).await;
-        s.last_used = unix_now();
+        s.last_used = proto::time::now();
         s.idle_since = Some(Instant::now());
         let outcome = match outcome {
             Framed::Done(code) => Outcome::Code(code),
