@@ -203,6 +203,32 @@ def throughput(argv, nbytes, env=None):
     return nbytes / (time.perf_counter() - start) / 1e6
 
 
+def make_tree(root):
+    os.makedirs(os.path.join(root, "small"))
+    with open(os.path.join(root, "big.bin"), "wb") as f:
+        f.write(os.urandom(200_000_000))
+    for i in range(500):
+        with open(os.path.join(root, "small", f"f{i}.txt"), "w") as f:
+            f.write(f"file {i}\n" * (i + 1))
+    for dirpath, _, files in os.walk(root):  # readable by the ssh user
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    os.chmod(os.path.dirname(root), 0o755)
+
+
+def rsync_pull(args, tmp, env=None):
+    """Seconds for one `rsync -a` of the tree into a fresh directory (checked complete)."""
+    dst = tempfile.mkdtemp(dir=tmp)
+    start = time.perf_counter()
+    subprocess.run(["rsync", "-a"] + args + [dst + "/"], env=env, check=True)
+    took = time.perf_counter() - start
+    if os.path.getsize(os.path.join(dst, "big.bin")) != 200_000_000 or len(os.listdir(os.path.join(dst, "small"))) != 500:
+        sys.exit(f"rsync into {dst} is incomplete")
+    shutil.rmtree(dst)
+    return took
+
+
 def concurrent_rate(argv, loops, seconds, env=None):
     count = [0] * loops
     deadline = time.perf_counter() + seconds
@@ -318,6 +344,17 @@ def main():
         mb_aes = throughput(master_aes, args.bytes)
         rows.append((f"stdout throughput, both {AES}", f"{mb_ob:.0f} MB/s", f"{mb_aes:.0f} MB/s", "",
                      f"{mb_ob / mb_aes:.2f}x ControlMaster"))
+
+        # rsync pulling a tree (one 200 MB file and 500 small ones), openbox as its remote
+        # shell against ssh through the ControlMaster: a real client on non-blocking stdio.
+        src = os.path.join(tmp, "rsync-src")
+        make_tree(src)
+        ob_shell = f"{BIN}/openbox -t"
+        cm_shell = " ".join(master[:-1])
+        t_rs_ob = rsync_pull(["-e", ob_shell, f"local:{src}/"], tmp, env)
+        t_rs_cm = rsync_pull(["-e", cm_shell, f"{USER}@127.0.0.1:{src}/"], tmp)
+        rows.append(("rsync pull, 200 MB + 500 files", ms(t_rs_ob), ms(t_rs_cm), "",
+                     f"{t_rs_ob / t_rs_cm:.2f}x ControlMaster"))
 
         r_ob = concurrent_rate(ob + ["true"], 8, args.seconds, env)
         r_cm = concurrent_rate(master + ["true"], 8, args.seconds)
