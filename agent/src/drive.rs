@@ -3,6 +3,7 @@
 //! streamed back separately, the caller's signals passed on, a timeout, the caller going
 //! away, and the exit status reported last.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use russh::{ChannelMsg, Sig};
@@ -59,25 +60,37 @@ pub async fn run(
     let mut stdin = Some(feed(stdin));
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let (mut timed_out, mut input_open) = (false, true);
+    // Once the caller is gone its window never opens again: the rest of the output is
+    // drained here and dropped, never waited on.
+    let mut gone = false;
+    // What the caller sent while output waited for room; handled next, in order.
+    let mut pending: VecDeque<ChannelMsg> = VecDeque::new();
     // Output is drained until it all ends, as sshd does; the status is sent last.
     let ended = loop {
+        let (mut stdout_lost, mut caller_gone) = (false, false);
         tokio::select! {
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && !timed_out => {
                 timed_out = true;
                 command.stop().await;
             },
             step = command.next() => match step {
-                Step::Stdout(data) => {
-                    if !out.stdout(data).await {
-                        command.stdout_lost().await;
-                    }
-                }
+                // A caller that stops reading (its window stays shut) and then goes away
+                // must still be noticed: while output waits for room, the caller's
+                // messages are watched too.
+                Step::Stdout(_) | Step::Stderr(_) if gone => {}
+                Step::Stdout(data) => match deliver(out.stdout(data), &mut input, &mut input_open, &mut pending).await {
+                    Some(true) => {}
+                    Some(false) => stdout_lost = true,
+                    None => caller_gone = true,
+                },
                 Step::Stderr(data) => {
-                    out.stderr(data).await;
+                    if deliver(out.stderr(data), &mut input, &mut input_open, &mut pending).await.is_none() {
+                        caller_gone = true;
+                    }
                 }
                 Step::Ended(ended) => break ended,
             },
-            msg = input.recv(), if input_open => match msg {
+            msg = next_message(&mut pending, &mut input), if input_open || !pending.is_empty() => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     if let Some(tx) = &stdin && tx.send(data).is_err() { stdin = None; }
                 }
@@ -87,9 +100,17 @@ pub async fn run(
                     // The caller is gone: nobody will read the rest.
                     command.stop().await;
                     input_open = false;
+                    gone = true;
                 }
                 Some(_) => {}
             },
+        }
+        if stdout_lost {
+            command.stdout_lost().await;
+        }
+        if caller_gone {
+            gone = true;
+            command.stop().await;
         }
     };
     if timed_out {
@@ -105,6 +126,37 @@ pub async fn run(
         }
     };
     out.finish(outcome).await;
+}
+
+/// Waits for `write` (output waiting for window room), keeping the caller's messages for
+/// later — except the caller going away, which ends the wait: then `None`.
+async fn deliver(
+    write: impl std::future::Future<Output = bool>,
+    input: &mut Messages,
+    input_open: &mut bool,
+    pending: &mut VecDeque<ChannelMsg>,
+) -> Option<bool> {
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            written = &mut write => return Some(written),
+            msg = input.recv(), if *input_open => match msg {
+                Some(ChannelMsg::Close) | None => {
+                    *input_open = false;
+                    return None;
+                }
+                Some(msg) => pending.push_back(msg),
+            },
+        }
+    }
+}
+
+/// The caller's next message: one kept while output waited, else a new one.
+async fn next_message(pending: &mut VecDeque<ChannelMsg>, input: &mut Messages) -> Option<ChannelMsg> {
+    match pending.pop_front() {
+        Some(msg) => Some(msg),
+        None => input.recv().await,
+    }
 }
 
 /// Writes the caller's input to `stdin` from a task of its own, so a command that does

@@ -607,3 +607,144 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub use proto::time::now;
+
+/// A Headscale control server on 127.0.0.1 (plain http, its embedded DERP relay), in a
+/// temporary directory of its own, stopped when dropped. The binary comes from
+/// `scripts/test-headscale` (built once, cached).
+pub struct Headscale {
+    proc: Option<Proc>,
+    bin: PathBuf,
+    dir: TempDir,
+    /// `http://127.0.0.1:PORT`: the control URL nodes use.
+    pub url: String,
+}
+
+impl Headscale {
+    pub fn start() -> Headscale {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-headscale");
+        let out = Command::new(&script).output().expect("run scripts/test-headscale");
+        assert!(
+            out.status.success(),
+            "scripts/test-headscale failed (the mesh tests need Go >= 1.25 and the Go module proxy):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (http, grpc, stun) = (port(), port(), port());
+        let d = dir.path().display();
+        let url = format!("http://127.0.0.1:{http}");
+        let config = format!(
+            r#"server_url: {url}
+listen_addr: 127.0.0.1:{http}
+metrics_listen_addr: ""
+grpc_listen_addr: 127.0.0.1:{grpc}
+grpc_allow_insecure: false
+noise:
+  private_key_path: {d}/noise_private.key
+prefixes:
+  v4: 100.64.0.0/10
+  v6: fd7a:115c:a1e0::/48
+  allocation: sequential
+derp:
+  server:
+    enabled: true
+    region_id: 999
+    region_code: test
+    region_name: test
+    stun_listen_addr: 127.0.0.1:{stun}
+    private_key_path: {d}/derp_server_private.key
+    automatically_add_embedded_derp_region: true
+    ipv4: 127.0.0.1
+  urls: []
+  paths: []
+  auto_update_enabled: false
+  update_frequency: 24h
+disable_check_updates: true
+ephemeral_node_inactivity_timeout: 30m
+database:
+  type: sqlite
+  sqlite:
+    path: {d}/db.sqlite
+    write_ahead_log: true
+log:
+  level: info
+  format: text
+policy:
+  mode: file
+  path: ""
+dns:
+  magic_dns: false
+  override_local_dns: false
+  base_domain: tailnet.test
+  nameservers:
+    global: []
+unix_socket: {d}/headscale.sock
+unix_socket_permission: "0770"
+"#
+        );
+        std::fs::write(dir.path().join("config.yaml"), config).expect("write config");
+        let mut hs = Headscale { proc: None, bin, dir, url };
+        hs.spawn();
+        hs
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-c").arg(self.dir.path().join("config.yaml")).arg("serve");
+        self.proc = Some(Proc::spawn(cmd, self.dir.path().join("headscale.log")));
+        let health = format!("{}/health", self.url);
+        wait_until("Headscale to answer", || {
+            Command::new("curl").args(["-fs", "-o", "/dev/null", &health]).status().is_ok_and(|s| s.success())
+        });
+    }
+
+    /// Stops it and starts it again on the same address with the same state.
+    pub fn restart(&mut self) {
+        stop(&mut self.proc);
+        self.spawn();
+    }
+
+    /// Runs a `headscale` command against this server; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.dir.path().join("config.yaml"))
+            .args(args)
+            .output()
+            .expect("run headscale");
+        assert!(out.status.success(), "headscale {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// A reusable pre-authorized key for `user` (created if need be), valid for an hour.
+    pub fn auth_key(&self, user: &str) -> String {
+        let users: serde_json::Value = serde_json::from_str(&self.cli(&["users", "list", "-o", "json"])).expect("json");
+        let known = users.as_array().into_iter().flatten().find(|u| u["name"] == user).and_then(|u| u["id"].as_u64());
+        let id = match known {
+            Some(id) => id,
+            None => {
+                let made: serde_json::Value =
+                    serde_json::from_str(&self.cli(&["users", "create", user, "-o", "json"])).expect("json");
+                made["id"].as_u64().expect("user id")
+            }
+        };
+        let key: serde_json::Value = serde_json::from_str(&self.cli(&[
+            "preauthkeys",
+            "create",
+            "-u",
+            &id.to_string(),
+            "--reusable",
+            "-e",
+            "1h",
+            "-o",
+            "json",
+        ]))
+        .expect("json");
+        key["key"].as_str().expect("key").to_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("headscale.log")).unwrap_or_default()
+    }
+}

@@ -287,10 +287,7 @@ impl Started {
         let ended = loop {
             let msg = tokio::select! {
                 m = read.wait() => m,
-                _ = &mut cancel => {
-                    let _ = write.close().await;
-                    break Err(SshError::Cancelled);
-                }
+                _ = &mut cancel => break Err(SshError::Cancelled),
             };
             // Output that cannot be delivered is never dropped quietly: the command stops,
             // as a local one would on SIGPIPE, and the caller hears why. A caller that
@@ -309,10 +306,7 @@ impl Started {
             };
             match delivered {
                 Some(Ok(())) => continue,
-                Some(Err(why)) => {
-                    let _ = write.close().await;
-                    break Err(why.map_or(SshError::Cancelled, SshError::Output));
-                }
+                Some(Err(why)) => break Err(why.map_or(SshError::Cancelled, SshError::Output)),
                 None => {}
             }
             match msg {
@@ -326,6 +320,13 @@ impl Started {
             }
         };
         feeder.abort();
+        if ended.is_err() {
+            // Stop the command: closing the channel makes the agent end it. Our read half
+            // goes first, so that russh's connection loop, which may be waiting to hand us
+            // more output, is free to send the close.
+            drop(read);
+            let _ = tokio::time::timeout(Duration::from_secs(5), write.close()).await;
+        }
         ended?;
         status.ok_or_else(|| SshError::Lost {
             node: self.node.clone(),

@@ -1,0 +1,88 @@
+//! Builds `go/` (our libtailscale over tsnet) as a c-archive into OUT_DIR and links it —
+//! only with the `mesh` feature. Cargo reruns this only when the Go sources change, and Go's
+//! own build cache makes a rebuild cheap.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Tailscale features left out of the build: each would reach beyond the control server and
+/// the peers openbox is given (captive-portal probes of Tailscale's own hosts, NAT-PMP and
+/// UPnP to the LAN gateway, cloud metadata services, log upload, update checks), or serves
+/// nothing openbox uses. Smaller, too.
+const OMITTED: [&str; 17] = [
+    "captiveportal",
+    "portmapper",
+    "logtail",
+    "clientupdate",
+    "cloud",
+    "aws",
+    "kube",
+    "synology",
+    "tpm",
+    "drive",
+    "taildrop",
+    "ssh",
+    "webclient",
+    "doctor",
+    "bird",
+    "capture",
+    "wakeonlan",
+];
+
+fn main() {
+    let go_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir")).join("go");
+    for f in ["tailscale.go", "tailscale.h", "envfirst/envfirst.go", "go.mod", "go.sum"] {
+        println!("cargo:rerun-if-changed={}", go_dir.join(f).display());
+    }
+    println!("cargo:rerun-if-env-changed=GO");
+    if std::env::var_os("CARGO_FEATURE_MESH").is_none() {
+        return;
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
+    check_go(&go);
+    let status = Command::new(&go)
+        .args([
+            "build",
+            "-buildmode=c-archive",
+            "-trimpath",
+            "-tags",
+            &OMITTED.map(|f| format!("ts_omit_{f}")).join(","),
+        ])
+        .arg("-o")
+        .arg(out.join("libopenbox_tailscale.a"))
+        .arg(".")
+        .current_dir(&go_dir)
+        .env("CGO_ENABLED", "1")
+        // Every module is pinned in go.mod/go.sum: never resolve versions, never fetch a
+        // toolchain.
+        .env("GOFLAGS", "-mod=readonly -buildvcs=false")
+        .env("GOTOOLCHAIN", "local")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run `{go}` ({e}): the mesh needs Go >= 1.25 with cgo (see README)"));
+    assert!(status.success(), "building the Go side of the mesh failed (see above)");
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=openbox_tailscale");
+    println!("cargo:rustc-link-lib=dylib=pthread");
+    println!("cargo:rustc-link-lib=dylib=resolv");
+    println!("cargo:include={}", go_dir.display());
+}
+
+/// Fails the build with a clear message unless `go` is at least 1.25.
+fn check_go(go: &str) {
+    let text = Command::new(go)
+        .args(["env", "GOVERSION"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| panic!("`{go}` was not found: the mesh needs Go >= 1.25 with cgo (see README), or build with --no-default-features"));
+    let minor = text
+        .strip_prefix("go1.")
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|m| m.parse::<u32>().ok());
+    match minor {
+        Some(m) if m >= 25 => {}
+        _ => panic!("{text} is too old: the mesh needs Go >= 1.25 with cgo (see README)"),
+    }
+}

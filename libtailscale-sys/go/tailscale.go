@@ -1,0 +1,393 @@
+// Command libtailscale exports Tailscale's libtailscale C API (tailscale.h) over tsnet, as
+// a c-archive linked into openbox's Rust binaries. Same names and semantics as upstream:
+// handles are small integers; listeners and connections are file descriptors (one end of
+// a socketpair bridged to the tailnet connection), so the caller can poll them.
+package main
+
+// #include <stdlib.h>
+// #include <string.h>
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	_ "openbox/libtailscale/envfirst" // must stay the first thing initialized
+
+	"tailscale.com/envknob"
+	"tailscale.com/tsnet"
+)
+
+func main() {}
+
+type server struct {
+	s       *tsnet.Server
+	mu      sync.Mutex
+	lastErr string
+	logOut  io.Writer
+}
+
+var (
+	mu       sync.Mutex
+	servers        = map[C.int]*server{}
+	nextID   C.int = 1
+	remoteOf       = map[C.int]string{} // accepted connection fd → remote address, until asked for
+)
+
+func get(sd C.int) *server {
+	mu.Lock()
+	defer mu.Unlock()
+	return servers[sd]
+}
+
+func (s *server) fail(err error) C.int {
+	s.mu.Lock()
+	s.lastErr = err.Error()
+	s.mu.Unlock()
+	return -1
+}
+
+//export tailscale_new
+func tailscale_new() C.int {
+	envknob.SetNoLogsNoSupport() // also set before any package read it (envfirst)
+	mu.Lock()
+	defer mu.Unlock()
+	id := nextID
+	nextID++
+	srv := &server{s: &tsnet.Server{}, logOut: io.Discard}
+	logf := func(format string, args ...any) {
+		srv.mu.Lock()
+		out := srv.logOut
+		srv.mu.Unlock()
+		fmt.Fprintf(out, format+"\n", args...)
+	}
+	srv.s.Logf = logf
+	srv.s.UserLogf = logf
+	servers[id] = srv
+	return id
+}
+
+func setString(sd C.int, value *C.char, set func(*tsnet.Server, string)) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	set(srv.s, C.GoString(value))
+	return 0
+}
+
+//export tailscale_set_dir
+func tailscale_set_dir(sd C.int, dir *C.char) C.int {
+	return setString(sd, dir, func(s *tsnet.Server, v string) { s.Dir = v })
+}
+
+//export tailscale_set_hostname
+func tailscale_set_hostname(sd C.int, hostname *C.char) C.int {
+	return setString(sd, hostname, func(s *tsnet.Server, v string) { s.Hostname = v })
+}
+
+//export tailscale_set_authkey
+func tailscale_set_authkey(sd C.int, authkey *C.char) C.int {
+	return setString(sd, authkey, func(s *tsnet.Server, v string) { s.AuthKey = v })
+}
+
+// tailscale_set_control_url sets the coordination server. One served over plain http
+// (Headscale on a LAN) serves its embedded DERP relay over plain http too, so DERP is
+// then spoken over http for the whole process.
+//
+//export tailscale_set_control_url
+func tailscale_set_control_url(sd C.int, url *C.char) C.int {
+	return setString(sd, url, func(s *tsnet.Server, v string) {
+		s.ControlURL = v
+		if strings.HasPrefix(v, "http://") {
+			envknob.Setenv("TS_DEBUG_USE_DERP_HTTP", "true")
+		}
+	})
+}
+
+//export tailscale_set_ephemeral
+func tailscale_set_ephemeral(sd C.int, ephemeral C.int) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	srv.s.Ephemeral = ephemeral != 0
+	return 0
+}
+
+// tailscale_set_logfd sends the node's logs to fd (which it then owns); -1 discards them.
+//
+//export tailscale_set_logfd
+func tailscale_set_logfd(sd C.int, fd C.int) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	var out io.Writer = io.Discard
+	if fd >= 0 {
+		out = os.NewFile(uintptr(fd), "tailscale-log")
+	}
+	srv.mu.Lock()
+	srv.logOut = out
+	srv.mu.Unlock()
+	return 0
+}
+
+//export tailscale_start
+func tailscale_start(sd C.int) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	if err := srv.s.Start(); err != nil {
+		return srv.fail(err)
+	}
+	return 0
+}
+
+// tailscale_up starts the node and waits until it is running on the tailnet.
+//
+//export tailscale_up
+func tailscale_up(sd C.int) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	if _, err := srv.s.Up(context.Background()); err != nil {
+		return srv.fail(err)
+	}
+	return 0
+}
+
+//export tailscale_close
+func tailscale_close(sd C.int) C.int {
+	mu.Lock()
+	srv := servers[sd]
+	delete(servers, sd)
+	mu.Unlock()
+	if srv == nil {
+		return -1
+	}
+	if err := srv.s.Close(); err != nil {
+		return srv.fail(err)
+	}
+	return 0
+}
+
+func writeString(buf *C.char, buflen C.size_t, value string) C.int {
+	if buflen == 0 || C.size_t(len(value))+1 > buflen {
+		return C.int(syscall.ERANGE)
+	}
+	out := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(buflen))
+	copy(out, value)
+	out[len(value)] = 0
+	return 0
+}
+
+// tailscale_getips writes the node's tailnet addresses, comma-separated.
+//
+//export tailscale_getips
+func tailscale_getips(sd C.int, buf *C.char, buflen C.size_t) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	ip4, ip6 := srv.s.TailscaleIPs()
+	list := ""
+	if ip4.IsValid() {
+		list = ip4.String()
+	}
+	if ip6.IsValid() {
+		if list != "" {
+			list += ","
+		}
+		list += ip6.String()
+	}
+	if list == "" {
+		return srv.fail(fmt.Errorf("the node has no tailnet address yet; is it up?"))
+	}
+	if rc := writeString(buf, buflen, list); rc != 0 {
+		return srv.fail(fmt.Errorf("buffer too small for %q", list))
+	}
+	return 0
+}
+
+//export tailscale_errmsg
+func tailscale_errmsg(sd C.int, buf *C.char, buflen C.size_t) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return writeString(buf, buflen, "no such tailscale server")
+	}
+	srv.mu.Lock()
+	msg := srv.lastErr
+	srv.mu.Unlock()
+	return writeString(buf, buflen, msg)
+}
+
+// bridge makes a socketpair, copies between one end and conn until either side ends, and
+// returns the other end's fd for the caller.
+func bridge(conn net.Conn) (C.int, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	ours := os.NewFile(uintptr(fds[0]), "tailscale-conn")
+	local, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		syscall.Close(fds[1])
+		return -1, err
+	}
+	go func() {
+		io.Copy(conn, local)
+		if c, ok := conn.(interface{ CloseWrite() error }); ok {
+			c.CloseWrite()
+		} else {
+			conn.Close()
+		}
+	}()
+	go func() {
+		io.Copy(local, conn)
+		local.(*net.UnixConn).CloseWrite()
+	}()
+	return C.int(fds[1]), nil
+}
+
+//export tailscale_dial
+func tailscale_dial(sd C.int, network *C.char, addr *C.char, connOut *C.int) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	conn, err := srv.s.Dial(context.Background(), C.GoString(network), C.GoString(addr))
+	if err != nil {
+		return srv.fail(err)
+	}
+	fd, err := bridge(conn)
+	if err != nil {
+		conn.Close()
+		return srv.fail(err)
+	}
+	*connOut = fd
+	return 0
+}
+
+// tailscale_listen listens on the tailnet; each accepted connection's fd is passed over
+// the returned listener fd (SCM_RIGHTS), where tailscale_accept receives it.
+//
+//export tailscale_listen
+func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.int) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	ln, err := srv.s.Listen(C.GoString(network), C.GoString(addr))
+	if err != nil {
+		return srv.fail(err)
+	}
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		ln.Close()
+		return srv.fail(err)
+	}
+	ours, theirs := fds[0], fds[1]
+	go func() {
+		defer syscall.Close(ours)
+		defer ln.Close()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fd, err := bridge(conn)
+			if err != nil {
+				conn.Close()
+				continue
+			}
+			// The remote address travels with the descriptor.
+			rights := syscall.UnixRights(int(fd))
+			err = syscall.Sendmsg(ours, []byte(conn.RemoteAddr().String()), rights, nil, 0)
+			syscall.Close(int(fd))
+			if err != nil { // the caller closed its listener
+				return
+			}
+		}
+	}()
+	*listenerOut = C.int(theirs)
+	return 0
+}
+
+// tailscale_accept waits for the next connection on a listener fd.
+//
+//export tailscale_accept
+func tailscale_accept(listener C.int, connOut *C.int) C.int {
+	buf := make([]byte, 256)
+	oob := make([]byte, syscall.CmsgSpace(4))
+	n, oobn, _, _, err := syscall.Recvmsg(int(listener), buf, oob, syscall.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return C.int(err.(syscall.Errno))
+	}
+	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) == 0 {
+		return C.int(syscall.EBADMSG)
+	}
+	fds, err := syscall.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) == 0 {
+		return C.int(syscall.EBADMSG)
+	}
+	mu.Lock()
+	remoteOf[C.int(fds[0])] = string(buf[:n])
+	mu.Unlock()
+	*connOut = C.int(fds[0])
+	return 0
+}
+
+// tailscale_getremoteaddr writes the tailnet address a connection accepted on listener
+// came from. It can be asked once per connection (then it is forgotten, so that a
+// long-lived listener keeps nothing per connection).
+//
+//export tailscale_getremoteaddr
+func tailscale_getremoteaddr(listener C.int, conn C.int, buf *C.char, buflen C.size_t) C.int {
+	mu.Lock()
+	addr, ok := remoteOf[conn]
+	delete(remoteOf, conn)
+	mu.Unlock()
+	if !ok {
+		return C.int(syscall.EBADF)
+	}
+	return writeString(buf, buflen, addr)
+}
+
+func init() {
+	log.SetOutput(io.Discard) // tsnet's fallback logger, when no log fd is set
+}
+
+// tailscale_loopback starts a SOCKS5 proxy and LocalAPI server on the host's loopback
+// interface; it writes their address and the two credentials (each buffer at least 33
+// bytes: 32 characters and a NUL).
+//
+//export tailscale_loopback
+func tailscale_loopback(sd C.int, addrOut *C.char, addrLen C.size_t, proxyCredOut *C.char, localAPICredOut *C.char) C.int {
+	srv := get(sd)
+	if srv == nil {
+		return -1
+	}
+	addr, proxyCred, localAPICred, err := srv.s.Loopback()
+	if err != nil {
+		return srv.fail(err)
+	}
+	if writeString(addrOut, addrLen, addr) != 0 ||
+		writeString(proxyCredOut, 33, proxyCred) != 0 ||
+		writeString(localAPICredOut, 33, localAPICred) != 0 {
+		return srv.fail(fmt.Errorf("loopback: an output buffer is too small"))
+	}
+	return 0
+}

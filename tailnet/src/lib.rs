@@ -1,0 +1,260 @@
+//! A tailnet node inside this process: join a tailnet (Tailscale or Headscale), listen and
+//! dial on it, with no system Tailscale install. The safe async wrapper over
+//! `openbox-libtailscale-sys`; every `unsafe` block of the mesh is here or there.
+//!
+//! Blocking C calls run on threads of their own, never on the async runtime; listeners are
+//! file descriptors polled with tokio's `AsyncFd`; connections are Unix stream sockets
+//! bridged to the tailnet by the Go side. Go's logs go to `tracing` (target `tailscale`).
+//! The Go side never uploads logs, never uses Tailscale's public servers for bootstrap, and
+//! never reads `TS_AUTHKEY`-style variables: credentials come only through [`Config`].
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::raw::{c_char, c_int};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libtailscale_sys as sys;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
+
+/// An auth key; its `Debug` never shows it.
+#[derive(Clone)]
+pub struct AuthKey(String);
+
+impl AuthKey {
+    pub fn new(key: impl Into<String>) -> AuthKey {
+        AuthKey(key.into())
+    }
+}
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthKey(<secret>)")
+    }
+}
+
+/// How a node joins its tailnet.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the node keeps its state (its identity on the tailnet survives restarts).
+    pub dir: PathBuf,
+    pub hostname: String,
+    /// The coordination server, e.g. `https://headscale.example` or Tailscale's.
+    pub control_url: String,
+    /// Needed only the first time (or after the state is lost).
+    pub auth_key: Option<AuthKey>,
+    /// Removed from the tailnet soon after it goes away.
+    pub ephemeral: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailnetError {
+    #[error("{what}: {why}")]
+    Failed { what: &'static str, why: String },
+    #[error("the tailnet node did not come up within {}s{}", .0.as_secs(), last_words(.1))]
+    UpTimeout(Duration, String),
+    #[error("{0} must not contain a NUL byte")]
+    Nul(&'static str),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn last_words(log: &str) -> String {
+    if log.is_empty() { String::new() } else { format!(" (its last log line: {log})") }
+}
+
+/// A tailnet node. Dropping it leaves the tailnet (unless `up` is still running, which
+/// must not be raced: then it stays until the process ends).
+pub struct Node {
+    sd: sys::tailscale,
+    coming_up: Arc<AtomicBool>,
+    last_log: Arc<Mutex<String>>,
+}
+
+fn cstr(what: &'static str, s: &str) -> Result<CString, TailnetError> {
+    CString::new(s).map_err(|_| TailnetError::Nul(what))
+}
+
+impl Node {
+    /// Configures a node (nothing is sent before [`Node::up`]).
+    pub fn new(config: &Config) -> Result<Node, TailnetError> {
+        std::fs::create_dir_all(&config.dir)?;
+        let dir = cstr("the state directory", &config.dir.to_string_lossy())?;
+        let hostname = cstr("the host name", &config.hostname)?;
+        let control = cstr("the control URL", &config.control_url)?;
+        let key = config.auth_key.as_ref().map(|k| cstr("the auth key", &k.0)).transpose()?;
+        // SAFETY: plain calls with valid NUL-terminated strings; the handle is ours.
+        let sd = unsafe { sys::tailscale_new() };
+        let node = Node { sd, coming_up: Arc::default(), last_log: Arc::default() };
+        let set = |what: &'static str, rc: c_int| if rc == 0 { Ok(()) } else { Err(node.error(what)) };
+        unsafe {
+            set("setting the state directory", sys::tailscale_set_dir(sd, dir.as_ptr()))?;
+            set("setting the host name", sys::tailscale_set_hostname(sd, hostname.as_ptr()))?;
+            set("setting the control URL", sys::tailscale_set_control_url(sd, control.as_ptr()))?;
+            set("setting ephemeral", sys::tailscale_set_ephemeral(sd, c_int::from(config.ephemeral)))?;
+            if let Some(key) = &key {
+                set("setting the auth key", sys::tailscale_set_authkey(sd, key.as_ptr()))?;
+            }
+        }
+        let log_fd = node.route_logs()?;
+        // SAFETY: the Go side takes ownership of the descriptor.
+        set("routing the logs", unsafe { sys::tailscale_set_logfd(sd, log_fd) })?;
+        Ok(node)
+    }
+
+    /// A pipe whose read end feeds Go's log lines into `tracing`; returns the write end.
+    fn route_logs(&self) -> Result<RawFd, TailnetError> {
+        let (reader, writer) = std::io::pipe()?;
+        let last = self.last_log.clone();
+        std::thread::Builder::new().name("tailscale-log".into()).spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                tracing::debug!(target: "tailscale", "{line}");
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = line;
+            }
+        })?;
+        Ok(OwnedFd::from(writer).into_raw_fd())
+    }
+
+    /// Joins the tailnet and waits until the node is running on it, for at most `deadline`.
+    pub async fn up(&self, deadline: Duration) -> Result<(), TailnetError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (sd, coming_up) = (self.sd, self.coming_up.clone());
+        coming_up.store(true, Ordering::SeqCst);
+        std::thread::Builder::new().name("tailscale-up".into()).spawn(move || {
+            // SAFETY: a plain call on our handle; `Drop` does not close it meanwhile.
+            let rc = unsafe { sys::tailscale_up(sd) };
+            coming_up.store(false, Ordering::SeqCst);
+            let _ = tx.send(rc);
+        })?;
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(0)) => Ok(()),
+            Ok(_) => Err(self.error("joining the tailnet")),
+            Err(_) => Err(TailnetError::UpTimeout(deadline, self.last_log())),
+        }
+    }
+
+    /// The node's tailnet addresses (IPv4 first).
+    pub fn ips(&self) -> Result<Vec<IpAddr>, TailnetError> {
+        let mut buf = [0 as c_char; 256];
+        // SAFETY: the buffer and its length match.
+        if unsafe { sys::tailscale_getips(self.sd, buf.as_mut_ptr(), buf.len()) } != 0 {
+            return Err(self.error("reading the tailnet addresses"));
+        }
+        let text = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+        Ok(text.split(',').filter_map(|ip| ip.parse().ok()).collect())
+    }
+
+    /// Listens on the tailnet, e.g. on `:22`.
+    pub fn listen(&self, addr: &str) -> Result<Listener, TailnetError> {
+        let (network, addr) = (cstr("the network", "tcp")?, cstr("the address", addr)?);
+        let mut fd: c_int = -1;
+        // SAFETY: valid strings and an out pointer to a local.
+        if unsafe { sys::tailscale_listen(self.sd, network.as_ptr(), addr.as_ptr(), &mut fd) } != 0 {
+            return Err(self.error("listening on the tailnet"));
+        }
+        // SAFETY: the descriptor is new and ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        set_nonblocking(&fd)?;
+        // SAFETY: an OwnedFd keeps its one descriptor open until the AsyncFd drops it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| TailnetError::Io(e.into()))?;
+        Ok(Listener { fd })
+    }
+
+    /// Opens a TCP connection to `addr` (`IP:PORT`) over the tailnet.
+    pub async fn dial(&self, addr: &str) -> Result<UnixStream, TailnetError> {
+        let (network, addr) = (cstr("the network", "tcp")?, cstr("the address", addr)?);
+        let sd = self.sd;
+        let (rc, fd) = tokio::task::spawn_blocking(move || {
+            let mut fd: c_int = -1;
+            // SAFETY: valid strings and an out pointer to a local.
+            let rc = unsafe { sys::tailscale_dial(sd, network.as_ptr(), addr.as_ptr(), &mut fd) };
+            (rc, fd)
+        })
+        .await
+        .map_err(|e| TailnetError::Failed { what: "dialing over the tailnet", why: e.to_string() })?;
+        if rc != 0 {
+            return Err(self.error("dialing over the tailnet"));
+        }
+        // SAFETY: the descriptor is new and ours.
+        stream(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn last_log(&self) -> String {
+        self.last_log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The Go side's last error for this node, as a typed error.
+    fn error(&self, what: &'static str) -> TailnetError {
+        let mut buf = [0 as c_char; 1024];
+        // SAFETY: the buffer and its length match.
+        unsafe { sys::tailscale_errmsg(self.sd, buf.as_mut_ptr(), buf.len()) };
+        let why = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+        TailnetError::Failed { what, why: if why.is_empty() { "unknown error".into() } else { why } }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.coming_up.load(Ordering::SeqCst) {
+            return; // closing must not race `up`
+        }
+        // SAFETY: the handle is ours and used by no one else any more.
+        unsafe { sys::tailscale_close(self.sd) };
+    }
+}
+
+/// Accepts connections that come to a node over the tailnet.
+pub struct Listener {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Listener {
+    /// The next connection and the tailnet address it came from.
+    pub async fn accept(&self) -> Result<(UnixStream, String), TailnetError> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let got = guard.try_io(|fd| {
+                let mut conn: c_int = -1;
+                // SAFETY: a readable listener descriptor and an out pointer to a local.
+                match unsafe { sys::tailscale_accept(fd.get_ref().as_raw_fd(), &mut conn) } {
+                    0 => Ok(conn),
+                    errno => Err(std::io::Error::from_raw_os_error(errno)),
+                }
+            });
+            let conn = match got {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_would_block) => continue,
+            };
+            let mut buf = [0 as c_char; 128];
+            // SAFETY: the buffer and its length match.
+            let rc = unsafe {
+                sys::tailscale_getremoteaddr(self.fd.get_ref().as_raw_fd(), conn, buf.as_mut_ptr(), buf.len())
+            };
+            let remote = if rc == 0 {
+                unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+            } else {
+                String::new()
+            };
+            // SAFETY: the descriptor was just received and is ours.
+            return Ok((stream(unsafe { OwnedFd::from_raw_fd(conn) })?, remote));
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    let std: std::os::unix::net::UnixStream = fd.try_clone()?.into();
+    std.set_nonblocking(true)
+}
+
+fn stream(fd: OwnedFd) -> Result<UnixStream, TailnetError> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true)?;
+    Ok(UnixStream::from_std(std)?)
+}
