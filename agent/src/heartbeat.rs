@@ -8,18 +8,26 @@ use proto::api::{Heartbeat, HeartbeatReply, Platform};
 
 use crate::server::Shared;
 
+/// Where this node can be dialled: directly (empty when not) and on the tailnet.
+#[derive(Clone, Debug)]
+pub struct Addrs {
+    pub addr: String,
+    pub mesh_addr: Option<String>,
+}
+
 /// How a heartbeat loop ended.
 pub enum Stop {
     /// The control plane removed this node; its identity is no longer valid.
     Revoked(String),
 }
 
-async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatReply, net::control::ControlError> {
+async fn beat(shared: &Shared, addrs: &Addrs, stopping: bool) -> Result<HeartbeatReply, net::control::ControlError> {
     let id = shared.identity();
     let client = net::control::Client::new(&id.server, Some(id.heartbeat_secret.clone()))?;
     let hb = Heartbeat {
         node_id: id.node_id.clone(),
-        addr: addr.to_owned(),
+        addr: addrs.addr.clone(),
+        mesh_addr: addrs.mesh_addr.clone(),
         platform: Platform::this_machine(),
         version: proto::VERSION.to_owned(),
         host_cert_valid_before: id.host_cert.valid_before(),
@@ -36,7 +44,7 @@ async fn beat(shared: &Shared, addr: &str, stopping: bool) -> Result<HeartbeatRe
 /// callers who hold valid certificates.
 pub async fn run(
     shared: Arc<Shared>,
-    addr: String,
+    addrs: Addrs,
     every: Duration,
     agent_dir: std::path::PathBuf,
     ready: impl FnOnce(),
@@ -44,7 +52,7 @@ pub async fn run(
     let mut warned = false;
     let mut ready = Some(ready);
     loop {
-        match beat(&shared, &addr, false).await {
+        match beat(&shared, &addrs, false).await {
             Ok(reply) => {
                 if warned {
                     tracing::info!("control plane reachable again");
@@ -86,6 +94,6 @@ pub async fn run(
 }
 
 /// Tells the control plane this node is stopping, so it shows offline at once.
-pub async fn say_goodbye(shared: &Shared, addr: &str) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), beat(shared, addr, true)).await;
+pub async fn say_goodbye(shared: &Shared, addrs: &Addrs) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), beat(shared, addrs, true)).await;
 }

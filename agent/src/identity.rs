@@ -87,6 +87,7 @@ pub struct EnrollParams<'a> {
     pub token: &'a str,
     pub name: Option<String>,
     pub addr: String,
+    pub mesh_addr: Option<String>,
     pub tags: Vec<String>,
     /// The isolation kinds it can serve now.
     pub capabilities: Vec<String>,
@@ -102,6 +103,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         name: p.name,
         default_name: hostname(),
         addr: p.addr,
+        mesh_addr: p.mesh_addr,
         tags: p.tags,
         platform: Platform::this_machine(),
         host_public_key: host_key.public_key().to_openssh()?,

@@ -36,8 +36,10 @@ pub struct Config {
     pub server: Option<String>,
     /// Enrollment token, needed only the first time.
     pub token: Option<String>,
-    /// Address the SSH server listens on.
-    pub listen: String,
+    /// Address the SSH server listens on over TCP; none for a node on the tailnet only.
+    pub listen: Option<String>,
+    /// Serve on a tailnet too (or only).
+    pub mesh: Option<Mesh>,
     /// Address callers dial, when it differs from the listen address.
     pub advertise: Option<String>,
     pub tags: Vec<String>,
@@ -46,6 +48,62 @@ pub struct Config {
     /// Sessions idle longer than this are reaped.
     pub session_idle: Duration,
 }
+
+/// How the agent joins a tailnet.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    /// The coordination server (Headscale, or Tailscale's).
+    pub control_url: String,
+    /// Needed the first time only: the node keeps its tailnet identity under its dir.
+    pub auth_key: Option<tailnet::AuthKey>,
+    /// The port the SSH server listens on, on the tailnet.
+    pub port: u16,
+}
+
+/// The tailnet settings from the command line and what an earlier start remembered (the
+/// control URL, in `mesh.json` under the agent's dir). The auth key comes from a file or
+/// `OPENBOX_MESH_AUTHKEY`, never from the command line.
+pub fn mesh_settings(
+    dir: &std::path::Path,
+    asked: bool,
+    control_url: Option<String>,
+    authkey_file: Option<&std::path::Path>,
+    port: u16,
+) -> anyhow::Result<Option<Mesh>> {
+    let remembered = paths::agent_mesh(dir);
+    let control_url = match control_url {
+        Some(url) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--mesh-control {url:?}: expected an http:// or https:// URL");
+            }
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(&remembered, serde_json::json!({ "control_url": url }).to_string())
+                .with_context(|| format!("remembering the tailnet in {}", remembered.display()))?;
+            url
+        }
+        None => match std::fs::read_to_string(&remembered) {
+            Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["control_url"].as_str().map(str::to_owned))
+                .with_context(|| format!("{} is damaged; give --mesh-control URL again", remembered.display()))?,
+            Err(_) if asked => bail!("--mesh needs a tailnet: give --mesh-control URL (it is remembered after that)"),
+            Err(_) => return Ok(None),
+        },
+    };
+    let auth_key = match authkey_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the tailnet auth key from {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("OPENBOX_MESH_AUTHKEY").ok().filter(|k| !k.is_empty()),
+    };
+    Ok(Some(Mesh { control_url, auth_key: auth_key.map(tailnet::AuthKey::new), port }))
+}
+
+/// How long joining the tailnet may take at start.
+const MESH_UP: Duration = Duration::from_secs(60);
 
 /// What `run` says once it is serving (printed by the binary; tests wait for it).
 pub fn ready_line(id: &Identity, addr: &str) -> String {
@@ -60,11 +118,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "this node has not enrolled yet: run `openbox agent --server URL --token enroll_…` (an admin mints the token with `openbox node token`)"
         );
     }
-    let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| {
-        format!("cannot listen on {}; is another agent running? (--addr picks another)", config.listen)
-    })?;
-    let bound = listener.local_addr()?;
-    let addr = advertised(bound, config.advertise.as_deref())?;
+    let mut incoming = Vec::new();
+    let mut addr = String::new();
+    if let Some(listen) = &config.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}; is another agent running? (--addr picks another)"))?;
+        addr = advertised(listener.local_addr()?, config.advertise.as_deref())?;
+        incoming.push(server::Incoming::Tcp(listener));
+    }
+    // The tailnet node lives as long as the agent serves on it.
+    let (_tailnet, mesh_addr) = match &config.mesh {
+        Some(mesh) => {
+            let (node, listener, mesh_addr) = join_tailnet(&config, mesh).await?;
+            incoming.push(server::Incoming::Tailnet(listener));
+            (Some(node), Some(mesh_addr))
+        }
+        None => (None, None),
+    };
+    if incoming.is_empty() {
+        bail!("nothing to serve on: give --addr HOST:PORT, or join a tailnet with --mesh-control URL");
+    }
+    let addrs = heartbeat::Addrs { addr: addr.clone(), mesh_addr: mesh_addr.clone() };
 
     let identity = match existing {
         Some(id) => {
@@ -81,6 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 token,
                 name: config.name.clone(),
                 addr: addr.clone(),
+                mesh_addr: mesh_addr.clone(),
                 tags: config.tags.clone(),
                 capabilities: runtimes::Runtimes::probe().await,
             })
@@ -90,7 +166,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             id
         }
     };
-    let ready = ready_line(&identity, &addr);
+    let ready = ready_line(&identity, if addr.is_empty() { mesh_addr.as_deref().unwrap_or_default() } else { &addr });
     let sessions = session::Sessions::new(config.session_idle);
     let reaper = tokio::spawn(sessions.clone().reap_forever());
     let runtimes = runtimes::Runtimes::new(&identity.node_id);
@@ -98,11 +174,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(isolation = ?runtimes.capabilities().await, "this node can run commands under");
     let shared = server::Shared::new(identity, sessions, runtimes);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server::serve(listener, shared.clone(), async {
+    let serving = tokio::spawn(server::serve(incoming, shared.clone(), async {
         let _ = stop_rx.await;
     }));
     let outcome = tokio::select! {
-        stop = heartbeat::run(shared.clone(), addr.clone(), config.heartbeat_every, config.dir.clone(), || println!("{ready}")) => Some(stop),
+        stop = heartbeat::run(shared.clone(), addrs.clone(), config.heartbeat_every, config.dir.clone(), || println!("{ready}")) => Some(stop),
         _ = shutdown => None,
     };
     let _ = stop_tx.send(());
@@ -111,7 +187,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shared.sessions.stop_all().await;
     match outcome {
         None => {
-            heartbeat::say_goodbye(&shared, &addr).await;
+            heartbeat::say_goodbye(&shared, &addrs).await;
             tracing::info!("agent stopped");
             Ok(())
         }
@@ -120,6 +196,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             bail!("{why}; this node's identity has been discarded")
         }
     }
+}
+
+/// Joins the tailnet (state under the agent's dir, so a restart is the same tailnet node)
+/// and listens for SSH there; returns the node, its listener and its tailnet address.
+async fn join_tailnet(config: &Config, mesh: &Mesh) -> anyhow::Result<(tailnet::Node, tailnet::Listener, String)> {
+    let hostname = config.name.clone().unwrap_or_else(|| "openbox-node".into());
+    let node = tailnet::Node::new(&tailnet::Config {
+        dir: config.dir.join("tailnet"),
+        hostname,
+        control_url: mesh.control_url.clone(),
+        auth_key: mesh.auth_key.clone(),
+        ephemeral: false,
+    })?;
+    node.up(MESH_UP).await.with_context(|| format!("joining the tailnet at {}", mesh.control_url))?;
+    let listener = node.listen(&format!(":{}", mesh.port))?;
+    let ip = node.ips()?.into_iter().next().context("the tailnet gave this node no address")?;
+    let mesh_addr = std::net::SocketAddr::new(ip, mesh.port).to_string();
+    tracing::info!(%mesh_addr, control = %mesh.control_url, "on the tailnet");
+    Ok((node, listener, mesh_addr))
 }
 
 fn advertised(bound: SocketAddr, advertise: Option<&str>) -> anyhow::Result<String> {

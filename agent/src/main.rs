@@ -18,9 +18,10 @@ struct Args {
     /// One-time enrollment token (enroll_…), needed only the first time.
     #[arg(long)]
     token: Option<String>,
-    /// Address the agent's SSH server listens on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:7684")]
-    addr: String,
+    /// Address the agent's SSH server listens on over TCP (port 0 picks a free port)
+    /// [default: 127.0.0.1:7684; none when on a tailnet, unless given].
+    #[arg(long)]
+    addr: Option<String>,
     /// Address callers should dial, when it differs from --addr (NAT, 0.0.0.0).
     #[arg(long)]
     advertise: Option<String>,
@@ -36,6 +37,21 @@ struct Args {
     /// Reap a persistent session's shell after it has been idle this long.
     #[arg(long, default_value = "30m", value_parser = proto::parse_duration)]
     session_idle: u64,
+    /// Join this tailnet's coordination server (Headscale or Tailscale) and serve on the
+    /// tailnet; remembered, so later starts rejoin as the same tailnet node.
+    #[arg(long, value_name = "URL")]
+    mesh_control: Option<String>,
+    /// Serve on the tailnet remembered from an earlier --mesh-control (the default when
+    /// there is one).
+    #[arg(long)]
+    mesh: bool,
+    /// File holding the tailnet auth key (needed the first time only; also
+    /// OPENBOX_MESH_AUTHKEY). Never give the key itself on the command line.
+    #[arg(long, value_name = "FILE")]
+    mesh_authkey_file: Option<std::path::PathBuf>,
+    /// The SSH port on the tailnet.
+    #[arg(long, default_value_t = 7684)]
+    mesh_port: u16,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -51,11 +67,28 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let dir = paths::agent_dir();
+    let mesh = match openbox_agent::mesh_settings(
+        &dir,
+        args.mesh,
+        args.mesh_control,
+        args.mesh_authkey_file.as_deref(),
+        args.mesh_port,
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("openbox agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // Without a tailnet, TCP on the default address; on one, TCP only when asked.
+    let listen = args.addr.or_else(|| mesh.is_none().then(|| "127.0.0.1:7684".to_owned()));
     let config = openbox_agent::Config {
-        dir: paths::agent_dir(),
+        dir,
         server: args.server,
         token: args.token,
-        listen: args.addr,
+        listen,
+        mesh,
         advertise: args.advertise,
         tags: args.tags,
         name: args.name,

@@ -3,7 +3,6 @@
 //! in [`crate::exec`].
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -64,40 +63,64 @@ impl Shared {
 }
 
 /// Accepts SSH connections on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
+/// Where the SSH server takes connections from.
+pub enum Incoming {
+    Tcp(TcpListener),
+    Tailnet(tailnet::Listener),
+}
+
+/// Serves SSH on every listener until `shutdown` completes.
+pub async fn serve(incoming: Vec<Incoming>, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    let mut loops = tokio::task::JoinSet::new();
+    for listener in incoming {
+        loops.spawn(accept_loop(listener, shared.clone()));
+    }
+    shutdown.await;
+    loops.abort_all();
+}
+
+async fn accept_loop(listener: Incoming, shared: Arc<Shared>) {
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    stream.set_nodelay(true).ok();
-                    let handler = Connection { shared: shared.clone(), peer, grant: None };
-                    let config = shared.config();
-                    tokio::spawn(async move {
-                        match russh::server::run_stream(config, stream, handler).await {
-                            Ok(session) => {
-                                if let Err(e) = session.await {
-                                    tracing::debug!(%peer, error = %e, "connection ended");
-                                }
-                            }
-                            Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = &mut shutdown => return,
+        let accepted = match &listener {
+            Incoming::Tcp(l) => l.accept().await.map(|(stream, peer)| {
+                stream.set_nodelay(true).ok();
+                spawn_connection(stream, peer.to_string(), &shared);
+            }),
+            Incoming::Tailnet(l) => l
+                .accept()
+                .await
+                .map(|(stream, peer)| spawn_connection(stream, format!("{peer} (tailnet)"), &shared))
+                .map_err(std::io::Error::other),
+        };
+        if let Err(e) = accepted {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+fn spawn_connection<S>(stream: S, peer: String, shared: &Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handler = Connection { shared: shared.clone(), peer: peer.clone(), grant: None };
+    let config = shared.config();
+    tokio::spawn(async move {
+        match russh::server::run_stream(config, stream, handler).await {
+            Ok(session) => {
+                if let Err(e) = session.await {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+        }
+    });
 }
 
 /// One client connection: who it authenticated as, and what its certificate allows.
 struct Connection {
     shared: Arc<Shared>,
-    peer: SocketAddr,
+    peer: String,
     grant: Option<UserGrant>,
 }
 

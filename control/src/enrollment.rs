@@ -68,6 +68,7 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
             tags,
             platform: req.platform,
             addr: req.addr,
+            mesh_addr: req.mesh_addr,
             host_key: host_key.to_openssh().map_err(trust::TrustError::from)?,
             secret_hash: token::hash(secret.expose()),
             last_seen: Some(now()),

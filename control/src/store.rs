@@ -70,6 +70,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: what isolation kinds each node can serve, as its heartbeats say.
     "ALTER TABLE nodes ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[\"native\"]';",
+    // 4: where a node is on the tailnet.
+    "ALTER TABLE nodes ADD COLUMN mesh_addr TEXT;",
 ];
 
 /// A session in the directory.
@@ -98,6 +100,7 @@ pub struct NodeRow {
     pub tags: Vec<String>,
     pub platform: Platform,
     pub addr: String,
+    pub mesh_addr: Option<String>,
     pub host_key: String,
     pub secret_hash: String,
     pub last_seen: Option<u64>,
@@ -116,6 +119,7 @@ impl NodeRow {
             tags: self.tags.clone(),
             platform: self.platform.clone(),
             addr: self.addr.clone(),
+            mesh_addr: self.mesh_addr.clone(),
             online,
             last_seen: self.last_seen,
             created_at: self.created_at,
@@ -334,8 +338,8 @@ impl Store {
             node.name = format!("{base}-{n}");
         }
         conn.execute(
-            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities, mesh_addr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 node.id,
                 node.name,
@@ -347,7 +351,8 @@ impl Store {
                 node.secret_hash,
                 node.last_seen,
                 node.created_at,
-                tags_json(&node.capabilities)
+                tags_json(&node.capabilities),
+                node.mesh_addr
             ],
         )?;
         Ok(node)
@@ -366,11 +371,11 @@ impl Store {
             stopped: r.get(9)?,
             created_at: r.get(10)?,
             capabilities: tags_from(r.get(11)?),
+            mesh_addr: r.get(12)?,
         })
     }
 
-    const NODE_COLUMNS: &'static str =
-        "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities";
+    const NODE_COLUMNS: &'static str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities, mesh_addr";
 
     pub fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
@@ -397,9 +402,19 @@ impl Store {
         // Only kinds this control plane knows how to dispatch are kept.
         let caps = proto::api::known_capabilities(&hb.capabilities);
         self.conn().execute(
-            "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7, capabilities = ?8
-             WHERE id = ?1",
-            params![hb.node_id, hb.addr, hb.platform.os, hb.platform.arch, hb.version, now, hb.stopping, tags_json(&caps)],
+            "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7, capabilities = ?8,
+             mesh_addr = ?9 WHERE id = ?1",
+            params![
+                hb.node_id,
+                hb.addr,
+                hb.platform.os,
+                hb.platform.arch,
+                hb.version,
+                now,
+                hb.stopping,
+                tags_json(&caps),
+                hb.mesh_addr
+            ],
         )?;
         Ok(())
     }
@@ -512,6 +527,7 @@ mod tests {
             tags: vec!["a".into()],
             platform: Platform::this_machine(),
             addr: "127.0.0.1:1".into(),
+            mesh_addr: None,
             host_key: "ssh-ed25519 AAAA".into(),
             secret_hash: "h".into(),
             last_seen: None,

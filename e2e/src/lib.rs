@@ -419,6 +419,13 @@ impl Agent {
         agent
     }
 
+    /// Enrolls a node that is on `hs`'s tailnet only (no TCP listener at all).
+    pub fn enroll_mesh(cp: &ControlPlane, token: &str, hs: &Headscale, auth_key: &str, extra: &[&str]) -> Agent {
+        let mut args = vec!["--mesh-control", hs.url.as_str()];
+        args.extend(extra);
+        Agent::enroll_env(cp, token, &args, &[("OPENBOX_MESH_AUTHKEY", auth_key), MESH_TEST_ENV])
+    }
+
     /// Runs the agent binary in a fresh home until it exits (for refusals).
     pub fn run_to_end(args: &[&str]) -> Out {
         let home = tempfile::tempdir().expect("tempdir");
@@ -433,7 +440,11 @@ impl Agent {
 
     fn start(&mut self, args: &[&str]) {
         let mut cmd = Command::new(bin("openbox-agent"));
-        cmd.env("OPENBOX_HOME", self.home.path()).args(["--addr", "127.0.0.1:0", "--heartbeat", "1s"]).args(args);
+        cmd.env("OPENBOX_HOME", self.home.path()).args(["--heartbeat", "1s"]).args(args);
+        // A TCP listener on a free port, unless this node is on the tailnet only.
+        if !self.env.iter().any(|(k, _)| k == "OPENBOX_MESH_AUTHKEY") {
+            cmd.args(["--addr", "127.0.0.1:0"]);
+        }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut proc = Proc::spawn(cmd, self.home.path().join("agent.log"));
         // "openbox agent: node NAME (ID) serving on ADDR"
@@ -607,6 +618,10 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub use proto::time::now;
+
+/// What tailnet processes in tests need in their environment from the start: their
+/// nodes would otherwise offer each other the machine's own interface addresses.
+pub const MESH_TEST_ENV: (&str, &str) = ("TS_DEBUG_OMIT_LOCAL_ADDRS", "true");
 
 /// A Headscale control server on 127.0.0.1 (plain http, its embedded DERP relay), in a
 /// temporary directory of its own, stopped when dropped. The binary comes from

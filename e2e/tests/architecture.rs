@@ -15,18 +15,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-tailnet", &["openbox-libtailscale-sys"]),
     ("openbox-telemetry", &[]),
     ("openbox-net", &["openbox-proto", "openbox-trust", "openbox-tailnet"]),
-    ("openbox-control", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry"]),
-    ("openbox-agent", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry"]),
+    (
+        "openbox-control",
+        &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry", "openbox-tailnet"],
+    ),
+    (
+        "openbox-agent",
+        &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry", "openbox-tailnet"],
+    ),
     (
         "openboxd",
-        &[
-            "openbox-proto",
-            "openbox-paths",
-            "openbox-trust",
-            "openbox-net",
-            "openbox-telemetry",
-            "openbox-libtailscale-sys",
-        ],
+        &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry", "openbox-tailnet"],
     ),
     ("openbox-cli", &["openbox-proto", "openbox-paths"]),
     ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net"]),

@@ -1,36 +1,54 @@
 //! How a byte stream to a node is made: the one seam every SSH connection is dialled
-//! through. Plain TCP today; the tailnet becomes one more [`Transport`] variant (and one
-//! more [`Stream`] variant), and nothing above this module changes.
+//! through — the operating system's TCP, or the tailnet node this process holds.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// How long a dial may take before the node counts as unreachable.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A way to reach nodes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub enum Transport {
     /// The operating system's TCP stack: the node's address is dialled directly.
     #[default]
     Tcp,
+    /// The tailnet node this process holds: the node's tailnet address is dialled over it.
+    Tailnet(Arc<tailnet::Node>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Tailnet(_) => "tailnet",
+        })
+    }
 }
 
 impl Transport {
-    /// Opens a stream to `addr` (`host:port`).
-    pub async fn connect(self, addr: &str) -> io::Result<Stream> {
+    /// Opens a stream to `addr` (`host:port`), giving up after [`DIAL_TIMEOUT`].
+    pub async fn connect(&self, addr: &str) -> io::Result<Stream> {
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "no answer within 10s");
         match self {
             Transport::Tcp => {
-                let stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 10s"))??;
+                let stream =
+                    tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| timed_out())??;
                 stream.set_nodelay(true)?;
                 Ok(Stream::Tcp(stream))
+            }
+            Transport::Tailnet(node) => {
+                let stream = tokio::time::timeout(DIAL_TIMEOUT, node.dial(addr))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(io::Error::other)?;
+                Ok(Stream::Tailnet(stream))
             }
         }
     }
@@ -40,12 +58,15 @@ impl Transport {
 #[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
+    /// The local end of a socket the tailnet node bridges to the remote one.
+    Tailnet(UnixStream),
 }
 
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tailnet(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -54,6 +75,7 @@ impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tailnet(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -64,24 +86,28 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tailnet(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tailnet(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tailnet(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tailnet(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

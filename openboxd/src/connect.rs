@@ -12,7 +12,6 @@ use trust::Certificate;
 
 use crate::Daemon;
 use crate::account::Account;
-use crate::mirror::Resolved;
 use crate::pool::Key;
 
 /// What a command is for.
@@ -40,6 +39,12 @@ pub enum ConnectError {
     CaChanged,
     #[error("the control plane's answer is not usable: {0}")]
     BadDispatch(String),
+    #[error(
+        "node {0} is reachable only on the tailnet, and this openboxd is not on it; start openboxd with OPENBOX_MESH_CONTROL=URL (and OPENBOX_MESH_AUTHKEY=KEY the first time)"
+    )]
+    TailnetOnly(String),
+    #[error("node {node} is reachable only on the tailnet: {why}")]
+    Mesh { node: String, why: String },
 }
 
 /// The node for `want` and a live connection to it, authenticated for `want`.
@@ -50,10 +55,12 @@ pub enum ConnectError {
 /// node no longer answers where it was (it may have moved).
 pub async fn connect(d: &Daemon, acct: &Account, want: Want<'_>) -> Result<(Node, Arc<Connection>), ConnectError> {
     let known = match want.session {
-        Some(sid) => acct.session_node(sid).map(|id| d.mirror.resolve(&Target::Node(id), want.isolation.kind(), 0)),
-        None => Some(d.mirror.resolve(want.target, want.isolation.kind(), d.spread())),
+        Some(sid) => {
+            acct.session_node(sid).and_then(|id| d.mirror.resolve(&Target::Node(id), want.isolation.kind(), 0))
+        }
+        None => d.mirror.resolve(want.target, want.isolation.kind(), d.spread()),
     };
-    if let Some(Resolved::Node(node)) = known {
+    if let Some(node) = known {
         let key = want.key(&node.id);
         let slot = acct.pool.slot(&key);
         let mut s = slot.lock().await;
@@ -61,15 +68,15 @@ pub async fn connect(d: &Daemon, acct: &Account, want: Want<'_>) -> Result<(Node
             return Ok((node, conn));
         }
         if let Some(cert) = s.fresh_cert() {
-            match dial(acct, &node, cert.clone()).await {
+            match dial(d, acct, &node, cert.clone()).await {
                 Ok(conn) => return Ok((node, s.keep(cert, conn))),
-                Err(SshError::Unreachable { .. }) => {} // it may have moved: ask where it is now
-                Err(e) => return Err(e.into()),
+                Err(ConnectError::Node(SshError::Unreachable { .. })) => {} // it may have moved: ask where it is now
+                Err(e) => return Err(e),
             }
         }
         let (node, cert) = dispatch(acct, &Target::Node(node.id.clone()), want).await?;
         s.remember(cert.clone());
-        let conn = dial(acct, &node, cert.clone()).await?;
+        let conn = dial(d, acct, &node, cert.clone()).await?;
         return Ok((node, s.keep(cert, conn)));
     }
     // The mirror cannot pick: the control plane decides, or says why it cannot.
@@ -83,7 +90,7 @@ pub async fn connect(d: &Daemon, acct: &Account, want: Want<'_>) -> Result<(Node
         return Ok((node, conn)); // a concurrent call connected meanwhile
     }
     s.remember(cert.clone());
-    let conn = dial(acct, &node, cert.clone()).await?;
+    let conn = dial(d, acct, &node, cert.clone()).await?;
     Ok((node, s.keep(cert, conn)))
 }
 
@@ -104,14 +111,19 @@ async fn dispatch(acct: &Account, target: &Target, want: Want<'_>) -> Result<(No
     Ok((d.node, trust::parse_certificate(&d.cert).map_err(|e| bad(&e))?))
 }
 
-/// The one place openboxd dials a node.
-async fn dial(acct: &Account, node: &Node, cert: Certificate) -> Result<Connection, SshError> {
-    let target = NodeTarget {
-        node_id: node.id.clone(),
-        addr: node.addr.clone(),
-        via: Transport::Tcp,
-        ca: acct.login.ca.clone(),
+/// The one place openboxd dials a node: over the tailnet when both are on it, else at the
+/// node's direct address.
+async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Result<Connection, ConnectError> {
+    let (via, addr) = match (&node.mesh_addr, &d.mesh) {
+        (Some(mesh_addr), Some(mesh)) => match mesh.node().await {
+            Ok(tailnet) => (Transport::Tailnet(tailnet), mesh_addr.clone()),
+            Err(_) if !node.addr.is_empty() => (Transport::Tcp, node.addr.clone()),
+            Err(why) => return Err(ConnectError::Mesh { node: node.name.clone(), why }),
+        },
+        (Some(_), None) if node.addr.is_empty() => return Err(ConnectError::TailnetOnly(node.name.clone())),
+        _ => (Transport::Tcp, node.addr.clone()),
     };
+    let target = NodeTarget { node_id: node.id.clone(), addr, via, ca: acct.login.ca.clone() };
     let mut conn = net::ssh::dial(&target).await?;
     conn.authenticate(&acct.login.user, acct.key.clone(), cert).await?;
     Ok(conn)

@@ -13,6 +13,7 @@ mod connect;
 mod fleet;
 pub mod io;
 mod login;
+mod mesh;
 mod mirror;
 mod pool;
 mod rpc;
@@ -43,6 +44,8 @@ pub struct Daemon {
     /// Notified by the `shutdown` method.
     pub shutdown: tokio::sync::Notify,
     calls: std::sync::atomic::AtomicUsize,
+    /// The tailnet node, when this openboxd is on a tailnet.
+    mesh: Option<Arc<mesh::Mesh>>,
 }
 
 impl Daemon {
@@ -55,6 +58,10 @@ impl Daemon {
             runtime: tokio::runtime::Handle::current(),
             shutdown: tokio::sync::Notify::new(),
             calls: Default::default(),
+            mesh: mesh::Mesh::start(&tokio::runtime::Handle::current()).unwrap_or_else(|e| {
+                tracing::warn!(error = %format!("{e:#}"), "no tailnet");
+                None
+            }),
         });
         d.reload_login();
         d
@@ -130,6 +137,7 @@ impl Daemon {
             connections: acct.map_or(0, |a| a.pool.connections()),
             registry_live: live,
             nodes,
+            mesh: self.mesh.as_ref().map(|m| m.status()),
         }
     }
 }

@@ -24,15 +24,6 @@ pub struct Mirror {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// What the mirror can say about a target.
-pub enum Resolved {
-    /// A node to use.
-    Node(Node),
-    /// The mirror cannot pick one: ask the control plane, whose answer (or refusal) is
-    /// authoritative. The mirror only speeds up the calls that succeed.
-    Unknown,
-}
-
 impl Mirror {
     /// Follows the registry of `login`'s control plane (or nothing, when logged out).
     pub fn follow(&self, login: Option<Login>, rt: &tokio::runtime::Handle) {
@@ -46,13 +37,12 @@ impl Mirror {
         }
     }
 
-    pub fn resolve(&self, target: &Target, kind: &str, spread: usize) -> Resolved {
+    /// The node to use for `target`, or `None` when the mirror cannot pick one: then the
+    /// control plane, whose answer (or refusal) is authoritative, is asked. The mirror only
+    /// speeds up the calls that succeed.
+    pub fn resolve(&self, target: &Target, kind: &str, spread: usize) -> Option<Node> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        let Some(nodes) = &state.nodes else { return Resolved::Unknown };
-        match proto::api::resolve(nodes, target, kind, proto::time::now(), spread) {
-            Ok(node) => Resolved::Node(node.clone()),
-            Err(_) => Resolved::Unknown,
-        }
+        proto::api::resolve(state.nodes.as_ref()?, target, kind, proto::time::now(), spread).ok().cloned()
     }
 
     /// (connected, nodes known)

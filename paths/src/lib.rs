@@ -76,6 +76,16 @@ pub fn daemon_socket() -> PathBuf {
     runtime_dir().join("openboxd.sock")
 }
 
+/// The tailnet openboxd joined (its control URL), remembered across restarts.
+pub fn mesh_file() -> PathBuf {
+    config_dir().join("mesh.json")
+}
+
+/// openboxd's tailnet node state: its identity on the tailnet.
+pub fn tailnet_dir() -> PathBuf {
+    config_dir().join("tailnet")
+}
+
 /// The lock under which a CLI starts openboxd (beside the socket), so concurrent first
 /// calls start one daemon.
 pub fn daemon_lock() -> PathBuf {
@@ -110,6 +120,11 @@ pub fn control_ca_key() -> PathBuf {
 /// The agent's identity (node id, certificates, heartbeat secret) in its directory `dir`.
 pub fn agent_identity(dir: &std::path::Path) -> PathBuf {
     dir.join("identity.json")
+}
+
+/// The tailnet an agent joined (its control URL), in its directory `dir`.
+pub fn agent_mesh(dir: &std::path::Path) -> PathBuf {
+    dir.join("mesh.json")
 }
 
 /// The agent's host private key in its directory `dir`.

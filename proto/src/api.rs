@@ -85,8 +85,11 @@ pub struct EnrollRequest {
     /// The name to use when none was chosen (the host name); made unique with a suffix.
     #[serde(default)]
     pub default_name: Option<String>,
-    /// Where clients dial the agent, `HOST:PORT`.
+    /// Where clients dial the agent, `HOST:PORT`; empty when it is on the tailnet only.
     pub addr: String,
+    /// Its address on the tailnet, `IP:PORT`, when it serves there.
+    #[serde(default)]
+    pub mesh_addr: Option<String>,
     /// Tags asked for by the node, added to those the token carries.
     pub tags: Vec<String>,
     pub platform: Platform,
@@ -112,6 +115,8 @@ pub struct Enrolled {
 pub struct Heartbeat {
     pub node_id: String,
     pub addr: String,
+    #[serde(default)]
+    pub mesh_addr: Option<String>,
     pub platform: Platform,
     pub version: String,
     /// When the node's current host certificate expires, so the CA can renew it in time.
@@ -172,7 +177,11 @@ pub struct Node {
     pub name: String,
     pub tags: Vec<String>,
     pub platform: Platform,
+    /// Where clients dial it directly, `HOST:PORT`; empty when it is on the tailnet only.
     pub addr: String,
+    /// Its address on the tailnet, `IP:PORT`, when it is on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_addr: Option<String>,
     pub online: bool,
     pub last_seen: Option<u64>,
     pub created_at: u64,
@@ -357,6 +366,7 @@ mod resolve_tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             platform: Platform { os: "linux".into(), arch: "x86_64".into() },
             addr: "127.0.0.1:1".into(),
+            mesh_addr: None,
             online,
             last_seen: Some(100),
             created_at: 1,

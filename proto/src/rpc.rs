@@ -203,6 +203,18 @@ pub struct CliResult {
     pub exit_code: u8,
 }
 
+/// The tailnet node openboxd holds, if it has one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MeshStatus {
+    pub control_url: String,
+    pub up: bool,
+    /// Its tailnet addresses, once up.
+    pub ips: Vec<String>,
+    /// Why joining failed, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
     pub version: String,
@@ -219,4 +231,6 @@ pub struct Status {
     pub registry_live: bool,
     /// Nodes in the local mirror of the registry.
     pub nodes: usize,
+    #[serde(default)]
+    pub mesh: Option<MeshStatus>,
 }

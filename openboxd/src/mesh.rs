@@ -1,0 +1,119 @@
+//! The tailnet node openboxd holds for its user, so that every call after the first
+//! reaches tailnet nodes as fast as nodes on the LAN. Configured by `OPENBOX_MESH_CONTROL`
+//! (and, the first time, `OPENBOX_MESH_AUTHKEY`) in the environment openboxd starts with —
+//! the CLI's, when the CLI starts it — and remembered in the config dir, so a restarted
+//! openboxd rejoins as the same tailnet node.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// How long joining may take before calls that need the tailnet give up.
+const UP: Duration = Duration::from_secs(60);
+
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    control_url: String,
+}
+
+/// Where the tailnet node is in its life.
+#[derive(Clone)]
+enum State {
+    Joining,
+    Up(Arc<tailnet::Node>),
+    Failed(String),
+}
+
+pub struct Mesh {
+    control_url: String,
+    state: watch::Receiver<State>,
+    ips: Mutex<Vec<String>>,
+}
+
+impl Mesh {
+    /// The tailnet settings from the environment, else the remembered ones; `None` when
+    /// this openboxd has no tailnet. Starts joining in the background.
+    pub fn start(rt: &tokio::runtime::Handle) -> anyhow::Result<Option<Arc<Mesh>>> {
+        let file = paths::mesh_file();
+        let control_url = match std::env::var("OPENBOX_MESH_CONTROL").ok().filter(|u| !u.is_empty()) {
+            Some(url) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!("OPENBOX_MESH_CONTROL={url:?}: expected an http:// or https:// URL");
+                }
+                let text = serde_json::to_string(&Remembered { control_url: url.clone() })?;
+                paths::write_private(&file, text.as_bytes())
+                    .with_context(|| format!("remembering the tailnet in {}", file.display()))?;
+                url
+            }
+            None => match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    serde_json::from_str::<Remembered>(&text)
+                        .with_context(|| format!("{} is damaged; set OPENBOX_MESH_CONTROL again", file.display()))?
+                        .control_url
+                }
+                Err(_) => return Ok(None),
+            },
+        };
+        let auth_key = std::env::var("OPENBOX_MESH_AUTHKEY").ok().filter(|k| !k.is_empty()).map(tailnet::AuthKey::new);
+        let config = tailnet::Config {
+            dir: paths::tailnet_dir(),
+            hostname: format!("openboxd-{}", std::env::var("USER").unwrap_or_else(|_| "user".into())),
+            control_url: control_url.clone(),
+            auth_key,
+            ephemeral: false,
+        };
+        let (tx, state) = watch::channel(State::Joining);
+        let mesh = Arc::new(Mesh { control_url, state, ips: Mutex::default() });
+        let m = mesh.clone();
+        rt.spawn(async move {
+            let joined = async {
+                let node = tailnet::Node::new(&config)?;
+                node.up(UP).await?;
+                Ok::<_, tailnet::TailnetError>(node)
+            };
+            let next = match joined.await {
+                Ok(node) => {
+                    let ips: Vec<String> = node.ips().unwrap_or_default().iter().map(|ip| ip.to_string()).collect();
+                    tracing::info!(?ips, control = %m.control_url, "on the tailnet");
+                    *m.ips.lock().unwrap_or_else(|e| e.into_inner()) = ips;
+                    State::Up(Arc::new(node))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, control = %m.control_url, "could not join the tailnet");
+                    State::Failed(e.to_string())
+                }
+            };
+            let _ = tx.send(next);
+        });
+        Ok(Some(mesh))
+    }
+
+    /// The tailnet node, once it is up (waiting for it if it is still joining).
+    pub async fn node(&self) -> Result<Arc<tailnet::Node>, String> {
+        let mut state = self.state.clone();
+        let settled = state.wait_for(|s| !matches!(s, State::Joining)).await.map(|s| s.clone());
+        match settled {
+            Ok(State::Up(node)) => Ok(node),
+            Ok(State::Failed(why)) => {
+                Err(format!("this openboxd could not join the tailnet at {}: {why}", self.control_url))
+            }
+            _ => Err("the tailnet node stopped".into()),
+        }
+    }
+
+    pub fn status(&self) -> proto::rpc::MeshStatus {
+        let state = self.state.borrow().clone();
+        proto::rpc::MeshStatus {
+            control_url: self.control_url.clone(),
+            up: matches!(state, State::Up(_)),
+            ips: self.ips.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            error: match state {
+                State::Failed(why) => Some(why),
+                _ => None,
+            },
+        }
+    }
+}
