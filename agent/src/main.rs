@@ -96,20 +96,15 @@ fn main() -> ExitCode {
         session_idle: Duration::from_secs(args.session_idle.max(1)),
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(openbox_agent::run(config, shutdown_signal())) {
+    let shutdown = {
+        let _in_runtime = rt.enter();
+        tailnet::shutdown_signals().expect("signal handlers")
+    };
+    match rt.block_on(openbox_agent::run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("openbox agent: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

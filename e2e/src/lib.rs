@@ -466,6 +466,13 @@ impl Agent {
         stop(&mut self.proc);
     }
 
+    /// Sends `sig` and waits for the agent to exit; how it exited.
+    pub fn signal_and_wait(&mut self, sig: Signal) -> std::process::ExitStatus {
+        let mut p = self.proc.take().expect("running agent");
+        p.signal(sig);
+        p.wait_exit()
+    }
+
     /// Kills the agent outright (SIGKILL): no goodbye.
     pub fn kill(&mut self) {
         kill(&mut self.proc);

@@ -3,7 +3,8 @@
 //! commands and sessions between them — and a clear refusal from an openboxd that is not
 //! on the tailnet.
 
-use openbox_e2e::{Agent, Cli, ControlPlane, Headscale, MESH_TEST_ENV};
+use openbox_e2e::{Agent, Cli, ControlPlane, Headscale, MESH_TEST_ENV, wait_until};
+use rustix::process::{Pid, Signal, kill_process};
 
 /// A CLI whose openboxd joins `hs`'s tailnet (it starts with the login call).
 fn meshed_admin(cp: &ControlPlane, hs: &Headscale, key: &str) -> Cli {
@@ -50,4 +51,70 @@ fn a_tailnet_only_node_serves_commands_and_sessions_to_a_meshed_openboxd() {
     let bob = Cli::logged_in(&cp, &token);
     bob.run(&["-t", "meshtag", "true"])
         .fails_with(255, "reachable only on the tailnet, and this openboxd is not on it");
+}
+
+/// What a Go runtime prints when it crashes.
+fn crashed(log: &str) -> bool {
+    log.contains("fatal error") || log.contains("goroutine ") || log.contains("SIGSEGV")
+}
+
+#[test]
+fn a_meshed_fleet_recovers_from_restarts_and_stops_cleanly_on_signals() {
+    let mut hs = Headscale::start();
+    let key = hs.auth_key("fleet");
+    let cp = ControlPlane::start();
+    let admin = meshed_admin(&cp, &hs, &key);
+    let mut agent = Agent::enroll_mesh(&cp, &admin.enroll_token(&["m"]), &hs, &key, &[]);
+    let first_addr = agent.addr.clone();
+    admin.run(&["-t", "m", "true"]).ok();
+
+    // The agent restarted: the same tailnet node (no key needed now), and calls resume.
+    agent.restart();
+    assert_eq!(agent.addr, first_addr, "it keeps its tailnet identity");
+    wait_until("the restarted agent to serve over the tailnet", || admin.run(&["-t", "m", "true"]).code == 0);
+
+    // Headscale restarted under the running fleet: calls resume.
+    hs.restart();
+    wait_until("calls to resume after Headscale restarted", || admin.run(&["-t", "m", "echo", "back"]).code == 0);
+
+    // openboxd restarted (killed): the next call starts one that rejoins from what it
+    // remembered, with no mesh variables in its environment.
+    let pid = admin.daemon_status()["pid"].as_i64().unwrap() as i32;
+    kill_process(Pid::from_raw(pid).unwrap(), Signal::KILL).unwrap();
+    let socket = admin.home.path().join("run/openboxd.sock");
+    wait_until("the killed daemon to be gone", || std::os::unix::net::UnixStream::connect(&socket).is_err());
+    let out = admin.cmd().args(["-t", "m", "echo", "rejoined"]).env(MESH_TEST_ENV.0, MESH_TEST_ENV.1).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rejoined\n", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // SIGINT to a meshed openboxd and SIGTERM to a meshed agent: clean exits, no Go crash.
+    let pid = admin.daemon_status()["pid"].as_i64().unwrap() as i32;
+    kill_process(Pid::from_raw(pid).unwrap(), Signal::INT).unwrap();
+    wait_until("openboxd to stop on SIGINT", || std::os::unix::net::UnixStream::connect(&socket).is_err());
+    let log = std::fs::read_to_string(admin.home.path().join("logs/openboxd.log")).unwrap();
+    assert!(log.contains("openboxd stopped") && !crashed(&log), "{log}");
+
+    let status = agent.signal_and_wait(Signal::TERM);
+    assert!(status.success(), "{status:?}:\n{}", agent.log());
+    assert!(agent.log().contains("agent stopped") && !crashed(&agent.log()), "{}", agent.log());
+}
+
+#[test]
+fn a_bad_tailnet_key_is_refused_with_a_clear_line() {
+    let hs = Headscale::start();
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let token = admin.enroll_token(&["m"]);
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(openbox_e2e::bin("openbox-agent"))
+        .env("OPENBOX_HOME", home.path())
+        .env("OPENBOX_MESH_AUTHKEY", "hskey-auth-notarealkey")
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .args(["--server", &cp.url, "--token", &token, "--mesh-control", &hs.url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("joining the tailnet at") && stderr.contains("auth-key"), "{stderr}");
+    // Nothing was enrolled: the token still works.
+    assert!(admin.nodes().is_empty());
 }

@@ -66,7 +66,7 @@ async fn daemon() -> anyhow::Result<()> {
     let _watcher = watch_login(d.clone())?;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "openboxd listening");
     println!("openboxd listening on {}", socket.display());
-    openboxd::serve(listener, d, shutdown_signal()).await;
+    openboxd::serve(listener, d, tailnet::shutdown_signals()?).await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("openboxd stopped");
     Ok(())
@@ -108,13 +108,4 @@ fn watch_login(d: Arc<Daemon>) -> anyhow::Result<notify::RecommendedWatcher> {
     .context("watching the login file")?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     Ok(watcher)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

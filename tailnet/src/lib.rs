@@ -258,3 +258,59 @@ fn stream(fd: OwnedFd) -> Result<UnixStream, TailnetError> {
     std.set_nonblocking(true)?;
     Ok(UnixStream::from_std(std)?)
 }
+
+/// Waits for SIGTERM or SIGINT, in a process that runs Go. The handlers are tokio's,
+/// re-installed with `SA_ONSTACK`: Go requires that of every handler it did not install
+/// itself, since such a signal may land on one of its threads, whose own stack is too
+/// small to run a handler on. Call within a tokio runtime.
+pub fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        on_alternate_stack(sig)?;
+    }
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+/// Adds `SA_ONSTACK` to the handler installed for `sig`.
+fn on_alternate_stack(sig: c_int) -> std::io::Result<()> {
+    // SAFETY: sigaction with a zeroed struct to read into, then the same handler, mask
+    // and flags written back with one more flag.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut act) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if act.sa_flags & libc::SA_ONSTACK == 0 {
+            act.sa_flags |= libc::SA_ONSTACK;
+            if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn shutdown_handlers_run_on_the_alternate_stack_as_go_requires() {
+        let _wait = super::shutdown_signals().unwrap();
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            // SAFETY: reading the current action into a zeroed struct.
+            let flags = unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                assert_eq!(libc::sigaction(sig, std::ptr::null(), &mut act), 0);
+                assert_ne!(act.sa_sigaction, libc::SIG_DFL, "a handler is installed");
+                act.sa_flags
+            };
+            assert_ne!(flags & libc::SA_ONSTACK, 0, "signal {sig} lacks SA_ONSTACK");
+        }
+    }
+}
