@@ -183,6 +183,150 @@ class Fleet:
         subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=self.env, capture_output=True)
 
 
+HEADSCALE_CONFIG = """server_url: {url}
+listen_addr: 127.0.0.1:{http}
+metrics_listen_addr: ""
+grpc_listen_addr: 127.0.0.1:{grpc}
+grpc_allow_insecure: false
+noise:
+  private_key_path: {d}/noise_private.key
+prefixes:
+  v4: 100.64.0.0/10
+  v6: fd7a:115c:a1e0::/48
+  allocation: sequential
+derp:
+  server:
+    enabled: true
+    region_id: 999
+    region_code: bench
+    region_name: bench
+    stun_listen_addr: 127.0.0.1:{stun}
+    private_key_path: {d}/derp_server_private.key
+    automatically_add_embedded_derp_region: true
+    ipv4: 127.0.0.1
+  urls: []
+  paths: []
+  auto_update_enabled: false
+  update_frequency: 24h
+disable_check_updates: true
+database:
+  type: sqlite
+  sqlite:
+    path: {d}/db.sqlite
+log:
+  level: warn
+  format: text
+policy:
+  mode: file
+  path: ""
+dns:
+  magic_dns: false
+  override_local_dns: false
+  base_domain: tailnet.test
+  nameservers:
+    global: []
+unix_socket: {d}/headscale.sock
+unix_socket_permission: "0770"
+"""
+
+# Tailnet processes here must not offer each other the machine's own interface address.
+MESH_ENV = {"TS_DEBUG_OMIT_LOCAL_ADDRS": "true", "TS_NO_LOGS_NO_SUPPORT": "true"}
+
+
+class Mesh:
+    """A Headscale on 127.0.0.1 and, on its tailnet, an agent with no TCP listener
+    (tagged `meshtag`) and a second openbox identity whose openboxd holds a tailnet node."""
+
+    def __init__(self, tmp, fleet):
+        self.procs = []
+        self.env = None
+        try:
+            self.start(tmp, fleet)
+        except BaseException:
+            self.stop()  # whatever did start
+            raise
+
+    def start(self, tmp, fleet):
+        self.dir = os.path.join(tmp, "headscale")
+        os.makedirs(self.dir)
+        hs = subprocess.run([os.path.join(ROOT, "scripts", "test-headscale")], capture_output=True, text=True)
+        if hs.returncode != 0:
+            sys.exit(f"scripts/test-headscale failed: {hs.stderr}")
+        self.hs = hs.stdout.strip()
+        http, grpc, stun = free_port(), free_port(), free_port()
+        self.url = f"http://127.0.0.1:{http}"
+        cfg = os.path.join(self.dir, "config.yaml")
+        with open(cfg, "w") as f:
+            f.write(HEADSCALE_CONFIG.format(url=self.url, http=http, grpc=grpc, stun=stun, d=self.dir))
+        self.cfg = cfg
+        self.spawn([self.hs, "-c", cfg, "serve"], os.path.join(self.dir, "log"))
+        wait_for(lambda: subprocess.run(["curl", "-fs", "-o", "/dev/null", f"{self.url}/health"]).returncode == 0)
+        user = json.loads(self.headscale("users", "create", "bench", "-o", "json"))
+        key = json.loads(self.headscale("preauthkeys", "create", "-u", str(user["id"]), "--reusable", "-e", "1h",
+                                        "-o", "json"))["key"]
+
+        token = json.loads(subprocess.run([f"{BIN}/openbox", "node", "token", "--tag", "meshtag", "--json"],
+                                          env=fleet.env, capture_output=True, text=True, check=True).stdout)["token"]
+        agent_env = dict(os.environ, OPENBOX_HOME=os.path.join(tmp, "mesh-agent"), OPENBOX_MESH_AUTHKEY=key, **MESH_ENV)
+        agent = self.spawn([f"{BIN}/openbox-agent", "--server", f"http://{fleet.addr}", "--token", token,
+                            "--mesh-control", self.url, "--name", "meshnode"], os.path.join(tmp, "mesh-agent.log"),
+                           env=agent_env)
+        wait_for(lambda: "serving on" in open(os.path.join(tmp, "mesh-agent.log")).read() or agent.poll() is not None)
+
+        login = json.loads(subprocess.run([f"{BIN}/openbox", "user", "token", "admin", "--json"], env=fleet.env,
+                                          capture_output=True, text=True, check=True).stdout)["token"]
+        self.env = dict(os.environ, OPENBOX_HOME=os.path.join(tmp, "mesh-cli"), OPENBOX_MESH_CONTROL=self.url,
+                        OPENBOX_MESH_AUTHKEY=key, **MESH_ENV)
+        subprocess.run([f"{BIN}/openbox", "login", "--server", f"http://{fleet.addr}", "--token", login],
+                       env=self.env, check=True, stdout=subprocess.DEVNULL)
+        self.openbox = [f"{BIN}/openbox", "-t", "meshtag"]
+
+    def spawn(self, argv, log, env=None):
+        p = subprocess.Popen(argv, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
+        self.procs.append(p)
+        return p
+
+    def headscale(self, *args):
+        return subprocess.run([self.hs, "-c", self.cfg, *args], capture_output=True, text=True, check=True).stdout
+
+    def daemon_pid(self):
+        out = subprocess.run([f"{BIN}/openbox", "daemon", "status", "--json"], env=self.env, capture_output=True,
+                             text=True)
+        return json.loads(out.stdout)["pid"]
+
+    def stop(self):
+        if self.env:
+            subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=self.env, capture_output=True)
+        for p in reversed(self.procs):
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def wait_for(check, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            sys.exit("bench: something did not become ready in time")
+        time.sleep(0.05)
+
+
+def cold_start(mesh, runs=5):
+    """Seconds from no openboxd to a finished `true` over the tailnet (openboxd starts,
+    rejoins the tailnet from its saved state, dispatches and dials), median of `runs`."""
+    times = []
+    for _ in range(runs):
+        subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=mesh.env, capture_output=True)
+        sock = os.path.join(mesh.env["OPENBOX_HOME"], "run", "openboxd.sock")
+        wait_for(lambda: not os.path.exists(sock))
+        start = time.perf_counter()
+        subprocess.run(mesh.openbox + ["true"], env=mesh.env, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def time_calls(argv, n, env=None):
     """Wall-clock seconds of each of n runs of argv (output discarded)."""
     times = []
@@ -279,6 +423,8 @@ def main():
         started.append(engines)
         fleet = Fleet(tmp, engines)
         started.append(fleet)
+        mesh = Mesh(tmp, fleet)
+        started.append(mesh)
         master, fresh, ob = sshd.ssh(True), sshd.ssh(False), fleet.openbox
         env = fleet.env
         # Warm both paths: the ControlMaster connection and openboxd's pool.
@@ -356,6 +502,20 @@ def main():
         rows.append(("rsync pull, 200 MB + 500 files", ms(t_rs_ob), ms(t_rs_cm), "",
                      f"{t_rs_ob / t_rs_cm:.2f}x ControlMaster"))
 
+        # The tailnet: the same calls to a node that is on the tailnet only.
+        for _ in range(5):
+            subprocess.run(mesh.openbox + ["true"], env=mesh.env, check=True)
+        t_mesh = time_calls(mesh.openbox + ["true"], args.calls, mesh.env)
+        rows.append(("latency of `true` over the tailnet, median", ms(med(t_mesh)), ms(med(t_cm)), "",
+                     f"{med(t_mesh) / med(t_ob):.2f}x TCP, {med(t_mesh) / med(t_cm):.2f}x ControlMaster"))
+        mb_mesh = throughput(mesh.openbox, args.bytes // 4, mesh.env)
+        rows.append((f"stdout throughput over the tailnet, {args.bytes // 4 / 1e6:.0f} MB", f"{mb_mesh:.0f} MB/s",
+                     "", "", f"{mb_mesh / mb_ob:.2f}x TCP"))
+        rss_mesh = rss_kib(mesh.daemon_pid())
+        rows.append(("openboxd RSS with the tailnet up", f"{rss_mesh / 1024:.1f} MiB", "", "", ""))
+        t_cold = cold_start(mesh)
+        rows.append(("cold start over the tailnet (openboxd start to `true` done)", ms(t_cold), "", "", ""))
+
         r_ob = concurrent_rate(ob + ["true"], 8, args.seconds, env)
         r_cm = concurrent_rate(master + ["true"], 8, args.seconds)
         rows.append((f"8 loops of `true` for {args.seconds:.0f}s", f"{r_ob:.0f} calls/s", f"{r_cm:.0f} calls/s", "",
@@ -373,6 +533,8 @@ def main():
         t_ver = time_calls([f"{BIN}/openbox", "--version"], args.calls)
         t_true = time_calls(["/bin/true"], args.calls)
         rows.append(("CLI binary size", f"{size / 1e6:.2f} MB", "", "", ""))
+        for name in ("openboxd", "openbox-agent", "openbox-control"):
+            rows.append((f"{name} binary size", f"{os.path.getsize(f'{BIN}/{name}') / 1e6:.1f} MB", "", "", ""))
         rows.append(("`openbox --version` start, median", ms(med(t_ver)), "", "", f"{med(t_ver) / med(t_true):.2f}x /bin/true ({ms(med(t_true))})"))
     finally:
         for thing in reversed(started):
