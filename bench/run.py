@@ -183,51 +183,6 @@ class Fleet:
         subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=self.env, capture_output=True)
 
 
-HEADSCALE_CONFIG = """server_url: {url}
-listen_addr: 127.0.0.1:{http}
-metrics_listen_addr: ""
-grpc_listen_addr: 127.0.0.1:{grpc}
-grpc_allow_insecure: false
-noise:
-  private_key_path: {d}/noise_private.key
-prefixes:
-  v4: 100.64.0.0/10
-  v6: fd7a:115c:a1e0::/48
-  allocation: sequential
-derp:
-  server:
-    enabled: true
-    region_id: 999
-    region_code: bench
-    region_name: bench
-    stun_listen_addr: 127.0.0.1:{stun}
-    private_key_path: {d}/derp_server_private.key
-    automatically_add_embedded_derp_region: true
-    ipv4: 127.0.0.1
-  urls: []
-  paths: []
-  auto_update_enabled: false
-  update_frequency: 24h
-disable_check_updates: true
-database:
-  type: sqlite
-  sqlite:
-    path: {d}/db.sqlite
-log:
-  level: warn
-  format: text
-policy:
-  mode: file
-  path: ""
-dns:
-  magic_dns: false
-  override_local_dns: false
-  base_domain: tailnet.test
-  nameservers:
-    global: []
-unix_socket: {d}/headscale.sock
-unix_socket_permission: "0770"
-"""
 
 # Tailnet processes here must not offer each other the machine's own interface address.
 MESH_ENV = {"TS_DEBUG_OMIT_LOCAL_ADDRS": "true", "TS_NO_LOGS_NO_SUPPORT": "true"}
@@ -257,7 +212,8 @@ class Mesh:
         self.url = f"http://127.0.0.1:{http}"
         cfg = os.path.join(self.dir, "config.yaml")
         with open(cfg, "w") as f:
-            f.write(HEADSCALE_CONFIG.format(url=self.url, http=http, grpc=grpc, stun=stun, d=self.dir))
+            template = open(os.path.join(ROOT, "scripts", "headscale.yaml")).read()
+            f.write(template.format(url=self.url, http=http, grpc=grpc, stun=stun, d=self.dir))
         self.cfg = cfg
         self.spawn([self.hs, "-c", cfg, "serve"], os.path.join(self.dir, "log"))
         wait_for(lambda: subprocess.run(["curl", "-fs", "-o", "/dev/null", f"{self.url}/health"]).returncode == 0)

@@ -656,55 +656,17 @@ impl Headscale {
         let (http, grpc, stun) = (port(), port(), port());
         let d = dir.path().display();
         let url = format!("http://127.0.0.1:{http}");
-        let config = format!(
-            r#"server_url: {url}
-listen_addr: 127.0.0.1:{http}
-metrics_listen_addr: ""
-grpc_listen_addr: 127.0.0.1:{grpc}
-grpc_allow_insecure: false
-noise:
-  private_key_path: {d}/noise_private.key
-prefixes:
-  v4: 100.64.0.0/10
-  v6: fd7a:115c:a1e0::/48
-  allocation: sequential
-derp:
-  server:
-    enabled: true
-    region_id: 999
-    region_code: test
-    region_name: test
-    stun_listen_addr: 127.0.0.1:{stun}
-    private_key_path: {d}/derp_server_private.key
-    automatically_add_embedded_derp_region: true
-    ipv4: 127.0.0.1
-  urls: []
-  paths: []
-  auto_update_enabled: false
-  update_frequency: 24h
-disable_check_updates: true
-ephemeral_node_inactivity_timeout: 30m
-database:
-  type: sqlite
-  sqlite:
-    path: {d}/db.sqlite
-    write_ahead_log: true
-log:
-  level: info
-  format: text
-policy:
-  mode: file
-  path: ""
-dns:
-  magic_dns: false
-  override_local_dns: false
-  base_domain: tailnet.test
-  nameservers:
-    global: []
-unix_socket: {d}/headscale.sock
-unix_socket_permission: "0770"
-"#
-        );
+        let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/headscale.yaml"))
+            .expect("scripts/headscale.yaml");
+        let config = [
+            ("{url}", url.clone()),
+            ("{http}", http.to_string()),
+            ("{grpc}", grpc.to_string()),
+            ("{stun}", stun.to_string()),
+            ("{d}", d.to_string()),
+        ]
+        .iter()
+        .fold(template, |text, (key, value)| text.replace(key, value));
         std::fs::write(dir.path().join("config.yaml"), config).expect("write config");
         let mut hs = Headscale { proc: None, bin, dir, url };
         hs.spawn();
