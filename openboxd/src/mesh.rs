@@ -104,6 +104,15 @@ impl Mesh {
         }
     }
 
+    /// Whether the node is still joining (a call that needs it will wait).
+    pub fn joining(&self) -> bool {
+        matches!(*self.state.borrow(), State::Joining)
+    }
+
+    pub fn control_url(&self) -> &str {
+        &self.control_url
+    }
+
     pub fn status(&self) -> proto::rpc::MeshStatus {
         let state = self.state.borrow().clone();
         proto::rpc::MeshStatus {

@@ -68,6 +68,20 @@ pub async fn run(
     }
 }
 
+/// Awaits `connecting`; if it takes more than a moment while this openboxd is still
+/// joining its tailnet, says so on the call's stderr (the wait is that, most likely).
+async fn with_progress<T>(d: &Daemon, output: &mut CallOutput, connecting: impl Future<Output = T>) -> T {
+    tokio::pin!(connecting);
+    tokio::select! {
+        done = &mut connecting => return done,
+        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+    }
+    if let Some(mesh) = d.mesh.as_ref().filter(|m| m.joining()) {
+        output.eprint(&format!("openbox: joining the tailnet at {} …\n", mesh.control_url())).await;
+    }
+    connecting.await
+}
+
 async fn run_inner(
     d: &Daemon,
     req: RunRequest,
@@ -88,7 +102,7 @@ async fn run_inner(
     // command never started, and one retry on a fresh connection is safe.
     let mut retried = false;
     let (node, started) = loop {
-        let (node, conn) = connect(d, &acct, want).await?;
+        let (node, conn) = with_progress(d, output, connect(d, &acct, want)).await?;
         match conn.start(&command, &env).await {
             Ok(started) => break (node, started),
             Err(SshError::Stale { .. }) if !retried => {
