@@ -247,7 +247,11 @@ func bridge(conn net.Conn) (C.int, error) {
 		syscall.Close(fds[1])
 		return -1, err
 	}
+	// Each direction half-closes when it ends; once both have, both ends are released.
+	var both sync.WaitGroup
+	both.Add(2)
 	go func() {
+		defer both.Done()
 		io.Copy(conn, local)
 		if c, ok := conn.(interface{ CloseWrite() error }); ok {
 			c.CloseWrite()
@@ -256,8 +260,14 @@ func bridge(conn net.Conn) (C.int, error) {
 		}
 	}()
 	go func() {
+		defer both.Done()
 		io.Copy(local, conn)
 		local.(*net.UnixConn).CloseWrite()
+	}()
+	go func() {
+		both.Wait()
+		conn.Close()
+		local.Close()
 	}()
 	return C.int(fds[1]), nil
 }

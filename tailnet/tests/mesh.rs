@@ -164,7 +164,7 @@ fn two_nodes_join_headscale_and_talk_over_the_tailnet() {
             conn.read_to_end(&mut got).await.unwrap();
             conn.write_all(&got).await.unwrap();
             conn.shutdown().await.unwrap();
-            from
+            (listener, from)
         });
         let data: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
         let mut conn = b.dial(&format!("{a_ip}:7000")).await.unwrap();
@@ -173,8 +173,38 @@ fn two_nodes_join_headscale_and_talk_over_the_tailnet() {
         let mut back = Vec::new();
         conn.read_to_end(&mut back).await.unwrap();
         assert!(back == data, "echoed {} of {} bytes", back.len(), data.len());
-        let from = server.await.unwrap();
+        let (listener, from) = server.await.unwrap();
         assert!(from.starts_with(&b_ip.to_string()), "accepted from {from}, expected {b_ip}");
+
+        // Connections opened and closed leave nothing open behind them, on either side.
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let before = open_fds();
+        let server = tokio::spawn(async move {
+            for _ in 0..20 {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).await.unwrap();
+                conn.write_all(&got).await.unwrap();
+            }
+        });
+        for i in 0..20u8 {
+            let mut conn = b.dial(&format!("{a_ip}:7000")).await.unwrap();
+            conn.write_all(&[i; 1000]).await.unwrap();
+            conn.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            conn.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, vec![i; 1000]);
+        }
+        server.await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while open_fds() > before + 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} descriptors left open of 20 connections",
+                open_fds() - before
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
     let _ = std::io::stdout().flush();
 }
