@@ -703,6 +703,18 @@ impl Headscale {
 
     /// A reusable pre-authorized key for `user` (created if need be), valid for an hour.
     pub fn auth_key(&self, user: &str) -> String {
+        self.new_key(user)["key"].as_str().expect("key").to_owned()
+    }
+
+    /// A key for `user` that has been expired.
+    pub fn expired_auth_key(&self, user: &str) -> String {
+        let key = self.new_key(user);
+        let id = key["id"].as_u64().expect("key id").to_string();
+        self.cli(&["preauthkeys", "expire", "-i", &id, "--force"]);
+        key["key"].as_str().expect("key").to_owned()
+    }
+
+    fn new_key(&self, user: &str) -> serde_json::Value {
         let users: serde_json::Value = serde_json::from_str(&self.cli(&["users", "list", "-o", "json"])).expect("json");
         let known = users.as_array().into_iter().flatten().find(|u| u["name"] == user).and_then(|u| u["id"].as_u64());
         let id = match known {
@@ -725,7 +737,7 @@ impl Headscale {
             "json",
         ]))
         .expect("json");
-        key["key"].as_str().expect("key").to_owned()
+        key
     }
 
     pub fn log(&self) -> String {

@@ -99,22 +99,27 @@ fn a_meshed_fleet_recovers_from_restarts_and_stops_cleanly_on_signals() {
 }
 
 #[test]
-fn a_bad_tailnet_key_is_refused_with_a_clear_line() {
+fn a_bad_or_expired_tailnet_key_is_refused_with_a_clear_line() {
     let hs = Headscale::start();
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
     let token = admin.enroll_token(&["m"]);
-    let home = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(openbox_e2e::bin("openbox-agent"))
-        .env("OPENBOX_HOME", home.path())
-        .env("OPENBOX_MESH_AUTHKEY", "hskey-auth-notarealkey")
-        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
-        .args(["--server", &cp.url, "--token", &token, "--mesh-control", &hs.url])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("joining the tailnet at") && stderr.contains("auth-key"), "{stderr}");
-    // Nothing was enrolled: the token still works.
+    let agent_with = |key: &str| {
+        let home = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(openbox_e2e::bin("openbox-agent"))
+            .env("OPENBOX_HOME", home.path())
+            .env("OPENBOX_MESH_AUTHKEY", key)
+            .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+            .args(["--server", &cp.url, "--token", &token, "--mesh-control", &hs.url])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let made_up = agent_with("hskey-auth-notarealkey");
+    assert!(made_up.contains("joining the tailnet at") && made_up.contains("auth key is not valid"), "{made_up}");
+    let expired = agent_with(&hs.expired_auth_key("fleet"));
+    assert!(expired.contains("joining the tailnet at") && expired.contains("auth key has expired"), "{expired}");
+    // Nothing was enrolled: the token is still unused.
     assert!(admin.nodes().is_empty());
 }

@@ -57,6 +57,10 @@ pub struct Config {
 pub enum TailnetError {
     #[error("{what}: {why}")]
     Failed { what: &'static str, why: String },
+    #[error("the tailnet auth key has expired; make a new one on the control server")]
+    AuthKeyExpired,
+    #[error("the tailnet auth key is not valid ({0}); check it, or make a new one on the control server")]
+    AuthKeyInvalid(String),
     #[error("the tailnet node did not come up within {}s{}", .0.as_secs(), last_words(.1))]
     UpTimeout(Duration, String),
     #[error("{0} must not contain a NUL byte")]
@@ -75,6 +79,20 @@ pub struct Node {
     sd: sys::tailscale,
     coming_up: Arc<AtomicBool>,
     last_log: Arc<Mutex<String>>,
+}
+
+/// Says which it is when the control server refused the auth key: expired, or not valid.
+fn refusal(e: TailnetError) -> TailnetError {
+    let TailnetError::Failed { why, .. } = &e else { return e };
+    let reason = why.rsplit("backend: ").next().unwrap_or(why).trim();
+    let lower = reason.to_lowercase();
+    if lower.contains("key") && lower.contains("expired") {
+        TailnetError::AuthKeyExpired
+    } else if lower.contains("auth-key") || lower.contains("authkey") || lower.contains("invalid key") {
+        TailnetError::AuthKeyInvalid(reason.to_owned())
+    } else {
+        e
+    }
 }
 
 fn cstr(what: &'static str, s: &str) -> Result<CString, TailnetError> {
@@ -134,7 +152,7 @@ impl Node {
         })?;
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(0)) => Ok(()),
-            Ok(_) => Err(self.error("joining the tailnet")),
+            Ok(_) => Err(refusal(self.error("joining the tailnet"))),
             Err(_) => Err(TailnetError::UpTimeout(deadline, self.last_log())),
         }
     }
