@@ -384,6 +384,8 @@ pub struct Agent {
     proc: Option<Proc>,
     /// Environment for the agent process (kept for restarts).
     env: Vec<(String, String)>,
+    /// A program the agent runs under (strace), with its arguments; usually none.
+    wrapper: Vec<String>,
     pub home: TempDir,
     pub node_id: String,
     pub name: String,
@@ -413,8 +415,15 @@ impl Agent {
         if !env.iter().any(|(k, _)| k == "DOCKER_HOST") {
             env.push(("DOCKER_HOST".into(), format!("unix://{}/no-engine.sock", home.path().display())));
         }
-        let mut agent =
-            Agent { proc: None, env, home, node_id: String::new(), name: String::new(), addr: String::new() };
+        let mut agent = Agent {
+            proc: None,
+            env,
+            wrapper: Vec::new(),
+            home,
+            node_id: String::new(),
+            name: String::new(),
+            addr: String::new(),
+        };
         agent.start(&args);
         agent
     }
@@ -424,6 +433,25 @@ impl Agent {
         let mut args = vec!["--mesh-control", hs.url.as_str()];
         args.extend(extra);
         Agent::enroll_env(cp, token, &args, &[("OPENBOX_MESH_AUTHKEY", auth_key), MESH_TEST_ENV])
+    }
+
+    /// Like [`Agent::enroll_mesh`], with the agent running under strace, which writes
+    /// what it sends to `trace` (see [`beyond_loopback`]).
+    pub fn enroll_mesh_traced(cp: &ControlPlane, token: &str, hs: &Headscale, auth_key: &str, trace: &Path) -> Agent {
+        let home = tempfile::tempdir().expect("tempdir");
+        let env = vec![
+            ("OPENBOX_MESH_AUTHKEY".to_owned(), auth_key.to_owned()),
+            (MESH_TEST_ENV.0.to_owned(), MESH_TEST_ENV.1.to_owned()),
+            ("DOCKER_HOST".to_owned(), format!("unix://{}/no-engine.sock", home.path().display())),
+        ];
+        let wrapper: Vec<String> = std::iter::once("strace".to_owned())
+            .chain(STRACE_NETWORK.iter().map(|a| a.to_string()))
+            .chain(["-o".to_owned(), trace.display().to_string()])
+            .collect();
+        let mut agent =
+            Agent { proc: None, env, wrapper, home, node_id: String::new(), name: String::new(), addr: String::new() };
+        agent.start(&["--server", &cp.url, "--token", token, "--mesh-control", &hs.url]);
+        agent
     }
 
     /// Runs the agent binary in a fresh home until it exits (for refusals).
@@ -439,7 +467,14 @@ impl Agent {
     }
 
     fn start(&mut self, args: &[&str]) {
-        let mut cmd = Command::new(bin("openbox-agent"));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin("openbox-agent"));
+                c
+            }
+            None => Command::new(bin("openbox-agent")),
+        };
         cmd.env("OPENBOX_HOME", self.home.path()).args(["--heartbeat", "1s"]).args(args);
         // A TCP listener on a free port, unless this node is on the tailnet only.
         if !self.env.iter().any(|(k, _)| k == "OPENBOX_MESH_AUTHKEY") {
@@ -463,7 +498,21 @@ impl Agent {
     }
 
     pub fn stop(&mut self) {
-        stop(&mut self.proc);
+        if self.wrapper.is_empty() {
+            return stop(&mut self.proc);
+        }
+        // Under a wrapper (strace), the agent is the wrapper's child: signal it there, and
+        // the wrapper ends with it.
+        if let Some(mut p) = self.proc.take() {
+            let pid = p.child.id();
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                if let Some(child) = Pid::from_raw(child) {
+                    let _ = kill_process(child, Signal::TERM);
+                }
+            }
+            p.wait_exit();
+        }
     }
 
     /// Sends `sig` and waits for the agent to exit; how it exited.
@@ -743,4 +792,65 @@ impl Headscale {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("headscale.log")).unwrap_or_default()
     }
+}
+
+/// What `strace` traces in meshed processes: every way they could send a packet.
+pub const STRACE_NETWORK: [&str; 5] = ["-f", "-qq", "-yy", "-e", "trace=connect,sendto,sendmsg,sendmmsg,write,writev"];
+
+/// Lines of an `strace -yy` log that send to (or open TCP to) an address outside
+/// loopback. Only addresses strace itself prints are read — socket annotations such as
+/// `<UDP:[a:p->b:q]>` and `inet_addr("…")` / `inet_pton(AF_INET6, "…")` — never the bytes
+/// written. A UDP `connect` sends nothing (Go uses one to learn the default route); a
+/// later write on that socket carries its peer in the annotation and is caught.
+pub fn beyond_loopback(trace: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    for line in trace.lines() {
+        let call = line.split_whitespace().nth(1).unwrap_or("");
+        let sends = call.starts_with("send") || call.starts_with("write");
+        let tcp_connect = call.starts_with("connect(") && line.contains("<TCP");
+        if (sends || tcp_connect) && addresses(line).iter().any(|ip| !is_loopback(ip)) {
+            bad.push(line.to_owned());
+        }
+    }
+    bad
+}
+
+fn is_loopback(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// The socket addresses strace names in one line.
+fn addresses(line: &str) -> Vec<std::net::IpAddr> {
+    let mut found = Vec::new();
+    // Annotations: <UDP:[10.0.0.2:5000->8.8.8.8:53]>, <TCPv6:[[::1]:1->[::1]:2]>.
+    for start in ["<TCP", "<UDP"] {
+        for part in line.split(start).skip(1) {
+            let Some(inner) = part.split_once(":[").and_then(|(_, rest)| rest.split_once("]>")).map(|(i, _)| i) else {
+                continue;
+            };
+            for end in inner.split("->") {
+                let host = match end.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or(""),
+                    None => end.rsplit_once(':').map_or(end, |(h, _)| h),
+                };
+                if let Ok(ip) = host.parse() {
+                    found.push(ip);
+                }
+            }
+        }
+    }
+    // Explicit destinations: inet_addr("8.8.8.8"), inet_pton(AF_INET6, "2001:db8::1", …).
+    for marker in ["inet_addr(\"", "inet_pton(AF_INET6, \""] {
+        for part in line.split(marker).skip(1) {
+            if let Some(ip) = part.split('"').next().and_then(|a| a.parse().ok()) {
+                found.push(ip);
+            }
+        }
+    }
+    found
 }

@@ -123,3 +123,45 @@ fn a_bad_or_expired_tailnet_key_is_refused_with_a_clear_line() {
     // Nothing was enrolled: the token is still unused.
     assert!(admin.nodes().is_empty());
 }
+
+#[test]
+fn meshed_agent_and_openboxd_send_nothing_beyond_loopback() {
+    let hs = Headscale::start();
+    let key = hs.auth_key("fleet");
+    let cp = ControlPlane::start();
+    let traces = tempfile::tempdir().unwrap();
+    let (agent_trace, daemon_trace) = (traces.path().join("agent"), traces.path().join("openboxd"));
+
+    // openboxd in the foreground under strace, before any call would start one.
+    let cli = Cli::new();
+    let mut daemon = std::process::Command::new("strace")
+        .args(openbox_e2e::STRACE_NETWORK)
+        .arg("-o")
+        .arg(&daemon_trace)
+        .arg(openbox_e2e::bin("openboxd"))
+        .env("OPENBOX_HOME", cli.home.path())
+        .env("OPENBOX_MESH_CONTROL", &hs.url)
+        .env("OPENBOX_MESH_AUTHKEY", &key)
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace is needed for this test (scripts/setup-test-env installs it)");
+    let socket = cli.home.path().join("run/openboxd.sock");
+    wait_until("openboxd under strace to listen", || std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    cli.run(&["login", "--server", &cp.url, "--token", &cp.admin_token]).ok();
+
+    let mut agent = Agent::enroll_mesh_traced(&cp, &cli.enroll_token(&["m"]), &hs, &key, &agent_trace);
+    assert_eq!(cli.run(&["-t", "m", "echo", "traced"]).ok().stdout, "traced\n");
+    cli.run(&["-t", "m", "-s", "t", "cd /tmp"]).ok();
+
+    agent.stop();
+    cli.run(&["daemon", "stop"]).ok();
+    let _ = daemon.wait();
+    for (what, trace) in [("agent", &agent_trace), ("openboxd", &daemon_trace)] {
+        let text = std::fs::read_to_string(trace).unwrap();
+        assert!(text.contains("127.0.0.1"), "the {what} trace must show the traffic that did happen");
+        let outside = openbox_e2e::beyond_loopback(&text);
+        assert!(outside.is_empty(), "the {what} sent beyond 127.0.0.0/8:\n{}", outside.join("\n"));
+    }
+}

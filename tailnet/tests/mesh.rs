@@ -32,7 +32,8 @@ fn in_traced_child(test: &str, env: &[(&str, &str)]) {
     }
     let trace = tempfile::NamedTempFile::new().unwrap();
     let status = Command::new("strace")
-        .args(["-f", "-qq", "-yy", "-e", "trace=connect,sendto,sendmsg,sendmmsg,write,writev", "-o"])
+        .args(openbox_e2e::STRACE_NETWORK)
+        .arg("-o")
         .arg(trace.path())
         .arg(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -43,93 +44,9 @@ fn in_traced_child(test: &str, env: &[(&str, &str)]) {
         .expect("strace is needed for this test (scripts/setup-test-env installs it)");
     assert!(status.success(), "the traced test failed");
     let text = std::fs::read_to_string(trace.path()).unwrap();
-    let outside = beyond_loopback(&text);
+    let outside = openbox_e2e::beyond_loopback(&text);
     assert!(outside.is_empty(), "packets addressed beyond 127.0.0.0/8:\n{}", outside.join("\n"));
     assert!(text.contains("127.0.0.1"), "the trace must show the traffic that did happen");
-}
-
-/// Lines of an `strace -yy` log that send to (or open TCP to) an address outside
-/// loopback. Only addresses strace itself prints are read — socket annotations such as
-/// `<UDP:[a:p->b:q]>` and `inet_addr("…")` / `inet_pton(AF_INET6, "…")` — never the bytes
-/// written. A UDP `connect` sends nothing (Go uses one to learn the default route); a
-/// later write on that socket carries its peer in the annotation and is caught.
-fn beyond_loopback(trace: &str) -> Vec<String> {
-    let mut bad = Vec::new();
-    for line in trace.lines() {
-        let call = line.split_whitespace().nth(1).unwrap_or("");
-        let sends = call.starts_with("send") || call.starts_with("write");
-        let tcp_connect = call.starts_with("connect(") && line.contains("<TCP");
-        if (sends || tcp_connect) && addresses(line).iter().any(|ip| !is_loopback(ip)) {
-            bad.push(line.to_owned());
-        }
-    }
-    bad
-}
-
-fn is_loopback(ip: &std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified(),
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
-/// The socket addresses strace names in one line.
-fn addresses(line: &str) -> Vec<std::net::IpAddr> {
-    let mut found = Vec::new();
-    // Annotations: <UDP:[10.0.0.2:5000->8.8.8.8:53]>, <TCPv6:[[::1]:1->[::1]:2]>.
-    for start in ["<TCP", "<UDP"] {
-        for part in line.split(start).skip(1) {
-            let Some(inner) = part.split_once(":[").and_then(|(_, rest)| rest.split_once("]>")).map(|(i, _)| i) else {
-                continue;
-            };
-            for end in inner.split("->") {
-                let host = match end.strip_prefix('[') {
-                    Some(v6) => v6.split(']').next().unwrap_or(""),
-                    None => end.rsplit_once(':').map_or(end, |(h, _)| h),
-                };
-                if let Ok(ip) = host.parse() {
-                    found.push(ip);
-                }
-            }
-        }
-    }
-    // Explicit destinations: inet_addr("8.8.8.8"), inet_pton(AF_INET6, "2001:db8::1", …).
-    for marker in ["inet_addr(\"", "inet_pton(AF_INET6, \""] {
-        for part in line.split(marker).skip(1) {
-            if let Some(ip) = part.split('"').next().and_then(|a| a.parse().ok()) {
-                found.push(ip);
-            }
-        }
-    }
-    found
-}
-
-#[test]
-fn the_trace_check_sees_sends_beyond_loopback_and_ignores_written_bytes() {
-    let lines = [
-        r#"12 sendto(7<UDP:[0.0.0.0:41641]>, "x", 1, 0, {sa_family=AF_INET, sin_port=htons(3478), sin_addr=inet_addr("192.0.2.9")}, 16) = 1"#,
-        r#"12 write(9<UDP:[10.0.0.2:5000->8.8.8.8:53]>, "q", 1) = 1"#,
-        r#"12 connect(8<TCP:[10.0.0.2:33000]>, {sa_family=AF_INET, sin_port=htons(443), sin_addr=inet_addr("198.51.100.7")}, 16) = -1"#,
-        r#"12 write(6<TCPv6:[[::1]:40000->[2001:db8::5]:443]>, "x", 1) = 1"#,
-        // A DNS query for one of Tailscale's own hosts, as a build with captive-portal
-        // detection sent it.
-        r#"18360 sendmmsg(31<UDP:[192.0.2.2:56613->10.255.255.53:53]>, [{msg_hdr={msg_name=NULL, msg_namelen=0, msg_iov=[{iov_base="\31\271\1\0\0\1\0\0\0\0\0\0\5login\ttailscale\3com"..., iov_len=37}], msg_iovlen=1, msg_controllen=0, msg_flags=0}, msg_len=37}], 2, MSG_NOSIGNAL) = 2"#,
-    ];
-    for l in lines {
-        assert_eq!(beyond_loopback(l).len(), 1, "{l}");
-    }
-    let fine = [
-        r#"12 write(5<pipe:[99]>, "peer 100.64.0.2 at 192.0.2.9", 28) = 28"#,
-        r#"12 connect(7<UDP:[0.0.0.0:0]>, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.0.0.1")}, 16) = 0"#,
-        r#"12 sendto(7<UDP:[127.0.0.1:41641]>, "x", 1, 0, {sa_family=AF_INET, sin_port=htons(3478), sin_addr=inet_addr("127.0.0.1")}, 16) = 1"#,
-        r#"12 write(6<TCP:[127.0.0.1:40000->127.0.0.1:8080]>, "GET /", 5) = 5"#,
-        r#"12 write(6<TCPv6:[[::1]:40000->[::1]:8080]>, "GET /", 5) = 5"#,
-    ];
-    for l in fine {
-        assert!(beyond_loopback(l).is_empty(), "{l}");
-    }
 }
 
 #[test]
