@@ -9,7 +9,7 @@ use std::process::Command;
 /// the peers openbox is given (captive-portal probes of Tailscale's own hosts, NAT-PMP and
 /// UPnP to the LAN gateway, cloud metadata services, log upload, update checks), or serves
 /// nothing openbox uses. Smaller, too.
-const OMITTED: [&str; 17] = [
+const OMITTED: [&str; 19] = [
     "captiveportal",
     "portmapper",
     "logtail",
@@ -27,6 +27,9 @@ const OMITTED: [&str; 17] = [
     "bird",
     "capture",
     "wakeonlan",
+    // Auth keys of these kinds would make tsnet call Tailscale's own API.
+    "oauthkey",
+    "identityfederation",
 ];
 
 fn main() {

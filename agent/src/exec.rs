@@ -68,7 +68,7 @@ pub async fn run_native(
     out: ChannelOut,
 ) {
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(command);
+    cmd.arg("-c").arg(command).env_remove(tailnet::AUTHKEY_ENV);
     if let Some(home) = std::env::var_os("HOME") {
         cmd.current_dir(home);
     }

@@ -97,7 +97,7 @@ pub fn mesh_settings(
                 .trim()
                 .to_owned(),
         ),
-        None => std::env::var("OPENBOX_MESH_AUTHKEY").ok().filter(|k| !k.is_empty()),
+        None => std::env::var(tailnet::AUTHKEY_ENV).ok().filter(|k| !k.is_empty()),
     };
     Ok(Some(Mesh { control_url, auth_key: auth_key.map(tailnet::AuthKey::new), port }))
 }

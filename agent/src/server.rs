@@ -86,11 +86,17 @@ async fn accept_loop(listener: Incoming, shared: Arc<Shared>) {
                 stream.set_nodelay(true).ok();
                 spawn_connection(stream, peer.to_string(), &shared);
             }),
-            Incoming::Tailnet(l) => l
-                .accept()
-                .await
-                .map(|(stream, peer)| spawn_connection(stream, format!("{peer} (tailnet)"), &shared))
-                .map_err(std::io::Error::other),
+            Incoming::Tailnet(l) => match l.accept().await {
+                Ok((stream, peer)) => {
+                    spawn_connection(stream, format!("{peer} (tailnet)"), &shared);
+                    Ok(())
+                }
+                Err(tailnet::TailnetError::Closed) => {
+                    tracing::warn!("the tailnet listener closed; serving on the tailnet has stopped");
+                    return;
+                }
+                Err(e) => Err(std::io::Error::other(e)),
+            },
         };
         if let Err(e) = accepted {
             tracing::warn!(error = %e, "accept failed");

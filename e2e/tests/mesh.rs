@@ -36,6 +36,8 @@ fn a_tailnet_only_node_serves_commands_and_sessions_to_a_meshed_openboxd() {
 
     let out = admin.run(&["-t", "meshtag", "echo", "over", "the", "tailnet;", "echo $OPENBOX_NODE"]).ok();
     assert_eq!(out.stdout, format!("over the tailnet\n{}\n", agent.node_id));
+    let key_seen = admin.run(&["-n", "meshy", "echo ${OPENBOX_MESH_AUTHKEY:-none}"]).ok();
+    assert_eq!(key_seen.stdout, "none\n", "commands never see the node's tailnet key");
     let big = admin.run(&["-n", "meshy", "head -c 3000000 /dev/zero | wc -c"]).ok();
     assert_eq!(big.stdout.trim(), "3000000");
 

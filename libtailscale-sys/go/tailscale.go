@@ -14,16 +14,19 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"os"
 	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	_ "openbox/libtailscale/envfirst" // must stay the first thing initialized
 
 	"tailscale.com/envknob"
+	"tailscale.com/net/tsaddr"
 	"tailscale.com/tsnet"
 )
 
@@ -34,6 +37,20 @@ type server struct {
 	mu      sync.Mutex
 	lastErr string
 	logOut  io.Writer
+	// started: tsnet's Close must not be called on a server that never started.
+	started bool
+	// cancelUp stops a running tailscale_up; upDone closes when it has returned, so
+	// that tailscale_close never races it.
+	cancelUp context.CancelFunc
+	upDone   chan struct{}
+}
+
+// markStarted notes that tsnet may now have started (Up, Start, Listen and Dial all
+// start it).
+func (s *server) markStarted() {
+	s.mu.Lock()
+	s.started = true
+	s.mu.Unlock()
 }
 
 var (
@@ -148,6 +165,7 @@ func tailscale_start(sd C.int) C.int {
 	if srv == nil {
 		return -1
 	}
+	srv.markStarted()
 	if err := srv.s.Start(); err != nil {
 		return srv.fail(err)
 	}
@@ -162,7 +180,14 @@ func tailscale_up(sd C.int) C.int {
 	if srv == nil {
 		return -1
 	}
-	if _, err := srv.s.Up(context.Background()); err != nil {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	srv.mu.Lock()
+	srv.started = true
+	srv.cancelUp, srv.upDone = cancel, done
+	srv.mu.Unlock()
+	defer close(done)
+	if _, err := srv.s.Up(ctx); err != nil {
 		return srv.fail(err)
 	}
 	return 0
@@ -177,7 +202,21 @@ func tailscale_close(sd C.int) C.int {
 	if srv == nil {
 		return -1
 	}
-	if err := srv.s.Close(); err != nil {
+	srv.mu.Lock()
+	cancel, done, started, logOut := srv.cancelUp, srv.upDone, srv.started, srv.logOut
+	srv.mu.Unlock()
+	if cancel != nil { // a running Up ends first: Close must not race it
+		cancel()
+		<-done
+	}
+	var err error
+	if started {
+		err = srv.s.Close()
+	}
+	if f, ok := logOut.(*os.File); ok {
+		f.Close()
+	}
+	if err != nil {
 		return srv.fail(err)
 	}
 	return 0
@@ -250,6 +289,8 @@ func bridge(conn net.Conn) (C.int, error) {
 	// Each direction half-closes when it ends; once both have, both ends are released.
 	var both sync.WaitGroup
 	both.Add(2)
+	// A side that stays silent after the other has finished gets a minute, not forever.
+	const linger = time.Minute
 	go func() {
 		defer both.Done()
 		io.Copy(conn, local)
@@ -258,11 +299,13 @@ func bridge(conn net.Conn) (C.int, error) {
 		} else {
 			conn.Close()
 		}
+		conn.SetReadDeadline(time.Now().Add(linger))
 	}()
 	go func() {
 		defer both.Done()
 		io.Copy(local, conn)
 		local.(*net.UnixConn).CloseWrite()
+		local.SetReadDeadline(time.Now().Add(linger))
 	}()
 	go func() {
 		both.Wait()
@@ -272,13 +315,27 @@ func bridge(conn net.Conn) (C.int, error) {
 	return C.int(fds[1]), nil
 }
 
+// dialTimeout bounds tailscale_dial: tsnet's Dial waits, without limit, for the node to
+// be running.
+const dialTimeout = 30 * time.Second
+
+// tailscale_dial connects to a tailnet address (IP:PORT). Only tailnet addresses are
+// dialled: tsnet would send any other through the host's network.
+//
 //export tailscale_dial
 func tailscale_dial(sd C.int, network *C.char, addr *C.char, connOut *C.int) C.int {
 	srv := get(sd)
 	if srv == nil {
 		return -1
 	}
-	conn, err := srv.s.Dial(context.Background(), C.GoString(network), C.GoString(addr))
+	target, err := netip.ParseAddrPort(C.GoString(addr))
+	if err != nil || !tsaddr.IsTailscaleIP(target.Addr()) {
+		return srv.fail(fmt.Errorf("%q is not a tailnet address (IP:PORT)", C.GoString(addr)))
+	}
+	srv.markStarted()
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	defer cancel()
+	conn, err := srv.s.Dial(ctx, C.GoString(network), target.String())
 	if err != nil {
 		return srv.fail(err)
 	}
@@ -300,6 +357,7 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 	if srv == nil {
 		return -1
 	}
+	srv.markStarted()
 	ln, err := srv.s.Listen(C.GoString(network), C.GoString(addr))
 	if err != nil {
 		return srv.fail(err)
@@ -310,6 +368,21 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 		return srv.fail(err)
 	}
 	ours, theirs := fds[0], fds[1]
+	// The caller closing its end (or the process giving it up) stops the listener: the
+	// read sees end of file.
+	go func() {
+		buf := make([]byte, 1)
+		for {
+			n, err := syscall.Read(ours, buf)
+			if err == syscall.EINTR {
+				continue
+			}
+			if n <= 0 {
+				ln.Close()
+				return
+			}
+		}
+	}()
 	go func() {
 		defer syscall.Close(ours)
 		defer ln.Close()
@@ -345,6 +418,9 @@ func tailscale_accept(listener C.int, connOut *C.int) C.int {
 	n, oobn, _, _, err := syscall.Recvmsg(int(listener), buf, oob, syscall.MSG_CMSG_CLOEXEC)
 	if err != nil {
 		return C.int(err.(syscall.Errno))
+	}
+	if n == 0 && oobn == 0 { // the listener ended (its node closed)
+		return C.int(syscall.ECONNABORTED)
 	}
 	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
 	if err != nil || len(msgs) == 0 {

@@ -38,7 +38,7 @@ impl Mesh {
     /// this openboxd has no tailnet. Starts joining in the background.
     pub fn start(rt: &tokio::runtime::Handle) -> anyhow::Result<Option<Arc<Mesh>>> {
         let file = paths::mesh_file();
-        let control_url = match std::env::var("OPENBOX_MESH_CONTROL").ok().filter(|u| !u.is_empty()) {
+        let control_url = match std::env::var(tailnet::CONTROL_ENV).ok().filter(|u| !u.is_empty()) {
             Some(url) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     anyhow::bail!("OPENBOX_MESH_CONTROL={url:?}: expected an http:// or https:// URL");
@@ -57,7 +57,7 @@ impl Mesh {
                 Err(_) => return Ok(None),
             },
         };
-        let auth_key = std::env::var("OPENBOX_MESH_AUTHKEY").ok().filter(|k| !k.is_empty()).map(tailnet::AuthKey::new);
+        let auth_key = std::env::var(tailnet::AUTHKEY_ENV).ok().filter(|k| !k.is_empty()).map(tailnet::AuthKey::new);
         let config = tailnet::Config {
             dir: paths::tailnet_dir(),
             hostname: format!("openboxd-{}", std::env::var("USER").unwrap_or_else(|_| "user".into())),

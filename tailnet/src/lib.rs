@@ -15,13 +15,18 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::raw::{c_char, c_int};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libtailscale_sys as sys;
 use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
+
+/// Where openbox processes take a tailnet auth key from (the first join only). Commands a
+/// node runs never see it.
+pub const AUTHKEY_ENV: &str = "OPENBOX_MESH_AUTHKEY";
+/// The coordination server openboxd joins (remembered once given).
+pub const CONTROL_ENV: &str = "OPENBOX_MESH_CONTROL";
 
 /// An auth key; its `Debug` never shows it.
 #[derive(Clone)]
@@ -63,6 +68,9 @@ pub enum TailnetError {
     AuthKeyInvalid(String),
     #[error("the tailnet node did not come up within {}s{}", .0.as_secs(), last_words(.1))]
     UpTimeout(Duration, String),
+    /// The listener's node left the tailnet: no more connections will come.
+    #[error("the tailnet listener closed")]
+    Closed,
     #[error("{0} must not contain a NUL byte")]
     Nul(&'static str),
     #[error(transparent)]
@@ -77,7 +85,6 @@ fn last_words(log: &str) -> String {
 /// must not be raced: then it stays until the process ends).
 pub struct Node {
     sd: sys::tailscale,
-    coming_up: Arc<AtomicBool>,
     last_log: Arc<Mutex<String>>,
 }
 
@@ -109,7 +116,7 @@ impl Node {
         let key = config.auth_key.as_ref().map(|k| cstr("the auth key", &k.0)).transpose()?;
         // SAFETY: plain calls with valid NUL-terminated strings; the handle is ours.
         let sd = unsafe { sys::tailscale_new() };
-        let node = Node { sd, coming_up: Arc::default(), last_log: Arc::default() };
+        let node = Node { sd, last_log: Arc::default() };
         let set = |what: &'static str, rc: c_int| if rc == 0 { Ok(()) } else { Err(node.error(what)) };
         unsafe {
             set("setting the state directory", sys::tailscale_set_dir(sd, dir.as_ptr()))?;
@@ -142,12 +149,10 @@ impl Node {
     /// Joins the tailnet and waits until the node is running on it, for at most `deadline`.
     pub async fn up(&self, deadline: Duration) -> Result<(), TailnetError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (sd, coming_up) = (self.sd, self.coming_up.clone());
-        coming_up.store(true, Ordering::SeqCst);
+        let sd = self.sd;
         std::thread::Builder::new().name("tailscale-up".into()).spawn(move || {
-            // SAFETY: a plain call on our handle; `Drop` does not close it meanwhile.
+            // SAFETY: a plain call on our handle; closing it cancels this call first.
             let rc = unsafe { sys::tailscale_up(sd) };
-            coming_up.store(false, Ordering::SeqCst);
             let _ = tx.send(rc);
         })?;
         match tokio::time::timeout(deadline, rx).await {
@@ -188,19 +193,19 @@ impl Node {
     pub async fn dial(&self, addr: &str) -> Result<UnixStream, TailnetError> {
         let (network, addr) = (cstr("the network", "tcp")?, cstr("the address", addr)?);
         let sd = self.sd;
-        let (rc, fd) = tokio::task::spawn_blocking(move || {
+        let fd = tokio::task::spawn_blocking(move || {
             let mut fd: c_int = -1;
-            // SAFETY: valid strings and an out pointer to a local.
+            // SAFETY: valid strings and an out pointer to a local; a new descriptor is
+            // owned at once, so it is closed even if nobody waits for this any more.
             let rc = unsafe { sys::tailscale_dial(sd, network.as_ptr(), addr.as_ptr(), &mut fd) };
-            (rc, fd)
+            (rc == 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
         })
         .await
         .map_err(|e| TailnetError::Failed { what: "dialing over the tailnet", why: e.to_string() })?;
-        if rc != 0 {
-            return Err(self.error("dialing over the tailnet"));
+        match fd {
+            Some(fd) => stream(fd),
+            None => Err(self.error("dialing over the tailnet")),
         }
-        // SAFETY: the descriptor is new and ours.
-        stream(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     fn last_log(&self) -> String {
@@ -218,12 +223,17 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// Leaves the tailnet, on a thread of its own (closing cancels a running `up` first,
+    /// then waits for the node to stop).
     fn drop(&mut self) {
-        if self.coming_up.load(Ordering::SeqCst) {
-            return; // closing must not race `up`
+        let sd = self.sd;
+        let closing = std::thread::Builder::new().name("tailscale-close".into()).spawn(move || {
+            // SAFETY: the handle is ours and used by no one else any more.
+            unsafe { sys::tailscale_close(sd) };
+        });
+        if closing.is_err() {
+            tracing::warn!("could not start a thread to leave the tailnet");
         }
-        // SAFETY: the handle is ours and used by no one else any more.
-        unsafe { sys::tailscale_close(self.sd) };
     }
 }
 
@@ -247,6 +257,7 @@ impl Listener {
             });
             let conn = match got {
                 Ok(Ok(conn)) => conn,
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNABORTED) => return Err(TailnetError::Closed),
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_would_block) => continue,
             };
@@ -285,7 +296,10 @@ pub fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = (
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    for sig in [libc::SIGTERM, libc::SIGINT] {
+    // SIGCHLD too: tokio's process support installs its handler once, and children exit
+    // all the time. Registering it here installs it now, so the flag can be added.
+    drop(signal(SignalKind::child())?);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
         on_alternate_stack(sig)?;
     }
     Ok(async move {
@@ -320,7 +334,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_handlers_run_on_the_alternate_stack_as_go_requires() {
         let _wait = super::shutdown_signals().unwrap();
-        for sig in [libc::SIGTERM, libc::SIGINT] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
             // SAFETY: reading the current action into a zeroed struct.
             let flags = unsafe {
                 let mut act: libc::sigaction = std::mem::zeroed();

@@ -83,6 +83,10 @@ fn two_nodes_join_headscale_and_talk_over_the_tailnet() {
             conn.shutdown().await.unwrap();
             (listener, from)
         });
+        // Only tailnet addresses are dialled over the tailnet, never the host network's.
+        let err = b.dial("127.0.0.1:7000").await.expect_err("not a tailnet address");
+        assert!(err.to_string().contains("not a tailnet address"), "{err}");
+
         let data: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
         let mut conn = b.dial(&format!("{a_ip}:7000")).await.unwrap();
         conn.write_all(&data).await.unwrap();

@@ -112,6 +112,7 @@ pub async fn spawn_shell(
     let (mut cmd, nspawn) = match isolation {
         Isolation::Native => {
             let mut cmd = Command::new("/bin/sh");
+            cmd.env_remove(tailnet::AUTHKEY_ENV);
             if let Some(home) = std::env::var_os("HOME") {
                 cmd.current_dir(home);
             }
