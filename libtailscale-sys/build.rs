@@ -34,7 +34,7 @@ const OMITTED: [&str; 19] = [
 
 fn main() {
     let go_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir")).join("go");
-    for f in ["tailscale.go", "tailscale.h", "envfirst/envfirst.go", "go.mod", "go.sum"] {
+    for f in ["tailscale.go", "tailscale.h", "go.mod", "go.sum"] {
         println!("cargo:rerun-if-changed={}", go_dir.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=GO");

@@ -81,6 +81,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(m) = &mesh {
+        tailnet::ensure_environment(m.control_url.starts_with("http://"));
+    }
     // Without a tailnet, TCP on the default address; on one, TCP only when asked.
     let listen = args.addr.or_else(|| mesh.is_none().then(|| "127.0.0.1:7684".to_owned()));
     let config = openbox_agent::Config {

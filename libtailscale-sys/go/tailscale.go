@@ -17,15 +17,11 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 	"unsafe"
 
-	_ "openbox/libtailscale/envfirst" // must stay the first thing initialized
-
-	"tailscale.com/envknob"
 	"tailscale.com/net/tsaddr"
 	"tailscale.com/tsnet"
 )
@@ -73,9 +69,25 @@ func (s *server) fail(err error) C.int {
 	return -1
 }
 
+// strayCredentials are variables tsnet would read a credential from; openbox passes
+// credentials only through this API.
+var strayCredentials = []string{"TS_AUTHKEY", "TS_AUTH_KEY", "TS_CLIENT_SECRET", "TS_CLIENT_ID", "TS_ID_TOKEN", "TS_AUDIENCE"}
+
+// tailscale_new makes a node handle. It refuses (-2) unless the process started with
+// TS_NO_LOGS_NO_SUPPORT=true and none of the stray credential variables: Go reads its
+// knobs once, at start, so they cannot be fixed from here (and writing the environment
+// while the host program may read it is not safe).
+//
 //export tailscale_new
 func tailscale_new() C.int {
-	envknob.SetNoLogsNoSupport() // also set before any package read it (envfirst)
+	if os.Getenv("TS_NO_LOGS_NO_SUPPORT") != "true" {
+		return -2
+	}
+	for _, name := range strayCredentials {
+		if os.Getenv(name) != "" {
+			return -2
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	id := nextID
@@ -117,18 +129,13 @@ func tailscale_set_authkey(sd C.int, authkey *C.char) C.int {
 	return setString(sd, authkey, func(s *tsnet.Server, v string) { s.AuthKey = v })
 }
 
-// tailscale_set_control_url sets the coordination server. One served over plain http
-// (Headscale on a LAN) serves its embedded DERP relay over plain http too, so DERP is
-// then spoken over http for the whole process.
+// tailscale_set_control_url sets the coordination server. (One served over plain http
+// serves its DERP relay over plain http too: the process must then have started with
+// TS_DEBUG_USE_DERP_HTTP=1, which tailnet::ensure_environment sees to.)
 //
 //export tailscale_set_control_url
 func tailscale_set_control_url(sd C.int, url *C.char) C.int {
-	return setString(sd, url, func(s *tsnet.Server, v string) {
-		s.ControlURL = v
-		if strings.HasPrefix(v, "http://") {
-			envknob.Setenv("TS_DEBUG_USE_DERP_HTTP", "true")
-		}
-	})
+	return setString(sd, url, func(s *tsnet.Server, v string) { s.ControlURL = v })
 }
 
 //export tailscale_set_ephemeral

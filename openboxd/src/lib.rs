@@ -22,6 +22,7 @@ mod run;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
+pub use mesh::control_url as mesh_control_url;
 use proto::api::NodeUpdate;
 use proto::request::{Call, Request};
 pub use rpc::serve;

@@ -12,6 +12,9 @@ use openboxd::io::{CallOutput, fd_input};
 use proto::request::{CALL_ENV, Call};
 
 fn main() -> ExitCode {
+    if let Some(url) = openboxd::mesh_control_url() {
+        tailnet::ensure_environment(url.starts_with("http://"));
+    }
     let call = std::env::var_os(CALL_ENV);
     // A one-shot call's stderr is the user's own: only warnings belong there.
     telemetry::init_at(if call.is_some() { "warn" } else { "info" });

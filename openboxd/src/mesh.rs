@@ -27,6 +27,15 @@ enum State {
     Failed(String),
 }
 
+/// The tailnet this openboxd is to join, if any: from the environment, else remembered.
+pub fn control_url() -> Option<String> {
+    if let Some(url) = std::env::var(tailnet::CONTROL_ENV).ok().filter(|u| !u.is_empty()) {
+        return Some(url);
+    }
+    let text = std::fs::read_to_string(paths::mesh_file()).ok()?;
+    serde_json::from_str::<Remembered>(&text).ok().map(|r| r.control_url)
+}
+
 pub struct Mesh {
     control_url: String,
     state: watch::Receiver<State>,

@@ -28,6 +28,39 @@ pub const AUTHKEY_ENV: &str = "OPENBOX_MESH_AUTHKEY";
 /// The coordination server openboxd joins (remembered once given).
 pub const CONTROL_ENV: &str = "OPENBOX_MESH_CONTROL";
 
+/// Variables tsnet would read a credential from; a tailnet process never has them.
+const STRAY_CREDENTIALS: [&str; 6] =
+    ["TS_AUTHKEY", "TS_AUTH_KEY", "TS_CLIENT_SECRET", "TS_CLIENT_ID", "TS_ID_TOKEN", "TS_AUDIENCE"];
+
+/// Makes sure this process runs with the environment the tailnet needs from its very
+/// start — Go reads it once, before `main`: `TS_NO_LOGS_NO_SUPPORT=true` (never upload
+/// logs, never use Tailscale's public servers), `TS_DEBUG_USE_DERP_HTTP=1` for a control
+/// server on plain http (its DERP relay is plain http too), and none of the
+/// `TS_AUTHKEY`-style variables. When that is not so, it starts this program again, in
+/// this process, with the environment corrected (and returns only if that fails). Call
+/// it first thing in `main`, before any thread starts.
+pub fn ensure_environment(plain_http_control: bool) {
+    use std::os::unix::process::CommandExt as _;
+    const AGAIN: &str = "OPENBOX_TAILNET_ENV";
+    let right = std::env::var("TS_NO_LOGS_NO_SUPPORT").is_ok_and(|v| v == "true")
+        && (!plain_http_control || std::env::var_os("TS_DEBUG_USE_DERP_HTTP").is_some())
+        && STRAY_CREDENTIALS.iter().all(|v| std::env::var_os(v).is_none());
+    if right || std::env::var_os(AGAIN).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1)).env(AGAIN, "1").env("TS_NO_LOGS_NO_SUPPORT", "true");
+    if plain_http_control {
+        cmd.env("TS_DEBUG_USE_DERP_HTTP", "1");
+    }
+    for v in STRAY_CREDENTIALS {
+        cmd.env_remove(v);
+    }
+    let err = cmd.exec();
+    eprintln!("openbox: cannot start again with the tailnet's environment ({err})");
+}
+
 /// An auth key; its `Debug` never shows it.
 #[derive(Clone)]
 pub struct AuthKey(String);
@@ -68,6 +101,10 @@ pub enum TailnetError {
     AuthKeyInvalid(String),
     #[error("the tailnet node did not come up within {}s{}", .0.as_secs(), last_words(.1))]
     UpTimeout(Duration, String),
+    #[error(
+        "this process did not start with the tailnet's environment (TS_NO_LOGS_NO_SUPPORT=true, no TS_AUTHKEY-style variables); call tailnet::ensure_environment first"
+    )]
+    Environment,
     /// The listener's node left the tailnet: no more connections will come.
     #[error("the tailnet listener closed")]
     Closed,
@@ -116,6 +153,9 @@ impl Node {
         let key = config.auth_key.as_ref().map(|k| cstr("the auth key", &k.0)).transpose()?;
         // SAFETY: plain calls with valid NUL-terminated strings; the handle is ours.
         let sd = unsafe { sys::tailscale_new() };
+        if sd < 0 {
+            return Err(TailnetError::Environment);
+        }
         let node = Node { sd, last_log: Arc::default() };
         let set = |what: &'static str, rc: c_int| if rc == 0 { Ok(()) } else { Err(node.error(what)) };
         unsafe {

@@ -39,6 +39,9 @@ fn in_traced_child(test: &str, env: &[(&str, &str)]) {
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
         .env("TS_DEBUG_OMIT_LOCAL_ADDRS", "true")
+        // What tailnet::ensure_environment would give a binary; a test process sets it here.
+        .env("TS_NO_LOGS_NO_SUPPORT", "true")
+        .env("TS_DEBUG_USE_DERP_HTTP", "1")
         .envs(env.iter().copied())
         .status()
         .expect("strace is needed for this test (scripts/setup-test-env installs it)");
