@@ -167,3 +167,36 @@ fn meshed_agent_and_openboxd_send_nothing_beyond_loopback() {
         assert!(outside.is_empty(), "the {what} sent beyond 127.0.0.0/8:\n{}", outside.join("\n"));
     }
 }
+
+#[test]
+fn a_node_with_a_direct_address_is_not_kept_waiting_for_a_tailnet_still_joining() {
+    let hs = Headscale::start();
+    let key = hs.auth_key("fleet");
+    let cp = ControlPlane::start();
+    // This openboxd's tailnet cannot come up: nothing answers at its control URL.
+    let cli = Cli::new();
+    let out = cli
+        .cmd()
+        .args(["login", "--server", &cp.url, "--token", &cp.admin_token])
+        .env("OPENBOX_MESH_CONTROL", "http://127.0.0.1:1")
+        .env("OPENBOX_MESH_AUTHKEY", &key)
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A node on the tailnet and on TCP.
+    let token = cli.enroll_token(&["both"]);
+    let agent = Agent::enroll_env(
+        &cp,
+        &token,
+        &["--mesh-control", &hs.url, "--addr", "127.0.0.1:0"],
+        &[("OPENBOX_MESH_AUTHKEY", &key), MESH_TEST_ENV],
+    );
+    let node = cli.node(&agent.node_id).expect("listed");
+    assert!(node["mesh_addr"].as_str().is_some_and(|a| a.starts_with("100.64.")), "{node}");
+    assert_eq!(cli.daemon_status()["mesh"]["up"], false, "the tailnet is still joining");
+
+    let started = std::time::Instant::now();
+    assert_eq!(cli.run(&["-t", "both", "echo", "direct"]).ok().stdout, "direct\n");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "it waited {:?}", started.elapsed());
+}

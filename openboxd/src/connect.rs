@@ -115,6 +115,8 @@ async fn dispatch(acct: &Account, target: &Target, want: Want<'_>) -> Result<(No
 /// node's direct address.
 async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Result<Connection, ConnectError> {
     let (via, addr) = match (&node.mesh_addr, &d.mesh) {
+        // A node with a direct address is not kept waiting for a tailnet still joining.
+        (Some(_), Some(mesh)) if mesh.joining() && !node.addr.is_empty() => (Transport::Tcp, node.addr.clone()),
         (Some(mesh_addr), Some(mesh)) => match mesh.node().await {
             Ok(tailnet) => (Transport::Tailnet(tailnet), mesh_addr.clone()),
             Err(_) if !node.addr.is_empty() => (Transport::Tcp, node.addr.clone()),
