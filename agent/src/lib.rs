@@ -73,21 +73,13 @@ pub fn mesh_settings(
     let remembered = paths::agent_mesh(dir);
     let control_url = match control_url {
         Some(url) => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                bail!("--mesh-control {url:?}: expected an http:// or https:// URL");
-            }
-            std::fs::create_dir_all(dir)?;
-            std::fs::write(&remembered, serde_json::json!({ "control_url": url }).to_string())
-                .with_context(|| format!("remembering the tailnet in {}", remembered.display()))?;
+            tailnet::remember_control_url(&remembered, &url).context("--mesh-control")?;
             url
         }
-        None => match std::fs::read_to_string(&remembered) {
-            Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["control_url"].as_str().map(str::to_owned))
-                .with_context(|| format!("{} is damaged; give --mesh-control URL again", remembered.display()))?,
-            Err(_) if asked => bail!("--mesh needs a tailnet: give --mesh-control URL (it is remembered after that)"),
-            Err(_) => return Ok(None),
+        None => match tailnet::remembered_control_url(&remembered).context("give --mesh-control URL again")? {
+            Some(url) => url,
+            None if asked => bail!("--mesh needs a tailnet: give --mesh-control URL (it is remembered after that)"),
+            None => return Ok(None),
         },
     };
     let auth_key = match authkey_file {

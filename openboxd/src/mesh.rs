@@ -8,16 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// How long joining may take before calls that need the tailnet give up.
 const UP: Duration = Duration::from_secs(60);
-
-#[derive(Serialize, Deserialize)]
-struct Remembered {
-    control_url: String,
-}
 
 /// Where the tailnet node is in its life.
 #[derive(Clone)]
@@ -29,11 +23,11 @@ enum State {
 
 /// The tailnet this openboxd is to join, if any: from the environment, else remembered.
 pub fn control_url() -> Option<String> {
-    if let Some(url) = std::env::var(tailnet::CONTROL_ENV).ok().filter(|u| !u.is_empty()) {
-        return Some(url);
-    }
-    let text = std::fs::read_to_string(paths::mesh_file()).ok()?;
-    serde_json::from_str::<Remembered>(&text).ok().map(|r| r.control_url)
+    from_env().or_else(|| tailnet::remembered_control_url(&paths::mesh_file()).ok().flatten())
+}
+
+fn from_env() -> Option<String> {
+    std::env::var(tailnet::CONTROL_ENV).ok().filter(|u| !u.is_empty())
 }
 
 pub struct Mesh {
@@ -47,23 +41,14 @@ impl Mesh {
     /// this openboxd has no tailnet. Starts joining in the background.
     pub fn start(rt: &tokio::runtime::Handle) -> anyhow::Result<Option<Arc<Mesh>>> {
         let file = paths::mesh_file();
-        let control_url = match std::env::var(tailnet::CONTROL_ENV).ok().filter(|u| !u.is_empty()) {
+        let control_url = match from_env() {
             Some(url) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    anyhow::bail!("OPENBOX_MESH_CONTROL={url:?}: expected an http:// or https:// URL");
-                }
-                let text = serde_json::to_string(&Remembered { control_url: url.clone() })?;
-                paths::write_private(&file, text.as_bytes())
-                    .with_context(|| format!("remembering the tailnet in {}", file.display()))?;
+                tailnet::remember_control_url(&file, &url).context(tailnet::CONTROL_ENV)?;
                 url
             }
-            None => match std::fs::read_to_string(&file) {
-                Ok(text) => {
-                    serde_json::from_str::<Remembered>(&text)
-                        .with_context(|| format!("{} is damaged; set OPENBOX_MESH_CONTROL again", file.display()))?
-                        .control_url
-                }
-                Err(_) => return Ok(None),
+            None => match tailnet::remembered_control_url(&file).context("set OPENBOX_MESH_CONTROL again")? {
+                Some(url) => url,
+                None => return Ok(None),
             },
         };
         let auth_key = std::env::var(tailnet::AUTHKEY_ENV).ok().filter(|k| !k.is_empty()).map(tailnet::AuthKey::new);

@@ -61,6 +61,41 @@ pub fn ensure_environment(plain_http_control: bool) {
     eprintln!("openbox: cannot start again with the tailnet's environment ({err})");
 }
 
+/// The control URL a process joined once, kept in `file` (private) so that later starts
+/// rejoin the same tailnet; refused unless it is an http(s) URL.
+pub fn remember_control_url(file: &std::path::Path, url: &str) -> Result<(), TailnetError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(TailnetError::Failed {
+            what: "the tailnet control URL",
+            why: format!("{url:?} is not an http:// or https:// URL"),
+        });
+    }
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = serde_json::json!({ "control_url": url }).to_string();
+    std::fs::write(file, text)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// The control URL kept by [`remember_control_url`]: `None` when there is none.
+pub fn remembered_control_url(file: &std::path::Path) -> Result<Option<String>, TailnetError> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let url = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["control_url"].as_str().map(str::to_owned));
+    url.map(Some).ok_or_else(|| TailnetError::Failed {
+        what: "the remembered tailnet",
+        why: format!("{} is damaged", file.display()),
+    })
+}
+
 /// An auth key; its `Debug` never shows it.
 #[derive(Clone)]
 pub struct AuthKey(String);
