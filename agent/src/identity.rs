@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use proto::api::{EnrollRequest, Enrolled, Platform};
+use proto::api::{EnrollMeshRequest, EnrollRequest, Enrolled, MeshSettings, Platform};
 use serde::{Deserialize, Serialize};
 use trust::{Certificate, PrivateKey, PublicKey, Secret};
 
@@ -110,7 +110,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         capabilities: p.capabilities,
     };
     let e: Enrolled = client.post("/v1/enroll", &req).await.context("enrollment failed")?;
-    Ok(Identity {
+    let id = Identity {
         node_id: e.node_id,
         name: e.name,
         server: client.url().to_owned(),
@@ -118,7 +118,16 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         ca: trust::parse_public_key(&e.ca_public_key)?,
         host_cert: trust::parse_certificate(&e.host_cert)?,
         host_key,
-    })
+    };
+    Ok(id)
+}
+
+/// The fleet's tailnet, if its control plane holds one: asked before enrolling with
+/// `token` (which stays unused), so that the node can join it first.
+pub async fn fleet_mesh(server: &str, token: &str) -> anyhow::Result<Option<MeshSettings>> {
+    let client = net::control::Client::new(server, None)?;
+    let req = EnrollMeshRequest { token: token.to_owned() };
+    client.post("/v1/enroll/mesh", &req).await.context("enrollment failed")
 }
 
 /// This machine's host name, made into a valid node name.

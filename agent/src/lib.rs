@@ -71,6 +71,9 @@ pub fn mesh_settings(
     port: u16,
 ) -> anyhow::Result<Option<Mesh>> {
     let remembered = paths::agent_mesh(dir);
+    if !tailnet::BUILT && (asked || control_url.is_some() || remembered.exists()) {
+        return Err(tailnet::TailnetError::NotBuilt.into());
+    }
     let control_url = match control_url {
         Some(url) => {
             tailnet::remember_control_url(&remembered, &url).context("--mesh-control")?;
@@ -102,13 +105,43 @@ pub fn ready_line(id: &Identity, addr: &str) -> String {
     format!("openbox agent: node {} ({}) serving on {addr}", id.name, id.node_id)
 }
 
+/// How a run of the agent ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// About to enroll into a fleet whose control plane holds a tailnet: the agent must
+    /// start again to join it first (the tailnet's environment is set before a process
+    /// starts).
+    JoinTailnet(String),
+}
+
+/// The tailnet state dir under the agent's dir.
+fn tailnet_dir(dir: &std::path::Path) -> PathBuf {
+    dir.join("tailnet")
+}
+
 /// Enrolls if needed, then serves until `shutdown` completes or the node is removed.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Ended> {
     let existing = Identity::load(&config.dir)?;
     if existing.is_none() && config.token.is_none() {
         bail!(
             "this node has not enrolled yet: run `openbox agent --server URL --token enroll_…` (an admin mints the token with `openbox node token`)"
         );
+    }
+    if existing.is_none()
+        && config.mesh.is_none()
+        && let (Some(server), Some(token)) = (&config.server, &config.token)
+        && let Some(mesh) = identity::fleet_mesh(server, token).await?
+    {
+        if tailnet::BUILT {
+            // Zero-config: join the fleet's tailnet first (starting again, with the
+            // environment it needs), then enroll with the tailnet address.
+            tailnet::remember_control_url(&paths::agent_mesh(&config.dir), &mesh.control_url)?;
+            tailnet::keep_auth_key(&tailnet_dir(&config.dir), &tailnet::AuthKey::new(&mesh.auth_key))?;
+            return Ok(Ended::JoinTailnet(mesh.control_url));
+        }
+        tracing::warn!(control = %mesh.control_url, "the fleet has a tailnet, but this build of openbox has none; serving over TCP only");
     }
     let mut incoming = Vec::new();
     let mut addr = String::new();
@@ -181,7 +214,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None => {
             heartbeat::say_goodbye(&shared, &addrs).await;
             tracing::info!("agent stopped");
-            Ok(())
+            Ok(Ended::Stopped)
         }
         Some(heartbeat::Stop::Revoked(why)) => {
             Identity::forget(&config.dir);
@@ -195,7 +228,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 async fn join_tailnet(config: &Config, mesh: &Mesh) -> anyhow::Result<(tailnet::Node, tailnet::Listener, String)> {
     let hostname = config.name.clone().unwrap_or_else(|| "openbox-node".into());
     let node = tailnet::Node::new(&tailnet::Config {
-        dir: config.dir.join("tailnet"),
+        dir: tailnet_dir(&config.dir),
         hostname,
         control_url: mesh.control_url.clone(),
         auth_key: mesh.auth_key.clone(),

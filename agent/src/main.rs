@@ -57,6 +57,18 @@ struct Args {
     verbose: u8,
 }
 
+/// Runs this program again in this process, with the same arguments (it is enrolled now,
+/// and remembers the tailnet to join).
+fn start_again() -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let err = match std::env::current_exe() {
+        Ok(exe) => std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec(),
+        Err(e) => e,
+    };
+    eprintln!("openbox agent: cannot start again to join the tailnet ({err}); start the agent again");
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.verbose);
@@ -104,7 +116,12 @@ fn main() -> ExitCode {
         tailnet::shutdown_signals().expect("signal handlers")
     };
     match rt.block_on(openbox_agent::run(config, shutdown)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(openbox_agent::Ended::Stopped) => ExitCode::SUCCESS,
+        Ok(openbox_agent::Ended::JoinTailnet(url)) => {
+            println!("openbox agent: starting again to join the fleet's tailnet at {url}, then enroll");
+            drop(rt);
+            start_again()
+        }
         Err(e) => {
             eprintln!("openbox agent: {e:#}");
             ExitCode::FAILURE

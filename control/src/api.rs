@@ -29,7 +29,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{name}", delete(remove_user))
         .route("/v1/users/{name}/tokens", post(new_user_token))
         .route("/v1/enroll-tokens", post(new_enroll_token))
+        .route("/v1/mesh", get(mesh))
         .route("/v1/enroll", post(enroll))
+        .route("/v1/enroll/mesh", post(enroll_mesh))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{node}", delete(remove_node).patch(update_node))
@@ -108,6 +110,11 @@ async fn whoami(State(app): AppState, caller: Caller) -> ApiResult<WhoAmI> {
     Ok(Json(WhoAmI { user: caller.user.name, admin: caller.user.admin, ca_public_key: app.ca.public_key_openssh() }))
 }
 
+/// The fleet's tailnet, for a user's openboxd to join (`null` when there is none).
+async fn mesh(State(app): AppState, _caller: Caller) -> ApiResult<Option<MeshSettings>> {
+    Ok(Json(app.store.mesh()?))
+}
+
 async fn logout(State(app): AppState, caller: Caller) -> Result<StatusCode, Refusal> {
     app.store.revoke_login_token(&caller.token_hash)?;
     Ok(StatusCode::NO_CONTENT)
@@ -167,6 +174,13 @@ async fn new_enroll_token(
 
 async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejection>) -> ApiResult<Enrolled> {
     Ok(Json(enrollment::enroll(&app, body(b)?)?))
+}
+
+async fn enroll_mesh(
+    State(app): AppState,
+    b: Result<Json<EnrollMeshRequest>, JsonRejection>,
+) -> ApiResult<Option<MeshSettings>> {
+    Ok(Json(enrollment::fleet_mesh(&app, body(b)?)?))
 }
 
 async fn heartbeat(

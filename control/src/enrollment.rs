@@ -1,7 +1,7 @@
 //! Nodes joining and staying: enrollment with a single-use token, and the heartbeats that
 //! keep a node's entry current and its host certificate renewed.
 
-use proto::api::{EnrollRequest, Enrolled, Heartbeat, HeartbeatReply};
+use proto::api::{EnrollMeshRequest, EnrollRequest, Enrolled, Heartbeat, HeartbeatReply, MeshSettings};
 use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS};
 use trust::token;
 
@@ -28,6 +28,7 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
     // A host name that is not a valid node name is replaced rather than refused.
     let default_name =
         req.default_name.filter(|n| proto::check_name("node name", n).is_ok()).unwrap_or_else(|| "node".into());
+    check_mesh_addr(req.mesh_addr.as_deref())?;
     let host_key = trust::parse_public_key(&req.host_public_key)?;
     // A chosen name that is taken is refused before the token is used up.
     if let Some(name) = &req.name
@@ -38,20 +39,7 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
             format!("a node named {name:?} already exists; choose another --name (the token is still valid)"),
         ));
     }
-    let mut tags = match app.store.take_enroll_token(&token::hash(&req.token), now())? {
-        Ok(tags) => tags,
-        Err(EnrollTokenProblem::Unknown) => {
-            return Err(unauthorized("unknown enrollment token; mint one with `openbox node token`"));
-        }
-        Err(EnrollTokenProblem::Used) => {
-            return Err(unauthorized(
-                "this enrollment token was already used; each token enrolls one node — mint another with `openbox node token`",
-            ));
-        }
-        Err(EnrollTokenProblem::Expired) => {
-            return Err(unauthorized("this enrollment token has expired; mint another with `openbox node token`"));
-        }
-    };
+    let mut tags = app.store.take_enroll_token(&token::hash(&req.token), now())?.map_err(token_refusal)?;
     for t in req.tags {
         if !tags.contains(&t) {
             tags.push(t);
@@ -89,6 +77,27 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
     })
 }
 
+/// The fleet's tailnet, for a node about to enroll with `token` (which stays unused): it
+/// joins first, so that it enrolls with its tailnet address.
+pub fn fleet_mesh(app: &App, req: EnrollMeshRequest) -> Result<Option<MeshSettings>, Refusal> {
+    if !req.token.starts_with(token::ENROLL_PREFIX) {
+        return Err(Refusal::new(Kind::Unauthorized, "that is not an enrollment token (they start with enroll_)"));
+    }
+    app.store.check_enroll_token(&token::hash(&req.token), now())?.map_err(token_refusal)?;
+    Ok(app.store.mesh()?)
+}
+
+fn token_refusal(problem: EnrollTokenProblem) -> Refusal {
+    let why = match problem {
+        EnrollTokenProblem::Unknown => "unknown enrollment token; mint one with `openbox node token`",
+        EnrollTokenProblem::Used => {
+            "this enrollment token was already used; each token enrolls one node — mint another with `openbox node token`"
+        }
+        EnrollTokenProblem::Expired => "this enrollment token has expired; mint another with `openbox node token`",
+    };
+    Refusal::new(Kind::Unauthorized, why)
+}
+
 /// Records a heartbeat authenticated by the node's secret, and renews the node's host
 /// certificate once past half its life.
 pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
@@ -107,6 +116,7 @@ pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<Heart
         tracing::warn!(node = %hb.node_id, "heartbeat with a wrong secret refused");
         return Err(Refusal::new(Kind::Unauthorized, "heartbeat secret does not match this node"));
     }
+    check_mesh_addr(hb.mesh_addr.as_deref())?;
     app.store.record_heartbeat(&hb, now())?;
     app.store.apply_session_reports(&node.id, &hb.sessions)?;
     app.refresh_registry();
@@ -117,6 +127,19 @@ pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<Heart
         tracing::info!(node = %node.id, "host certificate renewed");
     }
     Ok(reply)
+}
+
+/// A tailnet address must be one a caller can dial: `IP:PORT`, a unicast IP, a port.
+fn check_mesh_addr(mesh_addr: Option<&str>) -> Result<(), Refusal> {
+    let Some(text) = mesh_addr else { return Ok(()) };
+    let dialable = text
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast());
+    if dialable {
+        Ok(())
+    } else {
+        Err(Refusal::new(Kind::BadRequest, format!("the tailnet address {text:?} is not a dialable IP:PORT")))
+    }
 }
 
 /// A host certificate for `node_id`, valid from now (less the clock skew) for the host

@@ -9,6 +9,7 @@
 
 mod api;
 mod enrollment;
+pub mod mesh;
 mod placement;
 mod refusal;
 mod store;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use clap::Parser;
 
 /// Run the openbox control plane: users, node registry, certificate authority.
@@ -41,6 +41,23 @@ struct Args {
     /// Mint a fresh login token for the admin user and print it (when the first one is lost).
     #[arg(long)]
     new_admin_token: bool,
+    /// The fleet's tailnet (its Headscale or Tailscale coordination server): handed, with
+    /// the auth key, to nodes when they enroll and to users when they log in, so that
+    /// `openbox agent --token …` and `openbox login …` alone put them on it. Stored; give it
+    /// again to change it.
+    #[arg(long, value_name = "URL")]
+    mesh_control: Option<String>,
+    /// File holding a reusable auth key for that tailnet (stored as a secret; also
+    /// OPENBOX_MESH_AUTHKEY). Never give the key itself on the command line.
+    #[arg(long, value_name = "FILE")]
+    mesh_authkey_file: Option<PathBuf>,
+    /// Join the fleet's tailnet too and serve this API there as well, to reach and be
+    /// reached by nodes that are on the tailnet only.
+    #[arg(long)]
+    mesh: bool,
+    /// The API's port on the tailnet.
+    #[arg(long, default_value_t = 7683)]
+    mesh_port: u16,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -66,6 +83,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let store = openbox_control::Store::open(&db).with_context(|| format!("opening the database {}", db.display()))?;
+    if args.mesh && !tailnet::BUILT {
+        bail!(tailnet::TailnetError::NotBuilt);
+    }
+    let fleet_mesh = fleet_mesh(&store, args.mesh_control, args.mesh_authkey_file.as_deref())?;
+    if args.mesh {
+        let Some(mesh) = &fleet_mesh else {
+            bail!(
+                "--mesh needs the fleet's tailnet: give --mesh-control URL --mesh-authkey-file FILE (stored after that)"
+            );
+        };
+        // May start this program again, with the environment the tailnet needs.
+        tailnet::ensure_environment(mesh.control_url.starts_with("http://"));
+    }
     let ca = openbox_control::load_or_create_ca(&ca_path)?;
     let listener = tokio::net::TcpListener::bind(&args.addr).await.with_context(|| {
         format!("cannot listen on {}; is another control plane running there? (--addr picks another)", args.addr)
@@ -97,18 +127,60 @@ async fn run(args: Args) -> anyhow::Result<()> {
         user_cert_ttl_secs: args.user_cert_ttl,
     };
     let app = openbox_control::App::new(config, store, ca);
-    openbox_control::serve(listener, app, shutdown_signal()).await?;
+    if let Some(mesh) = fleet_mesh {
+        println!("Nodes and users are handed the fleet's tailnet at {}.", mesh.control_url);
+        if args.mesh {
+            let state = db.parent().unwrap_or(std::path::Path::new(".")).join("tailnet");
+            let on_tailnet = openbox_control::mesh::serve(app.clone(), mesh, state, args.mesh_port, |url| {
+                println!("openbox control plane also listening on the tailnet at {url}");
+            });
+            tokio::spawn(async move {
+                if let Err(e) = on_tailnet.await {
+                    eprintln!("openbox control: not on the tailnet: {e:#}");
+                }
+            });
+        }
+    }
+    // Go is linked in: signal handlers must suit it (see `tailnet::shutdown_signals`).
+    openbox_control::serve(listener, app, tailnet::shutdown_signals()?).await?;
     tracing::info!("control plane stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The fleet's tailnet: what the flags say (then stored), else what was stored before.
+fn fleet_mesh(
+    store: &openbox_control::Store,
+    control_url: Option<String>,
+    authkey_file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<proto::api::MeshSettings>> {
+    let key = match authkey_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the tailnet auth key from {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var(tailnet::AUTHKEY_ENV).ok().filter(|k| !k.is_empty()),
+    };
+    let stored = store.mesh()?;
+    let settings = match (control_url, key, stored) {
+        (None, None, stored) => return Ok(stored),
+        (Some(url), Some(key), _) => proto::api::MeshSettings { control_url: url, auth_key: key },
+        (Some(url), None, Some(s)) => proto::api::MeshSettings { control_url: url, ..s },
+        (None, Some(key), Some(s)) => proto::api::MeshSettings { auth_key: key, ..s },
+        (Some(_), None, None) => {
+            bail!("--mesh-control needs the tailnet's auth key too: --mesh-authkey-file FILE (or OPENBOX_MESH_AUTHKEY)")
+        }
+        (None, Some(_), None) => bail!("an auth key was given, but no tailnet: add --mesh-control URL"),
+    };
+    if !(settings.control_url.starts_with("http://") || settings.control_url.starts_with("https://")) {
+        bail!("--mesh-control {:?} is not an http:// or https:// URL", settings.control_url);
     }
+    if settings.auth_key.is_empty() || settings.auth_key.chars().any(char::is_whitespace) {
+        bail!("the tailnet auth key is empty or has spaces in it; check the file");
+    }
+    store.set_mesh(&settings)?;
+    Ok(Some(settings))
 }
 
 fn parse_cert_ttl(text: &str) -> Result<u64, proto::Invalid> {

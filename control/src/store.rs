@@ -72,7 +72,38 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE nodes ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[\"native\"]';",
     // 4: where a node is on the tailnet.
     "ALTER TABLE nodes ADD COLUMN mesh_addr TEXT;",
+    // 5: the fleet's tailnet, handed to nodes and users (the auth key is a secret).
+    "CREATE TABLE mesh (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        control_url TEXT NOT NULL,
+        auth_key TEXT NOT NULL
+    );",
 ];
+
+/// The tags of an enrollment token, or why it cannot be used.
+fn usable_enroll_token(
+    conn: &Connection,
+    token_hash: &str,
+    now: u64,
+) -> Result<std::result::Result<Vec<String>, EnrollTokenProblem>> {
+    let row: Option<(String, Option<u64>, Option<u64>)> = conn
+        .query_row(
+            "SELECT tags, expires_at, used_at FROM tokens WHERE hash = ?1 AND kind = 'enroll'",
+            [token_hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((tags, expires_at, used_at)) = row else {
+        return Ok(Err(EnrollTokenProblem::Unknown));
+    };
+    if used_at.is_some() {
+        return Ok(Err(EnrollTokenProblem::Used));
+    }
+    if expires_at.is_some_and(|e| now >= e) {
+        return Ok(Err(EnrollTokenProblem::Expired));
+    }
+    Ok(Ok(tags_from(tags)))
+}
 
 /// A session in the directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +216,28 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    // ---- the fleet's tailnet ----
+
+    /// The tailnet this control plane hands out, if it holds one.
+    pub fn mesh(&self) -> Result<Option<proto::api::MeshSettings>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT control_url, auth_key FROM mesh WHERE id = 1", [], |r| {
+                Ok(proto::api::MeshSettings { control_url: r.get(0)?, auth_key: r.get(1)? })
+            })
+            .optional()?)
+    }
+
+    /// Replaces the tailnet this control plane hands out.
+    pub fn set_mesh(&self, mesh: &proto::api::MeshSettings) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO mesh (id, control_url, auth_key) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET control_url = excluded.control_url, auth_key = excluded.auth_key",
+            [&mesh.control_url, &mesh.auth_key],
+        )?;
+        Ok(())
+    }
+
     // ---- users and login tokens ----
 
     pub fn user_count(&self) -> Result<u64> {
@@ -284,6 +337,15 @@ impl Store {
         Ok(())
     }
 
+    /// The tags of an enrollment token that can still be used, without using it.
+    pub fn check_enroll_token(
+        &self,
+        token_hash: &str,
+        now: u64,
+    ) -> Result<std::result::Result<Vec<String>, EnrollTokenProblem>> {
+        usable_enroll_token(&self.conn(), token_hash, now)
+    }
+
     /// Marks an enrollment token used and returns its tags, all in one transaction, so a
     /// token enrolls at most one node.
     pub fn take_enroll_token(
@@ -293,25 +355,13 @@ impl Store {
     ) -> Result<std::result::Result<Vec<String>, EnrollTokenProblem>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let row: Option<(String, Option<u64>, Option<u64>)> = tx
-            .query_row(
-                "SELECT tags, expires_at, used_at FROM tokens WHERE hash = ?1 AND kind = 'enroll'",
-                [token_hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((tags, expires_at, used_at)) = row else {
-            return Ok(Err(EnrollTokenProblem::Unknown));
+        let tags = match usable_enroll_token(&tx, token_hash, now)? {
+            Ok(tags) => tags,
+            Err(problem) => return Ok(Err(problem)),
         };
-        if used_at.is_some() {
-            return Ok(Err(EnrollTokenProblem::Used));
-        }
-        if expires_at.is_some_and(|e| now >= e) {
-            return Ok(Err(EnrollTokenProblem::Expired));
-        }
         tx.execute("UPDATE tokens SET used_at = ?2 WHERE hash = ?1", params![token_hash, now])?;
         tx.commit()?;
-        Ok(Ok(tags_from(tags)))
+        Ok(Ok(tags))
     }
 
     // ---- nodes ----

@@ -476,8 +476,9 @@ impl Agent {
             None => Command::new(bin("openbox-agent")),
         };
         cmd.env("OPENBOX_HOME", self.home.path()).args(["--heartbeat", "1s"]).args(args);
-        // A TCP listener on a free port, unless this node is on the tailnet only.
-        if !self.env.iter().any(|(k, _)| k == "OPENBOX_MESH_AUTHKEY") {
+        // A TCP listener on a free port, unless this node is meant for a tailnet (then it
+        // has a TCP listener only when the test asks for one).
+        if !self.env.iter().any(|(k, _)| k == MESH_TEST_ENV.0) {
             cmd.args(["--addr", "127.0.0.1:0"]);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));

@@ -200,3 +200,58 @@ fn a_node_with_a_direct_address_is_not_kept_waiting_for_a_tailnet_still_joining(
     assert_eq!(cli.run(&["-t", "both", "echo", "direct"]).ok().stdout, "direct\n");
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "it waited {:?}", started.elapsed());
 }
+
+#[test]
+fn a_control_plane_holding_the_tailnet_puts_nodes_and_laptops_on_it_with_no_settings_of_their_own() {
+    let hs = Headscale::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("authkey");
+    std::fs::write(&key_file, format!("{}\n", hs.auth_key("fleet"))).unwrap();
+    let cp = ControlPlane::start_with(&["--mesh-control", &hs.url, "--mesh-authkey-file", key_file.to_str().unwrap()]);
+
+    // `openbox login` alone: openboxd learns the tailnet and starts again to join it.
+    let admin = Cli::new();
+    let out = admin
+        .cmd()
+        .args(["login", "--server", &cp.url, "--token", &cp.admin_token])
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("Joining the fleet's tailnet at"), "{said}");
+
+    // `openbox agent --server … --token …` alone: joins first, then enrolls on the tailnet
+    // only (no TCP listener, since none was asked for).
+    let agent = Agent::enroll_env(&cp, &admin.enroll_token(&["zc"]), &[], &[MESH_TEST_ENV]);
+    assert!(agent.addr.starts_with("100.64."), "it serves on its tailnet address: {}", agent.addr);
+    let node = admin.node(&agent.node_id).expect("listed");
+    assert_eq!(node["addr"], "", "no direct address: {node}");
+
+    let out = admin
+        .cmd()
+        .args(["-t", "zc", "echo", "zero", "config"])
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "zero config\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let status = admin.daemon_status();
+    assert_eq!(status["mesh"]["up"], true, "{status}");
+    assert_eq!(status["mesh"]["control_url"], hs.url.as_str(), "{status}");
+    admin.run(&["-t", "zc", "-s", "zs", "cd /tmp"]).ok();
+    assert_eq!(admin.run(&["-t", "zc", "-s", "zs", "pwd"]).ok().stdout, "/tmp\n");
+
+    // The key was kept only until the join: neither side keeps it afterwards.
+    assert!(!agent.home.path().join("agent/tailnet/pending-authkey").exists());
+    assert!(!admin.home.path().join("tailnet/pending-authkey").exists());
+
+    // A key the control plane cannot hand out is refused at its start, with one line.
+    let empty = secrets.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = std::process::Command::new(openbox_e2e::bin("openbox-control"))
+        .env("OPENBOX_HOME", secrets.path())
+        .args(["--addr", "127.0.0.1:0", "--mesh-control", &hs.url, "--mesh-authkey-file", empty.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("auth key is empty"), "{said}");
+}

@@ -127,9 +127,24 @@ pub enum Command {
     /// Stop what `openbox up` started.
     Down,
     /// Run or manage openboxd, the per-user daemon that keeps connections warm.
+    ///
+    /// The CLI starts openboxd by itself; `openbox daemon run` is for service managers.
+    /// To reach nodes over a tailnet, start it once with `--mesh-control URL` (or set
+    /// OPENBOX_MESH_CONTROL, and OPENBOX_MESH_AUTHKEY the first time, for the CLI to start
+    /// it with); it is remembered. A control plane that holds the fleet's tailnet hands it
+    /// out at `openbox login`.
     Daemon {
         #[arg(value_enum, default_value = "run")]
         action: DaemonAction,
+        /// With run: join this tailnet's coordination server (Headscale or Tailscale).
+        #[arg(long, value_name = "URL")]
+        mesh_control: Option<OsString>,
+        /// With run: file holding the tailnet auth key (the first time only).
+        #[arg(long, value_name = "FILE")]
+        mesh_authkey_file: Option<OsString>,
+        /// With run: be on the remembered tailnet, or fail.
+        #[arg(long)]
+        mesh: bool,
     },
     /// Run the control plane (see `openbox control --help`).
     #[command(disable_help_flag = true)]
@@ -241,9 +256,26 @@ impl Cli {
             None => Request::Run(self.run.into_request()?),
             Some(Command::Control { args }) => return Ok(Action::Exec("openbox-control", args)),
             Some(Command::Agent { args }) => return Ok(Action::Exec("openbox-agent", args)),
-            Some(Command::Daemon { action: DaemonAction::Run }) => return Ok(Action::Exec("openboxd", Vec::new())),
-            Some(Command::Daemon { action: DaemonAction::Status }) => Request::DaemonStatus,
-            Some(Command::Daemon { action: DaemonAction::Stop }) => return Ok(Action::StopDaemon { json }),
+            Some(Command::Daemon { action: DaemonAction::Run, mesh_control, mesh_authkey_file, mesh }) => {
+                let mut args = Vec::new();
+                for (flag, value) in [("--mesh-control", mesh_control), ("--mesh-authkey-file", mesh_authkey_file)] {
+                    if let Some(v) = value {
+                        args.extend([OsString::from(flag), v]);
+                    }
+                }
+                if mesh {
+                    args.push("--mesh".into());
+                }
+                return Ok(Action::Exec("openboxd", args));
+            }
+            Some(
+                Command::Daemon { mesh_control: Some(_), .. } | Command::Daemon { mesh_authkey_file: Some(_), .. },
+            )
+            | Some(Command::Daemon { mesh: true, .. }) => {
+                return Err("the --mesh flags go with `openbox daemon run`".into());
+            }
+            Some(Command::Daemon { action: DaemonAction::Status, .. }) => Request::DaemonStatus,
+            Some(Command::Daemon { action: DaemonAction::Stop, .. }) => return Ok(Action::StopDaemon { json }),
             Some(Command::Login { server, token }) => Request::Login { server, token },
             Some(Command::Logout) => Request::Logout,
             Some(Command::Sessions) => Request::Sessions,
@@ -407,6 +439,24 @@ mod tests {
         }
         assert!(matches!(action(&["daemon", "stop", "--json"]), Ok(Action::StopDaemon { json: true })));
         assert!(matches!(action(&["agent", "--help"]), Ok(Action::Exec("openbox-agent", a)) if a == ["--help"]));
+    }
+
+    #[test]
+    fn daemon_run_hands_its_tailnet_flags_to_openboxd_and_only_run_takes_them() {
+        let expected = ["--mesh-control", "http://127.0.0.1:8080", "--mesh-authkey-file", "/k", "--mesh"];
+        let got = action(&[
+            "daemon",
+            "run",
+            "--mesh-control",
+            "http://127.0.0.1:8080",
+            "--mesh-authkey-file",
+            "/k",
+            "--mesh",
+        ]);
+        assert!(matches!(got, Ok(Action::Exec("openboxd", a)) if a == expected));
+        assert!(matches!(action(&["daemon", "--mesh"]), Ok(Action::Exec("openboxd", a)) if a == ["--mesh"]));
+        assert!(matches!(action(&["daemon", "run"]), Ok(Action::Exec("openboxd", a)) if a.is_empty()));
+        assert!(matches!(action(&["daemon", "status", "--mesh"]), Err(e) if e.contains("daemon run")));
     }
 
     #[test]

@@ -40,8 +40,46 @@ pub async fn login(d: &Daemon, server: &str, token: &str) -> anyhow::Result<Repl
     login.save()?;
     d.reload_login();
     let admin = if me.admin { " (admin)" } else { "" };
-    let text = format!("Logged in to {} as {}{admin}.", login.server, me.user);
-    Ok(Reply::new(to_json(&Whoami { server: login.server, user: me.user, admin: me.admin }), text))
+    let mut reply = Reply::new(
+        to_json(&Whoami { server: login.server.clone(), user: me.user.clone(), admin: me.admin }),
+        format!("Logged in to {} as {}{admin}.", login.server, me.user),
+    );
+    // The fleet's tailnet, when the control plane holds one (an older one has no route).
+    match client.get::<Option<MeshSettings>>("/v1/mesh").await {
+        Ok(Some(fleet)) => join_fleet_mesh(d, &fleet, &mut reply)?,
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "no tailnet from the control plane"),
+    }
+    Ok(reply)
+}
+
+/// Takes the fleet's tailnet as this openboxd's own (unless it has one), and starts
+/// openboxd again so that it joins it.
+fn join_fleet_mesh(d: &Daemon, fleet: &MeshSettings, reply: &mut Reply) -> anyhow::Result<()> {
+    use crate::mesh::Adopted;
+    match crate::mesh::adopt(d.mesh.as_deref(), fleet)? {
+        Adopted::Kept(None) => {}
+        Adopted::Kept(Some(own)) => reply.warnings.push(format!(
+            "the fleet's tailnet is {}, but this openboxd stays on its own at {own}",
+            fleet.control_url
+        )),
+        Adopted::NotBuilt => reply.warnings.push(format!(
+            "the fleet has a tailnet at {}, but this build of openbox has none: nodes on the tailnet only are out of reach",
+            fleet.control_url
+        )),
+        Adopted::Remembered if d.follow_registry => {
+            reply.text.push_str(&format!(
+                "\nJoining the fleet's tailnet at {}: openboxd starts again to join it.",
+                fleet.control_url
+            ));
+            // Stopping is enough: the next call starts it again, on the tailnet.
+            d.shutdown.notify_one();
+        }
+        Adopted::Remembered => {
+            reply.text.push_str(&format!("\nThe next call joins the fleet's tailnet at {}.", fleet.control_url));
+        }
+    }
+    Ok(())
 }
 
 pub async fn logout(d: &Daemon) -> anyhow::Result<Reply> {

@@ -22,7 +22,7 @@ mod run;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
-pub use mesh::control_url as mesh_control_url;
+pub use mesh::{Wanted as WantedMesh, wanted as wanted_mesh};
 use proto::api::NodeUpdate;
 use proto::request::{Call, Request};
 pub use rpc::serve;
@@ -50,8 +50,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// A daemon state; call from within a tokio runtime.
-    pub fn new(follow_registry: bool) -> Arc<Daemon> {
+    /// A daemon state, joining `mesh` if given; call from within a tokio runtime.
+    pub fn new(follow_registry: bool, mesh: Option<WantedMesh>) -> Arc<Daemon> {
         let d = Arc::new(Daemon {
             account: RwLock::new(None),
             mirror: mirror::Mirror::default(),
@@ -59,10 +59,7 @@ impl Daemon {
             runtime: tokio::runtime::Handle::current(),
             shutdown: tokio::sync::Notify::new(),
             calls: Default::default(),
-            mesh: mesh::Mesh::start(&tokio::runtime::Handle::current()).unwrap_or_else(|e| {
-                tracing::warn!(error = %format!("{e:#}"), "no tailnet");
-                None
-            }),
+            mesh: mesh.map(|m| mesh::Mesh::start(&tokio::runtime::Handle::current(), m)),
         });
         d.reload_login();
         d

@@ -11,17 +11,45 @@ use openboxd::Daemon;
 use openboxd::io::{CallOutput, fd_input};
 use proto::request::{CALL_ENV, Call};
 
+/// Run openboxd, the per-user daemon behind the `openbox` CLI (the CLI starts it when
+/// needed; a service manager may run it instead).
+#[derive(clap::Parser, Debug)]
+#[command(name = "openbox daemon run", version = proto::VERSION)]
+struct Args {
+    /// Join this tailnet (its Headscale or Tailscale coordination server) and reach nodes
+    /// over it; remembered, so later starts rejoin as the same tailnet node. Also
+    /// OPENBOX_MESH_CONTROL; a control plane may hand one out at login.
+    #[arg(long, value_name = "URL")]
+    mesh_control: Option<String>,
+    /// File holding the tailnet auth key (needed the first time only; also
+    /// OPENBOX_MESH_AUTHKEY). Never give the key itself on the command line.
+    #[arg(long, value_name = "FILE")]
+    mesh_authkey_file: Option<std::path::PathBuf>,
+    /// Be on a tailnet (the remembered one unless --mesh-control names one), or fail.
+    /// Also OPENBOX_MESH=1.
+    #[arg(long)]
+    mesh: bool,
+}
+
 fn main() -> ExitCode {
-    if let Some(url) = openboxd::mesh_control_url() {
-        tailnet::ensure_environment(url.starts_with("http://"));
+    let args = <Args as clap::Parser>::parse();
+    let mesh = match openboxd::wanted_mesh(args.mesh_control, args.mesh_authkey_file.as_deref(), args.mesh) {
+        Ok(mesh) => mesh,
+        Err(e) => {
+            eprintln!("openboxd: {e:#}");
+            return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
+        }
+    };
+    if let Some(m) = &mesh {
+        tailnet::ensure_environment(m.plain_http());
     }
     let call = std::env::var_os(CALL_ENV);
     // A one-shot call's stderr is the user's own: only warnings belong there.
     telemetry::init_at(if call.is_some() { "warn" } else { "info" });
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match call {
-        Some(text) => one_shot(&rt, &text.to_string_lossy()),
-        None => match rt.block_on(daemon()) {
+        Some(text) => one_shot(&rt, &text.to_string_lossy(), mesh),
+        None => match rt.block_on(daemon(mesh)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("openboxd: {e:#}");
@@ -32,7 +60,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs the one call the CLI handed over, with this process's own streams.
-fn one_shot(rt: &tokio::runtime::Runtime, text: &str) -> ExitCode {
+fn one_shot(rt: &tokio::runtime::Runtime, text: &str, mesh: Option<openboxd::WantedMesh>) -> ExitCode {
     let call: Call = match serde_json::from_str(text) {
         Ok(c) => c,
         Err(e) => {
@@ -55,22 +83,26 @@ fn one_shot(rt: &tokio::runtime::Runtime, text: &str) -> ExitCode {
         }
     };
     let code = rt.block_on(async {
-        let d = Daemon::new(false);
+        let d = Daemon::new(false, mesh);
         openboxd::handle(&d, call, fd_input(stdin), CallOutput::fds(stdout, stderr), std::future::pending()).await
     });
     // Exit without waiting for a blocked read of stdin (the runtime would wait for it).
     std::process::exit(i32::from(code));
 }
 
-async fn daemon() -> anyhow::Result<()> {
+async fn daemon(mesh: Option<openboxd::WantedMesh>) -> anyhow::Result<()> {
     let socket = paths::daemon_socket();
     let listener = bind(&socket)?;
-    let d = Daemon::new(true);
+    let d = Daemon::new(true, mesh);
     let _watcher = watch_login(d.clone())?;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "openboxd listening");
     println!("openboxd listening on {}", socket.display());
+    let ours = socket_identity(&socket);
     openboxd::serve(listener, d, tailnet::shutdown_signals()?).await;
-    let _ = std::fs::remove_file(&socket);
+    // A new openboxd may have taken the socket's place meanwhile: leave that one be.
+    if ours.is_some() && socket_identity(&socket) == ours {
+        let _ = std::fs::remove_file(&socket);
+    }
     tracing::info!("openboxd stopped");
     Ok(())
 }
@@ -91,6 +123,12 @@ fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     let listener = tokio::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Which file the socket path names (device and inode), to tell ours from a successor's.
+fn socket_identity(socket: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(socket).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Notices `openbox login` / `logout` done by other processes, without a restart.

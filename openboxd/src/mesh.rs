@@ -1,33 +1,117 @@
 //! The tailnet node openboxd holds for its user, so that every call after the first
-//! reaches tailnet nodes as fast as nodes on the LAN. Configured by `OPENBOX_MESH_CONTROL`
-//! (and, the first time, `OPENBOX_MESH_AUTHKEY`) in the environment openboxd starts with —
-//! the CLI's, when the CLI starts it — and remembered in the config dir, so a restarted
-//! openboxd rejoins as the same tailnet node.
+//! reaches tailnet nodes as fast as nodes on the LAN. Which tailnet: `openbox daemon
+//! --mesh-control URL`, else `OPENBOX_MESH_CONTROL` in the environment openboxd starts
+//! with (the CLI's, when the CLI starts it), else the one remembered in the config dir —
+//! given once, or handed out by the control plane at login — so a restarted openboxd
+//! rejoins as the same tailnet node.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
-/// How long joining may take before calls that need the tailnet give up.
+/// How long one try at joining may take before calls that need the tailnet give up.
 const UP: Duration = Duration::from_secs(60);
+/// How long to wait before trying to join again after a failure, at most.
+const RETRY_AT_MOST: Duration = Duration::from_secs(60);
+/// Asks for a tailnet without naming one: join the remembered one, or fail.
+pub const MESH_ENV: &str = "OPENBOX_MESH";
 
 /// Where the tailnet node is in its life.
 #[derive(Clone)]
 enum State {
     Joining,
     Up(Arc<tailnet::Node>),
+    /// Joining failed; it is tried again (unless the auth key is the problem).
     Failed(String),
 }
 
-/// The tailnet this openboxd is to join, if any: from the environment, else remembered.
-pub fn control_url() -> Option<String> {
-    from_env().or_else(|| tailnet::remembered_control_url(&paths::mesh_file()).ok().flatten())
+/// The tailnet to join and, the first time, the key to join with.
+pub struct Wanted {
+    control_url: String,
+    auth_key: Option<tailnet::AuthKey>,
 }
 
-fn from_env() -> Option<String> {
-    std::env::var(tailnet::CONTROL_ENV).ok().filter(|u| !u.is_empty())
+impl Wanted {
+    pub fn plain_http(&self) -> bool {
+        self.control_url.starts_with("http://")
+    }
+}
+
+fn from_env(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+/// The tailnet this openboxd is to join: from `control_url` (the flag), else the
+/// environment, else what was remembered; `None` when it has none and `required` (the
+/// `--mesh` flag, `OPENBOX_MESH=1`) is not set. A tailnet that is given is remembered.
+pub fn wanted(
+    control_url: Option<String>,
+    authkey_file: Option<&Path>,
+    required: bool,
+) -> anyhow::Result<Option<Wanted>> {
+    let required = required || from_env(MESH_ENV).is_some_and(|v| v != "0");
+    let file = paths::mesh_file();
+    let given = control_url.or_else(|| from_env(tailnet::CONTROL_ENV));
+    if !tailnet::BUILT && (required || given.is_some()) {
+        bail!(tailnet::TailnetError::NotBuilt);
+    }
+    let control_url = match given {
+        Some(url) => {
+            tailnet::remember_control_url(&file, &url).context("the tailnet control URL")?;
+            url
+        }
+        None => match tailnet::remembered_control_url(&file).context("give --mesh-control URL again")? {
+            Some(_) if !tailnet::BUILT => {
+                tracing::warn!("a tailnet is remembered, but this build of openbox has none");
+                return Ok(None);
+            }
+            Some(url) => url,
+            None if required => {
+                bail!(
+                    "--mesh needs a tailnet: give --mesh-control URL (or OPENBOX_MESH_CONTROL); it is remembered after that"
+                )
+            }
+            None => return Ok(None),
+        },
+    };
+    let auth_key = match authkey_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the tailnet auth key from {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => from_env(tailnet::AUTHKEY_ENV),
+    };
+    Ok(Some(Wanted { control_url, auth_key: auth_key.map(tailnet::AuthKey::new) }))
+}
+
+/// What [`adopt`] did with the fleet's tailnet handed out at login.
+pub enum Adopted {
+    /// This openboxd is on it already, or on a tailnet of its own (named here).
+    Kept(Option<String>),
+    /// Remembered with its key: openboxd must start again to join it.
+    Remembered,
+    /// This build has no tailnet.
+    NotBuilt,
+}
+
+/// Takes the fleet's tailnet, handed out by the control plane at login, as this openboxd's
+/// own unless it already has one.
+pub fn adopt(current: Option<&Mesh>, fleet: &proto::api::MeshSettings) -> anyhow::Result<Adopted> {
+    if let Some(mesh) = current {
+        let own = (mesh.control_url != fleet.control_url).then(|| mesh.control_url.clone());
+        return Ok(Adopted::Kept(own));
+    }
+    if !tailnet::BUILT {
+        return Ok(Adopted::NotBuilt);
+    }
+    tailnet::remember_control_url(&paths::mesh_file(), &fleet.control_url)?;
+    tailnet::keep_auth_key(&paths::tailnet_dir(), &tailnet::AuthKey::new(&fleet.auth_key))?;
+    Ok(Adopted::Remembered)
 }
 
 pub struct Mesh {
@@ -37,52 +121,56 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// The tailnet settings from the environment, else the remembered ones; `None` when
-    /// this openboxd has no tailnet. Starts joining in the background.
-    pub fn start(rt: &tokio::runtime::Handle) -> anyhow::Result<Option<Arc<Mesh>>> {
-        let file = paths::mesh_file();
-        let control_url = match from_env() {
-            Some(url) => {
-                tailnet::remember_control_url(&file, &url).context(tailnet::CONTROL_ENV)?;
-                url
-            }
-            None => match tailnet::remembered_control_url(&file).context("set OPENBOX_MESH_CONTROL again")? {
-                Some(url) => url,
-                None => return Ok(None),
-            },
-        };
-        let auth_key = std::env::var(tailnet::AUTHKEY_ENV).ok().filter(|k| !k.is_empty()).map(tailnet::AuthKey::new);
+    /// Starts joining `wanted` in the background, and keeps trying while it fails for any
+    /// reason but the auth key.
+    pub fn start(rt: &tokio::runtime::Handle, wanted: Wanted) -> Arc<Mesh> {
         let config = tailnet::Config {
             dir: paths::tailnet_dir(),
             hostname: format!("openboxd-{}", std::env::var("USER").unwrap_or_else(|_| "user".into())),
-            control_url: control_url.clone(),
-            auth_key,
+            control_url: wanted.control_url.clone(),
+            auth_key: wanted.auth_key,
             ephemeral: false,
         };
         let (tx, state) = watch::channel(State::Joining);
-        let mesh = Arc::new(Mesh { control_url, state, ips: Mutex::default() });
+        let mesh = Arc::new(Mesh { control_url: wanted.control_url, state, ips: Mutex::default() });
         let m = mesh.clone();
         rt.spawn(async move {
-            let joined = async {
-                let node = tailnet::Node::new(&config)?;
-                node.up(UP).await?;
-                Ok::<_, tailnet::TailnetError>(node)
-            };
-            let next = match joined.await {
-                Ok(node) => {
-                    let ips: Vec<String> = node.ips().unwrap_or_default().iter().map(|ip| ip.to_string()).collect();
-                    tracing::info!(?ips, control = %m.control_url, "on the tailnet");
-                    *m.ips.lock().unwrap_or_else(|e| e.into_inner()) = ips;
-                    State::Up(Arc::new(node))
+            let mut pause = Duration::from_secs(2);
+            loop {
+                let joined = async {
+                    let node = tailnet::Node::new(&config)?;
+                    node.up(UP).await?;
+                    Ok::<_, tailnet::TailnetError>(node)
+                };
+                match joined.await {
+                    Ok(node) => {
+                        let ips: Vec<String> =
+                            node.ips().unwrap_or_default().iter().map(|ip| ip.to_string()).collect();
+                        tracing::info!(?ips, control = %m.control_url, "on the tailnet");
+                        *m.ips.lock().unwrap_or_else(|e| e.into_inner()) = ips;
+                        let _ = tx.send(State::Up(Arc::new(node)));
+                        return;
+                    }
+                    Err(e) => {
+                        let final_ = matches!(
+                            e,
+                            tailnet::TailnetError::AuthKeyExpired
+                                | tailnet::TailnetError::AuthKeyInvalid(_)
+                                | tailnet::TailnetError::NotBuilt
+                                | tailnet::TailnetError::Environment
+                        );
+                        tracing::warn!(error = %e, control = %m.control_url, retry = !final_, "could not join the tailnet");
+                        let _ = tx.send(State::Failed(e.to_string()));
+                        if final_ {
+                            return;
+                        }
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, control = %m.control_url, "could not join the tailnet");
-                    State::Failed(e.to_string())
-                }
-            };
-            let _ = tx.send(next);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_AT_MOST);
+            }
         });
-        Ok(Some(mesh))
+        mesh
     }
 
     /// The tailnet node, once it is up (waiting for it if it is still joining).

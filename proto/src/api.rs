@@ -111,6 +111,30 @@ pub struct Enrolled {
     pub heartbeat_secret: String,
 }
 
+/// `POST /v1/enroll/mesh`: the fleet's tailnet, for a node about to enroll with this token
+/// (the token stays unused).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct EnrollMeshRequest {
+    pub token: String,
+}
+
+/// The tailnet a control plane hands to its nodes before they enroll (`POST
+/// /v1/enroll/mesh`) and to its users at login (`GET /v1/mesh`), so that they join it with
+/// no settings of their own.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// The coordination server (Headscale, or Tailscale's).
+    pub control_url: String,
+    /// A reusable auth key for that server; a secret.
+    pub auth_key: String,
+}
+
+impl std::fmt::Debug for MeshSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshSettings").field("control_url", &self.control_url).finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub node_id: String,

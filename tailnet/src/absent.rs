@@ -1,0 +1,43 @@
+//! A build without the tailnet (`--no-default-features`: no Go needed). The types exist so
+//! that callers compile unchanged; a node can never be made, and says why.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+
+use crate::{Config, TailnetError};
+
+/// Never made in this build: [`Node::new`] says the build has no tailnet.
+pub enum Node {}
+
+impl Node {
+    pub fn new(_config: &Config) -> Result<Node, TailnetError> {
+        Err(TailnetError::NotBuilt)
+    }
+
+    pub async fn up(&self, _deadline: Duration) -> Result<(), TailnetError> {
+        match *self {}
+    }
+
+    pub fn ips(&self) -> Result<Vec<IpAddr>, TailnetError> {
+        match *self {}
+    }
+
+    pub fn listen(&self, _addr: &str) -> Result<Listener, TailnetError> {
+        match *self {}
+    }
+
+    pub async fn dial(&self, _addr: &str) -> Result<UnixStream, TailnetError> {
+        match *self {}
+    }
+}
+
+/// Never made in this build.
+pub enum Listener {}
+
+impl Listener {
+    pub async fn accept(&self) -> Result<(UnixStream, String), TailnetError> {
+        match *self {}
+    }
+}
