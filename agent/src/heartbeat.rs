@@ -8,11 +8,26 @@ use proto::api::{Heartbeat, HeartbeatReply, Platform};
 
 use crate::server::Shared;
 
-/// Where this node can be dialled: directly (empty when not) and on the tailnet.
-#[derive(Clone, Debug)]
+/// Where this node can be dialled: directly (empty when not) and on the tailnet; and the
+/// tailnet node that reaches a control plane at a tailnet address.
+#[derive(Clone)]
 pub struct Addrs {
     pub addr: String,
     pub mesh_addr: Option<String>,
+    pub tailnet: Option<Arc<tailnet::Node>>,
+}
+
+/// A client for this node's control plane, over the tailnet when it is at a tailnet address.
+pub fn control_client(
+    server: &str,
+    secret: Option<trust::Secret>,
+    tailnet: Option<&Arc<tailnet::Node>>,
+) -> Result<net::control::Client, net::control::ControlError> {
+    let client = net::control::Client::new(server, secret)?;
+    Ok(match tailnet {
+        Some(node) => client.with_tailnet(Arc::new(node.clone())),
+        None => client,
+    })
 }
 
 /// How a heartbeat loop ended.
@@ -23,7 +38,7 @@ pub enum Stop {
 
 async fn beat(shared: &Shared, addrs: &Addrs, stopping: bool) -> Result<HeartbeatReply, net::control::ControlError> {
     let id = shared.identity();
-    let client = net::control::Client::new(&id.server, Some(id.heartbeat_secret.clone()))?;
+    let client = control_client(&id.server, Some(id.heartbeat_secret.clone()), addrs.tailnet.as_ref())?;
     let hb = Heartbeat {
         node_id: id.node_id.clone(),
         addr: addrs.addr.clone(),

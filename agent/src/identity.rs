@@ -91,13 +91,15 @@ pub struct EnrollParams<'a> {
     pub tags: Vec<String>,
     /// The isolation kinds it can serve now.
     pub capabilities: Vec<String>,
+    /// The tailnet node, to reach a control plane at a tailnet address.
+    pub tailnet: Option<std::sync::Arc<tailnet::Node>>,
 }
 
 /// Enrolls this node: generates its host key here, sends only the public half, and
 /// returns the identity the control plane issued.
 pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
     let host_key = trust::generate_key();
-    let client = net::control::Client::new(p.server, None)?;
+    let client = crate::heartbeat::control_client(p.server, None, p.tailnet.as_ref())?;
     let req = EnrollRequest {
         token: p.token.to_owned(),
         name: p.name,

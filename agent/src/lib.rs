@@ -153,18 +153,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         incoming.push(server::Incoming::Tcp(listener));
     }
     // The tailnet node lives as long as the agent serves on it.
-    let (_tailnet, mesh_addr) = match &config.mesh {
+    let (tailnet, mesh_addr) = match &config.mesh {
         Some(mesh) => {
             let (node, listener, mesh_addr) = join_tailnet(&config, mesh).await?;
             incoming.push(server::Incoming::Tailnet(listener));
-            (Some(node), Some(mesh_addr))
+            (Some(std::sync::Arc::new(node)), Some(mesh_addr))
         }
         None => (None, None),
     };
     if incoming.is_empty() {
         bail!("nothing to serve on: give --addr HOST:PORT, or join a tailnet with --mesh-control URL");
     }
-    let addrs = heartbeat::Addrs { addr: addr.clone(), mesh_addr: mesh_addr.clone() };
+    let addrs = heartbeat::Addrs { addr: addr.clone(), mesh_addr: mesh_addr.clone(), tailnet: tailnet.clone() };
 
     let identity = match existing {
         Some(id) => {
@@ -184,6 +184,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 mesh_addr: mesh_addr.clone(),
                 tags: config.tags.clone(),
                 capabilities: runtimes::Runtimes::probe().await,
+                tailnet: tailnet.clone(),
             })
             .await?;
             id.save(&config.dir)?;

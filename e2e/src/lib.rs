@@ -203,8 +203,15 @@ impl ControlPlane {
 
     fn spawn(home: &Path, addr: &str, extra: &[String]) -> Proc {
         let mut cmd = Command::new(bin("openbox-control"));
-        cmd.env("OPENBOX_HOME", home).args(["--addr", addr, "--offline-after", "2s"]).args(extra);
+        // Should it join a tailnet, it must not reach out on the machine's own address.
+        cmd.env("OPENBOX_HOME", home).env(MESH_TEST_ENV.0, MESH_TEST_ENV.1);
+        cmd.args(["--addr", addr, "--offline-after", "2s"]).args(extra);
         Proc::spawn(cmd, home.join("control.log"))
+    }
+
+    /// Waits for a line of the control plane's output that contains `needle`.
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        self.proc.as_mut().expect("running").wait_line(needle)
     }
 
     /// Stops the control plane (SIGTERM) and waits for it to exit.
@@ -408,8 +415,13 @@ impl Agent {
     /// `DOCKER_HOST` here the agent is pointed at a socket that does not exist, so tests
     /// never depend on an engine the machine happens to run.
     pub fn enroll_env(cp: &ControlPlane, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::enroll_at(&cp.url, token, extra, env)
+    }
+
+    /// Like [`Agent::enroll_env`], with the control plane at `server`.
+    pub fn enroll_at(server: &str, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let home = tempfile::tempdir().expect("tempdir");
-        let mut args = vec!["--server", &cp.url, "--token", token];
+        let mut args = vec!["--server", server, "--token", token];
         args.extend(extra);
         let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         if !env.iter().any(|(k, _)| k == "DOCKER_HOST") {

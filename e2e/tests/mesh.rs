@@ -255,3 +255,55 @@ fn a_control_plane_holding_the_tailnet_puts_nodes_and_laptops_on_it_with_no_sett
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("auth key is empty"), "{said}");
 }
+
+#[test]
+fn a_control_plane_on_the_tailnet_serves_nodes_and_laptops_there() {
+    let hs = Headscale::start();
+    let key = hs.auth_key("fleet");
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("authkey");
+    std::fs::write(&key_file, &key).unwrap();
+    let mut cp = ControlPlane::start_with(&[
+        "--mesh-control",
+        &hs.url,
+        "--mesh-authkey-file",
+        key_file.to_str().unwrap(),
+        "--mesh",
+        "--mesh-port",
+        "7683",
+    ]);
+    let line = cp.wait_line("on the tailnet at");
+    let on_tailnet = line.split_whitespace().last().unwrap().to_owned();
+    assert!(on_tailnet.starts_with("http://100.64.") && on_tailnet.ends_with(":7683"), "{line}");
+
+    // A laptop logs in at the control plane's tailnet address: its openboxd reaches it
+    // through its own tailnet node (never through the host's network).
+    let admin = Cli::new();
+    let out = admin
+        .cmd()
+        .args(["login", "--server", &on_tailnet, "--token", &cp.admin_token])
+        .env("OPENBOX_MESH_CONTROL", &hs.url)
+        .env("OPENBOX_MESH_AUTHKEY", &key)
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A node enrolls and heartbeats there too, over its tailnet node.
+    let token = admin.enroll_token(&["tn"]);
+    let agent = Agent::enroll_at(
+        &on_tailnet,
+        &token,
+        &["--mesh-control", &hs.url],
+        &[("OPENBOX_MESH_AUTHKEY", &key), MESH_TEST_ENV],
+    );
+    assert_eq!(admin.run(&["-t", "tn", "echo", "all", "on", "the", "tailnet"]).ok().stdout, "all on the tailnet\n");
+    let node = admin.node(&agent.node_id).expect("listed");
+    assert_eq!(node["online"], true, "its heartbeats arrive over the tailnet: {node}");
+
+    // Someone not on the tailnet is told so, and nothing is sent to that address.
+    let outsider = Cli::new();
+    outsider
+        .run(&["login", "--server", &on_tailnet, "--token", &cp.admin_token])
+        .fails_with(1, "that is an address on a tailnet, and this process is not on one");
+}

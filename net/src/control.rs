@@ -8,8 +8,13 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
 use trust::Secret;
+
+use crate::transport::{Stream, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -34,11 +39,41 @@ impl ControlError {
 }
 
 /// A client for one control plane, optionally authenticated with a bearer token.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     url: String,
     authority: String,
     token: Option<Secret>,
+    /// How to reach a control plane at a tailnet address, when this process can.
+    tailnet: Option<Arc<dyn TailnetAccess>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("url", &self.url).field("tailnet", &self.tailnet.is_some()).finish()
+    }
+}
+
+/// The tailnet node a process reaches tailnet addresses through (it may still be joining).
+pub trait TailnetAccess: Send + Sync {
+    fn node(&self) -> Pin<Box<dyn Future<Output = Result<Arc<tailnet::Node>, String>> + Send + '_>>;
+}
+
+impl TailnetAccess for Arc<tailnet::Node> {
+    fn node(&self) -> Pin<Box<dyn Future<Output = Result<Arc<tailnet::Node>, String>> + Send + '_>> {
+        let node = self.clone();
+        Box::pin(async move { Ok(node) })
+    }
+}
+
+/// Whether `authority` (`HOST:PORT`) is an address on a tailnet (Tailscale's and Headscale's
+/// ranges: 100.64.0.0/10, fd7a:115c:a1e0::/48), which only a tailnet node can reach.
+pub fn on_tailnet(authority: &str) -> bool {
+    match authority.parse::<std::net::SocketAddr>().map(|a| a.ip()) {
+        Ok(std::net::IpAddr::V4(ip)) => ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64,
+        Ok(std::net::IpAddr::V6(ip)) => ip.segments()[..3] == [0xfd7a, 0x115c, 0xa1e0],
+        Err(_) => false,
+    }
 }
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -57,7 +92,13 @@ impl Client {
             .filter(|a| !a.is_empty() && !a.contains('/'))
             .ok_or_else(|| ControlError::BadUrl(url.clone()))?
             .to_owned();
-        Ok(Client { url, authority, token })
+        Ok(Client { url, authority, token, tailnet: None })
+    }
+
+    /// Reaches a control plane at a tailnet address through `tailnet` (others over TCP).
+    pub fn with_tailnet(mut self, tailnet: Arc<dyn TailnetAccess>) -> Client {
+        self.tailnet = Some(tailnet);
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -132,9 +173,7 @@ impl Client {
         body: Vec<u8>,
         accept: &str,
     ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<hyper::body::Incoming>), ControlError> {
-        let stream = TcpStream::connect(&self.authority).await.map_err(|e| self.unreachable(e))?;
-        stream.set_nodelay(true).ok();
-        let io = hyper_util::rt::TokioIo::new(stream);
+        let io = hyper_util::rt::TokioIo::new(self.connect().await?);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| self.unreachable(e))?;
         tokio::spawn(conn);
         let mut req = Request::builder()
@@ -150,6 +189,20 @@ impl Client {
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| ControlError::Protocol(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| self.unreachable(e))?;
         Ok((sender, resp))
+    }
+
+    /// A stream to the control plane: over the tailnet for a tailnet address (never over
+    /// the host's own network), else TCP.
+    async fn connect(&self) -> Result<Stream, ControlError> {
+        let transport = if on_tailnet(&self.authority) {
+            let Some(tailnet) = &self.tailnet else {
+                return Err(self.unreachable("that is an address on a tailnet, and this process is not on one"));
+            };
+            Transport::Tailnet(tailnet.node().await.map_err(|why| self.unreachable(why))?)
+        } else {
+            Transport::Tcp
+        };
+        transport.connect(&self.authority).await.map_err(|e| self.unreachable(e))
     }
 
     fn unreachable(&self, why: impl std::fmt::Display) -> ControlError {

@@ -28,7 +28,7 @@ impl Reply {
 }
 
 pub async fn login(d: &Daemon, server: &str, token: &str) -> anyhow::Result<Reply> {
-    let client = net::control::Client::new(server, Some(trust::Secret::new(token)))?;
+    let client = crate::mesh::control_client(server, Some(trust::Secret::new(token)))?;
     let me: WhoAmI = client.get("/v1/whoami").await.context("login failed")?;
     let login = Login {
         server: client.url().to_owned(),

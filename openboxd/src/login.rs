@@ -64,7 +64,7 @@ impl Login {
     }
 
     pub fn client(&self) -> anyhow::Result<net::control::Client> {
-        Ok(net::control::Client::new(&self.server, Some(self.token.clone()))?)
+        Ok(crate::mesh::control_client(&self.server, Some(self.token.clone()))?)
     }
 }
 

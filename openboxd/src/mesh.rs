@@ -114,6 +114,31 @@ pub fn adopt(current: Option<&Mesh>, fleet: &proto::api::MeshSettings) -> anyhow
     Ok(Adopted::Remembered)
 }
 
+/// This process's tailnet node, once started: control-plane clients reach a control
+/// plane at a tailnet address through it.
+static THIS_PROCESS: std::sync::OnceLock<Arc<Mesh>> = std::sync::OnceLock::new();
+
+/// A client for the control plane at `url`: over the tailnet when that is a tailnet
+/// address (and this openboxd is on the tailnet), else over TCP.
+pub fn control_client(
+    url: &str,
+    token: Option<trust::Secret>,
+) -> Result<net::control::Client, net::control::ControlError> {
+    let client = net::control::Client::new(url, token)?;
+    Ok(match THIS_PROCESS.get() {
+        Some(mesh) => client.with_tailnet(mesh.clone()),
+        None => client,
+    })
+}
+
+impl net::control::TailnetAccess for Mesh {
+    fn node(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Arc<tailnet::Node>, String>> + Send + '_>> {
+        Box::pin(Mesh::node(self))
+    }
+}
+
 pub struct Mesh {
     control_url: String,
     state: watch::Receiver<State>,
@@ -170,6 +195,7 @@ impl Mesh {
                 pause = (pause * 2).min(RETRY_AT_MOST);
             }
         });
+        let _ = THIS_PROCESS.set(mesh.clone());
         mesh
     }
 
