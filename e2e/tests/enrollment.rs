@@ -152,3 +152,27 @@ fn a_node_offers_its_isolation_from_the_moment_it_enrolls() {
     let line = line.expect("the control plane logs each enrollment");
     assert!(line.contains("\"docker\""), "{line}");
 }
+
+#[test]
+fn a_tailnet_address_that_cannot_be_dialled_is_refused_and_the_token_kept() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let token = admin.enroll_token(&["t"]);
+    let key = trust::generate_key();
+    let enroll = |mesh_addr: &str| {
+        let body = serde_json::json!({
+            "token": token, "name": "meshy", "addr": "", "mesh_addr": mesh_addr, "tags": [],
+            "platform": {"os": "linux", "arch": "x86_64"},
+            "host_public_key": key.public_key().to_openssh().unwrap(),
+        });
+        cp.post_raw("/v1/enroll", &body.to_string())
+    };
+    for bad in ["0.0.0.0:7684", "100.64.0.1", "100.64.0.1:0", "node.example:7684", "224.0.0.1:7684", ""] {
+        let resp = enroll(bad);
+        assert!(resp.starts_with("HTTP/1.1 400") && resp.contains("not a dialable IP:PORT"), "{bad:?}: {resp}");
+    }
+    assert!(admin.nodes().is_empty(), "nothing was enrolled");
+    let resp = enroll("100.64.0.7:7684");
+    assert!(resp.starts_with("HTTP/1.1 200"), "the token was still unused: {resp}");
+    assert_eq!(admin.nodes()[0]["mesh_addr"], "100.64.0.7:7684");
+}
