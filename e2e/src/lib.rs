@@ -137,6 +137,19 @@ impl Proc {
         self.signal(Signal::TERM);
         self.wait_exit()
     }
+
+    /// Stops a process that runs under a wrapper (strace): it is the wrapper's child, so it
+    /// is signalled there, and the wrapper ends with it.
+    fn stop_wrapped(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            if let Some(child) = Pid::from_raw(child) {
+                let _ = kill_process(child, Signal::TERM);
+            }
+        }
+        self.wait_exit()
+    }
 }
 
 impl Drop for Proc {
@@ -176,6 +189,8 @@ pub struct ControlPlane {
     /// The admin's one-time login token from the first start.
     pub admin_token: String,
     extra: Vec<String>,
+    /// Whether it runs under a wrapper (strace).
+    wrapped: bool,
 }
 
 impl ControlPlane {
@@ -186,9 +201,22 @@ impl ControlPlane {
 
     /// Starts one with extra `openbox-control` arguments (kept for restarts).
     pub fn start_with(extra: &[&str]) -> ControlPlane {
+        ControlPlane::start_wrapped(&[], extra)
+    }
+
+    /// Like [`ControlPlane::start_with`], under strace writing what it sends to `trace`
+    /// (see [`beyond_loopback`]); restarts are not traced.
+    pub fn start_traced(extra: &[&str], trace: &Path) -> ControlPlane {
+        let trace = trace.display().to_string();
+        let wrapper: Vec<&str> =
+            std::iter::once("strace").chain(STRACE_NETWORK).chain(["-o", trace.as_str()]).collect();
+        ControlPlane::start_wrapped(&wrapper, extra)
+    }
+
+    fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> ControlPlane {
         let home = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut proc = Self::spawn(home.path(), "127.0.0.1:0", &extra);
+        let mut proc = Self::spawn_wrapped(wrapper, home.path(), "127.0.0.1:0", &extra);
         let listening = proc.wait_line("listening on ");
         let url = listening
             .split_whitespace()
@@ -198,11 +226,22 @@ impl ControlPlane {
         let login = proc.wait_line("openbox login --server");
         let admin_token = login.split_whitespace().last().expect("token").to_owned();
         let addr = url.trim_start_matches("http://").to_owned();
-        ControlPlane { proc: Some(proc), home, url, addr, admin_token, extra }
+        ControlPlane { proc: Some(proc), home, url, addr, admin_token, extra, wrapped: !wrapper.is_empty() }
     }
 
     fn spawn(home: &Path, addr: &str, extra: &[String]) -> Proc {
-        let mut cmd = Command::new(bin("openbox-control"));
+        ControlPlane::spawn_wrapped(&[], home, addr, extra)
+    }
+
+    fn spawn_wrapped(wrapper: &[&str], home: &Path, addr: &str, extra: &[String]) -> Proc {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin("openbox-control"));
+                c
+            }
+            None => Command::new(bin("openbox-control")),
+        };
         // Should it join a tailnet, it must not reach out on the machine's own address.
         cmd.env("OPENBOX_HOME", home).env(MESH_TEST_ENV.0, MESH_TEST_ENV.1);
         cmd.args(["--addr", addr, "--offline-after", "2s"]).args(extra);
@@ -216,7 +255,15 @@ impl ControlPlane {
 
     /// Stops the control plane (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
-        stop(&mut self.proc);
+        match self.proc.take() {
+            Some(mut p) if self.wrapped => {
+                p.stop_wrapped();
+            }
+            proc => {
+                self.proc = proc;
+                stop(&mut self.proc);
+            }
+        }
     }
 
     /// Kills the control plane outright (SIGKILL).
@@ -514,17 +561,8 @@ impl Agent {
         if self.wrapper.is_empty() {
             return stop(&mut self.proc);
         }
-        // Under a wrapper (strace), the agent is the wrapper's child: signal it there, and
-        // the wrapper ends with it.
         if let Some(mut p) = self.proc.take() {
-            let pid = p.child.id();
-            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-            for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
-                if let Some(child) = Pid::from_raw(child) {
-                    let _ = kill_process(child, Signal::TERM);
-                }
-            }
-            p.wait_exit();
+            p.stop_wrapped();
         }
     }
 

@@ -127,12 +127,21 @@ fn a_bad_or_expired_tailnet_key_is_refused_with_a_clear_line() {
 }
 
 #[test]
-fn meshed_agent_and_openboxd_send_nothing_beyond_loopback() {
+fn meshed_agent_openboxd_and_control_plane_send_nothing_beyond_loopback() {
     let hs = Headscale::start();
     let key = hs.auth_key("fleet");
-    let cp = ControlPlane::start();
     let traces = tempfile::tempdir().unwrap();
-    let (agent_trace, daemon_trace) = (traces.path().join("agent"), traces.path().join("openboxd"));
+    let (agent_trace, daemon_trace, control_trace) =
+        (traces.path().join("agent"), traces.path().join("openboxd"), traces.path().join("control"));
+    let key_file = traces.path().join("authkey");
+    std::fs::write(&key_file, &key).unwrap();
+    // The control plane holds the tailnet and serves on it too.
+    let mut cp = ControlPlane::start_traced(
+        &["--mesh-control", &hs.url, "--mesh-authkey-file", key_file.to_str().unwrap(), "--mesh"],
+        &control_trace,
+    );
+    let line = cp.wait_line("on the tailnet at");
+    let on_tailnet = line.split_whitespace().last().unwrap().to_owned();
 
     // openboxd in the foreground under strace, before any call would start one.
     let cli = Cli::new();
@@ -151,7 +160,8 @@ fn meshed_agent_and_openboxd_send_nothing_beyond_loopback() {
         .expect("strace is needed for this test (scripts/setup-test-env installs it)");
     let socket = cli.home.path().join("run/openboxd.sock");
     wait_until("openboxd under strace to listen", || std::os::unix::net::UnixStream::connect(&socket).is_ok());
-    cli.run(&["login", "--server", &cp.url, "--token", &cp.admin_token]).ok();
+    // Logged in at the control plane's tailnet address: every control call crosses it.
+    cli.run(&["login", "--server", &on_tailnet, "--token", &cp.admin_token]).ok();
 
     let mut agent = Agent::enroll_mesh_traced(&cp, &cli.enroll_token(&["m"]), &hs, &key, &agent_trace);
     assert_eq!(cli.run(&["-t", "m", "echo", "traced"]).ok().stdout, "traced\n");
@@ -160,7 +170,8 @@ fn meshed_agent_and_openboxd_send_nothing_beyond_loopback() {
     agent.stop();
     cli.run(&["daemon", "stop"]).ok();
     let _ = daemon.wait();
-    for (what, trace) in [("agent", &agent_trace), ("openboxd", &daemon_trace)] {
+    cp.stop();
+    for (what, trace) in [("agent", &agent_trace), ("openboxd", &daemon_trace), ("control plane", &control_trace)] {
         let text = std::fs::read_to_string(trace).unwrap();
         assert!(text.contains("127.0.0.1"), "the {what} trace must show the traffic that did happen");
         let outside = openbox_e2e::beyond_loopback(&text);
