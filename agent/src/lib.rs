@@ -58,6 +58,8 @@ pub struct Mesh {
     pub auth_key: Option<tailnet::AuthKey>,
     /// The port the SSH server listens on, on the tailnet.
     pub port: u16,
+    /// How long joining may take at start before the agent gives up.
+    pub up_timeout: Duration,
 }
 
 /// The tailnet settings from the command line and what an earlier start remembered (the
@@ -69,6 +71,7 @@ pub fn mesh_settings(
     control_url: Option<String>,
     authkey_file: Option<&std::path::Path>,
     port: u16,
+    up_timeout: Duration,
 ) -> anyhow::Result<Option<Mesh>> {
     let remembered = paths::agent_mesh(dir);
     if !tailnet::BUILT && (asked || control_url.is_some() || remembered.exists()) {
@@ -94,11 +97,8 @@ pub fn mesh_settings(
         ),
         None => std::env::var(tailnet::AUTHKEY_ENV).ok().filter(|k| !k.is_empty()),
     };
-    Ok(Some(Mesh { control_url, auth_key: auth_key.map(tailnet::AuthKey::new), port }))
+    Ok(Some(Mesh { control_url, auth_key: auth_key.map(tailnet::AuthKey::new), port, up_timeout }))
 }
-
-/// How long joining the tailnet may take at start.
-const MESH_UP: Duration = Duration::from_secs(60);
 
 /// What `run` says once it is serving (printed by the binary; tests wait for it).
 pub fn ready_line(id: &Identity, addr: &str) -> String {
@@ -235,7 +235,7 @@ async fn join_tailnet(config: &Config, mesh: &Mesh) -> anyhow::Result<(tailnet::
         auth_key: mesh.auth_key.clone(),
         ephemeral: false,
     })?;
-    node.up(MESH_UP).await.with_context(|| format!("joining the tailnet at {}", mesh.control_url))?;
+    node.up(mesh.up_timeout).await.with_context(|| format!("joining the tailnet at {}", mesh.control_url))?;
     let listener = node.listen(&format!(":{}", mesh.port))?;
     let ip = node.ips()?.into_iter().next().context("the tailnet gave this node no address")?;
     let mesh_addr = std::net::SocketAddr::new(ip, mesh.port).to_string();

@@ -52,6 +52,9 @@ struct Args {
     /// The SSH port on the tailnet.
     #[arg(long, default_value_t = 7684)]
     mesh_port: u16,
+    /// How long joining the tailnet may take at start before the agent gives up.
+    #[arg(long, default_value = "60s", value_parser = proto::parse_duration)]
+    mesh_timeout: u64,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         args.mesh_control,
         args.mesh_authkey_file.as_deref(),
         args.mesh_port,
+        Duration::from_secs(args.mesh_timeout.max(1)),
     ) {
         Ok(m) => m,
         Err(e) => {

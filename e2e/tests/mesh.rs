@@ -318,3 +318,29 @@ fn a_control_plane_on_the_tailnet_serves_nodes_and_laptops_there() {
         .run(&["login", "--server", &on_tailnet, "--token", &cp.admin_token])
         .fails_with(1, "that is an address on a tailnet, and this process is not on one");
 }
+
+#[test]
+fn an_unreachable_tailnet_fails_the_agent_within_its_deadline_with_one_line() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let home = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    // Nothing listens on port 1 of 127.0.0.1.
+    let out = std::process::Command::new(openbox_e2e::bin("openbox-agent"))
+        .env("OPENBOX_HOME", home.path())
+        .env("OPENBOX_MESH_AUTHKEY", "hskey-auth-whatever")
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .args(["--server", &cp.url, "--token", &admin.enroll_token(&["m"])])
+        .args(["--mesh-control", "http://127.0.0.1:1", "--mesh-timeout", "3s"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "it took {:?}", started.elapsed());
+    let last = said.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("joining the tailnet at http://127.0.0.1:1") && last.contains("did not come up within 3s"),
+        "{said}"
+    );
+    assert!(admin.nodes().is_empty(), "nothing enrolled");
+}

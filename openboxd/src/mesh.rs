@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
 /// How long one try at joining may take before calls that need the tailnet give up.
-const UP: Duration = Duration::from_secs(60);
+const UP: Duration = Duration::from_secs(30);
 /// How long to wait before trying to join again after a failure, at most.
 const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 /// Asks for a tailnet without naming one: join the remembered one, or fail.
