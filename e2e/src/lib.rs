@@ -773,6 +773,20 @@ impl Headscale {
         hs
     }
 
+    /// Freezes Headscale (SIGSTOP): connections to it hang, as to a server that is away.
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(Signal::STOP);
+        }
+    }
+
+    /// Lets a paused Headscale run again (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(Signal::CONT);
+        }
+    }
+
     fn spawn(&mut self) {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("-c").arg(self.dir.path().join("config.yaml")).arg("serve");

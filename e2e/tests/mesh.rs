@@ -344,3 +344,39 @@ fn an_unreachable_tailnet_fails_the_agent_within_its_deadline_with_one_line() {
     );
     assert!(admin.nodes().is_empty(), "nothing enrolled");
 }
+
+#[test]
+fn openboxd_keeps_trying_a_tailnet_it_could_not_join() {
+    let hs = Headscale::start();
+    let key = hs.auth_key("fleet");
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let _agent = Agent::enroll_mesh(&cp, &admin.enroll_token(&["r"]), &hs, &key, &[]);
+
+    // The coordination server is away when this openboxd starts: its first try times out.
+    hs.pause();
+    let cli = Cli::new();
+    let out = cli
+        .cmd()
+        .args(["login", "--server", &cp.url, "--token", &cp.admin_token])
+        .env("OPENBOX_MESH_CONTROL", &hs.url)
+        .env("OPENBOX_MESH_AUTHKEY", &key)
+        .env("OPENBOX_MESH_TIMEOUT", "2s")
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let failed_try = |s: &serde_json::Value| {
+        s["mesh"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not come up within 2s") && e.contains("trying again"))
+    };
+    wait_until("the first try to fail", || failed_try(&cli.daemon_status()));
+    // Meanwhile a call that needs the tailnet fails at once, saying why.
+    cli.run(&["-t", "r", "true"]).fails_with(255, "could not join the tailnet");
+
+    // The server is back: a later try joins, with no restart.
+    hs.resume();
+    wait_until("openboxd to join on a later try", || cli.daemon_status()["mesh"]["up"] == true);
+    assert_eq!(cli.run(&["-t", "r", "echo", "joined"]).ok().stdout, "joined\n");
+}

@@ -29,17 +29,24 @@ struct Args {
     /// Also OPENBOX_MESH=1.
     #[arg(long)]
     mesh: bool,
+    /// How long one try at joining the tailnet may take; a failed try is tried again,
+    /// and calls that need the tailnet meanwhile fail at once. Also OPENBOX_MESH_TIMEOUT
+    /// [default: 30s].
+    #[arg(long, value_parser = proto::parse_duration)]
+    mesh_timeout: Option<u64>,
 }
 
 fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
-    let mesh = match openboxd::wanted_mesh(args.mesh_control, args.mesh_authkey_file.as_deref(), args.mesh) {
-        Ok(mesh) => mesh,
-        Err(e) => {
-            eprintln!("openboxd: {e:#}");
-            return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
-        }
-    };
+    let mesh =
+        match openboxd::wanted_mesh(args.mesh_control, args.mesh_authkey_file.as_deref(), args.mesh, args.mesh_timeout)
+        {
+            Ok(mesh) => mesh,
+            Err(e) => {
+                eprintln!("openboxd: {e:#}");
+                return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
+            }
+        };
     if let Some(m) = &mesh {
         tailnet::ensure_environment(m.plain_http());
     }

@@ -12,8 +12,11 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
-/// How long one try at joining may take before calls that need the tailnet give up.
+/// How long one try at joining may take before calls that need the tailnet give up
+/// (unless `--mesh-timeout` or `OPENBOX_MESH_TIMEOUT` says otherwise).
 const UP: Duration = Duration::from_secs(30);
+/// How long one try at joining may take, when the flag is not given.
+pub const TIMEOUT_ENV: &str = "OPENBOX_MESH_TIMEOUT";
 /// How long to wait before trying to join again after a failure, at most.
 const RETRY_AT_MOST: Duration = Duration::from_secs(60);
 /// Asks for a tailnet without naming one: join the remembered one, or fail.
@@ -32,6 +35,8 @@ enum State {
 pub struct Wanted {
     control_url: String,
     auth_key: Option<tailnet::AuthKey>,
+    /// How long one try at joining may take.
+    up_timeout: Duration,
 }
 
 impl Wanted {
@@ -51,7 +56,15 @@ pub fn wanted(
     control_url: Option<String>,
     authkey_file: Option<&Path>,
     required: bool,
+    up_timeout: Option<u64>,
 ) -> anyhow::Result<Option<Wanted>> {
+    let up_timeout = match up_timeout {
+        Some(secs) => Duration::from_secs(secs.max(1)),
+        None => match from_env(TIMEOUT_ENV) {
+            Some(text) => Duration::from_secs(proto::parse_duration(&text).context(TIMEOUT_ENV)?.max(1)),
+            None => UP,
+        },
+    };
     let required = required || from_env(MESH_ENV).is_some_and(|v| v != "0");
     let file = paths::mesh_file();
     let given = control_url.or_else(|| from_env(tailnet::CONTROL_ENV));
@@ -86,7 +99,7 @@ pub fn wanted(
         ),
         None => from_env(tailnet::AUTHKEY_ENV),
     };
-    Ok(Some(Wanted { control_url, auth_key: auth_key.map(tailnet::AuthKey::new) }))
+    Ok(Some(Wanted { control_url, auth_key: auth_key.map(tailnet::AuthKey::new), up_timeout }))
 }
 
 /// What [`adopt`] did with the fleet's tailnet handed out at login.
@@ -157,6 +170,7 @@ impl Mesh {
             ephemeral: false,
         };
         let (tx, state) = watch::channel(State::Joining);
+        let up_timeout = wanted.up_timeout;
         let mesh = Arc::new(Mesh { control_url: wanted.control_url, state, ips: Mutex::default() });
         let m = mesh.clone();
         rt.spawn(async move {
@@ -164,7 +178,7 @@ impl Mesh {
             loop {
                 let joined = async {
                     let node = tailnet::Node::new(&config)?;
-                    node.up(UP).await?;
+                    node.up(up_timeout).await?;
                     Ok::<_, tailnet::TailnetError>(node)
                 };
                 match joined.await {
@@ -185,7 +199,7 @@ impl Mesh {
                                 | tailnet::TailnetError::Environment
                         );
                         tracing::warn!(error = %e, control = %m.control_url, retry = !final_, "could not join the tailnet");
-                        let _ = tx.send(State::Failed(e.to_string()));
+                        let _ = tx.send(State::Failed(if final_ { e.to_string() } else { format!("{e} (trying again)") }));
                         if final_ {
                             return;
                         }
