@@ -12,6 +12,10 @@ use tokio::net::{TcpStream, UnixStream};
 
 /// How long a dial may take before the node counts as unreachable.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same over the tailnet, where a peer that restarted moments ago may still answer at
+/// its old path until the coordination server tells the other side (a WireGuard handshake
+/// is retried every 5 s): a dial then takes several seconds, and succeeds.
+pub const TAILNET_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A way to reach nodes.
 #[derive(Clone, Default)]
@@ -33,9 +37,13 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Opens a stream to `addr` (`host:port`), giving up after [`DIAL_TIMEOUT`].
+    /// Opens a stream to `addr` (`host:port`), giving up after [`DIAL_TIMEOUT`] (over TCP)
+    /// or [`TAILNET_DIAL_TIMEOUT`].
     pub async fn connect(&self, addr: &str) -> io::Result<Stream> {
-        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "no answer within 10s");
+        let timed_out = || {
+            let limit = if matches!(self, Transport::Tcp) { DIAL_TIMEOUT } else { TAILNET_DIAL_TIMEOUT };
+            io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {}s", limit.as_secs()))
+        };
         match self {
             Transport::Tcp => {
                 let stream =
@@ -44,7 +52,7 @@ impl Transport {
                 Ok(Stream::Tcp(stream))
             }
             Transport::Tailnet(node) => {
-                let stream = tokio::time::timeout(DIAL_TIMEOUT, node.dial(addr))
+                let stream = tokio::time::timeout(TAILNET_DIAL_TIMEOUT, node.dial(addr))
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(io::Error::other)?;
