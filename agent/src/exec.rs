@@ -68,7 +68,8 @@ pub async fn run_native(
     out: ChannelOut,
 ) {
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(command).env_remove(tailnet::AUTHKEY_ENV);
+    cmd.arg("-c").arg(command);
+    crate::hide_secrets(&mut cmd);
     if let Some(home) = std::env::var_os("HOME") {
         cmd.current_dir(home);
     }

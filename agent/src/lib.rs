@@ -27,6 +27,16 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 pub use identity::Identity;
 
+/// Variables that hold the agent's own credentials: commands it runs never see them.
+pub(crate) const SECRET_ENV: [&str; 2] = [tailnet::AUTHKEY_ENV, proto::api::ENROLL_TOKEN_ENV];
+
+/// Takes the agent's credentials out of a command's environment.
+pub(crate) fn hide_secrets(cmd: &mut tokio::process::Command) {
+    for var in SECRET_ENV {
+        cmd.env_remove(var);
+    }
+}
+
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -15,9 +15,13 @@ struct Args {
     /// Control-plane URL (needed to enroll; remembered afterwards).
     #[arg(long)]
     server: Option<String>,
-    /// One-time enrollment token (enroll_…), needed only the first time.
+    /// One-time enrollment token (enroll_…), needed only the first time. Other users can
+    /// see arguments: prefer --token-file or OPENBOX_ENROLL_TOKEN.
     #[arg(long)]
     token: Option<String>,
+    /// File holding the enrollment token.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// Address the agent's SSH server listens on over TCP (port 0 picks a free port)
     /// [default: 127.0.0.1:7684; none when on a tailnet, unless given].
     #[arg(long)]
@@ -25,7 +29,7 @@ struct Args {
     /// Address callers should dial, when it differs from --addr (NAT, 0.0.0.0).
     #[arg(long)]
     advertise: Option<String>,
-    /// Tag for this node (repeatable), added to the token's tags at enrollment.
+    /// Tag for this node (repeatable): it must be among the tags the token was minted with.
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
     /// Node name [default: this machine's host name].
@@ -82,6 +86,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let token = match (args.token, &args.token_file) {
+        (Some(t), _) => Some(t),
+        (None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                eprintln!("openbox agent: reading the enrollment token from {}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => std::env::var(proto::api::ENROLL_TOKEN_ENV).ok().filter(|t| !t.is_empty()),
+    };
     let dir = paths::agent_dir();
     let mesh = match openbox_agent::mesh_settings(
         &dir,
@@ -105,7 +120,7 @@ fn main() -> ExitCode {
     let config = openbox_agent::Config {
         dir,
         server: args.server,
-        token: args.token,
+        token,
         listen,
         mesh,
         advertise: args.advertise,

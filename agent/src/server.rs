@@ -138,6 +138,7 @@ impl russh::server::Handler for Connection {
         user: &str,
         _key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        let user = telemetry::untrusted(user);
         tracing::warn!(peer = %self.peer, %user, "refused a bare key: openbox accepts only user certificates from its CA");
         Ok(Auth::reject())
     }
@@ -151,7 +152,10 @@ impl russh::server::Handler for Connection {
                 Ok(Auth::Accept)
             }
             Err(e) => {
-                tracing::warn!(peer = %self.peer, %user, key_id = %cert.key_id(), reason = %e, "refused user certificate");
+                // Nothing in an unverified certificate is trusted, in a log line neither.
+                let (user, key_id) = (telemetry::untrusted(user), telemetry::untrusted(cert.key_id()));
+                let reason = telemetry::untrusted(&e.to_string());
+                tracing::warn!(peer = %self.peer, %user, %key_id, %reason, "refused user certificate");
                 Ok(Auth::reject())
             }
         }
@@ -246,7 +250,11 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
         tracing::warn!(user = %grant.user, %isolation, reason = %why, "refused an isolation this node cannot serve now");
         return out.refuse(&format!("cannot run {} isolation here: {why}; nothing was run", isolation.kind())).await;
     }
-    tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, %isolation, %command, "exec");
+    // The command itself may hold secrets (a token in a curl header): only its size and a
+    // short hash at info, the text at debug.
+    let command_hash = &trust::token::hash(&command)[..16];
+    tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, %isolation, command_bytes = command.len(), %command_hash, "exec");
+    tracing::debug!(command = %telemetry::untrusted(&command), "exec");
     let node_id = shared.identity().node_id;
     let env = [(proto::exec::USER_ENV, grant.user.as_str()), (proto::exec::NODE_ENV, node_id.as_str())];
     if let Some(session) = &grant.session {

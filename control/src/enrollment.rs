@@ -13,12 +13,15 @@ use crate::{App, now};
 /// heartbeat secret and host certificate, and adds it to the registry with the isolation
 /// it says it can serve.
 pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
-    let unauthorized = |m: &str| Refusal::new(Kind::Unauthorized, m);
     if !req.token.starts_with(token::ENROLL_PREFIX) {
-        return Err(unauthorized(
+        return Err(Refusal::new(
+            Kind::Unauthorized,
             "that is not an enrollment token (they start with enroll_); mint one with `openbox node token`",
         ));
     }
+    // The token first: nothing about the fleet is said to someone without a valid one.
+    let token_hash = token::hash(&req.token);
+    let allowed = app.store.check_enroll_token(&token_hash, now())?.map_err(token_refusal)?;
     for t in &req.tags {
         check_name("tag", t)?;
     }
@@ -39,12 +42,18 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
             format!("a node named {name:?} already exists; choose another --name (the token is still valid)"),
         ));
     }
-    let mut tags = app.store.take_enroll_token(&token::hash(&req.token), now())?.map_err(token_refusal)?;
-    for t in req.tags {
-        if !tags.contains(&t) {
-            tags.push(t);
-        }
+    // The token's tags are the most a node gets: more would let it receive commands (and
+    // their input) meant for other nodes. Retagging stays with admins.
+    if let Some(extra) = req.tags.iter().find(|t| !allowed.contains(t)) {
+        return Err(Refusal::new(
+            Kind::Forbidden,
+            format!(
+                "this enrollment token allows the tags [{}]; {extra:?} is not among them: mint a token with --tag {extra}, or have an admin add it later with `openbox node tag` (the token is still valid)",
+                allowed.join(", ")
+            ),
+        ));
     }
+    let tags = app.store.take_enroll_token(&token_hash, now())?.map_err(token_refusal)?;
     let node_id = token::random_id()[..12].to_owned();
     let secret = token::generate(token::NODE_PREFIX);
     let host_cert = sign_host_cert(app, &host_key, &node_id)?;
@@ -101,20 +110,23 @@ fn token_refusal(problem: EnrollTokenProblem) -> Refusal {
 /// Records a heartbeat authenticated by the node's secret, and renews the node's host
 /// certificate once past half its life.
 pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
+    // One answer for an unknown id and a wrong secret, so nobody can probe for node ids;
+    // only the removed node itself (its own secret) learns that it was removed.
+    let refused = || Refusal::new(Kind::Unauthorized, "not a node of this fleet, or not its heartbeat secret");
+    let secret_hash = secret.map(token::hash).unwrap_or_default();
     let Some(node) = app.store.node(&hb.node_id)? else {
-        if app.store.is_revoked(&hb.node_id)? {
+        if app.store.is_revoked(&hb.node_id, &secret_hash)? {
             return Err(Refusal::new(
                 Kind::Gone,
                 "this node was removed from the fleet; enroll it again with a new token",
             ));
         }
-        return Err(Refusal::new(Kind::Unauthorized, "unknown node"));
+        return Err(refused());
     };
     // Look nodes up by id only: a name must not stand in for the id here.
-    let secret_ok = node.id == hb.node_id && secret.is_some_and(|s| token::hash(s) == node.secret_hash);
-    if !secret_ok {
-        tracing::warn!(node = %hb.node_id, "heartbeat with a wrong secret refused");
-        return Err(Refusal::new(Kind::Unauthorized, "heartbeat secret does not match this node"));
+    if node.id != hb.node_id || secret_hash.is_empty() || secret_hash != node.secret_hash {
+        tracing::warn!(node = %telemetry::untrusted(&hb.node_id), "heartbeat refused");
+        return Err(refused());
     }
     check_mesh_addr(hb.mesh_addr.as_deref())?;
     app.store.record_heartbeat(&hb, now())?;

@@ -35,7 +35,7 @@ struct Args {
     /// How long the user certificate minted for each command stays valid (10s to 1h).
     #[arg(long, default_value = "5m", value_parser = parse_cert_ttl)]
     user_cert_ttl: u64,
-    /// Also write the first-start login token to this file (mode 0600), for scripts.
+    /// Write the first-start login token to this file (mode 0600) instead of printing it.
     #[arg(long)]
     bootstrap_token_file: Option<PathBuf>,
     /// Mint a fresh login token for the admin user and print it (when the first one is lost).
@@ -77,12 +77,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // Everything the control plane writes is its own alone: the database holds token
+    // hashes and the tailnet's auth key, beside the CA key.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let db = args.db.unwrap_or_else(openbox_control::default_db);
     let ca_path = args.ca.unwrap_or_else(openbox_control::default_ca);
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let store = openbox_control::Store::open(&db).with_context(|| format!("opening the database {}", db.display()))?;
+    make_private(&db)?;
     if args.mesh && !tailnet::BUILT {
         bail!(tailnet::TailnetError::NotBuilt);
     }
@@ -109,16 +113,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     println!("openbox control plane listening on {url} (database {}, CA {})", db.display(), ca_path.display());
     if let Some(tok) = first_token.as_ref().or(extra_token.as_ref()) {
-        if let Some(path) = &args.bootstrap_token_file {
-            paths::write_private(path, tok.expose().as_bytes())?;
-        }
         let what = if first_token.is_some() {
             format!("First start: created admin user {:?}.", args.admin)
         } else {
             format!("New login token for {:?}.", args.admin)
         };
-        println!("{what} Log in with (the token is shown only once):");
-        println!("  openbox login --server {url} --token {}", tok.expose());
+        // Written to the file when one is given, and then not printed: output like this
+        // often ends up in a log file.
+        match &args.bootstrap_token_file {
+            Some(path) => {
+                paths::write_private(path, tok.expose().as_bytes())?;
+                println!("{what} Its login token is in {} (mode 0600).", path.display());
+            }
+            None => {
+                println!("{what} Log in with (the token is shown only once):");
+                println!("  openbox login --server {url} --token {}", tok.expose());
+            }
+        }
     }
 
     let config = openbox_control::Config {
@@ -144,6 +155,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Go is linked in: signal handlers must suit it (see `tailnet::shutdown_signals`).
     openbox_control::serve(listener, app, tailnet::shutdown_signals()?).await?;
     tracing::info!("control plane stopped");
+    Ok(())
+}
+
+/// Makes an existing database (and its write-ahead files) private, as an older version may
+/// have left them readable by others.
+fn make_private(db: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let private =
+        |path: &std::path::Path, mode: u32| match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(anyhow::Error::from(e).context(format!("making {} private", path.display())))
+            }
+            _ => Ok(()),
+        };
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        private(std::path::Path::new(&name), 0o600)?;
+    }
     Ok(())
 }
 

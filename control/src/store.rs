@@ -72,12 +72,14 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE nodes ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[\"native\"]';",
     // 4: where a node is on the tailnet.
     "ALTER TABLE nodes ADD COLUMN mesh_addr TEXT;",
+    // 6 (below 5): a removed node's secret, so only that node learns it was removed.
     // 5: the fleet's tailnet, handed to nodes and users (the auth key is a secret).
     "CREATE TABLE mesh (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         control_url TEXT NOT NULL,
         auth_key TEXT NOT NULL
     );",
+    "ALTER TABLE revoked_nodes ADD COLUMN secret_hash TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The tags of an enrollment token, or why it cannot be used.
@@ -444,8 +446,13 @@ impl Store {
         Ok(conn.query_row(&sql, [id_or_name], Self::node_from_row).optional()?)
     }
 
-    pub fn is_revoked(&self, id: &str) -> Result<bool> {
-        Ok(self.conn().query_row("SELECT EXISTS(SELECT 1 FROM revoked_nodes WHERE id = ?1)", [id], |r| r.get(0))?)
+    /// Whether `id` names a node that was removed, asked with that node's own secret.
+    pub fn is_revoked(&self, id: &str, secret_hash: &str) -> Result<bool> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS(SELECT 1 FROM revoked_nodes WHERE id = ?1 AND secret_hash = ?2 AND secret_hash != '')",
+            [id, secret_hash],
+            |r| r.get(0),
+        )?)
     }
 
     pub fn record_heartbeat(&self, hb: &Heartbeat, now: u64) -> Result<()> {
@@ -491,12 +498,13 @@ impl Store {
     pub fn remove_node(&self, id: &str, now: u64) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let host_key: Option<String> =
-            tx.query_row("SELECT host_key FROM nodes WHERE id = ?1", [id], |r| r.get(0)).optional()?;
-        let host_key = host_key.ok_or_else(|| StoreError::NotFound(format!("no node {id:?}")))?;
+        let row: Option<(String, String)> = tx
+            .query_row("SELECT host_key, secret_hash FROM nodes WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (host_key, secret_hash) = row.ok_or_else(|| StoreError::NotFound(format!("no node {id:?}")))?;
         tx.execute(
-            "INSERT OR REPLACE INTO revoked_nodes (id, host_key, revoked_at) VALUES (?1, ?2, ?3)",
-            params![id, host_key, now],
+            "INSERT OR REPLACE INTO revoked_nodes (id, host_key, revoked_at, secret_hash) VALUES (?1, ?2, ?3, ?4)",
+            params![id, host_key, now, secret_hash],
         )?;
         tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
         tx.commit()?;
@@ -597,6 +605,10 @@ mod tests {
         assert_eq!(s.take_enroll_token("e1", 51).unwrap(), Err(EnrollTokenProblem::Used));
         assert_eq!(s.take_enroll_token("e2", 100).unwrap(), Err(EnrollTokenProblem::Expired));
         assert_eq!(s.take_enroll_token("nope", 1).unwrap(), Err(EnrollTokenProblem::Unknown));
+        s.add_enroll_token("e3", u.id, &["t".into()], 10, 100).unwrap();
+        assert_eq!(s.check_enroll_token("e3", 50).unwrap(), Ok(vec!["t".to_string()]));
+        assert_eq!(s.check_enroll_token("e3", 50).unwrap(), Ok(vec!["t".to_string()]), "checking uses nothing up");
+        assert_eq!(s.check_enroll_token("e1", 50).unwrap(), Err(EnrollTokenProblem::Used));
     }
 
     #[test]
@@ -613,7 +625,9 @@ mod tests {
         s.insert_node(node("1", "box"), false).unwrap();
         s.remove_node("1", 5).unwrap();
         assert!(s.node("1").unwrap().is_none());
-        assert!(s.is_revoked("1").unwrap());
+        let secret = s.is_revoked("1", &node("1", "box").secret_hash).unwrap();
+        assert!(secret, "its own secret learns it was removed");
+        assert!(!s.is_revoked("1", "another-secret").unwrap(), "nobody else does");
     }
 
     #[test]

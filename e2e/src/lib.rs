@@ -468,9 +468,11 @@ impl Agent {
     /// Like [`Agent::enroll_env`], with the control plane at `server`.
     pub fn enroll_at(server: &str, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let home = tempfile::tempdir().expect("tempdir");
-        let mut args = vec!["--server", server, "--token", token];
+        let mut args = vec!["--server", server];
         args.extend(extra);
         let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        // The token as the printed command passes it: in the environment.
+        env.push(("OPENBOX_ENROLL_TOKEN".into(), token.into()));
         if !env.iter().any(|(k, _)| k == "DOCKER_HOST") {
             env.push(("DOCKER_HOST".into(), format!("unix://{}/no-engine.sock", home.path().display())));
         }
@@ -502,6 +504,7 @@ impl Agent {
             ("OPENBOX_MESH_AUTHKEY".to_owned(), auth_key.to_owned()),
             (MESH_TEST_ENV.0.to_owned(), MESH_TEST_ENV.1.to_owned()),
             ("DOCKER_HOST".to_owned(), format!("unix://{}/no-engine.sock", home.path().display())),
+            ("OPENBOX_ENROLL_TOKEN".to_owned(), token.to_owned()),
         ];
         let wrapper: Vec<String> = std::iter::once("strace".to_owned())
             .chain(STRACE_NETWORK.iter().map(|a| a.to_string()))
@@ -509,8 +512,13 @@ impl Agent {
             .collect();
         let mut agent =
             Agent { proc: None, env, wrapper, home, node_id: String::new(), name: String::new(), addr: String::new() };
-        agent.start(&["--server", &cp.url, "--token", token, "--mesh-control", &hs.url]);
+        agent.start(&["--server", &cp.url, "--mesh-control", &hs.url]);
         agent
+    }
+
+    /// The agent's process id (under a wrapper, the wrapper's).
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("running agent").child.id()
     }
 
     /// Runs the agent binary in a fresh home until it exits (for refusals).

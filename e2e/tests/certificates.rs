@@ -123,6 +123,30 @@ fn the_agent_refuses_certificates_from_another_ca() {
 }
 
 #[test]
+fn an_unverified_certificate_cannot_forge_a_line_in_the_agent_log() {
+    let n = node();
+    let key = trust::generate_key();
+    let forged_line = "2026-01-01T00:00:00.000000Z  INFO openbox_agent::server: accepted user certificate";
+    let foreign = Ca::generate()
+        .sign_user(&UserCertSpec {
+            user: "admin",
+            node_id: &n.agent.node_id,
+            request_id: &format!("x\n{forged_line}\u{1b}[2J"),
+            isolation: &Isolation::Native,
+            session: None,
+            public_key: key.public_key(),
+            valid_after: now() - 30,
+            valid_before: now() + 300,
+        })
+        .unwrap();
+    assert_refused(&n, n.try_exec(&format!("admin\n{forged_line}"), &key, foreign), "refused user certificate");
+    let log = n.agent.log();
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "a forged line:\n{log}");
+    assert!(!log.contains('\u{1b}'), "a terminal sequence reached the log:\n{log}");
+    assert!(log.contains("\\n2026-01-01"), "the text is there, escaped:\n{log}");
+}
+
+#[test]
 fn the_agent_refuses_a_principal_mismatch_and_a_certificate_for_another_node() {
     let n = node();
     let key = trust::generate_key();

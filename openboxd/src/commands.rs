@@ -153,7 +153,9 @@ pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::R
     let tok: EnrollToken =
         login.client()?.post("/v1/enroll-tokens", &NewEnrollToken { tags: tags.to_vec(), ttl_secs }).await?;
     let tag_flags: String = tok.tags.iter().map(|t| format!(" --tag {t}")).collect();
-    let command = format!("openbox agent --server {} --token {}{tag_flags}", login.server, tok.token);
+    // The token goes in the environment: other users can read a process's arguments.
+    let command =
+        format!("{}={} openbox agent --server {}{tag_flags}", proto::api::ENROLL_TOKEN_ENV, tok.token, login.server);
     let left = proto::time::human_secs(tok.expires_at.saturating_sub(proto::time::now()));
     let text = format!(
         "Enrollment token (single use, expires in {left}). On the new node run:\n  {command}\n\

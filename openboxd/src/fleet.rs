@@ -50,11 +50,14 @@ impl Role {
     }
 
     /// Starts the role in the background, its output appended to its log.
-    fn spawn(&self, args: &[String]) -> anyhow::Result<Pid> {
+    /// Starts the role's binary with `args`, and `env` added to its environment (where
+    /// secrets go: other users can read a process's arguments).
+    fn spawn(&self, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Pid> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file())?;
         let binary = paths::sibling_binary(self.binary);
         let mut child = Command::new(&binary)
             .args(args)
+            .envs(env.iter().copied())
             .env_remove(proto::request::CALL_ENV)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -125,7 +128,7 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
                 args.push("--new-admin-token".into());
             }
             let _ = std::fs::remove_file(&token_file);
-            let pid = CONTROL.spawn(&args)?;
+            let pid = CONTROL.spawn(&args, &[])?;
             let health = net::control::Client::new(&url, None)?;
             wait_for("the control plane answering", &CONTROL, pid, || async {
                 health.get::<proto::api::Health>("/v1/health").await.is_ok()
@@ -160,15 +163,19 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
         Some(_) => false,
         None => {
             let mut args: Vec<String> = vec!["--addr".into(), "127.0.0.1:0".into()];
+            let mut token = None;
             if !enrolled {
                 let tok: EnrollToken = login
                     .client()?
                     .post("/v1/enroll-tokens", &NewEnrollToken { tags: vec![LOCAL_TAG.into()], ttl_secs: 600 })
                     .await?;
-                args.extend(["--server".into(), url.clone(), "--token".into(), tok.token]);
+                args.extend(["--server".into(), url.clone()]);
+                token = Some(tok.token);
             }
             let offset = log_len(&AGENT);
-            let pid = AGENT.spawn(&args)?;
+            let env: Vec<(&str, &str)> =
+                token.as_deref().map(|t| (proto::api::ENROLL_TOKEN_ENV, t)).into_iter().collect();
+            let pid = AGENT.spawn(&args, &env)?;
             wait_for("the agent serving", &AGENT, pid, || async {
                 log_since(&AGENT, offset).contains("openbox agent: node ")
             })

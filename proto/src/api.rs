@@ -12,6 +12,10 @@ pub struct ApiError {
     pub error: String,
 }
 
+/// Where an agent takes its enrollment token from when `--token-file` is not given: an
+/// environment variable, unlike an argument, is not visible to other users.
+pub const ENROLL_TOKEN_ENV: &str = "OPENBOX_ENROLL_TOKEN";
+
 /// The event a `/v1/events` stream sends, with the whole node list as its data, whenever
 /// the registry changes.
 pub const EVENT_NODES: &str = "nodes";

@@ -22,3 +22,38 @@ pub fn init_at(default: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
+
+/// How much of an untrusted value a log line shows.
+const UNTRUSTED_MAX: usize = 200;
+
+/// Text from outside (a user name or key id a client sent, a node id in a request) made
+/// safe for a log line: control characters such as newline and ESC are shown escaped, so
+/// nobody can forge a line or send a terminal sequence to whoever reads the log; and it is
+/// cut short.
+pub fn untrusted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(UNTRUSTED_MAX));
+    for (i, c) in text.chars().enumerate() {
+        if i == UNTRUSTED_MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn untrusted_text_cannot_forge_a_log_line_or_a_terminal_sequence() {
+        let forged = super::untrusted("bob\n2026-01-01T00:00:00Z  INFO accepted\u{1b}[2J");
+        assert!(!forged.chars().any(char::is_control), "{forged}");
+        assert_eq!(forged, "bob\\n2026-01-01T00:00:00Z  INFO accepted\\u{1b}[2J");
+        assert_eq!(super::untrusted(&"x".repeat(500)).chars().count(), 201);
+        assert_eq!(super::untrusted("plain-name_1"), "plain-name_1");
+    }
+}

@@ -112,7 +112,7 @@ pub async fn spawn_shell(
     let (mut cmd, nspawn) = match isolation {
         Isolation::Native => {
             let mut cmd = Command::new("/bin/sh");
-            cmd.env_remove(tailnet::AUTHKEY_ENV);
+            crate::hide_secrets(&mut cmd);
             if let Some(home) = std::env::var_os("HOME") {
                 cmd.current_dir(home);
             }

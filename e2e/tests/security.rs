@@ -1,0 +1,122 @@
+//! What a security review found, each through the real binaries: enrollment tags, secrets
+//! kept out of logs and arguments, private files, and answers that reveal nothing.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+
+use openbox_e2e::{Agent, Cli, ControlPlane, wait_until};
+
+#[test]
+fn a_token_gives_a_node_no_more_tags_than_it_was_minted_with() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let token = admin.enroll_token(&["t"]);
+    let out = Agent::run_to_end(&["--server", &cp.url, "--token", &token, "--tag", "t", "--tag", "prod"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("allows the tags [t]; \"prod\" is not among them"), "{out:?}");
+    assert!(admin.nodes().is_empty(), "nothing enrolled");
+    // The token is still good for what it was minted for.
+    let agent = Agent::enroll_with(&cp, &token, &["--tag", "t"]);
+    assert_eq!(admin.node(&agent.node_id).unwrap()["tags"], serde_json::json!(["t"]));
+}
+
+#[test]
+fn commands_and_tokens_stay_out_of_logs_and_arguments() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    // The printed agent command carries the token in the environment, not as an argument.
+    let issued = admin.run(&["node", "token", "--tag", "t", "--json"]).ok().json();
+    let command = issued["command"].as_str().unwrap();
+    let token = issued["token"].as_str().unwrap();
+    assert!(command.starts_with(&format!("OPENBOX_ENROLL_TOKEN={token} openbox agent")), "{command}");
+    assert!(!command.contains("--token"), "{command}");
+
+    let agent = Agent::enroll_with(&cp, token, &[]); // the token goes in its environment
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("enroll_"), "no token in the agent's arguments");
+    // Commands never see it either.
+    let env = admin.run(&["-t", "t", "echo ${OPENBOX_ENROLL_TOKEN:-none}"]).ok();
+    assert_eq!(env.stdout, "none\n");
+
+    // A command is logged by size and hash, not by its text (it may hold a secret).
+    admin.run(&["-t", "t", "echo", "'Authorization: Bearer s3cr3t-in-a-header'"]).ok();
+    let log = agent.log();
+    assert!(!log.contains("s3cr3t-in-a-header"), "{log}");
+    assert!(log.contains("command_bytes="), "{log}");
+
+    // The database is the control plane's alone, write-ahead files included.
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", cp.db_path().display());
+        if let Ok(meta) = std::fs::metadata(&path) {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{path}");
+        }
+    }
+    let dir = cp.db_path().parent().unwrap().to_owned();
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+}
+
+#[test]
+fn openbox_up_leaves_no_live_token_in_its_logs() {
+    let me = Cli::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    me.run(&["up", "--addr", &format!("127.0.0.1:{port}")]).ok();
+    me.run(&["-t", "local", "true"]).ok();
+    let logs = me.home.path().join("logs");
+    for log in ["control.log", "agent.log"] {
+        let text = std::fs::read_to_string(logs.join(log)).unwrap();
+        assert!(!text.contains("obx_") && !text.contains("enroll_"), "{log} holds a token:\n{text}");
+    }
+    me.run(&["down"]).ok();
+}
+
+/// The status line of a raw HTTP POST to the control plane, and its body.
+fn post(cp: &ControlPlane, path: &str, auth: Option<&str>, body: &serde_json::Value) -> (String, String) {
+    let body = body.to_string();
+    let auth = auth.map(|s| format!("Authorization: Bearer {s}\r\n")).unwrap_or_default();
+    let mut s = std::net::TcpStream::connect(&cp.addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.lines().next().unwrap_or_default().to_owned();
+    (status, resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+#[test]
+fn heartbeats_and_enrollment_do_not_say_which_nodes_exist() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll_with(&cp, &admin.enroll_token(&["t"]), &["--name", "taken"]);
+    let beat = |id: &str| {
+        let hb = serde_json::json!({
+            "node_id": id, "addr": "127.0.0.1:1", "platform": {"os": "linux", "arch": "x86_64"},
+            "version": "x", "host_cert_valid_before": 0
+        });
+        post(&cp, "/v1/heartbeat", Some("node_guessed"), &hb)
+    };
+    let (known, unknown) = (beat(&agent.node_id), beat("0123456789ab"));
+    assert!(known.0.contains(" 401 "), "{known:?}");
+    assert_eq!(known, unknown, "a wrong secret and an unknown id get the same answer");
+
+    // Without a valid token, enrollment says nothing about names either.
+    let key = trust::generate_key();
+    let enroll = |name: &str| {
+        let body = serde_json::json!({
+            "token": "enroll_made_up", "name": name, "addr": "127.0.0.1:9", "tags": [],
+            "platform": {"os": "linux", "arch": "x86_64"},
+            "host_public_key": key.public_key().to_openssh().unwrap(),
+        });
+        post(&cp, "/v1/enroll", None, &body)
+    };
+    let (taken, free) = (enroll("taken"), enroll("free-name"));
+    assert!(taken.0.contains(" 401 "), "{taken:?}");
+    assert_eq!(taken, free);
+
+    // The removed node itself, with its own secret, is told it was removed.
+    admin.run(&["node", "rm", "taken"]).ok();
+    wait_until("the removed agent to hear of it", || agent.log().contains("removed from the fleet"));
+}
