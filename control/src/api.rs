@@ -287,14 +287,21 @@ async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<Se
     let mut out = Vec::new();
     for r in rows {
         let node_name = app.store.node(&r.node_id)?.map(|n| n.name).unwrap_or_else(|| "(removed)".into());
+        // A session whose isolation no longer parses is shown as the error it is, never
+        // as native (which it may not have been).
+        let isolation = r.isolation.parse::<proto::Isolation>().ok();
+        let state = match isolation {
+            Some(_) => r.state,
+            None => format!("error: its isolation {:?} is not understood here", r.isolation),
+        };
         out.push(SessionInfo {
             id: r.id,
             node_id: r.node_id,
             node_name,
-            isolation: r.isolation.parse().unwrap_or_default(),
+            isolation,
             created_at: r.created_at,
             last_used: r.last_used,
-            state: r.state,
+            state,
         });
     }
     Ok(Json(out))

@@ -96,7 +96,10 @@ fn session_node(app: &App, user: &User, sid: &str, req: &DispatchRequest) -> Res
         last_used: t,
         state: "active".into(),
     };
-    app.store.put_session(user.id, &row)?;
+    if app.store.put_session(user.id, &row)? != node.id {
+        // Another first use of this session placed it a moment ago: go where it went.
+        return session_node(app, user, sid, req);
+    }
     tracing::info!(user = %user.name, session = %sid, node = %node.id, "session placed");
     Ok(node)
 }

@@ -536,14 +536,17 @@ impl Store {
     }
 
     /// Records a session's first use on a node (or a use after it was removed).
-    pub fn put_session(&self, user_id: i64, row: &SessionRow) -> Result<()> {
-        self.conn().execute(
+    /// Records a session's use; on its first use, places it on `row.node_id`. Returns the
+    /// node it is on: another first use may have placed it a moment earlier.
+    pub fn put_session(&self, user_id: i64, row: &SessionRow) -> Result<String> {
+        Ok(self.conn().query_row(
             "INSERT INTO sessions (user_id, id, node_id, isolation, created_at, last_used, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (user_id, id) DO UPDATE SET last_used = excluded.last_used",
+             ON CONFLICT (user_id, id) DO UPDATE SET last_used = excluded.last_used
+             RETURNING node_id",
             params![user_id, row.id, row.node_id, row.isolation, row.created_at, row.last_used, row.state],
-        )?;
-        Ok(())
+            |r| r.get(0),
+        )?)
     }
 
     pub fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionRow>> {

@@ -70,10 +70,10 @@ fn openbox_up_leaves_no_live_token_in_its_logs() {
 }
 
 /// The status line of a raw HTTP POST to the control plane, and its body.
-fn post(cp: &ControlPlane, path: &str, auth: Option<&str>, body: &serde_json::Value) -> (String, String) {
+fn post(addr: &str, path: &str, auth: Option<&str>, body: &serde_json::Value) -> (String, String) {
     let body = body.to_string();
     let auth = auth.map(|s| format!("Authorization: Bearer {s}\r\n")).unwrap_or_default();
-    let mut s = std::net::TcpStream::connect(&cp.addr).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -96,7 +96,7 @@ fn heartbeats_and_enrollment_do_not_say_which_nodes_exist() {
             "node_id": id, "addr": "127.0.0.1:1", "platform": {"os": "linux", "arch": "x86_64"},
             "version": "x", "host_cert_valid_before": 0
         });
-        post(&cp, "/v1/heartbeat", Some("node_guessed"), &hb)
+        post(&cp.addr, "/v1/heartbeat", Some("node_guessed"), &hb)
     };
     let (known, unknown) = (beat(&agent.node_id), beat("0123456789ab"));
     assert!(known.0.contains(" 401 "), "{known:?}");
@@ -110,7 +110,7 @@ fn heartbeats_and_enrollment_do_not_say_which_nodes_exist() {
             "platform": {"os": "linux", "arch": "x86_64"},
             "host_public_key": key.public_key().to_openssh().unwrap(),
         });
-        post(&cp, "/v1/enroll", None, &body)
+        post(&cp.addr, "/v1/enroll", None, &body)
     };
     let (taken, free) = (enroll("taken"), enroll("free-name"));
     assert!(taken.0.contains(" 401 "), "{taken:?}");
@@ -119,4 +119,56 @@ fn heartbeats_and_enrollment_do_not_say_which_nodes_exist() {
     // The removed node itself, with its own secret, is told it was removed.
     admin.run(&["node", "rm", "taken"]).ok();
     wait_until("the removed agent to hear of it", || agent.log().contains("removed from the fleet"));
+}
+
+#[test]
+fn simultaneous_first_uses_of_a_session_place_it_on_one_node() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let _agents: Vec<Agent> = (0..3).map(|_| Agent::enroll(&cp, &admin, &["t"])).collect();
+    let key = trust::generate_key().public_key().to_openssh().unwrap();
+    let (addr, token) = (cp.addr.as_str(), cp.admin_token.as_str());
+    for round in 0..20 {
+        let request = proto::api::DispatchRequest {
+            target: proto::api::Target::Tag("t".into()),
+            session: Some(format!("race-{round}")),
+            isolation: proto::Isolation::Native,
+            public_key: key.clone(),
+        };
+        let body = serde_json::to_value(&request).unwrap();
+        let nodes: Vec<String> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..12)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (status, reply) = post(addr, "/v1/dispatch", Some(token), &body);
+                        assert!(status.contains(" 200 "), "{status} {reply}");
+                        serde_json::from_str::<serde_json::Value>(&reply).unwrap()["node"]["id"].to_string()
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert!(nodes.iter().all(|n| *n == nodes[0]), "round {round}: one session on several nodes: {nodes:?}");
+    }
+}
+
+#[test]
+fn a_request_line_past_the_limit_closes_that_connection_and_openboxd_keeps_serving() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let socket = admin.home.path().join("run/openboxd.sock");
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    writeln!(conn, r#"{{"jsonrpc":"2.0","id":0,"method":"hello","params":{{"protocol":1,"client":"test"}}}}"#).unwrap();
+    // Two MiB with no end of line: the daemon must not keep reading it in.
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..32 {
+        if conn.write_all(&chunk).is_err() {
+            break; // closed on us, as it should be
+        }
+    }
+    let mut answers = String::new();
+    let _ = std::io::BufReader::new(&conn).read_to_string(&mut answers);
+    let refusal = answers.lines().find(|l| l.contains("refused")).unwrap_or_default();
+    assert!(refusal.contains("longer than 1 MiB"), "{answers}");
+    admin.run(&["whoami"]).ok();
 }

@@ -77,6 +77,9 @@ pub fn on_tailnet(authority: &str) -> bool {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// The largest answer (or event) read from a control plane: a registry of 50,000 nodes
+/// fits many times over; a misbehaving server cannot make a client hold more.
+pub const MAX_BODY: usize = 64 << 20;
 
 impl Client {
     pub fn new(url: &str, token: Option<Secret>) -> Result<Client, ControlError> {
@@ -126,10 +129,10 @@ impl Client {
         let (sender, resp) = self.send(Method::GET, path, Vec::new(), "text/event-stream").await?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let body = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+            let body = self.body(resp).await?;
             return Err(api_error(status, &body));
         }
-        Ok(EventStream { body: resp.into_body(), buf: Vec::new(), _sender: sender })
+        Ok(EventStream { body: resp.into_body(), buf: Vec::new(), scanned: 0, _sender: sender })
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -156,7 +159,7 @@ impl Client {
         };
         let (_sender, resp) = self.send(method, path, bytes, "application/json").await?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| self.unreachable(e))?.to_bytes();
+        let body = self.body(resp).await?;
         if !status.is_success() {
             return Err(api_error(status, &body));
         }
@@ -191,6 +194,18 @@ impl Client {
         Ok((sender, resp))
     }
 
+    /// A whole response body, refused past [`MAX_BODY`].
+    async fn body(&self, resp: hyper::Response<hyper::body::Incoming>) -> Result<Bytes, ControlError> {
+        let limited = http_body_util::Limited::new(resp.into_body(), MAX_BODY);
+        match limited.collect().await {
+            Ok(body) => Ok(body.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(ControlError::Protocol(format!("an answer larger than {} MiB", MAX_BODY >> 20)))
+            }
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+
     /// A stream to the control plane: over the tailnet for a tailnet address (never over
     /// the host's own network), else TCP.
     async fn connect(&self) -> Result<Stream, ControlError> {
@@ -222,6 +237,8 @@ fn api_error(status: StatusCode, body: &[u8]) -> ControlError {
 pub struct EventStream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    /// How much of `buf` is known to hold no event end, so each byte is looked at once.
+    scanned: usize,
     // Keeps the connection's request side alive for as long as the stream is read.
     _sender: SendRequest<Full<Bytes>>,
 }
@@ -230,8 +247,12 @@ impl EventStream {
     /// The next event, or `None` when the stream ends.
     pub async fn next(&mut self) -> Option<Result<(String, String), ControlError>> {
         loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let from = self.scanned.saturating_sub(1);
+            let found = self.buf[from..].windows(2).position(|w| w == b"\n\n").map(|i| from + i);
+            self.scanned = self.buf.len();
+            if let Some(end) = found {
                 let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                self.scanned = 0;
                 let text = String::from_utf8_lossy(&block);
                 let (mut event, mut data) = (String::from("message"), Vec::new());
                 for line in text.lines() {
@@ -249,11 +270,58 @@ impl EventStream {
             match self.body.frame().await? {
                 Ok(frame) => {
                     if let Some(chunk) = frame.data_ref() {
+                        if self.buf.len() + chunk.len() > MAX_BODY {
+                            return Some(Err(ControlError::Protocol(format!(
+                                "an event larger than {} MiB",
+                                MAX_BODY >> 20
+                            ))));
+                        }
                         self.buf.extend_from_slice(chunk);
                     }
                 }
                 Err(e) => return Some(Err(ControlError::Protocol(e.to_string()))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A server that answers every request with `head` and then `MAX_BODY` and more bytes
+    /// that never end an event.
+    async fn flooding_server(head: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req).await;
+            s.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..(MAX_BODY >> 20) + 8 {
+                if s.write_all(&chunk).await.is_err() {
+                    return; // the client stopped reading, as it should
+                }
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_or_event_past_the_limit_is_refused_not_held() {
+        let len = (MAX_BODY >> 20) + 8;
+        let head = Box::leak(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", len << 20).into_boxed_str());
+        let url = flooding_server(head).await;
+        let err = Client::new(&url, None).unwrap().get::<serde_json::Value>("/v1/nodes").await.unwrap_err();
+        assert!(err.to_string().contains("larger than 64 MiB"), "{err}");
+
+        let url = flooding_server("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n").await;
+        let mut events = Client::new(&url, None).unwrap().events("/v1/events").await.unwrap();
+        let err = events.next().await.expect("an answer").unwrap_err();
+        assert!(err.to_string().contains("an event larger than 64 MiB"), "{err}");
     }
 }

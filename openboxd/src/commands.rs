@@ -225,12 +225,15 @@ pub async fn sessions(d: &Daemon) -> anyhow::Result<Reply> {
         let row = |c: [&str; 6]| format!("{:<16} {:<16} {:<20} {:<10} {:<10} {}\n", c[0], c[1], c[2], c[3], c[4], c[5]);
         let mut text = row(["SESSION", "NODE", "ISOLATION", "CREATED", "LAST USED", "STATE"]);
         for s in &sessions {
-            text +=
-                &row([&s.id, &s.node_name, &s.isolation.to_string(), &ago(s.created_at), &ago(s.last_used), &s.state]);
+            text += &row([&s.id, &s.node_name, &isolation_text(s), &ago(s.created_at), &ago(s.last_used), &s.state]);
         }
         text
     };
     Ok(Reply::new(serde_json::to_value(&sessions)?, text))
+}
+
+fn isolation_text(s: &SessionInfo) -> String {
+    s.isolation.as_ref().map_or_else(|| "(unreadable)".to_owned(), ToString::to_string)
 }
 
 /// Ends a session: stops its shell on the node, then removes it from the directory.
@@ -243,8 +246,9 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
     let mut warnings = Vec::new();
     let acct = d.account()?;
     let stopped = async {
+        let isolation = s.isolation.as_ref().context("its isolation cannot be read")?;
         let target = Target::Node(s.node_id.clone());
-        let want = crate::connect::Want { target: &target, session: Some(id), isolation: &s.isolation };
+        let want = crate::connect::Want { target: &target, session: Some(id), isolation };
         let (_, conn) = crate::connect::connect(d, &acct, want).await?;
         conn.subsystem(proto::exec::END_SESSION_SUBSYSTEM).await?;
         anyhow::Ok(())

@@ -64,12 +64,19 @@ pub async fn serve(listener: UnixListener, d: Arc<Daemon>, shutdown: impl Future
     }
 }
 
+/// The longest request line openboxd reads (stdin goes in notifications of any number).
+pub const MAX_LINE: usize = 1 << 20;
+/// The most descriptors a client may have sent that no request has taken yet.
+const MAX_PENDING_FDS: usize = 48;
+
 /// Reads newline-delimited messages, keeping any file descriptors that came along.
 struct Reader {
     half: OwnedReadHalf,
     buf: Vec<u8>,
     fds: VecDeque<OwnedFd>,
     eof: bool,
+    /// Why reading stopped early: the client broke a limit.
+    broke: Option<&'static str>,
 }
 
 impl Reader {
@@ -77,6 +84,14 @@ impl Reader {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 return Some(self.buf.drain(..=pos).collect());
+            }
+            if self.buf.len() > MAX_LINE {
+                self.broke = Some("a request line longer than 1 MiB (send stdin in `stdin` notifications)");
+                return None;
+            }
+            if self.fds.len() > MAX_PENDING_FDS {
+                self.broke = Some("more descriptors than requests take (send three with each `cli` or fds call)");
+                return None;
             }
             if self.eof {
                 return None;
@@ -131,7 +146,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
     });
     // Flips to true when the client goes away: running commands are then stopped.
     let (gone_tx, gone) = watch::channel(false);
-    let mut reader = Reader { half: read, buf: Vec::new(), fds: VecDeque::new(), eof: false };
+    let mut reader = Reader { half: read, buf: Vec::new(), fds: VecDeque::new(), eof: false, broke: None };
     let mut greeted = false;
     let mut stdin_routes: HashMap<String, mpsc::Sender<Vec<u8>>> = HashMap::new();
 
@@ -280,6 +295,10 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
             other => reply(Response::err(id, code::METHOD_NOT_FOUND, format!("no method {other:?}"))).await,
         }
     }
+    if let Some(why) = reader.broke {
+        tracing::warn!(why, "closed a connection that broke a limit");
+        let _ = lines.send(line(&Response::err(Value::Null, code::INVALID_REQUEST, format!("refused: {why}")))).await;
+    }
     let _ = gone_tx.send(true);
     drop(lines);
     let _ = writer.await;
@@ -329,7 +348,7 @@ mod tests {
     use super::*;
 
     fn reader(half: OwnedReadHalf) -> Reader {
-        Reader { half, buf: Vec::new(), fds: VecDeque::new(), eof: false }
+        Reader { half, buf: Vec::new(), fds: VecDeque::new(), eof: false, broke: None }
     }
 
     #[tokio::test]

@@ -186,10 +186,11 @@ pub struct SessionInfo {
     pub id: String,
     pub node_id: String,
     pub node_name: String,
-    pub isolation: Isolation,
+    /// `None` when the stored isolation no longer parses (then `state` says so).
+    pub isolation: Option<Isolation>,
     pub created_at: u64,
     pub last_used: u64,
-    /// `active`, `exited`, `reaped`.
+    /// `active`, `exited`, `reaped`, or an `error: …` that says what is wrong with it.
     pub state: String,
 }
 
