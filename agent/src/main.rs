@@ -79,6 +79,7 @@ fn start_again() -> ExitCode {
 fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.verbose);
+    telemetry::raise_open_file_limit();
 
     for t in &args.tags {
         if let Err(e) = proto::check_name("tag", t) {

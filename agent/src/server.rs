@@ -2,8 +2,9 @@
 //! goes to [`trust::verify_user_cert`], and each session channel is handed to its own task
 //! in [`crate::exec`].
 
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session};
@@ -24,6 +25,59 @@ pub struct Shared {
     ssh_config: RwLock<Arc<russh::server::Config>>,
     pub sessions: Arc<Sessions>,
     pub runtimes: Runtimes,
+    unauthenticated: Mutex<Unauthenticated>,
+}
+
+/// How many connections may be open before they authenticate: past it, the oldest of them
+/// is closed, so a flood of idle connections cannot shut out a real caller, nor use up
+/// the agent's descriptors.
+const MAX_UNAUTHENTICATED: usize = 256;
+/// How long a connection may take to authenticate.
+const AUTH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The connections that have not authenticated yet, oldest first.
+#[derive(Default)]
+struct Unauthenticated {
+    next_id: u64,
+    waiting: VecDeque<(u64, tokio::task::AbortHandle)>,
+    closed: u64,
+}
+
+impl Shared {
+    /// Counts a new connection as unauthenticated, closing the oldest such one when there
+    /// are too many.
+    fn admit(&self, task: tokio::task::AbortHandle, id: u64) {
+        let mut u = self.unauthenticated.lock().unwrap_or_else(|e| e.into_inner());
+        if task.is_finished() {
+            return; // it ended before it could be counted
+        }
+        u.waiting.push_back((id, task));
+        while u.waiting.len() > MAX_UNAUTHENTICATED {
+            if let Some((_, oldest)) = u.waiting.pop_front() {
+                oldest.abort();
+                u.closed += 1;
+                if u.closed.is_power_of_two() {
+                    tracing::warn!(
+                        closed = u.closed,
+                        limit = MAX_UNAUTHENTICATED,
+                        "too many connections not yet authenticated; closing the oldest"
+                    );
+                }
+            }
+        }
+    }
+
+    fn next_connection_id(&self) -> u64 {
+        let mut u = self.unauthenticated.lock().unwrap_or_else(|e| e.into_inner());
+        u.next_id += 1;
+        u.next_id
+    }
+
+    /// The connection authenticated, or ended: it no longer counts.
+    fn settled(&self, id: u64) {
+        let mut u = self.unauthenticated.lock().unwrap_or_else(|e| e.into_inner());
+        u.waiting.retain(|(i, _)| *i != id);
+    }
 }
 
 fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
@@ -43,7 +97,13 @@ fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
 impl Shared {
     pub fn new(identity: Identity, sessions: Arc<Sessions>, runtimes: Runtimes) -> Arc<Shared> {
         let config = ssh_config(&identity);
-        Arc::new(Shared { identity: RwLock::new(identity), ssh_config: RwLock::new(config), sessions, runtimes })
+        Arc::new(Shared {
+            identity: RwLock::new(identity),
+            ssh_config: RwLock::new(config),
+            sessions,
+            runtimes,
+            unauthenticated: Mutex::default(),
+        })
     }
 
     pub fn identity(&self) -> Identity {
@@ -109,18 +169,41 @@ fn spawn_connection<S>(stream: S, peer: String, shared: &Arc<Shared>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let handler = Connection { shared: shared.clone(), peer: peer.clone(), grant: None };
+    let (authenticated, authenticated_rx) = tokio::sync::oneshot::channel();
+    let handler =
+        Connection { shared: shared.clone(), peer: peer.clone(), grant: None, authenticated: Some(authenticated) };
     let config = shared.config();
-    tokio::spawn(async move {
-        match russh::server::run_stream(config, stream, handler).await {
-            Ok(session) => {
-                if let Err(e) = session.await {
-                    tracing::debug!(%peer, error = %e, "connection ended");
+    let id = shared.next_connection_id();
+    let s = shared.clone();
+    let task = tokio::spawn(async move {
+        let run = async {
+            match russh::server::run_stream(config, stream, handler).await {
+                Ok(session) => {
+                    if let Err(e) = session.await {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
                 }
+                Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
             }
-            Err(e) => tracing::debug!(%peer, error = %e, "handshake failed"),
+        };
+        tokio::pin!(run);
+        // Until it authenticates, a connection has a deadline (and may be closed early to
+        // make room: see `Shared::admit`).
+        let first = tokio::time::timeout(AUTH_DEADLINE, async {
+            tokio::select! {
+                () = &mut run => false,
+                got = authenticated_rx => got.is_ok(),
+            }
+        })
+        .await;
+        s.settled(id);
+        match first {
+            Ok(true) => run.await,
+            Ok(false) => {}
+            Err(_) => tracing::debug!(%peer, "no authentication within 10s; closed"),
         }
     });
+    shared.admit(task.abort_handle(), id);
 }
 
 /// One client connection: who it authenticated as, and what its certificate allows.
@@ -128,6 +211,8 @@ struct Connection {
     shared: Arc<Shared>,
     peer: String,
     grant: Option<UserGrant>,
+    /// Told once the connection has authenticated.
+    authenticated: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl russh::server::Handler for Connection {
@@ -149,6 +234,9 @@ impl russh::server::Handler for Connection {
             Ok(grant) => {
                 tracing::info!(peer = %self.peer, %user, key_id = %grant.key_id, isolation = %grant.isolation, "accepted user certificate");
                 self.grant = Some(grant);
+                if let Some(told) = self.authenticated.take() {
+                    let _ = told.send(());
+                }
                 Ok(Auth::Accept)
             }
             Err(e) => {

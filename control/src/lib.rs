@@ -9,6 +9,7 @@
 
 mod api;
 mod enrollment;
+mod http;
 pub mod mesh;
 mod placement;
 mod refusal;
@@ -147,9 +148,9 @@ pub async fn serve(
         shutdown.await;
         closing.send_replace(true);
     };
-    let result = axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await;
+    http::serve(listener, api::router(app), shutdown).await;
     sweeper.abort();
-    result
+    Ok(())
 }
 
 /// The default file locations, under the control directory of [`paths`].

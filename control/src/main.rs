@@ -66,6 +66,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.verbose);
+    telemetry::raise_open_file_limit();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,7 +33,7 @@ pub async fn serve(
     let listener = node.listen(&format!(":{port}"))?;
     let ip = node.ips()?.into_iter().next().context("the tailnet gave the control plane no address")?;
     joined(format!("http://{}", std::net::SocketAddr::new(ip, port)));
-    axum::serve(OnTailnet(listener), crate::api::router(app.clone())).with_graceful_shutdown(app.closing()).await?;
+    crate::http::serve(OnTailnet(listener), crate::api::router(app.clone()), app.closing()).await;
     drop(node);
     Ok(())
 }

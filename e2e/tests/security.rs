@@ -172,3 +172,44 @@ fn a_request_line_past_the_limit_closes_that_connection_and_openboxd_keeps_servi
     assert!(refusal.contains("longer than 1 MiB"), "{answers}");
     admin.run(&["whoami"]).ok();
 }
+
+#[test]
+fn a_flood_of_idle_connections_shuts_out_neither_commands_nor_the_control_plane() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let soft = |current| setrlimit(Resource::Nofile, Rlimit { current, maximum: limit.maximum }).unwrap();
+    // The services start with the usual soft limit of 1024 open files, as on most systems
+    // (they may raise it to the hard limit themselves) ...
+    soft(Some(1024));
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["t"]);
+    // ... while this test holds more sockets than that.
+    soft(limit.maximum);
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        held.push(std::net::TcpStream::connect(&agent.addr).unwrap());
+        held.push(std::net::TcpStream::connect(&cp.addr).unwrap());
+    }
+    // A call with no daemon makes new connections to both while the flood is held.
+    let out = admin.cmd().args(["--no-daemon", "-t", "t", "echo", "through", "the", "flood"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through the flood\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let whoami = admin.cmd().args(["--no-daemon", "whoami"]).output().unwrap();
+    assert!(whoami.status.success(), "{}", String::from_utf8_lossy(&whoami.stderr));
+
+    // A request whose headers never finish is closed, not kept open.
+    let mut slow = std::net::TcpStream::connect(&cp.addr).unwrap();
+    slow.write_all(b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(started.elapsed() < std::time::Duration::from_secs(25), "a half-sent request stayed open");
+    drop(held);
+    // The agent kept at most its cap of connections that had not authenticated.
+    assert!(agent.log().contains("closing the oldest"), "{}", agent.log());
+    // Nothing ran out of descriptors on the way.
+    for (what, log) in [("agent", agent.log()), ("control plane", cp.log())] {
+        assert!(!log.contains("Too many open files"), "the {what} ran out of descriptors:\n{log}");
+    }
+}

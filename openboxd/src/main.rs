@@ -53,6 +53,7 @@ fn main() -> ExitCode {
     let call = std::env::var_os(CALL_ENV);
     // A one-shot call's stderr is the user's own: only warnings belong there.
     telemetry::init_at(if call.is_some() { "warn" } else { "info" });
+    telemetry::raise_open_file_limit();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match call {
         Some(text) => one_shot(&rt, &text.to_string_lossy(), mesh),

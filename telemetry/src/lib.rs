@@ -23,6 +23,20 @@ pub fn init_at(default: &str) {
         .init();
 }
 
+/// Raises this process's limit on open files to the most it may have, so that a flood of
+/// connections does not leave a service unable to open the files and sockets real work
+/// needs (the usual soft limit is 1024). Services call it first thing.
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+}
+
 /// How much of an untrusted value a log line shows.
 const UNTRUSTED_MAX: usize = 200;
 

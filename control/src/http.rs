@@ -1,0 +1,64 @@
+//! Serving the API over any listener (TCP, the tailnet) with the limits a service facing a
+//! network needs: at most [`MAX_CONNECTIONS`] open at once (one past it is closed at once,
+//! so a flood cannot use up descriptors), [`HEADER_TIMEOUT`] to send a request's headers
+//! (a half-sent request does not stay open), and a graceful end that lets open requests
+//! finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::serve::Listener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+
+/// Connections open at once, per listener.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// How long a client may take to send a request's headers (and, between requests, to
+/// start the next one).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open requests get to finish once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets open requests
+/// finish for a while.
+pub async fn serve<L: Listener>(mut listener: L, router: Router, shutdown: impl Future<Output = ()>) {
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = GracefulShutdown::new();
+    let mut refused_since_warning = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        let (io, _) = tokio::select! {
+            conn = listener.accept() => conn,
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            drop(io);
+            refused_since_warning += 1;
+            if refused_since_warning.is_power_of_two() {
+                tracing::warn!(
+                    refused = refused_since_warning,
+                    limit = MAX_CONNECTIONS,
+                    "too many connections; closing new ones"
+                );
+            }
+            continue;
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(router.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("stopping with requests still open");
+    }
+}
