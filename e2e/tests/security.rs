@@ -213,3 +213,52 @@ fn a_flood_of_idle_connections_shuts_out_neither_commands_nor_the_control_plane(
         assert!(!log.contains("Too many open files"), "the {what} ran out of descriptors:\n{log}");
     }
 }
+
+#[test]
+fn the_cli_hands_its_call_only_to_an_openboxd_of_its_own_user() {
+    let me = Cli::new();
+    let run = me.home.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Someone else (uid 65534) listens on a socket, which is then put where openboxd's goes.
+    let theirs = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(theirs.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let fake = theirs.path().join("fake.sock");
+    let script = format!(
+        "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind({:?})\ns.listen()\nprint('ready', flush=True)\ntime.sleep(60)",
+        fake.display().to_string()
+    );
+    let mut impostor = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux) and /usr/bin/python3 are needed for this test");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(impostor.stdout.as_mut().unwrap()), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    std::fs::rename(&fake, run.join("openboxd.sock")).unwrap();
+
+    me.run(&["nodes"]).fails_with(255, "is served by uid 65534, not by you");
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+}
+
+#[test]
+fn a_directory_others_can_write_to_is_refused_and_no_link_is_followed() {
+    let cp = ControlPlane::start();
+    // A socket directory anyone may write to could be swapped under openboxd: refused.
+    let me = Cli::new();
+    let run = me.home.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    me.run(&["whoami"]).fails_with(255, "is not a private directory of this user");
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // A link planted where a private file is first written is replaced, never followed.
+    let victim = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(victim.path(), "untouched").unwrap();
+    std::os::unix::fs::symlink(victim.path(), me.home.path().join("login.json.tmp")).unwrap();
+    me.run(&["login", "--server", &cp.url, "--token", &cp.admin_token]).ok();
+    assert_eq!(std::fs::read_to_string(victim.path()).unwrap(), "untouched");
+    assert!(std::fs::read_to_string(me.home.path().join("login.json")).unwrap().contains("obx_"));
+}

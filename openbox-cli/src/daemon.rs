@@ -44,9 +44,28 @@ pub fn call(call: &Call) -> Result<u8, String> {
     unreachable!("the loop returns on its second attempt")
 }
 
+/// Checks that whoever serves the socket runs as this user: the call hands it this
+/// process's terminal and files.
+fn ours(stream: UnixStream, socket: &Path) -> Result<UnixStream, String> {
+    #[cfg(target_os = "linux")]
+    {
+        let me = rustix::process::getuid().as_raw();
+        let peer = rustix::net::sockopt::socket_peercred(&stream)
+            .map_err(|e| format!("cannot tell who serves {}: {e}", socket.display()))?;
+        if peer.uid.as_raw() != me {
+            return Err(format!(
+                "{} is served by uid {}, not by you (uid {me}); refusing to hand it this call. Remove it, then try again",
+                socket.display(),
+                peer.uid.as_raw()
+            ));
+        }
+    }
+    Ok(stream)
+}
+
 fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
     if let Ok(s) = UnixStream::connect(socket) {
-        return Ok(s);
+        return ours(s, socket);
     }
     // Start it, under a lock so that concurrent first calls start one daemon.
     let dir = socket.parent().ok_or("the socket path has no directory")?;
@@ -59,7 +78,7 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
         .map_err(|e| format!("opening the openboxd lock: {e}"))?;
     flock(&lock, FlockOperation::LockExclusive).map_err(|e| format!("locking: {e}"))?;
     if let Ok(s) = UnixStream::connect(socket) {
-        return Ok(s); // another call started it while we waited
+        return ours(s, socket); // another call started it while we waited
     }
     let logs = paths::logs_dir();
     paths::create_private_dir(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
@@ -87,7 +106,7 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
         if let Ok(s) = UnixStream::connect(socket) {
             // The daemon lives on; its exit status is nobody's business here.
             std::mem::forget(child);
-            return Ok(s);
+            return ours(s, socket);
         }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("openboxd exited while starting ({status}); see {}", log_path.display()));

@@ -19,13 +19,11 @@ fn project() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("dev", "openbox", "openbox")
 }
 
-/// Fallback when the platform offers no home directory at all (e.g. a bare service account).
+/// Fallback when the platform offers no home directory at all (e.g. a bare service account):
+/// a directory named by the user id, which [`create_private_dir`] refuses unless it is this
+/// user's own and writable by nobody else — someone who made it first cannot take it over.
 fn last_resort() -> PathBuf {
-    std::env::temp_dir().join(format!("openbox-{}", user_name()))
-}
-
-fn user_name() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "user".into())
+    std::env::temp_dir().join(format!("openbox-{}", rustix::process::geteuid().as_raw()))
 }
 
 /// Login state and user keys.
@@ -132,10 +130,23 @@ pub fn agent_host_key(dir: &std::path::Path) -> PathBuf {
     dir.join("host_key")
 }
 
-/// Creates `dir` and its parents with mode 0700.
+/// Creates `dir` and its parents with mode 0700, and checks that `dir` is this user's own
+/// directory (not a link, not someone else's) that nobody else may write to.
 pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private directory of this user (uid {me}): it must be a directory this user owns that nobody else can write to; remove it, or set OPENBOX_HOME to another place",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes a file only its owner can read (0600), atomically: a crash leaves the old
@@ -149,7 +160,13 @@ pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    // A new file, never an existing one or what a link points at (O_EXCL): a leftover from
+    // a crash is removed first (removing a link removes the link, not its target).
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
