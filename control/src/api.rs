@@ -14,6 +14,7 @@ use proto::api::*;
 use serde::Deserialize;
 use trust::token;
 
+use crate::audit::{Record, Source};
 use crate::refusal::{Kind, Refusal, check_name};
 use crate::store::{NodeRow, User};
 use crate::{App, enrollment, now, placement};
@@ -39,6 +40,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/sessions/{id}", delete(remove_session))
+        .route("/v1/audit", get(audit_log))
         .with_state(app)
 }
 
@@ -74,6 +76,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 struct Caller {
     user: User,
     token_hash: String,
+    /// Where the request came from.
+    source: Option<Source>,
 }
 
 impl FromRequestParts<Arc<App>> for Caller {
@@ -88,7 +92,7 @@ impl FromRequestParts<Arc<App>> for Caller {
         }
         let token_hash = token::hash(tok);
         match app.store.user_by_login_token(&token_hash)? {
-            Some(user) => Ok(Caller { user, token_hash }),
+            Some(user) => Ok(Caller { user, token_hash, source: parts.extensions.get::<Source>().cloned() }),
             None => Err(unauthorized(
                 "the login token is invalid or was revoked; ask an admin for a new one (`openbox user token NAME`)",
             )),
@@ -97,6 +101,11 @@ impl FromRequestParts<Arc<App>> for Caller {
 }
 
 impl Caller {
+    /// Records an action by this caller in the audit log.
+    fn audit(&self, app: &App, action: &str, record: Record<'_>) -> Result<(), Refusal> {
+        app.audit(&self.user.name, action, self.source.as_ref(), record)
+    }
+
     fn require_admin(&self) -> Result<(), Refusal> {
         if self.user.admin {
             Ok(())
@@ -136,6 +145,7 @@ async fn add_user(
     let tok = token::generate(token::LOGIN_PREFIX);
     app.store.create_user(&req.name, false, &token::hash(tok.expose()), now())?;
     tracing::info!(user = %req.name, by = %caller.user.name, "user added");
+    caller.audit(&app, "user.add", Record { detail: Some(req.name.clone()), ..Default::default() })?;
     Ok(Json(UserCreated { name: req.name, token: tok.expose().to_owned() }))
 }
 
@@ -143,6 +153,7 @@ async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<Stri
     caller.require_admin()?;
     app.store.remove_user(&name)?;
     tracing::info!(user = %name, by = %caller.user.name, "user removed");
+    caller.audit(&app, "user.remove", Record { detail: Some(name), ..Default::default() })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -150,6 +161,7 @@ async fn new_user_token(State(app): AppState, caller: Caller, Path(name): Path<S
     caller.require_admin()?;
     let tok = crate::new_login_token(&app.store, &name)?;
     tracing::info!(user = %name, by = %caller.user.name, "login token issued");
+    caller.audit(&app, "user.token", Record { detail: Some(name.clone()), ..Default::default() })?;
     Ok(Json(UserCreated { name, token: tok.expose().to_owned() }))
 }
 
@@ -169,11 +181,20 @@ async fn new_enroll_token(
     let tok = token::generate(token::ENROLL_PREFIX);
     let expires_at = now() + req.ttl_secs;
     app.store.add_enroll_token(&token::hash(tok.expose()), caller.user.id, &req.tags, now(), expires_at)?;
+    let detail = format!("tags [{}], valid {}s", req.tags.join(", "), req.ttl_secs);
+    caller.audit(&app, "node.token", Record { detail: Some(detail), ..Default::default() })?;
     Ok(Json(EnrollToken { token: tok.expose().to_owned(), tags: req.tags, expires_at }))
 }
 
-async fn enroll(State(app): AppState, b: Result<Json<EnrollRequest>, JsonRejection>) -> ApiResult<Enrolled> {
-    Ok(Json(enrollment::enroll(&app, body(b)?)?))
+async fn enroll(
+    State(app): AppState,
+    source: Option<axum::Extension<Source>>,
+    b: Result<Json<EnrollRequest>, JsonRejection>,
+) -> ApiResult<Enrolled> {
+    let enrolled = enrollment::enroll(&app, body(b)?)?;
+    let record = Record { node_id: Some(&enrolled.node_id), detail: Some(enrolled.name.clone()), ..Default::default() };
+    app.audit("(enrollment)", "node.enroll", source.as_ref().map(|s| &s.0), record)?;
+    Ok(Json(enrolled))
 }
 
 async fn enroll_mesh(
@@ -196,7 +217,7 @@ async fn dispatch(
     caller: Caller,
     b: Result<Json<DispatchRequest>, JsonRejection>,
 ) -> ApiResult<Dispatch> {
-    Ok(Json(placement::dispatch(&app, &caller.user, body(b)?)?))
+    Ok(Json(placement::dispatch(&app, &caller.user, caller.source.as_ref(), body(b)?)?))
 }
 
 #[derive(Deserialize)]
@@ -227,6 +248,11 @@ async fn remove_node(State(app): AppState, caller: Caller, Path(node): Path<Stri
     let row = find_node(&app, &node)?;
     app.store.remove_node(&row.id, now())?;
     tracing::info!(node = %row.id, name = %row.name, by = %caller.user.name, "node removed and revoked");
+    caller.audit(
+        &app,
+        "node.remove",
+        Record { node_id: Some(&row.id), detail: Some(row.name.clone()), ..Default::default() },
+    )?;
     app.refresh_registry();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -252,6 +278,11 @@ async fn update_node(
     }
     tags.retain(|t| !upd.remove_tags.contains(t));
     app.store.update_node(&row.id, upd.name.as_deref(), &tags)?;
+    let detail = match &upd.name {
+        Some(n) => format!("renamed {} to {n}; tags [{}]", row.name, tags.join(", ")),
+        None => format!("tags [{}]", tags.join(", ")),
+    };
+    caller.audit(&app, "node.update", Record { node_id: Some(&row.id), detail: Some(detail), ..Default::default() })?;
     let row = find_node(&app, &row.id)?;
     app.refresh_registry();
     Ok(Json(row.to_api(now(), app.config.offline_after_secs)))
@@ -309,8 +340,26 @@ async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<Se
 
 async fn remove_session(State(app): AppState, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, Refusal> {
     if app.store.remove_session(caller.user.id, &id)? {
+        caller.audit(&app, "session.remove", Record { session: Some(&id), ..Default::default() })?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Refusal::new(Kind::NotFound, format!("you have no session {id:?}; `openbox sessions` lists them")))
     }
+}
+
+#[derive(Deserialize)]
+struct AuditFilter {
+    user: Option<String>,
+    node: Option<String>,
+    /// Only entries from the last this many seconds.
+    since: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// The audit log, newest last (admins only).
+async fn audit_log(State(app): AppState, caller: Caller, Query(f): Query<AuditFilter>) -> ApiResult<Vec<AuditEntry>> {
+    caller.require_admin()?;
+    let since = f.since.map_or(0, |s| now().saturating_sub(s));
+    let limit = f.limit.unwrap_or(1000).clamp(1, 100_000);
+    Ok(Json(app.store.audit_log(f.user.as_deref(), f.node.as_deref(), since, limit)?))
 }

@@ -11,7 +11,8 @@ use axum::Router;
 use axum::serve::Listener;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+
+use crate::audit::Source;
 
 /// Connections open at once, per listener.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -23,13 +24,17 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests
 /// finish for a while.
-pub async fn serve<L: Listener>(mut listener: L, router: Router, shutdown: impl Future<Output = ()>) {
+pub async fn serve<L>(mut listener: L, router: Router, shutdown: impl Future<Output = ()>)
+where
+    L: Listener,
+    L::Addr: std::fmt::Display,
+{
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let mut refused_since_warning = 0u64;
     tokio::pin!(shutdown);
     loop {
-        let (io, _) = tokio::select! {
+        let (io, peer) = tokio::select! {
             conn = listener.accept() => conn,
             () = &mut shutdown => break,
         };
@@ -45,10 +50,16 @@ pub async fn serve<L: Listener>(mut listener: L, router: Router, shutdown: impl 
             }
             continue;
         };
+        // Each request carries where it came from, for the audit log.
+        let (source, router) = (Source(peer.to_string()), router.clone());
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(source.clone());
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(io), TowerToHyperService::new(router.clone()));
+            .serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

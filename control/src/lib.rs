@@ -8,6 +8,7 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
 mod api;
+mod audit;
 mod enrollment;
 mod http;
 pub mod mesh;
@@ -32,6 +33,10 @@ pub struct Config {
     pub offline_after_secs: u64,
     /// How long a user certificate minted for a dispatch stays valid.
     pub user_cert_ttl_secs: u64,
+    /// How long the audit log keeps an entry.
+    pub audit_retention_secs: u64,
+    /// Whether the audit log keeps command lines (else only their SHA-256).
+    pub audit_commands: bool,
 }
 
 /// What request handlers share.

@@ -41,6 +41,13 @@ struct Args {
     /// Mint a fresh login token for the admin user and print it (when the first one is lost).
     #[arg(long)]
     new_admin_token: bool,
+    /// How long the audit log keeps an entry (every dispatch and every change to users,
+    /// nodes, tokens and sessions; `openbox audit` shows it).
+    #[arg(long, default_value = "90d", value_parser = proto::parse_duration)]
+    audit_retention: u64,
+    /// Keep command lines in the audit log (by default only their SHA-256).
+    #[arg(long)]
+    audit_commands: bool,
     /// The fleet's tailnet (its Headscale or Tailscale coordination server): handed, with
     /// the auth key, to nodes when they enroll and to users when they log in, so that
     /// `openbox agent --token …` and `openbox login …` alone put them on it. Stored; give it
@@ -137,6 +144,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         public_url: url,
         offline_after_secs: args.offline_after,
         user_cert_ttl_secs: args.user_cert_ttl,
+        audit_retention_secs: args.audit_retention,
+        audit_commands: args.audit_commands,
     };
     let app = openbox_control::App::new(config, store, ca);
     if let Some(mesh) = fleet_mesh {

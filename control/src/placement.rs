@@ -6,6 +6,7 @@ use proto::api::{Dispatch, DispatchRequest, Node, ResolveError, Target};
 use proto::cert::CLOCK_SKEW_SECS;
 use trust::token;
 
+use crate::audit::{Record, Source};
 use crate::refusal::{Kind, Refusal, check_name};
 use crate::store::{SessionRow, User};
 use crate::{App, now};
@@ -13,7 +14,7 @@ use crate::{App, now};
 /// Picks the node for a command (a session's own node, or one the target resolves to)
 /// and signs a short-lived user certificate for the caller's key, bound to that node, the
 /// isolation and the session.
-pub fn dispatch(app: &App, user: &User, req: DispatchRequest) -> Result<Dispatch, Refusal> {
+pub fn dispatch(app: &App, user: &User, source: Option<&Source>, req: DispatchRequest) -> Result<Dispatch, Refusal> {
     if let Some(s) = &req.session {
         check_name("session id", s)?;
     }
@@ -35,6 +36,16 @@ pub fn dispatch(app: &App, user: &User, req: DispatchRequest) -> Result<Dispatch
         valid_before: t + app.config.user_cert_ttl_secs,
     })?;
     tracing::info!(user = %user.name, node = %node.id, request = %request_id, isolation = %req.isolation, "dispatch");
+    // Recorded before the certificate leaves: a dispatch the log cannot hold is refused.
+    let record = Record {
+        node_id: Some(&node.id),
+        isolation: Some(req.isolation.to_string()),
+        session: req.session.as_deref(),
+        key_id: Some(cert.key_id().to_owned()),
+        command: req.command.as_deref(),
+        detail: None,
+    };
+    app.audit(&user.name, "dispatch", source, record)?;
     Ok(Dispatch {
         node,
         cert: cert.to_openssh().map_err(trust::TrustError::from)?,

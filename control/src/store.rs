@@ -80,6 +80,22 @@ const MIGRATIONS: &[&str] = &[
         auth_key TEXT NOT NULL
     );",
     "ALTER TABLE revoked_nodes ADD COLUMN secret_hash TEXT NOT NULL DEFAULT '';",
+    // 7: the audit log.
+    "CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        action TEXT NOT NULL,
+        node_id TEXT,
+        isolation TEXT,
+        session TEXT,
+        key_id TEXT,
+        source TEXT,
+        command_sha256 TEXT,
+        command TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_at ON audit (at);",
 ];
 
 /// The tags of an enrollment token, or why it cannot be used.
@@ -216,6 +232,71 @@ impl Store {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite itself consistent; keep serving.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- the audit log ----
+
+    /// Records `e`, and forgets entries from before `keep_since`.
+    pub fn audit(&self, e: &proto::api::AuditEntry, keep_since: u64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO audit (at, user, action, node_id, isolation, session, key_id, source, command_sha256, command, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                e.at,
+                e.user,
+                e.action,
+                e.node_id,
+                e.isolation,
+                e.session,
+                e.key_id,
+                e.source,
+                e.command_sha256,
+                e.command,
+                e.detail
+            ],
+        )?;
+        tx.execute("DELETE FROM audit WHERE at < ?1", [keep_since])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest `limit` entries (oldest first) since `since`, by `user` and on `node` (an
+    /// id, or the name of a node that still exists) when given.
+    pub fn audit_log(
+        &self,
+        user: Option<&str>,
+        node: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<proto::api::AuditEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, user, action, node_id, isolation, session, key_id, source, command_sha256, command, detail
+             FROM audit
+             WHERE at >= ?1 AND (?2 IS NULL OR user = ?2)
+               AND (?3 IS NULL OR node_id = ?3 OR node_id IN (SELECT id FROM nodes WHERE name = ?3))
+             ORDER BY id DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![since, user, node, limit], |r| {
+            Ok(proto::api::AuditEntry {
+                at: r.get(0)?,
+                user: r.get(1)?,
+                action: r.get(2)?,
+                node_id: r.get(3)?,
+                isolation: r.get(4)?,
+                session: r.get(5)?,
+                key_id: r.get(6)?,
+                source: r.get(7)?,
+                command_sha256: r.get(8)?,
+                command: r.get(9)?,
+                detail: r.get(10)?,
+            })
+        })?;
+        let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        entries.reverse();
+        Ok(entries)
     }
 
     // ---- the fleet's tailnet ----

@@ -126,6 +126,19 @@ pub enum Command {
     },
     /// Stop what `openbox up` started.
     Down,
+    /// Show the control plane's audit log (admins): every dispatch and every change to
+    /// users, nodes, tokens and sessions — who, when, from where, with which certificate.
+    Audit {
+        /// Only what this user did.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only what concerns this node (id, or name of a node that still exists).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only the last DURATION (e.g. 30m, 1h, 7d).
+        #[arg(long, value_name = "DURATION", value_parser = proto::parse_duration)]
+        since: Option<u64>,
+    },
     /// Run or manage openboxd, the per-user daemon that keeps connections warm.
     ///
     /// The CLI starts openboxd by itself; `openbox daemon run` is for service managers.
@@ -286,6 +299,11 @@ impl Cli {
             Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
             Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: addr }),
             Some(Command::Down) => Request::Down,
+            Some(Command::Audit { user, node, since }) => Request::Audit {
+                user: user.map(|u| name("user name", &u)).transpose()?,
+                node: node.map(|n| name("node name", &n)).transpose()?,
+                since_secs: since,
+            },
             Some(Command::User(UserCommand::Add { name: n })) => Request::UserAdd { name: name("user name", &n)? },
             Some(Command::User(UserCommand::Ls)) => Request::UserList,
             Some(Command::User(UserCommand::Rm { name: n })) => Request::UserRemove { name: name("user name", &n)? },

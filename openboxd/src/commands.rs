@@ -248,7 +248,7 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
     let stopped = async {
         let isolation = s.isolation.as_ref().context("its isolation cannot be read")?;
         let target = Target::Node(s.node_id.clone());
-        let want = crate::connect::Want { target: &target, session: Some(id), isolation };
+        let want = crate::connect::Want { target: &target, session: Some(id), isolation, command: None };
         let (_, conn) = crate::connect::connect(d, &acct, want).await?;
         conn.subsystem(proto::exec::END_SESSION_SUBSYSTEM).await?;
         anyhow::Ok(())
@@ -267,4 +267,56 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
         text: format!("Ended session {id} on {}.", s.node_name),
         warnings,
     })
+}
+
+/// The control plane's audit log, as a table or JSON.
+pub async fn audit(
+    d: &Daemon,
+    user: Option<&str>,
+    node: Option<&str>,
+    since_secs: Option<u64>,
+) -> anyhow::Result<Reply> {
+    let mut query = Vec::new();
+    if let Some(u) = user {
+        query.push(format!("user={u}"));
+    }
+    if let Some(n) = node {
+        query.push(format!("node={n}"));
+    }
+    if let Some(s) = since_secs {
+        query.push(format!("since={s}"));
+    }
+    let path = if query.is_empty() { "/v1/audit".to_owned() } else { format!("/v1/audit?{}", query.join("&")) };
+    let entries: Vec<AuditEntry> = d.login()?.client()?.get(&path).await?;
+    let text = if entries.is_empty() {
+        "No audit entries match.".to_owned()
+    } else {
+        let row = |c: [&str; 7]| {
+            format!("{:<10} {:<12} {:<15} {:<14} {:<22} {:<21} {}\n", c[0], c[1], c[2], c[3], c[4], c[5], c[6])
+        };
+        let mut text = row(["WHEN", "USER", "ACTION", "NODE", "ISOLATION", "FROM", "WHAT"]);
+        for e in &entries {
+            let what = match (&e.command, &e.command_sha256, &e.detail) {
+                (Some(c), _, _) => c.clone(),
+                (None, Some(h), _) => format!("command sha256:{}", &h[..16.min(h.len())]),
+                (None, None, Some(d)) => d.clone(),
+                _ => String::new(),
+            };
+            let what = match &e.session {
+                Some(s) => format!("[session {s}] {what}"),
+                None => what,
+            };
+            text += &row([
+                &ago(e.at),
+                &e.user,
+                &e.action,
+                e.node_id.as_deref().unwrap_or("-"),
+                e.isolation.as_deref().unwrap_or("-"),
+                e.source.as_deref().unwrap_or("-"),
+                &what,
+            ]);
+        }
+        text
+    };
+    Ok(Reply::new(to_json(&entries), text))
 }

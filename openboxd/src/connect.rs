@@ -20,6 +20,8 @@ pub struct Want<'a> {
     pub target: &'a Target,
     pub session: Option<&'a str>,
     pub isolation: &'a Isolation,
+    /// The command line, for the control plane's audit log when a dispatch is needed.
+    pub command: Option<&'a str>,
 }
 
 impl Want<'_> {
@@ -102,6 +104,7 @@ async fn dispatch(acct: &Account, target: &Target, want: Want<'_>) -> Result<(No
         session: want.session.map(str::to_owned),
         isolation: want.isolation.clone(),
         public_key: acct.key.public_key().to_openssh().map_err(|e| bad(&e))?,
+        command: want.command.map(str::to_owned),
     };
     let client = crate::mesh::control_client(&acct.login.server, Some(acct.login.token.clone()))?;
     let d: Dispatch = client.post("/v1/dispatch", &request).await?;

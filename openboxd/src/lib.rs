@@ -184,6 +184,9 @@ async fn handle_with(
         Request::Down => fleet::down().await,
         Request::Sessions => commands::sessions(d).await,
         Request::SessionRemove { id } => commands::session_remove(d, &id).await,
+        Request::Audit { user, node, since_secs } => {
+            commands::audit(d, user.as_deref(), node.as_deref(), since_secs).await
+        }
         Request::DaemonStatus => Ok(daemon_status(d)),
         Request::DaemonStop => {
             d.shutdown.notify_one();

@@ -93,8 +93,13 @@ async fn run_inner(
         return Err(RunError::NoCommand);
     }
     let acct = d.account().map_err(RunError::Account)?;
-    let want = Want { target: &req.target, session: req.session.as_deref(), isolation: &req.isolation };
     let command = req.command.join(" ");
+    let want = Want {
+        target: &req.target,
+        session: req.session.as_deref(),
+        isolation: &req.isolation,
+        command: Some(&command),
+    };
     let timeout = req.timeout_secs.map(|t| t.to_string());
     let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
 

@@ -260,6 +260,34 @@ pub struct DispatchRequest {
     pub isolation: Isolation,
     /// The caller's own public key (OpenSSH format), which the certificate will vouch for.
     pub public_key: String,
+    /// The command line the certificate is first used for, for the audit log (which keeps
+    /// only its SHA-256 unless the control plane records commands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+/// One line of the audit log (`GET /v1/audit`, admins only): a dispatch, or a change to
+/// users, nodes, tokens or sessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: u64,
+    /// Who did it (`(enrollment)` for a node enrolling with a token).
+    pub user: String,
+    /// `dispatch`, `user.add`, `user.remove`, `user.token`, `node.token`, `node.enroll`,
+    /// `node.update`, `node.remove`, `session.remove`.
+    pub action: String,
+    pub node_id: Option<String>,
+    pub isolation: Option<String>,
+    pub session: Option<String>,
+    /// The key id of the certificate a dispatch minted (the agent logs it with each command).
+    pub key_id: Option<String>,
+    /// The address the request came from.
+    pub source: Option<String>,
+    pub command_sha256: Option<String>,
+    /// The command line itself, only when the control plane records commands.
+    pub command: Option<String>,
+    /// What changed (a name, tags).
+    pub detail: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -65,6 +65,13 @@ pub enum Request {
     SessionRemove {
         id: String,
     },
+    /// The control plane's audit log (admins only), newest last.
+    Audit {
+        user: Option<String>,
+        node: Option<String>,
+        /// Only entries from the last this many seconds.
+        since_secs: Option<u64>,
+    },
     /// Show the running openboxd's state.
     DaemonStatus,
     /// Stop the running openboxd.
