@@ -73,6 +73,7 @@ pub async fn run(
                     tracing::info!("control plane reachable again");
                     warned = false;
                 }
+                shared.revoke(reply.revoked_users).await;
                 if let Some(text) = reply.host_cert {
                     match trust::parse_certificate(&text) {
                         Ok(cert) => {

@@ -27,6 +27,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 pub use identity::Identity;
 
+/// What the fuzz targets (`fuzz/`) drive directly.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    pub use crate::session::framing::Scanner;
+}
+
 /// Variables that hold the agent's own credentials: commands it runs never see them.
 pub(crate) const SECRET_ENV: [&str; 2] = [tailnet::AUTHKEY_ENV, proto::api::ENROLL_TOKEN_ENV];
 

@@ -26,6 +26,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     pub runtimes: Runtimes,
     unauthenticated: Mutex<Unauthenticated>,
+    /// Users removed from the fleet, as the control plane said in heartbeat replies.
+    revoked: Mutex<std::collections::HashSet<proto::api::RevokedUser>>,
 }
 
 /// How many connections may be open before they authenticate: past it, the oldest of them
@@ -73,6 +75,29 @@ impl Shared {
         u.next_id
     }
 
+    /// Whether `grant` is a removed user's. A certificate naming no incarnation (from an
+    /// older control plane) counts as removed when a user of its name was.
+    fn is_revoked(&self, grant: &UserGrant) -> bool {
+        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        revoked.iter().any(|r| match &grant.incarnation {
+            Some(i) => *i == r.incarnation,
+            None => r.name == grant.user,
+        })
+    }
+
+    /// Takes in the removed users a heartbeat reply names: from now on their certificates
+    /// are refused, on open connections too, and their sessions are ended.
+    pub async fn revoke(&self, users: Vec<proto::api::RevokedUser>) {
+        let fresh: Vec<proto::api::RevokedUser> = {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            users.into_iter().filter(|u| revoked.insert(u.clone())).collect()
+        };
+        for user in fresh {
+            let ended = self.sessions.end_user(&user.incarnation).await;
+            tracing::info!(user = %user.name, incarnation = %user.incarnation, sessions_ended = ended, "user removed from the fleet");
+        }
+    }
+
     /// The connection authenticated, or ended: it no longer counts.
     fn settled(&self, id: u64) {
         let mut u = self.unauthenticated.lock().unwrap_or_else(|e| e.into_inner());
@@ -103,6 +128,7 @@ impl Shared {
             sessions,
             runtimes,
             unauthenticated: Mutex::default(),
+            revoked: Mutex::default(),
         })
     }
 
@@ -231,6 +257,10 @@ impl russh::server::Handler for Connection {
     async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
         let id = self.shared.identity();
         match trust::verify_user_cert(cert, &id.ca, user, &id.node_id, proto::time::now()) {
+            Ok(grant) if self.shared.is_revoked(&grant) => {
+                tracing::warn!(peer = %self.peer, %user, key_id = %grant.key_id, "refused the certificate of a user removed from the fleet");
+                Ok(Auth::reject())
+            }
             Ok(grant) => {
                 tracing::info!(peer = %self.peer, %user, key_id = %grant.key_id, isolation = %grant.isolation, "accepted user certificate");
                 self.grant = Some(grant);
@@ -327,9 +357,12 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
             Some(_) => continue,
         }
     };
-    // A pooled connection may outlive the certificate that opened it.
+    // A pooled connection may outlive the certificate that opened it, and its user.
     if proto::time::now() >= grant.valid_before {
         return out.refuse("the user certificate for this connection has expired; reconnect").await;
+    }
+    if shared.is_revoked(&grant) {
+        return out.refuse(&format!("user {} was removed from this fleet; nothing was run", grant.user)).await;
     }
     // The isolation comes from the signed certificate, already parsed strictly; it runs
     // exactly as issued or not at all.
@@ -346,7 +379,14 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     let node_id = shared.identity().node_id;
     let env = [(proto::exec::USER_ENV, grant.user.as_str()), (proto::exec::NODE_ENV, node_id.as_str())];
     if let Some(session) = &grant.session {
-        let job = Job { command: &command, isolation, runtimes: &shared.runtimes, env: &env, timeout };
+        let job = Job {
+            command: &command,
+            isolation,
+            owner: grant.incarnation.as_deref(),
+            runtimes: &shared.runtimes,
+            env: &env,
+            timeout,
+        };
         return shared.sessions.run(&grant.user, session, job, &out, read).await;
     }
     match isolation {

@@ -151,7 +151,7 @@ async fn add_user(
 
 async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, Refusal> {
     caller.require_admin()?;
-    app.store.remove_user(&name)?;
+    app.store.remove_user(&name, now())?;
     tracing::info!(user = %name, by = %caller.user.name, "user removed");
     caller.audit(&app, "user.remove", Record { detail: Some(name), ..Default::default() })?;
     Ok(StatusCode::NO_CONTENT)

@@ -107,6 +107,9 @@ fn token_refusal(problem: EnrollTokenProblem) -> Refusal {
     Refusal::new(Kind::Unauthorized, why)
 }
 
+/// How long a user's removal is told to nodes in their heartbeats.
+const REVOCATIONS_KEPT_SECS: u64 = 7 * 24 * 3600;
+
 /// Records a heartbeat authenticated by the node's secret, and renews the node's host
 /// certificate once past half its life.
 pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
@@ -132,7 +135,12 @@ pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<Heart
     app.store.record_heartbeat(&hb, now())?;
     app.store.apply_session_reports(&node.id, &hb.sessions)?;
     app.refresh_registry();
-    let mut reply = HeartbeatReply::default();
+    // Users removed this past week: the node refuses what they still hold and ends their
+    // sessions (a node away for longer learns nothing stale: their certificates expired).
+    let mut reply = HeartbeatReply {
+        revoked_users: app.store.revoked_users(now().saturating_sub(REVOCATIONS_KEPT_SECS))?,
+        ..Default::default()
+    };
     if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
         let key = trust::parse_public_key(&node.host_key)?;
         reply.host_cert = Some(sign_host_cert(app, &key, &node.id)?);

@@ -26,6 +26,7 @@ pub fn dispatch(app: &App, user: &User, source: Option<&Source>, req: DispatchRe
     let request_id = token::random_id();
     let t = now();
     let cert = app.ca.sign_user(&trust::UserCertSpec {
+        incarnation: &user.incarnation,
         user: &user.name,
         node_id: &node.id,
         request_id: &request_id,

@@ -96,6 +96,15 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT
     );
     CREATE INDEX audit_at ON audit (at);",
+    // 8: each user's incarnation (a name removed and added again is another user), bound
+    // into its certificates; removed users, told to agents so they end what is left.
+    "ALTER TABLE users ADD COLUMN incarnation TEXT NOT NULL DEFAULT '';
+    UPDATE users SET incarnation = lower(hex(randomblob(8))) WHERE incarnation = '';
+    CREATE TABLE revoked_users (
+        incarnation TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL
+    );",
 ];
 
 /// The tags of an enrollment token, or why it cannot be used.
@@ -139,6 +148,8 @@ pub struct User {
     pub id: i64,
     pub name: String,
     pub admin: bool,
+    /// Unique to this user for its whole life: a name removed and added again gets another.
+    pub incarnation: String,
 }
 
 /// A node as stored, with what the API does not show.
@@ -335,14 +346,18 @@ impl Store {
         if exists {
             return Err(StoreError::Conflict(format!("a user named {name:?} already exists")));
         }
-        tx.execute("INSERT INTO users (name, admin, created_at) VALUES (?1, ?2, ?3)", params![name, admin, now])?;
+        let incarnation = trust::token::random_id()[..16].to_owned();
+        tx.execute(
+            "INSERT INTO users (name, admin, created_at, incarnation) VALUES (?1, ?2, ?3, ?4)",
+            params![name, admin, now, incarnation],
+        )?;
         let id = tx.last_insert_rowid();
         tx.execute(
             "INSERT INTO tokens (hash, kind, user_id, created_at) VALUES (?1, 'login', ?2, ?3)",
             params![token_hash, id, now],
         )?;
         tx.commit()?;
-        Ok(User { id, name: name.to_owned(), admin })
+        Ok(User { id, name: name.to_owned(), admin, incarnation })
     }
 
     /// Adds another login token for an existing user.
@@ -362,10 +377,10 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                "SELECT u.id, u.name, u.admin FROM tokens t JOIN users u ON u.id = t.user_id
+                "SELECT u.id, u.name, u.admin, u.incarnation FROM tokens t JOIN users u ON u.id = t.user_id
                  WHERE t.hash = ?1 AND t.kind = 'login'",
                 [token_hash],
-                |r| Ok(User { id: r.get(0)?, name: r.get(1)?, admin: r.get(2)? }),
+                |r| Ok(User { id: r.get(0)?, name: r.get(1)?, admin: r.get(2)?, incarnation: r.get(3)? }),
             )
             .optional()?)
     }
@@ -383,11 +398,13 @@ impl Store {
     }
 
     /// Removes a user and every token it had; the last admin cannot be removed.
-    pub fn remove_user(&self, name: &str) -> Result<()> {
+    pub fn remove_user(&self, name: &str, now: u64) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let admin: Option<bool> =
-            tx.query_row("SELECT admin FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        let row: Option<(bool, String)> = tx
+            .query_row("SELECT admin, incarnation FROM users WHERE name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let admin = row.as_ref().map(|(admin, _)| *admin);
         match admin {
             None => return Err(StoreError::NotFound(format!("no user named {name:?}"))),
             Some(true) => {
@@ -399,8 +416,23 @@ impl Store {
             Some(false) => {}
         }
         tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
+        if let Some((_, incarnation)) = row {
+            tx.execute(
+                "INSERT OR REPLACE INTO revoked_users (incarnation, name, revoked_at) VALUES (?1, ?2, ?3)",
+                params![incarnation, name, now],
+            )?;
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Users removed since `since`, for agents to refuse and to end what they left.
+    pub fn revoked_users(&self, since: u64) -> Result<Vec<proto::api::RevokedUser>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, incarnation FROM revoked_users WHERE revoked_at >= ?1")?;
+        let rows =
+            stmt.query_map([since], |r| Ok(proto::api::RevokedUser { name: r.get(0)?, incarnation: r.get(1)? }))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     // ---- enrollment tokens ----
@@ -719,8 +751,8 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         s.create_user("admin", true, "h1", 1).unwrap();
         s.create_user("bob", false, "h2", 1).unwrap();
-        assert!(matches!(s.remove_user("admin"), Err(StoreError::Refused(_))));
-        s.remove_user("bob").unwrap();
+        assert!(matches!(s.remove_user("admin", 5), Err(StoreError::Refused(_))));
+        s.remove_user("bob", 5).unwrap();
         assert!(s.user_by_login_token("h2").unwrap().is_none(), "a removed user's tokens go with it");
     }
 

@@ -25,6 +25,7 @@ fn node() -> Node {
 fn user_cert(ca: &Ca, key: &PrivateKey, user: &str, node_id: &str, after: u64, before: u64) -> Certificate {
     ca.sign_user(&UserCertSpec {
         user,
+        incarnation: "test",
         node_id,
         request_id: "test",
         isolation: &Isolation::Native,
@@ -129,6 +130,7 @@ fn an_unverified_certificate_cannot_forge_a_line_in_the_agent_log() {
     let forged_line = "2026-01-01T00:00:00.000000Z  INFO openbox_agent::server: accepted user certificate";
     let foreign = Ca::generate()
         .sign_user(&UserCertSpec {
+            incarnation: "test",
             user: "admin",
             node_id: &n.agent.node_id,
             request_id: &format!("x\n{forged_line}\u{1b}[2J"),

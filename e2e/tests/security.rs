@@ -263,3 +263,33 @@ fn a_directory_others_can_write_to_is_refused_and_no_link_is_followed() {
     assert_eq!(std::fs::read_to_string(victim.path()).unwrap(), "untouched");
     assert!(std::fs::read_to_string(me.home.path().join("login.json")).unwrap().contains("obx_"));
 }
+
+#[test]
+fn a_removed_user_is_refused_within_a_heartbeat_and_their_shells_are_ended() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let _agent = Agent::enroll(&cp, &admin, &["t"]);
+    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let bob = Cli::logged_in(&cp, &token);
+    // A session shell (its pid noted) and a warm connection in bob's openboxd.
+    let pid = bob.run(&["-t", "t", "-s", "work", "cd /tmp && echo $$"]).ok().stdout.trim().to_owned();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    bob.run(&["-t", "t", "true"]).ok();
+
+    admin.run(&["user", "rm", "bob"]).ok();
+    // Within a heartbeat (1 s here) the node refuses him, on the connection his openboxd
+    // holds open too, and his shell is gone.
+    wait_until("bob to be refused", || {
+        let out = bob.run(&["-t", "t", "true"]);
+        // His openboxd still holds a certificate and a connection: the node itself refuses.
+        out.code != 0 && out.stderr.contains("user bob was removed from this fleet")
+    });
+    wait_until("bob's shell to be ended", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    // A new user of the same name is another user: none of the old session is theirs.
+    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let new_bob = Cli::logged_in(&cp, &token);
+    let out = new_bob.run(&["-t", "t", "-s", "work", "pwd"]).ok();
+    assert_ne!(out.stdout.trim(), "/tmp", "the old session's state leaked: {out:?}");
+    assert!(!out.stderr.contains("removed"), "nothing about the old session is said: {out:?}");
+}

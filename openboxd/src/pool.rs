@@ -117,6 +117,7 @@ mod tests {
         let ca = trust::Ca::generate();
         let key = trust::generate_key();
         ca.sign_user(&trust::UserCertSpec {
+            incarnation: "test",
             user: "u",
             node_id: "n",
             request_id: "r",

@@ -198,6 +198,17 @@ pub struct SessionInfo {
 pub struct HeartbeatReply {
     /// A renewed host certificate, when the current one is past half its life.
     pub host_cert: Option<String>,
+    /// Users removed lately: the node refuses their certificates and ends their sessions.
+    #[serde(default)]
+    pub revoked_users: Vec<RevokedUser>,
+}
+
+/// A user removed from the fleet, as the certificates it was given name it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RevokedUser {
+    pub name: String,
+    /// The `user@openbox` extension of its certificates.
+    pub incarnation: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,9 @@ pub const EXT_NODE: &str = "node@openbox";
 pub const EXT_ISOLATION: &str = "isolation@openbox";
 /// The persistent session the command belongs to, when there is one.
 pub const EXT_SESSION: &str = "session@openbox";
+/// The user's incarnation: a name removed and added again is another user, whose
+/// certificates and sessions are not the removed one's.
+pub const EXT_USER: &str = "user@openbox";
 
 /// Standard OpenSSH extensions a user certificate may carry; all others must be ours.
 pub const STANDARD_EXTENSIONS: &[&str] = &[

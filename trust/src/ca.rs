@@ -1,5 +1,5 @@
 use proto::Isolation;
-use proto::cert::{EXT_ISOLATION, EXT_NODE, EXT_SESSION};
+use proto::cert::{EXT_ISOLATION, EXT_NODE, EXT_SESSION, EXT_USER};
 use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
 
@@ -15,6 +15,8 @@ pub fn generate_key() -> PrivateKey {
 #[derive(Clone, Debug)]
 pub struct UserCertSpec<'a> {
     pub user: &'a str,
+    /// The user's incarnation (see [`proto::cert::EXT_USER`]).
+    pub incarnation: &'a str,
     pub node_id: &'a str,
     pub request_id: &'a str,
     pub isolation: &'a Isolation,
@@ -89,6 +91,7 @@ impl Ca {
         b.extension("permit-pty", "")?;
         b.extension(EXT_NODE, spec.node_id)?;
         b.extension(EXT_ISOLATION, spec.isolation.to_string())?;
+        b.extension(EXT_USER, spec.incarnation)?;
         if let Some(session) = spec.session {
             b.extension(EXT_SESSION, session)?;
         }

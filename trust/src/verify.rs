@@ -1,5 +1,5 @@
 use proto::Isolation;
-use proto::cert::{EXT_ISOLATION, EXT_NODE, EXT_SESSION, STANDARD_EXTENSIONS};
+use proto::cert::{EXT_ISOLATION, EXT_NODE, EXT_SESSION, EXT_USER, STANDARD_EXTENSIONS};
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, HashAlg, PublicKey};
 
@@ -9,6 +9,8 @@ use crate::TrustError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserGrant {
     pub user: String,
+    /// The user's incarnation, when the certificate names it (see [`EXT_USER`]).
+    pub incarnation: Option<String>,
     pub key_id: String,
     pub isolation: Isolation,
     pub session: Option<String>,
@@ -64,7 +66,7 @@ pub fn verify_user_cert(
     let ext = cert.extensions();
     let bad = |name: &str, why: &str| TrustError::BadExtension { name: name.to_owned(), why: why.to_owned() };
     for name in ext.keys() {
-        let ours = [EXT_NODE, EXT_ISOLATION, EXT_SESSION].contains(&name.as_str());
+        let ours = [EXT_NODE, EXT_ISOLATION, EXT_SESSION, EXT_USER].contains(&name.as_str());
         if !ours && !STANDARD_EXTENSIONS.contains(&name.as_str()) {
             return Err(bad(name, "unknown extension"));
         }
@@ -87,8 +89,14 @@ pub fn verify_user_cert(
         }
         None => None,
     };
+    let incarnation = match ext.get(EXT_USER) {
+        Some(s) if !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric()) => Some(s.clone()),
+        Some(_) => return Err(bad(EXT_USER, "not a user incarnation")),
+        None => None,
+    };
     Ok(UserGrant {
         user: ssh_user.to_owned(),
+        incarnation,
         key_id: cert.key_id().to_owned(),
         isolation,
         session,
@@ -122,6 +130,7 @@ mod tests {
         before: u64,
     ) -> Certificate {
         ca.sign_user(&UserCertSpec {
+            incarnation: "test",
             user: "alice",
             node_id: "n1",
             request_id: "r1",

@@ -37,19 +37,19 @@ fn script(command: &str, nonce: &str) -> String {
 
 /// Finds `marker` in a byte stream fed in pieces, holding back bytes that might be the
 /// start of it.
-struct Scanner {
+pub struct Scanner {
     marker: Vec<u8>,
     held: Vec<u8>,
 }
 
 impl Scanner {
-    fn new(marker: String) -> Scanner {
+    pub fn new(marker: String) -> Scanner {
         Scanner { marker: marker.into_bytes(), held: Vec::new() }
     }
 
     /// Returns the bytes that are certainly output, and what follows the marker if it was
     /// found.
-    fn feed(&mut self, data: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    pub fn feed(&mut self, data: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
         self.held.extend_from_slice(data);
         if let Some(pos) = self.held.windows(self.marker.len()).position(|w| w == self.marker.as_slice()) {
             let after = self.held.split_off(pos + self.marker.len());

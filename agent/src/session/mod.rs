@@ -10,7 +10,7 @@
 //! This module is the registry: which shell serves which session, taking turns, and
 //! reaping. `shell` starts, signals and ends a shell; `framing` runs one command in it.
 
-mod framing;
+pub(crate) mod framing;
 mod shell;
 
 use std::collections::HashMap;
@@ -38,6 +38,9 @@ enum Ended {
 #[derive(Default)]
 struct Slot {
     shell: Option<Shell>,
+    /// The incarnation of the user whose shell it is: a name removed and added again is
+    /// another user, who never gets the removed one's shell.
+    owner: Option<String>,
     /// What the shell runs under.
     isolation: Isolation,
     ended: Option<Ended>,
@@ -52,6 +55,8 @@ pub struct Job<'a> {
     pub command: &'a str,
     /// What a shell started for it runs under; must match the session's.
     pub isolation: &'a Isolation,
+    /// The incarnation of the user it runs for.
+    pub owner: Option<&'a str>,
     pub runtimes: &'a Runtimes,
     /// Environment for a shell started for it.
     pub env: &'a [(&'a str, &'a str)],
@@ -159,6 +164,43 @@ impl Sessions {
         }
     }
 
+    /// Ends every session (shell and container) of the user `incarnation`, removed from
+    /// the fleet; returns how many were idle and ended now. A session running a command
+    /// is ended when that command is done (its user can start no other).
+    pub async fn end_user(self: &Arc<Self>, incarnation: &str) -> usize {
+        let slots: Vec<(Key, Arc<tokio::sync::Mutex<Slot>>)> =
+            self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut ended = 0;
+        for (key, slot) in slots {
+            match slot.clone().try_lock_owned() {
+                Ok(mut s) => {
+                    if s.owner.as_deref() == Some(incarnation) {
+                        self.end_removed(&key, &mut s).await;
+                        ended += 1;
+                    }
+                }
+                Err(_) => {
+                    let (this, incarnation) = (self.clone(), incarnation.to_owned());
+                    tokio::spawn(async move {
+                        let mut s = slot.lock().await;
+                        if s.owner.as_deref() == Some(incarnation.as_str()) {
+                            this.end_removed(&key, &mut s).await;
+                        }
+                    });
+                }
+            }
+        }
+        ended
+    }
+
+    async fn end_removed(&self, key: &Key, s: &mut Slot) {
+        if let Some(mut shell) = s.shell.take() {
+            stop_shell(&mut shell).await;
+        }
+        s.ended = Some(Ended::Removed);
+        self.report_end(key, "ended", s);
+    }
+
     /// Ends a session's shell (`openbox session rm`).
     pub async fn remove(&self, user: &str, id: &str) -> bool {
         let key = (user.to_owned(), id.to_owned());
@@ -179,10 +221,19 @@ impl Sessions {
     /// Runs `job` in the session's shell (starting one if needed) and reports its end.
     pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, input: russh::ChannelReadHalf) {
         let mut input = crate::channel::messages(input);
-        let Job { command, isolation, runtimes, env, timeout } = job;
+        let Job { command, isolation, owner, runtimes, env, timeout } = job;
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let mut s = slot.lock().await; // one command at a time, in arrival order
+        if s.owner.as_deref() != owner {
+            // A removed user's session, under a name someone else has now: never theirs,
+            // nor anything about it.
+            if let Some(mut shell) = s.shell.take() {
+                stop_shell(&mut shell).await;
+                tracing::info!(%user, session = %id, "ended a shell left by an earlier user of this name");
+            }
+            s.ended = None;
+        }
         if s.shell.is_some() && s.isolation != *isolation {
             let why = format!(
                 "session {id} runs {}, not {isolation}; nothing was run (end it with `openbox session rm {id}`)",
@@ -202,6 +253,7 @@ impl Sessions {
             match spawn_shell(isolation, runtimes, env, id).await {
                 Ok(shell) => {
                     s.shell = Some(shell);
+                    s.owner = owner.map(str::to_owned);
                     s.isolation = isolation.clone();
                     s.created = proto::time::now();
                 }
