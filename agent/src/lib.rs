@@ -104,16 +104,8 @@ pub fn mesh_settings(
             None => return Ok(None),
         },
     };
-    let auth_key = match authkey_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading the tailnet auth key from {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => std::env::var(tailnet::AUTHKEY_ENV).ok().filter(|k| !k.is_empty()),
-    };
-    Ok(Some(Mesh { control_url, auth_key: auth_key.map(tailnet::AuthKey::new), port, up_timeout }))
+    let auth_key = tailnet::auth_key(authkey_file)?;
+    Ok(Some(Mesh { control_url, auth_key, port, up_timeout }))
 }
 
 /// What `run` says once it is serving (printed by the binary; tests wait for it).

@@ -194,15 +194,7 @@ fn fleet_mesh(
     control_url: Option<String>,
     authkey_file: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<proto::api::MeshSettings>> {
-    let key = match authkey_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading the tailnet auth key from {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => std::env::var(tailnet::AUTHKEY_ENV).ok().filter(|k| !k.is_empty()),
-    };
+    let key = tailnet::auth_key(authkey_file)?.map(|k| k.expose().to_owned());
     let stored = store.mesh()?;
     let settings = match (control_url, key, stored) {
         (None, None, stored) => return Ok(stored),

@@ -173,6 +173,13 @@ fn stop(proc: &mut Option<Proc>) {
     }
 }
 
+/// Sends `sig` to a process, if it runs.
+fn signal(proc: &Option<Proc>, sig: Signal) {
+    if let Some(p) = proc {
+        p.signal(sig);
+    }
+}
+
 /// Kills a process outright (SIGKILL).
 fn kill(proc: &mut Option<Proc>) {
     if let Some(p) = proc.take() {
@@ -273,16 +280,12 @@ impl ControlPlane {
 
     /// Freezes the control plane (SIGSTOP): anything that asks it now hangs.
     pub fn pause(&self) {
-        if let Some(p) = &self.proc {
-            p.signal(Signal::STOP);
-        }
+        signal(&self.proc, Signal::STOP);
     }
 
     /// Lets a paused control plane run again (SIGCONT).
     pub fn resume(&self) {
-        if let Some(p) = &self.proc {
-            p.signal(Signal::CONT);
-        }
+        signal(&self.proc, Signal::CONT);
     }
 
     /// Starts it again on the same address with the same files.
@@ -783,16 +786,12 @@ impl Headscale {
 
     /// Freezes Headscale (SIGSTOP): connections to it hang, as to a server that is away.
     pub fn pause(&self) {
-        if let Some(p) = &self.proc {
-            p.signal(Signal::STOP);
-        }
+        signal(&self.proc, Signal::STOP);
     }
 
     /// Lets a paused Headscale run again (SIGCONT).
     pub fn resume(&self) {
-        if let Some(p) = &self.proc {
-            p.signal(Signal::CONT);
-        }
+        signal(&self.proc, Signal::CONT);
     }
 
     fn spawn(&mut self) {

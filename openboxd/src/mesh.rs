@@ -90,16 +90,8 @@ pub fn wanted(
             None => return Ok(None),
         },
     };
-    let auth_key = match authkey_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading the tailnet auth key from {}", f.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        None => from_env(tailnet::AUTHKEY_ENV),
-    };
-    Ok(Some(Wanted { control_url, auth_key: auth_key.map(tailnet::AuthKey::new), up_timeout }))
+    let auth_key = tailnet::auth_key(authkey_file)?;
+    Ok(Some(Wanted { control_url, auth_key, up_timeout }))
 }
 
 /// What [`adopt`] did with the fleet's tailnet handed out at login.
@@ -123,7 +115,7 @@ pub fn adopt(current: Option<&Mesh>, fleet: &proto::api::MeshSettings) -> anyhow
         return Ok(Adopted::NotBuilt);
     }
     tailnet::remember_control_url(&paths::mesh_file(), &fleet.control_url)?;
-    tailnet::keep_auth_key(&paths::tailnet_dir(), &tailnet::AuthKey::new(&fleet.auth_key))?;
+    tailnet::keep_auth_key(&paths::tailnet_dir(), &tailnet::AuthKey::new(fleet.auth_key.as_str()))?;
     Ok(Adopted::Remembered)
 }
 

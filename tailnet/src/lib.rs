@@ -113,7 +113,7 @@ pub fn keep_auth_key(state_dir: &std::path::Path, key: &AuthKey) -> Result<(), T
     std::fs::create_dir_all(state_dir)?;
     let file = kept_auth_key_file(state_dir);
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&file)?;
-    f.write_all(key.0.as_bytes())?;
+    f.write_all(key.expose().as_bytes())?;
     f.sync_all()?;
     Ok(())
 }
@@ -132,6 +132,22 @@ fn forget_kept_auth_key(state_dir: &std::path::Path) {
     let _ = std::fs::remove_file(kept_auth_key_file(state_dir));
 }
 
+/// The auth key in `file` when one is given, else in `OPENBOX_MESH_AUTHKEY`; `None` when
+/// neither has one. Never from the command line.
+pub fn auth_key(file: Option<&std::path::Path>) -> Result<Option<AuthKey>, TailnetError> {
+    let key = match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| TailnetError::Failed {
+                what: "reading the tailnet auth key",
+                why: format!("{}: {e}", f.display()),
+            })?
+            .trim()
+            .to_owned(),
+        None => std::env::var(AUTHKEY_ENV).unwrap_or_default(),
+    };
+    Ok((!key.is_empty()).then(|| AuthKey::new(key)))
+}
+
 /// An auth key; its `Debug` never shows it.
 #[derive(Clone)]
 pub struct AuthKey(String);
@@ -139,6 +155,11 @@ pub struct AuthKey(String);
 impl AuthKey {
     pub fn new(key: impl Into<String>) -> AuthKey {
         AuthKey(key.into())
+    }
+
+    /// The key itself, for where it must be stored or sent (a secret).
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }
 
