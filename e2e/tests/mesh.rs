@@ -264,7 +264,7 @@ fn a_control_plane_holding_the_tailnet_puts_nodes_and_laptops_on_it_with_no_sett
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && said.contains("auth key is empty"), "{said}");
+    assert!(!out.status.success() && said.contains(&format!("{} is empty", empty.display())), "{said}");
 }
 
 #[test]

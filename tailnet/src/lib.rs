@@ -135,17 +135,15 @@ fn forget_kept_auth_key(state_dir: &std::path::Path) {
 /// The auth key in `file` when one is given, else in `OPENBOX_MESH_AUTHKEY`; `None` when
 /// neither has one. Never from the command line.
 pub fn auth_key(file: Option<&std::path::Path>) -> Result<Option<AuthKey>, TailnetError> {
-    let key = match file {
-        Some(f) => std::fs::read_to_string(f)
-            .map_err(|e| TailnetError::Failed {
-                what: "reading the tailnet auth key",
-                why: format!("{}: {e}", f.display()),
-            })?
-            .trim()
-            .to_owned(),
-        None => std::env::var(AUTHKEY_ENV).unwrap_or_default(),
+    let Some(f) = file else {
+        return Ok(std::env::var(AUTHKEY_ENV).ok().filter(|k| !k.is_empty()).map(AuthKey::new));
     };
-    Ok((!key.is_empty()).then(|| AuthKey::new(key)))
+    let failed = |why: String| TailnetError::Failed { what: "reading the tailnet auth key", why };
+    let key = std::fs::read_to_string(f).map_err(|e| failed(format!("{}: {e}", f.display())))?;
+    match key.trim() {
+        "" => Err(failed(format!("{} is empty", f.display()))),
+        key => Ok(Some(AuthKey::new(key))),
+    }
 }
 
 /// An auth key; its `Debug` never shows it.
