@@ -173,6 +173,23 @@ fn stop(proc: &mut Option<Proc>) {
     }
 }
 
+/// A raw HTTP POST of `body` to the control plane at `addr` (with `bearer` as the
+/// credential, if any), and the whole answer as text: for requests no client would send.
+pub fn post_raw(addr: &str, path: &str, bearer: Option<&str>, body: &str) -> String {
+    use std::io::Read;
+    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the control plane");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    resp
+}
+
 /// Sends `sig` to a process, if it runs.
 fn signal(proc: &Option<Proc>, sig: Signal) {
     if let Some(p) = proc {
@@ -300,18 +317,7 @@ impl ControlPlane {
     /// POSTs `body` to `path` over a plain HTTP/1.1 connection with the admin's token, as
     /// a script might, and returns the whole raw response.
     pub fn post_raw(&self, path: &str, body: &str) -> String {
-        use std::io::Read;
-        let mut s = std::net::TcpStream::connect(&self.addr).expect("connect to the control plane");
-        write!(
-            s,
-            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.admin_token,
-            body.len()
-        )
-        .expect("write request");
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).expect("read response");
-        resp
+        post_raw(&self.addr, path, Some(&self.admin_token), body)
     }
 
     pub fn ca(&self) -> trust::Ca {

@@ -1,6 +1,5 @@
 //! Enrollment tokens, node identity, authenticated heartbeats, and revocation.
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
 use openbox_e2e::{Agent, Cli, ControlPlane, engines, wait_until};
@@ -81,16 +80,7 @@ fn raw_heartbeat(cp: &ControlPlane, node_id: &str, secret: Option<&str>) -> Stri
         "version": "x", "host_cert_valid_before": 0
     })
     .to_string();
-    let auth = secret.map(|s| format!("Authorization: Bearer {s}\r\n")).unwrap_or_default();
-    let mut s = std::net::TcpStream::connect(&cp.addr).unwrap();
-    write!(
-        s,
-        "POST /v1/heartbeat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let resp = openbox_e2e::post_raw(&cp.addr, "/v1/heartbeat", secret, &body);
     resp.lines().next().unwrap_or_default().to_owned()
 }
 

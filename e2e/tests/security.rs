@@ -71,17 +71,7 @@ fn openbox_up_leaves_no_live_token_in_its_logs() {
 
 /// The status line of a raw HTTP POST to the control plane, and its body.
 fn post(addr: &str, path: &str, auth: Option<&str>, body: &serde_json::Value) -> (String, String) {
-    let body = body.to_string();
-    let auth = auth.map(|s| format!("Authorization: Bearer {s}\r\n")).unwrap_or_default();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let resp = openbox_e2e::post_raw(addr, path, auth, &body.to_string());
     let status = resp.lines().next().unwrap_or_default().to_owned();
     (status, resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
 }
