@@ -112,7 +112,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         capabilities: p.capabilities,
     };
     let e: Enrolled = client.post("/v1/enroll", &req).await.context("enrollment failed")?;
-    let id = Identity {
+    Ok(Identity {
         node_id: e.node_id,
         name: e.name,
         server: client.url().to_owned(),
@@ -120,8 +120,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         ca: trust::parse_public_key(&e.ca_public_key)?,
         host_cert: trust::parse_certificate(&e.host_cert)?,
         host_key,
-    };
-    Ok(id)
+    })
 }
 
 /// The fleet's tailnet, if its control plane holds one: asked before enrolling with

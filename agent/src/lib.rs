@@ -33,12 +33,10 @@ pub mod fuzzing {
     pub use crate::session::framing::Scanner;
 }
 
-/// Variables that hold the agent's own credentials: commands it runs never see them.
-pub(crate) const SECRET_ENV: [&str; 2] = [tailnet::AUTHKEY_ENV, proto::api::ENROLL_TOKEN_ENV];
-
-/// Takes the agent's credentials out of a command's environment.
+/// Takes the agent's own credentials out of a command's environment: commands it runs
+/// never see them.
 pub(crate) fn hide_secrets(cmd: &mut tokio::process::Command) {
-    for var in SECRET_ENV {
+    for var in [tailnet::AUTHKEY_ENV, proto::api::ENROLL_TOKEN_ENV] {
         cmd.env_remove(var);
     }
 }
@@ -93,16 +91,10 @@ pub fn mesh_settings(
     if !tailnet::BUILT && (asked || control_url.is_some() || remembered.exists()) {
         return Err(tailnet::TailnetError::NotBuilt.into());
     }
-    let control_url = match control_url {
-        Some(url) => {
-            tailnet::remember_control_url(&remembered, &url).context("--mesh-control")?;
-            url
-        }
-        None => match tailnet::remembered_control_url(&remembered).context("give --mesh-control URL again")? {
-            Some(url) => url,
-            None if asked => bail!("--mesh needs a tailnet: give --mesh-control URL (it is remembered after that)"),
-            None => return Ok(None),
-        },
+    let control_url = match tailnet::chosen_control_url(&remembered, control_url).context("--mesh-control")? {
+        Some(url) => url,
+        None if asked => bail!("--mesh needs a tailnet: give --mesh-control URL (it is remembered after that)"),
+        None => return Ok(None),
     };
     let auth_key = tailnet::auth_key(authkey_file)?;
     Ok(Some(Mesh { control_url, auth_key, port, up_timeout }))

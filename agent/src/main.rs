@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(m) = &mesh {
-        tailnet::ensure_environment(m.control_url.starts_with("http://"));
+        tailnet::ensure_environment(&m.control_url);
     }
     // Without a tailnet, TCP on the default address; on one, TCP only when asked.
     let listen = args.addr.or_else(|| mesh.is_none().then(|| "127.0.0.1:7684".to_owned()));

@@ -59,9 +59,7 @@ pub fn check_tree(dir: &str) -> Result<(), NspawnError> {
 /// `systemd-nspawn … -- ARGV` for a container over `dir`. Its pid 1 is `argv`.
 pub fn command(dir: &str, limits: &Limits, env: &[(&str, &str)], argv: &[&str]) -> Command {
     let mut c = Command::new(NSPAWN);
-    for var in crate::SECRET_ENV {
-        c.env_remove(var);
-    }
+    crate::hide_secrets(&mut c);
     c.args(["--quiet", "--register=no", "--keep-unit", "--pipe", "--volatile=overlay", "--directory", dir]);
     if limits.network == Some(Network::None) {
         c.arg("--private-network");

@@ -106,7 +106,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         };
         // May start this program again, with the environment the tailnet needs.
-        tailnet::ensure_environment(mesh.control_url.starts_with("http://"));
+        tailnet::ensure_environment(&mesh.control_url);
     }
     let ca = openbox_control::load_or_create_ca(&ca_path)?;
     let listener = tokio::net::TcpListener::bind(&args.addr).await.with_context(|| {

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             }
         };
     if let Some(m) = &mesh {
-        tailnet::ensure_environment(m.plain_http());
+        tailnet::ensure_environment(m.control_url());
     }
     let call = std::env::var_os(CALL_ENV);
     // A one-shot call's stderr is the user's own: only warnings belong there.

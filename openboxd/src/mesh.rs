@@ -40,8 +40,8 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    pub fn plain_http(&self) -> bool {
-        self.control_url.starts_with("http://")
+    pub fn control_url(&self) -> &str {
+        &self.control_url
     }
 }
 
@@ -66,29 +66,24 @@ pub fn wanted(
         },
     };
     let required = required || from_env(MESH_ENV).is_some_and(|v| v != "0");
-    let file = paths::mesh_file();
     let given = control_url.or_else(|| from_env(tailnet::CONTROL_ENV));
     if !tailnet::BUILT && (required || given.is_some()) {
         bail!(tailnet::TailnetError::NotBuilt);
     }
-    let control_url = match given {
-        Some(url) => {
-            tailnet::remember_control_url(&file, &url).context("the tailnet control URL")?;
-            url
+    let control_url = match tailnet::chosen_control_url(&paths::mesh_file(), given)
+        .context("the tailnet control URL")?
+    {
+        Some(_) if !tailnet::BUILT => {
+            tracing::warn!("a tailnet is remembered, but this build of openbox has none");
+            return Ok(None);
         }
-        None => match tailnet::remembered_control_url(&file).context("give --mesh-control URL again")? {
-            Some(_) if !tailnet::BUILT => {
-                tracing::warn!("a tailnet is remembered, but this build of openbox has none");
-                return Ok(None);
-            }
-            Some(url) => url,
-            None if required => {
-                bail!(
-                    "--mesh needs a tailnet: give --mesh-control URL (or OPENBOX_MESH_CONTROL); it is remembered after that"
-                )
-            }
-            None => return Ok(None),
-        },
+        Some(url) => url,
+        None if required => {
+            bail!(
+                "--mesh needs a tailnet: give --mesh-control URL (or OPENBOX_MESH_CONTROL); it is remembered after that"
+            )
+        }
+        None => return Ok(None),
     };
     let auth_key = tailnet::auth_key(authkey_file)?;
     Ok(Some(Wanted { control_url, auth_key, up_timeout }))

@@ -41,9 +41,10 @@ const STRAY_CREDENTIALS: [&str; 6] =
 /// server on plain http (its DERP relay is plain http too), and none of the
 /// `TS_AUTHKEY`-style variables. When that is not so, it starts this program again, in
 /// this process, with the environment corrected (and returns only if that fails). Call
-/// it first thing in `main`, before any thread starts.
-pub fn ensure_environment(plain_http_control: bool) {
+/// it first thing in `main`, before any thread starts, with the control URL it will join.
+pub fn ensure_environment(control_url: &str) {
     use std::os::unix::process::CommandExt as _;
+    let plain_http_control = control_url.starts_with("http://");
     const AGAIN: &str = "OPENBOX_TAILNET_ENV";
     let right = std::env::var("TS_NO_LOGS_NO_SUPPORT").is_ok_and(|v| v == "true")
         && (!plain_http_control || std::env::var_os("TS_DEBUG_USE_DERP_HTTP").is_some())
@@ -95,8 +96,20 @@ pub fn remembered_control_url(file: &std::path::Path) -> Result<Option<String>, 
         .and_then(|v| v["control_url"].as_str().map(str::to_owned));
     url.map(Some).ok_or_else(|| TailnetError::Failed {
         what: "the remembered tailnet",
-        why: format!("{} is damaged", file.display()),
+        why: format!("{} is damaged; give the control URL again", file.display()),
     })
+}
+
+/// The tailnet a process is to join: `given` (then remembered in `file`), else the one an
+/// earlier start remembered there; `None` when there is neither.
+pub fn chosen_control_url(file: &std::path::Path, given: Option<String>) -> Result<Option<String>, TailnetError> {
+    match given {
+        Some(url) => {
+            remember_control_url(file, &url)?;
+            Ok(Some(url))
+        }
+        None => remembered_control_url(file),
+    }
 }
 
 /// Where a node's state dir keeps an auth key it has not joined with yet.
