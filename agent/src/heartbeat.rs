@@ -49,8 +49,15 @@ async fn beat(shared: &Shared, addrs: &Addrs, stopping: bool) -> Result<Heartbea
         stopping,
         sessions: shared.sessions.reports(),
         capabilities: shared.runtimes.capabilities().await,
+        host: Some(this_host()),
     };
     client.post("/v1/heartbeat", &hb).await
+}
+
+/// This machine and the user the agent runs as, so that the control plane knows whether
+/// this node could read its files.
+pub fn this_host() -> proto::api::AgentHost {
+    proto::api::AgentHost { machine: paths::machine(), uid: rustix::process::geteuid().as_raw() }
 }
 
 /// Sends a heartbeat every `every` until the node is revoked, calling `ready` after the

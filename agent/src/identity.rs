@@ -110,6 +110,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         platform: Platform::this_machine(),
         host_public_key: host_key.public_key().to_openssh()?,
         capabilities: p.capabilities,
+        host: Some(crate::heartbeat::this_host()),
     };
     let e: Enrolled = client.post("/v1/enroll", &req).await.context("enrollment failed")?;
     Ok(Identity {

@@ -29,6 +29,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{name}", delete(remove_user))
         .route("/v1/users/{name}/tokens", post(new_user_token))
+        .route("/v1/users/{name}/grants", post(grant))
+        .route("/v1/users/{name}/grants/{kind}/{value}", delete(revoke_grant))
         .route("/v1/enroll-tokens", post(new_enroll_token))
         .route("/v1/mesh", get(mesh))
         .route("/v1/enroll", post(enroll))
@@ -165,6 +167,58 @@ async fn new_user_token(State(app): AppState, caller: Caller, Path(name): Path<S
     Ok(Json(UserCreated { name, token: tok.expose().to_owned() }))
 }
 
+/// Lets a user run on the nodes of a tag or on one node (admins only); returns their grants.
+async fn grant(
+    State(app): AppState,
+    caller: Caller,
+    Path(name): Path<String>,
+    b: Result<Json<Grant>, JsonRejection>,
+) -> ApiResult<Vec<Grant>> {
+    caller.require_admin()?;
+    let mut grant = body(b)?;
+    for k in &grant.isolation {
+        if !proto::isolation::KINDS.contains(&k.as_str()) {
+            return Err(Refusal::new(
+                Kind::BadRequest,
+                format!("{k:?} is not an isolation kind; use one of {}", proto::isolation::KINDS.join(", ")),
+            ));
+        }
+    }
+    grant.isolation.sort();
+    grant.isolation.dedup();
+    let shown = grant.to_string();
+    match &grant.on {
+        Target::Tag(t) => check_name("tag", t)?,
+        Target::Node(n) => grant.on = Target::Node(find_node(&app, n)?.id),
+    }
+    let grants = app.store.put_grant(&name, &grant, now())?;
+    tracing::info!(user = %name, grant = %shown, by = %caller.user.name, "access granted");
+    caller.audit(&app, "user.grant", Record { detail: Some(format!("{name}: {shown}")), ..Default::default() })?;
+    app.policy_changed();
+    Ok(Json(grants))
+}
+
+/// Takes back a grant (admins only); returns the user's grants.
+async fn revoke_grant(
+    State(app): AppState,
+    caller: Caller,
+    Path((name, kind, value)): Path<(String, String, String)>,
+) -> ApiResult<Vec<Grant>> {
+    caller.require_admin()?;
+    let shown = format!("{kind}:{value}");
+    let on = match kind.as_str() {
+        "tag" => Target::Tag(value),
+        // By name or id; a node since removed took its grants with it.
+        "node" => Target::Node(app.store.node(&value)?.map_or(value, |n| n.id)),
+        _ => return Err(Refusal::new(Kind::NotFound, "a grant is on a `tag` or a `node`")),
+    };
+    let grants = app.store.remove_grant(&name, &on)?;
+    tracing::info!(user = %name, grant = %shown, by = %caller.user.name, "access revoked");
+    caller.audit(&app, "user.revoke", Record { detail: Some(format!("{name}: {shown}")), ..Default::default() })?;
+    app.policy_changed();
+    Ok(Json(grants))
+}
+
 async fn new_enroll_token(
     State(app): AppState,
     caller: Caller,
@@ -225,14 +279,15 @@ struct NodeFilter {
     tag: Option<String>,
 }
 
-async fn list_nodes(State(app): AppState, _caller: Caller, Query(f): Query<NodeFilter>) -> ApiResult<Vec<Node>> {
+async fn list_nodes(State(app): AppState, caller: Caller, Query(f): Query<NodeFilter>) -> ApiResult<Vec<Node>> {
     let t = now();
+    let access = app.access(&caller.user)?;
     let nodes = app.store.list_nodes()?;
     Ok(Json(
         nodes
             .iter()
             .filter(|n| f.tag.as_ref().is_none_or(|tag| n.tags.contains(tag)))
-            .map(|n| n.to_api(t, app.config.offline_after_secs))
+            .filter_map(|n| access.view(&n.to_api(t, app.config.offline_after_secs)))
             .collect(),
     ))
 }
@@ -289,26 +344,35 @@ async fn update_node(
 }
 
 /// The live registry: a `nodes` event with the whole node list now, and again whenever a
-/// node joins, leaves, changes, or goes online or offline. openboxd mirrors it so that
-/// resolving a tag costs no round trip.
+/// node joins, leaves, changes, or goes online or offline, or the caller's grants change —
+/// only the nodes the caller may run on. openboxd mirrors it so that resolving a tag costs
+/// no round trip. The stream ends when the caller's login token stops being valid.
 async fn events(
     State(app): AppState,
-    _caller: Caller,
+    caller: Caller,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
     let mut rx = app.subscribe_registry();
     rx.mark_changed();
     let closing = Box::pin(app.closing());
-    let stream = futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
-        tokio::select! {
-            changed = rx.changed() => changed.ok()?,
-            _ = &mut closing => return None,
+    let token_hash = caller.token_hash;
+    let stream = futures_util::stream::unfold((rx, closing), move |(mut rx, mut closing)| {
+        let (app, token_hash) = (app.clone(), token_hash.clone());
+        async move {
+            tokio::select! {
+                changed = rx.changed() => changed.ok()?,
+                _ = &mut closing => return None,
+            }
+            let nodes = rx.borrow_and_update().clone();
+            // Who the caller is now: removed or logged out ends the stream; grants filter it.
+            let user = app.store.user_by_login_token(&token_hash).ok()??;
+            let access = app.access(&user).ok()?;
+            let nodes: Vec<Node> = nodes.iter().filter_map(|n| access.view(n)).collect();
+            let event = Event::default()
+                .event(EVENT_NODES)
+                .json_data(nodes)
+                .unwrap_or_else(|_| Event::default().comment("unserializable"));
+            Some((Ok(event), (rx, closing)))
         }
-        let nodes = rx.borrow_and_update().clone();
-        let event = Event::default()
-            .event(EVENT_NODES)
-            .json_data(nodes)
-            .unwrap_or_else(|_| Event::default().comment("unserializable"));
-        Some((Ok(event), (rx, closing)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

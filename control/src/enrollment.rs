@@ -72,6 +72,7 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
             stopped: false,
             created_at: now(),
             capabilities: proto::api::known_capabilities(&req.capabilities),
+            shares_control: app.shares_control(req.host.as_ref()),
         },
         exact_name,
     )?;
@@ -132,7 +133,7 @@ pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<Heart
         return Err(refused());
     }
     check_mesh_addr(hb.mesh_addr.as_deref())?;
-    app.store.record_heartbeat(&hb, now())?;
+    app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now())?;
     app.store.apply_session_reports(&node.id, &hb.sessions)?;
     app.refresh_registry();
     // Users removed this past week: the node refuses what they still hold and ends their

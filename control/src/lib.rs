@@ -7,6 +7,7 @@
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
+mod access;
 mod api;
 mod audit;
 mod enrollment;
@@ -44,6 +45,8 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub ca: Ca,
+    /// This machine and the control plane's user, to tell the nodes that share its files.
+    pub host: proto::api::AgentHost,
     /// The current node list, pushed to every open `/v1/events` stream when it changes.
     registry: tokio::sync::watch::Sender<Vec<proto::api::Node>>,
     /// Set when shutdown begins, so that endless event streams end and let it finish.
@@ -54,7 +57,8 @@ impl App {
     pub fn new(config: Config, store: Store, ca: Ca) -> Arc<App> {
         let (registry, _) = tokio::sync::watch::channel(Vec::new());
         let (closing, _) = tokio::sync::watch::channel(false);
-        let app = Arc::new(App { config, store, ca, registry, closing });
+        let host = proto::api::AgentHost { machine: paths::machine(), uid: rustix::process::geteuid().as_raw() };
+        let app = Arc::new(App { config, store, ca, host, registry, closing });
         app.refresh_registry();
         app
     }
@@ -81,6 +85,23 @@ impl App {
             }
             !same
         });
+    }
+
+    /// Wakes every event stream, so that each sends its caller's node list again (a grant
+    /// changed what someone may see).
+    pub(crate) fn policy_changed(&self) {
+        self.registry.send_modify(|_| ());
+    }
+
+    /// What `user` may run where, as their grants say now.
+    pub(crate) fn access<'a>(&self, user: &'a store::User) -> Result<access::Access<'a>, StoreError> {
+        let grants = if user.admin { Vec::new() } else { self.store.grants(user.id)? };
+        Ok(access::Access::new(user, grants))
+    }
+
+    /// Whether an agent that reports `host` could read this control plane's files.
+    pub(crate) fn shares_control(&self, host: Option<&proto::api::AgentHost>) -> bool {
+        access::shares_control(&self.host, host)
     }
 
     pub fn subscribe_registry(&self) -> tokio::sync::watch::Receiver<Vec<proto::api::Node>> {

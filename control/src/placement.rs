@@ -6,6 +6,7 @@ use proto::api::{Dispatch, DispatchRequest, Node, ResolveError, Target};
 use proto::cert::CLOCK_SKEW_SECS;
 use trust::token;
 
+use crate::access::Access;
 use crate::audit::{Record, Source};
 use crate::refusal::{Kind, Refusal, check_name};
 use crate::store::{SessionRow, User};
@@ -19,9 +20,10 @@ pub fn dispatch(app: &App, user: &User, source: Option<&Source>, req: DispatchRe
         check_name("session id", s)?;
     }
     let key = trust::parse_public_key(&req.public_key)?;
+    let access = app.access(user)?;
     let node = match &req.session {
-        Some(sid) => session_node(app, user, sid, &req)?,
-        None => resolve(app, &req.target, &req.isolation)?,
+        Some(sid) => session_node(app, &access, user, sid, &req)?,
+        None => resolve(app, &access, &req.target, &req.isolation)?,
     };
     let request_id = token::random_id();
     let t = now();
@@ -55,23 +57,42 @@ pub fn dispatch(app: &App, user: &User, source: Option<&Source>, req: DispatchRe
     })
 }
 
-/// Picks the node for a target: an exact node, or an online node carrying the tag.
-fn resolve(app: &App, target: &Target, isolation: &Isolation) -> Result<Node, Refusal> {
+/// Picks the node for a target among those the user may run on with this isolation: an
+/// exact node, or an online node carrying the tag.
+fn resolve(app: &App, access: &Access<'_>, target: &Target, isolation: &Isolation) -> Result<Node, Refusal> {
     let t = now();
     let nodes: Vec<Node> = app.store.list_nodes()?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
+    let kind = isolation.kind();
+    let allowed: Vec<Node> = nodes.iter().filter(|n| access.check(n, kind).is_ok()).cloned().collect();
     let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
-    proto::api::resolve(&nodes, target, isolation.kind(), t, spread).cloned().map_err(|e| {
-        let kind = match e {
-            ResolveError::Offline { .. } => Kind::Unavailable,
-            ResolveError::Incapable { .. } => Kind::Conflict,
-            _ => Kind::NotFound,
-        };
-        Refusal::new(kind, e.to_string())
-    })
+    match proto::api::resolve(&allowed, target, kind, t, spread) {
+        Ok(node) => Ok(node.clone()),
+        Err(e) => {
+            // When the user has no node for it but the whole fleet has, what stands in the
+            // way is the policy: say so, and what an admin could grant.
+            if matches!(e, ResolveError::NoSuchNode(_) | ResolveError::NoSuchTag { .. })
+                && let Ok(node) = proto::api::resolve(&nodes, target, kind, t, spread)
+            {
+                access.check(node, kind)?;
+            }
+            let status = match e {
+                ResolveError::Offline { .. } => Kind::Unavailable,
+                ResolveError::Incapable { .. } => Kind::Conflict,
+                _ => Kind::NotFound,
+            };
+            Err(Refusal::new(status, e.to_string()))
+        }
+    }
 }
 
 /// The node a session lives on: where its first use went, whatever the target says now.
-fn session_node(app: &App, user: &User, sid: &str, req: &DispatchRequest) -> Result<Node, Refusal> {
+fn session_node(
+    app: &App,
+    access: &Access<'_>,
+    user: &User,
+    sid: &str,
+    req: &DispatchRequest,
+) -> Result<Node, Refusal> {
     let t = now();
     if let Some(row) = app.store.session(user.id, sid)? {
         if row.isolation != req.isolation.to_string() {
@@ -90,6 +111,8 @@ fn session_node(app: &App, user: &User, sid: &str, req: &DispatchRequest) -> Res
             )
         })?;
         let node = node.to_api(t, app.config.offline_after_secs);
+        // A grant taken back since the session began ends the user's use of it.
+        access.check(&node, req.isolation.kind())?;
         if !node.online {
             return Err(Refusal::new(
                 Kind::Unavailable,
@@ -99,7 +122,7 @@ fn session_node(app: &App, user: &User, sid: &str, req: &DispatchRequest) -> Res
         app.store.put_session(user.id, &SessionRow { last_used: t, ..row })?;
         return Ok(node);
     }
-    let node = resolve(app, &req.target, &req.isolation)?;
+    let node = resolve(app, access, &req.target, &req.isolation)?;
     let row = SessionRow {
         id: sid.to_owned(),
         node_id: node.id.clone(),
@@ -110,7 +133,7 @@ fn session_node(app: &App, user: &User, sid: &str, req: &DispatchRequest) -> Res
     };
     if app.store.put_session(user.id, &row)? != node.id {
         // Another first use of this session placed it a moment ago: go where it went.
-        return session_node(app, user, sid, req);
+        return session_node(app, access, user, sid, req);
     }
     tracing::info!(user = %user.name, session = %sid, node = %node.id, "session placed");
     Ok(node)

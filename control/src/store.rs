@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use proto::api::{Heartbeat, Node, Platform, UserInfo};
+use proto::api::{Grant, Heartbeat, Node, Platform, Target, UserInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,18 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL,
         revoked_at INTEGER NOT NULL
     );",
+    // 9: the access policy: which nodes (by tag, or one node by id) each user may run on,
+    // and with which isolation kinds ('[]': any); and whether a node's agent could read the
+    // control plane's files (assumed until its next heartbeat says otherwise).
+    "CREATE TABLE grants (
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('tag', 'node')),
+        value TEXT NOT NULL,
+        isolation TEXT NOT NULL DEFAULT '[]',
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (user_id, kind, value)
+    );
+    ALTER TABLE nodes ADD COLUMN shares_control INTEGER NOT NULL DEFAULT 1;",
 ];
 
 /// The tags of an enrollment token, or why it cannot be used.
@@ -168,6 +180,8 @@ pub struct NodeRow {
     pub created_at: u64,
     /// Isolation kinds the node reported it can serve.
     pub capabilities: Vec<String>,
+    /// Its agent could read the control plane's files (see [`Node::shares_control`]).
+    pub shares_control: bool,
 }
 
 impl NodeRow {
@@ -184,6 +198,7 @@ impl NodeRow {
             last_seen: self.last_seen,
             created_at: self.created_at,
             capabilities: self.capabilities.clone(),
+            shares_control: self.shares_control,
         }
     }
 }
@@ -198,6 +213,14 @@ pub enum EnrollTokenProblem {
 
 pub struct Store {
     conn: Mutex<Connection>,
+}
+
+/// How a grant's target is stored: its kind and its value.
+fn grant_key(on: &Target) -> (&'static str, &str) {
+    match on {
+        Target::Tag(t) => ("tag", t),
+        Target::Node(id) => ("node", id),
+    }
 }
 
 fn tags_json(tags: &[String]) -> String {
@@ -362,11 +385,8 @@ impl Store {
 
     /// Adds another login token for an existing user.
     pub fn add_login_token(&self, user: &str, token_hash: &str, now: u64) -> Result<()> {
-        let conn = self.conn();
-        let id: Option<i64> =
-            conn.query_row("SELECT id FROM users WHERE name = ?1", [user], |r| r.get(0)).optional()?;
-        let id = id.ok_or_else(|| StoreError::NotFound(format!("no user named {user:?}")))?;
-        conn.execute(
+        let id = self.user_id(user)?;
+        self.conn().execute(
             "INSERT INTO tokens (hash, kind, user_id, created_at) VALUES (?1, 'login', ?2, ?3)",
             params![token_hash, id, now],
         )?;
@@ -391,10 +411,78 @@ impl Store {
     }
 
     pub fn list_users(&self) -> Result<Vec<UserInfo>> {
+        let mut users: Vec<(i64, UserInfo)> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT id, name, admin, created_at FROM users ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                let info = UserInfo { name: r.get(1)?, admin: r.get(2)?, created_at: r.get(3)?, grants: Vec::new() };
+                Ok((r.get(0)?, info))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (id, info) in &mut users {
+            info.grants = self.grants_shown(*id)?;
+        }
+        Ok(users.into_iter().map(|(_, info)| info).collect())
+    }
+
+    // ---- the access policy ----
+
+    /// A user's grants, a node grant naming the node's id.
+    pub fn grants(&self, user_id: i64) -> Result<Vec<Grant>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, admin, created_at FROM users ORDER BY name")?;
-        let rows = stmt.query_map([], |r| Ok(UserInfo { name: r.get(0)?, admin: r.get(1)?, created_at: r.get(2)? }))?;
+        let mut stmt =
+            conn.prepare("SELECT kind, value, isolation FROM grants WHERE user_id = ?1 ORDER BY kind, value")?;
+        let rows = stmt.query_map([user_id], |r| {
+            let (kind, value): (String, String) = (r.get(0)?, r.get(1)?);
+            let on = if kind == "tag" { Target::Tag(value) } else { Target::Node(value) };
+            Ok(Grant { on, isolation: tags_from(r.get(2)?) })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A user's grants as people read them: a node grant naming the node's name.
+    fn grants_shown(&self, user_id: i64) -> Result<Vec<Grant>> {
+        let mut grants = self.grants(user_id)?;
+        for g in &mut grants {
+            if let Target::Node(id) = &g.on
+                && let Some(node) = self.node(id)?
+            {
+                g.on = Target::Node(node.name);
+            }
+        }
+        Ok(grants)
+    }
+
+    /// Grants `user` the nodes of a tag, or one node (by id), replacing an earlier grant on
+    /// the same; returns the user's grants now.
+    pub fn put_grant(&self, user: &str, grant: &Grant, now: u64) -> Result<Vec<Grant>> {
+        let id = self.user_id(user)?;
+        let (kind, value) = grant_key(&grant.on);
+        self.conn().execute(
+            "INSERT OR REPLACE INTO grants (user_id, kind, value, isolation, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, kind, value, tags_json(&grant.isolation), now],
+        )?;
+        self.grants_shown(id)
+    }
+
+    /// Takes back a grant; returns the user's grants now.
+    pub fn remove_grant(&self, user: &str, on: &Target) -> Result<Vec<Grant>> {
+        let id = self.user_id(user)?;
+        let (kind, value) = grant_key(on);
+        let removed = self
+            .conn()
+            .execute("DELETE FROM grants WHERE user_id = ?1 AND kind = ?2 AND value = ?3", params![id, kind, value])?;
+        if removed == 0 {
+            return Err(StoreError::NotFound(format!("{user:?} has no grant on {on}; `openbox user ls` shows grants")));
+        }
+        self.grants_shown(id)
+    }
+
+    fn user_id(&self, name: &str) -> Result<i64> {
+        let id: Option<i64> =
+            self.conn().query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+        id.ok_or_else(|| StoreError::NotFound(format!("no user named {name:?}")))
     }
 
     /// Removes a user and every token it had; the last admin cannot be removed.
@@ -503,8 +591,9 @@ impl Store {
             node.name = format!("{base}-{n}");
         }
         conn.execute(
-            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities, mesh_addr)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities, mesh_addr,
+                shares_control)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 node.id,
                 node.name,
@@ -517,7 +606,8 @@ impl Store {
                 node.last_seen,
                 node.created_at,
                 tags_json(&node.capabilities),
-                node.mesh_addr
+                node.mesh_addr,
+                node.shares_control
             ],
         )?;
         Ok(node)
@@ -537,10 +627,11 @@ impl Store {
             created_at: r.get(10)?,
             capabilities: tags_from(r.get(11)?),
             mesh_addr: r.get(12)?,
+            shares_control: r.get(13)?,
         })
     }
 
-    const NODE_COLUMNS: &'static str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities, mesh_addr";
+    const NODE_COLUMNS: &'static str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities, mesh_addr, shares_control";
 
     pub fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
@@ -568,12 +659,14 @@ impl Store {
         )?)
     }
 
-    pub fn record_heartbeat(&self, hb: &Heartbeat, now: u64) -> Result<()> {
+    /// Records a heartbeat, and whether (by the host it reports) the node shares the
+    /// control plane's files.
+    pub fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<()> {
         // Only kinds this control plane knows how to dispatch are kept.
         let caps = proto::api::known_capabilities(&hb.capabilities);
         self.conn().execute(
             "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7, capabilities = ?8,
-             mesh_addr = ?9 WHERE id = ?1",
+             mesh_addr = ?9, shares_control = ?10 WHERE id = ?1",
             params![
                 hb.node_id,
                 hb.addr,
@@ -583,7 +676,8 @@ impl Store {
                 now,
                 hb.stopping,
                 tags_json(&caps),
-                hb.mesh_addr
+                hb.mesh_addr,
+                shares_control
             ],
         )?;
         Ok(())
@@ -620,6 +714,7 @@ impl Store {
             params![id, host_key, now, secret_hash],
         )?;
         tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
+        tx.execute("DELETE FROM grants WHERE kind = 'node' AND value = ?1", [id])?;
         tx.commit()?;
         Ok(())
     }
@@ -708,7 +803,37 @@ mod tests {
             stopped: false,
             created_at: 1,
             capabilities: vec!["native".into()],
+            shares_control: false,
         }
+    }
+
+    #[test]
+    fn grants_replace_each_other_and_go_with_their_node_or_user() {
+        let s = Store::open_in_memory().unwrap();
+        let bob = s.create_user("bob", false, "bob-hash", 1).unwrap();
+        s.insert_node(node("n1", "box"), true).unwrap();
+        let tag = |isolation: &[&str]| Grant {
+            on: Target::Tag("ci".into()),
+            isolation: isolation.iter().map(|k| k.to_string()).collect(),
+        };
+        s.put_grant("bob", &tag(&[]), 1).unwrap();
+        let shown = s.put_grant("bob", &tag(&["docker"]), 2).unwrap();
+        assert_eq!(shown, vec![tag(&["docker"])], "a second grant on the same tag replaces the first");
+        let shown = s.put_grant("bob", &Grant { on: Target::Node("n1".into()), isolation: vec![] }, 3).unwrap();
+        assert!(
+            shown.contains(&Grant { on: Target::Node("box".into()), isolation: vec![] }),
+            "shown by name: {shown:?}"
+        );
+        assert!(s.grants(bob.id).unwrap().contains(&Grant { on: Target::Node("n1".into()), isolation: vec![] }));
+        s.remove_node("n1", 4).unwrap();
+        assert_eq!(s.grants(bob.id).unwrap(), vec![tag(&["docker"])], "a removed node's grant goes with it");
+        assert!(matches!(s.remove_grant("bob", &Target::Tag("gpu".into())), Err(StoreError::NotFound(_))));
+        assert!(s.remove_grant("bob", &Target::Tag("ci".into())).unwrap().is_empty());
+        s.put_grant("bob", &tag(&[]), 5).unwrap();
+        s.remove_user("bob", 6).unwrap();
+        let again = s.create_user("bob", false, "bob-hash-2", 7).unwrap();
+        assert!(s.grants(again.id).unwrap().is_empty(), "a user added again starts with no grants");
+        assert!(matches!(s.put_grant("nobody", &tag(&[]), 8), Err(StoreError::NotFound(_))));
     }
 
     #[test]

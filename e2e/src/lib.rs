@@ -375,6 +375,14 @@ impl Cli {
         cli
     }
 
+    /// Adds a user (this CLI being an admin's) and returns theirs, logged in. They may run
+    /// nothing until granted (`openbox user grant`).
+    pub fn add_user(&self, cp: &ControlPlane, name: &str) -> Cli {
+        let token =
+            self.run(&["user", "add", name, "--json"]).ok().json()["token"].as_str().expect("a token").to_owned();
+        Cli::logged_in(cp, &token)
+    }
+
     /// The admin, logged in with the bootstrap token.
     pub fn admin(cp: &ControlPlane) -> Cli {
         Cli::logged_in(cp, &cp.admin_token)
@@ -449,6 +457,8 @@ pub struct Agent {
     env: Vec<(String, String)>,
     /// A program the agent runs under (strace), with its arguments; usually none.
     wrapper: Vec<String>,
+    /// A command that sets the scene and then execs the agent (so it keeps the pid).
+    prefix: Vec<String>,
     pub home: TempDir,
     pub node_id: String,
     pub name: String,
@@ -489,6 +499,7 @@ impl Agent {
             proc: None,
             env,
             wrapper: Vec::new(),
+            prefix: Vec::new(),
             home,
             node_id: String::new(),
             name: String::new(),
@@ -519,9 +530,46 @@ impl Agent {
             .chain(STRACE_NETWORK.iter().map(|a| a.to_string()))
             .chain(["-o".to_owned(), trace.display().to_string()])
             .collect();
-        let mut agent =
-            Agent { proc: None, env, wrapper, home, node_id: String::new(), name: String::new(), addr: String::new() };
+        let mut agent = Agent {
+            proc: None,
+            env,
+            wrapper,
+            prefix: Vec::new(),
+            home,
+            node_id: String::new(),
+            name: String::new(),
+            addr: String::new(),
+        };
         agent.start(&["--server", &cp.url, "--mesh-control", &hs.url]);
+        agent
+    }
+
+    /// Enrolls a node that looks to the control plane like another machine: its agent (root,
+    /// like the others) runs in a mount namespace of its own where /etc/machine-id differs.
+    pub fn enroll_elsewhere(cp: &ControlPlane, admin: &Cli, tags: &[&str]) -> Agent {
+        let home = tempfile::tempdir().expect("tempdir");
+        let machine_id = home.path().join("machine-id");
+        std::fs::write(&machine_id, format!("{}\n", trust::token::random_id())).unwrap();
+        let env = vec![
+            ("OPENBOX_ENROLL_TOKEN".to_owned(), admin.enroll_token(tags)),
+            ("DOCKER_HOST".to_owned(), format!("unix://{}/no-engine.sock", home.path().display())),
+        ];
+        let prefix = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain(["mount --bind \"$0\" /etc/machine-id && exec \"$@\"".to_owned(), machine_id.display().to_string()])
+            .collect();
+        let mut agent = Agent {
+            proc: None,
+            env,
+            wrapper: Vec::new(),
+            prefix,
+            home,
+            node_id: String::new(),
+            name: String::new(),
+            addr: String::new(),
+        };
+        agent.start(&["--server", &cp.url]);
         agent
     }
 
@@ -543,7 +591,7 @@ impl Agent {
     }
 
     fn start(&mut self, args: &[&str]) {
-        let mut cmd = match self.wrapper.split_first() {
+        let mut cmd = match self.wrapper.split_first().or(self.prefix.split_first()) {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
                 c.args(rest).arg(bin("openbox-agent"));

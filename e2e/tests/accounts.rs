@@ -36,7 +36,8 @@ fn an_admin_adds_lists_and_removes_users() {
     let admin = Cli::admin(&cp);
     let added = admin.run(&["user", "add", "dave"]).ok();
     assert!(added.stdout.contains("openbox login --server"), "user add prints the login command: {added:?}");
-    let token = added.stdout.split_whitespace().last().unwrap().to_owned();
+    assert!(added.stdout.contains("They can run nothing until you grant them nodes"), "{added:?}");
+    let token = added.stdout.split_whitespace().find(|w| w.starts_with("obx_")).unwrap().to_owned();
     assert!(token.starts_with("obx_"));
     let dave = Cli::logged_in(&cp, &token);
     let names: Vec<String> = admin

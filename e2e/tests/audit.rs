@@ -44,6 +44,7 @@ fn the_audit_log_records_dispatches_and_changes_for_admins_only() {
 
     // Filters: by user, by node (name), by age.
     let bob = Cli::logged_in(&cp, &bob_token);
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
     bob.run(&["-t", "t", "true"]).ok();
     let bobs = audit(&admin, &["--user", "bob"]);
     assert!(!bobs.is_empty() && bobs.iter().all(|e| e["user"] == "bob"), "{bobs:?}");

@@ -138,9 +138,10 @@ fn no_daemon_mode_runs_the_call_directly() {
 
 #[test]
 fn the_daemon_notices_login_and_logout_made_by_other_processes() {
-    let (cp, admin, _agent) = fleet(&["t"]);
+    let (cp, admin, agent) = fleet(&["t"]);
     assert_eq!(admin.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout, "admin\n");
     let bob_token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
     // Log in as bob without the daemon's involvement: only the file changes.
     let out = admin.cmd().args(["--no-daemon", "login", "--server", &cp.url, "--token", &bob_token]).output().unwrap();
     assert!(out.status.success());

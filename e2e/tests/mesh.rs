@@ -49,8 +49,8 @@ fn a_tailnet_only_node_serves_commands_and_sessions_to_a_meshed_openboxd() {
     assert!(status["mesh"]["ips"][0].as_str().unwrap().starts_with("100.64."), "{status}");
 
     // Someone whose openboxd is not on the tailnet is told so, in one line.
-    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
-    let bob = Cli::logged_in(&cp, &token);
+    let bob = admin.add_user(&cp, "bob");
+    admin.run(&["user", "grant", "bob", "--node", "meshy"]).ok();
     bob.run(&["-t", "meshtag", "true"])
         .fails_with(255, "reachable only on the tailnet, and this openboxd is not on it");
 }

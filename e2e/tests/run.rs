@@ -130,9 +130,9 @@ fn a_node_is_picked_by_id_or_name_and_a_tag_prefers_online_nodes() {
 
 #[test]
 fn two_users_run_side_by_side_each_as_themselves() {
-    let (cp, admin, _agent) = fleet(&["t"]);
-    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
-    let bob = Cli::logged_in(&cp, &token);
+    let (cp, admin, agent) = fleet(&["t"]);
+    let bob = admin.add_user(&cp, "bob");
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
     assert_eq!(admin.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout, "admin\n");
     assert_eq!(bob.run(&["-t", "t", "echo $OPENBOX_USER"]).ok().stdout, "bob\n");
     assert_ne!(

@@ -258,9 +258,9 @@ fn a_directory_others_can_write_to_is_refused_and_no_link_is_followed() {
 fn a_removed_user_is_refused_within_a_heartbeat_and_their_shells_are_ended() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
-    let _agent = Agent::enroll(&cp, &admin, &["t"]);
-    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
-    let bob = Cli::logged_in(&cp, &token);
+    let agent = Agent::enroll(&cp, &admin, &["t"]);
+    let bob = admin.add_user(&cp, "bob");
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
     // A session shell (its pid noted) and a warm connection in bob's openboxd.
     let pid = bob.run(&["-t", "t", "-s", "work", "cd /tmp && echo $$"]).ok().stdout.trim().to_owned();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
@@ -277,8 +277,8 @@ fn a_removed_user_is_refused_within_a_heartbeat_and_their_shells_are_ended() {
     wait_until("bob's shell to be ended", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
 
     // A new user of the same name is another user: none of the old session is theirs.
-    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
-    let new_bob = Cli::logged_in(&cp, &token);
+    let new_bob = admin.add_user(&cp, "bob");
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
     let out = new_bob.run(&["-t", "t", "-s", "work", "pwd"]).ok();
     assert_ne!(out.stdout.trim(), "/tmp", "the old session's state leaked: {out:?}");
     assert!(!out.stderr.contains("removed"), "nothing about the old session is said: {out:?}");

@@ -84,9 +84,9 @@ fn concurrent_callers_take_turns_in_one_shell() {
 
 #[test]
 fn two_users_with_the_same_session_id_are_isolated() {
-    let (cp, admin, _agent) = fleet(&[]);
-    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
-    let bob = Cli::logged_in(&cp, &token);
+    let (cp, admin, agent) = fleet(&[]);
+    let bob = admin.add_user(&cp, "bob");
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
     admin.run(&["-t", "t", "-s", "shared", "export OWNER=admin; cd /tmp"]).ok();
     assert_eq!(bob.run(&["-t", "t", "-s", "shared", "echo ${OWNER:-none}"]).ok().stdout, "none\n");
     assert_ne!(bob.run(&["-t", "t", "-s", "shared", "pwd"]).ok().stdout, "/tmp\n");

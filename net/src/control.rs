@@ -120,7 +120,8 @@ impl Client {
         self.call(Method::PATCH, path, Some(body)).await
     }
 
-    pub async fn delete(&self, path: &str) -> Result<(), ControlError> {
+    /// A DELETE; `T` is what the answer holds (`()` for none).
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ControlError> {
         self.call(Method::DELETE, path, None::<&()>).await
     }
 

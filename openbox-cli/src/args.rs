@@ -222,6 +222,33 @@ pub enum UserCommand {
     Rm { name: String },
     /// Issue a new login token for an existing user and print their login command.
     Token { name: String },
+    /// Let a user run on the nodes of a tag, or on one node. Users other than admins run
+    /// nothing until granted. A node beside the control plane (able to read its files) is
+    /// reached only by a grant that names it. Granting the same tag or node again replaces
+    /// the earlier grant.
+    #[command(group = clap::ArgGroup::new("on").required(true).args(["tag", "node"]))]
+    Grant {
+        name: String,
+        /// The nodes carrying this tag (now and later).
+        #[arg(long, short = 't')]
+        tag: Option<String>,
+        /// One node, by name or id.
+        #[arg(long, short = 'n')]
+        node: Option<String>,
+        /// Allow only this isolation kind (native, docker, nspawn); repeat for several.
+        /// Without it, any.
+        #[arg(long = "isolation", value_name = "KIND")]
+        isolation: Vec<String>,
+    },
+    /// Take back a grant on a tag or a node.
+    #[command(group = clap::ArgGroup::new("on").required(true).args(["tag", "node"]))]
+    Revoke {
+        name: String,
+        #[arg(long, short = 't')]
+        tag: Option<String>,
+        #[arg(long, short = 'n')]
+        node: Option<String>,
+    },
 }
 
 /// What the CLI will do once the flags are understood.
@@ -236,6 +263,15 @@ pub enum Action {
 
 fn name(kind: &str, v: &str) -> Result<String, String> {
     proto::check_name(kind, v).map(|_| v.to_owned()).map_err(|e| e.to_string())
+}
+
+/// What a grant is on: `--tag` or `--node` (clap makes sure exactly one is given).
+fn grant_target(tag: Option<String>, node: Option<String>) -> Result<Target, String> {
+    match (tag, node) {
+        (Some(t), None) => Ok(Target::Tag(name("tag", &t)?)),
+        (None, Some(n)) => Ok(Target::Node(name("node name", &n)?)),
+        _ => Err("give either --tag or --node".into()),
+    }
 }
 
 impl Cli {
@@ -308,6 +344,21 @@ impl Cli {
             Some(Command::User(UserCommand::Ls)) => Request::UserList,
             Some(Command::User(UserCommand::Rm { name: n })) => Request::UserRemove { name: name("user name", &n)? },
             Some(Command::User(UserCommand::Token { name: n })) => Request::UserToken { name: name("user name", &n)? },
+            Some(Command::User(UserCommand::Grant { name: n, tag, node, isolation })) => {
+                for k in &isolation {
+                    if !proto::isolation::KINDS.contains(&k.as_str()) {
+                        return Err(format!(
+                            "--isolation {k:?} is not an isolation kind; use one of {}",
+                            proto::isolation::KINDS.join(", ")
+                        ));
+                    }
+                }
+                let grant = proto::api::Grant { on: grant_target(tag, node)?, isolation };
+                Request::UserGrant { name: name("user name", &n)?, grant }
+            }
+            Some(Command::User(UserCommand::Revoke { name: n, tag, node })) => {
+                Request::UserRevoke { name: name("user name", &n)?, on: grant_target(tag, node)? }
+            }
             Some(Command::Node(NodeCommand::Token { tags, ttl })) => Request::NodeToken {
                 tags: tags.iter().map(|t| name("tag", t)).collect::<Result<_, _>>()?,
                 ttl_secs: ttl,

@@ -115,10 +115,60 @@ pub async fn whoami(d: &Daemon) -> anyhow::Result<Reply> {
 
 pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
-    let created: UserCreated = login.client()?.post("/v1/users", &NewUser { name: name.to_owned() }).await?;
+    let client = login.client()?;
+    let created: UserCreated = client.post("/v1/users", &NewUser { name: name.to_owned() }).await?;
     let command = format!("openbox login --server {} --token {}", login.server, created.token);
-    let text = format!("Created user {}. They log in with (the token is shown only once):\n  {command}", created.name);
+    let mut text = format!(
+        "Created user {name}. They log in with (the token is shown only once):\n  {command}\n\
+         They can run nothing until you grant them nodes: `openbox user grant {name} --tag TAG` (or --node NODE, \
+         and --isolation docker|nspawn|native to allow only those).",
+        name = created.name
+    );
+    // The nodes a tag grant never reaches, so that the admin knows before granting.
+    let beside: Vec<String> =
+        client.get::<Vec<Node>>("/v1/nodes").await?.into_iter().filter(|n| n.shares_control).map(|n| n.name).collect();
+    if !beside.is_empty() {
+        text += &format!(
+            "\nNode{} {} run{} beside the control plane and could read its files (its CA key among them): only a grant \
+             by name reaches {}, and it lets that user act as an admin.",
+            if beside.len() > 1 { "s" } else { "" },
+            beside.join(", "),
+            if beside.len() > 1 { "" } else { "s" },
+            if beside.len() > 1 { "them" } else { "it" },
+        );
+    }
     Ok(Reply::new(to_json(&LoginIssued { name: created.name, token: created.token, command }), text))
+}
+
+/// Lets a user run on the nodes of a tag, or on one node.
+pub async fn user_grant(d: &Daemon, name: &str, grant: &Grant) -> anyhow::Result<Reply> {
+    let grants: Vec<Grant> = d.login()?.client()?.post(&format!("/v1/users/{name}/grants"), grant).await?;
+    let text = format!("{name} may now run on {grant}.\n{}", grants_line(name, &grants));
+    Ok(Reply::new(to_json(&grants), text))
+}
+
+/// Takes back a grant on a tag or a node.
+pub async fn user_revoke(d: &Daemon, name: &str, on: &Target) -> anyhow::Result<Reply> {
+    let (kind, value) = match on {
+        Target::Tag(t) => ("tag", t),
+        Target::Node(n) => ("node", n),
+    };
+    let path = format!("/v1/users/{name}/grants/{kind}/{value}");
+    let grants: Vec<Grant> = d.login()?.client()?.delete(&path).await?;
+    let text = format!("{name} no longer runs on {kind}:{value}.\n{}", grants_line(name, &grants));
+    Ok(Reply::new(to_json(&grants), text))
+}
+
+fn grants_line(name: &str, grants: &[Grant]) -> String {
+    if grants.is_empty() {
+        format!("{name} has no grants left: they can run nothing.")
+    } else {
+        format!("{name}'s grants: {}", grants_shown(grants))
+    }
+}
+
+fn grants_shown(grants: &[Grant]) -> String {
+    grants.iter().map(Grant::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// A new login token for an existing user (their other tokens keep working).
@@ -133,15 +183,21 @@ pub async fn user_token(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
 
 pub async fn user_list(d: &Daemon) -> anyhow::Result<Reply> {
     let users: Vec<UserInfo> = d.login()?.client()?.get("/v1/users").await?;
-    let mut text = format!("{:<24} {:<6} {}\n", "NAME", "ADMIN", "CREATED");
+    let mut text = format!("{:<24} {:<6} {:<10} {}\n", "NAME", "ADMIN", "CREATED", "MAY RUN ON");
     for u in &users {
-        text += &format!("{:<24} {:<6} {}\n", u.name, if u.admin { "yes" } else { "no" }, ago(u.created_at));
+        let grants = match (u.admin, u.grants.is_empty()) {
+            (true, _) => "every node".to_owned(),
+            (false, true) => "nothing (`openbox user grant` gives access)".to_owned(),
+            (false, false) => grants_shown(&u.grants),
+        };
+        text +=
+            &format!("{:<24} {:<6} {:<10} {grants}\n", u.name, if u.admin { "yes" } else { "no" }, ago(u.created_at));
     }
     Ok(Reply::new(serde_json::to_value(&users)?, text))
 }
 
 pub async fn user_remove(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
-    d.login()?.client()?.delete(&format!("/v1/users/{name}")).await?;
+    d.login()?.client()?.delete::<()>(&format!("/v1/users/{name}")).await?;
     Ok(Reply::new(
         to_json(&Removed { removed: name.to_owned(), node: None }),
         format!("Removed user {name}; their tokens no longer work."),
@@ -197,7 +253,7 @@ pub async fn nodes(d: &Daemon, tag: Option<&str>) -> anyhow::Result<Reply> {
 }
 
 pub async fn node_remove(d: &Daemon, node: &str) -> anyhow::Result<Reply> {
-    d.login()?.client()?.delete(&format!("/v1/nodes/{node}")).await?;
+    d.login()?.client()?.delete::<()>(&format!("/v1/nodes/{node}")).await?;
     Ok(Reply::new(
         to_json(&Removed { removed: node.to_owned(), node: None }),
         format!("Removed node {node}; its identity is revoked."),
@@ -260,7 +316,7 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
             s.node_name
         ));
     }
-    login.client()?.delete(&format!("/v1/sessions/{id}")).await?;
+    login.client()?.delete::<()>(&format!("/v1/sessions/{id}")).await?;
     acct.forget_session(id);
     Ok(Reply {
         json: to_json(&Removed { removed: id.to_owned(), node: Some(s.node_id) }),

@@ -171,6 +171,8 @@ async fn handle_with(
         Request::UserList => commands::user_list(d).await,
         Request::UserRemove { name } => commands::user_remove(d, &name).await,
         Request::UserToken { name } => commands::user_token(d, &name).await,
+        Request::UserGrant { name, grant } => commands::user_grant(d, &name, &grant).await,
+        Request::UserRevoke { name, on } => commands::user_revoke(d, &name, &on).await,
         Request::NodeToken { tags, ttl_secs } => commands::node_token(d, &tags, ttl_secs).await,
         Request::Nodes { tag } => commands::nodes(d, tag.as_deref()).await,
         Request::NodeRemove { node } => commands::node_remove(d, &node).await,

@@ -53,6 +53,41 @@ pub struct UserInfo {
     pub name: String,
     pub admin: bool,
     pub created_at: u64,
+    /// The nodes this user may run on (admins may run anywhere).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+/// What an admin lets a user run on: the nodes carrying a tag, or one node, and with which
+/// isolation kinds (none listed: any).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// `Tag` or `Node`; a node is named by id or name when granting, and shown by name.
+    pub on: Target,
+    #[serde(default)]
+    pub isolation: Vec<String>,
+}
+
+impl std::fmt::Display for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.on {
+            Target::Tag(t) => write!(f, "tag:{t}")?,
+            Target::Node(n) => write!(f, "node:{n}")?,
+        }
+        if !self.isolation.is_empty() {
+            write!(f, " ({})", self.isolation.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where an agent runs and as whom, so that the control plane can tell the nodes that could
+/// read its own files (its machine, and its user or root).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentHost {
+    /// A hash of the machine's id (see `paths::machine`).
+    pub machine: String,
+    pub uid: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +138,8 @@ pub struct EnrollRequest {
     /// the moment it is enrolled (see [`crate::isolation::KINDS`]).
     #[serde(default = "native_only")]
     pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub host: Option<AgentHost>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,6 +195,8 @@ pub struct Heartbeat {
     /// The isolation kinds the node can serve right now (see [`crate::isolation::KINDS`]).
     #[serde(default = "native_only")]
     pub capabilities: Vec<String>,
+    #[serde(default)]
+    pub host: Option<AgentHost>,
 }
 
 fn native_only() -> Vec<String> {
@@ -228,6 +267,11 @@ pub struct Node {
     /// The isolation kinds it reported it can serve: `native`, `docker`, `nspawn`.
     #[serde(default = "native_only")]
     pub capabilities: Vec<String>,
+    /// Its agent runs on the control plane's machine as the control plane's user or root,
+    /// so it could read the control plane's files: only admins, and users granted this
+    /// node by name, may run there.
+    #[serde(default)]
+    pub shares_control: bool,
 }
 
 impl Node {
@@ -285,7 +329,7 @@ pub struct AuditEntry {
     /// Who did it (`(enrollment)` for a node enrolling with a token).
     pub user: String,
     /// `dispatch`, `user.add`, `user.remove`, `user.token`, `node.token`, `node.enroll`,
-    /// `node.update`, `node.remove`, `session.remove`.
+    /// `node.update`, `node.remove`, `session.remove`, `user.grant`, `user.revoke`.
     pub action: String,
     pub node_id: Option<String>,
     pub isolation: Option<String>,

@@ -38,6 +38,16 @@ pub enum Request {
     UserToken {
         name: String,
     },
+    /// Let a user run on the nodes of a tag, or on one node.
+    UserGrant {
+        name: String,
+        grant: crate::api::Grant,
+    },
+    /// Take back what a grant on this tag or node gave.
+    UserRevoke {
+        name: String,
+        on: Target,
+    },
     NodeToken {
         tags: Vec<String>,
         ttl_secs: u64,

@@ -1,0 +1,167 @@
+//! The access policy: which nodes a user may run on, and with which isolation. Admins may
+//! run anywhere; everyone else only where a grant lets them, and on a node that could read
+//! the control plane's own files only when granted that node by name.
+
+use proto::api::{AgentHost, Grant, Node, Target};
+
+use crate::refusal::{Kind, Refusal};
+use crate::store::User;
+
+/// What one user may do, read from their grants.
+pub struct Access<'a> {
+    user: &'a User,
+    grants: Vec<Grant>,
+}
+
+impl<'a> Access<'a> {
+    /// `grants` name nodes by id.
+    pub fn new(user: &'a User, grants: Vec<Grant>) -> Access<'a> {
+        Access { user, grants }
+    }
+
+    /// The grants that cover `node`: a grant on the node itself, or on one of its tags
+    /// unless the node shares the control plane's files.
+    fn covering(&self, node: &Node) -> impl Iterator<Item = &Grant> {
+        self.grants.iter().filter(|g| match &g.on {
+            Target::Node(id) => *id == node.id,
+            Target::Tag(t) => !node.shares_control && node.tags.contains(t),
+        })
+    }
+
+    /// `node` as this user sees it (in `nodes` and the event stream): only if a grant covers
+    /// it, and offering only the isolation kinds they may use there, so that openboxd's
+    /// mirror never picks it for anything else.
+    pub fn view(&self, node: &Node) -> Option<Node> {
+        if self.user.admin {
+            return Some(node.clone());
+        }
+        let covering: Vec<&Grant> = self.covering(node).collect();
+        if covering.is_empty() {
+            return None;
+        }
+        let mut seen = node.clone();
+        if covering.iter().all(|g| !g.isolation.is_empty()) {
+            seen.capabilities.retain(|k| covering.iter().any(|g| g.isolation.contains(k)));
+        }
+        Some(seen)
+    }
+
+    /// Whether the user may run a command under isolation `kind` on `node`, and if not,
+    /// a refusal that says what an admin could grant.
+    pub fn check(&self, node: &Node, kind: &str) -> Result<(), Refusal> {
+        if self.user.admin {
+            return Ok(());
+        }
+        let user = &self.user.name;
+        let forbidden = |m: String| Err(Refusal::new(Kind::Forbidden, m));
+        let covering: Vec<&Grant> = self.covering(node).collect();
+        if covering.is_empty() {
+            let tagged_too = node.shares_control
+                && self.grants.iter().any(|g| matches!(&g.on, Target::Tag(t) if node.tags.contains(t)));
+            return forbidden(if tagged_too {
+                format!(
+                    "node {} runs beside the control plane and could read its files, so a tag grant does not reach it: \
+                     only admins, and users granted it by name (`openbox user grant {user} --node {}`), may run there",
+                    node.name, node.name
+                )
+            } else {
+                format!(
+                    "{user:?} may not run on node {}; an admin can allow it with `openbox user grant {user} --node {}` \
+                     (or `--tag TAG` for the nodes of a tag)",
+                    node.name, node.name
+                )
+            });
+        }
+        let any_kind = covering.iter().any(|g| g.isolation.is_empty());
+        if any_kind || covering.iter().any(|g| g.isolation.iter().any(|k| k == kind)) {
+            return Ok(());
+        }
+        let mut allowed: Vec<&str> = covering.iter().flat_map(|g| g.isolation.iter().map(String::as_str)).collect();
+        allowed.sort();
+        allowed.dedup();
+        forbidden(format!(
+            "{user:?} may run on node {} only with {} isolation, not {kind}; an admin can allow it with \
+             `openbox user grant {user} --node {} --isolation {kind}`",
+            node.name,
+            allowed.join(" or "),
+            node.name
+        ))
+    }
+}
+
+/// Whether an agent on `agent` could read the files of a control plane on `control`: the
+/// same machine, as the same user or root. An agent that did not say is assumed to.
+pub fn shares_control(control: &AgentHost, agent: Option<&AgentHost>) -> bool {
+    agent.is_none_or(|a| a.machine == control.machine && (a.uid == control.uid || a.uid == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, tags: &[&str], shares_control: bool) -> Node {
+        Node {
+            id: id.into(),
+            name: format!("{id}-name"),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            platform: proto::api::Platform::this_machine(),
+            addr: String::new(),
+            mesh_addr: None,
+            online: true,
+            last_seen: None,
+            created_at: 0,
+            capabilities: vec!["native".into(), "docker".into()],
+            shares_control,
+        }
+    }
+
+    fn user(admin: bool) -> User {
+        User { id: 1, name: "bob".into(), admin, incarnation: "i".into() }
+    }
+
+    fn grant(on: Target, isolation: &[&str]) -> Grant {
+        Grant { on, isolation: isolation.iter().map(|k| k.to_string()).collect() }
+    }
+
+    #[test]
+    fn a_user_runs_only_where_and_how_a_grant_says() {
+        let bob = user(false);
+        let ci = node("n1", &["ci"], false);
+        let gpu = node("n2", &["gpu"], false);
+        let access = Access::new(&bob, vec![grant(Target::Tag("ci".into()), &["docker"])]);
+        assert_eq!(access.view(&ci).unwrap().capabilities, ["docker"], "offered only what bob may use");
+        assert!(access.view(&gpu).is_none());
+        assert!(access.check(&ci, "docker").is_ok());
+        let e = access.check(&ci, "native").unwrap_err();
+        assert!(e.message.contains("only with docker isolation"), "{}", e.message);
+        let e = access.check(&gpu, "native").unwrap_err();
+        assert!(e.message.contains("may not run on node n2-name"), "{}", e.message);
+        let none = Access::new(&bob, vec![]);
+        assert!(none.check(&ci, "docker").is_err(), "no grant, no access");
+        let admin = user(true);
+        assert!(Access::new(&admin, vec![]).check(&gpu, "native").is_ok());
+    }
+
+    #[test]
+    fn a_node_beside_the_control_plane_needs_a_grant_by_name() {
+        let bob = user(false);
+        let local = node("n1", &["local"], true);
+        let by_tag = Access::new(&bob, vec![grant(Target::Tag("local".into()), &[])]);
+        assert!(by_tag.view(&local).is_none());
+        let e = by_tag.check(&local, "native").unwrap_err();
+        assert!(e.message.contains("runs beside the control plane"), "{}", e.message);
+        let by_name = Access::new(&bob, vec![grant(Target::Node("n1".into()), &[])]);
+        assert!(by_name.check(&local, "native").is_ok());
+    }
+
+    #[test]
+    fn only_the_same_machine_as_the_same_user_or_root_shares_the_control_planes_files() {
+        let control = AgentHost { machine: "m".into(), uid: 1000 };
+        let at = |machine: &str, uid| Some(AgentHost { machine: machine.into(), uid });
+        assert!(shares_control(&control, at("m", 1000).as_ref()));
+        assert!(shares_control(&control, at("m", 0).as_ref()));
+        assert!(!shares_control(&control, at("m", 1001).as_ref()));
+        assert!(!shares_control(&control, at("other", 0).as_ref()));
+        assert!(shares_control(&control, None), "an agent that does not say is assumed to");
+    }
+}

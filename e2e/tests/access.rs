@@ -1,0 +1,101 @@
+//! The access policy: users other than admins run only where a grant lets them, with the
+//! isolation it names; a node that could read the control plane's files takes a grant by
+//! name.
+
+use openbox_e2e::{Agent, Cli, ControlPlane, wait_until};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn names(nodes: &[serde_json::Value]) -> Vec<&str> {
+    nodes.iter().map(|n| n["name"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn a_user_runs_only_where_a_grant_lets_them_and_only_with_its_isolation() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let ci = Agent::enroll_elsewhere(&cp, &admin, &["ci"]);
+    let gpu = Agent::enroll_elsewhere(&cp, &admin, &["gpu"]);
+    assert_eq!(admin.node(&ci.node_id).unwrap()["shares_control"], false, "another machine's node");
+    let bob = admin.add_user(&cp, "bob");
+
+    // Nothing granted: nothing seen, nothing run, and told whom to ask for what.
+    assert!(bob.nodes().is_empty());
+    bob.run(&["-n", &ci.name, "true"]).fails_with(255, "an admin can allow it with `openbox user grant bob");
+    bob.run(&["-t", "ci", "true"]).fails_with(255, "may not run on node");
+
+    let granted = admin.run(&["user", "grant", "bob", "--tag", "ci"]).ok();
+    assert!(granted.stdout.contains("bob may now run on tag:ci"), "{granted:?}");
+    wait_until("bob's node list to show the granted node", || names(&bob.nodes()) == [ci.name.as_str()]);
+    assert_eq!(
+        bob.run(&["-t", "ci", "echo $OPENBOX_USER on $OPENBOX_NODE"]).ok().stdout,
+        format!("bob on {}\n", ci.node_id)
+    );
+    bob.run(&["-n", &gpu.name, "true"]).fails_with(255, "may not run on node");
+    bob.run(&["-t", "ci", "-s", "work", "cd /tmp"]).ok();
+
+    // Only Docker now: native is refused, and says what is allowed (his openboxd learns it
+    // through its event stream, so even its warm connection is not used for native).
+    admin.run(&["user", "grant", "bob", "--tag", "ci", "--isolation", "docker"]).ok();
+    wait_until("bob's native calls to be refused", || bob.run(&["-t", "ci", "true"]).code == 255);
+    bob.run(&["-t", "ci", "true"]).fails_with(255, "only with docker isolation, not native");
+    let users = admin.run(&["user", "ls", "--json"]).ok().json();
+    let bobs = users.as_array().unwrap().iter().find(|u| u["name"] == "bob").unwrap().clone();
+    assert_eq!(bobs["grants"], serde_json::json!([{"on": {"tag": "ci"}, "isolation": ["docker"]}]));
+    let text = admin.run(&["user", "ls"]).ok().stdout;
+    assert!(text.contains("tag:ci (docker)"), "{text}");
+
+    // Taken back: his session on that node is no longer his to use either.
+    admin.run(&["user", "revoke", "bob", "--tag", "ci"]).ok();
+    wait_until("bob's session call to be refused", || bob.run(&["-t", "ci", "-s", "work", "pwd"]).code == 255);
+    bob.run(&["-t", "ci", "-s", "work", "pwd"]).fails_with(255, "may not run on node");
+    assert!(bob.nodes().is_empty());
+    admin.run(&["user", "revoke", "bob", "--tag", "ci"]).fails_with(1, "has no grant on tag");
+    admin.run(&["user", "grant", "bob", "--tag", "ci", "--isolation", "vm"]).fails_with(2, "not an isolation kind");
+    admin.run(&["user", "grant", "bob"]).fails_with(2, "--tag");
+    admin.run(&["user", "grant", "nobody", "--tag", "ci"]).fails_with(1, "no user named");
+    bob.run(&["user", "grant", "bob", "--tag", "gpu"]).fails_with(1, "not an admin");
+
+    // A grant by node reaches that node alone, whatever its tags; both are audited.
+    admin.run(&["user", "grant", "bob", "--node", &gpu.name]).ok();
+    bob.run(&["-t", "gpu", "true"]).ok();
+    bob.run(&["-t", "ci", "true"]).fails_with(255, "may not run on node");
+    let log = admin.run(&["audit", "--json"]).ok().json();
+    let actions: Vec<&str> = log.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"user.grant") && actions.contains(&"user.revoke"), "{actions:?}");
+}
+
+/// The escalation a review found: with `openbox up` the control plane and the agent share
+/// one user, so anyone who could run a command there could read the CA key and the
+/// database, and make themselves admin.
+#[test]
+fn a_node_beside_the_control_plane_is_closed_to_tag_grants() {
+    let me = Cli::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    me.run(&["up", "--addr", &addr]).ok();
+    let local = me.nodes()[0].clone();
+    assert_eq!(local["shares_control"], true, "{local}");
+    let added = me.run(&["user", "add", "bob"]).ok();
+    assert!(added.stdout.contains("beside the control plane"), "user add warns: {added:?}");
+    let token = added.stdout.split_whitespace().find(|w| w.starts_with("obx_")).unwrap().to_owned();
+    let bob = Cli::new();
+    bob.run(&["login", "--server", &format!("http://{addr}"), "--token", &token]).ok();
+
+    // A grant on the tag does not reach it.
+    me.run(&["user", "grant", "bob", "--tag", "local"]).ok();
+    let ca_key = me.home.path().join("control/ca_key");
+    assert!(ca_key.exists(), "the CA key is where the test looks");
+    let out = bob.run(&["-t", "local", "cat", ca_key.to_str().unwrap()]);
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(out.stderr.contains("runs beside the control plane and could read its files"), "{out:?}");
+    assert!(!out.stdout.contains("PRIVATE KEY"), "{out:?}");
+    assert!(bob.nodes().is_empty());
+
+    // An admin who means it grants the node by name.
+    let name = local["name"].as_str().unwrap();
+    me.run(&["user", "grant", "bob", "--node", name]).ok();
+    assert_eq!(bob.run(&["-t", "local", "echo $OPENBOX_USER"]).ok().stdout, "bob\n");
+    me.run(&["down"]).ok();
+}
