@@ -483,6 +483,7 @@ mod resolve_tests {
             last_seen: Some(100),
             created_at: 1,
             capabilities: vec!["native".into()],
+            shares_control: false,
         }
     }
 
