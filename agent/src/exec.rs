@@ -13,6 +13,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use crate::channel::{ChannelOut, Outcome, messages};
 use crate::drive::{self, Process, StatusError, Step};
+use crate::run_as::Login;
 use crate::signals;
 
 /// Where a command's processes live, for signalling them.
@@ -63,6 +64,7 @@ fn tear_down(pid: u32, tree: Tree) {
 pub async fn run_native(
     command: &str,
     env: &[(&str, &str)],
+    login: Option<&Login>,
     timeout: Option<std::time::Duration>,
     input: ChannelReadHalf,
     out: ChannelOut,
@@ -75,6 +77,9 @@ pub async fn run_native(
     }
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if let Some(login) = login {
+        login.apply(&mut cmd);
     }
     run_process(cmd, Tree::Group, timeout, input, out).await;
 }

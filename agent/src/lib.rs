@@ -14,6 +14,7 @@ mod heartbeat;
 mod identity;
 mod nspawn;
 mod procs;
+pub mod run_as;
 mod runtimes;
 mod server;
 mod session;
@@ -61,6 +62,8 @@ pub struct Config {
     pub heartbeat_every: Duration,
     /// Sessions idle longer than this are reaped.
     pub session_idle: Duration,
+    /// Which local account runs each user's commands (none: the agent's own).
+    pub run_as: run_as::RunAs,
 }
 
 /// How the agent joins a tailnet.
@@ -198,7 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let runtimes = runtimes::Runtimes::new(&identity.node_id);
     runtimes.clean_up().await;
     tracing::info!(isolation = ?runtimes.capabilities().await, "this node can run commands under");
-    let shared = server::Shared::new(identity, sessions, runtimes);
+    let shared = server::Shared::new(identity, sessions, runtimes, config.run_as.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::serve(incoming, shared.clone(), async {
         let _ = stop_rx.await;

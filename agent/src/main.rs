@@ -59,6 +59,13 @@ struct Args {
     /// How long joining the tailnet may take at start before the agent gives up.
     #[arg(long, default_value = "60s", value_parser = proto::parse_duration)]
     mesh_timeout: u64,
+    /// Run an openbox user's commands as a local account, `USER=LOGIN` (repeatable; `*=LOGIN`
+    /// for everyone not named). With a mapping, a user it does not name runs nothing. Needs
+    /// the agent to run as root. Native commands, sessions and Docker containers run as
+    /// the account's user and primary group; nspawn is refused for mapped accounts other
+    /// than root.
+    #[arg(long = "run-as", value_name = "USER=LOGIN")]
+    run_as: Vec<String>,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -98,6 +105,13 @@ fn main() -> ExitCode {
         },
         (None, None) => std::env::var(proto::api::ENROLL_TOKEN_ENV).ok().filter(|t| !t.is_empty()),
     };
+    let run_as = match openbox_agent::run_as::RunAs::parse(&args.run_as) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("openbox agent: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let dir = paths::agent_dir();
     let mesh = match openbox_agent::mesh_settings(
         &dir,
@@ -129,6 +143,7 @@ fn main() -> ExitCode {
         name: args.name,
         heartbeat_every: Duration::from_secs(args.heartbeat.max(1)),
         session_idle: Duration::from_secs(args.session_idle.max(1)),
+        run_as,
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let shutdown = {

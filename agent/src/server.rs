@@ -15,6 +15,7 @@ use trust::{Certificate, UserGrant};
 use crate::channel::{ChannelOut, Outcome};
 use crate::exec;
 use crate::identity::Identity;
+use crate::run_as::RunAs;
 use crate::runtimes::Runtimes;
 use crate::session::{Job, Sessions};
 
@@ -28,6 +29,8 @@ pub struct Shared {
     unauthenticated: Mutex<Unauthenticated>,
     /// Users removed from the fleet, as the control plane said in heartbeat replies.
     revoked: Mutex<std::collections::HashSet<proto::api::RevokedUser>>,
+    /// Which local account runs each user's commands.
+    run_as: RunAs,
 }
 
 /// How many connections may be open before they authenticate: past it, the oldest of them
@@ -120,7 +123,7 @@ fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
 }
 
 impl Shared {
-    pub fn new(identity: Identity, sessions: Arc<Sessions>, runtimes: Runtimes) -> Arc<Shared> {
+    pub fn new(identity: Identity, sessions: Arc<Sessions>, runtimes: Runtimes, run_as: RunAs) -> Arc<Shared> {
         let config = ssh_config(&identity);
         Arc::new(Shared {
             identity: RwLock::new(identity),
@@ -129,6 +132,7 @@ impl Shared {
             runtimes,
             unauthenticated: Mutex::default(),
             revoked: Mutex::default(),
+            run_as,
         })
     }
 
@@ -371,6 +375,24 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
         tracing::warn!(user = %grant.user, %isolation, reason = %why, "refused an isolation this node cannot serve now");
         return out.refuse(&format!("cannot run {} isolation here: {why}; nothing was run", isolation.kind())).await;
     }
+    // Whose account it runs as: the mapping's, from the verified principal, or none at all.
+    let login = match shared.run_as.login(&grant.user) {
+        Ok(login) => login,
+        Err(why) => {
+            tracing::warn!(user = %grant.user, "refused a user the --run-as mapping does not name");
+            return out.refuse(&why).await;
+        }
+    };
+    if let (Some(login), proto::Isolation::Nspawn { .. }) = (login, isolation)
+        && login.uid != 0
+    {
+        return out
+            .refuse(&format!(
+                "this node runs {}'s commands as {}, and an nspawn container would run them as root; use native or docker isolation",
+                grant.user, login.name
+            ))
+            .await;
+    }
     // The command itself may hold secrets (a token in a curl header): only its size and a
     // short hash at info, the text at debug.
     let command_hash = &trust::token::hash(&command)[..16];
@@ -386,18 +408,19 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
             runtimes: &shared.runtimes,
             env: &env,
             timeout,
+            login,
         };
         return shared.sessions.run(&grant.user, session, job, &out, read).await;
     }
     match isolation {
-        proto::Isolation::Native => exec::run_native(&command, &env, timeout, read, out).await,
+        proto::Isolation::Native => exec::run_native(&command, &env, login, timeout, read, out).await,
         proto::Isolation::Nspawn { dir, limits } => {
             let cmd = crate::nspawn::command(dir, limits, &env, &crate::nspawn::one_shot_argv(&command));
             exec::run_process(cmd, exec::Tree::Nspawn, timeout, read, out).await;
         }
         proto::Isolation::Docker { image, limits } => {
             let engine = shared.runtimes.docker().expect("checked above");
-            let spec = crate::docker::Spec { image, limits, env: &env, session: None };
+            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login };
             crate::docker::run_once(&engine, spec, &command, timeout, read, out).await;
         }
     }

@@ -99,3 +99,34 @@ fn a_node_beside_the_control_plane_is_closed_to_tag_grants() {
     assert_eq!(bob.run(&["-t", "local", "echo $OPENBOX_USER"]).ok().stdout, "bob\n");
     me.run(&["down"]).ok();
 }
+
+#[test]
+fn a_root_agent_runs_each_users_commands_as_the_local_account_mapped_to_them() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let token = admin.enroll_token(&["mapped"]);
+    let agent = Agent::enroll_with(&cp, &token, &["--run-as", "bob=nobody", "--run-as", "admin=root"]);
+    let bob = admin.add_user(&cp, "bob");
+    let eve = admin.add_user(&cp, "eve");
+    for user in ["bob", "eve"] {
+        admin.run(&["user", "grant", user, "--node", &agent.name]).ok();
+    }
+
+    let nobody = "65534\n";
+    assert_eq!(bob.run(&["-t", "mapped", "id -u; id -g"]).ok().stdout, format!("{nobody}{nobody}"));
+    assert_eq!(bob.run(&["-t", "mapped", "echo $USER"]).ok().stdout, "nobody\n");
+    // What root alone may read stays closed to him.
+    let shadow = bob.run(&["-t", "mapped", "cat /etc/shadow"]);
+    assert_eq!(shadow.code, 1, "{shadow:?}");
+    assert!(shadow.stderr.contains("Permission denied"), "{shadow:?}");
+    // A session's shell runs as the same account.
+    assert_eq!(bob.run(&["-t", "mapped", "-s", "s1", "id -u"]).ok().stdout, nobody);
+    assert_eq!(admin.run(&["-t", "mapped", "id -u"]).ok().stdout, "0\n");
+    // Someone the mapping does not name runs nothing.
+    eve.run(&["-t", "mapped", "true"]).fails_with(255, "names none for eve");
+
+    // A mapping that cannot hold is refused at start.
+    let out = Agent::run_to_end(&["--run-as", "bob=no-such-account", "--server", &cp.url]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("no local account named \"no-such-account\""), "{out:?}");
+}

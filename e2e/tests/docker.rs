@@ -204,3 +204,20 @@ fn a_session_whose_shell_stops_answering_is_ended_after_a_timeout_instead_of_han
     let out = f.run(&["-s", "mute"], "echo back").ok();
     assert_eq!(out.stdout, "back\n");
 }
+
+#[test]
+fn a_mapped_user_runs_in_containers_as_their_local_account() {
+    let f = fleet(&["--run-as", "*=nobody"]);
+    assert_eq!(f.run(&[], "id -u; id -g").ok().stdout, "65534\n65534\n");
+    assert_eq!(f.run(&["-s", "mapped"], "id -u").ok().stdout, "65534\n", "a session's container too");
+    // What the container mounts from the host is reached as that account, not as root.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "root only\n").unwrap();
+    std::fs::set_permissions(dir.path().join("secret"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mount = format!("{}:/host", dir.path().display());
+    let out = f.run(&["--mount", &mount], "cat /host/secret");
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("root only"), "{out:?}");
+    f.cli.run(&["session", "rm", "mapped"]).ok();
+    assert_no_containers_left(&f);
+}

@@ -146,3 +146,10 @@ fn an_agent_that_stops_or_crashes_leaves_no_containers() {
     f.agent.kill();
     wait_until("the orphaned container to end", || containers(&f) == 0);
 }
+
+#[test]
+fn a_user_mapped_to_an_account_other_than_root_is_not_given_an_nspawn_container() {
+    let f = fleet(&["--run-as", "*=nobody"]);
+    f.run(&[], "true").fails_with(255, "an nspawn container would run them as root");
+    assert_eq!(containers(&f), 0);
+}

@@ -179,6 +179,7 @@ impl Engine {
             open_stdin: Some(true),
             stdin_once: Some(one_shot),
             tty: Some(false),
+            user: spec.login.map(|l| format!("{}:{}", l.uid, l.gid)),
             labels: Some(labels),
             host_config: Some(host_config),
             ..Default::default()
@@ -238,6 +239,8 @@ pub struct Spec<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// The session it serves, for its label.
     pub session: Option<&'a str>,
+    /// The local account whose user and group the container runs as (none: the image's).
+    pub login: Option<&'a crate::run_as::Login>,
 }
 
 /// Removes a container when dropped, whatever path the run took.

@@ -21,6 +21,7 @@ use proto::Isolation;
 use proto::api::SessionReport;
 
 use crate::channel::{ChannelOut, Outcome};
+use crate::run_as::Login;
 use crate::runtimes::Runtimes;
 use framing::{Framed, run_framed};
 use shell::{Shell, spawn_shell, stop_shell};
@@ -61,6 +62,8 @@ pub struct Job<'a> {
     /// Environment for a shell started for it.
     pub env: &'a [(&'a str, &'a str)],
     pub timeout: Option<Duration>,
+    /// The local account a shell started for it runs as (none: the agent's own).
+    pub login: Option<&'a Login>,
 }
 
 /// All sessions on this node.
@@ -221,7 +224,7 @@ impl Sessions {
     /// Runs `job` in the session's shell (starting one if needed) and reports its end.
     pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, input: russh::ChannelReadHalf) {
         let mut input = crate::channel::messages(input);
-        let Job { command, isolation, owner, runtimes, env, timeout } = job;
+        let Job { command, isolation, owner, runtimes, env, timeout, login } = job;
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let mut s = slot.lock().await; // one command at a time, in arrival order
@@ -250,7 +253,7 @@ impl Sessions {
                 };
                 out.stderr(format!("openbox: session {id}: {why}; started a new shell\n").as_bytes()).await;
             }
-            match spawn_shell(isolation, runtimes, env, id).await {
+            match spawn_shell(isolation, runtimes, env, login, id).await {
                 Ok(shell) => {
                     s.shell = Some(shell);
                     s.owner = owner.map(str::to_owned);

@@ -12,6 +12,7 @@ use tokio::process::{Child, Command};
 
 use crate::docker::SessionContainer;
 use crate::procs;
+use crate::run_as::Login;
 use crate::runtimes::{RuntimeError, Runtimes};
 
 /// A session's shell: the pipes it reads commands from and writes output to, and what it
@@ -107,6 +108,7 @@ pub async fn spawn_shell(
     isolation: &Isolation,
     runtimes: &Runtimes,
     env: &[(&str, &str)],
+    login: Option<&Login>,
     id: &str,
 ) -> Result<Shell, RuntimeError> {
     let (mut cmd, nspawn) = match isolation {
@@ -119,6 +121,9 @@ pub async fn spawn_shell(
             for (k, v) in env {
                 cmd.env(k, v);
             }
+            if let Some(login) = login {
+                login.apply(&mut cmd);
+            }
             (cmd, false)
         }
         Isolation::Nspawn { dir, limits } => {
@@ -127,7 +132,7 @@ pub async fn spawn_shell(
         }
         Isolation::Docker { image, limits } => {
             let engine = runtimes.docker()?;
-            let spec = crate::docker::Spec { image, limits, env, session: Some(id) };
+            let spec = crate::docker::Spec { image, limits, env, session: Some(id), login };
             let (container, io) = SessionContainer::start(&engine, spec).await?;
             return Ok(Shell {
                 stdin: io.stdin,

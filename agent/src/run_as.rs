@@ -1,0 +1,129 @@
+//! Running each person's commands as a local account (`--run-as USER=LOGIN`), as OpenSSH
+//! does with a certificate's principal: the verified openbox user picks the account, and a
+//! user the mapping does not name runs nothing. Without a mapping, commands run as the
+//! agent's own user.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use uzers::os::unix::UserExt as _;
+
+/// A local account commands run as: its user and primary group (supplementary groups are
+/// not given), with its home as the working directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Login {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl Login {
+    /// Sets a command up to run as this account.
+    pub fn apply(&self, cmd: &mut tokio::process::Command) {
+        // An account without a home (`nobody`) starts at the root.
+        let dir = if self.home.is_dir() { self.home.as_path() } else { std::path::Path::new("/") };
+        cmd.uid(self.uid).gid(self.gid).current_dir(dir);
+        cmd.env("HOME", &self.home).env("USER", &self.name).env("LOGNAME", &self.name);
+    }
+
+    fn lookup(name: &str) -> anyhow::Result<Login> {
+        let user = uzers::get_user_by_name(name)
+            .ok_or_else(|| anyhow::anyhow!("--run-as: there is no local account named {name:?}"))?;
+        Ok(Login { name: name.to_owned(), uid: user.uid(), gid: user.primary_group_id(), home: user.home_dir().into() })
+    }
+}
+
+/// Which account each openbox user's commands run as.
+#[derive(Clone, Debug, Default)]
+pub struct RunAs {
+    logins: HashMap<String, Login>,
+    /// For users the mapping does not name (`*=LOGIN`).
+    others: Option<Login>,
+}
+
+impl RunAs {
+    /// Reads `USER=LOGIN` entries (`*=LOGIN` for everyone not named), looking each account
+    /// up now: a mapping to an account that does not exist is refused at start.
+    pub fn parse(entries: &[String]) -> anyhow::Result<RunAs> {
+        let mut run_as = RunAs::default();
+        if entries.is_empty() {
+            return Ok(run_as);
+        }
+        if !rustix::process::geteuid().is_root() {
+            anyhow::bail!("--run-as needs the agent to run as root: only root can start commands as another account");
+        }
+        for entry in entries {
+            let Some((user, login)) = entry.split_once('=') else {
+                anyhow::bail!("--run-as {entry:?}: write USER=LOGIN (an openbox user, or * for everyone else)");
+            };
+            if user != "*" {
+                proto::check_name("user name", user).map_err(|e| anyhow::anyhow!("--run-as {entry:?}: {e}"))?;
+            }
+            let login = Login::lookup(login)?;
+            let earlier = match user {
+                "*" => run_as.others.replace(login),
+                _ => run_as.logins.insert(user.to_owned(), login),
+            };
+            if earlier.is_some() {
+                anyhow::bail!("--run-as names {user:?} twice");
+            }
+        }
+        Ok(run_as)
+    }
+
+    /// Whether commands run as mapped accounts (else as the agent's own user).
+    pub fn is_mapped(&self) -> bool {
+        !self.logins.is_empty() || self.others.is_some()
+    }
+
+    /// The account `user`'s commands run as: `None` when there is no mapping, a refusal
+    /// when there is one and it does not name them.
+    pub fn login(&self, user: &str) -> Result<Option<&Login>, String> {
+        if !self.is_mapped() {
+            return Ok(None);
+        }
+        match self.logins.get(user).or(self.others.as_ref()) {
+            Some(login) => Ok(Some(login)),
+            None => Err(format!(
+                "this node runs commands only as the local accounts its --run-as mapping gives, and it names none for {user}; nothing was run"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(name: &str, uid: u32) -> Login {
+        Login { name: name.into(), uid, gid: uid, home: format!("/home/{name}").into() }
+    }
+
+    #[test]
+    fn a_named_user_gets_their_account_others_the_fallback_or_nothing() {
+        let none = RunAs::default();
+        assert_eq!(none.login("bob"), Ok(None), "no mapping: the agent's own user");
+        let mut only_bob = RunAs::default();
+        only_bob.logins.insert("bob".into(), login("bobby", 1000));
+        assert_eq!(only_bob.login("bob").unwrap().unwrap().name, "bobby");
+        assert!(only_bob.login("eve").unwrap_err().contains("names none for eve"));
+        let mut with_others = only_bob.clone();
+        with_others.others = Some(login("nobody", 65534));
+        assert_eq!(with_others.login("eve").unwrap().unwrap().uid, 65534);
+        assert_eq!(with_others.login("bob").unwrap().unwrap().uid, 1000);
+    }
+
+    #[test]
+    fn entries_that_do_not_parse_or_name_no_account_are_refused() {
+        // These tests run as root (the agent's tests need it for nspawn too).
+        assert!(RunAs::parse(&["bob".into()]).unwrap_err().to_string().contains("USER=LOGIN"));
+        assert!(
+            RunAs::parse(&["bob=no-such-account-here".into()]).unwrap_err().to_string().contains("no local account")
+        );
+        assert!(RunAs::parse(&["bob=root".into(), "bob=nobody".into()]).unwrap_err().to_string().contains("twice"));
+        let ok = RunAs::parse(&["bob=nobody".into(), "*=root".into()]).unwrap();
+        assert_eq!(ok.login("bob").unwrap().unwrap().name, "nobody");
+        assert_eq!(ok.login("anyone").unwrap().unwrap().uid, 0);
+    }
+}
