@@ -51,9 +51,23 @@ pub enum Outcome {
 /// the channel by a task of its own. russh's session loop — which also carries window
 /// adjustments for our output — waits while a channel's messages go unread, so a command
 /// loop that is waiting for output window must not also be the one reading them.
-pub type Messages = tokio::sync::mpsc::UnboundedReceiver<ChannelMsg>;
+///
+/// The queue holds at most one SSH window of input: the server reopens a channel's window
+/// only as its input is used ([`Window::used`]), so a command that does not read stops
+/// the caller from sending instead of filling memory.
+pub struct Messages {
+    rx: tokio::sync::mpsc::UnboundedReceiver<ChannelMsg>,
+    /// Reopens the caller's window as input is used.
+    pub window: Window,
+}
 
-pub fn messages(mut input: ChannelReadHalf) -> Messages {
+impl Messages {
+    pub async fn recv(&mut self) -> Option<ChannelMsg> {
+        self.rx.recv().await
+    }
+}
+
+pub fn messages(mut input: ChannelReadHalf, out: &ChannelOut) -> Messages {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(msg) = input.wait().await {
@@ -62,5 +76,29 @@ pub fn messages(mut input: ChannelReadHalf) -> Messages {
             }
         }
     });
-    rx
+    Messages { rx, window: Window { handle: out.handle.clone(), id: out.id, unreported: Default::default() } }
+}
+
+/// Input used but not yet reported is reported once it reaches this much: the caller's
+/// window never runs short by more, and a stream costs one window adjustment per step.
+const WINDOW_STEP: u32 = 128 * 1024;
+
+/// The caller's input window on one channel, reopened as its input is used: written to
+/// the command, or dropped because nothing will read it.
+#[derive(Clone)]
+pub struct Window {
+    handle: Handle,
+    id: ChannelId,
+    unreported: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Window {
+    pub fn used(&self, bytes: usize) {
+        use std::sync::atomic::Ordering;
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let total = self.unreported.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
+        if total >= WINDOW_STEP {
+            let _ = self.handle.window_consumed(self.id, self.unreported.swap(0, Ordering::Relaxed));
+        }
+    }
 }

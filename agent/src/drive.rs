@@ -10,7 +10,7 @@ use russh::{ChannelMsg, Sig};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use crate::channel::{ChannelOut, Messages, Outcome};
+use crate::channel::{ChannelOut, Messages, Outcome, Window};
 
 /// What a running command does next, as the loop sees it.
 pub enum Step<'a> {
@@ -57,7 +57,7 @@ pub async fn run(
     mut input: Messages,
     out: ChannelOut,
 ) {
-    let mut stdin = Some(feed(stdin));
+    let mut stdin = Some(feed(stdin, input.window.clone()));
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let (mut timed_out, mut input_open) = (false, true);
     // Once the caller is gone its window never opens again: the rest of the output is
@@ -91,9 +91,15 @@ pub async fn run(
                 Step::Ended(ended) => break ended,
             },
             msg = next_message(&mut pending, &mut input), if input_open || !pending.is_empty() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if let Some(tx) = &stdin && tx.send(data).is_err() { stdin = None; }
-                }
+                Some(ChannelMsg::Data { data }) => match &stdin {
+                    Some(tx) => if let Err(lost) = tx.send(data) {
+                        input.window.used(lost.0.len());
+                        stdin = None;
+                    },
+                    // Nothing will read it.
+                    None => input.window.used(data.len()),
+                },
+                Some(ChannelMsg::ExtendedData { data, .. }) => input.window.used(data.len()),
                 Some(ChannelMsg::Eof) => stdin = None,
                 Some(ChannelMsg::Signal { signal }) => command.signal(&signal).await,
                 Some(ChannelMsg::Close) | None => {
@@ -160,13 +166,21 @@ async fn next_message(pending: &mut VecDeque<ChannelMsg>, input: &mut Messages) 
 }
 
 /// Writes the caller's input to `stdin` from a task of its own, so a command that does
-/// not read its input never stops its output from being drained. Dropping the sender is
-/// the end of input, which reaches the command.
-fn feed(mut stdin: impl AsyncWrite + Unpin + Send + 'static) -> UnboundedSender<bytes::Bytes> {
+/// not read its input never stops its output from being drained. Each chunk written
+/// reopens the caller's window by as much, so what waits here is at most one window.
+/// Dropping the sender is the end of input, which reaches the command.
+fn feed(mut stdin: impl AsyncWrite + Unpin + Send + 'static, window: Window) -> UnboundedSender<bytes::Bytes> {
     let (tx, mut rx) = unbounded_channel::<bytes::Bytes>();
     tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
-            if stdin.write_all(&chunk).await.is_err() {
+            let written = stdin.write_all(&chunk).await;
+            window.used(chunk.len());
+            if written.is_err() {
+                // The command closed its input: the rest is dropped, and used so.
+                rx.close();
+                while let Some(chunk) = rx.recv().await {
+                    window.used(chunk.len());
+                }
                 return;
             }
         }

@@ -92,7 +92,7 @@ pub async fn run_process(
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
-    let input = messages(input);
+    let input = messages(input, &out);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,

@@ -117,6 +117,8 @@ fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
         auth_rejection_time_initial: Some(Duration::ZERO),
         nodelay: true,
         window_size: 8 * 1024 * 1024,
+        // Input a command does not read stays with the caller (see `channel::Messages`).
+        window_on_consume: true,
         max_auth_attempts: 3,
         ..Default::default()
     })

@@ -661,6 +661,60 @@ impl Agent {
     }
 }
 
+/// A process's peak resident memory in bytes (`VmHWM`).
+pub fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// Feeds up to `total` bytes of zeros into `openbox ARGS` (run by `cli`) and returns how
+/// many it took before it stopped taking more — all of them, or what it held when its
+/// input made no progress for two seconds (the command it runs does not read) — with the
+/// running call, for the caller to end.
+pub fn feed_until_held_back(cli: &Cli, args: &[&str], total: u64) -> (u64, Child) {
+    let mut child = cli
+        .cmd()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openbox");
+    let mut stdin = child.stdin.take().expect("piped");
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            let chunk = vec![0u8; 1 << 20];
+            while written.load(std::sync::atomic::Ordering::Relaxed) < total {
+                if stdin.write_all(&chunk).is_err() {
+                    return;
+                }
+                written.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let mut last = (0, std::time::Instant::now());
+    loop {
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        if writer.is_finished() || now >= total {
+            break;
+        }
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) {
+            break; // held back
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (written.load(std::sync::atomic::Ordering::Relaxed), child)
+}
+
 /// The real container engines the isolation tests run against, started once per test
 /// process by `scripts/test-engines` (podman's Docker-API service, a local image, an
 /// nspawn root tree). A machine without them fails these tests; it does not skip them.

@@ -283,3 +283,43 @@ fn a_removed_user_is_refused_within_a_heartbeat_and_their_shells_are_ended() {
     assert_ne!(out.stdout.trim(), "/tmp", "the old session's state leaked: {out:?}");
     assert!(!out.stderr.contains("removed"), "nothing about the old session is said: {out:?}");
 }
+
+const MIB: u64 = 1 << 20;
+
+/// The review streamed 3 GB into `sleep 25` and the agent grew by as much. Now input a
+/// command does not read stays with the caller: the agent reopens the SSH window only as
+/// input is used.
+#[test]
+fn input_a_command_does_not_read_stays_with_the_caller_and_the_agent_stays_small() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["t"]);
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let waits = format!("while [ ! -e {} ]; do sleep 0.1; done; echo done", go.display());
+
+    let (taken, child) = openbox_e2e::feed_until_held_back(&admin, &["-t", "t", &waits], 3 << 30);
+    assert!(taken < 64 * MIB, "the caller was held back at the window, but it took {} MiB", taken / MIB);
+    let peak = openbox_e2e::peak_memory(agent.pid());
+    assert!(peak < 100 * MIB, "the agent peaked at {} MiB", peak / MIB);
+    // The call itself is unharmed: the command ends as it would have.
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!((out.status.code(), out.stdout.as_slice()), (Some(0), &b"done\n"[..]), "{out:?}");
+
+    // A session's command reads no input: it is dropped as it comes, and nothing piles up.
+    std::fs::remove_file(&go).unwrap();
+    let (taken, child) = openbox_e2e::feed_until_held_back(&admin, &["-t", "t", "-s", "s1", &waits], 512 * MIB);
+    assert_eq!(taken, 512 * MIB, "a session drops its input rather than holding the caller");
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"done\n", "{out:?}");
+
+    // A command that reads gets every byte through the same flow control.
+    let (taken, child) = openbox_e2e::feed_until_held_back(&admin, &["-t", "t", "wc -c"], 1 << 30);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), taken.to_string(), "{out:?}");
+    assert_eq!(taken, 1 << 30);
+    let peak = openbox_e2e::peak_memory(agent.pid());
+    assert!(peak < 100 * MIB, "the agent peaked at {} MiB", peak / MIB);
+}

@@ -42,7 +42,7 @@ pub async fn run_once(
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
-    let input = crate::channel::messages(input);
+    let input = crate::channel::messages(input, &out);
     let cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
     let id = match engine.create(&spec, cmd, true).await {
         Ok(id) => id,

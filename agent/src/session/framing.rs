@@ -190,6 +190,10 @@ pub async fn run_framed(
                         shell.host.signal(sig).await;
                     }
                 }
+                // A session's command reads no input (yet): what comes is dropped.
+                Some(russh::ChannelMsg::Data { data } | russh::ChannelMsg::ExtendedData { data, .. }) => {
+                    input.window.used(data.len());
+                }
                 Some(_) => {}
             },
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && timed_out.is_none() => {

@@ -223,7 +223,7 @@ impl Sessions {
 
     /// Runs `job` in the session's shell (starting one if needed) and reports its end.
     pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, input: russh::ChannelReadHalf) {
-        let mut input = crate::channel::messages(input);
+        let mut input = crate::channel::messages(input, out);
         let Job { command, isolation, owner, runtimes, env, timeout, login } = job;
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
