@@ -303,6 +303,16 @@ def throughput(argv, nbytes, env=None):
     return nbytes / (time.perf_counter() - start) / 1e6
 
 
+def stdin_throughput(argv, nbytes, env=None):
+    """MB/s of `head -c N /dev/zero` piped into a remote `cat > /dev/null`."""
+    start = time.perf_counter()
+    head = subprocess.Popen(["head", "-c", str(nbytes), "/dev/zero"], stdout=subprocess.PIPE)
+    subprocess.run(argv + ["cat > /dev/null"], env=env, stdin=head.stdout, check=True)
+    head.stdout.close()
+    head.wait()
+    return nbytes / (time.perf_counter() - start) / 1e6
+
+
 def make_tree(root):
     os.makedirs(os.path.join(root, "small"))
     with open(os.path.join(root, "big.bin"), "wb") as f:
@@ -446,6 +456,12 @@ def main():
         mb_aes = throughput(master_aes, args.bytes)
         rows.append((f"stdout throughput, both {AES}", f"{mb_ob:.0f} MB/s", f"{mb_aes:.0f} MB/s", "",
                      f"{mb_ob / mb_aes:.2f}x ControlMaster"))
+        # Input flows only as fast as the command uses it (the agent reopens the SSH window
+        # as its stdin is written), so this row is where that pacing would show.
+        in_ob = stdin_throughput(ob, args.bytes, env)
+        in_cm = stdin_throughput(master, args.bytes)
+        rows.append((f"stdin throughput, {args.bytes / 1e6:.0f} MB", f"{in_ob:.0f} MB/s", f"{in_cm:.0f} MB/s", "",
+                     f"{in_ob / in_cm:.2f}x ControlMaster"))
 
         # rsync pulling a tree (one 200 MB file and 500 small ones), openbox as its remote
         # shell against ssh through the ControlMaster: a real client on non-blocking stdio.
