@@ -398,15 +398,19 @@ impl Cli {
         self.run_stdin(args, b"")
     }
 
-    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Out {
-        let mut child = self
-            .cmd()
+    /// `openbox ARGS`, started with its stdin, stdout and stderr piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd()
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn openbox");
+            .expect("spawn openbox")
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Out {
+        let mut child = self.spawn(args);
         let mut stdin = child.stdin.take().expect("stdin");
         let input = input.to_vec();
         let feeder = std::thread::spawn(move || {
@@ -677,14 +681,7 @@ pub fn peak_memory(pid: u32) -> u64 {
 /// input made no progress for two seconds (the command it runs does not read) — with the
 /// running call, for the caller to end.
 pub fn feed_until_held_back(cli: &Cli, args: &[&str], total: u64) -> (u64, Child) {
-    let mut child = cli
-        .cmd()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openbox");
+    let mut child = cli.spawn(args);
     let mut stdin = child.stdin.take().expect("piped");
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
@@ -827,6 +824,21 @@ impl IsolatedFleet {
         assert_eq!(out.stdout, "from the host\nlo\n");
         assert!(!dir.path().join("x").exists());
         dir
+    }
+
+    /// Checks that input a command does not read stays with the caller: `openbox -t t MODE
+    /// 'sleep 60'` takes less than 64 MiB of a 3 GiB stream, and the agent stays under 100
+    /// MiB. The call is then killed (its container should go with it).
+    pub fn check_unread_input_is_held_back(&self) {
+        let mut args = vec!["-t", "t"];
+        args.extend(self.mode.iter().map(String::as_str));
+        args.push("sleep 60");
+        let (taken, mut child) = feed_until_held_back(&self.cli, &args, 3 << 30);
+        assert!(taken < 64 << 20, "the caller was held back at the window, but it took {} MiB", taken >> 20);
+        let peak = peak_memory(self.agent.pid());
+        assert!(peak < 100 << 20, "the agent peaked at {} MiB", peak >> 20);
+        child.kill().expect("kill");
+        child.wait().expect("wait");
     }
 
     /// Starts `openbox -t t MODE CMD` and returns it once it printed its first line.

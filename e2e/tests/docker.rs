@@ -225,12 +225,6 @@ fn a_mapped_user_runs_in_containers_as_their_local_account() {
 #[test]
 fn input_the_container_does_not_read_stays_with_the_caller() {
     let f = fleet(&[]);
-    let args = ["-t", "t", "--docker", &f.e.image, "sleep 60"];
-    let (taken, mut child) = openbox_e2e::feed_until_held_back(&f.cli, &args, 3 << 30);
-    assert!(taken < 64 << 20, "the caller was held back at the window, but it took {} MiB", taken >> 20);
-    let peak = openbox_e2e::peak_memory(f.agent.pid());
-    assert!(peak < 100 << 20, "the agent peaked at {} MiB", peak >> 20);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    f.check_unread_input_is_held_back();
     assert_no_containers_left(&f);
 }

@@ -157,12 +157,6 @@ fn a_user_mapped_to_an_account_other_than_root_is_not_given_an_nspawn_container(
 #[test]
 fn input_the_container_does_not_read_stays_with_the_caller() {
     let f = fleet(&[]);
-    let args = ["-t", "t", "--nspawn", &f.e.tree, "sleep 60"];
-    let (taken, mut child) = openbox_e2e::feed_until_held_back(&f.cli, &args, 3 << 30);
-    assert!(taken < 64 << 20, "the caller was held back at the window, but it took {} MiB", taken >> 20);
-    let peak = openbox_e2e::peak_memory(f.agent.pid());
-    assert!(peak < 100 << 20, "the agent peaked at {} MiB", peak >> 20);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    f.check_unread_input_is_held_back();
     wait_until("the container to end", || containers(&f) == 0);
 }
