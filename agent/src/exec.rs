@@ -69,8 +69,15 @@ pub async fn run_native(
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
-    let mut cmd = Command::new("/bin/sh");
+    let mut cmd = native_shell(env, login);
     cmd.arg("-c").arg(command);
+    run_process(cmd, Tree::Group, timeout, input, out).await;
+}
+
+/// `/bin/sh` on this host, for a one-shot command or a session: in the home directory, with
+/// `env`, none of the agent's own credentials, and as `login` when the node maps its user.
+pub fn native_shell(env: &[(&str, &str)], login: Option<&Login>) -> Command {
+    let mut cmd = Command::new("/bin/sh");
     crate::hide_secrets(&mut cmd);
     if let Some(home) = std::env::var_os("HOME") {
         cmd.current_dir(home);
@@ -81,7 +88,7 @@ pub async fn run_native(
     if let Some(login) = login {
         login.apply(&mut cmd);
     }
-    run_process(cmd, Tree::Group, timeout, input, out).await;
+    cmd
 }
 
 /// Runs a prepared command (`sh -c …`, or `systemd-nspawn …`) for the channel.

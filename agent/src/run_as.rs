@@ -73,7 +73,7 @@ impl RunAs {
     }
 
     /// Whether commands run as mapped accounts (else as the agent's own user).
-    pub fn is_mapped(&self) -> bool {
+    fn is_mapped(&self) -> bool {
         !self.logins.is_empty() || self.others.is_some()
     }
 

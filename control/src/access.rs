@@ -28,64 +28,83 @@ impl<'a> Access<'a> {
         })
     }
 
+    /// The isolation kinds the user may use on `node`: `None` when they may not run there
+    /// at all, `Kinds::Any`, or those the grants covering it name.
+    fn kinds(&self, node: &Node) -> Option<Kinds<'_>> {
+        if self.user.admin {
+            return Some(Kinds::Any);
+        }
+        let mut named: Vec<&str> = Vec::new();
+        let mut covered = false;
+        for g in self.covering(node) {
+            if g.isolation.is_empty() {
+                return Some(Kinds::Any);
+            }
+            covered = true;
+            named.extend(g.isolation.iter().map(String::as_str));
+        }
+        named.sort_unstable();
+        named.dedup();
+        covered.then_some(Kinds::Only(named))
+    }
+
+    /// Whether the user may run a command under isolation `kind` on `node`.
+    pub fn allows(&self, node: &Node, kind: &str) -> bool {
+        self.kinds(node).is_some_and(|k| k.contains(kind))
+    }
+
     /// `node` as this user sees it (in `nodes` and the event stream): only if a grant covers
     /// it, and offering only the isolation kinds they may use there, so that openboxd's
     /// mirror never picks it for anything else.
-    pub fn view(&self, node: &Node) -> Option<Node> {
-        if self.user.admin {
-            return Some(node.clone());
-        }
-        let covering: Vec<&Grant> = self.covering(node).collect();
-        if covering.is_empty() {
-            return None;
-        }
-        let mut seen = node.clone();
-        if covering.iter().all(|g| !g.isolation.is_empty()) {
-            seen.capabilities.retain(|k| covering.iter().any(|g| g.isolation.contains(k)));
-        }
-        Some(seen)
+    pub fn view(&self, mut node: Node) -> Option<Node> {
+        let kinds = self.kinds(&node)?;
+        node.capabilities.retain(|k| kinds.contains(k));
+        Some(node)
     }
 
-    /// Whether the user may run a command under isolation `kind` on `node`, and if not,
-    /// a refusal that says what an admin could grant.
+    /// [`Access::allows`], or a refusal that says what an admin could grant.
     pub fn check(&self, node: &Node, kind: &str) -> Result<(), Refusal> {
-        if self.user.admin {
-            return Ok(());
-        }
         let user = &self.user.name;
         let forbidden = |m: String| Err(Refusal::new(Kind::Forbidden, m));
-        let covering: Vec<&Grant> = self.covering(node).collect();
-        if covering.is_empty() {
-            let tagged_too = node.shares_control
-                && self.grants.iter().any(|g| matches!(&g.on, Target::Tag(t) if node.tags.contains(t)));
-            return forbidden(if tagged_too {
-                format!(
+        match self.kinds(node) {
+            Some(kinds) if kinds.contains(kind) => Ok(()),
+            Some(Kinds::Only(named)) => forbidden(format!(
+                "{user:?} may run on node {} only with {} isolation, not {kind}; an admin can allow it with \
+                 `openbox user grant {user} --node {} --isolation {kind}`",
+                node.name,
+                named.join(" or "),
+                node.name
+            )),
+            _ if node.shares_control
+                && self.grants.iter().any(|g| matches!(&g.on, Target::Tag(t) if node.tags.contains(t))) =>
+            {
+                forbidden(format!(
                     "node {} runs beside the control plane and could read its files, so a tag grant does not reach it: \
                      only admins, and users granted it by name (`openbox user grant {user} --node {}`), may run there",
                     node.name, node.name
-                )
-            } else {
-                format!(
-                    "{user:?} may not run on node {}; an admin can allow it with `openbox user grant {user} --node {}` \
-                     (or `--tag TAG` for the nodes of a tag)",
-                    node.name, node.name
-                )
-            });
+                ))
+            }
+            _ => forbidden(format!(
+                "{user:?} may not run on node {}; an admin can allow it with `openbox user grant {user} --node {}` \
+                 (or `--tag TAG` for the nodes of a tag)",
+                node.name, node.name
+            )),
         }
-        let any_kind = covering.iter().any(|g| g.isolation.is_empty());
-        if any_kind || covering.iter().any(|g| g.isolation.iter().any(|k| k == kind)) {
-            return Ok(());
+    }
+}
+
+/// The isolation kinds a user may use on one node.
+enum Kinds<'a> {
+    Any,
+    Only(Vec<&'a str>),
+}
+
+impl Kinds<'_> {
+    fn contains(&self, kind: &str) -> bool {
+        match self {
+            Kinds::Any => true,
+            Kinds::Only(named) => named.contains(&kind),
         }
-        let mut allowed: Vec<&str> = covering.iter().flat_map(|g| g.isolation.iter().map(String::as_str)).collect();
-        allowed.sort();
-        allowed.dedup();
-        forbidden(format!(
-            "{user:?} may run on node {} only with {} isolation, not {kind}; an admin can allow it with \
-             `openbox user grant {user} --node {} --isolation {kind}`",
-            node.name,
-            allowed.join(" or "),
-            node.name
-        ))
     }
 }
 
@@ -129,8 +148,8 @@ mod tests {
         let ci = node("n1", &["ci"], false);
         let gpu = node("n2", &["gpu"], false);
         let access = Access::new(&bob, vec![grant(Target::Tag("ci".into()), &["docker"])]);
-        assert_eq!(access.view(&ci).unwrap().capabilities, ["docker"], "offered only what bob may use");
-        assert!(access.view(&gpu).is_none());
+        assert_eq!(access.view(ci.clone()).unwrap().capabilities, ["docker"], "offered only what bob may use");
+        assert!(access.view(gpu.clone()).is_none());
         assert!(access.check(&ci, "docker").is_ok());
         let e = access.check(&ci, "native").unwrap_err();
         assert!(e.message.contains("only with docker isolation"), "{}", e.message);
@@ -147,7 +166,7 @@ mod tests {
         let bob = user(false);
         let local = node("n1", &["local"], true);
         let by_tag = Access::new(&bob, vec![grant(Target::Tag("local".into()), &[])]);
-        assert!(by_tag.view(&local).is_none());
+        assert!(by_tag.view(local.clone()).is_none());
         let e = by_tag.check(&local, "native").unwrap_err();
         assert!(e.message.contains("runs beside the control plane"), "{}", e.message);
         let by_name = Access::new(&bob, vec![grant(Target::Node("n1".into()), &[])]);

@@ -177,12 +177,7 @@ async fn grant(
     caller.require_admin()?;
     let mut grant = body(b)?;
     for k in &grant.isolation {
-        if !proto::isolation::KINDS.contains(&k.as_str()) {
-            return Err(Refusal::new(
-                Kind::BadRequest,
-                format!("{k:?} is not an isolation kind; use one of {}", proto::isolation::KINDS.join(", ")),
-            ));
-        }
+        proto::isolation::check_kind(k)?;
     }
     grant.isolation.sort();
     grant.isolation.dedup();
@@ -287,7 +282,7 @@ async fn list_nodes(State(app): AppState, caller: Caller, Query(f): Query<NodeFi
         nodes
             .iter()
             .filter(|n| f.tag.as_ref().is_none_or(|tag| n.tags.contains(tag)))
-            .filter_map(|n| access.view(&n.to_api(t, app.config.offline_after_secs)))
+            .filter_map(|n| access.view(n.to_api(t, app.config.offline_after_secs)))
             .collect(),
     ))
 }
@@ -366,7 +361,7 @@ async fn events(
             // Who the caller is now: removed or logged out ends the stream; grants filter it.
             let user = app.store.user_by_login_token(&token_hash).ok()??;
             let access = app.access(&user).ok()?;
-            let nodes: Vec<Node> = nodes.iter().filter_map(|n| access.view(n)).collect();
+            let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
             let event = Event::default()
                 .event(EVENT_NODES)
                 .json_data(nodes)

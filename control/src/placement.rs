@@ -63,7 +63,7 @@ fn resolve(app: &App, access: &Access<'_>, target: &Target, isolation: &Isolatio
     let t = now();
     let nodes: Vec<Node> = app.store.list_nodes()?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
     let kind = isolation.kind();
-    let allowed: Vec<Node> = nodes.iter().filter(|n| access.check(n, kind).is_ok()).cloned().collect();
+    let allowed: Vec<Node> = nodes.iter().filter(|n| access.allows(n, kind)).cloned().collect();
     let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
     match proto::api::resolve(&allowed, target, kind, t, spread) {
         Ok(node) => Ok(node.clone()),

@@ -215,14 +215,6 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-/// How a grant's target is stored: its kind and its value.
-fn grant_key(on: &Target) -> (&'static str, &str) {
-    match on {
-        Target::Tag(t) => ("tag", t),
-        Target::Node(id) => ("node", id),
-    }
-}
-
 fn tags_json(tags: &[String]) -> String {
     serde_json::to_string(tags).expect("a list of strings serializes")
 }
@@ -458,7 +450,7 @@ impl Store {
     /// the same; returns the user's grants now.
     pub fn put_grant(&self, user: &str, grant: &Grant, now: u64) -> Result<Vec<Grant>> {
         let id = self.user_id(user)?;
-        let (kind, value) = grant_key(&grant.on);
+        let (kind, value) = grant.on.parts();
         self.conn().execute(
             "INSERT OR REPLACE INTO grants (user_id, kind, value, isolation, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, kind, value, tags_json(&grant.isolation), now],
@@ -469,7 +461,7 @@ impl Store {
     /// Takes back a grant; returns the user's grants now.
     pub fn remove_grant(&self, user: &str, on: &Target) -> Result<Vec<Grant>> {
         let id = self.user_id(user)?;
-        let (kind, value) = grant_key(on);
+        let (kind, value) = on.parts();
         let removed = self
             .conn()
             .execute("DELETE FROM grants WHERE user_id = ?1 AND kind = ?2 AND value = ?3", params![id, kind, value])?;

@@ -346,12 +346,7 @@ impl Cli {
             Some(Command::User(UserCommand::Token { name: n })) => Request::UserToken { name: name("user name", &n)? },
             Some(Command::User(UserCommand::Grant { name: n, tag, node, isolation })) => {
                 for k in &isolation {
-                    if !proto::isolation::KINDS.contains(&k.as_str()) {
-                        return Err(format!(
-                            "--isolation {k:?} is not an isolation kind; use one of {}",
-                            proto::isolation::KINDS.join(", ")
-                        ));
-                    }
+                    proto::isolation::check_kind(k).map_err(|e| format!("--isolation {e}"))?;
                 }
                 let grant = proto::api::Grant { on: grant_target(tag, node)?, isolation };
                 Request::UserGrant { name: name("user name", &n)?, grant }

@@ -149,10 +149,7 @@ pub async fn user_grant(d: &Daemon, name: &str, grant: &Grant) -> anyhow::Result
 
 /// Takes back a grant on a tag or a node.
 pub async fn user_revoke(d: &Daemon, name: &str, on: &Target) -> anyhow::Result<Reply> {
-    let (kind, value) = match on {
-        Target::Tag(t) => ("tag", t),
-        Target::Node(n) => ("node", n),
-    };
+    let (kind, value) = on.parts();
     let path = format!("/v1/users/{name}/grants/{kind}/{value}");
     let grants: Vec<Grant> = d.login()?.client()?.delete(&path).await?;
     let text = format!("{name} no longer runs on {kind}:{value}.\n{}", grants_line(name, &grants));

@@ -175,14 +175,20 @@ pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result
 /// This machine, as a hash of its systemd machine id (the host name where it has none):
 /// two processes that say the same share a filesystem. A hash, because the id itself is
 /// meant to stay on the machine.
+/// Read once per process: it does not change while it runs.
 pub fn machine() -> String {
     use sha2::Digest as _;
-    let id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
-        .iter()
-        .find_map(|f| std::fs::read_to_string(f).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned());
-    let digest = sha2::Sha256::digest(format!("openbox machine {id}"));
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    static MACHINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| {
+            let id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+                .iter()
+                .find_map(|f| std::fs::read_to_string(f).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()))
+                .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned());
+            let digest = sha2::Sha256::digest(format!("openbox machine {id}"));
+            digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        })
+        .clone()
 }
 
 /// Another openbox binary: they are installed side by side, so next to the running one,

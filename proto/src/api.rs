@@ -70,10 +70,8 @@ pub struct Grant {
 
 impl std::fmt::Display for Grant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.on {
-            Target::Tag(t) => write!(f, "tag:{t}")?,
-            Target::Node(n) => write!(f, "node:{n}")?,
-        }
+        let (kind, value) = self.on.parts();
+        write!(f, "{kind}:{value}")?;
         if !self.isolation.is_empty() {
             write!(f, " ({})", self.isolation.join(", "))?;
         }
@@ -297,6 +295,16 @@ pub enum Target {
     Tag(String),
     /// Exactly this node, by id or name.
     Node(String),
+}
+
+impl Target {
+    /// `("tag", TAG)` or `("node", NODE)`: how a grant on it is stored, addressed and shown.
+    pub fn parts(&self) -> (&'static str, &str) {
+        match self {
+            Target::Tag(t) => ("tag", t),
+            Target::Node(n) => ("node", n),
+        }
+    }
 }
 
 impl std::fmt::Display for Target {

@@ -55,6 +55,14 @@ pub struct Mount {
 /// The isolation kinds a node can offer, as nodes report them.
 pub const KINDS: [&str; 3] = ["native", "docker", "nspawn"];
 
+/// Whether `kind` is one of [`KINDS`] (as a grant names them), or why not.
+pub fn check_kind(kind: &str) -> Result<(), crate::Invalid> {
+    if KINDS.contains(&kind) {
+        return Ok(());
+    }
+    Err(crate::Invalid::Isolation(format!("{kind:?} is not an isolation kind; use one of {}", KINDS.join(", "))))
+}
+
 impl Isolation {
     /// `native`, `docker` or `nspawn`: what a node must be able to serve.
     pub fn kind(&self) -> &'static str {

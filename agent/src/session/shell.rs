@@ -8,7 +8,7 @@ use std::process::Stdio;
 use proto::Isolation;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::docker::SessionContainer;
 use crate::procs;
@@ -112,20 +112,7 @@ pub async fn spawn_shell(
     id: &str,
 ) -> Result<Shell, RuntimeError> {
     let (mut cmd, nspawn) = match isolation {
-        Isolation::Native => {
-            let mut cmd = Command::new("/bin/sh");
-            crate::hide_secrets(&mut cmd);
-            if let Some(home) = std::env::var_os("HOME") {
-                cmd.current_dir(home);
-            }
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            if let Some(login) = login {
-                login.apply(&mut cmd);
-            }
-            (cmd, false)
-        }
+        Isolation::Native => (crate::exec::native_shell(env, login), false),
         Isolation::Nspawn { dir, limits } => {
             crate::nspawn::check_tree(dir)?;
             (crate::nspawn::command(dir, limits, env, &["/bin/sh"]), true)
