@@ -665,6 +665,11 @@ impl Agent {
     }
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
 /// A process's peak resident memory in bytes (`VmHWM`).
 pub fn peak_memory(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
@@ -883,8 +888,7 @@ impl Headscale {
         );
         let bin = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim());
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let (http, grpc, stun) = (port(), port(), port());
+        let (http, grpc, stun) = (free_port(), free_port(), free_port());
         let d = dir.path().display();
         let url = format!("http://127.0.0.1:{http}");
         let template = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/headscale.yaml"))

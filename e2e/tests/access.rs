@@ -2,11 +2,7 @@
 //! isolation it names; a node that could read the control plane's files takes a grant by
 //! name.
 
-use openbox_e2e::{Agent, Cli, ControlPlane, wait_until};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use openbox_e2e::{Agent, Cli, ControlPlane, free_port, wait_until};
 
 fn names(nodes: &[serde_json::Value]) -> Vec<&str> {
     nodes.iter().map(|n| n["name"].as_str().unwrap()).collect()

@@ -58,7 +58,7 @@ fn commands_and_tokens_stay_out_of_logs_and_arguments() {
 #[test]
 fn openbox_up_leaves_no_live_token_in_its_logs() {
     let me = Cli::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = openbox_e2e::free_port();
     me.run(&["up", "--addr", &format!("127.0.0.1:{port}")]).ok();
     me.run(&["-t", "local", "true"]).ok();
     let logs = me.home.path().join("logs");

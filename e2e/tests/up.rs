@@ -2,11 +2,7 @@
 
 use std::path::Path;
 
-use openbox_e2e::{Cli, wait_until};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use openbox_e2e::{Cli, free_port, wait_until};
 
 #[test]
 fn up_brings_a_local_fleet_that_runs_commands_and_down_stops_it() {
