@@ -19,7 +19,7 @@ pub struct Addrs {
 
 /// A client for this node's control plane, over the tailnet when it is at a tailnet address.
 pub fn control_client(
-    server: &str,
+    server: &net::control::Endpoint,
     secret: Option<trust::Secret>,
     tailnet: Option<&Arc<tailnet::Node>>,
 ) -> Result<net::control::Client, net::control::ControlError> {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use net::control::Endpoint;
 use proto::api::{EnrollMeshRequest, EnrollRequest, Enrolled, MeshSettings, Platform};
 use serde::{Deserialize, Serialize};
 use trust::{Certificate, PrivateKey, PublicKey, Secret};
@@ -13,6 +14,10 @@ struct Stored {
     node_id: String,
     name: String,
     server: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<tls::Fingerprint>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    insecure_http: bool,
     heartbeat_secret: String,
     ca_public_key: String,
     host_cert: String,
@@ -23,7 +28,8 @@ struct Stored {
 pub struct Identity {
     pub node_id: String,
     pub name: String,
-    pub server: String,
+    /// The control plane, and its TLS key when pinned.
+    pub server: Endpoint,
     pub heartbeat_secret: Secret,
     pub ca: PublicKey,
     pub host_key: PrivateKey,
@@ -51,7 +57,7 @@ impl Identity {
         Ok(Some(Identity {
             node_id: s.node_id,
             name: s.name,
-            server: s.server,
+            server: Endpoint { url: s.server, fingerprint: s.fingerprint, insecure_http: s.insecure_http },
             heartbeat_secret: Secret::new(s.heartbeat_secret),
             ca: trust::parse_public_key(&s.ca_public_key)?,
             host_key: PrivateKey::from_openssh(&key_text).context("the host key file is damaged")?,
@@ -65,7 +71,9 @@ impl Identity {
         let s = Stored {
             node_id: self.node_id.clone(),
             name: self.name.clone(),
-            server: self.server.clone(),
+            server: self.server.url.clone(),
+            fingerprint: self.server.fingerprint,
+            insecure_http: self.server.insecure_http,
             heartbeat_secret: self.heartbeat_secret.expose().to_owned(),
             ca_public_key: self.ca.to_openssh()?,
             host_cert: self.host_cert.to_openssh()?,
@@ -83,7 +91,7 @@ impl Identity {
 
 /// What enrollment asks for.
 pub struct EnrollParams<'a> {
-    pub server: &'a str,
+    pub server: &'a Endpoint,
     pub token: &'a str,
     pub name: Option<String>,
     pub addr: String,
@@ -116,7 +124,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
     Ok(Identity {
         node_id: e.node_id,
         name: e.name,
-        server: client.url().to_owned(),
+        server: p.server.clone(),
         heartbeat_secret: Secret::new(e.heartbeat_secret),
         ca: trust::parse_public_key(&e.ca_public_key)?,
         host_cert: trust::parse_certificate(&e.host_cert)?,
@@ -126,7 +134,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
 
 /// The fleet's tailnet, if its control plane holds one: asked before enrolling with
 /// `token` (which stays unused), so that the node can join it first.
-pub async fn fleet_mesh(server: &str, token: &str) -> anyhow::Result<Option<MeshSettings>> {
+pub async fn fleet_mesh(server: &Endpoint, token: &str) -> anyhow::Result<Option<MeshSettings>> {
     let client = net::control::Client::new(server, None)?;
     let req = EnrollMeshRequest { token: token.to_owned() };
     client.post("/v1/enroll/mesh", &req).await.context("enrollment failed")

@@ -47,8 +47,9 @@ pub(crate) fn hide_secrets(cmd: &mut tokio::process::Command) {
 pub struct Config {
     /// Where the node identity lives.
     pub dir: PathBuf,
-    /// Control-plane URL, needed to enroll (afterwards it is remembered).
-    pub server: Option<String>,
+    /// The control plane, needed to enroll (afterwards it is remembered; given again, it
+    /// replaces the remembered one).
+    pub server: Option<net::control::Endpoint>,
     /// Enrollment token, needed only the first time.
     pub token: Option<String>,
     /// Address the SSH server listens on over TCP; none for a node on the tailnet only.
@@ -170,14 +171,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let addrs = heartbeat::Addrs { addr: addr.clone(), mesh_addr: mesh_addr.clone(), tailnet: tailnet.clone() };
 
     let identity = match existing {
-        Some(id) => {
+        Some(mut id) => {
             if config.token.is_some() {
                 tracing::info!(node = %id.node_id, "already enrolled; the --token given is not used");
+            }
+            if let Some(server) = config.server.as_ref().filter(|s| **s != id.server) {
+                tracing::info!(node = %id.node_id, was = %id.server.url, now = %server.url, "the control plane is now reached as given");
+                id.server = server.clone();
+                id.save(&config.dir)?;
             }
             id
         }
         None => {
-            let server = config.server.as_deref().context("enrolling needs --server URL")?;
+            let server = config.server.as_ref().context("enrolling needs --server URL")?;
             let token = config.token.as_deref().unwrap_or_default();
             let id = identity::enroll(identity::EnrollParams {
                 server,

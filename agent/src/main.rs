@@ -12,9 +12,18 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "openbox agent", version = proto::VERSION)]
 struct Args {
-    /// Control-plane URL (needed to enroll; remembered afterwards).
+    /// Control-plane URL (needed to enroll; remembered afterwards): https://HOST[:PORT], or
+    /// http:// on loopback.
     #[arg(long)]
     server: Option<String>,
+    /// The control plane's TLS key, pinned (SHA256:…, printed with the enrollment command).
+    /// Without it the certificate must be signed by an authority this machine trusts.
+    #[arg(long, value_name = "SHA256:…", requires = "server")]
+    fingerprint: Option<tls::Fingerprint>,
+    /// Allow plain http to an address other than loopback or the tailnet: the enrollment
+    /// token and the node's secret cross the network unencrypted.
+    #[arg(long, requires = "server", conflicts_with = "fingerprint")]
+    insecure_http: bool,
     /// One-time enrollment token (enroll_…), needed only the first time. Other users can
     /// see arguments: prefer --token-file or OPENBOX_ENROLL_TOKEN.
     #[arg(long)]
@@ -134,7 +143,11 @@ fn main() -> ExitCode {
     let listen = args.addr.or_else(|| mesh.is_none().then(|| "127.0.0.1:7684".to_owned()));
     let config = openbox_agent::Config {
         dir,
-        server: args.server,
+        server: args.server.map(|url| net::control::Endpoint {
+            fingerprint: args.fingerprint,
+            insecure_http: args.insecure_http,
+            ..net::control::Endpoint::new(url)
+        }),
         token,
         listen,
         mesh,

@@ -2,7 +2,8 @@
 //! network needs: at most [`MAX_CONNECTIONS`] open at once (one past it is closed at once,
 //! so a flood cannot use up descriptors), [`HEADER_TIMEOUT`] to send a request's headers
 //! (a half-sent request does not stay open), and a graceful end that lets open requests
-//! finish.
+//! finish. Over TLS when given a configuration; the handshake runs in the connection's own
+//! task, under the same time limit, so a slow client holds up no one else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use axum::Router;
 use axum::serve::Listener;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio_util::either::Either;
 
 use crate::audit::Source;
 
@@ -22,13 +24,18 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open requests get to finish once shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets open requests
-/// finish for a while.
-pub async fn serve<L>(mut listener: L, router: Router, shutdown: impl Future<Output = ()>)
-where
+/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown` completes, then
+/// lets open requests finish for a while.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    tls: Option<Arc<tls::rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) where
     L: Listener,
     L::Addr: std::fmt::Display,
 {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let mut refused_since_warning = 0u64;
@@ -56,19 +63,28 @@ where
             req.extensions_mut().insert(source.clone());
             tower::ServiceExt::oneshot(router.clone(), req)
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(io), service);
-        let conn = graceful.watch(conn);
+        let (watcher, tls) = (graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let io = match tls {
+                None => Either::Left(io),
+                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(io)).await {
+                    Ok(Ok(secured)) => Either::Right(secured),
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!("no TLS handshake in time"),
+                },
+            };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended");
             }
             drop(permit);
         });
     }
     drop(listener);
+    drop(tls);
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("stopping with requests still open");
     }

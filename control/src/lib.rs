@@ -12,6 +12,7 @@ mod api;
 mod audit;
 mod enrollment;
 mod http;
+pub mod https;
 pub mod mesh;
 mod placement;
 mod refusal;
@@ -152,10 +153,11 @@ pub fn new_login_token(store: &Store, user: &str) -> Result<trust::Secret, Store
     Ok(token)
 }
 
-/// Serves the HTTP API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` (HTTPS with `tls`) until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
+    tls: Option<Arc<tls::rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Nodes go offline by staying silent; notice that within a second.
@@ -174,7 +176,7 @@ pub async fn serve(
         shutdown.await;
         closing.send_replace(true);
     };
-    http::serve(listener, api::router(app), shutdown).await;
+    http::serve(listener, api::router(app), tls, shutdown).await;
     sweeper.abort();
     Ok(())
 }

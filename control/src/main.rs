@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use openbox_control::https::Https;
 
 /// Run the openbox control plane: users, node registry, certificate authority.
 ///
@@ -17,9 +18,24 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7683")]
     addr: String,
-    /// URL that people and nodes use to reach this control plane [default: http://ADDR].
+    /// URL that people and nodes use to reach this control plane [default: https://ADDR,
+    /// or http://ADDR on a loopback address].
     #[arg(long)]
     url: Option<String>,
+    /// Serve HTTPS with this certificate (PEM, leaf first) [default: the control plane's
+    /// own, made at first start, whenever --addr is not a loopback address].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS on a loopback address too (elsewhere it is the default).
+    #[arg(long)]
+    tls: bool,
+    /// Serve plain HTTP on an address other than loopback: only behind a proxy that ends
+    /// TLS, or on a network you trust — tokens would cross it unencrypted.
+    #[arg(long, conflicts_with_all = ["tls", "tls_cert"])]
+    insecure_http: bool,
     /// SQLite database file [default: STATE/control/openbox.db].
     #[arg(long)]
     db: Option<PathBuf>,
@@ -113,13 +129,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         format!("cannot listen on {}; is another control plane running there? (--addr picks another)", args.addr)
     })?;
     let bound = listener.local_addr()?;
-    let url = args.url.unwrap_or_else(|| format!("http://{bound}")).trim_end_matches('/').to_owned();
+    let https = if args.insecure_http {
+        None
+    } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        Some(Https::from_files(cert, key).context("--tls-cert/--tls-key")?)
+    } else if args.tls || !bound.ip().is_loopback() {
+        let dir = db.parent().unwrap_or(std::path::Path::new("."));
+        let names = certificate_names(bound, args.url.as_deref());
+        Some(Https::own(&dir.join("tls_cert.pem"), &dir.join("tls_key.pem"), &names)?)
+    } else {
+        None
+    };
+    let scheme = if https.is_some() { "https" } else { "http" };
+    let url = args.url.unwrap_or_else(|| format!("{scheme}://{bound}")).trim_end_matches('/').to_owned();
+    if https.is_some() && url.starts_with("http://") {
+        bail!("--url {url} says http://, but this control plane serves HTTPS; give its https:// URL");
+    }
+    // What clients pin; not when a proxy in front ends TLS with a certificate of its own.
+    let fingerprint = https.as_ref().filter(|_| url.starts_with("https://")).map(|h| h.fingerprint);
+    let server_flags = match &fingerprint {
+        Some(fp) => format!("--server {url} --fingerprint {fp}"),
+        None => format!("--server {url}"),
+    };
 
     let first_token = openbox_control::bootstrap_admin(&store, &args.admin)?;
     let extra_token =
         if args.new_admin_token { Some(openbox_control::new_login_token(&store, &args.admin)?) } else { None };
 
     println!("openbox control plane listening on {url} (database {}, CA {})", db.display(), ca_path.display());
+    if let Some(fp) = &fingerprint {
+        println!("TLS certificate key {fp} (clients pin it with --fingerprint)");
+    }
     if let Some(tok) = first_token.as_ref().or(extra_token.as_ref()) {
         let what = if first_token.is_some() {
             format!("First start: created admin user {:?}.", args.admin)
@@ -135,7 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             None => {
                 println!("{what} Log in with (the token is shown only once):");
-                println!("  openbox login --server {url} --token {}", tok.expose());
+                println!("  openbox login {server_flags} --token {}", tok.expose());
             }
         }
     }
@@ -163,9 +203,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     // Go is linked in: signal handlers must suit it (see `tailnet::shutdown_signals`).
-    openbox_control::serve(listener, app, tailnet::shutdown_signals()?).await?;
+    openbox_control::serve(listener, app, https.map(|h| h.config), tailnet::shutdown_signals()?).await?;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// The names the control plane's own certificate is made for: this machine's, the address
+/// it listens on, and the host in `--url`. (Pinning clients look only at its key; the names
+/// are for browsers.)
+fn certificate_names(bound: std::net::SocketAddr, url: Option<&str>) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    names.push(rustix::system::uname().nodename().to_string_lossy().into_owned());
+    if !bound.ip().is_unspecified() {
+        names.push(bound.ip().to_string());
+    }
+    let authority = url.and_then(|u| u.split_once("://")).map(|(_, rest)| rest.split('/').next().unwrap_or(rest));
+    let host = authority.map(|a| match a.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => a.split(':').next().unwrap_or(a),
+    });
+    names.extend(host.filter(|h| !h.is_empty()).map(str::to_owned));
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Makes an existing database (and its write-ahead files) private, as an older version may

@@ -33,7 +33,8 @@ pub async fn serve(
     let listener = node.listen(&format!(":{port}"))?;
     let ip = node.ips()?.into_iter().next().context("the tailnet gave the control plane no address")?;
     joined(format!("http://{}", std::net::SocketAddr::new(ip, port)));
-    crate::http::serve(OnTailnet(listener), crate::api::router(app.clone()), app.closing()).await;
+    // Plain HTTP: the tailnet encrypts and authenticates every peer already.
+    crate::http::serve(OnTailnet(listener), crate::api::router(app.clone()), None, app.closing()).await;
     drop(node);
     Ok(())
 }

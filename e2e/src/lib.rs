@@ -34,7 +34,8 @@ pub struct Out {
 }
 
 impl Out {
-    fn from(out: std::process::Output) -> Out {
+    /// What a finished process printed, and how it ended.
+    pub fn from(out: std::process::Output) -> Out {
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -190,6 +191,13 @@ pub fn post_raw(addr: &str, path: &str, bearer: Option<&str>, body: &str) -> Str
     resp
 }
 
+/// The word after `flag` in a printed command line, if the flag is there.
+pub fn flag_value(line: &str, flag: &str) -> Option<String> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == flag)?;
+    words.next().map(str::to_owned)
+}
+
 /// Sends `sig` to a process, if it runs.
 fn signal(proc: &Option<Proc>, sig: Signal) {
     if let Some(p) = proc {
@@ -210,6 +218,8 @@ pub struct ControlPlane {
     pub home: TempDir,
     pub url: String,
     pub addr: String,
+    /// Its TLS key's fingerprint, when it serves HTTPS (as its login command shows it).
+    pub fingerprint: Option<String>,
     /// The admin's one-time login token from the first start.
     pub admin_token: String,
     extra: Vec<String>,
@@ -244,13 +254,23 @@ impl ControlPlane {
         let listening = proc.wait_line("listening on ");
         let url = listening
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .expect("URL in the listening line")
             .to_owned();
         let login = proc.wait_line("openbox login --server");
         let admin_token = login.split_whitespace().last().expect("token").to_owned();
-        let addr = url.trim_start_matches("http://").to_owned();
-        ControlPlane { proc: Some(proc), home, url, addr, admin_token, extra, wrapped: !wrapper.is_empty() }
+        let fingerprint = flag_value(&login, "--fingerprint");
+        let addr = url.split_once("://").expect("a URL").1.to_owned();
+        ControlPlane {
+            proc: Some(proc),
+            home,
+            url,
+            addr,
+            fingerprint,
+            admin_token,
+            extra,
+            wrapped: !wrapper.is_empty(),
+        }
     }
 
     fn spawn(home: &Path, addr: &str, extra: &[String]) -> Proc {
@@ -268,7 +288,11 @@ impl ControlPlane {
         };
         // Should it join a tailnet, it must not reach out on the machine's own address.
         cmd.env("OPENBOX_HOME", home).env(MESH_TEST_ENV.0, MESH_TEST_ENV.1);
-        cmd.args(["--addr", addr, "--offline-after", "2s"]).args(extra);
+        // On `addr` unless the test gives its own.
+        if !extra.iter().any(|a| a == "--addr") {
+            cmd.args(["--addr", addr]);
+        }
+        cmd.args(["--offline-after", "2s"]).args(extra);
         Proc::spawn(cmd, home.join("control.log"))
     }
 
@@ -313,13 +337,13 @@ impl ControlPlane {
         self.proc = Some(proc);
     }
 
-    /// The real CA, loaded from the control plane's key file.
     /// POSTs `body` to `path` over a plain HTTP/1.1 connection with the admin's token, as
     /// a script might, and returns the whole raw response.
     pub fn post_raw(&self, path: &str, body: &str) -> String {
         post_raw(&self.addr, path, Some(&self.admin_token), body)
     }
 
+    /// The real CA, loaded from the control plane's key file.
     pub fn ca(&self) -> trust::Ca {
         let text = std::fs::read_to_string(self.ca_path()).expect("CA key file");
         trust::Ca::from_openssh(&text).expect("CA key")
@@ -368,10 +392,14 @@ impl Cli {
         Cli { home: tempfile::tempdir().expect("tempdir") }
     }
 
-    /// A CLI logged in to `cp` with `token`.
+    /// A CLI logged in to `cp` with `token` (its TLS key pinned, when it has one).
     pub fn logged_in(cp: &ControlPlane, token: &str) -> Cli {
         let cli = Cli::new();
-        cli.run(&["login", "--server", &cp.url, "--token", token]).ok();
+        let mut args = vec!["login", "--server", &cp.url, "--token", token];
+        if let Some(fp) = &cp.fingerprint {
+            args.extend(["--fingerprint", fp]);
+        }
+        cli.run(&args).ok();
         cli
     }
 
@@ -485,7 +513,11 @@ impl Agent {
     /// `DOCKER_HOST` here the agent is pointed at a socket that does not exist, so tests
     /// never depend on an engine the machine happens to run.
     pub fn enroll_env(cp: &ControlPlane, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
-        Agent::enroll_at(&cp.url, token, extra, env)
+        let mut extra = extra.to_vec();
+        if let Some(fp) = &cp.fingerprint {
+            extra.extend(["--fingerprint", fp]);
+        }
+        Agent::enroll_at(&cp.url, token, &extra, env)
     }
 
     /// Like [`Agent::enroll_env`], with the control plane at `server`.

@@ -11,29 +11,54 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-proto", &[]),
     ("openbox-paths", &[]),
     ("openbox-trust", &["openbox-proto"]),
+    ("openbox-tls", &[]),
     ("openbox-libtailscale-sys", &[]),
     ("openbox-tailnet", &["openbox-libtailscale-sys"]),
     ("openbox-telemetry", &[]),
-    ("openbox-net", &["openbox-proto", "openbox-trust", "openbox-tailnet"]),
+    ("openbox-net", &["openbox-proto", "openbox-trust", "openbox-tls", "openbox-tailnet"]),
     (
         "openbox-control",
-        &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry", "openbox-tailnet"],
+        &[
+            "openbox-proto",
+            "openbox-paths",
+            "openbox-trust",
+            "openbox-tls",
+            "openbox-net",
+            "openbox-telemetry",
+            "openbox-tailnet",
+        ],
     ),
     (
         "openbox-agent",
-        &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry", "openbox-tailnet"],
+        &[
+            "openbox-proto",
+            "openbox-paths",
+            "openbox-trust",
+            "openbox-tls",
+            "openbox-net",
+            "openbox-telemetry",
+            "openbox-tailnet",
+        ],
     ),
     (
         "openboxd",
-        &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net", "openbox-telemetry", "openbox-tailnet"],
+        &[
+            "openbox-proto",
+            "openbox-paths",
+            "openbox-trust",
+            "openbox-tls",
+            "openbox-net",
+            "openbox-telemetry",
+            "openbox-tailnet",
+        ],
     ),
     ("openbox-cli", &["openbox-proto", "openbox-paths"]),
-    ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-net"]),
+    ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-tls", "openbox-net"]),
 ];
 
 /// Crates the CLI must not pull in, directly or through anything else: it has no async
 /// runtime, no SSH and no HTTP, so that it starts in about a millisecond.
-const NOT_IN_THE_CLI: &[&str] = &["tokio", "mio", "russh", "hyper", "axum", "rusqlite", "bollard"];
+const NOT_IN_THE_CLI: &[&str] = &["tokio", "mio", "russh", "hyper", "axum", "rusqlite", "bollard", "rustls"];
 
 struct Graph {
     /// Package id → name.

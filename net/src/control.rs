@@ -1,4 +1,7 @@
-//! A JSON-over-HTTP client for the control plane's `/v1` API (plain `http://` URLs).
+//! A JSON-over-HTTP client for the control plane's `/v1` API: over HTTPS with the server's
+//! key pinned (or checked against this machine's authorities), or plain HTTP where nothing
+//! crosses a network — loopback, the tailnet (encrypted already), or where the user said
+//! `--insecure-http`.
 
 use std::time::Duration;
 
@@ -14,6 +17,8 @@ use std::sync::Arc;
 
 use trust::Secret;
 
+use tokio_rustls::rustls::pki_types::ServerName;
+
 use crate::transport::{Stream, Transport};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +30,18 @@ pub enum ControlError {
     Api { status: u16, message: String },
     #[error("unexpected answer from the control plane: {0}")]
     Protocol(String),
-    #[error("invalid control-plane URL {0:?}: expected http://HOST:PORT")]
+    #[error("invalid control-plane URL {0:?}: expected https://HOST[:PORT] (or http://HOST:PORT)")]
     BadUrl(String),
+    #[error(
+        "refusing plain http to {0}: login tokens and node secrets would cross the network unencrypted. Use the control plane's https:// URL with the --fingerprint it prints at start, or --insecure-http on a network you trust"
+    )]
+    PlainHttp(String),
+    #[error("a fingerprint pins an https:// control plane, and {0} is plain http")]
+    PinWithoutTls(String),
+    #[error("the control plane at {url} is not the one this machine trusts: {why}")]
+    Untrusted { url: String, why: String },
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 impl ControlError {
@@ -38,11 +53,48 @@ impl ControlError {
     }
 }
 
+/// A control plane's URL and how this side knows it is the right one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+pub struct Endpoint {
+    pub url: String,
+    /// The server's key, pinned (an `https://` URL only); without it the certificate is
+    /// checked against this machine's trusted authorities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<tls::Fingerprint>,
+    /// Plain http to an address other than loopback or the tailnet, as the user asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
+}
+
+impl Endpoint {
+    /// A URL with nothing pinned (loopback, or checked against the trusted authorities).
+    pub fn new(url: impl Into<String>) -> Endpoint {
+        Endpoint { url: url.into().trim_end_matches('/').to_owned(), fingerprint: None, insecure_http: false }
+    }
+
+    /// The flags that reach this control plane as this endpoint does, for a printed command:
+    /// `--server URL [--fingerprint FP] [--insecure-http]`.
+    pub fn flags(&self) -> String {
+        let mut flags = format!("--server {}", self.url);
+        if let Some(fp) = &self.fingerprint {
+            flags.push_str(&format!(" --fingerprint {fp}"));
+        }
+        if self.insecure_http {
+            flags.push_str(" --insecure-http");
+        }
+        flags
+    }
+}
+
 /// A client for one control plane, optionally authenticated with a bearer token.
 #[derive(Clone)]
 pub struct Client {
     url: String,
+    /// `HOST:PORT`, as dialled.
     authority: String,
+    /// How the connection is secured, when it is.
+    tls: Option<(Arc<tokio_rustls::rustls::ClientConfig>, ServerName<'static>)>,
+    pinned: bool,
     token: Option<Secret>,
     /// How to reach a control plane at a tailnet address, when this process can.
     tailnet: Option<Arc<dyn TailnetAccess>>,
@@ -82,20 +134,38 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 pub const MAX_BODY: usize = 64 << 20;
 
 impl Client {
-    pub fn new(url: &str, token: Option<Secret>) -> Result<Client, ControlError> {
-        let url = url.trim_end_matches('/').to_owned();
-        if url.starts_with("https://") {
-            return Err(ControlError::Unreachable {
-                url,
-                why: "https is not supported by this build; serve the control plane over http on a trusted network or the tailnet".into(),
-            });
+    /// A client for `endpoint`; refuses plain http where it would cross a network the user
+    /// did not say they trust.
+    pub fn new(endpoint: &Endpoint, token: Option<Secret>) -> Result<Client, ControlError> {
+        let url = endpoint.url.trim_end_matches('/').to_owned();
+        let bad = || ControlError::BadUrl(url.clone());
+        let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return Err(bad()),
+        };
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(bad());
         }
-        let authority = url
-            .strip_prefix("http://")
-            .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| ControlError::BadUrl(url.clone()))?
-            .to_owned();
-        Ok(Client { url, authority, token, tailnet: None })
+        let (host, port) = split_host_port(rest).ok_or_else(bad)?;
+        let authority = match port {
+            Some(_) => rest.to_owned(),
+            None if https => format!("{rest}:443"),
+            None => return Err(bad()),
+        };
+        let tls = if https {
+            let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+                .map_err(|_| bad())?;
+            Some((tls::client_config(endpoint.fingerprint)?, name))
+        } else if endpoint.fingerprint.is_some() {
+            return Err(ControlError::PinWithoutTls(url));
+        } else {
+            if !(endpoint.insecure_http || is_loopback(host) || on_tailnet(&authority)) {
+                return Err(ControlError::PlainHttp(url));
+            }
+            None
+        };
+        Ok(Client { url, authority, tls, pinned: endpoint.fingerprint.is_some(), token, tailnet: None })
     }
 
     /// Reaches a control plane at a tailnet address through `tailnet` (others over TCP).
@@ -177,9 +247,18 @@ impl Client {
         body: Vec<u8>,
         accept: &str,
     ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<hyper::body::Incoming>), ControlError> {
-        let io = hyper_util::rt::TokioIo::new(self.connect().await?);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| self.unreachable(e))?;
-        tokio::spawn(conn);
+        let stream = self.connect().await?;
+        let mut sender = match &self.tls {
+            None => handshake(stream).await,
+            Some((config, name)) => {
+                let secured = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|e| self.tls_failed(e))?;
+                handshake(secured).await
+            }
+        }
+        .map_err(|e| self.unreachable(e))?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -191,7 +270,12 @@ impl Client {
             req = req.header("authorization", format!("Bearer {}", t.expose()));
         }
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| self.unreachable(e))?;
+        let resp = sender.send_request(req).await.map_err(|e| match e.is_parse() && self.tls.is_none() {
+            true => self.unreachable(format!(
+                "its answer is not plain HTTP ({e}); if it serves HTTPS, use its https:// URL with --fingerprint"
+            )),
+            false => self.unreachable(e),
+        })?;
         Ok((sender, resp))
     }
 
@@ -224,6 +308,68 @@ impl Client {
     fn unreachable(&self, why: impl std::fmt::Display) -> ControlError {
         ControlError::Unreachable { url: self.url.clone(), why: why.to_string() }
     }
+
+    /// A TLS handshake that failed: a certificate that is not the trusted one says so, and
+    /// what to do.
+    fn tls_failed(&self, e: std::io::Error) -> ControlError {
+        use tokio_rustls::rustls::{CertificateError, Error};
+        let Some(Error::InvalidCertificate(why)) = e.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+            return self.unreachable(e);
+        };
+        let why = match why {
+            CertificateError::Other(other) => other.to_string(),
+            _ if self.pinned => format!("{why:?}"),
+            CertificateError::UnknownIssuer => "its certificate is not signed by an authority this machine trusts. If it is \
+                 openbox's own certificate, pin it with --fingerprint SHA256:… (the control plane prints it when it starts)"
+                .to_owned(),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!("its certificate is not for {}", self.authority)
+            }
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "its certificate has expired".to_owned()
+            }
+            other => format!("its certificate is not acceptable ({other:?})"),
+        };
+        ControlError::Untrusted { url: self.url.clone(), why }
+    }
+}
+
+/// Starts HTTP/1 over `io`; the connection runs in its own task.
+async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// `HOST` and the port, if given, of `HOST[:PORT]` (`[v6]` in brackets).
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let end = authority.find(']')?;
+        let (host, rest) = authority.split_at(end + 1);
+        (host, if rest.is_empty() { None } else { Some(rest.strip_prefix(':')?) })
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse().ok()?),
+        None => None,
+    };
+    Some((host, port))
+}
+
+/// Whether `host` names this machine: `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The error an unsuccessful answer carries: the control plane's own message when it sent one.
@@ -312,16 +458,57 @@ mod tests {
         format!("http://{addr}")
     }
 
+    #[test]
+    fn plain_http_is_taken_only_where_nothing_crosses_a_network() {
+        // Pinned, so that no https case depends on this machine's authorities.
+        let pin = Some(format!("SHA256:{}", "A".repeat(43)).parse().unwrap());
+        let client = |url: &str, insecure_http: bool| {
+            let fingerprint = if url.starts_with("https") { pin } else { None };
+            Client::new(&Endpoint { url: url.into(), fingerprint, insecure_http }, None)
+        };
+        for url in [
+            "http://127.0.0.1:7683",
+            "http://127.9.9.9:1/",
+            "http://localhost:7683",
+            "http://[::1]:7683",
+            "http://100.64.0.7:7683",
+        ] {
+            assert!(client(url, false).is_ok(), "{url} was refused");
+        }
+        for url in ["http://10.0.0.1:7683", "http://control.example:7683", "http://[fd00::1]:7683"] {
+            let err = client(url, false).expect_err("refused");
+            assert!(matches!(err, ControlError::PlainHttp(_)), "{url}: {err}");
+            assert!(err.to_string().contains("--insecure-http"), "{err}");
+            assert!(client(url, true).is_ok(), "{url} with --insecure-http was refused");
+        }
+        let pinned_http = Endpoint { fingerprint: pin, ..Endpoint::new("http://127.0.0.1:7683") };
+        assert!(matches!(Client::new(&pinned_http, None), Err(ControlError::PinWithoutTls(_))));
+        assert_eq!(client("https://control.example", false).unwrap().authority, "control.example:443");
+        assert_eq!(client("https://[::1]:8443/", false).unwrap().authority, "[::1]:8443");
+        for url in [
+            "control.example:7683",
+            "ftp://x:1",
+            "http://",
+            "https://h:port",
+            "https://h:1/path",
+            "http://u@h:1",
+            "http://h",
+        ] {
+            assert!(matches!(client(url, true), Err(ControlError::BadUrl(_))), "{url} was taken");
+        }
+    }
+
     #[tokio::test]
     async fn an_answer_or_event_past_the_limit_is_refused_not_held() {
         let len = (MAX_BODY >> 20) + 8;
         let head = Box::leak(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", len << 20).into_boxed_str());
         let url = flooding_server(head).await;
-        let err = Client::new(&url, None).unwrap().get::<serde_json::Value>("/v1/nodes").await.unwrap_err();
+        let err =
+            Client::new(&Endpoint::new(url), None).unwrap().get::<serde_json::Value>("/v1/nodes").await.unwrap_err();
         assert!(err.to_string().contains("larger than 64 MiB"), "{err}");
 
         let url = flooding_server("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n").await;
-        let mut events = Client::new(&url, None).unwrap().events("/v1/events").await.unwrap();
+        let mut events = Client::new(&Endpoint::new(url), None).unwrap().events("/v1/events").await.unwrap();
         let err = events.next().await.expect("an answer").unwrap_err();
         assert!(err.to_string().contains("an event larger than 64 MiB"), "{err}");
     }

@@ -91,11 +91,25 @@ pub struct RunArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Log in to a control plane with a token (creates this machine's key pair).
+    ///
+    /// Use the command the control plane or an admin printed: over https it carries the
+    /// fingerprint of the control plane's TLS key, checked before anything is saved.
     Login {
+        /// The control plane's URL: https://HOST[:PORT], or http:// on loopback.
         #[arg(long, value_name = "URL")]
         server: String,
+        /// A login token (login_…), from the control plane's first start, `openbox user
+        /// add` or `openbox user token`.
         #[arg(long, value_name = "TOKEN")]
         token: String,
+        /// The control plane's TLS key, pinned (SHA256:…). Without it the certificate must
+        /// be signed by an authority this machine trusts.
+        #[arg(long, value_name = "SHA256:…")]
+        fingerprint: Option<String>,
+        /// Allow plain http to an address other than loopback or the tailnet: tokens cross
+        /// the network unencrypted. Only on a network you trust.
+        #[arg(long, conflicts_with = "fingerprint")]
+        insecure_http: bool,
     },
     /// Forget the login and revoke its token.
     Logout,
@@ -325,7 +339,9 @@ impl Cli {
             }
             Some(Command::Daemon { action: DaemonAction::Status, .. }) => Request::DaemonStatus,
             Some(Command::Daemon { action: DaemonAction::Stop, .. }) => return Ok(Action::StopDaemon { json }),
-            Some(Command::Login { server, token }) => Request::Login { server, token },
+            Some(Command::Login { server, token, fingerprint, insecure_http }) => {
+                Request::Login { server, token, fingerprint, insecure_http }
+            }
             Some(Command::Logout) => Request::Logout,
             Some(Command::Sessions) => Request::Sessions,
             Some(Command::Session(SessionCommand::Rm { id })) => {

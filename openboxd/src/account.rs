@@ -28,10 +28,10 @@ impl Account {
         Ok(Account { login, key, pool: Pool::default(), sessions: Mutex::default() })
     }
 
-    /// Whether `other` is the same login (same server, user, token and pinned CA).
+    /// Whether `other` is the same login (same server and TLS pin, user, token and CA).
     pub fn is(&self, other: &Login) -> bool {
         let l = &self.login;
-        (l.server.as_str(), l.user.as_str(), l.token.expose()) == (&other.server, &other.user, other.token.expose())
+        (&l.server, l.user.as_str(), l.token.expose()) == (&other.server, &other.user, other.token.expose())
             && l.ca == other.ca
     }
 

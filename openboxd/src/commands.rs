@@ -27,11 +27,21 @@ impl Reply {
     }
 }
 
-pub async fn login(d: &Daemon, server: &str, token: &str) -> anyhow::Result<Reply> {
-    let client = crate::mesh::control_client(server, Some(trust::Secret::new(token)))?;
+/// Logs in: asks the control plane who the token belongs to — over TLS checked against
+/// `fingerprint` when given — and saves nothing unless that succeeds.
+pub async fn login(
+    d: &Daemon,
+    url: &str,
+    fingerprint: Option<&str>,
+    insecure_http: bool,
+    token: &str,
+) -> anyhow::Result<Reply> {
+    let fingerprint = fingerprint.map(str::parse::<tls::Fingerprint>).transpose()?;
+    let server = net::control::Endpoint { fingerprint, insecure_http, ..net::control::Endpoint::new(url) };
+    let client = crate::mesh::control_client(&server, Some(trust::Secret::new(token)))?;
     let me: WhoAmI = client.get("/v1/whoami").await.context("login failed")?;
     let login = Login {
-        server: client.url().to_owned(),
+        server,
         user: me.user.clone(),
         token: trust::Secret::new(token),
         ca: trust::parse_public_key(&me.ca_public_key)?,
@@ -41,8 +51,8 @@ pub async fn login(d: &Daemon, server: &str, token: &str) -> anyhow::Result<Repl
     d.reload_login();
     let admin = if me.admin { " (admin)" } else { "" };
     let mut reply = Reply::new(
-        to_json(&Whoami { server: login.server.clone(), user: me.user.clone(), admin: me.admin }),
-        format!("Logged in to {} as {}{admin}.", login.server, me.user),
+        to_json(&Whoami { server: login.server.url.clone(), user: me.user.clone(), admin: me.admin }),
+        format!("Logged in to {} as {}{admin}.", login.server.url, me.user),
     );
     // The fleet's tailnet, when the control plane holds one (an older one has no route).
     match client.get::<Option<MeshSettings>>("/v1/mesh").await {
@@ -100,7 +110,7 @@ pub async fn logout(d: &Daemon) -> anyhow::Result<Reply> {
     d.reload_login();
     Ok(Reply {
         json: to_json(&LoggedOut { logged_out: true, token_revoked: Some(revoked) }),
-        text: format!("Logged out of {}.", login.server),
+        text: format!("Logged out of {}.", login.server.url),
         warnings,
     })
 }
@@ -109,15 +119,15 @@ pub async fn whoami(d: &Daemon) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let me: WhoAmI = login.client()?.get("/v1/whoami").await?;
     let admin = if me.admin { " (admin)" } else { "" };
-    let text = format!("{}{admin} at {}", me.user, login.server);
-    Ok(Reply::new(to_json(&Whoami { server: login.server, user: me.user, admin: me.admin }), text))
+    let text = format!("{}{admin} at {}", me.user, login.server.url);
+    Ok(Reply::new(to_json(&Whoami { server: login.server.url, user: me.user, admin: me.admin }), text))
 }
 
 pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let client = login.client()?;
     let created: UserCreated = client.post("/v1/users", &NewUser { name: name.to_owned() }).await?;
-    let command = format!("openbox login --server {} --token {}", login.server, created.token);
+    let command = format!("openbox login {} --token {}", login.server.flags(), created.token);
     let mut text = format!(
         "Created user {name}. They log in with (the token is shown only once):\n  {command}\n\
          They can run nothing until you grant them nodes: `openbox user grant {name} --tag TAG` (or --node NODE, \
@@ -172,7 +182,7 @@ fn grants_shown(grants: &[Grant]) -> String {
 pub async fn user_token(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let created: UserCreated = login.client()?.post(&format!("/v1/users/{name}/tokens"), &()).await?;
-    let command = format!("openbox login --server {} --token {}", login.server, created.token);
+    let command = format!("openbox login {} --token {}", login.server.flags(), created.token);
     let text =
         format!("New login token for {}. They log in with (the token is shown only once):\n  {command}", created.name);
     Ok(Reply::new(to_json(&LoginIssued { name: created.name, token: created.token, command }), text))
@@ -208,7 +218,7 @@ pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::R
     let tag_flags: String = tok.tags.iter().map(|t| format!(" --tag {t}")).collect();
     // The token goes in the environment: other users can read a process's arguments.
     let command =
-        format!("{}={} openbox agent --server {}{tag_flags}", proto::api::ENROLL_TOKEN_ENV, tok.token, login.server);
+        format!("{}={} openbox agent {}{tag_flags}", proto::api::ENROLL_TOKEN_ENV, tok.token, login.server.flags());
     let left = proto::time::human_secs(tok.expires_at.saturating_sub(proto::time::now()));
     let text = format!(
         "Enrollment token (single use, expires in {left}). On the new node run:\n  {command}\n\

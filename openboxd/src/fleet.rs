@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use net::control::Endpoint;
 use proto::api::{EnrollToken, NewEnrollToken, WhoAmI};
 use proto::request::UpRequest;
 use rustix::process::{Pid, Signal, kill_process, test_kill_process};
@@ -115,7 +116,7 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
     let logs = paths::logs_dir();
     paths::create_private_dir(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let url = format!("http://{}", req.control_addr);
-    let logged_in = Login::load().ok().filter(|l| l.server == url);
+    let logged_in = Login::load().ok().filter(|l| l.server.url == url);
 
     // 1. The control plane.
     let token_file = paths::admin_token_file();
@@ -129,7 +130,7 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
             }
             let _ = std::fs::remove_file(&token_file);
             let pid = CONTROL.spawn(&args, &[])?;
-            let health = net::control::Client::new(&url, None)?;
+            let health = net::control::Client::new(&Endpoint::new(&url), None)?;
             wait_for("the control plane answering", &CONTROL, pid, || async {
                 health.get::<proto::api::Health>("/v1/health").await.is_ok()
             })
@@ -146,9 +147,9 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
                 anyhow::anyhow!("the control plane at {url} is running but this machine is not logged in to it; run `openbox down` then `openbox up`")
             })?;
             let token = trust::Secret::new(token.trim());
-            let me: WhoAmI = net::control::Client::new(&url, Some(token.clone()))?.get("/v1/whoami").await?;
-            let login =
-                Login { server: url.clone(), user: me.user, token, ca: trust::parse_public_key(&me.ca_public_key)? };
+            let server = Endpoint::new(&url);
+            let me: WhoAmI = net::control::Client::new(&server, Some(token.clone()))?.get("/v1/whoami").await?;
+            let login = Login { server, user: me.user, token, ca: trust::parse_public_key(&me.ca_public_key)? };
             user_key()?;
             login.save()?;
             d.reload_login();

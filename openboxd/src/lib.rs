@@ -130,7 +130,7 @@ impl Daemon {
             protocol: proto::rpc::PROTOCOL,
             pid: std::process::id(),
             logged_in: acct.is_some(),
-            server: acct.as_ref().map(|a| a.login.server.clone()),
+            server: acct.as_ref().map(|a| a.login.server.url.clone()),
             user: acct.as_ref().map(|a| a.login.user.clone()),
             connections: acct.map_or(0, |a| a.pool.connections()),
             registry_live: live,
@@ -164,7 +164,9 @@ async fn handle_with(
     let json = call.json;
     let result = match call.request {
         Request::Run(req) => return run::run(d, req, input, output, cancel).await.exit_code,
-        Request::Login { server, token } => commands::login(d, &server, &token).await,
+        Request::Login { server, token, fingerprint, insecure_http } => {
+            commands::login(d, &server, fingerprint.as_deref(), insecure_http, &token).await
+        }
         Request::Logout => commands::logout(d).await,
         Request::Whoami => commands::whoami(d).await,
         Request::UserAdd { name } => commands::user_add(d, &name).await,

@@ -1,15 +1,20 @@
-//! The CLI identity: which control plane, as whom, with which token, the CA key pinned at
-//! login, and the user's own key pair (generated here; only the public half is sent).
+//! The CLI identity: which control plane (and its TLS key, when pinned), as whom, with
+//! which token, the CA key it answered with at login, and the user's own key pair (generated here; only the public half is sent).
 
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
+use net::control::Endpoint;
 use serde::{Deserialize, Serialize};
 use trust::{PrivateKey, PublicKey, Secret};
 
 #[derive(Serialize, Deserialize)]
 struct Stored {
     server: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<tls::Fingerprint>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    insecure_http: bool,
     user: String,
     token: String,
     ca_public_key: String,
@@ -17,7 +22,7 @@ struct Stored {
 
 #[derive(Clone)]
 pub struct Login {
-    pub server: String,
+    pub server: Endpoint,
     pub user: String,
     pub token: Secret,
     pub ca: PublicKey,
@@ -38,7 +43,7 @@ impl Login {
         let s: Stored =
             serde_json::from_str(&text).with_context(|| format!("{} is damaged; log in again", path.display()))?;
         Ok(Login {
-            server: s.server,
+            server: Endpoint { url: s.server, fingerprint: s.fingerprint, insecure_http: s.insecure_http },
             user: s.user,
             token: Secret::new(s.token),
             ca: trust::parse_public_key(&s.ca_public_key)?,
@@ -47,7 +52,9 @@ impl Login {
 
     pub fn save(&self) -> anyhow::Result<()> {
         let s = Stored {
-            server: self.server.clone(),
+            server: self.server.url.clone(),
+            fingerprint: self.server.fingerprint,
+            insecure_http: self.server.insecure_http,
             user: self.user.clone(),
             token: self.token.expose().to_owned(),
             ca_public_key: self.ca.to_openssh()?,

@@ -118,13 +118,13 @@ pub fn adopt(current: Option<&Mesh>, fleet: &proto::api::MeshSettings) -> anyhow
 /// plane at a tailnet address through it.
 static THIS_PROCESS: std::sync::OnceLock<Arc<Mesh>> = std::sync::OnceLock::new();
 
-/// A client for the control plane at `url`: over the tailnet when that is a tailnet
+/// A client for the control plane at `server`: over the tailnet when that is a tailnet
 /// address (and this openboxd is on the tailnet), else over TCP.
 pub fn control_client(
-    url: &str,
+    server: &net::control::Endpoint,
     token: Option<trust::Secret>,
 ) -> Result<net::control::Client, net::control::ControlError> {
-    let client = net::control::Client::new(url, token)?;
+    let client = net::control::Client::new(server, token)?;
     Ok(match THIS_PROCESS.get() {
         Some(mesh) => client.with_tailnet(mesh.clone()),
         None => client,

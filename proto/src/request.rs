@@ -25,6 +25,12 @@ pub enum Request {
     Login {
         server: String,
         token: String,
+        /// The control plane's TLS key, pinned: `SHA256:…`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        /// Plain http to an address other than loopback or the tailnet.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        insecure_http: bool,
     },
     Logout,
     Whoami,
