@@ -337,6 +337,22 @@ impl ControlPlane {
         self.proc = Some(proc);
     }
 
+    /// Starts it again on the same address with the same files and these arguments from now
+    /// on; its URL and fingerprint are as it prints them now.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut proc = Self::spawn(self.home.path(), &self.addr, &self.extra);
+        let listening = proc.wait_line("listening on ");
+        self.url = listening.split_whitespace().find(|w| w.contains("://")).expect("URL").to_owned();
+        self.fingerprint = None;
+        if self.url.starts_with("https://") {
+            let line = proc.wait_line("TLS certificate key ");
+            self.fingerprint = line.split_whitespace().find(|w| w.starts_with("SHA256:")).map(str::to_owned);
+        }
+        self.proc = Some(proc);
+    }
+
     /// POSTs `body` to `path` over a plain HTTP/1.1 connection with the admin's token, as
     /// a script might, and returns the whole raw response.
     pub fn post_raw(&self, path: &str, body: &str) -> String {
@@ -654,8 +670,13 @@ impl Agent {
 
     /// Stops the agent (SIGTERM, so it says goodbye) and starts it again without a token.
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// Like [`Agent::restart`], with these arguments.
+    pub fn restart_with(&mut self, args: &[&str]) {
         self.stop();
-        self.start(&[]);
+        self.start(args);
     }
 
     pub fn stop(&mut self) {

@@ -2,7 +2,7 @@
 //! clients that pin its key and check it before sending or saving anything, and plain
 //! http only where nothing crosses a network.
 
-use openbox_e2e::{Agent, Cli, ControlPlane, flag_value};
+use openbox_e2e::{Agent, Cli, ControlPlane, flag_value, wait_until};
 
 /// `openbox ARGS` for a CLI with this environment (the first call starts its openboxd,
 /// which keeps it).
@@ -63,6 +63,24 @@ fn a_control_plane_over_https_is_reached_only_with_its_pinned_key() {
     admin.run(&["daemon", "stop"]).ok();
     assert_eq!(admin.run(&["-n", &agent.name, "echo", "again"]).ok().stdout, "again\n");
     assert!(cp.wait_line("TLS certificate key").contains(&fp));
+}
+
+#[test]
+fn a_fleet_moves_from_http_to_https_by_giving_its_nodes_and_users_the_new_url_and_pin() {
+    let mut cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let mut agent = Agent::enroll(&cp, &admin, &["moving"]);
+    cp.restart_with(&["--tls"]);
+    let fp = cp.fingerprint.clone().expect("now over https");
+    // The agent, given the new URL and pin, keeps its identity and heartbeats there.
+    agent.restart_with(&["--server", &cp.url, "--fingerprint", &fp]);
+    let identity = std::fs::read_to_string(agent.identity_file()).expect("identity");
+    assert!(identity.contains(&cp.url) && identity.contains(&fp), "{identity}");
+    let admin = Cli::logged_in(&cp, &cp.admin_token);
+    assert_eq!(admin.run(&["-n", &agent.name, "echo", "moved"]).ok().stdout, "moved\n");
+    // Restarted with no arguments, it reaches the control plane as it was told last.
+    agent.restart();
+    wait_until("the node back online over https", || admin.node(&agent.node_id).expect("enrolled")["online"] == true);
 }
 
 #[test]
