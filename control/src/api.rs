@@ -31,7 +31,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{name}/tokens", post(new_user_token))
         .route("/v1/users/{name}/grants", post(grant))
         .route("/v1/users/{name}/grants/{kind}/{value}", delete(revoke_grant))
-        .route("/v1/enroll-tokens", post(new_enroll_token))
+        .route("/v1/enroll-tokens", get(list_enroll_tokens).post(new_enroll_token))
+        .route("/v1/enroll-tokens/{id}", delete(remove_enroll_token))
+        .route("/v1/web-links", post(crate::web::new_link))
+        .route("/v1/console", post(crate::console::run))
         .route("/v1/mesh", get(mesh))
         .route("/v1/enroll", post(enroll))
         .route("/v1/enroll/mesh", post(enroll_mesh))
@@ -43,6 +46,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/sessions/{id}", delete(remove_session))
         .route("/v1/audit", get(audit_log))
+        .merge(crate::web::routes())
         .with_state(app)
 }
 
@@ -66,7 +70,7 @@ impl IntoResponse for Refusal {
 }
 
 /// Unwraps a JSON body, answering a malformed one with a JSON error.
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Refusal> {
+pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Refusal> {
     b.map(|Json(v)| v).map_err(|e| Refusal::new(Kind::BadRequest, format!("bad request body: {}", e.body_text())))
 }
 
@@ -74,35 +78,62 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
-/// A person authenticated by a login token.
-struct Caller {
-    user: User,
-    token_hash: String,
+/// A person authenticated by a login token, or by the dashboard's session cookie.
+pub(crate) struct Caller {
+    pub user: User,
+    pub credential: Credential,
     /// Where the request came from.
-    source: Option<Source>,
+    pub source: Option<Source>,
+}
+
+/// What a caller proved who they are with (each as its hash).
+#[derive(Clone)]
+pub(crate) enum Credential {
+    Token(String),
+    Web(String),
 }
 
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Caller, Refusal> {
+        Caller::from_parts(parts, app)
+    }
+}
+
+impl Caller {
+    pub fn from_parts(parts: &Parts, app: &App) -> Result<Caller, Refusal> {
         let unauthorized = |m: &str| Refusal::new(Kind::Unauthorized, m);
-        let tok = bearer(&parts.headers)
-            .ok_or_else(|| unauthorized("not logged in: run `openbox login --server URL --token TOKEN`"))?;
+        let source = parts.extensions.get::<Source>().cloned();
+        let Some(tok) = bearer(&parts.headers) else {
+            return match crate::web::cookie(&parts.headers) {
+                Some(cookie) => {
+                    let (user, hash) = crate::web::cookie_user(app, parts, cookie)?;
+                    Ok(Caller { user, credential: Credential::Web(hash), source })
+                }
+                None => Err(unauthorized("not logged in: run `openbox login --server URL --token TOKEN`")),
+            };
+        };
         if !tok.starts_with(token::LOGIN_PREFIX) {
             return Err(unauthorized("that is not a login token (login tokens start with obx_)"));
         }
         let token_hash = token::hash(tok);
         match app.store.user_by_login_token(&token_hash)? {
-            Some(user) => Ok(Caller { user, token_hash, source: parts.extensions.get::<Source>().cloned() }),
+            Some(user) => Ok(Caller { user, credential: Credential::Token(token_hash), source }),
             None => Err(unauthorized(
                 "the login token is invalid or was revoked; ask an admin for a new one (`openbox user token NAME`)",
             )),
         }
     }
-}
 
-impl Caller {
+    /// Who this caller's credential belongs to now (`None`: revoked, expired or removed).
+    fn current_user(app: &App, credential: &Credential) -> Option<User> {
+        match credential {
+            Credential::Token(hash) => app.store.user_by_login_token(hash).ok()?,
+            Credential::Web(hash) => app.store.web_session(hash, now()).ok()?.map(|s| s.user),
+        }
+    }
+
     /// Records an action by this caller in the audit log.
     fn audit(&self, app: &App, action: &str, record: Record<'_>) -> Result<(), Refusal> {
         app.audit(&self.user.name, action, self.source.as_ref(), record)
@@ -127,7 +158,10 @@ async fn mesh(State(app): AppState, _caller: Caller) -> ApiResult<Option<MeshSet
 }
 
 async fn logout(State(app): AppState, caller: Caller) -> Result<StatusCode, Refusal> {
-    app.store.revoke_login_token(&caller.token_hash)?;
+    match &caller.credential {
+        Credential::Token(hash) => app.store.revoke_login_token(hash)?,
+        Credential::Web(hash) => app.store.remove_web_session(hash)?,
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -235,6 +269,24 @@ async fn new_enroll_token(
     Ok(Json(EnrollToken { token: tok.expose().to_owned(), tags: req.tags, expires_at }))
 }
 
+/// Enrollment tokens not used yet (admins only).
+async fn list_enroll_tokens(State(app): AppState, caller: Caller) -> ApiResult<Vec<EnrollTokenInfo>> {
+    caller.require_admin()?;
+    Ok(Json(app.store.outstanding_enroll_tokens(now())?))
+}
+
+/// Withdraws an unused enrollment token (admins only).
+async fn remove_enroll_token(
+    State(app): AppState,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Refusal> {
+    caller.require_admin()?;
+    app.store.remove_enroll_token(&id)?;
+    caller.audit(&app, "node.token.remove", Record { detail: Some(id), ..Default::default() })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn enroll(
     State(app): AppState,
     source: Option<axum::Extension<Source>>,
@@ -266,7 +318,7 @@ async fn dispatch(
     caller: Caller,
     b: Result<Json<DispatchRequest>, JsonRejection>,
 ) -> ApiResult<Dispatch> {
-    Ok(Json(placement::dispatch(&app, &caller.user, caller.source.as_ref(), body(b)?)?))
+    Ok(Json(placement::dispatch(&app, &caller.user, caller.source.as_ref(), body(b)?, None)?))
 }
 
 #[derive(Deserialize)]
@@ -349,9 +401,9 @@ async fn events(
     let mut rx = app.subscribe_registry();
     rx.mark_changed();
     let closing = Box::pin(app.closing());
-    let token_hash = caller.token_hash;
+    let credential = caller.credential;
     let stream = futures_util::stream::unfold((rx, closing), move |(mut rx, mut closing)| {
-        let (app, token_hash) = (app.clone(), token_hash.clone());
+        let (app, credential) = (app.clone(), credential.clone());
         async move {
             tokio::select! {
                 changed = rx.changed() => changed.ok()?,
@@ -359,7 +411,7 @@ async fn events(
             }
             let nodes = rx.borrow_and_update().clone();
             // Who the caller is now: removed or logged out ends the stream; grants filter it.
-            let user = app.store.user_by_login_token(&token_hash).ok()??;
+            let user = Caller::current_user(&app, &credential)?;
             let access = app.access(&user).ok()?;
             let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
             let event = Event::default()

@@ -10,6 +10,7 @@
 mod access;
 mod api;
 mod audit;
+mod console;
 mod enrollment;
 mod http;
 pub mod https;
@@ -17,6 +18,7 @@ pub mod mesh;
 mod placement;
 mod refusal;
 mod store;
+mod web;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ use trust::Ca;
 pub struct Config {
     /// The URL people and nodes use to reach this control plane (shown in printed commands).
     pub public_url: String,
+    /// The fingerprint of its TLS key that clients pin (`SHA256:…`), when it serves HTTPS.
+    pub fingerprint: Option<String>,
     /// A node whose last heartbeat is older than this many seconds is shown offline.
     pub offline_after_secs: u64,
     /// How long a user certificate minted for a dispatch stays valid.

@@ -182,6 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let config = openbox_control::Config {
         public_url: url,
+        fingerprint: fingerprint.map(|f| f.to_string()),
         offline_after_secs: args.offline_after,
         user_cert_ttl_secs: args.user_cert_ttl,
         audit_retention_secs: args.audit_retention,

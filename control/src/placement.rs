@@ -15,7 +15,14 @@ use crate::{App, now};
 /// Picks the node for a command (a session's own node, or one the target resolves to)
 /// and signs a short-lived user certificate for the caller's key, bound to that node, the
 /// isolation and the session.
-pub fn dispatch(app: &App, user: &User, source: Option<&Source>, req: DispatchRequest) -> Result<Dispatch, Refusal> {
+/// `detail` marks where the dispatch came from in the audit log (the web console).
+pub fn dispatch(
+    app: &App,
+    user: &User,
+    source: Option<&Source>,
+    req: DispatchRequest,
+    detail: Option<&str>,
+) -> Result<Dispatch, Refusal> {
     if let Some(s) = &req.session {
         check_name("session id", s)?;
     }
@@ -46,7 +53,7 @@ pub fn dispatch(app: &App, user: &User, source: Option<&Source>, req: DispatchRe
         session: req.session.as_deref(),
         key_id: Some(cert.key_id().to_owned()),
         command: req.command.as_deref(),
-        detail: None,
+        detail: detail.map(str::to_owned),
     };
     app.audit(&user.name, "dispatch", source, record)?;
     Ok(Dispatch {

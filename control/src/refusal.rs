@@ -29,6 +29,12 @@ impl Refusal {
     pub fn new(kind: Kind, message: impl Into<String>) -> Refusal {
         Refusal { kind, message: message.into() }
     }
+
+    /// A failure of the control plane itself: logged, and told as such.
+    pub fn internal(e: impl std::fmt::Display) -> Refusal {
+        tracing::error!(error = %e, "internal error");
+        Refusal::new(Kind::Internal, "the control plane failed; see its log")
+    }
 }
 
 impl From<StoreError> for Refusal {

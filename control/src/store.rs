@@ -117,6 +117,20 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (user_id, kind, value)
     );
     ALTER TABLE nodes ADD COLUMN shares_control INTEGER NOT NULL DEFAULT 1;",
+    // 10: the dashboard: browser sessions (the cookie's hash, and the token each
+    // state-changing request must echo), and one-time links that open one.
+    "CREATE TABLE web_sessions (
+        hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE web_links (
+        hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        expires_at INTEGER NOT NULL
+    );",
 ];
 
 /// The tags of an enrollment token, or why it cannot be used.
@@ -162,6 +176,14 @@ pub struct User {
     pub admin: bool,
     /// Unique to this user for its whole life: a name removed and added again gets another.
     pub incarnation: String,
+}
+
+/// A browser logged in to the dashboard.
+pub struct WebSession {
+    pub user: User,
+    /// What each state-changing request it makes must echo.
+    pub csrf: String,
+    pub expires_at: u64,
 }
 
 /// A node as stored, with what the API does not show.
@@ -515,7 +537,104 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
+    // ---- the dashboard's browser sessions ----
+
+    pub fn add_web_session(&self, hash: &str, user_id: i64, csrf: &str, now: u64, expires_at: u64) -> Result<()> {
+        let conn = self.conn();
+        // Expired ones go as new ones come: the table holds only live sessions.
+        conn.execute("DELETE FROM web_sessions WHERE expires_at <= ?1", [now])?;
+        conn.execute(
+            "INSERT INTO web_sessions (hash, user_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, user_id, csrf, now, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// A live browser session.
+    pub fn web_session(&self, hash: &str, now: u64) -> Result<Option<WebSession>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT u.id, u.name, u.admin, u.incarnation, w.csrf, w.expires_at
+                 FROM web_sessions w JOIN users u ON u.id = w.user_id WHERE w.hash = ?1 AND w.expires_at > ?2",
+                params![hash, now],
+                |r| {
+                    Ok(WebSession {
+                        user: User { id: r.get(0)?, name: r.get(1)?, admin: r.get(2)?, incarnation: r.get(3)? },
+                        csrf: r.get(4)?,
+                        expires_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn remove_web_session(&self, hash: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM web_sessions WHERE hash = ?1", [hash])?;
+        Ok(())
+    }
+
+    pub fn add_web_link(&self, hash: &str, user_id: i64, now: u64, expires_at: u64) -> Result<()> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM web_links WHERE expires_at <= ?1", [now])?;
+        conn.execute(
+            "INSERT INTO web_links (hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
+            params![hash, user_id, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Uses up a one-time link: its user, if it was live (it works once either way).
+    pub fn take_web_link(&self, hash: &str, now: u64) -> Result<Option<User>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let user = tx
+            .query_row(
+                "SELECT u.id, u.name, u.admin, u.incarnation FROM web_links l JOIN users u ON u.id = l.user_id
+                 WHERE l.hash = ?1 AND l.expires_at > ?2",
+                params![hash, now],
+                |r| Ok(User { id: r.get(0)?, name: r.get(1)?, admin: r.get(2)?, incarnation: r.get(3)? }),
+            )
+            .optional()?;
+        tx.execute("DELETE FROM web_links WHERE hash = ?1", [hash])?;
+        tx.commit()?;
+        Ok(user)
+    }
+
     // ---- enrollment tokens ----
+
+    /// Enrollment tokens that can still be used, soonest to expire first; each is known by
+    /// the start of its hash (the token itself is not kept).
+    pub fn outstanding_enroll_tokens(&self, now: u64) -> Result<Vec<proto::api::EnrollTokenInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT substr(t.hash, 1, 12), t.tags, t.created_at, t.expires_at, COALESCE(u.name, '')
+             FROM tokens t LEFT JOIN users u ON u.id = t.user_id
+             WHERE t.kind = 'enroll' AND t.used_at IS NULL AND t.expires_at > ?1 ORDER BY t.expires_at",
+        )?;
+        let rows = stmt.query_map([now], |r| {
+            Ok(proto::api::EnrollTokenInfo {
+                id: r.get(0)?,
+                tags: tags_from(r.get(1)?),
+                created_at: r.get(2)?,
+                expires_at: r.get(3)?,
+                created_by: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Withdraws an unused enrollment token, by the start of its hash.
+    pub fn remove_enroll_token(&self, id: &str) -> Result<()> {
+        let gone = self.conn().execute(
+            "DELETE FROM tokens WHERE kind = 'enroll' AND used_at IS NULL AND substr(hash, 1, 12) = ?1",
+            [id],
+        )?;
+        if gone == 0 {
+            return Err(StoreError::NotFound(format!("no unused enrollment token {id:?}")));
+        }
+        Ok(())
+    }
 
     pub fn add_enroll_token(
         &self,

@@ -115,6 +115,13 @@ pub enum Command {
     Logout,
     /// Show who you are logged in as.
     Whoami,
+    /// Open the web dashboard, logged in: prints a link that works once, within two
+    /// minutes, and opens it in your browser.
+    Dashboard {
+        /// Only print the link.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// List the nodes in the fleet.
     Nodes {
         /// Only nodes carrying this tag.
@@ -269,6 +276,8 @@ pub enum UserCommand {
 pub enum Action {
     /// Hand this request to openboxd; `json` asks for machine-readable output.
     Call { request: Request, json: bool, no_daemon: bool },
+    /// Get a dashboard link from openboxd, print it, and open it unless `no_open`.
+    Dashboard { json: bool, no_open: bool },
     /// Run another role's binary with these arguments.
     Exec(&'static str, Vec<OsString>),
     /// Stop openboxd if it runs (without starting one to do so).
@@ -348,6 +357,7 @@ impl Cli {
                 Request::SessionRemove { id: name("session id", &id)? }
             }
             Some(Command::Whoami) => Request::Whoami,
+            Some(Command::Dashboard { no_open }) => return Ok(Action::Dashboard { json, no_open }),
             Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
             Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: addr }),
             Some(Command::Down) => Request::Down,

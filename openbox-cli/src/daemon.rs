@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, IoSlice};
 use std::mem::MaybeUninit;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
@@ -29,10 +29,27 @@ pub enum Failure {
 
 /// Runs `call` through openboxd and returns the exit code.
 pub fn call(call: &Call) -> Result<u8, String> {
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    call_with(call, [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()])
+}
+
+/// Runs `call` through openboxd with its output captured rather than printed (for a small
+/// answer this process needs to read itself); the exit code and the output.
+pub fn call_capturing(call: &Call) -> Result<(u8, Vec<u8>), String> {
+    let (mut reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let (stdin, stderr) = (std::io::stdin(), std::io::stderr());
+    let code = call_with(call, [stdin.as_fd(), writer.as_fd(), stderr.as_fd()])?;
+    drop(writer);
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut out).map_err(|e| format!("reading openboxd's answer: {e}"))?;
+    Ok((code, out))
+}
+
+fn call_with(call: &Call, fds: [BorrowedFd<'_>; 3]) -> Result<u8, String> {
     let socket = paths::daemon_socket();
     for attempt in 0..2 {
         let stream = connect_or_start(&socket)?;
-        match exchange(stream, call) {
+        match exchange(stream, call, fds) {
             Ok(code) => return Ok(code),
             Err(Failure::Mismatch(why)) if attempt == 0 => {
                 eprintln!("openbox: restarting openboxd ({why})");
@@ -119,7 +136,7 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
     }
 }
 
-fn exchange(stream: UnixStream, call: &Call) -> Result<u8, Failure> {
+fn exchange(stream: UnixStream, call: &Call, fds: [BorrowedFd<'_>; 3]) -> Result<u8, Failure> {
     let other = |e: std::io::Error| Failure::Other(format!("talking to openboxd: {e}"));
     let hello = Request::new(
         Some(0.into()),
@@ -132,9 +149,7 @@ fn exchange(stream: UnixStream, call: &Call) -> Result<u8, Failure> {
     bytes.extend(serde_json::to_vec(&cli).expect("serializable"));
     bytes.push(b'\n');
 
-    // Both requests and our three standard streams travel in one message.
-    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    let fds = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    // Both requests and the call's three standard streams travel in one message.
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     control.push(SendAncillaryMessage::ScmRights(&fds));

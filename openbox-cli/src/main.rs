@@ -29,6 +29,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Ok(args::Action::Dashboard { json, no_open }) => dashboard(json, no_open),
         Ok(args::Action::StopDaemon { json }) => {
             if !daemon_running() {
                 println!("{}", if json { r#"{"stopping":false}"# } else { "openboxd is not running." });
@@ -50,6 +51,50 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Prints a one-time dashboard link from openboxd and opens it in the browser.
+fn dashboard(json: bool, no_open: bool) -> ExitCode {
+    let (code, out) = match daemon::call_capturing(&Call { request: Request::Dashboard, json: true }) {
+        Ok(answer) => answer,
+        Err(msg) => {
+            eprintln!("openbox: {msg}");
+            return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
+        }
+    };
+    let link = serde_json::from_slice::<proto::api::WebLink>(&out).ok().filter(|_| code == 0);
+    let Some(link) = link else {
+        // openboxd said what went wrong on stderr already.
+        return ExitCode::from(code.max(1));
+    };
+    if json {
+        println!("{}", String::from_utf8_lossy(&out).trim_end());
+    } else {
+        println!("Open the dashboard, logged in as you (the link works once, for two minutes):\n  {}", link.url);
+    }
+    if !no_open && let Err(why) = open_in_browser(&link.url) {
+        eprintln!("openbox: could not open a browser ({why}); open the link yourself");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Hands `url` to the desktop's opener, without waiting for the browser.
+fn open_in_browser(url: &str) -> Result<(), String> {
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    if cfg!(target_os = "linux")
+        && std::env::var_os("DISPLAY").is_none()
+        && std::env::var_os("WAYLAND_DISPLAY").is_none()
+    {
+        return Err("no graphical session here".into());
+    }
+    Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(drop)
+        .map_err(|e| format!("{opener}: {e}"))
 }
 
 /// Whether an openboxd answers on the socket.

@@ -123,6 +123,13 @@ pub async fn whoami(d: &Daemon) -> anyhow::Result<Reply> {
     Ok(Reply::new(to_json(&Whoami { server: login.server.url, user: me.user, admin: me.admin }), text))
 }
 
+/// A one-time link that opens the web dashboard logged in as this user.
+pub async fn dashboard(d: &Daemon) -> anyhow::Result<Reply> {
+    let link: proto::api::WebLink = d.login()?.client()?.post("/v1/web-links", &()).await?;
+    let text = format!("Open the dashboard, logged in as you (the link works once, for two minutes):\n  {}", link.url);
+    Ok(Reply::new(to_json(&link), text))
+}
+
 pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let client = login.client()?;

@@ -192,11 +192,12 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
         control_started,
         agent_started,
         tag: LOCAL_TAG.into(),
+        dashboard: format!("{url}/"),
         logs: logs_shown.clone(),
     });
     let state = |started: bool| if started { "started" } else { "already running" };
     let text = format!(
-        "openbox is up:\n  control plane  {url} ({})\n  this machine   node tagged {LOCAL_TAG} ({})\n  logged in as   {}\n  logs           {logs_shown}\n\nTry:  openbox -t {LOCAL_TAG} uname -a\n      openbox nodes\nStop: openbox down",
+        "openbox is up:\n  control plane  {url} ({})\n  this machine   node tagged {LOCAL_TAG} ({})\n  logged in as   {}\n  dashboard      {url}/ (`openbox dashboard` opens it logged in)\n  logs           {logs_shown}\n\nTry:  openbox -t {LOCAL_TAG} uname -a\n      openbox nodes\nStop: openbox down",
         state(control_started),
         state(agent_started),
         login.user

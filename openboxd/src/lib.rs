@@ -169,6 +169,7 @@ async fn handle_with(
         }
         Request::Logout => commands::logout(d).await,
         Request::Whoami => commands::whoami(d).await,
+        Request::Dashboard => commands::dashboard(d).await,
         Request::UserAdd { name } => commands::user_add(d, &name).await,
         Request::UserList => commands::user_list(d).await,
         Request::UserRemove { name } => commands::user_remove(d, &name).await,

@@ -102,6 +102,56 @@ pub struct EnrollToken {
     pub expires_at: u64,
 }
 
+/// An enrollment token not used yet (`GET /v1/enroll-tokens`, admins only), known by the
+/// start of its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollTokenInfo {
+    pub id: String,
+    pub tags: Vec<String>,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// The admin who minted it.
+    pub created_by: String,
+}
+
+/// A one-time link that opens the dashboard logged in (`POST /v1/web-links`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WebLink {
+    pub url: String,
+    pub expires_at: u64,
+}
+
+/// A command for the dashboard's console (`POST /v1/console`): run once, its output
+/// streamed back as lines of JSON ([`ConsoleEvent`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConsoleRequest {
+    pub target: Target,
+    pub command: String,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub isolation: crate::Isolation,
+}
+
+/// One line of a console command's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsoleEvent {
+    /// The node it runs on.
+    Started {
+        node: String,
+    },
+    Stdout(String),
+    Stderr(String),
+    /// How it ended: its exit code, and the signal that ended it if one did.
+    Exit {
+        code: u8,
+        signal: Option<String>,
+    },
+    /// It could not run, or the connection was lost.
+    Error(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
     pub os: String,

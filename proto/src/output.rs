@@ -52,6 +52,8 @@ pub struct Up {
     pub agent_started: bool,
     /// The tag this machine carries as a node.
     pub tag: String,
+    /// The web dashboard's address (`openbox dashboard` opens it logged in).
+    pub dashboard: String,
     /// Where the logs of the processes it started are.
     pub logs: String,
 }

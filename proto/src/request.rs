@@ -34,6 +34,8 @@ pub enum Request {
     },
     Logout,
     Whoami,
+    /// A one-time link that opens the web dashboard logged in.
+    Dashboard,
     UserAdd {
         name: String,
     },

@@ -1,0 +1,278 @@
+//! The dashboard's side of the control plane: its pages (embedded from `web/` at build
+//! time, so the binary serves them with no files beside it), and browser sessions.
+//!
+//! A browser logs in with a login token (or a one-time link from `openbox dashboard`) and
+//! gets a session cookie — HttpOnly, SameSite=Strict, Secure over HTTPS, expiring — that
+//! authenticates it to the same `/v1` API the CLI uses. Every state-changing request made
+//! with the cookie must also carry the session's CSRF token in `X-CSRF-Token` (and, when
+//! the browser says where it comes from, come from this origin); a bearer token needs no
+//! such check, as browsers never send one on their own.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use trust::token;
+
+use crate::audit::{Record, Source};
+use crate::refusal::{Kind, Refusal};
+use crate::store::User;
+use crate::{App, now};
+
+/// The cookie that holds a browser session.
+const COOKIE: &str = "openbox_session";
+/// How long a browser session lasts.
+const SESSION_SECS: u64 = 12 * 3600;
+/// How long a link from `openbox dashboard` can be followed.
+const LINK_SECS: u64 = 120;
+const SESSION_PREFIX: &str = "web_";
+const LINK_PREFIX: &str = "link_";
+
+/// The pages, as built into the binary: path, content type, bytes.
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    ("app.js", JS, include_bytes!("../../web/app.js")),
+    ("api.js", JS, include_bytes!("../../web/api.js")),
+    ("dom.js", JS, include_bytes!("../../web/dom.js")),
+    ("fleet.js", JS, include_bytes!("../../web/fleet.js")),
+    ("pages.js", JS, include_bytes!("../../web/pages.js")),
+    ("console.js", JS, include_bytes!("../../web/console.js")),
+    ("style.css", "text/css; charset=utf-8", include_bytes!("../../web/style.css")),
+    ("favicon.svg", "image/svg+xml", include_bytes!("../../web/favicon.svg")),
+];
+const JS: &str = "text/javascript; charset=utf-8";
+const INDEX: &[u8] = include_bytes!("../../web/index.html");
+
+/// What a page may load and talk to: this origin only, nothing inline, never framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+pub fn routes() -> axum::Router<Arc<App>> {
+    axum::Router::new()
+        .route("/", get(index))
+        .route("/assets/{file}", get(asset))
+        .route("/web/login", post(login))
+        .route("/web/link/{code}", get(follow_link))
+        .route("/web/session", get(session))
+        .route("/web/logout", post(logout))
+}
+
+/// Headers every page and asset carries.
+fn page(content_type: &'static str, body: &'static [u8]) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Small enough to fetch again; a new control plane then never serves stale pages.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+async fn index() -> Response {
+    page("text/html; charset=utf-8", INDEX)
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => page(content_type, body),
+        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+    }
+}
+
+/// Who the browser is logged in as, and what its pages need to know.
+#[derive(Serialize)]
+struct SessionInfo {
+    user: String,
+    admin: bool,
+    /// Echoed in `X-CSRF-Token` on every state-changing request.
+    csrf: String,
+    /// How nodes and users reach this control plane, for the commands the pages show.
+    server: String,
+    fingerprint: Option<String>,
+    expires_at: u64,
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    token: String,
+}
+
+/// Exchanges a login token for a browser session.
+async fn login(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    source: Option<axum::Extension<Source>>,
+    b: Result<Json<LoginRequest>, JsonRejection>,
+) -> Result<Response, Refusal> {
+    same_origin(&headers)?;
+    let req = crate::api::body(b)?;
+    let tok = req.token.trim();
+    let user = match tok.starts_with(token::LOGIN_PREFIX) {
+        true => app.store.user_by_login_token(&token::hash(tok))?,
+        false => None,
+    };
+    let Some(user) = user else {
+        return Err(Refusal::new(
+            Kind::Unauthorized,
+            "that login token is not valid: paste one that starts with obx_, or run `openbox dashboard` for a link",
+        ));
+    };
+    start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login")
+}
+
+/// Follows a one-time link: a session, then the dashboard.
+async fn follow_link(
+    State(app): State<Arc<App>>,
+    Path(code): Path<String>,
+    source: Option<axum::Extension<Source>>,
+) -> Result<Response, Refusal> {
+    let user = match code.starts_with(LINK_PREFIX) {
+        true => app.store.take_web_link(&token::hash(&code), now())?,
+        false => None,
+    };
+    let Some(user) = user else {
+        let mut resp = axum::response::Redirect::to("/#link-expired").into_response();
+        resp.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        return Ok(resp);
+    };
+    let mut resp = start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login")?;
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/"));
+    Ok(resp)
+}
+
+fn start_session(app: &App, user: &User, source: Option<&Source>, action: &str) -> Result<Response, Refusal> {
+    let cookie = token::generate(SESSION_PREFIX);
+    let csrf = token::random_id();
+    let t = now();
+    app.store.add_web_session(&token::hash(cookie.expose()), user.id, &csrf, t, t + SESSION_SECS)?;
+    app.audit(&user.name, action, source, Record::default())?;
+    let info = session_info(app, user, csrf, t + SESSION_SECS);
+    let mut resp = Json(info).into_response();
+    let secure = if app.config.public_url.starts_with("https://") { "; Secure" } else { "" };
+    let set =
+        format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}", cookie.expose());
+    resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&set).map_err(Refusal::internal)?);
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+fn session_info(app: &App, user: &User, csrf: String, expires_at: u64) -> SessionInfo {
+    SessionInfo {
+        user: user.name.clone(),
+        admin: user.admin,
+        csrf,
+        server: app.config.public_url.clone(),
+        fingerprint: app.config.fingerprint.clone(),
+        expires_at,
+    }
+}
+
+/// The browser's session, if it has a live one (401 otherwise, which the pages take as
+/// "show the login form").
+async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, Refusal> {
+    let Some(cookie) = cookie(&headers) else {
+        return Err(Refusal::new(Kind::Unauthorized, "not logged in"));
+    };
+    let hash = token::hash(cookie);
+    match app.store.web_session(&hash, now())? {
+        Some(s) => {
+            let mut resp = Json(session_info(&app, &s.user, s.csrf, s.expires_at)).into_response();
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(resp)
+        }
+        None => Err(Refusal::new(Kind::Unauthorized, "your dashboard session has ended; log in again")),
+    }
+}
+
+/// Ends the browser's session and clears its cookie.
+async fn logout(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, Refusal> {
+    let caller = crate::api::Caller::from_parts(&parts, &app)?;
+    if let crate::api::Credential::Web(hash) = &caller.credential {
+        app.store.remove_web_session(hash)?;
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&clear).map_err(Refusal::internal)?);
+    Ok(resp)
+}
+
+/// The session cookie's value, if the request has one.
+pub fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
+}
+
+/// The user of a request authenticated by its session cookie: a state-changing request
+/// must echo the session's CSRF token and, when it says where it comes from, come from here.
+pub fn cookie_user(app: &App, parts: &Parts, cookie: &str) -> Result<(User, String), Refusal> {
+    let hash = token::hash(cookie);
+    let Some(crate::store::WebSession { user, csrf, .. }) = app.store.web_session(&hash, now())? else {
+        return Err(Refusal::new(Kind::Unauthorized, "your dashboard session has ended; log in again"));
+    };
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        same_origin(&parts.headers)?;
+        let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !token::same(sent, &csrf) {
+            return Err(Refusal::new(
+                Kind::Forbidden,
+                "this request lacks the page's CSRF token (X-CSRF-Token); reload the dashboard",
+            ));
+        }
+    }
+    Ok((user, hash))
+}
+
+/// Refuses a request whose `Origin` names another site than the one it was sent to.
+fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, h)| h).unwrap_or_default();
+    if origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return Err(Refusal::new(Kind::Forbidden, "a request from another site is refused"));
+    }
+    Ok(())
+}
+
+/// A one-time link that opens the dashboard logged in as the caller (`openbox dashboard`).
+pub async fn new_link(
+    State(app): State<Arc<App>>,
+    caller: crate::api::Caller,
+) -> Result<Json<proto::api::WebLink>, Refusal> {
+    let code = token::generate(LINK_PREFIX);
+    let t = now();
+    app.store.add_web_link(&token::hash(code.expose()), caller.user.id, t, t + LINK_SECS)?;
+    let url = format!("{}/web/link/{}", app.config.public_url, code.expose());
+    Ok(Json(proto::api::WebLink { url, expires_at: t + LINK_SECS }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_in_web_is_served() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../web");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let served = name == "index.html" || ASSETS.iter().any(|(file, _, _)| *file == name);
+            let tooling = name.starts_with('.') || name == "README.md" || name == "tests";
+            assert!(served || tooling, "web/{name} is not in ASSETS");
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The web dashboard in headless Chromium, against the real control plane and real agents.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+
+use openbox_e2e::{Agent, Browser, Cli, ControlPlane, free_port, wait_until};
+use serde_json::json;
+
+/// One raw HTTP/1.1 request to `addr` with these extra header lines; the whole answer.
+fn raw(addr: &str, method: &str, path: &str, headers: &[String], body: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the control plane");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read response");
+    resp
+}
+
+/// The `openbox_session` cookie the browser holds.
+fn session_cookie(b: &mut Browser) -> serde_json::Value {
+    let cookies = b.cookies();
+    assert_eq!(cookies.len(), 1, "one cookie: {cookies:?}");
+    assert_eq!(cookies[0]["name"], "openbox_session");
+    cookies[0].clone()
+}
+
+/// `fetch` in the page, answering `[status, body text]`.
+fn fetch(b: &mut Browser, path: &str, init: &str) -> (u64, String) {
+    let js = format!("fetch({path:?}, {init}).then(async r => [r.status, await r.text()])");
+    let v = b.eval(&js);
+    (v[0].as_u64().expect("a status"), v[1].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn logging_in_and_out_sets_and_clears_a_strict_http_only_cookie() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let mut b = Browser::start();
+    b.goto(&cp.url);
+    b.fill("#token", "obx_not-a-real-token");
+    b.click("form button[type=submit]");
+    b.wait_text("form .error", "not valid");
+    assert!(b.cookies().is_empty(), "no cookie for a bad token");
+
+    b.log_in(&cp.url, &cp.admin_token);
+    assert!(b.text("#top").contains("admin (admin)"));
+    let cookie = session_cookie(&mut b);
+    assert_eq!(cookie["httpOnly"], true);
+    assert_eq!(cookie["sameSite"], "Strict");
+    assert_eq!(cookie["secure"], false, "plain http on loopback");
+    let lifetime = cookie["expires"].as_f64().unwrap() - proto::time::now() as f64;
+    assert!((11.0 * 3600.0..=12.0 * 3600.0 + 5.0).contains(&lifetime), "expires in 12 hours: {lifetime}");
+    assert_eq!(b.eval("document.cookie"), "", "the page's scripts cannot read it");
+    let value = cookie["value"].as_str().unwrap().to_owned();
+    let with_cookie = [format!("Cookie: openbox_session={value}")];
+    assert!(raw(&cp.addr, "GET", "/web/session", &with_cookie, "").starts_with("HTTP/1.1 200"));
+
+    b.click("#logout");
+    b.wait("#token");
+    assert!(b.cookies().is_empty(), "logging out clears the cookie");
+    let after = raw(&cp.addr, "GET", "/web/session", &with_cookie, "");
+    assert!(after.starts_with("HTTP/1.1 401"), "the old cookie no longer works: {after}");
+    let audit = admin.run(&["audit", "--json"]).ok().json();
+    assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "web.login" && e["user"] == "admin"), "{audit}");
+}
+
+#[test]
+fn over_https_the_session_cookie_is_secure() {
+    let cp = ControlPlane::start_with(&["--tls"]);
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    assert_eq!(session_cookie(&mut b)["secure"], true);
+}
+
+#[test]
+fn a_state_changing_request_without_the_csrf_token_or_from_another_site_is_refused() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    let add = |name: &str| format!("JSON.stringify({{name: {name:?}}})");
+
+    let (status, body) = fetch(
+        &mut b,
+        "/v1/users",
+        &format!("{{method: 'POST', headers: {{'Content-Type': 'application/json'}}, body: {}}}", add("mallory")),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("CSRF"), "{body}");
+    let csrf = b.eval("fetch('/web/session').then(r => r.json()).then(s => s.csrf)");
+    let csrf = csrf.as_str().expect("a CSRF token").to_owned();
+    let init = format!(
+        "{{method: 'POST', headers: {{'Content-Type': 'application/json', 'X-CSRF-Token': {csrf:?}}}, body: {}}}",
+        add("carol")
+    );
+    assert_eq!(fetch(&mut b, "/v1/users", &init).0, 200);
+
+    // The right token, but sent from another site's page: refused too.
+    let cookie = session_cookie(&mut b)["value"].as_str().unwrap().to_owned();
+    let headers = [
+        format!("Cookie: openbox_session={cookie}"),
+        format!("X-CSRF-Token: {csrf}"),
+        "Origin: http://elsewhere.example".to_owned(),
+    ];
+    let resp = raw(&cp.addr, "POST", "/v1/users", &headers, r#"{"name":"trudy"}"#);
+    assert!(resp.starts_with("HTTP/1.1 403") && resp.contains("another site"), "{resp}");
+    let users = admin.run(&["user", "ls"]).ok().stdout;
+    assert!(users.contains("carol") && !users.contains("mallory") && !users.contains("trudy"), "{users}");
+}
+
+#[test]
+fn the_fleet_follows_nodes_going_offline_and_arriving_without_a_reload() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let mut first = Agent::enroll(&cp, &admin, &["web"]);
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    let row = format!("#nodes tr[data-name={:?}]", first.name);
+    b.wait_text(&row, "online");
+    b.wait_text("#counts", "1 online");
+    b.eval("window.stillThisPage = true");
+
+    first.kill();
+    b.wait_text(&row, "offline");
+    b.wait_text("#counts", "0 online · 1 offline");
+    let second = Agent::enroll_with(&cp, &admin.enroll_token(&["other"]), &["--name", "second"]);
+    b.wait_text("#nodes tr[data-name=\"second\"]", "online");
+    assert_eq!(b.eval("window.stillThisPage"), true, "no reload");
+
+    // Filter by tag and search by name.
+    b.select("#tag-filter", "other");
+    assert_eq!(b.count("#nodes tbody tr"), 1);
+    assert_eq!(b.text("#nodes tbody tr td").trim(), second.name);
+    b.select("#tag-filter", "");
+    b.fill("#search", &first.name);
+    assert_eq!(b.count("#nodes tbody tr"), 1);
+    b.fill("#search", "no-such-node");
+    b.wait_text(".empty", "No node matches");
+}
+
+#[test]
+fn the_drawer_renames_tags_and_removes_a_node_as_the_cli_sees_it() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["web"]);
+    admin.run(&["-n", &agent.name, "true"]).ok();
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    b.click(&format!("#nodes tr[data-name={:?}]", agent.name));
+    b.wait_text("#drawer h2", &agent.name);
+    b.wait_text("#drawer .dispatches", "admin");
+
+    b.fill("#rename", "renamed");
+    b.click("#drawer form:has(#rename) button");
+    wait_until("the new name in `openbox nodes`", || admin.node(&agent.node_id).unwrap()["name"] == "renamed");
+    b.wait_text("#drawer h2", "renamed");
+    b.fill("#add-tag", "gpu");
+    b.press("#add-tag", "Enter");
+    wait_until("the tag in `openbox nodes`", || {
+        admin.node(&agent.node_id).unwrap()["tags"].as_array().unwrap().iter().any(|t| t == "gpu")
+    });
+    b.click("#drawer button[aria-label=\"Remove tag web\"]");
+    wait_until("the tag gone from `openbox nodes`", || {
+        !admin.node(&agent.node_id).unwrap()["tags"].as_array().unwrap().iter().any(|t| t == "web")
+    });
+
+    b.click("#remove-node");
+    b.click("dialog button[value=ok]");
+    wait_until("the node gone from `openbox nodes`", || admin.node(&agent.node_id).is_none());
+    b.wait_gone(&format!("#nodes tr[data-id={:?}]", agent.node_id));
+}
+
+#[test]
+fn a_node_added_in_the_browser_enrolls_with_the_command_shown_and_appears_live() {
+    let cp = ControlPlane::start();
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    b.goto(&format!("{}/#/add-node", cp.url));
+    b.fill("#enroll-tags", "fresh, linux");
+    b.click("form button[type=submit]");
+    let command = b.wait_text("#enroll-result pre", "openbox agent");
+    assert!(
+        command.contains(&format!("--server {}", cp.url)) && command.contains("--tag fresh --tag linux"),
+        "{command}"
+    );
+    let token = command.split_whitespace().find_map(|w| w.strip_prefix("OPENBOX_ENROLL_TOKEN=")).expect("a token");
+    let agent = Agent::enroll_with(&cp, token, &["--tag", "fresh"]);
+    let done = b.wait_text("#enroll-wait", "enrolled");
+    assert!(done.contains(&agent.name), "{done}");
+    b.goto(&format!("{}/#/tokens", cp.url));
+    b.wait_text("#tokens", "No enrollment tokens outstanding");
+}
+
+#[test]
+fn the_console_streams_output_shows_the_exit_code_and_stops_a_command() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["web"]);
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    b.goto(&format!("{}/#/console/{}", cp.url, agent.name));
+    b.call(
+        "wait",
+        json!({"selector": format!("#console-target option[value=\"node:{}\"]", agent.name), "state": "attached"}),
+    );
+    b.fill("#console-command", "echo hi; echo oops >&2; exit 3");
+    b.click("#console-run");
+    b.wait_text("#console-exit", "exit 3");
+    let output = b.text("#console-output");
+    assert!(output.contains("hi\n") && output.contains("oops"), "{output}");
+    assert_eq!(b.text("#console-output .stderr"), "oops\n", "stderr is marked");
+    let audit = admin.run(&["audit", "--json"]).ok().json();
+    let entry = audit.as_array().unwrap().iter().find(|e| e["detail"] == "web console").cloned();
+    let entry = entry.unwrap_or_else(|| panic!("a web console dispatch in {audit}"));
+    assert_eq!((entry["action"].as_str(), entry["user"].as_str()), (Some("dispatch"), Some("admin")));
+    assert_eq!(entry["node_id"], agent.node_id.as_str());
+
+    // Stop: the browser drops the call, and the node ends the command.
+    b.fill("#console-command", "echo started; sleep 4711; echo never");
+    b.click("#console-run");
+    b.wait_text("#console-output", "started");
+    b.click("#console-stop");
+    b.wait_text("#console-exit", "stopped");
+    wait_until("the command ended on the node", || {
+        std::process::Command::new("pgrep").args(["-f", "sleep 4711"]).status().is_ok_and(|s| !s.success())
+    });
+    assert!(!b.text("#console-output").contains("never"));
+}
+
+#[test]
+fn a_user_who_is_not_an_admin_sees_and_does_only_what_the_policy_lets_them() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    // Nodes that look like other machines: a tag grant reaches them.
+    let theirs = Agent::enroll_elsewhere(&cp, &admin, &["bobs"]);
+    let other = Agent::enroll_elsewhere(&cp, &admin, &["others"]);
+    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    admin.run(&["user", "grant", "bob", "--tag", "bobs"]).ok();
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &token);
+    b.wait_text(&format!("#nodes tr[data-name={:?}]", theirs.name), "online");
+    assert_eq!(b.count("#nodes tbody tr"), 1, "only the granted node");
+    assert_eq!(b.count("nav a[href=\"#/users\"]"), 0);
+    assert_eq!(b.count("nav a[href=\"#/add-node\"]"), 0);
+    b.goto(&format!("{}/#/users", cp.url));
+    b.wait_text("main h1", "Admins only");
+
+    let csrf = b.eval("fetch('/web/session').then(r => r.json()).then(s => s.csrf)").as_str().unwrap().to_owned();
+    assert_eq!(fetch(&mut b, "/v1/users", "{}").0, 403);
+    let mint = format!(
+        "{{method: 'POST', headers: {{'Content-Type': 'application/json', 'X-CSRF-Token': {csrf:?}}}, body: JSON.stringify({{tags: [], ttl_secs: 60}})}}"
+    );
+    assert_eq!(fetch(&mut b, "/v1/enroll-tokens", &mint).0, 403);
+    let run_there = format!(
+        "{{method: 'POST', headers: {{'Content-Type': 'application/json', 'X-CSRF-Token': {csrf:?}}}, body: JSON.stringify({{target: {{node: {:?}}}, command: 'id'}})}}",
+        other.name
+    );
+    let (status, body) = fetch(&mut b, "/v1/console", &run_there);
+    assert_eq!(status, 403, "{body}");
+}
+
+#[test]
+fn openbox_dashboard_prints_a_link_that_logs_in_once() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let text = admin.run(&["dashboard", "--no-open"]).ok().stdout;
+    assert!(text.contains("Open the dashboard") && text.contains(&format!("{}/web/link/", cp.url)), "{text}");
+    let url = admin.run(&["dashboard", "--no-open", "--json"]).ok().json()["url"].as_str().unwrap().to_owned();
+    let mut b = Browser::start();
+    b.goto(&url);
+    b.wait("#counts");
+    assert!(b.text("#top").contains("admin (admin)"));
+    b.fresh(1280, 800, false);
+    b.goto(&url);
+    b.wait_text("main", "used already or has expired");
+    assert!(b.cookies().is_empty());
+}
+
+#[test]
+fn the_pages_come_from_the_control_plane_alone_work_by_keyboard_and_fit_a_phone() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["web", "linux"]);
+    let _second = Agent::enroll(&cp, &admin, &["web"]);
+    admin.run(&["-n", &agent.name, "-s", "build", "true"]).ok();
+    // Screenshots for the docs when asked (scripts/screenshots), else to a temporary place.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = std::env::var_os("OPENBOX_SCREENSHOTS").map_or_else(|| tmp.path().to_owned(), PathBuf::from);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut b = Browser::start();
+    for (width, height, dark, suffix) in [(1280, 800, false, ""), (390, 844, true, "-phone-dark")] {
+        b.fresh(width, height, dark);
+        b.log_in(&cp.url, &cp.admin_token);
+        b.wait_text(&format!("#nodes tr[data-name={:?}]", agent.name), "online");
+        for page in ["fleet", "sessions", "console", "add-node", "users", "tokens"] {
+            b.goto(&format!("{}/#/{page}", cp.url));
+            b.wait("main h1");
+            if page == "sessions" {
+                b.wait("#sessions tr[data-id=build]");
+            }
+            if page == "console" {
+                b.fill("#console-command", "echo hello from the console; uname -sm; ls /nonexistent");
+                b.click("#console-run");
+                b.wait_text("#console-exit", "exit 2");
+            }
+            let fits = b.eval("document.documentElement.scrollWidth <= window.innerWidth");
+            assert_eq!(fits, true, "{page} fits {width} px");
+            let shot = dir.join(format!("{page}{suffix}.png"));
+            b.screenshot(&shot);
+            assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+        }
+        b.goto(&format!("{}/#/fleet/{}", cp.url, agent.node_id));
+        b.wait_text("#drawer h2", &agent.name);
+        b.screenshot(&dir.join(format!("drawer{suffix}.png")));
+        let outside: Vec<String> = b.requests().into_iter().filter(|u| !u.starts_with(&cp.url)).collect();
+        assert!(outside.is_empty(), "requests beyond the control plane: {outside:?}");
+    }
+
+    // By keyboard: a row opens its drawer with Enter, Escape closes it.
+    b.fresh(1280, 800, false);
+    b.log_in(&cp.url, &cp.admin_token);
+    let row = format!("#nodes tr[data-name={:?}]", agent.name);
+    b.wait(&row);
+    b.call("press", json!({"selector": row, "key": "Enter"}));
+    b.wait_text("#drawer h2", &agent.name);
+    assert_eq!(b.call("focused", json!({})), "drawer", "the drawer takes the focus");
+    b.call("press", json!({"selector": "#drawer", "key": "Escape"}));
+    b.call("wait", json!({"selector": "#drawer", "state": "hidden"}));
+}
+
+#[test]
+fn the_dashboard_of_openbox_up_is_one_printed_url_away_and_says_when_it_is_cut_off() {
+    let me = Cli::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = me.run(&["up", "--addr", &addr]).ok();
+    assert!(out.stdout.contains(&format!("dashboard      http://{addr}/")), "{out:?}");
+    assert_eq!(me.run(&["up", "--addr", &addr, "--json"]).ok().json()["dashboard"], format!("http://{addr}/"));
+    let link = me.run(&["dashboard", "--no-open", "--json"]).ok().json()["url"].as_str().unwrap().to_owned();
+    let mut b = Browser::start();
+    b.goto(&link);
+    b.wait_text("#nodes tbody tr", "local");
+
+    // The control plane goes away: the page says so, and comes back with it.
+    me.run(&["down"]).ok();
+    b.wait_text("#banner", "Control plane unreachable — retrying");
+    me.run(&["up", "--addr", &addr]).ok();
+    b.call("wait", json!({"selector": "#banner", "state": "hidden"}));
+    b.wait_text("#nodes tbody tr", "online");
+    me.run(&["down"]).ok();
+}
+
+#[test]
+fn sessions_are_listed_and_ended_from_the_browser() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["web"]);
+    admin.run(&["-n", &agent.name, "-s", "build", "cd /tmp"]).ok();
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    b.goto(&format!("{}/#/sessions", cp.url));
+    let row = b.wait_text("#sessions tr[data-id=build]", &agent.name);
+    assert!(row.contains("native") && row.contains("active"), "{row}");
+    b.click("#sessions tr[data-id=build] button");
+    b.click("dialog button[value=ok]");
+    b.wait_text("#sessions", "No sessions");
+    assert_eq!(admin.run(&["sessions", "--json"]).ok().json(), json!([]));
+}
+
+#[test]
+fn users_grants_and_tokens_are_managed_from_the_browser() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let ci = Agent::enroll_elsewhere(&cp, &admin, &["ci"]);
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    b.goto(&format!("{}/#/users", cp.url));
+    b.fill("#new-user", "dave");
+    b.click("form:has(#new-user) button");
+    let command = b.wait_text("#user-added pre", "openbox login");
+    let dave = Cli::new();
+    let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+    assert!(dave.run(&words).ok().stdout.contains("as dave"), "the command shown logs dave in");
+    dave.run(&["-t", "ci", "true"]).fails_with(255, "grant");
+
+    let user_row = "#users tr[data-user=dave]";
+    b.wait(user_row);
+    b.fill(&format!("{user_row} form.grant input"), "ci");
+    b.click(&format!("{user_row} form.grant button"));
+    b.wait_text(user_row, "tag:ci");
+    dave.run(&["-t", "ci", "true"]).ok();
+    assert!(admin.run(&["user", "ls"]).ok().stdout.contains("tag:ci"));
+    b.click(&format!("{user_row} button[aria-label=\"Revoke tag:ci\"]"));
+    b.wait_text(user_row, "nothing yet");
+    dave.run(&["-t", "ci", "true"]).fails_with(255, "grant");
+    b.click(&format!("{user_row} button.danger"));
+    b.click("dialog button[value=ok]");
+    b.wait_gone(user_row);
+    dave.run(&["whoami"]).fails_with(1, "invalid or was revoked");
+    drop(ci);
+
+    // An outstanding enrollment token is listed, and withdrawn it enrolls nothing.
+    let token = admin.enroll_token(&["later"]);
+    b.goto(&format!("{}/#/tokens", cp.url));
+    b.wait_text("#tokens", "later");
+    assert_eq!(b.count("#tokens tbody tr"), 1);
+    b.click("#tokens button[aria-label^=\"Withdraw token\"]");
+    b.wait_text("#tokens", "No enrollment tokens outstanding");
+    Agent::run_to_end(&["--server", &cp.url, "--token", &token]).fails_with(1, "enrollment failed");
+}
