@@ -2,8 +2,10 @@
 //! heartbeats, enrollment, and the SSH certificate authority that signs a short-lived user
 //! certificate for every dispatch.
 //!
-//! It brokers identity and steps aside: command bytes never pass through it. It knows
-//! nothing about SSH sessions or how agents run commands.
+//! It brokers identity and steps aside: command bytes never pass through it — except for
+//! the dashboard's console ([`console`]), where it runs one command on the caller's behalf
+//! with a key and certificate of its own for that call. It knows nothing of how agents
+//! run commands. It also serves the dashboard's pages ([`web`]).
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 

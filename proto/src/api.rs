@@ -386,8 +386,10 @@ pub struct AuditEntry {
     pub at: u64,
     /// Who did it (`(enrollment)` for a node enrolling with a token).
     pub user: String,
-    /// `dispatch`, `user.add`, `user.remove`, `user.token`, `node.token`, `node.enroll`,
-    /// `node.update`, `node.remove`, `session.remove`, `user.grant`, `user.revoke`.
+    /// `dispatch` (`detail` is `web console` for one from the dashboard), `user.add`,
+    /// `user.remove`, `user.token`, `node.token`, `node.token.remove`, `node.enroll`,
+    /// `node.update`, `node.remove`, `session.remove`, `user.grant`, `user.revoke`,
+    /// `web.login`.
     pub action: String,
     pub node_id: Option<String>,
     pub isolation: Option<String>,
