@@ -220,6 +220,17 @@ fn the_console_streams_output_shows_the_exit_code_and_stops_a_command() {
     assert_eq!((entry["action"].as_str(), entry["user"].as_str()), (Some("dispatch"), Some("admin")));
     assert_eq!(entry["node_id"], agent.node_id.as_str());
 
+    // In a session: the directory is kept from one command to the next, as with `-s`.
+    b.fill("#console-session", "web");
+    b.fill("#console-command", "cd /tmp");
+    b.click("#console-run");
+    b.wait_text("#console-exit", "exit 0");
+    b.fill("#console-command", "pwd");
+    b.click("#console-run");
+    b.wait_text("#console-output", "/tmp");
+    assert_eq!(admin.run(&["-n", &agent.name, "-s", "web", "pwd"]).ok().stdout, "/tmp\n");
+    b.fill("#console-session", "");
+
     // Stop: the browser drops the call, and the node ends the command.
     b.fill("#console-command", "echo started; sleep 4711; echo never");
     b.click("#console-run");
