@@ -177,12 +177,19 @@ fn stop(proc: &mut Option<Proc>) {
 /// A raw HTTP POST of `body` to the control plane at `addr` (with `bearer` as the
 /// credential, if any), and the whole answer as text: for requests no client would send.
 pub fn post_raw(addr: &str, path: &str, bearer: Option<&str>, body: &str) -> String {
+    let auth: Vec<String> = bearer.map(|b| format!("Authorization: Bearer {b}")).into_iter().collect();
+    http_raw(addr, "POST", path, &auth, body)
+}
+
+/// One raw HTTP/1.1 request to `addr` with these extra header lines, and the whole answer
+/// as text.
+pub fn http_raw(addr: &str, method: &str, path: &str, headers: &[String], body: &str) -> String {
     use std::io::Read;
-    let auth = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the control plane");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write request");

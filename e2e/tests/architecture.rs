@@ -6,6 +6,18 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// What each service (control plane, agent, openboxd) may use: the libraries, never
+/// another service.
+const SERVICE: &[&str] = &[
+    "openbox-proto",
+    "openbox-paths",
+    "openbox-trust",
+    "openbox-tls",
+    "openbox-net",
+    "openbox-telemetry",
+    "openbox-tailnet",
+];
+
 /// Each openbox crate and the openbox crates it may depend on (normal dependencies).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-proto", &[]),
@@ -16,42 +28,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-tailnet", &["openbox-libtailscale-sys"]),
     ("openbox-telemetry", &[]),
     ("openbox-net", &["openbox-proto", "openbox-trust", "openbox-tls", "openbox-tailnet"]),
-    (
-        "openbox-control",
-        &[
-            "openbox-proto",
-            "openbox-paths",
-            "openbox-trust",
-            "openbox-tls",
-            "openbox-net",
-            "openbox-telemetry",
-            "openbox-tailnet",
-        ],
-    ),
-    (
-        "openbox-agent",
-        &[
-            "openbox-proto",
-            "openbox-paths",
-            "openbox-trust",
-            "openbox-tls",
-            "openbox-net",
-            "openbox-telemetry",
-            "openbox-tailnet",
-        ],
-    ),
-    (
-        "openboxd",
-        &[
-            "openbox-proto",
-            "openbox-paths",
-            "openbox-trust",
-            "openbox-tls",
-            "openbox-net",
-            "openbox-telemetry",
-            "openbox-tailnet",
-        ],
-    ),
+    ("openbox-control", SERVICE),
+    ("openbox-agent", SERVICE),
+    ("openboxd", SERVICE),
     ("openbox-cli", &["openbox-proto", "openbox-paths"]),
     ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-tls", "openbox-net"]),
 ];

@@ -1,25 +1,9 @@
 //! The web dashboard in headless Chromium, against the real control plane and real agents.
 
-use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 
-use openbox_e2e::{Agent, Browser, Cli, ControlPlane, free_port, wait_until};
+use openbox_e2e::{Agent, Browser, Cli, ControlPlane, free_port, http_raw, wait_until};
 use serde_json::json;
-
-/// One raw HTTP/1.1 request to `addr` with these extra header lines; the whole answer.
-fn raw(addr: &str, method: &str, path: &str, headers: &[String], body: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the control plane");
-    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write request");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("read response");
-    resp
-}
 
 /// The `openbox_session` cookie the browser holds.
 fn session_cookie(b: &mut Browser) -> serde_json::Value {
@@ -58,12 +42,12 @@ fn logging_in_and_out_sets_and_clears_a_strict_http_only_cookie() {
     assert_eq!(b.eval("document.cookie"), "", "the page's scripts cannot read it");
     let value = cookie["value"].as_str().unwrap().to_owned();
     let with_cookie = [format!("Cookie: openbox_session={value}")];
-    assert!(raw(&cp.addr, "GET", "/web/session", &with_cookie, "").starts_with("HTTP/1.1 200"));
+    assert!(http_raw(&cp.addr, "GET", "/web/session", &with_cookie, "").starts_with("HTTP/1.1 200"));
 
     b.click("#logout");
     b.wait("#token");
     assert!(b.cookies().is_empty(), "logging out clears the cookie");
-    let after = raw(&cp.addr, "GET", "/web/session", &with_cookie, "");
+    let after = http_raw(&cp.addr, "GET", "/web/session", &with_cookie, "");
     assert!(after.starts_with("HTTP/1.1 401"), "the old cookie no longer works: {after}");
     let audit = admin.run(&["audit", "--json"]).ok().json();
     assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "web.login" && e["user"] == "admin"), "{audit}");
@@ -107,7 +91,7 @@ fn a_state_changing_request_without_the_csrf_token_or_from_another_site_is_refus
         format!("X-CSRF-Token: {csrf}"),
         "Origin: http://elsewhere.example".to_owned(),
     ];
-    let resp = raw(&cp.addr, "POST", "/v1/users", &headers, r#"{"name":"trudy"}"#);
+    let resp = http_raw(&cp.addr, "POST", "/v1/users", &headers, r#"{"name":"trudy"}"#);
     assert!(resp.starts_with("HTTP/1.1 403") && resp.contains("another site"), "{resp}");
     let users = admin.run(&["user", "ls"]).ok().stdout;
     assert!(users.contains("carol") && !users.contains("mallory") && !users.contains("trudy"), "{users}");
