@@ -42,6 +42,13 @@ pub(crate) fn hide_secrets(cmd: &mut tokio::process::Command) {
     }
 }
 
+/// This node's identity as `openbox agent --identity` shows it (id, name, control plane;
+/// no secrets), if it has enrolled.
+pub fn enrolled(dir: &std::path::Path) -> anyhow::Result<Option<serde_json::Value>> {
+    Ok(Identity::load(dir)?
+        .map(|id| serde_json::json!({"node_id": id.node_id, "name": id.name, "server": id.server.url})))
+}
+
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct Config {

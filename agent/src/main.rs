@@ -75,6 +75,10 @@ struct Args {
     /// than root.
     #[arg(long = "run-as", value_name = "USER=LOGIN")]
     run_as: Vec<String>,
+    /// Print this node's identity (id, name, control plane) as JSON and exit: 0 when it has
+    /// enrolled, 3 when it has not.
+    #[arg(long)]
+    identity: bool,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -122,6 +126,22 @@ fn main() -> ExitCode {
         }
     };
     let dir = paths::agent_dir();
+    if args.identity {
+        return match openbox_agent::enrolled(&dir) {
+            Ok(Some(shown)) => {
+                println!("{shown}");
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("openbox agent: this machine has not enrolled");
+                ExitCode::from(3)
+            }
+            Err(e) => {
+                eprintln!("openbox agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mesh = match openbox_agent::mesh_settings(
         &dir,
         args.mesh,

@@ -6,5 +6,6 @@
 //! today; the tailnet becomes one more variant there.
 
 pub mod control;
+pub mod remote;
 pub mod ssh;
 pub mod transport;

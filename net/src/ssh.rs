@@ -259,6 +259,10 @@ pub struct Started {
 }
 
 impl Started {
+    pub(crate) fn new(channel: russh::Channel<client::Msg>, node: String) -> Started {
+        Started { channel, node }
+    }
+
     /// Feeds the command `input`, streams its output, and returns how it ended.
     pub async fn finish(
         self,

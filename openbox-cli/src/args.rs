@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use clap::{Args, Parser, Subcommand};
 use proto::Isolation;
 use proto::api::Target;
-use proto::request::{Request, RunRequest, UpRequest};
+use proto::request::{NodeAddRequest, Request, RunRequest, SshLogin, UpRequest};
 
 const AFTER_HELP: &str = "\
 Run a command on a node:
@@ -215,6 +215,56 @@ pub enum NodeCommand {
         #[arg(long, default_value = "1h", value_parser = proto::parse_duration)]
         ttl: u64,
     },
+    /// Make a machine you can reach over SSH a node: checks its host key, installs the
+    /// agent there as a service (systemd or launchd; nohup where there is none), enrolls it
+    /// with a fresh single-use token and waits until it is online.
+    ///
+    /// The login is a key file (--key), a password (--password asks on the terminal;
+    /// --password-stdin reads one line), or else the keys of your SSH agent (SSH_AUTH_SOCK).
+    /// The host key must be in known_hosts, or match --host-key-fingerprint, or be taken
+    /// with --accept-new (then it is recorded); a changed key is always refused.
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The machine: [USER@]HOST[:PORT] (IPv6 in brackets).
+        target: String,
+        /// Log in with this private key file.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["password", "password_stdin"])]
+        key: Option<std::path::PathBuf>,
+        /// Log in with a password, asked for on the terminal (never on the command line).
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: bool,
+        /// Log in with a password read from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Tag for the node (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Node name [default: the machine's host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Serve on the fleet's tailnet only (no TCP port).
+        #[arg(long)]
+        mesh: bool,
+        /// The host key you expect (`ssh-keygen -lf` on the machine shows it).
+        #[arg(long, value_name = "SHA256:…")]
+        host_key_fingerprint: Option<String>,
+        /// Take the host key of a machine known_hosts does not know, and record it.
+        #[arg(long)]
+        accept_new: bool,
+        /// The known_hosts file [default: ~/.ssh/known_hosts].
+        #[arg(long, value_name = "FILE")]
+        known_hosts: Option<std::path::PathBuf>,
+        /// Directory of release binaries for other platforms (openbox-agent-OS-ARCH, e.g.
+        /// openbox-agent-linux-aarch64); this machine's own agent is used when they match.
+        #[arg(long, value_name = "DIR")]
+        from: Option<std::path::PathBuf>,
+        /// Install again even when the machine is already a node.
+        #[arg(long)]
+        reinstall: bool,
+        /// The port the node's agent listens on.
+        #[arg(long, default_value_t = 7684)]
+        agent_port: u16,
+    },
     /// Remove a node and revoke its identity.
     Rm { node: String },
     /// Add (+TAG) or remove (-TAG) tags: `openbox node tag web1 +gpu -old`.
@@ -282,6 +332,11 @@ pub enum Action {
     Exec(&'static str, Vec<OsString>),
     /// Stop openboxd if it runs (without starting one to do so).
     StopDaemon { json: bool },
+}
+
+/// `path` made absolute (openboxd runs elsewhere).
+fn absolute(path: &std::path::Path) -> Result<String, String> {
+    std::path::absolute(path).map(|p| p.display().to_string()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn name(kind: &str, v: &str) -> Result<String, String> {
@@ -385,6 +440,54 @@ impl Cli {
                 ttl_secs: ttl,
             },
             Some(Command::Node(NodeCommand::Rm { node })) => Request::NodeRemove { node },
+            Some(Command::Node(NodeCommand::Add {
+                target,
+                key,
+                password,
+                password_stdin,
+                tags,
+                name: node_name,
+                mesh,
+                host_key_fingerprint,
+                accept_new,
+                known_hosts,
+                from,
+                reinstall,
+                agent_port,
+            })) => {
+                let (user, host, port) = crate::prompt::ssh_target(&target)?;
+                let login = if let Some(k) = key {
+                    SshLogin::Key(absolute(&k)?)
+                } else if password || password_stdin {
+                    let pw = if password {
+                        crate::prompt::password(&format!("{user}@{host}'s password: "))?
+                    } else {
+                        crate::prompt::stdin_line()?
+                    };
+                    SshLogin::Password(proto::request::Redacted(pw))
+                } else {
+                    SshLogin::Agent(crate::prompt::agent_socket()?)
+                };
+                let known_hosts = match known_hosts {
+                    Some(f) => absolute(&f)?,
+                    None => crate::prompt::default_known_hosts()?,
+                };
+                Request::NodeAdd(NodeAddRequest {
+                    user,
+                    host,
+                    port,
+                    login,
+                    known_hosts,
+                    host_key_fingerprint,
+                    accept_new,
+                    tags: tags.iter().map(|t| name("tag", t)).collect::<Result<_, _>>()?,
+                    name: node_name.map(|n| name("node name", &n)).transpose()?,
+                    mesh,
+                    from: from.map(|f| absolute(&f)).transpose()?,
+                    reinstall,
+                    agent_port,
+                })
+            }
             Some(Command::Node(NodeCommand::Rename { node, name: n })) => {
                 Request::NodeRename { node, name: name("node name", &n)? }
             }

@@ -4,6 +4,7 @@
 
 mod args;
 mod daemon;
+mod prompt;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;

@@ -22,7 +22,7 @@ pub fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
 }
 
 impl Reply {
-    fn new(json: serde_json::Value, text: impl Into<String>) -> Reply {
+    pub fn new(json: serde_json::Value, text: impl Into<String>) -> Reply {
         Reply { json, text: text.into(), warnings: Vec::new() }
     }
 }

@@ -8,6 +8,7 @@
 //! It knows nothing about parsing command lines.
 
 mod account;
+mod bootstrap;
 mod commands;
 mod connect;
 mod fleet;
@@ -177,6 +178,7 @@ async fn handle_with(
         Request::UserGrant { name, grant } => commands::user_grant(d, &name, &grant).await,
         Request::UserRevoke { name, on } => commands::user_revoke(d, &name, &on).await,
         Request::NodeToken { tags, ttl_secs } => commands::node_token(d, &tags, ttl_secs).await,
+        Request::NodeAdd(req) => bootstrap::node_add(d, req, output).await,
         Request::Nodes { tag } => commands::nodes(d, tag.as_deref()).await,
         Request::NodeRemove { node } => commands::node_remove(d, &node).await,
         Request::NodeTag { node, add, remove } => {

@@ -42,6 +42,20 @@ pub struct Removed {
     pub node: Option<String>,
 }
 
+/// `openbox node add --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeAdded {
+    pub node_id: String,
+    pub name: String,
+    /// The machine, `USER@HOST:PORT`.
+    pub host: String,
+    /// How the agent runs there: `systemd`, `systemd-user`, `launchd` or `nohup`; none
+    /// when nothing was installed.
+    pub service: Option<String>,
+    /// It was a node already, and nothing changed.
+    pub already: bool,
+}
+
 /// `openbox up --json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Up {

@@ -7,6 +7,60 @@ use serde::{Deserialize, Serialize};
 use crate::Isolation;
 use crate::api::Target;
 
+/// `openbox node add`: make a machine reachable over SSH a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeAddRequest {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub login: SshLogin,
+    /// The `known_hosts` file that vouches for (and records) the host's key.
+    pub known_hosts: String,
+    /// `SHA256:…`: the host key the user expects.
+    #[serde(default)]
+    pub host_key_fingerprint: Option<String>,
+    /// Take a host `known_hosts` does not know, and record it.
+    #[serde(default)]
+    pub accept_new: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The node joins the fleet's tailnet rather than serving on a TCP port.
+    #[serde(default)]
+    pub mesh: bool,
+    /// Where release binaries for other platforms are (`openbox-agent-OS-ARCH`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Install again even when the machine is already a node.
+    #[serde(default)]
+    pub reinstall: bool,
+    /// The port the node's agent listens on.
+    pub agent_port: u16,
+}
+
+/// How `openbox node add` logs in to the machine.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SshLogin {
+    Password(Redacted),
+    /// A private key file (absolute path).
+    Key(String),
+    /// The keys an SSH agent holds, at this socket.
+    Agent(String),
+}
+
+/// A secret carried in a request: never shown by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The environment variable through which the CLI hands a one-shot call to openboxd.
 pub const CALL_ENV: &str = "OPENBOX_CALL";
 
@@ -60,6 +114,7 @@ pub enum Request {
         tags: Vec<String>,
         ttl_secs: u64,
     },
+    NodeAdd(NodeAddRequest),
     Nodes {
         tag: Option<String>,
     },

@@ -8,6 +8,7 @@
 //! Pure: this crate does no I/O and keeps no clock; callers pass `now`.
 
 mod ca;
+pub mod known_hosts;
 mod secret;
 pub mod token;
 mod verify;

@@ -57,6 +57,7 @@ const lines = createInterface({ input: process.stdin });
 for await (const line of lines) {
   if (!line.trim()) continue;
   const { op, ...args } = JSON.parse(line);
+  if (op === 'quit') break;
   try {
     if (!ops[op]) throw new Error(`no such operation ${op}`);
     if (op !== 'fresh' && !page) await fresh();

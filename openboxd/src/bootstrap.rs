@@ -1,0 +1,656 @@
+//! `openbox node add`: a machine reachable over SSH becomes a node with one command.
+//!
+//! Steps, each named in the error when it fails: connect (host key checked as OpenSSH
+//! would, see `net::remote`) → probe (`uname`, the account, the service manager) → already
+//! a node? (its agent's `--identity`) → upload the agent binary → a fresh single-use
+//! enrollment token, into a 0600 file there (never on a command line) → install and start
+//! the agent (systemd system or user unit, launchd, or nohup said out loud) → wait until
+//! it has enrolled and is online. A failure after the install step removes what it put
+//! there.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use net::remote::{HostKeyPolicy, Login as SshAuth, Remote, RemoteError, Trusted};
+use net::ssh::NoInput;
+use proto::api::{EnrollToken, NewEnrollToken, Node};
+use proto::output::NodeAdded;
+use proto::request::{NodeAddRequest, SshLogin};
+
+use crate::Daemon;
+use crate::commands::{Reply, to_json};
+use crate::io::CallOutput;
+
+/// How long a fresh agent may take to enroll and come online.
+const ONLINE_WITHIN: Duration = Duration::from_secs(60);
+/// The system unit installed where the agent runs as root under systemd.
+const SYSTEM_UNIT: &str = include_str!("../../systemd/openbox-agent.service");
+
+/// What the machine is, as the probe found it.
+struct Machine {
+    os: String,
+    arch: String,
+    /// Installs as root: the login is root, or it may `sudo` without a password where
+    /// systemd runs the system (then the agent is a system service).
+    root: bool,
+    /// Through `sudo -n` (the login is not root).
+    sudo: bool,
+    home: String,
+    manager: Manager,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Manager {
+    Systemd,
+    SystemdUser,
+    Launchd,
+    Nohup,
+}
+
+impl Manager {
+    fn name(self) -> &'static str {
+        match self {
+            Manager::Systemd => "systemd",
+            Manager::SystemdUser => "systemd-user",
+            Manager::Launchd => "launchd",
+            Manager::Nohup => "nohup",
+        }
+    }
+}
+
+/// Where things go on the machine.
+struct Layout {
+    bin: String,
+    /// `OPENBOX_HOME` for the agent, when it is not the account's default.
+    home_env: Option<String>,
+    token: String,
+    log: String,
+    pid: String,
+    unit: Option<String>,
+}
+
+impl Layout {
+    fn for_machine(m: &Machine) -> Layout {
+        if m.root {
+            Layout {
+                bin: "/usr/local/bin/openbox-agent".into(),
+                home_env: Some("/var/lib/openbox-agent".into()),
+                token: "/etc/openbox/enroll.token".into(),
+                log: "/var/log/openbox-agent.log".into(),
+                pid: "/run/openbox-agent.pid".into(),
+                unit: match m.manager {
+                    Manager::Systemd => Some("/etc/systemd/system/openbox-agent.service".into()),
+                    _ => None,
+                },
+            }
+        } else {
+            let state = format!("{}/.local/state/openbox", m.home);
+            Layout {
+                bin: format!("{}/.local/bin/openbox-agent", m.home),
+                home_env: None,
+                token: format!("{state}/enroll.token"),
+                log: format!("{state}/agent.log"),
+                pid: format!("{state}/agent.pid"),
+                unit: match m.manager {
+                    Manager::SystemdUser => Some(format!("{}/.config/systemd/user/openbox-agent.service", m.home)),
+                    Manager::Launchd => Some(format!("{}/Library/LaunchAgents/dev.openbox.agent.plist", m.home)),
+                    _ => None,
+                },
+            }
+        }
+    }
+
+    /// The agent binary, run with the right `OPENBOX_HOME`.
+    fn agent(&self) -> String {
+        match &self.home_env {
+            Some(h) => format!("OPENBOX_HOME={} {}", sh(h), sh(&self.bin)),
+            None => sh(&self.bin),
+        }
+    }
+}
+
+/// The machine, as the account that installs: commands go through `sudo -n` when that is
+/// how it becomes root.
+struct On<'a> {
+    remote: &'a Remote,
+    sudo: bool,
+}
+
+impl On<'_> {
+    async fn run(&self, command: &str, input: impl net::ssh::Input) -> Result<net::remote::Ran, RemoteError> {
+        match self.sudo {
+            true => self.remote.run(&format!("sudo -n sh -c {}", sh(command)), input).await,
+            false => self.remote.run(command, input).await,
+        }
+    }
+}
+
+/// Single-quoted for `sh`.
+fn sh(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Progress, on the call's stderr.
+async fn say(out: &mut CallOutput, text: &str) {
+    out.eprint(&format!("node add: {text}\n")).await;
+}
+
+pub async fn node_add(d: &Daemon, req: NodeAddRequest, out: &mut CallOutput) -> anyhow::Result<Reply> {
+    let login = d.login()?;
+    let control = login.client()?;
+    let who = format!("{}@{}:{}", req.user, req.host, req.port);
+
+    say(out, &format!("connecting to {who}")).await;
+    let remote = connect(&req).await?;
+    let fingerprint = trust::known_hosts::fingerprint(&remote.host_key);
+    if remote.trusted == Trusted::New {
+        record_host_key(&req, &remote.host_key)?;
+        say(out, &format!("host key {fingerprint} recorded in {}", req.known_hosts)).await;
+    } else {
+        say(out, &format!("host key {fingerprint} is the one known_hosts records")).await;
+    }
+    let result = bootstrap(&req, &who, &remote, &control, &login.server, out).await;
+    remote.close().await;
+    result
+}
+
+async fn connect(req: &NodeAddRequest) -> anyhow::Result<Remote> {
+    let known_hosts = match std::fs::read_to_string(&req.known_hosts) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", req.known_hosts)),
+    };
+    let policy = HostKeyPolicy {
+        known_hosts,
+        known_hosts_path: req.known_hosts.clone(),
+        pin: req.host_key_fingerprint.clone(),
+        accept_new: req.accept_new,
+    };
+    let auth = match &req.login {
+        SshLogin::Password(p) => SshAuth::Password(trust::Secret::new(p.0.as_str())),
+        SshLogin::Key(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading the key {path}"))?;
+            let key = trust::PrivateKey::from_openssh(&text)
+                .map_err(|e| anyhow!("{path} is not an OpenSSH private key: {e}"))?;
+            if key.is_encrypted() {
+                bail!("{path} is protected by a passphrase: add it to your SSH agent (ssh-add) and leave out --key");
+            }
+            SshAuth::Key(Arc::new(key))
+        }
+        SshLogin::Agent(socket) => SshAuth::Agent(socket.into()),
+    };
+    net::remote::connect(&req.host, req.port, &req.user, &auth, &policy).await.map_err(|e| match e {
+        RemoteError::AuthFailed { .. } => anyhow!("authentication failed: {e}"),
+        e => anyhow!(e),
+    })
+}
+
+/// Appends the host's key to `known_hosts` (creating it, and `~/.ssh`, private).
+fn record_host_key(req: &NodeAddRequest, key: &trust::PublicKey) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let path = std::path::Path::new(&req.known_hosts);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("recording the host key in {}", path.display()))?;
+    writeln!(f, "{}", trust::known_hosts::entry_line(&req.host, req.port, key))?;
+    Ok(())
+}
+
+async fn bootstrap(
+    req: &NodeAddRequest,
+    who: &str,
+    remote: &Remote,
+    control: &net::control::Client,
+    server: &net::control::Endpoint,
+    out: &mut CallOutput,
+) -> anyhow::Result<Reply> {
+    let machine = probe(remote).await.context("probing the machine")?;
+    let account = match (machine.root, machine.sudo) {
+        (true, false) => "root",
+        (true, true) => "installing as root through passwordless sudo",
+        _ => "not root: installing for this account",
+    };
+    say(out, &format!("{} {}, {account}", machine.os, machine.arch)).await;
+    let layout = Layout::for_machine(&machine);
+    let remote = &On { remote, sudo: machine.sudo };
+
+    // Already a node of this fleet? Then nothing changes, unless asked.
+    if !req.reinstall
+        && let Some((node_id, name)) = enrolled(remote, &layout).await
+        && control.get::<Vec<Node>>("/v1/nodes").await?.iter().any(|n| n.id == node_id)
+    {
+        let text =
+            format!("{who} is already node {name} ({node_id}); nothing changed (--reinstall installs it again).");
+        let added = NodeAdded { node_id, name, host: who.to_owned(), service: None, already: true };
+        return Ok(Reply::new(to_json(&added), text));
+    }
+
+    let binary = agent_binary(&machine, req.from.as_deref())?;
+    let existed = remote.run(&format!("test -e {}", sh(&layout.bin)), NoInput).await?.ok();
+    upload(remote, &binary, &layout.bin, out).await.context("uploading the agent")?;
+
+    let installed = Installed { layout: &layout, manager: machine.manager, binary_is_new: !existed };
+    let done = async {
+        let tok: EnrollToken = control
+            .post("/v1/enroll-tokens", &NewEnrollToken { tags: req.tags.clone(), ttl_secs: 600 })
+            .await
+            .context("minting an enrollment token")?;
+        put_token(remote, &layout, &tok.token).await.context("handing over the enrollment token")?;
+        let args = agent_args(req, server, &layout);
+        let how = start_agent(remote, &machine, &layout, &args).await.context("starting the agent")?;
+        say(out, &how).await;
+        say(out, "waiting for the node to enroll and come online").await;
+        let (node_id, name) = wait_online(remote, &layout, control).await.context("waiting for the node")?;
+        let _ = remote.run(&format!("rm -f {}", sh(&layout.token)), NoInput).await;
+        anyhow::Ok((node_id, name))
+    }
+    .await;
+    let (node_id, name) = match done {
+        Ok(v) => v,
+        Err(e) => {
+            installed.remove(remote).await;
+            return Err(e.context(format!("{who}: nothing was left installed")));
+        }
+    };
+    let text = format!(
+        "Node {name} ({node_id}) is online, its agent run by {}.\nTry:  openbox -n {name} hostname",
+        machine.manager.name()
+    );
+    let added =
+        NodeAdded { node_id, name, host: who.to_owned(), service: Some(machine.manager.name().into()), already: false };
+    Ok(Reply::new(to_json(&added), text))
+}
+
+async fn probe(remote: &Remote) -> anyhow::Result<Machine> {
+    const PROBE: &str = r#"uname -s; uname -m; id -u; printf '%s\n' "$HOME"
+if [ "$(uname -s)" = Darwin ]; then echo launchd
+elif [ -d /run/systemd/system ] && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then echo systemd
+elif [ "$(id -u)" != 0 ] && systemctl --user show-environment >/dev/null 2>&1; then echo systemd-user
+else echo nohup; fi"#;
+    let ran = remote.run(PROBE, NoInput).await?;
+    if !ran.ok() {
+        bail!("the probe failed: {}", ran.why());
+    }
+    let text = ran.stdout_text();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let [os, arch, uid, home, manager, ..] = lines[..] else {
+        bail!("the probe's answer is not understood: {text:?}");
+    };
+    let os = match os {
+        "Linux" => "linux",
+        "Darwin" => "macos",
+        other => bail!("unsupported platform: {other} {arch} (openbox runs on Linux and macOS)"),
+    };
+    let arch = match arch {
+        "x86_64" | "amd64" => "x86_64",
+        "aarch64" | "arm64" => "aarch64",
+        other => bail!("unsupported platform: {os} {other} (openbox runs on x86_64 and aarch64)"),
+    };
+    let manager = match manager {
+        "systemd" => Manager::Systemd,
+        "systemd-user" => Manager::SystemdUser,
+        "launchd" => Manager::Launchd,
+        _ => Manager::Nohup,
+    };
+    // Not root, but a system service all the same: through sudo.
+    let sudo = uid != "0" && manager == Manager::Systemd;
+    Ok(Machine { os: os.into(), arch: arch.into(), root: uid == "0" || sudo, sudo, home: home.into(), manager })
+}
+
+/// The node this machine's agent says it is, if it has enrolled.
+async fn enrolled(remote: &On<'_>, layout: &Layout) -> Option<(String, String)> {
+    let ran = remote.run(&format!("{} --identity", layout.agent()), NoInput).await.ok()?;
+    let id: serde_json::Value = serde_json::from_slice(&ran.stdout).ok().filter(|_| ran.ok())?;
+    Some((id["node_id"].as_str()?.to_owned(), id["name"].as_str()?.to_owned()))
+}
+
+/// The agent binary for the machine: this machine's own when they match, else from `from`.
+fn agent_binary(m: &Machine, from: Option<&str>) -> anyhow::Result<std::path::PathBuf> {
+    let here = (if cfg!(target_os = "macos") { "macos" } else { "linux" }, std::env::consts::ARCH);
+    if (m.os.as_str(), m.arch.as_str()) == here {
+        return Ok(paths::sibling_binary("openbox-agent"));
+    }
+    let name = format!("openbox-agent-{}-{}", m.os, m.arch);
+    match from {
+        Some(dir) => {
+            let path = std::path::Path::new(dir).join(&name);
+            if path.is_file() { Ok(path) } else { bail!("{} is not there: --from must hold {name}", path.display()) }
+        }
+        None => bail!(
+            "the machine is {} {} and this one {} {}: give --from DIR holding {name}",
+            m.os,
+            m.arch,
+            here.0,
+            here.1
+        ),
+    }
+}
+
+/// Streams `local` to `path` on the machine (through a temporary name, so a cut upload
+/// leaves no half binary), with progress.
+async fn upload(remote: &On<'_>, local: &std::path::Path, path: &str, out: &mut CallOutput) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut file = tokio::fs::File::open(local).await.with_context(|| format!("opening {}", local.display()))?;
+    let total = file.metadata().await?.len();
+    let part = format!("{path}.part");
+    let dir = std::path::Path::new(path).parent().map(|d| d.display().to_string()).unwrap_or_else(|| ".".into());
+    let command = format!(
+        "mkdir -p {} && cat > {} && chmod 755 {} && mv -f {} {}",
+        sh(&dir),
+        sh(&part),
+        sh(&part),
+        sh(&part),
+        sh(path)
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let reader = tokio::spawn(async move {
+        let mut sent = 0u64;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = match file.read(&mut buf).await {
+                Ok(0) | Err(_) => return sent,
+                Ok(n) => n,
+            };
+            buf.truncate(n);
+            if tx.send(buf).await.is_err() {
+                return sent;
+            }
+            sent += n as u64;
+            let _ = progress_tx.send(sent);
+        }
+    });
+    let run = remote.run(&command, rx);
+    tokio::pin!(run);
+    let mut shown = 0;
+    let ran = loop {
+        tokio::select! {
+            ran = &mut run => break ran?,
+            Some(sent) = progress.recv() => {
+                let pct = (sent * 100).checked_div(total).unwrap_or(100);
+                if pct >= shown + 25 || sent == total {
+                    shown = pct;
+                    say(out, &format!("uploading {} to {path}: {pct}% of {:.1} MB", local.display(), total as f64 / 1e6)).await;
+                }
+            }
+        }
+    };
+    let sent = reader.await.unwrap_or(0);
+    if !ran.ok() {
+        let _ = remote.run(&format!("rm -f {}", sh(&part)), NoInput).await;
+        bail!("{}", ran.why());
+    }
+    if sent != total {
+        bail!("only {sent} of {total} bytes were sent");
+    }
+    Ok(())
+}
+
+/// Writes the token into a file only the account can read.
+async fn put_token(remote: &On<'_>, layout: &Layout, token: &str) -> anyhow::Result<()> {
+    let dir = std::path::Path::new(&layout.token).parent().map(|d| d.display().to_string()).unwrap_or_default();
+    let command = format!("umask 077 && mkdir -p {} && cat > {}", sh(&dir), sh(&layout.token));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(format!("{token}\n").into_bytes()).await.ok();
+    drop(tx);
+    let ran = remote.run(&command, rx).await?;
+    if !ran.ok() {
+        bail!("{}", ran.why());
+    }
+    Ok(())
+}
+
+/// The agent's arguments (the token by file).
+fn agent_args(req: &NodeAddRequest, server: &net::control::Endpoint, layout: &Layout) -> Vec<String> {
+    let mut args = vec!["--server".to_owned(), server.url.clone()];
+    if let Some(fp) = &server.fingerprint {
+        args.extend(["--fingerprint".into(), fp.to_string()]);
+    }
+    if server.insecure_http {
+        args.push("--insecure-http".into());
+    }
+    args.extend(["--token-file".into(), layout.token.clone()]);
+    if let Some(n) = &req.name {
+        args.extend(["--name".into(), n.clone()]);
+    }
+    if !req.mesh {
+        let advertise = if req.host.contains(':') { format!("[{}]", req.host) } else { req.host.clone() };
+        args.extend([
+            "--addr".into(),
+            format!("0.0.0.0:{}", req.agent_port),
+            "--advertise".into(),
+            format!("{advertise}:{}", req.agent_port),
+        ]);
+    }
+    args
+}
+
+/// Installs the agent as a service (or starts it with nohup) and says how.
+async fn start_agent(remote: &On<'_>, m: &Machine, layout: &Layout, args: &[String]) -> anyhow::Result<String> {
+    let quoted: Vec<String> = args.iter().map(|a| sh(a)).collect();
+    let (command, said) = match m.manager {
+        Manager::Systemd => {
+            let env = format!("OPENBOX_AGENT_ARGS={}\n", args.join(" "));
+            let unit = layout.unit.as_deref().unwrap_or_default();
+            (
+                format!(
+                    "mkdir -p /etc/openbox && umask 077 && printf %s {} > /etc/openbox/agent.env && umask 022 && printf %s {} > {} \
+                     && systemctl daemon-reload && systemctl enable openbox-agent.service && systemctl restart openbox-agent.service",
+                    sh(&env),
+                    sh(SYSTEM_UNIT),
+                    sh(unit)
+                ),
+                "installed the systemd unit openbox-agent.service (enabled, started)".to_owned(),
+            )
+        }
+        Manager::SystemdUser => {
+            let unit = layout.unit.as_deref().unwrap_or_default();
+            let text = user_unit(&layout.bin, args);
+            (
+                format!(
+                    "mkdir -p \"$(dirname {u})\" && printf %s {} > {u} && systemctl --user daemon-reload \
+                     && systemctl --user enable openbox-agent.service && systemctl --user restart openbox-agent.service",
+                    sh(&text),
+                    u = sh(unit)
+                ),
+                "installed the systemd user unit openbox-agent.service (enabled, started; `loginctl enable-linger` keeps it running when you are logged out)".to_owned(),
+            )
+        }
+        Manager::Launchd => {
+            let plist = launchd_plist(&layout.bin, args, &layout.log);
+            let path = layout.unit.as_deref().unwrap_or_default();
+            (
+                format!(
+                    "mkdir -p \"$(dirname {p})\" && launchctl unload {p} 2>/dev/null; printf %s {} > {p} && launchctl load -w {p}",
+                    sh(&plist),
+                    p = sh(path)
+                ),
+                "installed the launchd agent dev.openbox.agent (loaded)".to_owned(),
+            )
+        }
+        Manager::Nohup => {
+            let log_dir =
+                std::path::Path::new(&layout.log).parent().map(|d| d.display().to_string()).unwrap_or_default();
+            let start = format!("{} {}", layout.agent(), quoted.join(" "));
+            (
+                // An agent started here before (--reinstall) stops first: it holds the port.
+                format!(
+                    "if test -f {pid}; then old=$(cat {pid}); kill \"$old\" 2>/dev/null; i=0; \
+                     while kill -0 \"$old\" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; fi; \
+                     mkdir -p {} && cd && if command -v setsid >/dev/null; then setsid nohup {start} >> {log} 2>&1 < /dev/null & \
+                     else nohup {start} >> {log} 2>&1 < /dev/null & fi; echo $! > {pid}",
+                    sh(&log_dir),
+                    log = sh(&layout.log),
+                    pid = sh(&layout.pid)
+                ),
+                format!(
+                    "no service manager here: started the agent with nohup (log {}); it will not start again after a reboot",
+                    layout.log
+                ),
+            )
+        }
+    };
+    let ran = remote.run(&command, NoInput).await?;
+    if !ran.ok() {
+        let why = ran.why();
+        if why.contains("ermission denied")
+            || why.contains("Access denied")
+            || why.contains("Interactive authentication")
+        {
+            bail!("no permission to install a service: {why}");
+        }
+        bail!("{why}");
+    }
+    Ok(said)
+}
+
+/// The systemd user unit that runs the agent.
+fn user_unit(bin: &str, args: &[String]) -> String {
+    let line: Vec<String> = std::iter::once(bin).chain(args.iter().map(String::as_str)).map(systemd_quote).collect();
+    format!(
+        "[Unit]\nDescription=openbox node agent\nAfter=network-online.target\n\n[Service]\nType=simple\n\
+         ExecStart={}\nRestart=on-failure\nRestartSec=2s\nKillMode=mixed\n\n[Install]\nWantedBy=default.target\n",
+        line.join(" ")
+    )
+}
+
+/// One word of an `ExecStart=` line, taken literally by systemd.
+fn systemd_quote(word: &str) -> String {
+    let escaped = word.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%").replace('$', "$$");
+    format!("\"{escaped}\"")
+}
+
+fn launchd_plist(bin: &str, args: &[String], log: &str) -> String {
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let items: String = std::iter::once(bin.to_owned())
+        .chain(args.iter().cloned())
+        .map(|a| format!("    <string>{}</string>\n", esc(&a)))
+        .collect();
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \
+         \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist version=\"1.0\">\n<dict>\n  <key>Label</key>\n  \
+         <string>dev.openbox.agent</string>\n  <key>ProgramArguments</key>\n  <array>\n{items}  </array>\n  \
+         <key>RunAtLoad</key>\n  <true/>\n  <key>KeepAlive</key>\n  <true/>\n  <key>StandardOutPath</key>\n  \
+         <string>{log}</string>\n  <key>StandardErrorPath</key>\n  <string>{log}</string>\n</dict>\n</plist>\n",
+        log = esc(log)
+    )
+}
+
+/// Waits until the agent has enrolled (its `--identity` answers) and the control plane
+/// shows the node online.
+async fn wait_online(
+    remote: &On<'_>,
+    layout: &Layout,
+    control: &net::control::Client,
+) -> anyhow::Result<(String, String)> {
+    let deadline = Instant::now() + ONLINE_WITHIN;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if let Some((id, name)) = enrolled(remote, layout).await {
+            let nodes: Vec<Node> = control.get("/v1/nodes").await?;
+            if nodes.iter().any(|n| n.id == id && n.online) {
+                return Ok((id, name));
+            }
+        } else if let Some(last) = agent_gone(remote, layout).await {
+            bail!("the agent stopped: {last}");
+        }
+        if Instant::now() > deadline {
+            bail!("it did not come online within {}s; its log is {}", ONLINE_WITHIN.as_secs(), layout.log);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// When a nohup-started agent has exited: the last line of its log.
+async fn agent_gone(remote: &On<'_>, layout: &Layout) -> Option<String> {
+    let check = format!(
+        "test -f {p} && ! kill -0 \"$(cat {p})\" 2>/dev/null && tail -n 1 {}",
+        sh(&layout.log),
+        p = sh(&layout.pid)
+    );
+    let ran = remote.run(&check, NoInput).await.ok()?;
+    ran.ok().then(|| ran.stdout_text().trim().to_owned())
+}
+
+/// What one run put on the machine, so that a failure can take it away again.
+struct Installed<'a> {
+    layout: &'a Layout,
+    manager: Manager,
+    binary_is_new: bool,
+}
+
+impl Installed<'_> {
+    async fn remove(&self, remote: &On<'_>) {
+        let l = self.layout;
+        let mut steps = match self.manager {
+            Manager::Systemd => vec![
+                "systemctl disable --now openbox-agent.service".to_owned(),
+                format!("rm -f {} /etc/openbox/agent.env", sh(l.unit.as_deref().unwrap_or_default())),
+                "systemctl daemon-reload".to_owned(),
+            ],
+            Manager::SystemdUser => vec![
+                "systemctl --user disable --now openbox-agent.service".to_owned(),
+                format!("rm -f {}", sh(l.unit.as_deref().unwrap_or_default())),
+                "systemctl --user daemon-reload".to_owned(),
+            ],
+            Manager::Launchd => {
+                let p = sh(l.unit.as_deref().unwrap_or_default());
+                vec![format!("launchctl unload -w {p}"), format!("rm -f {p}")]
+            }
+            Manager::Nohup => vec![format!("test -f {p} && kill \"$(cat {p})\"; rm -f {p}", p = sh(&l.pid))],
+        };
+        steps.push(format!("rm -f {}", sh(&l.token)));
+        if self.binary_is_new {
+            steps.push(format!("rm -f {}", sh(&l.bin)));
+        }
+        for step in steps {
+            let _ = remote.run(&step, NoInput).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_unit_and_the_launchd_agent_it_writes_are_valid() {
+        let args: Vec<String> =
+            ["--server", "https://h:1", "--token-file", "/tmp/a b/50%$x\"y"].iter().map(|s| s.to_string()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let unit = dir.path().join("openbox-agent.service");
+        std::fs::write(&unit, user_unit("/bin/sh", &args)).unwrap();
+        let runtime = dir.path().join("run");
+        std::fs::create_dir(&runtime).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--user"])
+            .arg(&unit)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .output()
+            .expect("systemd-analyze must be installed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+
+        let plist = dir.path().join("agent.plist");
+        std::fs::write(&plist, launchd_plist("/usr/local/bin/openbox-agent", &args, "/tmp/a&b.log")).unwrap();
+        let check = "import plistlib,sys,json; p=plistlib.load(open(sys.argv[1],'rb')); print(json.dumps([p['Label'], p['ProgramArguments'], p['StandardErrorPath']]))";
+        let out = std::process::Command::new("python3").args(["-c", check]).arg(&plist).output().unwrap();
+        let read: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a plist python reads");
+        let mut expected = vec!["/usr/local/bin/openbox-agent".to_owned()];
+        expected.extend(args);
+        assert_eq!(read, serde_json::json!(["dev.openbox.agent", expected, "/tmp/a&b.log"]));
+    }
+
+    #[test]
+    fn shell_quoting_keeps_every_byte() {
+        assert_eq!(sh("a b"), "'a b'");
+        assert_eq!(sh("it's"), r"'it'\''s'");
+    }
+}
