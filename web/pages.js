@@ -77,7 +77,59 @@ export function addNodePage(main) {
   h('div', {}, h('button', { type: 'submit' }, 'Make an enrollment token')));
   fill(main, h('h1', {}, 'Add a node'),
     h('p', {}, 'Mint a single-use token, then start the agent with it on the machine. The node shows up in the fleet as soon as it enrolls.'),
-    form, result);
+    form, result, bootstrapForm());
+}
+
+/** Flags and values, quoted for a POSIX shell where they need it. */
+function shellWords(words) {
+  return words.map(w => (/^[\w@%+=:,./~-]+$/.test(w) ? w : `'${w.replaceAll("'", "'\\''")}'`)).join(' ');
+}
+
+/**
+ * `openbox node add` for a machine reachable over SSH: the form writes the command, which
+ * runs where your SSH keys or password are — they never pass through the control plane.
+ * The node appears here when it comes online.
+ */
+function bootstrapForm() {
+  const target = h('input', { id: 'ssh-target', placeholder: 'user@host or user@host:port', autocomplete: 'off', spellcheck: 'false' });
+  const login = h('select', { id: 'ssh-login' },
+    h('option', { value: 'agent' }, 'my SSH agent'), h('option', { value: 'key' }, 'a key file'), h('option', { value: 'password' }, 'a password (asked for)'));
+  const keyFile = h('input', { id: 'ssh-key', placeholder: '~/.ssh/id_ed25519', hidden: true, 'aria-label': 'Key file' });
+  const fingerprint = h('input', { id: 'ssh-fingerprint', placeholder: 'SHA256:… (ssh-keygen -lf on the machine)', spellcheck: 'false' });
+  const tags = h('input', { id: 'ssh-tags', placeholder: 'e.g. gpu linux' });
+  const name = h('input', { id: 'ssh-name', placeholder: 'its host name' });
+  const shown = h('div', { id: 'ssh-command', 'aria-live': 'polite' });
+  const waiting = h('p', { class: 'muted', id: 'ssh-wait' });
+  const known = new Set();
+  const since = Math.floor(Date.now() / 1000) - 5;
+  const draw = () => {
+    keyFile.hidden = login.value !== 'key';
+    if (!target.value.trim()) { fill(shown, h('p', { class: 'muted small' }, 'Give the machine to see the command.')); return; }
+    const words = ['openbox', 'node', 'add', target.value.trim()];
+    if (login.value === 'key') words.push('--key', keyFile.value.trim() || '~/.ssh/id_ed25519');
+    if (login.value === 'password') words.push('--password');
+    if (fingerprint.value.trim()) words.push('--host-key-fingerprint', fingerprint.value.trim());
+    for (const t of tags.value.split(/[\s,]+/).filter(Boolean)) words.push('--tag', t);
+    if (name.value.trim()) words.push('--name', name.value.trim());
+    fill(shown, h('h3', {}, 'Run this where you can reach that machine'), copyable(shellWords(words)),
+      h('p', { class: 'muted small' }, 'Without a fingerprint, its host key must be in your known_hosts (or add --accept-new to take it and record it). It installs the agent as a service there and waits until the node is online.'));
+    fill(waiting, 'The node appears here when it comes online.');
+  };
+  for (const el of [target, login, keyFile, fingerprint, tags, name]) el.addEventListener('input', draw);
+  onNodes(nodes => {
+    if (known.size === 0 && !waiting.textContent) nodes.forEach(n => known.add(n.id));
+    const fresh = nodes.find(n => !known.has(n.id) && n.created_at >= since && n.online);
+    if (fresh && waiting.textContent) fill(waiting, h('span', { class: 'ok' }, '✓ '), h('a', { href: `#/fleet/${encodeURIComponent(fresh.id)}` }, fresh.name), ' is online.');
+  });
+  draw();
+  return h('section', { class: 'card', id: 'bootstrap' },
+    h('h2', {}, 'Or: a machine you can reach over SSH'),
+    h('label', { for: 'ssh-target' }, 'Machine'), target,
+    h('label', { for: 'ssh-login' }, 'Log in with'), h('div', { class: 'row wrap' }, login, keyFile),
+    h('label', { for: 'ssh-fingerprint' }, 'Its host key'), fingerprint,
+    h('label', { for: 'ssh-tags' }, 'Tags'), tags,
+    h('label', { for: 'ssh-name' }, 'Name'), name,
+    shown, waiting);
 }
 
 export function usersPage(main) {

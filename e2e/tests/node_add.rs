@@ -161,3 +161,33 @@ fn a_bootstrap_that_fails_says_which_step_and_removes_what_it_installed() {
     assert_eq!(host.processes(), Vec::<String>::new(), "no agent left running");
     assert!(admin.nodes().is_empty());
 }
+
+#[test]
+fn the_dashboard_writes_the_node_add_command_and_shows_the_node_once_it_is_online() {
+    let host = SshHost::start();
+    let (cp, admin) = fleet_for(&host);
+    let mut b = openbox_e2e::Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    b.goto(&format!("{}/#/add-node", cp.url));
+    let (target, fp) = (host.target(), host.fingerprint());
+    b.fill("#ssh-target", &target);
+    b.select("#ssh-login", "password");
+    b.fill("#ssh-fingerprint", &fp);
+    b.fill("#ssh-tags", "web ssh");
+    let command = b.wait_text("#ssh-command pre", "--tag ssh");
+    assert_eq!(
+        command.trim(),
+        format!("openbox node add {target} --password --host-key-fingerprint {fp} --tag web --tag ssh")
+    );
+
+    // Run as shown, the password given on stdin where a terminal would ask for it.
+    let kh = host.dir.path().join("known_hosts");
+    let mut words: Vec<&str> =
+        command.split_whitespace().skip(1).map(|w| if w == "--password" { "--password-stdin" } else { w }).collect();
+    words.extend(["--known-hosts", kh.to_str().unwrap()]);
+    admin.run_stdin(&words, format!("{}\n", host.password).as_bytes()).ok();
+    let shown = b.wait_text("#ssh-wait", "is online");
+    let node = &admin.nodes()[0];
+    assert!(shown.contains(node["name"].as_str().unwrap()), "{shown}");
+    assert_eq!(node["tags"], serde_json::json!(["web", "ssh"]));
+}

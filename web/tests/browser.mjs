@@ -1,7 +1,7 @@
 // A headless Chromium for the Rust end-to-end tests (e2e/tests/dashboard.rs): one JSON
 // request per line on stdin, one JSON answer per line on stdout. Debian's own chromium,
-// never a downloaded one; names other than loopback do not resolve, so the browser reaches
-// nothing but the control plane under test.
+// never a downloaded one; names other than loopback (and the test namespaces' 10.x
+// addresses) do not resolve, so the browser reaches nothing but the control plane under test.
 
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
@@ -12,7 +12,8 @@ const browser = await chromium.launch({
   args: [
     '--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--no-first-run',
-    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
+    // Loopback, and the 10.x addresses of the network namespaces tests make.
+    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1, EXCLUDE 10.*',
   ],
 });
 
