@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use clap::{Args, Parser, Subcommand};
 use proto::Isolation;
 use proto::api::Target;
-use proto::request::{NodeAddRequest, Request, RunRequest, SshLogin, UpRequest};
+use proto::request::{FanOutRequest, NodeAddRequest, Request, RunRequest, SshLogin, UpRequest};
 
 const AFTER_HELP: &str = "\
 Run a command on a node:
@@ -50,11 +50,27 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Run on a node carrying this tag.
+    /// Run on a node carrying this tag (with --all: on every node carrying all the tags
+    /// given; repeatable).
     #[arg(short = 't', long = "tag", value_name = "TAG")]
-    tag: Option<String>,
+    tags: Vec<String>,
+    /// Run on every online node with the tag(s), at most --fanout at once; each line is
+    /// prefixed `name: `, a summary goes to stderr, and the exit code is the largest
+    /// remote one (255 if a node was unreachable).
+    #[arg(long, requires = "tags", conflicts_with_all = ["node", "session"])]
+    all: bool,
+    /// With --all: how many nodes at once.
+    #[arg(long, value_name = "N", default_value_t = 32, requires = "all")]
+    fanout: usize,
+    /// With --all: print lines as they are, without the node's name.
+    #[arg(long, requires = "all")]
+    no_prefix: bool,
+    /// With --all: print each node's output together at the end, nodes with identical
+    /// output merged (as `dshbak -c`).
+    #[arg(long, requires = "all", conflicts_with = "no_prefix")]
+    group: bool,
     /// Run on this node (id or name).
-    #[arg(short = 'n', long = "node", value_name = "NODE", conflicts_with = "tag")]
+    #[arg(short = 'n', long = "node", value_name = "NODE", conflicts_with = "tags")]
     node: Option<String>,
     /// Run in the persistent session SID (same node, shell, cwd and environment).
     #[arg(short = 's', long = "session", value_name = "SID")]
@@ -380,6 +396,7 @@ impl Cli {
     pub fn into_action(self) -> Result<Action, String> {
         let mut json = self.json;
         let request = match self.command {
+            None if self.run.all => Request::FanOut(self.run.into_fan_out()?),
             None => Request::Run(self.run.into_request()?),
             Some(Command::Control { args }) => return Ok(Action::Exec("openbox-control", args)),
             Some(Command::Agent { args }) => return Ok(Action::Exec("openbox-agent", args)),
@@ -542,9 +559,34 @@ impl RunArgs {
         text.parse::<Isolation>().map_err(|e| e.to_string())
     }
 
+    fn into_fan_out(self) -> Result<FanOutRequest, String> {
+        let isolation = self.isolation()?;
+        if self.command.is_empty() {
+            return Err("no command given to run: openbox -t TAG --all CMD [ARGS…]".into());
+        }
+        if self.timeout == Some(0) {
+            return Err("--timeout must be at least 1s".into());
+        }
+        if self.fanout == 0 {
+            return Err("--fanout must be at least 1".into());
+        }
+        Ok(FanOutRequest {
+            tags: self.tags.iter().map(|t| name("tag", t)).collect::<Result<_, _>>()?,
+            isolation,
+            command: self.command,
+            timeout_secs: self.timeout,
+            fanout: self.fanout,
+            prefix: !self.no_prefix,
+            group: self.group,
+        })
+    }
+
     fn into_request(self) -> Result<RunRequest, String> {
         let isolation = self.isolation()?;
-        let target = match (self.tag, self.node) {
+        if self.tags.len() > 1 {
+            return Err("several -t pick the nodes carrying all of them: add --all to run on each".into());
+        }
+        let target = match (self.tags.into_iter().next(), self.node) {
             (Some(t), None) => Target::Tag(name("tag", &t)?),
             (None, Some(n)) => Target::Node(n),
             (None, None) if self.command.is_empty() => {

@@ -11,6 +11,7 @@ mod account;
 mod bootstrap;
 mod commands;
 mod connect;
+mod fanout;
 mod fleet;
 pub mod io;
 mod login;
@@ -165,6 +166,7 @@ async fn handle_with(
     let json = call.json;
     let result = match call.request {
         Request::Run(req) => return run::run(d, req, input, output, cancel).await.exit_code,
+        Request::FanOut(req) => return fanout::run(d, req, json, output, cancel).await,
         Request::Login { server, token, fingerprint, insecure_http } => {
             commands::login(d, &server, fingerprint.as_deref(), insecure_http, &token).await
         }

@@ -3,10 +3,12 @@
 
 use std::future::Future;
 
-use net::ssh::{ExitStatus, SshError};
+use net::ssh::{ExitStatus, SshError, Started};
+use proto::api::Node;
 use proto::request::RunRequest;
 
 use crate::Daemon;
+use crate::account::Account;
 use crate::connect::{ConnectError, Want, connect};
 use crate::io::{CallInput, CallOutput};
 
@@ -103,13 +105,26 @@ async fn run_inner(
     let timeout = req.timeout_secs.map(|t| t.to_string());
     let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
 
-    // A pooled connection can die without our noticing (the agent restarted): then the
-    // command never started, and one retry on a fresh connection is safe.
+    let (node, started) = with_progress(d, output, start(d, &acct, want, &command, &env)).await?;
+    let status = started.finish(input, output, cancel).await?;
+    Ok((status, node.name))
+}
+
+/// Connects for `want` and starts `command` there. A pooled connection can die without our
+/// noticing (the agent restarted): then the command never started, and one retry on a
+/// fresh connection is safe.
+pub(crate) async fn start(
+    d: &Daemon,
+    acct: &Account,
+    want: Want<'_>,
+    command: &str,
+    env: &[(&str, &str)],
+) -> Result<(Node, Started), StartError> {
     let mut retried = false;
-    let (node, started) = loop {
-        let (node, conn) = with_progress(d, output, connect(d, &acct, want)).await?;
-        match conn.start(&command, &env).await {
-            Ok(started) => break (node, started),
+    loop {
+        let (node, conn) = connect(d, acct, want).await?;
+        match conn.start(command, env).await {
+            Ok(started) => return Ok((node, started)),
             Err(SshError::Stale { .. }) if !retried => {
                 tracing::info!(node = %node.id, "pooled connection was dead; retrying on a new one");
                 acct.pool.discard(&want.key(&node.id), &conn).await;
@@ -117,7 +132,23 @@ async fn run_inner(
             }
             Err(e) => return Err(e.into()),
         }
-    };
-    let status = started.finish(input, output, cancel).await?;
-    Ok((status, node.name))
+    }
+}
+
+/// Why a command could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+}
+
+impl From<StartError> for RunError {
+    fn from(e: StartError) -> RunError {
+        match e {
+            StartError::Connect(e) => RunError::Connect(e),
+            StartError::Ssh(e) => RunError::Ssh(e),
+        }
+    }
 }

@@ -76,6 +76,7 @@ pub struct Call {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Run(RunRequest),
+    FanOut(FanOutRequest),
     Login {
         server: String,
         token: String,
@@ -164,6 +165,24 @@ pub struct RunRequest {
     /// Stop the command after this many seconds (exit 124; a session survives).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+}
+
+/// `openbox -t TAG --all CMD`: the command on every node carrying all the tags.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FanOutRequest {
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub isolation: Isolation,
+    pub command: Vec<String>,
+    /// Per node.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// At most this many nodes at once.
+    pub fanout: usize,
+    /// Each line as `name: line`.
+    pub prefix: bool,
+    /// Each node's output together at the end, nodes of identical output merged.
+    pub group: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
