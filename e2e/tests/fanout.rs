@@ -75,3 +75,21 @@ fn at_most_fanout_nodes_run_at_once_and_timeout_applies_per_node() {
     assert_eq!(slow.code, 124, "{slow:?}");
     assert!(slow.stderr.contains("1 timed out (fb: exit 124)"), "{slow:?}");
 }
+
+#[test]
+fn max_output_keeps_each_streams_head_and_tail_with_a_mark_and_json_says_which_were_cut() {
+    let (_cp, admin, fa, fb, _fc) = fleet();
+    // `seq 1 1000` prints 3,893 bytes: 10 kept at each end.
+    let out = admin.run(&["-n", &fa.name, "--max-output", "20", "seq 1 1000; echo short >&2"]).ok();
+    assert_eq!(out.stdout, "1\n2\n3\n4\n5\n[… 3873 bytes omitted …]\n\n999\n1000\n");
+    assert_eq!(out.stderr, "short\n", "a stream under the cap is untouched");
+
+    let all = admin.run(&["-t", "odd", "--all", "--json", "--max-output", "1k", "seq 1 1000; echo short >&2"]).ok();
+    let result = &all.json()[0];
+    assert_eq!(result["node"], fb.name.as_str());
+    assert_eq!(result["truncated"], serde_json::json!({"stdout": true, "stderr": false}));
+    let stdout = result["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("1\n2\n") && stdout.contains("bytes omitted") && stdout.ends_with("1000\n"));
+    assert!(stdout.len() < 1100, "{}", stdout.len());
+    admin.run(&["-n", &fa.name, "--max-output", "1", "true"]).fails_with(2, "at least 2 bytes");
+}

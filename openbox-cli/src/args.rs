@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// remote one (255 if a node was unreachable).
     #[arg(long, requires = "tags", conflicts_with_all = ["node", "session"])]
     all: bool,
+    /// Keep at most SIZE bytes of each stream (e.g. 64k, 1m): its head and its tail, with a
+    /// `[… N bytes omitted …]` mark between them [default: everything].
+    #[arg(long, value_name = "SIZE", value_parser = parse_output_cap)]
+    max_output: Option<u64>,
     /// With --all: how many nodes at once.
     #[arg(long, value_name = "N", default_value_t = 32, requires = "all")]
     fanout: usize,
@@ -350,6 +354,12 @@ pub enum Action {
     StopDaemon { json: bool },
 }
 
+/// `--max-output`: a size of at least 2 bytes (one for the head, one for the tail).
+fn parse_output_cap(s: &str) -> Result<u64, String> {
+    let n = proto::isolation::parse_bytes(s)?;
+    if n < 2 { Err(format!("{s:?}: keep at least 2 bytes")) } else { Ok(n) }
+}
+
 /// `path` made absolute (openboxd runs elsewhere).
 fn absolute(path: &std::path::Path) -> Result<String, String> {
     std::path::absolute(path).map(|p| p.display().to_string()).map_err(|e| format!("{}: {e}", path.display()))
@@ -578,6 +588,7 @@ impl RunArgs {
             fanout: self.fanout,
             prefix: !self.no_prefix,
             group: self.group,
+            max_output: self.max_output,
         })
     }
 
@@ -607,7 +618,14 @@ impl RunArgs {
         if self.timeout == Some(0) {
             return Err("--timeout must be at least 1s".into());
         }
-        Ok(RunRequest { target, session, isolation, command: self.command, timeout_secs: self.timeout })
+        Ok(RunRequest {
+            target,
+            session,
+            isolation,
+            command: self.command,
+            timeout_secs: self.timeout,
+            max_output: self.max_output,
+        })
     }
 }
 

@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::Daemon;
+use crate::cap::{Capped, Truncated};
 use crate::connect::Want;
 use crate::io::CallOutput;
 use crate::run::FAILED;
@@ -36,6 +37,8 @@ struct NodeResult {
     error: Option<String>,
     stdout: String,
     stderr: String,
+    /// Which streams `--max-output` cut.
+    truncated: Truncated,
     duration_ms: u64,
 }
 
@@ -91,7 +94,7 @@ async fn run_inner(
     let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
     let keep = json || req.group;
     let (tx, mut rx) = mpsc::unbounded_channel::<Line>();
-    let (isolation, prefix_lines) = (&req.isolation, req.prefix && !keep);
+    let (isolation, prefix_lines, max_output) = (&req.isolation, req.prefix && !keep, req.max_output);
 
     // Each node's run as a boxed future, built before the stream takes them: the
     // compiler then proves them `Send` one by one.
@@ -108,6 +111,7 @@ async fn run_inner(
                     error: None,
                     stdout: String::new(),
                     stderr: String::new(),
+                    truncated: Truncated::default(),
                     duration_ms: 0,
                 };
                 if !node.online {
@@ -119,10 +123,15 @@ async fn run_inner(
                 let mut lines =
                     Lines { tx, prefix, keep, out: Vec::new(), err: Vec::new(), kept: (Vec::new(), Vec::new()) };
                 match crate::run::start(d, acct, want, command, env).await {
-                    Ok((_, begun)) => match begun.finish(NoInput, &mut lines, std::future::pending()).await {
-                        Ok(status) => result.exit_code = Some(status.exit_code()),
-                        Err(e) => result.error = Some(e.to_string()),
-                    },
+                    Ok((_, begun)) => {
+                        let mut capped = Capped::new(&mut lines, max_output);
+                        let ended = begun.finish(NoInput, &mut capped, std::future::pending()).await;
+                        result.truncated = capped.finish().await;
+                        match ended {
+                            Ok(status) => result.exit_code = Some(status.exit_code()),
+                            Err(e) => result.error = Some(e.to_string()),
+                        }
+                    }
                     Err(e) => result.error = Some(e.to_string()),
                 }
                 lines.flush();

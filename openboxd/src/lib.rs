@@ -9,6 +9,7 @@
 
 mod account;
 mod bootstrap;
+mod cap;
 mod commands;
 mod connect;
 mod fanout;

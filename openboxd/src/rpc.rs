@@ -260,7 +260,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     let mut output = output;
                     let outcome = crate::run::run(&d, run, input, &mut output, went_away(gone)).await;
                     let exit_code = crate::io::conclude(output, outcome.exit_code).await;
-                    let result = RunResult { exit_code, signal: outcome.signal };
+                    let result = RunResult { exit_code, signal: outcome.signal, truncated: outcome.truncated };
                     let _ = lines.send(line(&Response::ok(id, to_value(&result)))).await;
                 });
             }

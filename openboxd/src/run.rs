@@ -9,6 +9,7 @@ use proto::request::RunRequest;
 
 use crate::Daemon;
 use crate::account::Account;
+use crate::cap::{Capped, Truncated};
 use crate::connect::{ConnectError, Want, connect};
 use crate::io::{CallInput, CallOutput};
 
@@ -19,6 +20,7 @@ pub const FAILED: u8 = proto::EXIT_OPENBOX_FAILURE;
 pub struct Outcome {
     pub exit_code: u8,
     pub signal: Option<String>,
+    pub truncated: Truncated,
 }
 
 /// Why a command did not run to its end.
@@ -44,7 +46,7 @@ pub async fn run(
     cancel: impl Future<Output = ()>,
 ) -> Outcome {
     match run_inner(d, req, input, output, cancel).await {
-        Ok((status, node_name)) => {
+        Ok((status, node_name, truncated)) => {
             let signal = match &status {
                 ExitStatus::Signal { name, .. } => {
                     output
@@ -54,18 +56,20 @@ pub async fn run(
                 }
                 ExitStatus::Code(_) => None,
             };
-            Outcome { exit_code: status.exit_code(), signal }
+            Outcome { exit_code: status.exit_code(), signal, truncated }
         }
         // A cancelled call has nobody to tell, nor to write to.
         Err(RunError::Ssh(SshError::Cancelled)) => {
             output.abandon();
-            Outcome { exit_code: FAILED, signal: None }
+            Outcome { exit_code: FAILED, signal: None, truncated: Truncated::default() }
         }
         // An output failure is told by `conclude`.
-        Err(RunError::Ssh(SshError::Output(_))) => Outcome { exit_code: FAILED, signal: None },
+        Err(RunError::Ssh(SshError::Output(_))) => {
+            Outcome { exit_code: FAILED, signal: None, truncated: Truncated::default() }
+        }
         Err(e) => {
             output.eprint(&format!("openbox: {e}\n")).await;
-            Outcome { exit_code: FAILED, signal: None }
+            Outcome { exit_code: FAILED, signal: None, truncated: Truncated::default() }
         }
     }
 }
@@ -90,7 +94,7 @@ async fn run_inner(
     input: CallInput,
     output: &mut CallOutput,
     cancel: impl Future<Output = ()>,
-) -> Result<(ExitStatus, String), RunError> {
+) -> Result<(ExitStatus, String, Truncated), RunError> {
     if req.command.is_empty() {
         return Err(RunError::NoCommand);
     }
@@ -106,8 +110,10 @@ async fn run_inner(
     let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
 
     let (node, started) = with_progress(d, output, start(d, &acct, want, &command, &env)).await?;
-    let status = started.finish(input, output, cancel).await?;
-    Ok((status, node.name))
+    let mut capped = Capped::new(output, req.max_output);
+    let status = started.finish(input, &mut capped, cancel).await;
+    let truncated = capped.finish().await;
+    Ok((status?, node.name, truncated))
 }
 
 /// Connects for `want` and starts `command` there. A pooled connection can die without our

@@ -154,9 +154,19 @@ pub fn parse_cpus(s: &str) -> Result<u64, String> {
     Ok(milli)
 }
 
-/// Parses a size such as `512m`, `2g` or `1048576` (bytes) into bytes.
+/// Parses a memory limit such as `512m`, `2g` or `1048576` (bytes) into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let bad = || format!("memory {s:?}: expected a size such as 512m or 2g");
+    let bytes = parse_bytes(s).map_err(|_| format!("memory {s:?}: expected a size such as 512m or 2g"))?;
+    if bytes < 4 << 20 {
+        return Err(format!("memory {s:?}: must be at least 4m"));
+    }
+    Ok(bytes)
+}
+
+/// Parses a size such as `64k`, `1m`, `2g` or `4096` (bytes; binary multiples, an
+/// optional trailing `b`) into bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?}: expected a size such as 64k, 1m or 4096");
     let lower = s.to_ascii_lowercase();
     let t = lower.strip_suffix('b').unwrap_or(&lower);
     let (num, mult) = match t.char_indices().last() {
@@ -167,11 +177,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => (t, 1),
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
-    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
-    if bytes < 4 << 20 {
-        return Err(format!("memory {s:?}: must be at least 4m"));
-    }
-    Ok(bytes)
+    n.checked_mul(mult).ok_or_else(bad)
 }
 
 impl Limits {

@@ -165,6 +165,9 @@ pub struct RunRequest {
     /// Stop the command after this many seconds (exit 124; a session survives).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// Keep at most this many bytes of each stream: its head and its tail, with a mark.
+    #[serde(default)]
+    pub max_output: Option<u64>,
 }
 
 /// `openbox -t TAG --all CMD`: the command on every node carrying all the tags.
@@ -183,6 +186,9 @@ pub struct FanOutRequest {
     pub prefix: bool,
     /// Each node's output together at the end, nodes of identical output merged.
     pub group: bool,
+    /// Per node and stream, as for a run.
+    #[serde(default)]
+    pub max_output: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -190,6 +190,16 @@ pub struct RunResult {
     /// The signal that killed the remote command, if one did.
     #[serde(default)]
     pub signal: Option<String>,
+    /// Which streams `max_output` cut (their head and tail were kept).
+    #[serde(default)]
+    pub truncated: Truncated,
+}
+
+/// Which of a command's streams lost bytes to its output cap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncated {
+    pub stdout: bool,
+    pub stderr: bool,
 }
 
 /// `cli`: a CLI call carried out with the caller's file descriptors (sent with the request).
