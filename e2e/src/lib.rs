@@ -1389,11 +1389,18 @@ impl SshHost {
         self.dir.path().join("home").join(rel)
     }
 
-    /// Whether any process still runs in the namespace besides sshd.
+    /// The command lines of the processes running in the namespace besides sshd (an
+    /// exited one waiting to be reaped does not count).
     pub fn processes(&self) -> Vec<String> {
         let out = Command::new("ip").args(["netns", "pids", &self.netns]).output().unwrap();
+        let zombie = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+                .unwrap_or(true)
+        };
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
+            .filter(|pid| !zombie(pid))
             .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok())
             .map(|c| c.replace('\0', " ").trim().to_owned())
             .filter(|c| !c.contains("sshd"))

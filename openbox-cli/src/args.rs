@@ -135,6 +135,24 @@ pub enum Command {
     Logout,
     /// Show who you are logged in as.
     Whoami,
+    /// Write openbox's instructions for AI coding agents, in each one's own place and format:
+    /// a Claude Code skill, a Cursor rule, GitHub Copilot instructions, Codex's AGENTS.md, an
+    /// opencode agent. The text names this fleet's tags. Running it again replaces openbox's
+    /// section and leaves everything else in those files as it was.
+    Skill {
+        /// claude, cursor, copilot, codex, opencode, or all.
+        #[arg(value_name = "AGENT", required = true)]
+        agents: Vec<String>,
+        /// The project to write into [default: the current directory].
+        #[arg(long, value_name = "DIR", conflicts_with = "global")]
+        dir: Option<std::path::PathBuf>,
+        /// Write into your home directory, for every project (where the agent supports it).
+        #[arg(long)]
+        global: bool,
+        /// Print the files instead of writing them.
+        #[arg(long)]
+        print: bool,
+    },
     /// Open the web dashboard, logged in: prints a link that works once, within two
     /// minutes, and opens it in your browser.
     Dashboard {
@@ -440,6 +458,27 @@ impl Cli {
             }
             Some(Command::Whoami) => Request::Whoami,
             Some(Command::Dashboard { no_open }) => return Ok(Action::Dashboard { json, no_open }),
+            Some(Command::Skill { agents, dir, global, print }) => {
+                const KNOWN: [&str; 5] = ["claude", "cursor", "copilot", "codex", "opencode"];
+                let mut chosen = Vec::new();
+                for a in agents {
+                    match a.as_str() {
+                        "all" => chosen.extend(KNOWN.iter().map(|k| k.to_string())),
+                        k if KNOWN.contains(&k) => chosen.push(a),
+                        other => {
+                            return Err(format!("{other:?}: give claude, cursor, copilot, codex, opencode or all"));
+                        }
+                    }
+                }
+                let mut seen = std::collections::HashSet::new();
+                chosen.retain(|a| seen.insert(a.clone()));
+                let dir = match (global, dir) {
+                    (true, _) => std::env::var("HOME").map_err(|_| "HOME is not set".to_owned())?,
+                    (false, Some(d)) => absolute(&d)?,
+                    (false, None) => absolute(std::path::Path::new("."))?,
+                };
+                Request::Skill { agents: chosen, dir, global, print }
+            }
             Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
             Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: addr }),
             Some(Command::Down) => Request::Down,

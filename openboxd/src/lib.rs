@@ -21,6 +21,7 @@ mod mirror;
 mod pool;
 mod rpc;
 mod run;
+mod skill;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -174,6 +175,7 @@ async fn handle_with(
         Request::Logout => commands::logout(d).await,
         Request::Whoami => commands::whoami(d).await,
         Request::Dashboard => commands::dashboard(d).await,
+        Request::Skill { agents, dir, global, print } => skill::write(d, &agents, &dir, global, print).await,
         Request::UserAdd { name } => commands::user_add(d, &name).await,
         Request::UserList => commands::user_list(d).await,
         Request::UserRemove { name } => commands::user_remove(d, &name).await,

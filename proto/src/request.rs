@@ -116,6 +116,18 @@ pub enum Request {
         ttl_secs: u64,
     },
     NodeAdd(NodeAddRequest),
+    /// `openbox skill`: openbox's instructions for AI coding agents, in each one's format.
+    Skill {
+        /// `claude`, `cursor`, `copilot`, `codex`, `opencode`.
+        agents: Vec<String>,
+        /// The project directory (absolute), or the home directory with `global`.
+        dir: String,
+        #[serde(default)]
+        global: bool,
+        /// Print instead of writing.
+        #[serde(default)]
+        print: bool,
+    },
     Nodes {
         tag: Option<String>,
     },
