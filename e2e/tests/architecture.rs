@@ -32,6 +32,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-agent", SERVICE),
     ("openboxd", SERVICE),
     ("openbox-cli", &["openbox-proto", "openbox-paths"]),
+    ("openbox-mcp", &["openbox-proto", "openbox-paths"]),
     ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-tls", "openbox-net"]),
 ];
 

@@ -230,6 +230,13 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Serve openbox to AI agents over MCP on stdio (tools: run, run_all, list_nodes,
+    /// list_sessions, end_session, start, read, wait, stop); see docs/agents.md.
+    #[command(disable_help_flag = true)]
+    Mcp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -427,6 +434,7 @@ impl Cli {
             None if self.run.all => Request::FanOut(self.run.into_fan_out()?),
             None => Request::Run(self.run.into_request()?),
             Some(Command::Control { args }) => return Ok(Action::Exec("openbox-control", args)),
+            Some(Command::Mcp { args }) => return Ok(Action::Exec("openbox-mcp", args)),
             Some(Command::Agent { args }) => return Ok(Action::Exec("openbox-agent", args)),
             Some(Command::Daemon { action: DaemonAction::Run, mesh_control, mesh_authkey_file, mesh }) => {
                 let mut args = Vec::new();

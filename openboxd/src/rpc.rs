@@ -287,6 +287,14 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 reply(reply_of(id, crate::commands::nodes(&d, params.tag.as_deref()).await)).await;
             }
             method::WHOAMI => reply(reply_of(id, crate::commands::whoami(&d).await)).await,
+            method::SESSIONS => reply(reply_of(id, crate::commands::sessions(&d).await)).await,
+            method::SESSION_END => {
+                let Some(sid) = req.params.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
+                    reply(Response::err(id, code::INVALID_PARAMS, "session_end needs {\"id\": SESSION}")).await;
+                    continue;
+                };
+                reply(reply_of(id, crate::commands::session_remove(&d, &sid).await)).await;
+            }
             method::STATUS => reply(Response::ok(id, to_value(&d.status()))).await,
             method::SHUTDOWN => {
                 reply(Response::ok(id, to_value(&Stopping { stopping: true }))).await;

@@ -23,6 +23,10 @@ pub mod method {
     /// Notification from the daemon: bytes of a running command's stdout or stderr.
     pub const OUTPUT: &str = "output";
     pub const NODES: &str = "nodes";
+    /// The caller's sessions.
+    pub const SESSIONS: &str = "sessions";
+    /// Ends one session: `{"id": SID}`.
+    pub const SESSION_END: &str = "session_end";
     pub const WHOAMI: &str = "whoami";
     pub const STATUS: &str = "status";
     pub const SHUTDOWN: &str = "shutdown";

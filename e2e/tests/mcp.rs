@@ -1,0 +1,26 @@
+//! `openbox mcp`, driven by an independent client: the official MCP Python SDK over stdio
+//! (`e2e/mcp/client.py`, installed by scripts/setup-test-env into `e2e/mcp/.venv`).
+
+use openbox_e2e::{Agent, Cli, ControlPlane, bin, wait_until};
+
+#[test]
+fn the_python_sdk_runs_commands_sessions_and_background_jobs_through_openbox_mcp() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp");
+    let python = dir.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup-test-env", python.display());
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["mcp"]);
+    let out = std::process::Command::new(&python)
+        .arg(dir.join("client.py"))
+        .args([bin("openbox").to_str().unwrap(), &agent.name, "mcp"])
+        .env("OPENBOX_HOME", admin.home.path())
+        .output()
+        .expect("python");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.ends_with("ok\n"), "stdout: {stdout}\nstderr: {stderr}");
+    // The command a stopped job ran is gone from the node.
+    wait_until("the stopped job's command ended", || {
+        std::process::Command::new("pgrep").args(["-f", "sleep 300"]).status().is_ok_and(|s| !s.success())
+    });
+}
