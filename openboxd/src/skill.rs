@@ -155,6 +155,8 @@ already logged in.
   255 when openbox itself could not run it (the message on stderr says why: no such tag, node
   offline, not allowed). With `--all`: the largest remote code, 255 if a node was unreachable.
 - stdin is forwarded to one-shot commands: `tar c . | openbox -n NODE 'tar x -C /dst'`.
+- An MCP server is there too: `openbox mcp` (tools `run`, `run_all`, `list_nodes`,
+  `list_sessions`, `end_session`, and `start`/`read`/`wait`/`stop` for long work).
 "#
     )
 }
