@@ -31,9 +31,10 @@ async def main():
     params = StdioServerParameters(command=binary, args=["mcp"], env=dict(os.environ))
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
-            init = await session.initialize()
-            check(init.server_info.name == "openbox", "server name", init.server_info)
-            print("protocol", init.protocol_version)
+            # The current revision: no handshake, `server/discover`.
+            found = await session.discover()
+            check("2026-07-28" in found.supported_versions, "the current revision", found.supported_versions)
+            print("protocol 2026-07-28")
 
             tools = {t.name: t for t in (await session.list_tools()).tools}
             for name in ["run", "run_all", "list_nodes", "list_sessions", "end_session", "start", "read", "wait", "stop"]:
@@ -84,6 +85,14 @@ async def main():
             check(not err and stopped["stopped"], "stop", stopped)
             after, _ = result(await session.call_tool("read", {"job": long_job["job"]}))
             check(not after["running"] and after["error"] == "stopped", "stopped job", after)
+    # The revision before it: the initialize handshake.
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            check(init.server_info.name == "openbox" and init.protocol_version == "2025-11-25", "the handshake", init)
+            print("protocol", init.protocol_version)
+            ok, err = result(await session.call_tool("run", {"node": node, "command": "echo again"}))
+            check(not err and ok["stdout"] == "again\n", "run after the handshake", ok)
     print("ok")
 
 

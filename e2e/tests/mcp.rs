@@ -19,6 +19,26 @@ fn the_python_sdk_runs_commands_sessions_and_background_jobs_through_openbox_mcp
         .expect("python");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && stdout.ends_with("ok\n"), "stdout: {stdout}\nstderr: {stderr}");
+    assert_eq!(stdout, "protocol 2026-07-28\nprotocol 2025-11-25\nok\n", "both revisions");
+
+    // A client of an older revision still is answered in it.
+    let mut server = admin
+        .cmd()
+        .arg("mcp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openbox mcp");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"older","version":"1"}}}"#;
+    use std::io::{BufRead as _, Write as _};
+    writeln!(server.stdin.as_mut().unwrap(), "{init}").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).expect("a JSON-RPC answer");
+    assert_eq!(reply["result"]["protocolVersion"], "2025-06-18", "{reply}");
+    assert_eq!(reply["result"]["serverInfo"]["name"], "openbox");
+    let _ = server.kill();
+    let _ = server.wait();
     // The command a stopped job ran is gone from the node.
     wait_until("the stopped job's command ended", || {
         std::process::Command::new("pgrep").args(["-f", "sleep 300"]).status().is_ok_and(|s| !s.success())
