@@ -10,10 +10,12 @@ fn run_with_env(cli: &Cli, env: &[(&str, &str)], args: &[&str]) -> openbox_e2e::
     openbox_e2e::Out::from(cli.cmd().envs(env.iter().copied()).args(args).output().expect("run openbox"))
 }
 
-/// A fingerprint of the right form that is not the control plane's.
+/// A fingerprint of the right form that is not the control plane's: its first base64
+/// character changed (the last one also carries padding bits, which must stay zero).
 fn other_fingerprint(right: &str) -> String {
-    let flipped = if right.ends_with('A') { 'B' } else { 'A' };
-    format!("{}{flipped}", &right[..right.len() - 1])
+    let b64 = right.strip_prefix("SHA256:").expect("SHA256:");
+    let flipped = if b64.starts_with('A') { 'B' } else { 'A' };
+    format!("SHA256:{flipped}{}", &b64[1..])
 }
 
 #[test]
