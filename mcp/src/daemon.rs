@@ -1,7 +1,6 @@
 //! openboxd's socket, from an async client: one connection per call (so that dropping a
 //! call's connection is how a command is stopped), `hello` first, then one request.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -127,11 +126,7 @@ pub async fn nodes_with(tags: &[String]) -> Result<Vec<(String, bool)>, String> 
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|n| {
-            let has: HashMap<&str, ()> =
-                n["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).map(|t| (t, ())).collect();
-            tags.iter().all(|t| has.contains_key(t.as_str()))
-        })
+        .filter(|n| tags.iter().all(|t| n["tags"].as_array().is_some_and(|have| have.iter().any(|h| h == t))))
         .filter_map(|n| Some((n["name"].as_str()?.to_owned(), n["online"].as_bool().unwrap_or(false))))
         .collect();
     found.sort();

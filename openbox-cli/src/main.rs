@@ -71,7 +71,7 @@ fn dashboard(json: bool, no_open: bool) -> ExitCode {
     if json {
         println!("{}", String::from_utf8_lossy(&out).trim_end());
     } else {
-        println!("Open the dashboard, logged in as you (the link works once, for two minutes):\n  {}", link.url);
+        println!("{link}");
     }
     if !no_open && let Err(why) = open_in_browser(&link.url) {
         eprintln!("openbox: could not open a browser ({why}); open the link yourself");

@@ -126,8 +126,7 @@ pub async fn whoami(d: &Daemon) -> anyhow::Result<Reply> {
 /// A one-time link that opens the web dashboard logged in as this user.
 pub async fn dashboard(d: &Daemon) -> anyhow::Result<Reply> {
     let link: proto::api::WebLink = d.login()?.client()?.post("/v1/web-links", &()).await?;
-    let text = format!("Open the dashboard, logged in as you (the link works once, for two minutes):\n  {}", link.url);
-    Ok(Reply::new(to_json(&link), text))
+    Ok(Reply::new(to_json(&link), link.to_string()))
 }
 
 pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {

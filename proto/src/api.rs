@@ -121,6 +121,13 @@ pub struct WebLink {
     pub expires_at: u64,
 }
 
+impl std::fmt::Display for WebLink {
+    /// What `openbox dashboard` says.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Open the dashboard, logged in as you (the link works once, for two minutes):\n  {}", self.url)
+    }
+}
+
 /// A command for the dashboard's console (`POST /v1/console`): run once, its output
 /// streamed back as lines of JSON ([`ConsoleEvent`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -94,38 +94,35 @@ const HTTP1: &[u8] = b"http/1.1";
 /// What a client checks a server against: the pinned fingerprint, else this machine's
 /// trusted authorities (loaded once per process).
 pub fn client_config(pin: Option<Fingerprint>) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut config = match pin {
-        Some(pin) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { pin, provider: provider() }))
-            .with_no_client_auth(),
-        None => {
-            static ROOTS: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
-            return ROOTS
-                .get_or_init(|| {
-                    let mut roots = rustls::RootCertStore::empty();
-                    let found = rustls_native_certs::load_native_certs();
-                    let (added, _) = roots.add_parsable_certificates(found.certs);
-                    if added == 0 {
-                        return Err("this machine trusts no certificate authority (no system certificates found); pin the control plane's certificate with --fingerprint".into());
-                    }
-                    let mut config = ClientConfig::builder_with_provider(provider())
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| e.to_string())?
-                        .with_root_certificates(roots)
-                        .with_no_client_auth();
-                    config.alpn_protocols = vec![HTTP1.to_vec()];
-                    Ok(Arc::new(config))
-                })
-                .clone()
-                .map_err(TlsError::Config);
-        }
+    let Some(pin) = pin else {
+        static ROOTS: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+        return ROOTS.get_or_init(with_trusted_roots).clone().map_err(TlsError::Config);
     };
+    let verifier = Arc::new(Pinned { pin, provider: provider() });
+    Ok(http1(client_builder()?.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()))
+}
+
+/// This machine's authorities (`SSL_CERT_FILE`/`SSL_CERT_DIR` too).
+fn with_trusted_roots() -> Result<Arc<ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if added == 0 {
+        return Err("this machine trusts no certificate authority (no system certificates found); pin the control plane's certificate with --fingerprint".into());
+    }
+    let builder = client_builder().map_err(|e| e.to_string())?;
+    Ok(http1(builder.with_root_certificates(roots).with_no_client_auth()))
+}
+
+fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsError> {
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// The settings, speaking HTTP/1.1.
+fn http1(mut config: ClientConfig) -> Arc<ClientConfig> {
     config.alpn_protocols = vec![HTTP1.to_vec()];
-    Ok(Arc::new(config))
+    Arc::new(config)
 }
 
 /// A server's settings from its certificate chain (leaf first) and key.
