@@ -60,8 +60,8 @@ pub fn this_host() -> proto::api::AgentHost {
     proto::api::AgentHost { machine: paths::machine(), uid: rustix::process::geteuid().as_raw() }
 }
 
-/// Sends a heartbeat every `every` until the node is revoked, calling `ready` after the
-/// first one (so the registry has this start's address before anyone is told to dial it).
+/// Sends a heartbeat every `every`, and at once when a session ends, until the node is
+/// revoked, calling `ready` after the first one (so the registry has this start's address before anyone is told to dial it).
 /// Failures to reach the control plane are logged and retried: the node keeps serving
 /// callers who hold valid certificates.
 pub async fn run(
@@ -112,7 +112,10 @@ pub async fn run(
         if let Some(r) = ready.take() {
             r();
         }
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shared.sessions.ended.notified() => {}
+        }
     }
 }
 

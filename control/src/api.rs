@@ -392,40 +392,67 @@ async fn update_node(
 
 /// The live registry: a `nodes` event with the whole node list now, and again whenever a
 /// node joins, leaves, changes, or goes online or offline, or the caller's grants change —
-/// only the nodes the caller may run on. openboxd mirrors it so that resolving a tag costs
-/// no round trip. The stream ends when the caller's login token stops being valid.
+/// only the nodes the caller may run on; and a `sessions` event with the caller's sessions
+/// now, and again whenever one is placed, ends or is removed. openboxd mirrors both, so
+/// that resolving a tag costs no round trip and scripts can follow the fleet through it.
+/// The stream ends when the caller's login token stops being valid.
 async fn events(
     State(app): AppState,
     caller: Caller,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
-    let mut rx = app.subscribe_registry();
-    rx.mark_changed();
+    let mut nodes_rx = app.subscribe_registry();
+    nodes_rx.mark_changed();
+    let mut sessions_rx = app.subscribe_sessions();
+    sessions_rx.mark_changed();
     let closing = Box::pin(app.closing());
     let credential = caller.credential;
-    let stream = futures_util::stream::unfold((rx, closing), move |(mut rx, mut closing)| {
+    // The session list last sent: a wake-up that changes nothing for this caller sends nothing.
+    let sent: Option<Vec<SessionInfo>> = None;
+    let state = (nodes_rx, sessions_rx, closing, sent);
+    let stream = futures_util::stream::unfold(state, move |(mut nodes_rx, mut sessions_rx, mut closing, mut sent)| {
         let (app, credential) = (app.clone(), credential.clone());
         async move {
-            tokio::select! {
-                changed = rx.changed() => changed.ok()?,
-                _ = &mut closing => return None,
+            loop {
+                let nodes_changed = tokio::select! {
+                    changed = nodes_rx.changed() => { changed.ok()?; true }
+                    changed = sessions_rx.changed() => { changed.ok()?; false }
+                    _ = &mut closing => return None,
+                };
+                // Who the caller is now: removed or logged out ends the stream; grants filter it.
+                let user = Caller::current_user(&app, &credential)?;
+                let (name, data) = if nodes_changed {
+                    let nodes = nodes_rx.borrow_and_update().clone();
+                    let access = app.access(&user).ok()?;
+                    let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
+                    (EVENT_NODES, serde_json::to_string(&nodes))
+                } else {
+                    sessions_rx.borrow_and_update();
+                    let sessions = sessions_of(&app, user.id).ok()?;
+                    if sent.as_ref() == Some(&sessions) {
+                        continue;
+                    }
+                    let data = serde_json::to_string(&sessions);
+                    sent = Some(sessions);
+                    (EVENT_SESSIONS, data)
+                };
+                let event = match data {
+                    Ok(data) => Event::default().event(name).data(data),
+                    Err(_) => Event::default().comment("unserializable"),
+                };
+                return Some((Ok(event), (nodes_rx, sessions_rx, closing, sent)));
             }
-            let nodes = rx.borrow_and_update().clone();
-            // Who the caller is now: removed or logged out ends the stream; grants filter it.
-            let user = Caller::current_user(&app, &credential)?;
-            let access = app.access(&user).ok()?;
-            let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
-            let event = Event::default()
-                .event(EVENT_NODES)
-                .json_data(nodes)
-                .unwrap_or_else(|_| Event::default().comment("unserializable"));
-            Some((Ok(event), (rx, closing)))
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<SessionInfo>> {
-    let rows = app.store.list_sessions(caller.user.id)?;
+    Ok(Json(sessions_of(&app, caller.user.id)?))
+}
+
+/// A user's sessions, as `GET /v1/sessions` and the `sessions` event show them.
+fn sessions_of(app: &App, user_id: i64) -> Result<Vec<SessionInfo>, crate::store::StoreError> {
+    let rows = app.store.list_sessions(user_id)?;
     let mut out = Vec::new();
     for r in rows {
         let node_name = app.store.node(&r.node_id)?.map(|n| n.name).unwrap_or_else(|| "(removed)".into());
@@ -446,11 +473,12 @@ async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<Se
             state,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 async fn remove_session(State(app): AppState, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, Refusal> {
     if app.store.remove_session(caller.user.id, &id)? {
+        app.sessions_changed();
         caller.audit(&app, "session.remove", Record { session: Some(&id), ..Default::default() })?;
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -134,7 +134,9 @@ pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<Heart
     }
     check_mesh_addr(hb.mesh_addr.as_deref())?;
     app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now())?;
-    app.store.apply_session_reports(&node.id, &hb.sessions)?;
+    if app.store.apply_session_reports(&node.id, &hb.sessions)? {
+        app.sessions_changed();
+    }
     app.refresh_registry();
     // Users removed this past week: the node refuses what they still hold and ends their
     // sessions (a node away for longer learns nothing stale: their certificates expired).

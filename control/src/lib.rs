@@ -56,6 +56,9 @@ pub struct App {
     pub host: proto::api::AgentHost,
     /// The current node list, pushed to every open `/v1/events` stream when it changes.
     registry: tokio::sync::watch::Sender<Vec<proto::api::Node>>,
+    /// Ticks when a session is placed, ends or is removed, so that event streams send
+    /// their caller's session list again.
+    sessions: tokio::sync::watch::Sender<()>,
     /// Set when shutdown begins, so that endless event streams end and let it finish.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -63,9 +66,10 @@ pub struct App {
 impl App {
     pub fn new(config: Config, store: Store, ca: Ca) -> Arc<App> {
         let (registry, _) = tokio::sync::watch::channel(Vec::new());
+        let (sessions, _) = tokio::sync::watch::channel(());
         let (closing, _) = tokio::sync::watch::channel(false);
         let host = proto::api::AgentHost { machine: paths::machine(), uid: rustix::process::geteuid().as_raw() };
-        let app = Arc::new(App { config, store, ca, host, registry, closing });
+        let app = Arc::new(App { config, store, ca, host, registry, sessions, closing });
         app.refresh_registry();
         app
     }
@@ -113,6 +117,15 @@ impl App {
 
     pub fn subscribe_registry(&self) -> tokio::sync::watch::Receiver<Vec<proto::api::Node>> {
         self.registry.subscribe()
+    }
+
+    /// Wakes every event stream to send its caller's sessions again.
+    pub(crate) fn sessions_changed(&self) {
+        self.sessions.send_replace(());
+    }
+
+    pub fn subscribe_sessions(&self) -> tokio::sync::watch::Receiver<()> {
+        self.sessions.subscribe()
     }
 
     /// Completes when the control plane starts shutting down.

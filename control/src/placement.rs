@@ -142,6 +142,7 @@ fn session_node(
         // Another first use of this session placed it a moment ago: go where it went.
         return session_node(app, access, user, sid, req);
     }
+    app.sessions_changed();
     tracing::info!(user = %user.name, session = %sid, node = %node.id, "session placed");
     Ok(node)
 }

@@ -882,17 +882,23 @@ impl Store {
     }
 
     /// Applies what a node reported about its sessions (by user name); reports for
-    /// sessions the directory does not hold on that node are ignored.
-    pub fn apply_session_reports(&self, node_id: &str, reports: &[proto::api::SessionReport]) -> Result<()> {
+    /// sessions the directory does not hold on that node are ignored. Returns whether any
+    /// session's state changed (a use alone does not count).
+    pub fn apply_session_reports(&self, node_id: &str, reports: &[proto::api::SessionReport]) -> Result<bool> {
         let conn = self.conn();
+        let mut changed = false;
         for r in reports {
+            let key = "node_id = ?1 AND id = ?3 AND user_id = (SELECT id FROM users WHERE name = ?2)";
+            changed |= conn.execute(
+                &format!("UPDATE sessions SET state = ?4 WHERE {key} AND state != ?4"),
+                params![node_id, r.user, r.id, r.state],
+            )? > 0;
             conn.execute(
-                "UPDATE sessions SET state = ?4, last_used = MAX(last_used, ?5)
-                 WHERE node_id = ?1 AND id = ?3 AND user_id = (SELECT id FROM users WHERE name = ?2)",
-                params![node_id, r.user, r.id, r.state, r.last_used],
+                &format!("UPDATE sessions SET last_used = MAX(last_used, ?4) WHERE {key}"),
+                params![node_id, r.user, r.id, r.last_used],
             )?;
         }
-        Ok(())
+        Ok(changed)
     }
 }
 

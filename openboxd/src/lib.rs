@@ -12,6 +12,7 @@ mod bootstrap;
 mod cap;
 mod commands;
 mod connect;
+mod events;
 mod fanout;
 mod fleet;
 pub mod io;
@@ -110,6 +111,11 @@ impl Daemon {
         }
         // The file may have appeared since; the watcher may not have said so yet.
         Ok(Arc::new(Account::new(Login::load()?)?))
+    }
+
+    /// The fleet as the registry mirror holds it now, and its changes from now on.
+    pub fn subscribe(&self) -> (proto::rpc::Subscribed, tokio::sync::broadcast::Receiver<proto::rpc::FleetEvent>) {
+        self.mirror.subscribe()
     }
 
     /// The current login, for calls that only talk to the control plane.

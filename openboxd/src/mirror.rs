@@ -1,27 +1,41 @@
-//! A live copy of the node registry, fed by the control plane's `/v1/events` stream, so
-//! that resolving a tag costs no network round trip. When the stream is down the last
-//! copy is still used for nodes it knows, which keeps commands to known nodes working
-//! while the control plane is away.
+//! A live copy of the node registry and the user's sessions, fed by the control plane's
+//! `/v1/events` stream, so that resolving a tag costs no network round trip. When the
+//! stream is down the last copy is still used for nodes it knows, which keeps commands to
+//! known nodes working while the control plane is away. Each change it sees is also
+//! broadcast as a [`FleetEvent`] to scripts subscribed on the socket.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use proto::api::{Node, Target};
+use proto::api::{Node, SessionInfo, Target};
+use proto::rpc::{FleetEvent, Subscribed};
+use tokio::sync::broadcast;
 
 use crate::login::Login;
+
+/// Events a slow subscriber may fall behind by before it is told it missed some.
+const EVENT_BACKLOG: usize = 1024;
 
 #[derive(Default)]
 struct State {
     /// The last node list received, if any.
     nodes: Option<Vec<Node>>,
+    /// The last session list received, if any.
+    sessions: Option<Vec<SessionInfo>>,
     /// Whether the event stream is connected right now.
     live: bool,
 }
 
-#[derive(Default)]
 pub struct Mirror {
     state: Arc<RwLock<State>>,
+    events: broadcast::Sender<FleetEvent>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Default for Mirror {
+    fn default() -> Mirror {
+        Mirror { state: Arc::default(), events: broadcast::channel(EVENT_BACKLOG).0, task: Mutex::default() }
+    }
 }
 
 impl Mirror {
@@ -33,7 +47,7 @@ impl Mirror {
         }
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = State::default();
         if let Some(login) = login {
-            *task = Some(rt.spawn(feed(login, self.state.clone())));
+            *task = Some(rt.spawn(feed(login, self.state.clone(), self.events.clone())));
         }
     }
 
@@ -50,9 +64,17 @@ impl Mirror {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
         (s.live, s.nodes.as_ref().map_or(0, Vec::len))
     }
+
+    /// The fleet as it is now, and every change from this moment on.
+    pub fn subscribe(&self) -> (Subscribed, broadcast::Receiver<FleetEvent>) {
+        // Under the state lock, so no change falls between the snapshot and the first event.
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let rx = self.events.subscribe();
+        (Subscribed { nodes: s.nodes.clone(), sessions: s.sessions.clone(), live: s.live }, rx)
+    }
 }
 
-async fn feed(login: Login, state: Arc<RwLock<State>>) {
+async fn feed(login: Login, state: Arc<RwLock<State>>, events: broadcast::Sender<FleetEvent>) {
     let mut pause = Duration::from_millis(200);
     loop {
         match login.client() {
@@ -60,18 +82,10 @@ async fn feed(login: Login, state: Arc<RwLock<State>>) {
                 Ok(mut stream) => {
                     while let Some(event) = stream.next().await {
                         match event {
-                            Ok((name, data)) if name == proto::api::EVENT_NODES => {
-                                match serde_json::from_str::<Vec<Node>>(&data) {
-                                    Ok(nodes) => {
-                                        let mut s = state.write().unwrap_or_else(|e| e.into_inner());
-                                        s.nodes = Some(nodes);
-                                        s.live = true;
-                                        pause = Duration::from_millis(200);
-                                    }
-                                    Err(e) => tracing::warn!(error = %e, "unreadable registry event"),
-                                }
-                            }
-                            Ok(_) => {}
+                            Ok((name, data)) => match apply(&state, &events, &name, &data) {
+                                Ok(()) => pause = Duration::from_millis(200),
+                                Err(e) => tracing::warn!(error = %e, event = %name, "unreadable registry event"),
+                            },
                             Err(e) => {
                                 tracing::debug!(error = %e, "registry stream broke");
                                 break;
@@ -87,4 +101,36 @@ async fn feed(login: Login, state: Arc<RwLock<State>>) {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Takes one registry event into the mirror and broadcasts what changed since the last
+/// list of its kind (nothing for the first: there is nothing to compare it with).
+fn apply(
+    state: &RwLock<State>,
+    events: &broadcast::Sender<FleetEvent>,
+    name: &str,
+    data: &str,
+) -> serde_json::Result<()> {
+    let mut s = state.write().unwrap_or_else(|e| e.into_inner());
+    let changes = match name {
+        proto::api::EVENT_NODES => {
+            let nodes: Vec<Node> = serde_json::from_str(data)?;
+            let changes = s.nodes.as_ref().map(|before| crate::events::node_changes(before, &nodes));
+            s.nodes = Some(nodes);
+            changes
+        }
+        proto::api::EVENT_SESSIONS => {
+            let sessions: Vec<SessionInfo> = serde_json::from_str(data)?;
+            let changes = s.sessions.as_ref().map(|before| crate::events::session_changes(before, &sessions));
+            s.sessions = Some(sessions);
+            changes
+        }
+        _ => return Ok(()), // a newer control plane's event: not for this openboxd
+    };
+    s.live = true;
+    for change in changes.unwrap_or_default() {
+        // No subscriber is not an error.
+        let _ = events.send(change);
+    }
+    Ok(())
 }

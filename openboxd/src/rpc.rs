@@ -295,6 +295,15 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 };
                 reply(reply_of(id, crate::commands::session_remove(&d, &sid).await)).await;
             }
+            method::SUBSCRIBE => {
+                if let Err(e) = d.login() {
+                    reply(Response::err(id, code::FAILED, format!("{e:#}"))).await;
+                    continue;
+                }
+                let (now, events) = d.subscribe();
+                reply(Response::ok(id.clone(), to_value(&now))).await;
+                tokio::spawn(forward_events(id, events, lines.clone(), went_away(gone.clone())));
+            }
             method::STATUS => reply(Response::ok(id, to_value(&d.status()))).await,
             method::SHUTDOWN => {
                 reply(Response::ok(id, to_value(&Stopping { stopping: true }))).await;
@@ -310,6 +319,34 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
     let _ = gone_tx.send(true);
     drop(lines);
     let _ = writer.await;
+}
+
+/// Sends each fleet event to a subscriber as an `event` notification until it goes away;
+/// one that falls behind is told how many it missed rather than blocking the others.
+async fn forward_events(
+    id: Value,
+    mut events: tokio::sync::broadcast::Receiver<rpc::FleetEvent>,
+    lines: mpsc::Sender<String>,
+    gone: impl Future<Output = ()>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let forward = async {
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(RecvError::Lagged(count)) => rpc::FleetEvent::Missed { count },
+                Err(RecvError::Closed) => return,
+            };
+            let note = Request::new(None, method::EVENT, to_value(&rpc::EventNote { id: id.clone(), event }));
+            if lines.send(serde_json::to_string(&note).unwrap_or_default()).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = forward => {}
+        () = gone => {}
+    }
 }
 
 /// A method's parameters, or why they do not fit.

@@ -20,6 +20,10 @@ pub const ENROLL_TOKEN_ENV: &str = "OPENBOX_ENROLL_TOKEN";
 /// the registry changes.
 pub const EVENT_NODES: &str = "nodes";
 
+/// The event a `/v1/events` stream sends, with the caller's whole session list as its
+/// data, at the start and whenever one of their sessions is placed, ends or is removed.
+pub const EVENT_SESSIONS: &str = "sessions";
+
 /// `GET /v1/health`: answered without authentication.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Health {

@@ -27,6 +27,10 @@ pub mod method {
     pub const SESSIONS: &str = "sessions";
     /// Ends one session: `{"id": SID}`.
     pub const SESSION_END: &str = "session_end";
+    /// Follow the fleet: `event` notifications from then on.
+    pub const SUBSCRIBE: &str = "subscribe";
+    /// Notification from the daemon: one change in the fleet ([`super::EventNote`]).
+    pub const EVENT: &str = "event";
     pub const WHOAMI: &str = "whoami";
     pub const STATUS: &str = "status";
     pub const SHUTDOWN: &str = "shutdown";
@@ -204,6 +208,61 @@ pub struct RunResult {
 pub struct Truncated {
     pub stdout: bool,
     pub stderr: bool,
+}
+
+/// `subscribe` result: the fleet as openboxd's mirror holds it now (`None` before the
+/// control plane's first word on it); `event` notifications follow from here on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Subscribed {
+    pub nodes: Option<Vec<crate::api::Node>>,
+    pub sessions: Option<Vec<crate::api::SessionInfo>>,
+    /// Whether the mirror is connected to the control plane right now.
+    pub live: bool,
+}
+
+/// One change in the fleet, as seen by openboxd's mirror of the control plane's registry:
+/// only nodes the user may run on, and the user's own sessions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FleetEvent {
+    /// A node appeared: it enrolled, or the user was granted it.
+    NodeJoined {
+        node: crate::api::Node,
+    },
+    /// A node went: it was removed, or the user's grant for it was.
+    NodeLeft {
+        node: crate::api::Node,
+    },
+    NodeOnline {
+        node: crate::api::Node,
+    },
+    NodeOffline {
+        node: crate::api::Node,
+    },
+    NodeTagsChanged {
+        node: crate::api::Node,
+        previous_tags: Vec<String>,
+    },
+    NodeRenamed {
+        node: crate::api::Node,
+        previous_name: String,
+    },
+    /// A session's shell exited or was reaped, or the session was removed.
+    SessionEnded {
+        session: crate::api::SessionInfo,
+    },
+    /// This subscriber fell behind and `count` events were dropped: list again to catch up.
+    Missed {
+        count: u64,
+    },
+}
+
+/// `event` notification: a change, for the `subscribe` request `id`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventNote {
+    pub id: Value,
+    #[serde(flatten)]
+    pub event: FleetEvent,
 }
 
 /// `cli`: a CLI call carried out with the caller's file descriptors (sent with the request).

@@ -71,6 +71,8 @@ pub struct Sessions {
     slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Slot>>>>,
     /// Sessions that ended since the last heartbeat, with why.
     ended_reports: Mutex<Vec<SessionReport>>,
+    /// Notified when a session ends, so the heartbeat tells the control plane at once.
+    pub ended: tokio::sync::Notify,
     idle_limit: Duration,
 }
 
@@ -80,7 +82,12 @@ const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl Sessions {
     pub fn new(idle_limit: Duration) -> Arc<Sessions> {
-        Arc::new(Sessions { slots: Mutex::default(), ended_reports: Mutex::default(), idle_limit })
+        Arc::new(Sessions {
+            slots: Mutex::default(),
+            ended_reports: Mutex::default(),
+            ended: tokio::sync::Notify::new(),
+            idle_limit,
+        })
     }
 
     fn slot(&self, key: &Key) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -94,6 +101,7 @@ impl Sessions {
             state: state.into(),
             last_used: slot.last_used,
         });
+        self.ended.notify_one();
     }
 
     /// What the heartbeat tells the control plane: live shells, and ends since last time.
@@ -103,9 +111,11 @@ impl Sessions {
         let slots: Vec<(Key, Arc<tokio::sync::Mutex<Slot>>)> =
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (key, slot) in slots {
-            // A busy session is in use right now.
+            // A busy session is in use right now — unless it is busy reporting its end
+            // (this heartbeat may have been woken by that very report).
             let (live, last_used) = match slot.try_lock() {
                 Ok(s) => (s.shell.is_some(), s.last_used),
+                Err(_) if out.iter().any(|r| r.user == key.0 && r.id == key.1) => (false, 0),
                 Err(_) => (true, proto::time::now()),
             };
             if live {
