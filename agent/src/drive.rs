@@ -57,7 +57,7 @@ pub async fn run(
     mut input: Messages,
     out: ChannelOut,
 ) {
-    let mut stdin = Some(feed(stdin, input.window.clone()));
+    let mut stdin = Some(feed(std::future::ready(Ok(stdin)), input.window.clone()));
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let (mut timed_out, mut input_open) = (false, true);
     // Once the caller is gone its window never opens again: the rest of the output is
@@ -165,13 +165,28 @@ async fn next_message(pending: &mut VecDeque<ChannelMsg>, input: &mut Messages) 
     }
 }
 
-/// Writes the caller's input to `stdin` from a task of its own, so a command that does
-/// not read its input never stops its output from being drained. Each chunk written
-/// reopens the caller's window by as much, so what waits here is at most one window.
-/// Dropping the sender is the end of input, which reaches the command.
-fn feed(mut stdin: impl AsyncWrite + Unpin + Send + 'static, window: Window) -> UnboundedSender<bytes::Bytes> {
+/// Writes the caller's input to the command's stdin (once `open` gives it) from a task of
+/// its own, so a command that does not read its input never stops its output from being
+/// drained. Each chunk written reopens the caller's window by as much, so what waits here
+/// is at most one window. Dropping the sender is the end of input, which reaches the
+/// command.
+pub fn feed<W: AsyncWrite + Unpin + Send + 'static>(
+    open: impl std::future::Future<Output = std::io::Result<W>> + Send + 'static,
+    window: Window,
+) -> UnboundedSender<bytes::Bytes> {
     let (tx, mut rx) = unbounded_channel::<bytes::Bytes>();
     tokio::spawn(async move {
+        let mut stdin = match open.await {
+            Ok(stdin) => stdin,
+            Err(e) => {
+                tracing::debug!(error = %e, "the command's stdin could not be opened; its input is dropped");
+                rx.close();
+                while let Some(chunk) = rx.recv().await {
+                    window.used(chunk.len());
+                }
+                return;
+            }
+        };
         while let Some(chunk) = rx.recv().await {
             let written = stdin.write_all(&chunk).await;
             window.used(chunk.len());

@@ -1432,3 +1432,25 @@ impl Drop for SshHost {
         }
     }
 }
+
+/// Checks that a session's commands get the caller's stdin, and only their own:
+/// `run(cmd, input)` runs `cmd` in one session with `input` as stdin.
+#[track_caller]
+pub fn check_session_stdin(run: impl Fn(&str, &[u8]) -> Out) {
+    assert_eq!(run("cat", b"a\nb\n").ok().stdout, "a\nb\n");
+    assert_eq!(run("read v; echo $v", b"x\n").ok().stdout, "x\n");
+    // What a command leaves unread is not the next one's.
+    assert_eq!(run("read v; echo $v", b"first\nsecond\nthird\n").ok().stdout, "first\n");
+    assert_eq!(run("cat", b"").ok().stdout, "");
+    assert_eq!(run("cat", b"z\n").ok().stdout, "z\n");
+    // Every byte, in order, of a stream larger than any buffer on the way.
+    let data: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut local = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("sha256sum");
+    local.stdin.take().expect("piped").write_all(&data).expect("write");
+    let want = String::from_utf8(local.wait_with_output().expect("sha256sum").stdout).expect("utf-8");
+    let got = run("sha256sum", &data).ok().stdout;
+    assert_eq!(got.split_whitespace().next(), want.split_whitespace().next());
+    // Input a command does not read ends with it, and the shell is none the worse.
+    assert_eq!(run("echo done", &data[..8 << 20]).ok().stdout, "done\n");
+    assert_eq!(run("cat", b"").ok().stdout, "");
+}

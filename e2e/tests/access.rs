@@ -117,6 +117,8 @@ fn a_root_agent_runs_each_users_commands_as_the_local_account_mapped_to_them() {
     assert!(shadow.stderr.contains("Permission denied"), "{shadow:?}");
     // A session's shell runs as the same account.
     assert_eq!(bob.run(&["-t", "mapped", "-s", "s1", "id -u"]).ok().stdout, nobody);
+    // And reads the input made for it (the pipe is that account's, nobody else's).
+    assert_eq!(bob.run_stdin(&["-t", "mapped", "-s", "s1", "cat"], b"mine\n").ok().stdout, "mine\n");
     assert_eq!(admin.run(&["-t", "mapped", "id -u"]).ok().stdout, "0\n");
     // Someone the mapping does not name runs nothing.
     eve.run(&["-t", "mapped", "true"]).fails_with(255, "names none for eve");

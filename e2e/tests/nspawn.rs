@@ -160,3 +160,9 @@ fn input_the_container_does_not_read_stays_with_the_caller() {
     f.check_unread_input_is_held_back();
     wait_until("the container to end", || containers(&f) == 0);
 }
+
+#[test]
+fn a_sessions_commands_read_the_callers_stdin_and_only_their_own() {
+    let f = fleet(&[]);
+    openbox_e2e::check_session_stdin(|cmd, input| f.run_stdin(&["-s", "in"], cmd, input));
+}

@@ -191,3 +191,9 @@ fn a_command_that_closes_the_shells_output_ends_the_session_instead_of_hanging_i
     assert_eq!(out.stdout, "again\n");
     assert!(out.stderr.contains("started a new shell"), "{out:?}");
 }
+
+#[test]
+fn a_sessions_commands_read_the_callers_stdin_and_only_their_own() {
+    let (_cp, cli, _agent) = fleet(&[]);
+    openbox_e2e::check_session_stdin(|cmd, input| cli.run_stdin(&["-t", "t", "-s", "in", cmd], input));
+}

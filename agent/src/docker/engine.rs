@@ -201,6 +201,13 @@ impl Engine {
         self.docker.start_container(id, None).await.map_err(|e| self.err(Some(image), e))
     }
 
+    /// The host pid of a running container's first process, when the engine says (an
+    /// engine on another host, or in another pid namespace, says nothing usable).
+    pub(super) async fn pid(&self, id: &str) -> Option<u32> {
+        let state = self.docker.inspect_container(id, None).await.ok()?.state?;
+        state.pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0)
+    }
+
     /// The exit code of a container that has stopped (or stops soon).
     pub async fn exit_code(&self, id: &str) -> Option<i64> {
         self.wait(id, "not-running").await

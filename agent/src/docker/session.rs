@@ -22,6 +22,9 @@ fn signal_all_but_the_shell(name: &str) -> String {
 pub struct SessionContainer {
     pub engine: Engine,
     pub id: String,
+    /// Its first process (the shell) on this host, when the engine runs here: the
+    /// session's stdin FIFOs are made in its root.
+    pub pid: Option<u32>,
 }
 
 /// The streams of a session's shell in a container.
@@ -35,7 +38,7 @@ impl SessionContainer {
     /// Starts a container whose pid 1 is `/bin/sh` reading from stdin.
     pub async fn start(engine: &Engine, spec: Spec<'_>) -> Result<(SessionContainer, Attached), EngineError> {
         let id = engine.create(&spec, vec!["/bin/sh".to_owned()], false).await?;
-        let container = SessionContainer { engine: engine.clone(), id };
+        let mut container = SessionContainer { engine: engine.clone(), id, pid: None };
         let started = match engine.attach(&container.id).await {
             Ok(a) => engine.start(&container.id, spec.image).await.map(|_| a),
             Err(e) => Err(e),
@@ -47,6 +50,8 @@ impl SessionContainer {
                 return Err(e);
             }
         };
+        container.pid =
+            engine.pid(&container.id).await.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
         // The engine interleaves stdout and stderr on one stream; the session reads them
         // as two pipes. Output a background job writes while no command reads it waits
         // here; the buffers grow only as used, and are large so that such output does not

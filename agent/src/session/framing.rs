@@ -22,16 +22,18 @@ fn quote(text: &str) -> String {
 /// What the shell is sent to run `command`, framed by markers carrying `nonce`.
 ///
 /// The command runs in a function of the session's own shell, so `cd` and `export`
-/// stay. `command eval` keeps the shell alive through a syntax error; stdin is
-/// /dev/null so a command cannot swallow the lines that follow it. SIGUSR1 makes the
+/// stay. `command eval` keeps the shell alive through a syntax error; stdin is `stdin`
+/// (the command's own FIFO, else /dev/null), never the shell's, so a command cannot
+/// swallow the lines that follow it. SIGUSR1 makes the
 /// function return, which stops what is left of the command — even a loop of builtins
 /// — without losing the shell. That trap is armed and disarmed inside the function:
 /// outside it, `return` would end the shell, so there USR1 does nothing (`:`).
-fn script(command: &str, nonce: &str) -> String {
+fn script(command: &str, nonce: &str, stdin: &str) -> String {
     let n = nonce;
     format!(
-        "trap : USR1\n__openbox_run() {{ trap 'return 124' USR1; command eval {} </dev/null\n__obx=$?; trap : USR1; return $__obx\n}}\n__openbox_run; __obx=$?\nprintf 'OBX:{n}:%d\\n' \"$__obx\"\nprintf 'OBX:{n}\\n' >&2\n",
-        quote(command)
+        "trap : USR1\n__openbox_run() {{ trap 'return 124' USR1; command eval {} <{}\n__obx=$?; trap : USR1; return $__obx\n}}\n__openbox_run; __obx=$?\nprintf 'OBX:{n}:%d\\n' \"$__obx\"\nprintf 'OBX:{n}\\n' >&2\n",
+        quote(command),
+        quote(stdin)
     )
 }
 
@@ -143,9 +145,18 @@ pub async fn run_framed(
     input: &mut Messages,
 ) -> Framed {
     let n = nonce();
-    if shell.stdin.write_all(script(command, &n).as_bytes()).await.is_err() {
+    // The command's own stdin. Where none can be made (an engine on another host), it
+    // reads nothing, and input that comes anyway stops it: never success with input lost.
+    let fifo =
+        shell.host.root_pid().ok_or_else(|| "the shell is not on this host".to_owned()).and_then(|pid| {
+            super::stdin::Fifo::make(pid).map_err(|e| format!("its stdin pipe could not be made: {e}"))
+        });
+    let stdin_path = fifo.as_ref().map_or("/dev/null", |f| f.path_in_shell.as_str()).to_owned();
+    let mut stdin = fifo.as_ref().ok().map(|f| f.feed(input.window.clone()));
+    if shell.stdin.write_all(script(command, &n, &stdin_path).as_bytes()).await.is_err() {
         return Framed::ShellEnded;
     }
+    let mut input_lost = false;
     let mut frame = Frame::new(&n);
     let (mut out_buf, mut err_buf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -190,10 +201,23 @@ pub async fn run_framed(
                         shell.host.signal(sig).await;
                     }
                 }
-                // A session's command reads no input (yet): what comes is dropped.
-                Some(russh::ChannelMsg::Data { data } | russh::ChannelMsg::ExtendedData { data, .. }) => {
-                    input.window.used(data.len());
-                }
+                Some(russh::ChannelMsg::Data { data }) => match (&stdin, &fifo) {
+                    (Some(tx), _) => if let Err(lost) = tx.send(data) {
+                        input.window.used(lost.0.len());
+                        stdin = None;
+                    },
+                    (None, Err(why)) if !data.is_empty() && !input_lost => {
+                        input.window.used(data.len());
+                        input_lost = true;
+                        out.stderr(format!("openbox: input cannot reach this session's shell ({why}); the command was stopped\n").as_bytes()).await;
+                        shell.host.interrupt().await;
+                        give_up_at.get_or_insert(tokio::time::Instant::now() + grace);
+                    }
+                    // Past the end of input, or after the command stopped reading.
+                    _ => input.window.used(data.len()),
+                },
+                Some(russh::ChannelMsg::ExtendedData { data, .. }) => input.window.used(data.len()),
+                Some(russh::ChannelMsg::Eof) => stdin = None,
                 Some(_) => {}
             },
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() && timed_out.is_none() => {
@@ -205,6 +229,7 @@ pub async fn run_framed(
     }
     match timed_out {
         Some(after) => Framed::TimedOut(after),
+        None if input_lost => Framed::Done(255),
         None => Framed::Done(frame.code().expect("loop ends with a code")),
     }
 }
@@ -272,7 +297,7 @@ mod tests {
             .expect("/bin/sh");
         let mut stdin = sh.stdin.take().expect("piped");
         for (command, n) in commands.iter().zip(&nonces) {
-            stdin.write_all(script(command, n).as_bytes()).expect("write");
+            stdin.write_all(script(command, n, "/dev/null").as_bytes()).expect("write");
         }
         drop(stdin);
         let output = sh.wait_with_output().expect("sh");

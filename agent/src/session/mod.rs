@@ -12,6 +12,7 @@
 
 pub(crate) mod framing;
 mod shell;
+mod stdin;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -26,13 +26,23 @@ pub struct Shell {
 
 /// What the shell runs in.
 pub enum ShellHost {
-    /// A process here: the shell itself, or (`nspawn`) the container whose pid 1 it is.
-    Process { child: Child, pid: u32, nspawn: bool },
+    /// A process here: the shell itself, or (`nspawn`) the container whose pid 1 it is;
+    /// `root` is the process whose root is the shell's filesystem.
+    Process { child: Child, pid: u32, nspawn: bool, root: Option<u32> },
     /// A container on the Docker engine whose pid 1 is the shell.
     Container(SessionContainer),
 }
 
 impl ShellHost {
+    /// The process whose root is the shell's filesystem (the shell, or the container's
+    /// first process), when it is on this host.
+    pub fn root_pid(&self) -> Option<u32> {
+        match self {
+            ShellHost::Process { root, .. } => *root,
+            ShellHost::Container(c) => c.pid,
+        }
+    }
+
     /// Stops the command running in the shell, keeping the shell.
     pub async fn interrupt(&self) {
         match self {
@@ -67,7 +77,7 @@ impl ShellHost {
     /// Ends the shell and whatever it runs in.
     pub async fn stop(&mut self) {
         match self {
-            ShellHost::Process { child, pid, nspawn } => {
+            ShellHost::Process { child, pid, nspawn, .. } => {
                 if *nspawn && let Some(init) = procs::container_init(*pid) {
                     procs::signal(init, Signal::KILL); // takes the whole container down
                 }
@@ -131,12 +141,44 @@ pub async fn spawn_shell(
     };
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
-    Ok(Shell {
+    let pid = child.id().unwrap_or(0);
+    let mut shell = Shell {
         stdin: Box::pin(child.stdin.take().expect("piped")),
         stdout: Box::pin(child.stdout.take().expect("piped")),
         stderr: Box::pin(child.stderr.take().expect("piped")),
-        host: ShellHost::Process { pid: child.id().unwrap_or(0), child, nspawn },
-    })
+        host: ShellHost::Process { pid, child, nspawn, root: (!nspawn).then_some(pid) },
+    };
+    if nspawn {
+        // The container's first process has its final root once its shell reads commands.
+        let root = if shell_answers(&mut shell).await { procs::container_init(pid) } else { None };
+        if let ShellHost::Process { root: r, .. } = &mut shell.host {
+            *r = root;
+        }
+    }
+    Ok(shell)
+}
+
+/// Whether the shell answers a no-op: then it runs, in the root it will run commands in.
+async fn shell_answers(shell: &mut Shell) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let marker = format!("OBX-ready-{}", trust::token::random_id());
+    if shell.stdin.write_all(format!("echo {marker}\n").as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let read = async {
+        loop {
+            match shell.stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => seen.extend_from_slice(&buf[..k]),
+            }
+            if seen.ends_with(format!("{marker}\n").as_bytes()) {
+                return true;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read).await.unwrap_or(false)
 }
 
 pub async fn stop_shell(shell: &mut Shell) {
