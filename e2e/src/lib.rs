@@ -392,14 +392,23 @@ pub struct Cli {
 }
 
 impl Drop for Cli {
-    /// Stops this identity's openboxd, if a call started one.
+    /// Stops this identity's openboxds (one per context), if calls started them.
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.home.path().join("logs/openboxd.log");
-            eprintln!("---- log {} ----\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        if self.home.path().join("run/openboxd.sock").exists() {
-            let _ = self.cmd().args(["daemon", "stop"]).output();
+        let contexts = std::fs::read_dir(self.home.path().join("contexts")).into_iter().flatten().flatten();
+        let names = std::iter::once("default".to_owned())
+            .chain(contexts.filter_map(|e| e.file_name().to_str().map(str::to_owned)));
+        for name in names {
+            let (socket, log) = match name.as_str() {
+                "default" => ("run/openboxd.sock".to_owned(), "logs/openboxd.log".to_owned()),
+                n => (format!("run/contexts/{n}/openboxd.sock"), format!("logs/contexts/{n}/openboxd.log")),
+            };
+            if std::thread::panicking() {
+                let log = self.home.path().join(log);
+                eprintln!("---- log {} ----\n{}", log.display(), std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if self.home.path().join(socket).exists() {
+                let _ = self.cmd().args(["--context", &name, "daemon", "stop"]).output();
+            }
         }
     }
 }

@@ -10,13 +10,17 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 
-/// Makes sure openboxd runs (the `openbox` CLI starts it when it does not).
+/// Makes sure this process's context's openboxd runs (the `openbox` CLI starts it when it
+/// does not; it is told which context, since left to itself it takes the one `openbox
+/// context use` chose). A bad OPENBOX_CONTEXT stops the server here.
 pub async fn ensure_running() -> Result<(), String> {
-    if UnixStream::connect(paths::daemon_socket()).await.is_ok() {
+    let context = paths::Context::from_env()?;
+    if UnixStream::connect(context.daemon_socket()).await.is_ok() {
         return Ok(());
     }
     let status = tokio::process::Command::new(paths::sibling_binary("openbox"))
         .args(["daemon", "status"])
+        .env(paths::CONTEXT_ENV, context.name())
         .stdout(std::process::Stdio::null())
         .status()
         .await

@@ -24,7 +24,22 @@ shell: rsync -e 'openbox -n' NODE:DIR/ DIR/, GIT_SSH_COMMAND='openbox -n' git cl
 
 Get started on this machine:
   openbox up                      local control plane + this machine as node `local`
-  openbox -t local uname -a";
+  openbox -t local uname -a
+
+Several control planes side by side: `openbox context --help`.";
+
+const CONTEXT_HELP: &str = "\
+A context is one login to a control plane, with its own key pair and its own openboxd.
+`default` is the login `openbox login` makes; name another to log in beside it:
+  openbox login --context work --server https://cp.work:7683 --token obx_…
+  openbox --context work nodes        one command in context work
+  OPENBOX_CONTEXT=work openbox nodes  every command in this environment
+  openbox context use work            every command from now on (`use default` goes back)
+  openbox context ls                  the contexts; * marks the one in use
+  openbox context rm work             forget it (`openbox --context work logout` first
+                                      also revokes its token)
+Which context a command uses: --context, else OPENBOX_CONTEXT, else the one `context use`
+chose, else default.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,6 +61,10 @@ pub struct Cli {
     /// Run this call directly instead of through openboxd (also OPENBOX_NO_DAEMON=1).
     #[arg(long, global = true)]
     pub no_daemon: bool,
+    /// Use this context: a login to a control plane of its own (also OPENBOX_CONTEXT; see
+    /// `openbox context --help`).
+    #[arg(long, global = true, value_name = "NAME", value_parser = paths::Context::new)]
+    pub context: Option<paths::Context>,
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +152,9 @@ pub enum Command {
     },
     /// Forget the login and revoke its token.
     Logout,
+    /// Work with several control planes side by side: list, choose and remove contexts.
+    #[command(subcommand, after_help = CONTEXT_HELP)]
+    Context(ContextCommand),
     /// Show who you are logged in as.
     Whoami,
     /// Write openbox's instructions for AI coding agents, in each one's own place and format:
@@ -323,6 +345,25 @@ pub enum NodeCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ContextCommand {
+    /// List the contexts: name, control plane, user; `*` marks the one in use.
+    Ls,
+    /// Print the name of the context in use.
+    Show,
+    /// Use NAME for every command that names no context (`default` goes back).
+    Use {
+        #[arg(value_parser = paths::Context::new)]
+        name: paths::Context,
+    },
+    /// Remove a context: stops its openboxd and deletes its login and key pair. Its token
+    /// stays valid: `openbox --context NAME logout` first revokes it.
+    Rm {
+        #[arg(value_parser = paths::Context::new)]
+        name: paths::Context,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SessionCommand {
     /// End a session: its shell on the node is stopped.
     Rm { id: String },
@@ -377,6 +418,8 @@ pub enum Action {
     Exec(&'static str, Vec<OsString>),
     /// Stop openboxd if it runs (without starting one to do so).
     StopDaemon { json: bool },
+    /// List, choose or remove contexts (done here, without a daemon).
+    Context { command: ContextCommand, json: bool },
 }
 
 /// `--max-output`: a size of at least 2 bytes (one for the head, one for the tail).
@@ -409,22 +452,35 @@ impl Cli {
         Self::try_from_argv(argv).unwrap_or_else(|e| e.exit())
     }
 
-    /// Parses the whole command line. Leading `--json` / `--no-daemon` are taken out first:
-    /// before a subcommand (`openbox --json nodes`) they would otherwise be read as the
-    /// start of the run form.
+    /// Parses the whole command line. Leading `--json` / `--no-daemon` / `--context NAME`
+    /// are taken out first: before a subcommand (`openbox --json nodes`) they would
+    /// otherwise be read as the start of the run form.
     pub fn try_from_argv(mut argv: Vec<OsString>) -> Result<Cli, clap::Error> {
-        let (mut json, mut no_daemon) = (false, false);
-        while let Some(flag) = argv.get(1).and_then(|a| a.to_str()) {
-            match flag {
+        let (mut json, mut no_daemon, mut context) = (false, false, None);
+        while let Some(flag) = argv.get(1).and_then(|a| a.to_str()).map(str::to_owned) {
+            match flag.as_str() {
                 "--json" => json = true,
                 "--no-daemon" => no_daemon = true,
-                _ => break,
+                "--context" if argv.len() > 2 => context = Some(argv.remove(2)),
+                _ => match flag.strip_prefix("--context=") {
+                    Some(name) => context = Some(name.into()),
+                    None => break,
+                },
             }
             argv.remove(1);
         }
         let mut cli = Cli::try_parse_from(argv)?;
         cli.json |= json;
         cli.no_daemon |= no_daemon;
+        if let Some(name) = context.filter(|_| cli.context.is_none()) {
+            let name = name.to_str().unwrap_or_default();
+            cli.context = Some(paths::Context::new(name).map_err(|e| {
+                <Cli as clap::CommandFactory>::command().error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value '{name}' for '--context': {e}"),
+                )
+            })?);
+        }
         Ok(cli)
     }
 
@@ -460,6 +516,7 @@ impl Cli {
                 Request::Login { server, token, fingerprint, insecure_http }
             }
             Some(Command::Logout) => Request::Logout,
+            Some(Command::Context(command)) => return Ok(Action::Context { command, json }),
             Some(Command::Sessions) => Request::Sessions,
             Some(Command::Session(SessionCommand::Rm { id })) => {
                 Request::SessionRemove { id: name("session id", &id)? }
@@ -739,6 +796,37 @@ mod tests {
         }
         assert!(matches!(action(&["daemon", "stop", "--json"]), Ok(Action::StopDaemon { json: true })));
         assert!(matches!(action(&["agent", "--help"]), Ok(Action::Exec("openbox-agent", a)) if a == ["--help"]));
+    }
+
+    #[test]
+    fn the_context_flag_is_global_and_its_name_is_checked() {
+        let context = |args: &[&str]| {
+            let argv = std::iter::once("openbox").chain(args.iter().copied()).map(OsString::from).collect();
+            Cli::try_from_argv(argv).map(|c| c.context.map(|c| c.name().to_owned())).map_err(|e| e.to_string())
+        };
+        for args in [
+            &["--context", "work", "nodes"][..],
+            &["--context=work", "nodes"],
+            &["--json", "--context", "work", "nodes"],
+            &["nodes", "--context", "work"],
+            &["--context", "work", "-n", "box", "true"],
+        ] {
+            assert_eq!(context(args), Ok(Some("work".to_owned())), "{args:?}");
+        }
+        assert_eq!(context(&["--context", "default", "nodes"]), Ok(Some("default".to_owned())));
+        assert_eq!(context(&["-n", "box", "echo", "--context", "work"]), Ok(None), "the command's own words");
+        for bad in [&["--context", "Work", "nodes"][..], &["nodes", "--context", "a/b"], &["--context=-x", "nodes"]] {
+            assert!(context(bad).is_err_and(|e| e.contains("is not a context name")), "{bad:?}");
+        }
+        match action(&["--context", "work", "nodes"]) {
+            Ok(Action::Call { request: Request::Nodes { tag: None }, .. }) => {}
+            _ => panic!("a leading --context is not the run form"),
+        }
+        assert!(matches!(
+            action(&["context", "use", "work", "--json"]),
+            Ok(Action::Context { command: ContextCommand::Use { name }, json: true }) if name.name() == "work"
+        ));
+        assert!(action(&["context", "rm", "Bad"]).is_err_and(|e| e.contains("is not a context name")));
     }
 
     #[test]

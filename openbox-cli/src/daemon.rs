@@ -1,7 +1,8 @@
 //! Talking to openboxd: connect to its socket (starting it under a lock when it is not
 //! running), say `hello`, and hand over the call with this process's stdin, stdout and
 //! stderr (SCM_RIGHTS). openboxd writes the output straight into them; the CLI only waits
-//! for the exit code.
+//! for the exit code. Each context has an openboxd of its own: every function here is
+//! told which.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IoSlice};
@@ -13,6 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use paths::Context;
 use proto::request::{CALL_ENV, Call};
 use proto::rpc::{self, CliParams, CliResult, Hello, Mismatch, Request, Response, method};
 use rustix::fs::{FlockOperation, flock};
@@ -27,29 +29,29 @@ pub enum Failure {
     Other(String),
 }
 
-/// Runs `call` through openboxd and returns the exit code.
-pub fn call(call: &Call) -> Result<u8, String> {
+/// Runs `call` through the context's openboxd and returns the exit code.
+pub fn call(call: &Call, context: &Context) -> Result<u8, String> {
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    call_with(call, [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()])
+    call_with(call, context, [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()])
 }
 
 /// Runs `call` through openboxd with its output captured rather than printed (for a small
 /// answer this process needs to read itself); the exit code and the output.
-pub fn call_capturing(call: &Call) -> Result<(u8, Vec<u8>), String> {
+pub fn call_capturing(call: &Call, context: &Context) -> Result<(u8, Vec<u8>), String> {
     let (mut reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
     let (stdin, stderr) = (std::io::stdin(), std::io::stderr());
-    let code = call_with(call, [stdin.as_fd(), writer.as_fd(), stderr.as_fd()])?;
+    let code = call_with(call, context, [stdin.as_fd(), writer.as_fd(), stderr.as_fd()])?;
     drop(writer);
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut out).map_err(|e| format!("reading openboxd's answer: {e}"))?;
     Ok((code, out))
 }
 
-fn call_with(call: &Call, fds: [BorrowedFd<'_>; 3]) -> Result<u8, String> {
-    let socket = paths::daemon_socket();
+fn call_with(call: &Call, context: &Context, fds: [BorrowedFd<'_>; 3]) -> Result<u8, String> {
+    let socket = context.daemon_socket();
     for attempt in 0..2 {
-        let stream = connect_or_start(&socket)?;
-        match exchange(stream, call, fds) {
+        let stream = connect_or_start(context)?;
+        match exchange(stream, &socket, call, fds) {
             Ok(code) => return Ok(code),
             Err(Failure::Mismatch(why)) if attempt == 0 => {
                 eprintln!("openbox: restarting openboxd ({why})");
@@ -80,7 +82,8 @@ fn ours(stream: UnixStream, socket: &Path) -> Result<UnixStream, String> {
     Ok(stream)
 }
 
-fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
+fn connect_or_start(context: &Context) -> Result<UnixStream, String> {
+    let socket = &context.daemon_socket();
     if let Ok(s) = UnixStream::connect(socket) {
         return ours(s, socket);
     }
@@ -91,15 +94,15 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(paths::daemon_lock())
+        .open(context.daemon_lock())
         .map_err(|e| format!("opening the openboxd lock: {e}"))?;
     flock(&lock, FlockOperation::LockExclusive).map_err(|e| format!("locking: {e}"))?;
     if let Ok(s) = UnixStream::connect(socket) {
         return ours(s, socket); // another call started it while we waited
     }
-    let logs = paths::logs_dir();
+    let logs = context.logs_dir();
     paths::create_private_dir(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
-    let log_path = paths::log_file("openboxd");
+    let log_path = context.daemon_log();
     let log = File::options()
         .create(true)
         .append(true)
@@ -109,6 +112,7 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
     let binary = paths::sibling_binary("openboxd");
     let mut child = Command::new(&binary)
         .env_remove(CALL_ENV)
+        .env(paths::CONTEXT_ENV, context.name())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -136,7 +140,7 @@ fn connect_or_start(socket: &Path) -> Result<UnixStream, String> {
     }
 }
 
-fn exchange(stream: UnixStream, call: &Call, fds: [BorrowedFd<'_>; 3]) -> Result<u8, Failure> {
+fn exchange(stream: UnixStream, socket: &Path, call: &Call, fds: [BorrowedFd<'_>; 3]) -> Result<u8, Failure> {
     let other = |e: std::io::Error| Failure::Other(format!("talking to openboxd: {e}"));
     let hello = Request::new(
         Some(0.into()),
@@ -172,7 +176,7 @@ fn exchange(stream: UnixStream, call: &Call, fds: [BorrowedFd<'_>; 3]) -> Result
     if let Some(err) = hello.error {
         if err.code == rpc::code::PROTOCOL_MISMATCH {
             let daemon = err.data.and_then(|d| serde_json::from_value::<Mismatch>(d).ok());
-            stop_daemon(daemon.and_then(|d| d.pid));
+            stop_daemon(socket, daemon.and_then(|d| d.pid));
             return Err(Failure::Mismatch(err.message));
         }
         return Err(Failure::Other(err.message));
@@ -187,9 +191,23 @@ fn exchange(stream: UnixStream, call: &Call, fds: [BorrowedFd<'_>; 3]) -> Result
     }
 }
 
-/// Asks a daemon of another protocol to stop, and waits until it has.
-fn stop_daemon(pid: Option<u32>) {
-    if let Ok(mut s) = UnixStream::connect(paths::daemon_socket()) {
+/// Stops the openboxd serving `socket`, if one runs, and waits (at most 10 s) until it is
+/// done with its files; whether one ran.
+pub fn stop(socket: &Path) -> Result<bool, String> {
+    let Ok(stream) = UnixStream::connect(socket) else { return Ok(false) };
+    drop(ours(stream, socket)?);
+    stop_daemon(socket, None);
+    // Removing its socket is the last thing it does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(true)
+}
+
+/// Asks the daemon at `socket` to stop, and waits until its process `pid` has, if known.
+fn stop_daemon(socket: &Path, pid: Option<u32>) {
+    if let Ok(mut s) = UnixStream::connect(socket) {
         use std::io::Write;
         let req = Request::new(Some(0.into()), method::SHUTDOWN, serde_json::Value::Null);
         let _ = writeln!(s, "{}", serde_json::to_string(&req).expect("serializable"));

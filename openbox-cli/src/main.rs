@@ -3,6 +3,7 @@
 //! binary). It has no async runtime and no SSH: it must start in about a millisecond.
 
 mod args;
+mod context;
 mod daemon;
 mod prompt;
 
@@ -10,53 +11,113 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitCode};
 
+use paths::Context;
 use proto::request::{CALL_ENV, Call, Request};
 
 fn main() -> ExitCode {
-    match args::Cli::from_argv(std::env::args_os().collect()).into_action() {
-        Ok(args::Action::Call { request, json, no_daemon }) => {
+    let cli = args::Cli::from_argv(std::env::args_os().collect());
+    let flag = cli.context.clone();
+    let action = match cli.into_action() {
+        Ok(action) => action,
+        Err(msg) => return usage_error(&msg),
+    };
+    // The control plane and the agent are nobody's context.
+    if let args::Action::Exec(binary @ ("openbox-control" | "openbox-agent"), rest) = action {
+        return exec(Command::new(paths::sibling_binary(binary)).args::<_, OsString>(rest), binary);
+    }
+    let selected = match context::select(flag) {
+        Ok(selected) => selected,
+        Err(msg) => return usage_error(&msg),
+    };
+    match action {
+        args::Action::Context { command, json } => context::command(command, &selected, json),
+        // A login is what makes a context: it may name one that does not exist yet.
+        args::Action::Call { request: request @ Request::Login { .. }, json, .. } if !selected.context.exists() => {
+            first_login(Call { request, json }, &selected.context)
+        }
+        action => match selected.existing() {
+            Ok(context) => act(action, context),
+            Err(msg) => usage_error(&msg),
+        },
+    }
+}
+
+/// A command line that cannot be carried out as written: exit 2, as for clap's own.
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("openbox: {msg}");
+    ExitCode::from(2)
+}
+
+/// Carries out `action` in `context`, which exists.
+fn act(action: args::Action, context: &Context) -> ExitCode {
+    match action {
+        args::Action::Call { request, json, no_daemon } => {
             // Stopping the fleet never starts a daemon just to do it.
-            let no_daemon = no_daemon || (matches!(request, Request::Down) && !daemon_running());
+            let no_daemon = no_daemon || (matches!(request, Request::Down) && !daemon_running(context));
             let call = Call { request, json };
             if no_daemon || std::env::var_os("OPENBOX_NO_DAEMON").is_some_and(|v| !v.is_empty() && v != "0") {
-                let text = serde_json::to_string(&call).expect("requests serialize");
-                return exec(Command::new(paths::sibling_binary("openboxd")).env(CALL_ENV, text), "openboxd");
+                return exec(&mut direct(&call, context), "openboxd");
             }
-            match daemon::call(&call) {
-                Ok(code) => ExitCode::from(code),
-                Err(msg) => {
-                    eprintln!("openbox: {msg}");
-                    ExitCode::from(proto::EXIT_OPENBOX_FAILURE)
-                }
-            }
+            through_daemon(daemon::call(&call, context))
         }
-        Ok(args::Action::Dashboard { json, no_open }) => dashboard(json, no_open),
-        Ok(args::Action::StopDaemon { json }) => {
-            if !daemon_running() {
+        args::Action::Dashboard { json, no_open } => dashboard(json, no_open, context),
+        args::Action::StopDaemon { json } => {
+            if !daemon_running(context) {
                 println!("{}", if json { r#"{"stopping":false}"# } else { "openboxd is not running." });
                 return ExitCode::SUCCESS;
             }
-            match daemon::call(&Call { request: Request::DaemonStop, json }) {
-                Ok(code) => ExitCode::from(code),
-                Err(msg) => {
-                    eprintln!("openbox: {msg}");
-                    ExitCode::from(proto::EXIT_OPENBOX_FAILURE)
-                }
-            }
+            through_daemon(daemon::call(&Call { request: Request::DaemonStop, json }, context))
         }
-        Ok(args::Action::Exec(binary, rest)) => {
-            exec(Command::new(paths::sibling_binary(binary)).args::<_, OsString>(rest), binary)
-        }
+        args::Action::Exec(binary, rest) => exec(
+            Command::new(paths::sibling_binary(binary))
+                .args::<_, OsString>(rest)
+                .env(paths::CONTEXT_ENV, context.name()),
+            binary,
+        ),
+        args::Action::Context { .. } => unreachable!("contexts are handled before"),
+    }
+}
+
+fn through_daemon(answer: Result<u8, String>) -> ExitCode {
+    match answer {
+        Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("openbox: {msg}");
-            ExitCode::from(2)
+            ExitCode::from(proto::EXIT_OPENBOX_FAILURE)
         }
     }
 }
 
+/// openboxd carrying out `call` itself, in `context`, without a daemon.
+fn direct(call: &Call, context: &Context) -> Command {
+    let text = serde_json::to_string(call).expect("requests serialize");
+    let mut cmd = Command::new(paths::sibling_binary("openboxd"));
+    cmd.env(CALL_ENV, text).env(paths::CONTEXT_ENV, context.name());
+    cmd
+}
+
+/// The login that makes a new context runs without a daemon (none is started for a
+/// context that may never come to be); when it fails, what it left is removed, so a
+/// mistyped URL or token leaves no context behind.
+fn first_login(call: Call, context: &Context) -> ExitCode {
+    let code = match direct(&call, context).status() {
+        Ok(status) => status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(proto::EXIT_OPENBOX_FAILURE),
+        Err(e) => {
+            eprintln!("openbox: cannot start openboxd ({e}); it is installed next to `openbox` — reinstall openbox");
+            proto::EXIT_OPENBOX_FAILURE
+        }
+    };
+    if code != 0
+        && let Err(msg) = context::remove_files(context)
+    {
+        eprintln!("openbox: {msg}");
+    }
+    ExitCode::from(code)
+}
+
 /// Prints a one-time dashboard link from openboxd and opens it in the browser.
-fn dashboard(json: bool, no_open: bool) -> ExitCode {
-    let (code, out) = match daemon::call_capturing(&Call { request: Request::Dashboard, json: true }) {
+fn dashboard(json: bool, no_open: bool, context: &Context) -> ExitCode {
+    let (code, out) = match daemon::call_capturing(&Call { request: Request::Dashboard, json: true }, context) {
         Ok(answer) => answer,
         Err(msg) => {
             eprintln!("openbox: {msg}");
@@ -98,9 +159,9 @@ fn open_in_browser(url: &str) -> Result<(), String> {
         .map_err(|e| format!("{opener}: {e}"))
 }
 
-/// Whether an openboxd answers on the socket.
-fn daemon_running() -> bool {
-    std::os::unix::net::UnixStream::connect(paths::daemon_socket()).is_ok()
+/// Whether the context's openboxd answers on its socket.
+fn daemon_running(context: &Context) -> bool {
+    std::os::unix::net::UnixStream::connect(context.daemon_socket()).is_ok()
 }
 
 /// Replaces this process with `cmd`; returns only if that fails.

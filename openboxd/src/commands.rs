@@ -50,9 +50,23 @@ pub async fn login(
     login.save()?;
     d.reload_login();
     let admin = if me.admin { " (admin)" } else { "" };
+    let context = paths::context();
+    let mut text = format!("Logged in to {} as {}{admin}", login.server.url, me.user);
+    if !context.is_default() {
+        text += &format!(
+            " in context {context}.\nUse it with `openbox --context {context} …` (or OPENBOX_CONTEXT={context}), or for \
+             every command: `openbox context use {context}`"
+        );
+    }
+    text.push('.');
     let mut reply = Reply::new(
-        to_json(&Whoami { server: login.server.url.clone(), user: me.user.clone(), admin: me.admin }),
-        format!("Logged in to {} as {}{admin}.", login.server.url, me.user),
+        to_json(&Whoami {
+            server: login.server.url.clone(),
+            user: me.user.clone(),
+            admin: me.admin,
+            context: context.name().into(),
+        }),
+        text,
     );
     // The fleet's tailnet, when the control plane holds one (an older one has no route).
     match client.get::<Option<MeshSettings>>("/v1/mesh").await {
@@ -119,8 +133,9 @@ pub async fn whoami(d: &Daemon) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let me: WhoAmI = login.client()?.get("/v1/whoami").await?;
     let admin = if me.admin { " (admin)" } else { "" };
-    let text = format!("{}{admin} at {}", me.user, login.server.url);
-    Ok(Reply::new(to_json(&Whoami { server: login.server.url, user: me.user, admin: me.admin }), text))
+    let context = paths::context().name().to_owned();
+    let text = format!("{}{admin} at {} (context {context})", me.user, login.server.url);
+    Ok(Reply::new(to_json(&Whoami { server: login.server.url, user: me.user, admin: me.admin, context }), text))
 }
 
 /// A one-time link that opens the web dashboard logged in as this user.

@@ -139,6 +139,7 @@ impl Daemon {
             socket: paths::daemon_socket().display().to_string(),
             protocol: proto::rpc::PROTOCOL,
             pid: std::process::id(),
+            context: paths::context().name().into(),
             logged_in: acct.is_some(),
             server: acct.as_ref().map(|a| a.login.server.url.clone()),
             user: acct.as_ref().map(|a| a.login.user.clone()),
@@ -237,10 +238,11 @@ async fn handle_with(
 fn daemon_status(d: &Daemon) -> commands::Reply {
     let s = d.status();
     let text = format!(
-        "openboxd {} (pid {}, protocol {})\n  socket      {}\n  login       {}\n  connections {}\n  registry    {} ({} nodes)",
+        "openboxd {} (pid {}, protocol {})\n  context     {}\n  socket      {}\n  login       {}\n  connections {}\n  registry    {} ({} nodes)",
         s.version,
         s.pid,
         s.protocol,
+        s.context,
         s.socket,
         match (&s.user, &s.server) {
             (Some(u), Some(srv)) => format!("{u} at {srv}"),

@@ -5,17 +5,19 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use net::control::Endpoint;
+use proto::output::LoginWho;
 use serde::{Deserialize, Serialize};
 use trust::{PrivateKey, PublicKey, Secret};
 
 #[derive(Serialize, Deserialize)]
 struct Stored {
-    server: String,
+    /// Server and user: the part the CLI reads too, to list contexts.
+    #[serde(flatten)]
+    who: LoginWho,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fingerprint: Option<tls::Fingerprint>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     insecure_http: bool,
-    user: String,
     token: String,
     ca_public_key: String,
 }
@@ -34,8 +36,14 @@ impl Login {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let context = paths::context();
+                if context.is_default() {
+                    bail!(
+                        "not logged in: run `openbox login --server URL --token TOKEN` (or `openbox up` for a local fleet)"
+                    )
+                }
                 bail!(
-                    "not logged in: run `openbox login --server URL --token TOKEN` (or `openbox up` for a local fleet)"
+                    "not logged in (context {context}): run `openbox login --context {context} --server URL --token TOKEN`"
                 )
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -43,8 +51,8 @@ impl Login {
         let s: Stored =
             serde_json::from_str(&text).with_context(|| format!("{} is damaged; log in again", path.display()))?;
         Ok(Login {
-            server: Endpoint { url: s.server, fingerprint: s.fingerprint, insecure_http: s.insecure_http },
-            user: s.user,
+            server: Endpoint { url: s.who.server, fingerprint: s.fingerprint, insecure_http: s.insecure_http },
+            user: s.who.user,
             token: Secret::new(s.token),
             ca: trust::parse_public_key(&s.ca_public_key)?,
         })
@@ -52,10 +60,9 @@ impl Login {
 
     pub fn save(&self) -> anyhow::Result<()> {
         let s = Stored {
-            server: self.server.url.clone(),
+            who: LoginWho { server: self.server.url.clone(), user: self.user.clone() },
             fingerprint: self.server.fingerprint,
             insecure_http: self.server.insecure_http,
-            user: self.user.clone(),
             token: self.token.expose().to_owned(),
             ca_public_key: self.ca.to_openssh()?,
         };

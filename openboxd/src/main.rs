@@ -12,7 +12,8 @@ use openboxd::io::{CallOutput, fd_input};
 use proto::request::{CALL_ENV, Call};
 
 /// Run openboxd, the per-user daemon behind the `openbox` CLI (the CLI starts it when
-/// needed; a service manager may run it instead).
+/// needed; a service manager may run it instead). It serves one context: the one
+/// OPENBOX_CONTEXT names (the CLI sets it), else the default.
 #[derive(clap::Parser, Debug)]
 #[command(name = "openbox daemon run", version = proto::VERSION)]
 struct Args {
@@ -38,6 +39,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
+    // Every file this process names depends on its context: a bad name stops it here.
+    if let Err(e) = paths::Context::from_env() {
+        eprintln!("openboxd: {e}");
+        return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
+    }
     let mesh =
         match openboxd::wanted_mesh(args.mesh_control, args.mesh_authkey_file.as_deref(), args.mesh, args.mesh_timeout)
         {

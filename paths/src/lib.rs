@@ -5,11 +5,20 @@
 //! tests, and several identities on one machine, run side by side). Otherwise the platform
 //! directories from `directories` are used: config for login state and keys, local data
 //! for service state and logs, the runtime directory for sockets.
+//!
+//! A login and what is made with it (key pair, tailnet node, openboxd and its socket)
+//! belong to a [`Context`]. The default context's files are where they have always been;
+//! another context's are in a `contexts/NAME/` directory beside them. A process works in
+//! the context `OPENBOX_CONTEXT` names (the CLI sets it for what it starts), else the
+//! default.
 
 use std::path::PathBuf;
 
 /// The variable that puts every file of one identity under one directory.
 pub const HOME_ENV: &str = "OPENBOX_HOME";
+
+/// The variable that names the context a process works in (see [`Context`]).
+pub const CONTEXT_ENV: &str = "OPENBOX_CONTEXT";
 
 fn home() -> Option<PathBuf> {
     std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
@@ -44,14 +53,14 @@ pub fn runtime_dir() -> PathBuf {
     project().and_then(|p| p.runtime_dir().map(|d| d.to_path_buf())).unwrap_or_else(|| state_dir().join("run"))
 }
 
-/// The CLI's login state: server URL, token, user name.
+/// The CLI's login state in this process's context (see [`Context::login_file`]).
 pub fn login_file() -> PathBuf {
-    config_dir().join("login.json")
+    context().login_file()
 }
 
-/// The user's own SSH key pair, generated at login; the private half never leaves here.
+/// The user's key pair in this process's context (see [`Context::user_key`]).
 pub fn user_key() -> PathBuf {
-    config_dir().join("id_ed25519")
+    context().user_key()
 }
 
 /// The control plane's files (database, CA key) when run with defaults.
@@ -69,25 +78,19 @@ pub fn logs_dir() -> PathBuf {
     state_dir().join("logs")
 }
 
-/// openboxd's Unix socket.
+/// The socket of this process's context's openboxd (see [`Context::daemon_socket`]).
 pub fn daemon_socket() -> PathBuf {
-    runtime_dir().join("openboxd.sock")
+    context().daemon_socket()
 }
 
-/// The tailnet openboxd joined (its control URL), remembered across restarts.
+/// This process's context's tailnet (see [`Context::mesh_file`]).
 pub fn mesh_file() -> PathBuf {
-    config_dir().join("mesh.json")
+    context().mesh_file()
 }
 
-/// openboxd's tailnet node state: its identity on the tailnet.
+/// This process's context's tailnet node state (see [`Context::tailnet_dir`]).
 pub fn tailnet_dir() -> PathBuf {
-    config_dir().join("tailnet")
-}
-
-/// The lock under which a CLI starts openboxd (beside the socket), so concurrent first
-/// calls start one daemon.
-pub fn daemon_lock() -> PathBuf {
-    runtime_dir().join("openboxd.lock")
+    context().tailnet_dir()
 }
 
 /// A background process's log in [`logs_dir`]: `openboxd`, `control`, `agent`.
@@ -128,6 +131,168 @@ pub fn agent_mesh(dir: &std::path::Path) -> PathBuf {
 /// The agent's host private key in its directory `dir`.
 pub fn agent_host_key(dir: &std::path::Path) -> PathBuf {
     dir.join("host_key")
+}
+
+/// One login and everything made with it: the login file, the user's key pair, the
+/// tailnet openboxd joins, and the openboxd that holds them, with its socket and log.
+/// Several contexts let one user work with several control planes side by side, each
+/// through an openboxd of its own.
+///
+/// The default context is the one that existed before there were contexts: its files are
+/// in the config, runtime and logs directories themselves. Any other, `NAME`, has the same
+/// files in `contexts/NAME/` under each of them, so removing it removes three directories.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    /// Valid by construction ([`Context::new`]); empty for the default.
+    name: String,
+}
+
+/// The longest context name: a socket path must stay short (104 bytes on macOS).
+const CONTEXT_NAME_MAX: usize = 32;
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Context {
+    /// The name of the default context.
+    pub const DEFAULT: &str = "default";
+
+    /// The context called `name` (`default` is the default one). This is the one check
+    /// of a context name: it becomes a directory name, so only `[a-z0-9][a-z0-9_-]*`, at
+    /// most 32 characters.
+    pub fn new(name: &str) -> Result<Context, String> {
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        if name == Self::DEFAULT {
+            return Ok(Context::default());
+        }
+        if name.is_empty() || name.len() > CONTEXT_NAME_MAX || !name.chars().all(ok) || name.starts_with(['-', '_']) {
+            return Err(format!(
+                "{name:?} is not a context name: use 1 to {CONTEXT_NAME_MAX} of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            ));
+        }
+        Ok(Context { name: name.to_owned() })
+    }
+
+    /// The context `OPENBOX_CONTEXT` names, else the default. Programs call this once at
+    /// start, to refuse a bad name with its message.
+    pub fn from_env() -> Result<Context, String> {
+        match std::env::var(CONTEXT_ENV) {
+            Ok(v) if !v.is_empty() => Context::new(&v).map_err(|e| format!("{CONTEXT_ENV}: {e}")),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(Context::default()),
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!("{CONTEXT_ENV} is not valid UTF-8")),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        if self.is_default() { Self::DEFAULT } else { &self.name }
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    /// `base` for the default context, `base/contexts/NAME` for another.
+    fn under(&self, base: PathBuf) -> PathBuf {
+        if self.is_default() { base } else { base.join("contexts").join(&self.name) }
+    }
+
+    /// Where this context's login, key pair and tailnet state are.
+    pub fn config_dir(&self) -> PathBuf {
+        self.under(config_dir())
+    }
+
+    /// Where this context's openboxd has its socket and lock.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.under(runtime_dir())
+    }
+
+    /// Where this context's openboxd logs.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.under(logs_dir())
+    }
+
+    /// The login state: server URL, token, user name.
+    pub fn login_file(&self) -> PathBuf {
+        self.config_dir().join("login.json")
+    }
+
+    /// The user's own SSH key pair, generated at login; the private half never leaves
+    /// here. One per context: control planes of different owners cannot tell by the key
+    /// that the same person uses them, and removing a context removes its key.
+    pub fn user_key(&self) -> PathBuf {
+        self.config_dir().join("id_ed25519")
+    }
+
+    /// The tailnet openboxd joined (its control URL), remembered across restarts.
+    pub fn mesh_file(&self) -> PathBuf {
+        self.config_dir().join("mesh.json")
+    }
+
+    /// openboxd's tailnet node state: its identity on the tailnet.
+    pub fn tailnet_dir(&self) -> PathBuf {
+        self.config_dir().join("tailnet")
+    }
+
+    /// openboxd's Unix socket.
+    pub fn daemon_socket(&self) -> PathBuf {
+        self.runtime_dir().join("openboxd.sock")
+    }
+
+    /// The lock under which a CLI starts openboxd (beside the socket), so concurrent first
+    /// calls start one daemon.
+    pub fn daemon_lock(&self) -> PathBuf {
+        self.runtime_dir().join("openboxd.lock")
+    }
+
+    /// The log of the openboxd a CLI starts.
+    pub fn daemon_log(&self) -> PathBuf {
+        self.logs_dir().join("openboxd.log")
+    }
+
+    /// Whether the context is there to use: the default always is; another once a login
+    /// made its directory.
+    pub fn exists(&self) -> bool {
+        self.is_default() || self.config_dir().is_dir()
+    }
+
+    /// The directories that hold this context's files and nothing else (none for the
+    /// default, whose files live beside everything else's).
+    pub fn own_dirs(&self) -> Vec<PathBuf> {
+        if self.is_default() { Vec::new() } else { vec![self.config_dir(), self.runtime_dir(), self.logs_dir()] }
+    }
+}
+
+/// The context this process works in: `OPENBOX_CONTEXT`, else the default.
+///
+/// # Panics
+/// When `OPENBOX_CONTEXT` is not a valid name: a program that may run with one calls
+/// [`Context::from_env`] first, and stops with its message.
+pub fn context() -> Context {
+    Context::from_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every context there is, the default first, then the others by name.
+pub fn contexts() -> Vec<Context> {
+    let mut found: Vec<Context> = std::fs::read_dir(config_dir().join("contexts"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Context::new(e.file_name().to_str()?).ok())
+        .filter(|c| !c.is_default())
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found.insert(0, Context::default());
+    found
+}
+
+/// Which context is current when neither `--context` nor `OPENBOX_CONTEXT` says: one
+/// line, the context's name. Absent when the default is current.
+pub fn current_context_file() -> PathBuf {
+    config_dir().join("current-context")
 }
 
 /// Creates `dir` and its parents with mode 0700, and checks that `dir` is this user's own
@@ -199,4 +364,46 @@ pub fn sibling_binary(name: &str) -> PathBuf {
         .and_then(|p| p.parent().map(|d| d.join(name)))
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_names_are_short_lowercase_words() {
+        for good in ["work", "a", "eu-1", "lab_2", "0day", &"x".repeat(32)] {
+            assert_eq!(Context::new(good).map(|c| c.name().to_owned()), Ok(good.to_owned()), "{good:?}");
+        }
+        for bad in ["", "Work", "-x", "_x", "a/b", "..", "a.b", "a b", "é", &"x".repeat(33)] {
+            let err = Context::new(bad).expect_err(bad);
+            assert!(err.contains("a-z, 0-9"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_default_context_keeps_the_files_where_they_always_were() {
+        let d = Context::new("default").unwrap();
+        assert!(d.is_default() && d == Context::default());
+        assert_eq!(d.name(), "default");
+        assert_eq!(d.login_file(), config_dir().join("login.json"));
+        assert_eq!(d.user_key(), config_dir().join("id_ed25519"));
+        assert_eq!(d.mesh_file(), config_dir().join("mesh.json"));
+        assert_eq!(d.tailnet_dir(), config_dir().join("tailnet"));
+        assert_eq!(d.daemon_socket(), runtime_dir().join("openboxd.sock"));
+        assert_eq!(d.daemon_lock(), runtime_dir().join("openboxd.lock"));
+        assert_eq!(d.daemon_log(), log_file("openboxd"));
+        assert!(d.own_dirs().is_empty() && d.exists());
+    }
+
+    #[test]
+    fn another_context_has_the_same_files_under_contexts_name() {
+        let c = Context::new("work").unwrap();
+        assert_eq!(c.login_file(), config_dir().join("contexts/work/login.json"));
+        assert_eq!(c.user_key(), config_dir().join("contexts/work/id_ed25519"));
+        assert_eq!(c.tailnet_dir(), config_dir().join("contexts/work/tailnet"));
+        assert_eq!(c.daemon_socket(), runtime_dir().join("contexts/work/openboxd.sock"));
+        assert_eq!(c.daemon_log(), logs_dir().join("contexts/work/openboxd.log"));
+        assert_eq!(c.own_dirs(), [config_dir(), runtime_dir(), logs_dir()].map(|d| d.join("contexts/work")));
+    }
 }

@@ -1,6 +1,7 @@
 //! What `--json` prints for the CLI's account and fleet commands, so scripts can rely on
 //! the shape. Listings print the API's own types (`Node`, `UserInfo`, `SessionInfo`), and
 //! `login` / `whoami` print [`crate::rpc::Whoami`], `daemon stop` [`crate::rpc::Stopping`].
+//! `context` prints its own, below, and reads [`LoginWho`] from each context's login.
 
 use serde::{Deserialize, Serialize};
 
@@ -76,4 +77,41 @@ pub struct Up {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Down {
     pub stopped: Vec<String>,
+}
+
+/// The part of a context's `login.json` (openboxd writes the whole) that the CLI reads to
+/// list contexts without starting their daemons.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginWho {
+    /// The control plane's URL.
+    pub server: String,
+    pub user: String,
+}
+
+/// `openbox context ls --json`: one per context, the default first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContextInfo {
+    pub name: String,
+    /// The one commands use now: `--context`, else `OPENBOX_CONTEXT`, else the one chosen
+    /// with `openbox context use`, else `default`.
+    pub current: bool,
+    /// Its control plane and user; absent while it is not logged in.
+    pub server: Option<String>,
+    pub user: Option<String>,
+    /// Its openboxd's socket (see docs/rpc.md).
+    pub socket: String,
+}
+
+/// `openbox context use --json` and `context show --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContextCurrent {
+    pub current: String,
+}
+
+/// `openbox context rm --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContextRemoved {
+    pub removed: String,
+    /// Whether its openboxd was running (it was stopped).
+    pub daemon_stopped: bool,
 }

@@ -139,6 +139,15 @@ pub struct Whoami {
     pub server: String,
     pub user: String,
     pub admin: bool,
+    /// The context this login belongs to (`default` unless `--context` or
+    /// `OPENBOX_CONTEXT` chose another).
+    #[serde(default = "default_context")]
+    pub context: String,
+}
+
+/// What an answer from before contexts existed is about.
+fn default_context() -> String {
+    "default".into()
 }
 
 /// `shutdown` result (also `openbox daemon stop --json`).
@@ -295,6 +304,9 @@ pub struct Status {
     pub socket: String,
     pub protocol: u32,
     pub pid: u32,
+    /// The context this daemon serves: each has its own openboxd, login and socket.
+    #[serde(default = "default_context")]
+    pub context: String,
     pub logged_in: bool,
     pub server: Option<String>,
     pub user: Option<String>,
