@@ -420,10 +420,14 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
         if grant.session.is_some() {
             return out.refuse("a terminal (-i) is not offered in a session yet; leave out -s").await;
         }
-        return match in_terminal(command.as_deref(), isolation, &env, login) {
-            Ok(spawn) => crate::pty::run(spawn, &pty, timeout, read, out).await,
-            Err(why) => out.refuse(&why).await,
-        };
+        if let proto::Isolation::Docker { image, limits } = isolation {
+            let engine = shared.runtimes.docker().expect("checked above");
+            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login, tty: Some(&pty.term) };
+            let size = (pty.cols, pty.rows);
+            return crate::docker::run_in_terminal(&engine, spec, command.as_deref(), size, timeout, read, out).await;
+        }
+        let spawn = in_terminal(command.as_deref(), isolation, &env, login);
+        return crate::pty::run(spawn, &pty, timeout, read, out).await;
     }
     let Some(command) = command else { return }; // a shell is asked for only with a terminal
     if let Some(session) = &grant.session {
@@ -446,20 +450,31 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
         }
         proto::Isolation::Docker { image, limits } => {
             let engine = shared.runtimes.docker().expect("checked above");
-            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login };
+            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login, tty: None };
             crate::docker::run_once(&engine, spec, &command, timeout, read, out).await;
         }
     }
 }
 
-/// What runs `command` (or the login shell) in a terminal of its own under `isolation`.
+/// What runs `command` (or the login shell) in a terminal of its own, natively or in an
+/// nspawn container (a Docker engine makes the terminal itself).
 fn in_terminal<'a>(
     command: Option<&str>,
     isolation: &proto::Isolation,
     env: &[(&str, &str)],
     login: Option<&'a crate::run_as::Login>,
-) -> Result<crate::pty::Spawn<'a>, String> {
+) -> crate::pty::Spawn<'a> {
     match isolation {
+        proto::Isolation::Nspawn { dir, limits } => {
+            let argv: Vec<&str> = match command {
+                Some(command) => crate::nspawn::one_shot_argv(command).to_vec(),
+                None => vec!["/bin/sh", "-l"],
+            };
+            let cmd = crate::nspawn::command_in_terminal(dir, limits, env, &argv);
+            // Mapped accounts other than root were refused nspawn above.
+            crate::pty::Spawn { cmd, arg0: None, login: None, tree: exec::Tree::Nspawn }
+        }
+        proto::Isolation::Docker { .. } => unreachable!("a Docker engine makes its own terminal"),
         proto::Isolation::Native => {
             let (cmd, arg0) = match command {
                 Some(command) => {
@@ -474,8 +489,7 @@ fn in_terminal<'a>(
                     (exec::native_command(&shell, env, login), Some(format!("-{name}").into()))
                 }
             };
-            Ok(crate::pty::Spawn { cmd, arg0, login, tree: exec::Tree::Group })
+            crate::pty::Spawn { cmd, arg0, login, tree: exec::Tree::Group }
         }
-        other => Err(format!("a terminal (-i) is not offered for {} isolation yet", other.kind())),
     }
 }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use openbox_e2e::{Agent, Cli, ControlPlane, wait_until};
+use openbox_e2e::{Agent, Cli, ControlPlane, IsolatedFleet, wait_until};
 
 /// A tmux server of the test's own, with one window running a plain shell whose
 /// environment reaches `cli`'s openbox (typed as [`openbox`], a full path).
@@ -87,28 +87,44 @@ fn fleet() -> (ControlPlane, Cli, Agent) {
     (cp, admin, agent)
 }
 
-#[test]
-fn a_login_shell_follows_the_window_takes_ctrl_c_and_leaves_the_terminal_as_it_was() {
-    let (_cp, admin, agent) = fleet();
-    let tmux = Tmux::start(&admin, 100, 30);
+/// Checks a shell in a terminal through `openbox ARGS -i`, in a local window of 100×30:
+/// the remote terminal has the window's size and follows it when it grows, Ctrl-C reaches
+/// the remote command, the shell's exit code is openbox's, and the local terminal is
+/// back as it was. `who` is what `id -un` says there.
+fn check_shell_in_terminal(cli: &Cli, args: &[&str], who: &str) {
+    let tmux = Tmux::start(cli, 100, 30);
     let before = tmux.local_settings();
-    tmux.line(&format!("{} -n {} -i; echo local-exit-$?", openbox(), agent.name));
-    // A shell on the node, in a terminal of the local window's size.
-    tmux.line("echo remote-$((40+2)) $(stty size) $(tty | cut -c1-9) $(id -un)");
-    tmux.shows(&format!("remote-42 30 100 /dev/pts/ {}", whoami()));
-    // The window grows, and so does the remote terminal.
+    tmux.line(&format!("{} {} -i; echo local-exit-$?", openbox(), args.join(" ")));
+    tmux.line("echo remote-$((40+2)) $(stty size) $(id -un)");
+    tmux.shows(&format!("remote-42 30 100 {who}"));
     tmux.run(&["resize-window", "-t", "0", "-x", "120", "-y", "40"]);
     tmux.line("echo resized-$(stty size | tr ' ' x)");
     tmux.shows("resized-40x120");
-    // Ctrl-C reaches the remote command, not openbox.
     tmux.line("sleep 300");
     tmux.run(&["send-keys", "-t", "0", "C-c"]);
     tmux.line("echo interrupted-$?");
     tmux.shows("interrupted-130");
-    // The shell's exit code is openbox's, and the local terminal is back as it was.
     tmux.line("exit 3");
     tmux.shows("local-exit-3");
     assert_eq!(tmux.local_settings(), before);
+}
+
+#[test]
+fn a_login_shell_follows_the_window_takes_ctrl_c_and_leaves_the_terminal_as_it_was() {
+    let (_cp, admin, agent) = fleet();
+    check_shell_in_terminal(&admin, &["-n", &agent.name], &whoami());
+}
+
+#[test]
+fn a_shell_in_a_docker_container_has_a_terminal_too() {
+    let f = IsolatedFleet::docker(&[]);
+    check_shell_in_terminal(&f.cli, &["-t", "t", "--docker", &f.e.image], "root");
+}
+
+#[test]
+fn a_shell_in_an_nspawn_container_has_a_terminal_too() {
+    let f = IsolatedFleet::nspawn(&[]);
+    check_shell_in_terminal(&f.cli, &["-t", "t", "--nspawn", &f.e.tree], "root");
 }
 
 #[test]
