@@ -42,6 +42,9 @@ pub trait Process {
     /// Ends everything the command started (the timeout, or the caller gone).
     async fn stop(&mut self);
 
+    /// The caller's terminal changed size (commands in a pseudo-terminal only).
+    async fn resize(&mut self, _cols: u32, _rows: u32) {}
+
     /// The caller takes no more stdout: the command is stopped.
     async fn stdout_lost(&mut self) {
         self.stop().await;
@@ -102,6 +105,9 @@ pub async fn run(
                 Some(ChannelMsg::ExtendedData { data, .. }) => input.window.used(data.len()),
                 Some(ChannelMsg::Eof) => stdin = None,
                 Some(ChannelMsg::Signal { signal }) => command.signal(&signal).await,
+                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                    command.resize(col_width, row_height).await;
+                }
                 Some(ChannelMsg::Close) | None => {
                     // The caller is gone: nobody will read the rest.
                     command.stop().await;

@@ -28,7 +28,7 @@ pub enum Tree {
 /// Passes the caller's signal to every process the command started (`pid` is the process
 /// openbox spawned; its group outlives it while the command's processes do). In a
 /// container that is what runs below its pid 1, so a SIGKILL'd command reads 128+9.
-fn signal_tree(pid: u32, tree: Tree, sig: Signal) {
+pub(crate) fn signal_tree(pid: u32, tree: Tree, sig: Signal) {
     match tree {
         Tree::Group => {
             if let Some(p) = Pid::from_raw(pid as i32) {
@@ -47,7 +47,7 @@ fn signal_tree(pid: u32, tree: Tree, sig: Signal) {
 
 /// Ends everything the command started (timeout, or the caller gone). A container goes
 /// down with its pid 1.
-fn tear_down(pid: u32, tree: Tree) {
+pub(crate) fn tear_down(pid: u32, tree: Tree) {
     if tree == Tree::Nspawn {
         match crate::procs::container_init(pid) {
             Some(init) => crate::procs::signal(init, Signal::KILL),
@@ -77,7 +77,12 @@ pub async fn run_native(
 /// `/bin/sh` on this host, for a one-shot command or a session: in the home directory, with
 /// `env`, none of the agent's own credentials, and as `login` when the node maps its user.
 pub fn native_shell(env: &[(&str, &str)], login: Option<&Login>) -> Command {
-    let mut cmd = Command::new("/bin/sh");
+    native_command("/bin/sh".as_ref(), env, login)
+}
+
+/// `program` on this host, set up as [`native_shell`] is.
+pub fn native_command(program: &std::path::Path, env: &[(&str, &str)], login: Option<&Login>) -> Command {
+    let mut cmd = Command::new(program);
     crate::hide_secrets(&mut cmd);
     if let Some(home) = std::env::var_os("HOME") {
         cmd.current_dir(home);
@@ -183,7 +188,7 @@ impl Process for Spawned {
 }
 
 /// How a command that has been waited for ended: its code, or the signal that killed it.
-fn outcome(status: std::io::Result<ExitStatus>) -> Result<Outcome, StatusError> {
+pub(crate) fn outcome(status: std::io::Result<ExitStatus>) -> Result<Outcome, StatusError> {
     let s = status.map_err(StatusError::Wait)?;
     Ok(match (s.code(), s.signal()) {
         (Some(c), _) => Outcome::Code(c as u32),

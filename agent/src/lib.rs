@@ -14,6 +14,7 @@ mod heartbeat;
 mod identity;
 mod nspawn;
 mod procs;
+mod pty;
 pub mod run_as;
 mod runtimes;
 mod server;

@@ -58,9 +58,19 @@ pub fn check_tree(dir: &str) -> Result<(), NspawnError> {
 
 /// `systemd-nspawn … -- ARGV` for a container over `dir`. Its pid 1 is `argv`.
 pub fn command(dir: &str, limits: &Limits, env: &[(&str, &str)], argv: &[&str]) -> Command {
+    command_with(dir, limits, env, argv, "--pipe")
+}
+
+/// As [`command`], for a container started in a terminal: the container gets a terminal
+/// of its own, which nspawn joins to its own (keys, output and window size).
+pub fn command_in_terminal(dir: &str, limits: &Limits, env: &[(&str, &str)], argv: &[&str]) -> Command {
+    command_with(dir, limits, env, argv, "--console=interactive")
+}
+
+fn command_with(dir: &str, limits: &Limits, env: &[(&str, &str)], argv: &[&str], console: &str) -> Command {
     let mut c = Command::new(NSPAWN);
     crate::hide_secrets(&mut c);
-    c.args(["--quiet", "--register=no", "--keep-unit", "--pipe", "--volatile=overlay", "--directory", dir]);
+    c.args(["--quiet", "--register=no", "--keep-unit", console, "--volatile=overlay", "--directory", dir]);
     if limits.network == Some(Network::None) {
         c.arg("--private-network");
     }

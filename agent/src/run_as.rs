@@ -16,6 +16,8 @@ pub struct Login {
     pub uid: u32,
     pub gid: u32,
     pub home: PathBuf,
+    /// Its login shell, for an interactive terminal (`openbox -i`).
+    pub shell: PathBuf,
 }
 
 impl Login {
@@ -30,7 +32,13 @@ impl Login {
     fn lookup(name: &str) -> anyhow::Result<Login> {
         let user = uzers::get_user_by_name(name)
             .ok_or_else(|| anyhow::anyhow!("--run-as: there is no local account named {name:?}"))?;
-        Ok(Login { name: name.to_owned(), uid: user.uid(), gid: user.primary_group_id(), home: user.home_dir().into() })
+        Ok(Login {
+            name: name.to_owned(),
+            uid: user.uid(),
+            gid: user.primary_group_id(),
+            home: user.home_dir().into(),
+            shell: user.shell().into(),
+        })
     }
 }
 
@@ -97,7 +105,7 @@ mod tests {
     use super::*;
 
     fn login(name: &str, uid: u32) -> Login {
-        Login { name: name.into(), uid, gid: uid, home: format!("/home/{name}").into() }
+        Login { name: name.into(), uid, gid: uid, home: format!("/home/{name}").into(), shell: "/bin/sh".into() }
     }
 
     #[test]

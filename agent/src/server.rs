@@ -322,22 +322,34 @@ impl russh::server::Handler for Connection {
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
+        // The channel's own task takes the terminal's type and size from the request.
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
         Ok(())
     }
 }
 
-/// Waits for the channel's exec request, then runs it under the isolation the certificate
-/// names — in the certificate's session when it names one. Anything but an exec (or the
-/// session-ending subsystem) is refused.
+/// Waits for the channel's exec request (or, after a terminal request, a shell request),
+/// then runs it under the isolation the certificate names — in the certificate's session
+/// when it names one. Anything else (but the session-ending subsystem) is refused.
 async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::server::Handle, shared: Arc<Shared>) {
     let id = channel.id();
     let (mut read, write) = channel.split();
     let out = ChannelOut { id, handle, write };
     let mut timeout = None;
-    let command = loop {
+    let mut pty = None;
+    // `None`: the account's login shell, in the terminal asked for.
+    let command: Option<String> = loop {
         match read.wait().await {
-            Some(ChannelMsg::Exec { command, .. }) => break String::from_utf8_lossy(&command).into_owned(),
+            Some(ChannelMsg::Exec { command, .. }) => break Some(String::from_utf8_lossy(&command).into_owned()),
+            Some(ChannelMsg::RequestPty { term, col_width, row_height, .. }) => {
+                pty = Some(crate::pty::PtyRequest { term, cols: col_width, rows: row_height });
+            }
+            Some(ChannelMsg::RequestShell { .. }) if pty.is_some() => break None,
             Some(ChannelMsg::SetEnv { variable_name, variable_value, .. })
                 if variable_name == proto::exec::TIMEOUT_ENV =>
             {
@@ -353,7 +365,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
             }
             Some(ChannelMsg::RequestShell { .. }) => {
                 return out
-                    .refuse("interactive shells are not offered; run a command, as in `openbox -t TAG CMD`")
+                    .refuse("a shell needs a terminal: ask for one first (`openbox -n NODE -i`, `ssh -t`)")
                     .await;
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) => {
@@ -397,11 +409,27 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     }
     // The command itself may hold secrets (a token in a curl header): only its size and a
     // short hash at info, the text at debug.
-    let command_hash = &trust::token::hash(&command)[..16];
-    tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, %isolation, command_bytes = command.len(), %command_hash, "exec");
-    tracing::debug!(command = %telemetry::untrusted(&command), "exec");
+    let text = command.as_deref().unwrap_or_default();
+    let command_hash = &trust::token::hash(text)[..16];
+    let terminal = pty.is_some();
+    tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, %isolation, terminal, shell = command.is_none(), command_bytes = text.len(), %command_hash, "exec");
+    tracing::debug!(command = %telemetry::untrusted(text), "exec");
     let node_id = shared.identity().node_id;
     let env = [(proto::exec::USER_ENV, grant.user.as_str()), (proto::exec::NODE_ENV, node_id.as_str())];
+    if let Some(pty) = pty {
+        if grant.session.is_some() {
+            return out.refuse("a terminal (-i) is not offered in a session yet; leave out -s").await;
+        }
+        if let proto::Isolation::Docker { image, limits } = isolation {
+            let engine = shared.runtimes.docker().expect("checked above");
+            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login, tty: Some(&pty.term) };
+            let size = (pty.cols, pty.rows);
+            return crate::docker::run_in_terminal(&engine, spec, command.as_deref(), size, timeout, read, out).await;
+        }
+        let spawn = in_terminal(command.as_deref(), isolation, &env, login);
+        return crate::pty::run(spawn, &pty, timeout, read, out).await;
+    }
+    let Some(command) = command else { return }; // a shell is asked for only with a terminal
     if let Some(session) = &grant.session {
         let job = Job {
             command: &command,
@@ -422,8 +450,46 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
         }
         proto::Isolation::Docker { image, limits } => {
             let engine = shared.runtimes.docker().expect("checked above");
-            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login };
+            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login, tty: None };
             crate::docker::run_once(&engine, spec, &command, timeout, read, out).await;
+        }
+    }
+}
+
+/// What runs `command` (or the login shell) in a terminal of its own, natively or in an
+/// nspawn container (a Docker engine makes the terminal itself).
+fn in_terminal<'a>(
+    command: Option<&str>,
+    isolation: &proto::Isolation,
+    env: &[(&str, &str)],
+    login: Option<&'a crate::run_as::Login>,
+) -> crate::pty::Spawn<'a> {
+    match isolation {
+        proto::Isolation::Nspawn { dir, limits } => {
+            let argv: Vec<&str> = match command {
+                Some(command) => crate::nspawn::one_shot_argv(command).to_vec(),
+                None => vec!["/bin/sh", "-l"],
+            };
+            let cmd = crate::nspawn::command_in_terminal(dir, limits, env, &argv);
+            // Mapped accounts other than root were refused nspawn above.
+            crate::pty::Spawn { cmd, arg0: None, login: None, tree: exec::Tree::Nspawn }
+        }
+        proto::Isolation::Docker { .. } => unreachable!("a Docker engine makes its own terminal"),
+        proto::Isolation::Native => {
+            let (cmd, arg0) = match command {
+                Some(command) => {
+                    let mut cmd = exec::native_shell(env, login);
+                    cmd.arg("-c").arg(command);
+                    (cmd, None)
+                }
+                None => {
+                    // A login shell, as sshd starts one: its name with a leading dash.
+                    let shell = crate::pty::login_shell(login);
+                    let name = shell.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    (exec::native_command(&shell, env, login), Some(format!("-{name}").into()))
+                }
+            };
+            crate::pty::Spawn { cmd, arg0, login, tree: exec::Tree::Group }
         }
     }
 }

@@ -152,6 +152,7 @@ fn request(args: RunArgs, default_timeout: Option<u64>) -> Result<RunRequest, Er
         command: vec![args.command],
         timeout_secs: args.timeout_secs.or(default_timeout),
         max_output: Some(args.max_output.unwrap_or(DEFAULT_MAX_OUTPUT)),
+        tty: None,
     })
 }
 
@@ -229,6 +230,7 @@ impl Openbox {
                     command: vec![command],
                     timeout_secs: Some(timeout.unwrap_or(DEFAULT_TIMEOUT_SECS)),
                     max_output: Some(cap.unwrap_or(DEFAULT_MAX_OUTPUT)),
+                    tty: None,
                 };
                 let started = Instant::now();
                 let mut out = daemon::Collected::default();

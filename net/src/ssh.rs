@@ -235,7 +235,29 @@ impl Connection {
             channel.set_env(false, *name, *value).await.map_err(stale)?;
         }
         channel.exec(true, command).await.map_err(stale)?;
-        Ok(Started { channel, node: self.node.clone() })
+        Ok(Started { channel, node: self.node.clone(), resizes: None })
+    }
+
+    /// Opens a channel with a pseudo-terminal like `pty` and starts `command` in it, or the
+    /// user's login shell when there is none. Fails with [`SshError::Stale`] as
+    /// [`Connection::start`] does.
+    pub async fn start_in_pty(
+        &self,
+        command: Option<&str>,
+        env: &[(&str, &str)],
+        pty: &PtySpec,
+    ) -> Result<Started, SshError> {
+        let stale = |e: russh::Error| SshError::Stale { node: self.node.clone(), why: e.to_string() };
+        let channel = self.handle.channel_open_session().await.map_err(stale)?;
+        for (name, value) in env {
+            channel.set_env(false, *name, *value).await.map_err(stale)?;
+        }
+        channel.request_pty(false, &pty.term, pty.cols, pty.rows, 0, 0, &[]).await.map_err(stale)?;
+        match command {
+            Some(command) => channel.exec(true, command).await.map_err(stale)?,
+            None => channel.request_shell(true).await.map_err(stale)?,
+        }
+        Ok(Started { channel, node: self.node.clone(), resizes: None })
     }
 
     /// Asks the agent to run SSH subsystem `name` (no input, no output expected).
@@ -244,7 +266,9 @@ impl Connection {
         let channel = self.handle.channel_open_session().await.map_err(stale)?;
         channel.request_subsystem(true, name).await.map_err(stale)?;
         let mut output = Writers { stdout: tokio::io::sink(), stderr: tokio::io::sink() };
-        Started { channel, node: self.node.clone() }.finish(NoInput, &mut output, std::future::pending()).await
+        Started { channel, node: self.node.clone(), resizes: None }
+            .finish(NoInput, &mut output, std::future::pending())
+            .await
     }
 
     pub async fn close(self) {
@@ -252,15 +276,32 @@ impl Connection {
     }
 }
 
+/// A pseudo-terminal for a command: the caller's terminal type and size.
+#[derive(Clone, Debug)]
+pub struct PtySpec {
+    /// `TERM`, e.g. `xterm-256color`.
+    pub term: String,
+    pub cols: u32,
+    pub rows: u32,
+}
+
 /// A command that has started on a node.
 pub struct Started {
     channel: russh::Channel<client::Msg>,
     node: String,
+    /// New terminal sizes (columns, rows) to pass on while it runs.
+    resizes: Option<tokio::sync::mpsc::Receiver<(u32, u32)>>,
 }
 
 impl Started {
     pub(crate) fn new(channel: russh::Channel<client::Msg>, node: String) -> Started {
-        Started { channel, node }
+        Started { channel, node, resizes: None }
+    }
+
+    /// Passes each size from `resizes` on to the command's terminal while it runs.
+    pub fn with_resizes(mut self, resizes: tokio::sync::mpsc::Receiver<(u32, u32)>) -> Started {
+        self.resizes = Some(resizes);
+        self
     }
 
     /// Feeds the command `input`, streams its output, and returns how it ended.
@@ -288,10 +329,15 @@ impl Started {
 
         tokio::pin!(cancel);
         let mut status = None;
+        let mut resizes = self.resizes;
         let ended = loop {
             let msg = tokio::select! {
                 m = read.wait() => m,
                 _ = &mut cancel => break Err(SshError::Cancelled),
+                Some((cols, rows)) = async { resizes.as_mut()?.recv().await } => {
+                    let _ = write.window_change(cols, rows, 0, 0).await;
+                    continue;
+                }
             };
             // Output that cannot be delivered is never dropped quietly: the command stops,
             // as a local one would on SIGPIPE, and the caller hears why. A caller that

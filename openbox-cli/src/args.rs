@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use clap::{Args, Parser, Subcommand};
 use proto::Isolation;
 use proto::api::Target;
-use proto::request::{FanOutRequest, NodeAddRequest, Request, RunRequest, SshLogin, UpRequest};
+use proto::request::{FanOutRequest, NodeAddRequest, Request, RunRequest, SshLogin, TtyRequest, UpRequest};
 
 const AFTER_HELP: &str = "\
 Run a command on a node:
@@ -15,6 +15,7 @@ Run a command on a node:
   openbox -t TAG -s NAME CMD      in persistent session NAME: same node, shell, cwd, env
   openbox -t TAG --docker IMG CMD in a fresh container from IMG (removed afterwards)
   openbox -t TAG --nspawn DIR CMD in a systemd-nspawn container over the root tree DIR
+  openbox -n NODE -i              a login shell in a terminal on NODE (`-i CMD`: CMD in one)
 A session with --docker or --nspawn keeps one container for all its commands.
 Command words are joined with spaces and run by the node's `sh -c`, as ssh does:
   openbox -t mac 'cd /tmp && make'
@@ -122,6 +123,11 @@ pub struct RunArgs {
     /// Stop the command after this long (e.g. 30s, 5m): exit 124, output so far is kept.
     #[arg(long, value_name = "DUR", value_parser = proto::parse_duration)]
     timeout: Option<u64>,
+    /// Give the command a terminal on the node (as `ssh -t`); with no command, a login
+    /// shell. Keys go through as typed (Ctrl-C too) and the window size follows yours.
+    /// Needs a terminal as stdin.
+    #[arg(short = 'i', long = "tty", conflicts_with = "all")]
+    tty: bool,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<String>,
@@ -715,9 +721,18 @@ impl RunArgs {
             }
             (Some(_), Some(_)) => return Err("give -t TAG or -n NODE, not both".into()),
         };
-        if self.command.is_empty() {
-            return Err(format!("no command given to run on {target}: openbox -t TAG CMD [ARGS…]"));
+        if self.command.is_empty() && !self.tty {
+            return Err(format!("no command given to run on {target}: openbox -t TAG CMD [ARGS…] (or -i for a shell)"));
         }
+        let tty = match self.tty {
+            true if !rustix::termios::isatty(std::io::stdin()) => {
+                return Err("-i gives the command a terminal, so stdin must be one; without -i, input is passed through as it is".into());
+            }
+            true => Some(TtyRequest {
+                term: std::env::var("TERM").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| "dumb".into()),
+            }),
+            false => None,
+        };
         let session = self.session.map(|s| name("session id", &s)).transpose()?;
         if self.timeout == Some(0) {
             return Err("--timeout must be at least 1s".into());
@@ -729,6 +744,7 @@ impl RunArgs {
             command: self.command,
             timeout_secs: self.timeout,
             max_output: self.max_output,
+            tty,
         })
     }
 }

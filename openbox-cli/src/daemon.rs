@@ -32,7 +32,16 @@ pub enum Failure {
 /// Runs `call` through the context's openboxd and returns the exit code.
 pub fn call(call: &Call, context: &Context) -> Result<u8, String> {
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-    call_with(call, context, [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()])
+    call_with(call, context, &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()])
+}
+
+/// Runs `call` (a run in a terminal) through the context's openboxd, with `resizes`, a
+/// pipe that carries the terminal's size changes, as a fourth descriptor.
+pub fn call_in_terminal(call: &Call, context: &Context, resizes: Option<BorrowedFd<'_>>) -> Result<u8, String> {
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    let mut fds = vec![stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    fds.extend(resizes);
+    call_with(call, context, &fds)
 }
 
 /// Runs `call` through openboxd with its output captured rather than printed (for a small
@@ -40,14 +49,14 @@ pub fn call(call: &Call, context: &Context) -> Result<u8, String> {
 pub fn call_capturing(call: &Call, context: &Context) -> Result<(u8, Vec<u8>), String> {
     let (mut reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
     let (stdin, stderr) = (std::io::stdin(), std::io::stderr());
-    let code = call_with(call, context, [stdin.as_fd(), writer.as_fd(), stderr.as_fd()])?;
+    let code = call_with(call, context, &[stdin.as_fd(), writer.as_fd(), stderr.as_fd()])?;
     drop(writer);
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut reader, &mut out).map_err(|e| format!("reading openboxd's answer: {e}"))?;
     Ok((code, out))
 }
 
-fn call_with(call: &Call, context: &Context, fds: [BorrowedFd<'_>; 3]) -> Result<u8, String> {
+fn call_with(call: &Call, context: &Context, fds: &[BorrowedFd<'_>]) -> Result<u8, String> {
     let socket = context.daemon_socket();
     for attempt in 0..2 {
         let stream = connect_or_start(context)?;
@@ -140,7 +149,7 @@ fn connect_or_start(context: &Context) -> Result<UnixStream, String> {
     }
 }
 
-fn exchange(stream: UnixStream, socket: &Path, call: &Call, fds: [BorrowedFd<'_>; 3]) -> Result<u8, Failure> {
+fn exchange(stream: UnixStream, socket: &Path, call: &Call, fds: &[BorrowedFd<'_>]) -> Result<u8, Failure> {
     let other = |e: std::io::Error| Failure::Other(format!("talking to openboxd: {e}"));
     let hello = Request::new(
         Some(0.into()),
@@ -153,10 +162,11 @@ fn exchange(stream: UnixStream, socket: &Path, call: &Call, fds: [BorrowedFd<'_>
     bytes.extend(serde_json::to_vec(&cli).expect("serializable"));
     bytes.push(b'\n');
 
-    // Both requests and the call's three standard streams travel in one message.
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    // Both requests and the call's three standard streams (and a terminal's resize pipe)
+    // travel in one message.
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
+    control.push(SendAncillaryMessage::ScmRights(fds));
     let mut sent =
         sendmsg(&stream, &[IoSlice::new(&bytes)], &mut control, SendFlags::empty()).map_err(|e| other(e.into()))?;
     while sent < bytes.len() {

@@ -6,8 +6,10 @@ mod args;
 mod context;
 mod daemon;
 mod prompt;
+mod terminal;
 
 use std::ffi::OsString;
+use std::os::fd::AsFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, ExitCode};
 
@@ -57,6 +59,11 @@ fn act(action: args::Action, context: &Context) -> ExitCode {
             let call = Call { request, json };
             if no_daemon || std::env::var_os("OPENBOX_NO_DAEMON").is_some_and(|v| !v.is_empty() && v != "0") {
                 return exec(&mut direct(&call, context), "openboxd");
+            }
+            if matches!(&call.request, Request::Run(r) if r.tty.is_some()) {
+                let _kept = terminal::Kept::now();
+                let resizes = terminal::resizes().ok();
+                return through_daemon(daemon::call_in_terminal(&call, context, resizes.as_ref().map(|r| r.as_fd())));
             }
             through_daemon(daemon::call(&call, context))
         }

@@ -122,7 +122,9 @@ async fn run_inner(
                 let want = Want { target: &target, session: None, isolation, command: Some(command) };
                 let mut lines =
                     Lines { tx, prefix, keep, out: Vec::new(), err: Vec::new(), kept: (Vec::new(), Vec::new()) };
-                match crate::run::start(d, acct, want, command, env).await {
+                match crate::run::start(d, acct, want, crate::run::What { command: Some(command), pty: None }, env)
+                    .await
+                {
                     Ok((_, begun)) => {
                         let mut capped = Capped::new(&mut lines, max_output);
                         let ended = begun.finish(NoInput, &mut capped, std::future::pending()).await;

@@ -23,6 +23,7 @@ mod pool;
 mod rpc;
 mod run;
 mod skill;
+pub mod terminal;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -158,10 +159,11 @@ pub async fn handle(
     d: &Arc<Daemon>,
     call: Call,
     input: CallInput,
+    terminal: Option<terminal::Terminal>,
     mut output: CallOutput,
     cancel: impl Future<Output = ()>,
 ) -> u8 {
-    let code = handle_with(d, call, input, &mut output, cancel).await;
+    let code = handle_with(d, call, input, terminal, &mut output, cancel).await;
     io::conclude(output, code).await
 }
 
@@ -169,12 +171,13 @@ async fn handle_with(
     d: &Arc<Daemon>,
     call: Call,
     input: CallInput,
+    terminal: Option<terminal::Terminal>,
     output: &mut CallOutput,
     cancel: impl Future<Output = ()>,
 ) -> u8 {
     let json = call.json;
     let result = match call.request {
-        Request::Run(req) => return run::run(d, req, input, output, cancel).await.exit_code,
+        Request::Run(req) => return run::run(d, req, input, terminal.as_ref(), output, cancel).await.exit_code,
         Request::FanOut(req) => return fanout::run(d, req, json, output, cancel).await,
         Request::Login { server, token, fingerprint, insecure_http } => {
             commands::login(d, &server, fingerprint.as_deref(), insecure_http, &token).await

@@ -96,9 +96,14 @@ fn one_shot(rt: &tokio::runtime::Runtime, text: &str, mesh: Option<openboxd::Wan
             return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
         }
     };
+    let wants_tty = matches!(&call.request, proto::request::Request::Run(r) if r.tty.is_some());
     let code = rt.block_on(async {
         let d = Daemon::new(false, mesh);
-        openboxd::handle(&d, call, fd_input(stdin), CallOutput::fds(stdout, stderr), std::future::pending()).await
+        // A run in a terminal: this process is the terminal's foreground process, so it
+        // hears the terminal's resizes itself.
+        let terminal = if wants_tty { openboxd::terminal::Terminal::own().ok() } else { None };
+        let (input, output) = (fd_input(stdin), CallOutput::fds(stdout, stderr));
+        openboxd::handle(&d, call, input, terminal, output, std::future::pending()).await
     });
     // Exit without waiting for a blocked read of stdin (the runtime would wait for it).
     std::process::exit(i32::from(code));

@@ -9,6 +9,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use proto::request::Request as CallRequest;
 use proto::rpc::{
     self, CliParams, CliResult, Hello, HelloReply, Mismatch, NodesParams, Request, Response, RunParams, RunResult,
     StdioMode, Stopping, code, method,
@@ -21,6 +22,7 @@ use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
 
 use crate::io::{CallInput, CallOutput, FrameSink, fd_input};
+use crate::terminal::Terminal;
 use crate::{Daemon, handle};
 
 /// Serves the socket until `shutdown` completes or a client calls `shutdown`; then stops
@@ -214,11 +216,23 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     .await;
                     continue;
                 };
+                // A run in a terminal: the terminal is its stdin, and a fourth descriptor
+                // may carry its resizes.
+                let wants_tty = matches!(&params.call.request, CallRequest::Run(r) if r.tty.is_some());
+                let terminal = match wants_tty {
+                    true => match stdin.try_clone() {
+                        Ok(tty) => Some(Terminal::from_caller(tty, reader.fds.pop_front())),
+                        Err(e) => {
+                            reply(Response::err(id, code::FAILED, format!("cannot use the terminal: {e}"))).await;
+                            continue;
+                        }
+                    },
+                    false => None,
+                };
                 let (d, lines, gone) = (d.clone(), lines.clone(), gone.clone());
                 tokio::spawn(async move {
-                    let exit_code =
-                        handle(&d, params.call, fd_input(stdin), CallOutput::fds(stdout, stderr), went_away(gone))
-                            .await;
+                    let (input, output) = (fd_input(stdin), CallOutput::fds(stdout, stderr));
+                    let exit_code = handle(&d, params.call, input, terminal, output, went_away(gone)).await;
                     let _ = lines.send(line(&Response::ok(id, to_value(&CliResult { exit_code })))).await;
                 });
             }
@@ -230,7 +244,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                         continue;
                     }
                 };
-                let (input, output) = match params.stdio {
+                let (input, output, terminal) = match params.stdio {
                     StdioMode::Fds => {
                         let Some((stdin, stdout, stderr)) = take_three(&mut reader.fds) else {
                             reply(Response::err(
@@ -241,7 +255,13 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                             .await;
                             continue;
                         };
-                        (fd_input(stdin), CallOutput::fds(stdout, stderr))
+                        // With `tty`, stdin is the terminal (a fourth descriptor may carry
+                        // its resizes, as from the CLI).
+                        let terminal = match params.run.tty {
+                            Some(_) => stdin.try_clone().ok().map(|t| Terminal::from_caller(t, reader.fds.pop_front())),
+                            None => None,
+                        };
+                        (fd_input(stdin), CallOutput::fds(stdout, stderr), terminal)
                     }
                     StdioMode::Frames => {
                         let input = if params.stdin {
@@ -251,14 +271,15 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                         } else {
                             CallInput::Empty
                         };
-                        (input, CallOutput::Frames(FrameSink { id: id.clone(), lines: lines.clone() }))
+                        (input, CallOutput::Frames(FrameSink { id: id.clone(), lines: lines.clone() }), None)
                     }
                 };
                 let run = params.run;
                 let (d, lines, gone) = (d.clone(), lines.clone(), gone.clone());
                 tokio::spawn(async move {
                     let mut output = output;
-                    let outcome = crate::run::run(&d, run, input, &mut output, went_away(gone)).await;
+                    let outcome =
+                        crate::run::run(&d, run, input, terminal.as_ref(), &mut output, went_away(gone)).await;
                     let exit_code = crate::io::conclude(output, outcome.exit_code).await;
                     let result = RunResult { exit_code, signal: outcome.signal, truncated: outcome.truncated };
                     let _ = lines.send(line(&Response::ok(id, to_value(&result)))).await;

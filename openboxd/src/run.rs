@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use net::ssh::{ExitStatus, SshError, Started};
+use net::ssh::{ExitStatus, PtySpec, SshError, Started};
 use proto::api::Node;
 use proto::request::RunRequest;
 
@@ -12,6 +12,7 @@ use crate::account::Account;
 use crate::cap::{Capped, Truncated};
 use crate::connect::{ConnectError, Want, connect};
 use crate::io::{CallInput, CallOutput};
+use crate::terminal::Terminal;
 
 /// Exit code openbox uses for its own failures.
 pub const FAILED: u8 = proto::EXIT_OPENBOX_FAILURE;
@@ -28,6 +29,10 @@ pub struct Outcome {
 enum RunError {
     #[error("no command given: openbox -t TAG CMD [ARGS…]")]
     NoCommand,
+    #[error("a terminal (-i) needs one: stdin is not a terminal")]
+    NoTerminal,
+    #[error("cannot put the terminal in raw mode: {0}")]
+    RawMode(std::io::Error),
     /// Not logged in, or the login or key could not be read (already worded for people).
     #[error("{0:#}")]
     Account(anyhow::Error),
@@ -37,15 +42,17 @@ enum RunError {
     Ssh(#[from] SshError),
 }
 
-/// Runs `req`; failures are reported on the call's stderr as one line and exit 255.
+/// Runs `req` (in a pseudo-terminal, with `terminal` the caller's, when it asks for
+/// one); failures are reported on the call's stderr as one line and exit 255.
 pub async fn run(
     d: &Daemon,
     req: RunRequest,
     input: CallInput,
+    terminal: Option<&Terminal>,
     output: &mut CallOutput,
     cancel: impl Future<Output = ()>,
 ) -> Outcome {
-    match run_inner(d, req, input, output, cancel).await {
+    match run_inner(d, req, input, terminal, output, cancel).await {
         Ok((status, node_name, truncated)) => {
             let signal = match &status {
                 ExitStatus::Signal { name, .. } => {
@@ -92,28 +99,57 @@ async fn run_inner(
     d: &Daemon,
     req: RunRequest,
     input: CallInput,
+    terminal: Option<&Terminal>,
     output: &mut CallOutput,
     cancel: impl Future<Output = ()>,
 ) -> Result<(ExitStatus, String, Truncated), RunError> {
-    if req.command.is_empty() {
+    // A terminal runs the login shell when no command is given.
+    if req.command.is_empty() && req.tty.is_none() {
         return Err(RunError::NoCommand);
     }
+    let pty = match (&req.tty, terminal) {
+        (Some(tty), Some(t)) if t.is_tty() => {
+            let (cols, rows) = t.size();
+            Some(PtySpec { term: tty.term.clone(), cols, rows })
+        }
+        (Some(_), _) => return Err(RunError::NoTerminal),
+        (None, _) => None,
+    };
     let acct = d.account().map_err(RunError::Account)?;
-    let command = req.command.join(" ");
+    let command = (!req.command.is_empty()).then(|| req.command.join(" "));
     let want = Want {
         target: &req.target,
         session: req.session.as_deref(),
         isolation: &req.isolation,
-        command: Some(&command),
+        command: command.as_deref(),
     };
     let timeout = req.timeout_secs.map(|t| t.to_string());
     let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
 
-    let (node, started) = with_progress(d, output, start(d, &acct, want, &command, &env)).await?;
+    let what = What { command: command.as_deref(), pty: pty.as_ref() };
+    let (node, mut started) = with_progress(d, output, start(d, &acct, want, what, &env)).await?;
+    // Raw from here until the guard drops, however the call ends.
+    let _raw = match (&pty, terminal) {
+        (Some(_), Some(t)) => {
+            if let Ok(resizes) = t.resizes() {
+                started = started.with_resizes(resizes);
+            }
+            Some(t.raw().map_err(RunError::RawMode)?)
+        }
+        _ => None,
+    };
     let mut capped = Capped::new(output, req.max_output);
     let status = started.finish(input, &mut capped, cancel).await;
     let truncated = capped.finish().await;
     Ok((status?, node.name, truncated))
+}
+
+/// What to start on a channel: a command, or (in a terminal) the login shell; in a
+/// terminal when `pty` is given.
+#[derive(Clone, Copy)]
+pub(crate) struct What<'a> {
+    pub command: Option<&'a str>,
+    pub pty: Option<&'a PtySpec>,
 }
 
 /// Connects for `want` and starts `command` there. A pooled connection can die without our
@@ -123,13 +159,18 @@ pub(crate) async fn start(
     d: &Daemon,
     acct: &Account,
     want: Want<'_>,
-    command: &str,
+    what: What<'_>,
     env: &[(&str, &str)],
 ) -> Result<(Node, Started), StartError> {
     let mut retried = false;
     loop {
         let (node, conn) = connect(d, acct, want).await?;
-        match conn.start(command, env).await {
+        let started = match (what.pty, what.command) {
+            (Some(pty), command) => conn.start_in_pty(command, env, pty).await,
+            (None, Some(command)) => conn.start(command, env).await,
+            (None, None) => unreachable!("a shell is started only in a terminal"),
+        };
+        match started {
             Ok(started) => return Ok((node, started)),
             Err(SshError::Stale { .. }) if !retried => {
                 tracing::info!(node = %node.id, "pooled connection was dead; retrying on a new one");

@@ -180,6 +180,18 @@ pub struct RunRequest {
     /// Keep at most this many bytes of each stream: its head and its tail, with a mark.
     #[serde(default)]
     pub max_output: Option<u64>,
+    /// Run it in a pseudo-terminal on the node (`-i`); with no command, a login shell.
+    /// Needs the caller's terminal as stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtyRequest>,
+}
+
+/// A pseudo-terminal for a run: the caller's terminal type (its size is read from the
+/// terminal itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyRequest {
+    /// The caller's `TERM`, e.g. `xterm-256color`.
+    pub term: String,
 }
 
 /// `openbox -t TAG --all CMD`: the command on every node carrying all the tags.

@@ -129,6 +129,18 @@ impl Engine {
         }
     }
 
+    /// Resizes a container's terminal.
+    pub(super) async fn resize(&self, id: &str, cols: u32, rows: u32) {
+        let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX).max(1);
+        let opts = bollard::query_parameters::ResizeContainerTTYOptionsBuilder::default()
+            .w(clamp(cols))
+            .h(clamp(rows))
+            .build();
+        if let Err(e) = self.docker.resize_container_tty(id, opts).await {
+            tracing::debug!(container = %id, error = %e, "resizing its terminal failed");
+        }
+    }
+
     /// Creates (not starts) a container running `argv` with stdin open. `argv` replaces the
     /// image's entrypoint too, so what runs is exactly the shell openbox asked for.
     pub(super) async fn create(
@@ -172,13 +184,19 @@ impl Engine {
             image: Some(spec.image.to_owned()),
             entrypoint: Some(argv),
             cmd: Some(Vec::new()),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain(spec.tty.map(|term| format!("TERM={term}")))
+                    .collect(),
+            ),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             open_stdin: Some(true),
             stdin_once: Some(one_shot),
-            tty: Some(false),
+            tty: Some(spec.tty.is_some()),
             user: spec.login.map(|l| format!("{}:{}", l.uid, l.gid)),
             labels: Some(labels),
             host_config: Some(host_config),
@@ -248,6 +266,8 @@ pub struct Spec<'a> {
     pub session: Option<&'a str>,
     /// The local account whose user and group the container runs as (none: the image's).
     pub login: Option<&'a crate::run_as::Login>,
+    /// A terminal for it (`openbox -i`), of this `TERM`.
+    pub tty: Option<&'a str>,
 }
 
 /// Removes a container when dropped, whatever path the run took.

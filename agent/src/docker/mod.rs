@@ -42,9 +42,39 @@ pub async fn run_once(
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
+    let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
+    run_container(engine, spec, argv, None, timeout, input, out).await;
+}
+
+/// Runs `command` (else a login shell) in a fresh container from `spec` with a terminal
+/// of the caller's size (`spec.tty`), then removes the container.
+pub async fn run_in_terminal(
+    engine: &Engine,
+    spec: Spec<'_>,
+    command: Option<&str>,
+    size: (u32, u32),
+    timeout: Option<Duration>,
+    input: ChannelReadHalf,
+    out: ChannelOut,
+) {
+    let argv = match command {
+        Some(command) => vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()],
+        None => vec!["/bin/sh".to_owned(), "-l".to_owned()],
+    };
+    run_container(engine, spec, argv, Some(size), timeout, input, out).await;
+}
+
+async fn run_container(
+    engine: &Engine,
+    spec: Spec<'_>,
+    argv: Vec<String>,
+    size: Option<(u32, u32)>,
+    timeout: Option<Duration>,
+    input: ChannelReadHalf,
+    out: ChannelOut,
+) {
     let input = crate::channel::messages(input, &out);
-    let cmd = vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()];
-    let id = match engine.create(&spec, cmd, true).await {
+    let id = match engine.create(&spec, argv, true).await {
         Ok(id) => id,
         Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
     };
@@ -59,6 +89,9 @@ pub async fn run_once(
     }));
     if let Err(e) = engine.start(&id, spec.image).await {
         return out.refuse(&format!("{e}; nothing was run")).await;
+    }
+    if let Some((cols, rows)) = size {
+        engine.resize(&id, cols, rows).await;
     }
     let container = Container {
         engine: engine.clone(),
@@ -135,5 +168,9 @@ impl Process for Container {
 
     async fn stop(&mut self) {
         self.engine.kill(&self.id, "SIGKILL").await;
+    }
+
+    async fn resize(&mut self, cols: u32, rows: u32) {
+        self.engine.resize(&self.id, cols, rows).await;
     }
 }

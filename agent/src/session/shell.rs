@@ -129,7 +129,7 @@ pub async fn spawn_shell(
         }
         Isolation::Docker { image, limits } => {
             let engine = runtimes.docker()?;
-            let spec = crate::docker::Spec { image, limits, env, session: Some(id), login };
+            let spec = crate::docker::Spec { image, limits, env, session: Some(id), login, tty: None };
             let (container, io) = SessionContainer::start(&engine, spec).await?;
             return Ok(Shell {
                 stdin: io.stdin,

@@ -1,0 +1,173 @@
+//! `openbox -i`: a command, or a login shell, in a terminal on the node — driven through a
+//! real terminal (tmux): what is typed reaches the remote side (Ctrl-C too), the window
+//! size follows the local one, the exit code comes back, and the local terminal is as it
+//! was afterwards.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use openbox_e2e::{Agent, Cli, ControlPlane, IsolatedFleet, wait_until};
+
+/// A tmux server of the test's own, with one window running a plain shell whose
+/// environment reaches `cli`'s openbox (typed as [`openbox`], a full path).
+struct Tmux {
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    fn start(cli: &Cli, cols: u16, rows: u16) -> Tmux {
+        let dir = tempfile::tempdir().unwrap();
+        let tmux = Tmux { socket: dir.path().join("tmux.sock"), _dir: dir };
+        let home = format!("OPENBOX_HOME={}", cli.home.path().display());
+        let (cols, rows) = (cols.to_string(), rows.to_string());
+        tmux.run(&["new-session", "-d", "-x", &cols, "-y", &rows, "-e", &home, "bash --norc --noprofile"]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux").arg("-S").arg(&self.socket).args(args).output().expect("tmux");
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `text` and presses Enter.
+    fn line(&self, text: &str) {
+        self.run(&["send-keys", "-t", "0", "-l", text]);
+        self.run(&["send-keys", "-t", "0", "Enter"]);
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-J", "-t", "0", "-S", "-200"])
+    }
+
+    /// Waits until the screen shows `text` (computed output, never what was typed).
+    #[track_caller]
+    fn shows(&self, text: &str) {
+        let deadline = std::time::Instant::now() + openbox_e2e::READY_TIMEOUT;
+        let mut pause = std::time::Duration::from_millis(5);
+        while !self.screen().contains(text) {
+            assert!(std::time::Instant::now() < deadline, "the terminal never showed {text:?}:\n{}", self.screen());
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// The local terminal's settings, as `stty -g` prints them, read at the local prompt.
+    /// What is typed just as a remote shell ends may be read by openbox on its way out, as
+    /// with ssh: the question is asked again until an answer shows.
+    fn local_settings(&self) -> String {
+        for attempt in 0.. {
+            let tag = format!("settings{attempt}=");
+            self.line(&format!("echo {tag}$(stty -g)=$((6*7))"));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while std::time::Instant::now() < deadline {
+                let screen = self.screen();
+                if let Some(l) = screen.lines().find(|l| l.starts_with(&tag) && l.ends_with("=42")) {
+                    return l[tag.len()..l.len() - 3].to_owned();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert!(attempt < 15, "the local prompt never answered:\n{}", self.screen());
+        }
+        unreachable!()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").arg("-S").arg(&self.socket).arg("kill-server").output();
+    }
+}
+
+fn fleet() -> (ControlPlane, Cli, Agent) {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["t"]);
+    (cp, admin, agent)
+}
+
+/// Checks a shell in a terminal through `openbox ARGS -i`, in a local window of 100×30:
+/// the remote terminal has the window's size and follows it when it grows, Ctrl-C reaches
+/// the remote command, the shell's exit code is openbox's, and the local terminal is
+/// back as it was. `who` is what `id -un` says there.
+fn check_shell_in_terminal(cli: &Cli, args: &[&str], who: &str) {
+    let tmux = Tmux::start(cli, 100, 30);
+    let before = tmux.local_settings();
+    tmux.line(&format!("{} {} -i; echo local-exit-$?", openbox(), args.join(" ")));
+    tmux.line("echo remote-$((40+2)) $(stty size) $(id -un)");
+    tmux.shows(&format!("remote-42 30 100 {who}"));
+    tmux.run(&["resize-window", "-t", "0", "-x", "120", "-y", "40"]);
+    tmux.line("echo resized-$(stty size | tr ' ' x)");
+    tmux.shows("resized-40x120");
+    tmux.line("sleep 300");
+    tmux.run(&["send-keys", "-t", "0", "C-c"]);
+    tmux.line("echo interrupted-$?");
+    tmux.shows("interrupted-130");
+    tmux.line("exit 3");
+    tmux.shows("local-exit-3");
+    assert_eq!(tmux.local_settings(), before);
+}
+
+#[test]
+fn a_login_shell_follows_the_window_takes_ctrl_c_and_leaves_the_terminal_as_it_was() {
+    let (_cp, admin, agent) = fleet();
+    check_shell_in_terminal(&admin, &["-n", &agent.name], &whoami());
+}
+
+#[test]
+fn a_shell_in_a_docker_container_has_a_terminal_too() {
+    let f = IsolatedFleet::docker(&[]);
+    check_shell_in_terminal(&f.cli, &["-t", "t", "--docker", &f.e.image], "root");
+}
+
+#[test]
+fn a_shell_in_an_nspawn_container_has_a_terminal_too() {
+    let f = IsolatedFleet::nspawn(&[]);
+    check_shell_in_terminal(&f.cli, &["-t", "t", "--nspawn", &f.e.tree], "root");
+}
+
+#[test]
+fn a_command_runs_in_a_terminal_and_its_exit_code_comes_back() {
+    let (_cp, admin, agent) = fleet();
+    let tmux = Tmux::start(&admin, 80, 24);
+    let cmd = "'test -t 0 && test -t 1 && echo in-a-$((1+1))-terminal; exit 5'";
+    tmux.line(&format!("{} -n {} -i {cmd}; echo exit-$?", openbox(), agent.name));
+    tmux.shows("in-a-2-terminal");
+    tmux.shows("exit-5");
+}
+
+#[test]
+fn a_terminal_that_openbox_is_killed_in_is_given_back_sane() {
+    let (_cp, admin, agent) = fleet();
+    let tmux = Tmux::start(&admin, 80, 24);
+    let before = tmux.local_settings();
+    tmux.line(&format!("{} -n {} -i; echo local-exit-$?", openbox(), agent.name));
+    tmux.line("echo remote-$((40+2))");
+    tmux.shows("remote-42");
+    // The CLI dies without a chance to clean up; openboxd, which set raw mode, restores it.
+    let shell = tmux.run(&["display-message", "-p", "-t", "0", "#{pane_pid}"]).trim().to_owned();
+    let cli = Command::new("pgrep").args(["-P", &shell, "-x", "openbox"]).output().unwrap();
+    let pid = String::from_utf8_lossy(&cli.stdout).trim().to_owned();
+    assert!(!pid.is_empty(), "the openbox process in the terminal");
+    Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    tmux.shows("local-exit-137");
+    wait_until("openboxd to restore the terminal", || tmux.local_settings() == before);
+}
+
+#[test]
+fn a_terminal_is_refused_without_one() {
+    let (_cp, admin, agent) = fleet();
+    let out = admin.run(&["-n", &agent.name, "-i", "true"]);
+    out.fails_with(2, "stdin must be one");
+}
+
+/// The openbox binary under test.
+fn openbox() -> String {
+    openbox_e2e::bin("openbox").display().to_string()
+}
+
+fn whoami() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
