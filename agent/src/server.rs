@@ -417,8 +417,18 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     let node_id = shared.identity().node_id;
     let env = [(proto::exec::USER_ENV, grant.user.as_str()), (proto::exec::NODE_ENV, node_id.as_str())];
     if let Some(pty) = pty {
-        if grant.session.is_some() {
-            return out.refuse("a terminal (-i) is not offered in a session yet; leave out -s").await;
+        if let Some(session) = &grant.session {
+            let job = Job {
+                // Empty: a login shell.
+                command: command.as_deref().unwrap_or_default(),
+                isolation,
+                owner: grant.incarnation.as_deref(),
+                runtimes: &shared.runtimes,
+                env: &env,
+                timeout,
+                login,
+            };
+            return shared.sessions.terminal(&grant.user, session, job, &pty, read, out).await;
         }
         if let proto::Isolation::Docker { image, limits } = isolation {
             let engine = shared.runtimes.docker().expect("checked above");

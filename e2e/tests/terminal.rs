@@ -100,7 +100,9 @@ fn check_shell_in_terminal(cli: &Cli, args: &[&str], who: &str) {
     tmux.run(&["resize-window", "-t", "0", "-x", "120", "-y", "40"]);
     tmux.line("echo resized-$(stty size | tr ' ' x)");
     tmux.shows("resized-40x120");
-    tmux.line("sleep 300");
+    // Once the marker is on the screen, sleep has started: the keys travel after it.
+    tmux.line("echo sleeping-$((1+1)); sleep 300");
+    tmux.shows("sleeping-2");
     tmux.run(&["send-keys", "-t", "0", "C-c"]);
     tmux.line("echo interrupted-$?");
     tmux.shows("interrupted-130");
@@ -170,4 +172,45 @@ fn openbox() -> String {
 fn whoami() -> String {
     let out = Command::new("id").arg("-un").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Checks a terminal in a session's container (`-s box -i`): it sees what the session's
+/// commands left there, follows the window, and the session lives on after it.
+fn check_terminal_in_a_session(f: &IsolatedFleet, mode: &[&str]) {
+    let mut args: Vec<&str> = vec!["-t", "t"];
+    args.extend(mode);
+    args.extend(["-s", "box"]);
+    let with = |cmd: &'static str| [&args[..], &[cmd]].concat();
+    f.cli.run(&with("echo state > /tmp/file")).ok();
+    let tmux = Tmux::start(&f.cli, 100, 30);
+    tmux.line(&format!("{} {} -i; echo local-exit-$?", openbox(), args.join(" ")));
+    tmux.line("echo seen-$(cat /tmp/file)-$(stty size | tr ' ' x)");
+    tmux.shows("seen-state-30x100");
+    tmux.run(&["resize-window", "-t", "0", "-x", "120", "-y", "40"]);
+    tmux.line("echo resized-$(stty size | tr ' ' x)");
+    tmux.shows("resized-40x120");
+    tmux.line("echo more >> /tmp/file; exit 3");
+    tmux.shows("local-exit-3");
+    assert_eq!(f.cli.run(&with("cat /tmp/file")).ok().stdout, "state\nmore\n");
+}
+
+#[test]
+fn a_terminal_opens_in_a_docker_sessions_container() {
+    let f = IsolatedFleet::docker(&[]);
+    check_terminal_in_a_session(&f, &["--docker", &f.e.image]);
+}
+
+#[test]
+fn a_terminal_opens_in_an_nspawn_sessions_container() {
+    let f = IsolatedFleet::nspawn(&[]);
+    check_terminal_in_a_session(&f, &["--nspawn", &f.e.tree]);
+}
+
+#[test]
+fn a_native_session_has_no_container_to_open_a_terminal_in() {
+    let (_cp, admin, agent) = fleet();
+    let tmux = Tmux::start(&admin, 80, 24);
+    tmux.line(&format!("{} -n {} -s s1 -i; echo local-exit-$?", openbox(), agent.name));
+    tmux.shows("no container to open a terminal in");
+    tmux.shows("local-exit-255");
 }

@@ -255,7 +255,60 @@ impl Engine {
         let detached = Some(StartExecOptions { detach: true, ..Default::default() });
         self.docker.start_exec(&created.id, detached).await.map(|_| ())
     }
+
+    /// Starts `argv` in running container `id` with a terminal of its own (as `user`),
+    /// attached: its id, output and input.
+    pub(super) async fn exec_in_terminal(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        env: Vec<String>,
+        user: Option<String>,
+    ) -> Result<(String, ExecOutput, std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>), EngineError> {
+        let exec = CreateExecOptions {
+            cmd: Some(argv),
+            env: Some(env),
+            user,
+            tty: Some(true),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self.docker.create_exec(id, exec).await.map_err(|e| self.err(None, e))?;
+        let start = Some(StartExecOptions { detach: false, tty: true, ..Default::default() });
+        match self.docker.start_exec(&created.id, start).await.map_err(|e| self.err(None, e))? {
+            bollard::exec::StartExecResults::Attached { output, input } => Ok((created.id, output, input)),
+            bollard::exec::StartExecResults::Detached => Err(EngineError::Refused {
+                host: self.host.clone(),
+                status: 0,
+                message: "the engine started the command detached".into(),
+            }),
+        }
+    }
+
+    /// Resizes the terminal of exec `exec_id`.
+    pub(super) async fn resize_exec(&self, exec_id: &str, cols: u32, rows: u32) {
+        let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX).max(1);
+        let opts = bollard::query_parameters::ResizeExecOptions { w: clamp(cols), h: clamp(rows) };
+        if let Err(e) = self.docker.resize_exec(exec_id, opts).await {
+            tracing::debug!(exec = %exec_id, error = %e, "resizing its terminal failed");
+        }
+    }
+
+    /// An exec's state: its exit code once it has ended, and its host pid.
+    pub(super) async fn exec_state(&self, exec_id: &str) -> (Option<i64>, Option<u32>) {
+        match self.docker.inspect_exec(exec_id).await {
+            Ok(r) if r.running == Some(true) => (None, r.pid.and_then(|p| u32::try_from(p).ok())),
+            Ok(r) => (r.exit_code, None),
+            Err(_) => (None, None),
+        }
+    }
 }
+
+/// The output of a command started in a container, as it comes.
+pub(super) type ExecOutput =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, DockerError>> + Send>>;
 
 /// What to run a container from, and for whom.
 pub struct Spec<'a> {

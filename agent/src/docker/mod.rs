@@ -174,3 +174,93 @@ impl Process for Container {
         self.engine.resize(&self.id, cols, rows).await;
     }
 }
+
+/// A running container to start a command in (a session's), and for whom.
+pub struct Entry<'a> {
+    pub engine: &'a Engine,
+    pub container: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+    /// The local account to run as (none: the image's user).
+    pub login: Option<&'a crate::run_as::Login>,
+}
+
+/// Runs `command` (else a login shell) in the running container of `entry` with a
+/// terminal of the caller's size.
+pub async fn exec_in_terminal(
+    entry: Entry<'_>,
+    command: Option<&str>,
+    pty: &crate::pty::PtyRequest,
+    input: ChannelReadHalf,
+    out: ChannelOut,
+) {
+    let Entry { engine, container, env, login } = entry;
+    let input = crate::channel::messages(input, &out);
+    let argv = match command {
+        Some(command) => vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()],
+        None => vec!["/bin/sh".to_owned(), "-l".to_owned()],
+    };
+    let env = env.iter().map(|(k, v)| format!("{k}={v}")).chain([format!("TERM={}", pty.term)]).collect();
+    let user = login.map(|l| format!("{}:{}", l.uid, l.gid));
+    let (exec_id, output, stdin) = match engine.exec_in_terminal(container, argv, env, user).await {
+        Ok(started) => started,
+        Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
+    };
+    engine.resize_exec(&exec_id, pty.cols, pty.rows).await;
+    let exec = Exec { engine: engine.clone(), id: exec_id, output, message: bytes::Bytes::new(), output_open: true };
+    drive::run(exec, stdin, None, input, out).await;
+}
+
+/// A command started in a session's container with a terminal, as the loop drives it.
+struct Exec {
+    engine: Engine,
+    id: String,
+    output: engine::ExecOutput,
+    message: bytes::Bytes,
+    output_open: bool,
+}
+
+/// The process of exec `id` on this host, while it runs (an engine elsewhere does not say).
+async fn exec_host_pid(engine: &Engine, id: &str) -> Option<u32> {
+    engine.exec_state(id).await.1.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+}
+
+impl Process for Exec {
+    async fn next(&mut self) -> Step<'_> {
+        while self.output_open {
+            match self.output.next().await {
+                Some(Ok(
+                    LogOutput::StdOut { message } | LogOutput::Console { message } | LogOutput::StdErr { message },
+                )) => {
+                    self.message = message;
+                    return Step::Stdout(&self.message);
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(_)) | None => self.output_open = false,
+            }
+        }
+        // The engine may take a moment to record the exit once the output has ended.
+        for _ in 0..100 {
+            if let (Some(code), _) = self.engine.exec_state(&self.id).await {
+                return Step::Ended(Ok(Outcome::Code(code.clamp(0, 255) as u32)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Step::Ended(Err(StatusError::NoExitCode))
+    }
+
+    async fn signal(&mut self, sig: &Sig) {
+        if let (Some(pid), Some(s)) = (exec_host_pid(&self.engine, &self.id).await, crate::signals::to_signal(sig)) {
+            crate::procs::signal(pid, s);
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(pid) = exec_host_pid(&self.engine, &self.id).await {
+            crate::procs::signal(pid, rustix::process::Signal::KILL);
+        }
+    }
+
+    async fn resize(&mut self, cols: u32, rows: u32) {
+        self.engine.resize_exec(&self.id, cols, rows).await;
+    }
+}

@@ -50,6 +50,15 @@ struct Slot {
     last_used: u64,
     /// Monotonic time of last use, for reaping.
     idle_since: Option<Instant>,
+    /// Terminals open in its container (`-i`): it is in use while there are any.
+    terminals: usize,
+}
+
+/// Where a session's terminal is opened: its Docker container, or its nspawn container
+/// (by the host pid of its first process).
+enum Place {
+    Docker(crate::docker::Engine, String),
+    Nspawn(u32),
 }
 
 /// One command for a session.
@@ -140,7 +149,8 @@ impl Sessions {
                 .collect();
             for (key, slot) in slots {
                 let Ok(mut s) = slot.try_lock() else { continue };
-                if s.shell.is_some() && s.idle_since.is_some_and(|t| t.elapsed() >= self.idle_limit) {
+                if s.shell.is_some() && s.terminals == 0 && s.idle_since.is_some_and(|t| t.elapsed() >= self.idle_limit)
+                {
                     if let Some(mut shell) = s.shell.take() {
                         stop_shell(&mut shell).await;
                     }
@@ -235,47 +245,13 @@ impl Sessions {
     /// Runs `job` in the session's shell (starting one if needed) and reports its end.
     pub async fn run(&self, user: &str, id: &str, job: Job<'_>, out: &ChannelOut, input: russh::ChannelReadHalf) {
         let mut input = crate::channel::messages(input, out);
-        let Job { command, isolation, owner, runtimes, env, timeout, login } = job;
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let mut s = slot.lock().await; // one command at a time, in arrival order
-        if s.owner.as_deref() != owner {
-            // A removed user's session, under a name someone else has now: never theirs,
-            // nor anything about it.
-            if let Some(mut shell) = s.shell.take() {
-                stop_shell(&mut shell).await;
-                tracing::info!(%user, session = %id, "ended a shell left by an earlier user of this name");
-            }
-            s.ended = None;
+        if !self.ensure_shell(&mut s, id, &job, out).await {
+            return;
         }
-        if s.shell.is_some() && s.isolation != *isolation {
-            let why = format!(
-                "session {id} runs {}, not {isolation}; nothing was run (end it with `openbox session rm {id}`)",
-                s.isolation
-            );
-            return out.refuse(&why).await;
-        }
-        if s.shell.is_none() {
-            if let Some(why) = s.ended.take() {
-                let why = match why {
-                    Ended::Exited(code) => format!("its shell had exited (status {code})"),
-                    Ended::Reaped(after) => format!("it was reaped after {}s idle", after.as_secs()),
-                    Ended::Removed => "it had been removed".to_owned(),
-                };
-                out.stderr(format!("openbox: session {id}: {why}; started a new shell\n").as_bytes()).await;
-            }
-            match spawn_shell(isolation, runtimes, env, login, id).await {
-                Ok(shell) => {
-                    s.shell = Some(shell);
-                    s.owner = owner.map(str::to_owned);
-                    s.isolation = isolation.clone();
-                    s.created = proto::time::now();
-                }
-                Err(e) => {
-                    return out.refuse(&format!("cannot start a shell for session {id}: {e}; nothing was run")).await;
-                }
-            }
-        }
+        let Job { command, timeout, .. } = job;
         s.last_used = proto::time::now();
         s.idle_since = None;
         let shell = s.shell.as_mut().expect("just ensured");
@@ -334,5 +310,106 @@ impl Sessions {
         };
         drop(s);
         out.finish(outcome).await;
+    }
+
+    /// Opens a terminal in the session's container (starting the session if needed): a
+    /// login shell, or `job.command` when it is not empty, beside the session's shell — it
+    /// shares the container's files and processes, not the shell's variables. The session
+    /// is in use, and is not reaped, while a terminal is open.
+    pub async fn terminal(
+        &self,
+        user: &str,
+        id: &str,
+        job: Job<'_>,
+        pty: &crate::pty::PtyRequest,
+        input: russh::ChannelReadHalf,
+        out: ChannelOut,
+    ) {
+        if *job.isolation == Isolation::Native {
+            return out
+                .refuse("a native session has no container to open a terminal in; leave out -s for a shell on the node")
+                .await;
+        }
+        let key = (user.to_owned(), id.to_owned());
+        let slot = self.slot(&key);
+        let mut s = slot.lock().await;
+        if !self.ensure_shell(&mut s, id, &job, &out).await {
+            return;
+        }
+        let place = match s.shell.as_ref().map(|shell| &shell.host) {
+            Some(shell::ShellHost::Container(c)) => Place::Docker(c.engine.clone(), c.id.clone()),
+            Some(shell::ShellHost::Process { root: Some(init), nspawn: true, .. }) => Place::Nspawn(*init),
+            _ => return out.refuse(&format!("session {id}'s container cannot be entered from here")).await,
+        };
+        s.terminals += 1;
+        s.last_used = proto::time::now();
+        drop(s);
+        let command = Some(job.command).filter(|c| !c.is_empty());
+        match place {
+            Place::Docker(engine, container) => {
+                let entry =
+                    crate::docker::Entry { engine: &engine, container: &container, env: job.env, login: job.login };
+                crate::docker::exec_in_terminal(entry, command, pty, input, out).await;
+            }
+            Place::Nspawn(init) => {
+                let spawn = crate::pty::Spawn {
+                    cmd: shell::enter_nspawn(init, command, job.env),
+                    arg0: None,
+                    login: None,
+                    tree: crate::exec::Tree::Group,
+                };
+                crate::pty::run(spawn, pty, job.timeout, input, out).await;
+            }
+        }
+        let mut s = slot.lock().await;
+        s.terminals -= 1;
+        s.last_used = proto::time::now();
+        s.idle_since = Some(Instant::now());
+    }
+
+    /// Makes sure the session has a live shell for `job` (starting one if needed), under
+    /// the slot's lock `s`; `false` once the caller has been told why not.
+    async fn ensure_shell(&self, s: &mut Slot, id: &str, job: &Job<'_>, out: &ChannelOut) -> bool {
+        let Job { isolation, owner, runtimes, env, login, .. } = *job;
+        if s.owner.as_deref() != owner {
+            // A removed user's session, under a name someone else has now: never theirs,
+            // nor anything about it.
+            if let Some(mut shell) = s.shell.take() {
+                stop_shell(&mut shell).await;
+                tracing::info!(session = %id, "ended a shell left by an earlier user of this name");
+            }
+            s.ended = None;
+        }
+        if s.shell.is_some() && s.isolation != *isolation {
+            let why = format!(
+                "session {id} runs {}, not {isolation}; nothing was run (end it with `openbox session rm {id}`)",
+                s.isolation
+            );
+            out.refuse(&why).await;
+            return false;
+        }
+        if s.shell.is_none() {
+            if let Some(why) = s.ended.take() {
+                let why = match why {
+                    Ended::Exited(code) => format!("its shell had exited (status {code})"),
+                    Ended::Reaped(after) => format!("it was reaped after {}s idle", after.as_secs()),
+                    Ended::Removed => "it had been removed".to_owned(),
+                };
+                out.stderr(format!("openbox: session {id}: {why}; started a new shell\n").as_bytes()).await;
+            }
+            match spawn_shell(isolation, runtimes, env, login, id).await {
+                Ok(shell) => {
+                    s.shell = Some(shell);
+                    s.owner = owner.map(str::to_owned);
+                    s.isolation = isolation.clone();
+                    s.created = proto::time::now();
+                }
+                Err(e) => {
+                    out.refuse(&format!("cannot start a shell for session {id}: {e}; nothing was run")).await;
+                    return false;
+                }
+            }
+        }
+        true
     }
 }

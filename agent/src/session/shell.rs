@@ -181,6 +181,23 @@ async fn shell_answers(shell: &mut Shell) -> bool {
     tokio::time::timeout(std::time::Duration::from_secs(30), read).await.unwrap_or(false)
 }
 
+/// A command that joins the nspawn container whose first process is `init` (its
+/// namespaces, root and working directory) to run `command`, else a login shell.
+pub fn enter_nspawn(init: u32, command: Option<&str>, env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("nsenter");
+    crate::hide_secrets(&mut cmd);
+    let target = init.to_string();
+    cmd.args(["--target", &target, "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--"]);
+    match command {
+        Some(command) => cmd.args(["/bin/sh", "-c", command]),
+        None => cmd.args(["/bin/sh", "-l"]),
+    };
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 pub async fn stop_shell(shell: &mut Shell) {
     shell.host.stop().await;
 }
