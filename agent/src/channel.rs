@@ -76,7 +76,7 @@ pub fn messages(mut input: ChannelReadHalf, out: &ChannelOut) -> Messages {
             }
         }
     });
-    Messages { rx, window: Window { handle: out.handle.clone(), id: out.id, unreported: Default::default() } }
+    Messages { rx, window: Window::new(out.handle.clone(), out.id) }
 }
 
 /// Input used but not yet reported is reported once it reaches this much: the caller's
@@ -93,6 +93,10 @@ pub struct Window {
 }
 
 impl Window {
+    pub fn new(handle: Handle, id: ChannelId) -> Window {
+        Window { handle, id, unreported: Default::default() }
+    }
+
     pub fn used(&self, bytes: usize) {
         use std::sync::atomic::Ordering;
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);

@@ -10,6 +10,7 @@ mod channel;
 mod docker;
 mod drive;
 mod exec;
+mod forward;
 mod heartbeat;
 mod identity;
 mod nspawn;

@@ -202,8 +202,13 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (authenticated, authenticated_rx) = tokio::sync::oneshot::channel();
-    let handler =
-        Connection { shared: shared.clone(), peer: peer.clone(), grant: None, authenticated: Some(authenticated) };
+    let handler = Connection {
+        shared: shared.clone(),
+        peer: peer.clone(),
+        grant: None,
+        authenticated: Some(authenticated),
+        listeners: Default::default(),
+    };
     let config = shared.config();
     let id = shared.next_connection_id();
     let s = shared.clone();
@@ -245,6 +250,26 @@ struct Connection {
     grant: Option<UserGrant>,
     /// Told once the connection has authenticated.
     authenticated: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The listeners its `-R` forwards asked for; they go when it does.
+    listeners: crate::forward::Listeners,
+}
+
+impl Connection {
+    /// The grant to forward ports with, or why there is none — checked on every request:
+    /// a pooled connection may outlive its certificate, and its user.
+    fn forwarding(&self) -> Result<&UserGrant, String> {
+        let grant = self.grant.as_ref().ok_or("not authenticated")?;
+        if proto::time::now() >= grant.valid_before {
+            return Err("the user certificate for this connection has expired; reconnect".into());
+        }
+        if self.shared.is_revoked(grant) {
+            return Err(format!("user {} was removed from this fleet", grant.user));
+        }
+        match crate::forward::refusal(grant) {
+            Some(why) => Err(why),
+            None => Ok(grant),
+        }
+    }
 }
 
 impl russh::server::Handler for Connection {
@@ -298,6 +323,68 @@ impl russh::server::Handler for Connection {
         let handle = session.handle();
         tokio::spawn(serve_channel(channel, grant, handle, self.shared.clone()));
         Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let target = telemetry::untrusted(&format!("{host_to_connect}:{port_to_connect}"));
+        match self.forwarding() {
+            Ok(grant) => {
+                tracing::info!(user = %grant.user, key_id = %grant.key_id, %target, "forwarding a connection (-L)");
+                let handle = session.handle();
+                crate::forward::connect_onward(channel, reply, handle, host_to_connect.to_owned(), port_to_connect);
+            }
+            Err(why) => {
+                tracing::warn!(peer = %self.peer, %target, reason = %why, "refused a forwarded connection");
+                reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let asked = telemetry::untrusted(&format!("{address}:{port}"));
+        let grant = match self.forwarding() {
+            Ok(grant) => grant.clone(),
+            Err(why) => {
+                tracing::warn!(peer = %self.peer, %asked, reason = %why, "refused a listener (-R)");
+                return Ok(false);
+            }
+        };
+        match self.listeners.listen(address, port, session.handle()).await {
+            Ok(()) => {
+                tracing::info!(user = %grant.user, key_id = %grant.key_id, %asked, port = *port, "listening for a forward (-R)");
+                Ok(true)
+            }
+            Err(why) => {
+                tracing::warn!(user = %grant.user, %asked, reason = %why, "refused a listener (-R)");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let had = self.listeners.cancel(address, port).await;
+        tracing::info!(peer = %self.peer, address = %telemetry::untrusted(address), port, had, "stopped listening for a forward (-R)");
+        Ok(had)
     }
 
     async fn exec_request(

@@ -153,6 +153,7 @@ fn request(args: RunArgs, default_timeout: Option<u64>) -> Result<RunRequest, Er
         timeout_secs: args.timeout_secs.or(default_timeout),
         max_output: Some(args.max_output.unwrap_or(DEFAULT_MAX_OUTPUT)),
         tty: None,
+        forwards: Vec::new(),
     })
 }
 
@@ -231,6 +232,7 @@ impl Openbox {
                     timeout_secs: Some(timeout.unwrap_or(DEFAULT_TIMEOUT_SECS)),
                     max_output: Some(cap.unwrap_or(DEFAULT_MAX_OUTPUT)),
                     tty: None,
+                    forwards: Vec::new(),
                 };
                 let started = Instant::now();
                 let mut out = daemon::Collected::default();

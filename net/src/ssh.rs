@@ -24,6 +24,9 @@ pub enum SshError {
         "node {node} refused the user certificate (its agent log says why); retry, and if it persists log in again"
     )]
     AuthRejected { node: String },
+    /// A port forward could not be set up, or one of its connections could not be opened.
+    #[error("port forwarding through node {node} failed: {why}")]
+    Forward { node: String, why: String },
     /// The command was running when the connection broke; its outcome is unknown.
     #[error("connection to node {node} lost: {why}")]
     Lost { node: String, why: String },
@@ -129,7 +132,14 @@ impl ExitStatus {
 struct HostCheck {
     target: NodeTarget,
     refusal: Arc<Mutex<Option<String>>>,
+    remote_forwards: RemoteForwards,
 }
+
+/// Where connections to each port the node listens on for us (`-R`) go here.
+type RemoteForwards = Arc<Mutex<std::collections::HashMap<u32, (String, u16)>>>;
+
+/// How long connecting a forwarded connection onward may take.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl client::Handler for HostCheck {
     type Error = russh::Error;
@@ -144,6 +154,42 @@ impl client::Handler for HostCheck {
                 Ok(false)
             }
         }
+    }
+
+    /// A connection to a port the node listens on for us (`-R`): connected onward to its
+    /// target here, or refused when no forward of ours names that port.
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let target = self.remote_forwards.lock().unwrap_or_else(|e| e.into_inner()).get(&connected_port).cloned();
+        let Some((host, port)) = target else {
+            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        tokio::spawn(async move {
+            let connected =
+                tokio::time::timeout(FORWARD_CONNECT_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port)));
+            match connected.await {
+                Ok(Ok(mut tcp)) => {
+                    reply.accept().await;
+                    let mut stream = channel.into_stream();
+                    let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(target = %format!("{host}:{port}"), error = %e, "a forwarded connection could not be made");
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                }
+                Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+            }
+        });
+        Ok(())
     }
 }
 
@@ -179,6 +225,7 @@ fn client_config() -> Arc<client::Config> {
 pub struct Connection {
     handle: Handle<HostCheck>,
     node: String,
+    remote_forwards: RemoteForwards,
 }
 
 /// Dials the node through its transport and verifies its host certificate.
@@ -187,9 +234,11 @@ pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
     let unreachable = |why: String| SshError::Unreachable { node: node.clone(), addr: target.addr.clone(), why };
     let stream = target.via.connect(&target.addr).await.map_err(|e| unreachable(e.to_string()))?;
     let refusal = Arc::new(Mutex::new(None));
-    let check = HostCheck { target: target.clone(), refusal: refusal.clone() };
+    let remote_forwards = RemoteForwards::default();
+    let check =
+        HostCheck { target: target.clone(), refusal: refusal.clone(), remote_forwards: remote_forwards.clone() };
     match client::connect_stream(client_config(), stream, check).await {
-        Ok(handle) => Ok(Connection { handle, node }),
+        Ok(handle) => Ok(Connection { handle, node, remote_forwards }),
         Err(e) => {
             if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 return Err(SshError::HostRejected { node, addr: target.addr.clone(), why });
@@ -269,6 +318,53 @@ impl Connection {
         Started { channel, node: self.node.clone(), resizes: None }
             .finish(NoInput, &mut output, std::future::pending())
             .await
+    }
+
+    /// A byte stream to `host:port` as seen from the node (`-L`), for a connection that
+    /// came from `from` here.
+    pub async fn direct_tcpip(
+        &self,
+        host: &str,
+        port: u16,
+        from: std::net::SocketAddr,
+    ) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+        let channel = self
+            .handle
+            .channel_open_direct_tcpip(host, u32::from(port), from.ip().to_string(), u32::from(from.port()))
+            .await
+            .map_err(|e| SshError::Forward { node: self.node.clone(), why: format!("to {host}:{port}: {e}") })?;
+        Ok(channel.into_stream())
+    }
+
+    /// Asks the node to listen on its loopback `port` (0: any free one) and send each
+    /// connection back here, to `target` (`-R`); the port it listens on.
+    pub async fn remote_forward(&self, port: u16, target: (String, u16)) -> Result<u16, SshError> {
+        let refused = |why: String| SshError::Forward { node: self.node.clone(), why };
+        let forwards = self.remote_forwards.clone();
+        let register = |port: u32| forwards.lock().unwrap_or_else(|e| e.into_inner()).insert(port, target.clone());
+        if port != 0 {
+            register(u32::from(port)); // before the first connection can come
+        }
+        match self.handle.tcpip_forward("127.0.0.1", u32::from(port)).await {
+            Ok(bound) => {
+                // The node names the port only when asked for any (RFC 4254 7.1).
+                let bound = if port == 0 { bound } else { u32::from(port) };
+                register(bound);
+                u16::try_from(bound).map_err(|_| refused(format!("the node listens on {bound}, not a port")))
+            }
+            Err(e) => {
+                forwards.lock().unwrap_or_else(|e| e.into_inner()).remove(&u32::from(port));
+                Err(refused(format!(
+                    "it would not listen on 127.0.0.1:{port} ({e}); the port may be in use there, need root, or your certificate not permit forwarding (its agent log says which)"
+                )))
+            }
+        }
+    }
+
+    /// Stops a forward [`Connection::remote_forward`] started.
+    pub async fn cancel_remote_forward(&self, port: u16) {
+        let _ = self.handle.cancel_tcpip_forward("127.0.0.1", u32::from(port)).await;
+        self.remote_forwards.lock().unwrap_or_else(|e| e.into_inner()).remove(&u32::from(port));
     }
 
     pub async fn close(self) {

@@ -6,7 +6,9 @@ use std::ffi::OsString;
 use clap::{Args, Parser, Subcommand};
 use proto::Isolation;
 use proto::api::Target;
-use proto::request::{FanOutRequest, NodeAddRequest, Request, RunRequest, SshLogin, TtyRequest, UpRequest};
+use proto::request::{
+    Direction, FanOutRequest, Forward, NodeAddRequest, Request, RunRequest, SshLogin, TtyRequest, UpRequest,
+};
 
 const AFTER_HELP: &str = "\
 Run a command on a node:
@@ -16,6 +18,7 @@ Run a command on a node:
   openbox -t TAG --docker IMG CMD in a fresh container from IMG (removed afterwards)
   openbox -t TAG --nspawn DIR CMD in a systemd-nspawn container over the root tree DIR
   openbox -n NODE -i              a login shell in a terminal on NODE (`-i CMD`: CMD in one)
+  openbox -n NODE -L 8080:localhost:80   port 8080 here reaches NODE's port 80 (-R: the reverse)
 A session with --docker or --nspawn keeps one container for all its commands.
 Command words are joined with spaces and run by the node's `sh -c`, as ssh does:
   openbox -t mac 'cd /tmp && make'
@@ -128,6 +131,15 @@ pub struct RunArgs {
     /// Needs a terminal as stdin.
     #[arg(short = 'i', long = "tty", conflicts_with = "all")]
     tty: bool,
+    /// Forward a port here to HOST:HOSTPORT as seen from the node, as `ssh -L`
+    /// ([BIND:]PORT:HOST:HOSTPORT; BIND defaults to 127.0.0.1). Repeatable. With no
+    /// command, holds the forwards until interrupted.
+    #[arg(short = 'L', long = "local-forward", value_name = "[BIND:]PORT:HOST:HOSTPORT", conflicts_with = "all")]
+    local_forwards: Vec<String>,
+    /// Forward a port on the node's loopback to HOST:HOSTPORT as seen from here, as
+    /// `ssh -R` (PORT 0: any free one, printed). Repeatable.
+    #[arg(short = 'R', long = "remote-forward", value_name = "[BIND:]PORT:HOST:HOSTPORT", conflicts_with = "all")]
+    remote_forwards: Vec<String>,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<String>,
@@ -415,6 +427,7 @@ pub enum UserCommand {
 }
 
 /// What the CLI will do once the flags are understood.
+#[allow(clippy::large_enum_variant, reason = "one value per process, made once")]
 pub enum Action {
     /// Hand this request to openboxd; `json` asks for machine-readable output.
     Call { request: Request, json: bool, no_daemon: bool },
@@ -721,8 +734,16 @@ impl RunArgs {
             }
             (Some(_), Some(_)) => return Err("give -t TAG or -n NODE, not both".into()),
         };
-        if self.command.is_empty() && !self.tty {
-            return Err(format!("no command given to run on {target}: openbox -t TAG CMD [ARGS…] (or -i for a shell)"));
+        let forwards: Vec<Forward> = (self.local_forwards.iter().map(|s| Forward::parse(Direction::Local, s)))
+            .chain(self.remote_forwards.iter().map(|s| Forward::parse(Direction::Remote, s)))
+            .collect::<Result<_, _>>()?;
+        if !forwards.is_empty() && (isolation != Isolation::Native || self.session.is_some()) {
+            return Err("port forwarding reaches the node itself: leave out --docker, --nspawn and -s".into());
+        }
+        if self.command.is_empty() && !self.tty && forwards.is_empty() {
+            return Err(format!(
+                "no command given to run on {target}: openbox -t TAG CMD [ARGS…] (or -i for a shell, -L/-R to forward)"
+            ));
         }
         let tty = match self.tty {
             true if !rustix::termios::isatty(std::io::stdin()) => {
@@ -745,6 +766,7 @@ impl RunArgs {
             timeout_secs: self.timeout,
             max_output: self.max_output,
             tty,
+            forwards,
         })
     }
 }

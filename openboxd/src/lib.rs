@@ -15,6 +15,7 @@ mod connect;
 mod events;
 mod fanout;
 mod fleet;
+mod forward;
 pub mod io;
 mod login;
 mod mesh;

@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use net::ssh::{ExitStatus, PtySpec, SshError, Started};
-use proto::api::Node;
+use proto::api::{Node, Target};
 use proto::request::RunRequest;
 
 use crate::Daemon;
@@ -33,6 +33,8 @@ enum RunError {
     NoTerminal,
     #[error("cannot put the terminal in raw mode: {0}")]
     RawMode(std::io::Error),
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
     /// Not logged in, or the login or key could not be read (already worded for people).
     #[error("{0:#}")]
     Account(anyhow::Error),
@@ -103,8 +105,8 @@ async fn run_inner(
     output: &mut CallOutput,
     cancel: impl Future<Output = ()>,
 ) -> Result<(ExitStatus, String, Truncated), RunError> {
-    // A terminal runs the login shell when no command is given.
-    if req.command.is_empty() && req.tty.is_none() {
+    // A terminal runs the login shell when no command is given; forwards alone are held.
+    if req.command.is_empty() && req.tty.is_none() && req.forwards.is_empty() {
         return Err(RunError::NoCommand);
     }
     let pty = match (&req.tty, terminal) {
@@ -117,8 +119,37 @@ async fn run_inner(
     };
     let acct = d.account().map_err(RunError::Account)?;
     let command = (!req.command.is_empty()).then(|| req.command.join(" "));
+    // Forwards first, for the command to use; it then runs on their node.
+    let mut target = req.target.clone();
+    let forwards = if req.forwards.is_empty() {
+        None
+    } else {
+        let want = Want { target: &req.target, session: None, isolation: &req.isolation, command: command.as_deref() };
+        let (node, conn) = with_progress(d, output, connect(d, &acct, want)).await.map_err(StartError::from)?;
+        let (forwards, said, mut notices) = crate::forward::Forwards::start(conn, &node.name, &req.forwards).await?;
+        if command.is_none() && pty.is_none() {
+            // Nothing to run: hold the forwards until the caller goes away.
+            for line in said {
+                output.eprint(&format!("openbox: forwarding {line}\n")).await;
+            }
+            output.eprint("openbox: Ctrl-C to stop\n").await;
+            tokio::pin!(cancel);
+            loop {
+                tokio::select! {
+                    () = &mut cancel => return Err(RunError::Ssh(SshError::Cancelled)),
+                    Some(notice) = notices.recv() => output.eprint(&notice).await,
+                }
+            }
+        }
+        // A port the node chose is worth saying; the rest the caller wrote.
+        for line in said.iter().filter(|l| req.forwards.iter().any(|f| f.port == 0) && l.starts_with("-R")) {
+            output.eprint(&format!("openbox: forwarding {line}\n")).await;
+        }
+        target = Target::Node(node.id.clone());
+        Some(forwards)
+    };
     let want = Want {
-        target: &req.target,
+        target: &target,
         session: req.session.as_deref(),
         isolation: &req.isolation,
         command: command.as_deref(),
@@ -141,6 +172,9 @@ async fn run_inner(
     let mut capped = Capped::new(output, req.max_output);
     let status = started.finish(input, &mut capped, cancel).await;
     let truncated = capped.finish().await;
+    if let Some(forwards) = forwards {
+        forwards.stop().await;
+    }
     Ok((status?, node.name, truncated))
 }
 

@@ -21,6 +21,9 @@ pub const STANDARD_EXTENSIONS: &[&str] = &[
     "no-touch-required",
 ];
 
+/// OpenSSH's extension that lets a certificate forward ports (`-L`, `-R`).
+pub const PERMIT_PORT_FORWARDING: &str = "permit-port-forwarding";
+
 /// How far back a user certificate's validity starts, to absorb small clock differences.
 pub const CLOCK_SKEW_SECS: u64 = 30;
 /// Lifetime of a node's host certificate; renewed over the heartbeat well before expiry.

@@ -184,6 +184,116 @@ pub struct RunRequest {
     /// Needs the caller's terminal as stdin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtyRequest>,
+    /// Ports forwarded while it runs (`-L`, `-R`); with no command, until the caller stops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<Forward>,
+}
+
+/// Which way a forward goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// `-L`: a listener here, connections made from the node.
+    Local,
+    /// `-R`: a listener on the node's loopback, connections made from here.
+    Remote,
+}
+
+/// A port forward, as `ssh -L/-R [BIND:]PORT:HOST:HOSTPORT` spells it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub direction: Direction,
+    /// Where the listener listens (`-L`: on this machine; `-R`: the node's loopback).
+    pub bind: String,
+    /// Its port (0 for `-R`: any free one, told back).
+    pub port: u16,
+    /// Where each connection goes: seen from the node for `-L`, from here for `-R`.
+    pub host: String,
+    pub host_port: u16,
+}
+
+impl Forward {
+    /// Parses `[BIND:]PORT:HOST:HOSTPORT` (an IPv6 address in brackets).
+    pub fn parse(direction: Direction, spec: &str) -> Result<Forward, String> {
+        let flag = match direction {
+            Direction::Local => "-L",
+            Direction::Remote => "-R",
+        };
+        let bad = |why: &str| {
+            format!("{flag} {spec:?}: {why}; the form is [BIND:]PORT:HOST:HOSTPORT, e.g. 8080:localhost:80")
+        };
+        let mut parts = Vec::new();
+        let mut rest = spec;
+        while !rest.is_empty() {
+            let (part, after) = match rest.strip_prefix('[') {
+                Some(inner) => {
+                    let end = inner.find(']').ok_or_else(|| bad("an unclosed ["))?;
+                    (&inner[..end], inner[end + 1..].strip_prefix(':').unwrap_or(&inner[end + 1..]))
+                }
+                None => match rest.split_once(':') {
+                    Some((part, after)) => (part, after),
+                    None => (rest, ""),
+                },
+            };
+            parts.push(part);
+            rest = after;
+        }
+        let port =
+            |text: &str, what: &str| text.parse::<u16>().map_err(|_| bad(&format!("{what} {text:?} is not a port")));
+        let (bind, port_text, host, host_port) = match parts[..] {
+            [bind, p, host, hp] => (bind, p, host, hp),
+            [p, host, hp] => ("127.0.0.1", p, host, hp),
+            _ => return Err(bad("it needs three or four parts")),
+        };
+        let forward = Forward {
+            direction,
+            bind: if bind.is_empty() || bind == "localhost" { "127.0.0.1".into() } else { bind.to_owned() },
+            port: port(port_text, "port")?,
+            host: host.to_owned(),
+            host_port: port(host_port, "port")?,
+        };
+        if forward.host.is_empty() || forward.host_port == 0 {
+            return Err(bad("HOST:HOSTPORT must name where connections go"));
+        }
+        if direction == Direction::Local && forward.port == 0 {
+            return Err(bad("the local port must not be 0"));
+        }
+        if direction == Direction::Remote
+            && !matches!(forward.bind.parse::<std::net::IpAddr>(), Ok(ip) if ip.is_loopback())
+        {
+            return Err(bad("the node listens on its loopback only (BIND 127.0.0.1 or ::1)"));
+        }
+        Ok(forward)
+    }
+}
+
+impl std::fmt::Display for Forward {
+    /// As `127.0.0.1:8080 -> localhost:80`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = |h: &str| if h.contains(':') { format!("[{h}]") } else { h.to_owned() };
+        write!(f, "{}:{} -> {}:{}", host(&self.bind), self.port, host(&self.host), self.host_port)
+    }
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+
+    #[test]
+    fn forwards_parse_as_ssh_spells_them_and_bad_ones_say_the_form() {
+        let l = Forward::parse(Direction::Local, "8080:localhost:80").unwrap();
+        assert_eq!((l.bind.as_str(), l.port, l.host.as_str(), l.host_port), ("127.0.0.1", 8080, "localhost", 80));
+        let l = Forward::parse(Direction::Local, "0.0.0.0:8080:[::1]:80").unwrap();
+        assert_eq!((l.bind.as_str(), l.host.as_str()), ("0.0.0.0", "::1"));
+        let r = Forward::parse(Direction::Remote, "0:127.0.0.1:5432").unwrap();
+        assert_eq!((r.port, r.host_port), (0, 5432));
+        assert_eq!(r.to_string(), "127.0.0.1:0 -> 127.0.0.1:5432");
+        for bad in ["8080", "8080:80", "x:localhost:80", "8080:localhost:99999", "0:localhost:80", "1:2:3:4:5"] {
+            let e = Forward::parse(Direction::Local, bad).unwrap_err();
+            assert!(e.contains("[BIND:]PORT:HOST:HOSTPORT"), "{bad}: {e}");
+        }
+        assert!(Forward::parse(Direction::Remote, "0.0.0.0:80:localhost:80").unwrap_err().contains("loopback only"));
+    }
 }
 
 /// A pseudo-terminal for a run: the caller's terminal type (its size is read from the

@@ -89,6 +89,10 @@ impl Ca {
         b.key_id(format!("openbox-user:{}:req:{}", spec.user, spec.request_id))?;
         b.valid_principal(spec.user)?;
         b.extension("permit-pty", "")?;
+        // Forwarding reaches the node's own network: only with a native grant there.
+        if *spec.isolation == proto::Isolation::Native && spec.session.is_none() {
+            b.extension(proto::cert::PERMIT_PORT_FORWARDING, "")?;
+        }
         b.extension(EXT_NODE, spec.node_id)?;
         b.extension(EXT_ISOLATION, spec.isolation.to_string())?;
         b.extension(EXT_USER, spec.incarnation)?;

@@ -1,5 +1,5 @@
 use proto::Isolation;
-use proto::cert::{EXT_ISOLATION, EXT_NODE, EXT_SESSION, EXT_USER, STANDARD_EXTENSIONS};
+use proto::cert::{EXT_ISOLATION, EXT_NODE, EXT_SESSION, EXT_USER, PERMIT_PORT_FORWARDING, STANDARD_EXTENSIONS};
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, HashAlg, PublicKey};
 
@@ -15,6 +15,9 @@ pub struct UserGrant {
     pub isolation: Isolation,
     pub session: Option<String>,
     pub valid_before: u64,
+    /// Whether it carries OpenSSH's `permit-port-forwarding`: the control plane grants it
+    /// only for native commands outside a session, which the user's grants allow there.
+    pub port_forwarding: bool,
 }
 
 fn type_name(t: CertType) -> &'static str {
@@ -101,6 +104,7 @@ pub fn verify_user_cert(
         isolation,
         session,
         valid_before: cert.valid_before(),
+        port_forwarding: ext.contains_key(PERMIT_PORT_FORWARDING),
     })
 }
 
@@ -153,6 +157,20 @@ mod tests {
         assert_eq!(grant.isolation, iso);
         assert_eq!(grant.session.as_deref(), Some("build"));
         assert!(grant.key_id.contains("alice") && grant.key_id.contains("r1"));
+    }
+
+    #[test]
+    fn only_a_native_certificate_outside_a_session_permits_port_forwarding() {
+        let ca = Ca::generate();
+        let key = generate_key();
+        let docker: Isolation = "docker:img".parse().unwrap();
+        let forwards = |iso: &Isolation, session: Option<&str>| {
+            let cert = user_cert(&ca, key.public_key(), iso, session, NOW - 30, NOW + 300);
+            verify_user_cert(&cert, ca.public_key(), "alice", "n1", NOW).unwrap().port_forwarding
+        };
+        assert!(forwards(&Isolation::Native, None));
+        assert!(!forwards(&Isolation::Native, Some("build")));
+        assert!(!forwards(&docker, None));
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! Port forwarding for certificates that carry `permit-port-forwarding` (native commands
+//! outside a session, as the user's grants allow on this node): `-L` arrives as a
+//! `direct-tcpip` channel the agent connects onward, `-R` as a `tcpip-forward` request for
+//! a listener on this node's loopback whose connections go back as `forwarded-tcpip`
+//! channels. Bytes from the caller reopen its SSH window only once written on (as for a
+//! command's input), so a slow far end holds the caller back instead of filling memory.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::channel::Window;
+
+/// How long connecting onward may take before the caller hears it failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a forward is refused, in the caller's words.
+pub fn refusal(grant: &trust::UserGrant) -> Option<String> {
+    if grant.port_forwarding {
+        return None;
+    }
+    Some(match (&grant.session, &grant.isolation) {
+        (Some(_), _) => "port forwarding is not offered within a session".into(),
+        (None, proto::Isolation::Native) => "this certificate does not permit port forwarding".into(),
+        (None, other) => format!("port forwarding reaches the node itself, not a {} container", other.kind()),
+    })
+}
+
+/// Connects to `host:port` from this node and joins it to `channel`; the channel is
+/// accepted once connected, refused with the reason otherwise.
+pub fn connect_onward(
+    channel: Channel<Msg>,
+    reply: russh::server::ChannelOpenHandle,
+    handle: Handle,
+    host: String,
+    port: u32,
+) {
+    tokio::spawn(async move {
+        let target = format!("{host}:{port}");
+        let Ok(port) = u16::try_from(port) else {
+            return reply.reject(ChannelOpenFailure::ConnectFailed).await;
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
+            Ok(Ok(tcp)) => {
+                reply.accept().await;
+                join(channel, tcp, handle).await;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%target, error = %e, "a forwarded connection could not be made");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            }
+            Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+        }
+    });
+}
+
+/// Listeners this connection asked for (`-R`), by the address and port the caller named;
+/// they stop when it cancels them or the connection ends.
+#[derive(Default)]
+pub struct Listeners(HashMap<(String, u32), tokio::task::JoinHandle<()>>);
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for task in self.0.values() {
+            task.abort();
+        }
+    }
+}
+
+impl Listeners {
+    /// Listens on `address:port` of this node's loopback (port 0: any free one, written
+    /// back to `port`) and sends each connection to the caller. Why not, otherwise.
+    pub async fn listen(&mut self, address: &str, port: &mut u32, handle: Handle) -> Result<(), String> {
+        let ip = loopback(address)?;
+        let wanted = u16::try_from(*port).map_err(|_| format!("{port} is not a port"))?;
+        if wanted != 0 && wanted < 1024 && !rustix::process::geteuid().is_root() {
+            return Err(format!("port {wanted} needs root on this node"));
+        }
+        let listener =
+            TcpListener::bind((ip, wanted)).await.map_err(|e| format!("cannot listen on {ip}:{wanted}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?.port();
+        // Known by the port it got (the one a caller that asked for any port cancels).
+        let key = (address.to_owned(), u32::from(bound));
+        *port = u32::from(bound);
+        let (address, port) = (address.to_owned(), u32::from(bound));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else { continue };
+                let (handle, address) = (handle.clone(), address.clone());
+                tokio::spawn(async move {
+                    let opened = handle
+                        .channel_open_forwarded_tcpip(address, port, peer.ip().to_string(), u32::from(peer.port()))
+                        .await;
+                    if let Ok(channel) = opened {
+                        join(channel, tcp, handle).await;
+                    }
+                });
+            }
+        });
+        self.0.insert(key, task);
+        Ok(())
+    }
+
+    /// Stops the listener the caller asked for as `address:port`, and waits until its
+    /// port is free again; whether there was one.
+    pub async fn cancel(&mut self, address: &str, port: u32) -> bool {
+        let Some(task) = self.0.remove(&(address.to_owned(), port)) else { return false };
+        task.abort();
+        let _ = task.await; // the listener is closed once its task is gone
+        true
+    }
+}
+
+/// The loopback address a caller's bind address names (`""`, `localhost`, or a loopback
+/// IP): a forward never listens beyond this node.
+fn loopback(address: &str) -> Result<IpAddr, String> {
+    match address {
+        "" | "localhost" => Ok(IpAddr::from([127, 0, 0, 1])),
+        other => match other.parse::<IpAddr>() {
+            Ok(ip) if ip.is_loopback() => Ok(ip),
+            _ => Err(format!("{other:?} is not a loopback address: forwards listen on this node's loopback only")),
+        },
+    }
+}
+
+/// Copies both ways between `channel` and `tcp` until both directions have ended.
+async fn join(channel: Channel<Msg>, tcp: TcpStream, handle: Handle) {
+    let id = channel.id();
+    let (mut read, write) = channel.split();
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let window = Window::new(handle, id);
+    let inbound = async {
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    let written = tcp_write.write_all(&data).await;
+                    window.used(data.len());
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = tcp_write.shutdown().await;
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match tcp_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if write.data_bytes(buf[..n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = write.eof().await;
+    };
+    tokio::join!(inbound, outbound);
+    let _ = write.close().await;
+}
