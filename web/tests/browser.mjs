@@ -33,7 +33,18 @@ async function fresh({ width = 1280, height = 800, colorScheme = 'light' } = {})
 
 const ops = {
   fresh,
-  goto: async ({ url }) => { await page.goto(url); },
+  goto: async ({ url }) => {
+    // Tests beside this one make and remove network interfaces (the node-add hosts'
+    // namespaces); Chromium aborts a navigation that sees one change, and says so.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await page.goto(url);
+        return;
+      } catch (e) {
+        if (attempt >= 5 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
+      }
+    }
+  },
   fill: async ({ selector, value }) => { await page.fill(selector, value); },
   select: async ({ selector, value }) => { await page.selectOption(selector, value); },
   click: async ({ selector }) => { await page.click(selector); },
