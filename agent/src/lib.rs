@@ -19,6 +19,7 @@ mod pty;
 pub mod run_as;
 mod runtimes;
 mod server;
+pub mod sftp;
 mod session;
 mod signals;
 

@@ -387,6 +387,18 @@ impl russh::server::Handler for Connection {
         Ok(had)
     }
 
+    /// Answered at once, as OpenSSH clients wait for it: yes to the subsystems the
+    /// channel's task will serve (SFTP only where its checks will pass), no to others.
+    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+        let served = match name {
+            "sftp" => self.grant.as_ref().is_some_and(|g| sftp_refusal(g, &self.shared).is_none()),
+            proto::exec::END_SESSION_SUBSYSTEM => true,
+            _ => false,
+        };
+        if served { session.channel_success(channel)? } else { session.channel_failure(channel)? }
+        Ok(())
+    }
+
     async fn exec_request(
         &mut self,
         channel: ChannelId,
@@ -454,6 +466,9 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
                 return out
                     .refuse("a shell needs a terminal: ask for one first (`openbox -n NODE -i`, `ssh -t`)")
                     .await;
+            }
+            Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
+                return serve_sftp(&grant, &shared, timeout, read, out).await;
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) => {
                 return out.refuse(&format!("subsystem {name:?} is not offered")).await;
@@ -589,4 +604,44 @@ fn in_terminal<'a>(
             crate::pty::Spawn { cmd, arg0, login, tree: exec::Tree::Group }
         }
     }
+}
+
+/// The `sftp` subsystem: the agent's own SFTP server, started as the account this user's
+/// commands run as, so it may touch exactly what that account may.
+async fn serve_sftp(
+    grant: &UserGrant,
+    shared: &Shared,
+    timeout: Option<std::time::Duration>,
+    read: russh::ChannelReadHalf,
+    out: ChannelOut,
+) {
+    if let Some(why) = sftp_refusal(grant, shared) {
+        return out.refuse(&why).await;
+    }
+    let login = match shared.run_as.login(&grant.user) {
+        Ok(login) => login,
+        Err(why) => return out.refuse(&why).await,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return out.refuse(&format!("cannot find the agent's own binary for SFTP: {e}")).await,
+    };
+    tracing::info!(user = %grant.user, key_id = %grant.key_id, "sftp");
+    let mut cmd = exec::native_command(&exe, &[], login);
+    cmd.arg(crate::sftp::SERVER_ARG);
+    exec::run_process(cmd, exec::Tree::Group, timeout, read, out).await;
+}
+
+/// Why `grant` may not have an SFTP server here, if it may not.
+fn sftp_refusal(grant: &UserGrant, shared: &Shared) -> Option<String> {
+    if proto::time::now() >= grant.valid_before {
+        return Some("the user certificate for this connection has expired; reconnect".into());
+    }
+    if shared.is_revoked(grant) {
+        return Some(format!("user {} was removed from this fleet", grant.user));
+    }
+    if grant.isolation != proto::Isolation::Native || grant.session.is_some() {
+        return Some("file transfer (SFTP) reaches the node's own files: use it without --docker, --nspawn or -s".into());
+    }
+    shared.run_as.login(&grant.user).err()
 }

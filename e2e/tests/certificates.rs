@@ -222,6 +222,26 @@ impl SshFiles {
         SshFiles { dir }
     }
 
+    /// `sftp -b -` with `batch` as its commands.
+    fn sftp(&self, agent: &Agent, user: &str, batch: &str) -> std::process::Output {
+        let (host, port) = agent.addr.rsplit_once(':').unwrap();
+        let p = |f: &str| self.dir.path().join(f).to_str().unwrap().to_owned();
+        let mut child = Command::new("sftp")
+            .args(["-F", "/dev/null", "-i", &p("id"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args(["-o", &format!("UserKnownHostsFile={}", p("known_hosts")), "-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", &format!("HostKeyAlias={}", agent.node_id)])
+            .args(["-o", &format!("CertificateFile={}", p("id-cert.pub"))])
+            .args(["-P", port, "-b", "-", &format!("{user}@{host}")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the OpenSSH sftp client must be installed");
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(batch.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     fn ssh(&self, agent: &Agent, user: &str, command: &str) -> std::process::Output {
         let (host, port) = agent.addr.rsplit_once(':').unwrap();
         let p = |f: &str| self.dir.path().join(f).to_str().unwrap().to_owned();
@@ -248,6 +268,35 @@ fn a_stock_openssh_client_with_an_openbox_certificate_runs_a_command() {
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "interop\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("to-err"));
+}
+
+#[test]
+fn a_stock_sftp_client_with_an_openbox_certificate_puts_and_gets_files() {
+    let n = node();
+    let key = trust::generate_key();
+    let ca = n.cp.ca();
+    let cert = user_cert(&ca, &key, "admin", &n.agent.node_id, now() - 30, now() + 300);
+    let files = SshFiles::new(&key, Some(&cert), &ca, &n.agent.node_id);
+    let work = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+    std::fs::write(work.path().join("up.bin"), &data).unwrap();
+    std::fs::set_permissions(work.path().join("up.bin"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let remote = there.path().display();
+    let batch = format!(
+        "mkdir {remote}/sub\nput -p {w}/up.bin {remote}/sub/up.bin\nls -l {remote}/sub\nget -p {remote}/sub/up.bin {w}/down.bin\nrename {remote}/sub/up.bin {remote}/sub/moved.bin\n",
+        w = work.path().display()
+    );
+    let out = files.sftp(&n.agent, "admin", &batch);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(work.path().join("down.bin")).unwrap(), data);
+    assert_eq!(std::fs::read(there.path().join("sub/moved.bin")).unwrap(), data);
+    let mode = std::fs::metadata(there.path().join("sub/moved.bin")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "put -p keeps the mode");
+    // A missing file is an error the client reports, and the batch stops.
+    let out = files.sftp(&n.agent, "admin", &format!("get {remote}/nope {}/x\n", work.path().display()));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

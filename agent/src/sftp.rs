@@ -1,0 +1,296 @@
+//! The agent's SFTP server (`openbox-agent sftp-server`): started for an SSH channel's
+//! `sftp` subsystem as a process of its own, as the account the user's commands run as —
+//! so what it may read and write is exactly what that account may, checked by the kernel —
+//! speaking SFTP (version 3, as OpenSSH's sftp-server does) on its stdin and stdout.
+//! `openbox cp`, `sftp` and `scp -s` talk to it.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use russh_sftp::protocol::{Attrs, Data, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version};
+use russh_sftp::server::StatusReply;
+
+/// The argument that starts `openbox-agent` as the SFTP server.
+pub const SERVER_ARG: &str = "sftp-server";
+
+/// The most a read returns at once (clients ask for 32–256 KiB).
+const READ_MAX: u32 = 256 * 1024;
+
+/// Serves SFTP on this process's stdin and stdout until the client closes it.
+pub fn serve() -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let stream = Stream { io: tokio::io::join(tokio::io::stdin(), tokio::io::stdout()), done: Some(done_tx) };
+        russh_sftp::server::run(stream, Server::default()).await;
+        // The server drops the stream when the client is gone.
+        let _ = done.await;
+    });
+    Ok(())
+}
+
+/// Stdin and stdout as one stream that says when it is dropped.
+struct Stream {
+    io: tokio::io::Join<tokio::io::Stdin, tokio::io::Stdout>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// An open handle: a file, or a directory listing not yet all sent.
+enum Open {
+    File(File),
+    Dir(Option<Vec<russh_sftp::protocol::File>>),
+}
+
+#[derive(Default)]
+struct Server {
+    open: HashMap<String, Open>,
+    next: u64,
+}
+
+/// An I/O error as the client hears it: its kind, and the system's words.
+fn status(e: std::io::Error) -> StatusReply {
+    let code = match e.kind() {
+        ErrorKind::NotFound => StatusCode::NoSuchFile,
+        ErrorKind::PermissionDenied => StatusCode::PermissionDenied,
+        _ => StatusCode::Failure,
+    };
+    StatusReply { status_code: code, error_message: Some(e.to_string()), language_tag: None }
+}
+
+fn ok(id: u32) -> Status {
+    Status { id, status_code: StatusCode::Ok, error_message: "Success".into(), language_tag: "en-US".into() }
+}
+
+fn bad_handle() -> StatusReply {
+    StatusReply { status_code: StatusCode::Failure, error_message: Some("no such handle".into()), language_tag: None }
+}
+
+/// Applies what the client set: permissions, size, times, owner (if this account may).
+fn apply(path: &Path, file: Option<&File>, attrs: &FileAttributes) -> std::io::Result<()> {
+    if let Some(size) = attrs.size {
+        match file {
+            Some(f) => f.set_len(size)?,
+            None => OpenOptions::new().write(true).open(path)?.set_len(size)?,
+        }
+    }
+    if let Some(mode) = attrs.permissions {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    if let (Some(atime), Some(mtime)) = (attrs.atime, attrs.mtime) {
+        let ts = |s: u32| rustix::fs::Timespec { tv_sec: i64::from(s), tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
+        rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty())?;
+    }
+    if attrs.uid.is_some() || attrs.gid.is_some() {
+        std::os::unix::fs::chown(path, attrs.uid, attrs.gid)?;
+    }
+    Ok(())
+}
+
+impl Server {
+    fn add(&mut self, open: Open) -> String {
+        self.next += 1;
+        let handle = self.next.to_string();
+        self.open.insert(handle.clone(), open);
+        handle
+    }
+
+    fn file(&self, handle: &str) -> Result<&File, StatusReply> {
+        match self.open.get(handle) {
+            Some(Open::File(f)) => Ok(f),
+            _ => Err(bad_handle()),
+        }
+    }
+}
+
+impl russh_sftp::server::Handler for Server {
+    type Error = StatusReply;
+
+    fn unimplemented(&self) -> Self::Error {
+        StatusReply::new(StatusCode::OpUnsupported)
+    }
+
+    async fn init(&mut self, _version: u32, _extensions: HashMap<String, String>) -> Result<Version, Self::Error> {
+        Ok(Version::new())
+    }
+
+    async fn open(
+        &mut self,
+        id: u32,
+        filename: String,
+        pflags: OpenFlags,
+        attrs: FileAttributes,
+    ) -> Result<Handle, Self::Error> {
+        let mut options = OpenOptions::new();
+        options
+            .read(pflags.contains(OpenFlags::READ))
+            .write(pflags.contains(OpenFlags::WRITE) || pflags.contains(OpenFlags::APPEND))
+            .append(pflags.contains(OpenFlags::APPEND))
+            .truncate(pflags.contains(OpenFlags::TRUNCATE))
+            .mode(attrs.permissions.unwrap_or(0o666) & 0o7777);
+        if pflags.contains(OpenFlags::CREATE) {
+            if pflags.contains(OpenFlags::EXCLUDE) {
+                options.create_new(true);
+            } else {
+                options.create(true);
+            }
+        }
+        let file = options.open(&filename).map_err(status)?;
+        Ok(Handle { id, handle: self.add(Open::File(file)) })
+    }
+
+    async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
+        match self.open.remove(&handle) {
+            // A file written to reports a late failure (a full disk) here, not as a success.
+            Some(Open::File(f)) => f.sync_data().or_else(|e| if e.kind() == ErrorKind::InvalidInput { Ok(()) } else { Err(e) }).map_err(status)?,
+            Some(Open::Dir(_)) => {}
+            None => return Err(bad_handle()),
+        }
+        Ok(ok(id))
+    }
+
+    async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<Data, Self::Error> {
+        let file = self.file(&handle)?;
+        let mut data = vec![0u8; len.min(READ_MAX) as usize];
+        let n = file.read_at(&mut data, offset).map_err(status)?;
+        if n == 0 && !data.is_empty() {
+            return Err(StatusReply::new(StatusCode::Eof));
+        }
+        data.truncate(n);
+        Ok(Data { id, data })
+    }
+
+    async fn write(&mut self, id: u32, handle: String, offset: u64, data: Vec<u8>) -> Result<Status, Self::Error> {
+        self.file(&handle)?.write_all_at(&data, offset).map_err(status)?;
+        Ok(ok(id))
+    }
+
+    async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        Ok(Attrs { id, attrs: (&fs::symlink_metadata(path).map_err(status)?).into() })
+    }
+
+    async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
+        Ok(Attrs { id, attrs: (&fs::metadata(path).map_err(status)?).into() })
+    }
+
+    async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
+        Ok(Attrs { id, attrs: (&self.file(&handle)?.metadata().map_err(status)?).into() })
+    }
+
+    async fn setstat(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+        apply(Path::new(&path), None, &attrs).map_err(status)?;
+        Ok(ok(id))
+    }
+
+    async fn fsetstat(&mut self, id: u32, handle: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+        let file = self.file(&handle)?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file)));
+        apply(&path, Some(file), &attrs).map_err(status)?;
+        Ok(ok(id))
+    }
+
+    async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        let mut entries = Vec::new();
+        for dot in [".", ".."] {
+            if let Ok(meta) = fs::symlink_metadata(Path::new(&path).join(dot)) {
+                entries.push(russh_sftp::protocol::File::new(dot, (&meta).into()));
+            }
+        }
+        for entry in fs::read_dir(&path).map_err(status)? {
+            let entry = entry.map_err(status)?;
+            let Ok(meta) = entry.metadata() else { continue }; // gone meanwhile
+            entries.push(russh_sftp::protocol::File::new(entry.file_name().to_string_lossy(), (&meta).into()));
+        }
+        Ok(Handle { id, handle: self.add(Open::Dir(Some(entries))) })
+    }
+
+    async fn readdir(&mut self, id: u32, handle: String) -> Result<Name, Self::Error> {
+        match self.open.get_mut(&handle) {
+            Some(Open::Dir(entries)) => match entries.take() {
+                Some(files) if !files.is_empty() => Ok(Name { id, files }),
+                _ => Err(StatusReply::new(StatusCode::Eof)),
+            },
+            _ => Err(bad_handle()),
+        }
+    }
+
+    async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
+        fs::remove_file(filename).map_err(status)?;
+        Ok(ok(id))
+    }
+
+    async fn mkdir(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
+        fs::DirBuilder::new().mode(attrs.permissions.unwrap_or(0o777) & 0o7777).create(path).map_err(status)?;
+        Ok(ok(id))
+    }
+
+    async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
+        fs::remove_dir(path).map_err(status)?;
+        Ok(ok(id))
+    }
+
+    async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let path = if path.is_empty() { ".".to_owned() } else { path };
+        let real = fs::canonicalize(&path).map_err(status)?;
+        Ok(Name { id, files: vec![russh_sftp::protocol::File::dummy(real.to_string_lossy())] })
+    }
+
+    async fn rename(&mut self, id: u32, oldpath: String, newpath: String) -> Result<Status, Self::Error> {
+        // SFTP 3 renames never replace (as OpenSSH's server: a link, then an unlink).
+        fs::hard_link(&oldpath, &newpath).and_then(|()| fs::remove_file(&oldpath)).map_err(status)?;
+        Ok(ok(id))
+    }
+
+    async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
+        let target = fs::read_link(path).map_err(status)?;
+        Ok(Name { id, files: vec![russh_sftp::protocol::File::dummy(target.to_string_lossy())] })
+    }
+
+    async fn symlink(&mut self, id: u32, linkpath: String, targetpath: String) -> Result<Status, Self::Error> {
+        // OpenSSH's server takes them in this order too.
+        std::os::unix::fs::symlink(&linkpath, &targetpath).map_err(status)?;
+        Ok(ok(id))
+    }
+}
