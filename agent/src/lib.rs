@@ -19,8 +19,8 @@ mod pty;
 pub mod run_as;
 mod runtimes;
 mod server;
-pub mod sftp;
 mod session;
+pub mod sftp;
 mod signals;
 
 use std::future::Future;

@@ -389,13 +389,22 @@ impl russh::server::Handler for Connection {
 
     /// Answered at once, as OpenSSH clients wait for it: yes to the subsystems the
     /// channel's task will serve (SFTP only where its checks will pass), no to others.
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let served = match name {
             "sftp" => self.grant.as_ref().is_some_and(|g| sftp_refusal(g, &self.shared).is_none()),
             proto::exec::END_SESSION_SUBSYSTEM => true,
             _ => false,
         };
-        if served { session.channel_success(channel)? } else { session.channel_failure(channel)? }
+        if served {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
         Ok(())
     }
 
@@ -641,7 +650,9 @@ fn sftp_refusal(grant: &UserGrant, shared: &Shared) -> Option<String> {
         return Some(format!("user {} was removed from this fleet", grant.user));
     }
     if grant.isolation != proto::Isolation::Native || grant.session.is_some() {
-        return Some("file transfer (SFTP) reaches the node's own files: use it without --docker, --nspawn or -s".into());
+        return Some(
+            "file transfer (SFTP) reaches the node's own files: use it without --docker, --nspawn or -s".into(),
+        );
     }
     shared.run_as.login(&grant.user).err()
 }

@@ -65,7 +65,10 @@ impl tokio::io::AsyncWrite for Stream {
         std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -184,7 +187,10 @@ impl russh_sftp::server::Handler for Server {
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.open.remove(&handle) {
             // A file written to reports a late failure (a full disk) here, not as a success.
-            Some(Open::File(f)) => f.sync_data().or_else(|e| if e.kind() == ErrorKind::InvalidInput { Ok(()) } else { Err(e) }).map_err(status)?,
+            Some(Open::File(f)) => f
+                .sync_data()
+                .or_else(|e| if e.kind() == ErrorKind::InvalidInput { Ok(()) } else { Err(e) })
+                .map_err(status)?,
             Some(Open::Dir(_)) => {}
             None => return Err(bad_handle()),
         }

@@ -24,6 +24,9 @@ pub enum SshError {
         "node {node} refused the user certificate (its agent log says why); retry, and if it persists log in again"
     )]
     AuthRejected { node: String },
+    /// The node did not start an SFTP session.
+    #[error("file transfer with node {node} failed: {why}")]
+    Sftp { node: String, why: String },
     /// A port forward could not be set up, or one of its connections could not be opened.
     #[error("port forwarding through node {node} failed: {why}")]
     Forward { node: String, why: String },
@@ -334,6 +337,30 @@ impl Connection {
             .await
             .map_err(|e| SshError::Forward { node: self.node.clone(), why: format!("to {host}:{port}: {e}") })?;
         Ok(channel.into_stream())
+    }
+
+    /// An SFTP session with the node's SFTP server, on a channel of its own.
+    pub async fn sftp(&self) -> Result<russh_sftp::client::SftpSession, SshError> {
+        let stale = |e: russh::Error| SshError::Stale { node: self.node.clone(), why: e.to_string() };
+        let mut channel = self.handle.channel_open_session().await.map_err(stale)?;
+        channel.request_subsystem(true, "sftp").await.map_err(stale)?;
+        let refused = |why: &str| SshError::Sftp { node: self.node.clone(), why: why.to_owned() };
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) => {
+                    return Err(refused(
+                        "it refused SFTP (file transfer needs a native certificate outside a session; its agent log says why)",
+                    ));
+                }
+                Some(ChannelMsg::Close | ChannelMsg::Eof) | None => return Err(refused("it closed the channel")),
+                Some(_) => {}
+            }
+        }
+        let config = russh_sftp::client::Config { request_timeout_secs: 120, ..Default::default() };
+        russh_sftp::client::SftpSession::new_with_config(channel.into_stream(), config)
+            .await
+            .map_err(|e| refused(&format!("the SFTP session did not start: {e}")))
     }
 
     /// Asks the node to listen on its loopback `port` (0: any free one) and send each

@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use proto::Isolation;
 use proto::api::Target;
 use proto::request::{
-    Direction, FanOutRequest, Forward, NodeAddRequest, Request, RunRequest, SshLogin, TtyRequest, UpRequest,
+    CopyRequest, Direction, FanOutRequest, Forward, NodeAddRequest, Place, Request, RunRequest, SshLogin, TtyRequest,
+    UpRequest,
 };
 
 const AFTER_HELP: &str = "\
@@ -175,6 +176,24 @@ pub enum Command {
     Context(ContextCommand),
     /// Show who you are logged in as.
     Whoami,
+    /// Copy files to or from a node, as scp does (over SFTP, through openboxd's connection).
+    ///
+    /// One side is NODE:PATH (a node by name or id; tag:TAG:PATH for one node carrying
+    /// TAG), the other a path here. A remote PATH without a leading / is from the account's
+    /// home. Modes are kept; a progress line shows on a terminal.
+    ///   openbox cp build.tar box:/tmp/          into /tmp on box
+    ///   openbox cp -r box:src/ ./src-copy       a directory, everything in it
+    #[command(verbatim_doc_comment)]
+    Cp {
+        /// Copy directories too, with everything in them.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Where from: NODE:PATH, tag:TAG:PATH, or a path here.
+        src: String,
+        /// Where to: NODE:PATH, tag:TAG:PATH, or a path here (an existing directory takes
+        /// the source's name inside it).
+        dst: String,
+    },
     /// Write openbox's instructions for AI coding agents, in each one's own place and format:
     /// a Claude Code skill, a Cursor rule, GitHub Copilot instructions, Codex's AGENTS.md, an
     /// opencode agent. The text names this fleet's tags. Running it again replaces openbox's
@@ -541,6 +560,26 @@ impl Cli {
                 Request::SessionRemove { id: name("session id", &id)? }
             }
             Some(Command::Whoami) => Request::Whoami,
+            Some(Command::Cp { recursive, src, dst }) => {
+                let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
+                let (from, to) = (Place::parse(&src, &cwd)?, Place::parse(&dst, &cwd)?);
+                match (&from, &to) {
+                    (Place::Local { .. }, Place::Remote { .. }) | (Place::Remote { .. }, Place::Local { .. }) => {}
+                    (Place::Local { .. }, Place::Local { .. }) => {
+                        return Err(
+                            "both places are here: one side of `openbox cp` is NODE:PATH (use cp for local copies)"
+                                .into(),
+                        );
+                    }
+                    (Place::Remote { .. }, Place::Remote { .. }) => {
+                        return Err(
+                            "both places are on nodes: copy to here first, then on (one side is a local path)".into()
+                        );
+                    }
+                }
+                let progress = rustix::termios::isatty(std::io::stderr()) && !json;
+                Request::Copy(CopyRequest { from, to, recursive, progress })
+            }
             Some(Command::Dashboard { no_open }) => return Ok(Action::Dashboard { json, no_open }),
             Some(Command::Skill { agents, dir, global, print }) => {
                 const KNOWN: [&str; 5] = ["claude", "cursor", "copilot", "codex", "opencode"];

@@ -12,6 +12,7 @@ mod bootstrap;
 mod cap;
 mod commands;
 mod connect;
+mod copy;
 mod events;
 mod fanout;
 mod fleet;
@@ -195,6 +196,7 @@ async fn handle_with(
         Request::UserRevoke { name, on } => commands::user_revoke(d, &name, &on).await,
         Request::NodeToken { tags, ttl_secs } => commands::node_token(d, &tags, ttl_secs).await,
         Request::NodeAdd(req) => bootstrap::node_add(d, req, output).await,
+        Request::Copy(req) => copy::copy(d, req, output).await,
         Request::Nodes { tag } => commands::nodes(d, tag.as_deref()).await,
         Request::NodeRemove { node } => commands::node_remove(d, &node).await,
         Request::NodeTag { node, add, remove } => {

@@ -116,6 +116,8 @@ pub enum Request {
         ttl_secs: u64,
     },
     NodeAdd(NodeAddRequest),
+    /// `openbox cp SRC DST`: files to or from a node, over SFTP.
+    Copy(CopyRequest),
     /// `openbox skill`: openbox's instructions for AI coding agents, in each one's format.
     Skill {
         /// `claude`, `cursor`, `copilot`, `codex`, `opencode`.
@@ -187,6 +189,61 @@ pub struct RunRequest {
     /// Ports forwarded while it runs (`-L`, `-R`); with no command, until the caller stops.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<Forward>,
+}
+
+/// `openbox cp`: one side here, the other on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRequest {
+    pub from: Place,
+    pub to: Place,
+    /// Directories too, with everything in them.
+    pub recursive: bool,
+    /// Show progress on stderr (it is a terminal).
+    pub progress: bool,
+}
+
+/// One side of a copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Place {
+    /// A path on this machine, absolute.
+    Local { path: String },
+    /// A path on a node: absolute, or from the account's home.
+    Remote { target: crate::api::Target, path: String },
+}
+
+impl Place {
+    /// `NODE:PATH`, `tag:TAG:PATH`, or a local path (one with a `/` before any `:` — as
+    /// `./a:b` — is local, as for scp). A local path is made absolute against `cwd`.
+    pub fn parse(text: &str, cwd: &std::path::Path) -> Result<Place, String> {
+        let local = || Place::Local { path: cwd.join(text).display().to_string() };
+        let Some((host, rest)) = text.split_once(':') else { return Ok(local()) };
+        if host.contains('/') {
+            return Ok(local());
+        }
+        let (target, path) = match host {
+            "tag" => match rest.split_once(':') {
+                Some((tag, path)) => {
+                    crate::check_name("tag", tag).map_err(|e| e.to_string())?;
+                    (crate::api::Target::Tag(tag.to_owned()), path)
+                }
+                None => return Err(format!("{text:?}: a tag place is tag:TAG:PATH")),
+            },
+            "" => return Err(format!("{text:?}: name the node before the colon (NODE:PATH)")),
+            node => (crate::api::Target::Node(node.to_owned()), rest),
+        };
+        Ok(Place::Remote { target, path: if path.is_empty() { ".".into() } else { path.to_owned() } })
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Local { path } => f.write_str(path),
+            Place::Remote { target: crate::api::Target::Tag(t), path } => write!(f, "tag:{t}:{path}"),
+            Place::Remote { target: crate::api::Target::Node(n), path } => write!(f, "{n}:{path}"),
+        }
+    }
 }
 
 /// Which way a forward goes.
@@ -278,6 +335,23 @@ impl std::fmt::Display for Forward {
 #[cfg(test)]
 mod forward_tests {
     use super::*;
+
+    #[test]
+    fn copy_places_read_as_scp_reads_them() {
+        let cwd = std::path::Path::new("/home/me");
+        let node = |n: &str, p: &str| Place::Remote { target: crate::api::Target::Node(n.into()), path: p.into() };
+        assert_eq!(Place::parse("box:/etc/hosts", cwd).unwrap(), node("box", "/etc/hosts"));
+        assert_eq!(Place::parse("box:", cwd).unwrap(), node("box", "."));
+        assert_eq!(
+            Place::parse("tag:gpu:data/x", cwd).unwrap(),
+            Place::Remote { target: crate::api::Target::Tag("gpu".into()), path: "data/x".into() }
+        );
+        assert_eq!(Place::parse("a.txt", cwd).unwrap(), Place::Local { path: "/home/me/a.txt".into() });
+        assert_eq!(Place::parse("./a:b", cwd).unwrap(), Place::Local { path: "/home/me/./a:b".into() });
+        assert_eq!(Place::parse("/x/y:z", cwd).unwrap(), Place::Local { path: "/x/y:z".into() });
+        assert!(Place::parse(":x", cwd).is_err());
+        assert!(Place::parse("tag:gpu", cwd).is_err());
+    }
 
     #[test]
     fn forwards_parse_as_ssh_spells_them_and_bad_ones_say_the_form() {

@@ -1,0 +1,144 @@
+//! `openbox cp`: files and trees to and from a node over SFTP, byte-exact, modes kept, in
+//! constant memory, with clear errors — a missing path, a directory without -r, a full disk.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use openbox_e2e::{Agent, Cli, ControlPlane};
+
+fn fleet() -> (ControlPlane, Cli, Agent) {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["t"]);
+    (cp, admin, agent)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn a_gigabyte_goes_up_and_comes_back_byte_exact_in_constant_memory() {
+    let (_cp, admin, agent) = fleet();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let big = here.path().join("big.bin");
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 1073741824 /dev/urandom > {}", big.display()))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let remote = format!("{}:{}/", agent.name, there.path().display());
+    admin.run(&["cp", big.to_str().unwrap(), &remote]).ok();
+    let up = there.path().join("big.bin");
+    assert_eq!(sha256(&up), sha256(&big));
+    assert_eq!(mode(&up), 0o640);
+
+    let back = here.path().join("back.bin");
+    admin.run(&["cp", &format!("{}:{}", agent.name, up.display()), back.to_str().unwrap()]).ok();
+    assert_eq!(sha256(&back), sha256(&big));
+    assert_eq!(mode(&back), 0o640);
+    let pid = admin.daemon_status()["pid"].as_u64().unwrap() as u32;
+    let peak = openbox_e2e::peak_memory(pid);
+    assert!(peak < 100 * MIB, "openboxd peaked at {} MiB", peak / MIB);
+    let peak = openbox_e2e::peak_memory(agent.pid());
+    assert!(peak < 100 * MIB, "the agent peaked at {} MiB", peak / MIB);
+}
+
+#[test]
+fn a_tree_goes_both_ways_with_its_modes_and_a_tag_picks_the_node() {
+    let (_cp, admin, agent) = fleet();
+    let here = tempfile::tempdir().unwrap();
+    let src = here.path().join("tree");
+    std::fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    std::fs::write(src.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(src.join("sub/secret"), "s3cret").unwrap();
+    std::fs::set_permissions(src.join("sub/secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(src.join("sub/deeper/empty"), "").unwrap();
+    std::fs::set_permissions(src.join("sub/deeper"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let there = tempfile::tempdir().unwrap();
+
+    // Without -r a directory is refused, and nothing is made.
+    let remote = format!("tag:t:{}/", there.path().display());
+    admin.run(&["cp", src.to_str().unwrap(), &remote]).fails_with(1, "is a directory: add -r");
+    assert!(!there.path().join("tree").exists());
+
+    admin.run(&["cp", "-r", src.to_str().unwrap(), &remote]).ok();
+    let up = there.path().join("tree");
+    let diff = Command::new("diff").args(["-r"]).arg(&src).arg(&up).output().unwrap();
+    assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stdout));
+    for p in ["run.sh", "sub/secret", "sub/deeper"] {
+        assert_eq!(mode(&up.join(p)), mode(&src.join(p)), "{p}");
+    }
+
+    let back = here.path().join("back");
+    admin.run(&["cp", "-r", &format!("{}:{}", agent.name, up.display()), back.to_str().unwrap()]).ok();
+    let diff = Command::new("diff").args(["-r"]).arg(&src).arg(&back).output().unwrap();
+    assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stdout));
+    for p in ["run.sh", "sub/secret", "sub/deeper"] {
+        assert_eq!(mode(&back.join(p)), mode(&src.join(p)), "{p}");
+    }
+    // The JSON says what was copied.
+    let json = admin.run(&["cp", "-r", "--json", src.to_str().unwrap(), &remote]).ok().json();
+    assert_eq!((json["files"].as_u64(), json["directories"].as_u64()), (Some(3), Some(3)), "{json}");
+}
+
+#[test]
+fn a_missing_path_and_bad_places_are_clear_errors() {
+    let (_cp, admin, agent) = fleet();
+    let here = tempfile::tempdir().unwrap();
+    let missing = format!("{}:/nonexistent/file", agent.name);
+    admin.run(&["cp", &missing, here.path().to_str().unwrap()]).fails_with(1, "/nonexistent/file");
+    admin
+        .run(&["cp", here.path().join("nope").to_str().unwrap(), &format!("{}:/tmp/", agent.name)])
+        .fails_with(1, "nope");
+    admin.run(&["cp", "a", "b"]).fails_with(2, "both places are here");
+    admin.run(&["cp", &missing, &missing]).fails_with(2, "both places are on nodes");
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new() -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok =
+            Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(dir.path()).status().unwrap();
+        assert!(ok.success(), "mounting a tmpfs (the tests run as root)");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_on_either_side_fails_the_copy() {
+    let (_cp, admin, agent) = fleet();
+    let here = tempfile::tempdir().unwrap();
+    let four = here.path().join("four.bin");
+    std::fs::write(&four, vec![7u8; 4 << 20]).unwrap();
+    let disk = SmallDisk::new();
+    let remote = format!("{}:{}/four.bin", agent.name, disk.0.path().display());
+    admin.run(&["cp", four.to_str().unwrap(), &remote]).fails_with(1, "No space left on device");
+
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("four.bin"), vec![7u8; 4 << 20]).unwrap();
+    let from = format!("{}:{}/four.bin", agent.name, source.path().display());
+    let into = disk.0.path().join("down.bin");
+    admin.run(&["cp", &from, into.to_str().unwrap()]).fails_with(1, "No space left on device");
+}
