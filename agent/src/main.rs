@@ -99,7 +99,7 @@ fn start_again() -> ExitCode {
 fn main() -> ExitCode {
     // Started by the agent itself for an `sftp` channel, as the account it serves.
     if std::env::args_os().nth(1).is_some_and(|a| a == openbox_agent::sftp::SERVER_ARG) {
-        return match openbox_agent::sftp::serve() {
+        return match openbox_agent::sftp::serve(std::env::args_os().nth(2).as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("openbox agent sftp-server: {e}");

@@ -17,7 +17,7 @@ use crate::exec;
 use crate::identity::Identity;
 use crate::run_as::RunAs;
 use crate::runtimes::Runtimes;
-use crate::session::{Job, Sessions};
+use crate::session::{Files, Job, Sessions};
 
 /// State every connection reads: the identity (whose host certificate may be renewed) and
 /// the SSH server configuration built from it.
@@ -631,13 +631,51 @@ async fn serve_sftp(
         Ok(login) => login,
         Err(why) => return out.refuse(&why).await,
     };
+    tracing::info!(user = %grant.user, key_id = %grant.key_id, session = ?grant.session, "sftp");
+    let Some(session) = &grant.session else {
+        return start_sftp(None, login, timeout, read, out).await;
+    };
+    let job = Job {
+        command: "",
+        isolation: &grant.isolation,
+        owner: grant.incarnation.as_deref(),
+        runtimes: &shared.runtimes,
+        env: &[],
+        timeout,
+        login,
+    };
+    let serve = |files, out: ChannelOut| async move {
+        match files {
+            Files::Host => start_sftp(None, login, timeout, read, out).await,
+            // A container's files are its root's: the server serves them as that root.
+            Files::Root(_) if login.is_some_and(|l| l.uid != 0) => {
+                out.refuse("file transfer into a container runs as its root, which this node does not map you to")
+                    .await;
+            }
+            Files::Root(pid) => start_sftp(Some(pid), None, timeout, read, out).await,
+        }
+    };
+    shared.sessions.visit(&grant.user, session, job, out, serve).await;
+}
+
+/// Starts the agent's SFTP server for the channel: as `login`, over the node's files, or
+/// (as root) over the filesystem of the process `root`'s container.
+async fn start_sftp(
+    root: Option<u32>,
+    login: Option<&crate::run_as::Login>,
+    timeout: Option<std::time::Duration>,
+    read: russh::ChannelReadHalf,
+    out: ChannelOut,
+) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => return out.refuse(&format!("cannot find the agent's own binary for SFTP: {e}")).await,
     };
-    tracing::info!(user = %grant.user, key_id = %grant.key_id, "sftp");
     let mut cmd = exec::native_command(&exe, &[], login);
     cmd.arg(crate::sftp::SERVER_ARG);
+    if let Some(pid) = root {
+        cmd.arg(format!("/proc/{pid}/root"));
+    }
     exec::run_process(cmd, exec::Tree::Group, timeout, read, out).await;
 }
 
@@ -649,9 +687,10 @@ fn sftp_refusal(grant: &UserGrant, shared: &Shared) -> Option<String> {
     if shared.is_revoked(grant) {
         return Some(format!("user {} was removed from this fleet", grant.user));
     }
-    if grant.isolation != proto::Isolation::Native || grant.session.is_some() {
+    if grant.isolation != proto::Isolation::Native && grant.session.is_none() {
         return Some(
-            "file transfer (SFTP) reaches the node's own files: use it without --docker, --nspawn or -s".into(),
+            "a one-shot container keeps no files to transfer: copy into a session's container (-s SID) or the node"
+                .into(),
         );
     }
     shared.run_as.login(&grant.user).err()

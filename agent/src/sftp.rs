@@ -19,8 +19,13 @@ pub const SERVER_ARG: &str = "sftp-server";
 /// The most a read returns at once (clients ask for 32–256 KiB).
 const READ_MAX: u32 = 256 * 1024;
 
-/// Serves SFTP on this process's stdin and stdout until the client closes it.
-pub fn serve() -> std::io::Result<()> {
+/// Serves SFTP on this process's stdin and stdout until the client closes it — over the
+/// filesystem under `root` (a container's, as `/proc/PID/root`), when given.
+pub fn serve(root: Option<&std::ffi::OsStr>) -> std::io::Result<()> {
+    if let Some(root) = root {
+        rustix::process::chroot(root)?;
+        std::env::set_current_dir("/")?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let (done_tx, done) = tokio::sync::oneshot::channel();

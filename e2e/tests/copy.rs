@@ -142,3 +142,32 @@ fn a_full_disk_on_either_side_fails_the_copy() {
     let into = disk.0.path().join("down.bin");
     admin.run(&["cp", &from, into.to_str().unwrap()]).fails_with(1, "No space left on device");
 }
+
+/// Copies a file into session `box`'s container and one out of it, and checks that the
+/// session's commands see the one and made the other — and that neither is on the host.
+fn check_copy_through_a_session(f: &openbox_e2e::IsolatedFleet) {
+    let dir = "/obx-copy-session";
+    f.run(&["-s", "box"], &format!("mkdir -p {dir} && echo made-inside > {dir}/made")).ok();
+    let here = tempfile::tempdir().unwrap();
+    std::fs::write(here.path().join("in.txt"), "sent-in\n").unwrap();
+    let node = &f.agent.name;
+    f.cli.run(&["cp", "-s", "box", here.path().join("in.txt").to_str().unwrap(), &format!("{node}:{dir}/")]).ok();
+    assert_eq!(f.run(&["-s", "box"], &format!("cat {dir}/in.txt")).ok().stdout, "sent-in\n");
+    f.cli.run(&["cp", "-s", "box", &format!("{node}:{dir}/made"), here.path().to_str().unwrap()]).ok();
+    assert_eq!(std::fs::read_to_string(here.path().join("made")).unwrap(), "made-inside\n");
+    assert!(!Path::new(dir).exists(), "the copy went into the container, not the host");
+    // A session's node is the one named.
+    f.cli
+        .run(&["cp", "-s", "box", here.path().join("in.txt").to_str().unwrap(), "elsewhere:/tmp/"])
+        .fails_with(1, "is on node");
+}
+
+#[test]
+fn a_copy_goes_into_and_out_of_a_docker_sessions_container() {
+    check_copy_through_a_session(&openbox_e2e::IsolatedFleet::docker(&[]));
+}
+
+#[test]
+fn a_copy_goes_into_and_out_of_an_nspawn_sessions_container() {
+    check_copy_through_a_session(&openbox_e2e::IsolatedFleet::nspawn(&[]));
+}

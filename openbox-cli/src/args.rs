@@ -183,11 +183,15 @@ pub enum Command {
     /// home. Modes are kept; a progress line shows on a terminal.
     ///   openbox cp build.tar box:/tmp/          into /tmp on box
     ///   openbox cp -r box:src/ ./src-copy       a directory, everything in it
+    ///   openbox cp -s build app.py box:/src/    into session build's container on box
     #[command(verbatim_doc_comment)]
     Cp {
         /// Copy directories too, with everything in them.
         #[arg(short = 'r', long)]
         recursive: bool,
+        /// Into or out of this session's container (the node side names the session's node).
+        #[arg(short = 's', long, value_name = "SID")]
+        session: Option<String>,
         /// Where from: NODE:PATH, tag:TAG:PATH, or a path here.
         src: String,
         /// Where to: NODE:PATH, tag:TAG:PATH, or a path here (an existing directory takes
@@ -560,7 +564,8 @@ impl Cli {
                 Request::SessionRemove { id: name("session id", &id)? }
             }
             Some(Command::Whoami) => Request::Whoami,
-            Some(Command::Cp { recursive, src, dst }) => {
+            Some(Command::Cp { recursive, session, src, dst }) => {
+                let session = session.map(|s| name("session id", &s)).transpose()?;
                 let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
                 let (from, to) = (Place::parse(&src, &cwd)?, Place::parse(&dst, &cwd)?);
                 match (&from, &to) {
@@ -578,7 +583,7 @@ impl Cli {
                     }
                 }
                 let progress = rustix::termios::isatty(std::io::stderr()) && !json;
-                Request::Copy(CopyRequest { from, to, recursive, progress })
+                Request::Copy(CopyRequest { from, to, recursive, progress, session })
             }
             Some(Command::Dashboard { no_open }) => return Ok(Action::Dashboard { json, no_open }),
             Some(Command::Skill { agents, dir, global, print }) => {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use proto::api::{SessionInfo, Target};
 use proto::request::{CopyRequest, Place};
 use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
@@ -39,8 +40,12 @@ pub async fn copy(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
         _ => bail!("one side of a copy is NODE:PATH, the other a path here"),
     };
     let acct = d.account()?;
-    let native = proto::Isolation::Native;
-    let want = Want { target, session: None, isolation: &native, command: None };
+    // A session's files: its node, and a certificate for its isolation.
+    let (target, isolation) = match &req.session {
+        Some(sid) => session_place(d, sid, target).await?,
+        None => (target.clone(), proto::Isolation::Native),
+    };
+    let want = Want { target: &target, session: req.session.as_deref(), isolation: &isolation, command: None };
     let (node, conn) = connect(d, &acct, want).await?;
     let sftp = conn.sftp().await?;
     let mut run = Run { sftp, node: node.name.clone(), progress: Progress::new(req.progress), stats: Stats::default() };
@@ -65,6 +70,23 @@ pub async fn copy(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
         bytes: run.stats.bytes,
     };
     Ok(Reply { json: to_json(&copied), text: String::new(), warnings: Vec::new() })
+}
+
+/// Where session `sid` is, and what it runs under — as the control plane's directory
+/// says; `named` (the node side of the copy) must be its node.
+async fn session_place(d: &Daemon, sid: &str, named: &Target) -> anyhow::Result<(Target, proto::Isolation)> {
+    let sessions: Vec<SessionInfo> = d.login()?.client()?.get("/v1/sessions").await?;
+    let Some(s) = sessions.into_iter().find(|s| s.id == sid) else {
+        bail!("you have no session {sid:?}: start it with a command first (openbox -t TAG -s {sid} … true)");
+    };
+    let Some(isolation) = s.isolation else { bail!("session {sid:?}: {}", s.state) };
+    if let Target::Node(n) = named
+        && n != &s.node_id
+        && n != &s.node_name
+    {
+        bail!("session {sid:?} is on node {}, not {n}", s.node_name);
+    }
+    Ok((Target::Node(s.node_id), isolation))
 }
 
 #[derive(Default)]

@@ -200,6 +200,9 @@ pub struct CopyRequest {
     pub recursive: bool,
     /// Show progress on stderr (it is a terminal).
     pub progress: bool,
+    /// Into or out of this session's container (or shell, for a native session).
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 /// One side of a copy.

@@ -50,7 +50,8 @@ struct Slot {
     last_used: u64,
     /// Monotonic time of last use, for reaping.
     idle_since: Option<Instant>,
-    /// Terminals open in its container (`-i`): it is in use while there are any.
+    /// Terminals open in its container (`-i`) and file transfers into it: it is in use
+    /// while there are any.
     terminals: usize,
 }
 
@@ -59,6 +60,14 @@ struct Slot {
 enum Place {
     Docker(crate::docker::Engine, String),
     Nspawn(u32),
+}
+
+/// Where a session's files are, for file transfer into it.
+pub enum Files {
+    /// The node's own (a native session).
+    Host,
+    /// Under the root of this process on the node (its container's first process).
+    Root(u32),
 }
 
 /// One command for a session.
@@ -310,6 +319,43 @@ impl Sessions {
         };
         drop(s);
         out.finish(outcome).await;
+    }
+
+    /// Runs `visit` with the session's files (starting the session if needed): the node's
+    /// own for a native session, else its container's root, seen from here. The session is
+    /// in use, and is not reaped, while `visit` runs.
+    pub async fn visit<F, Fut>(&self, user: &str, id: &str, job: Job<'_>, out: ChannelOut, visit: F)
+    where
+        F: FnOnce(Files, ChannelOut) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let key = (user.to_owned(), id.to_owned());
+        let slot = self.slot(&key);
+        let mut s = slot.lock().await;
+        if !self.ensure_shell(&mut s, id, &job, &out).await {
+            return;
+        }
+        let files = match s.shell.as_ref().map(|shell| &shell.host) {
+            Some(shell::ShellHost::Container(c)) => c.pid.map(Files::Root),
+            Some(shell::ShellHost::Process { nspawn: true, root, .. }) => root.map(Files::Root),
+            Some(shell::ShellHost::Process { nspawn: false, .. }) => Some(Files::Host),
+            None => None,
+        };
+        let Some(files) = files else {
+            return out
+                .refuse(&format!(
+                    "session {id}'s container files cannot be reached from here (its engine runs elsewhere)"
+                ))
+                .await;
+        };
+        s.terminals += 1;
+        s.last_used = proto::time::now();
+        drop(s);
+        visit(files, out).await;
+        let mut s = slot.lock().await;
+        s.terminals -= 1;
+        s.last_used = proto::time::now();
+        s.idle_since = Some(Instant::now());
     }
 
     /// Opens a terminal in the session's container (starting the session if needed): a
