@@ -106,6 +106,7 @@ class Sshd:
                 f"PidFile {self.dir}/sshd.pid\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
                 "UsePAM no\nStrictModes no\nUseDNS no\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nMaxSessions 100\nMaxStartups 100\n"
+                "Subsystem sftp internal-sftp\n"
             )
         os.makedirs("/run/sshd", exist_ok=True)
         sh("/usr/sbin/sshd", "-f", f"{self.dir}/sshd_config", "-E", f"{self.dir}/sshd.log")

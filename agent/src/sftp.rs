@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
+use std::os::fd::AsFd as _;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -29,17 +30,22 @@ pub fn serve(root: Option<&std::ffi::OsStr>) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let (done_tx, done) = tokio::sync::oneshot::channel();
-        let stream = Stream { io: tokio::io::join(tokio::io::stdin(), tokio::io::stdout()), done: Some(done_tx) };
+        // The agent gave this process a pipe each way: read and written without blocking
+        // threads in between (tokio's stdin and stdout go through one per call).
+        let own = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned();
+        let input = tokio::net::unix::pipe::Receiver::from_owned_fd(own(std::io::stdin().as_fd())?)?;
+        let output = tokio::net::unix::pipe::Sender::from_owned_fd(own(std::io::stdout().as_fd())?)?;
+        let stream = Stream { io: tokio::io::join(input, output), done: Some(done_tx) };
         russh_sftp::server::run(stream, Server::default()).await;
         // The server drops the stream when the client is gone.
         let _ = done.await;
-    });
-    Ok(())
+        Ok::<(), std::io::Error>(())
+    })
 }
 
 /// Stdin and stdout as one stream that says when it is dropped.
 struct Stream {
-    io: tokio::io::Join<tokio::io::Stdin, tokio::io::Stdout>,
+    io: tokio::io::Join<tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Sender>,
     done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 

@@ -357,7 +357,15 @@ impl Connection {
                 Some(_) => {}
             }
         }
-        let config = russh_sftp::client::Config { request_timeout_secs: 120, ..Default::default() };
+        // Larger writes, more of them in flight: a file streams at the speed of the link, not
+        // of round trips (our server takes packets up to 256 KiB, as OpenSSH's does).
+        let config = russh_sftp::client::Config {
+            request_timeout_secs: 120,
+            max_write_packet_len: 128 * 1024,
+            max_concurrent_writes: 32,
+            max_concurrent_reads: 32,
+            ..Default::default()
+        };
         russh_sftp::client::SftpSession::new_with_config(channel.into_stream(), config)
             .await
             .map_err(|e| refused(&format!("the SFTP session did not start: {e}")))
