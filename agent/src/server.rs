@@ -667,6 +667,9 @@ async fn start_sftp(
     read: russh::ChannelReadHalf,
     out: ChannelOut,
 ) {
+    if root.is_none() && login.is_none() {
+        return crate::sftp::serve_in_agent(read, out).await;
+    }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => return out.refuse(&format!("cannot find the agent's own binary for SFTP: {e}")).await,

@@ -36,20 +36,62 @@ pub fn serve(root: Option<&std::ffi::OsStr>) -> std::io::Result<()> {
         let input = tokio::net::unix::pipe::Receiver::from_owned_fd(own(std::io::stdin().as_fd())?)?;
         let output = tokio::net::unix::pipe::Sender::from_owned_fd(own(std::io::stdout().as_fd())?)?;
         let stream = Stream { io: tokio::io::join(input, output), done: Some(done_tx) };
-        russh_sftp::server::run(stream, Server::default()).await;
+        // Started in the account's home (or, chrooted, at the container's root).
+        russh_sftp::server::run(stream, Server::new(std::env::current_dir()?)).await;
         // The server drops the stream when the client is gone.
         let _ = done.await;
         Ok::<(), std::io::Error>(())
     })
 }
 
-/// Stdin and stdout as one stream that says when it is dropped.
-struct Stream {
-    io: tokio::io::Join<tokio::net::unix::pipe::Receiver, tokio::net::unix::pipe::Sender>,
+/// Serves SFTP within the agent's own process — as the agent's account, over the node's
+/// files, which is what a process of its own would be when no account is mapped — so no
+/// process is started and no pipe crossed: the channel's bytes go to the server through
+/// memory, and the caller's window reopens as the server takes them.
+pub async fn serve_in_agent(mut read: russh::ChannelReadHalf, out: crate::channel::ChannelOut) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let (mut from_server, mut to_server) = tokio::io::split(ours);
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+    russh_sftp::server::run(Stream { io: theirs, done: Some(done_tx) }, Server::new(home)).await;
+    let window = crate::channel::Window::new(out.handle.clone(), out.id);
+    let inbound = async {
+        while let Some(msg) = read.wait().await {
+            match msg {
+                russh::ChannelMsg::Data { data } => {
+                    let taken = to_server.write_all(&data).await;
+                    window.used(data.len());
+                    if taken.is_err() {
+                        break;
+                    }
+                }
+                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = to_server.shutdown().await;
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(n) = from_server.read(&mut buf).await {
+            if n == 0 || !out.stdout(&buf[..n]).await {
+                break;
+            }
+        }
+    };
+    tokio::join!(inbound, outbound);
+    let _ = done.await;
+    out.finish(crate::channel::Outcome::Code(0)).await;
+}
+
+/// A byte stream for the server that says when it is dropped (the client is gone).
+struct Stream<T> {
+    io: T,
     done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl Drop for Stream {
+impl<T> Drop for Stream<T> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             let _ = done.send(());
@@ -57,7 +99,7 @@ impl Drop for Stream {
     }
 }
 
-impl tokio::io::AsyncRead for Stream {
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stream<T> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -67,7 +109,7 @@ impl tokio::io::AsyncRead for Stream {
     }
 }
 
-impl tokio::io::AsyncWrite for Stream {
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stream<T> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -97,10 +139,11 @@ enum Open {
     Dir(Option<Vec<russh_sftp::protocol::File>>),
 }
 
-#[derive(Default)]
 struct Server {
     open: HashMap<String, Open>,
     next: u64,
+    /// Where relative paths start: the account's home, as with sshd.
+    home: PathBuf,
 }
 
 /// An I/O error as the client hears it: its kind, and the system's words.
@@ -144,6 +187,15 @@ fn apply(path: &Path, file: Option<&File>, attrs: &FileAttributes) -> std::io::R
 }
 
 impl Server {
+    fn new(home: PathBuf) -> Server {
+        Server { open: HashMap::new(), next: 0, home }
+    }
+
+    /// `path` as given, from the home directory when relative.
+    fn at(&self, path: &str) -> PathBuf {
+        self.home.join(path)
+    }
+
     fn add(&mut self, open: Open) -> String {
         self.next += 1;
         let handle = self.next.to_string();
@@ -191,18 +243,14 @@ impl russh_sftp::server::Handler for Server {
                 options.create(true);
             }
         }
-        let file = options.open(&filename).map_err(status)?;
+        let file = options.open(self.at(&filename)).map_err(status)?;
         Ok(Handle { id, handle: self.add(Open::File(file)) })
     }
 
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.open.remove(&handle) {
-            // A file written to reports a late failure (a full disk) here, not as a success.
-            Some(Open::File(f)) => f
-                .sync_data()
-                .or_else(|e| if e.kind() == ErrorKind::InvalidInput { Ok(()) } else { Err(e) })
-                .map_err(status)?,
-            Some(Open::Dir(_)) => {}
+            // A full disk was told at the write (close(2) of a local file adds nothing).
+            Some(Open::File(_) | Open::Dir(_)) => {}
             None => return Err(bad_handle()),
         }
         Ok(ok(id))
@@ -225,11 +273,11 @@ impl russh_sftp::server::Handler for Server {
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        Ok(Attrs { id, attrs: (&fs::symlink_metadata(path).map_err(status)?).into() })
+        Ok(Attrs { id, attrs: (&fs::symlink_metadata(self.at(&path)).map_err(status)?).into() })
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
-        Ok(Attrs { id, attrs: (&fs::metadata(path).map_err(status)?).into() })
+        Ok(Attrs { id, attrs: (&fs::metadata(self.at(&path)).map_err(status)?).into() })
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Result<Attrs, Self::Error> {
@@ -237,7 +285,7 @@ impl russh_sftp::server::Handler for Server {
     }
 
     async fn setstat(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
-        apply(Path::new(&path), None, &attrs).map_err(status)?;
+        apply(&self.at(&path), None, &attrs).map_err(status)?;
         Ok(ok(id))
     }
 
@@ -251,11 +299,11 @@ impl russh_sftp::server::Handler for Server {
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
         let mut entries = Vec::new();
         for dot in [".", ".."] {
-            if let Ok(meta) = fs::symlink_metadata(Path::new(&path).join(dot)) {
+            if let Ok(meta) = fs::symlink_metadata(self.at(&path).join(dot)) {
                 entries.push(russh_sftp::protocol::File::new(dot, (&meta).into()));
             }
         }
-        for entry in fs::read_dir(&path).map_err(status)? {
+        for entry in fs::read_dir(self.at(&path)).map_err(status)? {
             let entry = entry.map_err(status)?;
             let Ok(meta) = entry.metadata() else { continue }; // gone meanwhile
             entries.push(russh_sftp::protocol::File::new(entry.file_name().to_string_lossy(), (&meta).into()));
@@ -274,40 +322,44 @@ impl russh_sftp::server::Handler for Server {
     }
 
     async fn remove(&mut self, id: u32, filename: String) -> Result<Status, Self::Error> {
-        fs::remove_file(filename).map_err(status)?;
+        fs::remove_file(self.at(&filename)).map_err(status)?;
         Ok(ok(id))
     }
 
     async fn mkdir(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
-        fs::DirBuilder::new().mode(attrs.permissions.unwrap_or(0o777) & 0o7777).create(path).map_err(status)?;
+        fs::DirBuilder::new()
+            .mode(attrs.permissions.unwrap_or(0o777) & 0o7777)
+            .create(self.at(&path))
+            .map_err(status)?;
         Ok(ok(id))
     }
 
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
-        fs::remove_dir(path).map_err(status)?;
+        fs::remove_dir(self.at(&path)).map_err(status)?;
         Ok(ok(id))
     }
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
         let path = if path.is_empty() { ".".to_owned() } else { path };
-        let real = fs::canonicalize(&path).map_err(status)?;
+        let real = fs::canonicalize(self.at(&path)).map_err(status)?;
         Ok(Name { id, files: vec![russh_sftp::protocol::File::dummy(real.to_string_lossy())] })
     }
 
     async fn rename(&mut self, id: u32, oldpath: String, newpath: String) -> Result<Status, Self::Error> {
         // SFTP 3 renames never replace (as OpenSSH's server: a link, then an unlink).
-        fs::hard_link(&oldpath, &newpath).and_then(|()| fs::remove_file(&oldpath)).map_err(status)?;
+        let (old, new) = (self.at(&oldpath), self.at(&newpath));
+        fs::hard_link(&old, &new).and_then(|()| fs::remove_file(&old)).map_err(status)?;
         Ok(ok(id))
     }
 
     async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
-        let target = fs::read_link(path).map_err(status)?;
+        let target = fs::read_link(self.at(&path)).map_err(status)?;
         Ok(Name { id, files: vec![russh_sftp::protocol::File::dummy(target.to_string_lossy())] })
     }
 
     async fn symlink(&mut self, id: u32, linkpath: String, targetpath: String) -> Result<Status, Self::Error> {
         // OpenSSH's server takes them in this order too.
-        std::os::unix::fs::symlink(&linkpath, &targetpath).map_err(status)?;
+        std::os::unix::fs::symlink(&linkpath, self.at(&targetpath)).map_err(status)?;
         Ok(ok(id))
     }
 }

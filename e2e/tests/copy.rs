@@ -171,3 +171,13 @@ fn a_copy_goes_into_and_out_of_a_docker_sessions_container() {
 fn a_copy_goes_into_and_out_of_an_nspawn_sessions_container() {
     check_copy_through_a_session(&openbox_e2e::IsolatedFleet::nspawn(&[]));
 }
+
+#[test]
+fn a_relative_path_on_the_node_starts_at_home_as_commands_do() {
+    let (_cp, admin, agent) = fleet();
+    let here = tempfile::tempdir().unwrap();
+    let name = format!("obx-rel-{}.txt", std::process::id());
+    std::fs::write(here.path().join("f"), "relative\n").unwrap();
+    admin.run(&["cp", here.path().join("f").to_str().unwrap(), &format!("{}:{name}", agent.name)]).ok();
+    assert_eq!(admin.run(&["-n", &agent.name, &format!("cat {name} && rm {name}")]).ok().stdout, "relative\n");
+}
