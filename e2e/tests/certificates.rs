@@ -293,6 +293,20 @@ fn a_stock_sftp_client_with_an_openbox_certificate_puts_and_gets_files() {
     assert_eq!(std::fs::read(there.path().join("sub/moved.bin")).unwrap(), data);
     let mode = std::fs::metadata(there.path().join("sub/moved.bin")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "put -p keeps the mode");
+    // scp speaks SFTP to the same server (OpenSSH >= 9; -s says so on any version).
+    let (host, port) = n.agent.addr.rsplit_once(':').unwrap();
+    let p = |f: &str| files.dir.path().join(f).to_str().unwrap().to_owned();
+    let scp = Command::new("scp")
+        .args(["-s", "-p", "-F", "/dev/null", "-i", &p("id"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+        .args(["-o", &format!("UserKnownHostsFile={}", p("known_hosts")), "-o", "GlobalKnownHostsFile=/dev/null"])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", &format!("HostKeyAlias={}", n.agent.node_id)])
+        .args(["-o", &format!("CertificateFile={}", p("id-cert.pub")), "-P", port])
+        .arg(work.path().join("up.bin"))
+        .arg(format!("admin@{host}:{remote}/by-scp.bin"))
+        .output()
+        .unwrap();
+    assert!(scp.status.success(), "{}", String::from_utf8_lossy(&scp.stderr));
+    assert_eq!(std::fs::read(there.path().join("by-scp.bin")).unwrap(), data);
     // A missing file is an error the client reports, and the batch stops.
     let out = files.sftp(&n.agent, "admin", &format!("get {remote}/nope {}/x\n", work.path().display()));
     assert!(!out.status.success());

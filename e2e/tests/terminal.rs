@@ -214,3 +214,17 @@ fn a_native_session_has_no_container_to_open_a_terminal_in() {
     tmux.shows("no container to open a terminal in");
     tmux.shows("local-exit-255");
 }
+
+#[test]
+fn ctrl_z_stops_the_remote_job_not_openbox() {
+    let (_cp, admin, agent) = fleet();
+    let tmux = Tmux::start(&admin, 100, 30);
+    tmux.line(&format!("{} -n {} -i; echo local-exit-$?", openbox(), agent.name));
+    tmux.line("echo suspending-$((2+2)); sleep 300");
+    tmux.shows("suspending-4");
+    tmux.run(&["send-keys", "-t", "0", "C-z"]);
+    // The remote shell stopped its job (128 + SIGTSTP) and still answers.
+    tmux.line("echo suspended-$?; kill -9 %1; disown -a; exit 0");
+    tmux.shows("suspended-148");
+    tmux.shows("local-exit-0");
+}
