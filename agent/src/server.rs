@@ -527,18 +527,19 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     tracing::debug!(command = %telemetry::untrusted(text), "exec");
     let node_id = shared.identity().node_id;
     let env = [(proto::exec::USER_ENV, grant.user.as_str()), (proto::exec::NODE_ENV, node_id.as_str())];
+    let job = |command| Job {
+        command,
+        isolation,
+        owner: grant.incarnation.as_deref(),
+        runtimes: &shared.runtimes,
+        env: &env,
+        timeout,
+        login,
+    };
     if let Some(pty) = pty {
         if let Some(session) = &grant.session {
-            let job = Job {
-                // Empty: a login shell.
-                command: command.as_deref().unwrap_or_default(),
-                isolation,
-                owner: grant.incarnation.as_deref(),
-                runtimes: &shared.runtimes,
-                env: &env,
-                timeout,
-                login,
-            };
+            // An empty command: a login shell.
+            let job = job(command.as_deref().unwrap_or_default());
             return shared.sessions.terminal(&grant.user, session, job, &pty, read, out).await;
         }
         if let proto::Isolation::Docker { image, limits } = isolation {
@@ -552,16 +553,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     }
     let Some(command) = command else { return }; // a shell is asked for only with a terminal
     if let Some(session) = &grant.session {
-        let job = Job {
-            command: &command,
-            isolation,
-            owner: grant.incarnation.as_deref(),
-            runtimes: &shared.runtimes,
-            env: &env,
-            timeout,
-            login,
-        };
-        return shared.sessions.run(&grant.user, session, job, &out, read).await;
+        return shared.sessions.run(&grant.user, session, job(&command), &out, read).await;
     }
     match isolation {
         proto::Isolation::Native => exec::run_native(&command, &env, login, timeout, read, out).await,

@@ -222,15 +222,31 @@ impl SshFiles {
         SshFiles { dir }
     }
 
+    /// The options OpenSSH's clients need to log in to `agent` with these files.
+    fn options(&self, agent: &Agent) -> Vec<String> {
+        let p = |f: &str| self.dir.path().join(f).to_str().unwrap().to_owned();
+        let mut o: Vec<String> = ["-F", "/dev/null", "-i", &p("id"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+            .map(str::to_owned)
+            .to_vec();
+        for opt in [
+            format!("UserKnownHostsFile={}", p("known_hosts")),
+            "GlobalKnownHostsFile=/dev/null".to_owned(),
+            "StrictHostKeyChecking=yes".to_owned(),
+            format!("HostKeyAlias={}", agent.node_id),
+        ] {
+            o.extend(["-o".to_owned(), opt]);
+        }
+        if std::path::Path::new(&p("id-cert.pub")).exists() {
+            o.extend(["-o".to_owned(), format!("CertificateFile={}", p("id-cert.pub"))]);
+        }
+        o
+    }
+
     /// `sftp -b -` with `batch` as its commands.
     fn sftp(&self, agent: &Agent, user: &str, batch: &str) -> std::process::Output {
         let (host, port) = agent.addr.rsplit_once(':').unwrap();
-        let p = |f: &str| self.dir.path().join(f).to_str().unwrap().to_owned();
         let mut child = Command::new("sftp")
-            .args(["-F", "/dev/null", "-i", &p("id"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-            .args(["-o", &format!("UserKnownHostsFile={}", p("known_hosts")), "-o", "GlobalKnownHostsFile=/dev/null"])
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", &format!("HostKeyAlias={}", agent.node_id)])
-            .args(["-o", &format!("CertificateFile={}", p("id-cert.pub"))])
+            .args(self.options(agent))
             .args(["-P", port, "-b", "-", &format!("{user}@{host}")])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -242,18 +258,24 @@ impl SshFiles {
         child.wait_with_output().unwrap()
     }
 
+    /// `scp -s -p SRC DST` (either may be `USER@HOST:PATH` for `agent`).
+    fn scp(&self, agent: &Agent, src: &str, dst: &str) -> std::process::Output {
+        let (_, port) = agent.addr.rsplit_once(':').unwrap();
+        Command::new("scp")
+            .args(["-s", "-p"])
+            .args(self.options(agent))
+            .args(["-P", port, src, dst])
+            .output()
+            .expect("the OpenSSH scp client must be installed")
+    }
+
     fn ssh(&self, agent: &Agent, user: &str, command: &str) -> std::process::Output {
         let (host, port) = agent.addr.rsplit_once(':').unwrap();
-        let p = |f: &str| self.dir.path().join(f).to_str().unwrap().to_owned();
-        let mut cmd = Command::new("ssh");
-        cmd.args(["-F", "/dev/null", "-i", &p("id"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-            .args(["-o", &format!("UserKnownHostsFile={}", p("known_hosts")), "-o", "GlobalKnownHostsFile=/dev/null"])
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", &format!("HostKeyAlias={}", agent.node_id)])
-            .args(["-p", port, &format!("{user}@{host}"), command]);
-        if std::path::Path::new(&p("id-cert.pub")).exists() {
-            cmd.args(["-o", &format!("CertificateFile={}", p("id-cert.pub"))]);
-        }
-        cmd.output().expect("the OpenSSH client (ssh) must be installed")
+        Command::new("ssh")
+            .args(self.options(agent))
+            .args(["-p", port, &format!("{user}@{host}"), command])
+            .output()
+            .expect("the OpenSSH client (ssh) must be installed")
     }
 }
 
@@ -294,17 +316,9 @@ fn a_stock_sftp_client_with_an_openbox_certificate_puts_and_gets_files() {
     let mode = std::fs::metadata(there.path().join("sub/moved.bin")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "put -p keeps the mode");
     // scp speaks SFTP to the same server (OpenSSH >= 9; -s says so on any version).
-    let (host, port) = n.agent.addr.rsplit_once(':').unwrap();
-    let p = |f: &str| files.dir.path().join(f).to_str().unwrap().to_owned();
-    let scp = Command::new("scp")
-        .args(["-s", "-p", "-F", "/dev/null", "-i", &p("id"), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-        .args(["-o", &format!("UserKnownHostsFile={}", p("known_hosts")), "-o", "GlobalKnownHostsFile=/dev/null"])
-        .args(["-o", "StrictHostKeyChecking=yes", "-o", &format!("HostKeyAlias={}", n.agent.node_id)])
-        .args(["-o", &format!("CertificateFile={}", p("id-cert.pub")), "-P", port])
-        .arg(work.path().join("up.bin"))
-        .arg(format!("admin@{host}:{remote}/by-scp.bin"))
-        .output()
-        .unwrap();
+    let host = n.agent.addr.rsplit_once(':').unwrap().0;
+    let up = work.path().join("up.bin");
+    let scp = files.scp(&n.agent, up.to_str().unwrap(), &format!("admin@{host}:{remote}/by-scp.bin"));
     assert!(scp.status.success(), "{}", String::from_utf8_lossy(&scp.stderr));
     assert_eq!(std::fs::read(there.path().join("by-scp.bin")).unwrap(), data);
     // A missing file is an error the client reports, and the batch stops.

@@ -100,8 +100,9 @@ fn check_shell_in_terminal(cli: &Cli, args: &[&str], who: &str) {
     tmux.run(&["resize-window", "-t", "0", "-x", "120", "-y", "40"]);
     tmux.line("echo resized-$(stty size | tr ' ' x)");
     tmux.shows("resized-40x120");
-    // Once the marker is on the screen, sleep has started: the keys travel after it.
-    tmux.line("echo sleeping-$((1+1)); sleep 300");
+    // One process that says it runs, then becomes sleep: a Ctrl-C sent once the marker
+    // shows reaches it, before or after the exec.
+    tmux.line("sh -c 'echo sleeping-$((1+1)); exec sleep 300'");
     tmux.shows("sleeping-2");
     tmux.run(&["send-keys", "-t", "0", "C-c"]);
     tmux.line("echo interrupted-$?");
