@@ -181,3 +181,25 @@ fn a_relative_path_on_the_node_starts_at_home_as_commands_do() {
     admin.run(&["cp", here.path().join("f").to_str().unwrap(), &format!("{}:{name}", agent.name)]).ok();
     assert_eq!(admin.run(&["-n", &agent.name, &format!("cat {name} && rm {name}")]).ok().stdout, "relative\n");
 }
+
+#[test]
+fn a_terminal_sees_the_copy_progress_and_a_pipe_does_not() {
+    let (_cp, admin, agent) = fleet();
+    let here = tempfile::tempdir().unwrap();
+    let file = here.path().join("eight.bin");
+    std::fs::write(&file, vec![1u8; 8 << 20]).unwrap();
+    let dest = format!("{}:{}/copied.bin", agent.name, here.path().display());
+    let cp = format!("{} cp {} {dest}", openbox_e2e::bin("openbox").display(), file.display());
+    // `script` runs it with a terminal for stdout and stderr.
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cp, "/dev/null"])
+        .env("OPENBOX_HOME", admin.home.path())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("8.0 MiB / 8.0 MiB  100%") && shown.contains("/s"), "{shown}");
+    // Through a pipe, nothing but errors.
+    let quiet = admin.run(&["cp", file.to_str().unwrap(), &dest]).ok();
+    assert_eq!((quiet.stdout.as_str(), quiet.stderr.as_str()), ("", ""));
+}
