@@ -1412,7 +1412,9 @@ impl SshHost {
             .filter(|pid| !zombie(pid))
             .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok())
             .map(|c| c.replace('\0', " ").trim().to_owned())
-            .filter(|c| !c.contains("sshd"))
+            // A process on its way out has let go of its memory, and its command line reads
+            // empty before it shows as a zombie.
+            .filter(|c| !c.is_empty() && !c.contains("sshd"))
             .collect()
     }
 }
