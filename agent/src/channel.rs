@@ -106,3 +106,44 @@ impl Window {
         }
     }
 }
+
+/// Joins a channel to a byte stream until both directions have ended: the caller's data is
+/// written into `io` (its window reopened only as it is, so a slow `io` holds the caller
+/// back), `io`'s output goes back as channel data, followed by EOF when it ends. Used where
+/// the far end is a stream rather than a process: a forwarded connection, the in-agent
+/// SFTP server.
+pub async fn splice(
+    mut read: ChannelReadHalf,
+    write: &ChannelWriteHalf<Msg>,
+    window: &Window,
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut from_io, mut to_io) = tokio::io::split(io);
+    let inbound = async {
+        while let Some(msg) = read.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    let written = to_io.write_all(&data).await;
+                    window.used(data.len());
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = to_io.shutdown().await;
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(n) = from_io.read(&mut buf).await {
+            if n == 0 || write.data_bytes(buf[..n].to_vec()).await.is_err() {
+                break;
+            }
+        }
+        let _ = write.eof().await;
+    };
+    tokio::join!(inbound, outbound);
+}

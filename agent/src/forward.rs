@@ -10,8 +10,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use russh::server::{Handle, Msg};
-use russh::{Channel, ChannelMsg, ChannelOpenFailure};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use russh::{Channel, ChannelOpenFailure};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::channel::Window;
@@ -130,40 +129,8 @@ fn loopback(address: &str) -> Result<IpAddr, String> {
 
 /// Copies both ways between `channel` and `tcp` until both directions have ended.
 async fn join(channel: Channel<Msg>, tcp: TcpStream, handle: Handle) {
-    let id = channel.id();
-    let (mut read, write) = channel.split();
-    let (mut tcp_read, mut tcp_write) = tcp.into_split();
-    let window = Window::new(handle, id);
-    let inbound = async {
-        while let Some(msg) = read.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => {
-                    let written = tcp_write.write_all(&data).await;
-                    window.used(data.len());
-                    if written.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::Eof | ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        let _ = tcp_write.shutdown().await;
-    };
-    let outbound = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match tcp_read.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if write.data_bytes(buf[..n].to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = write.eof().await;
-    };
-    tokio::join!(inbound, outbound);
+    let window = Window::new(handle, channel.id());
+    let (read, write) = channel.split();
+    crate::channel::splice(read, &write, &window, tcp).await;
     let _ = write.close().await;
 }

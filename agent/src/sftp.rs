@@ -48,41 +48,17 @@ pub fn serve(root: Option<&std::ffi::OsStr>) -> std::io::Result<()> {
 /// files, which is what a process of its own would be when no account is mapped — so no
 /// process is started and no pipe crossed: the channel's bytes go to the server through
 /// memory, and the caller's window reopens as the server takes them.
-pub async fn serve_in_agent(mut read: russh::ChannelReadHalf, out: crate::channel::ChannelOut) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+pub async fn serve_in_agent(read: russh::ChannelReadHalf, out: crate::channel::ChannelOut) {
     let (ours, theirs) = tokio::io::duplex(1 << 20);
-    let (mut from_server, mut to_server) = tokio::io::split(ours);
     let (done_tx, done) = tokio::sync::oneshot::channel();
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
     russh_sftp::server::run(Stream { io: theirs, done: Some(done_tx) }, Server::new(home)).await;
     let window = crate::channel::Window::new(out.handle.clone(), out.id);
-    let inbound = async {
-        while let Some(msg) = read.wait().await {
-            match msg {
-                russh::ChannelMsg::Data { data } => {
-                    let taken = to_server.write_all(&data).await;
-                    window.used(data.len());
-                    if taken.is_err() {
-                        break;
-                    }
-                }
-                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        let _ = to_server.shutdown().await;
-    };
-    let outbound = async {
-        let mut buf = vec![0u8; 256 * 1024];
-        while let Ok(n) = from_server.read(&mut buf).await {
-            if n == 0 || !out.stdout(&buf[..n]).await {
-                break;
-            }
-        }
-    };
-    tokio::join!(inbound, outbound);
+    crate::channel::splice(read, &out.write, &window, ours).await;
     let _ = done.await;
-    out.finish(crate::channel::Outcome::Code(0)).await;
+    // As sshd ends a session: the output's EOF (sent above), the status, the close.
+    let _ = out.write.exit_status(0).await;
+    let _ = out.write.close().await;
 }
 
 /// A byte stream for the server that says when it is dropped (the client is gone).
