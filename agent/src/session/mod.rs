@@ -329,33 +329,17 @@ impl Sessions {
         F: FnOnce(Files, ChannelOut) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let key = (user.to_owned(), id.to_owned());
-        let slot = self.slot(&key);
-        let mut s = slot.lock().await;
-        if !self.ensure_shell(&mut s, id, &job, &out).await {
-            return;
-        }
-        let files = match s.shell.as_ref().map(|shell| &shell.host) {
-            Some(shell::ShellHost::Container(c)) => c.pid.map(Files::Root),
-            Some(shell::ShellHost::Process { nspawn: true, root, .. }) => root.map(Files::Root),
-            Some(shell::ShellHost::Process { nspawn: false, .. }) => Some(Files::Host),
-            None => None,
+        let files = |host: &shell::ShellHost| {
+            match host {
+                shell::ShellHost::Container(c) => c.pid.map(Files::Root),
+                shell::ShellHost::Process { nspawn: true, root, .. } => root.map(Files::Root),
+                shell::ShellHost::Process { nspawn: false, .. } => Some(Files::Host),
+            }
+            .ok_or_else(|| {
+                format!("session {id}'s container files cannot be reached from here (its engine runs elsewhere)")
+            })
         };
-        let Some(files) = files else {
-            return out
-                .refuse(&format!(
-                    "session {id}'s container files cannot be reached from here (its engine runs elsewhere)"
-                ))
-                .await;
-        };
-        s.terminals += 1;
-        s.last_used = proto::time::now();
-        drop(s);
-        visit(files, out).await;
-        let mut s = slot.lock().await;
-        s.terminals -= 1;
-        s.last_used = proto::time::now();
-        s.idle_since = Some(Instant::now());
+        self.in_use(user, id, &job, out, files, visit).await;
     }
 
     /// Opens a terminal in the session's container (starting the session if needed): a
@@ -376,37 +360,63 @@ impl Sessions {
                 .refuse("a native session has no container to open a terminal in; leave out -s for a shell on the node")
                 .await;
         }
+        let place = |host: &shell::ShellHost| match host {
+            shell::ShellHost::Container(c) => Ok(Place::Docker(c.engine.clone(), c.id.clone())),
+            shell::ShellHost::Process { root: Some(init), nspawn: true, .. } => Ok(Place::Nspawn(*init)),
+            shell::ShellHost::Process { .. } => Err(format!("session {id}'s container cannot be entered from here")),
+        };
+        let command = Some(job.command).filter(|c| !c.is_empty());
+        let (env, login, timeout) = (job.env, job.login, job.timeout);
+        let open = |place, out| async move {
+            match place {
+                Place::Docker(engine, container) => {
+                    let entry = crate::docker::Entry { engine: &engine, container: &container, env, login };
+                    crate::docker::exec_in_terminal(entry, command, pty, input, out).await;
+                }
+                Place::Nspawn(init) => {
+                    let spawn = crate::pty::Spawn {
+                        cmd: shell::enter_nspawn(init, command, env),
+                        arg0: None,
+                        login: None,
+                        tree: crate::exec::Tree::Group,
+                    };
+                    crate::pty::run(spawn, pty, timeout, input, out).await;
+                }
+            }
+        };
+        self.in_use(user, id, &job, out, place, open).await;
+    }
+
+    /// Runs `then` with what `pick` finds in the session's shell (starting the session if
+    /// needed), the session kept in use — not reaped — meanwhile; refuses with what `pick`
+    /// says when it finds nothing.
+    async fn in_use<T, F, Fut>(
+        &self,
+        user: &str,
+        id: &str,
+        job: &Job<'_>,
+        out: ChannelOut,
+        pick: impl FnOnce(&shell::ShellHost) -> Result<T, String>,
+        then: F,
+    ) where
+        F: FnOnce(T, ChannelOut) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let mut s = slot.lock().await;
-        if !self.ensure_shell(&mut s, id, &job, &out).await {
+        if !self.ensure_shell(&mut s, id, job, &out).await {
             return;
         }
-        let place = match s.shell.as_ref().map(|shell| &shell.host) {
-            Some(shell::ShellHost::Container(c)) => Place::Docker(c.engine.clone(), c.id.clone()),
-            Some(shell::ShellHost::Process { root: Some(init), nspawn: true, .. }) => Place::Nspawn(*init),
-            _ => return out.refuse(&format!("session {id}'s container cannot be entered from here")).await,
+        let found = match s.shell.as_ref().map(|shell| pick(&shell.host)) {
+            Some(Ok(found)) => found,
+            Some(Err(why)) => return out.refuse(&why).await,
+            None => return, // ensure_shell leaves a shell, or has told the caller why not
         };
         s.terminals += 1;
         s.last_used = proto::time::now();
         drop(s);
-        let command = Some(job.command).filter(|c| !c.is_empty());
-        match place {
-            Place::Docker(engine, container) => {
-                let entry =
-                    crate::docker::Entry { engine: &engine, container: &container, env: job.env, login: job.login };
-                crate::docker::exec_in_terminal(entry, command, pty, input, out).await;
-            }
-            Place::Nspawn(init) => {
-                let spawn = crate::pty::Spawn {
-                    cmd: shell::enter_nspawn(init, command, job.env),
-                    arg0: None,
-                    login: None,
-                    tree: crate::exec::Tree::Group,
-                };
-                crate::pty::run(spawn, pty, job.timeout, input, out).await;
-            }
-        }
+        then(found, out).await;
         let mut s = slot.lock().await;
         s.terminals -= 1;
         s.last_used = proto::time::now();
