@@ -80,6 +80,15 @@ impl Shared {
 
     /// Whether `grant` is a removed user's. A certificate naming no incarnation (from an
     /// older control plane) counts as removed when a user of its name was.
+    /// Why a connection's grant no longer holds, if it does not: a pooled connection may
+    /// outlive the certificate that opened it, and its user. Checked on every request.
+    fn lapsed(&self, grant: &UserGrant) -> Option<String> {
+        if proto::time::now() >= grant.valid_before {
+            return Some("the user certificate for this connection has expired; reconnect".into());
+        }
+        self.is_revoked(grant).then(|| format!("user {} was removed from this fleet", grant.user))
+    }
+
     fn is_revoked(&self, grant: &UserGrant) -> bool {
         let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         revoked.iter().any(|r| match &grant.incarnation {
@@ -259,11 +268,8 @@ impl Connection {
     /// a pooled connection may outlive its certificate, and its user.
     fn forwarding(&self) -> Result<&UserGrant, String> {
         let grant = self.grant.as_ref().ok_or("not authenticated")?;
-        if proto::time::now() >= grant.valid_before {
-            return Err("the user certificate for this connection has expired; reconnect".into());
-        }
-        if self.shared.is_revoked(grant) {
-            return Err(format!("user {} was removed from this fleet", grant.user));
+        if let Some(why) = self.shared.lapsed(grant) {
+            return Err(why);
         }
         match crate::forward::refusal(grant) {
             Some(why) => Err(why),
@@ -486,12 +492,8 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
             Some(_) => continue,
         }
     };
-    // A pooled connection may outlive the certificate that opened it, and its user.
-    if proto::time::now() >= grant.valid_before {
-        return out.refuse("the user certificate for this connection has expired; reconnect").await;
-    }
-    if shared.is_revoked(&grant) {
-        return out.refuse(&format!("user {} was removed from this fleet; nothing was run", grant.user)).await;
+    if let Some(why) = shared.lapsed(&grant) {
+        return out.refuse(&format!("{why}; nothing was run")).await;
     }
     // The isolation comes from the signed certificate, already parsed strictly; it runs
     // exactly as issued or not at all.
@@ -676,11 +678,8 @@ async fn start_sftp(
 
 /// Why `grant` may not have an SFTP server here, if it may not.
 fn sftp_refusal(grant: &UserGrant, shared: &Shared) -> Option<String> {
-    if proto::time::now() >= grant.valid_before {
-        return Some("the user certificate for this connection has expired; reconnect".into());
-    }
-    if shared.is_revoked(grant) {
-        return Some(format!("user {} was removed from this fleet", grant.user));
+    if let Some(why) = shared.lapsed(grant) {
+        return Some(why);
     }
     if grant.isolation != proto::Isolation::Native && grant.session.is_none() {
         return Some(
