@@ -465,7 +465,7 @@ impl Started {
             let msg = tokio::select! {
                 m = read.wait() => m,
                 _ = &mut cancel => break Err(SshError::Cancelled),
-                Some((cols, rows)) = async { resizes.as_mut()?.recv().await } => {
+                Some((cols, rows)) = async { resizes.as_mut()?.recv().await }, if resizes.is_some() => {
                     let _ = write.window_change(cols, rows, 0, 0).await;
                     continue;
                 }
