@@ -97,3 +97,15 @@ export async function runConsole(request, onEvent, signal) {
     }
   }
 }
+
+/** A terminal on a node over a WebSocket: keys and output as binary frames, resizes and
+ *  the end as text frames. */
+export function openTerminal({ target, session, isolation, cols, rows }) {
+  const q = new URLSearchParams({ target, cols, rows, csrf });
+  if (session) q.set('session', session);
+  if (isolation) q.set('isolation', isolation);
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const socket = new WebSocket(`${scheme}://${location.host}/v1/console/terminal?${q}`);
+  socket.binaryType = 'arraybuffer';
+  return socket;
+}

@@ -35,6 +35,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/enroll-tokens/{id}", delete(remove_enroll_token))
         .route("/v1/web-links", post(crate::web::new_link))
         .route("/v1/console", post(crate::console::run))
+        .route("/v1/console/terminal", get(crate::terminal::open))
         .route("/v1/mesh", get(mesh))
         .route("/v1/enroll", post(enroll))
         .route("/v1/enroll/mesh", post(enroll_mesh))

@@ -3,7 +3,9 @@
 //! so a flood cannot use up descriptors), [`HEADER_TIMEOUT`] to send a request's headers
 //! (a half-sent request does not stay open), and a graceful end that lets open requests
 //! finish. Over TLS when given a configuration; the handshake runs in the connection's own
-//! task, under the same time limit, so a slow client holds up no one else.
+//! task, under the same time limit, so a slow client holds up no one else. Connections may
+//! upgrade (the dashboard's terminal is a WebSocket); an upgraded one is no longer HTTP and
+//! is not waited for at shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::serve::Listener;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::either::Either;
 
 use crate::audit::Source;
@@ -37,7 +38,8 @@ pub async fn serve<L>(
 {
     let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let graceful = GracefulShutdown::new();
+    // Told to every connection when shutdown begins.
+    let stopping = tokio_util::sync::CancellationToken::new();
     let mut refused_since_warning = 0u64;
     tokio::pin!(shutdown);
     loop {
@@ -63,7 +65,7 @@ pub async fn serve<L>(
             req.extensions_mut().insert(source.clone());
             tower::ServiceExt::oneshot(router.clone(), req)
         });
-        let (watcher, tls) = (graceful.watcher(), tls.clone());
+        let (stopping, tls) = (stopping.clone(), tls.clone());
         tokio::spawn(async move {
             let io = match tls {
                 None => Either::Left(io),
@@ -76,16 +78,28 @@ pub async fn serve<L>(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(conn).await {
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = stopping.cancelled() => {
+                    // Finish the request in hand, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended");
             }
             drop(permit);
         });
     }
     drop(listener);
-    drop(tls);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    stopping.cancel();
+    // Every connection gives its permit back as it ends.
+    let all = u32::try_from(MAX_CONNECTIONS).expect("the limit fits a u32");
+    if tokio::time::timeout(DRAIN, open.acquire_many(all)).await.is_err() {
         tracing::warn!("stopping with requests still open");
     }
 }

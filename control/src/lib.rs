@@ -20,6 +20,7 @@ pub mod mesh;
 mod placement;
 mod refusal;
 mod store;
+mod terminal;
 mod web;
 
 use std::future::Future;

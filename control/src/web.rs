@@ -8,9 +8,10 @@
 //! the browser says where it comes from, come from this origin); a bearer token needs no
 //! such check, as browsers never send one on their own.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
@@ -18,6 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use trust::token;
 
 use crate::audit::{Record, Source};
@@ -42,14 +44,21 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ("fleet.js", JS, include_bytes!("../../web/fleet.js")),
     ("pages.js", JS, include_bytes!("../../web/pages.js")),
     ("console.js", JS, include_bytes!("../../web/console.js")),
+    // xterm.js (MIT, web/vendor/xterm/LICENSE), loaded only when a terminal is opened.
+    ("xterm.mjs", JS, include_bytes!("../../web/vendor/xterm/xterm.mjs")),
+    ("xterm.css", "text/css; charset=utf-8", include_bytes!("../../web/vendor/xterm/xterm.css")),
+    ("addon-fit.mjs", JS, include_bytes!("../../web/vendor/xterm/addon-fit.mjs")),
     ("style.css", "text/css; charset=utf-8", include_bytes!("../../web/style.css")),
     ("favicon.svg", "image/svg+xml", include_bytes!("../../web/favicon.svg")),
 ];
 const JS: &str = "text/javascript; charset=utf-8";
 const INDEX: &[u8] = include_bytes!("../../web/index.html");
 
-/// What a page may load and talk to: this origin only, nothing inline, never framed.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+/// What a page may load and talk to: this origin only, no inline script, never framed.
+/// Inline styles are allowed because the terminal (xterm.js) sizes and colours its cells
+/// with `<style>` elements and style attributes it writes itself; pages build every
+/// element from text (never from markup), so no one else's style can get in.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
     connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 pub fn routes() -> axum::Router<Arc<App>> {
@@ -63,7 +72,7 @@ pub fn routes() -> axum::Router<Arc<App>> {
 }
 
 /// Headers every page and asset carries.
-fn page(content_type: &'static str, body: &'static [u8]) -> Response {
+fn page(content_type: &'static str, body: impl IntoResponse) -> Response {
     let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -71,19 +80,66 @@ fn page(content_type: &'static str, body: &'static [u8]) -> Response {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    // Small enough to fetch again; a new control plane then never serves stale pages.
+    // Asked again each time, answered "not modified" by the tag: a new control plane then
+    // never serves stale pages, and an unchanged one sends no bytes.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
-async fn index() -> Response {
-    page("text/html; charset=utf-8", INDEX)
+async fn index(headers: HeaderMap) -> Response {
+    static PAGE: LazyLock<Asset> = LazyLock::new(|| Asset::new(INDEX));
+    PAGE.respond("text/html; charset=utf-8", &headers)
 }
 
-async fn asset(Path(file): Path<String>) -> Response {
-    match ASSETS.iter().find(|(name, _, _)| *name == file) {
-        Some((_, content_type, body)) => page(content_type, body),
+async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    static PREPARED: LazyLock<Vec<Asset>> =
+        LazyLock::new(|| ASSETS.iter().map(|(_, _, body)| Asset::new(body)).collect());
+    match ASSETS.iter().position(|(name, _, _)| *name == file) {
+        Some(i) => PREPARED[i].respond(ASSETS[i].1, &headers),
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+    }
+}
+
+/// A file as served: as is and gzipped (made once, at first request), with a tag naming
+/// its content.
+struct Asset {
+    plain: &'static [u8],
+    gzipped: Bytes,
+    etag: HeaderValue,
+}
+
+impl Asset {
+    fn new(plain: &'static [u8]) -> Asset {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(plain).and_then(|()| gz.flush()).expect("writing to memory");
+        let gzipped = gz.finish().expect("writing to memory");
+        let digest = sha2::Sha256::digest(plain);
+        let tag: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let etag = HeaderValue::from_str(&format!("\"{tag}\"")).expect("hex is a header value");
+        Asset { plain, gzipped: gzipped.into(), etag }
+    }
+
+    fn respond(&self, content_type: &'static str, headers: &HeaderMap) -> Response {
+        let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|tags| {
+            tags.to_str().is_ok_and(|t| t.split(',').any(|t| t.trim().trim_start_matches("W/") == self.etag))
+        });
+        let gzip = headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|e| e.trim() == "gzip")));
+        let mut resp = if fresh {
+            page(content_type, StatusCode::NOT_MODIFIED)
+        } else if gzip {
+            let mut resp = page(content_type, self.gzipped.clone());
+            resp.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            resp
+        } else {
+            page(content_type, self.plain)
+        };
+        resp.headers_mut().insert(header::ETAG, self.etag.clone());
+        resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        resp
     }
 }
 
@@ -236,6 +292,20 @@ pub fn cookie_user(app: &App, parts: &Parts, cookie: &str) -> Result<(User, Stri
     Ok((user, hash))
 }
 
+/// A WebSocket from the dashboard: it must say it comes from this site, and carry the
+/// page's CSRF token in its query (it cannot send headers of its own).
+pub fn check_socket(app: &App, caller: &crate::api::Caller, headers: &HeaderMap, csrf: &str) -> Result<(), Refusal> {
+    if headers.get(header::ORIGIN).is_none() {
+        return Err(Refusal::new(Kind::Forbidden, "a terminal must be opened from the dashboard"));
+    }
+    same_origin(headers)?;
+    let crate::api::Credential::Web(hash) = &caller.credential else { return Ok(()) };
+    match app.store.web_session(hash, now())? {
+        Some(s) if token::same(csrf, &s.csrf) => Ok(()),
+        _ => Err(Refusal::new(Kind::Forbidden, "this terminal lacks the page's CSRF token; reload the dashboard")),
+    }
+}
+
 /// Refuses a request whose `Origin` names another site than the one it was sent to.
 fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(origin) = headers.get(header::ORIGIN) else {
@@ -271,8 +341,46 @@ mod tests {
         for entry in std::fs::read_dir(dir).unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();
             let served = name == "index.html" || ASSETS.iter().any(|(file, _, _)| *file == name);
-            let tooling = name.starts_with('.') || name == "README.md" || name == "tests";
+            let tooling = name.starts_with('.') || name == "README.md" || name == "tests" || name == "vendor";
             assert!(served || tooling, "web/{name} is not in ASSETS");
         }
+        for entry in std::fs::read_dir(format!("{dir}/vendor/xterm")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let served = ASSETS.iter().any(|(file, _, _)| *file == name);
+            assert!(served || name == "LICENSE" || name == "README.md", "web/vendor/xterm/{name} is not in ASSETS");
+        }
+    }
+
+    #[tokio::test]
+    async fn assets_go_gzipped_to_browsers_that_take_it_and_unchanged_ones_are_not_sent_again() {
+        use std::io::Read;
+        let asset = Asset::new(include_bytes!("../../web/vendor/xterm/xterm.mjs"));
+        let ask = |pairs: &[(header::HeaderName, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(name, HeaderValue::from_str(value).unwrap());
+            }
+            asset.respond(JS, &headers)
+        };
+        let body = |resp: Response| async { axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap() };
+
+        let resp = ask(&[(header::ACCEPT_ENCODING, "br;q=1.0, gzip;q=0.8")]);
+        assert_eq!(resp.headers()[header::CONTENT_ENCODING], "gzip");
+        let etag = resp.headers()[header::ETAG].to_str().unwrap().to_owned();
+        let gzipped = body(resp).await;
+        assert!(gzipped.len() < asset.plain.len() / 3, "{} of {}", gzipped.len(), asset.plain.len());
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&gzipped[..]).read_to_end(&mut unzipped).unwrap();
+        assert_eq!(unzipped, asset.plain);
+
+        let resp = ask(&[(header::ACCEPT_ENCODING, "identity")]);
+        assert!(resp.headers().get(header::CONTENT_ENCODING).is_none());
+        assert_eq!(body(resp).await, asset.plain);
+
+        let resp = ask(&[(header::IF_NONE_MATCH, &etag), (header::ACCEPT_ENCODING, "gzip")]);
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+        assert!(body(resp).await.is_empty());
+        let resp = ask(&[(header::IF_NONE_MATCH, "\"0123\"")]);
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 }

@@ -308,6 +308,17 @@ fn the_pages_come_from_the_control_plane_alone_work_by_keyboard_and_fit_a_phone(
             let shot = dir.join(format!("{page}{suffix}.png"));
             b.screenshot(&shot);
             assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
+            if page == "console" {
+                b.click("#console-terminal");
+                b.wait_text("#console-status", "Terminal open");
+                type_line(&mut b, "echo $TERM; ls --color=always /");
+                b.wait_text("#terminal .xterm-rows", "xterm-256color");
+                let fits = b.eval("document.documentElement.scrollWidth <= window.innerWidth");
+                assert_eq!(fits, true, "the terminal fits {width} px");
+                b.screenshot(&dir.join(format!("terminal{suffix}.png")));
+                b.click("#console-stop");
+                b.wait_text("#terminal-exit", "terminal closed");
+            }
         }
         b.goto(&format!("{}/#/fleet/{}", cp.url, agent.node_id));
         b.wait_text("#drawer h2", &agent.name);
@@ -406,4 +417,141 @@ fn users_grants_and_tokens_are_managed_from_the_browser() {
     b.click("#tokens button[aria-label^=\"Withdraw token\"]");
     b.wait_text("#tokens", "No enrollment tokens outstanding");
     Agent::run_to_end(&["--server", &cp.url, "--token", &token]).fails_with(1, "enrollment failed");
+}
+
+/// The size the page's terminal has, as `stty size` prints it (rows, then columns).
+fn terminal_size(b: &mut Browser) -> String {
+    let size =
+        b.eval("[document.querySelector('#terminal').dataset.rows, document.querySelector('#terminal').dataset.cols]");
+    format!("{} {}", size[0].as_str().unwrap(), size[1].as_str().unwrap())
+}
+
+/// Sends a WebSocket handshake; answers the response's head and body so far (a refusal's
+/// whole text; an accepted socket is left once its head is read).
+fn handshake(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the control plane");
+    s.write_all(request.as_bytes()).expect("write request");
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("read response");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let Some(head) = text.find("\r\n\r\n") else {
+            assert!(n > 0, "the connection closed before the response's head: {text}");
+            continue;
+        };
+        let length = text[..head].lines().find_map(|l| {
+            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+        });
+        if n == 0 || text.starts_with("HTTP/1.1 101") || length.is_some_and(|len| got.len() >= head + 4 + len) {
+            return text;
+        }
+    }
+}
+
+/// Whether a process with this command line runs on this machine (where the nodes are).
+fn pgrep(pattern: &str) -> bool {
+    std::process::Command::new("pgrep").args(["-f", pattern]).status().is_ok_and(|s| s.success())
+}
+
+/// Types a line into the page's terminal.
+fn type_line(b: &mut Browser, line: &str) {
+    let input = "#terminal .xterm-helper-textarea";
+    b.call("type", json!({"selector": input, "text": line}));
+    b.press(input, "Enter");
+}
+
+#[test]
+fn the_console_opens_a_terminal_on_the_node_that_follows_the_window_and_stops() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["web"]);
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    b.goto(&format!("{}/#/console/{}", cp.url, agent.name));
+    b.call(
+        "wait",
+        json!({"selector": format!("#console-target option[value=\"node:{}\"]", agent.name), "state": "attached"}),
+    );
+    b.click("#console-terminal");
+    b.wait_text("#console-status", "Terminal open");
+    // The shell is a login shell in a terminal of the page's size.
+    let size = terminal_size(&mut b);
+    type_line(&mut b, "echo web-$((40+2)) $(stty size) $TERM $(tty)");
+    b.wait_text("#terminal .xterm-rows", &format!("web-42 {size} xterm-256color /dev/pts/"));
+
+    // A narrower window: the terminal fits it again, and the node hears of it.
+    b.call("viewport", json!({"width": 640, "height": 700}));
+    b.call("waitFor", json!({"js": format!("document.querySelector('#terminal').dataset.cols !== {:?}", size.split(' ').nth(1).unwrap())}));
+    let narrower = terminal_size(&mut b);
+    type_line(&mut b, "clear; echo now $(stty size)");
+    b.wait_text("#terminal .xterm-rows", &format!("now {narrower}"));
+    let fits = b.eval("document.documentElement.scrollWidth <= window.innerWidth");
+    assert_eq!(fits, true, "the terminal fits 640 px");
+
+    type_line(&mut b, "exit 7");
+    b.wait_text("#terminal-exit", "exit 7");
+    let audit = admin.run(&["audit", "--json"]).ok().json();
+    assert!(audit.as_array().unwrap().iter().any(|e| e["detail"] == "web terminal"), "{audit}");
+
+    // Stop closes the terminal, and the node ends what ran in it.
+    b.click("#console-terminal");
+    b.wait_text("#console-status", "Terminal open");
+    type_line(&mut b, "sleep 4713");
+    wait_until("sleep 4713 runs on the node", || pgrep("sleep 4713"));
+    b.click("#console-stop");
+    b.wait_text("#terminal-exit", "terminal closed");
+    wait_until("sleep 4713 ends", || !pgrep("sleep 4713"));
+
+    // So does leaving the page.
+    b.click("#console-terminal");
+    b.wait_text("#console-status", "Terminal open");
+    type_line(&mut b, "sleep 4714");
+    wait_until("sleep 4714 runs on the node", || pgrep("sleep 4714"));
+    b.goto(&format!("{}/#/fleet", cp.url));
+    wait_until("sleep 4714 ends", || !pgrep("sleep 4714"));
+}
+
+#[test]
+fn a_terminal_opens_only_from_the_dashboard_and_only_where_the_policy_allows() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    // Nodes that look like other machines: a tag grant reaches them.
+    let theirs = Agent::enroll_elsewhere(&cp, &admin, &["bobs"]);
+    let other = Agent::enroll_elsewhere(&cp, &admin, &["others"]);
+    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    admin.run(&["user", "grant", "bob", "--tag", "bobs"]).ok();
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &token);
+
+    // Elsewhere than the grant: the socket says no, and the page shows it.
+    b.goto(&format!("{}/#/console/{}", cp.url, other.name));
+    b.call("waitFor", json!({"js": "document.querySelector('#console-target').options.length > 0"}));
+    b.eval(&format!("(() => {{ const s = document.querySelector('#console-target'); s.append(new Option('x', 'node:{}')); s.value = 'node:{}'; }})()", other.name, other.name));
+    b.click("#console-terminal");
+    b.wait_text("#console-status", &format!("\"bob\" may not run on node {}", other.name));
+
+    // The handshake itself: the page's CSRF token and this site's Origin, or no socket.
+    let cookie = session_cookie(&mut b)["value"].as_str().unwrap().to_owned();
+    let csrf = b.eval("fetch('/web/session').then(r => r.json()).then(s => s.csrf)").as_str().unwrap().to_owned();
+    let upgrade = |origin: Option<&str>, csrf: &str| {
+        let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+        let request = format!(
+            "GET /v1/console/terminal?target=node:{}&cols=80&rows=24&csrf={csrf} HTTP/1.1\r\nHost: {}\r\n\
+             Cookie: openbox_session={cookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{origin}\r\n",
+            theirs.name, cp.addr
+        );
+        handshake(&cp.addr, &request)
+    };
+    let resp = upgrade(Some(&cp.url), &csrf);
+    assert!(resp.starts_with("HTTP/1.1 101"), "the page's own socket opens: {resp}");
+    let resp = upgrade(None, &csrf);
+    assert!(resp.starts_with("HTTP/1.1 403") && resp.contains("dashboard"), "{resp}");
+    let resp = upgrade(Some("http://elsewhere.example"), &csrf);
+    assert!(resp.starts_with("HTTP/1.1 403") && resp.contains("another site"), "{resp}");
+    let resp = upgrade(Some(&cp.url), "forged");
+    assert!(resp.starts_with("HTTP/1.1 403") && resp.contains("CSRF"), "{resp}");
 }

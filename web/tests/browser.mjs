@@ -49,6 +49,18 @@ const ops = {
   select: async ({ selector, value }) => { await page.selectOption(selector, value); },
   click: async ({ selector }) => { await page.click(selector); },
   press: async ({ selector, key }) => { await page.press(selector, key); },
+  /** Types `text` key by key into the focused element under `selector`. */
+  type: async ({ selector, text }) => { await page.locator(selector).pressSequentially(text); },
+  /** Waits until the expression is true in the page (asked again every 50 ms: the page's
+   *  policy forbids evaluating strings inside it, as waitForFunction would). */
+  waitFor: async ({ js }) => {
+    const deadline = Date.now() + 15000;
+    while (!(await page.evaluate(js))) {
+      if (Date.now() > deadline) throw new Error(`still false after 15 s: ${js}`);
+      await new Promise(resolve => setTimeout(resolve, 50));
+    }
+  },
+  viewport: async ({ width, height }) => { await page.setViewportSize({ width, height }); },
   wait: async ({ selector, state = 'visible' }) => { await page.waitForSelector(selector, { state }); },
   /** Waits until the selector's text contains `text`; returns that text. */
   waitText: async ({ selector, text }) => {

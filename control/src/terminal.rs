@@ -1,0 +1,175 @@
+//! The dashboard's terminal: a shell in a pseudo-terminal on a node,
+//! over a WebSocket. As for the console, the control plane makes a key pair for the one
+//! call, dispatches as the caller (same access policy, audit entry marked `web terminal`),
+//! dials the node itself and asks for a terminal of the browser's size; binary frames
+//! carry keys one way and output the other, a text frame `{"cols":C,"rows":R}` resizes,
+//! and the last text frame says how it ended.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use net::ssh::{NodeTarget, PtySpec};
+use net::transport::Transport;
+use proto::api::{DispatchRequest, Target};
+use tokio::sync::mpsc;
+
+use crate::api::Caller;
+use crate::refusal::{Kind, Refusal};
+use crate::{App, placement};
+
+/// What the page asks for.
+#[derive(serde::Deserialize)]
+pub struct TerminalQuery {
+    /// `node:NAME` or `tag:TAG`.
+    target: String,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    isolation: Option<String>,
+    cols: u32,
+    rows: u32,
+    /// The page's CSRF token: a WebSocket cannot send headers of its own.
+    csrf: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Resize {
+    cols: u32,
+    rows: u32,
+}
+
+/// Opens a terminal. A socket that does not come from the dashboard's own page is refused
+/// before it opens; any other refusal (the policy, a node out of reach) is the socket's
+/// one message, so the page can show it.
+pub async fn open(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<TerminalQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, Refusal> {
+    crate::web::check_socket(&app, &caller, &headers, &q.csrf)?;
+    let reached = reach(&app, caller, q);
+    Ok(ws.on_upgrade(move |mut socket| async move {
+        match reached {
+            Ok(node) => serve(socket, node).await,
+            Err(refusal) => {
+                let end = serde_json::json!({ "error": refusal.to_string() });
+                let _ = socket.send(Message::Text(end.to_string().into())).await;
+            }
+        }
+    }))
+}
+
+/// Where the terminal goes, and the certificate for it: the caller's own dispatch.
+struct Reached {
+    target: NodeTarget,
+    user: String,
+    key: Arc<trust::PrivateKey>,
+    cert: trust::Certificate,
+    pty: PtySpec,
+}
+
+fn reach(app: &App, caller: Caller, q: TerminalQuery) -> Result<Reached, Refusal> {
+    let target = match q.target.split_once(':') {
+        Some(("node", n)) => Target::Node(n.to_owned()),
+        Some(("tag", t)) => Target::Tag(t.to_owned()),
+        _ => return Err(Refusal::new(Kind::BadRequest, "target is node:NAME or tag:TAG")),
+    };
+    let isolation: proto::Isolation = match q.isolation.as_deref() {
+        None | Some("") => proto::Isolation::Native,
+        Some(text) => text.parse().map_err(|e| Refusal::new(Kind::BadRequest, format!("{e}")))?,
+    };
+    let key = Arc::new(trust::generate_key());
+    let public_key = key.public_key().to_openssh().map_err(trust::TrustError::from)?;
+    let session = q.session.filter(|s| !s.is_empty());
+    let dispatch = DispatchRequest { target, session, isolation, public_key, command: None };
+    let d = placement::dispatch(app, &caller.user, caller.source.as_ref(), dispatch, Some("web terminal"))?;
+    if d.node.addr.is_empty() {
+        return Err(Refusal::new(
+            Kind::Unavailable,
+            format!("{} is on the tailnet only; the terminal reaches nodes with a direct address", d.node.name),
+        ));
+    }
+    let cert = trust::parse_certificate(&d.cert)?;
+    let target = NodeTarget {
+        node_id: d.node.id.clone(),
+        addr: d.node.addr,
+        via: Transport::Tcp,
+        ca: app.ca.public_key().clone(),
+    };
+    let pty = PtySpec { term: "xterm-256color".into(), cols: q.cols, rows: q.rows };
+    Ok(Reached { target, user: caller.user.name, key, cert, pty })
+}
+
+/// Joins the socket to a login shell on the node until either ends.
+async fn serve(mut socket: WebSocket, to: Reached) {
+    let started = async {
+        let mut conn = net::ssh::dial(&to.target).await?;
+        conn.authenticate(&to.user, to.key, to.cert).await?;
+        let started = conn.start_in_pty(None, &[], &to.pty).await?;
+        Ok::<_, net::ssh::SshError>((conn, started))
+    };
+    let (conn, started) = match started.await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = socket.send(Message::Text(serde_json::json!({ "error": e.to_string() }).to_string().into())).await;
+            return;
+        }
+    };
+    let (keys_tx, keys) = mpsc::channel::<Vec<u8>>(16);
+    let (sizes_tx, sizes) = mpsc::channel::<(u32, u32)>(4);
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(16);
+    let (gone_tx, gone) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(async move {
+        let mut output = Frames(out_tx);
+        let cancel = async {
+            let _ = gone.await;
+        };
+        started.with_resizes(sizes).finish(keys, &mut output, cancel).await
+    });
+    loop {
+        tokio::select! {
+            frame = socket.recv() => match frame {
+                Some(Ok(Message::Binary(data))) => { let _ = keys_tx.send(data.to_vec()).await; }
+                Some(Ok(Message::Text(text))) => {
+                    if let Ok(r) = serde_json::from_str::<Resize>(&text) {
+                        let _ = sizes_tx.send((r.cols, r.rows)).await;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+            out = out_rx.recv() => match out {
+                Some(data) => if socket.send(Message::Binary(data.into())).await.is_err() { break },
+                None => break,
+            },
+        }
+    }
+    // The page has gone (or output cannot reach it): end the command on the node.
+    drop(gone_tx);
+    let status = run.await;
+    let end = match status {
+        Ok(Ok(s)) => serde_json::json!({ "exit": s.exit_code() }),
+        Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+        Err(_) => serde_json::json!({ "error": "the terminal's task failed" }),
+    };
+    let _ = socket.send(Message::Text(end.to_string().into())).await;
+    conn.close().await;
+}
+
+/// Output for the socket (a terminal's output is all stdout).
+struct Frames(mpsc::Sender<Vec<u8>>);
+
+impl net::ssh::Output for Frames {
+    async fn stdout(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.send(data.to_vec()).await.map_err(|_| std::io::ErrorKind::BrokenPipe.into())
+    }
+
+    async fn stderr(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stdout(data).await
+    }
+}
