@@ -98,18 +98,18 @@ impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Caller, Refusal> {
-        Caller::from_parts(parts, app)
+        Caller::from_parts(parts, app).await
     }
 }
 
 impl Caller {
-    pub fn from_parts(parts: &Parts, app: &App) -> Result<Caller, Refusal> {
+    pub async fn from_parts(parts: &Parts, app: &App) -> Result<Caller, Refusal> {
         let unauthorized = |m: &str| Refusal::new(Kind::Unauthorized, m);
         let source = parts.extensions.get::<Source>().cloned();
         let Some(tok) = bearer(&parts.headers) else {
             return match crate::web::cookie(&parts.headers) {
                 Some(cookie) => {
-                    let (user, hash) = crate::web::cookie_user(app, parts, cookie)?;
+                    let (user, hash) = crate::web::cookie_user(app, parts, cookie).await?;
                     Ok(Caller { user, credential: Credential::Web(hash), source })
                 }
                 None => Err(unauthorized("not logged in: run `openbox login --server URL --token TOKEN`")),
@@ -119,7 +119,7 @@ impl Caller {
             return Err(unauthorized("that is not a login token (login tokens start with obx_)"));
         }
         let token_hash = token::hash(tok);
-        match app.store.user_by_login_token(&token_hash)? {
+        match app.store.user_by_login_token(&token_hash).await? {
             Some(user) => Ok(Caller { user, credential: Credential::Token(token_hash), source }),
             None => Err(unauthorized(
                 "the login token is invalid or was revoked; ask an admin for a new one (`openbox user token NAME`)",
@@ -128,16 +128,16 @@ impl Caller {
     }
 
     /// Who this caller's credential belongs to now (`None`: revoked, expired or removed).
-    fn current_user(app: &App, credential: &Credential) -> Option<User> {
+    async fn current_user(app: &App, credential: &Credential) -> Option<User> {
         match credential {
-            Credential::Token(hash) => app.store.user_by_login_token(hash).ok()?,
-            Credential::Web(hash) => app.store.web_session(hash, now()).ok()?.map(|s| s.user),
+            Credential::Token(hash) => app.store.user_by_login_token(hash).await.ok()?,
+            Credential::Web(hash) => app.store.web_session(hash, now()).await.ok()?.map(|s| s.user),
         }
     }
 
     /// Records an action by this caller in the audit log.
-    fn audit(&self, app: &App, action: &str, record: Record<'_>) -> Result<(), Refusal> {
-        app.audit(&self.user.name, action, self.source.as_ref(), record)
+    async fn audit(&self, app: &App, action: &str, record: Record<'_>) -> Result<(), Refusal> {
+        app.audit(&self.user.name, action, self.source.as_ref(), record).await
     }
 
     fn require_admin(&self) -> Result<(), Refusal> {
@@ -155,20 +155,20 @@ async fn whoami(State(app): AppState, caller: Caller) -> ApiResult<WhoAmI> {
 
 /// The fleet's tailnet, for a user's openboxd to join (`null` when there is none).
 async fn mesh(State(app): AppState, _caller: Caller) -> ApiResult<Option<MeshSettings>> {
-    Ok(Json(app.store.mesh()?))
+    Ok(Json(app.store.mesh().await?))
 }
 
 async fn logout(State(app): AppState, caller: Caller) -> Result<StatusCode, Refusal> {
     match &caller.credential {
-        Credential::Token(hash) => app.store.revoke_login_token(hash)?,
-        Credential::Web(hash) => app.store.remove_web_session(hash)?,
+        Credential::Token(hash) => app.store.revoke_login_token(hash).await?,
+        Credential::Web(hash) => app.store.remove_web_session(hash).await?,
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_users(State(app): AppState, caller: Caller) -> ApiResult<Vec<UserInfo>> {
     caller.require_admin()?;
-    Ok(Json(app.store.list_users()?))
+    Ok(Json(app.store.list_users().await?))
 }
 
 async fn add_user(
@@ -180,25 +180,25 @@ async fn add_user(
     let req = body(b)?;
     check_name("user name", &req.name)?;
     let tok = token::generate(token::LOGIN_PREFIX);
-    app.store.create_user(&req.name, false, &token::hash(tok.expose()), now())?;
+    app.store.create_user(&req.name, false, &token::hash(tok.expose()), now()).await?;
     tracing::info!(user = %req.name, by = %caller.user.name, "user added");
-    caller.audit(&app, "user.add", Record { detail: Some(req.name.clone()), ..Default::default() })?;
+    caller.audit(&app, "user.add", Record { detail: Some(req.name.clone()), ..Default::default() }).await?;
     Ok(Json(UserCreated { name: req.name, token: tok.expose().to_owned() }))
 }
 
 async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, Refusal> {
     caller.require_admin()?;
-    app.store.remove_user(&name, now())?;
+    app.store.remove_user(&name, now()).await?;
     tracing::info!(user = %name, by = %caller.user.name, "user removed");
-    caller.audit(&app, "user.remove", Record { detail: Some(name), ..Default::default() })?;
+    caller.audit(&app, "user.remove", Record { detail: Some(name), ..Default::default() }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn new_user_token(State(app): AppState, caller: Caller, Path(name): Path<String>) -> ApiResult<UserCreated> {
     caller.require_admin()?;
-    let tok = crate::new_login_token(&app.store, &name)?;
+    let tok = crate::new_login_token(&app.store, &name).await?;
     tracing::info!(user = %name, by = %caller.user.name, "login token issued");
-    caller.audit(&app, "user.token", Record { detail: Some(name.clone()), ..Default::default() })?;
+    caller.audit(&app, "user.token", Record { detail: Some(name.clone()), ..Default::default() }).await?;
     Ok(Json(UserCreated { name, token: tok.expose().to_owned() }))
 }
 
@@ -219,11 +219,11 @@ async fn grant(
     let shown = grant.to_string();
     match &grant.on {
         Target::Tag(t) => check_name("tag", t)?,
-        Target::Node(n) => grant.on = Target::Node(find_node(&app, n)?.id),
+        Target::Node(n) => grant.on = Target::Node(find_node(&app, n).await?.id),
     }
-    let grants = app.store.put_grant(&name, &grant, now())?;
+    let grants = app.store.put_grant(&name, &grant, now()).await?;
     tracing::info!(user = %name, grant = %shown, by = %caller.user.name, "access granted");
-    caller.audit(&app, "user.grant", Record { detail: Some(format!("{name}: {shown}")), ..Default::default() })?;
+    caller.audit(&app, "user.grant", Record { detail: Some(format!("{name}: {shown}")), ..Default::default() }).await?;
     app.policy_changed();
     Ok(Json(grants))
 }
@@ -239,12 +239,14 @@ async fn revoke_grant(
     let on = match kind.as_str() {
         "tag" => Target::Tag(value),
         // By name or id; a node since removed took its grants with it.
-        "node" => Target::Node(app.store.node(&value)?.map_or(value, |n| n.id)),
+        "node" => Target::Node(app.store.node(&value).await?.map_or(value, |n| n.id)),
         _ => return Err(Refusal::new(Kind::NotFound, "a grant is on a `tag` or a `node`")),
     };
-    let grants = app.store.remove_grant(&name, &on)?;
+    let grants = app.store.remove_grant(&name, &on).await?;
     tracing::info!(user = %name, grant = %shown, by = %caller.user.name, "access revoked");
-    caller.audit(&app, "user.revoke", Record { detail: Some(format!("{name}: {shown}")), ..Default::default() })?;
+    caller
+        .audit(&app, "user.revoke", Record { detail: Some(format!("{name}: {shown}")), ..Default::default() })
+        .await?;
     app.policy_changed();
     Ok(Json(grants))
 }
@@ -264,16 +266,16 @@ async fn new_enroll_token(
     }
     let tok = token::generate(token::ENROLL_PREFIX);
     let expires_at = now() + req.ttl_secs;
-    app.store.add_enroll_token(&token::hash(tok.expose()), caller.user.id, &req.tags, now(), expires_at)?;
+    app.store.add_enroll_token(&token::hash(tok.expose()), caller.user.id, &req.tags, now(), expires_at).await?;
     let detail = format!("tags [{}], valid {}s", req.tags.join(", "), req.ttl_secs);
-    caller.audit(&app, "node.token", Record { detail: Some(detail), ..Default::default() })?;
+    caller.audit(&app, "node.token", Record { detail: Some(detail), ..Default::default() }).await?;
     Ok(Json(EnrollToken { token: tok.expose().to_owned(), tags: req.tags, expires_at }))
 }
 
 /// Enrollment tokens not used yet (admins only).
 async fn list_enroll_tokens(State(app): AppState, caller: Caller) -> ApiResult<Vec<EnrollTokenInfo>> {
     caller.require_admin()?;
-    Ok(Json(app.store.outstanding_enroll_tokens(now())?))
+    Ok(Json(app.store.outstanding_enroll_tokens(now()).await?))
 }
 
 /// Withdraws an unused enrollment token (admins only).
@@ -283,8 +285,8 @@ async fn remove_enroll_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Refusal> {
     caller.require_admin()?;
-    app.store.remove_enroll_token(&id)?;
-    caller.audit(&app, "node.token.remove", Record { detail: Some(id), ..Default::default() })?;
+    app.store.remove_enroll_token(&id).await?;
+    caller.audit(&app, "node.token.remove", Record { detail: Some(id), ..Default::default() }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -293,9 +295,9 @@ async fn enroll(
     source: Option<axum::Extension<Source>>,
     b: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> ApiResult<Enrolled> {
-    let enrolled = enrollment::enroll(&app, body(b)?)?;
+    let enrolled = enrollment::enroll(&app, body(b)?).await?;
     let record = Record { node_id: Some(&enrolled.node_id), detail: Some(enrolled.name.clone()), ..Default::default() };
-    app.audit("(enrollment)", "node.enroll", source.as_ref().map(|s| &s.0), record)?;
+    app.audit("(enrollment)", "node.enroll", source.as_ref().map(|s| &s.0), record).await?;
     Ok(Json(enrolled))
 }
 
@@ -303,7 +305,7 @@ async fn enroll_mesh(
     State(app): AppState,
     b: Result<Json<EnrollMeshRequest>, JsonRejection>,
 ) -> ApiResult<Option<MeshSettings>> {
-    Ok(Json(enrollment::fleet_mesh(&app, body(b)?)?))
+    Ok(Json(enrollment::fleet_mesh(&app, body(b)?).await?))
 }
 
 async fn heartbeat(
@@ -311,7 +313,7 @@ async fn heartbeat(
     headers: HeaderMap,
     b: Result<Json<Heartbeat>, JsonRejection>,
 ) -> ApiResult<HeartbeatReply> {
-    Ok(Json(enrollment::heartbeat(&app, bearer(&headers), body(b)?)?))
+    Ok(Json(enrollment::heartbeat(&app, bearer(&headers), body(b)?).await?))
 }
 
 async fn dispatch(
@@ -319,7 +321,7 @@ async fn dispatch(
     caller: Caller,
     b: Result<Json<DispatchRequest>, JsonRejection>,
 ) -> ApiResult<Dispatch> {
-    Ok(Json(placement::dispatch(&app, &caller.user, caller.source.as_ref(), body(b)?, None)?))
+    Ok(Json(placement::dispatch(&app, &caller.user, caller.source.as_ref(), body(b)?, None).await?))
 }
 
 #[derive(Deserialize)]
@@ -329,8 +331,8 @@ struct NodeFilter {
 
 async fn list_nodes(State(app): AppState, caller: Caller, Query(f): Query<NodeFilter>) -> ApiResult<Vec<Node>> {
     let t = now();
-    let access = app.access(&caller.user)?;
-    let nodes = app.store.list_nodes()?;
+    let access = app.access(&caller.user).await?;
+    let nodes = app.store.list_nodes().await?;
     Ok(Json(
         nodes
             .iter()
@@ -340,23 +342,25 @@ async fn list_nodes(State(app): AppState, caller: Caller, Query(f): Query<NodeFi
     ))
 }
 
-fn find_node(app: &App, id_or_name: &str) -> Result<NodeRow, Refusal> {
-    app.store.node(id_or_name)?.ok_or_else(|| {
+async fn find_node(app: &App, id_or_name: &str) -> Result<NodeRow, Refusal> {
+    app.store.node(id_or_name).await?.ok_or_else(|| {
         Refusal::new(Kind::NotFound, format!("no node with id or name {id_or_name:?}; `openbox nodes` lists them"))
     })
 }
 
 async fn remove_node(State(app): AppState, caller: Caller, Path(node): Path<String>) -> Result<StatusCode, Refusal> {
     caller.require_admin()?;
-    let row = find_node(&app, &node)?;
-    app.store.remove_node(&row.id, now())?;
+    let row = find_node(&app, &node).await?;
+    app.store.remove_node(&row.id, now()).await?;
     tracing::info!(node = %row.id, name = %row.name, by = %caller.user.name, "node removed and revoked");
-    caller.audit(
-        &app,
-        "node.remove",
-        Record { node_id: Some(&row.id), detail: Some(row.name.clone()), ..Default::default() },
-    )?;
-    app.refresh_registry();
+    caller
+        .audit(
+            &app,
+            "node.remove",
+            Record { node_id: Some(&row.id), detail: Some(row.name.clone()), ..Default::default() },
+        )
+        .await?;
+    app.refresh_registry().await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -368,7 +372,7 @@ async fn update_node(
 ) -> ApiResult<Node> {
     caller.require_admin()?;
     let upd = body(b)?;
-    let row = find_node(&app, &node)?;
+    let row = find_node(&app, &node).await?;
     if let Some(n) = &upd.name {
         check_name("node name", n)?;
     }
@@ -380,14 +384,16 @@ async fn update_node(
         }
     }
     tags.retain(|t| !upd.remove_tags.contains(t));
-    app.store.update_node(&row.id, upd.name.as_deref(), &tags)?;
+    app.store.update_node(&row.id, upd.name.as_deref(), &tags).await?;
     let detail = match &upd.name {
         Some(n) => format!("renamed {} to {n}; tags [{}]", row.name, tags.join(", ")),
         None => format!("tags [{}]", tags.join(", ")),
     };
-    caller.audit(&app, "node.update", Record { node_id: Some(&row.id), detail: Some(detail), ..Default::default() })?;
-    let row = find_node(&app, &row.id)?;
-    app.refresh_registry();
+    caller
+        .audit(&app, "node.update", Record { node_id: Some(&row.id), detail: Some(detail), ..Default::default() })
+        .await?;
+    let row = find_node(&app, &row.id).await?;
+    app.refresh_registry().await;
     Ok(Json(row.to_api(now(), app.config.offline_after_secs)))
 }
 
@@ -420,15 +426,15 @@ async fn events(
                     _ = &mut closing => return None,
                 };
                 // Who the caller is now: removed or logged out ends the stream; grants filter it.
-                let user = Caller::current_user(&app, &credential)?;
+                let user = Caller::current_user(&app, &credential).await?;
                 let (name, data) = if nodes_changed {
                     let nodes = nodes_rx.borrow_and_update().clone();
-                    let access = app.access(&user).ok()?;
+                    let access = app.access(&user).await.ok()?;
                     let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
                     (EVENT_NODES, serde_json::to_string(&nodes))
                 } else {
                     sessions_rx.borrow_and_update();
-                    let sessions = sessions_of(&app, user.id).ok()?;
+                    let sessions = sessions_of(&app, user.id).await.ok()?;
                     if sent.as_ref() == Some(&sessions) {
                         continue;
                     }
@@ -448,15 +454,15 @@ async fn events(
 }
 
 async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<SessionInfo>> {
-    Ok(Json(sessions_of(&app, caller.user.id)?))
+    Ok(Json(sessions_of(&app, caller.user.id).await?))
 }
 
 /// A user's sessions, as `GET /v1/sessions` and the `sessions` event show them.
-fn sessions_of(app: &App, user_id: i64) -> Result<Vec<SessionInfo>, crate::store::StoreError> {
-    let rows = app.store.list_sessions(user_id)?;
+async fn sessions_of(app: &App, user_id: i64) -> Result<Vec<SessionInfo>, crate::store::StoreError> {
+    let rows = app.store.list_sessions(user_id).await?;
     let mut out = Vec::new();
     for r in rows {
-        let node_name = app.store.node(&r.node_id)?.map(|n| n.name).unwrap_or_else(|| "(removed)".into());
+        let node_name = app.store.node(&r.node_id).await?.map(|n| n.name).unwrap_or_else(|| "(removed)".into());
         // A session whose isolation no longer parses is shown as the error it is, never
         // as native (which it may not have been).
         let isolation = r.isolation.parse::<proto::Isolation>().ok();
@@ -478,9 +484,9 @@ fn sessions_of(app: &App, user_id: i64) -> Result<Vec<SessionInfo>, crate::store
 }
 
 async fn remove_session(State(app): AppState, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, Refusal> {
-    if app.store.remove_session(caller.user.id, &id)? {
+    if app.store.remove_session(caller.user.id, &id).await? {
         app.sessions_changed();
-        caller.audit(&app, "session.remove", Record { session: Some(&id), ..Default::default() })?;
+        caller.audit(&app, "session.remove", Record { session: Some(&id), ..Default::default() }).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Refusal::new(Kind::NotFound, format!("you have no session {id:?}; `openbox sessions` lists them")))
@@ -501,5 +507,5 @@ async fn audit_log(State(app): AppState, caller: Caller, Query(f): Query<AuditFi
     caller.require_admin()?;
     let since = f.since.map_or(0, |s| now().saturating_sub(s));
     let limit = f.limit.unwrap_or(1000).clamp(1, 100_000);
-    Ok(Json(app.store.audit_log(f.user.as_deref(), f.node.as_deref(), since, limit)?))
+    Ok(Json(app.store.audit_log(f.user.as_deref(), f.node.as_deref(), since, limit).await?))
 }

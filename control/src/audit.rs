@@ -26,7 +26,7 @@ pub struct Record<'a> {
 
 impl App {
     /// Records `action` by `user`; fails (and the action with it) when it cannot.
-    pub fn audit(&self, user: &str, action: &str, source: Option<&Source>, r: Record<'_>) -> Result<(), Refusal> {
+    pub async fn audit(&self, user: &str, action: &str, source: Option<&Source>, r: Record<'_>) -> Result<(), Refusal> {
         let t = now();
         let entry = AuditEntry {
             at: t,
@@ -41,7 +41,7 @@ impl App {
             command: r.command.filter(|_| self.config.audit_commands).map(str::to_owned),
             detail: r.detail,
         };
-        self.store.audit(&entry, t.saturating_sub(self.config.audit_retention_secs))?;
+        self.store.audit(&entry, t.saturating_sub(self.config.audit_retention_secs)).await?;
         Ok(())
     }
 }

@@ -45,7 +45,7 @@ pub async fn run(
         public_key,
         command: Some(req.command.clone()),
     };
-    let d = placement::dispatch(&app, &caller.user, caller.source.as_ref(), dispatch, Some("web console"))?;
+    let d = placement::dispatch(&app, &caller.user, caller.source.as_ref(), dispatch, Some("web console")).await?;
     if d.node.addr.is_empty() {
         return Err(Refusal::new(
             Kind::Unavailable,

@@ -12,7 +12,7 @@ use crate::{App, now};
 /// Enrolls a node with a single-use token: checks the token and names, issues its id,
 /// heartbeat secret and host certificate, and adds it to the registry with the isolation
 /// it says it can serve.
-pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
+pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
     if !req.token.starts_with(token::ENROLL_PREFIX) {
         return Err(Refusal::new(
             Kind::Unauthorized,
@@ -21,7 +21,7 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
     }
     // The token first: nothing about the fleet is said to someone without a valid one.
     let token_hash = token::hash(&req.token);
-    let allowed = app.store.check_enroll_token(&token_hash, now())?.map_err(token_refusal)?;
+    let allowed = app.store.check_enroll_token(&token_hash, now()).await?.map_err(token_refusal)?;
     for t in &req.tags {
         check_name("tag", t)?;
     }
@@ -35,7 +35,7 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
     let host_key = trust::parse_public_key(&req.host_public_key)?;
     // A chosen name that is taken is refused before the token is used up.
     if let Some(name) = &req.name
-        && app.store.node(name)?.is_some_and(|n| &n.name == name)
+        && app.store.node(name).await?.is_some_and(|n| &n.name == name)
     {
         return Err(Refusal::new(
             Kind::Conflict,
@@ -53,31 +53,34 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
             ),
         ));
     }
-    let tags = app.store.take_enroll_token(&token_hash, now())?.map_err(token_refusal)?;
+    let tags = app.store.take_enroll_token(&token_hash, now()).await?.map_err(token_refusal)?;
     let node_id = token::random_id()[..12].to_owned();
     let secret = token::generate(token::NODE_PREFIX);
     let host_cert = sign_host_cert(app, &host_key, &node_id)?;
     let exact_name = req.name.is_some();
-    let row = app.store.insert_node(
-        NodeRow {
-            id: node_id.clone(),
-            name: req.name.unwrap_or(default_name),
-            tags,
-            platform: req.platform,
-            addr: req.addr,
-            mesh_addr: req.mesh_addr,
-            host_key: host_key.to_openssh().map_err(trust::TrustError::from)?,
-            secret_hash: token::hash(secret.expose()),
-            last_seen: Some(now()),
-            stopped: false,
-            created_at: now(),
-            capabilities: proto::api::known_capabilities(&req.capabilities),
-            shares_control: app.shares_control(req.host.as_ref()),
-        },
-        exact_name,
-    )?;
+    let row = app
+        .store
+        .insert_node(
+            NodeRow {
+                id: node_id.clone(),
+                name: req.name.unwrap_or(default_name),
+                tags,
+                platform: req.platform,
+                addr: req.addr,
+                mesh_addr: req.mesh_addr,
+                host_key: host_key.to_openssh().map_err(trust::TrustError::from)?,
+                secret_hash: token::hash(secret.expose()),
+                last_seen: Some(now()),
+                stopped: false,
+                created_at: now(),
+                capabilities: proto::api::known_capabilities(&req.capabilities),
+                shares_control: app.shares_control(req.host.as_ref()),
+            },
+            exact_name,
+        )
+        .await?;
     tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, isolation = ?row.capabilities, "node enrolled");
-    app.refresh_registry();
+    app.refresh_registry().await;
     Ok(Enrolled {
         node_id,
         name: row.name,
@@ -89,12 +92,12 @@ pub fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> {
 
 /// The fleet's tailnet, for a node about to enroll with `token` (which stays unused): it
 /// joins first, so that it enrolls with its tailnet address.
-pub fn fleet_mesh(app: &App, req: EnrollMeshRequest) -> Result<Option<MeshSettings>, Refusal> {
+pub async fn fleet_mesh(app: &App, req: EnrollMeshRequest) -> Result<Option<MeshSettings>, Refusal> {
     if !req.token.starts_with(token::ENROLL_PREFIX) {
         return Err(Refusal::new(Kind::Unauthorized, "that is not an enrollment token (they start with enroll_)"));
     }
-    app.store.check_enroll_token(&token::hash(&req.token), now())?.map_err(token_refusal)?;
-    Ok(app.store.mesh()?)
+    app.store.check_enroll_token(&token::hash(&req.token), now()).await?.map_err(token_refusal)?;
+    Ok(app.store.mesh().await?)
 }
 
 fn token_refusal(problem: EnrollTokenProblem) -> Refusal {
@@ -113,13 +116,13 @@ const REVOCATIONS_KEPT_SECS: u64 = 7 * 24 * 3600;
 
 /// Records a heartbeat authenticated by the node's secret, and renews the node's host
 /// certificate once past half its life.
-pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
+pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
     // One answer for an unknown id and a wrong secret, so nobody can probe for node ids;
     // only the removed node itself (its own secret) learns that it was removed.
     let refused = || Refusal::new(Kind::Unauthorized, "not a node of this fleet, or not its heartbeat secret");
     let secret_hash = secret.map(token::hash).unwrap_or_default();
-    let Some(node) = app.store.node(&hb.node_id)? else {
-        if app.store.is_revoked(&hb.node_id, &secret_hash)? {
+    let Some(node) = app.store.node(&hb.node_id).await? else {
+        if app.store.is_revoked(&hb.node_id, &secret_hash).await? {
             return Err(Refusal::new(
                 Kind::Gone,
                 "this node was removed from the fleet; enroll it again with a new token",
@@ -133,15 +136,15 @@ pub fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<Heart
         return Err(refused());
     }
     check_mesh_addr(hb.mesh_addr.as_deref())?;
-    app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now())?;
-    if app.store.apply_session_reports(&node.id, &hb.sessions)? {
+    app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now()).await?;
+    if app.store.apply_session_reports(&node.id, &hb.sessions).await? {
         app.sessions_changed();
     }
-    app.refresh_registry();
+    app.refresh_registry().await;
     // Users removed this past week: the node refuses what they still hold and ends their
     // sessions (a node away for longer learns nothing stale: their certificates expired).
     let mut reply = HeartbeatReply {
-        revoked_users: app.store.revoked_users(now().saturating_sub(REVOCATIONS_KEPT_SECS))?,
+        revoked_users: app.store.revoked_users(now().saturating_sub(REVOCATIONS_KEPT_SECS)).await?,
         ..Default::default()
     };
     if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {

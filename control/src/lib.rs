@@ -19,7 +19,7 @@ pub mod https;
 pub mod mesh;
 mod placement;
 mod refusal;
-mod store;
+pub mod store;
 mod terminal;
 mod web;
 
@@ -65,21 +65,21 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, store: Store, ca: Ca) -> Arc<App> {
+    pub async fn new(config: Config, store: Store, ca: Ca) -> Arc<App> {
         let (registry, _) = tokio::sync::watch::channel(Vec::new());
         let (sessions, _) = tokio::sync::watch::channel(());
         let (closing, _) = tokio::sync::watch::channel(false);
         let host = proto::api::AgentHost { machine: paths::machine(), uid: rustix::process::geteuid().as_raw() };
         let app = Arc::new(App { config, store, ca, host, registry, sessions, closing });
-        app.refresh_registry();
+        app.refresh_registry().await;
         app
     }
 
     /// Recomputes the node list and notifies subscribers if anything but `last_seen`
     /// changed (heartbeats alone do not wake every openboxd).
-    pub fn refresh_registry(&self) {
+    pub async fn refresh_registry(&self) {
         let t = now();
-        let nodes: Vec<proto::api::Node> = match self.store.list_nodes() {
+        let nodes: Vec<proto::api::Node> = match self.store.list_nodes().await {
             Ok(rows) => rows.iter().map(|n| n.to_api(t, self.config.offline_after_secs)).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "could not list nodes for the registry feed");
@@ -106,8 +106,8 @@ impl App {
     }
 
     /// What `user` may run where, as their grants say now.
-    pub(crate) fn access<'a>(&self, user: &'a store::User) -> Result<access::Access<'a>, StoreError> {
-        let grants = if user.admin { Vec::new() } else { self.store.grants(user.id)? };
+    pub(crate) async fn access<'a>(&self, user: &'a store::User) -> Result<access::Access<'a>, StoreError> {
+        let grants = if user.admin { Vec::new() } else { self.store.grants(user.id).await? };
         Ok(access::Access::new(user, grants))
     }
 
@@ -157,19 +157,23 @@ pub fn load_or_create_ca(path: &Path) -> anyhow::Result<Ca> {
 pub use proto::time::now;
 
 /// On an empty registry, creates the admin user and returns its one-time login token.
-pub fn bootstrap_admin(store: &Store, admin: &str) -> anyhow::Result<Option<trust::Secret>> {
-    if store.user_count()? > 0 {
+pub async fn bootstrap_admin(store: &Store, admin: &str) -> anyhow::Result<Option<trust::Secret>> {
+    if store.user_count().await? > 0 {
         return Ok(None);
     }
     let token = trust::token::generate(trust::token::LOGIN_PREFIX);
-    store.create_user(admin, true, &trust::token::hash(token.expose()), now())?;
-    Ok(Some(token))
+    match store.create_user(admin, true, &trust::token::hash(token.expose()), now()).await {
+        Ok(_) => Ok(Some(token)),
+        // Another control plane on the same database made it a moment ago.
+        Err(StoreError::Conflict(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Mints an extra login token for an existing user (for an admin who lost theirs).
-pub fn new_login_token(store: &Store, user: &str) -> Result<trust::Secret, StoreError> {
+pub async fn new_login_token(store: &Store, user: &str) -> Result<trust::Secret, StoreError> {
     let token = trust::token::generate(trust::token::LOGIN_PREFIX);
-    store.add_login_token(user, &trust::token::hash(token.expose()), now())?;
+    store.add_login_token(user, &trust::token::hash(token.expose()), now()).await?;
     Ok(token)
 }
 
@@ -187,7 +191,7 @@ pub async fn serve(
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                app.refresh_registry();
+                app.refresh_registry().await;
             }
         })
     };

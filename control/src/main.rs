@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use openbox_control::https::Https;
+use openbox_control::store::Database;
 
 /// Run the openbox control plane: users, node registry, certificate authority.
 ///
@@ -36,11 +37,16 @@ struct Args {
     /// TLS, or on a network you trust — tokens would cross it unencrypted.
     #[arg(long, conflicts_with_all = ["tls", "tls_cert"])]
     insecure_http: bool,
-    /// SQLite database file [default: STATE/control/openbox.db].
-    #[arg(long)]
-    db: Option<PathBuf>,
-    /// CA private key, OpenSSH format, created on first start [default: STATE/control/ca_key].
-    #[arg(long)]
+    /// Where the registry lives: a SQLite file (sqlite:PATH, or just PATH) or a PostgreSQL
+    /// database (postgres://USER[:PASSWORD]@HOST[:PORT]/DB, libpq's form; keep a password
+    /// out of the command line with PGPASSWORD or a ~/.pgpass file). Several control planes
+    /// on one PostgreSQL database serve one fleet [default: STATE/control/openbox.db].
+    #[arg(long, value_name = "sqlite:PATH|postgres://…")]
+    db: Option<Database>,
+    /// CA private key, OpenSSH format, created on first start (also OPENBOX_CA_KEY_FILE; or
+    /// the key itself in OPENBOX_CA_KEY, never written to disk). Every control plane on one
+    /// database must have the same key [default: STATE/control/ca_key].
+    #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
     /// Name of the admin user created on first start.
     #[arg(long, default_value = "admin")]
@@ -104,17 +110,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Everything the control plane writes is its own alone: the database holds token
     // hashes and the tailnet's auth key, beside the CA key.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let db = args.db.unwrap_or_else(openbox_control::default_db);
-    let ca_path = args.ca.unwrap_or_else(openbox_control::default_ca);
-    if let Some(dir) = db.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let db = args.db.unwrap_or_else(|| Database::Sqlite(openbox_control::default_db()));
+    let ca_path = args
+        .ca
+        .or_else(|| std::env::var_os("OPENBOX_CA_KEY_FILE").map(PathBuf::from))
+        .unwrap_or_else(openbox_control::default_ca);
+    // This control plane's own files (its TLS certificate, its tailnet state): beside a
+    // SQLite file, else in the default place.
+    let state_dir = match &db {
+        Database::Sqlite(path) => path.parent().map_or_else(|| PathBuf::from("."), std::path::Path::to_owned),
+        Database::Postgres(_) => {
+            openbox_control::default_db().parent().map(std::path::Path::to_owned).unwrap_or_default()
+        }
+    };
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    let store = openbox_control::Store::open(&db).await.with_context(|| format!("opening the database {db}"))?;
+    if let Database::Sqlite(path) = &db {
+        make_private(path)?;
     }
-    let store = openbox_control::Store::open(&db).with_context(|| format!("opening the database {}", db.display()))?;
-    make_private(&db)?;
     if args.mesh && !tailnet::BUILT {
         bail!(tailnet::TailnetError::NotBuilt);
     }
-    let fleet_mesh = fleet_mesh(&store, args.mesh_control, args.mesh_authkey_file.as_deref())?;
+    let fleet_mesh = fleet_mesh(&store, args.mesh_control, args.mesh_authkey_file.as_deref()).await?;
     if args.mesh {
         let Some(mesh) = &fleet_mesh else {
             bail!(
@@ -124,7 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // May start this program again, with the environment the tailnet needs.
         tailnet::ensure_environment(&mesh.control_url);
     }
-    let ca = openbox_control::load_or_create_ca(&ca_path)?;
+    let ca = fleet_ca(&store, &ca_path).await?;
     let listener = tokio::net::TcpListener::bind(&args.addr).await.with_context(|| {
         format!("cannot listen on {}; is another control plane running there? (--addr picks another)", args.addr)
     })?;
@@ -134,7 +151,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         Some(Https::from_files(cert, key).context("--tls-cert/--tls-key")?)
     } else if args.tls || !bound.ip().is_loopback() {
-        let dir = db.parent().unwrap_or(std::path::Path::new("."));
+        let dir = &state_dir;
         let names = certificate_names(bound, args.url.as_deref());
         Some(Https::own(&dir.join("tls_cert.pem"), &dir.join("tls_key.pem"), &names)?)
     } else {
@@ -152,11 +169,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => format!("--server {url}"),
     };
 
-    let first_token = openbox_control::bootstrap_admin(&store, &args.admin)?;
+    let first_token = openbox_control::bootstrap_admin(&store, &args.admin).await?;
     let extra_token =
-        if args.new_admin_token { Some(openbox_control::new_login_token(&store, &args.admin)?) } else { None };
+        if args.new_admin_token { Some(openbox_control::new_login_token(&store, &args.admin).await?) } else { None };
 
-    println!("openbox control plane listening on {url} (database {}, CA {})", db.display(), ca_path.display());
+    println!("openbox control plane listening on {url} (database {db}, CA {})", ca_path.display());
     if let Some(fp) = &fingerprint {
         println!("TLS certificate key {fp} (clients pin it with --fingerprint)");
     }
@@ -188,11 +205,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         audit_retention_secs: args.audit_retention,
         audit_commands: args.audit_commands,
     };
-    let app = openbox_control::App::new(config, store, ca);
+    let app = openbox_control::App::new(config, store, ca).await;
     if let Some(mesh) = fleet_mesh {
         println!("Nodes and users are handed the fleet's tailnet at {}.", mesh.control_url);
         if args.mesh {
-            let state = db.parent().unwrap_or(std::path::Path::new(".")).join("tailnet");
+            let state = state_dir.join("tailnet");
             let on_tailnet = openbox_control::mesh::serve(app.clone(), mesh, state, args.mesh_port, |url| {
                 println!("openbox control plane also listening on the tailnet at {url}");
             });
@@ -207,6 +224,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     openbox_control::serve(listener, app, https.map(|h| h.config), tailnet::shutdown_signals()?).await?;
     tracing::info!("control plane stopped");
     Ok(())
+}
+
+/// The CA key (from OPENBOX_CA_KEY, or the file, made on a fleet's first start), checked
+/// against the one the database's fleet trusts: a control plane with another key would
+/// sign certificates that no node accepts.
+async fn fleet_ca(store: &openbox_control::Store, path: &std::path::Path) -> anyhow::Result<trust::Ca> {
+    let trusted = store.fleet_ca().await?;
+    let (ca, from) = match std::env::var("OPENBOX_CA_KEY") {
+        Ok(text) => (
+            trust::Ca::from_openssh(&text).context("reading the CA key in OPENBOX_CA_KEY")?,
+            "OPENBOX_CA_KEY".to_owned(),
+        ),
+        Err(_) if trusted.is_some() && !path.exists() => bail!(
+            "this fleet's database already has a CA ({}), and its key is not at {}: give the key the other \
+             control planes use (--ca FILE, OPENBOX_CA_KEY_FILE or OPENBOX_CA_KEY)",
+            trusted.unwrap_or_default(),
+            path.display()
+        ),
+        Err(_) => (openbox_control::load_or_create_ca(path)?, path.display().to_string()),
+    };
+    let public = ca.public_key_openssh();
+    let pinned = store.pin_ca(&public).await?;
+    if pinned != public {
+        bail!(
+            "the CA key in {from} is not the one this fleet's database trusts ({pinned}); every control plane on one \
+             database needs the same CA key (--ca FILE, OPENBOX_CA_KEY_FILE or OPENBOX_CA_KEY)"
+        );
+    }
+    Ok(ca)
 }
 
 /// The names the control plane's own certificate is made for: this machine's, the address
@@ -250,13 +296,13 @@ fn make_private(db: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// The fleet's tailnet: what the flags say (then stored), else what was stored before.
-fn fleet_mesh(
+async fn fleet_mesh(
     store: &openbox_control::Store,
     control_url: Option<String>,
     authkey_file: Option<&std::path::Path>,
 ) -> anyhow::Result<Option<proto::api::MeshSettings>> {
     let key = tailnet::auth_key(authkey_file)?.map(|k| k.expose().to_owned());
-    let stored = store.mesh()?;
+    let stored = store.mesh().await?;
     let settings = match (control_url, key, stored) {
         (None, None, stored) => return Ok(stored),
         (Some(url), Some(key), _) => proto::api::MeshSettings { control_url: url, auth_key: key },
@@ -273,7 +319,7 @@ fn fleet_mesh(
     if settings.auth_key.is_empty() || settings.auth_key.chars().any(char::is_whitespace) {
         bail!("the tailnet auth key is empty or has spaces in it; check the file");
     }
-    store.set_mesh(&settings)?;
+    store.set_mesh(&settings).await?;
     Ok(Some(settings))
 }
 

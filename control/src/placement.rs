@@ -16,7 +16,7 @@ use crate::{App, now};
 /// and signs a short-lived user certificate for the caller's key, bound to that node, the
 /// isolation and the session.
 /// `detail` marks where the dispatch came from in the audit log (the web console).
-pub fn dispatch(
+pub async fn dispatch(
     app: &App,
     user: &User,
     source: Option<&Source>,
@@ -27,10 +27,10 @@ pub fn dispatch(
         check_name("session id", s)?;
     }
     let key = trust::parse_public_key(&req.public_key)?;
-    let access = app.access(user)?;
+    let access = app.access(user).await?;
     let node = match &req.session {
-        Some(sid) => session_node(app, &access, user, sid, &req)?,
-        None => resolve(app, &access, &req.target, &req.isolation)?,
+        Some(sid) => session_node(app, &access, user, sid, &req).await?,
+        None => resolve(app, &access, &req.target, &req.isolation).await?,
     };
     let request_id = token::random_id();
     let t = now();
@@ -55,7 +55,7 @@ pub fn dispatch(
         command: req.command.as_deref(),
         detail: detail.map(str::to_owned),
     };
-    app.audit(&user.name, "dispatch", source, record)?;
+    app.audit(&user.name, "dispatch", source, record).await?;
     Ok(Dispatch {
         node,
         cert: cert.to_openssh().map_err(trust::TrustError::from)?,
@@ -66,9 +66,10 @@ pub fn dispatch(
 
 /// Picks the node for a target among those the user may run on with this isolation: an
 /// exact node, or an online node carrying the tag.
-fn resolve(app: &App, access: &Access<'_>, target: &Target, isolation: &Isolation) -> Result<Node, Refusal> {
+async fn resolve(app: &App, access: &Access<'_>, target: &Target, isolation: &Isolation) -> Result<Node, Refusal> {
     let t = now();
-    let nodes: Vec<Node> = app.store.list_nodes()?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
+    let nodes: Vec<Node> =
+        app.store.list_nodes().await?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
     let kind = isolation.kind();
     let allowed: Vec<Node> = nodes.iter().filter(|n| access.allows(n, kind)).cloned().collect();
     let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
@@ -93,7 +94,7 @@ fn resolve(app: &App, access: &Access<'_>, target: &Target, isolation: &Isolatio
 }
 
 /// The node a session lives on: where its first use went, whatever the target says now.
-fn session_node(
+async fn session_node(
     app: &App,
     access: &Access<'_>,
     user: &User,
@@ -101,7 +102,7 @@ fn session_node(
     req: &DispatchRequest,
 ) -> Result<Node, Refusal> {
     let t = now();
-    if let Some(row) = app.store.session(user.id, sid)? {
+    if let Some(row) = app.store.session(user.id, sid).await? {
         if row.isolation != req.isolation.to_string() {
             return Err(Refusal::new(
                 Kind::Conflict,
@@ -111,7 +112,7 @@ fn session_node(
                 ),
             ));
         }
-        let node = app.store.node(&row.node_id)?.ok_or_else(|| {
+        let node = app.store.node(&row.node_id).await?.ok_or_else(|| {
             Refusal::new(
                 Kind::Gone,
                 format!("session {sid:?} was on a node that has been removed; end it with `openbox session rm {sid}`"),
@@ -126,10 +127,10 @@ fn session_node(
                 format!("session {sid:?} lives on node {}, which is offline", node.name),
             ));
         }
-        app.store.put_session(user.id, &SessionRow { last_used: t, ..row })?;
+        app.store.put_session(user.id, &SessionRow { last_used: t, ..row }).await?;
         return Ok(node);
     }
-    let node = resolve(app, access, &req.target, &req.isolation)?;
+    let node = resolve(app, access, &req.target, &req.isolation).await?;
     let row = SessionRow {
         id: sid.to_owned(),
         node_id: node.id.clone(),
@@ -138,9 +139,9 @@ fn session_node(
         last_used: t,
         state: "active".into(),
     };
-    if app.store.put_session(user.id, &row)? != node.id {
+    if app.store.put_session(user.id, &row).await? != node.id {
         // Another first use of this session placed it a moment ago: go where it went.
-        return session_node(app, access, user, sid, req);
+        return Box::pin(session_node(app, access, user, sid, req)).await;
     }
     app.sessions_changed();
     tracing::info!(user = %user.name, session = %sid, node = %node.id, "session placed");

@@ -47,6 +47,20 @@ impl From<StoreError> for Refusal {
                 tracing::error!(error = %e, "database error");
                 Refusal::new(Kind::Internal, "the control plane's database failed; see its log")
             }
+            // Not a statement refused but the database out of reach (restarting, say): a
+            // client may try again.
+            StoreError::Pool(e) => {
+                tracing::warn!(error = %e, "database unreachable");
+                Refusal::new(Kind::Unavailable, "the control plane cannot reach its database; try again shortly")
+            }
+            StoreError::Postgres(e) if e.code().is_none() => {
+                tracing::warn!(error = %e, "database connection failed");
+                Refusal::new(Kind::Unavailable, "the control plane cannot reach its database; try again shortly")
+            }
+            StoreError::Postgres(e) => {
+                tracing::error!(error = %e, "database error");
+                Refusal::new(Kind::Internal, "the control plane's database failed; see its log")
+            }
         }
     }
 }

@@ -51,8 +51,8 @@ pub async fn open(
     Query(q): Query<TerminalQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
-    crate::web::check_socket(&app, &caller, &headers, &q.csrf)?;
-    let reached = reach(&app, caller, q);
+    crate::web::check_socket(&app, &caller, &headers, &q.csrf).await?;
+    let reached = reach(&app, caller, q).await;
     Ok(ws.on_upgrade(move |mut socket| async move {
         match reached {
             Ok(node) => serve(socket, node).await,
@@ -73,7 +73,7 @@ struct Reached {
     pty: PtySpec,
 }
 
-fn reach(app: &App, caller: Caller, q: TerminalQuery) -> Result<Reached, Refusal> {
+async fn reach(app: &App, caller: Caller, q: TerminalQuery) -> Result<Reached, Refusal> {
     let target = match q.target.split_once(':') {
         Some(("node", n)) => Target::Node(n.to_owned()),
         Some(("tag", t)) => Target::Tag(t.to_owned()),
@@ -87,7 +87,7 @@ fn reach(app: &App, caller: Caller, q: TerminalQuery) -> Result<Reached, Refusal
     let public_key = key.public_key().to_openssh().map_err(trust::TrustError::from)?;
     let session = q.session.filter(|s| !s.is_empty());
     let dispatch = DispatchRequest { target, session, isolation, public_key, command: None };
-    let d = placement::dispatch(app, &caller.user, caller.source.as_ref(), dispatch, Some("web terminal"))?;
+    let d = placement::dispatch(app, &caller.user, caller.source.as_ref(), dispatch, Some("web terminal")).await?;
     if d.node.addr.is_empty() {
         return Err(Refusal::new(
             Kind::Unavailable,

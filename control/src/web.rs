@@ -172,7 +172,7 @@ async fn login(
     let req = crate::api::body(b)?;
     let tok = req.token.trim();
     let user = match tok.starts_with(token::LOGIN_PREFIX) {
-        true => app.store.user_by_login_token(&token::hash(tok))?,
+        true => app.store.user_by_login_token(&token::hash(tok)).await?,
         false => None,
     };
     let Some(user) = user else {
@@ -181,7 +181,7 @@ async fn login(
             "that login token is not valid: paste one that starts with obx_, or run `openbox dashboard` for a link",
         ));
     };
-    start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login")
+    start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login").await
 }
 
 /// Follows a one-time link: a session, then the dashboard.
@@ -191,7 +191,7 @@ async fn follow_link(
     source: Option<axum::Extension<Source>>,
 ) -> Result<Response, Refusal> {
     let user = match code.starts_with(LINK_PREFIX) {
-        true => app.store.take_web_link(&token::hash(&code), now())?,
+        true => app.store.take_web_link(&token::hash(&code), now()).await?,
         false => None,
     };
     let Some(user) = user else {
@@ -199,18 +199,18 @@ async fn follow_link(
         resp.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
         return Ok(resp);
     };
-    let mut resp = start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login")?;
+    let mut resp = start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login").await?;
     *resp.status_mut() = StatusCode::SEE_OTHER;
     resp.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/"));
     Ok(resp)
 }
 
-fn start_session(app: &App, user: &User, source: Option<&Source>, action: &str) -> Result<Response, Refusal> {
+async fn start_session(app: &App, user: &User, source: Option<&Source>, action: &str) -> Result<Response, Refusal> {
     let cookie = token::generate(SESSION_PREFIX);
     let csrf = token::random_id();
     let t = now();
-    app.store.add_web_session(&token::hash(cookie.expose()), user.id, &csrf, t, t + SESSION_SECS)?;
-    app.audit(&user.name, action, source, Record::default())?;
+    app.store.add_web_session(&token::hash(cookie.expose()), user.id, &csrf, t, t + SESSION_SECS).await?;
+    app.audit(&user.name, action, source, Record::default()).await?;
     let info = session_info(app, user, csrf, t + SESSION_SECS);
     let mut resp = Json(info).into_response();
     let secure = if app.config.public_url.starts_with("https://") { "; Secure" } else { "" };
@@ -239,7 +239,7 @@ async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Resp
         return Err(Refusal::new(Kind::Unauthorized, "not logged in"));
     };
     let hash = token::hash(cookie);
-    match app.store.web_session(&hash, now())? {
+    match app.store.web_session(&hash, now()).await? {
         Some(s) => {
             let mut resp = Json(session_info(&app, &s.user, s.csrf, s.expires_at)).into_response();
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -251,9 +251,9 @@ async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Resp
 
 /// Ends the browser's session and clears its cookie.
 async fn logout(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, Refusal> {
-    let caller = crate::api::Caller::from_parts(&parts, &app)?;
+    let caller = crate::api::Caller::from_parts(&parts, &app).await?;
     if let crate::api::Credential::Web(hash) = &caller.credential {
-        app.store.remove_web_session(hash)?;
+        app.store.remove_web_session(hash).await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
@@ -274,9 +274,9 @@ pub fn cookie(headers: &HeaderMap) -> Option<&str> {
 
 /// The user of a request authenticated by its session cookie: a state-changing request
 /// must echo the session's CSRF token and, when it says where it comes from, come from here.
-pub fn cookie_user(app: &App, parts: &Parts, cookie: &str) -> Result<(User, String), Refusal> {
+pub async fn cookie_user(app: &App, parts: &Parts, cookie: &str) -> Result<(User, String), Refusal> {
     let hash = token::hash(cookie);
-    let Some(crate::store::WebSession { user, csrf, .. }) = app.store.web_session(&hash, now())? else {
+    let Some(crate::store::WebSession { user, csrf, .. }) = app.store.web_session(&hash, now()).await? else {
         return Err(Refusal::new(Kind::Unauthorized, "your dashboard session has ended; log in again"));
     };
     if !matches!(parts.method, Method::GET | Method::HEAD) {
@@ -294,13 +294,18 @@ pub fn cookie_user(app: &App, parts: &Parts, cookie: &str) -> Result<(User, Stri
 
 /// A WebSocket from the dashboard: it must say it comes from this site, and carry the
 /// page's CSRF token in its query (it cannot send headers of its own).
-pub fn check_socket(app: &App, caller: &crate::api::Caller, headers: &HeaderMap, csrf: &str) -> Result<(), Refusal> {
+pub async fn check_socket(
+    app: &App,
+    caller: &crate::api::Caller,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<(), Refusal> {
     if headers.get(header::ORIGIN).is_none() {
         return Err(Refusal::new(Kind::Forbidden, "a terminal must be opened from the dashboard"));
     }
     same_origin(headers)?;
     let crate::api::Credential::Web(hash) = &caller.credential else { return Ok(()) };
-    match app.store.web_session(hash, now())? {
+    match app.store.web_session(hash, now()).await? {
         Some(s) if token::same(csrf, &s.csrf) => Ok(()),
         _ => Err(Refusal::new(Kind::Forbidden, "this terminal lacks the page's CSRF token; reload the dashboard")),
     }
@@ -326,7 +331,7 @@ pub async fn new_link(
 ) -> Result<Json<proto::api::WebLink>, Refusal> {
     let code = token::generate(LINK_PREFIX);
     let t = now();
-    app.store.add_web_link(&token::hash(code.expose()), caller.user.id, t, t + LINK_SECS)?;
+    app.store.add_web_link(&token::hash(code.expose()), caller.user.id, t, t + LINK_SECS).await?;
     let url = format!("{}/web/link/{}", app.config.public_url, code.expose());
     Ok(Json(proto::api::WebLink { url, expires_at: t + LINK_SECS }))
 }

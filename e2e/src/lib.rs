@@ -230,6 +230,8 @@ pub struct ControlPlane {
     /// The admin's one-time login token from the first start.
     pub admin_token: String,
     extra: Vec<String>,
+    /// Environment for the control plane (kept for restarts).
+    env: Vec<(String, String)>,
     /// Whether it runs under a wrapper (strace).
     wrapped: bool,
 }
@@ -254,19 +256,38 @@ impl ControlPlane {
         ControlPlane::start_wrapped(&wrapper, extra)
     }
 
+    /// Starts another control plane on a database that already holds a fleet (a replica):
+    /// it makes no admin, so it has no token to show.
+    pub fn start_replica(extra: &[&str]) -> ControlPlane {
+        ControlPlane::start_full(&[], extra, &[], false)
+    }
+
+    /// Like [`ControlPlane::start_replica`], with extra environment.
+    pub fn start_replica_env(extra: &[&str], env: &[(&str, &str)]) -> ControlPlane {
+        ControlPlane::start_full(&[], extra, env, false)
+    }
+
     fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> ControlPlane {
+        ControlPlane::start_full(wrapper, extra, &[], true)
+    }
+
+    fn start_full(wrapper: &[&str], extra: &[&str], env: &[(&str, &str)], first: bool) -> ControlPlane {
         let home = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut proc = Self::spawn_wrapped(wrapper, home.path(), "127.0.0.1:0", &extra);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut proc = Self::spawn_wrapped(wrapper, home.path(), "127.0.0.1:0", &extra, &env);
         let listening = proc.wait_line("listening on ");
         let url = listening
             .split_whitespace()
             .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .expect("URL in the listening line")
             .to_owned();
-        let login = proc.wait_line("openbox login --server");
-        let admin_token = login.split_whitespace().last().expect("token").to_owned();
-        let fingerprint = flag_value(&login, "--fingerprint");
+        let (admin_token, fingerprint) = if first {
+            let login = proc.wait_line("openbox login --server");
+            (login.split_whitespace().last().expect("token").to_owned(), flag_value(&login, "--fingerprint"))
+        } else {
+            (String::new(), None)
+        };
         let addr = url.split_once("://").expect("a URL").1.to_owned();
         ControlPlane {
             proc: Some(proc),
@@ -276,15 +297,16 @@ impl ControlPlane {
             fingerprint,
             admin_token,
             extra,
+            env,
             wrapped: !wrapper.is_empty(),
         }
     }
 
-    fn spawn(home: &Path, addr: &str, extra: &[String]) -> Proc {
-        ControlPlane::spawn_wrapped(&[], home, addr, extra)
+    fn spawn(&self) -> Proc {
+        ControlPlane::spawn_wrapped(&[], self.home.path(), &self.addr, &self.extra, &self.env)
     }
 
-    fn spawn_wrapped(wrapper: &[&str], home: &Path, addr: &str, extra: &[String]) -> Proc {
+    fn spawn_wrapped(wrapper: &[&str], home: &Path, addr: &str, extra: &[String], env: &[(String, String)]) -> Proc {
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -294,7 +316,7 @@ impl ControlPlane {
             None => Command::new(bin("openbox-control")),
         };
         // Should it join a tailnet, it must not reach out on the machine's own address.
-        cmd.env("OPENBOX_HOME", home).env(MESH_TEST_ENV.0, MESH_TEST_ENV.1);
+        cmd.env("OPENBOX_HOME", home).env(MESH_TEST_ENV.0, MESH_TEST_ENV.1).envs(env.iter().map(|(k, v)| (k, v)));
         // On `addr` unless the test gives its own.
         if !extra.iter().any(|a| a == "--addr") {
             cmd.args(["--addr", addr]);
@@ -339,7 +361,7 @@ impl ControlPlane {
     /// Starts it again on the same address with the same files.
     pub fn restart(&mut self) {
         self.stop();
-        let mut proc = Self::spawn(self.home.path(), &self.addr, &self.extra);
+        let mut proc = self.spawn();
         proc.wait_line("listening on ");
         self.proc = Some(proc);
     }
@@ -349,7 +371,7 @@ impl ControlPlane {
     pub fn restart_with(&mut self, extra: &[&str]) {
         self.stop();
         self.extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut proc = Self::spawn(self.home.path(), &self.addr, &self.extra);
+        let mut proc = self.spawn();
         let listening = proc.wait_line("listening on ");
         self.url = listening.split_whitespace().find(|w| w.contains("://")).expect("URL").to_owned();
         self.fingerprint = None;
@@ -841,6 +863,45 @@ pub fn engines() -> &'static Engines {
             tree: get("OPENBOX_TEST_TREE"),
         }
     })
+}
+
+/// The test PostgreSQL server (`scripts/test-postgres`, started once per test process; a
+/// machine without PostgreSQL fails these tests): `postgres://USER@HOST:PORT`.
+pub fn postgres_server() -> &'static str {
+    static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| postgres_cluster(&[]))
+}
+
+/// Starts (or finds) a PostgreSQL cluster with `scripts/test-postgres` and these variables
+/// (`OPENBOX_TEST_POSTGRES_DIR`, `…_PORT` for one of a test's own); its server URL.
+pub fn postgres_cluster(env: &[(&str, &str)]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-postgres");
+    let out = Command::new(&script).envs(env.iter().copied()).output().expect("run scripts/test-postgres");
+    assert!(
+        out.status.success(),
+        "scripts/test-postgres failed (these tests need PostgreSQL; scripts/setup-test-env installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    text.lines()
+        .find_map(|l| l.strip_prefix("OPENBOX_TEST_POSTGRES="))
+        .unwrap_or_else(|| panic!("scripts/test-postgres printed no OPENBOX_TEST_POSTGRES:\n{text}"))
+        .to_owned()
+}
+
+/// Runs SQL on a PostgreSQL database with psql; its output, one row a line.
+pub fn psql(url: &str, sql: &str) -> String {
+    let out =
+        Command::new("psql").args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql]).output().expect("psql");
+    assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// A new, empty database on `server`: its URL.
+pub fn postgres_database(server: &str) -> String {
+    let name = format!("e2e_{}", &trust::token::random_id()[..12]);
+    psql(&format!("{server}/postgres"), &format!("CREATE DATABASE {name}"));
+    format!("{server}/{name}")
 }
 
 /// A control plane, its admin logged in, and one agent tagged `t`; `run` adds the flags

@@ -1,23 +1,14 @@
-//! The registry on SQLite: users, hashed tokens, nodes and revoked node identities.
-//! Schema changes are numbered migrations tracked in `PRAGMA user_version`.
+//! The registry on SQLite, the default: one file, one writer at a time (a personal fleet
+//! and a good deal more). Schema changes are numbered migrations tracked in
+//! `PRAGMA user_version`.
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use proto::api::{Grant, Heartbeat, Node, Platform, Target, UserInfo};
-use rusqlite::{Connection, OptionalExtension, params};
+use proto::api::{Grant, Heartbeat, Platform, Target, UserInfo};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Refused(String),
-}
+use super::{EnrollTokenProblem, NodeRow, SessionRow, StoreError, User, WebSession, tags_from, tags_json};
+use rusqlite::{Connection, OptionalExtension, params};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -131,6 +122,12 @@ const MIGRATIONS: &[&str] = &[
         user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
         expires_at INTEGER NOT NULL
     );",
+    // 11: the CA this fleet trusts (its public key), so a control plane started with
+    // another CA key refuses rather than signing certificates no node accepts.
+    "CREATE TABLE fleet_ca (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        public_key TEXT NOT NULL
+    );",
 ];
 
 /// The tags of an enrollment token, or why it cannot be used.
@@ -158,105 +155,22 @@ fn usable_enroll_token(
     Ok(Ok(tags_from(tags)))
 }
 
-/// A session in the directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionRow {
-    pub id: String,
-    pub node_id: String,
-    pub isolation: String,
-    pub created_at: u64,
-    pub last_used: u64,
-    pub state: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct User {
-    pub id: i64,
-    pub name: String,
-    pub admin: bool,
-    /// Unique to this user for its whole life: a name removed and added again gets another.
-    pub incarnation: String,
-}
-
-/// A browser logged in to the dashboard.
-pub struct WebSession {
-    pub user: User,
-    /// What each state-changing request it makes must echo.
-    pub csrf: String,
-    pub expires_at: u64,
-}
-
-/// A node as stored, with what the API does not show.
-#[derive(Clone, Debug)]
-pub struct NodeRow {
-    pub id: String,
-    pub name: String,
-    pub tags: Vec<String>,
-    pub platform: Platform,
-    pub addr: String,
-    pub mesh_addr: Option<String>,
-    pub host_key: String,
-    pub secret_hash: String,
-    pub last_seen: Option<u64>,
-    pub stopped: bool,
-    pub created_at: u64,
-    /// Isolation kinds the node reported it can serve.
-    pub capabilities: Vec<String>,
-    /// Its agent could read the control plane's files (see [`Node::shares_control`]).
-    pub shares_control: bool,
-}
-
-impl NodeRow {
-    pub fn to_api(&self, now: u64, offline_after: u64) -> Node {
-        let online = !self.stopped && self.last_seen.is_some_and(|t| now.saturating_sub(t) <= offline_after);
-        Node {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            tags: self.tags.clone(),
-            platform: self.platform.clone(),
-            addr: self.addr.clone(),
-            mesh_addr: self.mesh_addr.clone(),
-            online,
-            last_seen: self.last_seen,
-            created_at: self.created_at,
-            capabilities: self.capabilities.clone(),
-            shares_control: self.shares_control,
-        }
-    }
-}
-
-/// Why an enrollment token was not accepted.
-#[derive(Debug, PartialEq, Eq)]
-pub enum EnrollTokenProblem {
-    Unknown,
-    Used,
-    Expired,
-}
-
-pub struct Store {
+pub struct Sqlite {
     conn: Mutex<Connection>,
 }
 
-fn tags_json(tags: &[String]) -> String {
-    serde_json::to_string(tags).expect("a list of strings serializes")
-}
-
-fn tags_from(text: String) -> Vec<String> {
-    serde_json::from_str(&text).unwrap_or_default()
-}
-
-impl Store {
+impl Sqlite {
     /// Opens (creating if needed) the database and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path) -> Result<Sqlite> {
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
 
-    pub fn open_in_memory() -> Result<Store> {
+    pub fn open_in_memory() -> Result<Sqlite> {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(mut conn: Connection) -> Result<Store> {
+    fn init(mut conn: Connection) -> Result<Sqlite> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -274,7 +188,7 @@ impl Store {
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
         }
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Sqlite { conn: Mutex::new(conn) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -345,6 +259,16 @@ impl Store {
         let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         entries.reverse();
         Ok(entries)
+    }
+
+    pub fn fleet_ca(&self) -> Result<Option<String>> {
+        Ok(self.conn().query_row("SELECT public_key FROM fleet_ca WHERE id = 1", [], |r| r.get(0)).optional()?)
+    }
+
+    pub fn pin_ca(&self, public_key: &str) -> Result<String> {
+        let conn = self.conn();
+        conn.execute("INSERT INTO fleet_ca (id, public_key) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING", [public_key])?;
+        Ok(conn.query_row("SELECT public_key FROM fleet_ca WHERE id = 1", [], |r| r.get(0))?)
     }
 
     // ---- the fleet's tailnet ----
@@ -831,7 +755,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl Sqlite {
     fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
         Ok(SessionRow {
             id: r.get(0)?,
@@ -899,118 +823,5 @@ impl Store {
             )?;
         }
         Ok(changed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(id: &str, name: &str) -> NodeRow {
-        NodeRow {
-            id: id.into(),
-            name: name.into(),
-            tags: vec!["a".into()],
-            platform: Platform::this_machine(),
-            addr: "127.0.0.1:1".into(),
-            mesh_addr: None,
-            host_key: "ssh-ed25519 AAAA".into(),
-            secret_hash: "h".into(),
-            last_seen: None,
-            stopped: false,
-            created_at: 1,
-            capabilities: vec!["native".into()],
-            shares_control: false,
-        }
-    }
-
-    #[test]
-    fn grants_replace_each_other_and_go_with_their_node_or_user() {
-        let s = Store::open_in_memory().unwrap();
-        let bob = s.create_user("bob", false, "bob-hash", 1).unwrap();
-        s.insert_node(node("n1", "box"), true).unwrap();
-        let tag = |isolation: &[&str]| Grant {
-            on: Target::Tag("ci".into()),
-            isolation: isolation.iter().map(|k| k.to_string()).collect(),
-        };
-        s.put_grant("bob", &tag(&[]), 1).unwrap();
-        let shown = s.put_grant("bob", &tag(&["docker"]), 2).unwrap();
-        assert_eq!(shown, vec![tag(&["docker"])], "a second grant on the same tag replaces the first");
-        let shown = s.put_grant("bob", &Grant { on: Target::Node("n1".into()), isolation: vec![] }, 3).unwrap();
-        assert!(
-            shown.contains(&Grant { on: Target::Node("box".into()), isolation: vec![] }),
-            "shown by name: {shown:?}"
-        );
-        assert!(s.grants(bob.id).unwrap().contains(&Grant { on: Target::Node("n1".into()), isolation: vec![] }));
-        s.remove_node("n1", 4).unwrap();
-        assert_eq!(s.grants(bob.id).unwrap(), vec![tag(&["docker"])], "a removed node's grant goes with it");
-        assert!(matches!(s.remove_grant("bob", &Target::Tag("gpu".into())), Err(StoreError::NotFound(_))));
-        assert!(s.remove_grant("bob", &Target::Tag("ci".into())).unwrap().is_empty());
-        s.put_grant("bob", &tag(&[]), 5).unwrap();
-        s.remove_user("bob", 6).unwrap();
-        let again = s.create_user("bob", false, "bob-hash-2", 7).unwrap();
-        assert!(s.grants(again.id).unwrap().is_empty(), "a user added again starts with no grants");
-        assert!(matches!(s.put_grant("nobody", &tag(&[]), 8), Err(StoreError::NotFound(_))));
-    }
-
-    #[test]
-    fn an_enrollment_token_is_taken_once_and_not_after_expiry() {
-        let s = Store::open_in_memory().unwrap();
-        let u = s.create_user("admin", true, "login-hash", 1).unwrap();
-        s.add_enroll_token("e1", u.id, &["gpu".into()], 10, 100).unwrap();
-        s.add_enroll_token("e2", u.id, &[], 10, 100).unwrap();
-        assert_eq!(s.take_enroll_token("e1", 50).unwrap(), Ok(vec!["gpu".to_string()]));
-        assert_eq!(s.take_enroll_token("e1", 51).unwrap(), Err(EnrollTokenProblem::Used));
-        assert_eq!(s.take_enroll_token("e2", 100).unwrap(), Err(EnrollTokenProblem::Expired));
-        assert_eq!(s.take_enroll_token("nope", 1).unwrap(), Err(EnrollTokenProblem::Unknown));
-        s.add_enroll_token("e3", u.id, &["t".into()], 10, 100).unwrap();
-        assert_eq!(s.check_enroll_token("e3", 50).unwrap(), Ok(vec!["t".to_string()]));
-        assert_eq!(s.check_enroll_token("e3", 50).unwrap(), Ok(vec!["t".to_string()]), "checking uses nothing up");
-        assert_eq!(s.check_enroll_token("e1", 50).unwrap(), Err(EnrollTokenProblem::Used));
-    }
-
-    #[test]
-    fn default_node_names_get_a_suffix_but_explicit_ones_conflict() {
-        let s = Store::open_in_memory().unwrap();
-        s.insert_node(node("1", "box"), false).unwrap();
-        assert_eq!(s.insert_node(node("2", "box"), false).unwrap().name, "box-2");
-        assert!(matches!(s.insert_node(node("3", "box"), true), Err(StoreError::Conflict(_))));
-    }
-
-    #[test]
-    fn removing_a_node_revokes_it() {
-        let s = Store::open_in_memory().unwrap();
-        s.insert_node(node("1", "box"), false).unwrap();
-        s.remove_node("1", 5).unwrap();
-        assert!(s.node("1").unwrap().is_none());
-        let secret = s.is_revoked("1", &node("1", "box").secret_hash).unwrap();
-        assert!(secret, "its own secret learns it was removed");
-        assert!(!s.is_revoked("1", "another-secret").unwrap(), "nobody else does");
-    }
-
-    #[test]
-    fn the_last_admin_cannot_be_removed() {
-        let s = Store::open_in_memory().unwrap();
-        s.create_user("admin", true, "h1", 1).unwrap();
-        s.create_user("bob", false, "h2", 1).unwrap();
-        assert!(matches!(s.remove_user("admin", 5), Err(StoreError::Refused(_))));
-        s.remove_user("bob", 5).unwrap();
-        assert!(s.user_by_login_token("h2").unwrap().is_none(), "a removed user's tokens go with it");
-    }
-
-    #[test]
-    fn reopening_the_file_keeps_everything() {
-        let dir = std::env::temp_dir().join(format!("obx-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("db");
-        {
-            let s = Store::open(&path).unwrap();
-            s.create_user("admin", true, "h1", 1).unwrap();
-            s.insert_node(node("1", "box"), false).unwrap();
-        }
-        let s = Store::open(&path).unwrap();
-        assert_eq!(s.user_by_login_token("h1").unwrap().unwrap().name, "admin");
-        assert_eq!(s.list_nodes().unwrap().len(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

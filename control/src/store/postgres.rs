@@ -1,0 +1,841 @@
+//! The registry on PostgreSQL, for several control planes on one database: every
+//! decision that must hold across them (a token used once, the last admin kept, a
+//! session placed once) is one statement or a transaction that locks what it reads.
+//! Schema changes are numbered migrations in `openbox_schema`, applied under an advisory
+//! lock so replicas starting together migrate once.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use proto::api::{
+    AuditEntry, EnrollTokenInfo, Grant, Heartbeat, MeshSettings, Platform, RevokedUser, SessionReport, Target, UserInfo,
+};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+use super::{
+    EnrollTokenProblem, NodeRow, Result, SessionRow, StoreError, TokenCheck, User, WebSession, tags_from, tags_json,
+};
+
+/// Connections kept open per control plane.
+const POOL_SIZE: usize = 16;
+/// Any number, as long as it is the same in every control plane ("openbox" in ASCII): the
+/// migration lock.
+const MIGRATION_LOCK: i64 = 0x006f_7065_6e62_6f78;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the schema as SQLite's ten migrations left it.
+    "CREATE TABLE users (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        admin BOOLEAN NOT NULL,
+        created_at BIGINT NOT NULL,
+        incarnation TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('login', 'enroll')),
+        user_id BIGINT REFERENCES users(id) ON DELETE CASCADE,
+        tags TEXT NOT NULL DEFAULT '[]',
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT,
+        used_at BIGINT
+    );
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        tags TEXT NOT NULL,
+        os TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        host_key TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        version TEXT NOT NULL DEFAULT '',
+        last_seen BIGINT,
+        stopped BOOLEAN NOT NULL DEFAULT FALSE,
+        created_at BIGINT NOT NULL,
+        capabilities TEXT NOT NULL DEFAULT '[\"native\"]',
+        mesh_addr TEXT,
+        shares_control BOOLEAN NOT NULL DEFAULT TRUE
+    );
+    CREATE TABLE revoked_nodes (
+        id TEXT PRIMARY KEY,
+        host_key TEXT NOT NULL,
+        revoked_at BIGINT NOT NULL,
+        secret_hash TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE sessions (
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        isolation TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_used BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (user_id, id)
+    );
+    CREATE INDEX sessions_node ON sessions (node_id);
+    CREATE TABLE mesh (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        control_url TEXT NOT NULL,
+        auth_key TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at BIGINT NOT NULL,
+        \"user\" TEXT NOT NULL,
+        action TEXT NOT NULL,
+        node_id TEXT,
+        isolation TEXT,
+        session TEXT,
+        key_id TEXT,
+        source TEXT,
+        command_sha256 TEXT,
+        command TEXT,
+        detail TEXT
+    );
+    CREATE INDEX audit_at ON audit (at);
+    CREATE TABLE revoked_users (
+        incarnation TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        revoked_at BIGINT NOT NULL
+    );
+    CREATE TABLE grants (
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('tag', 'node')),
+        value TEXT NOT NULL,
+        isolation TEXT NOT NULL DEFAULT '[]',
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (user_id, kind, value)
+    );
+    CREATE TABLE web_sessions (
+        hash TEXT PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        csrf TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE web_links (
+        hash TEXT PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        expires_at BIGINT NOT NULL
+    );",
+    // 2: the CA this fleet trusts (SQLite's 11).
+    "CREATE TABLE fleet_ca (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        public_key TEXT NOT NULL
+    );",
+];
+
+/// Times and counts are u64 here and BIGINT there.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn user_from(r: &Row) -> User {
+    User { id: r.get(0), name: r.get(1), admin: r.get(2), incarnation: r.get(3) }
+}
+
+const NODE_COLUMNS: &str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, \
+                            capabilities, mesh_addr, shares_control";
+
+fn node_from(r: &Row) -> NodeRow {
+    NodeRow {
+        id: r.get(0),
+        name: r.get(1),
+        tags: tags_from(r.get(2)),
+        platform: Platform { os: r.get(3), arch: r.get(4) },
+        addr: r.get(5),
+        host_key: r.get(6),
+        secret_hash: r.get(7),
+        last_seen: r.get::<_, Option<i64>>(8).map(uint),
+        stopped: r.get(9),
+        created_at: uint(r.get(10)),
+        capabilities: tags_from(r.get(11)),
+        mesh_addr: r.get(12),
+        shares_control: r.get(13),
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, node_id, isolation, created_at, last_used, state";
+
+fn session_from(r: &Row) -> SessionRow {
+    SessionRow {
+        id: r.get(0),
+        node_id: r.get(1),
+        isolation: r.get(2),
+        created_at: uint(r.get(3)),
+        last_used: uint(r.get(4)),
+        state: r.get(5),
+    }
+}
+
+/// A unique key broken by a concurrent insert becomes the conflict it is.
+fn conflict(e: tokio_postgres::Error, message: impl FnOnce() -> String) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { StoreError::Conflict(message()) } else { e.into() }
+}
+
+pub struct Postgres {
+    pool: Pool,
+}
+
+type Client = deadpool_postgres::Object;
+
+impl Postgres {
+    /// Connects (the pool opens connections as they are needed) and brings the schema up
+    /// to date.
+    pub async fn connect(url: &str) -> Result<Postgres> {
+        let config: tokio_postgres::Config = url.parse()?;
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager).max_size(POOL_SIZE).build().expect("a pool without timeouts builds");
+        let db = Postgres { pool };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn client(&self) -> Result<Client> {
+        Ok(self.pool.get().await?)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS openbox_schema (version INTEGER NOT NULL)").await?;
+        let version: i32 = match tx.query_opt("SELECT version FROM openbox_schema", &[]).await? {
+            Some(r) => r.get(0),
+            None => {
+                tx.execute("INSERT INTO openbox_schema (version) VALUES (0)", &[]).await?;
+                0
+            }
+        };
+        let known = MIGRATIONS.len();
+        let version = usize::try_from(version).unwrap_or(0);
+        if version > known {
+            return Err(StoreError::Refused(format!(
+                "the database has schema version {version}, newer than this control plane knows ({known}); upgrade openbox"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            tx.batch_execute(sql).await?;
+            let v = i32::try_from(i + 1).expect("few migrations");
+            tx.execute("UPDATE openbox_schema SET version = $1", &[&v]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn audit(&self, e: &AuditEntry, keep_since: u64) -> Result<()> {
+        let c = self.client().await?;
+        let insert = c
+            .prepare_cached(
+                "INSERT INTO audit (at, \"user\", action, node_id, isolation, session, key_id, source, command_sha256,
+                 command, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .await?;
+        c.execute(
+            &insert,
+            &[
+                &int(e.at),
+                &e.user,
+                &e.action,
+                &e.node_id,
+                &e.isolation,
+                &e.session,
+                &e.key_id,
+                &e.source,
+                &e.command_sha256,
+                &e.command,
+                &e.detail,
+            ],
+        )
+        .await?;
+        let forget = c.prepare_cached("DELETE FROM audit WHERE at < $1").await?;
+        c.execute(&forget, &[&int(keep_since)]).await?;
+        Ok(())
+    }
+
+    pub async fn audit_log(
+        &self,
+        user: Option<&str>,
+        node: Option<&str>,
+        since: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT at, \"user\", action, node_id, isolation, session, key_id, source, command_sha256, command, detail
+                 FROM audit
+                 WHERE at >= $1 AND ($2::TEXT IS NULL OR \"user\" = $2)
+                   AND ($3::TEXT IS NULL OR node_id = $3 OR node_id IN (SELECT id FROM nodes WHERE name = $3))
+                 ORDER BY id DESC LIMIT $4",
+                &[&int(since), &user, &node, &i64::from(limit)],
+            )
+            .await?;
+        let mut entries: Vec<AuditEntry> = rows
+            .iter()
+            .map(|r| AuditEntry {
+                at: uint(r.get(0)),
+                user: r.get(1),
+                action: r.get(2),
+                node_id: r.get(3),
+                isolation: r.get(4),
+                session: r.get(5),
+                key_id: r.get(6),
+                source: r.get(7),
+                command_sha256: r.get(8),
+                command: r.get(9),
+                detail: r.get(10),
+            })
+            .collect();
+        entries.reverse();
+        Ok(entries)
+    }
+
+    pub async fn fleet_ca(&self) -> Result<Option<String>> {
+        let row = self.client().await?.query_opt("SELECT public_key FROM fleet_ca WHERE id = 1", &[]).await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn pin_ca(&self, public_key: &str) -> Result<String> {
+        let c = self.client().await?;
+        c.execute("INSERT INTO fleet_ca (id, public_key) VALUES (1, $1) ON CONFLICT (id) DO NOTHING", &[&public_key])
+            .await?;
+        Ok(c.query_one("SELECT public_key FROM fleet_ca WHERE id = 1", &[]).await?.get(0))
+    }
+
+    pub async fn mesh(&self) -> Result<Option<MeshSettings>> {
+        let row = self.client().await?.query_opt("SELECT control_url, auth_key FROM mesh WHERE id = 1", &[]).await?;
+        Ok(row.map(|r| MeshSettings { control_url: r.get(0), auth_key: r.get(1) }))
+    }
+
+    pub async fn set_mesh(&self, mesh: &MeshSettings) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO mesh (id, control_url, auth_key) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO UPDATE SET control_url = excluded.control_url, auth_key = excluded.auth_key",
+                &[&mesh.control_url, &mesh.auth_key],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn user_count(&self) -> Result<u64> {
+        let row = self.client().await?.query_one("SELECT COUNT(*) FROM users", &[]).await?;
+        Ok(uint(row.get(0)))
+    }
+
+    pub async fn create_user(&self, name: &str, admin: bool, token_hash: &str, now: u64) -> Result<User> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let exists = || format!("a user named {name:?} already exists");
+        let incarnation = trust::token::random_id()[..16].to_owned();
+        let row = tx
+            .query_one(
+                "INSERT INTO users (name, admin, created_at, incarnation) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&name, &admin, &int(now), &incarnation],
+            )
+            .await
+            .map_err(|e| conflict(e, exists))?;
+        let id: i64 = row.get(0);
+        tx.execute(
+            "INSERT INTO tokens (hash, kind, user_id, created_at) VALUES ($1, 'login', $2, $3)",
+            &[&token_hash, &id, &int(now)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(User { id, name: name.to_owned(), admin, incarnation })
+    }
+
+    pub async fn add_login_token(&self, user: &str, token_hash: &str, now: u64) -> Result<()> {
+        let c = self.client().await?;
+        let id = user_id(&c, user).await?;
+        c.execute(
+            "INSERT INTO tokens (hash, kind, user_id, created_at) VALUES ($1, 'login', $2, $3)",
+            &[&token_hash, &id, &int(now)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn user_by_login_token(&self, token_hash: &str) -> Result<Option<User>> {
+        let c = self.client().await?;
+        let query = c
+            .prepare_cached(
+                "SELECT u.id, u.name, u.admin, u.incarnation FROM tokens t JOIN users u ON u.id = t.user_id
+                 WHERE t.hash = $1 AND t.kind = 'login'",
+            )
+            .await?;
+        Ok(c.query_opt(&query, &[&token_hash]).await?.as_ref().map(user_from))
+    }
+
+    pub async fn revoke_login_token(&self, token_hash: &str) -> Result<()> {
+        self.client().await?.execute("DELETE FROM tokens WHERE hash = $1 AND kind = 'login'", &[&token_hash]).await?;
+        Ok(())
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>> {
+        let c = self.client().await?;
+        let rows = c.query("SELECT id, name, admin, created_at FROM users ORDER BY name", &[]).await?;
+        let mut users = Vec::with_capacity(rows.len());
+        for r in rows {
+            let grants = grants_shown(&c, r.get(0)).await?;
+            users.push(UserInfo { name: r.get(1), admin: r.get(2), created_at: uint(r.get(3)), grants });
+        }
+        Ok(users)
+    }
+
+    pub async fn remove_user(&self, name: &str, now: u64) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // Every admin row locked: two control planes removing two admins at once cannot
+        // both see another one left.
+        let admins = tx.query("SELECT name FROM users WHERE admin FOR UPDATE", &[]).await?;
+        let row = tx.query_opt("SELECT admin, incarnation FROM users WHERE name = $1 FOR UPDATE", &[&name]).await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(format!("no user named {name:?}")));
+        };
+        let (admin, incarnation): (bool, String) = (row.get(0), row.get(1));
+        if admin && admins.len() <= 1 {
+            return Err(StoreError::Refused(format!("{name:?} is the last admin and cannot be removed")));
+        }
+        tx.execute("DELETE FROM users WHERE name = $1", &[&name]).await?;
+        tx.execute(
+            "INSERT INTO revoked_users (incarnation, name, revoked_at) VALUES ($1, $2, $3)
+             ON CONFLICT (incarnation) DO UPDATE SET name = excluded.name, revoked_at = excluded.revoked_at",
+            &[&incarnation, &name, &int(now)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn revoked_users(&self, since: u64) -> Result<Vec<RevokedUser>> {
+        let c = self.client().await?;
+        let query = c.prepare_cached("SELECT name, incarnation FROM revoked_users WHERE revoked_at >= $1").await?;
+        let rows = c.query(&query, &[&int(since)]).await?;
+        Ok(rows.iter().map(|r| RevokedUser { name: r.get(0), incarnation: r.get(1) }).collect())
+    }
+
+    pub async fn grants(&self, user_id: i64) -> Result<Vec<Grant>> {
+        grants(&self.client().await?, user_id).await
+    }
+
+    pub async fn put_grant(&self, user: &str, grant: &Grant, now: u64) -> Result<Vec<Grant>> {
+        let c = self.client().await?;
+        let id = user_id(&c, user).await?;
+        let (kind, value) = grant.on.parts();
+        c.execute(
+            "INSERT INTO grants (user_id, kind, value, isolation, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, kind, value) DO UPDATE SET isolation = excluded.isolation, created_at = excluded.created_at",
+            &[&id, &kind, &value, &tags_json(&grant.isolation), &int(now)],
+        )
+        .await?;
+        grants_shown(&c, id).await
+    }
+
+    pub async fn remove_grant(&self, user: &str, on: &Target) -> Result<Vec<Grant>> {
+        let c = self.client().await?;
+        let id = user_id(&c, user).await?;
+        let (kind, value) = on.parts();
+        let removed = c
+            .execute("DELETE FROM grants WHERE user_id = $1 AND kind = $2 AND value = $3", &[&id, &kind, &value])
+            .await?;
+        if removed == 0 {
+            return Err(StoreError::NotFound(format!("{user:?} has no grant on {on}; `openbox user ls` shows grants")));
+        }
+        grants_shown(&c, id).await
+    }
+
+    pub async fn add_web_session(&self, hash: &str, user_id: i64, csrf: &str, now: u64, expires_at: u64) -> Result<()> {
+        let c = self.client().await?;
+        // Expired ones go as new ones come: the table holds only live sessions.
+        c.execute("DELETE FROM web_sessions WHERE expires_at <= $1", &[&int(now)]).await?;
+        c.execute(
+            "INSERT INTO web_sessions (hash, user_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&hash, &user_id, &csrf, &int(now), &int(expires_at)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn web_session(&self, hash: &str, now: u64) -> Result<Option<WebSession>> {
+        let c = self.client().await?;
+        let query = c
+            .prepare_cached(
+                "SELECT u.id, u.name, u.admin, u.incarnation, w.csrf, w.expires_at
+                 FROM web_sessions w JOIN users u ON u.id = w.user_id WHERE w.hash = $1 AND w.expires_at > $2",
+            )
+            .await?;
+        let row = c.query_opt(&query, &[&hash, &int(now)]).await?;
+        Ok(row.map(|r| WebSession { user: user_from(&r), csrf: r.get(4), expires_at: uint(r.get(5)) }))
+    }
+
+    pub async fn remove_web_session(&self, hash: &str) -> Result<()> {
+        self.client().await?.execute("DELETE FROM web_sessions WHERE hash = $1", &[&hash]).await?;
+        Ok(())
+    }
+
+    pub async fn add_web_link(&self, hash: &str, user_id: i64, now: u64, expires_at: u64) -> Result<()> {
+        let c = self.client().await?;
+        c.execute("DELETE FROM web_links WHERE expires_at <= $1", &[&int(now)]).await?;
+        c.execute(
+            "INSERT INTO web_links (hash, user_id, expires_at) VALUES ($1, $2, $3)",
+            &[&hash, &user_id, &int(expires_at)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn take_web_link(&self, hash: &str, now: u64) -> Result<Option<User>> {
+        // Deleting is the taking: of two control planes, one gets the row.
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "WITH taken AS (DELETE FROM web_links WHERE hash = $1 RETURNING user_id, expires_at)
+                 SELECT u.id, u.name, u.admin, u.incarnation FROM taken JOIN users u ON u.id = taken.user_id
+                 WHERE taken.expires_at > $2",
+                &[&hash, &int(now)],
+            )
+            .await?;
+        Ok(row.as_ref().map(user_from))
+    }
+
+    pub async fn outstanding_enroll_tokens(&self, now: u64) -> Result<Vec<EnrollTokenInfo>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT substr(t.hash, 1, 12), t.tags, t.created_at, t.expires_at, COALESCE(u.name, '')
+                 FROM tokens t LEFT JOIN users u ON u.id = t.user_id
+                 WHERE t.kind = 'enroll' AND t.used_at IS NULL AND t.expires_at > $1 ORDER BY t.expires_at",
+                &[&int(now)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| EnrollTokenInfo {
+                id: r.get(0),
+                tags: tags_from(r.get(1)),
+                created_at: uint(r.get(2)),
+                expires_at: uint(r.get(3)),
+                created_by: r.get(4),
+            })
+            .collect())
+    }
+
+    pub async fn remove_enroll_token(&self, id: &str) -> Result<()> {
+        let gone = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM tokens WHERE kind = 'enroll' AND used_at IS NULL AND substr(hash, 1, 12) = $1",
+                &[&id],
+            )
+            .await?;
+        if gone == 0 {
+            return Err(StoreError::NotFound(format!("no unused enrollment token {id:?}")));
+        }
+        Ok(())
+    }
+
+    pub async fn add_enroll_token(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        tags: &[String],
+        now: u64,
+        expires_at: u64,
+    ) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO tokens (hash, kind, user_id, tags, created_at, expires_at) VALUES ($1, 'enroll', $2, $3, $4, $5)",
+                &[&token_hash, &user_id, &tags_json(tags), &int(now), &int(expires_at)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn check_enroll_token(&self, token_hash: &str, now: u64) -> Result<TokenCheck> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT tags, expires_at, used_at FROM tokens WHERE hash = $1 AND kind = 'enroll'",
+                &[&token_hash],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(Err(EnrollTokenProblem::Unknown)) };
+        let (tags, expires_at, used_at): (String, Option<i64>, Option<i64>) = (row.get(0), row.get(1), row.get(2));
+        if used_at.is_some() {
+            return Ok(Err(EnrollTokenProblem::Used));
+        }
+        if expires_at.is_some_and(|e| int(now) >= e) {
+            return Ok(Err(EnrollTokenProblem::Expired));
+        }
+        Ok(Ok(tags_from(tags)))
+    }
+
+    pub async fn take_enroll_token(&self, token_hash: &str, now: u64) -> Result<TokenCheck> {
+        // One statement: of any number of control planes taking it at once, one succeeds.
+        let taken = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE tokens SET used_at = $2
+                 WHERE hash = $1 AND kind = 'enroll' AND used_at IS NULL AND (expires_at IS NULL OR expires_at > $2)
+                 RETURNING tags",
+                &[&token_hash, &int(now)],
+            )
+            .await?;
+        match taken {
+            Some(row) => Ok(Ok(tags_from(row.get(0)))),
+            // Not taken: say why.
+            None => Ok(Err(self.check_enroll_token(token_hash, now).await?.err().unwrap_or(EnrollTokenProblem::Used))),
+        }
+    }
+
+    pub async fn insert_node(&self, mut node: NodeRow, exact_name: bool) -> Result<NodeRow> {
+        let c = self.client().await?;
+        let taken = |name: String| {
+            let c = &c;
+            async move {
+                let row = c.query_one("SELECT EXISTS(SELECT 1 FROM nodes WHERE name = $1)", &[&name]).await?;
+                Ok::<bool, StoreError>(row.get(0))
+            }
+        };
+        if taken(node.name.clone()).await? {
+            if exact_name {
+                return Err(StoreError::Conflict(format!(
+                    "a node named {:?} already exists; choose another --name or remove it first",
+                    node.name
+                )));
+            }
+            let base = node.name.clone();
+            let mut n = 2;
+            while taken(format!("{base}-{n}")).await? {
+                n += 1;
+            }
+            node.name = format!("{base}-{n}");
+        }
+        c.execute(
+            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities,
+                mesh_addr, shares_control)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            &[
+                &node.id,
+                &node.name,
+                &tags_json(&node.tags),
+                &node.platform.os,
+                &node.platform.arch,
+                &node.addr,
+                &node.host_key,
+                &node.secret_hash,
+                &node.last_seen.map(int),
+                &int(node.created_at),
+                &tags_json(&node.capabilities),
+                &node.mesh_addr,
+                &node.shares_control,
+            ],
+        )
+        .await
+        .map_err(|e| conflict(e, || format!("a node named {:?} was added at the same moment; try again", node.name)))?;
+        Ok(node)
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
+        let c = self.client().await?;
+        let query = c.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")).await?;
+        Ok(c.query(&query, &[]).await?.iter().map(node_from).collect())
+    }
+
+    pub async fn node(&self, id_or_name: &str) -> Result<Option<NodeRow>> {
+        node(&self.client().await?, id_or_name).await
+    }
+
+    pub async fn is_revoked(&self, id: &str, secret_hash: &str) -> Result<bool> {
+        let c = self.client().await?;
+        let query = c
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM revoked_nodes WHERE id = $1 AND secret_hash = $2 AND secret_hash != '')",
+            )
+            .await?;
+        Ok(c.query_one(&query, &[&id, &secret_hash]).await?.get(0))
+    }
+
+    pub async fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<()> {
+        // Only kinds this control plane knows how to dispatch are kept.
+        let caps = proto::api::known_capabilities(&hb.capabilities);
+        let c = self.client().await?;
+        let update = c
+            .prepare_cached(
+                "UPDATE nodes SET addr = $2, os = $3, arch = $4, version = $5, last_seen = $6, stopped = $7,
+                 capabilities = $8, mesh_addr = $9, shares_control = $10 WHERE id = $1",
+            )
+            .await?;
+        c.execute(
+            &update,
+            &[
+                &hb.node_id,
+                &hb.addr,
+                &hb.platform.os,
+                &hb.platform.arch,
+                &hb.version,
+                &int(now),
+                &hb.stopping,
+                &tags_json(&caps),
+                &hb.mesh_addr,
+                &shares_control,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn update_node(&self, id: &str, name: Option<&str>, tags: &[String]) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        if let Some(name) = name {
+            let taken = || format!("a node named {name:?} already exists");
+            tx.execute("UPDATE nodes SET name = $2 WHERE id = $1", &[&id, &name])
+                .await
+                .map_err(|e| conflict(e, taken))?;
+        }
+        tx.execute("UPDATE nodes SET tags = $2 WHERE id = $1", &[&id, &tags_json(tags)]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn remove_node(&self, id: &str, now: u64) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let row = tx.query_opt("DELETE FROM nodes WHERE id = $1 RETURNING host_key, secret_hash", &[&id]).await?;
+        let row = row.ok_or_else(|| StoreError::NotFound(format!("no node {id:?}")))?;
+        let (host_key, secret_hash): (String, String) = (row.get(0), row.get(1));
+        tx.execute(
+            "INSERT INTO revoked_nodes (id, host_key, revoked_at, secret_hash) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET host_key = excluded.host_key, revoked_at = excluded.revoked_at,
+                secret_hash = excluded.secret_hash",
+            &[&id, &host_key, &int(now), &secret_hash],
+        )
+        .await?;
+        tx.execute("DELETE FROM grants WHERE kind = 'node' AND value = $1", &[&id]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn session(&self, user_id: i64, id: &str) -> Result<Option<SessionRow>> {
+        let c = self.client().await?;
+        let query =
+            c.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 AND id = $2")).await?;
+        Ok(c.query_opt(&query, &[&user_id, &id]).await?.as_ref().map(session_from))
+    }
+
+    pub async fn put_session(&self, user_id: i64, row: &SessionRow) -> Result<String> {
+        let c = self.client().await?;
+        let query = c
+            .prepare_cached(
+                "INSERT INTO sessions (user_id, id, node_id, isolation, created_at, last_used, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (user_id, id) DO UPDATE SET last_used = excluded.last_used
+                 RETURNING node_id",
+            )
+            .await?;
+        let placed = c
+            .query_one(
+                &query,
+                &[
+                    &user_id,
+                    &row.id,
+                    &row.node_id,
+                    &row.isolation,
+                    &int(row.created_at),
+                    &int(row.last_used),
+                    &row.state,
+                ],
+            )
+            .await?;
+        Ok(placed.get(0))
+    }
+
+    pub async fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionRow>> {
+        let c = self.client().await?;
+        let query =
+            c.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = $1 ORDER BY id")).await?;
+        Ok(c.query(&query, &[&user_id]).await?.iter().map(session_from).collect())
+    }
+
+    pub async fn remove_session(&self, user_id: i64, id: &str) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(c.execute("DELETE FROM sessions WHERE user_id = $1 AND id = $2", &[&user_id, &id]).await? > 0)
+    }
+
+    pub async fn apply_session_reports(&self, node_id: &str, reports: &[SessionReport]) -> Result<bool> {
+        if reports.is_empty() {
+            return Ok(false);
+        }
+        let c = self.client().await?;
+        let key = "node_id = $1 AND id = $3 AND user_id = (SELECT id FROM users WHERE name = $2)";
+        let state = c.prepare_cached(&format!("UPDATE sessions SET state = $4 WHERE {key} AND state != $4")).await?;
+        let used =
+            c.prepare_cached(&format!("UPDATE sessions SET last_used = GREATEST(last_used, $4) WHERE {key}")).await?;
+        let mut changed = false;
+        for r in reports {
+            changed |= c.execute(&state, &[&node_id, &r.user, &r.id, &r.state]).await? > 0;
+            c.execute(&used, &[&node_id, &r.user, &r.id, &int(r.last_used)]).await?;
+        }
+        Ok(changed)
+    }
+}
+
+async fn user_id(c: &Client, name: &str) -> Result<i64> {
+    let row = c.query_opt("SELECT id FROM users WHERE name = $1", &[&name]).await?;
+    row.map(|r| r.get(0)).ok_or_else(|| StoreError::NotFound(format!("no user named {name:?}")))
+}
+
+async fn grants(c: &Client, user_id: i64) -> Result<Vec<Grant>> {
+    let query =
+        c.prepare_cached("SELECT kind, value, isolation FROM grants WHERE user_id = $1 ORDER BY kind, value").await?;
+    let rows = c.query(&query, &[&user_id]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (kind, value): (String, String) = (r.get(0), r.get(1));
+            let on = if kind == "tag" { Target::Tag(value) } else { Target::Node(value) };
+            Grant { on, isolation: tags_from(r.get(2)) }
+        })
+        .collect())
+}
+
+/// A user's grants as people read them: a node grant naming the node's name.
+async fn grants_shown(c: &Client, user_id: i64) -> Result<Vec<Grant>> {
+    let mut shown = grants(c, user_id).await?;
+    for g in &mut shown {
+        if let Target::Node(id) = &g.on
+            && let Some(n) = node(c, id).await?
+        {
+            g.on = Target::Node(n.name);
+        }
+    }
+    Ok(shown)
+}
+
+async fn node(c: &Client, id_or_name: &str) -> Result<Option<NodeRow>> {
+    let query = c
+        .prepare_cached(&format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1"
+        ))
+        .await?;
+    Ok(c.query_opt(&query, &[&id_or_name]).await?.as_ref().map(node_from))
+}

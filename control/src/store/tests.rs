@@ -1,0 +1,304 @@
+//! Every test runs on both backends: SQLite, and PostgreSQL on the test cluster
+//! (`scripts/test-postgres`, or the server `OPENBOX_TEST_POSTGRES=postgres://USER@HOST:PORT`
+//! names), each test in a database of its own.
+
+use proto::api::{Grant, Platform, Target};
+
+use super::*;
+
+fn node(id: &str, name: &str) -> NodeRow {
+    NodeRow {
+        id: id.into(),
+        name: name.into(),
+        tags: vec!["a".into()],
+        platform: Platform::this_machine(),
+        addr: "127.0.0.1:1".into(),
+        mesh_addr: None,
+        host_key: "ssh-ed25519 AAAA".into(),
+        secret_hash: "h".into(),
+        last_seen: None,
+        stopped: false,
+        created_at: 1,
+        capabilities: vec!["native".into()],
+        shares_control: false,
+    }
+}
+
+/// The test PostgreSQL server: `OPENBOX_TEST_POSTGRES`, else the one
+/// `scripts/test-postgres` starts (or finds running).
+fn postgres_server() -> String {
+    if let Ok(url) = std::env::var("OPENBOX_TEST_POSTGRES") {
+        return url;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/test-postgres");
+    let out = std::process::Command::new(script).output().expect("run scripts/test-postgres");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/test-postgres failed (the store's tests need PostgreSQL; scripts/setup-test-env installs it):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("OPENBOX_TEST_POSTGRES="))
+        .unwrap_or_else(|| panic!("scripts/test-postgres printed no OPENBOX_TEST_POSTGRES:\n{text}"))
+        .to_owned()
+}
+
+/// A new, empty PostgreSQL database; its URL.
+async fn postgres_database() -> String {
+    let server = postgres_server();
+    let server = server.trim_end_matches('/');
+    let (admin, connection) = tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {server}: {e}"));
+    tokio::spawn(connection);
+    let name = format!("store_test_{}", &trust::token::random_id()[..12]);
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    format!("{server}/{name}")
+}
+
+/// One store of each kind, each on an empty database; and how to open each again (a
+/// second control plane on the same database).
+async fn each_backend() -> Vec<(Store, Database, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Database::Sqlite(dir.path().join("openbox.db"));
+    let postgres = Database::Postgres(postgres_database().await);
+    let mut stores = Vec::new();
+    for db in [sqlite, postgres] {
+        stores.push((Store::open(&db).await.unwrap(), db, tempfile::tempdir().unwrap()));
+    }
+    drop(dir.keep());
+    stores
+}
+
+#[tokio::test]
+async fn grants_replace_each_other_and_go_with_their_node_or_user() {
+    for (s, db, _) in each_backend().await {
+        let bob = s.create_user("bob", false, "bob-hash", 1).await.unwrap();
+        s.insert_node(node("n1", "box"), true).await.unwrap();
+        let tag = |isolation: &[&str]| Grant {
+            on: Target::Tag("ci".into()),
+            isolation: isolation.iter().map(|k| k.to_string()).collect(),
+        };
+        s.put_grant("bob", &tag(&[]), 1).await.unwrap();
+        let shown = s.put_grant("bob", &tag(&["docker"]), 2).await.unwrap();
+        assert_eq!(shown, vec![tag(&["docker"])], "{db}: a second grant on the same tag replaces the first");
+        let shown = s.put_grant("bob", &Grant { on: Target::Node("n1".into()), isolation: vec![] }, 3).await.unwrap();
+        assert!(
+            shown.contains(&Grant { on: Target::Node("box".into()), isolation: vec![] }),
+            "{db}: by name: {shown:?}"
+        );
+        let held = s.grants(bob.id).await.unwrap();
+        assert!(held.contains(&Grant { on: Target::Node("n1".into()), isolation: vec![] }), "{db}");
+        s.remove_node("n1", 4).await.unwrap();
+        assert_eq!(s.grants(bob.id).await.unwrap(), vec![tag(&["docker"])], "{db}: a removed node's grant goes");
+        assert!(matches!(s.remove_grant("bob", &Target::Tag("gpu".into())).await, Err(StoreError::NotFound(_))));
+        assert!(s.remove_grant("bob", &Target::Tag("ci".into())).await.unwrap().is_empty());
+        s.put_grant("bob", &tag(&[]), 5).await.unwrap();
+        s.remove_user("bob", 6).await.unwrap();
+        let again = s.create_user("bob", false, "bob-hash-2", 7).await.unwrap();
+        assert!(s.grants(again.id).await.unwrap().is_empty(), "{db}: a user added again starts with no grants");
+        assert_ne!(again.incarnation, bob.incarnation, "{db}");
+        let revoked = s.revoked_users(6).await.unwrap();
+        assert!(revoked.iter().any(|r| r.incarnation == bob.incarnation), "{db}: {revoked:?}");
+        assert!(matches!(s.put_grant("nobody", &tag(&[]), 8).await, Err(StoreError::NotFound(_))), "{db}");
+        let users = s.list_users().await.unwrap();
+        assert_eq!(users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["bob"], "{db}");
+    }
+}
+
+#[tokio::test]
+async fn an_enrollment_token_is_taken_once_and_not_after_expiry() {
+    for (s, db, _) in each_backend().await {
+        let u = s.create_user("admin", true, "login-hash", 1).await.unwrap();
+        s.add_enroll_token("e1", u.id, &["gpu".into()], 10, 100).await.unwrap();
+        s.add_enroll_token("e2", u.id, &[], 10, 100).await.unwrap();
+        assert_eq!(s.take_enroll_token("e1", 50).await.unwrap(), Ok(vec!["gpu".to_string()]), "{db}");
+        assert_eq!(s.take_enroll_token("e1", 51).await.unwrap(), Err(EnrollTokenProblem::Used), "{db}");
+        assert_eq!(s.take_enroll_token("e2", 100).await.unwrap(), Err(EnrollTokenProblem::Expired), "{db}");
+        assert_eq!(s.take_enroll_token("nope", 1).await.unwrap(), Err(EnrollTokenProblem::Unknown), "{db}");
+        s.add_enroll_token("e3", u.id, &["t".into()], 10, 100).await.unwrap();
+        assert_eq!(s.check_enroll_token("e3", 50).await.unwrap(), Ok(vec!["t".to_string()]), "{db}");
+        assert_eq!(s.check_enroll_token("e3", 50).await.unwrap(), Ok(vec!["t".to_string()]), "{db}: uses nothing");
+        assert_eq!(s.check_enroll_token("e1", 50).await.unwrap(), Err(EnrollTokenProblem::Used), "{db}");
+        let outstanding = s.outstanding_enroll_tokens(50).await.unwrap();
+        assert_eq!(outstanding.len(), 2, "{db}: e2 and e3: {outstanding:?}");
+        assert_eq!(outstanding[0].created_by, "admin", "{db}");
+        s.remove_enroll_token(&outstanding[0].id).await.unwrap();
+        assert!(matches!(s.remove_enroll_token(&outstanding[0].id).await, Err(StoreError::NotFound(_))), "{db}");
+    }
+}
+
+#[tokio::test]
+async fn an_enrollment_token_enrolls_once_however_many_control_planes_take_it_at_once() {
+    for (s, db, _) in each_backend().await {
+        let u = s.create_user("admin", true, "login-hash", 1).await.unwrap();
+        for round in 0..20 {
+            s.add_enroll_token(&format!("t{round}"), u.id, &[], 10, 1000).await.unwrap();
+        }
+        // Four control planes on one database, each trying every token at once.
+        let mut planes = Vec::new();
+        for _ in 0..4 {
+            planes.push(std::sync::Arc::new(Store::open(&db).await.unwrap()));
+        }
+        for round in 0..20 {
+            let attempts = planes.iter().map(|p| {
+                let (p, hash) = (p.clone(), format!("t{round}"));
+                tokio::spawn(async move { p.take_enroll_token(&hash, 50).await.unwrap() })
+            });
+            let mut won = 0;
+            for attempt in attempts.collect::<Vec<_>>() {
+                match attempt.await.unwrap() {
+                    Ok(_) => won += 1,
+                    Err(problem) => assert_eq!(problem, EnrollTokenProblem::Used, "{db}"),
+                }
+            }
+            assert_eq!(won, 1, "{db}: token t{round} was taken {won} times");
+        }
+    }
+}
+
+#[tokio::test]
+async fn default_node_names_get_a_suffix_but_explicit_ones_conflict() {
+    for (s, db, _) in each_backend().await {
+        s.insert_node(node("1", "box"), false).await.unwrap();
+        assert_eq!(s.insert_node(node("2", "box"), false).await.unwrap().name, "box-2", "{db}");
+        assert!(matches!(s.insert_node(node("3", "box"), true).await, Err(StoreError::Conflict(_))), "{db}");
+        assert!(matches!(s.update_node("1", Some("box-2"), &[]).await, Err(StoreError::Conflict(_))), "{db}");
+        s.update_node("1", Some("renamed"), &["x".into()]).await.unwrap();
+        let n = s.node("renamed").await.unwrap().unwrap();
+        assert_eq!((n.id.as_str(), n.tags), ("1", vec!["x".to_string()]), "{db}");
+        assert_eq!(s.list_nodes().await.unwrap().len(), 2, "{db}");
+    }
+}
+
+#[tokio::test]
+async fn removing_a_node_revokes_it() {
+    for (s, db, _) in each_backend().await {
+        s.insert_node(node("1", "box"), false).await.unwrap();
+        s.remove_node("1", 5).await.unwrap();
+        assert!(s.node("1").await.unwrap().is_none(), "{db}");
+        assert!(s.is_revoked("1", &node("1", "box").secret_hash).await.unwrap(), "{db}: its own secret learns it");
+        assert!(!s.is_revoked("1", "another-secret").await.unwrap(), "{db}: nobody else does");
+        assert!(matches!(s.remove_node("1", 6).await, Err(StoreError::NotFound(_))), "{db}");
+    }
+}
+
+#[tokio::test]
+async fn the_last_admin_cannot_be_removed() {
+    for (s, db, _) in each_backend().await {
+        s.create_user("admin", true, "h1", 1).await.unwrap();
+        s.create_user("bob", false, "h2", 1).await.unwrap();
+        assert!(matches!(s.create_user("bob", false, "h3", 1).await, Err(StoreError::Conflict(_))), "{db}");
+        assert!(matches!(s.remove_user("admin", 5).await, Err(StoreError::Refused(_))), "{db}");
+        s.remove_user("bob", 5).await.unwrap();
+        assert!(s.user_by_login_token("h2").await.unwrap().is_none(), "{db}: a removed user's tokens go with it");
+        assert_eq!(s.user_count().await.unwrap(), 1, "{db}");
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_sessions_browser_sessions_and_the_audit_log_keep_what_they_are_given() {
+    for (s, db, _) in each_backend().await {
+        let u = s.create_user("admin", true, "h1", 1).await.unwrap();
+        s.insert_node(node("n1", "box"), false).await.unwrap();
+        let hb = proto::api::Heartbeat {
+            node_id: "n1".into(),
+            addr: "127.0.0.1:9".into(),
+            mesh_addr: None,
+            platform: Platform::this_machine(),
+            version: "1".into(),
+            host_cert_valid_before: 0,
+            stopping: false,
+            sessions: Vec::new(),
+            capabilities: vec!["native".into(), "docker".into(), "teleport".into()],
+            host: None,
+        };
+        s.record_heartbeat(&hb, true, 42).await.unwrap();
+        let n = s.node("n1").await.unwrap().unwrap();
+        assert_eq!((n.addr.as_str(), n.last_seen, n.shares_control), ("127.0.0.1:9", Some(42), true), "{db}");
+        assert_eq!(n.capabilities, ["native", "docker"], "{db}: kinds it cannot dispatch are not kept");
+
+        let row = SessionRow {
+            id: "build".into(),
+            node_id: "n1".into(),
+            isolation: "native".into(),
+            created_at: 10,
+            last_used: 10,
+            state: "active".into(),
+        };
+        assert_eq!(s.put_session(u.id, &row).await.unwrap(), "n1", "{db}");
+        let elsewhere = SessionRow { node_id: "n2".into(), last_used: 11, ..row.clone() };
+        assert_eq!(s.put_session(u.id, &elsewhere).await.unwrap(), "n1", "{db}: placed once, where it went first");
+        let report = proto::api::SessionReport {
+            user: "admin".into(),
+            id: "build".into(),
+            state: "ended".into(),
+            last_used: 30,
+        };
+        assert!(s.apply_session_reports("n1", std::slice::from_ref(&report)).await.unwrap(), "{db}");
+        assert!(!s.apply_session_reports("n1", &[report]).await.unwrap(), "{db}: the same state again is no change");
+        let held = s.session(u.id, "build").await.unwrap().unwrap();
+        assert_eq!((held.state.as_str(), held.last_used), ("ended", 30), "{db}");
+        assert_eq!(s.list_sessions(u.id).await.unwrap().len(), 1, "{db}");
+        assert!(s.remove_session(u.id, "build").await.unwrap(), "{db}");
+        assert!(!s.remove_session(u.id, "build").await.unwrap(), "{db}");
+
+        s.add_web_session("w1", u.id, "csrf", 100, 200).await.unwrap();
+        assert_eq!(s.web_session("w1", 150).await.unwrap().unwrap().csrf, "csrf", "{db}");
+        assert!(s.web_session("w1", 200).await.unwrap().is_none(), "{db}: expired");
+        s.add_web_link("l1", u.id, 100, 200).await.unwrap();
+        assert_eq!(s.take_web_link("l1", 150).await.unwrap().unwrap().name, "admin", "{db}");
+        assert!(s.take_web_link("l1", 150).await.unwrap().is_none(), "{db}: a link works once");
+
+        for (at, user) in [(5, "admin"), (6, "bob"), (7, "admin")] {
+            let e = proto::api::AuditEntry {
+                at,
+                user: user.into(),
+                action: "dispatch".into(),
+                node_id: Some("n1".into()),
+                ..Default::default()
+            };
+            s.audit(&e, 0).await.unwrap();
+        }
+        let mine = s.audit_log(Some("admin"), Some("box"), 0, 10).await.unwrap();
+        assert_eq!(mine.iter().map(|e| e.at).collect::<Vec<_>>(), [5, 7], "{db}: oldest first, by node name");
+        assert_eq!(s.audit_log(None, None, 6, 1).await.unwrap()[0].at, 7, "{db}: the newest within the limit");
+        s.audit(&proto::api::AuditEntry { at: 8, ..Default::default() }, 7).await.unwrap();
+        assert_eq!(s.audit_log(None, None, 0, 10).await.unwrap().len(), 2, "{db}: older entries forgotten");
+
+        let mesh = proto::api::MeshSettings { control_url: "http://127.0.0.1:1".into(), auth_key: "k".into() };
+        s.set_mesh(&mesh).await.unwrap();
+        s.set_mesh(&proto::api::MeshSettings { auth_key: "k2".into(), ..mesh }).await.unwrap();
+        assert_eq!(s.mesh().await.unwrap().unwrap().auth_key, "k2", "{db}");
+    }
+}
+
+#[tokio::test]
+async fn reopening_the_database_keeps_everything() {
+    for (s, db, _) in each_backend().await {
+        s.create_user("admin", true, "h1", 1).await.unwrap();
+        s.insert_node(node("1", "box"), false).await.unwrap();
+        drop(s);
+        let s = Store::open(&db).await.unwrap();
+        assert_eq!(s.user_by_login_token("h1").await.unwrap().unwrap().name, "admin", "{db}");
+        assert_eq!(s.list_nodes().await.unwrap().len(), 1, "{db}");
+    }
+}
+
+#[test]
+fn db_names_a_file_or_a_postgres_url_and_nothing_else() {
+    let parse = |s: &str| s.parse::<Database>();
+    assert_eq!(parse("sqlite:/var/lib/o.db"), Ok(Database::Sqlite("/var/lib/o.db".into())));
+    assert_eq!(parse("sqlite:///var/lib/o.db"), Ok(Database::Sqlite("/var/lib/o.db".into())));
+    assert_eq!(parse("data/o.db"), Ok(Database::Sqlite("data/o.db".into())));
+    let url = "postgres://openbox:secret@db.internal:5432/openbox";
+    assert_eq!(parse(url), Ok(Database::Postgres(url.into())));
+    assert_eq!(parse(url).unwrap().to_string(), "postgres://openbox:***@db.internal:5432/openbox");
+    assert!(parse("postgresql://u@h/db").is_ok());
+    let refused = parse("mysql://u@h/db").unwrap_err();
+    assert!(refused.contains("mysql: is not a database"), "{refused}");
+    assert!(parse("sqlite:").is_err());
+    assert!(parse("").is_err());
+    assert!(parse("postgres://u@h:notaport/db").is_err());
+}
