@@ -6,7 +6,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -43,7 +42,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{node}", delete(remove_node).patch(update_node))
         .route("/v1/dispatch", post(dispatch))
-        .route("/v1/events", get(events))
+        .route("/v1/events", get(crate::events::events))
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/sessions/{id}", delete(remove_session))
         .route("/v1/audit", get(audit_log))
@@ -128,7 +127,7 @@ impl Caller {
     }
 
     /// Who this caller's credential belongs to now (`None`: revoked, expired or removed).
-    async fn current_user(app: &App, credential: &Credential) -> Option<User> {
+    pub(crate) async fn current_user(app: &App, credential: &Credential) -> Option<User> {
         match credential {
             Credential::Token(hash) => app.store.user_by_login_token(hash).await.ok()?,
             Credential::Web(hash) => app.store.web_session(hash, now()).await.ok()?.map(|s| s.user),
@@ -224,7 +223,7 @@ async fn grant(
     let grants = app.store.put_grant(&name, &grant, now()).await?;
     tracing::info!(user = %name, grant = %shown, by = %caller.user.name, "access granted");
     caller.audit(&app, "user.grant", Record { detail: Some(format!("{name}: {shown}")), ..Default::default() }).await?;
-    app.policy_changed();
+    app.changed();
     Ok(Json(grants))
 }
 
@@ -247,7 +246,7 @@ async fn revoke_grant(
     caller
         .audit(&app, "user.revoke", Record { detail: Some(format!("{name}: {shown}")), ..Default::default() })
         .await?;
-    app.policy_changed();
+    app.changed();
     Ok(Json(grants))
 }
 
@@ -360,7 +359,7 @@ async fn remove_node(State(app): AppState, caller: Caller, Path(node): Path<Stri
             Record { node_id: Some(&row.id), detail: Some(row.name.clone()), ..Default::default() },
         )
         .await?;
-    app.refresh_registry().await;
+    app.changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -393,64 +392,8 @@ async fn update_node(
         .audit(&app, "node.update", Record { node_id: Some(&row.id), detail: Some(detail), ..Default::default() })
         .await?;
     let row = find_node(&app, &row.id).await?;
-    app.refresh_registry().await;
+    app.changed();
     Ok(Json(row.to_api(now(), app.config.offline_after_secs)))
-}
-
-/// The live registry: a `nodes` event with the whole node list now, and again whenever a
-/// node joins, leaves, changes, or goes online or offline, or the caller's grants change —
-/// only the nodes the caller may run on; and a `sessions` event with the caller's sessions
-/// now, and again whenever one is placed, ends or is removed. openboxd mirrors both, so
-/// that resolving a tag costs no round trip and scripts can follow the fleet through it.
-/// The stream ends when the caller's login token stops being valid.
-async fn events(
-    State(app): AppState,
-    caller: Caller,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
-    let mut nodes_rx = app.subscribe_registry();
-    nodes_rx.mark_changed();
-    let mut sessions_rx = app.subscribe_sessions();
-    sessions_rx.mark_changed();
-    let closing = Box::pin(app.closing());
-    let credential = caller.credential;
-    // The session list last sent: a wake-up that changes nothing for this caller sends nothing.
-    let sent: Option<Vec<SessionInfo>> = None;
-    let state = (nodes_rx, sessions_rx, closing, sent);
-    let stream = futures_util::stream::unfold(state, move |(mut nodes_rx, mut sessions_rx, mut closing, mut sent)| {
-        let (app, credential) = (app.clone(), credential.clone());
-        async move {
-            loop {
-                let nodes_changed = tokio::select! {
-                    changed = nodes_rx.changed() => { changed.ok()?; true }
-                    changed = sessions_rx.changed() => { changed.ok()?; false }
-                    _ = &mut closing => return None,
-                };
-                // Who the caller is now: removed or logged out ends the stream; grants filter it.
-                let user = Caller::current_user(&app, &credential).await?;
-                let (name, data) = if nodes_changed {
-                    let nodes = nodes_rx.borrow_and_update().clone();
-                    let access = app.access(&user).await.ok()?;
-                    let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
-                    (EVENT_NODES, serde_json::to_string(&nodes))
-                } else {
-                    sessions_rx.borrow_and_update();
-                    let sessions = sessions_of(&app, user.id).await.ok()?;
-                    if sent.as_ref() == Some(&sessions) {
-                        continue;
-                    }
-                    let data = serde_json::to_string(&sessions);
-                    sent = Some(sessions);
-                    (EVENT_SESSIONS, data)
-                };
-                let event = match data {
-                    Ok(data) => Event::default().event(name).data(data),
-                    Err(_) => Event::default().comment("unserializable"),
-                };
-                return Some((Ok(event), (nodes_rx, sessions_rx, closing, sent)));
-            }
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<SessionInfo>> {
@@ -458,7 +401,7 @@ async fn list_sessions(State(app): AppState, caller: Caller) -> ApiResult<Vec<Se
 }
 
 /// A user's sessions, as `GET /v1/sessions` and the `sessions` event show them.
-async fn sessions_of(app: &App, user_id: i64) -> Result<Vec<SessionInfo>, crate::store::StoreError> {
+pub(crate) async fn sessions_of(app: &App, user_id: i64) -> Result<Vec<SessionInfo>, crate::store::StoreError> {
     let rows = app.store.list_sessions(user_id).await?;
     let mut out = Vec::new();
     for r in rows {
@@ -485,7 +428,7 @@ async fn sessions_of(app: &App, user_id: i64) -> Result<Vec<SessionInfo>, crate:
 
 async fn remove_session(State(app): AppState, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, Refusal> {
     if app.store.remove_session(caller.user.id, &id).await? {
-        app.sessions_changed();
+        app.changed();
         caller.audit(&app, "session.remove", Record { session: Some(&id), ..Default::default() }).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {

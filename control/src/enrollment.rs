@@ -80,7 +80,7 @@ pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> 
         )
         .await?;
     tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, isolation = ?row.capabilities, "node enrolled");
-    app.refresh_registry().await;
+    app.changed();
     Ok(Enrolled {
         node_id,
         name: row.name,
@@ -136,11 +136,12 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result
         return Err(refused());
     }
     check_mesh_addr(hb.mesh_addr.as_deref())?;
-    app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now()).await?;
-    if app.store.apply_session_reports(&node.id, &hb.sessions).await? {
-        app.sessions_changed();
+    // Most heartbeats change nothing a node list shows, and wake no one.
+    let shown = app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now()).await?;
+    let sessions = app.store.apply_session_reports(&node.id, &hb.sessions).await?;
+    if shown || sessions {
+        app.changed();
     }
-    app.refresh_registry().await;
     // Users removed this past week: the node refuses what they still hold and ends their
     // sessions (a node away for longer learns nothing stale: their certificates expired).
     let mut reply = HeartbeatReply {

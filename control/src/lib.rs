@@ -12,8 +12,10 @@
 mod access;
 mod api;
 mod audit;
+mod changes;
 mod console;
 mod enrollment;
+mod events;
 mod http;
 pub mod https;
 pub mod mesh;
@@ -48,6 +50,9 @@ pub struct Config {
     pub audit_commands: bool,
 }
 
+/// Changes an event stream may fall behind by before it is sent the whole list again.
+const UPDATE_BACKLOG: usize = 4096;
+
 /// What request handlers share.
 pub struct App {
     pub config: Config,
@@ -62,6 +67,12 @@ pub struct App {
     sessions: tokio::sync::watch::Sender<()>,
     /// Set when shutdown begins, so that endless event streams end and let it finish.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Each change to the registry, as the change log tells it (see [`changes`]).
+    updates: tokio::sync::broadcast::Sender<Arc<changes::Update>>,
+    /// The newest change published.
+    latest: std::sync::atomic::AtomicI64,
+    /// Wakes the change follower: a change was made here, or announced by the database.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -70,7 +81,19 @@ impl App {
         let (sessions, _) = tokio::sync::watch::channel(());
         let (closing, _) = tokio::sync::watch::channel(false);
         let host = proto::api::AgentHost { machine: paths::machine(), uid: rustix::process::geteuid().as_raw() };
-        let app = Arc::new(App { config, store, ca, host, registry, sessions, closing });
+        // Streams start from here; what came before is in the node list they are sent first.
+        let latest = match store.change_range().await {
+            Ok((_, newest)) => newest,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the change log; following it from its start");
+                0
+            }
+        };
+        let (updates, _) = tokio::sync::broadcast::channel(UPDATE_BACKLOG);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        store.wake_on_changes(wake.clone());
+        let latest = std::sync::atomic::AtomicI64::new(latest);
+        let app = Arc::new(App { config, store, ca, host, registry, sessions, closing, updates, latest, wake });
         app.refresh_registry().await;
         app
     }
@@ -99,10 +122,15 @@ impl App {
         });
     }
 
-    /// Wakes every event stream, so that each sends its caller's node list again (a grant
-    /// changed what someone may see).
-    pub(crate) fn policy_changed(&self) {
-        self.registry.send_modify(|_| ());
+    /// Says a change was logged here: the follower reads the log at once.
+    pub(crate) fn changed(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Every registry change from now on, and the newest one published so far.
+    pub(crate) fn subscribe_updates(&self) -> (tokio::sync::broadcast::Receiver<Arc<changes::Update>>, i64) {
+        let rx = self.updates.subscribe();
+        (rx, self.latest.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// What `user` may run where, as their grants say now.
@@ -118,11 +146,6 @@ impl App {
 
     pub fn subscribe_registry(&self) -> tokio::sync::watch::Receiver<Vec<proto::api::Node>> {
         self.registry.subscribe()
-    }
-
-    /// Wakes every event stream to send its caller's sessions again.
-    pub(crate) fn sessions_changed(&self) {
-        self.sessions.send_replace(());
     }
 
     pub fn subscribe_sessions(&self) -> tokio::sync::watch::Receiver<()> {
@@ -184,17 +207,10 @@ pub async fn serve(
     tls: Option<Arc<tls::rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Nodes go offline by staying silent; notice that within a second.
-    let sweeper = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                app.refresh_registry().await;
-            }
-        })
-    };
+    // Nodes go offline by staying silent; notice that within a second. Changes made
+    // through any control plane on the database reach this one's event streams.
+    let sweeper = tokio::spawn(changes::sweep(app.clone()));
+    let follower = tokio::spawn(changes::follow(app.clone()));
     let closing = app.closing.clone();
     let shutdown = async move {
         shutdown.await;
@@ -202,6 +218,7 @@ pub async fn serve(
     };
     http::serve(listener, api::router(app), tls, shutdown).await;
     sweeper.abort();
+    follower.abort();
     Ok(())
 }
 

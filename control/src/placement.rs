@@ -143,7 +143,7 @@ async fn session_node(
         // Another first use of this session placed it a moment ago: go where it went.
         return Box::pin(session_node(app, access, user, sid, req)).await;
     }
-    app.sessions_changed();
+    app.changed();
     tracing::info!(user = %user.name, session = %sid, node = %node.id, "session placed");
     Ok(node)
 }

@@ -24,6 +24,22 @@ pub const EVENT_NODES: &str = "nodes";
 /// data, at the start and whenever one of their sessions is placed, ends or is removed.
 pub const EVENT_SESSIONS: &str = "sessions";
 
+/// With `?changes=true`, a `/v1/events` stream sends the whole node list once (`nodes`),
+/// then each change alone: this event, with the node as its data, when one joins, changes,
+/// or goes online or offline (or becomes visible to the caller)…
+pub const EVENT_NODE: &str = "node";
+
+/// …and this one, with `{"id": ID}`, when one is removed (or no longer visible). Every
+/// node event carries its change's number as its SSE `id`; `?since=ID` resumes after it
+/// (the whole list is sent again when that is too far back).
+pub const EVENT_NODE_REMOVED: &str = "node_removed";
+
+/// The data of an [`EVENT_NODE_REMOVED`] event.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRemoved {
+    pub id: String,
+}
+
 /// `GET /v1/health`: answered without authentication.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Health {

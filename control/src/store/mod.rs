@@ -183,6 +183,52 @@ pub enum EnrollTokenProblem {
     Expired,
 }
 
+/// One numbered change to the registry, from the log every control plane on the database
+/// reads: event streams send them (and resume from their numbers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub kind: ChangeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A node joined, changed what a node list shows, or went online or offline.
+    Node(String),
+    /// A node was removed.
+    NodeRemoved(String),
+    /// A user's grants changed (or the user was removed): what they may see changed.
+    Policy(i64),
+    /// A session was placed, ended or removed.
+    Sessions,
+}
+
+impl ChangeKind {
+    /// As the log keeps it: kind, node, user.
+    fn parts(&self) -> (&'static str, Option<&str>, Option<i64>) {
+        match self {
+            ChangeKind::Node(id) => ("node", Some(id), None),
+            ChangeKind::NodeRemoved(id) => ("node_removed", Some(id), None),
+            ChangeKind::Policy(user) => ("policy", None, Some(*user)),
+            ChangeKind::Sessions => ("sessions", None, None),
+        }
+    }
+}
+
+impl Change {
+    /// A logged change; one of a kind this version does not know is skipped.
+    fn from_parts(seq: i64, kind: &str, node: Option<String>, user: Option<i64>) -> Option<Change> {
+        let kind = match (kind, node, user) {
+            ("node", Some(id), _) => ChangeKind::Node(id),
+            ("node_removed", Some(id), _) => ChangeKind::NodeRemoved(id),
+            ("policy", _, Some(user)) => ChangeKind::Policy(user),
+            ("sessions", _, _) => ChangeKind::Sessions,
+            _ => return None,
+        };
+        Some(Change { seq, kind })
+    }
+}
+
 /// Tags and isolation kinds are kept as JSON lists in both backends.
 fn tags_json(tags: &[String]) -> String {
     serde_json::to_string(tags).expect("a list of strings serializes")
@@ -209,6 +255,14 @@ impl Store {
 
     pub fn open_in_memory() -> Result<Store> {
         Ok(Store::Sqlite(Sqlite::open_in_memory()?))
+    }
+
+    /// Wakes `wake` when another control plane on the database logs a change (SQLite has
+    /// one control plane: its own changes wake it directly).
+    pub fn wake_on_changes(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        if let Store::Postgres(db) = self {
+            db.wake_on_changes(wake);
+        }
     }
 }
 
@@ -298,7 +352,17 @@ both! {
     fn is_revoked(&self, id: &str, secret_hash: &str) -> bool;
     /// Records a heartbeat, and whether (by the host it reports) the node shares the
     /// control plane's files.
-    fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> ();
+    /// Returns whether that changed what a node list shows (and so was logged).
+    fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> bool;
+    /// Nodes silent since before `cutoff` (or stopped) that were last announced online
+    /// are announced offline (logged), each once however many control planes sweep.
+    fn mark_offline(&self, cutoff: u64, now: u64) -> ();
+    /// Logged changes after `seq`, oldest first, at most `limit`.
+    fn changes_since(&self, seq: i64, limit: u32) -> Vec<Change>;
+    /// The oldest change still kept and the newest (0 and 0 before the first).
+    fn change_range(&self) -> (i64, i64);
+    /// Forgets changes from before `cutoff`, keeping the newest.
+    fn forget_changes(&self, cutoff: u64) -> ();
     /// Renames and retags a node.
     fn update_node(&self, id: &str, name: Option<&str>, tags: &[String]) -> ();
     /// Removes a node and records its identity as revoked, in one transaction.

@@ -4,15 +4,21 @@
 //! Schema changes are numbered migrations in `openbox_schema`, applied under an advisory
 //! lock so replicas starting together migrate once.
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use proto::api::{
     AuditEntry, EnrollTokenInfo, Grant, Heartbeat, MeshSettings, Platform, RevokedUser, SessionReport, Target, UserInfo,
 };
-use tokio_postgres::Row;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Row};
 
 use super::{
-    EnrollTokenProblem, NodeRow, Result, SessionRow, StoreError, TokenCheck, User, WebSession, tags_from, tags_json,
+    Change, ChangeKind, EnrollTokenProblem, NodeRow, Result, SessionRow, StoreError, TokenCheck, User, WebSession,
+    tags_from, tags_json,
 };
 
 /// Connections kept open per control plane.
@@ -123,7 +129,36 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         public_key TEXT NOT NULL
     );",
+    // 3: the registry's changes (SQLite's 12); the sweep for silent nodes reads an index of
+    // the ones still announced online.
+    "CREATE TABLE changes (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        node_id TEXT,
+        user_id BIGINT
+    );
+    CREATE INDEX changes_at ON changes (at);
+    ALTER TABLE nodes ADD COLUMN listed_online BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE INDEX nodes_listed_online ON nodes (last_seen) WHERE listed_online;",
 ];
+
+/// The channel every logged change is announced on (in `log` and the statements that log
+/// changes themselves), so that the other control planes on the database look at the log
+/// at once.
+const CHANGES_CHANNEL: &str = "openbox_changes";
+
+/// Appends a change to the log and announces it (at commit, when in a transaction).
+async fn log(c: &impl GenericClient, change: &ChangeKind, now: u64) -> Result<()> {
+    let (kind, node, user) = change.parts();
+    c.execute(
+        "WITH logged AS (INSERT INTO changes (at, kind, node_id, user_id) VALUES ($1, $2, $3, $4) RETURNING seq)
+         SELECT pg_notify('openbox_changes', seq::TEXT) FROM logged",
+        &[&int(now), &kind, &node, &user],
+    )
+    .await?;
+    Ok(())
+}
 
 /// Times and counts are u64 here and BIGINT there.
 fn int(v: u64) -> i64 {
@@ -179,6 +214,7 @@ fn conflict(e: tokio_postgres::Error, message: impl FnOnce() -> String) -> Store
 
 pub struct Postgres {
     pool: Pool,
+    config: tokio_postgres::Config,
 }
 
 type Client = deadpool_postgres::Object;
@@ -189,14 +225,49 @@ impl Postgres {
     pub async fn connect(url: &str) -> Result<Postgres> {
         let config: tokio_postgres::Config = url.parse()?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager).max_size(POOL_SIZE).build().expect("a pool without timeouts builds");
-        let db = Postgres { pool };
+        let db = Postgres { pool, config };
         db.migrate().await?;
         Ok(db)
+    }
+
+    /// Wakes `wake` whenever a change is announced on the database, for as long as the
+    /// control plane runs: a connection of its own that listens, made again when it breaks
+    /// (and `wake` woken then, for what went by meanwhile).
+    pub fn wake_on_changes(&self, wake: Arc<Notify>) {
+        let config = self.config.clone();
+        tokio::spawn(async move {
+            loop {
+                match config.connect(tokio_postgres::NoTls).await {
+                    Ok((client, mut connection)) => {
+                        let notified = wake.clone();
+                        let messages = tokio::spawn(async move {
+                            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                            while let Some(message) = messages.next().await {
+                                match message {
+                                    Ok(AsyncMessage::Notification(_)) => notified.notify_one(),
+                                    Ok(_) => {}
+                                    Err(e) => {
+                                        return tracing::debug!(error = %e, "the change listener's connection broke");
+                                    }
+                                }
+                            }
+                        });
+                        match client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}")).await {
+                            Ok(()) => wake.notify_one(),
+                            Err(e) => tracing::warn!(error = %e, "cannot listen for changes"),
+                        }
+                        let _ = messages.await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot connect to listen for changes"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     async fn client(&self) -> Result<Client> {
@@ -400,11 +471,11 @@ impl Postgres {
         // Every admin row locked: two control planes removing two admins at once cannot
         // both see another one left.
         let admins = tx.query("SELECT name FROM users WHERE admin FOR UPDATE", &[]).await?;
-        let row = tx.query_opt("SELECT admin, incarnation FROM users WHERE name = $1 FOR UPDATE", &[&name]).await?;
+        let row = tx.query_opt("SELECT admin, incarnation, id FROM users WHERE name = $1 FOR UPDATE", &[&name]).await?;
         let Some(row) = row else {
             return Err(StoreError::NotFound(format!("no user named {name:?}")));
         };
-        let (admin, incarnation): (bool, String) = (row.get(0), row.get(1));
+        let (admin, incarnation, id): (bool, String, i64) = (row.get(0), row.get(1), row.get(2));
         if admin && admins.len() <= 1 {
             return Err(StoreError::Refused(format!("{name:?} is the last admin and cannot be removed")));
         }
@@ -415,6 +486,7 @@ impl Postgres {
             &[&incarnation, &name, &int(now)],
         )
         .await?;
+        log(&tx, &ChangeKind::Policy(id), now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -431,28 +503,34 @@ impl Postgres {
     }
 
     pub async fn put_grant(&self, user: &str, grant: &Grant, now: u64) -> Result<Vec<Grant>> {
-        let c = self.client().await?;
+        let mut c = self.client().await?;
         let id = user_id(&c, user).await?;
         let (kind, value) = grant.on.parts();
-        c.execute(
+        let tx = c.transaction().await?;
+        tx.execute(
             "INSERT INTO grants (user_id, kind, value, isolation, created_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (user_id, kind, value) DO UPDATE SET isolation = excluded.isolation, created_at = excluded.created_at",
             &[&id, &kind, &value, &tags_json(&grant.isolation), &int(now)],
         )
         .await?;
+        log(&tx, &ChangeKind::Policy(id), now).await?;
+        tx.commit().await?;
         grants_shown(&c, id).await
     }
 
     pub async fn remove_grant(&self, user: &str, on: &Target) -> Result<Vec<Grant>> {
-        let c = self.client().await?;
+        let mut c = self.client().await?;
         let id = user_id(&c, user).await?;
         let (kind, value) = on.parts();
-        let removed = c
+        let tx = c.transaction().await?;
+        let removed = tx
             .execute("DELETE FROM grants WHERE user_id = $1 AND kind = $2 AND value = $3", &[&id, &kind, &value])
             .await?;
         if removed == 0 {
             return Err(StoreError::NotFound(format!("{user:?} has no grant on {on}; `openbox user ls` shows grants")));
         }
+        log(&tx, &ChangeKind::Policy(id), proto::time::now()).await?;
+        tx.commit().await?;
         grants_shown(&c, id).await
     }
 
@@ -607,7 +685,7 @@ impl Postgres {
     }
 
     pub async fn insert_node(&self, mut node: NodeRow, exact_name: bool) -> Result<NodeRow> {
-        let c = self.client().await?;
+        let mut c = self.client().await?;
         let taken = |name: String| {
             let c = &c;
             async move {
@@ -629,10 +707,11 @@ impl Postgres {
             }
             node.name = format!("{base}-{n}");
         }
-        c.execute(
+        let tx = c.transaction().await?;
+        tx.execute(
             "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities,
-                mesh_addr, shares_control)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                mesh_addr, shares_control, listed_online)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $9::BIGINT IS NOT NULL)",
             &[
                 &node.id,
                 &node.name,
@@ -651,6 +730,8 @@ impl Postgres {
         )
         .await
         .map_err(|e| conflict(e, || format!("a node named {:?} was added at the same moment; try again", node.name)))?;
+        log(&tx, &ChangeKind::Node(node.id.clone()), node.created_at).await?;
+        tx.commit().await?;
         Ok(node)
     }
 
@@ -674,32 +755,89 @@ impl Postgres {
         Ok(c.query_one(&query, &[&id, &secret_hash]).await?.get(0))
     }
 
-    pub async fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<()> {
+    pub async fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<bool> {
         // Only kinds this control plane knows how to dispatch are kept.
         let caps = proto::api::known_capabilities(&hb.capabilities);
         let c = self.client().await?;
+        // One round trip: the row before (every sub-statement sees the same snapshot) and
+        // after; a change to what a node list shows is logged, a heartbeat that only moves
+        // last_seen is not.
         let update = c
             .prepare_cached(
-                "UPDATE nodes SET addr = $2, os = $3, arch = $4, version = $5, last_seen = $6, stopped = $7,
-                 capabilities = $8, mesh_addr = $9, shares_control = $10 WHERE id = $1",
+                "WITH old AS (
+                    SELECT addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online
+                    FROM nodes WHERE id = $1 FOR UPDATE
+                 ), new AS (
+                    UPDATE nodes SET addr = $2, os = $3, arch = $4, version = $5, last_seen = $6, stopped = $7,
+                        capabilities = $8, mesh_addr = $9, shares_control = $10, listed_online = NOT $7
+                    WHERE id = $1
+                    RETURNING addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online
+                 ), logged AS (
+                    INSERT INTO changes (at, kind, node_id) SELECT $6, 'node', $1 FROM old, new
+                    WHERE (old.*) IS DISTINCT FROM (new.*) RETURNING seq
+                 )
+                 SELECT pg_notify('openbox_changes', seq::TEXT) FROM logged",
             )
             .await?;
-        c.execute(
-            &update,
-            &[
-                &hb.node_id,
-                &hb.addr,
-                &hb.platform.os,
-                &hb.platform.arch,
-                &hb.version,
-                &int(now),
-                &hb.stopping,
-                &tags_json(&caps),
-                &hb.mesh_addr,
-                &shares_control,
-            ],
-        )
-        .await?;
+        // A row back: the change it logged.
+        let logged = c
+            .execute(
+                &update,
+                &[
+                    &hb.node_id,
+                    &hb.addr,
+                    &hb.platform.os,
+                    &hb.platform.arch,
+                    &hb.version,
+                    &int(now),
+                    &hb.stopping,
+                    &tags_json(&caps),
+                    &hb.mesh_addr,
+                    &shares_control,
+                ],
+            )
+            .await?;
+        Ok(logged > 0)
+    }
+
+    pub async fn mark_offline(&self, cutoff: u64, now: u64) -> Result<()> {
+        let c = self.client().await?;
+        let sweep = c
+            .prepare_cached(
+                "WITH gone AS (
+                    UPDATE nodes SET listed_online = FALSE
+                    WHERE listed_online AND (stopped OR last_seen IS NULL OR last_seen < $1) RETURNING id
+                 ), logged AS (
+                    INSERT INTO changes (at, kind, node_id) SELECT $2, 'node', id FROM gone RETURNING seq
+                 )
+                 SELECT pg_notify('openbox_changes', max(seq)::TEXT) FROM logged HAVING count(*) > 0",
+            )
+            .await?;
+        c.execute(&sweep, &[&int(cutoff), &int(now)]).await?;
+        Ok(())
+    }
+
+    pub async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {
+        let c = self.client().await?;
+        let query = c
+            .prepare_cached("SELECT seq, kind, node_id, user_id FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .await?;
+        let rows = c.query(&query, &[&seq, &i64::from(limit)]).await?;
+        Ok(rows.iter().filter_map(|r| Change::from_parts(r.get(0), r.get::<_, &str>(1), r.get(2), r.get(3))).collect())
+    }
+
+    pub async fn change_range(&self) -> Result<(i64, i64)> {
+        let c = self.client().await?;
+        let query = c.prepare_cached("SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM changes").await?;
+        let row = c.query_one(&query, &[]).await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    pub async fn forget_changes(&self, cutoff: u64) -> Result<()> {
+        self.client()
+            .await?
+            .execute("DELETE FROM changes WHERE at < $1 AND seq < (SELECT MAX(seq) FROM changes)", &[&int(cutoff)])
+            .await?;
         Ok(())
     }
 
@@ -713,6 +851,7 @@ impl Postgres {
                 .map_err(|e| conflict(e, taken))?;
         }
         tx.execute("UPDATE nodes SET tags = $2 WHERE id = $1", &[&id, &tags_json(tags)]).await?;
+        log(&tx, &ChangeKind::Node(id.to_owned()), proto::time::now()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -731,6 +870,7 @@ impl Postgres {
         )
         .await?;
         tx.execute("DELETE FROM grants WHERE kind = 'node' AND value = $1", &[&id]).await?;
+        log(&tx, &ChangeKind::NodeRemoved(id.to_owned()), now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -749,7 +889,7 @@ impl Postgres {
                 "INSERT INTO sessions (user_id, id, node_id, isolation, created_at, last_used, state)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (user_id, id) DO UPDATE SET last_used = excluded.last_used
-                 RETURNING node_id",
+                 RETURNING node_id, xmax = 0",
             )
             .await?;
         let placed = c
@@ -766,6 +906,10 @@ impl Postgres {
                 ],
             )
             .await?;
+        // xmax is 0 on a row just inserted: the session was placed now.
+        if placed.get::<_, bool>(1) {
+            log(&c, &ChangeKind::Sessions, row.last_used).await?;
+        }
         Ok(placed.get(0))
     }
 
@@ -778,7 +922,11 @@ impl Postgres {
 
     pub async fn remove_session(&self, user_id: i64, id: &str) -> Result<bool> {
         let c = self.client().await?;
-        Ok(c.execute("DELETE FROM sessions WHERE user_id = $1 AND id = $2", &[&user_id, &id]).await? > 0)
+        let removed = c.execute("DELETE FROM sessions WHERE user_id = $1 AND id = $2", &[&user_id, &id]).await? > 0;
+        if removed {
+            log(&c, &ChangeKind::Sessions, proto::time::now()).await?;
+        }
+        Ok(removed)
     }
 
     pub async fn apply_session_reports(&self, node_id: &str, reports: &[SessionReport]) -> Result<bool> {
@@ -794,6 +942,9 @@ impl Postgres {
         for r in reports {
             changed |= c.execute(&state, &[&node_id, &r.user, &r.id, &r.state]).await? > 0;
             c.execute(&used, &[&node_id, &r.user, &r.id, &int(r.last_used)]).await?;
+        }
+        if changed {
+            log(&c, &ChangeKind::Sessions, proto::time::now()).await?;
         }
         Ok(changed)
     }

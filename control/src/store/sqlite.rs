@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use proto::api::{Grant, Heartbeat, Platform, Target, UserInfo};
 
-use super::{EnrollTokenProblem, NodeRow, SessionRow, StoreError, User, WebSession, tags_from, tags_json};
+use super::{
+    Change, ChangeKind, EnrollTokenProblem, NodeRow, SessionRow, StoreError, User, WebSession, tags_from, tags_json,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -128,7 +130,28 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         public_key TEXT NOT NULL
     );",
+    // 12: the registry's changes, numbered: what event streams send and resume from, and
+    // how control planes sharing a database learn of each other's changes; and whether a
+    // node was last announced online, so that its going offline is announced once.
+    "CREATE TABLE changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        node_id TEXT,
+        user_id INTEGER
+    );
+    ALTER TABLE nodes ADD COLUMN listed_online INTEGER NOT NULL DEFAULT 0;",
 ];
+
+/// Appends a change to the log (in the caller's transaction, when it has one).
+fn log(conn: &Connection, change: &ChangeKind, now: u64) -> Result<()> {
+    let (kind, node, user) = change.parts();
+    conn.execute(
+        "INSERT INTO changes (at, kind, node_id, user_id) VALUES (?1, ?2, ?3, ?4)",
+        params![now, kind, node, user],
+    )?;
+    Ok(())
+}
 
 /// The tags of an enrollment token, or why it cannot be used.
 fn usable_enroll_token(
@@ -397,10 +420,16 @@ impl Sqlite {
     pub fn put_grant(&self, user: &str, grant: &Grant, now: u64) -> Result<Vec<Grant>> {
         let id = self.user_id(user)?;
         let (kind, value) = grant.on.parts();
-        self.conn().execute(
-            "INSERT OR REPLACE INTO grants (user_id, kind, value, isolation, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, kind, value, tags_json(&grant.isolation), now],
-        )?;
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT OR REPLACE INTO grants (user_id, kind, value, isolation, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, kind, value, tags_json(&grant.isolation), now],
+            )?;
+            log(&tx, &ChangeKind::Policy(id), now)?;
+            tx.commit()?;
+        }
         self.grants_shown(id)
     }
 
@@ -408,11 +437,20 @@ impl Sqlite {
     pub fn remove_grant(&self, user: &str, on: &Target) -> Result<Vec<Grant>> {
         let id = self.user_id(user)?;
         let (kind, value) = on.parts();
-        let removed = self
-            .conn()
-            .execute("DELETE FROM grants WHERE user_id = ?1 AND kind = ?2 AND value = ?3", params![id, kind, value])?;
-        if removed == 0 {
-            return Err(StoreError::NotFound(format!("{user:?} has no grant on {on}; `openbox user ls` shows grants")));
+        {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            let removed = tx.execute(
+                "DELETE FROM grants WHERE user_id = ?1 AND kind = ?2 AND value = ?3",
+                params![id, kind, value],
+            )?;
+            if removed == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{user:?} has no grant on {on}; `openbox user ls` shows grants"
+                )));
+            }
+            log(&tx, &ChangeKind::Policy(id), proto::time::now())?;
+            tx.commit()?;
         }
         self.grants_shown(id)
     }
@@ -427,10 +465,12 @@ impl Sqlite {
     pub fn remove_user(&self, name: &str, now: u64) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let row: Option<(bool, String)> = tx
-            .query_row("SELECT admin, incarnation FROM users WHERE name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
+        let row: Option<(bool, String, i64)> = tx
+            .query_row("SELECT admin, incarnation, id FROM users WHERE name = ?1", [name], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .optional()?;
-        let admin = row.as_ref().map(|(admin, _)| *admin);
+        let admin = row.as_ref().map(|(admin, _, _)| *admin);
         match admin {
             None => return Err(StoreError::NotFound(format!("no user named {name:?}"))),
             Some(true) => {
@@ -442,11 +482,12 @@ impl Sqlite {
             Some(false) => {}
         }
         tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
-        if let Some((_, incarnation)) = row {
+        if let Some((_, incarnation, id)) = row {
             tx.execute(
                 "INSERT OR REPLACE INTO revoked_users (incarnation, name, revoked_at) VALUES (?1, ?2, ?3)",
                 params![incarnation, name, now],
             )?;
+            log(&tx, &ChangeKind::Policy(id), now)?;
         }
         tx.commit()?;
         Ok(())
@@ -607,7 +648,8 @@ impl Sqlite {
     /// Inserts a node; when `exact_name` is false and the name is taken, a numeric suffix
     /// keeps it unique.
     pub fn insert_node(&self, mut node: NodeRow, exact_name: bool) -> Result<NodeRow> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        let conn = conn.transaction()?;
         let taken = |name: &str| -> Result<bool> {
             Ok(conn.query_row("SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1)", [name], |r| r.get(0))?)
         };
@@ -627,8 +669,8 @@ impl Sqlite {
         }
         conn.execute(
             "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities, mesh_addr,
-                shares_control)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                shares_control, listed_online)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?9 IS NOT NULL)",
             params![
                 node.id,
                 node.name,
@@ -645,6 +687,8 @@ impl Sqlite {
                 node.shares_control
             ],
         )?;
+        log(&conn, &ChangeKind::Node(node.id.clone()), node.created_at)?;
+        conn.commit()?;
         Ok(node)
     }
 
@@ -696,12 +740,33 @@ impl Sqlite {
 
     /// Records a heartbeat, and whether (by the host it reports) the node shares the
     /// control plane's files.
-    pub fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<()> {
+    pub fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<bool> {
         // Only kinds this control plane knows how to dispatch are kept.
-        let caps = proto::api::known_capabilities(&hb.capabilities);
-        self.conn().execute(
+        let caps = tags_json(&proto::api::known_capabilities(&hb.capabilities));
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        // What a node list shows, before and after: a change there is logged; a heartbeat
+        // that only moves last_seen is not.
+        let shown = "SELECT addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online FROM nodes WHERE id = ?1";
+        let read = |tx: &rusqlite::Transaction<'_>| {
+            tx.query_row(shown, [&hb.node_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, bool>(5)?,
+                    r.get::<_, bool>(6)?,
+                    r.get::<_, bool>(7)?,
+                ))
+            })
+            .optional()
+        };
+        let before = read(&tx)?;
+        tx.execute(
             "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7, capabilities = ?8,
-             mesh_addr = ?9, shares_control = ?10 WHERE id = ?1",
+             mesh_addr = ?9, shares_control = ?10, listed_online = NOT ?7 WHERE id = ?1",
             params![
                 hb.node_id,
                 hb.addr,
@@ -710,17 +775,42 @@ impl Sqlite {
                 hb.version,
                 now,
                 hb.stopping,
-                tags_json(&caps),
+                caps,
                 hb.mesh_addr,
                 shares_control
             ],
         )?;
+        let changed = before.is_some() && before != read(&tx)?;
+        if changed {
+            log(&tx, &ChangeKind::Node(hb.node_id.clone()), now)?;
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// Nodes silent since before `cutoff` (or stopped) that were last announced online are
+    /// announced offline, each once.
+    pub fn mark_offline(&self, cutoff: u64, now: u64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let gone: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "UPDATE nodes SET listed_online = 0
+                 WHERE listed_online AND (stopped OR last_seen IS NULL OR last_seen < ?1) RETURNING id",
+            )?;
+            stmt.query_map([cutoff], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+        };
+        for id in gone {
+            log(&tx, &ChangeKind::Node(id), now)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
     /// Renames and retags a node; returns the updated row.
     pub fn update_node(&self, id: &str, name: Option<&str>, tags: &[String]) -> Result<()> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        let conn = conn.transaction()?;
         if let Some(name) = name {
             let clash: bool = conn.query_row(
                 "SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1 AND id != ?2)",
@@ -733,6 +823,8 @@ impl Sqlite {
             conn.execute("UPDATE nodes SET name = ?2 WHERE id = ?1", params![id, name])?;
         }
         conn.execute("UPDATE nodes SET tags = ?2 WHERE id = ?1", params![id, tags_json(tags)])?;
+        log(&conn, &ChangeKind::Node(id.to_owned()), proto::time::now())?;
+        conn.commit()?;
         Ok(())
     }
 
@@ -750,6 +842,7 @@ impl Sqlite {
         )?;
         tx.execute("DELETE FROM nodes WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM grants WHERE kind = 'node' AND value = ?1", [id])?;
+        log(&tx, &ChangeKind::NodeRemoved(id.to_owned()), now)?;
         tx.commit()?;
         Ok(())
     }
@@ -782,14 +875,26 @@ impl Sqlite {
     /// Records a session's use; on its first use, places it on `row.node_id`. Returns the
     /// node it is on: another first use may have placed it a moment earlier.
     pub fn put_session(&self, user_id: i64, row: &SessionRow) -> Result<String> {
-        Ok(self.conn().query_row(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let placed: Option<String> = tx
+            .query_row("SELECT node_id FROM sessions WHERE user_id = ?1 AND id = ?2", params![user_id, row.id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let node = tx.query_row(
             "INSERT INTO sessions (user_id, id, node_id, isolation, created_at, last_used, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (user_id, id) DO UPDATE SET last_used = excluded.last_used
              RETURNING node_id",
             params![user_id, row.id, row.node_id, row.isolation, row.created_at, row.last_used, row.state],
             |r| r.get(0),
-        )?)
+        )?;
+        if placed.is_none() {
+            log(&tx, &ChangeKind::Sessions, row.last_used)?;
+        }
+        tx.commit()?;
+        Ok(node)
     }
 
     pub fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionRow>> {
@@ -802,26 +907,56 @@ impl Sqlite {
     }
 
     pub fn remove_session(&self, user_id: i64, id: &str) -> Result<bool> {
-        Ok(self.conn().execute("DELETE FROM sessions WHERE user_id = ?1 AND id = ?2", params![user_id, id])? > 0)
+        let conn = self.conn();
+        let removed = conn.execute("DELETE FROM sessions WHERE user_id = ?1 AND id = ?2", params![user_id, id])? > 0;
+        if removed {
+            log(&conn, &ChangeKind::Sessions, proto::time::now())?;
+        }
+        Ok(removed)
     }
 
-    /// Applies what a node reported about its sessions (by user name); reports for
-    /// sessions the directory does not hold on that node are ignored. Returns whether any
-    /// session's state changed (a use alone does not count).
     pub fn apply_session_reports(&self, node_id: &str, reports: &[proto::api::SessionReport]) -> Result<bool> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
         let mut changed = false;
         for r in reports {
             let key = "node_id = ?1 AND id = ?3 AND user_id = (SELECT id FROM users WHERE name = ?2)";
-            changed |= conn.execute(
+            changed |= tx.execute(
                 &format!("UPDATE sessions SET state = ?4 WHERE {key} AND state != ?4"),
                 params![node_id, r.user, r.id, r.state],
             )? > 0;
-            conn.execute(
+            tx.execute(
                 &format!("UPDATE sessions SET last_used = MAX(last_used, ?4) WHERE {key}"),
                 params![node_id, r.user, r.id, r.last_used],
             )?;
         }
+        if changed {
+            log(&tx, &ChangeKind::Sessions, proto::time::now())?;
+        }
+        tx.commit()?;
         Ok(changed)
+    }
+
+    /// Changes after `seq`, oldest first, at most `limit`.
+    pub fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT seq, kind, node_id, user_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = stmt.query_map(params![seq, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let rows: Vec<(i64, String, Option<String>, Option<i64>)> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(rows.into_iter().filter_map(|(seq, kind, node, user)| Change::from_parts(seq, &kind, node, user)).collect())
+    }
+
+    /// The oldest change still kept and the newest (0 and 0 before the first).
+    pub fn change_range(&self) -> Result<(i64, i64)> {
+        Ok(self.conn().query_row("SELECT COALESCE(MIN(seq), 0), COALESCE(MAX(seq), 0) FROM changes", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?)
+    }
+
+    /// Forgets changes from before `cutoff`, keeping the newest (it says where the log is).
+    pub fn forget_changes(&self, cutoff: u64) -> Result<()> {
+        self.conn().execute("DELETE FROM changes WHERE at < ?1 AND seq < (SELECT MAX(seq) FROM changes)", [cutoff])?;
+        Ok(())
     }
 }

@@ -1,0 +1,266 @@
+//! `GET /v1/events`, the live registry. By default a `nodes` event with the whole node
+//! list (only the nodes the caller may run on) whenever anything in it changes, and a
+//! `sessions` event with the caller's sessions whenever one is placed, ends or is removed.
+//! With `?changes=true`, the whole list once and then each change alone, numbered, so a
+//! client that reconnects with `?since=N` catches up on what it missed without a reload
+//! (see [`proto::api::EVENT_NODE`]): what a fleet of thousands needs. openboxd mirrors the
+//! stream, so that resolving a tag costs no round trip and scripts can follow the fleet
+//! through it; the dashboard draws it. A stream ends when the caller's login stops being
+//! valid.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use proto::api::{EVENT_NODE, EVENT_NODE_REMOVED, EVENT_NODES, EVENT_SESSIONS, Grant, Node, NodeRemoved, SessionInfo};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::App;
+use crate::access::Access;
+use crate::api::{Caller, Credential, sessions_of};
+use crate::changes::Update;
+use crate::store::User;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, std::convert::Infallible>> + Send>>;
+type Events = Sse<axum::response::sse::KeepAliveStream<EventStream>>;
+
+/// How often a change stream asks again whether its caller may still follow it.
+const RECHECK: Duration = Duration::from_secs(5);
+/// A resume further back than this many changes is sent the whole list instead.
+const MAX_REPLAY: i64 = 10_000;
+
+#[derive(Deserialize, Default)]
+pub struct EventsQuery {
+    /// Each change alone, numbered, after the whole list once.
+    #[serde(default)]
+    changes: bool,
+    /// Resume after this change (implies `changes`).
+    since: Option<i64>,
+}
+
+pub async fn events(State(app): State<Arc<App>>, caller: Caller, Query(q): Query<EventsQuery>) -> Events {
+    if q.changes || q.since.is_some() { changes(app, caller, q.since).await } else { whole_lists(app, caller).await }
+}
+
+/// Who follows a change stream, and what they may see.
+struct Follower {
+    app: Arc<App>,
+    credential: Credential,
+    user: User,
+    grants: Vec<Grant>,
+    checked: Instant,
+    /// The session list last sent: a change that alters nothing for this caller sends nothing.
+    sent_sessions: Option<Vec<SessionInfo>>,
+}
+
+impl Follower {
+    fn access(&self) -> Access<'_> {
+        Access::new(&self.user, self.grants.clone())
+    }
+
+    /// Asks again who the caller is and what they may see; `false` when they may no longer
+    /// follow (removed, logged out).
+    async fn recheck(&mut self) -> bool {
+        let Some(user) = Caller::current_user(&self.app, &self.credential).await else { return false };
+        let grants = if user.admin { Ok(Vec::new()) } else { self.app.store.grants(user.id).await };
+        let Ok(grants) = grants else { return false };
+        (self.user, self.grants, self.checked) = (user, grants, Instant::now());
+        true
+    }
+
+    /// The whole node list as this caller sees it, numbered `seq`.
+    fn whole_list(&self, seq: i64) -> Event {
+        let nodes = self.app.subscribe_registry().borrow().clone();
+        let access = self.access();
+        let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
+        numbered(EVENT_NODES, &nodes, seq)
+    }
+
+    /// One node's change as this caller sees it.
+    fn node(&self, seq: i64, id: &str, node: Option<&Node>) -> Event {
+        match node.cloned().and_then(|n| self.access().view(n)) {
+            Some(n) => numbered(EVENT_NODE, &n, seq),
+            None => numbered(EVENT_NODE_REMOVED, &NodeRemoved { id: id.to_owned() }, seq),
+        }
+    }
+
+    /// The caller's sessions, if they differ from those last sent.
+    async fn sessions(&mut self) -> Option<Event> {
+        let sessions = sessions_of(&self.app, self.user.id).await.ok()?;
+        if self.sent_sessions.as_ref() == Some(&sessions) {
+            return None;
+        }
+        let event = Event::default().event(EVENT_SESSIONS).json_data(&sessions).ok();
+        self.sent_sessions = Some(sessions);
+        event
+    }
+
+    /// What to send for one change (nothing, when it alters nothing for this caller).
+    async fn on(&mut self, update: &Update) -> Option<Vec<Event>> {
+        if self.checked.elapsed() > RECHECK && !self.recheck().await {
+            return None;
+        }
+        Some(match update {
+            Update::Node { seq, id, node } => vec![self.node(*seq, id, node.as_ref())],
+            Update::Policy { seq, user } if *user == self.user.id => {
+                if !self.recheck().await {
+                    return None;
+                }
+                vec![self.whole_list(*seq)]
+            }
+            Update::Policy { .. } => Vec::new(),
+            Update::Sessions => self.sessions().await.into_iter().collect(),
+        })
+    }
+
+    /// The changes after `since` up to `latest`, each node once as it is now; or the
+    /// whole list when they are no longer all kept (or too many).
+    async fn catch_up(&self, since: Option<i64>, latest: i64) -> Vec<Event> {
+        let Some(since) = since else { return vec![self.whole_list(latest)] };
+        let oldest = match self.app.store.change_range().await {
+            Ok((oldest, _)) => oldest,
+            Err(_) => return vec![self.whole_list(latest)],
+        };
+        // The log keeps its newest change, so `oldest` is 0 only before the first.
+        let kept = oldest == 0 || since >= oldest - 1;
+        if !kept || since > latest || latest - since > MAX_REPLAY {
+            return vec![self.whole_list(latest)];
+        }
+        let limit = u32::try_from(latest - since).unwrap_or(u32::MAX);
+        let Ok(changes) = self.app.store.changes_since(since, limit).await else {
+            return vec![self.whole_list(latest)];
+        };
+        let mut nodes: Vec<String> = Vec::new();
+        for change in changes {
+            match change.kind {
+                crate::store::ChangeKind::Node(id) | crate::store::ChangeKind::NodeRemoved(id) => {
+                    if !nodes.contains(&id) {
+                        nodes.push(id);
+                    }
+                }
+                crate::store::ChangeKind::Policy(user) if user == self.user.id => return vec![self.whole_list(latest)],
+                _ => {}
+            }
+        }
+        let mut events = Vec::with_capacity(nodes.len());
+        for id in nodes {
+            let now = crate::now();
+            let node = self
+                .app
+                .store
+                .node(&id)
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.to_api(now, self.app.config.offline_after_secs));
+            events.push(self.node(latest, &id, node.as_ref()));
+        }
+        events
+    }
+}
+
+fn numbered(name: &str, data: &impl serde::Serialize, seq: i64) -> Event {
+    match Event::default().event(name).id(seq.to_string()).json_data(data) {
+        Ok(event) => event,
+        Err(_) => Event::default().comment("unserializable"),
+    }
+}
+
+async fn changes(app: Arc<App>, caller: Caller, since: Option<i64>) -> Events {
+    // Subscribed before the list is read: no change falls between them.
+    let (updates, latest) = app.subscribe_updates();
+    let grants =
+        if caller.user.admin { Vec::new() } else { app.store.grants(caller.user.id).await.unwrap_or_default() };
+    let mut follower = Follower {
+        app: app.clone(),
+        credential: caller.credential,
+        user: caller.user,
+        grants,
+        checked: Instant::now(),
+        sent_sessions: None,
+    };
+    let mut pending: VecDeque<Event> = follower.catch_up(since, latest).await.into();
+    pending.extend(follower.sessions().await);
+    let closing = Box::pin(app.closing());
+    let state = (follower, updates, pending, closing);
+    let stream =
+        futures_util::stream::unfold(state, |(mut follower, mut updates, mut pending, mut closing)| async move {
+            loop {
+                if let Some(event) = pending.pop_front() {
+                    return Some((Ok(event), (follower, updates, pending, closing)));
+                }
+                let update = tokio::select! {
+                    update = updates.recv() => update,
+                    () = &mut closing => return None,
+                };
+                match update {
+                    Ok(update) => pending.extend(follower.on(&update).await?),
+                    // Fell behind: start again from the whole list.
+                    Err(RecvError::Lagged(_)) => {
+                        let latest = follower.app.subscribe_updates().1;
+                        pending.push_back(follower.whole_list(latest));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+    Sse::new(Box::pin(stream) as EventStream).keep_alive(KeepAlive::default())
+}
+
+/// The live registry: a `nodes` event with the whole node list now, and again whenever a
+/// node joins, leaves, changes, or goes online or offline, or the caller's grants change —
+/// only the nodes the caller may run on; and a `sessions` event with the caller's sessions
+/// now, and again whenever one is placed, ends or is removed. openboxd mirrors both, so
+/// that resolving a tag costs no round trip and scripts can follow the fleet through it.
+/// The stream ends when the caller's login token stops being valid.
+async fn whole_lists(app: Arc<App>, caller: Caller) -> Events {
+    let mut nodes_rx = app.subscribe_registry();
+    nodes_rx.mark_changed();
+    let mut sessions_rx = app.subscribe_sessions();
+    sessions_rx.mark_changed();
+    let closing = Box::pin(app.closing());
+    let credential = caller.credential;
+    // The session list last sent: a wake-up that changes nothing for this caller sends nothing.
+    let sent: Option<Vec<SessionInfo>> = None;
+    let state = (nodes_rx, sessions_rx, closing, sent);
+    let stream = futures_util::stream::unfold(state, move |(mut nodes_rx, mut sessions_rx, mut closing, mut sent)| {
+        let (app, credential) = (app.clone(), credential.clone());
+        async move {
+            loop {
+                let nodes_changed = tokio::select! {
+                    changed = nodes_rx.changed() => { changed.ok()?; true }
+                    changed = sessions_rx.changed() => { changed.ok()?; false }
+                    _ = &mut closing => return None,
+                };
+                // Who the caller is now: removed or logged out ends the stream; grants filter it.
+                let user = Caller::current_user(&app, &credential).await?;
+                let (name, data) = if nodes_changed {
+                    let nodes = nodes_rx.borrow_and_update().clone();
+                    let access = app.access(&user).await.ok()?;
+                    let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
+                    (EVENT_NODES, serde_json::to_string(&nodes))
+                } else {
+                    sessions_rx.borrow_and_update();
+                    let sessions = sessions_of(&app, user.id).await.ok()?;
+                    if sent.as_ref() == Some(&sessions) {
+                        continue;
+                    }
+                    let data = serde_json::to_string(&sessions);
+                    sent = Some(sessions);
+                    (EVENT_SESSIONS, data)
+                };
+                let event = match data {
+                    Ok(data) => Event::default().event(name).data(data),
+                    Err(_) => Event::default().comment("unserializable"),
+                };
+                return Some((Ok(event), (nodes_rx, sessions_rx, closing, sent)));
+            }
+        }
+    });
+    Sse::new(Box::pin(stream) as EventStream).keep_alive(KeepAlive::default())
+}
