@@ -24,7 +24,7 @@ pub const KEEP_SECS: u64 = 3600;
 #[derive(Debug)]
 pub enum Update {
     /// A node joined, changed or went online or offline (`node`), or was removed (`None`).
-    Node { seq: i64, id: String, node: Option<Node> },
+    Node { seq: i64, id: String, node: Option<Box<Node>> },
     /// A user's grants changed, or the user was removed.
     Policy { seq: i64, user: i64 },
     /// A session was placed, ended or removed.
@@ -62,7 +62,7 @@ async fn publish(app: &App, changes: Vec<Change>) {
                     tracing::warn!(error = %e, node = %id, "cannot read a changed node");
                     None
                 });
-                let node = row.map(|r| r.to_api(now(), app.config.offline_after_secs));
+                let node = row.map(|r| Box::new(r.to_api(now(), app.config.offline_after_secs)));
                 Update::Node { seq: change.seq, id, node }
             }
             ChangeKind::Policy(user) => {
@@ -103,7 +103,7 @@ pub async fn sweep(app: Arc<App>) {
             Err(e) => tracing::warn!(error = %e, "cannot sweep for silent nodes"),
         }
         ticks += 1;
-        if ticks % 60 == 0
+        if ticks.is_multiple_of(60)
             && let Err(e) = app.store.forget_changes(t.saturating_sub(KEEP_SECS)).await
         {
             tracing::warn!(error = %e, "cannot prune the change log");

@@ -24,7 +24,7 @@ use crate::App;
 use crate::access::Access;
 use crate::api::{Caller, Credential, sessions_of};
 use crate::changes::Update;
-use crate::store::User;
+use crate::store::{ChangeKind, User};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, std::convert::Infallible>> + Send>>;
 type Events = Sse<axum::response::sse::KeepAliveStream<EventStream>>;
@@ -44,7 +44,7 @@ pub struct EventsQuery {
 }
 
 pub async fn events(State(app): State<Arc<App>>, caller: Caller, Query(q): Query<EventsQuery>) -> Events {
-    if q.changes || q.since.is_some() { changes(app, caller, q.since).await } else { whole_lists(app, caller).await }
+    if q.changes || q.since.is_some() { changes(app, caller, q.since).await } else { whole_lists(app, caller) }
 }
 
 /// Who follows a change stream, and what they may see.
@@ -106,7 +106,7 @@ impl Follower {
             return None;
         }
         Some(match update {
-            Update::Node { seq, id, node } => vec![self.node(*seq, id, node.as_ref())],
+            Update::Node { seq, id, node } => vec![self.node(*seq, id, node.as_deref())],
             Update::Policy { seq, user } if *user == self.user.id => {
                 if !self.recheck().await {
                     return None;
@@ -122,9 +122,8 @@ impl Follower {
     /// whole list when they are no longer all kept (or too many).
     async fn catch_up(&self, since: Option<i64>, latest: i64) -> Vec<Event> {
         let Some(since) = since else { return vec![self.whole_list(latest)] };
-        let oldest = match self.app.store.change_range().await {
-            Ok((oldest, _)) => oldest,
-            Err(_) => return vec![self.whole_list(latest)],
+        let Ok((oldest, _)) = self.app.store.change_range().await else {
+            return vec![self.whole_list(latest)];
         };
         // The log keeps its newest change, so `oldest` is 0 only before the first.
         let kept = oldest == 0 || since >= oldest - 1;
@@ -138,12 +137,8 @@ impl Follower {
         let mut nodes: Vec<String> = Vec::new();
         for change in changes {
             match change.kind {
-                crate::store::ChangeKind::Node(id) | crate::store::ChangeKind::NodeRemoved(id) => {
-                    if !nodes.contains(&id) {
-                        nodes.push(id);
-                    }
-                }
-                crate::store::ChangeKind::Policy(user) if user == self.user.id => return vec![self.whole_list(latest)],
+                ChangeKind::Node(id) | ChangeKind::NodeRemoved(id) if !nodes.contains(&id) => nodes.push(id),
+                ChangeKind::Policy(user) if user == self.user.id => return vec![self.whole_list(latest)],
                 _ => {}
             }
         }
@@ -218,7 +213,7 @@ async fn changes(app: Arc<App>, caller: Caller, since: Option<i64>) -> Events {
 /// now, and again whenever one is placed, ends or is removed. openboxd mirrors both, so
 /// that resolving a tag costs no round trip and scripts can follow the fleet through it.
 /// The stream ends when the caller's login token stops being valid.
-async fn whole_lists(app: Arc<App>, caller: Caller) -> Events {
+fn whole_lists(app: Arc<App>, caller: Caller) -> Events {
     let mut nodes_rx = app.subscribe_registry();
     nodes_rx.mark_changed();
     let mut sessions_rx = app.subscribe_sessions();
