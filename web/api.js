@@ -41,16 +41,24 @@ export const del = path => api('DELETE', path);
 
 /**
  * The live node list: calls `onNodes(list)` on every change, `onState('live'|'retrying')`
- * as the stream comes and goes. The browser reconnects on its own; a stream refused for
- * want of a session ends in `onLoggedOut`. Returns a function that stops it.
+ * as the stream comes and goes. The stream sends the whole list once, then each change
+ * alone; the browser reconnects on its own and resumes after the last change it saw
+ * (Last-Event-ID), and a stream opened again asks for the same. A stream refused for want
+ * of a session ends in `onLoggedOut`. Returns a function that stops it.
  */
 export function watchNodes(onNodes, onState) {
   let source;
   let timer;
   let stopped = false;
+  let nodes = new Map();
+  let last = null;
+  const show = () => onNodes([...nodes.values()].sort((a, b) => a.name.localeCompare(b.name)));
+  const seen = e => { if (e.lastEventId) last = e.lastEventId; onState('live'); };
   const open = () => {
-    source = new EventSource('/v1/events');
-    source.addEventListener('nodes', e => { onState('live'); onNodes(JSON.parse(e.data)); });
+    source = new EventSource(last ? `/v1/events?changes=true&since=${encodeURIComponent(last)}` : '/v1/events?changes=true');
+    source.addEventListener('nodes', e => { seen(e); nodes = new Map(JSON.parse(e.data).map(n => [n.id, n])); show(); });
+    source.addEventListener('node', e => { seen(e); const n = JSON.parse(e.data); nodes.set(n.id, n); show(); });
+    source.addEventListener('node_removed', e => { seen(e); nodes.delete(JSON.parse(e.data).id); show(); });
     source.addEventListener('open', () => onState('live'));
     source.addEventListener('error', async () => {
       onState('retrying');

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use proto::api::{EVENT_NODE, EVENT_NODE_REMOVED, EVENT_NODES, EVENT_SESSIONS, Grant, Node, NodeRemoved, SessionInfo};
@@ -43,8 +44,16 @@ pub struct EventsQuery {
     since: Option<i64>,
 }
 
-pub async fn events(State(app): State<Arc<App>>, caller: Caller, Query(q): Query<EventsQuery>) -> Events {
-    if q.changes || q.since.is_some() { changes(app, caller, q.since).await } else { whole_lists(app, caller) }
+pub async fn events(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Events {
+    // A browser's EventSource resumes on its own with the last id it saw.
+    let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()?.trim().parse().ok());
+    let since = resumed.or(q.since);
+    if q.changes || since.is_some() { changes(app, caller, since).await } else { whole_lists(app, caller) }
 }
 
 /// Who follows a change stream, and what they may see.

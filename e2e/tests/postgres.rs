@@ -1,7 +1,10 @@
 //! The control plane on PostgreSQL, through the real binaries: one control plane, and
 //! several on one database serving one fleet interchangeably.
 
-use openbox_e2e::{Agent, Cli, ControlPlane, post_raw, postgres_database, postgres_server, psql};
+use openbox_e2e::{
+    Agent, Cli, ControlPlane, Out, SseStream, TcpBalancer, post_raw, postgres_cluster, postgres_database,
+    postgres_server, psql,
+};
 
 /// A database of its own, and a CA key file every control plane on it shares.
 struct Fleet {
@@ -158,4 +161,142 @@ fn a_control_plane_with_another_ca_key_than_its_fleet_refuses_to_start() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("the CA key in OPENBOX_CA_KEY is not the one this fleet's database trusts"), "{err}");
+}
+
+#[test]
+fn a_change_stream_on_one_control_plane_shows_changes_made_through_another_and_resumes_after_the_last() {
+    let fleet = Fleet::new();
+    let a = ControlPlane::start_with(&fleet.args());
+    let b = ControlPlane::start_replica(&fleet.args());
+    let admin = Cli::admin(&a);
+    let within = std::time::Duration::from_secs(10);
+    let mut stream = SseStream::open(&b.addr, "/v1/events?changes=true", &a.admin_token);
+    let first = stream.next(within).expect("the whole list first");
+    assert_eq!((first.name.as_str(), first.data.as_str()), ("nodes", "[]"));
+
+    // Enrolled, renamed and stopped through A: each arrives on B's stream alone.
+    let mut agent = Agent::enroll(&a, &admin, &["pg"]);
+    let joined = stream.wait_for("the node joins", within, |e| e.name == "node" && e.json()["id"] == agent.node_id);
+    assert_eq!(joined.json()["online"], true);
+    admin.run(&["node", "rename", &agent.name, "moved"]).ok();
+    stream.wait_for("the rename", within, |e| e.name == "node" && e.json()["name"] == "moved");
+    agent.stop();
+    let offline = stream.wait_for("offline", within, |e| e.name == "node" && e.json()["online"] == false);
+    let last = offline.id.expect("a change carries its number");
+    drop(stream);
+
+    // Away meanwhile: retagged, then removed. Resuming after the last change seen sends
+    // what became of the node, not the whole list.
+    admin.run(&["node", "tag", "moved", "+later"]).ok();
+    admin.run(&["node", "rm", "moved"]).ok();
+    let mut resumed = SseStream::open(&b.addr, &format!("/v1/events?changes=true&since={last}"), &a.admin_token);
+    let next = resumed.next(within).expect("what was missed");
+    assert_eq!(next.name, "node_removed", "{next:?}");
+    assert_eq!(next.json()["id"], agent.node_id);
+    assert!(next.id.as_deref().unwrap().parse::<i64>().unwrap() > last.parse::<i64>().unwrap());
+    // A resume point the log no longer holds gets the whole list again.
+    let mut stale = SseStream::open(&a.addr, "/v1/events?changes=true&since=-5", &a.admin_token);
+    assert_eq!(stale.next(within).unwrap().name, "nodes");
+}
+
+#[test]
+fn behind_a_balancer_clients_move_to_the_other_control_plane_when_one_stops() {
+    let fleet = Fleet::new();
+    let mut a = ControlPlane::start_with(&fleet.args());
+    let b = ControlPlane::start_replica(&fleet.args());
+    let lb = TcpBalancer::start(&[&a.addr, &b.addr]);
+    let url = format!("http://{}", lb.addr);
+    let admin = Cli::new();
+    admin.run(&["login", "--server", &url, "--token", &a.admin_token]).ok();
+    let token = admin.enroll_token(&["lb"]);
+    let agent = Agent::enroll_at(&url, &token, &[], &[]);
+    assert_eq!(admin.run(&["-t", "lb", "echo", "before"]).ok().stdout, "before\n");
+
+    // A stops mid-run: a command running through it finishes (it does not need the control
+    // plane once started), and the next ones, the heartbeats and openboxd's mirror go to B.
+    let mut running = admin.spawn(&["-t", "lb", "sh", "-c", "sleep 2; echo finished"]);
+    drop(running.stdin.take());
+    a.stop();
+    let finished = Out::from(running.wait_with_output().unwrap());
+    assert_eq!(finished.ok().stdout, "finished\n");
+    for i in 0..5 {
+        assert_eq!(admin.run(&["-t", "lb", "echo", &format!("after-{i}")]).ok().stdout, format!("after-{i}\n"));
+    }
+    let via_b = Cli::logged_in(&b, &a.admin_token);
+    openbox_e2e::wait_until("the node heartbeats through B", || {
+        via_b
+            .node(&agent.node_id)
+            .is_some_and(|n| n["online"] == true && n["last_seen"].as_u64() > Some(proto_now() - 2))
+    });
+    openbox_e2e::wait_until("openboxd's mirror is live again", || admin.daemon_status()["registry_live"] == true);
+}
+
+fn proto_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn a_restart_of_postgresql_under_load_loses_nothing_and_needs_no_hand() {
+    // A cluster of this test's own: restarting the shared one would disturb the others.
+    let (dir, secrets) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = openbox_e2e::free_port().to_string();
+    let own =
+        [("OPENBOX_TEST_POSTGRES_DIR", dir.path().to_str().unwrap()), ("OPENBOX_TEST_POSTGRES_PORT", port.as_str())];
+    let server = postgres_cluster(&own);
+    let db = postgres_database(&server);
+    let ca = secrets.path().join("ca_key").display().to_string();
+    let cp = ControlPlane::start_with(&["--db", &db, "--ca", &ca]);
+    let admin = Cli::admin(&cp);
+    let _agent = Agent::enroll(&cp, &admin, &["pg"]);
+
+    // Users added one after another while the database restarts: each one the control
+    // plane said it added must be there afterwards; some are refused while it is down.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let adder = {
+        let (stop, home) = (stop.clone(), admin.home.path().to_owned());
+        std::thread::spawn(move || {
+            let (mut added, mut refused) = (Vec::new(), Vec::new());
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let name = format!("u{i}");
+                let out = std::process::Command::new(openbox_e2e::bin("openbox"))
+                    .env("OPENBOX_HOME", &home)
+                    .args(["user", "add", &name, "--json"])
+                    .output()
+                    .unwrap();
+                if out.status.success() {
+                    added.push(name);
+                } else {
+                    refused.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+            }
+            (added, refused)
+        })
+    };
+    openbox_e2e::wait_until("some users added", || {
+        psql(&db, "SELECT count(*) FROM users").trim().parse::<u32>().unwrap() > 3
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/test-postgres");
+    let stopped = std::process::Command::new(script).arg("stop").envs(own).status().unwrap();
+    assert!(stopped.success());
+    // Down: a clear answer, not a hang.
+    let down = admin.run(&["user", "add", "while-down"]);
+    assert_ne!(down.code, 0);
+    assert!(down.stderr.contains("cannot reach its database; try again shortly"), "{}", down.stderr);
+    postgres_cluster(&own);
+    openbox_e2e::wait_until("the control plane works again by itself", || {
+        admin.run(&["-t", "pg", "echo", "back"]).code == 0
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (added, refused) = adder.join().unwrap();
+    assert!(!added.is_empty(), "refused: {refused:?}");
+    let stored = psql(&db, "SELECT name FROM users");
+    let stored: Vec<&str> = stored.split_whitespace().collect();
+    for name in &added {
+        assert!(stored.contains(&name.as_str()), "{name} was reported added but is not stored");
+    }
+    assert!(!stored.contains(&"while-down"));
+    std::process::Command::new(script).arg("stop").envs(own).status().unwrap();
 }

@@ -203,7 +203,7 @@ impl Client {
             let body = self.body(resp).await?;
             return Err(api_error(status, &body));
         }
-        Ok(EventStream { body: resp.into_body(), buf: Vec::new(), scanned: 0, _sender: sender })
+        Ok(EventStream { body: resp.into_body(), buf: Vec::new(), last_id: None, scanned: 0, _sender: sender })
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -384,6 +384,8 @@ fn api_error(status: StatusCode, body: &[u8]) -> ControlError {
 pub struct EventStream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    /// The last event id the stream sent (SSE's `id:`), where a new stream may resume.
+    last_id: Option<String>,
     /// How much of `buf` is known to hold no event end, so each byte is looked at once.
     scanned: usize,
     // Keeps the connection's request side alive for as long as the stream is read.
@@ -391,6 +393,10 @@ pub struct EventStream {
 }
 
 impl EventStream {
+    /// The id of the last event that carried one.
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
     /// The next event, or `None` when the stream ends.
     pub async fn next(&mut self) -> Option<Result<(String, String), ControlError>> {
         loop {
@@ -407,6 +413,8 @@ impl EventStream {
                         event = v.trim().to_owned();
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        self.last_id = Some(v.trim().to_owned());
                     }
                 }
                 if data.is_empty() {

@@ -76,14 +76,31 @@ impl Mirror {
 
 async fn feed(login: Login, state: Arc<RwLock<State>>, events: broadcast::Sender<FleetEvent>) {
     let mut pause = Duration::from_millis(200);
+    // The last change taken in: a new stream resumes after it, so a reconnect costs the
+    // changes missed, not the whole fleet again.
+    let mut since: Option<String> = None;
     loop {
+        let path = match &since {
+            Some(seq) => format!("/v1/events?changes=true&since={seq}"),
+            None => "/v1/events?changes=true".to_owned(),
+        };
         match login.client() {
-            Ok(client) => match client.events("/v1/events").await {
+            Ok(client) => match client.events(&path).await {
                 Ok(mut stream) => {
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok((name, data)) => match apply(&state, &events, &name, &data) {
-                                Ok(()) => pause = Duration::from_millis(200),
+                                Ok(true) => {
+                                    pause = Duration::from_millis(200);
+                                    if let Some(id) = stream.last_id() {
+                                        since = Some(id.to_owned());
+                                    }
+                                }
+                                // A change to a list it does not hold: start again from the whole list.
+                                Ok(false) => {
+                                    since = None;
+                                    break;
+                                }
                                 Err(e) => tracing::warn!(error = %e, event = %name, "unreadable registry event"),
                             },
                             Err(e) => {
@@ -104,13 +121,14 @@ async fn feed(login: Login, state: Arc<RwLock<State>>, events: broadcast::Sender
 }
 
 /// Takes one registry event into the mirror and broadcasts what changed since the last
-/// list of its kind (nothing for the first: there is nothing to compare it with).
+/// list of its kind (nothing for the first: there is nothing to compare it with). `false`
+/// for a change to a node list the mirror does not hold.
 fn apply(
     state: &RwLock<State>,
     events: &broadcast::Sender<FleetEvent>,
     name: &str,
     data: &str,
-) -> serde_json::Result<()> {
+) -> serde_json::Result<bool> {
     let mut s = state.write().unwrap_or_else(|e| e.into_inner());
     let changes = match name {
         proto::api::EVENT_NODES => {
@@ -119,18 +137,39 @@ fn apply(
             s.nodes = Some(nodes);
             changes
         }
+        proto::api::EVENT_NODE | proto::api::EVENT_NODE_REMOVED => {
+            let Some(before) = s.nodes.as_ref() else { return Ok(false) };
+            let mut nodes = before.clone();
+            if name == proto::api::EVENT_NODE {
+                let node: Node = serde_json::from_str(data)?;
+                match nodes.iter_mut().find(|n| n.id == node.id) {
+                    Some(known) => *known = node,
+                    None => {
+                        // Kept in name order, as the whole list comes.
+                        let at = nodes.partition_point(|n| n.name < node.name);
+                        nodes.insert(at, node);
+                    }
+                }
+            } else {
+                let gone: proto::api::NodeRemoved = serde_json::from_str(data)?;
+                nodes.retain(|n| n.id != gone.id);
+            }
+            let changes = crate::events::node_changes(before, &nodes);
+            s.nodes = Some(nodes);
+            Some(changes)
+        }
         proto::api::EVENT_SESSIONS => {
             let sessions: Vec<SessionInfo> = serde_json::from_str(data)?;
             let changes = s.sessions.as_ref().map(|before| crate::events::session_changes(before, &sessions));
             s.sessions = Some(sessions);
             changes
         }
-        _ => return Ok(()), // a newer control plane's event: not for this openboxd
+        _ => return Ok(true), // a newer control plane's event: not for this openboxd
     };
     s.live = true;
     for change in changes.unwrap_or_default() {
         // No subscriber is not an error.
         let _ = events.send(change);
     }
-    Ok(())
+    Ok(true)
 }
