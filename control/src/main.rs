@@ -14,8 +14,10 @@ use openbox_control::store::Database;
 /// `openbox login` command with a one-time token. State lives in a SQLite file; restarting
 /// keeps every user, node and token.
 #[derive(Parser, Debug)]
-#[command(name = "openbox control", version = proto::VERSION)]
+#[command(name = "openbox control", version = proto::VERSION, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7683")]
     addr: String,
@@ -92,18 +94,57 @@ struct Args {
     verbose: u8,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Copy a fleet's registry from its SQLite file into an empty PostgreSQL database.
+    ///
+    /// Every user, login and enrollment token, node, grant, session and audit entry is
+    /// copied as it is, so the same CA key, nodes and logins keep working. The file may be
+    /// in use (it is read as one consistent snapshot); then stop that control plane and start
+    /// one with `--db postgres://…` and the same `--ca` key. For example: `openbox control
+    /// migrate --from sqlite:/var/lib/openbox/control/openbox.db --to
+    /// postgres://openbox@db.internal/openbox`.
+    Migrate {
+        /// The SQLite file (sqlite:PATH, or PATH).
+        #[arg(long, value_name = "sqlite:PATH")]
+        from: Database,
+        /// The PostgreSQL database, empty (its schema is made).
+        #[arg(long, value_name = "postgres://…")]
+        to: Database,
+    },
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     telemetry::init(args.verbose);
     telemetry::raise_open_file_limit();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match rt.block_on(run(args)) {
+    let done = match args.command.take() {
+        Some(Command::Migrate { from, to }) => rt.block_on(migrate(from, to)),
+        None => rt.block_on(run(args)),
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("openbox control: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn migrate(from: Database, to: Database) -> anyhow::Result<()> {
+    let (Database::Sqlite(file), Database::Postgres(url)) = (&from, &to) else {
+        bail!("migrate copies from a SQLite file (--from sqlite:PATH) to PostgreSQL (--to postgres://…)");
+    };
+    let copied = openbox_control::store::migrate::sqlite_to_postgres(file, url)
+        .await
+        .with_context(|| format!("copying {from} to {to}"))?;
+    for (table, rows) in &copied {
+        println!("{table:>14}  {rows}");
+    }
+    println!("Copied {from} to {to}. Stop the control plane on the file, then start one with:");
+    println!("  openbox control --db {to} --ca CA_KEY_FILE");
+    Ok(())
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

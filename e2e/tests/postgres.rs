@@ -300,3 +300,36 @@ fn a_restart_of_postgresql_under_load_loses_nothing_and_needs_no_hand() {
     assert!(!stored.contains(&"while-down"));
     std::process::Command::new(script).arg("stop").envs(own).status().unwrap();
 }
+
+#[test]
+fn a_running_personal_fleet_moves_to_postgres_and_its_nodes_and_logins_keep_working() {
+    let mut cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let bob = admin.add_user(&cp, "bob");
+    let agent = Agent::enroll(&cp, &admin, &["moving"]);
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
+    admin.run(&["-t", "moving", "-s", "kept", "cd /tmp"]).ok();
+    let spare = admin.enroll_token(&["later"]);
+
+    // Copied while it runs.
+    let db = postgres_database(postgres_server());
+    let file = format!("sqlite:{}", cp.db_path().display());
+    let run = |args: &[&str]| Out::from(std::process::Command::new(openbox_e2e::bin("openbox-control")).args(args).output().unwrap());
+    let out = run(&["migrate", "--from", &file, "--to", &db]).ok();
+    assert!(out.stdout.contains("users  2") && out.stdout.contains("nodes  1"), "{}", out.stdout);
+    // Into a database that holds a fleet: refused.
+    let again = run(&["migrate", "--from", &file, "--to", &db]);
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("already holds a fleet (2 users, 1 nodes)"), "{}", again.stderr);
+
+    // The same control plane (address, CA key) on the new database: everything works.
+    cp.restart_with(&["--db", &db]);
+    assert_eq!(admin.run(&["-t", "moving", "-s", "kept", "pwd"]).ok().stdout, "/tmp\n");
+    assert_eq!(bob.run(&["-t", "moving", "echo", "bob-still"]).ok().stdout, "bob-still\n");
+    assert!(admin.node(&agent.node_id).is_some_and(|n| n["online"] == true));
+    let later = Agent::enroll_with(&cp, &spare, &[]);
+    assert!(admin.node(&later.node_id).is_some(), "a token minted before the move enrolls after it");
+    // New rows get new ids after the copied ones.
+    admin.run(&["user", "add", "carol"]).ok();
+    assert_eq!(psql(&db, "SELECT count(DISTINCT id) FROM users").trim(), "3");
+}

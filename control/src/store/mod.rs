@@ -2,6 +2,7 @@
 //! sessions and the audit log. One interface, two backends: SQLite (the default, one file)
 //! and PostgreSQL (several control planes on one database), chosen by `--db`.
 
+pub mod migrate;
 mod postgres;
 mod sqlite;
 

@@ -270,6 +270,11 @@ impl Postgres {
         });
     }
 
+    /// A connection of the pool for `migrate`.
+    pub(super) async fn client_for_copy(&self) -> Result<Client> {
+        self.client().await
+    }
+
     async fn client(&self) -> Result<Client> {
         Ok(self.pool.get().await?)
     }
