@@ -23,6 +23,8 @@ type AppState = State<Arc<App>>;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/health", get(|| async { Json(Health { status: "ok".into(), version: proto::VERSION.into() }) }))
+        .route("/v1/ready", get(crate::metrics::ready))
+        .route("/metrics", get(crate::metrics::metrics))
         .route("/v1/whoami", get(whoami))
         .route("/v1/logout", post(logout))
         .route("/v1/users", get(list_users).post(add_user))
@@ -47,6 +49,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/sessions/{id}", delete(remove_session))
         .route("/v1/audit", get(audit_log))
         .merge(crate::web::routes())
+        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::metrics::count))
         .with_state(app)
 }
 

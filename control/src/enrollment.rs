@@ -81,6 +81,7 @@ pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> 
         .await?;
     tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, isolation = ?row.capabilities, "node enrolled");
     app.changed();
+    app.metrics.enrollments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Enrolled {
         node_id,
         name: row.name,
@@ -117,6 +118,7 @@ const REVOCATIONS_KEPT_SECS: u64 = 7 * 24 * 3600;
 /// Records a heartbeat authenticated by the node's secret, and renews the node's host
 /// certificate once past half its life.
 pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
+    app.metrics.heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // One answer for an unknown id and a wrong secret, so nobody can probe for node ids;
     // only the removed node itself (its own secret) learns that it was removed.
     let refused = || Refusal::new(Kind::Unauthorized, "not a node of this fleet, or not its heartbeat secret");

@@ -191,12 +191,13 @@ async fn changes(app: Arc<App>, caller: Caller, since: Option<i64>) -> Events {
     let mut pending: VecDeque<Event> = follower.catch_up(since, latest).await.into();
     pending.extend(follower.sessions().await);
     let closing = Box::pin(app.closing());
-    let state = (follower, updates, pending, closing);
+    let open = crate::metrics::OpenStream::new(app.clone());
+    let state = (follower, updates, pending, closing, open);
     let stream =
-        futures_util::stream::unfold(state, |(mut follower, mut updates, mut pending, mut closing)| async move {
+        futures_util::stream::unfold(state, |(mut follower, mut updates, mut pending, mut closing, open)| async move {
             loop {
                 if let Some(event) = pending.pop_front() {
-                    return Some((Ok(event), (follower, updates, pending, closing)));
+                    return Some((Ok(event), (follower, updates, pending, closing, open)));
                 }
                 let update = tokio::select! {
                     update = updates.recv() => update,
@@ -231,40 +232,42 @@ fn whole_lists(app: Arc<App>, caller: Caller) -> Events {
     let credential = caller.credential;
     // The session list last sent: a wake-up that changes nothing for this caller sends nothing.
     let sent: Option<Vec<SessionInfo>> = None;
-    let state = (nodes_rx, sessions_rx, closing, sent);
-    let stream = futures_util::stream::unfold(state, move |(mut nodes_rx, mut sessions_rx, mut closing, mut sent)| {
-        let (app, credential) = (app.clone(), credential.clone());
-        async move {
-            loop {
-                let nodes_changed = tokio::select! {
-                    changed = nodes_rx.changed() => { changed.ok()?; true }
-                    changed = sessions_rx.changed() => { changed.ok()?; false }
-                    _ = &mut closing => return None,
-                };
-                // Who the caller is now: removed or logged out ends the stream; grants filter it.
-                let user = Caller::current_user(&app, &credential).await?;
-                let (name, data) = if nodes_changed {
-                    let nodes = nodes_rx.borrow_and_update().clone();
-                    let access = app.access(&user).await.ok()?;
-                    let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
-                    (EVENT_NODES, serde_json::to_string(&nodes))
-                } else {
-                    sessions_rx.borrow_and_update();
-                    let sessions = sessions_of(&app, user.id).await.ok()?;
-                    if sent.as_ref() == Some(&sessions) {
-                        continue;
-                    }
-                    let data = serde_json::to_string(&sessions);
-                    sent = Some(sessions);
-                    (EVENT_SESSIONS, data)
-                };
-                let event = match data {
-                    Ok(data) => Event::default().event(name).data(data),
-                    Err(_) => Event::default().comment("unserializable"),
-                };
-                return Some((Ok(event), (nodes_rx, sessions_rx, closing, sent)));
+    let open = crate::metrics::OpenStream::new(app.clone());
+    let state = (nodes_rx, sessions_rx, closing, sent, open);
+    let stream =
+        futures_util::stream::unfold(state, move |(mut nodes_rx, mut sessions_rx, mut closing, mut sent, open)| {
+            let (app, credential) = (app.clone(), credential.clone());
+            async move {
+                loop {
+                    let nodes_changed = tokio::select! {
+                        changed = nodes_rx.changed() => { changed.ok()?; true }
+                        changed = sessions_rx.changed() => { changed.ok()?; false }
+                        _ = &mut closing => return None,
+                    };
+                    // Who the caller is now: removed or logged out ends the stream; grants filter it.
+                    let user = Caller::current_user(&app, &credential).await?;
+                    let (name, data) = if nodes_changed {
+                        let nodes = nodes_rx.borrow_and_update().clone();
+                        let access = app.access(&user).await.ok()?;
+                        let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
+                        (EVENT_NODES, serde_json::to_string(&nodes))
+                    } else {
+                        sessions_rx.borrow_and_update();
+                        let sessions = sessions_of(&app, user.id).await.ok()?;
+                        if sent.as_ref() == Some(&sessions) {
+                            continue;
+                        }
+                        let data = serde_json::to_string(&sessions);
+                        sent = Some(sessions);
+                        (EVENT_SESSIONS, data)
+                    };
+                    let event = match data {
+                        Ok(data) => Event::default().event(name).data(data),
+                        Err(_) => Event::default().comment("unserializable"),
+                    };
+                    return Some((Ok(event), (nodes_rx, sessions_rx, closing, sent, open)));
+                }
             }
-        }
-    });
+        });
     Sse::new(Box::pin(stream) as EventStream).keep_alive(KeepAlive::default())
 }

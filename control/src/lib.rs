@@ -19,6 +19,7 @@ mod events;
 mod http;
 pub mod https;
 pub mod mesh;
+mod metrics;
 mod placement;
 mod refusal;
 pub mod store;
@@ -48,6 +49,8 @@ pub struct Config {
     pub audit_retention_secs: u64,
     /// Whether the audit log keeps command lines (else only their SHA-256).
     pub audit_commands: bool,
+    /// The token that lets a scraper read `/metrics` from elsewhere than this machine.
+    pub metrics_token: Option<String>,
 }
 
 /// Changes an event stream may fall behind by before it is sent the whole list again.
@@ -73,6 +76,7 @@ pub struct App {
     latest: std::sync::atomic::AtomicI64,
     /// Wakes the change follower: a change was made here, or announced by the database.
     wake: Arc<tokio::sync::Notify>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl App {
@@ -93,7 +97,9 @@ impl App {
         let wake = Arc::new(tokio::sync::Notify::new());
         store.wake_on_changes(wake.clone());
         let latest = std::sync::atomic::AtomicI64::new(latest);
-        let app = Arc::new(App { config, store, ca, host, registry, sessions, closing, updates, latest, wake });
+        let metrics = metrics::Metrics::default();
+        let app =
+            Arc::new(App { config, store, ca, host, registry, sessions, closing, updates, latest, wake, metrics });
         app.refresh_registry().await;
         app
     }

@@ -89,6 +89,10 @@ struct Args {
     /// The API's port on the tailnet.
     #[arg(long, default_value_t = 7683)]
     mesh_port: u16,
+    /// A file holding the token a scraper sends (`Authorization: Bearer …`) to read
+    /// /metrics (Prometheus's format); without it /metrics is off.
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -238,6 +242,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    let metrics_token = match &args.metrics_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let token = text.trim().to_owned();
+            if token.len() < 16 {
+                bail!("the metrics token in {} is shorter than 16 characters; use a long random one", path.display());
+            }
+            Some(token)
+        }
+        None => None,
+    };
     let config = openbox_control::Config {
         public_url: url,
         fingerprint: fingerprint.map(|f| f.to_string()),
@@ -245,6 +260,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         user_cert_ttl_secs: args.user_cert_ttl,
         audit_retention_secs: args.audit_retention,
         audit_commands: args.audit_commands,
+        metrics_token,
     };
     let app = openbox_control::App::new(config, store, ca).await;
     if let Some(mesh) = fleet_mesh {

@@ -56,6 +56,7 @@ pub async fn dispatch(
         detail: detail.map(str::to_owned),
     };
     app.audit(&user.name, "dispatch", source, record).await?;
+    app.metrics.dispatches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Dispatch {
         node,
         cert: cert.to_openssh().map_err(trust::TrustError::from)?,

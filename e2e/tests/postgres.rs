@@ -285,6 +285,8 @@ fn a_restart_of_postgresql_under_load_loses_nothing_and_needs_no_hand() {
     let down = admin.run(&["user", "add", "while-down"]);
     assert_ne!(down.code, 0);
     assert!(down.stderr.contains("cannot reach its database; try again shortly"), "{}", down.stderr);
+    let unready = openbox_e2e::http_raw(&cp.addr, "GET", "/v1/ready", &[], "");
+    assert!(unready.starts_with("HTTP/1.1 503") && unready.contains("\"ready\":false"), "{unready}");
     postgres_cluster(&own);
     openbox_e2e::wait_until("the control plane works again by itself", || {
         admin.run(&["-t", "pg", "echo", "back"]).code == 0
@@ -314,7 +316,9 @@ fn a_running_personal_fleet_moves_to_postgres_and_its_nodes_and_logins_keep_work
     // Copied while it runs.
     let db = postgres_database(postgres_server());
     let file = format!("sqlite:{}", cp.db_path().display());
-    let run = |args: &[&str]| Out::from(std::process::Command::new(openbox_e2e::bin("openbox-control")).args(args).output().unwrap());
+    let run = |args: &[&str]| {
+        Out::from(std::process::Command::new(openbox_e2e::bin("openbox-control")).args(args).output().unwrap())
+    };
     let out = run(&["migrate", "--from", &file, "--to", &db]).ok();
     assert!(out.stdout.contains("users  2") && out.stdout.contains("nodes  1"), "{}", out.stdout);
     // Into a database that holds a fleet: refused.
@@ -332,4 +336,46 @@ fn a_running_personal_fleet_moves_to_postgres_and_its_nodes_and_logins_keep_work
     // New rows get new ids after the copied ones.
     admin.run(&["user", "add", "carol"]).ok();
     assert_eq!(psql(&db, "SELECT count(DISTINCT id) FROM users").trim(), "3");
+}
+
+#[test]
+fn metrics_need_their_token_and_readiness_follows_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("scrape");
+    std::fs::write(&token_file, "a-scrape-token-of-some-length\n").unwrap();
+    let fleet = Fleet::new();
+    let mut args = fleet.args().to_vec();
+    let token_path = token_file.display().to_string();
+    args.extend(["--metrics-token-file", &token_path]);
+    let cp = ControlPlane::start_with(&args);
+    let admin = Cli::admin(&cp);
+    let _agent = Agent::enroll(&cp, &admin, &["m"]);
+    admin.run(&["-t", "m", "true"]).ok();
+
+    let get = |path: &str, auth: Option<&str>| {
+        let headers: Vec<String> = auth.map(|t| format!("Authorization: Bearer {t}")).into_iter().collect();
+        openbox_e2e::http_raw(&cp.addr, "GET", path, &headers, "")
+    };
+    let scraped = get("/metrics", Some("a-scrape-token-of-some-length"));
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    for line in [
+        "openbox_nodes{state=\"online\"} 1",
+        "openbox_dispatches_total 1",
+        "openbox_enrollments_total 1",
+        "openbox_database_up 1",
+        "# TYPE openbox_http_responses_total counter",
+    ] {
+        assert!(scraped.contains(line), "no {line:?} in {scraped}");
+    }
+    assert!(scraped.contains("process_resident_memory_bytes "), "{scraped}");
+    let refused = get("/metrics", Some(&cp.admin_token));
+    assert!(refused.starts_with("HTTP/1.1 401") && refused.contains("scrape token"), "{refused}");
+    assert!(get("/metrics", None).starts_with("HTTP/1.1 401"));
+    let ready = get("/v1/ready", None);
+    assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("\"ready\":true"), "{ready}");
+
+    // Off unless asked for.
+    let plain = ControlPlane::start();
+    let off = openbox_e2e::http_raw(&plain.addr, "GET", "/metrics", &[], "");
+    assert!(off.starts_with("HTTP/1.1 404") && off.contains("--metrics-token-file"), "{off}");
 }

@@ -72,9 +72,11 @@ pub async fn sqlite_to_postgres(from: &Path, to: &str) -> Result<Copied> {
         while let Some(row) = rows.next()? {
             let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::with_capacity(columns.len());
             for (i, (name, ty)) in columns.iter().enumerate() {
-                values.push(value(row, i, ty).map_err(|why| {
-                    StoreError::Refused(format!("{table}.{name}: {why}; the file may be damaged"))
-                })?);
+                values.push(
+                    value(row, i, ty).map_err(|why| {
+                        StoreError::Refused(format!("{table}.{name}: {why}; the file may be damaged"))
+                    })?,
+                );
             }
             let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect();
             tx.execute(&insert, &params).await?;
