@@ -820,6 +820,8 @@ pub struct Engines {
     pub entrypoint_image: String,
     /// A root tree for systemd-nspawn.
     pub tree: String,
+    /// The podman settings those engines run with (`CONTAINERS_CONF` for podman commands).
+    pub containers_conf: String,
 }
 
 impl Engines {
@@ -861,6 +863,7 @@ pub fn engines() -> &'static Engines {
             image: get("OPENBOX_TEST_IMAGE"),
             entrypoint_image: get("OPENBOX_TEST_ENTRYPOINT_IMAGE"),
             tree: get("OPENBOX_TEST_TREE"),
+            containers_conf: get("CONTAINERS_CONF"),
         }
     })
 }
