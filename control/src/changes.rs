@@ -53,16 +53,16 @@ pub async fn follow(app: Arc<App>) {
 }
 
 async fn publish(app: &App, changes: Vec<Change>) {
-    let (mut nodes, mut policy, mut sessions) = (false, false, false);
+    let (mut policy, mut sessions) = (false, false);
     for change in changes {
         let update = match change.kind {
             ChangeKind::Node(id) | ChangeKind::NodeRemoved(id) => {
-                nodes = true;
                 let row = app.store.node(&id).await.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, node = %id, "cannot read a changed node");
                     None
                 });
                 let node = row.map(|r| Box::new(r.to_api(now(), app.config.offline_after_secs)));
+                app.patch_registry(&id, node.as_deref());
                 Update::Node { seq: change.seq, id, node }
             }
             ChangeKind::Policy(user) => {
@@ -79,9 +79,6 @@ async fn publish(app: &App, changes: Vec<Change>) {
         let _ = app.updates.send(Arc::new(update));
     }
     // The whole-list streams (clients that do not ask for changes).
-    if nodes {
-        app.refresh_registry().await;
-    }
     if policy {
         app.registry.send_modify(|_| ());
     }

@@ -128,6 +128,30 @@ impl App {
         });
     }
 
+    /// Takes one node's change into the node list (kept in name order): each change costs
+    /// a node, not the whole registry read again.
+    pub(crate) fn patch_registry(&self, id: &str, node: Option<&proto::api::Node>) {
+        self.registry.send_if_modified(|list| {
+            let at = list.iter().position(|n| n.id == id);
+            match (at, node) {
+                (Some(i), Some(node)) if list[i] == *node => false,
+                (Some(i), None) => {
+                    list.remove(i);
+                    true
+                }
+                (at, Some(node)) => {
+                    if let Some(i) = at {
+                        list.remove(i);
+                    }
+                    let to = list.partition_point(|n| n.name < node.name);
+                    list.insert(to, node.clone());
+                    true
+                }
+                (None, None) => false,
+            }
+        });
+    }
+
     /// Says a change was logged here: the follower reads the log at once.
     pub(crate) fn changed(&self) {
         self.wake.notify_one();

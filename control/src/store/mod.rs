@@ -230,6 +230,13 @@ impl Change {
     }
 }
 
+/// A LIKE pattern matching a JSON list that holds `tag` (to be checked exactly after).
+fn tag_pattern(tag: &str) -> String {
+    let quoted = serde_json::to_string(tag).expect("a string serializes");
+    let escaped = quoted.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 /// Tags and isolation kinds are kept as JSON lists in both backends.
 fn tags_json(tags: &[String]) -> String {
     serde_json::to_string(tags).expect("a list of strings serializes")
@@ -347,6 +354,8 @@ both! {
     /// keeps it unique.
     fn insert_node(&self, node: NodeRow, exact_name: bool) -> NodeRow;
     fn list_nodes(&self) -> Vec<NodeRow>;
+    /// The nodes `target` names: the node (by id, or else by name), or those carrying the tag.
+    fn nodes_for(&self, target: &Target) -> Vec<NodeRow>;
     /// A node by id, or else by name.
     fn node(&self, id_or_name: &str) -> Option<NodeRow>;
     /// Whether `id` names a node that was removed, asked with that node's own secret.

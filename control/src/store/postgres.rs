@@ -746,6 +746,19 @@ impl Postgres {
         Ok(c.query(&query, &[]).await?.iter().map(node_from).collect())
     }
 
+    pub async fn nodes_for(&self, target: &Target) -> Result<Vec<NodeRow>> {
+        let c = self.client().await?;
+        let tag = match target {
+            Target::Node(n) => return Ok(node(&c, n).await?.into_iter().collect()),
+            Target::Tag(tag) => tag,
+        };
+        let query = c
+            .prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE tags LIKE $1 ESCAPE '\\' ORDER BY name"))
+            .await?;
+        let rows = c.query(&query, &[&super::tag_pattern(tag)]).await?;
+        Ok(rows.iter().map(node_from).filter(|n| n.tags.contains(tag)).collect())
+    }
+
     pub async fn node(&self, id_or_name: &str) -> Result<Option<NodeRow>> {
         node(&self.client().await?, id_or_name).await
     }

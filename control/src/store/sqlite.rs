@@ -719,6 +719,19 @@ impl Sqlite {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    pub fn nodes_for(&self, target: &Target) -> Result<Vec<NodeRow>> {
+        let tag = match target {
+            Target::Node(n) => return Ok(self.node(n)?.into_iter().collect()),
+            Target::Tag(tag) => tag,
+        };
+        let conn = self.conn();
+        let sql = format!("SELECT {} FROM nodes WHERE tags LIKE ?1 ESCAPE '\\' ORDER BY name", Self::NODE_COLUMNS);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([super::tag_pattern(tag)], Self::node_from_row)?;
+        let rows: Vec<NodeRow> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(rows.into_iter().filter(|n| n.tags.contains(tag)).collect())
+    }
+
     /// A node by id, or else by name.
     pub fn node(&self, id_or_name: &str) -> Result<Option<NodeRow>> {
         let conn = self.conn();

@@ -169,6 +169,17 @@ async fn default_node_names_get_a_suffix_but_explicit_ones_conflict() {
         let n = s.node("renamed").await.unwrap().unwrap();
         assert_eq!((n.id.as_str(), n.tags), ("1", vec!["x".to_string()]), "{db}");
         assert_eq!(s.list_nodes().await.unwrap().len(), 2, "{db}");
+        // A dispatch reads only the nodes its target names; tags are matched exactly.
+        let mut odd = node("4", "odd");
+        odd.tags = vec!["g_u%".into(), "X".into()];
+        s.insert_node(odd, true).await.unwrap();
+        let names = |rows: Vec<NodeRow>| rows.into_iter().map(|n| n.name).collect::<Vec<_>>();
+        assert_eq!(names(s.nodes_for(&Target::Tag("g_u%".into())).await.unwrap()), ["odd"], "{db}");
+        assert!(s.nodes_for(&Target::Tag("gxu%".into())).await.unwrap().is_empty(), "{db}: _ is no wildcard");
+        assert_eq!(names(s.nodes_for(&Target::Tag("X".into())).await.unwrap()), ["odd"], "{db}: case counts");
+        assert_eq!(names(s.nodes_for(&Target::Tag("a".into())).await.unwrap()), ["box-2"], "{db}");
+        assert_eq!(names(s.nodes_for(&Target::Node("1".into())).await.unwrap()), ["renamed"], "{db}");
+        assert_eq!(names(s.nodes_for(&Target::Node("odd".into())).await.unwrap()), ["odd"], "{db}");
     }
 }
 
