@@ -1,0 +1,304 @@
+//! A fleet simulated against a real control plane, for `bench/scale`: it enrolls `--nodes`
+//! nodes through the API, then has each heartbeat every `--interval` seconds with its own
+//! secret (a new connection each time, as agents do), `--dispatchers` users dispatching as
+//! fast as answers come, and `--subscribers` event streams (`?changes=true`, as openboxd
+//! follows the registry) that must each see a change; it prints what it measured as JSON.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use net::control::{Client, Endpoint};
+use proto::api::{
+    AgentHost, DispatchRequest, EnrollRequest, EnrollToken, Enrolled, Grant, Heartbeat, NewEnrollToken, NewUser,
+    NodeUpdate, Platform, Target, UserCreated,
+};
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+struct Args {
+    /// The control plane (or a balancer in front of several).
+    #[arg(long)]
+    server: String,
+    /// An admin's login token.
+    #[arg(long)]
+    token: String,
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Seconds between one node's heartbeats.
+    #[arg(long, default_value_t = 30)]
+    interval: u64,
+    /// Seconds measured, after every node has beaten once.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    #[arg(long, default_value_t = 4)]
+    dispatchers: usize,
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Changes whose arrival at every subscriber is timed.
+    #[arg(long, default_value_t = 10)]
+    changes: usize,
+    /// The control plane's pid, for its memory.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+/// Latencies in microseconds, and failures.
+#[derive(Default)]
+struct Samples {
+    micros: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Samples {
+    fn add(&mut self, took: Duration, ok: Result<(), String>) {
+        match ok {
+            Ok(()) => self.micros.push(took.as_micros() as u64),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn summary(&mut self, seconds: f64) -> serde_json::Value {
+        self.micros.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((self.micros.len() as f64 * p).ceil() as usize).clamp(1, self.micros.len().max(1)) - 1;
+            self.micros.get(i).map_or(0.0, |m| *m as f64 / 1000.0)
+        };
+        serde_json::json!({
+            "count": self.micros.len(),
+            "per_sec": self.micros.len() as f64 / seconds,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "max_ms": self.micros.last().map_or(0.0, |m| *m as f64 / 1000.0),
+            "errors": self.errors,
+            "first_error": self.first_error,
+        })
+    }
+}
+
+fn client(server: &str, token: Option<&str>) -> Client {
+    Client::new(&Endpoint::new(server), token.map(trust::Secret::new)).expect("a client for the server")
+}
+
+/// The tags node `i` carries: every node `load`, a rack of a hundred, and the few the
+/// subscribers watch `watched`.
+fn tags(i: usize) -> Vec<String> {
+    let mut tags = vec!["load".to_owned(), format!("rack{}", i % 100)];
+    if i < 10 {
+        tags.push("watched".to_owned());
+    }
+    tags
+}
+
+async fn enroll(args: &Args) -> Vec<(Enrolled, usize)> {
+    let admin = Arc::new(client(&args.server, Some(&args.token)));
+    let key = trust::generate_key().public_key().to_openssh().expect("a public key");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let out = Arc::new(Mutex::new(Vec::with_capacity(args.nodes)));
+    let mut workers = Vec::new();
+    for _ in 0..32 {
+        let (admin, key, next, out, server, n) =
+            (admin.clone(), key.clone(), next.clone(), out.clone(), args.server.clone(), args.nodes);
+        workers.push(tokio::spawn(async move {
+            let anonymous = client(&server, None);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let mint = NewEnrollToken { tags: tags(i), ttl_secs: 3600 };
+                let token: EnrollToken = admin.post("/v1/enroll-tokens", &mint).await.expect("an enrollment token");
+                let req = EnrollRequest {
+                    token: token.token,
+                    name: Some(format!("n{i:05}")),
+                    default_name: None,
+                    addr: format!("127.0.0.1:{}", 20000 + i % 40000),
+                    mesh_addr: None,
+                    tags: Vec::new(),
+                    platform: Platform { os: "linux".into(), arch: "x86_64".into() },
+                    host_public_key: key.clone(),
+                    capabilities: vec!["native".into()],
+                    host: Some(simulated_host(i)),
+                };
+                let enrolled: Enrolled = anonymous.post("/v1/enroll", &req).await.expect("enrolled");
+                out.lock().await.push((enrolled, i));
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("an enrolling task");
+    }
+    std::mem::take(&mut *out.lock().await)
+}
+
+fn heartbeat_of(node: &Enrolled, i: usize) -> Heartbeat {
+    Heartbeat {
+        node_id: node.node_id.clone(),
+        addr: format!("127.0.0.1:{}", 20000 + i % 40000),
+        mesh_addr: None,
+        platform: Platform { os: "linux".into(), arch: "x86_64".into() },
+        version: proto::VERSION.into(),
+        // Far off: no renewal is asked for during the run.
+        host_cert_valid_before: u64::MAX / 2,
+        stopping: false,
+        sessions: Vec::new(),
+        capabilities: vec!["native".into()],
+        host: Some(simulated_host(i)),
+    }
+}
+
+/// A machine of its own for each simulated node (not the control plane's).
+fn simulated_host(i: usize) -> AgentHost {
+    AgentHost { machine: format!("simulated-{i}"), uid: 1000 }
+}
+
+fn rss(pid: Option<u32>) -> serde_json::Value {
+    let Some(status) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok()) else {
+        return serde_json::Value::Null;
+    };
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    serde_json::json!({ "rss_mib": kib("VmRSS:").map(|k| k / 1024), "peak_mib": kib("VmHWM:").map(|k| k / 1024) })
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let started = Instant::now();
+    let nodes = enroll(&args).await;
+    let enroll_secs = started.elapsed().as_secs_f64();
+    eprintln!("enrolled {} nodes in {enroll_secs:.1} s", nodes.len());
+
+    // Heartbeats: each node at its own moment in the interval, for as long as the run lasts.
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let beats = Arc::new(Mutex::new(Samples::default()));
+    let interval = Duration::from_secs(args.interval);
+    for (n, (node, i)) in nodes.iter().enumerate() {
+        let (server, secret, hb) = (args.server.clone(), node.heartbeat_secret.clone(), heartbeat_of(node, *i));
+        let (measuring, stop, beats) = (measuring.clone(), stop.clone(), beats.clone());
+        let phase = interval.mul_f64(n as f64 / nodes.len() as f64);
+        tokio::spawn(async move {
+            let c = client(&server, Some(&secret));
+            let mut next = tokio::time::Instant::now() + phase;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep_until(next).await;
+                next += interval;
+                let t0 = Instant::now();
+                let ok =
+                    c.post::<_, serde_json::Value>("/v1/heartbeat", &hb).await.map(|_| ()).map_err(|e| e.to_string());
+                if measuring.load(Ordering::Relaxed) {
+                    beats.lock().await.add(t0.elapsed(), ok);
+                }
+            }
+        });
+    }
+    // Every node beats once before anything is measured.
+    tokio::time::sleep(interval).await;
+    measuring.store(true, Ordering::Relaxed);
+    let window = Instant::now();
+
+    // Users dispatching to a rack, as fast as the answers come.
+    let dispatches = Arc::new(Mutex::new(Samples::default()));
+    let mut dispatchers = Vec::new();
+    for d in 0..args.dispatchers {
+        let (c, stop, dispatches) = (client(&args.server, Some(&args.token)), stop.clone(), dispatches.clone());
+        let public_key = trust::generate_key().public_key().to_openssh().expect("a public key");
+        dispatchers.push(tokio::spawn(async move {
+            let mut k = d;
+            while !stop.load(Ordering::Relaxed) {
+                let req = DispatchRequest {
+                    target: Target::Tag(format!("rack{}", k % 100)),
+                    session: None,
+                    isolation: proto::Isolation::Native,
+                    public_key: public_key.clone(),
+                    command: Some("true".into()),
+                };
+                k += 1;
+                let t0 = Instant::now();
+                let ok =
+                    c.post::<_, serde_json::Value>("/v1/dispatch", &req).await.map(|_| ()).map_err(|e| e.to_string());
+                dispatches.lock().await.add(t0.elapsed(), ok);
+            }
+        }));
+    }
+
+    // Subscribers: a user who may see the watched nodes, following the registry.
+    let admin = client(&args.server, Some(&args.token));
+    let watcher = format!("watcher{}", std::process::id());
+    let created: UserCreated = admin.post("/v1/users", &NewUser { name: watcher.clone() }).await.expect("a user");
+    let grant = Grant { on: Target::Tag("watched".into()), isolation: Vec::new() };
+    let _: serde_json::Value = admin.post(&format!("/v1/users/{watcher}/grants"), &grant).await.expect("a grant");
+    let (arrivals_tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let mut opened = 0;
+    for s in 0..args.subscribers {
+        let c = client(&args.server, Some(&created.token));
+        let Ok(mut stream) = c.events("/v1/events?changes=true").await else { continue };
+        opened += 1;
+        let tx = arrivals_tx.clone();
+        tokio::spawn(async move {
+            let _keep = c;
+            while let Some(Ok((name, data))) = stream.next().await {
+                if name == proto::api::EVENT_NODE
+                    && let Some(at) = data.find("mark-")
+                {
+                    let mark: String =
+                        data[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+                    let _ = tx.send((s, mark));
+                }
+            }
+        });
+    }
+    // Each change: a tag added to a watched node; timed until every subscriber has it.
+    let watched = nodes.iter().find(|(_, i)| *i == 0).map(|(n, _)| n.node_id.clone()).expect("node 0");
+    let mut reach = Samples::default();
+    for j in 0..args.changes {
+        let mark = format!("mark-{j}");
+        let t0 = Instant::now();
+        let update = NodeUpdate { name: None, add_tags: vec![mark.clone()], remove_tags: Vec::new() };
+        let _: serde_json::Value = admin.patch(&format!("/v1/nodes/{watched}"), &update).await.expect("a retag");
+        let mut seen = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while seen.len() < opened {
+            match tokio::time::timeout_at(deadline, arrivals.recv()).await {
+                Ok(Some((s, m))) if m == mark => {
+                    seen.insert(s);
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        let ok =
+            if seen.len() == opened { Ok(()) } else { Err(format!("{} of {opened} streams saw {mark}", seen.len())) };
+        reach.add(t0.elapsed(), ok);
+        let undo = NodeUpdate { name: None, add_tags: Vec::new(), remove_tags: vec![mark] };
+        let _: serde_json::Value = admin.patch(&format!("/v1/nodes/{watched}"), &undo).await.expect("an untag");
+    }
+
+    let left = Duration::from_secs(args.seconds).saturating_sub(window.elapsed());
+    tokio::time::sleep(left).await;
+    let seconds = window.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let memory = rss(args.pid);
+    let out = serde_json::json!({
+        "nodes": nodes.len(),
+        "enroll_seconds": enroll_secs,
+        "seconds": seconds,
+        "heartbeats": beats.lock().await.summary(seconds),
+        "dispatches": dispatches.lock().await.summary(seconds),
+        "subscribers": opened,
+        "change_to_all_subscribers": reach.summary(seconds),
+        "control_plane_memory": memory,
+    });
+    println!("{out}");
+    std::process::exit(0);
+}

@@ -1,0 +1,102 @@
+"""The control plane at fleet scale: for each backend (SQLite, PostgreSQL) and fleet size,
+a fresh control plane (release binary) on 127.0.0.1 and `openbox-loadgen` against it —
+nodes enrolled through the API, each heartbeating every --interval seconds with its own
+secret on a new connection (as agents do), --dispatchers users dispatching to a rack as fast
+as answers come, and --subscribers event streams that must each see a change. Prints a
+Markdown table: heartbeat p50/p99, dispatches per second and p99, time for a change to
+reach every subscriber, and the control plane's memory.
+
+PostgreSQL is the test cluster of scripts/test-postgres (fsync off: the numbers are the
+control plane's, not a disk's). The load generator shares the machine's cores with the
+control plane (and PostgreSQL), so each number is a floor for what the control plane does.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_database():
+    out = subprocess.run([os.path.join(ROOT, "scripts", "test-postgres")], check=True, capture_output=True, text=True)
+    server = next(l.split("=", 1)[1] for l in out.stdout.splitlines() if l.startswith("OPENBOX_TEST_POSTGRES="))
+    name = "scale_" + uuid.uuid4().hex[:10]
+    subprocess.run(["psql", "-X", "-q", f"{server}/postgres", "-c", f"CREATE DATABASE {name}"], check=True)
+    return f"{server}/{name}"
+
+
+def run(backend, nodes, a):
+    home = tempfile.mkdtemp(prefix="obscale-")
+    addr = f"127.0.0.1:{free_port()}"
+    token_file = os.path.join(home, "admin.token")
+    db = postgres_database() if backend == "postgres" else f"sqlite:{home}/openbox.db"
+    control = subprocess.Popen(
+        [os.path.join(BIN, "openbox-control"), "--addr", addr, "--db", db, "--ca", f"{home}/ca_key",
+         "--bootstrap-token-file", token_file, "--offline-after", f"{a.interval * 3}s"],
+        env={**os.environ, "OPENBOX_HOME": home}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        while "listening on" not in control.stdout.readline():
+            if control.poll() is not None:
+                raise RuntimeError("the control plane did not start")
+        while not os.path.exists(token_file):
+            time.sleep(0.01)
+        out = subprocess.run(
+            [os.path.join(BIN, "openbox-loadgen"), "--server", f"http://{addr}", "--token", open(token_file).read().strip(),
+             "--nodes", str(nodes), "--interval", str(a.interval), "--seconds", str(a.seconds),
+             "--dispatchers", str(a.dispatchers), "--subscribers", str(a.subscribers), "--changes", str(a.changes),
+             "--pid", str(control.pid)],
+            check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+    finally:
+        control.terminate()
+        control.wait()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="1000,10000,50000")
+    p.add_argument("--backends", default="sqlite,postgres")
+    p.add_argument("--interval", type=int, default=30)
+    p.add_argument("--seconds", type=int, default=60)
+    p.add_argument("--dispatchers", type=int, default=4)
+    p.add_argument("--subscribers", type=int, default=1000)
+    p.add_argument("--changes", type=int, default=10)
+    a = p.parse_args()
+    # A thousand event streams and tens of thousands of heartbeat connections.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    print("| backend | nodes | heartbeats/s | heartbeat p50 | heartbeat p99 | dispatches/s | dispatch p99 "
+          "| change to all subscribers (median / max) | memory (RSS / peak) | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for backend in a.backends.split(","):
+        for nodes in (int(n) for n in a.sizes.split(",")):
+            r = run(backend, nodes, a)
+            hb, d, c, m = r["heartbeats"], r["dispatches"], r["change_to_all_subscribers"], r["control_plane_memory"] or {}
+            errors = hb["errors"] + d["errors"] + c["errors"]
+            print(f"| {backend} | {nodes:,} | {hb['per_sec']:.0f} | {hb['p50_ms']:.1f} ms | {hb['p99_ms']:.1f} ms "
+                  f"| {d['per_sec']:.0f} | {d['p99_ms']:.1f} ms "
+                  f"| {c['p50_ms']:.0f} / {c['max_ms']:.0f} ms ({r['subscribers']} streams) "
+                  f"| {m.get('rss_mib')} / {m.get('peak_mib')} MiB | {errors} |", flush=True)
+            for k in ("heartbeats", "dispatches", "change_to_all_subscribers"):
+                if r[k]["first_error"]:
+                    print(f"  {backend} {nodes} {k}: {r[k]['first_error']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
