@@ -87,9 +87,11 @@ def enroll(api, n):
 
 
 def stream_events(addr, token, stop, counts, index, ready):
-    """Reads one /v1/events stream, counting `nodes` events and their bytes."""
+    """Reads one /v1/events stream as the dashboard does (the whole list once, then each
+    change alone), counting node events and their bytes."""
     conn = http.client.HTTPConnection(addr, timeout=60)
-    conn.request("GET", "/v1/events", headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"})
+    conn.request("GET", "/v1/events?changes=true",
+                 headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"})
     resp = conn.getresponse()
     ready.release()
     while not stop.is_set():
@@ -97,7 +99,7 @@ def stream_events(addr, token, stop, counts, index, ready):
         if not line:
             break
         counts[index][1] += len(line)
-        if line.startswith(b"event: nodes"):
+        if line.startswith(b"event: node"):
             counts[index][0] += 1
     conn.close()
 

@@ -273,7 +273,12 @@ impl ControlPlane {
 
     fn start_full(wrapper: &[&str], extra: &[&str], env: &[(&str, &str)], first: bool) -> ControlPlane {
         let home = tempfile::tempdir().expect("tempdir");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // The same tests with the registry on PostgreSQL (the test command runs a second
+        // pass of the control plane's tests so).
+        if std::env::var("OPENBOX_TEST_DB").as_deref() == Ok("postgres") && !extra.iter().any(|a| a == "--db") {
+            extra.extend(["--db".to_owned(), postgres_database(postgres_server())]);
+        }
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut proc = Self::spawn_wrapped(wrapper, home.path(), "127.0.0.1:0", &extra, &env);
         let listening = proc.wait_line("listening on ");
@@ -405,6 +410,24 @@ impl ControlPlane {
 
     pub fn db_path(&self) -> PathBuf {
         self.home.path().join("control/openbox.db")
+    }
+
+    /// Everything its registry holds, as bytes: the SQLite file and its write-ahead log, or
+    /// a dump of its PostgreSQL database.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        let db = self.extra.iter().skip_while(|a| *a != "--db").nth(1);
+        match db.filter(|d| d.starts_with("postgres")) {
+            Some(url) => {
+                let out = Command::new("pg_dump").args(["--data-only", url]).output().expect("pg_dump");
+                assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+                out.stdout
+            }
+            None => {
+                let mut bytes = std::fs::read(self.db_path()).expect("the database file");
+                bytes.extend(std::fs::read(self.db_path().with_extension("db-wal")).unwrap_or_default());
+                bytes
+            }
+        }
     }
 }
 

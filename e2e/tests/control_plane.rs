@@ -51,8 +51,7 @@ fn tokens_are_stored_only_as_hashes() {
     let enroll_token = admin.enroll_token(&[]);
     let _agent = Agent::enroll(&cp, &admin, &[]);
     cp.stop(); // checkpoints the write-ahead log into the database file
-    let mut bytes = std::fs::read(cp.db_path()).unwrap();
-    bytes.extend(std::fs::read(cp.db_path().with_extension("db-wal")).unwrap_or_default());
+    let bytes = cp.stored_bytes();
     let text = String::from_utf8_lossy(&bytes);
     for secret in [&cp.admin_token, &user_token, &enroll_token] {
         let body = &secret[secret.find('_').unwrap() + 1..];

@@ -68,7 +68,7 @@ fn the_node_keeps_its_identity_and_only_its_public_key_leaves_it() {
     admin.run(&["-t", "a", "true"]).ok();
 
     // The control plane never saw the private key.
-    let db = std::fs::read(cp.db_path()).unwrap();
+    let db = cp.stored_bytes();
     let body: String = key.lines().nth(2).unwrap().to_owned();
     assert!(!String::from_utf8_lossy(&db).contains(&body));
 }

@@ -1,8 +1,10 @@
 //! A fleet simulated against a real control plane, for `bench/scale`: it enrolls `--nodes`
 //! nodes through the API, then has each heartbeat every `--interval` seconds with its own
-//! secret (a new connection each time, as agents do), `--dispatchers` users dispatching as
-//! fast as answers come, and `--subscribers` event streams (`?changes=true`, as openboxd
-//! follows the registry) that must each see a change; it prints what it measured as JSON.
+//! secret (a new connection each time, as agents do), users dispatching at
+//! `--dispatch-rate` a second, and `--subscribers` event streams (`?changes=true`, as
+//! openboxd follows the registry) that must each see a change; then, with the heartbeats
+//! going on, `--dispatchers` users dispatching as fast as answers come for
+//! `--burst-seconds`. It prints what it measured as JSON.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,8 +34,14 @@ struct Args {
     /// Seconds measured, after every node has beaten once.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Dispatches a second during the measured window (all users together).
+    #[arg(long, default_value_t = 20)]
+    dispatch_rate: u32,
+    /// Users dispatching as fast as answers come, after the window.
     #[arg(long, default_value_t = 4)]
     dispatchers: usize,
+    #[arg(long, default_value_t = 10)]
+    burst_seconds: u64,
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
     /// Changes whose arrival at every subscriber is timed.
@@ -207,15 +215,24 @@ async fn main() {
     measuring.store(true, Ordering::Relaxed);
     let window = Instant::now();
 
-    // Users dispatching to a rack, as fast as the answers come.
-    let dispatches = Arc::new(Mutex::new(Samples::default()));
-    let mut dispatchers = Vec::new();
+    // Users dispatching to a rack: at a steady rate in the window, then as fast as answers come.
+    let steady = Arc::new(Mutex::new(Samples::default()));
+    let burst = Arc::new(Mutex::new(Samples::default()));
+    let bursting = Arc::new(AtomicBool::new(false));
+    let pace = Duration::from_secs_f64(args.dispatchers as f64 / f64::from(args.dispatch_rate.max(1)));
     for d in 0..args.dispatchers {
-        let (c, stop, dispatches) = (client(&args.server, Some(&args.token)), stop.clone(), dispatches.clone());
+        let c = client(&args.server, Some(&args.token));
+        let (stop, steady, burst, bursting) = (stop.clone(), steady.clone(), burst.clone(), bursting.clone());
         let public_key = trust::generate_key().public_key().to_openssh().expect("a public key");
-        dispatchers.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut k = d;
+            let mut tick = tokio::time::interval(pace);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
+                let flat_out = bursting.load(Ordering::Relaxed);
+                if !flat_out {
+                    tick.tick().await;
+                }
                 let req = DispatchRequest {
                     target: Target::Tag(format!("rack{}", k % 100)),
                     session: None,
@@ -227,9 +244,10 @@ async fn main() {
                 let t0 = Instant::now();
                 let ok =
                     c.post::<_, serde_json::Value>("/v1/dispatch", &req).await.map(|_| ()).map_err(|e| e.to_string());
-                dispatches.lock().await.add(t0.elapsed(), ok);
+                let samples = if flat_out { &burst } else { &steady };
+                samples.lock().await.add(t0.elapsed(), ok);
             }
-        }));
+        });
     }
 
     // Subscribers: a user who may see the watched nodes, following the registry.
@@ -287,17 +305,27 @@ async fn main() {
     let left = Duration::from_secs(args.seconds).saturating_sub(window.elapsed());
     tokio::time::sleep(left).await;
     let seconds = window.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    measuring.store(false, Ordering::Relaxed);
     let memory = rss(args.pid);
+    let beats = beats.lock().await.summary(seconds);
+    let steady = steady.lock().await.summary(seconds);
+    // Then as many dispatches as the control plane answers, the heartbeats going on.
+    bursting.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(args.burst_seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let burst = burst.lock().await.summary(args.burst_seconds as f64);
+    let peak = rss(args.pid);
     let out = serde_json::json!({
         "nodes": nodes.len(),
         "enroll_seconds": enroll_secs,
         "seconds": seconds,
-        "heartbeats": beats.lock().await.summary(seconds),
-        "dispatches": dispatches.lock().await.summary(seconds),
+        "heartbeats": beats,
+        "dispatches": steady,
+        "dispatch_burst": burst,
         "subscribers": opened,
         "change_to_all_subscribers": reach.summary(seconds),
         "control_plane_memory": memory,
+        "control_plane_memory_after_burst": peak,
     });
     println!("{out}");
     std::process::exit(0);

@@ -58,7 +58,13 @@ impl std::str::FromStr for Database {
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            text.parse::<tokio_postgres::Config>().map_err(|e| format!("{}: {e}", Database::redact(text)))?;
+            let config =
+                text.parse::<tokio_postgres::Config>().map_err(|e| format!("{}: {e}", Database::redact(text)))?;
+            if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                return Err("this version speaks to PostgreSQL without TLS, so sslmode=require cannot be met; reach \
+                            the database over a Unix socket (?host=/var/run/postgresql) or a private network"
+                    .into());
+            }
             return Ok(Database::Postgres(text.to_owned()));
         }
         // Anything else with a scheme is a URL this control plane does not speak, not a

@@ -198,6 +198,8 @@ impl Sqlite {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement the hot paths (heartbeats, dispatch, event streams) run, compiled once.
+        conn.set_prepared_statement_cache_capacity(64);
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > MIGRATIONS.len() {
             return Err(StoreError::Refused(format!(
@@ -257,7 +259,7 @@ impl Sqlite {
         limit: u32,
     ) -> Result<Vec<proto::api::AuditEntry>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT at, user, action, node_id, isolation, session, key_id, source, command_sha256, command, detail
              FROM audit
              WHERE at >= ?1 AND (?2 IS NULL OR user = ?2)
@@ -374,7 +376,7 @@ impl Sqlite {
     pub fn list_users(&self) -> Result<Vec<UserInfo>> {
         let mut users: Vec<(i64, UserInfo)> = {
             let conn = self.conn();
-            let mut stmt = conn.prepare("SELECT id, name, admin, created_at FROM users ORDER BY name")?;
+            let mut stmt = conn.prepare_cached("SELECT id, name, admin, created_at FROM users ORDER BY name")?;
             let rows = stmt.query_map([], |r| {
                 let info = UserInfo { name: r.get(1)?, admin: r.get(2)?, created_at: r.get(3)?, grants: Vec::new() };
                 Ok((r.get(0)?, info))
@@ -393,7 +395,7 @@ impl Sqlite {
     pub fn grants(&self, user_id: i64) -> Result<Vec<Grant>> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare("SELECT kind, value, isolation FROM grants WHERE user_id = ?1 ORDER BY kind, value")?;
+            conn.prepare_cached("SELECT kind, value, isolation FROM grants WHERE user_id = ?1 ORDER BY kind, value")?;
         let rows = stmt.query_map([user_id], |r| {
             let (kind, value): (String, String) = (r.get(0)?, r.get(1)?);
             let on = if kind == "tag" { Target::Tag(value) } else { Target::Node(value) };
@@ -496,7 +498,7 @@ impl Sqlite {
     /// Users removed since `since`, for agents to refuse and to end what they left.
     pub fn revoked_users(&self, since: u64) -> Result<Vec<proto::api::RevokedUser>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, incarnation FROM revoked_users WHERE revoked_at >= ?1")?;
+        let mut stmt = conn.prepare_cached("SELECT name, incarnation FROM revoked_users WHERE revoked_at >= ?1")?;
         let rows =
             stmt.query_map([since], |r| Ok(proto::api::RevokedUser { name: r.get(0)?, incarnation: r.get(1)? }))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -572,7 +574,7 @@ impl Sqlite {
     /// the start of its hash (the token itself is not kept).
     pub fn outstanding_enroll_tokens(&self, now: u64) -> Result<Vec<proto::api::EnrollTokenInfo>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT substr(t.hash, 1, 12), t.tags, t.created_at, t.expires_at, COALESCE(u.name, '')
              FROM tokens t LEFT JOIN users u ON u.id = t.user_id
              WHERE t.kind = 'enroll' AND t.used_at IS NULL AND t.expires_at > ?1 ORDER BY t.expires_at",
@@ -714,7 +716,7 @@ impl Sqlite {
 
     pub fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!("SELECT {} FROM nodes ORDER BY name", Self::NODE_COLUMNS))?;
+        let mut stmt = conn.prepare_cached(&format!("SELECT {} FROM nodes ORDER BY name", Self::NODE_COLUMNS))?;
         let rows = stmt.query_map([], Self::node_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -739,7 +741,7 @@ impl Sqlite {
             "SELECT {} FROM nodes WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
             Self::NODE_COLUMNS
         );
-        Ok(conn.query_row(&sql, [id_or_name], Self::node_from_row).optional()?)
+        Ok(conn.prepare_cached(&sql)?.query_row([id_or_name], Self::node_from_row).optional()?)
     }
 
     /// Whether `id` names a node that was removed, asked with that node's own secret.
@@ -762,25 +764,27 @@ impl Sqlite {
         // that only moves last_seen is not.
         let shown = "SELECT addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online FROM nodes WHERE id = ?1";
         let read = |tx: &rusqlite::Transaction<'_>| {
-            tx.query_row(shown, [&hb.node_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, bool>(5)?,
-                    r.get::<_, bool>(6)?,
-                    r.get::<_, bool>(7)?,
-                ))
-            })
-            .optional()
+            tx.prepare_cached(shown)?
+                .query_row([&hb.node_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, bool>(5)?,
+                        r.get::<_, bool>(6)?,
+                        r.get::<_, bool>(7)?,
+                    ))
+                })
+                .optional()
         };
         let before = read(&tx)?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7, capabilities = ?8,
              mesh_addr = ?9, shares_control = ?10, listed_online = NOT ?7 WHERE id = ?1",
-            params![
+        )?
+        .execute(params![
                 hb.node_id,
                 hb.addr,
                 hb.platform.os,
@@ -791,8 +795,7 @@ impl Sqlite {
                 caps,
                 hb.mesh_addr,
                 shares_control
-            ],
-        )?;
+            ])?;
         let changed = before.is_some() && before != read(&tx)?;
         if changed {
             log(&tx, &ChangeKind::Node(hb.node_id.clone()), now)?;
@@ -807,7 +810,7 @@ impl Sqlite {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let gone: Vec<String> = {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "UPDATE nodes SET listed_online = 0
                  WHERE listed_online AND (stopped OR last_seen IS NULL OR last_seen < ?1) RETURNING id",
             )?;
@@ -912,7 +915,7 @@ impl Sqlite {
 
     pub fn list_sessions(&self, user_id: i64) -> Result<Vec<SessionRow>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT id, node_id, isolation, created_at, last_used, state FROM sessions WHERE user_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([user_id], Self::session_from_row)?;
@@ -929,6 +932,9 @@ impl Sqlite {
     }
 
     pub fn apply_session_reports(&self, node_id: &str, reports: &[proto::api::SessionReport]) -> Result<bool> {
+        if reports.is_empty() {
+            return Ok(false);
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut changed = false;
@@ -953,8 +959,8 @@ impl Sqlite {
     /// Changes after `seq`, oldest first, at most `limit`.
     pub fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT seq, kind, node_id, user_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let mut stmt = conn
+            .prepare_cached("SELECT seq, kind, node_id, user_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
         let rows = stmt.query_map(params![seq, limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         let rows: Vec<(i64, String, Option<String>, Option<i64>)> = rows.collect::<rusqlite::Result<_>>()?;
         Ok(rows.into_iter().filter_map(|(seq, kind, node, user)| Change::from_parts(seq, &kind, node, user)).collect())

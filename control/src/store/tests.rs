@@ -312,4 +312,6 @@ fn db_names_a_file_or_a_postgres_url_and_nothing_else() {
     assert!(parse("sqlite:").is_err());
     assert!(parse("").is_err());
     assert!(parse("postgres://u@h:notaport/db").is_err());
+    let tls = parse("postgres://u@h/db?sslmode=require").unwrap_err();
+    assert!(tls.contains("without TLS"), "{tls}");
 }
