@@ -17,7 +17,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use net::ssh::{ExitStatus, NoInput, NodeTarget};
 use net::transport::Transport;
-use proto::api::{ConsoleEvent, ConsoleRequest, DispatchRequest};
+use proto::api::{ConsoleEvent, ConsoleRequest, DispatchRequest, Target};
 use tokio::sync::mpsc;
 
 use crate::api::{Caller, body};
@@ -36,35 +36,14 @@ pub async fn run(
     if req.command.trim().is_empty() {
         return Err(Refusal::new(Kind::BadRequest, "give a command to run"));
     }
-    let key = Arc::new(trust::generate_key());
-    let public_key = key.public_key().to_openssh().map_err(trust::TrustError::from)?;
-    let dispatch = DispatchRequest {
-        target: req.target,
-        session: req.session,
-        isolation: req.isolation,
-        public_key,
-        command: Some(req.command.clone()),
-    };
-    let d = placement::dispatch(&app, &caller.user, caller.source.as_ref(), dispatch, Some("web console")).await?;
-    if d.node.addr.is_empty() {
-        return Err(Refusal::new(
-            Kind::Unavailable,
-            format!("{} is on the tailnet only; the console reaches nodes with a direct address", d.node.name),
-        ));
-    }
-    let cert = trust::parse_certificate(&d.cert)?;
-    let target = NodeTarget {
-        node_id: d.node.id.clone(),
-        addr: d.node.addr.clone(),
-        via: Transport::Tcp,
-        ca: app.ca.public_key().clone(),
-    };
-    let user = caller.user.name;
+    let request = (req.target.clone(), req.session.clone(), req.isolation.clone());
+    let Behalf { node, target, user, key, cert } =
+        on_behalf(&app, caller, request, Some(req.command.clone()), "web console").await?;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(BACKLOG);
     tokio::spawn(async move {
         let mut out = Lines { tx: tx.clone(), stdout: Vec::new(), stderr: Vec::new() };
-        let _ = out.send(&ConsoleEvent::Started { node: d.node.name.clone() }).await;
+        let _ = out.send(&ConsoleEvent::Started { node: node.name.clone() }).await;
         // The browser dropping the answer stops the command.
         let gone = tx.clone();
         let ended = async {
@@ -93,6 +72,45 @@ pub async fn run(
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// What the control plane needs to act on the caller's behalf on one node.
+pub(crate) struct Behalf {
+    pub node: proto::api::Node,
+    pub target: NodeTarget,
+    pub user: String,
+    pub key: Arc<trust::PrivateKey>,
+    pub cert: trust::Certificate,
+}
+
+/// The console's and the terminal's first step: a key pair for this one call, and a
+/// certificate for it signed exactly as a dispatch for the caller (their policy; the audit
+/// entry marked `what`); the node must have a direct address.
+pub(crate) async fn on_behalf(
+    app: &App,
+    caller: Caller,
+    (target, session, isolation): (Target, Option<String>, proto::Isolation),
+    command: Option<String>,
+    what: &str,
+) -> Result<Behalf, Refusal> {
+    let key = Arc::new(trust::generate_key());
+    let public_key = key.public_key().to_openssh().map_err(trust::TrustError::from)?;
+    let dispatch = DispatchRequest { target, session, isolation, public_key, command };
+    let d = placement::dispatch(app, &caller.user, caller.source.as_ref(), dispatch, Some(what)).await?;
+    if d.node.addr.is_empty() {
+        return Err(Refusal::new(
+            Kind::Unavailable,
+            format!("{} is on the tailnet only; the {what} reaches nodes with a direct address", d.node.name),
+        ));
+    }
+    let cert = trust::parse_certificate(&d.cert)?;
+    let target = NodeTarget {
+        node_id: d.node.id.clone(),
+        addr: d.node.addr.clone(),
+        via: Transport::Tcp,
+        ca: app.ca.public_key().clone(),
+    };
+    Ok(Behalf { node: d.node, target, user: caller.user.name, key, cert })
 }
 
 /// A command's output as lines of JSON; bytes that end inside a UTF-8 character wait for

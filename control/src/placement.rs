@@ -69,12 +69,27 @@ pub async fn dispatch(
 /// exact node, or an online node carrying the tag.
 async fn resolve(app: &App, access: &Access<'_>, target: &Target, isolation: &Isolation) -> Result<Node, Refusal> {
     let t = now();
-    // Only the nodes the target names: a dispatch costs the same in a fleet of 50,000.
+    let kind = isolation.kind();
+    let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
+    // A tag's nodes from the node list the change log keeps current here (going online and
+    // offline are changes too): no read of the registry, so a dispatch costs the same in a
+    // fleet of 50,000. When that picks none (a node that joined a moment ago may not be
+    // in it yet), the database decides, as for a node named.
+    if let Target::Tag(tag) = target {
+        let cached: Vec<Node> = app
+            .subscribe_registry()
+            .borrow()
+            .iter()
+            .filter(|n| n.tags.contains(tag) && access.allows(n, kind))
+            .cloned()
+            .collect();
+        if let Ok(node) = proto::api::resolve(&cached, target, kind, t, spread) {
+            return Ok(node.clone());
+        }
+    }
     let nodes: Vec<Node> =
         app.store.nodes_for(target).await?.iter().map(|n| n.to_api(t, app.config.offline_after_secs)).collect();
-    let kind = isolation.kind();
     let allowed: Vec<Node> = nodes.iter().filter(|n| access.allows(n, kind)).cloned().collect();
-    let spread = usize::from_str_radix(&token::random_id()[..8], 16).unwrap_or(0);
     match proto::api::resolve(&allowed, target, kind, t, spread) {
         Ok(node) => Ok(node.clone()),
         Err(e) => {

@@ -11,14 +11,14 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use net::ssh::{NodeTarget, PtySpec};
-use net::transport::Transport;
-use proto::api::{DispatchRequest, Target};
+use net::ssh::PtySpec;
+use proto::api::Target;
 use tokio::sync::mpsc;
 
+use crate::App;
 use crate::api::Caller;
+use crate::console::{Behalf, on_behalf};
 use crate::refusal::{Kind, Refusal};
-use crate::{App, placement};
 
 /// What the page asks for.
 #[derive(serde::Deserialize)]
@@ -64,12 +64,9 @@ pub async fn open(
     }))
 }
 
-/// Where the terminal goes, and the certificate for it: the caller's own dispatch.
+/// Where the terminal goes, the certificate for it (the caller's own dispatch), its size.
 struct Reached {
-    target: NodeTarget,
-    user: String,
-    key: Arc<trust::PrivateKey>,
-    cert: trust::Certificate,
+    behalf: Behalf,
     pty: PtySpec,
 }
 
@@ -83,33 +80,18 @@ async fn reach(app: &App, caller: Caller, q: TerminalQuery) -> Result<Reached, R
         None | Some("") => proto::Isolation::Native,
         Some(text) => text.parse().map_err(|e| Refusal::new(Kind::BadRequest, format!("{e}")))?,
     };
-    let key = Arc::new(trust::generate_key());
-    let public_key = key.public_key().to_openssh().map_err(trust::TrustError::from)?;
     let session = q.session.filter(|s| !s.is_empty());
-    let dispatch = DispatchRequest { target, session, isolation, public_key, command: None };
-    let d = placement::dispatch(app, &caller.user, caller.source.as_ref(), dispatch, Some("web terminal")).await?;
-    if d.node.addr.is_empty() {
-        return Err(Refusal::new(
-            Kind::Unavailable,
-            format!("{} is on the tailnet only; the terminal reaches nodes with a direct address", d.node.name),
-        ));
-    }
-    let cert = trust::parse_certificate(&d.cert)?;
-    let target = NodeTarget {
-        node_id: d.node.id.clone(),
-        addr: d.node.addr,
-        via: Transport::Tcp,
-        ca: app.ca.public_key().clone(),
-    };
+    let behalf = on_behalf(app, caller, (target, session, isolation), None, "web terminal").await?;
     let pty = PtySpec { term: "xterm-256color".into(), cols: q.cols, rows: q.rows };
-    Ok(Reached { target, user: caller.user.name, key, cert, pty })
+    Ok(Reached { behalf, pty })
 }
 
 /// Joins the socket to a login shell on the node until either ends.
 async fn serve(mut socket: WebSocket, to: Reached) {
     let started = async {
-        let mut conn = net::ssh::dial(&to.target).await?;
-        conn.authenticate(&to.user, to.key, to.cert).await?;
+        let Behalf { target, user, key, cert, .. } = to.behalf;
+        let mut conn = net::ssh::dial(&target).await?;
+        conn.authenticate(&user, key, cert).await?;
         let started = conn.start_in_pty(None, &[], &to.pty).await?;
         Ok::<_, net::ssh::SshError>((conn, started))
     };

@@ -13,6 +13,12 @@ fn session_cookie(b: &mut Browser) -> serde_json::Value {
     cookies[0].clone()
 }
 
+/// The console page with `node` chosen, once the fleet has loaded.
+fn open_console(b: &mut Browser, cp: &ControlPlane, node: &str) {
+    b.goto(&format!("{}/#/console/{node}", cp.url));
+    b.call("wait", json!({"selector": format!("#console-target option[value=\"node:{node}\"]"), "state": "attached"}));
+}
+
 /// `fetch` in the page, answering `[status, body text]`.
 fn fetch(b: &mut Browser, path: &str, init: &str) -> (u64, String) {
     let js = format!("fetch({path:?}, {init}).then(async r => [r.status, await r.text()])");
@@ -187,11 +193,7 @@ fn the_console_streams_output_shows_the_exit_code_and_stops_a_command() {
     let agent = Agent::enroll(&cp, &admin, &["web"]);
     let mut b = Browser::start();
     b.log_in(&cp.url, &cp.admin_token);
-    b.goto(&format!("{}/#/console/{}", cp.url, agent.name));
-    b.call(
-        "wait",
-        json!({"selector": format!("#console-target option[value=\"node:{}\"]", agent.name), "state": "attached"}),
-    );
+    open_console(&mut b, &cp, &agent.name);
     b.fill("#console-command", "echo hi; echo oops >&2; exit 3");
     b.click("#console-run");
     b.wait_text("#console-exit", "exit 3");
@@ -470,11 +472,7 @@ fn the_console_opens_a_terminal_on_the_node_that_follows_the_window_and_stops() 
     let agent = Agent::enroll(&cp, &admin, &["web"]);
     let mut b = Browser::start();
     b.log_in(&cp.url, &cp.admin_token);
-    b.goto(&format!("{}/#/console/{}", cp.url, agent.name));
-    b.call(
-        "wait",
-        json!({"selector": format!("#console-target option[value=\"node:{}\"]", agent.name), "state": "attached"}),
-    );
+    open_console(&mut b, &cp, &agent.name);
     b.click("#console-terminal");
     b.wait_text("#console-status", "Terminal open");
     // The shell is a login shell in a terminal of the page's size.
