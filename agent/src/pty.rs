@@ -132,6 +132,9 @@ struct InPty {
     status: Option<std::io::Result<std::process::ExitStatus>>,
 }
 
+/// How long a terminal's shell gets to end on SIGHUP before SIGKILL.
+const HANG_UP_GRACE: Duration = Duration::from_millis(300);
+
 /// After the command exits, what it wrote last is still read; a background process that
 /// keeps the terminal open does not hold the call past this.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
@@ -167,6 +170,17 @@ impl Process for InPty {
     }
 
     async fn stop(&mut self) {
+        // As a terminal that hangs up (what sshd does): SIGHUP to everything the shell
+        // started — its jobs run in process groups of their own — so that each can clean
+        // up (a lock file, a temporary file) or, under nohup, carry on; then SIGKILL for the
+        // shell's own group.
+        if self.tree == Tree::Group {
+            for p in crate::procs::descendants(self.pid) {
+                crate::procs::signal(p, rustix::process::Signal::HUP);
+            }
+            crate::exec::signal_tree(self.pid, self.tree, rustix::process::Signal::HUP);
+            let _ = tokio::time::timeout(HANG_UP_GRACE, self.child.wait()).await;
+        }
         crate::exec::tear_down(self.pid, self.tree);
     }
 

@@ -38,8 +38,7 @@ pub async fn follow(app: Arc<App>) {
         match app.store.changes_since(app.latest.load(Ordering::Acquire), BATCH).await {
             Ok(changes) => {
                 let full = changes.len() == BATCH as usize;
-                publish(&app, changes).await;
-                if full {
+                if publish(&app, changes).await && full {
                     continue; // more behind these
                 }
             }
@@ -52,15 +51,22 @@ pub async fn follow(app: Arc<App>) {
     }
 }
 
-async fn publish(app: &App, changes: Vec<Change>) {
-    let (mut policy, mut sessions) = (false, false);
+/// Publishes `changes` in order; `false` when it had to stop early (to be read again).
+async fn publish(app: &App, changes: Vec<Change>) -> bool {
+    let (mut policy, mut sessions, mut all) = (false, false, true);
     for change in changes {
         let update = match change.kind {
             ChangeKind::Node(id) | ChangeKind::NodeRemoved(id) => {
-                let row = app.store.node(&id).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, node = %id, "cannot read a changed node");
-                    None
-                });
+                // Unreadable now (the database away): stop here and read this change again
+                // later — never take it for a removal.
+                let row = match app.store.node(&id).await {
+                    Ok(row) => row,
+                    Err(e) => {
+                        tracing::warn!(error = %e, node = %id, "cannot read a changed node; trying again");
+                        all = false;
+                        break;
+                    }
+                };
                 let node = row.map(|r| Box::new(r.to_api(now(), app.config.offline_after_secs)));
                 app.patch_registry(&id, node.as_deref());
                 Update::Node { seq: change.seq, id, node }
@@ -85,6 +91,7 @@ async fn publish(app: &App, changes: Vec<Change>) {
     if sessions {
         app.sessions.send_replace(());
     }
+    all
 }
 
 /// Announces nodes offline as they fall silent (each once, whichever control plane

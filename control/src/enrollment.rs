@@ -6,7 +6,7 @@ use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS};
 use trust::token;
 
 use crate::refusal::{Kind, Refusal, check_name};
-use crate::store::{EnrollTokenProblem, NodeRow};
+use crate::store::{EnrollTokenProblem, NodeRow, StoreError};
 use crate::{App, now};
 
 /// Enrolls a node with a single-use token: checks the token and names, issues its id,
@@ -58,7 +58,7 @@ pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> 
     let secret = token::generate(token::NODE_PREFIX);
     let host_cert = sign_host_cert(app, &host_key, &node_id)?;
     let exact_name = req.name.is_some();
-    let row = app
+    let inserted = app
         .store
         .insert_node(
             NodeRow {
@@ -78,7 +78,21 @@ pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> 
             },
             exact_name,
         )
-        .await?;
+        .await;
+    let row = match inserted {
+        Ok(row) => row,
+        Err(e) => {
+            // No node was enrolled: the token stays good (the same name chosen at the same
+            // moment through another control plane, say).
+            if let Err(again) = app.store.release_enroll_token(&token_hash).await {
+                tracing::warn!(error = %again, "could not give an enrollment token back");
+            }
+            return Err(match e {
+                StoreError::Conflict(m) => Refusal::new(Kind::Conflict, format!("{m} (the token is still valid)")),
+                e => e.into(),
+            });
+        }
+    };
     tracing::info!(node = %row.id, name = %row.name, tags = ?row.tags, isolation = ?row.capabilities, "node enrolled");
     app.changed();
     app.metrics.enrollments.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -8,7 +8,7 @@
 //! through it; the dashboard draws it. A stream ends when the caller's login stops being
 //! valid.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +65,9 @@ struct Follower {
     checked: Instant,
     /// The session list last sent: a change that alters nothing for this caller sends nothing.
     sent_sessions: Option<Vec<SessionInfo>>,
+    /// The nodes the client holds: a node they may not see is never named to them, and
+    /// `node_removed` goes only for one they were shown.
+    shown: HashSet<String>,
 }
 
 impl Follower {
@@ -82,19 +85,31 @@ impl Follower {
         true
     }
 
-    /// The whole node list as this caller sees it, numbered `seq`.
-    fn whole_list(&self, seq: i64) -> Event {
+    /// The nodes this caller may see now.
+    fn visible(&self) -> Vec<Node> {
         let nodes = self.app.subscribe_registry().borrow().clone();
         let access = self.access();
-        let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
-        numbered(EVENT_NODES, &nodes, seq)
+        nodes.into_iter().filter_map(|n| access.view(n)).collect()
     }
 
-    /// One node's change as this caller sees it.
-    fn node(&self, seq: i64, id: &str, node: Option<&Node>) -> Event {
+    /// The whole node list as this caller sees it, numbered `seq`.
+    fn whole_list(&mut self, seq: i64) -> Event {
+        let nodes = self.visible();
+        self.shown = nodes.iter().map(|n| n.id.clone()).collect();
+        numbered(EVENT_NODES, &nodes, Some(seq))
+    }
+
+    /// One node's change as this caller sees it, if it is news to them.
+    fn node(&mut self, seq: Option<i64>, id: &str, node: Option<&Node>) -> Option<Event> {
         match node.cloned().and_then(|n| self.access().view(n)) {
-            Some(n) => numbered(EVENT_NODE, &n, seq),
-            None => numbered(EVENT_NODE_REMOVED, &NodeRemoved { id: id.to_owned() }, seq),
+            Some(n) => {
+                self.shown.insert(n.id.clone());
+                Some(numbered(EVENT_NODE, &n, seq))
+            }
+            None if self.shown.remove(id) => {
+                Some(numbered(EVENT_NODE_REMOVED, &NodeRemoved { id: id.to_owned() }, seq))
+            }
+            None => None,
         }
     }
 
@@ -115,7 +130,7 @@ impl Follower {
             return None;
         }
         Some(match update {
-            Update::Node { seq, id, node } => vec![self.node(*seq, id, node.as_deref())],
+            Update::Node { seq, id, node } => self.node(Some(*seq), id, node.as_deref()).into_iter().collect(),
             Update::Policy { seq, user } if *user == self.user.id => {
                 if !self.recheck().await {
                     return None;
@@ -128,8 +143,9 @@ impl Follower {
     }
 
     /// The changes after `since` up to `latest`, each node once as it is now; or the
-    /// whole list when they are no longer all kept (or too many).
-    async fn catch_up(&self, since: Option<i64>, latest: i64) -> Vec<Event> {
+    /// whole list when they are no longer all kept (or too many). Only a last, empty event
+    /// carries `latest` as its id: a client cut off halfway resumes from where it was.
+    async fn catch_up(&mut self, since: Option<i64>, latest: i64) -> Vec<Event> {
         let Some(since) = since else { return vec![self.whole_list(latest)] };
         let Ok((oldest, _)) = self.app.store.change_range().await else {
             return vec![self.whole_list(latest)];
@@ -151,25 +167,29 @@ impl Follower {
                 _ => {}
             }
         }
+        // The client holds what it may see (as of when it went away); of the nodes changed
+        // since, it is told each one's state now, or of its removal.
+        self.shown = self.visible().into_iter().map(|n| n.id).collect();
+        self.shown.extend(nodes.iter().cloned());
         let mut events = Vec::with_capacity(nodes.len());
-        for id in nodes {
+        for id in &nodes {
             let now = crate::now();
-            let node = self
-                .app
-                .store
-                .node(&id)
-                .await
-                .ok()
-                .flatten()
-                .map(|r| r.to_api(now, self.app.config.offline_after_secs));
-            events.push(self.node(latest, &id, node.as_ref()));
+            let Ok(row) = self.app.store.node(id).await else { return vec![self.whole_list(latest)] };
+            let node = row.map(|r| r.to_api(now, self.app.config.offline_after_secs));
+            events.extend(self.node(None, id, node.as_ref()));
         }
+        events.push(Event::default().id(latest.to_string()).comment("caught up"));
         events
     }
 }
 
-fn numbered(name: &str, data: &impl serde::Serialize, seq: i64) -> Event {
-    match Event::default().event(name).id(seq.to_string()).json_data(data) {
+fn numbered(name: &str, data: &impl serde::Serialize, seq: Option<i64>) -> Event {
+    let event = Event::default().event(name);
+    let event = match seq {
+        Some(seq) => event.id(seq.to_string()),
+        None => event,
+    };
+    match event.json_data(data) {
         Ok(event) => event,
         Err(_) => Event::default().comment("unserializable"),
     }
@@ -187,6 +207,7 @@ async fn changes(app: Arc<App>, caller: Caller, since: Option<i64>) -> Events {
         grants,
         checked: Instant::now(),
         sent_sessions: None,
+        shown: HashSet::new(),
     };
     let mut pending: VecDeque<Event> = follower.catch_up(since, latest).await.into();
     pending.extend(follower.sessions().await);

@@ -17,6 +17,12 @@ use tokio_util::either::Either;
 
 use crate::audit::Source;
 
+/// A connection's place among the open ones, held while anything serves it.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _held: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// Connections open at once, per listener.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// How long a client may take to send a request's headers (and, between requests, to
@@ -59,10 +65,14 @@ pub async fn serve<L>(
             }
             continue;
         };
-        // Each request carries where it came from, for the audit log.
+        // Each request carries where it came from, for the audit log, and the connection's
+        // place among the open ones: a request that takes the connection over (a terminal's
+        // WebSocket) keeps it, so upgraded connections count against the limit too.
+        let slot = ConnectionSlot { _held: Arc::new(permit) };
         let (source, router) = (Source(peer.to_string()), router.clone());
         let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(source.clone());
+            req.extensions_mut().insert(slot.clone());
             tower::ServiceExt::oneshot(router.clone(), req)
         });
         let (stopping, tls) = (stopping.clone(), tls.clone());
@@ -92,7 +102,6 @@ pub async fn serve<L>(
             if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended");
             }
-            drop(permit);
         });
     }
     drop(listener);

@@ -92,7 +92,17 @@ async fn resolve(app: &App, access: &Access<'_>, target: &Target, isolation: &Is
     let allowed: Vec<Node> = nodes.iter().filter(|n| access.allows(n, kind)).cloned().collect();
     match proto::api::resolve(&allowed, target, kind, t, spread) {
         Ok(node) => Ok(node.clone()),
-        Err(e) => {
+        Err(mut e) => {
+            // Only the target's nodes were read: the tags there are come from the fleet the
+            // user may run on.
+            if let ResolveError::NoSuchTag { known, .. } = &mut e {
+                let fleet = app.subscribe_registry().borrow().clone();
+                let mut tags: Vec<String> =
+                    fleet.iter().filter(|n| access.allows(n, kind)).flat_map(|n| n.tags.iter().cloned()).collect();
+                tags.sort();
+                tags.dedup();
+                *known = tags;
+            }
             // When the user has no node for it but the whole fleet has, what stands in the
             // way is the policy: say so, and what an admin could grant.
             if matches!(e, ResolveError::NoSuchNode(_) | ResolveError::NoSuchTag { .. })

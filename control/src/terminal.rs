@@ -11,6 +11,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::{SinkExt as _, StreamExt as _};
 use net::ssh::PtySpec;
 use proto::api::Target;
 use tokio::sync::mpsc;
@@ -48,12 +49,15 @@ pub async fn open(
     State(app): State<Arc<App>>,
     caller: Caller,
     headers: HeaderMap,
+    slot: Option<axum::Extension<crate::http::ConnectionSlot>>,
     Query(q): Query<TerminalQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
     crate::web::check_socket(&app, &caller, &headers, &q.csrf).await?;
     let reached = reach(&app, caller, q).await;
     Ok(ws.on_upgrade(move |mut socket| async move {
+        // Counted among the open connections for as long as the terminal lasts.
+        let _slot = slot;
         match reached {
             Ok(node) => serve(socket, node).await,
             Err(refusal) => {
@@ -113,33 +117,44 @@ async fn serve(mut socket: WebSocket, to: Reached) {
         };
         started.with_resizes(sizes).finish(keys, &mut output, cancel).await
     });
-    loop {
-        tokio::select! {
-            frame = socket.recv() => match frame {
-                Some(Ok(Message::Binary(data))) => { let _ = keys_tx.send(data.to_vec()).await; }
-                Some(Ok(Message::Text(text))) => {
+    // The page's keys and resizes are read on their own: output keeps flowing while a
+    // paste waits for the remote side to read it.
+    let (mut page, mut from_page) = socket.split();
+    let mut reader = tokio::spawn(async move {
+        while let Some(Ok(frame)) = from_page.next().await {
+            match frame {
+                Message::Binary(data) if keys_tx.send(data.to_vec()).await.is_err() => break,
+                Message::Binary(_) => {}
+                Message::Text(text) => {
                     if let Ok(r) = serde_json::from_str::<Resize>(&text) {
                         let _ = sizes_tx.send((r.cols, r.rows)).await;
                     }
                 }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
-            },
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            // The page has gone.
+            _ = &mut reader => break,
             out = out_rx.recv() => match out {
-                Some(data) => if socket.send(Message::Binary(data.into())).await.is_err() { break },
+                Some(data) => if page.send(Message::Binary(data.into())).await.is_err() { break },
                 None => break,
             },
         }
     }
     // The page has gone (or output cannot reach it): end the command on the node.
     drop(gone_tx);
+    reader.abort();
     let status = run.await;
     let end = match status {
         Ok(Ok(s)) => serde_json::json!({ "exit": s.exit_code() }),
         Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
         Err(_) => serde_json::json!({ "error": "the terminal's task failed" }),
     };
-    let _ = socket.send(Message::Text(end.to_string().into())).await;
+    let _ = page.send(Message::Text(end.to_string().into())).await;
     conn.close().await;
 }
 

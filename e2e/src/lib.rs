@@ -942,6 +942,8 @@ impl SseEvent {
 /// A `GET` server-sent event stream read over a plain connection, as a script would.
 pub struct SseStream {
     reader: std::io::BufReader<std::net::TcpStream>,
+    /// The last `id:` the stream sent, with or without data.
+    last_id: Option<String>,
 }
 
 impl SseStream {
@@ -965,7 +967,12 @@ impl SseStream {
                 break;
             }
         }
-        SseStream { reader }
+        SseStream { reader, last_id: None }
+    }
+
+    /// The last id the stream sent (an event's, or one sent alone).
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
     }
 
     /// The next event (keep-alive comments skipped), waiting at most `within`.
@@ -989,6 +996,7 @@ impl SseStream {
                 name = v.trim().to_owned();
             } else if let Some(v) = line.strip_prefix("id:") {
                 id = Some(v.trim().to_owned());
+                self.last_id.clone_from(&id);
             } else if let Some(v) = line.strip_prefix("data:") {
                 data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
             } else if line.is_empty() && !data.is_empty() {

@@ -138,24 +138,21 @@ fn apply(
             changes
         }
         proto::api::EVENT_NODE | proto::api::EVENT_NODE_REMOVED => {
-            let Some(before) = s.nodes.as_ref() else { return Ok(false) };
-            let mut nodes = before.clone();
-            if name == proto::api::EVENT_NODE {
+            let Some(nodes) = s.nodes.as_mut() else { return Ok(false) };
+            // One node in or out (kept in name order, as the whole list comes); what
+            // changed is worked out for that node alone.
+            let (id, node) = if name == proto::api::EVENT_NODE {
                 let node: Node = serde_json::from_str(data)?;
-                match nodes.iter_mut().find(|n| n.id == node.id) {
-                    Some(known) => *known = node,
-                    None => {
-                        // Kept in name order, as the whole list comes.
-                        let at = nodes.partition_point(|n| n.name < node.name);
-                        nodes.insert(at, node);
-                    }
-                }
+                (node.id.clone(), Some(node))
             } else {
-                let gone: proto::api::NodeRemoved = serde_json::from_str(data)?;
-                nodes.retain(|n| n.id != gone.id);
+                (serde_json::from_str::<proto::api::NodeRemoved>(data)?.id, None)
+            };
+            let old = nodes.iter().position(|n| n.id == id).map(|at| nodes.remove(at));
+            let changes = crate::events::node_changes(old.as_slice(), node.as_slice());
+            if let Some(node) = node {
+                let at = nodes.partition_point(|n| n.name < node.name);
+                nodes.insert(at, node);
             }
-            let changes = crate::events::node_changes(before, &nodes);
-            s.nodes = Some(nodes);
             Some(changes)
         }
         proto::api::EVENT_SESSIONS => {

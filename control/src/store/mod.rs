@@ -356,6 +356,9 @@ both! {
     /// most one node, however many control planes share the database.
     fn take_enroll_token(&self, token_hash: &str, now: u64) -> TokenCheck;
 
+    /// Makes a taken enrollment token usable again (the node it was taken for could not be
+    /// added).
+    fn release_enroll_token(&self, token_hash: &str) -> ();
     /// Inserts a node; when `exact_name` is false and the name is taken, a numeric suffix
     /// keeps it unique.
     fn insert_node(&self, node: NodeRow, exact_name: bool) -> NodeRow;

@@ -148,9 +148,15 @@ const MIGRATIONS: &[&str] = &[
 /// at once.
 const CHANGES_CHANNEL: &str = "openbox_changes";
 
-/// Appends a change to the log and announces it (at commit, when in a transaction).
+/// Held from a change's numbering to its commit, so changes commit in the order of their
+/// numbers: a reader that has seen change N never has N-1 appear behind it.
+const LOG_LOCK: i64 = 0x006f_7065_6e62_6f79;
+
+/// Appends a change to the log and announces it, at commit (call it in the transaction of
+/// the write it describes).
 async fn log(c: &impl GenericClient, change: &ChangeKind, now: u64) -> Result<()> {
     let (kind, node, user) = change.parts();
+    c.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK]).await?;
     c.execute(
         "WITH logged AS (INSERT INTO changes (at, kind, node_id, user_id) VALUES ($1, $2, $3, $4) RETURNING seq)
          SELECT pg_notify('openbox_changes', seq::TEXT) FROM logged",
@@ -689,55 +695,76 @@ impl Postgres {
         }
     }
 
+    pub async fn release_enroll_token(&self, token_hash: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute("UPDATE tokens SET used_at = NULL WHERE hash = $1 AND kind = 'enroll'", &[&token_hash])
+            .await?;
+        Ok(())
+    }
+
     pub async fn insert_node(&self, mut node: NodeRow, exact_name: bool) -> Result<NodeRow> {
         let mut c = self.client().await?;
-        let taken = |name: String| {
-            let c = &c;
-            async move {
-                let row = c.query_one("SELECT EXISTS(SELECT 1 FROM nodes WHERE name = $1)", &[&name]).await?;
-                Ok::<bool, StoreError>(row.get(0))
+        let base = node.name.clone();
+        // Another control plane may take the same free name at the same moment: pick again.
+        for attempt in 0.. {
+            let taken = |name: String| {
+                let c = &c;
+                async move {
+                    let row = c.query_one("SELECT EXISTS(SELECT 1 FROM nodes WHERE name = $1)", &[&name]).await?;
+                    Ok::<bool, StoreError>(row.get(0))
+                }
+            };
+            node.name.clone_from(&base);
+            if taken(node.name.clone()).await? {
+                if exact_name {
+                    return Err(StoreError::Conflict(format!(
+                        "a node named {:?} already exists; choose another --name or remove it first",
+                        node.name
+                    )));
+                }
+                let mut n = 2;
+                while taken(format!("{base}-{n}")).await? {
+                    n += 1;
+                }
+                node.name = format!("{base}-{n}");
             }
-        };
-        if taken(node.name.clone()).await? {
-            if exact_name {
-                return Err(StoreError::Conflict(format!(
-                    "a node named {:?} already exists; choose another --name or remove it first",
-                    node.name
-                )));
+            let tx = c.transaction().await?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at,
+                        capabilities, mesh_addr, shares_control, listed_online)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $9::BIGINT IS NOT NULL)",
+                    &[
+                        &node.id,
+                        &node.name,
+                        &tags_json(&node.tags),
+                        &node.platform.os,
+                        &node.platform.arch,
+                        &node.addr,
+                        &node.host_key,
+                        &node.secret_hash,
+                        &node.last_seen.map(int),
+                        &int(node.created_at),
+                        &tags_json(&node.capabilities),
+                        &node.mesh_addr,
+                        &node.shares_control,
+                    ],
+                )
+                .await;
+            match inserted {
+                Ok(_) => {
+                    log(&tx, &ChangeKind::Node(node.id.clone()), node.created_at).await?;
+                    tx.commit().await?;
+                    return Ok(node);
+                }
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) && !exact_name && attempt < 5 => continue,
+                Err(e) => {
+                    return Err(conflict(e, || format!("a node named {:?} was added at the same moment", node.name)));
+                }
             }
-            let base = node.name.clone();
-            let mut n = 2;
-            while taken(format!("{base}-{n}")).await? {
-                n += 1;
-            }
-            node.name = format!("{base}-{n}");
         }
-        let tx = c.transaction().await?;
-        tx.execute(
-            "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities,
-                mesh_addr, shares_control, listed_online)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $9::BIGINT IS NOT NULL)",
-            &[
-                &node.id,
-                &node.name,
-                &tags_json(&node.tags),
-                &node.platform.os,
-                &node.platform.arch,
-                &node.addr,
-                &node.host_key,
-                &node.secret_hash,
-                &node.last_seen.map(int),
-                &int(node.created_at),
-                &tags_json(&node.capabilities),
-                &node.mesh_addr,
-                &node.shares_control,
-            ],
-        )
-        .await
-        .map_err(|e| conflict(e, || format!("a node named {:?} was added at the same moment; try again", node.name)))?;
-        log(&tx, &ChangeKind::Node(node.id.clone()), node.created_at).await?;
-        tx.commit().await?;
-        Ok(node)
+        unreachable!("the loop returns")
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
@@ -776,30 +803,22 @@ impl Postgres {
     pub async fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<bool> {
         // Only kinds this control plane knows how to dispatch are kept.
         let caps = proto::api::known_capabilities(&hb.capabilities);
-        let c = self.client().await?;
-        // One round trip: the row before (every sub-statement sees the same snapshot) and
-        // after; a change to what a node list shows is logged, a heartbeat that only moves
-        // last_seen is not.
-        let update = c
-            .prepare_cached(
-                "WITH old AS (
-                    SELECT addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online
-                    FROM nodes WHERE id = $1 FOR UPDATE
-                 ), new AS (
-                    UPDATE nodes SET addr = $2, os = $3, arch = $4, version = $5, last_seen = $6, stopped = $7,
-                        capabilities = $8, mesh_addr = $9, shares_control = $10, listed_online = NOT $7
-                    WHERE id = $1
-                    RETURNING addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online
-                 ), logged AS (
-                    INSERT INTO changes (at, kind, node_id) SELECT $6, 'node', $1 FROM old, new
-                    WHERE (old.*) IS DISTINCT FROM (new.*) RETURNING seq
-                 )
-                 SELECT pg_notify('openbox_changes', seq::TEXT) FROM logged",
-            )
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // What a node list shows, before and after: a change there is logged; a heartbeat
+        // that only moves last_seen is not.
+        let shown = "addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online";
+        let before = tx.prepare_cached(&format!("SELECT {shown} FROM nodes WHERE id = $1 FOR UPDATE")).await?;
+        let update = tx
+            .prepare_cached(&format!(
+                "UPDATE nodes SET addr = $2, os = $3, arch = $4, version = $5, last_seen = $6, stopped = $7,
+                    capabilities = $8, mesh_addr = $9, shares_control = $10, listed_online = NOT $7
+                 WHERE id = $1 RETURNING {shown}"
+            ))
             .await?;
-        // A row back: the change it logged.
-        let logged = c
-            .execute(
+        let Some(before) = tx.query_opt(&before, &[&hb.node_id]).await? else { return Ok(false) };
+        let after = tx
+            .query_one(
                 &update,
                 &[
                     &hb.node_id,
@@ -815,23 +834,32 @@ impl Postgres {
                 ],
             )
             .await?;
-        Ok(logged > 0)
+        let row = |r: &Row| {
+            let text = |i| r.get::<_, Option<String>>(i);
+            (text(0), text(1), text(2), text(3), text(4), r.get::<_, bool>(5), r.get::<_, bool>(6), r.get::<_, bool>(7))
+        };
+        let changed = row(&before) != row(&after);
+        if changed {
+            log(&tx, &ChangeKind::Node(hb.node_id.clone()), now).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     pub async fn mark_offline(&self, cutoff: u64, now: u64) -> Result<()> {
-        let c = self.client().await?;
-        let sweep = c
-            .prepare_cached(
-                "WITH gone AS (
-                    UPDATE nodes SET listed_online = FALSE
-                    WHERE listed_online AND (stopped OR last_seen IS NULL OR last_seen < $1) RETURNING id
-                 ), logged AS (
-                    INSERT INTO changes (at, kind, node_id) SELECT $2, 'node', id FROM gone RETURNING seq
-                 )
-                 SELECT pg_notify('openbox_changes', max(seq)::TEXT) FROM logged HAVING count(*) > 0",
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let gone = tx
+            .query(
+                "UPDATE nodes SET listed_online = FALSE
+                 WHERE listed_online AND (stopped OR last_seen IS NULL OR last_seen < $1) RETURNING id",
+                &[&int(cutoff)],
             )
             .await?;
-        c.execute(&sweep, &[&int(cutoff), &int(now)]).await?;
+        for row in &gone {
+            log(&tx, &ChangeKind::Node(row.get(0)), now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -901,7 +929,8 @@ impl Postgres {
     }
 
     pub async fn put_session(&self, user_id: i64, row: &SessionRow) -> Result<String> {
-        let c = self.client().await?;
+        let mut c = self.client().await?;
+        let c = c.transaction().await?;
         let query = c
             .prepare_cached(
                 "INSERT INTO sessions (user_id, id, node_id, isolation, created_at, last_used, state)
@@ -928,6 +957,7 @@ impl Postgres {
         if placed.get::<_, bool>(1) {
             log(&c, &ChangeKind::Sessions, row.last_used).await?;
         }
+        c.commit().await?;
         Ok(placed.get(0))
     }
 
@@ -939,11 +969,13 @@ impl Postgres {
     }
 
     pub async fn remove_session(&self, user_id: i64, id: &str) -> Result<bool> {
-        let c = self.client().await?;
+        let mut c = self.client().await?;
+        let c = c.transaction().await?;
         let removed = c.execute("DELETE FROM sessions WHERE user_id = $1 AND id = $2", &[&user_id, &id]).await? > 0;
         if removed {
             log(&c, &ChangeKind::Sessions, proto::time::now()).await?;
         }
+        c.commit().await?;
         Ok(removed)
     }
 
@@ -951,7 +983,8 @@ impl Postgres {
         if reports.is_empty() {
             return Ok(false);
         }
-        let c = self.client().await?;
+        let mut c = self.client().await?;
+        let c = c.transaction().await?;
         let key = "node_id = $1 AND id = $3 AND user_id = (SELECT id FROM users WHERE name = $2)";
         let state = c.prepare_cached(&format!("UPDATE sessions SET state = $4 WHERE {key} AND state != $4")).await?;
         let used =
@@ -964,6 +997,7 @@ impl Postgres {
         if changed {
             log(&c, &ChangeKind::Sessions, proto::time::now()).await?;
         }
+        c.commit().await?;
         Ok(changed)
     }
 }

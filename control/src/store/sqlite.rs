@@ -645,6 +645,11 @@ impl Sqlite {
         Ok(Ok(tags))
     }
 
+    pub fn release_enroll_token(&self, token_hash: &str) -> Result<()> {
+        self.conn().execute("UPDATE tokens SET used_at = NULL WHERE hash = ?1 AND kind = 'enroll'", [token_hash])?;
+        Ok(())
+    }
+
     // ---- nodes ----
 
     /// Inserts a node; when `exact_name` is false and the name is taken, a numeric suffix
@@ -923,11 +928,13 @@ impl Sqlite {
     }
 
     pub fn remove_session(&self, user_id: i64, id: &str) -> Result<bool> {
-        let conn = self.conn();
-        let removed = conn.execute("DELETE FROM sessions WHERE user_id = ?1 AND id = ?2", params![user_id, id])? > 0;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let removed = tx.execute("DELETE FROM sessions WHERE user_id = ?1 AND id = ?2", params![user_id, id])? > 0;
         if removed {
-            log(&conn, &ChangeKind::Sessions, proto::time::now())?;
+            log(&tx, &ChangeKind::Sessions, proto::time::now())?;
         }
+        tx.commit()?;
         Ok(removed)
     }
 
