@@ -225,24 +225,31 @@ fn last_words(log: &str) -> String {
     if log.is_empty() { String::new() } else { format!(" (its last log line: {log})") }
 }
 
-/// Waits for SIGTERM or SIGINT, in a process that runs Go. The handlers are tokio's,
-/// re-installed with `SA_ONSTACK`: Go requires that of every handler it did not install
-/// itself, since such a signal may land on one of its threads, whose own stack is too
-/// small to run a handler on. Call within a tokio runtime.
+/// Waits for SIGTERM, SIGINT or SIGQUIT, in a process that runs Go. The handlers are
+/// tokio's, re-installed with `SA_ONSTACK`: Go requires that of every handler it did not
+/// install itself, since such a signal may land on one of its threads, whose own stack is
+/// too small to run a handler on. SIGHUP is caught and ignored: a service has nothing to
+/// reload, and a caught signal (unlike an ignored one, as under `nohup`) is back to its
+/// default in the commands the service starts, so a terminal that hangs up ends them.
+/// Call within a tokio runtime.
 pub fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
     // SIGCHLD too: tokio's process support installs its handler once, and children exit
-    // all the time. Registering it here installs it now, so the flag can be added.
+    // all the time. Registering it here installs it now, so the flag can be added. A
+    // handler, once installed, stays for the life of the process.
     drop(signal(SignalKind::child())?);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+    drop(signal(SignalKind::hangup())?);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGCHLD, libc::SIGHUP] {
         on_alternate_stack(sig)?;
     }
     Ok(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = quit.recv() => {}
         }
     })
 }
@@ -271,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_handlers_run_on_the_alternate_stack_as_go_requires() {
         let _wait = super::shutdown_signals().unwrap();
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGCHLD, libc::SIGHUP] {
             // SAFETY: reading the current action into a zeroed struct.
             let flags = unsafe {
                 let mut act: libc::sigaction = std::mem::zeroed();
