@@ -13,6 +13,17 @@ fn session_cookie(b: &mut Browser) -> serde_json::Value {
     cookies[0].clone()
 }
 
+/// Two nodes that look like other machines (so a tag grant reaches them), and bob, granted
+/// the first by its tag: (his node, the other, his login token).
+fn bob_granted_one_of_two(cp: &ControlPlane) -> (Agent, Agent, String) {
+    let admin = Cli::admin(cp);
+    let theirs = Agent::enroll_elsewhere(cp, &admin, &["bobs"]);
+    let other = Agent::enroll_elsewhere(cp, &admin, &["others"]);
+    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    admin.run(&["user", "grant", "bob", "--tag", "bobs"]).ok();
+    (theirs, other, token)
+}
+
 /// The console page with `node` chosen, once the fleet has loaded.
 fn open_console(b: &mut Browser, cp: &ControlPlane, node: &str) {
     b.goto(&format!("{}/#/console/{node}", cp.url));
@@ -232,12 +243,7 @@ fn the_console_streams_output_shows_the_exit_code_and_stops_a_command() {
 #[test]
 fn a_user_who_is_not_an_admin_sees_and_does_only_what_the_policy_lets_them() {
     let cp = ControlPlane::start();
-    let admin = Cli::admin(&cp);
-    // Nodes that look like other machines: a tag grant reaches them.
-    let theirs = Agent::enroll_elsewhere(&cp, &admin, &["bobs"]);
-    let other = Agent::enroll_elsewhere(&cp, &admin, &["others"]);
-    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
-    admin.run(&["user", "grant", "bob", "--tag", "bobs"]).ok();
+    let (theirs, other, token) = bob_granted_one_of_two(&cp);
     let mut b = Browser::start();
     b.log_in(&cp.url, &token);
     b.wait_text(&format!("#nodes tr[data-name={:?}]", theirs.name), "online");
@@ -515,12 +521,7 @@ fn the_console_opens_a_terminal_on_the_node_that_follows_the_window_and_stops() 
 #[test]
 fn a_terminal_opens_only_from_the_dashboard_and_only_where_the_policy_allows() {
     let cp = ControlPlane::start();
-    let admin = Cli::admin(&cp);
-    // Nodes that look like other machines: a tag grant reaches them.
-    let theirs = Agent::enroll_elsewhere(&cp, &admin, &["bobs"]);
-    let other = Agent::enroll_elsewhere(&cp, &admin, &["others"]);
-    let token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
-    admin.run(&["user", "grant", "bob", "--tag", "bobs"]).ok();
+    let (theirs, other, token) = bob_granted_one_of_two(&cp);
     let mut b = Browser::start();
     b.log_in(&cp.url, &token);
 
