@@ -103,7 +103,8 @@ pub async fn sweep(app: Arc<App>) {
         tick.tick().await;
         let t = now();
         match app.store.mark_offline(t.saturating_sub(app.config.offline_after_secs), t).await {
-            Ok(()) => app.changed(),
+            Ok(true) => app.changed(),
+            Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "cannot sweep for silent nodes"),
         }
         ticks += 1;

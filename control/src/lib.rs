@@ -81,7 +81,6 @@ pub struct App {
 
 impl App {
     pub async fn new(config: Config, store: Store, ca: Ca) -> Arc<App> {
-        let (registry, _) = tokio::sync::watch::channel(Vec::new());
         let (sessions, _) = tokio::sync::watch::channel(());
         let (closing, _) = tokio::sync::watch::channel(false);
         let host = proto::api::AgentHost { machine: paths::machine(), uid: rustix::process::geteuid().as_raw() };
@@ -93,39 +92,23 @@ impl App {
                 0
             }
         };
+        // The node list now (read after that point, so it holds every change up to it);
+        // from here on each change patches it.
+        let t = now();
+        let nodes = match store.list_nodes().await {
+            Ok(rows) => rows.iter().map(|n| n.to_api(t, config.offline_after_secs)).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not list nodes for the registry feed");
+                Vec::new()
+            }
+        };
+        let (registry, _) = tokio::sync::watch::channel(nodes);
         let (updates, _) = tokio::sync::broadcast::channel(UPDATE_BACKLOG);
         let wake = Arc::new(tokio::sync::Notify::new());
         store.wake_on_changes(wake.clone());
         let latest = std::sync::atomic::AtomicI64::new(latest);
         let metrics = metrics::Metrics::default();
-        let app =
-            Arc::new(App { config, store, ca, host, registry, sessions, closing, updates, latest, wake, metrics });
-        app.refresh_registry().await;
-        app
-    }
-
-    /// Recomputes the node list and notifies subscribers if anything but `last_seen`
-    /// changed (heartbeats alone do not wake every openboxd).
-    pub async fn refresh_registry(&self) {
-        let t = now();
-        let nodes: Vec<proto::api::Node> = match self.store.list_nodes().await {
-            Ok(rows) => rows.iter().map(|n| n.to_api(t, self.config.offline_after_secs)).collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "could not list nodes for the registry feed");
-                return;
-            }
-        };
-        self.registry.send_if_modified(|current| {
-            let same = current.len() == nodes.len()
-                && current
-                    .iter()
-                    .zip(&nodes)
-                    .all(|(a, b)| proto::api::Node { last_seen: b.last_seen, ..a.clone() } == *b);
-            if !same {
-                *current = nodes;
-            }
-            !same
-        });
+        Arc::new(App { config, store, ca, host, registry, sessions, closing, updates, latest, wake, metrics })
     }
 
     /// Takes one node's change into the node list (kept in name order): each change costs

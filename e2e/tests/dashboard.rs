@@ -24,6 +24,18 @@ fn bob_granted_one_of_two(cp: &ControlPlane) -> (Agent, Agent, String) {
     (theirs, other, token)
 }
 
+/// A control plane with one node tagged `web`, and the admin's browser on the console with
+/// that node chosen.
+fn console_on_a_node() -> (ControlPlane, Cli, Agent, Browser) {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["web"]);
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    open_console(&mut b, &cp, &agent.name);
+    (cp, admin, agent, b)
+}
+
 /// The console page with `node` chosen, once the fleet has loaded.
 fn open_console(b: &mut Browser, cp: &ControlPlane, node: &str) {
     b.goto(&format!("{}/#/console/{node}", cp.url));
@@ -199,12 +211,7 @@ fn a_node_added_in_the_browser_enrolls_with_the_command_shown_and_appears_live()
 
 #[test]
 fn the_console_streams_output_shows_the_exit_code_and_stops_a_command() {
-    let cp = ControlPlane::start();
-    let admin = Cli::admin(&cp);
-    let agent = Agent::enroll(&cp, &admin, &["web"]);
-    let mut b = Browser::start();
-    b.log_in(&cp.url, &cp.admin_token);
-    open_console(&mut b, &cp, &agent.name);
+    let (_cp, admin, agent, mut b) = console_on_a_node();
     b.fill("#console-command", "echo hi; echo oops >&2; exit 3");
     b.click("#console-run");
     b.wait_text("#console-exit", "exit 3");
@@ -473,12 +480,7 @@ fn type_line(b: &mut Browser, line: &str) {
 
 #[test]
 fn the_console_opens_a_terminal_on_the_node_that_follows_the_window_and_stops() {
-    let cp = ControlPlane::start();
-    let admin = Cli::admin(&cp);
-    let agent = Agent::enroll(&cp, &admin, &["web"]);
-    let mut b = Browser::start();
-    b.log_in(&cp.url, &cp.admin_token);
-    open_console(&mut b, &cp, &agent.name);
+    let (cp, admin, _agent, mut b) = console_on_a_node();
     b.click("#console-terminal");
     b.wait_text("#console-status", "Terminal open");
     // The shell is a login shell in a terminal of the page's size.

@@ -243,6 +243,17 @@ fn tag_pattern(tag: &str) -> String {
     format!("%{escaped}%")
 }
 
+/// An enrollment token as stored (its tags, expiry, whether used) judged at `now`.
+fn token_state(tags: String, expires_at: Option<u64>, used: bool, now: u64) -> TokenCheck {
+    if used {
+        return Err(EnrollTokenProblem::Used);
+    }
+    if expires_at.is_some_and(|e| now >= e) {
+        return Err(EnrollTokenProblem::Expired);
+    }
+    Ok(tags_from(tags))
+}
+
 /// Tags and isolation kinds are kept as JSON lists in both backends.
 fn tags_json(tags: &[String]) -> String {
     serde_json::to_string(tags).expect("a list of strings serializes")
@@ -265,10 +276,6 @@ impl Store {
             Database::Sqlite(path) => Store::Sqlite(Sqlite::open(path)?),
             Database::Postgres(url) => Store::Postgres(Postgres::connect(url).await?),
         })
-    }
-
-    pub fn open_in_memory() -> Result<Store> {
-        Ok(Store::Sqlite(Sqlite::open_in_memory()?))
     }
 
     /// Wakes `wake` when another control plane on the database logs a change (SQLite has
@@ -375,7 +382,8 @@ both! {
     fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> bool;
     /// Nodes silent since before `cutoff` (or stopped) that were last announced online
     /// are announced offline (logged), each once however many control planes sweep.
-    fn mark_offline(&self, cutoff: u64, now: u64) -> ();
+    /// Returns whether any was.
+    fn mark_offline(&self, cutoff: u64, now: u64) -> bool;
     /// Logged changes after `seq`, oldest first, at most `limit`.
     fn changes_since(&self, seq: i64, limit: u32) -> Vec<Change>;
     /// The oldest change still kept and the newest (0 and 0 before the first).

@@ -667,13 +667,7 @@ impl Postgres {
             .await?;
         let Some(row) = row else { return Ok(Err(EnrollTokenProblem::Unknown)) };
         let (tags, expires_at, used_at): (String, Option<i64>, Option<i64>) = (row.get(0), row.get(1), row.get(2));
-        if used_at.is_some() {
-            return Ok(Err(EnrollTokenProblem::Used));
-        }
-        if expires_at.is_some_and(|e| int(now) >= e) {
-            return Ok(Err(EnrollTokenProblem::Expired));
-        }
-        Ok(Ok(tags_from(tags)))
+        Ok(super::token_state(tags, expires_at.map(uint), used_at.is_some(), now))
     }
 
     pub async fn take_enroll_token(&self, token_hash: &str, now: u64) -> Result<TokenCheck> {
@@ -846,7 +840,7 @@ impl Postgres {
         Ok(changed)
     }
 
-    pub async fn mark_offline(&self, cutoff: u64, now: u64) -> Result<()> {
+    pub async fn mark_offline(&self, cutoff: u64, now: u64) -> Result<bool> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let gone = tx
@@ -860,7 +854,7 @@ impl Postgres {
             log(&tx, &ChangeKind::Node(row.get(0)), now).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(!gone.is_empty())
     }
 
     pub async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

@@ -169,13 +169,7 @@ fn usable_enroll_token(
     let Some((tags, expires_at, used_at)) = row else {
         return Ok(Err(EnrollTokenProblem::Unknown));
     };
-    if used_at.is_some() {
-        return Ok(Err(EnrollTokenProblem::Used));
-    }
-    if expires_at.is_some_and(|e| now >= e) {
-        return Ok(Err(EnrollTokenProblem::Expired));
-    }
-    Ok(Ok(tags_from(tags)))
+    Ok(super::token_state(tags, expires_at, used_at.is_some(), now))
 }
 
 pub struct Sqlite {
@@ -187,10 +181,6 @@ impl Sqlite {
     pub fn open(path: &Path) -> Result<Sqlite> {
         let conn = Connection::open(path)?;
         Self::init(conn)
-    }
-
-    pub fn open_in_memory() -> Result<Sqlite> {
-        Self::init(Connection::open_in_memory()?)
     }
 
     fn init(mut conn: Connection) -> Result<Sqlite> {
@@ -811,7 +801,7 @@ impl Sqlite {
 
     /// Nodes silent since before `cutoff` (or stopped) that were last announced online are
     /// announced offline, each once.
-    pub fn mark_offline(&self, cutoff: u64, now: u64) -> Result<()> {
+    pub fn mark_offline(&self, cutoff: u64, now: u64) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let gone: Vec<String> = {
@@ -821,11 +811,12 @@ impl Sqlite {
             )?;
             stmt.query_map([cutoff], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
         };
+        let any = !gone.is_empty();
         for id in gone {
             log(&tx, &ChangeKind::Node(id), now)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(any)
     }
 
     /// Renames and retags a node; returns the updated row.
