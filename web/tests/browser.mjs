@@ -41,7 +41,9 @@ const ops = {
         await page.goto(url);
         return;
       } catch (e) {
-        if (attempt >= 5 || !String(e).includes('ERR_NETWORK_CHANGED')) throw e;
+        // (It says so as ERR_NETWORK_CHANGED, or as a navigation cut short by its error page.)
+        const changed = /ERR_NETWORK_CHANGED|interrupted by another navigation to "chrome-error:/.test(String(e));
+        if (attempt >= 5 || !changed) throw e;
       }
     }
   },
