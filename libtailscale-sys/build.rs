@@ -38,13 +38,16 @@ fn main() {
         println!("cargo:rerun-if-changed={}", go_dir.join(f).display());
     }
     println!("cargo:rerun-if-env-changed=GO");
+    println!("cargo:rerun-if-env-changed=TARGET_CC");
     if std::env::var_os("CARGO_FEATURE_MESH").is_none() {
         return;
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
     check_go(&go);
-    let status = Command::new(&go)
+    let mut build = Command::new(&go);
+    cross_compile(&mut build);
+    let status = build
         .args([
             "build",
             "-buildmode=c-archive",
@@ -69,6 +72,31 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=pthread");
     println!("cargo:rustc-link-lib=dylib=resolv");
     println!("cargo:include={}", go_dir.display());
+}
+
+/// Building for another platform (`cargo build --target …`, as packaging/build does for
+/// aarch64): Go is told the target's OS and architecture, and cgo the target's C compiler —
+/// the one the `cc` crate would use, `CC_<target>` or `TARGET_CC`.
+fn cross_compile(go: &mut Command) {
+    let (target, host) = (std::env::var("TARGET").unwrap_or_default(), std::env::var("HOST").unwrap_or_default());
+    if target == host {
+        return;
+    }
+    let cc_var = format!("CC_{}", target.replace('-', "_"));
+    println!("cargo:rerun-if-env-changed={cc_var}");
+    let cc = std::env::var(&cc_var).or_else(|_| std::env::var("TARGET_CC")).unwrap_or_else(|_| {
+        panic!("building the mesh for {target} needs that target's C compiler for cgo: set {cc_var} (e.g. aarch64-linux-gnu-gcc)")
+    });
+    let arch = match std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default().as_str() {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("the mesh is not built for the {other} architecture"),
+    };
+    let os = match std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default().as_str() {
+        "macos" => "darwin".to_owned(),
+        other => other.to_owned(),
+    };
+    go.env("GOOS", os).env("GOARCH", arch).env("CC", cc);
 }
 
 /// Fails the build with a clear message unless `go` is at least 1.25.

@@ -16,12 +16,14 @@ const SERVICE: &[&str] = &[
     "openbox-net",
     "openbox-telemetry",
     "openbox-tailnet",
+    "openbox-service",
 ];
 
 /// Each openbox crate and the openbox crates it may depend on (normal dependencies).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-proto", &[]),
     ("openbox-paths", &[]),
+    ("openbox-service", &[]),
     ("openbox-trust", &["openbox-proto"]),
     ("openbox-tls", &[]),
     ("openbox-libtailscale-sys", &[]),
@@ -31,7 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-control", SERVICE),
     ("openbox-agent", SERVICE),
     ("openboxd", SERVICE),
-    ("openbox-cli", &["openbox-proto", "openbox-paths"]),
+    ("openbox-cli", &["openbox-proto", "openbox-paths", "openbox-service"]),
     ("openbox-mcp", &["openbox-proto", "openbox-paths"]),
     ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-tls", "openbox-net"]),
     // bench/loadgen: a client of the control plane's API, like an agent's heartbeats.

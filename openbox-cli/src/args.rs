@@ -156,7 +156,7 @@ pub enum Command {
         /// The control plane's URL: https://HOST[:PORT], or http:// on loopback.
         #[arg(long, value_name = "URL")]
         server: String,
-        /// A login token (login_…), from the control plane's first start, `openbox user
+        /// A login token (obx_…), from the control plane's first start, `openbox user
         /// add` or `openbox user token`.
         #[arg(long, value_name = "TOKEN")]
         token: String,
@@ -293,6 +293,27 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run the control plane, the agent or openboxd as a service of this machine's service
+    /// manager (systemd or launchd): install, uninstall, status.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// The packages install them; to load them by hand:
+    ///   bash: source <(openbox completions bash)
+    ///   zsh:  openbox completions zsh > "${fpath[1]}/_openbox"
+    ///   fish: openbox completions fish > ~/.config/fish/completions/openbox.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write the manual pages (openbox.1 and one per command) into DIR.
+    #[command(hide = true)]
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
     /// Serve openbox to AI agents over MCP on stdio (tools: run, run_all, list_nodes,
     /// list_sessions, end_session, start, read, wait, stop); see docs/agents.md.
     #[command(disable_help_flag = true)]
@@ -310,6 +331,92 @@ pub enum DaemonAction {
     Status,
     /// Stop the running openboxd.
     Stop,
+}
+
+const SERVICE_HELP: &str = "\
+Examples:
+  sudo openbox service install control -- --addr 0.0.0.0:7683 --url https://10.0.0.5:7683
+  sudo openbox service install agent -- --server https://10.0.0.5:7683 --fingerprint SHA256:… \\
+      --token enroll_… --addr 0.0.0.0:7684 --advertise 10.0.0.7:7684
+  openbox service install daemon          openboxd at login, for you
+  openbox service status
+A system service (the default as root, for the control plane and the agent) runs as root
+from boot; a user service (--user; always for openboxd) runs as you while you are logged in.
+Arguments after `--` are the role's own (`openbox control --help`, `openbox agent --help`);
+an enrollment token given with --token (or OPENBOX_ENROLL_TOKEN) is moved into a file only
+root or you can read, and the unit names the file: no secret is written into a unit.
+Exit codes: 0 done (installed and started; status: running), 3 installed but not started
+because no service manager runs here (what to run instead is printed; status: not
+running), 4 (status) not installed, 1 an error.";
+
+#[derive(Subcommand, Debug)]
+#[command(after_help = SERVICE_HELP)]
+pub enum ServiceCommand {
+    /// Write the service's unit (systemd) or property list (launchd), enable and start it.
+    /// Installing again replaces it and restarts the service with the new arguments.
+    Install {
+        #[arg(value_enum)]
+        role: ServiceRole,
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Print the unit instead of installing it.
+        #[arg(long)]
+        print: bool,
+        /// The role's own arguments, after `--`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Stop and disable the service and remove its unit and token file (its state stays).
+    Uninstall {
+        #[arg(value_enum)]
+        role: ServiceRole,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+    /// Show whether each role is installed as a service, enabled and running.
+    Status {
+        #[arg(value_enum)]
+        role: Option<ServiceRole>,
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ServiceRole {
+    /// The control plane (openbox-control).
+    Control,
+    /// The node agent (openbox-agent).
+    Agent,
+    /// openboxd, your per-user daemon.
+    Daemon,
+}
+
+impl From<ServiceRole> for service::Role {
+    fn from(r: ServiceRole) -> service::Role {
+        match r {
+            ServiceRole::Control => service::Role::Control,
+            ServiceRole::Agent => service::Role::Agent,
+            ServiceRole::Daemon => service::Role::Daemon,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ScopeArgs {
+    /// Your own service, run while you are logged in (systemd --user, a launchd agent).
+    #[arg(long, conflicts_with = "system")]
+    pub user: bool,
+    /// The machine's service, run as root from boot [default for control and agent as root].
+    #[arg(long)]
+    pub system: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]
@@ -462,6 +569,12 @@ pub enum Action {
     StopDaemon { json: bool },
     /// List, choose or remove contexts (done here, without a daemon).
     Context { command: ContextCommand, json: bool },
+    /// Install, remove or show services (done here, without a daemon or a context).
+    Service { command: ServiceCommand, json: bool },
+    /// Print a shell's completion script.
+    Completions(Shell),
+    /// Write the manual pages into a directory.
+    Man(std::path::PathBuf),
 }
 
 /// `--max-output`: a size of at least 2 bytes (one for the head, one for the tail).
@@ -559,6 +672,9 @@ impl Cli {
             }
             Some(Command::Logout) => Request::Logout,
             Some(Command::Context(command)) => return Ok(Action::Context { command, json }),
+            Some(Command::Service(command)) => return Ok(Action::Service { command, json }),
+            Some(Command::Completions { shell }) => return Ok(Action::Completions(shell)),
+            Some(Command::Man { out }) => return Ok(Action::Man(out)),
             Some(Command::Sessions) => Request::Sessions,
             Some(Command::Session(SessionCommand::Rm { id })) => {
                 Request::SessionRemove { id: name("session id", &id)? }

@@ -5,7 +5,9 @@
 mod args;
 mod context;
 mod daemon;
+mod manual;
 mod prompt;
+mod service;
 mod terminal;
 
 use std::ffi::OsString;
@@ -23,10 +25,16 @@ fn main() -> ExitCode {
         Ok(action) => action,
         Err(msg) => return usage_error(&msg),
     };
-    // The control plane and the agent are nobody's context.
-    if let args::Action::Exec(binary @ ("openbox-control" | "openbox-agent"), rest) = action {
-        return exec(Command::new(paths::sibling_binary(binary)).args::<_, OsString>(rest), binary);
-    }
+    // The control plane, the agent and the machine's services are nobody's context.
+    let action = match action {
+        args::Action::Exec(binary @ ("openbox-control" | "openbox-agent"), rest) => {
+            return exec(Command::new(paths::sibling_binary(binary)).args::<_, OsString>(rest), binary);
+        }
+        args::Action::Service { command, json } => return service::command(command, json),
+        args::Action::Completions(shell) => return manual::completions(shell),
+        args::Action::Man(dir) => return manual::man_pages(&dir),
+        action => action,
+    };
     let selected = match context::select(flag) {
         Ok(selected) => selected,
         Err(msg) => return usage_error(&msg),
@@ -81,7 +89,10 @@ fn act(action: args::Action, context: &Context) -> ExitCode {
                 .env(paths::CONTEXT_ENV, context.name()),
             binary,
         ),
-        args::Action::Context { .. } => unreachable!("contexts are handled before"),
+        args::Action::Context { .. }
+        | args::Action::Service { .. }
+        | args::Action::Completions(_)
+        | args::Action::Man(_) => unreachable!("handled before a context is chosen"),
     }
 }
 

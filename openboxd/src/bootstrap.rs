@@ -17,6 +17,7 @@ use net::ssh::NoInput;
 use proto::api::{EnrollToken, NewEnrollToken, Node};
 use proto::output::NodeAdded;
 use proto::request::{NodeAddRequest, SshLogin};
+use service::{Role, Scope};
 
 use crate::Daemon;
 use crate::commands::{Reply, to_json};
@@ -24,8 +25,6 @@ use crate::io::CallOutput;
 
 /// How long a fresh agent may take to enroll and come online.
 const ONLINE_WITHIN: Duration = Duration::from_secs(60);
-/// The system unit installed where the agent runs as root under systemd.
-const SYSTEM_UNIT: &str = include_str!("../../systemd/openbox-agent.service");
 
 /// What the machine is, as the probe found it.
 struct Machine {
@@ -99,6 +98,11 @@ impl Layout {
                 },
             }
         }
+    }
+
+    /// The directory the agent binary is in.
+    fn bin_dir(&self) -> String {
+        self.bin.rsplit_once('/').map_or(".", |(dir, _)| dir).to_owned()
     }
 
     /// The agent binary, run with the right `OPENBOX_HOME`.
@@ -443,7 +447,7 @@ async fn start_agent(remote: &On<'_>, m: &Machine, layout: &Layout, args: &[Stri
                     "mkdir -p /etc/openbox && umask 077 && printf %s {} > /etc/openbox/agent.env && umask 022 && printf %s {} > {} \
                      && systemctl daemon-reload && systemctl enable openbox-agent.service && systemctl restart openbox-agent.service",
                     sh(&env),
-                    sh(SYSTEM_UNIT),
+                    sh(&service::systemd_unit(Role::Agent, Scope::System, &layout.bin_dir(), &[])),
                     sh(unit)
                 ),
                 "installed the systemd unit openbox-agent.service (enabled, started)".to_owned(),
@@ -451,7 +455,7 @@ async fn start_agent(remote: &On<'_>, m: &Machine, layout: &Layout, args: &[Stri
         }
         Manager::SystemdUser => {
             let unit = layout.unit.as_deref().unwrap_or_default();
-            let text = user_unit(&layout.bin, args);
+            let text = service::systemd_unit(Role::Agent, Scope::User, &layout.bin_dir(), args);
             (
                 format!(
                     "mkdir -p \"$(dirname {u})\" && printf %s {} > {u} && systemctl --user daemon-reload \
@@ -463,7 +467,7 @@ async fn start_agent(remote: &On<'_>, m: &Machine, layout: &Layout, args: &[Stri
             )
         }
         Manager::Launchd => {
-            let plist = launchd_plist(&layout.bin, args, &layout.log);
+            let plist = service::launchd_plist(Role::Agent, &layout.bin_dir(), args, &layout.log);
             let path = layout.unit.as_deref().unwrap_or_default();
             (
                 format!(
@@ -508,38 +512,6 @@ async fn start_agent(remote: &On<'_>, m: &Machine, layout: &Layout, args: &[Stri
         bail!("{why}");
     }
     Ok(said)
-}
-
-/// The systemd user unit that runs the agent.
-fn user_unit(bin: &str, args: &[String]) -> String {
-    let line: Vec<String> = std::iter::once(bin).chain(args.iter().map(String::as_str)).map(systemd_quote).collect();
-    format!(
-        "[Unit]\nDescription=openbox node agent\nAfter=network-online.target\n\n[Service]\nType=simple\n\
-         ExecStart={}\nRestart=on-failure\nRestartSec=2s\nKillMode=mixed\n\n[Install]\nWantedBy=default.target\n",
-        line.join(" ")
-    )
-}
-
-/// One word of an `ExecStart=` line, taken literally by systemd.
-fn systemd_quote(word: &str) -> String {
-    let escaped = word.replace('\\', "\\\\").replace('"', "\\\"").replace('%', "%%").replace('$', "$$");
-    format!("\"{escaped}\"")
-}
-
-fn launchd_plist(bin: &str, args: &[String], log: &str) -> String {
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let items: String = std::iter::once(bin.to_owned())
-        .chain(args.iter().cloned())
-        .map(|a| format!("    <string>{}</string>\n", esc(&a)))
-        .collect();
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \
-         \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist version=\"1.0\">\n<dict>\n  <key>Label</key>\n  \
-         <string>dev.openbox.agent</string>\n  <key>ProgramArguments</key>\n  <array>\n{items}  </array>\n  \
-         <key>RunAtLoad</key>\n  <true/>\n  <key>KeepAlive</key>\n  <true/>\n  <key>StandardOutPath</key>\n  \
-         <string>{log}</string>\n  <key>StandardErrorPath</key>\n  <string>{log}</string>\n</dict>\n</plist>\n",
-        log = esc(log)
-    )
 }
 
 /// Waits until the agent has enrolled (its `--identity` answers) and the control plane
@@ -619,34 +591,6 @@ impl Installed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_user_unit_and_the_launchd_agent_it_writes_are_valid() {
-        let args: Vec<String> =
-            ["--server", "https://h:1", "--token-file", "/tmp/a b/50%$x\"y"].iter().map(|s| s.to_string()).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let unit = dir.path().join("openbox-agent.service");
-        std::fs::write(&unit, user_unit("/bin/sh", &args)).unwrap();
-        let runtime = dir.path().join("run");
-        std::fs::create_dir(&runtime).unwrap();
-        let out = std::process::Command::new("systemd-analyze")
-            .args(["verify", "--user"])
-            .arg(&unit)
-            .env("XDG_RUNTIME_DIR", &runtime)
-            .output()
-            .expect("systemd-analyze must be installed");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
-
-        let plist = dir.path().join("agent.plist");
-        std::fs::write(&plist, launchd_plist("/usr/local/bin/openbox-agent", &args, "/tmp/a&b.log")).unwrap();
-        let check = "import plistlib,sys,json; p=plistlib.load(open(sys.argv[1],'rb')); print(json.dumps([p['Label'], p['ProgramArguments'], p['StandardErrorPath']]))";
-        let out = std::process::Command::new("python3").args(["-c", check]).arg(&plist).output().unwrap();
-        let read: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a plist python reads");
-        let mut expected = vec!["/usr/local/bin/openbox-agent".to_owned()];
-        expected.extend(args);
-        assert_eq!(read, serde_json::json!(["dev.openbox.agent", expected, "/tmp/a&b.log"]));
-    }
 
     #[test]
     fn shell_quoting_keeps_every_byte() {

@@ -1,0 +1,439 @@
+//! The release as a user gets it (packaging/build's tarballs, .debs and SHA256SUMS, which the
+//! test command builds into target/packages first): install.sh into a fresh prefix and from
+//! a URL, its refusal of a corrupted tarball, `dpkg -i` in a throw-away root, and the
+//! services installed and started by one command under a real systemd — each throw-away
+//! root a podman container over an overlay of this machine's own Debian, with loopback only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openbox_e2e::{Out, engines, free_port};
+
+/// The release directory packaging/build wrote.
+fn release() -> PathBuf {
+    let dir = std::env::var_os("OPENBOX_TEST_PACKAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/packages"));
+    assert!(
+        dir.join("SHA256SUMS").exists(),
+        "no release in {}: run packaging/build first (scripts/test does)",
+        dir.display()
+    );
+    dir.canonicalize().unwrap()
+}
+
+fn version() -> String {
+    let cargo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml")).unwrap();
+    let line = cargo.lines().find(|l| l.starts_with("version = ")).unwrap();
+    line.trim_start_matches("version = ").trim_matches('"').to_owned()
+}
+
+fn sh(script: &str, env: &[(&str, &Path)]) -> Out {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Out::from(cmd.output().unwrap())
+}
+
+fn install_sh() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh")
+}
+
+/// The ELF machine of a binary: 62 is x86_64, 183 aarch64.
+fn elf_machine(path: &Path) -> u16 {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF", "{} is an ELF binary", path.display());
+    u16::from_le_bytes([bytes[18], bytes[19]])
+}
+
+#[test]
+fn the_release_has_tarballs_and_debs_for_both_architectures_with_their_checksums() {
+    let dir = release();
+    let v = version();
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let names = [
+        format!("openbox-{v}-linux-x86_64.tar.gz"),
+        format!("openbox-{v}-linux-aarch64.tar.gz"),
+        format!("openbox_{v}_amd64.deb"),
+        format!("openbox_{v}_arm64.deb"),
+    ];
+    for name in &names {
+        let line =
+            sums.lines().find(|l| l.ends_with(&format!("  {name}"))).unwrap_or_else(|| panic!("{name} in SHA256SUMS"));
+        let out = Command::new("sha256sum").arg(dir.join(name)).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).split(' ').next(), line.split(' ').next(), "{name}");
+    }
+    assert!(dir.join("install.sh").exists(), "install.sh is published beside the tarballs");
+
+    let work = tempfile::tempdir().unwrap();
+    for (arch, machine) in [("x86_64", 62), ("aarch64", 183)] {
+        let tar = dir.join(format!("openbox-{v}-linux-{arch}.tar.gz"));
+        let out = Command::new("tar").arg("-xzf").arg(&tar).arg("-C").arg(work.path()).output().unwrap();
+        assert!(out.status.success());
+        let top = work.path().join(format!("openbox-{v}-linux-{arch}"));
+        for b in ["openbox", "openboxd", "openbox-control", "openbox-agent", "openbox-mcp"] {
+            assert_eq!(elf_machine(&top.join("bin").join(b)), machine, "{arch} {b}");
+        }
+        for f in [
+            "share/man/man1/openbox.1.gz",
+            "share/man/man1/openbox-service-install.1.gz",
+            "share/man/man1/openbox-node-add.1.gz",
+            "share/bash-completion/completions/openbox",
+            "share/zsh/site-functions/_openbox",
+            "share/fish/vendor_completions.d/openbox.fish",
+            "share/openbox/systemd/openbox-control.service",
+            "share/openbox/systemd/openbox-agent.service",
+            "share/openbox/systemd/openboxd.service",
+            "share/openbox/launchd/dev.openbox.openboxd.plist",
+            "share/doc/openbox/LICENSE",
+            "share/doc/openbox/THIRD-PARTY.md",
+        ] {
+            assert!(top.join(f).is_file(), "{arch}: {f}");
+        }
+    }
+    // The aarch64 build runs (under qemu's user-mode emulator, on its own C library).
+    let top = work.path().join(format!("openbox-{v}-linux-aarch64/bin"));
+    for (b, name) in
+        [("openbox", "openbox"), ("openbox-control", "openbox control"), ("openbox-agent", "openbox agent")]
+    {
+        let out = Command::new("qemu-aarch64-static")
+            .args(["-L", "/usr/aarch64-linux-gnu"])
+            .arg(top.join(b))
+            .arg("--version")
+            .output()
+            .expect("qemu-user-static (scripts/setup-test-env installs it)");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("{name} {v}"), "{out:?}");
+    }
+
+    // The package: its files, and a postinst that starts nothing.
+    let deb = dir.join(format!("openbox_{v}_amd64.deb"));
+    let listing = Command::new("dpkg-deb").arg("--contents").arg(&deb).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for f in [
+        "./usr/bin/openbox",
+        "./usr/bin/openbox-agent",
+        "./usr/share/man/man1/openbox-service-install.1.gz",
+        "./usr/share/bash-completion/completions/openbox",
+        "./usr/share/zsh/vendor-completions/_openbox",
+        "./usr/lib/systemd/system/openbox-control.service",
+        "./usr/lib/systemd/user/openboxd.service",
+        "./usr/share/doc/openbox/copyright",
+    ] {
+        assert!(listing.lines().any(|l| l.ends_with(f)), "{f} in the .deb:\n{listing}");
+    }
+    let postinst = Command::new("dpkg-deb").arg("--info").arg(&deb).arg("postinst").output().unwrap();
+    let postinst = String::from_utf8_lossy(&postinst.stdout);
+    assert!(!postinst.contains("enable") && !postinst.contains("systemctl start"), "{postinst}");
+    let info = Command::new("dpkg-deb").args(["--field"]).arg(&deb).args(["Architecture", "Depends"]).output().unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("Architecture: amd64") && info.contains("libc6 (>= 2."), "{info}");
+}
+
+#[test]
+fn install_sh_installs_into_a_fresh_prefix_where_the_fleet_runs_and_upgrades_in_place() {
+    let dir = release();
+    let work = tempfile::tempdir().unwrap();
+    let (prefix, home) = (work.path().join("prefix"), work.path().join("home"));
+    std::fs::create_dir_all(&home).unwrap();
+    let env = [("HOME", home.as_path()), ("P", prefix.as_path()), ("R", dir.as_path()), ("I", &install_sh())];
+
+    // From the release directory: this machine's tarball is picked.
+    let out = sh(r#"sh "$I" --from "$R/" --prefix "$P""#, &env).ok();
+    assert!(out.stderr.contains(&format!("installed openbox {}", version())), "{out:?}");
+    assert!(out.stderr.contains("next: openbox up"), "{out:?}");
+    let v = sh(r#""$P/bin/openbox" --version"#, &env).ok();
+    assert_eq!(v.stdout.trim(), format!("openbox {}", version()));
+    assert!(prefix.join("share/man/man1/openbox-up.1.gz").exists());
+
+    // Its completions load in bash.
+    let c = sh(r#"bash -c '. "$P/share/bash-completion/completions/openbox" && complete -p openbox'"#, &env).ok();
+    assert!(c.stdout.contains("-F _openbox openbox"), "{c:?}");
+
+    // A personal fleet from the installed binaries, and a first command on it.
+    let port = free_port();
+    let state = work.path().join("state");
+    let env_up = [("HOME", home.as_path()), ("P", prefix.as_path()), ("OPENBOX_HOME", state.as_path())];
+    let up = sh(&format!(r#""$P/bin/openbox" up --addr 127.0.0.1:{port}"#), &env_up).ok();
+    assert!(up.stdout.contains("openbox -t local uname -a"), "{up:?}");
+    let first = sh(r#""$P/bin/openbox" -t local echo first command from the prefix"#, &env_up).ok();
+    assert_eq!(first.stdout.trim(), "first command from the prefix");
+
+    // Installing again while openboxd runs: it is stopped cleanly, the next call starts the
+    // (new) one, and the fleet answers as before.
+    let status = sh(r#""$P/bin/openbox" daemon status --json"#, &env_up).ok();
+    let pid =
+        serde_json::from_str::<serde_json::Value>(&status.stdout).unwrap()["pid"].as_u64().expect("openboxd's pid");
+    let again = sh(
+        r#"OPENBOX_HOME="$S" sh "$I" --from "$R/" --prefix "$P""#,
+        &[
+            ("HOME", home.as_path()),
+            ("P", prefix.as_path()),
+            ("R", dir.as_path()),
+            ("I", &install_sh()),
+            ("S", state.as_path()),
+        ],
+    )
+    .ok();
+    assert!(again.stderr.contains("installed openbox"), "{again:?}");
+    // Gone, or a zombie its new parent has not reaped yet.
+    let gone = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    assert!(gone, "the old openboxd ({pid}) stopped");
+    let after = sh(r#""$P/bin/openbox" -t local echo still here"#, &env_up).ok();
+    assert_eq!(after.stdout.trim(), "still here");
+    sh(r#""$P/bin/openbox" down"#, &env_up).ok();
+
+    // From a URL: a release served over HTTP (on loopback).
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "the HTTP server answers"
+    );
+    let url_prefix = work.path().join("from-url");
+    let url = format!("http://127.0.0.1:{port}/openbox-{}-linux-x86_64.tar.gz", version());
+    let out = sh(
+        &format!(r#"sh "$I" --from {url} --prefix "$P""#),
+        &[("HOME", home.as_path()), ("P", url_prefix.as_path()), ("I", &install_sh())],
+    )
+    .ok();
+    assert!(out.stderr.contains("installed openbox"), "{out:?}");
+    assert!(url_prefix.join("bin/openbox-agent").exists());
+    server.kill().ok();
+    server.wait().ok();
+}
+
+#[test]
+fn install_sh_refuses_a_corrupted_tarball_or_one_without_checksums() {
+    let dir = release();
+    let work = tempfile::tempdir().unwrap();
+    let copy = work.path().join("release");
+    std::fs::create_dir(&copy).unwrap();
+    let name = format!("openbox-{}-linux-x86_64.tar.gz", version());
+    std::fs::copy(dir.join("SHA256SUMS"), copy.join("SHA256SUMS")).unwrap();
+    let mut bytes = std::fs::read(dir.join(&name)).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(copy.join(&name), &bytes).unwrap();
+
+    let prefix = work.path().join("prefix");
+    let env = [("HOME", work.path()), ("P", prefix.as_path()), ("I", &install_sh()), ("T", &copy.join(&name))];
+    let out = sh(r#"sh "$I" --from "$T" --prefix "$P""#, &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("checksum mismatch") && out.stderr.contains("refusing to install"), "{out:?}");
+    assert!(!prefix.exists(), "nothing was installed");
+
+    std::fs::remove_file(copy.join("SHA256SUMS")).unwrap();
+    std::fs::write(copy.join(&name), std::fs::read(dir.join(&name)).unwrap()).unwrap();
+    let out = sh(r#"sh "$I" --from "$T" --prefix "$P""#, &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no SHA256SUMS"), "{out:?}");
+    assert!(!prefix.exists(), "nothing was installed");
+}
+
+/// A throw-away root: this machine's own Debian under an overlay that is dropped afterwards,
+/// with loopback only. `systemd` boots a real systemd in it.
+struct Root {
+    name: String,
+}
+
+impl Root {
+    /// `release` is seen at /release in the root (this machine's /tmp is not: a fresh one is).
+    fn start(systemd: bool, release: &Path) -> Root {
+        let name = format!("openbox-root-{}-{}", std::process::id(), free_port());
+        let volume = format!("{}:/release:ro", release.display());
+        let mut args: Vec<&str> = vec!["run", "-d", "--name", &name, "-v", &volume];
+        if systemd {
+            // /tmp and /run start empty (copying this machine's up would race with its files).
+            args.extend(["--systemd=always", "--tmpfs", "/tmp:rw,notmpcopyup", "--tmpfs", "/run:rw,notmpcopyup"]);
+            args.extend(["--rootfs", "/:O", "/lib/systemd/systemd"]);
+        } else {
+            args.extend(["--tmpfs", "/tmp:rw,notmpcopyup", "--rootfs", "/:O", "sleep", "infinity"]);
+        }
+        let out = podman(&args);
+        assert_eq!(out.code, 0, "podman run: {out:?}");
+        Root { name }
+    }
+
+    /// Runs a shell script in the root, as root.
+    fn sh(&self, script: &str) -> Out {
+        podman(&["exec", &self.name, "sh", "-c", script])
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        podman(&["rm", "-f", "-t", "0", &self.name]);
+    }
+}
+
+fn podman(args: &[&str]) -> Out {
+    let out = Command::new("podman")
+        .env("CONTAINERS_CONF", &engines().containers_conf)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    Out::from(out)
+}
+
+fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !check() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
+#[test]
+fn the_deb_installs_with_dpkg_in_a_throwaway_root_and_a_first_command_runs() {
+    let dir = release();
+    let deb = format!("/release/openbox_{}_amd64.deb", version());
+    let root = Root::start(false, &dir);
+    let out = root.sh(&format!(
+        "set -e
+        if command -v openbox; then echo 'openbox was there before the package'; exit 9; fi
+        dpkg -i {deb}
+        openbox --version
+        bash -c '. /usr/share/bash-completion/completions/openbox && complete -p openbox'
+        # Installing started nothing.
+        if pgrep -x openbox-control || pgrep -x openbox-agent; then echo 'a service started'; exit 8; fi
+        export HOME=/tmp/home; mkdir -p $HOME
+        openbox up --addr 127.0.0.1:{port}
+        openbox -t local echo first command from the deb
+        openbox service install control --print | grep -q '^ExecStart=/usr/bin/openbox-control'
+        openbox down
+        dpkg -r openbox
+        if test -e /usr/bin/openbox; then echo 'still there after dpkg -r'; exit 7; fi",
+        port = free_port(),
+    ));
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.contains(&format!("openbox {}", version())), "{out:#?}");
+    assert!(out.stdout.contains("-F _openbox openbox"), "{out:#?}");
+    assert!(out.stdout.contains("first command from the deb"), "{out:#?}");
+}
+
+#[test]
+fn one_install_sh_line_then_one_command_per_service_gives_a_running_fleet_under_systemd() {
+    let dir = release();
+    let root = Root::start(true, &dir);
+    let booted = wait_for(Duration::from_secs(120), || root.sh("systemctl is-active basic.target").code == 0);
+    assert!(booted, "systemd booted in the throw-away root: {:?}", root.sh("systemctl list-jobs --no-pager"));
+
+    let install = root.sh("sh /release/install.sh --from /release/");
+    assert_eq!(install.code, 0, "{install:#?}");
+    assert!(install.stderr.contains("in /usr/local"), "as root, into /usr/local: {install:#?}");
+
+    // The control plane: one command writes, enables and starts it.
+    let control = root.sh("openbox service install control -- --addr 127.0.0.1:7683");
+    assert_eq!(control.code, 0, "{control:#?}");
+    assert!(control.stdout.contains("enabled and started"), "{control:#?}");
+    let verify = root.sh("systemd-analyze verify /etc/systemd/system/openbox-control.service");
+    assert_eq!(verify.code, 0, "{verify:#?}");
+    let security = root.sh("systemd-analyze security --no-pager openbox-control.service | tail -n 1");
+    assert!(security.stdout.contains("OK") || security.stdout.contains("SAFE"), "the sandbox holds: {security:#?}");
+
+    // Its first start logs the admin's login command (journalctl, as the installer said).
+    let mut login = String::new();
+    let logged = wait_for(Duration::from_secs(60), || {
+        let log = root.sh("journalctl -u openbox-control -o cat --no-pager");
+        login = log.stdout.lines().find(|l| l.trim_start().starts_with("openbox login")).unwrap_or_default().to_owned();
+        !login.is_empty()
+    });
+    assert!(logged, "the login command in the journal: {:?}", root.sh("journalctl -u openbox-control --no-pager"));
+    let me = root.sh(&format!("export HOME=/tmp/me; mkdir -p $HOME; {}", login.trim()));
+    assert_eq!(me.code, 0, "{me:#?}");
+
+    // The agent: a token, then one command (the token goes into a file, not the unit).
+    let token = root.sh("HOME=/tmp/me openbox node token --tag svc --json");
+    let token: serde_json::Value = serde_json::from_str(&token.stdout).unwrap_or_else(|_| panic!("{token:#?}"));
+    let token = token["token"].as_str().unwrap().to_owned();
+    let agent = root.sh(&format!(
+        "openbox service install agent -- --server http://127.0.0.1:7683 --token {token} --tag svc --addr 127.0.0.1:7684"
+    ));
+    assert_eq!(agent.code, 0, "{agent:#?}");
+    let unit = root.sh("cat /etc/systemd/system/openbox-agent.service; stat -c %a /etc/openbox/enroll.token");
+    assert!(
+        !unit.stdout.contains(&token) && unit.stdout.contains("--token-file /etc/openbox/enroll.token"),
+        "{unit:#?}"
+    );
+    assert!(unit.stdout.trim_end().ends_with("600"), "{unit:#?}");
+
+    let ran = wait_for(Duration::from_secs(60), || {
+        root.sh("HOME=/tmp/me openbox -t svc echo hello from a service").stdout.contains("hello from a service")
+    });
+    assert!(ran, "a command ran on the service's node: {:?}", root.sh("journalctl -u openbox-agent --no-pager"));
+    let status = root.sh("openbox service status control; echo code=$?; openbox service status --json");
+    assert!(status.stdout.contains("enabled, active") && status.stdout.contains("code=0"), "{status:#?}");
+
+    // Uninstalled: stopped, disabled, unit and token gone; status says so (exit 4).
+    let gone = root.sh(
+        "openbox service uninstall agent && test ! -e /etc/systemd/system/openbox-agent.service \
+         && test ! -e /etc/openbox/enroll.token && ! systemctl is-active openbox-agent; openbox service status agent; echo code=$?",
+    );
+    assert!(gone.stdout.contains("code=4"), "{gone:#?}");
+}
+
+#[test]
+fn service_install_where_no_service_manager_runs_writes_the_unit_and_says_what_to_run() {
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path();
+    let openbox = openbox_e2e::bin("openbox");
+    let run = |args: &[&str]| {
+        Out::from(
+            Command::new(&openbox)
+                .args(args)
+                .env("HOME", home)
+                .env_remove("XDG_CONFIG_HOME")
+                .env_remove("XDG_RUNTIME_DIR")
+                .output()
+                .unwrap(),
+        )
+    };
+    let out = run(&["service", "install", "daemon"]);
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert!(
+        out.stdout.contains("nothing was started") && out.stdout.contains("systemctl --user daemon-reload"),
+        "{out:#?}"
+    );
+    let unit = home.join(".config/systemd/user/openboxd.service");
+    let text = std::fs::read_to_string(&unit).unwrap();
+    assert!(text.contains(&format!("ExecStart={}", openbox.with_file_name("openboxd").display())), "{text}");
+    let runtime = work.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--user"])
+        .arg(&unit)
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+
+    let bad = run(&["service", "install", "agent", "--user", "--", "--no-such-flag"]);
+    assert_eq!(bad.code, 1, "{bad:#?}");
+    assert!(bad.stderr.contains("does not take these arguments") && bad.stderr.contains("--no-such-flag"), "{bad:#?}");
+    assert!(!home.join(".config/systemd/user/openbox-agent.service").exists(), "nothing written for bad arguments");
+    let daemon_system = run(&["service", "install", "daemon", "--system"]);
+    assert!(daemon_system.stderr.contains("openboxd belongs to one user"), "{daemon_system:#?}");
+
+    let status = run(&["service", "status", "daemon", "--json"]);
+    assert_eq!(status.code, 3, "installed, not running: {status:#?}");
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(json[0]["installed"], true);
+    run(&["service", "uninstall", "daemon"]);
+    assert!(!unit.exists());
+    assert_eq!(run(&["service", "status", "daemon"]).code, 4);
+}

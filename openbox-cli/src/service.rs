@@ -1,0 +1,586 @@
+//! `openbox service install|uninstall|status`: the control plane, the agent or openboxd
+//! as a service of this machine's service manager. The unit or property list comes from
+//! the `service` crate, rendered for the directory this `openbox` is in; this file decides
+//! where it goes, moves a token into a file, and asks systemd or launchd to run it — or,
+//! where neither runs (a container, a chroot), says exactly what to run instead.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use service::{Role, Scope};
+
+use crate::args::{ScopeArgs, ServiceCommand};
+
+/// Installed, but not started: no service manager runs here. For `status`: not running.
+const NOT_STARTED: u8 = 3;
+/// `status`: not installed (as LSB init scripts say it).
+const NOT_INSTALLED: u8 = 4;
+
+pub fn command(command: ServiceCommand, json: bool) -> ExitCode {
+    let result = match command {
+        ServiceCommand::Install { role, scope, print, args } => install(role.into(), scope, print, args, json),
+        ServiceCommand::Uninstall { role, scope } => uninstall(role.into(), scope, json),
+        ServiceCommand::Status { role, scope } => status(role.map(Into::into), scope, json),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(msg) => {
+            eprintln!("openbox: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The service manager of this machine, for one scope.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Manager {
+    Systemd,
+    Launchd,
+    /// Files are written, nothing is started.
+    Absent,
+}
+
+impl Manager {
+    fn find(scope: Scope) -> Manager {
+        if cfg!(target_os = "macos") {
+            return Manager::Launchd;
+        }
+        // systemd's own test (sd_booted): it runs this machine when this directory exists.
+        if !Path::new("/run/systemd/system").is_dir() {
+            return Manager::Absent;
+        }
+        match scope {
+            Scope::System => Manager::Systemd,
+            // A user's manager listens on its private socket while the user is logged in.
+            Scope::User => match std::env::var_os("XDG_RUNTIME_DIR") {
+                Some(dir) if Path::new(&dir).join("systemd/private").exists() => Manager::Systemd,
+                _ => Manager::Absent,
+            },
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Manager::Systemd => "systemd",
+            Manager::Launchd => "launchd",
+            Manager::Absent => "none",
+        }
+    }
+}
+
+/// Where one role's service files live in one scope.
+struct Place {
+    role: Role,
+    scope: Scope,
+    /// The unit or the property list.
+    file: PathBuf,
+    /// Where an enrollment token given on the command line is kept.
+    token: PathBuf,
+    /// launchd: where the service's output goes.
+    log: PathBuf,
+}
+
+impl Place {
+    fn new(role: Role, scope: Scope) -> Result<Place, String> {
+        let home = || std::env::var_os("HOME").map(PathBuf::from).ok_or("HOME is not set");
+        let config = || -> Result<PathBuf, String> {
+            Ok(match std::env::var_os("XDG_CONFIG_HOME").filter(|d| Path::new(d).is_absolute()) {
+                Some(d) => PathBuf::from(d),
+                None => home()?.join(".config"),
+            })
+        };
+        let (file, token, log) = match (scope, cfg!(target_os = "macos")) {
+            (Scope::System, false) => (
+                Path::new("/etc/systemd/system").join(role.unit()),
+                PathBuf::from("/etc/openbox/enroll.token"),
+                PathBuf::new(),
+            ),
+            (Scope::User, false) => (
+                config()?.join("systemd/user").join(role.unit()),
+                config()?.join("openbox/enroll.token"),
+                PathBuf::new(),
+            ),
+            (Scope::System, true) => (
+                Path::new("/Library/LaunchDaemons").join(format!("{}.plist", role.label())),
+                PathBuf::from("/etc/openbox/enroll.token"),
+                PathBuf::from(format!("/var/log/openbox-{}.log", role.name())),
+            ),
+            (Scope::User, true) => (
+                home()?.join("Library/LaunchAgents").join(format!("{}.plist", role.label())),
+                config()?.join("openbox/enroll.token"),
+                home()?.join(format!("Library/Logs/openbox-{}.log", role.name())),
+            ),
+        };
+        Ok(Place { role, scope, file, token, log })
+    }
+
+    /// `systemctl` or `systemctl --user`, with these arguments.
+    fn systemctl(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("systemctl");
+        if self.scope == Scope::User {
+            cmd.arg("--user");
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    /// launchd's name for the domain the service is in.
+    fn launchd_domain(&self) -> String {
+        match self.scope {
+            Scope::System => "system".to_owned(),
+            Scope::User => format!("gui/{}", rustix::process::getuid().as_raw()),
+        }
+    }
+
+    fn scope_word(&self) -> &'static str {
+        if self.scope == Scope::System { "system" } else { "user" }
+    }
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The scope asked for, or the default: the machine's for the control plane and the agent
+/// when run as root, else the user's.
+fn choose_scope(role: Role, asked: ScopeArgs, changes_files: bool) -> Result<Scope, String> {
+    if asked.user {
+        return Ok(Scope::User);
+    }
+    if asked.system && !role.has_system_scope() {
+        return Err("openboxd belongs to one user: install it with --user (the default)".into());
+    }
+    if asked.system && changes_files && !is_root() {
+        return Err(format!(
+            "a system service needs root: sudo {} (or --user for a service of your own)",
+            std::env::args().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    if asked.system || (role.has_system_scope() && is_root()) { Ok(Scope::System) } else { Ok(Scope::User) }
+}
+
+fn install(role: Role, scope: ScopeArgs, print: bool, args: Vec<String>, json: bool) -> Result<u8, String> {
+    let scope = choose_scope(role, scope, !print)?;
+    let place = Place::new(role, scope)?;
+    let bin_dir = own_dir()?;
+    let binary = bin_dir.join(role.binary());
+    if !binary.is_file() {
+        return Err(format!(
+            "{} is not beside this openbox (in {}): install the whole release (docs/install.md)",
+            role.binary(),
+            bin_dir.display()
+        ));
+    }
+    let (args, token) = take_token(role, args, &place.token)?;
+    let args = absolute_paths(args)?;
+    check_args(&binary, &args)?;
+    let bin_dir = bin_dir.display().to_string();
+    let text = if cfg!(target_os = "macos") {
+        service::launchd_plist(role, &bin_dir, &args, &place.log.display().to_string())
+    } else {
+        service::systemd_unit(role, scope, &bin_dir, &args)
+    };
+    if print {
+        print!("{text}");
+        return Ok(0);
+    }
+    if let Some(token) = &token {
+        write_file(&place.token, token.as_bytes(), 0o600)?;
+    }
+    write_file(&place.file, text.as_bytes(), 0o644)?;
+    let manager = Manager::find(scope);
+    let started = match manager {
+        Manager::Systemd => {
+            run(place.systemctl(&["daemon-reload"]))?;
+            run(place.systemctl(&["enable", role.unit()]))?;
+            // Restart, not start: installing again takes the new arguments.
+            run(place.systemctl(&["restart", role.unit()]))?;
+            true
+        }
+        Manager::Launchd => {
+            let domain = place.launchd_domain();
+            // Unload an earlier version first; it is not an error when there is none.
+            let _ = Command::new("launchctl")
+                .args(["bootout", &format!("{domain}/{}", role.label())])
+                .stderr(Stdio::null())
+                .status();
+            let mut load = Command::new("launchctl");
+            load.args(["bootstrap", &domain]).arg(&place.file);
+            run(load)?;
+            true
+        }
+        Manager::Absent => false,
+    };
+    let by_hand = by_hand(&place, &binary, &args);
+    if json {
+        let out = serde_json::json!({
+            "role": role.name(),
+            "scope": place.scope_word(),
+            "file": place.file,
+            "token_file": token.as_ref().map(|_| &place.token),
+            "manager": manager.name(),
+            "started": started,
+            "run_instead": if started { None } else { Some(&by_hand) },
+        });
+        println!("{out}");
+    } else {
+        println!("wrote {}", place.file.display());
+        if token.is_some() {
+            println!("wrote the enrollment token to {} (mode 0600)", place.token.display());
+        }
+        if started {
+            println!("{} is enabled and started ({} {} service).", role.unit(), manager.name(), place.scope_word());
+            println!("{}", watch_hint(&place));
+        } else {
+            println!("No service manager runs here ({}), so nothing was started.", why_absent(scope));
+            for line in &by_hand {
+                println!("  {line}");
+            }
+        }
+    }
+    Ok(if started { 0 } else { NOT_STARTED })
+}
+
+/// What to run where no service manager does.
+fn by_hand(place: &Place, binary: &Path, args: &[String]) -> Vec<String> {
+    let mut line = String::new();
+    if let (Scope::System, Some(state)) = (place.scope, place.role.system_state()) {
+        line.push_str(&format!("OPENBOX_HOME={state} "));
+    }
+    line.push_str(&shell_word(&binary.display().to_string()));
+    for a in args {
+        line.push(' ');
+        line.push_str(&shell_word(a));
+    }
+    let user = if place.scope == Scope::User { " --user" } else { "" };
+    vec![
+        format!("start it here by hand:  {line}"),
+        format!(
+            "or, on a machine booted with systemd:  systemctl{user} daemon-reload && systemctl{user} enable --now {}",
+            place.role.unit()
+        ),
+    ]
+}
+
+fn why_absent(scope: Scope) -> &'static str {
+    match scope {
+        Scope::System => "systemd is not running this machine: no /run/systemd/system",
+        Scope::User => "no systemd user manager for you: not booted with systemd, or not logged in",
+    }
+}
+
+fn watch_hint(place: &Place) -> String {
+    match (cfg!(target_os = "macos"), place.scope, place.role) {
+        (true, _, _) => format!("Its output goes to {}.", place.log.display()),
+        (false, Scope::System, Role::Control) => {
+            "Its first start prints the admin's login command: journalctl -u openbox-control".to_owned()
+        }
+        (false, Scope::System, _) => format!("See how it runs: systemctl status {}", place.role.unit()),
+        (false, Scope::User, _) => format!("See how it runs: systemctl --user status {}", place.role.unit()),
+    }
+}
+
+fn uninstall(role: Role, scope: ScopeArgs, json: bool) -> Result<u8, String> {
+    let scope = choose_scope(role, scope, true)?;
+    let place = Place::new(role, scope)?;
+    let installed = place.file.exists();
+    let manager = Manager::find(scope);
+    if installed {
+        match manager {
+            Manager::Systemd => {
+                // A unit that is not loaded cannot be disabled; that is not an error here.
+                let _ = place.systemctl(&["disable", "--now", role.unit()]).stderr(Stdio::null()).status();
+            }
+            Manager::Launchd => {
+                let _ = Command::new("launchctl")
+                    .args(["bootout", &format!("{}/{}", place.launchd_domain(), role.label())])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            Manager::Absent => {}
+        }
+        std::fs::remove_file(&place.file).map_err(|e| format!("{}: {e}", place.file.display()))?;
+        if manager == Manager::Systemd {
+            run(place.systemctl(&["daemon-reload"]))?;
+        }
+    }
+    // The token is only the agent's, and only until it has enrolled.
+    let token_removed = role == Role::Agent && std::fs::remove_file(&place.token).is_ok();
+    let state = match (scope, role.system_state()) {
+        (Scope::System, Some(dir)) => Some(dir.to_owned()),
+        _ => None,
+    };
+    if json {
+        let out = serde_json::json!({
+            "role": role.name(),
+            "scope": place.scope_word(),
+            "file": place.file,
+            "removed": installed,
+            "token_removed": token_removed,
+            "state_kept": state,
+        });
+        println!("{out}");
+    } else if installed {
+        println!("removed {} ({} service {})", place.file.display(), place.scope_word(), role.unit());
+        if let Some(dir) = state {
+            println!("Its state stays in {dir}: remove that directory to forget it for good.");
+        }
+    } else {
+        println!(
+            "{} is not installed as a {} service (no {}).",
+            role.binary(),
+            place.scope_word(),
+            place.file.display()
+        );
+    }
+    Ok(0)
+}
+
+/// One service as `status` shows it.
+struct Shown {
+    role: Role,
+    scope: &'static str,
+    file: PathBuf,
+    installed: bool,
+    /// What the service manager says: `enabled`, `active` …; empty where none runs.
+    enabled: String,
+    active: String,
+}
+
+fn status(role: Option<Role>, scope: ScopeArgs, json: bool) -> Result<u8, String> {
+    let roles = role.map_or_else(|| Role::ALL.to_vec(), |r| vec![r]);
+    let mut shown = Vec::new();
+    for r in roles {
+        let scopes = match (scope.user, scope.system) {
+            (true, _) => vec![Scope::User],
+            (_, true) => vec![choose_scope(r, scope, false)?],
+            _ if r.has_system_scope() => vec![Scope::System, Scope::User],
+            _ => vec![Scope::User],
+        };
+        for s in scopes {
+            let place = Place::new(r, s)?;
+            let installed = place.file.exists();
+            let (enabled, active) = match (installed, Manager::find(s)) {
+                (true, Manager::Systemd) => (
+                    answer(place.systemctl(&["is-enabled", r.unit()])),
+                    answer(place.systemctl(&["is-active", r.unit()])),
+                ),
+                (true, Manager::Launchd) => {
+                    let loaded = Command::new("launchctl")
+                        .args(["print", &format!("{}/{}", place.launchd_domain(), r.label())])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    (String::new(), if loaded { "active".into() } else { "inactive".into() })
+                }
+                _ => (String::new(), String::new()),
+            };
+            shown.push(Shown { role: r, scope: place.scope_word(), file: place.file, installed, enabled, active });
+        }
+    }
+    if json {
+        let list: Vec<_> = shown
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "role": s.role.name(),
+                    "scope": s.scope,
+                    "file": s.file,
+                    "installed": s.installed,
+                    "enabled": (!s.enabled.is_empty()).then_some(&s.enabled),
+                    "active": (!s.active.is_empty()).then_some(&s.active),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        for s in &shown {
+            let what = match (s.installed, s.active.is_empty()) {
+                (false, _) => "not installed".to_owned(),
+                (true, true) => "installed; no service manager runs here".to_owned(),
+                (true, false) if s.enabled.is_empty() => s.active.clone(),
+                (true, false) => format!("{}, {}", s.enabled, s.active),
+            };
+            println!("{:<8} {:<7} {:<55} {what}", s.role.name(), s.scope, s.file.display());
+        }
+    }
+    // With one role named, the exit code answers "is it running?".
+    if role.is_none() {
+        return Ok(0);
+    }
+    Ok(if !shown.iter().any(|s| s.installed) {
+        NOT_INSTALLED
+    } else if shown.iter().any(|s| s.active == "active") {
+        0
+    } else {
+        NOT_STARTED
+    })
+}
+
+/// The first line a `systemctl is-…` query prints.
+fn answer(mut cmd: Command) -> String {
+    cmd.stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The directory this `openbox` runs from: the service runs its sibling.
+fn own_dir() -> Result<PathBuf, String> {
+    let exe =
+        std::env::current_exe().and_then(std::fs::canonicalize).map_err(|e| format!("this program's path: {e}"))?;
+    Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Takes an enrollment token out of the arguments (`--token T`, `--token=T`, or else
+/// OPENBOX_ENROLL_TOKEN for an agent) and names the file it will be kept in instead.
+fn take_token(role: Role, args: Vec<String>, file: &Path) -> Result<(Vec<String>, Option<String>), String> {
+    if role != Role::Agent {
+        return Ok((args, None));
+    }
+    let mut kept = Vec::with_capacity(args.len());
+    let mut token = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--token" {
+            token = Some(it.next().ok_or("--token needs a value")?);
+        } else if let Some(t) = a.strip_prefix("--token=") {
+            token = Some(t.to_owned());
+        } else {
+            kept.push(a);
+        }
+    }
+    let has_file = kept.iter().any(|a| a == "--token-file" || a.starts_with("--token-file="));
+    if token.is_none() && !has_file {
+        token = std::env::var("OPENBOX_ENROLL_TOKEN").ok().filter(|t| !t.is_empty());
+    }
+    if token.is_some() {
+        if has_file {
+            return Err("give the enrollment token once: --token or --token-file".into());
+        }
+        kept.extend(["--token-file".to_owned(), file.display().to_string()]);
+    }
+    Ok((kept, token.map(|t| format!("{}\n", t.trim()))))
+}
+
+/// File arguments made absolute: a service does not start in this directory.
+fn absolute_paths(args: Vec<String>) -> Result<Vec<String>, String> {
+    const FILE_FLAGS: [&str; 4] = ["--ca", "--tls-cert", "--tls-key", "--db"];
+    let takes_file = |flag: &str| flag.ends_with("-file") || FILE_FLAGS.contains(&flag);
+    let absolute = |v: &str| -> Result<String, String> {
+        if v.contains("://") || v.starts_with("sqlite:") || Path::new(v).is_absolute() {
+            return Ok(v.to_owned());
+        }
+        std::path::absolute(v).map(|p| p.display().to_string()).map_err(|e| format!("{v}: {e}"))
+    };
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter().peekable();
+    while let Some(a) = it.next() {
+        if let Some((flag, value)) = a.split_once('=').filter(|(f, _)| f.starts_with("--") && takes_file(f)) {
+            out.push(format!("{flag}={}", absolute(value)?));
+        } else if a.starts_with("--") && takes_file(&a) && it.peek().is_some() {
+            let value = it.next().unwrap_or_default();
+            out.push(a);
+            out.push(absolute(&value)?);
+        } else {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+/// Lets the role's own parser judge the arguments now, not at the service's first start.
+fn check_args(binary: &Path, args: &[String]) -> Result<(), String> {
+    let out = Command::new(binary)
+        .args(args)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    let first = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("refused").trim();
+    Err(format!(
+        "{} does not take these arguments: {first} (see `{} --help`)",
+        binary.display(),
+        binary.file_name().unwrap_or_default().to_string_lossy()
+    ))
+}
+
+/// Writes `bytes` to `path` whole (a new file renamed into place), with `mode`.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let tmp = path.with_extension("new");
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(fail)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// Runs a service manager's command; its own words when it fails.
+fn run(mut cmd: Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{shown}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+}
+
+/// A word the shell takes literally.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=,+@".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_on_the_command_line_becomes_a_file_argument() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (kept, token) =
+            take_token(Role::Agent, args(&["--server", "https://h", "--token", "enroll_x"]), Path::new("/t")).unwrap();
+        assert_eq!(token.as_deref(), Some("enroll_x\n"));
+        assert_eq!(&kept[..2], ["--server", "https://h"]);
+        assert_eq!(&kept[2..], ["--token-file", "/t"]);
+        assert!(!kept.iter().any(|a| a.contains("enroll_x")), "{kept:?}");
+        let (kept, token) = take_token(Role::Agent, args(&["--token=enroll_y"]), Path::new("/t")).unwrap();
+        assert_eq!((kept[0].as_str(), token.as_deref()), ("--token-file", Some("enroll_y\n")));
+        assert!(take_token(Role::Agent, args(&["--token", "a", "--token-file", "/f"]), Path::new("/t")).is_err());
+        let (kept, token) = take_token(Role::Control, args(&["--addr", "0.0.0.0:1"]), Path::new("/t")).unwrap();
+        assert_eq!((kept.len(), token), (2, None));
+    }
+
+    #[test]
+    fn file_arguments_are_made_absolute() {
+        let args: Vec<String> = ["--tls-cert", "c.pem", "--ca=k", "--db", "postgres://h/db", "--addr", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let out = absolute_paths(args).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(out[1], cwd.join("c.pem").display().to_string());
+        assert_eq!(out[2], format!("--ca={}", cwd.join("k").display()));
+        assert_eq!(&out[3..], ["--db", "postgres://h/db", "--addr", "x"]);
+    }
+
+    #[test]
+    fn shell_words_survive_the_shell() {
+        assert_eq!(shell_word("/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(shell_word("a b'c"), r"'a b'\''c'");
+    }
+}

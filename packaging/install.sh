@@ -1,0 +1,128 @@
+#!/bin/sh
+# Installs openbox from a release: a tarball's URL or file, or the release directory that
+# holds the tarballs (this machine's is picked). The checksum is checked against the
+# SHA256SUMS published beside the tarball; on a mismatch nothing is installed.
+#
+#   install.sh --from https://…/releases/0.1.0/                (this machine's tarball)
+#   install.sh --from ./openbox-0.1.0-linux-x86_64.tar.gz --prefix /opt/openbox
+#   curl -fsSL https://…/releases/0.1.0/install.sh | sh -s -- --from https://…/releases/0.1.0/
+#
+# --prefix DIR  where to install [default: ~/.local, or /usr/local as root]
+# Running it again installs again (an upgrade); a running openboxd is stopped cleanly, and
+# the next openbox call starts the new one.
+set -eu
+
+say() { printf 'install.sh: %s\n' "$*" >&2; }
+fail() { say "$*"; exit 1; }
+
+from=""
+prefix=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --from) [ $# -ge 2 ] || fail "--from needs a URL or a file"; from=$2; shift 2 ;;
+    --from=*) from=${1#--from=}; shift ;;
+    --prefix) [ $# -ge 2 ] || fail "--prefix needs a directory"; prefix=$2; shift 2 ;;
+    --prefix=*) prefix=${1#--prefix=}; shift ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) fail "unknown argument $1 (see --help)" ;;
+  esac
+done
+[ -n "$from" ] || fail "say where the release is: --from URL|FILE (a tarball, or the directory holding them)"
+if [ -z "$prefix" ]; then
+  if [ "$(id -u)" -eq 0 ]; then prefix=/usr/local; else prefix="${HOME:?HOME is not set}/.local"; fi
+fi
+
+case "$(uname -s)" in
+  Linux) os=linux ;;
+  Darwin) fail "no macOS build is published; build it from source (docs/install.md, \"macOS\")" ;;
+  *) fail "openbox is built for Linux and macOS, not $(uname -s)" ;;
+esac
+case "$(uname -m)" in
+  x86_64|amd64) arch=x86_64 ;;
+  aarch64|arm64) arch=aarch64 ;;
+  *) fail "no build for $(uname -m): x86_64 and aarch64 are published" ;;
+esac
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT INT TERM
+
+is_url() { case "$1" in http://*|https://*) return 0 ;; *) return 1 ;; esac; }
+fetch() { # SOURCE DEST: a URL or a local file
+  if is_url "$1"; then
+    if command -v curl >/dev/null 2>&1; then curl -fsSL -o "$2" "$1"
+    elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
+    else fail "neither curl nor wget is installed to fetch $1"; fi
+  else
+    cp "$1" "$2"
+  fi
+}
+sha256() {
+  if command -v sha256sum >/dev/null 2>&1; then sha256sum "$1" | cut -d' ' -f1
+  else shasum -a 256 "$1" | cut -d' ' -f1; fi
+}
+
+# Where the release is: the tarball's directory, and the tarball's name.
+if is_url "$from"; then
+  case "$from" in
+    */) dir=${from%/}; name="" ;;
+    *) dir=${from%/*}; name=${from##*/} ;;
+  esac
+elif [ -d "$from" ]; then
+  dir=$from; name=""
+elif [ -f "$from" ]; then
+  dir=$(dirname "$from"); name=$(basename "$from")
+else
+  fail "$from: no such file or directory"
+fi
+
+fetch "$dir/SHA256SUMS" "$tmp/SHA256SUMS" 2>/dev/null \
+  || fail "no SHA256SUMS beside the release in $dir: refusing to install what cannot be checked"
+if [ -z "$name" ]; then
+  name=$(sed -n "s/^[0-9a-f]\{64\}  \(openbox-[^ ]*-$os-$arch\.tar\.gz\)\$/\1/p" "$tmp/SHA256SUMS" | tail -n 1)
+  [ -n "$name" ] || fail "the release in $dir has no $os-$arch tarball"
+fi
+expected=$(awk -v n="$name" '$2 == n || $2 == "*" n { print $1 }' "$tmp/SHA256SUMS")
+[ -n "$expected" ] || fail "SHA256SUMS in $dir does not list $name: refusing to install it"
+
+say "fetching $name"
+fetch "$dir/$name" "$tmp/$name" || fail "cannot fetch $dir/$name"
+actual=$(sha256 "$tmp/$name")
+[ "$actual" = "$expected" ] \
+  || fail "checksum mismatch for $name: SHA256SUMS says $expected, the file is $actual; refusing to install it"
+
+mkdir "$tmp/x"
+tar -xzf "$tmp/$name" -C "$tmp/x" || fail "$name is not a tarball openbox can read"
+top=$(find "$tmp/x" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+[ -x "$top/bin/openbox" ] || fail "$name holds no bin/openbox: not an openbox release"
+
+# Each file goes in as a new file renamed over the old one: a running binary keeps its old
+# inode, and no one ever sees half a file.
+put() { # SRC DEST MODE
+  mkdir -p "$(dirname "$2")"
+  cp "$1" "$2.new.$$"
+  chmod "$3" "$2.new.$$"
+  mv -f "$2.new.$$" "$2"
+}
+old_version=""
+[ -x "$prefix/bin/openbox" ] && old_version=$("$prefix/bin/openbox" --version 2>/dev/null || true)
+for b in "$top"/bin/*; do put "$b" "$prefix/bin/$(basename "$b")" 0755; done
+for f in $(cd "$top/share" && find . -type f); do put "$top/share/$f" "$prefix/share/${f#./}" 0644; done
+new_version=$("$prefix/bin/openbox" --version) || fail "the installed $prefix/bin/openbox does not run on this machine"
+
+# An upgrade: each context's openboxd stops cleanly; the next call starts the new one.
+if [ -n "$old_version" ]; then
+  for ctx in $("$prefix/bin/openbox" context ls --json 2>/dev/null | tr ',' '\n' | sed -n 's/.*"name": *"\([a-z0-9_-]*\)".*/\1/p'); do
+    "$prefix/bin/openbox" --context "$ctx" daemon stop >/dev/null 2>&1 || true
+  done
+fi
+
+if [ -n "$old_version" ] && [ "$old_version" != "$new_version" ]; then
+  say "upgraded $old_version to $new_version in $prefix"
+else
+  say "installed $new_version in $prefix"
+fi
+case ":$PATH:" in
+  *":$prefix/bin:"*) ;;
+  *) say "$prefix/bin is not on your PATH: add it, e.g. export PATH=\"$prefix/bin:\$PATH\"" ;;
+esac
+say "next: openbox up     (a personal fleet here; then: openbox -t local uname -a)"
