@@ -119,6 +119,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `openbox man` asks each binary for its own manual pages (packaging/build installs them).
+    if let Some(dir) = telemetry::man_pages_dir() {
+        let cmd = <Args as clap::CommandFactory>::command().display_name("openbox-control");
+        return telemetry::write_man_pages(cmd, &dir);
+    }
     let mut args = Args::parse();
     telemetry::init(args.verbose);
     telemetry::raise_open_file_limit();

@@ -77,8 +77,14 @@ fn the_release_has_tarballs_and_debs_for_both_architectures_with_their_checksums
         for b in ["openbox", "openboxd", "openbox-control", "openbox-agent", "openbox-mcp"] {
             assert_eq!(elf_machine(&top.join("bin").join(b)), machine, "{arch} {b}");
         }
+        // The control plane's and the agent's pages are their own binaries' (every flag).
+        for (page, flag) in [("openbox-control.1.gz", "metrics\\-token\\-file"), ("openbox-agent.1.gz", "run\\-as")] {
+            let text = Command::new("zcat").arg(top.join("share/man/man1").join(page)).output().unwrap();
+            assert!(String::from_utf8_lossy(&text.stdout).contains(flag), "{arch}: {page} documents --{flag}");
+        }
         for f in [
             "share/man/man1/openbox.1.gz",
+            "share/man/man1/openbox-control-migrate.1.gz",
             "share/man/man1/openbox-service-install.1.gz",
             "share/man/man1/openbox-node-add.1.gz",
             "share/bash-completion/completions/openbox",

@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 
 use clap::CommandFactory as _;
 
@@ -26,13 +26,23 @@ pub fn completions(shell: Shell) -> ExitCode {
 }
 
 /// openbox.1, and openbox-COMMAND.1 for each command (openbox-node-add.1 for `node add`).
+/// `openbox control` and `openbox agent` only hand their arguments on, so their pages come
+/// from the binaries that parse them, beside this one.
 pub fn man_pages(dir: &Path) -> ExitCode {
-    let written = std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Cli::command(), dir));
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("openbox: cannot write the manual pages into {}: {e}", dir.display());
-            ExitCode::FAILURE
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Cli::command(), dir)) {
+        eprintln!("openbox: cannot write the manual pages into {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    for binary in ["openbox-control", "openbox-agent"] {
+        let wrote = Command::new(paths::sibling_binary(binary)).arg(MAN_PAGES_ARG).arg(dir).status();
+        if !wrote.is_ok_and(|s| s.success()) {
+            eprintln!("openbox: {binary} did not write its manual pages into {}", dir.display());
+            return ExitCode::FAILURE;
         }
     }
+    ExitCode::SUCCESS
 }
+
+/// What `openbox-control` and `openbox-agent` take to write their pages (their `telemetry`
+/// crate's word for it; the CLI does not link that crate).
+const MAN_PAGES_ARG: &str = "--man-pages";

@@ -3,6 +3,8 @@
 //! `EnvFilter` such as `debug` or `openbox_agent=trace`).
 //!
 //! Only binaries call this; libraries emit `tracing` events and never install anything.
+//! Beside logging: the open-file limit a service raises at start, and the manual pages a
+//! service binary writes when `openbox man` asks for them (`--man-pages DIR`).
 
 /// The variable that overrides the level, for every openbox process.
 pub const LOG_ENV: &str = "OPENBOX_LOG";
@@ -58,6 +60,28 @@ pub fn untrusted(text: &str) -> String {
         }
     }
     out
+}
+
+/// The argument `openbox man --out DIR` starts a service binary with to have it write its
+/// manual pages (checked before the binary's own flags are parsed, so it needs none of them).
+pub const MAN_PAGES_ARG: &str = "--man-pages";
+
+/// `DIR` when this process was started as `BINARY --man-pages DIR`.
+pub fn man_pages_dir() -> Option<std::path::PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    (args.next()? == MAN_PAGES_ARG).then(|| args.next().map(Into::into)).flatten()
+}
+
+/// Writes `cmd`'s manual page and one per subcommand into `dir` (named after the command's
+/// display name: `openbox-control.1`, `openbox-control-migrate.1`).
+pub fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> std::process::ExitCode {
+    match std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(cmd, dir)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the manual pages into {}: {e}", dir.display());
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]
