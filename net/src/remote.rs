@@ -107,7 +107,7 @@ fn judge(host: &str, port: u16, policy: &HostKeyPolicy, key: &PublicKey) -> Verd
         HostKeyStatus::Changed { line, recorded } => Err(format!(
             "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED for {name}! Someone could be eavesdropping on you right \
              now (a man-in-the-middle attack), or the host key has just been changed. It presents {presented}; \
-             {file}:{line} records {recorded}. If the change is expected, remove that line (`ssh-keygen -R '{name}'`) \
+             {file}:{line} records {recorded}. If the change is expected, remove that line (`ssh-keygen -R '{name}' -f '{file}'`) \
              and try again. Refusing to connect"
         )),
         HostKeyStatus::Revoked { line } => Err(format!(

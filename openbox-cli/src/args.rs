@@ -13,7 +13,7 @@ use proto::request::{
 
 const AFTER_HELP: &str = "\
 Run a command on a node:
-  openbox -t TAG CMD [ARGS…]      on any node carrying TAG (online nodes first)
+  openbox -t TAG CMD [ARGS…]      on an online node carrying TAG
   openbox -n NODE CMD [ARGS…]     on one node, by id or name
   openbox -t TAG -s NAME CMD      in persistent session NAME: same node, shell, cwd, env
   openbox -t TAG --docker IMG CMD in a fresh container from IMG (removed afterwards)
@@ -78,9 +78,9 @@ pub struct RunArgs {
     /// given; repeatable).
     #[arg(short = 't', long = "tag", value_name = "TAG")]
     tags: Vec<String>,
-    /// Run on every online node with the tag(s), at most --fanout at once; each line is
-    /// prefixed `name: `, a summary goes to stderr, and the exit code is the largest
-    /// remote one (255 if a node was unreachable).
+    /// Run on every node with the tag(s), at most --fanout at once; each line is prefixed
+    /// `name: `, a summary goes to stderr, and the exit code is the largest remote one (255
+    /// if a node was unreachable; an offline node counts as unreachable).
     #[arg(long, requires = "tags", conflicts_with_all = ["node", "session"])]
     all: bool,
     /// Keep at most SIZE bytes of each stream (e.g. 64k, 1m): its head and its tail, with a
