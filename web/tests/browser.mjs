@@ -35,15 +35,23 @@ const ops = {
   fresh,
   goto: async ({ url }) => {
     // Tests beside this one make and remove network interfaces (the node-add hosts'
-    // namespaces); Chromium aborts a navigation that sees one change, and says so.
+    // namespaces); Chromium aborts a request that sees one change. The page itself may
+    // fail (ERR_NETWORK_CHANGED, or a navigation cut short by its error page), or only a
+    // script it loads, leaving a page that never draws: either way, load it again.
+    const changed = text => /ERR_NETWORK_CHANGED|interrupted by another navigation to "chrome-error:/.test(text);
     for (let attempt = 1; ; attempt++) {
+      let lost = null;
+      const onFailed = r => { if (changed(r.failure()?.errorText ?? '')) lost = r.url(); };
+      page.on('requestfailed', onFailed);
       try {
         await page.goto(url);
-        return;
+        if (page.url().startsWith('chrome-error:')) lost = url;
+        if (!lost) return;
+        if (attempt >= 5) throw new Error(`${lost} failed on every try: the network kept changing`);
       } catch (e) {
-        // (It says so as ERR_NETWORK_CHANGED, or as a navigation cut short by its error page.)
-        const changed = /ERR_NETWORK_CHANGED|interrupted by another navigation to "chrome-error:/.test(String(e));
-        if (attempt >= 5 || !changed) throw e;
+        if (attempt >= 5 || !changed(String(e))) throw e;
+      } finally {
+        page.off('requestfailed', onFailed);
       }
     }
   },
