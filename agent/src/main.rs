@@ -108,7 +108,7 @@ fn main() -> ExitCode {
         };
     }
     // `openbox man` asks each binary for its own manual pages (packaging/build installs them).
-    if let Some(dir) = telemetry::man_pages_dir() {
+    if let Some(dir) = telemetry::man_pages_dir(proto::MAN_PAGES_ARG) {
         let cmd = <Args as clap::CommandFactory>::command().display_name("openbox-agent");
         return telemetry::write_man_pages(cmd, &dir);
     }

@@ -863,6 +863,17 @@ impl Engines {
     }
 }
 
+/// podman with the test engines' settings (`CONTAINERS_CONF`), run to its end.
+pub fn podman(args: &[&str]) -> Out {
+    let out = Command::new("podman")
+        .env("CONTAINERS_CONF", &engines().containers_conf)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run podman");
+    Out::from(out)
+}
+
 pub fn engines() -> &'static Engines {
     static ENGINES: std::sync::OnceLock<Engines> = std::sync::OnceLock::new();
     ENGINES.get_or_init(|| {

@@ -8,9 +8,9 @@ use openbox_e2e::{Cli, bin, engines, free_port, wait_until};
 
 /// podman with the test engines' settings; its output, or a panic with its words.
 fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman").env("CONTAINERS_CONF", &engines().containers_conf).args(args).output().unwrap();
-    assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = openbox_e2e::podman(args);
+    assert!(out.code == 0, "podman {args:?}: {}", out.stderr);
+    out.stdout
 }
 
 /// A base image with just the C library the binary needs, from this machine (no registry

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use openbox_e2e::{Out, engines, free_port};
+use openbox_e2e::{Out, free_port, podman};
 
 /// The release directory packaging/build wrote.
 fn release() -> PathBuf {
@@ -21,12 +21,6 @@ fn release() -> PathBuf {
         dir.display()
     );
     dir.canonicalize().unwrap()
-}
-
-fn version() -> String {
-    let cargo = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml")).unwrap();
-    let line = cargo.lines().find(|l| l.starts_with("version = ")).unwrap();
-    line.trim_start_matches("version = ").trim_matches('"').to_owned()
 }
 
 fn sh(script: &str, env: &[(&str, &Path)]) -> Out {
@@ -52,7 +46,7 @@ fn elf_machine(path: &Path) -> u16 {
 #[test]
 fn the_release_has_tarballs_and_debs_for_both_architectures_with_their_checksums() {
     let dir = release();
-    let v = version();
+    let v = proto::VERSION;
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
     let names = [
         format!("openbox-{v}-linux-x86_64.tar.gz"),
@@ -148,10 +142,10 @@ fn install_sh_installs_into_a_fresh_prefix_where_the_fleet_runs_and_upgrades_in_
 
     // From the release directory: this machine's tarball is picked.
     let out = sh(r#"sh "$I" --from "$R/" --prefix "$P""#, &env).ok();
-    assert!(out.stderr.contains(&format!("installed openbox {}", version())), "{out:?}");
+    assert!(out.stderr.contains(&format!("installed openbox {}", proto::VERSION)), "{out:?}");
     assert!(out.stderr.contains("next: openbox up"), "{out:?}");
     let v = sh(r#""$P/bin/openbox" --version"#, &env).ok();
-    assert_eq!(v.stdout.trim(), format!("openbox {}", version()));
+    assert_eq!(v.stdout.trim(), format!("openbox {}", proto::VERSION));
     assert!(prefix.join("share/man/man1/openbox-up.1.gz").exists());
 
     // Its completions load in bash.
@@ -207,7 +201,7 @@ fn install_sh_installs_into_a_fresh_prefix_where_the_fleet_runs_and_upgrades_in_
         "the HTTP server answers"
     );
     let url_prefix = work.path().join("from-url");
-    let url = format!("http://127.0.0.1:{port}/openbox-{}-linux-x86_64.tar.gz", version());
+    let url = format!("http://127.0.0.1:{port}/openbox-{}-linux-x86_64.tar.gz", proto::VERSION);
     let out = sh(
         &format!(r#"sh "$I" --from {url} --prefix "$P""#),
         &[("HOME", home.as_path()), ("P", url_prefix.as_path()), ("I", &install_sh())],
@@ -225,7 +219,7 @@ fn install_sh_refuses_a_corrupted_tarball_or_one_without_checksums() {
     let work = tempfile::tempdir().unwrap();
     let copy = work.path().join("release");
     std::fs::create_dir(&copy).unwrap();
-    let name = format!("openbox-{}-linux-x86_64.tar.gz", version());
+    let name = format!("openbox-{}-linux-x86_64.tar.gz", proto::VERSION);
     std::fs::copy(dir.join("SHA256SUMS"), copy.join("SHA256SUMS")).unwrap();
     let mut bytes = std::fs::read(dir.join(&name)).unwrap();
     let middle = bytes.len() / 2;
@@ -283,16 +277,6 @@ impl Drop for Root {
     }
 }
 
-fn podman(args: &[&str]) -> Out {
-    let out = Command::new("podman")
-        .env("CONTAINERS_CONF", &engines().containers_conf)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Out::from(out)
-}
-
 fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while !check() {
@@ -307,7 +291,7 @@ fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
 #[test]
 fn the_deb_installs_with_dpkg_in_a_throwaway_root_and_a_first_command_runs() {
     let dir = release();
-    let deb = format!("/release/openbox_{}_amd64.deb", version());
+    let deb = format!("/release/openbox_{}_amd64.deb", proto::VERSION);
     let root = Root::start(false, &dir);
     let out = root.sh(&format!(
         "set -e
@@ -327,7 +311,7 @@ fn the_deb_installs_with_dpkg_in_a_throwaway_root_and_a_first_command_runs() {
         port = free_port(),
     ));
     assert_eq!(out.code, 0, "{out:#?}");
-    assert!(out.stdout.contains(&format!("openbox {}", version())), "{out:#?}");
+    assert!(out.stdout.contains(&format!("openbox {}", proto::VERSION)), "{out:#?}");
     assert!(out.stdout.contains("-F _openbox openbox"), "{out:#?}");
     assert!(out.stdout.contains("first command from the deb"), "{out:#?}");
 }

@@ -34,7 +34,7 @@ pub fn man_pages(dir: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     }
     for binary in ["openbox-control", "openbox-agent"] {
-        let wrote = Command::new(paths::sibling_binary(binary)).arg(MAN_PAGES_ARG).arg(dir).status();
+        let wrote = Command::new(paths::sibling_binary(binary)).arg(proto::MAN_PAGES_ARG).arg(dir).status();
         if !wrote.is_ok_and(|s| s.success()) {
             eprintln!("openbox: {binary} did not write its manual pages into {}", dir.display());
             return ExitCode::FAILURE;
@@ -42,7 +42,3 @@ pub fn man_pages(dir: &Path) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
-
-/// What `openbox-control` and `openbox-agent` take to write their pages (their `telemetry`
-/// crate's word for it; the CLI does not link that crate).
-const MAN_PAGES_ARG: &str = "--man-pages";

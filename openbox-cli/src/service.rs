@@ -4,8 +4,6 @@
 //! where it goes, moves a token into a file, and asks systemd or launchd to run it — or,
 //! where neither runs (a container, a chroot), says exactly what to run instead.
 
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -187,9 +185,16 @@ fn install(role: Role, scope: ScopeArgs, print: bool, args: Vec<String>, json: b
         return Ok(0);
     }
     if let Some(token) = &token {
-        write_file(&place.token, token.as_bytes(), 0o600)?;
+        paths::write_private(&place.token, token.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", place.token.display()))?;
     }
-    write_file(&place.file, text.as_bytes(), 0o644)?;
+    // A unit holds no secret: readable by all, as the service manager's own are.
+    place
+        .file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| paths::write_atomically(&place.file, text.as_bytes(), 0o644))
+        .map_err(|e| format!("cannot write {}: {e}", place.file.display()))?;
     let manager = Manager::find(scope);
     let started = match manager {
         Manager::Systemd => {
@@ -510,20 +515,6 @@ fn check_args(binary: &Path, args: &[String]) -> Result<(), String> {
         binary.display(),
         binary.file_name().unwrap_or_default().to_string_lossy()
     ))
-}
-
-/// Writes `bytes` to `path` whole (a new file renamed into place), with `mode`.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
-    }
-    let tmp = path.with_extension("new");
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(fail)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(fail)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)
 }
 
 /// Runs a service manager's command; its own words when it fails.

@@ -317,11 +317,17 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// Writes a file only its owner can read (0600), atomically: a crash leaves the old
 /// contents or the new, never half.
 pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         create_private_dir(dir)?;
     }
+    write_atomically(path, contents, 0o600)
+}
+
+/// Writes `path` whole with `mode`, into a directory that exists: a new file renamed over
+/// the old, so a crash leaves the old contents or the new, never half.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
@@ -331,7 +337,9 @@ pub fn write_private(path: &std::path::Path, contents: &[u8]) -> std::io::Result
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+    // Exactly `mode`, whatever the umask took away.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     f.write_all(contents)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

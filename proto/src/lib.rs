@@ -18,6 +18,10 @@ pub use isolation::Isolation;
 /// openbox's release version, shown by `--version` and sent in heartbeats.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The argument `openbox man --out DIR` runs `openbox-control` and `openbox-agent` with to
+/// have them write their own manual pages into DIR (before their flags are parsed).
+pub const MAN_PAGES_ARG: &str = "--man-pages";
+
 /// Exit code for openbox's own failures (as ssh uses 255), distinct from remote exit codes.
 pub const EXIT_OPENBOX_FAILURE: u8 = 255;
 

@@ -62,14 +62,11 @@ pub fn untrusted(text: &str) -> String {
     out
 }
 
-/// The argument `openbox man --out DIR` starts a service binary with to have it write its
-/// manual pages (checked before the binary's own flags are parsed, so it needs none of them).
-pub const MAN_PAGES_ARG: &str = "--man-pages";
-
-/// `DIR` when this process was started as `BINARY --man-pages DIR`.
-pub fn man_pages_dir() -> Option<std::path::PathBuf> {
+/// `DIR` when this process was started as `BINARY FLAG DIR` (`proto::MAN_PAGES_ARG`:
+/// checked before the binary's own flags are parsed, so it needs none of them).
+pub fn man_pages_dir(flag: &str) -> Option<std::path::PathBuf> {
     let mut args = std::env::args_os().skip(1);
-    (args.next()? == MAN_PAGES_ARG).then(|| args.next().map(Into::into)).flatten()
+    (args.next()? == flag).then(|| args.next().map(Into::into)).flatten()
 }
 
 /// Writes `cmd`'s manual page and one per subcommand into `dir` (named after the command's
