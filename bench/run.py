@@ -314,6 +314,20 @@ def stdin_throughput(argv, nbytes, env=None):
     return nbytes / (time.perf_counter() - start) / 1e6
 
 
+def echo_throughput(argv, nbytes, env=None):
+    """MB/s (each way) of `head -c N /dev/zero` through a remote `cat` and back into
+    `wc -c`: both directions at once, checked complete."""
+    start = time.perf_counter()
+    head = subprocess.Popen(["head", "-c", str(nbytes), "/dev/zero"], stdout=subprocess.PIPE)
+    remote = subprocess.Popen(argv + ["cat"], env=env, stdin=head.stdout, stdout=subprocess.PIPE)
+    head.stdout.close()
+    counted = subprocess.run(["wc", "-c"], stdin=remote.stdout, capture_output=True, text=True, check=True)
+    remote.stdout.close()
+    if remote.wait() != 0 or head.wait() != 0 or int(counted.stdout) != nbytes:
+        sys.exit(f"{argv}: {counted.stdout.strip()} bytes came back through cat, not {nbytes}")
+    return nbytes / (time.perf_counter() - start) / 1e6
+
+
 def make_tree(root):
     os.makedirs(os.path.join(root, "small"))
     with open(os.path.join(root, "big.bin"), "wb") as f:
@@ -463,6 +477,11 @@ def main():
         in_cm = stdin_throughput(master, args.bytes)
         rows.append((f"stdin throughput, {args.bytes / 1e6:.0f} MB", f"{in_ob:.0f} MB/s", f"{in_cm:.0f} MB/s", "",
                      f"{in_ob / in_cm:.2f}x ControlMaster"))
+        # Both directions at once: each end writes while the other has unread data waiting.
+        echo_ob = echo_throughput(ob, args.bytes, env)
+        echo_cm = echo_throughput(master, args.bytes)
+        rows.append((f"stdin through `cat` to stdout, {args.bytes / 1e6:.0f} MB", f"{echo_ob:.0f} MB/s",
+                     f"{echo_cm:.0f} MB/s", "", f"{echo_ob / echo_cm:.2f}x ControlMaster"))
 
         # rsync pulling a tree (one 200 MB file and 500 small ones), openbox as its remote
         # shell against ssh through the ControlMaster: a real client on non-blocking stdio.

@@ -54,19 +54,39 @@ fn stdin_is_forwarded() {
     assert_eq!(out.stdout.trim(), "3000000");
 }
 
-#[test]
-fn a_command_streaming_stdin_to_stdout_neither_hangs_nor_loses_bytes() {
-    let (_cp, cli, _agent) = fleet(&["t"]);
-    // More than every pipe and window in between can hold, in both directions at once.
-    let data: Vec<u8> = (0..30_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+/// Sends `len` bytes through `cat` on the node while reading them back, and checks that
+/// all of them came back, in order.
+fn echo_through_cat(cli: &Cli, len: u32, seed: u32) {
+    let data: Vec<u8> = (0..len).map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let mut child = cli.cmd().args(["-t", "t", "cat"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let sent = data.clone();
     let feeder = std::thread::spawn(move || stdin.write_all(&sent));
     let out = child.wait_with_output().unwrap();
     feeder.join().unwrap().unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{out:?}");
     assert!(out.stdout == data, "got {} bytes back of {}", out.stdout.len(), data.len());
+}
+
+#[test]
+fn a_command_streaming_stdin_to_stdout_neither_hangs_nor_loses_bytes() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    // More than every pipe and window in between can hold, in both directions at once.
+    echo_through_cat(&cli, 30_000_000, 0);
+}
+
+#[test]
+fn commands_streaming_both_ways_at_once_on_one_connection_all_finish() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    cli.run(&["-t", "t", "true"]).ok(); // one pooled connection, which the calls below share
+    // Their windows together hold far more than the sockets between openboxd and the
+    // agent buffer: both ends have more to write than the other has yet read.
+    std::thread::scope(|s| {
+        for seed in 0..4 {
+            let cli = &cli;
+            s.spawn(move || echo_through_cat(cli, 20_000_000, seed));
+        }
+    });
 }
 
 #[test]

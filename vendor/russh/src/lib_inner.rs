@@ -544,6 +544,91 @@ pub(crate) async fn flush_or_timeout<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Sealed packets on their way to the socket, written by the session loop from a branch of
+/// its `select!` so that it goes on reading while the peer is slow to read. A loop that
+/// waited in the write would stop reading too: two peers each waiting to write to the
+/// other, neither reading, never wake once their channel windows hold more than the
+/// sockets buffer between them.
+///
+/// While bytes wait here the loop takes no more application data (the peer's reading paces
+/// the application), and past [`Outgoing::READ_PAUSE`] it stops reading as well, so a peer
+/// that never reads cannot grow it without bound with requests that want replies.
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl Outgoing {
+    /// Unwritten bytes past which the loop stops reading the peer until they are written.
+    pub(crate) const READ_PAUSE: usize = 16 << 20;
+
+    /// Takes the packets `writer` has sealed since the last call, then writes what the
+    /// socket takes without waiting.
+    pub(crate) fn take_and_write_now<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut sshbuffer::PacketWriter,
+        stream: &mut W,
+    ) -> Result<(), Error> {
+        let sealed = &mut writer.buffer().buffer;
+        if self.bytes.is_empty() {
+            std::mem::swap(&mut self.bytes, sealed);
+        } else {
+            self.bytes.extend_from_slice(sealed);
+            sealed.clear();
+        }
+        while !self.is_empty() {
+            // `write_some` is cancel-safe: a write that is not ready has taken nothing.
+            match futures::FutureExt::now_or_never(self.write_some(stream)) {
+                Some(r) => r?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.written == self.bytes.len()
+    }
+
+    pub(crate) fn unwritten(&self) -> usize {
+        self.bytes.len() - self.written
+    }
+
+    /// Writes some of the bytes, as many as the socket takes at once. Cancel-safe.
+    pub(crate) async fn write_some<W: AsyncWrite + Unpin>(&mut self, stream: &mut W) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt;
+        let n = stream.write(&self.bytes[self.written..]).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        self.written += n;
+        if self.is_empty() {
+            self.bytes.clear();
+            self.written = 0;
+            stream.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything still here (the session is ending), or fails on inactivity.
+    pub(crate) async fn finish<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut sshbuffer::PacketWriter,
+        stream: &mut W,
+        inactivity_timer: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), Error> {
+        self.take_and_write_now(writer, stream)?;
+        tokio::select! {
+            r = async { while !self.is_empty() { self.write_some(stream).await?; } Ok::<_, Error>(()) } => r,
+            _ = inactivity_timer => {
+                debug!("timeout while writing");
+                Err(Error::InactivityTimeout)
+            }
+        }
+    }
+}
+
 /// Returns `f(val)` if `val` it is [Some], or a forever pending [Future] if it is [None].
 pub(crate) fn future_or_pending<R, F: Future<Output = R>, T>(
     val: Option<T>,

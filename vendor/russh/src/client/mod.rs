@@ -1416,6 +1416,7 @@ impl Session {
 
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
+        let mut outgoing = crate::Outgoing::default();
 
         #[allow(clippy::panic)] // false positive in select! macro
         while !self.common.disconnected {
@@ -1426,12 +1427,14 @@ impl Session {
             // Keep reading the network for window adjustments, but leave
             // application output in its bounded receivers while a channel is
             // window-blocked.
-            let can_receive_outbound = !self.kex.active() && !self.common.has_any_pending_data();
+            let can_receive_outbound =
+                !self.kex.active() && !self.common.has_any_pending_data() && outgoing.is_empty();
             let rekey_timer =
                 crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
             tokio::select! {
-                r = &mut reading => {
+                r = outgoing.write_some(stream_write), if !outgoing.is_empty() => r?,
+                r = &mut reading, if outgoing.unwritten() < crate::Outgoing::READ_PAUSE => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
                         Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
                         Err(e) => return Err(e.into())
@@ -1540,12 +1543,7 @@ impl Session {
             };
 
             self.flush()?;
-            crate::flush_or_timeout(
-                &mut self.common.packet_writer,
-                stream_write,
-                inactivity_timer.as_mut(),
-            )
-            .await?;
+            outgoing.take_and_write_now(&mut self.common.packet_writer, stream_write)?;
 
             if let Some(ref mut enc) = self.common.encrypted
                 && let EncryptedState::InitCompression = enc.state
@@ -1581,6 +1579,14 @@ impl Session {
             {
                 sleep.as_mut().reset(tokio::time::Instant::now() + d);
             }
+        }
+        // What the session said last (a disconnect, a close) still goes out, if the peer
+        // takes it.
+        if let Err(e) = outgoing
+            .finish(&mut self.common.packet_writer, stream_write, inactivity_timer.as_mut())
+            .await
+        {
+            debug!("the session's last packets were not written: {e:?}");
         }
 
         result

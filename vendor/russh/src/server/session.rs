@@ -678,6 +678,7 @@ impl Session {
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
         let mut is_reading = None;
+        let mut outgoing = crate::Outgoing::default();
 
         #[allow(clippy::panic)] // false positive in macro
         while !self.common.disconnected {
@@ -696,7 +697,7 @@ impl Session {
             // Leave application messages in the bounded receiver once a peer's
             // channel window is exhausted. Network reads remain active so a
             // window adjustment can release the queued data.
-            if !self.kex.active() && !self.common.has_any_pending_data() {
+            if !self.kex.active() && !self.common.has_any_pending_data() && outgoing.is_empty() {
                 let mut drained = 0;
                 while drained < MAX_MESSAGES_PER_BATCH {
                     // Only Empty/Disconnected end the drain; both mean "nothing
@@ -716,12 +717,7 @@ impl Session {
                 }
                 if drained > 0 {
                     self.flush()?;
-                    crate::flush_or_timeout(
-                        &mut self.common.packet_writer,
-                        &mut stream_write,
-                        inactivity_timer.as_mut(),
-                    )
-                    .await?;
+                    outgoing.take_and_write_now(&mut self.common.packet_writer, &mut stream_write)?;
                 }
                 // A drained Disconnect sets this; don't block in `select!` after.
                 if self.common.disconnected {
@@ -733,7 +729,8 @@ impl Session {
             pin!(rekey_timer);
 
             tokio::select! {
-                r = &mut reading => {
+                r = outgoing.write_some(&mut stream_write), if !outgoing.is_empty() => r?,
+                r = &mut reading, if outgoing.unwritten() < crate::Outgoing::READ_PAUSE => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
                         Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
                         Err(e) => return Err(e.into())
@@ -806,7 +803,7 @@ impl Session {
                         }
                     }
                 }
-                msg = self.receiver.recv(), if !self.kex.active() && !self.common.has_any_pending_data() => {
+                msg = self.receiver.recv(), if !self.kex.active() && !self.common.has_any_pending_data() && outgoing.is_empty() => {
                     // Channel open replies must be dispatched before any
                     // channel traffic queued after them: `msg` may be data for
                     // a channel whose confirmation is still sitting in the
@@ -825,13 +822,7 @@ impl Session {
                 }
             }
             self.flush()?;
-
-            crate::flush_or_timeout(
-                &mut self.common.packet_writer,
-                &mut stream_write,
-                inactivity_timer.as_mut(),
-            )
-            .await?;
+            outgoing.take_and_write_now(&mut self.common.packet_writer, &mut stream_write)?;
 
             if self.common.received_data {
                 // Reset the number of failed keepalive attempts. We don't
@@ -859,6 +850,14 @@ impl Session {
             }
         }
         debug!("disconnected");
+        // What the session said last (a disconnect, a close) still goes out, if the peer
+        // takes it.
+        if let Err(e) = outgoing
+            .finish(&mut self.common.packet_writer, &mut stream_write, inactivity_timer.as_mut())
+            .await
+        {
+            debug!("the session's last packets were not written: {e:?}");
+        }
         // Shutdown
         map_err!(stream_write.shutdown().await)?;
         loop {
