@@ -12,6 +12,8 @@ fn names(nodes: &[serde_json::Value]) -> Vec<&str> {
 fn a_user_runs_only_where_a_grant_lets_them_and_only_with_its_isolation() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
+    let listed = admin.run(&["nodes"]).ok();
+    assert!(listed.stdout.contains("No nodes yet. Add one: `openbox node token --tag TAG`"), "{listed:?}");
     let ci = Agent::enroll_elsewhere(&cp, &admin, &["ci"]);
     let gpu = Agent::enroll_elsewhere(&cp, &admin, &["gpu"]);
     assert_eq!(admin.node(&ci.node_id).unwrap()["shares_control"], false, "another machine's node");
@@ -19,6 +21,8 @@ fn a_user_runs_only_where_a_grant_lets_them_and_only_with_its_isolation() {
 
     // Nothing granted: nothing seen, nothing run, and told whom to ask for what.
     assert!(bob.nodes().is_empty());
+    let listed = bob.run(&["nodes"]).ok();
+    assert!(listed.stdout.contains("an admin grants them to you (`openbox user grant`)"), "{listed:?}");
     bob.run(&["-n", &ci.name, "true"]).fails_with(255, "an admin can allow it with `openbox user grant bob");
     bob.run(&["-t", "ci", "true"]).fails_with(255, "may not run on node");
 

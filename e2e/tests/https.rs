@@ -98,6 +98,13 @@ fn plain_http_is_served_and_used_only_on_loopback_unless_asked() {
     // ...and plain HTTP only when told to.
     let insecure = ControlPlane::start_with(&["--addr", "0.0.0.0:0", "--insecure-http"]);
     assert!(insecure.url.starts_with("http://") && insecure.fingerprint.is_none(), "{}", insecure.url);
+    // https:// to a plain-http port says what it is.
+    let insecure_port = insecure.addr.rsplit_once(':').expect("a port").1;
+    let mistaken = format!("https://127.0.0.1:{insecure_port}");
+    let out = Cli::new()
+        .run(&["login", "--server", &mistaken, "--token", &insecure.admin_token])
+        .fails_with(1, "its answer is not TLS (received corrupt message");
+    assert!(out.stderr.contains("if it serves plain HTTP, use its http:// URL"), "{out:?}");
 
     // Clients refuse plain http beyond loopback and the tailnet before dialling anything.
     let cli = Cli::new();

@@ -44,3 +44,13 @@ fn the_python_sdk_runs_commands_sessions_and_background_jobs_through_openbox_mcp
         std::process::Command::new("pgrep").args(["-f", "sleep 300"]).status().is_ok_and(|s| !s.success())
     });
 }
+
+#[test]
+fn openbox_mcp_answers_version_and_refuses_arguments_it_does_not_take() {
+    let cli = Cli::new();
+    let out = cli.run(&["mcp", "--version"]).ok();
+    assert_eq!(out.stdout, format!("openbox mcp {}\n", proto::VERSION));
+    let out = cli.run(&["mcp", "--stdio"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("unexpected argument '--stdio'"), "{out:?}");
+}

@@ -394,12 +394,25 @@ impl ServerHandler for Openbox {
 }
 
 fn main() -> std::process::ExitCode {
-    if std::env::args().nth(1).is_some_and(|a| a == "--help" || a == "-h") {
-        println!(
-            "openbox mcp: an MCP server on stdio. Tools: run, run_all, list_nodes, list_sessions, end_session, start, read, wait, stop.\n\
-             Configure your MCP client to start `openbox mcp` (see docs/agents.md). Every call goes through openboxd."
-        );
-        return std::process::ExitCode::SUCCESS;
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--help" | "-h") => {
+            println!(
+                "openbox mcp: an MCP server on stdio. Tools: run, run_all, list_nodes, list_sessions, end_session, start, read, wait, stop.\n\
+                 Configure your MCP client to start `openbox mcp` (see docs/agents.md). Every call goes through openboxd."
+            );
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some("--version" | "-V") => {
+            println!("openbox mcp {}", proto::VERSION);
+            return std::process::ExitCode::SUCCESS;
+        }
+        // A client told to pass flags it does not take would otherwise get a server that
+        // quietly ignores them.
+        Some(other) => {
+            eprintln!("openbox mcp: unexpected argument '{other}': it takes none but --help and --version");
+            return std::process::ExitCode::from(2);
+        }
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let served = rt.block_on(async {

@@ -313,8 +313,15 @@ impl Client {
     /// what to do.
     fn tls_failed(&self, e: std::io::Error) -> ControlError {
         use tokio_rustls::rustls::{CertificateError, Error};
-        let Some(Error::InvalidCertificate(why)) = e.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
-            return self.unreachable(e);
+        let why = match e.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+            Some(Error::InvalidCertificate(why)) => why,
+            // What came back was not TLS at all: most likely plain HTTP, which the control
+            // plane serves on loopback unless told otherwise.
+            Some(Error::InvalidMessage(_)) => {
+                return self
+                    .unreachable(format!("its answer is not TLS ({e}); if it serves plain HTTP, use its http:// URL"));
+            }
+            _ => return self.unreachable(e),
         };
         let why = match why {
             CertificateError::Other(other) => other.to_string(),

@@ -242,7 +242,8 @@ pub enum Command {
     User(UserCommand),
     /// Start a personal fleet here: a local control plane, this machine as a node tagged `local`, logged in.
     Up {
-        /// Control plane address for the local fleet.
+        /// Control plane address for the local fleet: a loopback IP:PORT. (A control plane
+        /// other machines reach runs as a service: `openbox service install control`.)
         #[arg(long, default_value = "127.0.0.1:7683")]
         addr: String,
     },
@@ -724,7 +725,7 @@ impl Cli {
                 Request::Skill { agents: chosen, dir, global, print }
             }
             Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
-            Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: addr }),
+            Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: loopback(&addr)? }),
             Some(Command::Down) => Request::Down,
             Some(Command::Audit { user, node, since }) => Request::Audit {
                 user: user.map(|u| name("user name", &u)).transpose()?,
@@ -931,6 +932,21 @@ impl RunArgs {
     }
 }
 
+/// `openbox up`'s control-plane address: a loopback one. The personal fleet talks plain
+/// HTTP to it, which the control plane serves only there; a fleet for other machines is a
+/// service with HTTPS.
+fn loopback(addr: &str) -> Result<String, String> {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_loopback() => Ok(addr.to_owned()),
+        Ok(_) => Err(format!(
+            "`openbox up --addr {addr}`: up runs a fleet for this machine, on a loopback address \
+             (127.0.0.1:PORT or [::1]:PORT). For a control plane other machines reach, run it as a \
+             service: `openbox service install control -- --addr {addr}` (it serves HTTPS there; see docs/deploy.md)"
+        )),
+        Err(_) => Err(format!("`openbox up --addr {addr}`: expected IP:PORT, such as 127.0.0.1:7683")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1054,5 +1070,16 @@ mod tests {
             _ => panic!("not understood"),
         }
         assert!(action(&["node", "tag", "web1", "gpu"]).is_err_and(|e| e.contains("+TAG")));
+    }
+
+    #[test]
+    fn up_takes_only_a_loopback_address() {
+        for addr in ["127.0.0.1:7683", "[::1]:7683"] {
+            let got = action(&["up", "--addr", addr]);
+            assert!(matches!(got, Ok(Action::Call { request: Request::Up(r), .. }) if r.control_addr == addr));
+        }
+        let refused = action(&["up", "--addr", "0.0.0.0:7683"]);
+        assert!(refused.is_err_and(|e| e.contains("openbox service install control -- --addr 0.0.0.0:7683")));
+        assert!(action(&["up", "--addr", "localhost"]).is_err_and(|e| e.contains("expected IP:PORT")));
     }
 }

@@ -256,10 +256,15 @@ pub async fn nodes(d: &Daemon, tag: Option<&str>) -> anyhow::Result<Reply> {
         Some(t) => format!("/v1/nodes?tag={t}"),
         None => "/v1/nodes".to_owned(),
     };
-    let nodes: Vec<Node> = d.login()?.client()?.get(&path).await?;
+    let client = d.login()?.client()?;
+    let nodes: Vec<Node> = client.get(&path).await?;
     let text = if nodes.is_empty() {
         match tag {
             Some(t) => format!("No node carries tag {t:?}."),
+            // Only an admin can add one; anyone else is shown only the nodes granted to them.
+            None if client.get::<WhoAmI>("/v1/whoami").await.is_ok_and(|me| !me.admin) => {
+                "No nodes you may use yet: an admin grants them to you (`openbox user grant`).".into()
+            }
             None => "No nodes yet. Add one: `openbox node token --tag TAG` prints the command to run on it.".into(),
         }
     } else {
