@@ -66,3 +66,47 @@ fn down_with_nothing_running_starts_no_daemon() {
     assert!(out.stdout.contains("Nothing was running"), "{out:?}");
     assert!(!me.home.path().join("run/openboxd.sock").exists(), "no openboxd was started");
 }
+
+#[test]
+fn up_after_an_upgrade_says_the_fleet_still_runs_the_old_binaries_until_down_and_up() {
+    // An installation of its own, so that its binaries can be replaced as install.sh does.
+    let prefix = tempfile::tempdir().unwrap();
+    for b in ["openbox", "openboxd", "openbox-control", "openbox-agent"] {
+        let (from, to) = (openbox_e2e::bin(b), prefix.path().join(b));
+        std::fs::hard_link(&from, &to).or_else(|_| std::fs::copy(&from, &to).map(drop)).unwrap();
+    }
+    let me = Cli::new();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(prefix.path().join("openbox"))
+            .args(args)
+            .env("OPENBOX_HOME", me.home.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        openbox_e2e::Out::from(out)
+    };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let first = run(&["up", "--addr", &addr]).ok();
+    assert!(!first.stderr.contains("before an upgrade"), "{first:?}");
+
+    // The upgrade: a new file renamed over each old one, and openboxd stopped.
+    for b in ["openbox-control", "openbox-agent"] {
+        let new = prefix.path().join(format!(".{b}.new"));
+        std::fs::copy(openbox_e2e::bin(b), &new).unwrap();
+        std::fs::rename(&new, prefix.path().join(b)).unwrap();
+    }
+    run(&["daemon", "stop"]).ok();
+
+    let again = run(&["up", "--addr", &addr]).ok();
+    for role in ["control", "agent"] {
+        assert!(again.stderr.contains(&format!("the {role} (pid ")), "{again:?}");
+    }
+    assert!(again.stderr.contains("`openbox down && openbox up` moves the fleet to this version"), "{again:?}");
+    run(&["-t", "local", "true"]).ok();
+
+    run(&["down"]).ok();
+    let moved = run(&["up", "--addr", &addr]).ok();
+    assert!(!moved.stderr.contains("before an upgrade"), "{moved:?}");
+    run(&["-t", "local", "true"]).ok();
+    run(&["down"]).ok();
+}

@@ -50,7 +50,18 @@ impl Role {
         Some(pid)
     }
 
-    /// Starts the role in the background, its output appended to its log.
+    /// Whether the running process `pid` runs a binary other than the one `up` would start
+    /// now: an upgrade renamed a new file over it (the old one shows as deleted), or these
+    /// binaries are another installation's.
+    fn runs_an_older_binary(&self, pid: Pid) -> bool {
+        let Ok(running) = std::fs::read_link(format!("/proc/{}/exe", pid.as_raw_nonzero())) else {
+            return false; // not ours to read (or not Linux): nothing to say
+        };
+        let wanted = paths::sibling_binary(self.binary);
+        running.to_string_lossy().ends_with(" (deleted)")
+            || std::fs::canonicalize(&wanted).is_ok_and(|wanted| wanted != running)
+    }
+
     /// Starts the role's binary with `args`, and `env` added to its environment (where
     /// secrets go: other users can read a process's arguments).
     fn spawn(&self, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Pid> {
@@ -185,6 +196,17 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
         }
     };
 
+    // An upgrade leaves what is running alone: say how to move it to this version.
+    let mut warnings = Vec::new();
+    for role in [&CONTROL, &AGENT] {
+        if let Some(pid) = role.running().filter(|pid| role.runs_an_older_binary(*pid)) {
+            warnings.push(format!(
+                "the {} (pid {pid}) still runs the binary from before an upgrade; `openbox down && openbox up` moves the fleet to this version (ending this node's sessions)",
+                role.name
+            ));
+        }
+    }
+
     let logs_shown = logs.display().to_string();
     let json = to_json(&proto::output::Up {
         server: url.clone(),
@@ -202,7 +224,7 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
         state(agent_started),
         login.user
     );
-    Ok(Reply { json, text, warnings: Vec::new() })
+    Ok(Reply { json, text, warnings })
 }
 
 fn openbox_agent_identity_exists() -> bool {
