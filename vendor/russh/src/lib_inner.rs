@@ -556,12 +556,19 @@ pub(crate) async fn flush_or_timeout<W: AsyncWrite + Unpin>(
 #[derive(Default)]
 pub(crate) struct Outgoing {
     bytes: Vec<u8>,
+    /// How much of `bytes` the socket has taken.
     written: usize,
+    /// Everything was written but the stream's flush has not completed yet (it was cut
+    /// short): it is tried again before anything else counts as done.
+    unflushed: bool,
 }
 
 impl Outgoing {
     /// Unwritten bytes past which the loop stops reading the peer until they are written.
     pub(crate) const READ_PAUSE: usize = 16 << 20;
+
+    /// How long the last packets of a session may take to leave, at most.
+    const FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
     /// Takes the packets `writer` has sealed since the last call, then writes what the
     /// socket takes without waiting.
@@ -571,13 +578,19 @@ impl Outgoing {
         stream: &mut W,
     ) -> Result<(), Error> {
         let sealed = &mut writer.buffer().buffer;
-        if self.bytes.is_empty() {
+        if self.is_empty() {
+            self.bytes.clear();
+            self.written = 0;
             std::mem::swap(&mut self.bytes, sealed);
-        } else {
+        } else if !sealed.is_empty() {
+            // What was written already goes first, so that a peer that reads slowly
+            // leaves only what is still unwritten here.
+            self.bytes.drain(..self.written);
+            self.written = 0;
             self.bytes.extend_from_slice(sealed);
             sealed.clear();
         }
-        while !self.is_empty() {
+        while self.has_work() {
             // `write_some` is cancel-safe: a write that is not ready has taken nothing.
             match futures::FutureExt::now_or_never(self.write_some(stream)) {
                 Some(r) => r?,
@@ -587,31 +600,47 @@ impl Outgoing {
         Ok(())
     }
 
+    /// Whether no sealed bytes wait for the socket (a flush may still be pending).
     pub(crate) fn is_empty(&self) -> bool {
         self.written == self.bytes.len()
+    }
+
+    /// Whether the loop must still write or flush.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.is_empty() || self.unflushed
     }
 
     pub(crate) fn unwritten(&self) -> usize {
         self.bytes.len() - self.written
     }
 
-    /// Writes some of the bytes, as many as the socket takes at once. Cancel-safe.
+    /// Writes some of the bytes, as many as the socket takes at once, and flushes the
+    /// stream once all are written. Cancel-safe.
     pub(crate) async fn write_some<W: AsyncWrite + Unpin>(&mut self, stream: &mut W) -> Result<(), Error> {
         use tokio::io::AsyncWriteExt;
-        let n = stream.write(&self.bytes[self.written..]).await?;
-        if n == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
-        }
-        self.written += n;
-        if self.is_empty() {
+        if !self.is_empty() {
+            let n = stream.write(&self.bytes[self.written..]).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            self.written += n;
+            if !self.is_empty() {
+                return Ok(());
+            }
             self.bytes.clear();
             self.written = 0;
+            self.unflushed = true;
+        }
+        if self.unflushed {
             stream.flush().await?;
+            self.unflushed = false;
         }
         Ok(())
     }
 
-    /// Writes everything still here (the session is ending), or fails on inactivity.
+    /// Writes everything still here (the session is ending), giving up on inactivity or
+    /// after [`Outgoing::FINISH_LIMIT`]: nothing reads the peer any more, so a peer that
+    /// does not read must not hold the session's end for ever.
     pub(crate) async fn finish<W: AsyncWrite + Unpin>(
         &mut self,
         writer: &mut sshbuffer::PacketWriter,
@@ -619,8 +648,14 @@ impl Outgoing {
         inactivity_timer: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), Error> {
         self.take_and_write_now(writer, stream)?;
+        let all = async {
+            while self.has_work() {
+                self.write_some(stream).await?;
+            }
+            Ok::<_, Error>(())
+        };
         tokio::select! {
-            r = async { while !self.is_empty() { self.write_some(stream).await?; } Ok::<_, Error>(()) } => r,
+            r = tokio::time::timeout(Self::FINISH_LIMIT, all) => r.map_err(|_| Error::InactivityTimeout)?,
             _ = inactivity_timer => {
                 debug!("timeout while writing");
                 Err(Error::InactivityTimeout)

@@ -1433,7 +1433,7 @@ impl Session {
                 crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
             pin!(rekey_timer);
             tokio::select! {
-                r = outgoing.write_some(stream_write), if !outgoing.is_empty() => r?,
+                r = outgoing.write_some(stream_write), if outgoing.has_work() => r?,
                 r = &mut reading, if outgoing.unwritten() < crate::Outgoing::READ_PAUSE => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
                         Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),

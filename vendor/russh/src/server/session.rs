@@ -729,7 +729,7 @@ impl Session {
             pin!(rekey_timer);
 
             tokio::select! {
-                r = outgoing.write_some(&mut stream_write), if !outgoing.is_empty() => r?,
+                r = outgoing.write_some(&mut stream_write), if outgoing.has_work() => r?,
                 r = &mut reading, if outgoing.unwritten() < crate::Outgoing::READ_PAUSE => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
                         Ok((_, stream_read, buffer, opening_cipher)) => (stream_read, buffer, opening_cipher),
