@@ -50,16 +50,21 @@ impl Role {
         Some(pid)
     }
 
-    /// Whether the running process `pid` runs a binary other than the one `up` would start
-    /// now: an upgrade renamed a new file over it (the old one shows as deleted), or these
-    /// binaries are another installation's.
-    fn runs_an_older_binary(&self, pid: Pid) -> bool {
-        let Ok(running) = std::fs::read_link(format!("/proc/{}/exe", pid.as_raw_nonzero())) else {
-            return false; // not ours to read (or not Linux): nothing to say
-        };
+    /// A warning when the running process `pid` runs a binary other than the one `up` would
+    /// start now: an upgrade renamed a new file over it (the old one shows as deleted), or
+    /// these binaries are another installation's.
+    fn older_binary_warning(&self, pid: Pid) -> Option<String> {
+        // Unreadable (not ours, or not Linux): nothing to say.
+        let running = std::fs::read_link(format!("/proc/{}/exe", pid.as_raw_nonzero())).ok()?;
         let wanted = paths::sibling_binary(self.binary);
-        running.to_string_lossy().ends_with(" (deleted)")
-            || std::fs::canonicalize(&wanted).is_ok_and(|wanted| wanted != running)
+        let older = running.to_string_lossy().ends_with(" (deleted)")
+            || std::fs::canonicalize(&wanted).is_ok_and(|wanted| wanted != running);
+        older.then(|| {
+            format!(
+                "the {} (pid {pid}) still runs the binary from before an upgrade; `openbox down && openbox up` moves the fleet to this version (ending this node's sessions)",
+                self.name
+            )
+        })
     }
 
     /// Starts the role's binary with `args`, and `env` added to its environment (where
@@ -131,8 +136,13 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
 
     // 1. The control plane.
     let token_file = paths::admin_token_file();
+    // An upgrade leaves what is running alone: `up` says how to move it to this version.
+    let mut warnings = Vec::new();
     let control_started = match CONTROL.running() {
-        Some(_) => false,
+        Some(pid) => {
+            warnings.extend(CONTROL.older_binary_warning(pid));
+            false
+        }
         None => {
             let mut args =
                 vec!["--addr".into(), req.control_addr.clone(), "--bootstrap-token-file".into(), path_arg(&token_file)];
@@ -172,7 +182,10 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
     // 3. This machine as a node.
     let enrolled = openbox_agent_identity_exists();
     let agent_started = match AGENT.running() {
-        Some(_) => false,
+        Some(pid) => {
+            warnings.extend(AGENT.older_binary_warning(pid));
+            false
+        }
         None => {
             let mut args: Vec<String> = vec!["--addr".into(), "127.0.0.1:0".into()];
             let mut token = None;
@@ -195,17 +208,6 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
             true
         }
     };
-
-    // An upgrade leaves what is running alone: say how to move it to this version.
-    let mut warnings = Vec::new();
-    for role in [&CONTROL, &AGENT] {
-        if let Some(pid) = role.running().filter(|pid| role.runs_an_older_binary(*pid)) {
-            warnings.push(format!(
-                "the {} (pid {pid}) still runs the binary from before an upgrade; `openbox down && openbox up` moves the fleet to this version (ending this node's sessions)",
-                role.name
-            ));
-        }
-    }
 
     let logs_shown = logs.display().to_string();
     let json = to_json(&proto::output::Up {
