@@ -1,33 +1,51 @@
 #!/bin/sh
 # Installs openbox from a release: a tarball's URL or file, or the release directory that
 # holds the tarballs (this machine's is picked). The checksum is checked against the
-# SHA256SUMS published beside the tarball; on a mismatch nothing is installed.
+# SHA256SUMS published beside the tarball, and SHA256SUMS against its signature
+# (SHA256SUMS.sig) when the release key is known; on any mismatch nothing is installed.
 #
 #   install.sh --from https://…/releases/0.1.0/                (this machine's tarball)
 #   install.sh --from ./openbox-0.1.0-linux-x86_64.tar.gz --prefix /opt/openbox
 #   curl -fsSL https://…/releases/0.1.0/install.sh | sh -s -- --from https://…/releases/0.1.0/
 #
 # --prefix DIR  where to install [default: ~/.local, or /usr/local as root]
+# --key KEY     the release's public key (an OpenSSH key line, or a file holding one); the
+#               install.sh published with a release carries it already
+# --insecure    allow a plain http:// source (anyone on the way could change what arrives)
 # Running it again installs again (an upgrade); a running openboxd is stopped cleanly, and
 # the next openbox call starts the new one.
 set -eu
+
+# The key the release's SHA256SUMS is signed with (`packaging/build --sign-key` writes it
+# here); empty: the checksums are checked, their origin is not.
+release_key=""
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 fail() { say "$*"; exit 1; }
 
 from=""
 prefix=""
+insecure=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --key) [ $# -ge 2 ] || fail "--key needs a key or a file"; release_key=$2; shift 2 ;;
+    --key=*) release_key=${1#--key=}; shift ;;
+    --insecure) insecure=1; shift ;;
     --from) [ $# -ge 2 ] || fail "--from needs a URL or a file"; from=$2; shift 2 ;;
     --from=*) from=${1#--from=}; shift ;;
     --prefix) [ $# -ge 2 ] || fail "--prefix needs a directory"; prefix=$2; shift 2 ;;
     --prefix=*) prefix=${1#--prefix=}; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) fail "unknown argument $1 (see --help)" ;;
   esac
 done
 [ -n "$from" ] || fail "say where the release is: --from URL|FILE (a tarball, or the directory holding them)"
+case "$from" in
+  http://*) [ -n "$insecure" ] \
+    || fail "$from is plain http: anyone on the way could change what is installed; use https://, or --insecure on a network that is yours" ;;
+esac
+# A key given as a file is read from it.
+if [ -n "$release_key" ] && [ -f "$release_key" ]; then release_key=$(cat "$release_key"); fi
 if [ -z "$prefix" ]; then
   if [ "$(id -u)" -eq 0 ]; then prefix=/usr/local; else prefix="${HOME:?HOME is not set}/.local"; fi
 fi
@@ -77,6 +95,21 @@ fi
 
 fetch "$dir/SHA256SUMS" "$tmp/SHA256SUMS" 2>/dev/null \
   || fail "no SHA256SUMS beside the release in $dir: refusing to install what cannot be checked"
+# SHA256SUMS is only as good as where it came from: with the release key, its signature
+# says that; without one, say what is not checked.
+if [ -n "$release_key" ]; then
+  command -v ssh-keygen >/dev/null 2>&1 \
+    || fail "checking the release's signature needs ssh-keygen (OpenSSH's client: apt-get install openssh-client)"
+  fetch "$dir/SHA256SUMS.sig" "$tmp/SHA256SUMS.sig" 2>/dev/null \
+    || fail "SHA256SUMS in $dir is not signed (no SHA256SUMS.sig), and this install.sh knows the release key: refusing to install"
+  printf 'openbox-release %s\n' "$release_key" >"$tmp/allowed_signers"
+  ssh-keygen -Y verify -f "$tmp/allowed_signers" -I openbox-release -n openbox-release \
+    -s "$tmp/SHA256SUMS.sig" <"$tmp/SHA256SUMS" >/dev/null 2>&1 \
+    || fail "the signature of SHA256SUMS in $dir does not match the release key: refusing to install"
+  say "SHA256SUMS is signed by the release key $(printf '%s\n' "$release_key" | ssh-keygen -l -f - 2>/dev/null | cut -d' ' -f2)"
+else
+  say "no release key known: checksums are checked, not who made them (--key KEY checks the signature)"
+fi
 if [ -z "$name" ]; then
   name=$(sed -n "s/^[0-9a-f]\{64\}  \(openbox-[^ ]*-$os-$arch\.tar\.gz\)\$/\1/p" "$tmp/SHA256SUMS" | tail -n 1)
   [ -n "$name" ] || fail "the release in $dir has no $os-$arch tarball"

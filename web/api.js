@@ -1,13 +1,36 @@
 // Talking to the control plane: the same /v1 API the CLI uses, authenticated by the
-// session cookie, with the session's CSRF token on every request that changes anything.
+// session cookie together with the session's secret, which the login's answer alone holds.
+// The page keeps the secret in its origin's storage (a page on another port of this host
+// cannot read it, though the browser sends it the cookie) and sends it with every request.
 
-let csrf = '';
+const STORE = 'openbox.session';
+let secret = '';
 let onLoggedOut = () => {};
 
+/** The session this page kept ({ secret, user }), if any. */
+export function keptSession() {
+  try { return JSON.parse(localStorage.getItem(STORE)); } catch { return null; }
+}
+
+/** Keeps a session from a login's answer (which alone carries its secret), forgets it on
+ *  `null`, and leaves it as it is on `undefined` (only `loggedOut` is set then). */
 export function setSession(session, loggedOut) {
-  csrf = session?.csrf ?? '';
+  if (session?.secret) {
+    secret = session.secret;
+    localStorage.setItem(STORE, JSON.stringify({ secret, user: session.user }));
+  } else if (session === null) {
+    secret = '';
+    localStorage.removeItem(STORE);
+  }
   if (loggedOut) onLoggedOut = loggedOut;
 }
+
+/** Takes up the session this page kept, before asking who is logged in. */
+export function resumeSession() {
+  secret = keptSession()?.secret ?? '';
+}
+
+const SECRET_HEADER = 'X-Openbox-Session';
 
 export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -16,14 +39,14 @@ export class ApiError extends Error {
 export async function api(method, path, body) {
   const headers = { Accept: 'application/json' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (method !== 'GET') headers['X-CSRF-Token'] = csrf;
+  if (secret) headers[SECRET_HEADER] = secret;
   let resp;
   try {
     resp = await fetch(path, { method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body) });
   } catch {
     throw new ApiError(0, 'control plane unreachable; try again in a moment');
   }
-  if (resp.status === 401 && path !== '/web/login') {
+  if (resp.status === 401 && path !== '/web/login' && path !== '/web/link') {
     onLoggedOut();
     throw new ApiError(401, 'your session has ended; log in again');
   }
@@ -42,38 +65,62 @@ export const del = path => api('DELETE', path);
 /**
  * The live node list: calls `onNodes(list)` on every change, `onState('live'|'retrying')`
  * as the stream comes and goes. The stream sends the whole list once, then each change
- * alone; the browser reconnects on its own and resumes after the last change it saw
- * (Last-Event-ID), and a stream opened again asks for the same. A stream refused for want
- * of a session ends in `onLoggedOut`. Returns a function that stops it.
+ * alone; when it breaks it is opened again after the last change it saw (`since`). A
+ * stream refused for want of a session ends in `onLoggedOut`. Read with fetch rather than
+ * EventSource, which cannot send the session's secret. Returns a function that stops it.
  */
 export function watchNodes(onNodes, onState) {
-  let source;
-  let timer;
-  let stopped = false;
+  const stop = new AbortController();
   let nodes = new Map();
   let last = null;
   const show = () => onNodes([...nodes.values()].sort((a, b) => a.name.localeCompare(b.name)));
-  const seen = e => { if (e.lastEventId) last = e.lastEventId; onState('live'); };
-  const open = () => {
-    source = new EventSource(last ? `/v1/events?changes=true&since=${encodeURIComponent(last)}` : '/v1/events?changes=true');
-    source.addEventListener('nodes', e => { seen(e); nodes = new Map(JSON.parse(e.data).map(n => [n.id, n])); show(); });
-    source.addEventListener('node', e => { seen(e); const n = JSON.parse(e.data); nodes.set(n.id, n); show(); });
-    source.addEventListener('node_removed', e => { seen(e); nodes.delete(JSON.parse(e.data).id); show(); });
-    source.addEventListener('open', () => onState('live'));
-    source.addEventListener('error', async () => {
-      onState('retrying');
-      if (source.readyState !== EventSource.CLOSED || stopped) return;
-      // Closed for good: either the session ended or the control plane is away.
-      try {
-        await get('/web/session');
-      } catch (e) {
-        if (e.status === 401) return;
-      }
-      timer = setTimeout(() => { if (!stopped) open(); }, 2000);
-    });
+  const handle = (event, data) => {
+    if (event === 'nodes') nodes = new Map(JSON.parse(data).map(n => [n.id, n]));
+    else if (event === 'node') { const n = JSON.parse(data); nodes.set(n.id, n); }
+    else if (event === 'node_removed') nodes.delete(JSON.parse(data).id);
+    else return;
+    show();
   };
-  open();
-  return () => { stopped = true; clearTimeout(timer); source?.close(); };
+  const follow = async () => {
+    const path = last ? `/v1/events?changes=true&since=${encodeURIComponent(last)}` : '/v1/events?changes=true';
+    const resp = await fetch(path, { credentials: 'same-origin', signal: stop.signal, headers: { Accept: 'text/event-stream', [SECRET_HEADER]: secret } });
+    if (resp.status === 401) { onLoggedOut(); return false; }
+    if (!resp.ok) return true;
+    onState('live');
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return true;
+      buf += value;
+      let end;
+      // One event per blank line: `event:`, `data:` and `id:` fields.
+      while ((end = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, end);
+        buf = buf.slice(end + 2);
+        let event = 'message';
+        const data = [];
+        for (const line of block.split('\n')) {
+          const colon = line.indexOf(':');
+          const [field, val] = colon < 0 ? [line, ''] : [line.slice(0, colon), line.slice(colon + 1).replace(/^ /, '')];
+          if (field === 'event') event = val;
+          else if (field === 'data') data.push(val);
+          else if (field === 'id') last = val;
+        }
+        if (data.length) handle(event, data.join('\n'));
+      }
+    }
+  };
+  (async () => {
+    while (!stop.signal.aborted) {
+      let again = true;
+      try { again = await follow(); } catch { /* broken, or stopped */ }
+      if (!again || stop.signal.aborted) return;
+      onState('retrying');
+      await new Promise(r => setTimeout(r, 2000));
+    }
+  })();
+  return () => stop.abort();
 }
 
 /**
@@ -84,7 +131,7 @@ export function watchNodes(onNodes, onState) {
 export async function runConsole(request, onEvent, signal) {
   const resp = await fetch('/v1/console', {
     method: 'POST', credentials: 'same-origin', signal,
-    headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf, Accept: 'application/x-ndjson' },
+    headers: { 'Content-Type': 'application/json', [SECRET_HEADER]: secret, Accept: 'application/x-ndjson' },
     body: JSON.stringify(request),
   });
   if (!resp.ok) {
@@ -109,7 +156,7 @@ export async function runConsole(request, onEvent, signal) {
 /** A terminal on a node over a WebSocket: keys and output as binary frames, resizes and
  *  the end as text frames. */
 export function openTerminal({ target, session, isolation, cols, rows }) {
-  const q = new URLSearchParams({ target, cols, rows, csrf });
+  const q = new URLSearchParams({ target, cols, rows, secret });
   if (session) q.set('session', session);
   if (isolation) q.set('isolation', isolation);
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';

@@ -1,8 +1,8 @@
 // The dashboard's shell: who is logged in, the navigation, the live node list every page
 // shares, and which page shows.
 
-import { h, fill, errorLine } from './dom.js';
-import { ApiError, get, post, setSession, watchNodes } from './api.js';
+import { h, fill, errorLine, confirmDialog } from './dom.js';
+import { ApiError, get, post, resumeSession, setSession, watchNodes } from './api.js';
 import { fleetPage } from './fleet.js';
 import { sessionsPage, addNodePage, usersPage, tokensPage } from './pages.js';
 import { consolePage } from './console.js';
@@ -132,17 +132,52 @@ function loggedIn(me) {
   render();
 }
 
+/** Who this page is logged in as (null when no one); throws when that cannot be told. */
+async function current() {
+  resumeSession();
+  try {
+    return await get('/web/session');
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return null;
+    throw e;
+  }
+}
+
+/** Uses a one-time link (`#link=CODE`): at once, or — when someone is logged in here —
+ *  only once the person says to switch, so a link from elsewhere cannot swap the session. */
+async function useLink(code, me) {
+  history.replaceState(null, '', '#/fleet');
+  if (me && !await confirmDialog(`You are logged in as ${me.user}`, 'This link opens a new session, which may be another user\'s. Log out and use the link?', 'Use the link')) {
+    return me;
+  }
+  try {
+    return await post('/web/link', { code });
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) {
+      loggedOut('That link was used already or has expired. Run openbox dashboard again, or paste a login token.');
+      return undefined;
+    }
+    throw e;
+  }
+}
+
 async function start() {
   header();
   try {
-    loggedIn(await get('/web/session'));
-  } catch (e) {
-    if (e instanceof ApiError && e.status === 401) {
-      const expired = location.hash.startsWith('#link-expired');
-      loggedOut(expired ? 'That link was used already or has expired. Run openbox dashboard again, or paste a login token.' : undefined);
-    } else {
-      fill(main, h('h1', {}, 'Cannot reach the control plane'), errorLine(e), h('button', { type: 'button', onclick: start }, 'Try again'));
+    let me = await current();
+    const link = location.hash.match(/^#link=([A-Za-z0-9_]+)$/);
+    if (link) {
+      me = await useLink(link[1], me);
+      if (me === undefined) return;
     }
+    if (me) {
+      loggedIn(me);
+      return;
+    }
+    const expired = location.hash.startsWith('#link-expired');
+    loggedOut(expired ? 'That link was used already or has expired. Run openbox dashboard again, or paste a login token.' : undefined);
+  } catch (e) {
+    fill(main, h('h1', {}, 'Cannot reach the control plane'), errorLine(e), h('button', { type: 'button', onclick: start }, 'Try again'));
   }
 }
 
@@ -151,5 +186,5 @@ addEventListener('hashchange', render);
 addEventListener('keydown', e => {
   if (e.key === 'Escape' && !document.querySelector('dialog[open]') && route().path === 'fleet' && route().arg) location.hash = '#/fleet';
 });
-setSession(null, () => loggedOut('Your session has ended; log in again.'));
+setSession(undefined, () => loggedOut('Your session has ended; log in again.'));
 start();

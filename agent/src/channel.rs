@@ -11,6 +11,8 @@ pub struct ChannelOut {
     pub id: ChannelId,
     pub handle: Handle,
     pub write: ChannelWriteHalf<Msg>,
+    /// The journal's record of what runs on this channel, ended with its outcome.
+    pub record: Option<crate::journal::Running>,
 }
 
 impl ChannelOut {
@@ -24,11 +26,25 @@ impl ChannelOut {
 
     /// Reports a refusal as ssh would: a line on stderr and exit status 255, then closes.
     pub async fn refuse(&self, why: &str) {
+        if let Some(record) = &self.record {
+            record.end(format!("refused: {}", why.chars().take(200).collect::<String>()));
+        }
         self.stderr(format!("openbox agent: {why}\n").as_bytes()).await;
         self.finish(Outcome::Code(255)).await;
     }
 
+    /// Ends the journal's record with `outcome` (what [`ChannelOut::finish`] reports).
+    pub fn ended(&self, outcome: &Outcome) {
+        if let Some(record) = &self.record {
+            record.end(match outcome {
+                Outcome::Code(c) => c.to_string(),
+                Outcome::Signal(sig, _) => format!("signal {}", crate::signals::name(sig).unwrap_or("?")),
+            });
+        }
+    }
+
     pub async fn finish(&self, outcome: Outcome) {
+        self.ended(&outcome);
         match outcome {
             Outcome::Code(c) => {
                 let _ = self.write.exit_status(c).await;

@@ -12,6 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use crate::channel::{ChannelOut, Outcome, messages};
+use crate::confine::Confinement;
 use crate::drive::{self, Process, StatusError, Step};
 use crate::run_as::Login;
 use crate::signals;
@@ -65,13 +66,36 @@ pub async fn run_native(
     command: &str,
     env: &[(&str, &str)],
     login: Option<&Login>,
+    hold: Confinement,
     timeout: Option<std::time::Duration>,
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
     let mut cmd = native_shell(env, login);
     cmd.arg("-c").arg(command);
-    run_process(cmd, Tree::Group, timeout, input, out).await;
+    // A mapped account other than root is held to the process limit (see
+    // `confine::limit_processes`), when the agent runs as root.
+    let watch = login
+        .filter(|l| l.uid != 0 && rustix::process::geteuid().is_root())
+        .map(|l| ProcessWatch { uid: l.uid, max: hold.max_processes });
+    run_process(cmd, Tree::Group, watch, timeout, input, out).await;
+}
+
+/// An account whose processes a limit counts: when a command run as it fails, the
+/// caller is told if the count had reached the limit.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessWatch {
+    pub uid: u32,
+    pub max: u64,
+}
+
+impl ProcessWatch {
+    /// The line to tell the caller, when the account's processes are at the limit.
+    fn hint(&self) -> Option<Vec<u8>> {
+        let near = self.max.saturating_sub(1).max(1);
+        (crate::procs::count_of_user(self.uid) >= near)
+            .then(|| format!("{}\n", crate::confine::process_limit_hint(self.max)).into_bytes())
+    }
 }
 
 /// `/bin/sh` on this host, for a one-shot command or a session: in the home directory, with
@@ -87,11 +111,11 @@ pub fn native_command(program: &std::path::Path, env: &[(&str, &str)], login: Op
     if let Some(home) = std::env::var_os("HOME") {
         cmd.current_dir(home);
     }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     if let Some(login) = login {
         login.apply(&mut cmd);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     cmd
 }
@@ -100,6 +124,7 @@ pub fn native_command(program: &std::path::Path, env: &[(&str, &str)], login: Op
 pub async fn run_process(
     mut cmd: Command,
     tree: Tree,
+    watch: Option<ProcessWatch>,
     timeout: Option<std::time::Duration>,
     input: ChannelReadHalf,
     out: ChannelOut,
@@ -127,6 +152,9 @@ pub async fn run_process(
         out_open: true,
         err_open: true,
         status: None,
+        watch,
+        hint: Vec::new(),
+        hint_pending: false,
     };
     drive::run(process, stdin, timeout, input, out).await;
 }
@@ -144,11 +172,21 @@ struct Spawned {
     out_open: bool,
     err_open: bool,
     status: Option<std::io::Result<ExitStatus>>,
+    /// Counted when the command fails, while what it left running still runs.
+    watch: Option<ProcessWatch>,
+    /// The process-limit line, once it has been found to apply, and whether it is still
+    /// to be sent.
+    hint: Vec<u8>,
+    hint_pending: bool,
 }
 
 impl Process for Spawned {
     async fn next(&mut self) -> Step<'_> {
         loop {
+            if self.hint_pending {
+                self.hint_pending = false;
+                return Step::Stderr(&self.hint);
+            }
             if !self.out_open
                 && !self.err_open
                 && let Some(status) = self.status.take()
@@ -164,7 +202,16 @@ impl Process for Spawned {
                     Ok(0) | Err(_) => self.err_open = false,
                     Ok(n) => return Step::Stderr(&self.err_buf[..n]),
                 },
-                s = self.child.wait(), if self.status.is_none() => self.status = Some(s),
+                s = self.child.wait(), if self.status.is_none() => {
+                    let failed = s.as_ref().is_ok_and(|s| !s.success());
+                    if failed
+                        && let Some(watch) = self.watch.take()
+                        && let Some(hint) = watch.hint()
+                    {
+                        (self.hint, self.hint_pending) = (hint, true);
+                    }
+                    self.status = Some(s);
+                }
             }
         }
     }

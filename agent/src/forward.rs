@@ -17,6 +17,25 @@ use crate::channel::Window;
 
 /// How long connecting onward may take before the caller hears it failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after a failed accept, doubled while accepting keeps failing.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Who a caller's commands run as on this node, for what a listener may bind.
+#[derive(Clone, Copy, Debug)]
+pub struct Account<'a> {
+    pub name: &'a str,
+    pub is_root: bool,
+}
+
+/// The lowest port an unprivileged process may bind here (the kernel's
+/// `ip_unprivileged_port_start`, 1024 unless changed).
+fn unprivileged_port_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024)
+}
 
 /// Why a forward is refused, in the caller's words.
 pub fn refusal(grant: &trust::UserGrant) -> Option<String> {
@@ -74,11 +93,22 @@ impl Drop for Listeners {
 impl Listeners {
     /// Listens on `address:port` of this node's loopback (port 0: any free one, written
     /// back to `port`) and sends each connection to the caller. Why not, otherwise.
-    pub async fn listen(&mut self, address: &str, port: &mut u32, handle: Handle) -> Result<(), String> {
+    /// `account` is who the caller's commands run as here: a port only root may bind is
+    /// bound only for a caller whose commands run as root.
+    pub async fn listen(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        account: Account<'_>,
+        handle: Handle,
+    ) -> Result<(), String> {
         let ip = loopback(address)?;
         let wanted = u16::try_from(*port).map_err(|_| format!("{port} is not a port"))?;
-        if wanted != 0 && wanted < 1024 && !rustix::process::geteuid().is_root() {
-            return Err(format!("port {wanted} needs root on this node"));
+        if wanted != 0 && wanted < unprivileged_port_start() && !account.is_root {
+            return Err(format!(
+                "port {wanted} needs root on this node, and your commands here run as {}",
+                account.name
+            ));
         }
         let listener =
             TcpListener::bind((ip, wanted)).await.map_err(|e| format!("cannot listen on {ip}:{wanted}: {e}"))?;
@@ -88,8 +118,22 @@ impl Listeners {
         *port = u32::from(bound);
         let (address, port) = (address.to_owned(), u32::from(bound));
         let task = tokio::spawn(async move {
+            // After a failed accept (out of descriptors, say) wait before the next, longer
+            // each time it fails again: never a loop that spins.
+            let mut pause = ACCEPT_PAUSE_MIN;
             loop {
-                let Ok((tcp, peer)) = listener.accept().await else { continue };
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => {
+                        pause = ACCEPT_PAUSE_MIN;
+                        accepted
+                    }
+                    Err(e) => {
+                        tracing::warn!(port, error = %e, pause_ms = pause.as_millis() as u64, "accepting a forwarded connection (-R) failed");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                        continue;
+                    }
+                };
                 let (handle, address) = (handle.clone(), address.clone());
                 tokio::spawn(async move {
                     let opened = handle

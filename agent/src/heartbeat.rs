@@ -50,6 +50,7 @@ async fn beat(shared: &Shared, addrs: &Addrs, stopping: bool) -> Result<Heartbea
         sessions: shared.sessions.reports(),
         capabilities: shared.runtimes.capabilities().await,
         host: Some(this_host()),
+        executions: shared.journal.to_report(),
     };
     client.post("/v1/heartbeat", &hb).await
 }
@@ -81,6 +82,9 @@ pub async fn run(
                     warned = false;
                 }
                 shared.revoke(reply.revoked_users).await;
+                shared.cut_off(reply.cert_cutoffs);
+                shared.journal.recorded(&reply.executions_recorded);
+                shared.journal.record_commands(reply.audit_commands);
                 if let Some(text) = reply.host_cert {
                     match trust::parse_certificate(&text) {
                         Ok(cert) => {

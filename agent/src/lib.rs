@@ -7,12 +7,14 @@
 //! control plane is down, for as long as callers' certificates are valid.
 
 mod channel;
+pub mod confine;
 mod docker;
 mod drive;
 mod exec;
 mod forward;
 mod heartbeat;
 mod identity;
+mod journal;
 mod nspawn;
 mod procs;
 mod pty;
@@ -75,6 +77,8 @@ pub struct Config {
     pub session_idle: Duration,
     /// Which local account runs each user's commands (none: the agent's own).
     pub run_as: run_as::RunAs,
+    /// What users who are not admins may have here.
+    pub policy: confine::Policy,
 }
 
 /// How the agent joins a tailnet.
@@ -212,12 +216,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     let ready = ready_line(&identity, if addr.is_empty() { mesh_addr.as_deref().unwrap_or_default() } else { &addr });
-    let sessions = session::Sessions::new(config.session_idle);
+    let sessions = session::Sessions::new(config.session_idle, config.policy.max_sessions.into());
     let reaper = tokio::spawn(sessions.clone().reap_forever());
-    let runtimes = runtimes::Runtimes::new(&identity.node_id);
+    confine::limit_processes(config.policy.max_processes).context("setting the process limit (--max-processes)")?;
+    let runtimes = runtimes::Runtimes::new(&identity.node_id, config.policy.clone());
     runtimes.clean_up().await;
     tracing::info!(isolation = ?runtimes.capabilities().await, "this node can run commands under");
-    let shared = server::Shared::new(identity, sessions, runtimes, config.run_as.clone());
+    let journal = journal::Journal::open(&config.dir);
+    let shared = server::Shared::new(identity, sessions, runtimes, config.run_as.clone(), journal);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::serve(incoming, shared.clone(), async {
         let _ = stop_rx.await;

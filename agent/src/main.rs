@@ -75,6 +75,21 @@ struct Args {
     /// than root.
     #[arg(long = "run-as", value_name = "USER=LOGIN")]
     run_as: Vec<String>,
+    /// A host directory that users who are not admins may mount into their containers
+    /// (repeatable): read-only, or writable with `:rw`. Without any, they may mount nothing
+    /// from this node; admins may mount anything.
+    #[arg(long = "mount-allow", value_name = "DIR[:rw]", value_parser = parse_mount_allow)]
+    mount_allow: Vec<openbox_agent::confine::MountAllow>,
+    /// Persistent sessions one user may have on this node at once.
+    #[arg(long, value_name = "N", default_value_t = openbox_agent::confine::DEFAULT_MAX_SESSIONS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_sessions: u16,
+    /// Processes a command may run at once, counted per container for users who are not
+    /// admins (a private user namespace in nspawn, the engine's limit in Docker) and per
+    /// local account for --run-as accounts other than root.
+    #[arg(long, value_name = "N", default_value_t = openbox_agent::confine::DEFAULT_MAX_PROCESSES,
+          value_parser = clap::value_parser!(u64).range(16..))]
+    max_processes: u64,
     /// Print this node's identity (id, name, control plane) as JSON and exit: 0 when it has
     /// enrolled, 3 when it has not.
     #[arg(long)]
@@ -82,6 +97,10 @@ struct Args {
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+fn parse_mount_allow(s: &str) -> Result<openbox_agent::confine::MountAllow, String> {
+    s.parse()
 }
 
 /// Runs this program again in this process, with the same arguments (it is enrolled now,
@@ -192,6 +211,11 @@ fn main() -> ExitCode {
         heartbeat_every: Duration::from_secs(args.heartbeat.max(1)),
         session_idle: Duration::from_secs(args.session_idle.max(1)),
         run_as,
+        policy: openbox_agent::confine::Policy {
+            mount_allow: args.mount_allow,
+            max_sessions: args.max_sessions,
+            max_processes: args.max_processes,
+        },
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let shutdown = {

@@ -1,7 +1,105 @@
 //! Process trees from /proc: what a command started, and the processes of an nspawn
 //! container (seen from the host).
 
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{Mode, OFlags};
 use rustix::process::{Pid, Signal, kill_process};
+
+/// A process known by its pid and its start time: once it has ended, another process that
+/// is given the same pid is not it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    /// When it started, in clock ticks after boot (`/proc/PID/stat`, field 22).
+    pub started: u64,
+}
+
+impl Proc {
+    /// Process `pid` as it is now, if there is one.
+    pub fn now(pid: u32) -> Option<Proc> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(Proc { pid, started: start_time(&stat)? })
+    }
+
+    /// Whether the process still runs (and is this one, not a later one with its pid).
+    pub fn is_running(&self) -> bool {
+        Proc::now(self.pid) == Some(*self)
+    }
+
+    /// Opens this process's root directory (`O_PATH`), making sure it is this process's:
+    /// its /proc directory is opened first and its start time checked through it, and a
+    /// /proc directory opened so stays the process's own, even after the pid is reused.
+    pub fn open_root(&self) -> std::io::Result<OwnedFd> {
+        let dir = self.open_dir()?;
+        Ok(rustix::fs::openat(&dir, "root", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+    }
+
+    /// As [`Proc::open_root`], with the host user and group that are root inside the
+    /// process's user namespace when it has one of its own (a confined container's).
+    pub fn open_root_and_owner(&self) -> std::io::Result<(OwnedFd, Option<(u32, u32)>)> {
+        let dir = self.open_dir()?;
+        let root = rustix::fs::openat(&dir, "root", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let theirs = rustix::fs::readlinkat(&dir, "ns/user", Vec::new())?;
+        let ours = std::fs::read_link("/proc/self/ns/user")?;
+        if theirs.as_bytes() == ours.as_os_str().as_encoded_bytes() {
+            return Ok((root, None));
+        }
+        let outside_of_zero = |map: &str| -> std::io::Result<u32> {
+            let text = read_at(&dir, map)?;
+            text.lines()
+                .filter_map(|l| {
+                    let f: Vec<u32> = l.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+                    (f.len() == 3 && f[0] == 0 && f[2] > 0).then_some(f[1])
+                })
+                .next()
+                .ok_or_else(|| std::io::Error::other(format!("process {}'s {map} does not map root", self.pid)))
+        };
+        Ok((root, Some((outside_of_zero("uid_map")?, outside_of_zero("gid_map")?))))
+    }
+
+    /// Its /proc directory, once its start time has been checked through it.
+    fn open_dir(&self) -> std::io::Result<OwnedFd> {
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, format!("process {} has ended", self.pid));
+        let dir = rustix::fs::open(format!("/proc/{}", self.pid), OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|_| gone())?;
+        if start_time(&read_at(&dir, "stat")?) != Some(self.started) {
+            return Err(gone());
+        }
+        Ok(dir)
+    }
+}
+
+/// A small file under a /proc directory.
+fn read_at(dir: &OwnedFd, name: &str) -> std::io::Result<String> {
+    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut text)?;
+    Ok(text)
+}
+
+impl std::fmt::Display for Proc {
+    /// `PID:STARTED`, as [`Proc`]'s `FromStr` reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.pid, self.started)
+    }
+}
+
+impl std::str::FromStr for Proc {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Proc, String> {
+        let bad = || format!("{s:?}: expected PID:STARTED");
+        let (pid, started) = s.split_once(':').ok_or_else(bad)?;
+        Ok(Proc { pid: pid.parse().map_err(|_| bad())?, started: started.parse().map_err(|_| bad())? })
+    }
+}
+
+/// Field 22 of a `/proc/PID/stat` line (counted after the command name, which may hold
+/// spaces and parentheses).
+fn start_time(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
 
 /// Every process below `root`, from /proc.
 pub fn descendants(root: u32) -> Vec<u32> {
@@ -26,6 +124,21 @@ pub fn descendants(root: u32) -> Vec<u32> {
     }
     found.remove(0);
     found
+}
+
+/// How many processes run with `uid` as their real user: what the kernel's process limit
+/// (`RLIMIT_NPROC`) counts.
+pub fn count_of_user(uid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let real_uid = |status: &str| {
+        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+        line.split_whitespace().nth(1)?.parse::<u32>().ok()
+    };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|status| real_uid(status) == Some(uid))
+        .count() as u64
 }
 
 pub fn signal(pid: u32, sig: Signal) {

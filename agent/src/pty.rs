@@ -49,9 +49,18 @@ pub fn login_shell(login: Option<&Login>) -> std::path::PathBuf {
 }
 
 /// `cmd` (built for pipes) rebuilt to run in a pty, as `login` when given.
-fn in_pty(cmd: &tokio::process::Command, login: Option<&Login>, term: &str) -> pty_process::Command {
+fn in_pty(cmd: &tokio::process::Command, spawn_env: &Env, login: Option<&Login>, term: &str) -> pty_process::Command {
     let std = cmd.as_std();
     let mut pcmd = pty_process::Command::new(std.get_program()).args(std.get_args());
+    // `get_envs` below does not show a fresh start (`env_clear`) made on `cmd`.
+    let fresh = match (spawn_env, login) {
+        (Env::Fresh(vars), _) => Some(vars.clone()),
+        (Env::Inherit, Some(login)) => Some(login.environment()),
+        (Env::Inherit, None) => None,
+    };
+    if let Some(vars) = fresh {
+        pcmd = pcmd.env_clear().envs(vars);
+    }
     for (key, value) in std.get_envs() {
         pcmd = match value {
             Some(value) => pcmd.env(key, value),
@@ -67,9 +76,18 @@ fn in_pty(cmd: &tokio::process::Command, login: Option<&Login>, term: &str) -> p
     pcmd.env("TERM", term).kill_on_drop(true)
 }
 
+/// The environment a terminal's program starts with, beside what `cmd` sets.
+pub enum Env {
+    /// The agent's (without its secrets), or the mapped account's fresh one.
+    Inherit,
+    /// Only these.
+    Fresh(Vec<(&'static str, OsString)>),
+}
+
 /// What to start in a terminal: `sh -c CMD`, a login shell, or `systemd-nspawn …`.
 pub struct Spawn<'a> {
     pub cmd: tokio::process::Command,
+    pub env: Env,
     /// The name it is started under (`-bash` for a login shell).
     pub arg0: Option<OsString>,
     pub login: Option<&'a Login>,
@@ -85,11 +103,11 @@ pub async fn run(
     out: ChannelOut,
 ) {
     let input = messages(input, &out);
-    let Spawn { cmd, arg0, login, tree } = spawn;
+    let Spawn { cmd, env, arg0, login, tree } = spawn;
     let spawned = (|| {
         let (master, pts) = pty_process::open()?;
         master.resize(pty.size())?;
-        let mut pcmd = in_pty(&cmd, login, &pty.term);
+        let mut pcmd = in_pty(&cmd, &env, login, &pty.term);
         if let Some(arg0) = arg0 {
             pcmd = pcmd.arg0(arg0);
         }

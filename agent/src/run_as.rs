@@ -8,6 +8,10 @@ use std::path::PathBuf;
 
 use uzers::os::unix::UserExt as _;
 
+/// `PATH` for root's commands and for other accounts', as Debian's login sets them.
+pub const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// A local account commands run as: its user and primary group (supplementary groups are
 /// not given), with its home as the working directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,12 +25,32 @@ pub struct Login {
 }
 
 impl Login {
-    /// Sets a command up to run as this account.
+    /// Sets a command up to run as this account, in a fresh environment as sshd gives
+    /// one ([`Login::environment`]): nothing of the agent's own (its variables may hold
+    /// secrets of the account it runs as) reaches another account's commands.
     pub fn apply(&self, cmd: &mut tokio::process::Command) {
         // An account without a home (`nobody`) starts at the root.
         let dir = if self.home.is_dir() { self.home.as_path() } else { std::path::Path::new("/") };
         cmd.uid(self.uid).gid(self.gid).current_dir(dir);
-        cmd.env("HOME", &self.home).env("USER", &self.name).env("LOGNAME", &self.name);
+        cmd.env_clear().envs(self.environment());
+    }
+
+    /// The environment a command of this account starts with: `PATH`, `HOME`, `USER`,
+    /// `LOGNAME`, `SHELL`, and the agent's `LANG` when it has one. `TERM` is added for a
+    /// terminal, and openbox's own variables by the caller.
+    pub fn environment(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let path = if self.uid == 0 { ROOT_PATH } else { USER_PATH };
+        let mut env = vec![
+            ("PATH", path.into()),
+            ("HOME", self.home.clone().into_os_string()),
+            ("USER", self.name.clone().into()),
+            ("LOGNAME", self.name.clone().into()),
+            ("SHELL", self.shell.clone().into_os_string()),
+        ];
+        if let Some(lang) = std::env::var_os("LANG") {
+            env.push(("LANG", lang));
+        }
+        env
     }
 
     fn lookup(name: &str) -> anyhow::Result<Login> {

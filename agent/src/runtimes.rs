@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use proto::Isolation;
 
+use crate::confine::{ConfineError, Confinement, Policy};
 use crate::docker::{Engine, EngineError};
 use crate::nspawn::NspawnError;
 
@@ -18,31 +19,32 @@ pub enum RuntimeError {
     Docker(#[from] EngineError),
     #[error(transparent)]
     Nspawn(#[from] NspawnError),
-    #[error("mount source {0} does not exist on this node")]
-    MountSource(String),
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
     /// The process (a session's shell) could not be started.
     #[error("{0}")]
     Spawn(std::io::Error),
 }
 
-/// Mount sources must exist: engines differ on whether they create a missing one, and a
-/// typo should not become a new empty directory on the node.
-fn check_mount_sources(limits: &proto::isolation::Limits) -> Result<(), RuntimeError> {
-    match limits.mounts.iter().find(|m| !std::path::Path::new(&m.src).exists()) {
-        Some(m) => Err(RuntimeError::MountSource(m.src.clone())),
-        None => Ok(()),
-    }
+/// What one command runs under here: its isolation with every host path in it resolved
+/// to what it is on this node, and how tightly it is held beside that.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sandbox {
+    pub isolation: Isolation,
+    pub hold: Confinement,
 }
 
 pub struct Runtimes {
     node_id: String,
+    /// What users who are not admins may have here.
+    pub policy: Policy,
     /// The engine client, made once its socket exists.
     docker: Mutex<Option<Engine>>,
 }
 
 impl Runtimes {
-    pub fn new(node_id: &str) -> Runtimes {
-        Runtimes { node_id: node_id.to_owned(), docker: Mutex::new(None) }
+    pub fn new(node_id: &str, policy: Policy) -> Runtimes {
+        Runtimes { node_id: node_id.to_owned(), policy, docker: Mutex::new(None) }
     }
 
     /// The Docker engine client, or why there is none.
@@ -59,7 +61,7 @@ impl Runtimes {
     /// What this machine can serve before it has a node id, for its enrollment (the id
     /// only labels containers, and a probe creates none).
     pub async fn probe() -> Vec<String> {
-        Runtimes::new("").capabilities().await
+        Runtimes::new("", Policy::default()).capabilities().await
     }
 
     /// The isolation kinds this node can serve right now, for the heartbeat.
@@ -76,28 +78,34 @@ impl Runtimes {
         caps
     }
 
-    /// Whether `isolation` can run here now; why not, in words a user can act on.
-    pub fn check(&self, isolation: &Isolation) -> Result<(), RuntimeError> {
-        match isolation {
-            Isolation::Native => Ok(()),
-            Isolation::Docker { limits, .. } => {
+    /// What `isolation` runs under here for a user (an admin or not), if it can run here
+    /// now; why not, in words a user can act on.
+    pub fn prepare(&self, isolation: &Isolation, admin: bool) -> Result<Sandbox, RuntimeError> {
+        let hold = match admin {
+            true => Confinement::ADMIN,
+            false => Confinement { confined: true, max_processes: self.policy.max_processes },
+        };
+        let isolation = match isolation {
+            Isolation::Native => Isolation::Native,
+            Isolation::Docker { image, limits } => {
                 // No ping here: it would cost a round trip on every call, and an engine
                 // that does not answer fails the container's creation with the same words.
                 let engine = self.docker()?;
                 // An engine on this machine sees this machine's paths (a remote one does not).
-                if engine.host.starts_with("unix://") {
-                    check_mount_sources(limits)?;
-                }
-                Ok(())
+                let local = if engine.host.starts_with("unix://") { Ok(()) } else { Err(engine.host.as_str()) };
+                let limits = crate::confine::mounts(limits, hold, &self.policy, local)?;
+                Isolation::Docker { image: image.clone(), limits }
             }
             Isolation::Nspawn { dir, limits } => {
                 if let Some(why) = crate::nspawn::unavailable() {
                     return Err(why.into());
                 }
-                crate::nspawn::check_tree(dir)?;
-                check_mount_sources(limits)
+                let dir = crate::nspawn::resolve_tree(dir)?;
+                let limits = crate::confine::mounts(limits, hold, &self.policy, Ok(()))?;
+                Isolation::Nspawn { dir, limits }
             }
-        }
+        };
+        Ok(Sandbox { isolation, hold })
     }
 
     /// Removes containers an earlier run of this agent left behind.

@@ -29,6 +29,11 @@ pub struct Shared {
     unauthenticated: Mutex<Unauthenticated>,
     /// Users removed from the fleet, as the control plane said in heartbeat replies.
     revoked: Mutex<std::collections::HashSet<proto::api::RevokedUser>>,
+    /// For users whose access was narrowed lately (by incarnation): certificates issued
+    /// before this time are refused.
+    cutoffs: Mutex<std::collections::HashMap<String, u64>>,
+    /// What this node ran, for the audit log.
+    pub journal: Arc<crate::journal::Journal>,
     /// Which local account runs each user's commands.
     run_as: RunAs,
 }
@@ -86,15 +91,42 @@ impl Shared {
         if proto::time::now() >= grant.valid_before {
             return Some("the user certificate for this connection has expired; reconnect".into());
         }
+        if self.is_cut_off(grant) {
+            return Some(format!(
+                "{}'s access to this node changed after this certificate was issued; connect again for a new one",
+                grant.user
+            ));
+        }
         self.is_revoked(grant).then(|| format!("user {} was removed from this fleet", grant.user))
     }
 
+    /// Whether the grant's user was removed from the fleet, or its certificate was issued
+    /// before its access here was last narrowed: either way it is good for nothing.
     fn is_revoked(&self, grant: &UserGrant) -> bool {
         let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         revoked.iter().any(|r| match &grant.incarnation {
             Some(i) => *i == r.incarnation,
             None => r.name == grant.user,
         })
+    }
+
+    fn is_cut_off(&self, grant: &UserGrant) -> bool {
+        let cutoffs = self.cutoffs.lock().unwrap_or_else(|e| e.into_inner());
+        let key = grant.incarnation.as_deref().unwrap_or(&grant.user);
+        cutoffs.get(key).is_some_and(|cutoff| grant.issued_at < *cutoff)
+    }
+
+    /// Takes in when users' access was last narrowed, as heartbeat replies say: from now
+    /// on their certificates from before then are refused, on open connections too.
+    pub fn cut_off(&self, cutoffs: Vec<proto::api::CertCutoff>) {
+        let mut known = self.cutoffs.lock().unwrap_or_else(|e| e.into_inner());
+        for c in cutoffs {
+            let at = known.entry(c.incarnation).or_default();
+            if c.cutoff > *at {
+                tracing::info!(user = %c.name, cutoff = c.cutoff, "certificates issued before a change of access are refused");
+                *at = c.cutoff;
+            }
+        }
     }
 
     /// Takes in the removed users a heartbeat reply names: from now on their certificates
@@ -134,7 +166,13 @@ fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
 }
 
 impl Shared {
-    pub fn new(identity: Identity, sessions: Arc<Sessions>, runtimes: Runtimes, run_as: RunAs) -> Arc<Shared> {
+    pub fn new(
+        identity: Identity,
+        sessions: Arc<Sessions>,
+        runtimes: Runtimes,
+        run_as: RunAs,
+        journal: Arc<crate::journal::Journal>,
+    ) -> Arc<Shared> {
         let config = ssh_config(&identity);
         Arc::new(Shared {
             identity: RwLock::new(identity),
@@ -143,6 +181,8 @@ impl Shared {
             runtimes,
             unauthenticated: Mutex::default(),
             revoked: Mutex::default(),
+            cutoffs: Mutex::default(),
+            journal,
             run_as,
         })
     }
@@ -294,6 +334,10 @@ impl russh::server::Handler for Connection {
     async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
         let id = self.shared.identity();
         match trust::verify_user_cert(cert, &id.ca, user, &id.node_id, proto::time::now()) {
+            Ok(grant) if self.shared.is_cut_off(&grant) => {
+                tracing::warn!(peer = %self.peer, %user, key_id = %grant.key_id, "refused a certificate issued before its user's access changed");
+                Ok(Auth::reject())
+            }
             Ok(grant) if self.shared.is_revoked(&grant) => {
                 tracing::warn!(peer = %self.peer, %user, key_id = %grant.key_id, "refused the certificate of a user removed from the fleet");
                 Ok(Auth::reject())
@@ -325,6 +369,12 @@ impl russh::server::Handler for Connection {
         let Some(grant) = self.grant.clone() else {
             return Ok(()); // dropping `reply` refuses the channel
         };
+        // A certificate cut off since it authenticated opens nothing more: the caller
+        // connects again and is asked for a new one.
+        if self.shared.is_cut_off(&grant) || self.shared.is_revoked(&grant) {
+            tracing::info!(peer = %self.peer, user = %grant.user, key_id = %grant.key_id, "refused a channel: the certificate was cut off or its user removed");
+            return Ok(());
+        }
         reply.accept().await;
         let handle = session.handle();
         tokio::spawn(serve_channel(channel, grant, handle, self.shared.clone()));
@@ -370,7 +420,16 @@ impl russh::server::Handler for Connection {
                 return Ok(false);
             }
         };
-        match self.listeners.listen(address, port, session.handle()).await {
+        let agent_is_root = rustix::process::geteuid().is_root();
+        let account = match self.shared.run_as.login(&grant.user) {
+            Ok(Some(login)) => crate::forward::Account { name: &login.name, is_root: login.uid == 0 },
+            Ok(None) => crate::forward::Account { name: "the agent's own user", is_root: agent_is_root },
+            Err(why) => {
+                tracing::warn!(user = %grant.user, %asked, reason = %why, "refused a listener (-R)");
+                return Ok(false);
+            }
+        };
+        match self.listeners.listen(address, port, account, session.handle()).await {
             Ok(()) => {
                 tracing::info!(user = %grant.user, key_id = %grant.key_id, %asked, port = *port, "listening for a forward (-R)");
                 Ok(true)
@@ -453,7 +512,7 @@ impl russh::server::Handler for Connection {
 async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::server::Handle, shared: Arc<Shared>) {
     let id = channel.id();
     let (mut read, write) = channel.split();
-    let out = ChannelOut { id, handle, write };
+    let mut out = ChannelOut { id, handle, write, record: None };
     let mut timeout = None;
     let mut pty = None;
     // `None`: the account's login shell, in the terminal asked for.
@@ -483,6 +542,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
                     .await;
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) if name == "sftp" => {
+                out.record = Some(shared.journal.start(&grant, "sftp", None));
                 return serve_sftp(&grant, &shared, timeout, read, out).await;
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) => {
@@ -492,16 +552,26 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
             Some(_) => continue,
         }
     };
+    // Recorded from here, refusals too: the audit learns what the node ran, and what it
+    // would not run, from the node.
+    let kind = if command.is_some() { "command" } else { "shell" };
+    out.record = Some(shared.journal.start(&grant, kind, command.as_deref()));
     if let Some(why) = shared.lapsed(&grant) {
         return out.refuse(&format!("{why}; nothing was run")).await;
     }
     // The isolation comes from the signed certificate, already parsed strictly; it runs
-    // exactly as issued or not at all.
+    // exactly as issued or not at all, with its host paths judged by what they are here.
     let isolation = &grant.isolation;
-    if let Err(why) = shared.runtimes.check(isolation) {
-        tracing::warn!(user = %grant.user, %isolation, reason = %why, "refused an isolation this node cannot serve now");
-        return out.refuse(&format!("cannot run {} isolation here: {why}; nothing was run", isolation.kind())).await;
-    }
+    let sandbox = match shared.runtimes.prepare(isolation, grant.admin) {
+        Ok(sandbox) => sandbox,
+        Err(why) => {
+            tracing::warn!(user = %grant.user, %isolation, reason = %why, "refused an isolation this node cannot serve now");
+            return out
+                .refuse(&format!("cannot run {} isolation here: {why}; nothing was run", isolation.kind()))
+                .await;
+        }
+    };
+    let hold = sandbox.hold;
     // Whose account it runs as: the mapping's, from the verified principal, or none at all.
     let login = match shared.run_as.login(&grant.user) {
         Ok(login) => login,
@@ -532,6 +602,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
     let job = |command| Job {
         command,
         isolation,
+        sandbox: &sandbox,
         owner: grant.incarnation.as_deref(),
         runtimes: &shared.runtimes,
         env: &env,
@@ -544,28 +615,31 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
             let job = job(command.as_deref().unwrap_or_default());
             return shared.sessions.terminal(&grant.user, session, job, &pty, read, out).await;
         }
-        if let proto::Isolation::Docker { image, limits } = isolation {
+        if let proto::Isolation::Docker { image, limits } = &sandbox.isolation {
             let engine = shared.runtimes.docker().expect("checked above");
-            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login, tty: Some(&pty.term) };
+            let spec =
+                crate::docker::Spec { image, limits, hold, env: &env, session: None, login, tty: Some(&pty.term) };
             let size = (pty.cols, pty.rows);
             return crate::docker::run_in_terminal(&engine, spec, command.as_deref(), size, timeout, read, out).await;
         }
-        let spawn = in_terminal(command.as_deref(), isolation, &env, login);
+        let spawn = in_terminal(command.as_deref(), &sandbox, &env, login);
         return crate::pty::run(spawn, &pty, timeout, read, out).await;
     }
     let Some(command) = command else { return }; // a shell is asked for only with a terminal
     if let Some(session) = &grant.session {
         return shared.sessions.run(&grant.user, session, job(&command), &out, read).await;
     }
-    match isolation {
-        proto::Isolation::Native => exec::run_native(&command, &env, login, timeout, read, out).await,
+    match &sandbox.isolation {
+        proto::Isolation::Native => exec::run_native(&command, &env, login, hold, timeout, read, out).await,
         proto::Isolation::Nspawn { dir, limits } => {
-            let cmd = crate::nspawn::command(dir, limits, &env, &crate::nspawn::one_shot_argv(&command));
-            exec::run_process(cmd, exec::Tree::Nspawn, timeout, read, out).await;
+            let argv = crate::nspawn::one_shot_argv(&command, hold.process_limit());
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let cmd = crate::nspawn::command(dir, limits, hold, &env, &argv);
+            exec::run_process(cmd, exec::Tree::Nspawn, None, timeout, read, out).await;
         }
         proto::Isolation::Docker { image, limits } => {
             let engine = shared.runtimes.docker().expect("checked above");
-            let spec = crate::docker::Spec { image, limits, env: &env, session: None, login, tty: None };
+            let spec = crate::docker::Spec { image, limits, hold, env: &env, session: None, login, tty: None };
             crate::docker::run_once(&engine, spec, &command, timeout, read, out).await;
         }
     }
@@ -575,19 +649,21 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
 /// nspawn container (a Docker engine makes the terminal itself).
 fn in_terminal<'a>(
     command: Option<&str>,
-    isolation: &proto::Isolation,
+    sandbox: &crate::runtimes::Sandbox,
     env: &[(&str, &str)],
     login: Option<&'a crate::run_as::Login>,
 ) -> crate::pty::Spawn<'a> {
-    match isolation {
+    match &sandbox.isolation {
         proto::Isolation::Nspawn { dir, limits } => {
-            let argv: Vec<&str> = match command {
-                Some(command) => crate::nspawn::one_shot_argv(command).to_vec(),
-                None => vec!["/bin/sh", "-l"],
+            let argv: Vec<String> = match command {
+                Some(command) => crate::nspawn::one_shot_argv(command, sandbox.hold.process_limit()),
+                None => vec!["/bin/sh".into(), "-l".into()],
             };
-            let cmd = crate::nspawn::command_in_terminal(dir, limits, env, &argv);
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let cmd = crate::nspawn::command_in_terminal(dir, limits, sandbox.hold, env, &argv);
             // Mapped accounts other than root were refused nspawn above.
-            crate::pty::Spawn { cmd, arg0: None, login: None, tree: exec::Tree::Nspawn }
+            // nspawn passes the container only what --setenv gives.
+            crate::pty::Spawn { cmd, env: crate::pty::Env::Inherit, arg0: None, login: None, tree: exec::Tree::Nspawn }
         }
         proto::Isolation::Docker { .. } => unreachable!("a Docker engine makes its own terminal"),
         proto::Isolation::Native => {
@@ -604,7 +680,7 @@ fn in_terminal<'a>(
                     (exec::native_command(&shell, env, login), Some(format!("-{name}").into()))
                 }
             };
-            crate::pty::Spawn { cmd, arg0, login, tree: exec::Tree::Group }
+            crate::pty::Spawn { cmd, env: crate::pty::Env::Inherit, arg0, login, tree: exec::Tree::Group }
         }
     }
 }
@@ -629,9 +705,14 @@ async fn serve_sftp(
     let Some(session) = &grant.session else {
         return start_sftp(None, login, timeout, read, out).await;
     };
+    let sandbox = match shared.runtimes.prepare(&grant.isolation, grant.admin) {
+        Ok(sandbox) => sandbox,
+        Err(why) => return out.refuse(&format!("{why}; nothing was transferred")).await,
+    };
     let job = Job {
         command: "",
         isolation: &grant.isolation,
+        sandbox: &sandbox,
         owner: grant.incarnation.as_deref(),
         runtimes: &shared.runtimes,
         env: &[],
@@ -655,7 +736,7 @@ async fn serve_sftp(
 /// Starts the agent's SFTP server for the channel: as `login`, over the node's files, or
 /// (as root) over the filesystem of the process `root`'s container.
 async fn start_sftp(
-    root: Option<u32>,
+    root: Option<crate::procs::Proc>,
     login: Option<&crate::run_as::Login>,
     timeout: Option<std::time::Duration>,
     read: russh::ChannelReadHalf,
@@ -670,10 +751,10 @@ async fn start_sftp(
     };
     let mut cmd = exec::native_command(&exe, &[], login);
     cmd.arg(crate::sftp::SERVER_ARG);
-    if let Some(pid) = root {
-        cmd.arg(format!("/proc/{pid}/root"));
+    if let Some(shell) = root {
+        cmd.arg(shell.to_string());
     }
-    exec::run_process(cmd, exec::Tree::Group, timeout, read, out).await;
+    exec::run_process(cmd, exec::Tree::Group, None, timeout, read, out).await;
 }
 
 /// Why `grant` may not have an SFTP server here, if it may not.

@@ -21,11 +21,25 @@ pub const SERVER_ARG: &str = "sftp-server";
 const READ_MAX: u32 = 256 * 1024;
 
 /// Serves SFTP on this process's stdin and stdout until the client closes it — over the
-/// filesystem under `root` (a container's, as `/proc/PID/root`), when given.
+/// filesystem of a container, when `root` names its first process (`PID:STARTED`, see
+/// [`crate::procs::Proc`]): the process is checked to be that one, its root becomes this
+/// process's, and in a container with a user namespace of its own this process goes on
+/// as the user that is root in there (an unprivileged user outside), never as the host's
+/// root.
 pub fn serve(root: Option<&std::ffi::OsStr>) -> std::io::Result<()> {
     if let Some(root) = root {
-        rustix::process::chroot(root)?;
+        let invalid = || std::io::Error::new(ErrorKind::InvalidInput, format!("{root:?}: expected PID:STARTED"));
+        let shell: crate::procs::Proc = root.to_str().and_then(|r| r.parse().ok()).ok_or_else(invalid)?;
+        let (dir, owner) = shell.open_root_and_owner()?;
+        rustix::process::fchdir(&dir)?;
+        rustix::process::chroot(".")?;
         std::env::set_current_dir("/")?;
+        if let Some((uid, gid)) = owner {
+            // One thread so far: the thread's credentials are the process's.
+            rustix::thread::set_thread_groups(&[])?;
+            rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(gid))?;
+            rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))?;
+        }
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -57,6 +71,7 @@ pub async fn serve_in_agent(read: russh::ChannelReadHalf, out: crate::channel::C
     crate::channel::splice(read, &out.write, &window, ours).await;
     let _ = done.await;
     // As sshd ends a session: the output's EOF (sent above), the status, the close.
+    out.ended(&crate::channel::Outcome::Code(0));
     let _ = out.write.exit_status(0).await;
     let _ = out.write.close().await;
 }

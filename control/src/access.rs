@@ -75,19 +75,18 @@ impl<'a> Access<'a> {
                 named.join(" or "),
                 node.name
             )),
+            // The node is hidden from this user: the refusal does not name it.
             _ if node.shares_control
                 && self.grants.iter().any(|g| matches!(&g.on, Target::Tag(t) if node.tags.contains(t))) =>
             {
                 forbidden(format!(
-                    "node {} runs beside the control plane and could read its files, so a tag grant does not reach it: \
-                     only admins, and users granted it by name (`openbox user grant {user} --node {}`), may run there",
-                    node.name, node.name
+                    "no node {user:?} may use matches: a node that runs beside the control plane and could read its \
+                     files takes only a grant by name, which an admin gives with `openbox user grant {user} --node NODE`"
                 ))
             }
             _ => forbidden(format!(
-                "{user:?} may not run on node {}; an admin can allow it with `openbox user grant {user} --node {}` \
-                 (or `--tag TAG` for the nodes of a tag)",
-                node.name, node.name
+                "no node {user:?} may use matches; an admin can allow it with `openbox user grant {user} --node NODE` \
+                 (or `--tag TAG` for the nodes of a tag)"
             )),
         }
     }
@@ -154,7 +153,8 @@ mod tests {
         let e = access.check(&ci, "native").unwrap_err();
         assert!(e.message.contains("only with docker isolation"), "{}", e.message);
         let e = access.check(&gpu, "native").unwrap_err();
-        assert!(e.message.contains("may not run on node n2-name"), "{}", e.message);
+        assert!(e.message.contains("no node \"bob\" may use matches"), "{}", e.message);
+        assert!(!e.message.contains("n2"), "a node hidden from him is not named: {}", e.message);
         let none = Access::new(&bob, vec![]);
         assert!(none.check(&ci, "docker").is_err(), "no grant, no access");
         let admin = user(true);

@@ -109,7 +109,7 @@ impl Caller {
         let unauthorized = |m: &str| Refusal::new(Kind::Unauthorized, m);
         let source = parts.extensions.get::<Source>().cloned();
         let Some(tok) = bearer(&parts.headers) else {
-            return match crate::web::cookie(&parts.headers) {
+            return match crate::web::cookie(app, &parts.headers) {
                 Some(cookie) => {
                     let (user, hash) = crate::web::cookie_user(app, parts, cookie).await?;
                     Ok(Caller { user, credential: Credential::Web(hash), source })

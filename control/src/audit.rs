@@ -20,7 +20,6 @@ pub struct Record<'a> {
     pub isolation: Option<String>,
     pub session: Option<&'a str>,
     pub key_id: Option<String>,
-    pub command: Option<&'a str>,
     pub detail: Option<String>,
 }
 
@@ -37,11 +36,10 @@ impl App {
             session: r.session.map(str::to_owned),
             key_id: r.key_id,
             source: source.map(|s| s.0.clone()),
-            command_sha256: r.command.map(trust::token::hash),
-            command: r.command.filter(|_| self.config.audit_commands).map(str::to_owned),
             detail: r.detail,
+            ..AuditEntry::default()
         };
-        self.store.audit(&entry, t.saturating_sub(self.config.audit_retention_secs)).await?;
+        self.store.audit(&[entry], t.saturating_sub(self.config.audit_retention_secs)).await?;
         Ok(())
     }
 }

@@ -37,8 +37,7 @@ pub async fn run(
         return Err(Refusal::new(Kind::BadRequest, "give a command to run"));
     }
     let request = (req.target.clone(), req.session.clone(), req.isolation.clone());
-    let Behalf { node, target, user, key, cert } =
-        on_behalf(&app, caller, request, Some(req.command.clone()), "web console").await?;
+    let Behalf { node, target, user, key, cert } = on_behalf(&app, caller, request, "web console").await?;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(BACKLOG);
     tokio::spawn(async move {
@@ -90,12 +89,11 @@ pub(crate) async fn on_behalf(
     app: &App,
     caller: Caller,
     (target, session, isolation): (Target, Option<String>, proto::Isolation),
-    command: Option<String>,
     what: &str,
 ) -> Result<Behalf, Refusal> {
     let key = Arc::new(trust::generate_key());
     let public_key = key.public_key().to_openssh().map_err(trust::TrustError::from)?;
-    let dispatch = DispatchRequest { target, session, isolation, public_key, command };
+    let dispatch = DispatchRequest { target, session, isolation, public_key };
     let d = placement::dispatch(app, &caller.user, caller.source.as_ref(), dispatch, Some(what)).await?;
     if d.node.addr.is_empty() {
         return Err(Refusal::new(

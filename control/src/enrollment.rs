@@ -1,7 +1,9 @@
 //! Nodes joining and staying: enrollment with a single-use token, and the heartbeats that
 //! keep a node's entry current and its host certificate renewed.
 
-use proto::api::{EnrollMeshRequest, EnrollRequest, Enrolled, Heartbeat, HeartbeatReply, MeshSettings};
+use proto::api::{
+    AuditEntry, EnrollMeshRequest, EnrollRequest, Enrolled, Execution, Heartbeat, HeartbeatReply, MeshSettings,
+};
 use proto::cert::{CLOCK_SKEW_SECS, HOST_CERT_TTL_SECS};
 use trust::token;
 
@@ -32,6 +34,8 @@ pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> 
     let default_name =
         req.default_name.filter(|n| proto::check_name("node name", n).is_ok()).unwrap_or_else(|| "node".into());
     check_mesh_addr(req.mesh_addr.as_deref())?;
+    req.platform.check()?;
+    proto::api::check_reported_addr("addr", &req.addr)?;
     let host_key = trust::parse_public_key(&req.host_public_key)?;
     // A chosen name that is taken is refused before the token is used up.
     if let Some(name) = &req.name
@@ -152,6 +156,12 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result
         return Err(refused());
     }
     check_mesh_addr(hb.mesh_addr.as_deref())?;
+    if let Err(why) = hb.check() {
+        tracing::warn!(node = %node.id, reason = %telemetry::untrusted(&why.to_string()), "heartbeat refused: it reports what a node cannot");
+        return Err(why.into());
+    }
+    // What the node ran, into the audit log before it is told so (then it forgets them).
+    let recorded = record_executions(app, &node.id, &hb.executions).await?;
     // Most heartbeats change nothing a node list shows, and wake no one.
     let shown = app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now()).await?;
     let sessions = app.store.apply_session_reports(&node.id, &hb.sessions).await?;
@@ -162,6 +172,13 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result
     // sessions (a node away for longer learns nothing stale: their certificates expired).
     let mut reply = HeartbeatReply {
         revoked_users: app.store.revoked_users(now().saturating_sub(REVOCATIONS_KEPT_SECS)).await?,
+        // Narrowed lately enough that a certificate from before may still be valid.
+        cert_cutoffs: app
+            .store
+            .cert_cutoffs(now().saturating_sub(app.config.user_cert_ttl_secs + 2 * CLOCK_SKEW_SECS))
+            .await?,
+        executions_recorded: recorded,
+        audit_commands: app.config.audit_commands,
         ..Default::default()
     };
     if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
@@ -170,6 +187,35 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result
         tracing::info!(node = %node.id, "host certificate renewed");
     }
     Ok(reply)
+}
+
+/// Puts what a node reports it ran into the audit log, as `exec` entries of the node the
+/// heartbeat authenticated; returns their record ids.
+async fn record_executions(app: &App, node_id: &str, executions: &[Execution]) -> Result<Vec<String>, Refusal> {
+    if executions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<AuditEntry> = executions
+        .iter()
+        .map(|x| AuditEntry {
+            at: x.started_at,
+            user: x.user.clone(),
+            action: "exec".into(),
+            node_id: Some(node_id.to_owned()),
+            isolation: Some(x.isolation.clone()),
+            session: x.session.clone(),
+            key_id: Some(x.key_id.clone()),
+            source: None,
+            command_sha256: x.command_sha256.clone(),
+            command: x.command.clone().filter(|_| app.config.audit_commands),
+            detail: (x.kind != "command").then(|| x.kind.clone()),
+            record_id: Some(format!("{node_id}:{}", x.id)),
+            duration_ms: Some(x.duration_ms),
+            exit: Some(x.exit.clone()),
+        })
+        .collect();
+    app.store.audit(&entries, now().saturating_sub(app.config.audit_retention_secs)).await?;
+    Ok(executions.iter().map(|x| x.id.clone()).collect())
 }
 
 /// A tailnet address must be one a caller can dial: `IP:PORT`, a unicast IP, a port.

@@ -233,12 +233,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             format!("New login token for {:?}.", args.admin)
         };
-        // Written to the file when one is given, and then not printed: output like this
-        // often ends up in a log file.
-        match &args.bootstrap_token_file {
+        // On a terminal the token is shown once. Anywhere else (a service's journal, a
+        // log file) it goes to a file only its owner reads, and the output says where.
+        use std::io::IsTerminal as _;
+        let file = match &args.bootstrap_token_file {
+            Some(path) => Some(path.clone()),
+            None if !std::io::stdout().is_terminal() => Some(paths::control_admin_token()),
+            None => None,
+        };
+        match file {
             Some(path) => {
-                paths::write_private(path, tok.expose().as_bytes())?;
-                println!("{what} Its login token is in {} (mode 0600).", path.display());
+                paths::write_private(&path, tok.expose().as_bytes())?;
+                println!("{what} Its login token is in {} (mode 0600). Log in with:", path.display());
+                println!("  openbox login {server_flags} --token-file {}", path.display());
             }
             None => {
                 println!("{what} Log in with (the token is shown only once):");

@@ -41,6 +41,7 @@ pub async fn dispatch(
         request_id: &request_id,
         isolation: &req.isolation,
         session: req.session.as_deref(),
+        admin: user.admin,
         public_key: &key,
         valid_after: t - CLOCK_SKEW_SECS,
         valid_before: t + app.config.user_cert_ttl_secs,
@@ -52,7 +53,6 @@ pub async fn dispatch(
         isolation: Some(req.isolation.to_string()),
         session: req.session.as_deref(),
         key_id: Some(cert.key_id().to_owned()),
-        command: req.command.as_deref(),
         detail: detail.map(str::to_owned),
     };
     app.audit(&user.name, "dispatch", source, record).await?;

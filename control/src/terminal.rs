@@ -32,8 +32,6 @@ pub struct TerminalQuery {
     isolation: Option<String>,
     cols: u32,
     rows: u32,
-    /// The page's CSRF token: a WebSocket cannot send headers of its own.
-    csrf: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -53,7 +51,7 @@ pub async fn open(
     Query(q): Query<TerminalQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
-    crate::web::check_socket(&app, &caller, &headers, &q.csrf).await?;
+    crate::web::check_socket(&headers)?;
     let reached = reach(&app, caller, q).await;
     Ok(ws.on_upgrade(move |mut socket| async move {
         // Counted among the open connections for as long as the terminal lasts.
@@ -85,7 +83,7 @@ async fn reach(app: &App, caller: Caller, q: TerminalQuery) -> Result<Reached, R
         Some(text) => text.parse().map_err(|e| Refusal::new(Kind::BadRequest, format!("{e}")))?,
     };
     let session = q.session.filter(|s| !s.is_empty());
-    let behalf = on_behalf(app, caller, (target, session, isolation), None, "web terminal").await?;
+    let behalf = on_behalf(app, caller, (target, session, isolation), "web terminal").await?;
     let pty = PtySpec { term: "xterm-256color".into(), cols: q.cols, rows: q.rows };
     Ok(Reached { behalf, pty })
 }

@@ -2,11 +2,16 @@
 //! time, so the binary serves them with no files beside it), and browser sessions.
 //!
 //! A browser logs in with a login token (or a one-time link from `openbox dashboard`) and
-//! gets a session cookie — HttpOnly, SameSite=Strict, Secure over HTTPS, expiring — that
-//! authenticates it to the same `/v1` API the CLI uses. Every state-changing request made
-//! with the cookie must also carry the session's CSRF token in `X-CSRF-Token` (and, when
-//! the browser says where it comes from, come from this origin); a bearer token needs no
-//! such check, as browsers never send one on their own.
+//! gets two things: a session cookie — HttpOnly, SameSite=Strict, expiring; `Secure` and
+//! named with the `__Host-` prefix over HTTPS — and a session secret, in the login's answer
+//! alone, which the page keeps (in its origin's storage, which another port's page cannot
+//! read) and sends in `X-Openbox-Session` with every request. The cookie alone reads and
+//! changes nothing: browsers send a cookie for 127.0.0.1 to every port, so any local
+//! listener the browser visits sees it, and nothing hands the secret out in exchange for
+//! it. A state-changing request must also come from this origin when the browser says
+//! where it comes from. A bearer token needs neither, as browsers never send one on their
+//! own. A one-time link logs in from the page, which asks before it replaces another
+//! user's session.
 
 use std::sync::{Arc, LazyLock};
 
@@ -27,8 +32,12 @@ use crate::refusal::{Kind, Refusal};
 use crate::store::User;
 use crate::{App, now};
 
-/// The cookie that holds a browser session.
+/// The cookie that holds a browser session (with the `__Host-` prefix over HTTPS, which
+/// makes browsers refuse it unless Secure, for this host only, on every path).
 const COOKIE: &str = "openbox_session";
+const HOST_COOKIE: &str = "__Host-openbox_session";
+/// The header that carries the session secret.
+pub const SECRET_HEADER: &str = "x-openbox-session";
 /// How long a browser session lasts.
 const SESSION_SECS: u64 = 12 * 3600;
 /// How long a link from `openbox dashboard` can be followed.
@@ -67,6 +76,7 @@ pub fn routes() -> axum::Router<Arc<App>> {
         .route("/assets/{file}", get(asset))
         .route("/web/login", post(login))
         .route("/web/link/{code}", get(follow_link))
+        .route("/web/link", post(use_link))
         .route("/web/session", get(session))
         .route("/web/logout", post(logout))
 }
@@ -148,8 +158,10 @@ impl Asset {
 struct SessionInfo {
     user: String,
     admin: bool,
-    /// Echoed in `X-CSRF-Token` on every state-changing request.
-    csrf: String,
+    /// The session secret, sent in `X-Openbox-Session` with every request: only in the
+    /// answer to a login, never again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
     /// How nodes and users reach this control plane, for the commands the pages show.
     server: String,
     fingerprint: Option<String>,
@@ -184,69 +196,95 @@ async fn login(
     start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login").await
 }
 
-/// Follows a one-time link: a session, then the dashboard.
-async fn follow_link(
+/// Follows a one-time link: to the page, which uses it (`POST /web/link`) — at once, or
+/// after asking, when it holds another user's session. The link is not used up here: a
+/// page elsewhere that sends the browser to it logs no one in by that alone.
+async fn follow_link(Path(code): Path<String>) -> Response {
+    let to = match code.starts_with(LINK_PREFIX) && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        true => format!("/#link={code}"),
+        false => "/#link-expired".to_owned(),
+    };
+    let mut resp = axum::response::Redirect::to(&to).into_response();
+    resp.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[derive(Deserialize)]
+struct LinkRequest {
+    code: String,
+}
+
+/// Uses a one-time link from this site's own page: a session for the link's user.
+async fn use_link(
     State(app): State<Arc<App>>,
-    Path(code): Path<String>,
+    headers: HeaderMap,
     source: Option<axum::Extension<Source>>,
+    b: Result<Json<LinkRequest>, JsonRejection>,
 ) -> Result<Response, Refusal> {
-    let user = match code.starts_with(LINK_PREFIX) {
-        true => app.store.take_web_link(&token::hash(&code), now()).await?,
+    same_origin(&headers)?;
+    let req = crate::api::body(b)?;
+    let user = match req.code.starts_with(LINK_PREFIX) {
+        true => app.store.take_web_link(&token::hash(&req.code), now()).await?,
         false => None,
     };
     let Some(user) = user else {
-        let mut resp = axum::response::Redirect::to("/#link-expired").into_response();
-        resp.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        return Ok(resp);
+        return Err(Refusal::new(
+            Kind::Unauthorized,
+            "that link was used already or has expired; run `openbox dashboard` again, or paste a login token",
+        ));
     };
-    let mut resp = start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login").await?;
-    *resp.status_mut() = StatusCode::SEE_OTHER;
-    resp.headers_mut().insert(header::LOCATION, HeaderValue::from_static("/"));
-    Ok(resp)
+    start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login").await
+}
+
+/// The cookie's name here: `__Host-…` over HTTPS.
+fn cookie_name(app: &App) -> &'static str {
+    if app.config.public_url.starts_with("https://") { HOST_COOKIE } else { COOKIE }
 }
 
 async fn start_session(app: &App, user: &User, source: Option<&Source>, action: &str) -> Result<Response, Refusal> {
     let cookie = token::generate(SESSION_PREFIX);
-    let csrf = token::random_id();
+    let secret = token::random_id();
     let t = now();
-    app.store.add_web_session(&token::hash(cookie.expose()), user.id, &csrf, t, t + SESSION_SECS).await?;
+    // Only the secret's hash is kept, as for the cookie.
+    let stored = token::hash(&secret);
+    app.store.add_web_session(&token::hash(cookie.expose()), user.id, &stored, t, t + SESSION_SECS).await?;
     app.audit(&user.name, action, source, Record::default()).await?;
-    let info = session_info(app, user, csrf, t + SESSION_SECS);
+    let info = session_info(app, user, Some(secret), t + SESSION_SECS);
     let mut resp = Json(info).into_response();
-    let secure = if app.config.public_url.starts_with("https://") { "; Secure" } else { "" };
-    let set =
-        format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}", cookie.expose());
+    let secure = if cookie_name(app) == HOST_COOKIE { "; Secure" } else { "" };
+    let set = format!(
+        "{}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}",
+        cookie_name(app),
+        cookie.expose()
+    );
     resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&set).map_err(Refusal::internal)?);
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
 
-fn session_info(app: &App, user: &User, csrf: String, expires_at: u64) -> SessionInfo {
+fn session_info(app: &App, user: &User, secret: Option<String>, expires_at: u64) -> SessionInfo {
     SessionInfo {
         user: user.name.clone(),
         admin: user.admin,
-        csrf,
+        secret,
         server: app.config.public_url.clone(),
         fingerprint: app.config.fingerprint.clone(),
         expires_at,
     }
 }
 
-/// The browser's session, if it has a live one (401 otherwise, which the pages take as
-/// "show the login form").
-async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, Refusal> {
-    let Some(cookie) = cookie(&headers) else {
+/// The browser's session, if it has a live one and the page holds its secret (401
+/// otherwise, which the pages take as "show the login form"). The secret is not in it.
+async fn session(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, Refusal> {
+    let Some(cookie) = cookie(&app, &parts.headers) else {
         return Err(Refusal::new(Kind::Unauthorized, "not logged in"));
     };
-    let hash = token::hash(cookie);
-    match app.store.web_session(&hash, now()).await? {
-        Some(s) => {
-            let mut resp = Json(session_info(&app, &s.user, s.csrf, s.expires_at)).into_response();
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(resp)
-        }
-        None => Err(Refusal::new(Kind::Unauthorized, "your dashboard session has ended; log in again")),
-    }
+    let (user, hash) = cookie_user(&app, &parts, cookie).await?;
+    let expires_at = app.store.web_session(&hash, now()).await?.map(|s| s.expires_at).unwrap_or_default();
+    let mut resp = Json(session_info(&app, &user, None, expires_at)).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 /// Ends the browser's session and clears its cookie.
@@ -256,59 +294,67 @@ async fn logout(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, R
         app.store.remove_web_session(hash).await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    let clear = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    let secure = if cookie_name(&app) == HOST_COOKIE { "; Secure" } else { "" };
+    let clear = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}", cookie_name(&app));
     resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&clear).map_err(Refusal::internal)?);
     Ok(resp)
 }
 
-/// The session cookie's value, if the request has one.
-pub fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session cookie's value, if the request has one (by the name it has here).
+pub fn cookie<'h>(app: &App, headers: &'h HeaderMap) -> Option<&'h str> {
+    let name = cookie_name(app);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
         .filter(|v| !v.is_empty())
 }
 
-/// The user of a request authenticated by its session cookie: a state-changing request
-/// must echo the session's CSRF token and, when it says where it comes from, come from here.
+/// The user of a request authenticated by its session cookie, which must come with the
+/// session's secret (`X-Openbox-Session`; a WebSocket, which cannot send headers, puts it
+/// in its query as `secret`); a state-changing request must also, when it says where it
+/// comes from, come from here.
 pub async fn cookie_user(app: &App, parts: &Parts, cookie: &str) -> Result<(User, String), Refusal> {
     let hash = token::hash(cookie);
-    let Some(crate::store::WebSession { user, csrf, .. }) = app.store.web_session(&hash, now()).await? else {
+    let Some(crate::store::WebSession { user, secret_hash, .. }) = app.store.web_session(&hash, now()).await? else {
         return Err(Refusal::new(Kind::Unauthorized, "your dashboard session has ended; log in again"));
     };
     if !matches!(parts.method, Method::GET | Method::HEAD) {
         same_origin(&parts.headers)?;
-        let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if !token::same(sent, &csrf) {
-            return Err(Refusal::new(
-                Kind::Forbidden,
-                "this request lacks the page's CSRF token (X-CSRF-Token); reload the dashboard",
-            ));
-        }
+    }
+    let sent = match parts.headers.get(SECRET_HEADER) {
+        Some(v) => v.to_str().ok().map(str::to_owned),
+        None if is_websocket(&parts.headers) => query_value(parts.uri.query().unwrap_or_default(), "secret"),
+        None => None,
+    };
+    if !sent.is_some_and(|s| token::same(&token::hash(&s), &secret_hash)) {
+        return Err(Refusal::new(
+            Kind::Unauthorized,
+            "this request has the dashboard's cookie but not its session secret; log in to the dashboard again",
+        ));
     }
     Ok((user, hash))
 }
 
-/// A WebSocket from the dashboard: it must say it comes from this site, and carry the
-/// page's CSRF token in its query (it cannot send headers of its own).
-pub async fn check_socket(
-    app: &App,
-    caller: &crate::api::Caller,
-    headers: &HeaderMap,
-    csrf: &str,
-) -> Result<(), Refusal> {
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// One value of a query string (percent-decoding is not needed: the values asked for
+/// here are hex).
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(str::to_owned)
+}
+
+/// A WebSocket from the dashboard: it must say it comes from this site (its credentials
+/// were checked with the caller's).
+pub fn check_socket(headers: &HeaderMap) -> Result<(), Refusal> {
     if headers.get(header::ORIGIN).is_none() {
         return Err(Refusal::new(Kind::Forbidden, "a terminal must be opened from the dashboard"));
     }
-    same_origin(headers)?;
-    let crate::api::Credential::Web(hash) = &caller.credential else { return Ok(()) };
-    match app.store.web_session(hash, now()).await? {
-        Some(s) if token::same(csrf, &s.csrf) => Ok(()),
-        _ => Err(Refusal::new(Kind::Forbidden, "this terminal lacks the page's CSRF token; reload the dashboard")),
-    }
+    same_origin(headers)
 }
 
 /// Refuses a request whose `Origin` names another site than the one it was sent to.

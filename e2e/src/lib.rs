@@ -288,8 +288,14 @@ impl ControlPlane {
             .expect("URL in the listening line")
             .to_owned();
         let (admin_token, fingerprint) = if first {
+            // Not on a terminal: the token is in a private file the login line names.
             let login = proc.wait_line("openbox login --server");
-            (login.split_whitespace().last().expect("token").to_owned(), flag_value(&login, "--fingerprint"))
+            let file = flag_value(&login, "--token-file").expect("the token file in the login line");
+            let token = std::fs::read_to_string(&file).expect("the admin's token file").trim().to_owned();
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).expect("token file").permissions());
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+            (token, flag_value(&login, "--fingerprint"))
         } else {
             (String::new(), None)
         };
@@ -841,6 +847,8 @@ pub struct Engines {
     pub image: String,
     /// The same with an `ENTRYPOINT` that openbox must not run.
     pub entrypoint_image: String,
+    /// The same with `/usr/local/bin/euid`, setuid root, which prints its effective uid.
+    pub suid_image: String,
     /// A root tree for systemd-nspawn.
     pub tree: String,
     /// The podman settings those engines run with (`CONTAINERS_CONF` for podman commands).
@@ -896,6 +904,7 @@ pub fn engines() -> &'static Engines {
             docker_host: get("DOCKER_HOST"),
             image: get("OPENBOX_TEST_IMAGE"),
             entrypoint_image: get("OPENBOX_TEST_ENTRYPOINT_IMAGE"),
+            suid_image: get("OPENBOX_TEST_SUID_IMAGE"),
             tree: get("OPENBOX_TEST_TREE"),
             containers_conf: get("CONTAINERS_CONF"),
         }
@@ -1106,11 +1115,30 @@ impl IsolatedFleet {
     }
 
     pub fn run_stdin(&self, extra: &[&str], cmd: &str, input: &[u8]) -> Out {
+        self.run_by(&self.cli, extra, cmd, input)
+    }
+
+    /// As [`IsolatedFleet::run_stdin`], by another user (see [`IsolatedFleet::user`]).
+    pub fn run_by(&self, who: &Cli, extra: &[&str], cmd: &str, input: &[u8]) -> Out {
         let mut args = vec!["-t", "t"];
         args.extend(self.mode.iter().map(String::as_str));
         args.extend(extra);
         args.push(cmd);
-        self.cli.run_stdin(&args, input)
+        who.run_stdin(&args, input)
+    }
+
+    /// A user who is not an admin, granted this fleet's node by name (it shares the
+    /// control plane's machine) with this fleet's isolation kind and `more` kinds.
+    pub fn user(&self, name: &str, more: &[&str]) -> Cli {
+        let user = self.cli.add_user(&self.cp, name);
+        let kind = self.mode[0].trim_start_matches("--");
+        let mut args = vec!["user", "grant", name, "--node", &self.agent.name, "--isolation", kind];
+        for k in more {
+            args.extend(["--isolation", k]);
+        }
+        self.cli.run(&args).ok();
+        wait_until("the granted node to reach the user's node list", || !user.nodes().is_empty());
+        user
     }
 
     /// Checks that `--mount DIR:/data:ro --network none` gives the command that directory,

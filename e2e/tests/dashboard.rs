@@ -5,12 +5,26 @@ use std::path::PathBuf;
 use openbox_e2e::{Agent, Browser, Cli, ControlPlane, free_port, http_raw, wait_until};
 use serde_json::json;
 
-/// The `openbox_session` cookie the browser holds.
+/// The session cookie the browser holds (`openbox_session`, or over HTTPS
+/// `__Host-openbox_session`).
 fn session_cookie(b: &mut Browser) -> serde_json::Value {
     let cookies = b.cookies();
     assert_eq!(cookies.len(), 1, "one cookie: {cookies:?}");
-    assert_eq!(cookies[0]["name"], "openbox_session");
+    assert!(cookies[0]["name"].as_str().unwrap().ends_with("openbox_session"), "{cookies:?}");
     cookies[0].clone()
+}
+
+/// The session secret the page keeps (from the login's answer).
+fn session_secret(b: &mut Browser) -> String {
+    let kept = b.eval("JSON.parse(localStorage.getItem('openbox.session')).secret");
+    kept.as_str().expect("the page keeps a session secret").to_owned()
+}
+
+/// `fetch` options for a JSON request with `body` (JavaScript) and the session secret.
+fn with_secret(method: &str, secret: &str, body: &str) -> String {
+    format!(
+        "{{method: {method:?}, headers: {{'Content-Type': 'application/json', 'X-Openbox-Session': {secret:?}}}, body: {body}}}"
+    )
 }
 
 /// Two nodes that look like other machines (so a tag grant reaches them), and bob, granted
@@ -70,13 +84,17 @@ fn logging_in_and_out_sets_and_clears_a_strict_http_only_cookie() {
     assert!((11.0 * 3600.0..=12.0 * 3600.0 + 5.0).contains(&lifetime), "expires in 12 hours: {lifetime}");
     assert_eq!(b.eval("document.cookie"), "", "the page's scripts cannot read it");
     let value = cookie["value"].as_str().unwrap().to_owned();
-    let with_cookie = [format!("Cookie: openbox_session={value}")];
-    assert!(http_raw(&cp.addr, "GET", "/web/session", &with_cookie, "").starts_with("HTTP/1.1 200"));
+    let secret = session_secret(&mut b);
+    let both = [format!("Cookie: openbox_session={value}"), format!("X-Openbox-Session: {secret}")];
+    let live = http_raw(&cp.addr, "GET", "/web/session", &both, "");
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+    assert!(!live.contains(&secret), "the secret is never given again: {live}");
 
     b.click("#logout");
     b.wait("#token");
     assert!(b.cookies().is_empty(), "logging out clears the cookie");
-    let after = http_raw(&cp.addr, "GET", "/web/session", &with_cookie, "");
+    assert!(b.eval("localStorage.getItem('openbox.session')").is_null(), "and the page forgets the secret");
+    let after = http_raw(&cp.addr, "GET", "/web/session", &both, "");
     assert!(after.starts_with("HTTP/1.1 401"), "the old cookie no longer works: {after}");
     let audit = admin.run(&["audit", "--json"]).ok().json();
     assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "web.login" && e["user"] == "admin"), "{audit}");
@@ -87,37 +105,55 @@ fn over_https_the_session_cookie_is_secure() {
     let cp = ControlPlane::start_with(&["--tls"]);
     let mut b = Browser::start();
     b.log_in(&cp.url, &cp.admin_token);
-    assert_eq!(session_cookie(&mut b)["secure"], true);
+    let cookie = session_cookie(&mut b);
+    assert_eq!(cookie["secure"], true);
+    assert_eq!(cookie["name"], "__Host-openbox_session", "held to this host, every path, HTTPS only");
+    assert_eq!(cookie["path"], "/");
 }
 
+/// The review's theft: browsers send a cookie for 127.0.0.1 to every port, so a listener of
+/// any local user that the admin's browser visits has it. With it alone nothing is read,
+/// nothing changes, and nothing hands out the session's secret.
 #[test]
-fn a_state_changing_request_without_the_csrf_token_or_from_another_site_is_refused() {
+fn a_stolen_session_cookie_alone_reads_and_changes_nothing() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
     let mut b = Browser::start();
     b.log_in(&cp.url, &cp.admin_token);
+    let cookie = session_cookie(&mut b)["value"].as_str().unwrap().to_owned();
+    let stolen = [format!("Cookie: openbox_session={cookie}")];
+    for (method, path, body) in [
+        ("GET", "/web/session", ""),
+        ("GET", "/v1/nodes", ""),
+        ("GET", "/v1/audit", ""),
+        ("GET", "/v1/events", ""),
+        ("POST", "/v1/users", r#"{"name":"mallory"}"#),
+        ("POST", "/v1/users/admin/tokens", "{}"),
+        ("POST", "/v1/users/mallory/grants", r#"{"on":{"tag":"t"},"isolation":[]}"#),
+        ("POST", "/v1/enroll-tokens", r#"{"tags":[],"ttl_secs":60}"#),
+    ] {
+        let resp = http_raw(&cp.addr, method, path, &stolen, body);
+        assert!(resp.starts_with("HTTP/1.1 401"), "{method} {path} with the cookie alone: {resp}");
+        assert!(resp.contains("session secret"), "{resp}");
+    }
+    // The page itself, sending the cookie but not the secret, is refused the same way.
     let add = |name: &str| format!("JSON.stringify({{name: {name:?}}})");
-
     let (status, body) = fetch(
         &mut b,
         "/v1/users",
         &format!("{{method: 'POST', headers: {{'Content-Type': 'application/json'}}, body: {}}}", add("mallory")),
     );
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("CSRF"), "{body}");
-    let csrf = b.eval("fetch('/web/session').then(r => r.json()).then(s => s.csrf)");
-    let csrf = csrf.as_str().expect("a CSRF token").to_owned();
-    let init = format!(
-        "{{method: 'POST', headers: {{'Content-Type': 'application/json', 'X-CSRF-Token': {csrf:?}}}, body: {}}}",
-        add("carol")
-    );
-    assert_eq!(fetch(&mut b, "/v1/users", &init).0, 200);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(fetch(&mut b, "/v1/nodes", "{}").0, 401);
+    // With the secret the page keeps, it works.
+    let secret = session_secret(&mut b);
+    assert_eq!(fetch(&mut b, "/v1/users", &with_secret("POST", &secret, &add("carol"))).0, 200);
+    assert_eq!(fetch(&mut b, "/v1/nodes", &with_secret("GET", &secret, "undefined")).0, 200);
 
-    // The right token, but sent from another site's page: refused too.
-    let cookie = session_cookie(&mut b)["value"].as_str().unwrap().to_owned();
+    // The cookie and the secret, but sent from another site's page: refused too.
     let headers = [
         format!("Cookie: openbox_session={cookie}"),
-        format!("X-CSRF-Token: {csrf}"),
+        format!("X-Openbox-Session: {secret}"),
         "Origin: http://elsewhere.example".to_owned(),
     ];
     let resp = http_raw(&cp.addr, "POST", "/v1/users", &headers, r#"{"name":"trudy"}"#);
@@ -260,16 +296,12 @@ fn a_user_who_is_not_an_admin_sees_and_does_only_what_the_policy_lets_them() {
     b.goto(&format!("{}/#/users", cp.url));
     b.wait_text("main h1", "Admins only");
 
-    let csrf = b.eval("fetch('/web/session').then(r => r.json()).then(s => s.csrf)").as_str().unwrap().to_owned();
-    assert_eq!(fetch(&mut b, "/v1/users", "{}").0, 403);
-    let mint = format!(
-        "{{method: 'POST', headers: {{'Content-Type': 'application/json', 'X-CSRF-Token': {csrf:?}}}, body: JSON.stringify({{tags: [], ttl_secs: 60}})}}"
-    );
+    let secret = session_secret(&mut b);
+    assert_eq!(fetch(&mut b, "/v1/users", &with_secret("GET", &secret, "undefined")).0, 403);
+    let mint = with_secret("POST", &secret, "JSON.stringify({tags: [], ttl_secs: 60})");
     assert_eq!(fetch(&mut b, "/v1/enroll-tokens", &mint).0, 403);
-    let run_there = format!(
-        "{{method: 'POST', headers: {{'Content-Type': 'application/json', 'X-CSRF-Token': {csrf:?}}}, body: JSON.stringify({{target: {{node: {:?}}}, command: 'id'}})}}",
-        other.name
-    );
+    let run_there =
+        with_secret("POST", &secret, &format!("JSON.stringify({{target: {{node: {:?}}}, command: 'id'}})", other.name));
     let (status, body) = fetch(&mut b, "/v1/console", &run_there);
     assert_eq!(status, 403, "{body}");
 }
@@ -289,6 +321,30 @@ fn openbox_dashboard_prints_a_link_that_logs_in_once() {
     b.goto(&url);
     b.wait_text("main", "used already or has expired");
     assert!(b.cookies().is_empty());
+}
+
+/// Login CSRF: a link someone else sent must not quietly swap the session the browser
+/// holds for theirs.
+#[test]
+fn a_link_followed_while_someone_is_logged_in_asks_before_it_switches() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let bob = admin.add_user(&cp, "bob");
+    let mut b = Browser::start();
+    b.log_in(&cp.url, &cp.admin_token);
+    let link = || bob.run(&["dashboard", "--no-open", "--json"]).ok().json()["url"].as_str().unwrap().to_owned();
+
+    b.goto(&link());
+    b.wait_text("dialog", "You are logged in as admin");
+    b.click("dialog button[value=cancel]");
+    b.wait("#counts");
+    assert!(b.text("#top").contains("admin (admin)"), "still the admin");
+
+    b.goto(&link());
+    b.wait_text("dialog", "You are logged in as admin");
+    b.click("dialog button[value=ok]");
+    b.wait_text("#top", "bob");
+    assert!(!b.text("#top").contains("(admin)"), "{}", b.text("#top"));
 }
 
 #[test]
@@ -532,27 +588,27 @@ fn a_terminal_opens_only_from_the_dashboard_and_only_where_the_policy_allows() {
     b.call("waitFor", json!({"js": "document.querySelector('#console-target').options.length > 0"}));
     b.eval(&format!("(() => {{ const s = document.querySelector('#console-target'); s.append(new Option('x', 'node:{}')); s.value = 'node:{}'; }})()", other.name, other.name));
     b.click("#console-terminal");
-    b.wait_text("#console-status", &format!("\"bob\" may not run on node {}", other.name));
+    b.wait_text("#console-status", "no node \"bob\" may use matches");
 
-    // The handshake itself: the page's CSRF token and this site's Origin, or no socket.
+    // The handshake itself: the page's session secret and this site's Origin, or no socket.
     let cookie = session_cookie(&mut b)["value"].as_str().unwrap().to_owned();
-    let csrf = b.eval("fetch('/web/session').then(r => r.json()).then(s => s.csrf)").as_str().unwrap().to_owned();
-    let upgrade = |origin: Option<&str>, csrf: &str| {
+    let secret = session_secret(&mut b);
+    let upgrade = |origin: Option<&str>, secret: &str| {
         let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
         let request = format!(
-            "GET /v1/console/terminal?target=node:{}&cols=80&rows=24&csrf={csrf} HTTP/1.1\r\nHost: {}\r\n\
+            "GET /v1/console/terminal?target=node:{}&cols=80&rows=24&secret={secret} HTTP/1.1\r\nHost: {}\r\n\
              Cookie: openbox_session={cookie}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{origin}\r\n",
             theirs.name, cp.addr
         );
         handshake(&cp.addr, &request)
     };
-    let resp = upgrade(Some(&cp.url), &csrf);
+    let resp = upgrade(Some(&cp.url), &secret);
     assert!(resp.starts_with("HTTP/1.1 101"), "the page's own socket opens: {resp}");
-    let resp = upgrade(None, &csrf);
+    let resp = upgrade(None, &secret);
     assert!(resp.starts_with("HTTP/1.1 403") && resp.contains("dashboard"), "{resp}");
-    let resp = upgrade(Some("http://elsewhere.example"), &csrf);
+    let resp = upgrade(Some("http://elsewhere.example"), &secret);
     assert!(resp.starts_with("HTTP/1.1 403") && resp.contains("another site"), "{resp}");
     let resp = upgrade(Some(&cp.url), "forged");
-    assert!(resp.starts_with("HTTP/1.1 403") && resp.contains("CSRF"), "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 401") && resp.contains("session secret"), "{resp}");
 }

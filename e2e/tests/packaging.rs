@@ -202,15 +202,98 @@ fn install_sh_installs_into_a_fresh_prefix_where_the_fleet_runs_and_upgrades_in_
     );
     let url_prefix = work.path().join("from-url");
     let url = format!("http://127.0.0.1:{port}/openbox-{}-linux-x86_64.tar.gz", proto::VERSION);
-    let out = sh(
-        &format!(r#"sh "$I" --from {url} --prefix "$P""#),
-        &[("HOME", home.as_path()), ("P", url_prefix.as_path()), ("I", &install_sh())],
-    )
-    .ok();
+    let url_env = [("HOME", home.as_path()), ("P", url_prefix.as_path()), ("I", &dir.join("install.sh"))];
+    // Plain http only when asked for: anyone on the way could change what arrives.
+    let out = sh(&format!(r#"sh "$I" --from {url} --prefix "$P""#), &url_env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("is plain http") && out.stderr.contains("--insecure"), "{out:?}");
+    assert!(!url_prefix.exists());
+    // The published install.sh checks the signature there too.
+    let out = sh(&format!(r#"sh "$I" --insecure --from {url} --prefix "$P""#), &url_env).ok();
+    assert!(out.stderr.contains("SHA256SUMS is signed by the release key"), "{out:?}");
     assert!(out.stderr.contains("installed openbox"), "{out:?}");
     assert!(url_prefix.join("bin/openbox-agent").exists());
     server.kill().ok();
     server.wait().ok();
+}
+
+/// The public half of the key the test release is signed with (scripts/test makes it).
+fn release_public_key() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release-test-key.pub");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; scripts/test signs the release with a key it makes", path.display()))
+}
+
+/// A copy of the release in a directory of its own, with one tarball's bytes changed and
+/// SHA256SUMS made to match them, as someone who controls the mirror would.
+fn tampered_release(dir: &Path, into: &Path) {
+    std::fs::create_dir(into).unwrap();
+    for f in ["SHA256SUMS", "SHA256SUMS.sig", "install.sh"] {
+        std::fs::copy(dir.join(f), into.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    let name = format!("openbox-{}-linux-x86_64.tar.gz", proto::VERSION);
+    let mut bytes = std::fs::read(dir.join(&name)).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 0x55;
+    std::fs::write(into.join(&name), &bytes).unwrap();
+    let sum = Command::new("sha256sum").arg(into.join(&name)).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout).split(' ').next().unwrap().to_owned();
+    let sums = std::fs::read_to_string(into.join("SHA256SUMS")).unwrap();
+    let sums: String = sums
+        .lines()
+        .map(|l| if l.ends_with(&format!("  {name}")) { format!("{sum}  {name}\n") } else { format!("{l}\n") })
+        .collect();
+    std::fs::write(into.join("SHA256SUMS"), sums).unwrap();
+}
+
+#[test]
+fn install_sh_checks_the_signature_of_the_checksums_with_the_release_key() {
+    let dir = release();
+    let key = release_public_key();
+    let published = std::fs::read_to_string(dir.join("install.sh")).unwrap();
+    let carried = key.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    assert!(published.contains(&format!("release_key=\"{carried}\"")), "the published install.sh carries the key");
+    let work = tempfile::tempdir().unwrap();
+    let prefix = work.path().join("prefix");
+
+    // The checksums and the tarball agree, but SHA256SUMS is not what the release key signed.
+    let tampered = work.path().join("tampered");
+    tampered_release(&dir, &tampered);
+    let env = [("HOME", work.path()), ("P", prefix.as_path()), ("D", tampered.as_path())];
+    let out = sh(r#"sh "$D/install.sh" --from "$D/" --prefix "$P""#, &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("does not match the release key") && out.stderr.contains("refusing"), "{out:?}");
+    assert!(!prefix.exists(), "nothing was installed");
+    // Without the signature at all, a key that is known refuses too.
+    std::fs::remove_file(tampered.join("SHA256SUMS.sig")).unwrap();
+    let out = sh(r#"sh "$D/install.sh" --from "$D/" --prefix "$P""#, &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("is not signed"), "{out:?}");
+    // install.sh without a key of its own takes one with --key, and refuses another's.
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("release-key.pub"), &key).unwrap();
+    let other = work.path().join("other");
+    Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(&other).status().unwrap();
+    let env = [
+        ("HOME", work.path()),
+        ("P", prefix.as_path()),
+        ("I", &install_sh()),
+        ("R", dir.as_path()),
+        ("K", &src.join("release-key.pub")),
+        ("O", &other.with_extension("pub")),
+    ];
+    let out = sh(r#"sh "$I" --key "$O" --from "$R/" --prefix "$P""#, &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("does not match the release key"), "{out:?}");
+    let out = sh(r#"sh "$I" --key "$K" --from "$R/" --prefix "$P""#, &env).ok();
+    assert!(out.stderr.contains("SHA256SUMS is signed by the release key SHA256:"), "{out:?}");
+    assert!(prefix.join("bin/openbox").exists());
+    // With no key at all it says what it did not check.
+    let bare = work.path().join("bare");
+    let env = [("HOME", work.path()), ("P", bare.as_path()), ("I", &install_sh()), ("R", dir.as_path())];
+    let out = sh(r#"sh "$I" --from "$R/" --prefix "$P""#, &env).ok();
+    assert!(out.stderr.contains("no release key known"), "{out:?}");
 }
 
 #[test]
@@ -336,7 +419,8 @@ fn one_install_sh_line_then_one_command_per_service_gives_a_running_fleet_under_
     let security = root.sh("systemd-analyze security --no-pager openbox-control.service | tail -n 1");
     assert!(security.stdout.contains("OK") || security.stdout.contains("SAFE"), "the sandbox holds: {security:#?}");
 
-    // Its first start logs the admin's login command (journalctl, as the installer said).
+    // Its first start logs the admin's login command (journalctl, as the installer said),
+    // with the token in a file only root reads.
     let mut login = String::new();
     let logged = wait_for(Duration::from_secs(60), || {
         let log = root.sh("journalctl -u openbox-control -o cat --no-pager");
@@ -344,6 +428,10 @@ fn one_install_sh_line_then_one_command_per_service_gives_a_running_fleet_under_
         !login.is_empty()
     });
     assert!(logged, "the login command in the journal: {:?}", root.sh("journalctl -u openbox-control --no-pager"));
+    assert!(login.contains("--token-file /var/lib/openbox/control/admin-token"), "{login}");
+    let journal = root.sh("journalctl -u openbox-control -o cat --no-pager").stdout;
+    assert!(!journal.contains("obx_"), "no token in the journal: {journal}");
+    assert_eq!(root.sh("stat -c %a /var/lib/openbox/control/admin-token").stdout.trim(), "600");
     let me = root.sh(&format!("export HOME=/tmp/me; mkdir -p $HOME; {}", login.trim()));
     assert_eq!(me.code, 0, "{me:#?}");
 

@@ -124,7 +124,6 @@ fn simultaneous_first_uses_of_a_session_place_it_on_one_node() {
             session: Some(format!("race-{round}")),
             isolation: proto::Isolation::Native,
             public_key: key.clone(),
-            command: None,
         };
         let body = serde_json::to_value(&request).unwrap();
         let nodes: Vec<String> = std::thread::scope(|s| {

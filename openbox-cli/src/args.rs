@@ -157,9 +157,13 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         server: String,
         /// A login token (obx_…), from the control plane's first start, `openbox user
-        /// add` or `openbox user token`.
-        #[arg(long, value_name = "TOKEN")]
-        token: String,
+        /// add` or `openbox user token`. Other users can see arguments: prefer --token-file.
+        #[arg(long, value_name = "TOKEN", required_unless_present = "token_file")]
+        token: Option<String>,
+        /// A file holding the login token (the control plane's first start writes the
+        /// admin's to one, mode 0600).
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        token_file: Option<std::path::PathBuf>,
         /// The control plane's TLS key, pinned (SHA256:…). Without it the certificate must
         /// be signed by an authority this machine trusts.
         #[arg(long, value_name = "SHA256:…")]
@@ -668,7 +672,15 @@ impl Cli {
             }
             Some(Command::Daemon { action: DaemonAction::Status, .. }) => Request::DaemonStatus,
             Some(Command::Daemon { action: DaemonAction::Stop, .. }) => return Ok(Action::StopDaemon { json }),
-            Some(Command::Login { server, token, fingerprint, insecure_http }) => {
+            Some(Command::Login { server, token, token_file, fingerprint, insecure_http }) => {
+                let token = match (token, token_file) {
+                    (Some(token), _) => token,
+                    (None, Some(file)) => std::fs::read_to_string(&file)
+                        .map_err(|e| format!("reading the login token from {}: {e}", file.display()))?
+                        .trim()
+                        .to_owned(),
+                    (None, None) => return Err("give --token TOKEN or --token-file FILE".into()),
+                };
                 Request::Login { server, token, fingerprint, insecure_http }
             }
             Some(Command::Logout) => Request::Logout,

@@ -279,9 +279,11 @@ fn why_absent(scope: Scope) -> &'static str {
 fn watch_hint(place: &Place) -> String {
     match (cfg!(target_os = "macos"), place.scope, place.role) {
         (true, _, _) => format!("Its output goes to {}.", place.log.display()),
-        (false, Scope::System, Role::Control) => {
-            "Its first start prints the admin's login command: journalctl -u openbox-control".to_owned()
-        }
+        (false, Scope::System, Role::Control) => format!(
+            "Its first start writes the admin's login token to {}/control/admin-token (mode 0600) and the login \
+             command to its journal: journalctl -u openbox-control",
+            Role::Control.system_state().unwrap_or_default()
+        ),
         (false, Scope::System, _) => format!("See how it runs: systemctl status {}", place.role.unit()),
         (false, Scope::User, _) => format!("See how it runs: systemctl --user status {}", place.role.unit()),
     }

@@ -337,7 +337,7 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
     let stopped = async {
         let isolation = s.isolation.as_ref().context("its isolation cannot be read")?;
         let target = Target::Node(s.node_id.clone());
-        let want = crate::connect::Want { target: &target, session: Some(id), isolation, command: None };
+        let want = crate::connect::Want { target: &target, session: Some(id), isolation };
         let (_, conn) = crate::connect::connect(d, &acct, want).await?;
         conn.subsystem(proto::exec::END_SESSION_SUBSYSTEM).await?;
         anyhow::Ok(())
@@ -383,6 +383,8 @@ pub async fn audit(
         let row = |c: [&str; 7]| {
             format!("{:<10} {:<12} {:<15} {:<14} {:<22} {:<21} {}\n", c[0], c[1], c[2], c[3], c[4], c[5], c[6])
         };
+        // `exec` lines are what a node ran (FROM: the node itself); a dispatch is a
+        // certificate handed out, not a command.
         let mut text = row(["WHEN", "USER", "ACTION", "NODE", "ISOLATION", "FROM", "WHAT"]);
         for e in &entries {
             let what = match (&e.command, &e.command_sha256, &e.detail) {
@@ -395,13 +397,19 @@ pub async fn audit(
                 Some(s) => format!("[session {s}] {what}"),
                 None => what,
             };
+            // What a node ran says how it ended, and after how long.
+            let what = match (&e.exit, e.duration_ms) {
+                (Some(exit), Some(ms)) if exit.parse::<u32>().is_ok() => format!("{what} → exit {exit} in {ms}ms"),
+                (Some(exit), Some(ms)) => format!("{what} → {exit} in {ms}ms"),
+                _ => what,
+            };
             text += &row([
                 &ago(e.at),
                 &e.user,
                 &e.action,
                 e.node_id.as_deref().unwrap_or("-"),
                 e.isolation.as_deref().unwrap_or("-"),
-                e.source.as_deref().unwrap_or("-"),
+                e.source.as_deref().unwrap_or(if e.action == "exec" { "(node)" } else { "-" }),
                 &what,
             ]);
         }

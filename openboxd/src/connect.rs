@@ -20,8 +20,6 @@ pub struct Want<'a> {
     pub target: &'a Target,
     pub session: Option<&'a str>,
     pub isolation: &'a Isolation,
-    /// The command line, for the control plane's audit log when a dispatch is needed.
-    pub command: Option<&'a str>,
 }
 
 impl Want<'_> {
@@ -73,6 +71,9 @@ pub async fn connect(d: &Daemon, acct: &Account, want: Want<'_>) -> Result<(Node
             match dial(d, acct, &node, cert.clone()).await {
                 Ok(conn) => return Ok((node, s.keep(cert, conn))),
                 Err(ConnectError::Node(SshError::Unreachable { .. })) => {} // it may have moved: ask where it is now
+                // The node no longer takes it (the user's access there changed since it
+                // was issued): the control plane decides again, with a new one.
+                Err(ConnectError::Node(SshError::AuthRejected { .. })) => s.forget_cert(),
                 Err(e) => return Err(e),
             }
         }
@@ -104,7 +105,6 @@ async fn dispatch(acct: &Account, target: &Target, want: Want<'_>) -> Result<(No
         session: want.session.map(str::to_owned),
         isolation: want.isolation.clone(),
         public_key: acct.key.public_key().to_openssh().map_err(|e| bad(&e))?,
-        command: want.command.map(str::to_owned),
     };
     let client = crate::mesh::control_client(&acct.login.server, Some(acct.login.token.clone()))?;
     let d: Dispatch = client.post("/v1/dispatch", &request).await?;

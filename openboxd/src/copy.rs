@@ -45,7 +45,7 @@ pub async fn copy(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
         Some(sid) => session_place(d, sid, target).await?,
         None => (target.clone(), proto::Isolation::Native),
     };
-    let want = Want { target: &target, session: req.session.as_deref(), isolation: &isolation, command: None };
+    let want = Want { target: &target, session: req.session.as_deref(), isolation: &isolation };
     let (node, conn) = connect(d, &acct, want).await?;
     let sftp = conn.sftp().await?;
     let mut run = Run { sftp, node: node.name.clone(), progress: Progress::new(req.progress), stats: Stats::default() };

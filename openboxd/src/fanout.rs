@@ -119,7 +119,7 @@ async fn run_inner(
                     return result;
                 }
                 let target = Target::Node(node.id.clone());
-                let want = Want { target: &target, session: None, isolation, command: Some(command) };
+                let want = Want { target: &target, session: None, isolation };
                 let mut lines =
                     Lines { tx, prefix, keep, out: Vec::new(), err: Vec::new(), kept: (Vec::new(), Vec::new()) };
                 match crate::run::start(d, acct, want, crate::run::What { command: Some(command), pty: None }, env)

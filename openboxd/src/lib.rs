@@ -224,22 +224,26 @@ async fn handle_with(
     };
     match result {
         Ok(reply) => {
+            // What nodes and others reported reaches a terminal here: its control
+            // characters are shown, never obeyed (JSON escapes them itself).
             for w in &reply.warnings {
-                output.eprint(&format!("openbox: {w}\n")).await;
+                output.eprint(&format!("openbox: {}\n", printable(w))).await;
             }
             if json {
                 output.print(&format!("{}\n", serde_json::to_string_pretty(&reply.json).unwrap_or_default())).await;
             } else if !reply.text.is_empty() {
-                output.print(&format!("{}\n", reply.text.trim_end())).await;
+                output.print(&format!("{}\n", printable(reply.text.trim_end()))).await;
             }
             0
         }
         Err(e) => {
-            output.eprint(&format!("openbox: {e:#}\n")).await;
+            output.eprint(&format!("openbox: {}\n", printable(&format!("{e:#}")))).await;
             COMMAND_FAILED
         }
     }
 }
+
+use proto::output::printable;
 
 fn daemon_status(d: &Daemon) -> commands::Reply {
     let s = d.status();

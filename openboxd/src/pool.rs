@@ -49,6 +49,12 @@ impl Slot {
         self.cert = Some(cert);
     }
 
+    /// Drops the cached certificate (and the connection made with it): the node refused it.
+    pub fn forget_cert(&mut self) {
+        self.cert = None;
+        self.conn = None;
+    }
+
     /// Keeps `conn`, made with `cert`, as the pooled connection.
     pub fn keep(&mut self, cert: Certificate, conn: Connection) -> Arc<Connection> {
         let conn = Arc::new(conn);
@@ -123,6 +129,7 @@ mod tests {
             request_id: "r",
             isolation: &Isolation::Native,
             session: None,
+            admin: false,
             public_key: key.public_key(),
             valid_after: after,
             valid_before: before,

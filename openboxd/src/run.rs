@@ -124,7 +124,7 @@ async fn run_inner(
     let forwards = if req.forwards.is_empty() {
         None
     } else {
-        let want = Want { target: &req.target, session: None, isolation: &req.isolation, command: command.as_deref() };
+        let want = Want { target: &req.target, session: None, isolation: &req.isolation };
         let (node, conn) = with_progress(d, output, connect(d, &acct, want)).await.map_err(StartError::from)?;
         let (forwards, said, mut notices) = crate::forward::Forwards::start(conn, &node.name, &req.forwards).await?;
         if command.is_none() && pty.is_none() {
@@ -148,12 +148,7 @@ async fn run_inner(
         target = Target::Node(node.id.clone());
         Some(forwards)
     };
-    let want = Want {
-        target: &target,
-        session: req.session.as_deref(),
-        isolation: &req.isolation,
-        command: command.as_deref(),
-    };
+    let want = Want { target: &target, session: req.session.as_deref(), isolation: &req.isolation };
     let timeout = req.timeout_secs.map(|t| t.to_string());
     let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
 

@@ -68,6 +68,12 @@ pub fn control_dir() -> PathBuf {
     state_dir().join("control")
 }
 
+/// Where the control plane writes the admin's first login token (mode 0600) when it does not
+/// run on a terminal and is given no `--bootstrap-token-file`, as under a service manager.
+pub fn control_admin_token() -> PathBuf {
+    control_dir().join("admin-token")
+}
+
 /// The agent's identity: node id, host key and certificate, CA key, heartbeat secret.
 pub fn agent_dir() -> PathBuf {
     state_dir().join("agent")

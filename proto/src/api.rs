@@ -272,6 +272,140 @@ pub struct Heartbeat {
     pub capabilities: Vec<String>,
     #[serde(default)]
     pub host: Option<AgentHost>,
+    /// What the node ran since the executions it last had recorded (at most
+    /// [`MAX_EXECUTIONS_PER_HEARTBEAT`]).
+    #[serde(default)]
+    pub executions: Vec<Execution>,
+}
+
+/// The states a node reports a session in.
+pub const SESSION_STATES: [&str; 4] = ["active", "exited", "reaped", "ended"];
+
+/// A word a node reports about itself (its OS, architecture, version): printable ASCII
+/// without spaces or quotes, at most 64 bytes, so that no table or log shows more than it
+/// says.
+pub fn check_reported_word(field: &str, value: &str) -> Result<(), crate::Invalid> {
+    let ok = |c: char| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '`' | '\\' | '<' | '>');
+    if value.is_empty() || value.len() > 64 || !value.chars().all(ok) {
+        return Err(crate::Invalid::Reported(format!(
+            "{field} {value:?} must be 1 to 64 printable characters without spaces or quotes"
+        )));
+    }
+    Ok(())
+}
+
+/// An address a node reports (`HOST:PORT`, or empty for a node on the tailnet only).
+pub fn check_reported_addr(field: &str, value: &str) -> Result<(), crate::Invalid> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '_' | '[' | ']' | '%');
+    if value.len() > 255 || !value.chars().all(ok) {
+        return Err(crate::Invalid::Reported(format!("{field} {value:?} is not a HOST:PORT address")));
+    }
+    Ok(())
+}
+
+/// Text a node reports that may hold anything printable (a certificate's key id, how a
+/// command ended): no control characters, at most `max` bytes.
+fn check_reported_text(field: &str, value: &str, max: usize) -> Result<(), crate::Invalid> {
+    if value.len() > max || value.chars().any(char::is_control) {
+        return Err(crate::Invalid::Reported(format!(
+            "{field} must be at most {max} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Platform {
+    /// What a node reports of its platform, checked (see [`check_reported_word`]).
+    pub fn check(&self) -> Result<(), crate::Invalid> {
+        check_reported_word("platform", &self.os)?;
+        check_reported_word("arch", &self.arch)
+    }
+}
+
+impl Heartbeat {
+    /// Everything the node reports, checked: a node's words reach tables, logs and the
+    /// audit, so a heartbeat with anything that does not look as it should is refused whole.
+    pub fn check(&self) -> Result<(), crate::Invalid> {
+        self.platform.check()?;
+        check_reported_word("version", &self.version)?;
+        check_reported_addr("addr", &self.addr)?;
+        for s in &self.sessions {
+            crate::check_name("session user", &s.user)?;
+            crate::check_name("session id", &s.id)?;
+            if !SESSION_STATES.contains(&s.state.as_str()) {
+                return Err(crate::Invalid::Reported(format!(
+                    "session state {:?} is not one of {}",
+                    s.state,
+                    SESSION_STATES.join(", ")
+                )));
+            }
+        }
+        if self.executions.len() > MAX_EXECUTIONS_PER_HEARTBEAT {
+            return Err(crate::Invalid::Reported(format!(
+                "a heartbeat reports at most {MAX_EXECUTIONS_PER_HEARTBEAT} executions"
+            )));
+        }
+        self.executions.iter().try_for_each(Execution::check)
+    }
+}
+
+/// How many executions one heartbeat carries at most (the rest wait for the next).
+pub const MAX_EXECUTIONS_PER_HEARTBEAT: usize = 500;
+
+/// What a node ran for a user — a command, a login shell or a file transfer — as the node
+/// itself reports it for the audit log: what the caller said it would run is a claim, this
+/// is what ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// The node's own id for the record (kept once, however often it is sent).
+    pub id: String,
+    /// The certificate's user.
+    pub user: String,
+    /// The certificate's key id (the dispatch that minted it).
+    pub key_id: String,
+    pub isolation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// One of [`EXECUTION_KINDS`].
+    pub kind: String,
+    /// SHA-256 of the command line, hex (commands only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_sha256: Option<String>,
+    /// The command line itself, when the fleet records commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub duration_ms: u64,
+    /// How it ended: an exit code, `signal NAME`, `refused: …`, `unknown: …`.
+    pub exit: String,
+}
+
+/// What an [`Execution`] was: a command, a login shell in a terminal, a file transfer.
+pub const EXECUTION_KINDS: [&str; 3] = ["command", "shell", "sftp"];
+
+impl Execution {
+    pub fn check(&self) -> Result<(), crate::Invalid> {
+        crate::check_name("execution id", &self.id)?;
+        crate::check_name("execution user", &self.user)?;
+        check_reported_text("key id", &self.key_id, 256)?;
+        self.isolation.parse::<crate::Isolation>()?;
+        if let Some(s) = &self.session {
+            crate::check_name("session id", s)?;
+        }
+        if !EXECUTION_KINDS.contains(&self.kind.as_str()) {
+            return Err(crate::Invalid::Reported(format!("execution kind {:?} is not known", self.kind)));
+        }
+        if let Some(h) = &self.command_sha256
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(crate::Invalid::Reported("command_sha256 must be 64 hex digits".into()));
+        }
+        if self.command.as_ref().is_some_and(|c| c.len() > 64 * 1024) {
+            return Err(crate::Invalid::Reported("a reported command line is at most 64 KiB".into()));
+        }
+        check_reported_text("exit", &self.exit, 256)
+    }
 }
 
 fn native_only() -> Vec<String> {
@@ -315,6 +449,27 @@ pub struct HeartbeatReply {
     /// Users removed lately: the node refuses their certificates and ends their sessions.
     #[serde(default)]
     pub revoked_users: Vec<RevokedUser>,
+    /// Users whose access was narrowed lately (a grant taken back or changed): the node
+    /// refuses their certificates issued before then.
+    #[serde(default)]
+    pub cert_cutoffs: Vec<CertCutoff>,
+    /// The `record_id`s of the executions the heartbeat reported that are now in the
+    /// audit log: the node forgets them.
+    #[serde(default)]
+    pub executions_recorded: Vec<String>,
+    /// Whether the fleet records command lines themselves (`openbox control
+    /// --audit-commands`), not only their SHA-256.
+    #[serde(default)]
+    pub audit_commands: bool,
+}
+
+/// A user whose certificates issued before `cutoff` (Unix seconds) no node accepts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CertCutoff {
+    pub name: String,
+    /// The `user@openbox` extension of its certificates.
+    pub incarnation: String,
+    pub cutoff: u64,
 }
 
 /// A user removed from the fleet, as the certificates it was given name it.
@@ -400,10 +555,6 @@ pub struct DispatchRequest {
     pub isolation: Isolation,
     /// The caller's own public key (OpenSSH format), which the certificate will vouch for.
     pub public_key: String,
-    /// The command line the certificate is first used for, for the audit log (which keeps
-    /// only its SHA-256 unless the control plane records commands).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<String>,
 }
 
 /// One line of the audit log (`GET /v1/audit`, admins only): a dispatch, or a change to
@@ -428,8 +579,18 @@ pub struct AuditEntry {
     pub command_sha256: Option<String>,
     /// The command line itself, only when the control plane records commands.
     pub command: Option<String>,
-    /// What changed (a name, tags).
+    /// What changed (a name, tags); for `exec`, what ran when it was not a command
+    /// (`shell`, `sftp`).
     pub detail: Option<String>,
+    /// For `exec`: the node's own id for the record, so one sent twice is kept once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<String>,
+    /// For `exec`: how long it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// For `exec`: how it ended (`0`, `127`, `signal TERM`, `refused: …`, `unknown: …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -10,6 +10,11 @@ pub const EXT_SESSION: &str = "session@openbox";
 /// The user's incarnation: a name removed and added again is another user, whose
 /// certificates and sessions are not the removed one's.
 pub const EXT_USER: &str = "user@openbox";
+/// Present (empty) when the user is an admin of the fleet. Without it the agent confines
+/// what the command may reach beyond its isolation: no host mounts but those the agent
+/// allows, a private user namespace in nspawn, a hardened Docker container. Absent means
+/// confined, so a certificate from an older control plane gets the stricter treatment.
+pub const EXT_ADMIN: &str = "admin@openbox";
 
 /// Standard OpenSSH extensions a user certificate may carry; all others must be ours.
 pub const STANDARD_EXTENSIONS: &[&str] = &[

@@ -37,6 +37,9 @@ pub enum Invalid {
     /// An isolation mode or one of its options.
     #[error("{0}")]
     Isolation(String),
+    /// Something a node reported about itself.
+    #[error("{0}")]
+    Reported(String),
 }
 
 /// Names must be short, printable and shell-friendly: used for user names, node names,

@@ -5,6 +5,25 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `text` as a terminal may safely show it: line breaks and tabs stay, every other
+/// control character (an escape sequence a node put in its platform name, say) is written
+/// out as `\x1b`, so it is seen, never obeyed.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let shown = |c: char| !c.is_control() || c == '\n' || c == '\t';
+    if text.chars().all(shown) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if shown(c) {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\x{:x}", u32::from(c)));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// `openbox logout --json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoggedOut {
@@ -114,4 +133,16 @@ pub struct ContextRemoved {
     pub removed: String,
     /// Whether its openboxd was running (it was stopped).
     pub daemon_stopped: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(printable("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(printable("a\u{1b}[2Jb\r\u{7}"), "a\\x1b[2Jb\\xd\\x7");
+        assert_eq!(printable("\u{9b}31m"), "\\x9b31m");
+    }
 }

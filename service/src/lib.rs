@@ -114,8 +114,9 @@ fn unit_header(role: Role, scope: Scope) -> String {
         (Role::Daemon, _) => "Keeps the login, certificates and SSH connections warm so that every `openbox`\n\
                               # call is instant (the CLI also starts it on demand; the unit starts it at login)."
             .to_owned(),
-        (Role::Control, Scope::System) => "State (the registry, the CA key) lives in /var/lib/openbox. The first start prints the\n\
-                                           # admin's login command: `journalctl -u openbox-control`."
+        (Role::Control, Scope::System) => "State (the registry, the CA key) lives in /var/lib/openbox. The first start writes the\n\
+                                           # admin's login token to /var/lib/openbox/control/admin-token (mode 0600) and the\n\
+                                           # login command to the journal: `journalctl -u openbox-control`."
             .to_owned(),
         (Role::Agent, Scope::System) => "Runs as root (--nspawn and --run-as need it). The identity is kept in\n\
                                          # /var/lib/openbox-agent after the first start; the enrollment token may go then.\n\

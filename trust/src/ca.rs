@@ -1,5 +1,5 @@
 use proto::Isolation;
-use proto::cert::{EXT_ISOLATION, EXT_NODE, EXT_SESSION, EXT_USER};
+use proto::cert::{EXT_ADMIN, EXT_ISOLATION, EXT_NODE, EXT_SESSION, EXT_USER};
 use ssh_key::certificate::{Builder, CertType};
 use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
 
@@ -21,6 +21,8 @@ pub struct UserCertSpec<'a> {
     pub request_id: &'a str,
     pub isolation: &'a Isolation,
     pub session: Option<&'a str>,
+    /// Whether the user is an admin (see [`proto::cert::EXT_ADMIN`]).
+    pub admin: bool,
     pub public_key: &'a PublicKey,
     pub valid_after: u64,
     pub valid_before: u64,
@@ -98,6 +100,9 @@ impl Ca {
         b.extension(EXT_USER, spec.incarnation)?;
         if let Some(session) = spec.session {
             b.extension(EXT_SESSION, session)?;
+        }
+        if spec.admin {
+            b.extension(EXT_ADMIN, "")?;
         }
         Ok(b.sign(&self.key)?)
     }

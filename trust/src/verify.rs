@@ -1,5 +1,7 @@
 use proto::Isolation;
-use proto::cert::{EXT_ISOLATION, EXT_NODE, EXT_SESSION, EXT_USER, PERMIT_PORT_FORWARDING, STANDARD_EXTENSIONS};
+use proto::cert::{
+    EXT_ADMIN, EXT_ISOLATION, EXT_NODE, EXT_SESSION, EXT_USER, PERMIT_PORT_FORWARDING, STANDARD_EXTENSIONS,
+};
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, HashAlg, PublicKey};
 
@@ -15,6 +17,10 @@ pub struct UserGrant {
     pub isolation: Isolation,
     pub session: Option<String>,
     pub valid_before: u64,
+    /// When the control plane issued it (its validity starts a clock-skew allowance before).
+    pub issued_at: u64,
+    /// Whether the user is an admin: the agent confines commands of everyone else.
+    pub admin: bool,
     /// Whether it carries OpenSSH's `permit-port-forwarding`: the control plane grants it
     /// only for native commands outside a session, which the user's grants allow there.
     pub port_forwarding: bool,
@@ -69,7 +75,7 @@ pub fn verify_user_cert(
     let ext = cert.extensions();
     let bad = |name: &str, why: &str| TrustError::BadExtension { name: name.to_owned(), why: why.to_owned() };
     for name in ext.keys() {
-        let ours = [EXT_NODE, EXT_ISOLATION, EXT_SESSION, EXT_USER].contains(&name.as_str());
+        let ours = [EXT_NODE, EXT_ISOLATION, EXT_SESSION, EXT_USER, EXT_ADMIN].contains(&name.as_str());
         if !ours && !STANDARD_EXTENSIONS.contains(&name.as_str()) {
             return Err(bad(name, "unknown extension"));
         }
@@ -97,6 +103,11 @@ pub fn verify_user_cert(
         Some(_) => return Err(bad(EXT_USER, "not a user incarnation")),
         None => None,
     };
+    let admin = match ext.get(EXT_ADMIN) {
+        Some(v) if v.is_empty() => true,
+        Some(_) => return Err(bad(EXT_ADMIN, "takes no value")),
+        None => false,
+    };
     Ok(UserGrant {
         user: ssh_user.to_owned(),
         incarnation,
@@ -104,6 +115,8 @@ pub fn verify_user_cert(
         isolation,
         session,
         valid_before: cert.valid_before(),
+        issued_at: cert.valid_after().saturating_add(proto::cert::CLOCK_SKEW_SECS),
+        admin,
         port_forwarding: ext.contains_key(PERMIT_PORT_FORWARDING),
     })
 }
@@ -140,6 +153,7 @@ mod tests {
             request_id: "r1",
             isolation: iso,
             session,
+            admin: false,
             public_key: key,
             valid_after: after,
             valid_before: before,

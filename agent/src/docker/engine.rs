@@ -178,7 +178,22 @@ impl Engine {
                     })
                     .collect()
             }),
+            // Never privileged, for anyone.
+            privileged: Some(false),
             ..Default::default()
+        };
+        let host_config = match spec.hold.process_limit() {
+            None => host_config,
+            // A user who is not an admin: no setuid or file capability raises privileges
+            // (a setuid binary in the image gives nothing), only a documented few
+            // capabilities, and a bounded number of processes.
+            Some(max) => HostConfig {
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                cap_add: Some(crate::confine::DOCKER_CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
+                pids_limit: Some(max.min(i64::MAX as u64) as i64),
+                ..host_config
+            },
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.to_owned()),
@@ -314,6 +329,8 @@ pub(super) type ExecOutput =
 pub struct Spec<'a> {
     pub image: &'a str,
     pub limits: &'a Limits,
+    /// Whether the container is hardened for a user who is not an admin.
+    pub hold: crate::confine::Confinement,
     pub env: &'a [(&'a str, &'a str)],
     /// The session it serves, for its label.
     pub session: Option<&'a str>,

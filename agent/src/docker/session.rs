@@ -24,7 +24,7 @@ pub struct SessionContainer {
     pub id: String,
     /// Its first process (the shell) on this host, when the engine runs here: the
     /// session's stdin FIFOs are made in its root.
-    pub pid: Option<u32>,
+    pub pid: Option<crate::procs::Proc>,
 }
 
 /// The streams of a session's shell in a container.
@@ -50,8 +50,7 @@ impl SessionContainer {
                 return Err(e);
             }
         };
-        container.pid =
-            engine.pid(&container.id).await.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        container.pid = engine.pid(&container.id).await.and_then(crate::procs::Proc::now);
         // The engine interleaves stdout and stderr on one stream; the session reads them
         // as two pipes. Output a background job writes while no command reads it waits
         // here; the buffers grow only as used, and are large so that such output does not

@@ -23,7 +23,7 @@ use proto::api::SessionReport;
 
 use crate::channel::{ChannelOut, Outcome};
 use crate::run_as::Login;
-use crate::runtimes::Runtimes;
+use crate::runtimes::{Runtimes, Sandbox};
 use framing::{Framed, run_framed};
 use shell::{Shell, spawn_shell, stop_shell};
 
@@ -43,8 +43,10 @@ struct Slot {
     /// The incarnation of the user whose shell it is: a name removed and added again is
     /// another user, who never gets the removed one's shell.
     owner: Option<String>,
-    /// What the shell runs under.
+    /// The isolation its shell was signed for.
     isolation: Isolation,
+    /// Whether its shell runs confined (its user was not an admin).
+    confined: bool,
     ended: Option<Ended>,
     created: u64,
     last_used: u64,
@@ -59,7 +61,7 @@ struct Slot {
 /// (by the host pid of its first process).
 enum Place {
     Docker(crate::docker::Engine, String),
-    Nspawn(u32),
+    Nspawn(crate::procs::Proc),
 }
 
 /// Where a session's files are, for file transfer into it.
@@ -67,14 +69,16 @@ pub enum Files {
     /// The node's own (a native session).
     Host,
     /// Under the root of this process on the node (its container's first process).
-    Root(u32),
+    Root(crate::procs::Proc),
 }
 
 /// One command for a session.
 pub struct Job<'a> {
     pub command: &'a str,
-    /// What a shell started for it runs under; must match the session's.
+    /// The isolation it was signed for; must match the session's.
     pub isolation: &'a Isolation,
+    /// What a shell started for it runs under here.
+    pub sandbox: &'a Sandbox,
     /// The incarnation of the user it runs for.
     pub owner: Option<&'a str>,
     pub runtimes: &'a Runtimes,
@@ -93,6 +97,8 @@ pub struct Sessions {
     /// Notified when a session ends, so the heartbeat tells the control plane at once.
     pub ended: tokio::sync::Notify,
     idle_limit: Duration,
+    /// Sessions with a shell one user may have at once.
+    max_per_user: usize,
 }
 
 /// How long a session whose shell is gone is remembered, so that its next use can say
@@ -100,13 +106,28 @@ pub struct Sessions {
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl Sessions {
-    pub fn new(idle_limit: Duration) -> Arc<Sessions> {
+    pub fn new(idle_limit: Duration, max_per_user: usize) -> Arc<Sessions> {
         Arc::new(Sessions {
             slots: Mutex::default(),
             ended_reports: Mutex::default(),
             ended: tokio::sync::Notify::new(),
             idle_limit,
+            max_per_user,
         })
+    }
+
+    /// How many sessions of `user` other than `except` have a shell (or are busy, which
+    /// may be starting one).
+    fn live_shells(&self, user: &str, except: &Key) -> usize {
+        let theirs: Vec<Arc<tokio::sync::Mutex<Slot>>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(k, _)| k.0 == user && *k != except)
+            .map(|(_, slot)| slot.clone())
+            .collect();
+        theirs.iter().filter(|slot| slot.try_lock().map_or(true, |s| s.shell.is_some())).count()
     }
 
     fn slot(&self, key: &Key) -> Arc<tokio::sync::Mutex<Slot>> {
@@ -257,7 +278,7 @@ impl Sessions {
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let mut s = slot.lock().await; // one command at a time, in arrival order
-        if !self.ensure_shell(&mut s, id, &job, out).await {
+        if !self.ensure_shell(&mut s, &key, &job, out).await {
             return;
         }
         let Job { command, timeout, .. } = job;
@@ -374,8 +395,13 @@ impl Sessions {
                     crate::docker::exec_in_terminal(entry, command, pty, input, out).await;
                 }
                 Place::Nspawn(init) => {
+                    if !init.is_running() {
+                        return out.refuse(&format!("session {id}'s container has ended")).await;
+                    }
+                    let (cmd, fresh) = shell::enter_nspawn(init.pid, command, env);
                     let spawn = crate::pty::Spawn {
-                        cmd: shell::enter_nspawn(init, command, env),
+                        cmd,
+                        env: crate::pty::Env::Fresh(fresh),
                         arg0: None,
                         login: None,
                         tree: crate::exec::Tree::Group,
@@ -405,7 +431,7 @@ impl Sessions {
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let mut s = slot.lock().await;
-        if !self.ensure_shell(&mut s, id, job, &out).await {
+        if !self.ensure_shell(&mut s, &key, job, &out).await {
             return;
         }
         let found = match s.shell.as_ref().map(|shell| pick(&shell.host)) {
@@ -425,8 +451,9 @@ impl Sessions {
 
     /// Makes sure the session has a live shell for `job` (starting one if needed), under
     /// the slot's lock `s`; `false` once the caller has been told why not.
-    async fn ensure_shell(&self, s: &mut Slot, id: &str, job: &Job<'_>, out: &ChannelOut) -> bool {
-        let Job { isolation, owner, runtimes, env, login, .. } = *job;
+    async fn ensure_shell(&self, s: &mut Slot, key: &Key, job: &Job<'_>, out: &ChannelOut) -> bool {
+        let id = key.1.as_str();
+        let Job { isolation, sandbox, owner, runtimes, env, login, .. } = *job;
         if s.owner.as_deref() != owner {
             // A removed user's session, under a name someone else has now: never theirs,
             // nor anything about it.
@@ -435,6 +462,16 @@ impl Sessions {
                 tracing::info!(session = %id, "ended a shell left by an earlier user of this name");
             }
             s.ended = None;
+        }
+        if s.shell.is_some() && s.confined != sandbox.hold.confined {
+            // Started while its user was an admin (or before he became one): the shell
+            // holds what it held then.
+            let why = format!(
+                "session {id} was started when your admin role was {}; nothing was run (end it with `openbox session rm {id}`)",
+                if s.confined { "absent" } else { "present" }
+            );
+            out.refuse(&why).await;
+            return false;
         }
         if s.shell.is_some() && s.isolation != *isolation {
             let why = format!(
@@ -453,11 +490,21 @@ impl Sessions {
                 };
                 out.stderr(format!("openbox: session {id}: {why}; started a new shell\n").as_bytes()).await;
             }
-            match spawn_shell(isolation, runtimes, env, login, id).await {
+            let live = self.live_shells(&key.0, key);
+            if live >= self.max_per_user {
+                let why = format!(
+                    "you have {live} sessions on this node, the most it allows (openbox agent --max-sessions N); \
+                     end one with `openbox session rm ID` (`openbox session ls` lists them); nothing was run"
+                );
+                out.refuse(&why).await;
+                return false;
+            }
+            match spawn_shell(sandbox, runtimes, env, login, id).await {
                 Ok(shell) => {
                     s.shell = Some(shell);
                     s.owner = owner.map(str::to_owned);
                     s.isolation = isolation.clone();
+                    s.confined = sandbox.hold.confined;
                     s.created = proto::time::now();
                 }
                 Err(e) => {

@@ -13,7 +13,7 @@ use tokio::process::Child;
 use crate::docker::SessionContainer;
 use crate::procs;
 use crate::run_as::Login;
-use crate::runtimes::{RuntimeError, Runtimes};
+use crate::runtimes::{RuntimeError, Runtimes, Sandbox};
 
 /// A session's shell: the pipes it reads commands from and writes output to, and what it
 /// runs in.
@@ -28,7 +28,7 @@ pub struct Shell {
 pub enum ShellHost {
     /// A process here: the shell itself, or (`nspawn`) the container whose pid 1 it is;
     /// `root` is the process whose root is the shell's filesystem.
-    Process { child: Child, pid: u32, nspawn: bool, root: Option<u32> },
+    Process { child: Child, pid: u32, nspawn: bool, root: Option<procs::Proc> },
     /// A container on the Docker engine whose pid 1 is the shell.
     Container(SessionContainer),
 }
@@ -36,7 +36,7 @@ pub enum ShellHost {
 impl ShellHost {
     /// The process whose root is the shell's filesystem (the shell, or the container's
     /// first process), when it is on this host.
-    pub fn root_pid(&self) -> Option<u32> {
+    pub fn root_pid(&self) -> Option<procs::Proc> {
         match self {
             ShellHost::Process { root, .. } => *root,
             ShellHost::Container(c) => c.pid,
@@ -115,21 +115,19 @@ pub fn interrupt(pid: u32) {
 
 /// Starts the session's shell under `isolation`.
 pub async fn spawn_shell(
-    isolation: &Isolation,
+    sandbox: &Sandbox,
     runtimes: &Runtimes,
     env: &[(&str, &str)],
     login: Option<&Login>,
     id: &str,
 ) -> Result<Shell, RuntimeError> {
-    let (mut cmd, nspawn) = match isolation {
+    let hold = sandbox.hold;
+    let (mut cmd, nspawn) = match &sandbox.isolation {
         Isolation::Native => (crate::exec::native_shell(env, login), false),
-        Isolation::Nspawn { dir, limits } => {
-            crate::nspawn::check_tree(dir)?;
-            (crate::nspawn::command(dir, limits, env, &["/bin/sh"]), true)
-        }
+        Isolation::Nspawn { dir, limits } => (crate::nspawn::command(dir, limits, hold, env, &["/bin/sh"]), true),
         Isolation::Docker { image, limits } => {
             let engine = runtimes.docker()?;
-            let spec = crate::docker::Spec { image, limits, env, session: Some(id), login, tty: None };
+            let spec = crate::docker::Spec { image, limits, hold, env, session: Some(id), login, tty: None };
             let (container, io) = SessionContainer::start(&engine, spec).await?;
             return Ok(Shell {
                 stdin: io.stdin,
@@ -146,11 +144,12 @@ pub async fn spawn_shell(
         stdin: Box::pin(child.stdin.take().expect("piped")),
         stdout: Box::pin(child.stdout.take().expect("piped")),
         stderr: Box::pin(child.stderr.take().expect("piped")),
-        host: ShellHost::Process { pid, child, nspawn, root: (!nspawn).then_some(pid) },
+        host: ShellHost::Process { pid, child, nspawn, root: if nspawn { None } else { procs::Proc::now(pid) } },
     };
     if nspawn {
         // The container's first process has its final root once its shell reads commands.
-        let root = if shell_answers(&mut shell).await { procs::container_init(pid) } else { None };
+        let root =
+            if shell_answers(&mut shell).await { procs::container_init(pid).and_then(procs::Proc::now) } else { None };
         if let ShellHost::Process { root: r, .. } = &mut shell.host {
             *r = root;
         }
@@ -183,11 +182,25 @@ async fn shell_answers(shell: &mut Shell) -> bool {
 
 /// A command that joins the nspawn container whose first process is `init` (its
 /// namespaces, root and working directory) to run `command`, else a login shell.
-pub fn enter_nspawn(init: u32, command: Option<&str>, env: &[(&str, &str)]) -> tokio::process::Command {
+/// It starts in a fresh environment (returned beside it, for a terminal): nsenter passes
+/// its own on, and the agent's must not reach the container.
+pub fn enter_nspawn(
+    init: u32,
+    command: Option<&str>,
+    env: &[(&str, &str)],
+) -> (tokio::process::Command, Vec<(&'static str, std::ffi::OsString)>) {
+    let fresh: Vec<(&'static str, std::ffi::OsString)> =
+        vec![("PATH", crate::run_as::ROOT_PATH.into()), ("HOME", "/root".into()), ("USER", "root".into())];
     let mut cmd = tokio::process::Command::new("nsenter");
-    crate::hide_secrets(&mut cmd);
+    cmd.env_clear().envs(fresh.iter().cloned());
     let target = init.to_string();
-    cmd.args(["--target", &target, "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--"]);
+    cmd.args(["--target", &target, "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd"]);
+    // A container with a user namespace of its own (a confined user's) is entered as its
+    // root, which is an unprivileged user outside: never as the host's root.
+    if own_user_namespace(init) {
+        cmd.arg("--user");
+    }
+    cmd.arg("--");
     match command {
         Some(command) => cmd.args(["/bin/sh", "-c", command]),
         None => cmd.args(["/bin/sh", "-l"]),
@@ -195,7 +208,17 @@ pub fn enter_nspawn(init: u32, command: Option<&str>, env: &[(&str, &str)]) -> t
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd
+    (cmd, fresh)
+}
+
+/// Whether process `pid` lives in a user namespace other than the agent's (or cannot be
+/// told, which is taken as yes: entering it then fails rather than running as root).
+fn own_user_namespace(pid: u32) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    match (ns(&pid.to_string()), ns("self")) {
+        (Some(theirs), Some(ours)) => theirs != ours,
+        _ => true,
+    }
 }
 
 pub async fn stop_shell(shell: &mut Shell) {

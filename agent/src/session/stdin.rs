@@ -26,14 +26,11 @@ pub struct Fifo {
 }
 
 impl Fifo {
-    /// Makes a FIFO in the `/tmp` of process `pid`'s root, readable only by that process's
-    /// user.
-    pub fn make(pid: u32) -> std::io::Result<Fifo> {
-        let root = rustix::fs::open(
-            format!("/proc/{pid}/root"),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+    /// Makes a FIFO in the `/tmp` of process `shell`'s root, readable only by that
+    /// process's user.
+    pub fn make(shell: crate::procs::Proc) -> std::io::Result<Fifo> {
+        let pid = shell.pid;
+        let root = shell.open_root()?;
         let dir = rustix::fs::openat2(
             &root,
             "tmp",

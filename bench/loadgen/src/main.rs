@@ -157,6 +157,7 @@ fn heartbeat_of(node: &Enrolled, i: usize) -> Heartbeat {
         sessions: Vec::new(),
         capabilities: vec!["native".into()],
         host: Some(simulated_host(i)),
+        executions: Vec::new(),
     }
 }
 
@@ -238,7 +239,6 @@ async fn main() {
                     session: None,
                     isolation: proto::Isolation::Native,
                     public_key: public_key.clone(),
-                    command: Some("true".into()),
                 };
                 k += 1;
                 let t0 = Instant::now();

@@ -26,6 +26,7 @@ const TABLES: &[&str] = &[
     "web_links",
     "fleet_ca",
     "changes",
+    "cert_cutoffs",
 ];
 
 /// Rows copied, per table.

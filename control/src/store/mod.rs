@@ -138,8 +138,8 @@ pub struct User {
 /// A browser logged in to the dashboard.
 pub struct WebSession {
     pub user: User,
-    /// What each state-changing request it makes must echo.
-    pub csrf: String,
+    /// The SHA-256 of the session secret every request with its cookie must carry.
+    pub secret_hash: String,
     pub expires_at: u64,
 }
 
@@ -311,8 +311,9 @@ both! {
     /// The public key of the CA this fleet trusts: `public_key`, if none was recorded yet.
     fn pin_ca(&self, public_key: &str) -> String;
 
-    /// Records `e`, and forgets entries from before `keep_since`.
-    fn audit(&self, e: &AuditEntry, keep_since: u64) -> ();
+    /// Records `entries` (in one transaction; an entry whose `record_id` is already
+    /// there is kept once), and forgets entries from before `keep_since`.
+    fn audit(&self, entries: &[AuditEntry], keep_since: u64) -> ();
     /// The newest `limit` entries (oldest first) since `since`, by `user` and on `node` (an
     /// id, or the name of a node that still exists) when given.
     fn audit_log(&self, user: Option<&str>, node: Option<&str>, since: u64, limit: u32) -> Vec<AuditEntry>;
@@ -342,8 +343,11 @@ both! {
     fn put_grant(&self, user: &str, grant: &Grant, now: u64) -> Vec<Grant>;
     /// Takes back a grant; returns the user's grants now.
     fn remove_grant(&self, user: &str, on: &Target) -> Vec<Grant>;
+    /// Users whose access was narrowed (a grant taken back or changed) since `since`, and
+    /// when: nodes refuse their certificates issued before then.
+    fn cert_cutoffs(&self, since: u64) -> Vec<proto::api::CertCutoff>;
 
-    fn add_web_session(&self, hash: &str, user_id: i64, csrf: &str, now: u64, expires_at: u64) -> ();
+    fn add_web_session(&self, hash: &str, user_id: i64, secret_hash: &str, now: u64, expires_at: u64) -> ();
     /// A live browser session.
     fn web_session(&self, hash: &str, now: u64) -> Option<WebSession>;
     fn remove_web_session(&self, hash: &str) -> ();

@@ -141,7 +141,30 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX changes_at ON changes (at);
     ALTER TABLE nodes ADD COLUMN listed_online BOOLEAN NOT NULL DEFAULT FALSE;
     CREATE INDEX nodes_listed_online ON nodes (last_seen) WHERE listed_online;",
+    // 4: executions nodes report, and when each user's access was last narrowed
+    // (SQLite's 13).
+    "ALTER TABLE audit ADD COLUMN record_id TEXT;
+    ALTER TABLE audit ADD COLUMN duration_ms BIGINT;
+    ALTER TABLE audit ADD COLUMN exit TEXT;
+    CREATE UNIQUE INDEX audit_record_id ON audit (record_id);
+    CREATE TABLE cert_cutoffs (
+        incarnation TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        cutoff BIGINT NOT NULL
+    );",
 ];
+
+/// Records that `user_id`'s certificates issued before `now` are no longer good (in the
+/// caller's transaction).
+async fn cut_off(c: &impl GenericClient, user_id: i64, now: u64) -> Result<()> {
+    c.execute(
+        "INSERT INTO cert_cutoffs (incarnation, name, cutoff) SELECT incarnation, name, $2 FROM users WHERE id = $1
+         ON CONFLICT (incarnation) DO UPDATE SET name = excluded.name, cutoff = excluded.cutoff",
+        &[&user_id, &int(now)],
+    )
+    .await?;
+    Ok(())
+}
 
 /// The channel every logged change is announced on (in `log` and the statements that log
 /// changes themselves), so that the other control planes on the database look at the log
@@ -313,33 +336,43 @@ impl Postgres {
         Ok(())
     }
 
-    pub async fn audit(&self, e: &AuditEntry, keep_since: u64) -> Result<()> {
-        let c = self.client().await?;
-        let insert = c
+    pub async fn audit(&self, entries: &[AuditEntry], keep_since: u64) -> Result<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let insert = tx
             .prepare_cached(
                 "INSERT INTO audit (at, \"user\", action, node_id, isolation, session, key_id, source, command_sha256,
-                 command, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 command, detail, record_id, duration_ms, exit)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 ON CONFLICT (record_id) DO NOTHING",
             )
             .await?;
-        c.execute(
-            &insert,
-            &[
-                &int(e.at),
-                &e.user,
-                &e.action,
-                &e.node_id,
-                &e.isolation,
-                &e.session,
-                &e.key_id,
-                &e.source,
-                &e.command_sha256,
-                &e.command,
-                &e.detail,
-            ],
-        )
-        .await?;
-        let forget = c.prepare_cached("DELETE FROM audit WHERE at < $1").await?;
-        c.execute(&forget, &[&int(keep_since)]).await?;
+        for e in entries {
+            // An entry the node sent before (its reply was lost) is kept once.
+            tx.execute(
+                &insert,
+                &[
+                    &int(e.at),
+                    &e.user,
+                    &e.action,
+                    &e.node_id,
+                    &e.isolation,
+                    &e.session,
+                    &e.key_id,
+                    &e.source,
+                    &e.command_sha256,
+                    &e.command,
+                    &e.detail,
+                    &e.record_id,
+                    &e.duration_ms.map(int),
+                    &e.exit,
+                ],
+            )
+            .await?;
+        }
+        let forget = tx.prepare_cached("DELETE FROM audit WHERE at < $1").await?;
+        tx.execute(&forget, &[&int(keep_since)]).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -354,7 +387,8 @@ impl Postgres {
             .client()
             .await?
             .query(
-                "SELECT at, \"user\", action, node_id, isolation, session, key_id, source, command_sha256, command, detail
+                "SELECT at, \"user\", action, node_id, isolation, session, key_id, source, command_sha256, command, detail,
+                        record_id, duration_ms, exit
                  FROM audit
                  WHERE at >= $1 AND ($2::TEXT IS NULL OR \"user\" = $2)
                    AND ($3::TEXT IS NULL OR node_id = $3 OR node_id IN (SELECT id FROM nodes WHERE name = $3))
@@ -376,6 +410,9 @@ impl Postgres {
                 command_sha256: r.get(8),
                 command: r.get(9),
                 detail: r.get(10),
+                record_id: r.get(11),
+                duration_ms: r.get::<_, Option<i64>>(12).map(uint),
+                exit: r.get(13),
             })
             .collect();
         entries.reverse();
@@ -518,12 +555,24 @@ impl Postgres {
         let id = user_id(&c, user).await?;
         let (kind, value) = grant.on.parts();
         let tx = c.transaction().await?;
+        let earlier = tx
+            .query_opt(
+                "SELECT isolation FROM grants WHERE user_id = $1 AND kind = $2 AND value = $3 FOR UPDATE",
+                &[&id, &kind, &value],
+            )
+            .await?
+            .map(|r| r.get::<_, String>(0));
+        let isolation = tags_json(&grant.isolation);
         tx.execute(
             "INSERT INTO grants (user_id, kind, value, isolation, created_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (user_id, kind, value) DO UPDATE SET isolation = excluded.isolation, created_at = excluded.created_at",
-            &[&id, &kind, &value, &tags_json(&grant.isolation), &int(now)],
+            &[&id, &kind, &value, &isolation, &int(now)],
         )
         .await?;
+        // A grant changed may allow less than before: what it allowed is taken back.
+        if earlier.is_some_and(|e| e != isolation) {
+            cut_off(&tx, id, now).await?;
+        }
         log(&tx, &ChangeKind::Policy(id), now).await?;
         tx.commit().await?;
         grants_shown(&c, id).await
@@ -540,18 +589,39 @@ impl Postgres {
         if removed == 0 {
             return Err(StoreError::NotFound(format!("{user:?} has no grant on {on}; `openbox user ls` shows grants")));
         }
-        log(&tx, &ChangeKind::Policy(id), proto::time::now()).await?;
+        let now = proto::time::now();
+        cut_off(&tx, id, now).await?;
+        log(&tx, &ChangeKind::Policy(id), now).await?;
         tx.commit().await?;
         grants_shown(&c, id).await
     }
 
-    pub async fn add_web_session(&self, hash: &str, user_id: i64, csrf: &str, now: u64, expires_at: u64) -> Result<()> {
+    pub async fn cert_cutoffs(&self, since: u64) -> Result<Vec<proto::api::CertCutoff>> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT name, incarnation, cutoff FROM cert_cutoffs WHERE cutoff >= $1", &[&int(since)])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| proto::api::CertCutoff { name: r.get(0), incarnation: r.get(1), cutoff: uint(r.get(2)) })
+            .collect())
+    }
+
+    pub async fn add_web_session(
+        &self,
+        hash: &str,
+        user_id: i64,
+        secret_hash: &str,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<()> {
         let c = self.client().await?;
         // Expired ones go as new ones come: the table holds only live sessions.
         c.execute("DELETE FROM web_sessions WHERE expires_at <= $1", &[&int(now)]).await?;
         c.execute(
             "INSERT INTO web_sessions (hash, user_id, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
-            &[&hash, &user_id, &csrf, &int(now), &int(expires_at)],
+            &[&hash, &user_id, &secret_hash, &int(now), &int(expires_at)],
         )
         .await?;
         Ok(())
@@ -566,7 +636,7 @@ impl Postgres {
             )
             .await?;
         let row = c.query_opt(&query, &[&hash, &int(now)]).await?;
-        Ok(row.map(|r| WebSession { user: user_from(&r), csrf: r.get(4), expires_at: uint(r.get(5)) }))
+        Ok(row.map(|r| WebSession { user: user_from(&r), secret_hash: r.get(4), expires_at: uint(r.get(5)) }))
     }
 
     pub async fn remove_web_session(&self, hash: &str) -> Result<()> {

@@ -141,7 +141,29 @@ const MIGRATIONS: &[&str] = &[
         user_id INTEGER
     );
     ALTER TABLE nodes ADD COLUMN listed_online INTEGER NOT NULL DEFAULT 0;",
+    // 13: what nodes report they ran (the audit's `exec` entries, each kept once by the
+    // node's own id for it), and when each user's access was last narrowed: certificates
+    // issued before then are refused by the nodes.
+    "ALTER TABLE audit ADD COLUMN record_id TEXT;
+    ALTER TABLE audit ADD COLUMN duration_ms INTEGER;
+    ALTER TABLE audit ADD COLUMN exit TEXT;
+    CREATE UNIQUE INDEX audit_record_id ON audit (record_id);
+    CREATE TABLE cert_cutoffs (
+        incarnation TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        cutoff INTEGER NOT NULL
+    );",
 ];
+
+/// Records that `user_id`'s certificates issued before `now` are no longer good (in the
+/// caller's transaction).
+fn cut_off(conn: &Connection, user_id: i64, now: u64) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO cert_cutoffs (incarnation, name, cutoff) SELECT incarnation, name, ?2 FROM users WHERE id = ?1",
+        params![user_id, now],
+    )?;
+    Ok(())
+}
 
 /// Appends a change to the log (in the caller's transaction, when it has one).
 fn log(conn: &Connection, change: &ChangeKind, now: u64) -> Result<()> {
@@ -214,26 +236,33 @@ impl Sqlite {
     // ---- the audit log ----
 
     /// Records `e`, and forgets entries from before `keep_since`.
-    pub fn audit(&self, e: &proto::api::AuditEntry, keep_since: u64) -> Result<()> {
+    pub fn audit(&self, entries: &[proto::api::AuditEntry], keep_since: u64) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO audit (at, user, action, node_id, isolation, session, key_id, source, command_sha256, command, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                e.at,
-                e.user,
-                e.action,
-                e.node_id,
-                e.isolation,
-                e.session,
-                e.key_id,
-                e.source,
-                e.command_sha256,
-                e.command,
-                e.detail
-            ],
-        )?;
+        for e in entries {
+            // An entry the node sent before (its reply was lost) is kept once.
+            tx.execute(
+                "INSERT OR IGNORE INTO audit (at, user, action, node_id, isolation, session, key_id, source, command_sha256,
+                 command, detail, record_id, duration_ms, exit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    e.at,
+                    e.user,
+                    e.action,
+                    e.node_id,
+                    e.isolation,
+                    e.session,
+                    e.key_id,
+                    e.source,
+                    e.command_sha256,
+                    e.command,
+                    e.detail,
+                    e.record_id,
+                    e.duration_ms,
+                    e.exit
+                ],
+            )?;
+        }
         tx.execute("DELETE FROM audit WHERE at < ?1", [keep_since])?;
         tx.commit()?;
         Ok(())
@@ -250,7 +279,8 @@ impl Sqlite {
     ) -> Result<Vec<proto::api::AuditEntry>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT at, user, action, node_id, isolation, session, key_id, source, command_sha256, command, detail
+            "SELECT at, user, action, node_id, isolation, session, key_id, source, command_sha256, command, detail,
+                    record_id, duration_ms, exit
              FROM audit
              WHERE at >= ?1 AND (?2 IS NULL OR user = ?2)
                AND (?3 IS NULL OR node_id = ?3 OR node_id IN (SELECT id FROM nodes WHERE name = ?3))
@@ -269,6 +299,9 @@ impl Sqlite {
                 command_sha256: r.get(8)?,
                 command: r.get(9)?,
                 detail: r.get(10)?,
+                record_id: r.get(11)?,
+                duration_ms: r.get(12)?,
+                exit: r.get(13)?,
             })
         })?;
         let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
@@ -415,10 +448,21 @@ impl Sqlite {
         {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
+            let earlier: Option<String> = tx
+                .query_row(
+                    "SELECT isolation FROM grants WHERE user_id = ?1 AND kind = ?2 AND value = ?3",
+                    params![id, kind, value],
+                    |r| r.get(0),
+                )
+                .optional()?;
             tx.execute(
                 "INSERT OR REPLACE INTO grants (user_id, kind, value, isolation, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![id, kind, value, tags_json(&grant.isolation), now],
             )?;
+            // A grant changed may allow less than before: what it allowed is taken back.
+            if earlier.is_some_and(|e| e != tags_json(&grant.isolation)) {
+                cut_off(&tx, id, now)?;
+            }
             log(&tx, &ChangeKind::Policy(id), now)?;
             tx.commit()?;
         }
@@ -441,10 +485,23 @@ impl Sqlite {
                     "{user:?} has no grant on {on}; `openbox user ls` shows grants"
                 )));
             }
-            log(&tx, &ChangeKind::Policy(id), proto::time::now())?;
+            let now = proto::time::now();
+            cut_off(&tx, id, now)?;
+            log(&tx, &ChangeKind::Policy(id), now)?;
             tx.commit()?;
         }
         self.grants_shown(id)
+    }
+
+    /// Users whose access was narrowed since `since`, and when: nodes refuse their
+    /// certificates issued before then.
+    pub fn cert_cutoffs(&self, since: u64) -> Result<Vec<proto::api::CertCutoff>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT name, incarnation, cutoff FROM cert_cutoffs WHERE cutoff >= ?1")?;
+        let rows = stmt.query_map([since], |r| {
+            Ok(proto::api::CertCutoff { name: r.get(0)?, incarnation: r.get(1)?, cutoff: r.get(2)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     fn user_id(&self, name: &str) -> Result<i64> {
@@ -496,13 +553,20 @@ impl Sqlite {
 
     // ---- the dashboard's browser sessions ----
 
-    pub fn add_web_session(&self, hash: &str, user_id: i64, csrf: &str, now: u64, expires_at: u64) -> Result<()> {
+    pub fn add_web_session(
+        &self,
+        hash: &str,
+        user_id: i64,
+        secret_hash: &str,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<()> {
         let conn = self.conn();
         // Expired ones go as new ones come: the table holds only live sessions.
         conn.execute("DELETE FROM web_sessions WHERE expires_at <= ?1", [now])?;
         conn.execute(
             "INSERT INTO web_sessions (hash, user_id, csrf, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hash, user_id, csrf, now, expires_at],
+            params![hash, user_id, secret_hash, now, expires_at],
         )?;
         Ok(())
     }
@@ -518,7 +582,7 @@ impl Sqlite {
                 |r| {
                     Ok(WebSession {
                         user: User { id: r.get(0)?, name: r.get(1)?, admin: r.get(2)?, incarnation: r.get(3)? },
-                        csrf: r.get(4)?,
+                        secret_hash: r.get(4)?,
                         expires_at: r.get(5)?,
                     })
                 },

@@ -81,8 +81,18 @@ async fn grants_replace_each_other_and_go_with_their_node_or_user() {
             isolation: isolation.iter().map(|k| k.to_string()).collect(),
         };
         s.put_grant("bob", &tag(&[]), 1).await.unwrap();
+        assert!(s.cert_cutoffs(0).await.unwrap().is_empty(), "{db}: a new grant takes nothing back");
         let shown = s.put_grant("bob", &tag(&["docker"]), 2).await.unwrap();
         assert_eq!(shown, vec![tag(&["docker"])], "{db}: a second grant on the same tag replaces the first");
+        let cut = s.cert_cutoffs(0).await.unwrap();
+        assert_eq!(
+            cut,
+            [proto::api::CertCutoff { name: "bob".into(), incarnation: bob.incarnation.clone(), cutoff: 2 }],
+            "{db}"
+        );
+        s.put_grant("bob", &tag(&["docker"]), 3).await.unwrap();
+        assert_eq!(s.cert_cutoffs(0).await.unwrap()[0].cutoff, 2, "{db}: the same grant again takes nothing back");
+        assert!(s.cert_cutoffs(3).await.unwrap().is_empty(), "{db}: only cut-offs since the time asked");
         let shown = s.put_grant("bob", &Grant { on: Target::Node("n1".into()), isolation: vec![] }, 3).await.unwrap();
         assert!(
             shown.contains(&Grant { on: Target::Node("box".into()), isolation: vec![] }),
@@ -94,6 +104,7 @@ async fn grants_replace_each_other_and_go_with_their_node_or_user() {
         assert_eq!(s.grants(bob.id).await.unwrap(), vec![tag(&["docker"])], "{db}: a removed node's grant goes");
         assert!(matches!(s.remove_grant("bob", &Target::Tag("gpu".into())).await, Err(StoreError::NotFound(_))));
         assert!(s.remove_grant("bob", &Target::Tag("ci".into())).await.unwrap().is_empty());
+        assert!(s.cert_cutoffs(0).await.unwrap()[0].cutoff >= 1_700_000_000, "{db}: a grant taken back cuts off");
         s.put_grant("bob", &tag(&[]), 5).await.unwrap();
         s.remove_user("bob", 6).await.unwrap();
         let again = s.create_user("bob", false, "bob-hash-2", 7).await.unwrap();
@@ -224,6 +235,7 @@ async fn heartbeats_sessions_browser_sessions_and_the_audit_log_keep_what_they_a
             sessions: Vec::new(),
             capabilities: vec!["native".into(), "docker".into(), "teleport".into()],
             host: None,
+            executions: Vec::new(),
         };
         s.record_heartbeat(&hb, true, 42).await.unwrap();
         let n = s.node("n1").await.unwrap().unwrap();
@@ -255,8 +267,8 @@ async fn heartbeats_sessions_browser_sessions_and_the_audit_log_keep_what_they_a
         assert!(s.remove_session(u.id, "build").await.unwrap(), "{db}");
         assert!(!s.remove_session(u.id, "build").await.unwrap(), "{db}");
 
-        s.add_web_session("w1", u.id, "csrf", 100, 200).await.unwrap();
-        assert_eq!(s.web_session("w1", 150).await.unwrap().unwrap().csrf, "csrf", "{db}");
+        s.add_web_session("w1", u.id, "secret-hash", 100, 200).await.unwrap();
+        assert_eq!(s.web_session("w1", 150).await.unwrap().unwrap().secret_hash, "secret-hash", "{db}");
         assert!(s.web_session("w1", 200).await.unwrap().is_none(), "{db}: expired");
         s.add_web_link("l1", u.id, 100, 200).await.unwrap();
         assert_eq!(s.take_web_link("l1", 150).await.unwrap().unwrap().name, "admin", "{db}");
@@ -270,13 +282,26 @@ async fn heartbeats_sessions_browser_sessions_and_the_audit_log_keep_what_they_a
                 node_id: Some("n1".into()),
                 ..Default::default()
             };
-            s.audit(&e, 0).await.unwrap();
+            s.audit(&[e], 0).await.unwrap();
         }
         let mine = s.audit_log(Some("admin"), Some("box"), 0, 10).await.unwrap();
         assert_eq!(mine.iter().map(|e| e.at).collect::<Vec<_>>(), [5, 7], "{db}: oldest first, by node name");
         assert_eq!(s.audit_log(None, None, 6, 1).await.unwrap()[0].at, 7, "{db}: the newest within the limit");
-        s.audit(&proto::api::AuditEntry { at: 8, ..Default::default() }, 7).await.unwrap();
+        s.audit(&[proto::api::AuditEntry { at: 8, ..Default::default() }], 7).await.unwrap();
         assert_eq!(s.audit_log(None, None, 0, 10).await.unwrap().len(), 2, "{db}: older entries forgotten");
+        // What a node reports is kept once, however often it is sent.
+        let ran = proto::api::AuditEntry {
+            at: 9,
+            action: "exec".into(),
+            record_id: Some("n1:r1".into()),
+            duration_ms: Some(12),
+            exit: Some("signal TERM".into()),
+            ..Default::default()
+        };
+        s.audit(&[ran.clone(), ran.clone()], 7).await.unwrap();
+        s.audit(std::slice::from_ref(&ran), 7).await.unwrap();
+        let log = s.audit_log(None, None, 9, 10).await.unwrap();
+        assert_eq!(log, [ran], "{db}");
 
         let mesh = proto::api::MeshSettings { control_url: "http://127.0.0.1:1".into(), auth_key: "k".into() };
         s.set_mesh(&mesh).await.unwrap();
