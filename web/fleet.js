@@ -62,7 +62,7 @@ export function fleetPage(main, openId) {
   search.addEventListener('input', () => draw(state.nodes));
   tagSelect.addEventListener('change', () => draw(state.nodes));
   onNodes(draw);
-  if (openId) loadDispatches(drawer, openId);
+  if (openId) loadWhatRan(drawer, openId);
 }
 
 /** The drawer for one node; drawn again on each change, but keeps what is being typed. */
@@ -78,7 +78,7 @@ function drawNode(drawer, node, id) {
   const first = drawer.dataset.id !== id;
   drawer.dataset.drawn = JSON.stringify(node);
   drawer.dataset.id = id;
-  const dispatches = drawer.querySelector('.dispatches') ?? h('section', { class: 'dispatches' });
+  const ran = drawer.querySelector('.ran') ?? h('section', { class: 'ran' });
   const status = h('div', { class: 'form-status' });
   const admin = state.me.admin;
   const facts = [
@@ -104,7 +104,7 @@ function drawNode(drawer, node, id) {
         if (!await confirmDialog(`Remove ${node.name}?`, 'Its agent is refused from now on and discards its identity; to come back it must enroll again with a new token.', 'Remove node')) return;
         try { await del(`/v1/nodes/${encodeURIComponent(node.id)}`); close(); } catch (err) { fill(status, errorLine(err)); }
       } }, 'Remove…')),
-    dispatches);
+    ran);
   if (first) drawer.focus();
 }
 
@@ -138,21 +138,31 @@ function tagEditor(node, admin, status) {
   } }, chips, input, h('button', { type: 'submit', class: 'secondary' }, 'Add tag'));
 }
 
-/** The node's recent dispatches, from the audit log (admins only). */
-async function loadDispatches(drawer, id) {
+/** How an `exec` entry ended, in words. */
+function ended(e) {
+  const took = e.duration_ms != null ? ` after ${e.duration_ms < 1000 ? `${e.duration_ms} ms` : `${Math.round(e.duration_ms / 100) / 10} s`}` : '';
+  return /^[0-9]+$/.test(e.exit ?? '') ? `exit ${e.exit}${took}` : `${e.exit ?? ''}${took}`;
+}
+
+/** What ran on the node lately, as the node itself reported it to the audit log (admins
+ *  only): who, under which certificate's isolation and session, what (the command, or its
+ *  SHA-256 when the fleet keeps only that), and how it ended. */
+async function loadWhatRan(drawer, id) {
   if (!state.me.admin) return;
-  const section = h('section', { class: 'dispatches' }, h('h3', {}, 'Recent dispatches'), h('p', { class: 'muted' }, 'Loading…'));
-  const old = drawer.querySelector('.dispatches');
+  const title = 'What ran here';
+  const section = h('section', { class: 'ran' }, h('h3', {}, title), h('p', { class: 'muted' }, 'Loading…'));
+  const old = drawer.querySelector('.ran');
   if (old) old.replaceWith(section);
   else drawer.append(section);
   try {
-    const entries = (await get(`/v1/audit?node=${encodeURIComponent(id)}&limit=50`)).filter(e => e.action === 'dispatch').slice(-15).reverse();
-    fill(section, h('h3', {}, 'Recent dispatches'), entries.length === 0
-      ? h('p', { class: 'muted' }, 'None yet.')
+    const entries = (await get(`/v1/audit?node=${encodeURIComponent(id)}&limit=100`)).filter(e => e.action === 'exec').slice(-15).reverse();
+    fill(section, h('h3', {}, title), entries.length === 0
+      ? h('p', { class: 'muted' }, 'Nothing reported yet.')
       : h('ul', { class: 'log' }, entries.map(e => h('li', {},
         h('span', { class: 'muted' }, ago(e.at)), ' ', h('strong', {}, e.user), ' ', e.isolation ?? '', e.session ? ` in session ${e.session}` : '',
-        e.detail ? ` (${e.detail})` : '', e.command ? [' ', h('code', {}, e.command)] : ''))));
+        ' ', e.command ? h('code', {}, e.command) : e.command_sha256 ? h('code', { title: e.command_sha256 }, `sha256:${e.command_sha256.slice(0, 12)}`) : (e.detail ?? ''),
+        ' → ', ended(e)))));
   } catch (err) {
-    fill(section, h('h3', {}, 'Recent dispatches'), errorLine(err));
+    fill(section, h('h3', {}, title), errorLine(err));
   }
 }

@@ -156,8 +156,8 @@ async fn whoami(State(app): AppState, caller: Caller) -> ApiResult<WhoAmI> {
 }
 
 /// The fleet's tailnet, for a user's openboxd to join (`null` when there is none).
-async fn mesh(State(app): AppState, _caller: Caller) -> ApiResult<Option<MeshSettings>> {
-    Ok(Json(app.store.mesh().await?))
+async fn mesh(State(app): AppState, caller: Caller) -> ApiResult<Option<MeshSettings>> {
+    Ok(Json(crate::coordination::for_user(&app, &caller.user).await?))
 }
 
 async fn logout(State(app): AppState, caller: Caller) -> Result<StatusCode, Refusal> {
@@ -190,7 +190,12 @@ async fn add_user(
 
 async fn remove_user(State(app): AppState, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, Refusal> {
     caller.require_admin()?;
-    app.store.remove_user(&name, now()).await?;
+    let t = now();
+    app.store.remove_user(&name, t).await?;
+    // Its laptops leave the tailnet too (its incarnation is in the removals just recorded).
+    if let Some(gone) = app.store.revoked_users(t).await?.into_iter().find(|r| r.name == name) {
+        crate::coordination::forget_user(&app, &name, &gone.incarnation);
+    }
     tracing::info!(user = %name, by = %caller.user.name, "user removed");
     caller.audit(&app, "user.remove", Record { detail: Some(name), ..Default::default() }).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -354,6 +359,7 @@ async fn remove_node(State(app): AppState, caller: Caller, Path(node): Path<Stri
     caller.require_admin()?;
     let row = find_node(&app, &node).await?;
     app.store.remove_node(&row.id, now()).await?;
+    crate::coordination::forget_node(&app, &row.id, row.mesh_addr.as_deref());
     tracing::info!(node = %row.id, name = %row.name, by = %caller.user.name, "node removed and revoked");
     caller
         .audit(

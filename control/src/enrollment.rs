@@ -116,7 +116,7 @@ pub async fn fleet_mesh(app: &App, req: EnrollMeshRequest) -> Result<Option<Mesh
         return Err(Refusal::new(Kind::Unauthorized, "that is not an enrollment token (they start with enroll_)"));
     }
     app.store.check_enroll_token(&token::hash(&req.token), now()).await?.map_err(token_refusal)?;
-    Ok(app.store.mesh().await?)
+    crate::coordination::for_node(app).await
 }
 
 fn token_refusal(problem: EnrollTokenProblem) -> Refusal {

@@ -14,6 +14,7 @@ mod api;
 mod audit;
 mod changes;
 mod console;
+mod coordination;
 mod enrollment;
 mod events;
 mod http;
@@ -51,6 +52,9 @@ pub struct Config {
     pub audit_commands: bool,
     /// The token that lets a scraper read `/metrics` from elsewhere than this machine.
     pub metrics_token: Option<String>,
+    /// An API key for the fleet's tailnet's coordination server (Headscale's), with which
+    /// each laptop and node gets a one-time key of its own (see [`coordination`]).
+    pub mesh_api_key: Option<trust::Secret>,
 }
 
 /// Changes an event stream may fall behind by before it is sent the whole list again.
@@ -77,6 +81,8 @@ pub struct App {
     /// Wakes the change follower: a change was made here, or announced by the database.
     wake: Arc<tokio::sync::Notify>,
     pub(crate) metrics: metrics::Metrics,
+    /// The coordination server's API, when the control plane holds a key for it.
+    coordination: Option<coordination::Coordination>,
 }
 
 impl App {
@@ -108,7 +114,30 @@ impl App {
         store.wake_on_changes(wake.clone());
         let latest = std::sync::atomic::AtomicI64::new(latest);
         let metrics = metrics::Metrics::default();
-        Arc::new(App { config, store, ca, host, registry, sessions, closing, updates, latest, wake, metrics })
+        let coordination = match (&config.mesh_api_key, store.mesh().await) {
+            (Some(key), Ok(Some(mesh))) => match coordination::Coordination::new(&mesh.control_url, key.clone()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot use the tailnet's coordination server; its reusable key goes to admins only");
+                    None
+                }
+            },
+            _ => None,
+        };
+        Arc::new(App {
+            config,
+            store,
+            ca,
+            host,
+            registry,
+            sessions,
+            closing,
+            updates,
+            latest,
+            wake,
+            metrics,
+            coordination,
+        })
     }
 
     /// Takes one node's change into the node list (kept in name order): each change costs

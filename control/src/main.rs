@@ -82,6 +82,13 @@ struct Args {
     /// OPENBOX_MESH_AUTHKEY). Never give the key itself on the command line.
     #[arg(long, value_name = "FILE")]
     mesh_authkey_file: Option<PathBuf>,
+    /// File holding an API key for the tailnet's Headscale (`headscale apikeys create`).
+    /// With it each laptop and node is handed a key of its own — one use, minutes long,
+    /// tagged `tag:openbox-user` or `tag:openbox-node` — instead of the reusable one, and a
+    /// removed user's or node's devices are deleted from the tailnet. Without it only
+    /// admins are handed the reusable key.
+    #[arg(long, value_name = "FILE")]
+    mesh_api_key_file: Option<PathBuf>,
     /// Join the fleet's tailnet too and serve this API there as well, to reach and be
     /// reached by nodes that are on the tailnet only.
     #[arg(long)]
@@ -265,6 +272,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mesh_api_key = match &args.mesh_api_key_file {
+        Some(path) => {
+            if fleet_mesh.is_none() {
+                bail!("--mesh-api-key-file needs the fleet's tailnet: --mesh-control URL --mesh-authkey-file FILE");
+            }
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let key = text.trim().to_owned();
+            if key.is_empty() || key.chars().any(char::is_whitespace) {
+                bail!("the API key in {} is empty or has spaces in it", path.display());
+            }
+            Some(trust::Secret::new(key))
+        }
+        None => None,
+    };
     let config = openbox_control::Config {
         public_url: url,
         fingerprint: fingerprint.map(|f| f.to_string()),
@@ -273,6 +294,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         audit_retention_secs: args.audit_retention,
         audit_commands: args.audit_commands,
         metrics_token,
+        mesh_api_key,
     };
     let app = openbox_control::App::new(config, store, ca).await;
     if let Some(mesh) = fleet_mesh {

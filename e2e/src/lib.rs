@@ -603,8 +603,22 @@ impl Agent {
         Agent::enroll_at(&cp.url, token, &extra, env)
     }
 
+    /// Like [`Agent::enroll_env`], with the agent started by `prefix` (a program that sets
+    /// the scene and then runs the rest of its arguments, such as `prlimit …`).
+    pub fn enroll_under(cp: &ControlPlane, token: &str, prefix: &[&str], extra: &[&str]) -> Agent {
+        let mut extra = extra.to_vec();
+        if let Some(fp) = &cp.fingerprint {
+            extra.extend(["--fingerprint", fp]);
+        }
+        Agent::enroll_with_prefix(&cp.url, token, &extra, &[], prefix)
+    }
+
     /// Like [`Agent::enroll_env`], with the control plane at `server`.
     pub fn enroll_at(server: &str, token: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::enroll_with_prefix(server, token, extra, env, &[])
+    }
+
+    fn enroll_with_prefix(server: &str, token: &str, extra: &[&str], env: &[(&str, &str)], prefix: &[&str]) -> Agent {
         let home = tempfile::tempdir().expect("tempdir");
         let mut args = vec!["--server", server];
         args.extend(extra);
@@ -618,7 +632,7 @@ impl Agent {
             proc: None,
             env,
             wrapper: Vec::new(),
-            prefix: Vec::new(),
+            prefix: prefix.iter().map(|p| p.to_string()).collect(),
             home,
             node_id: String::new(),
             name: String::new(),

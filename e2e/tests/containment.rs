@@ -215,7 +215,187 @@ fn a_confined_docker_container_raises_no_privileges_and_mounts_nothing_unless_al
     // No host mount unless the agent allows it.
     bob.run(&["-t", "t", "--docker", image, "--mount", "/etc:/x:ro", "cat /x/hostname"])
         .fails_with(255, "is not one this node lets users mount");
-    // The engine bounds his processes.
+    // The engine bounds his processes, and he is told which limit and flag.
     let out = bob.run(&["-t", "t", "--docker", image, "for i in $(seq 1 100); do sleep 3 & done; wait"]);
     assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("reached the node's limit of 40 processes"), "{out:?}");
+}
+
+/// A port below 1024 that nothing listens on here.
+fn free_low_port() -> u16 {
+    (900..1000).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port below 1000")
+}
+
+#[test]
+fn a_mapped_account_starts_in_a_fresh_environment_and_binds_only_what_it_could_itself() {
+    let cp = openbox_e2e::ControlPlane::start();
+    let admin = openbox_e2e::Cli::admin(&cp);
+    let token = admin.enroll_token(&["mapped"]);
+    let agent = openbox_e2e::Agent::enroll_env(
+        &cp,
+        &token,
+        &["--run-as", "bob=nobody", "--run-as", "admin=root"],
+        &[("AGENT_DB_PASSWORD", "planted-in-the-agent")],
+    );
+    let bob = admin.add_user(&cp, "bob");
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
+
+    // As sshd starts a session: the account's own variables and openbox's, nothing of the
+    // agent's — in a one-shot and in a session's shell alike.
+    for extra in [&[][..], &["-s", "env"][..]] {
+        let mut args = vec!["-t", "mapped"];
+        args.extend(extra);
+        args.push("env");
+        let env = bob.run(&args).ok().stdout;
+        assert!(!env.contains("planted-in-the-agent") && !env.contains("AGENT_DB_PASSWORD"), "{env}");
+        for want in ["USER=nobody", "LOGNAME=nobody", "OPENBOX_USER=bob", "PATH=/usr/local/bin:/usr/bin:/bin"] {
+            assert!(env.lines().any(|l| l == want), "{want} in {env}");
+        }
+        assert!(env.lines().any(|l| l.starts_with("HOME=")) && env.lines().any(|l| l.starts_with("SHELL=")), "{env}");
+    }
+
+    // -R on a port only root may bind: refused for the account that is not root, as the
+    // account itself would be; the admin's commands run as root there, so his is bound.
+    let low = free_low_port();
+    let spec = format!("{low}:127.0.0.1:9");
+    let out = bob.run(&["-t", "mapped", "-R", &spec, "true"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains(&format!("would not listen on 127.0.0.1:{low}")), "{out:?}");
+    assert!(agent.log().contains(&format!("port {low} needs root on this node, and your commands here run as nobody")));
+    admin.run(&["-t", "mapped", "-R", &spec, "true"]).ok();
+}
+
+#[test]
+fn a_mapped_accounts_commands_are_held_to_the_process_limit_and_say_so() {
+    let cp = openbox_e2e::ControlPlane::start();
+    let admin = openbox_e2e::Cli::admin(&cp);
+    let token = admin.enroll_token(&["mapped"]);
+    // `daemon`: an account nothing else here runs much as, so the count is this test's.
+    let agent = openbox_e2e::Agent::enroll_with(&cp, &token, &["--run-as", "bob=daemon", "--max-processes", "40"]);
+    let bob = admin.add_user(&cp, "bob");
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
+    let out = bob.run(&["-t", "mapped", "for i in $(seq 1 100); do sleep 3 & done; wait"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("reached the node's limit of 40 processes"), "{out:?}");
+    assert!(out.stderr.contains("--max-processes"), "{out:?}");
+    assert_eq!(bob.run(&["-t", "mapped", "echo fine"]).ok().stdout, "fine\n");
+}
+
+#[test]
+fn a_remote_forward_whose_accepts_fail_backs_off_instead_of_spinning() {
+    let cp = openbox_e2e::ControlPlane::start();
+    let admin = openbox_e2e::Cli::admin(&cp);
+    let token = admin.enroll_token(&["t"]);
+    // Few descriptors, so that connections to the forward use them up.
+    let agent = openbox_e2e::Agent::enroll_under(&cp, &token, &["prlimit", "--nofile=64:64", "--"], &[]);
+    let here = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let here_port = here.local_addr().unwrap().port();
+    let there = openbox_e2e::free_port();
+    let spec = format!("{there}:127.0.0.1:{here_port}");
+    let (mut call, _) = admin.start_until_line(&["-n", &agent.name, "-R", &spec, "echo listening; sleep 10"]);
+    let held: Vec<std::net::TcpStream> =
+        (0..200).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", there)).ok()).collect();
+    // Out of descriptors, each failed accept waits twice as long as the last, up to a
+    // second: a handful of tries by the time the pause is a second, not a spinning loop.
+    let failed = "accepting a forwarded connection (-R) failed";
+    wait_until("the pause after failed accepts to grow to a second", || agent.log().contains("pause_ms=1000"));
+    let log = agent.log();
+    let before_a_second = &log[..log.find("pause_ms=1000").expect("seen above")];
+    let tries = before_a_second.matches(failed).count();
+    assert!((1..=12).contains(&tries), "{tries} failed accepts before the pause reached a second");
+    drop(held);
+    let _ = call.kill();
+    let _ = call.wait();
+}
+
+#[test]
+fn a_node_that_reports_what_a_node_cannot_is_refused_with_its_reason() {
+    let cp = openbox_e2e::ControlPlane::start();
+    let admin = openbox_e2e::Cli::admin(&cp);
+    // At enrollment: an address with an escape sequence in it.
+    let token = admin.enroll_token(&["t"]);
+    let out = openbox_e2e::Agent::run_to_end(&[
+        "--server",
+        &cp.url,
+        "--token",
+        &token,
+        "--advertise",
+        "10.0.0.1:22\u{1b}[2J",
+    ]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("is not a HOST:PORT address"), "{out:?}");
+    // In a heartbeat, signed with a real node's secret.
+    let agent = openbox_e2e::Agent::enroll(&cp, &admin, &["t"]);
+    let identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(agent.identity_file()).unwrap()).unwrap();
+    let secret = identity["heartbeat_secret"].as_str().unwrap();
+    for (field, platform, version) in [("platform", "linux\u{1b}[31m", "1"), ("version", "linux", "1 \u{7}beep")] {
+        let hb = serde_json::json!({
+            "node_id": agent.node_id, "addr": agent.addr, "platform": {"os": platform, "arch": "x86_64"},
+            "version": version, "host_cert_valid_before": 0,
+        });
+        let resp = openbox_e2e::post_raw(&cp.addr, "/v1/heartbeat", Some(secret), &hb.to_string());
+        assert!(resp.starts_with("HTTP/1.1 400") && resp.contains(field), "{field}: {resp}");
+    }
+    assert!(cp.log().contains("heartbeat refused: it reports what a node cannot"), "{}", cp.log());
+    let listed = admin.run(&["nodes"]).ok().stdout;
+    assert!(!listed.contains('\u{1b}'), "{listed:?}");
+}
+
+/// The host pid of the first process of this fleet's nspawn session container.
+fn session_container_init(f: &IsolatedFleet) -> u32 {
+    let node = format!("--setenv=OPENBOX_NODE={}", f.agent.node_id);
+    let pids =
+        || std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    let nspawn = pids()
+        .find(|p| {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            words.first().is_some_and(|w| w.ends_with(b"systemd-nspawn")) && words.contains(&node.as_bytes())
+        })
+        .expect("the session's container");
+    pids()
+        .find(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim);
+            let inner = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last());
+            ppid == Some(&nspawn.to_string()) && inner == Some("1")
+        })
+        .expect("the container's first process")
+}
+
+/// A process here that is given `pid` (the kernel hands out the pid after
+/// `ns_last_pid`), or none when others keep taking it first.
+fn host_process_with_pid(pid: u32) -> Option<std::process::Child> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+/// A session's container ends, and a process on the host is given its first process's
+/// pid: a file transfer into the session must not take that process's root (the host's)
+/// for the container's.
+#[test]
+fn a_file_transfer_never_takes_a_process_that_reused_a_containers_pid_for_the_container() {
+    let f = IsolatedFleet::nspawn(&[]);
+    f.run(&["-s", "box"], "echo inside > /root/mine").ok();
+    let init = session_container_init(&f);
+    rustix::process::kill_process(rustix::process::Pid::from_raw(init as i32).unwrap(), rustix::process::Signal::KILL)
+        .unwrap();
+    wait_until("the container's first process to be gone", || !Path::new(&format!("/proc/{init}")).exists());
+    let mut taker = host_process_with_pid(init).expect("a host process with the container's old pid");
+    let dest = tempfile::tempdir().unwrap();
+    let copied = dest.path().join("shadow");
+    let out = f.cli.run(&["cp", "-s", "box", &format!("{}:/etc/shadow", f.agent.name), copied.to_str().unwrap()]);
+    let _ = taker.kill();
+    let _ = taker.wait();
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!copied.exists(), "the host's /etc/shadow must not come out of a session's container");
 }

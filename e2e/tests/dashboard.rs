@@ -198,11 +198,16 @@ fn the_drawer_renames_tags_and_removes_a_node_as_the_cli_sees_it() {
     let admin = Cli::admin(&cp);
     let agent = Agent::enroll(&cp, &admin, &["web"]);
     admin.run(&["-n", &agent.name, "true"]).ok();
+    wait_until("the node to report what it ran", || {
+        admin.run(&["audit", "--json"]).ok().json().as_array().unwrap().iter().any(|e| e["action"] == "exec")
+    });
     let mut b = Browser::start();
     b.log_in(&cp.url, &cp.admin_token);
     b.click(&format!("#nodes tr[data-name={:?}]", agent.name));
     b.wait_text("#drawer h2", &agent.name);
-    b.wait_text("#drawer .dispatches", "admin");
+    b.wait_text("#drawer .ran", "admin");
+    let ran = b.text("#drawer .ran");
+    assert!(ran.contains(&format!("sha256:{}", &trust::token::hash("true")[..12])) && ran.contains("exit 0"), "{ran}");
 
     b.fill("#rename", "renamed");
     b.click("#drawer form:has(#rename) button");

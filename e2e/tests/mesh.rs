@@ -380,3 +380,122 @@ fn openboxd_keeps_trying_a_tailnet_it_could_not_join() {
     wait_until("openboxd to join on a later try", || cli.daemon_status()["mesh"]["up"] == true);
     assert_eq!(cli.run(&["-t", "r", "echo", "joined"]).ok().stdout, "joined\n");
 }
+
+/// `GET /v1/mesh` as the holder of `token`: the status line and the body.
+fn mesh_for(cp: &ControlPlane, token: &str) -> (String, String) {
+    let resp = openbox_e2e::http_raw(&cp.addr, "GET", "/v1/mesh", &[format!("Authorization: Bearer {token}")], "");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+/// Headscale's devices, as its CLI lists them.
+fn devices(hs: &Headscale) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&hs.cli(&["nodes", "list", "-o", "json"]))
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn tagged<'a>(devices: &'a [serde_json::Value], prefix: &str) -> Vec<&'a serde_json::Value> {
+    devices
+        .iter()
+        .filter(|d| {
+            d["tags"].as_array().into_iter().flatten().any(|t| t.as_str().unwrap_or_default().starts_with(prefix))
+        })
+        .collect()
+}
+
+/// A CLI logged in with `token`, whose openboxd joins the fleet's tailnet as the login
+/// tells it to.
+fn meshed_login(cp: &ControlPlane, token: &str) -> (Cli, std::process::Output) {
+    let cli = Cli::new();
+    let out = cli
+        .cmd()
+        .args(["login", "--server", &cp.url, "--token", token])
+        .env(MESH_TEST_ENV.0, MESH_TEST_ENV.1)
+        .output()
+        .unwrap();
+    (cli, out)
+}
+
+#[test]
+fn each_laptop_and_node_gets_a_one_time_tagged_key_and_a_removed_users_devices_leave_the_tailnet() {
+    let hs = Headscale::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let fleet_key = hs.auth_key("fleet");
+    std::fs::write(secrets.path().join("authkey"), &fleet_key).unwrap();
+    std::fs::write(secrets.path().join("apikey"), hs.cli(&["apikeys", "create", "-e", "1h"]).trim()).unwrap();
+    let cp = ControlPlane::start_with(&[
+        "--mesh-control",
+        &hs.url,
+        "--mesh-authkey-file",
+        secrets.path().join("authkey").to_str().unwrap(),
+        "--mesh-api-key-file",
+        secrets.path().join("apikey").to_str().unwrap(),
+    ]);
+    // The admin's openboxd joins with a key minted for it at login.
+    let (admin, out) = meshed_login(&cp, &cp.admin_token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bob_token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+
+    // Every ask is a new key, never the fleet's reusable one — an admin's too.
+    let key = |token: &str| {
+        let (status, body) = mesh_for(&cp, token);
+        assert!(status.contains("200"), "{status} {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["auth_key"].as_str().unwrap().to_owned()
+    };
+    let (first, second, admins) = (key(&bob_token), key(&bob_token), key(&cp.admin_token));
+    assert!(first != second && first != fleet_key && second != fleet_key && admins != fleet_key);
+    let keys: serde_json::Value = serde_json::from_str(&hs.cli(&["preauthkeys", "list", "-o", "json"])).unwrap();
+    let minted: Vec<&serde_json::Value> =
+        keys.as_array().unwrap().iter().filter(|k| k["acl_tags"].as_array().is_some_and(|t| !t.is_empty())).collect();
+    assert_eq!(minted.len(), 4, "the admin's login and the three asked for: {keys}");
+    for k in &minted {
+        assert_ne!(k["reusable"], true, "one use: {k}");
+        let tags: Vec<&str> = k["acl_tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        assert!(tags.contains(&"tag:openbox-user") && tags.iter().any(|t| t.starts_with("tag:openbox-user-")), "{k}");
+        let expires = k["expiration"]["seconds"].as_u64().unwrap();
+        assert!(expires <= openbox_e2e::now() + 15 * 60, "minutes, not hours: {k}");
+    }
+
+    // His laptop joins with a key of its own; a node enrolls with one tagged as a node's.
+    let (bob, out) = meshed_login(&cp, &bob_token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("bob's openboxd on the tailnet", || bob.daemon_status()["mesh"]["up"] == true);
+    let agent = Agent::enroll_env(&cp, &admin.enroll_token(&["zc"]), &[], &[MESH_TEST_ENV]);
+    let all = devices(&hs);
+    assert_eq!(tagged(&all, "tag:openbox-user-").len(), 2, "the admin's laptop and bob's: {all:?}");
+    assert_eq!(tagged(&all, "tag:openbox-node").len(), 1, "{all:?}");
+
+    // Removed, his devices leave the tailnet; so does a removed node's.
+    admin.run(&["user", "rm", "bob"]).ok();
+    wait_until("bob's device to be deleted from the tailnet", || tagged(&devices(&hs), "tag:openbox-user-").len() == 1);
+    admin.run(&["node", "rm", &agent.name]).ok();
+    wait_until("the node's device to be deleted from the tailnet", || {
+        tagged(&devices(&hs), "tag:openbox-node").is_empty()
+    });
+}
+
+#[test]
+fn without_an_api_key_only_admins_are_handed_the_fleets_reusable_tailnet_key() {
+    let hs = Headscale::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let fleet_key = hs.auth_key("fleet");
+    std::fs::write(secrets.path().join("authkey"), &fleet_key).unwrap();
+    let key_file = secrets.path().join("authkey");
+    let cp = ControlPlane::start_with(&["--mesh-control", &hs.url, "--mesh-authkey-file", key_file.to_str().unwrap()]);
+    let (admin, out) = meshed_login(&cp, &cp.admin_token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bob_token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let (status, body) = mesh_for(&cp, &bob_token);
+    assert!(status.contains("403"), "{status} {body}");
+    assert!(body.contains("--mesh-api-key-file") && !body.contains(&fleet_key), "{body}");
+    let (status, body) = mesh_for(&cp, &cp.admin_token);
+    assert!(status.contains("200") && body.contains(&fleet_key), "{status} {body}");
+    // His login stands, and says why he is not on the tailnet.
+    let (bob, out) = meshed_login(&cp, &bob_token);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not on the fleet's tailnet"), "{out:?}");
+    assert_eq!(bob.run(&["whoami", "--json"]).ok().json()["user"], "bob");
+}

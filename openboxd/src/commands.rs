@@ -72,6 +72,8 @@ pub async fn login(
     match client.get::<Option<MeshSettings>>("/v1/mesh").await {
         Ok(Some(fleet)) => join_fleet_mesh(d, &fleet, &mut reply)?,
         Ok(None) => {}
+        // The fleet has a tailnet this user is not handed: say why, the login stands.
+        Err(e) if e.status() == Some(403) => reply.warnings.push(format!("not on the fleet's tailnet: {e}")),
         Err(e) => tracing::debug!(error = %e, "no tailnet from the control plane"),
     }
     Ok(reply)

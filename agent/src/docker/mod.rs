@@ -101,6 +101,7 @@ async fn run_container(
         output_open: true,
         early_exit: Some(early_exit),
         exit: None,
+        limit: spec.hold.process_limit().map(|max| ForkWatch { max, failed: false, told: false }),
     };
     drive::run(container, attached.input, timeout, input, out).await;
 }
@@ -118,6 +119,25 @@ struct Container {
     early_exit: Option<AbortOnDrop<Option<i64>>>,
     /// The exit code, asked for once the output has ended.
     exit: Option<AbortOnDrop<Option<i64>>>,
+    /// The engine's process limit on the container, when it has one.
+    limit: Option<ForkWatch>,
+}
+
+/// Whether a command under the engine's process limit could not start a process: the
+/// engine says nothing, so the command's own words (a fork's `EAGAIN`) are what tell; the
+/// caller is then told the limit and the flag that sets it.
+struct ForkWatch {
+    max: u64,
+    failed: bool,
+    told: bool,
+}
+
+impl ForkWatch {
+    fn saw(&mut self, stderr: &[u8]) {
+        let text = String::from_utf8_lossy(stderr);
+        self.failed |=
+            ["Resource temporarily unavailable", "can't fork", "Cannot fork"].iter().any(|w| text.contains(w));
+    }
 }
 
 impl Process for Container {
@@ -129,6 +149,9 @@ impl Process for Container {
                     return Step::Stdout(&self.message);
                 }
                 Some(Ok(LogOutput::StdErr { message })) => {
+                    if let Some(watch) = &mut self.limit {
+                        watch.saw(&message);
+                    }
                     self.message = message;
                     return Step::Stderr(&self.message);
                 }
@@ -139,6 +162,14 @@ impl Process for Container {
                 }
                 None => self.output_open = false,
             }
+        }
+        if let Some(watch) = &mut self.limit
+            && watch.failed
+            && !watch.told
+        {
+            watch.told = true;
+            self.message = format!("{}\n", crate::confine::process_limit_hint(watch.max)).into();
+            return Step::Stderr(&self.message);
         }
         let exit = self.exit.get_or_insert_with(|| {
             let (engine, id, early) = (self.engine.clone(), self.id.clone(), self.early_exit.take());
