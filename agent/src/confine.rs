@@ -89,9 +89,6 @@ pub struct Confinement {
 }
 
 impl Confinement {
-    /// What an admin's command runs under.
-    pub const ADMIN: Confinement = Confinement { confined: false, max_processes: DEFAULT_MAX_PROCESSES };
-
     /// The process limit of a container tree, when one applies: a confined user's (an
     /// admin's container runs as the host's root, which no such limit holds).
     pub fn process_limit(&self) -> Option<u64> {
@@ -195,6 +192,7 @@ mod tests {
     use super::*;
 
     const CONFINED: Confinement = Confinement { confined: true, max_processes: 100 };
+    const ADMIN: Confinement = Confinement { confined: false, max_processes: 100 };
 
     fn limits(mounts: &[&str]) -> Limits {
         Limits { mounts: mounts.iter().map(|m| m.parse().unwrap()).collect(), ..Limits::default() }
@@ -221,9 +219,9 @@ mod tests {
         let root = limits(&["/:/host:ro"]);
         assert!(matches!(mounts(&root, CONFINED, &policy, Ok(())), Err(ConfineError::MountNotAllowed { .. })));
         // An admin keeps today's freedom; a missing source is refused for everyone.
-        assert!(mounts(&root, Confinement::ADMIN, &policy, Ok(())).is_ok());
+        assert!(mounts(&root, ADMIN, &policy, Ok(())).is_ok());
         let missing = limits(&[&format!("{d}/nope:/x:ro")]);
-        assert!(matches!(mounts(&missing, Confinement::ADMIN, &policy, Ok(())), Err(ConfineError::MountSource(_))));
+        assert!(matches!(mounts(&missing, ADMIN, &policy, Ok(())), Err(ConfineError::MountSource(_))));
         // With no allowance at all, nothing.
         assert!(matches!(mounts(&ro, CONFINED, &Policy::default(), Ok(())), Err(ConfineError::MountNotAllowed { .. })));
     }
@@ -256,7 +254,7 @@ mod tests {
             mounts(&l, CONFINED, &Policy::default(), Err("tcp://e:2375")),
             Err(ConfineError::RemoteEngine { .. })
         ));
-        assert_eq!(mounts(&l, Confinement::ADMIN, &Policy::default(), Err("tcp://e:2375")).unwrap(), l);
+        assert_eq!(mounts(&l, ADMIN, &Policy::default(), Err("tcp://e:2375")).unwrap(), l);
     }
 
     #[test]

@@ -205,7 +205,7 @@ pub fn one_shot_argv(command: &str, limit: Option<u64>) -> Vec<String> {
         None => ["/bin/sh", "-c", "/bin/sh -c \"$1\"; exit $?", "openbox", command].map(str::to_owned).to_vec(),
         Some(max) => {
             let script = format!(
-                "h=$2; /bin/sh -c \"$1\"; s=$?; set -- /proc/[0-9]*; if [ $# -ge {near} ]; then echo \"$h\" >&2; fi; exit $s",
+                "h=$2; /bin/sh -c \"$1\"; s=$?; set -- /proc/[0-9]*; if [ $s -ne 0 ] && [ $# -ge {near} ]; then echo \"$h\" >&2; fi; exit $s",
                 near = max.saturating_sub(1).max(1),
             );
             let hint = crate::confine::process_limit_hint(max);

@@ -81,10 +81,7 @@ impl Runtimes {
     /// What `isolation` runs under here for a user (an admin or not), if it can run here
     /// now; why not, in words a user can act on.
     pub fn prepare(&self, isolation: &Isolation, admin: bool) -> Result<Sandbox, RuntimeError> {
-        let hold = match admin {
-            true => Confinement::ADMIN,
-            false => Confinement { confined: true, max_processes: self.policy.max_processes },
-        };
+        let hold = Confinement { confined: !admin, max_processes: self.policy.max_processes };
         let isolation = match isolation {
             Isolation::Native => Isolation::Native,
             Isolation::Docker { image, limits } => {

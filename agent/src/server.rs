@@ -113,7 +113,9 @@ impl Shared {
     fn is_cut_off(&self, grant: &UserGrant) -> bool {
         let cutoffs = self.cutoffs.lock().unwrap_or_else(|e| e.into_inner());
         let key = grant.incarnation.as_deref().unwrap_or(&grant.user);
-        cutoffs.get(key).is_some_and(|cutoff| grant.issued_at < *cutoff)
+        // Cut off in the second it was issued, too: the control plane issues none in the
+        // second of a cut-off after it (see `placement::dispatch`).
+        cutoffs.get(key).is_some_and(|cutoff| grant.issued_at <= *cutoff)
     }
 
     /// Takes in when users' access was last narrowed, as heartbeat replies say: from now
@@ -370,9 +372,10 @@ impl russh::server::Handler for Connection {
             return Ok(()); // dropping `reply` refuses the channel
         };
         // A certificate cut off since it authenticated opens nothing more: the caller
-        // connects again and is asked for a new one.
-        if self.shared.is_cut_off(&grant) || self.shared.is_revoked(&grant) {
-            tracing::info!(peer = %self.peer, user = %grant.user, key_id = %grant.key_id, "refused a channel: the certificate was cut off or its user removed");
+        // connects again and is asked for a new one. (A removed user's channel opens, to
+        // be told so.)
+        if self.shared.is_cut_off(&grant) {
+            tracing::info!(peer = %self.peer, user = %grant.user, key_id = %grant.key_id, "refused a channel: the certificate was issued before its user's access changed");
             return Ok(());
         }
         reply.accept().await;

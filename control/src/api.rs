@@ -156,7 +156,18 @@ async fn whoami(State(app): AppState, caller: Caller) -> ApiResult<WhoAmI> {
 }
 
 /// The fleet's tailnet, for a user's openboxd to join (`null` when there is none).
-async fn mesh(State(app): AppState, caller: Caller) -> ApiResult<Option<MeshSettings>> {
+#[derive(serde::Deserialize)]
+struct MeshQuery {
+    /// `none`: which tailnet only, no key (the caller is on it already).
+    #[serde(default)]
+    key: Option<String>,
+}
+
+async fn mesh(State(app): AppState, caller: Caller, Query(q): Query<MeshQuery>) -> ApiResult<Option<MeshSettings>> {
+    if q.key.as_deref() == Some("none") {
+        let fleet = app.store.mesh().await?;
+        return Ok(Json(fleet.map(|f| MeshSettings { control_url: f.control_url, auth_key: String::new() })));
+    }
     Ok(Json(crate::coordination::for_user(&app, &caller.user).await?))
 }
 

@@ -33,7 +33,16 @@ pub async fn dispatch(
         None => resolve(app, &access, &req.target, &req.isolation).await?,
     };
     let request_id = token::random_id();
-    let t = now();
+    // Certificates issued up to a cut-off's second are refused by nodes (their time is
+    // in whole seconds): one issued just after a cut-off in the same second counts from
+    // the next one.
+    let mut t = now();
+    let recent = app.store.cert_cutoffs(t.saturating_sub(1)).await?;
+    if let Some(cut) = recent.iter().find(|c| c.incarnation == user.incarnation).map(|c| c.cutoff)
+        && cut >= t
+    {
+        t = cut + 1;
+    }
     let cert = app.ca.sign_user(&trust::UserCertSpec {
         incarnation: &user.incarnation,
         user: &user.name,

@@ -70,9 +70,10 @@ fn the_control_plane_image_builds_with_podman_and_serves_from_a_container() {
     // Its login token is in a private file in the container, which the line names.
     let login = logs.lines().find(|l| l.contains("openbox login --server")).unwrap();
     let file = openbox_e2e::flag_value(login, "--token-file").expect("the token file");
-    let token = podman(&["exec", &name, "cat", &file]);
+    let copied = dir.path().join("admin-token");
+    podman(&["cp", &format!("{name}:{file}"), copied.to_str().unwrap()]);
     let cli = Cli::new();
-    cli.run(&["login", "--server", &format!("http://{addr}"), "--token", token.trim()]).ok();
+    cli.run(&["login", "--server", &format!("http://{addr}"), "--token-file", copied.to_str().unwrap()]).ok();
     assert_eq!(cli.run(&["whoami", "--json"]).ok().json()["user"], "admin");
     // Its files are in the image's state directory (the volume to keep).
     let out = dir.path().join("state-out");

@@ -157,7 +157,7 @@ fn root_in_a_confined_nspawn_container_is_not_root_on_the_host() {
     let made = std::fs::metadata(shared.path().join("made")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&made) as u64, map[1], "files he makes belong to his range");
 
-    // The same in a session, and in a terminal opened into the session's container.
+    // The same in a session's container.
     f.run_by(&bob, &["-s", "box"], "cat /proc/self/uid_map", b"").ok();
     let uid_map = f.run_by(&bob, &["-s", "box"], "cat /proc/self/uid_map", b"").ok().stdout;
     assert_ne!(uid_map.split_whitespace().nth(1), Some("0"), "{uid_map}");

@@ -419,21 +419,28 @@ fn meshed_login(cp: &ControlPlane, token: &str) -> (Cli, std::process::Output) {
     (cli, out)
 }
 
+/// A control plane holding `hs`'s tailnet (a reusable key for user `fleet`), with a
+/// Headscale API key when `minting`: it, the reusable key, and the directory of the files.
+fn control_plane_holding_the_tailnet(hs: &Headscale, minting: bool) -> (ControlPlane, String, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let fleet_key = hs.auth_key("fleet");
+    let key_file = secrets.path().join("authkey");
+    std::fs::write(&key_file, &fleet_key).unwrap();
+    let mut args = vec!["--mesh-control".to_owned(), hs.url.clone(), "--mesh-authkey-file".to_owned()];
+    args.push(key_file.display().to_string());
+    if minting {
+        let api_file = secrets.path().join("apikey");
+        std::fs::write(&api_file, hs.cli(&["apikeys", "create", "-e", "1h"]).trim()).unwrap();
+        args.extend(["--mesh-api-key-file".to_owned(), api_file.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (ControlPlane::start_with(&args), fleet_key, secrets)
+}
+
 #[test]
 fn each_laptop_and_node_gets_a_one_time_tagged_key_and_a_removed_users_devices_leave_the_tailnet() {
     let hs = Headscale::start();
-    let secrets = tempfile::tempdir().unwrap();
-    let fleet_key = hs.auth_key("fleet");
-    std::fs::write(secrets.path().join("authkey"), &fleet_key).unwrap();
-    std::fs::write(secrets.path().join("apikey"), hs.cli(&["apikeys", "create", "-e", "1h"]).trim()).unwrap();
-    let cp = ControlPlane::start_with(&[
-        "--mesh-control",
-        &hs.url,
-        "--mesh-authkey-file",
-        secrets.path().join("authkey").to_str().unwrap(),
-        "--mesh-api-key-file",
-        secrets.path().join("apikey").to_str().unwrap(),
-    ]);
+    let (cp, fleet_key, _secrets) = control_plane_holding_the_tailnet(&hs, true);
     // The admin's openboxd joins with a key minted for it at login.
     let (admin, out) = meshed_login(&cp, &cp.admin_token);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -480,11 +487,7 @@ fn each_laptop_and_node_gets_a_one_time_tagged_key_and_a_removed_users_devices_l
 #[test]
 fn without_an_api_key_only_admins_are_handed_the_fleets_reusable_tailnet_key() {
     let hs = Headscale::start();
-    let secrets = tempfile::tempdir().unwrap();
-    let fleet_key = hs.auth_key("fleet");
-    std::fs::write(secrets.path().join("authkey"), &fleet_key).unwrap();
-    let key_file = secrets.path().join("authkey");
-    let cp = ControlPlane::start_with(&["--mesh-control", &hs.url, "--mesh-authkey-file", key_file.to_str().unwrap()]);
+    let (cp, fleet_key, _secrets) = control_plane_holding_the_tailnet(&hs, false);
     let (admin, out) = meshed_login(&cp, &cp.admin_token);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bob_token = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();

@@ -69,12 +69,16 @@ pub async fn login(
         text,
     );
     // The fleet's tailnet, when the control plane holds one (an older one has no route).
-    match client.get::<Option<MeshSettings>>("/v1/mesh").await {
+    // A key only when this openboxd still needs one to join: each may be minted for it.
+    let needs_key = d.mesh.is_none() || tailnet::has_kept_auth_key(&paths::tailnet_dir());
+    let path = if needs_key { "/v1/mesh" } else { "/v1/mesh?key=none" };
+    match client.get::<Option<MeshSettings>>(path).await {
         Ok(Some(fleet)) => join_fleet_mesh(d, &fleet, &mut reply)?,
         Ok(None) => {}
-        // The fleet has a tailnet this user is not handed: say why, the login stands.
-        Err(e) if e.status() == Some(403) => reply.warnings.push(format!("not on the fleet's tailnet: {e}")),
-        Err(e) => tracing::debug!(error = %e, "no tailnet from the control plane"),
+        Err(e) if e.status() == Some(404) => tracing::debug!(error = %e, "no tailnet from the control plane"),
+        // The fleet has a tailnet this user is not handed (or none could be minted now):
+        // say why; the login stands.
+        Err(e) => reply.warnings.push(format!("not on the fleet's tailnet: {e}")),
     }
     Ok(reply)
 }

@@ -103,8 +103,16 @@ pub enum Adopted {
 /// own unless it already has one.
 pub fn adopt(current: Option<&Mesh>, fleet: &proto::api::MeshSettings) -> anyhow::Result<Adopted> {
     if let Some(mesh) = current {
-        let own = (mesh.control_url != fleet.control_url).then(|| mesh.control_url.clone());
-        return Ok(Adopted::Kept(own));
+        if mesh.control_url != fleet.control_url {
+            return Ok(Adopted::Kept(Some(mesh.control_url.clone())));
+        }
+        // Not joined yet, with a key from an earlier login that may have expired since
+        // (a key minted for one laptop lasts minutes): the fresh one takes its place.
+        if !fleet.auth_key.is_empty() && tailnet::has_kept_auth_key(&paths::tailnet_dir()) {
+            tailnet::keep_auth_key(&paths::tailnet_dir(), &tailnet::AuthKey::new(fleet.auth_key.as_str()))?;
+            return Ok(Adopted::Remembered);
+        }
+        return Ok(Adopted::Kept(None));
     }
     if !tailnet::BUILT {
         return Ok(Adopted::NotBuilt);

@@ -131,6 +131,11 @@ pub fn keep_auth_key(state_dir: &std::path::Path, key: &AuthKey) -> Result<(), T
     Ok(())
 }
 
+/// Whether a node's state dir still keeps a key it has not joined with.
+pub fn has_kept_auth_key(state_dir: &std::path::Path) -> bool {
+    kept_auth_key_file(state_dir).exists()
+}
+
 /// The key [`keep_auth_key`] kept, if any.
 #[cfg_attr(not(feature = "mesh"), allow(dead_code))]
 fn kept_auth_key(state_dir: &std::path::Path) -> Option<AuthKey> {

@@ -494,7 +494,7 @@ impl Sessions {
             if live >= self.max_per_user {
                 let why = format!(
                     "you have {live} sessions on this node, the most it allows (openbox agent --max-sessions N); \
-                     end one with `openbox session rm ID` (`openbox session ls` lists them); nothing was run"
+                     end one with `openbox session rm ID` (`openbox sessions` lists them); nothing was run"
                 );
                 out.refuse(&why).await;
                 return false;
