@@ -26,11 +26,16 @@ impl ChannelOut {
 
     /// Reports a refusal as ssh would: a line on stderr and exit status 255, then closes.
     pub async fn refuse(&self, why: &str) {
+        self.refuse_with(why, u32::from(proto::EXIT_OPENBOX_FAILURE)).await;
+    }
+
+    /// As [`ChannelOut::refuse`], with an exit status of its own.
+    pub async fn refuse_with(&self, why: &str, code: u32) {
         if let Some(record) = &self.record {
             record.end(format!("refused: {}", why.chars().take(200).collect::<String>()));
         }
         self.stderr(format!("openbox agent: {why}\n").as_bytes()).await;
-        self.finish(Outcome::Code(255)).await;
+        self.finish(Outcome::Code(code)).await;
     }
 
     /// Ends the journal's record with `outcome` (what [`ChannelOut::finish`] reports).

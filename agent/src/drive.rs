@@ -126,7 +126,7 @@ pub async fn run(
         }
     };
     if timed_out {
-        let secs = timeout.map(|t| t.as_secs()).unwrap_or(0);
+        let secs = timeout.map(|t| t.as_secs_f64().round() as u64).unwrap_or(0);
         out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
         return out.finish(Outcome::Code(124)).await;
     }

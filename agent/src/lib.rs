@@ -79,6 +79,8 @@ pub struct Config {
     pub run_as: run_as::RunAs,
     /// What users who are not admins may have here.
     pub policy: confine::Policy,
+    /// How a caller that vanished is noticed.
+    pub keepalive: net::ssh::Keepalive,
 }
 
 /// How the agent joins a tailnet.
@@ -216,14 +218,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     let ready = ready_line(&identity, if addr.is_empty() { mesh_addr.as_deref().unwrap_or_default() } else { &addr });
-    let sessions = session::Sessions::new(config.session_idle, config.policy.max_sessions.into());
+    let sessions = session::Sessions::new(
+        config.session_idle,
+        config.policy.max_sessions.into(),
+        Some(config.dir.join("sessions.json")),
+    );
     let reaper = tokio::spawn(sessions.clone().reap_forever());
     confine::limit_processes(config.policy.max_processes).context("setting the process limit (--max-processes)")?;
     let runtimes = runtimes::Runtimes::new(&identity.node_id, config.policy.clone());
     runtimes.clean_up().await;
     tracing::info!(isolation = ?runtimes.capabilities().await, "this node can run commands under");
     let journal = journal::Journal::open(&config.dir);
-    let shared = server::Shared::new(identity, sessions, runtimes, config.run_as.clone(), journal);
+    let shared = server::Shared::new(identity, sessions, runtimes, config.run_as.clone(), journal, config.keepalive);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server::serve(incoming, shared.clone(), async {
         let _ = stop_rx.await;

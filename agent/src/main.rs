@@ -80,6 +80,14 @@ struct Args {
     /// from this node; admins may mount anything.
     #[arg(long = "mount-allow", value_name = "DIR[:rw]", value_parser = parse_mount_allow)]
     mount_allow: Vec<openbox_agent::confine::MountAllow>,
+    /// Send a keepalive to a caller whose connection has been silent this long; one that
+    /// answers none of --client-alive-count-max of them in a row is cut off, and what it
+    /// started is stopped as when it hangs up.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = proto::parse_duration)]
+    client_alive_interval: u64,
+    /// See --client-alive-interval.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    client_alive_count_max: u16,
     /// Persistent sessions one user may have on this node at once.
     #[arg(long, value_name = "N", default_value_t = openbox_agent::confine::DEFAULT_MAX_SESSIONS,
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -211,6 +219,10 @@ fn main() -> ExitCode {
         heartbeat_every: Duration::from_secs(args.heartbeat.max(1)),
         session_idle: Duration::from_secs(args.session_idle.max(1)),
         run_as,
+        keepalive: net::ssh::Keepalive {
+            interval: Duration::from_secs(args.client_alive_interval.max(1)),
+            max: args.client_alive_count_max.into(),
+        },
         policy: openbox_agent::confine::Policy {
             mount_allow: args.mount_allow,
             max_sessions: args.max_sessions,

@@ -34,6 +34,8 @@ pub struct Shared {
     cutoffs: Mutex<std::collections::HashMap<String, u64>>,
     /// What this node ran, for the audit log.
     pub journal: Arc<crate::journal::Journal>,
+    /// How a caller that vanished is noticed.
+    keepalive: net::ssh::Keepalive,
     /// Which local account runs each user's commands.
     run_as: RunAs,
 }
@@ -151,7 +153,7 @@ impl Shared {
     }
 }
 
-fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
+fn ssh_config(id: &Identity, keepalive: net::ssh::Keepalive) -> Arc<russh::server::Config> {
     Arc::new(russh::server::Config {
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         keys: vec![id.host_key.clone()],
@@ -163,6 +165,10 @@ fn ssh_config(id: &Identity) -> Arc<russh::server::Config> {
         // Input a command does not read stays with the caller (see `channel::Messages`).
         window_on_consume: true,
         max_auth_attempts: 3,
+        // A caller that vanished (frozen, or the network to it gone) is noticed, and what
+        // it started is stopped as when it hangs up.
+        keepalive_interval: Some(keepalive.interval),
+        keepalive_max: keepalive.max,
         ..Default::default()
     })
 }
@@ -174,8 +180,9 @@ impl Shared {
         runtimes: Runtimes,
         run_as: RunAs,
         journal: Arc<crate::journal::Journal>,
+        keepalive: net::ssh::Keepalive,
     ) -> Arc<Shared> {
-        let config = ssh_config(&identity);
+        let config = ssh_config(&identity, keepalive);
         Arc::new(Shared {
             identity: RwLock::new(identity),
             ssh_config: RwLock::new(config),
@@ -186,6 +193,7 @@ impl Shared {
             cutoffs: Mutex::default(),
             journal,
             run_as,
+            keepalive,
         })
     }
 
@@ -197,7 +205,7 @@ impl Shared {
     pub fn renew_host_cert(&self, cert: Certificate) {
         let mut id = self.identity.write().unwrap_or_else(|e| e.into_inner());
         id.host_cert = cert;
-        *self.ssh_config.write().unwrap_or_else(|e| e.into_inner()) = ssh_config(&id);
+        *self.ssh_config.write().unwrap_or_else(|e| e.into_inner()) = ssh_config(&id, self.keepalive);
     }
 
     fn config(&self) -> Arc<russh::server::Config> {
@@ -529,7 +537,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
             Some(ChannelMsg::SetEnv { variable_name, variable_value, .. })
                 if variable_name == proto::exec::TIMEOUT_ENV =>
             {
-                timeout = variable_value.parse::<u64>().ok().filter(|s| *s > 0).map(std::time::Duration::from_secs);
+                timeout = proto::exec::parse_timeout(&variable_value);
             }
             Some(ChannelMsg::RequestSubsystem { name, .. }) if name == proto::exec::END_SESSION_SUBSYSTEM => {
                 let Some(session) = &grant.session else {

@@ -85,6 +85,22 @@ async def main():
             check(not err and stopped["stopped"], "stop", stopped)
             after, _ = result(await session.call_tool("read", {"job": long_job["job"]}))
             check(not after["running"] and after["error"] == "stopped", "stopped job", after)
+
+            # A call the client gives up on (its read timeout sends notifications/cancelled)
+            # stops its command on the node — for run and for every node of run_all.
+            for tool, args in [("run", {"node": node}), ("run_all", {"tags": [tag]})]:
+                marker = f"sleep 317{len(tool)}"
+                try:
+                    await session.call_tool(tool, {**args, "command": f"echo go; {marker}"}, read_timeout_seconds=2)
+                    check(False, f"{tool} should have been cut off by the client")
+                except Exception:
+                    pass
+                for _ in range(100):
+                    left, _ = result(await session.call_tool("run", {"node": node, "command": f"pgrep -fx '{marker}' || echo gone"}))
+                    if left["stdout"] == "gone\n":
+                        break
+                    await asyncio.sleep(0.1)
+                check(left["stdout"] == "gone\n", f"a cancelled {tool}'s command stops on the node", left)
     # The revision before it: the initialize handshake.
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:

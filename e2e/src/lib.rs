@@ -135,6 +135,8 @@ impl Proc {
     }
 
     fn stop(&mut self) -> std::process::ExitStatus {
+        // A frozen process (SIGSTOP) hears SIGTERM only once it runs again.
+        self.signal(Signal::CONT);
         self.signal(Signal::TERM);
         self.wait_exit()
     }
@@ -332,7 +334,11 @@ impl ControlPlane {
         if !extra.iter().any(|a| a == "--addr") {
             cmd.args(["--addr", addr]);
         }
-        cmd.args(["--offline-after", "2s"]).args(extra);
+        // Nodes show offline 2s after their last heartbeat, unless the test says otherwise.
+        if !extra.iter().any(|a| a == "--offline-after") {
+            cmd.args(["--offline-after", "2s"]);
+        }
+        cmd.args(extra);
         Proc::spawn(cmd, home.join("control.log"))
     }
 
@@ -440,6 +446,8 @@ impl ControlPlane {
 /// One person's CLI identity: an `OPENBOX_HOME` of its own.
 pub struct Cli {
     pub home: TempDir,
+    /// Environment for every call (and so for the openboxd a call starts).
+    env: Vec<(String, String)>,
 }
 
 impl Drop for Cli {
@@ -472,7 +480,23 @@ impl Default for Cli {
 
 impl Cli {
     pub fn new() -> Cli {
-        Cli { home: tempfile::tempdir().expect("tempdir") }
+        Cli { home: tempfile::tempdir().expect("tempdir"), env: Vec::new() }
+    }
+
+    /// A CLI whose calls (and the openboxd they start) have these variables set.
+    pub fn with_env(env: &[(&str, &str)]) -> Cli {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Cli { home: tempfile::tempdir().expect("tempdir"), env }
+    }
+
+    /// As [`Cli::logged_in`], for a CLI made with [`Cli::with_env`].
+    pub fn log_in(self, cp: &ControlPlane, token: &str) -> Cli {
+        let mut args = vec!["login", "--server", &cp.url, "--token", token];
+        if let Some(fp) = &cp.fingerprint {
+            args.extend(["--fingerprint", fp]);
+        }
+        self.run(&args).ok();
+        self
     }
 
     /// A CLI logged in to `cp` with `token` (its TLS key pinned, when it has one).
@@ -501,7 +525,7 @@ impl Cli {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(bin("openbox"));
-        c.env("OPENBOX_HOME", self.home.path());
+        c.env("OPENBOX_HOME", self.home.path()).envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -767,6 +791,17 @@ impl Agent {
         if let Some(mut p) = self.proc.take() {
             p.stop_wrapped();
         }
+    }
+
+    /// Freezes the agent (SIGSTOP): its port still accepts connections, and nothing
+    /// answers — a frozen node. It runs again on [`Agent::resume`], or when stopped.
+    pub fn pause(&self) {
+        signal(&self.proc, Signal::STOP);
+    }
+
+    /// Lets a frozen agent run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(&self.proc, Signal::CONT);
     }
 
     /// Sends `sig` and waits for the agent to exit; how it exited.

@@ -40,7 +40,7 @@ fn the_socket_is_private_to_its_user() {
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
 try:
-    s.sendall(b'{"jsonrpc":"2.0","id":0,"method":"hello","params":{"protocol":1}}\n')
+    s.sendall(b'{"jsonrpc":"2.0","id":0,"method":"hello","params":{"protocol":2}}\n')
     print(repr(s.makefile("rb").readline()))
 except (ConnectionResetError, BrokenPipeError):
     print(repr(b""))
@@ -121,7 +121,7 @@ while True:
     assert!(out.stderr.contains("restarting openboxd"), "{out:?}");
     assert!(fake.wait().unwrap().success(), "the old daemon was asked to stop");
     assert_ne!(pid_of(&out.json()), fake.id() as i32);
-    assert_eq!(out.json()["protocol"], 1);
+    assert_eq!(out.json()["protocol"], proto::rpc::PROTOCOL);
 }
 
 #[test]
@@ -295,7 +295,7 @@ fn the_socat_example_in_the_rpc_docs_lists_nodes() {
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert_eq!(lines[0]["result"]["protocol"], 1);
+    assert_eq!(lines[0]["result"]["protocol"], proto::rpc::PROTOCOL);
     assert_eq!(lines[1]["result"][0]["id"], agent.node_id.as_str());
 }
 
@@ -367,11 +367,11 @@ fn a_request_may_leave_out_its_parameters() {
     admin.daemon_status(); // starts openboxd
     let mut s = std::os::unix::net::UnixStream::connect(admin.home.path().join("run/openboxd.sock")).unwrap();
     use std::io::Write;
-    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"hello\",\"params\":{\"protocol\":1}}\n").unwrap();
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"hello\",\"params\":{\"protocol\":2}}\n").unwrap();
     s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"nodes\"}\n").unwrap();
     let mut lines = BufReader::new(&s).lines();
     let hello: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(hello["result"]["protocol"], 1, "{hello}");
+    assert_eq!(hello["result"]["protocol"], proto::rpc::PROTOCOL, "{hello}");
     let nodes: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(nodes["result"][0]["id"], agent.node_id.as_str(), "{nodes}");
 }

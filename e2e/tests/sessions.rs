@@ -128,8 +128,10 @@ fn a_shell_that_exits_says_so_and_the_next_use_starts_a_new_one() {
     let out = cli.run(&["-t", "t", "-s", "s", "exit 3"]);
     assert_eq!(out.code, 3);
     assert!(out.stderr.contains("the shell exited (status 3)"), "{out:?}");
+    // Its next use is told, and runs nothing: nobody works on in the wrong directory.
+    let told = cli.run(&["-t", "t", "-s", "s", "pwd"]).fails_with(254, "its shell exited (status 3)");
+    assert!(told.stdout.is_empty() && told.stderr.contains("openbox session rm s"), "{told:?}");
     let next = cli.run(&["-t", "t", "-s", "s", "pwd"]).ok();
-    assert!(next.stderr.contains("started a new shell"), "{next:?}");
     assert_ne!(next.stdout, "/tmp\n");
 }
 
@@ -155,8 +157,8 @@ fn idle_sessions_are_reaped_and_the_next_use_says_so() {
     wait_until("the directory to show the session reaped", || {
         cli.run(&["sessions", "--json"]).ok().json()[0]["state"] == "reaped"
     });
+    cli.run(&["-t", "t", "-s", "idle", "pwd"]).fails_with(254, "its shell was ended after 1s idle");
     let out = cli.run(&["-t", "t", "-s", "idle", "pwd"]).ok();
-    assert!(out.stderr.contains("reaped after 1s idle; started a new shell"), "{out:?}");
     assert_ne!(out.stdout, "/tmp\n");
 }
 
@@ -187,13 +189,42 @@ fn a_command_that_closes_the_shells_output_ends_the_session_instead_of_hanging_i
     let out = cli.run(&[&s[..], &["exec >/dev/null"]].concat());
     assert_eq!(out.code, 255, "{out:?}");
     assert!(out.stderr.contains("the shell closed its output; it was ended"), "{out:?}");
+    cli.run(&[&s[..], &["echo again"]].concat()).fails_with(254, "its shell exited");
     let out = cli.run(&[&s[..], &["echo again"]].concat()).ok();
     assert_eq!(out.stdout, "again\n");
-    assert!(out.stderr.contains("started a new shell"), "{out:?}");
 }
 
 #[test]
 fn a_sessions_commands_read_the_callers_stdin_and_only_their_own() {
     let (_cp, cli, _agent) = fleet(&[]);
     openbox_e2e::check_session_stdin(|cmd, input| cli.run_stdin(&["-t", "t", "-s", "in", cmd], input));
+}
+
+/// The agent stops — killed, or restarted for an upgrade — while a session's shell holds a
+/// directory and variables: its next use must not run in a new shell unawares.
+#[test]
+fn a_session_whose_agent_restarted_says_its_shell_is_gone_before_anything_runs() {
+    let (_cp, cli, mut agent) = fleet(&[]);
+    for (how, restart) in [("killed", true), ("stopped", false)] {
+        let sid = format!("keep-{how}");
+        let s = ["-t", "t", "-s", sid.as_str()];
+        cli.run(&[&s[..], &["cd /tmp && export V=42"]].concat()).ok();
+        if restart {
+            agent.kill();
+        } else {
+            agent.stop();
+        }
+        agent.restart();
+        let told = cli.run(&[&s[..], &["echo V=$V PWD=$PWD"]].concat());
+        assert_eq!(told.code, 254, "{how}: {told:?}");
+        assert!(told.stdout.is_empty(), "{how}: nothing ran: {told:?}");
+        assert!(told.stderr.contains("its shell ended when the node's agent stopped"), "{how}: {told:?}");
+        wait_until("the directory to show the session's shell gone", || {
+            let listed = cli.run(&["sessions", "--json"]).ok().json();
+            listed.as_array().unwrap().iter().any(|x| x["id"] == sid.as_str() && x["state"] != "active")
+        });
+        // Told once: the next use starts a new shell.
+        let fresh = cli.run(&[&s[..], &["echo V=$V"]].concat()).ok();
+        assert_eq!(fresh.stdout, "V=\n", "{how}");
+    }
 }

@@ -16,9 +16,20 @@ use proto::request::RunRequest;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ErrorData, ServerHandler, ServiceExt as _, schemars, tool, tool_handler, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt as _, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+/// Awaits `work` unless the client cancels the request (`notifications/cancelled`, sent by
+/// hand or at its own time limit) first: then `work` is dropped — its connections to
+/// openboxd with it, which stops the commands on their nodes.
+async fn until_cancelled<T>(ctx: &RequestContext<RoleServer>, work: impl Future<Output = T>) -> Result<T, ErrorData> {
+    tokio::select! {
+        done = work => Ok(done),
+        () = ctx.ct.cancelled() => Err(ErrorData::internal_error("the request was cancelled; its command was stopped", None)),
+    }
+}
 
 /// What the MCP client sees of a run's output at most, per stream, unless it asks.
 const DEFAULT_MAX_OUTPUT: u64 = 1 << 20;
@@ -197,18 +208,26 @@ impl Openbox {
         Output is capped (max_output, default 1 MiB per stream: head and tail kept, with a '[… N bytes omitted …]' mark; `truncated` says which). \
         A non-zero exit is a result with isError set. Default timeout 60 s (exit 124); for longer work use `start`."
     )]
-    async fn run(&self, Parameters(args): Parameters<RunArgs>) -> Result<CallToolResult, ErrorData> {
+    async fn run(
+        &self,
+        Parameters(args): Parameters<RunArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
         let req = request(args, Some(DEFAULT_TIMEOUT_SECS))?;
         let started = Instant::now();
         let mut out = daemon::Collected::default();
-        let result = daemon::run(&req, &mut out).await;
+        let result = until_cancelled(&ctx, daemon::run(&req, &mut out)).await?;
         Ok(ran(result, out, started.elapsed()))
     }
 
     #[tool(description = "Run a shell command on every online node carrying all of the given tags, at once. \
         Returns one result per node (node, exit_code, stdout, stderr, truncated, duration_ms; offline nodes with an error). \
         isError is set when any node failed or could not be reached.")]
-    async fn run_all(&self, Parameters(args): Parameters<RunAllArgs>) -> Result<CallToolResult, ErrorData> {
+    async fn run_all(
+        &self,
+        Parameters(args): Parameters<RunAllArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
         let nodes = match daemon::nodes_with(&args.tags).await {
             Ok(n) if n.is_empty() => {
                 return Ok(CallToolResult::structured_error(
@@ -247,7 +266,7 @@ impl Openbox {
                 }
             }
         });
-        let results: Vec<(Value, bool)> = futures_util::future::join_all(runs).await;
+        let results: Vec<(Value, bool)> = until_cancelled(&ctx, futures_util::future::join_all(runs)).await?;
         let all_ok = results.iter().all(|(_, ok)| *ok);
         let value = json!({ "results": results.into_iter().map(|(v, _)| v).collect::<Vec<_>>() });
         Ok(if all_ok { CallToolResult::structured(value) } else { CallToolResult::structured_error(value) })

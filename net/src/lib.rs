@@ -6,6 +6,7 @@
 //! today; the tailnet becomes one more variant there.
 
 pub mod control;
+pub mod halt;
 pub mod remote;
 pub mod ssh;
 pub mod transport;

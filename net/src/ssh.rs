@@ -12,7 +12,12 @@ use russh::keys::PublicKeyOrCertificate;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use trust::{Certificate, PrivateKey, PublicKey};
 
+use crate::halt::{Halt, Stops};
 use crate::transport::Transport;
+
+/// How long a command has to end after the caller's signal was passed on to it, before
+/// its channel is closed (and the agent stops it).
+pub const SIGNAL_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -38,6 +43,13 @@ pub enum SshError {
     Stale { node: String, why: String },
     #[error("cancelled")]
     Cancelled,
+    /// The call's deadline passed: the command was signalled and its channel closed.
+    #[error("timed out")]
+    TimedOut,
+    /// The caller was signalled: the signal was passed on and the command did not end
+    /// within a moment, so it was stopped.
+    #[error("stopped by signal {0}")]
+    Interrupted(&'static str),
     /// The command's output could not be written where it goes; the command was stopped.
     #[error("cannot write the command's output: {0}")]
     Output(std::io::Error),
@@ -136,6 +148,56 @@ struct HostCheck {
     target: NodeTarget,
     refusal: Arc<Mutex<Option<String>>>,
     remote_forwards: RemoteForwards,
+    /// Why the connection ended, once it has.
+    ended: Ended,
+}
+
+/// Why a connection ended, in a caller's words, once it has: said when a command that was
+/// running on it is cut short.
+type Ended = Arc<Mutex<Option<String>>>;
+
+/// How a dead node is noticed: no answer to `max` keepalives sent `interval` apart on an
+/// otherwise silent connection (OpenSSH's `ServerAliveInterval`/`ServerAliveCountMax`).
+/// 10 s and 3 by default; `OPENBOX_SERVER_ALIVE_INTERVAL` (a duration such as `10s`) and
+/// `OPENBOX_SERVER_ALIVE_COUNT_MAX` change them.
+#[derive(Clone, Copy, Debug)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub max: usize,
+}
+
+impl Keepalive {
+    pub const DEFAULT: Keepalive = Keepalive { interval: Duration::from_secs(10), max: 3 };
+
+    /// The settings of this process's environment (the defaults where it says nothing usable).
+    pub fn from_env() -> Keepalive {
+        let interval = std::env::var("OPENBOX_SERVER_ALIVE_INTERVAL")
+            .ok()
+            .and_then(|v| proto::parse_duration(&v).ok())
+            .filter(|s| *s > 0)
+            .map_or(Keepalive::DEFAULT.interval, Duration::from_secs);
+        let max = std::env::var("OPENBOX_SERVER_ALIVE_COUNT_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|m| *m > 0)
+            .unwrap_or(Keepalive::DEFAULT.max);
+        Keepalive { interval, max }
+    }
+
+    /// How long a dead peer can go unnoticed.
+    pub fn window(&self) -> Duration {
+        self.interval * u32::try_from(self.max + 1).unwrap_or(u32::MAX)
+    }
+}
+
+/// How long reaching a node and its SSH greeting may take before the dial gives up:
+/// `OPENBOX_CONNECT_TIMEOUT` (a duration), 10 s by default.
+pub fn connect_timeout() -> Duration {
+    std::env::var("OPENBOX_CONNECT_TIMEOUT")
+        .ok()
+        .and_then(|v| proto::parse_duration(&v).ok())
+        .filter(|s| *s > 0)
+        .map_or(Duration::from_secs(10), Duration::from_secs)
 }
 
 /// Where connections to each port the node listens on for us (`-R`) go here.
@@ -146,6 +208,32 @@ const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl client::Handler for HostCheck {
     type Error = russh::Error;
+
+    /// Notes why the connection ended, for a command cut short by it.
+    async fn disconnected(&mut self, reason: client::DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+        let why = match &reason {
+            client::DisconnectReason::ReceivedDisconnect(info) if info.message.is_empty() => {
+                "the node closed the connection".to_owned()
+            }
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                format!("the node closed the connection: {}", info.message)
+            }
+            client::DisconnectReason::Error(russh::Error::KeepaliveTimeout) => {
+                let k = Keepalive::from_env();
+                format!(
+                    "it stopped answering: no reply to {} keepalives in {}s (it is frozen, or the network to it is down)",
+                    k.max,
+                    k.window().as_secs()
+                )
+            }
+            client::DisconnectReason::Error(e) => e.to_string(),
+        };
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            client::DisconnectReason::Error(e) => Err(e),
+        }
+    }
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         match host_verdict(key.certificate(), &self.target, proto::time::now()) {
@@ -213,11 +301,12 @@ fn client_config() -> Arc<client::Config> {
         cipher: Cow::Borrowed(&[russh::cipher::AES_256_GCM, russh::cipher::CHACHA20_POLY1305]),
         ..Default::default()
     };
+    let keepalive = Keepalive::from_env();
     Arc::new(client::Config {
         preferred,
         nodelay: true,
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 3,
+        keepalive_interval: Some(keepalive.interval),
+        keepalive_max: keepalive.max,
         window_size: 8 * 1024 * 1024,
         maximum_packet_size: 65535,
         ..Default::default()
@@ -229,19 +318,39 @@ pub struct Connection {
     handle: Handle<HostCheck>,
     node: String,
     remote_forwards: RemoteForwards,
+    ended: Ended,
 }
 
-/// Dials the node through its transport and verifies its host certificate.
+/// Dials the node through its transport and verifies its host certificate, within
+/// [`connect_timeout`]: a node that accepts the connection but never speaks (frozen) is
+/// given up on.
 pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
+    let limit = connect_timeout();
+    match tokio::time::timeout(limit, dial_now(target)).await {
+        Ok(dialled) => dialled,
+        Err(_) => Err(SshError::Unreachable {
+            node: target.node_id.clone(),
+            addr: target.addr.clone(),
+            why: format!("no answer within {}s (OPENBOX_CONNECT_TIMEOUT)", limit.as_secs()),
+        }),
+    }
+}
+
+async fn dial_now(target: &NodeTarget) -> Result<Connection, SshError> {
     let node = target.node_id.clone();
     let unreachable = |why: String| SshError::Unreachable { node: node.clone(), addr: target.addr.clone(), why };
     let stream = target.via.connect(&target.addr).await.map_err(|e| unreachable(e.to_string()))?;
     let refusal = Arc::new(Mutex::new(None));
     let remote_forwards = RemoteForwards::default();
-    let check =
-        HostCheck { target: target.clone(), refusal: refusal.clone(), remote_forwards: remote_forwards.clone() };
+    let ended = Ended::default();
+    let check = HostCheck {
+        target: target.clone(),
+        refusal: refusal.clone(),
+        remote_forwards: remote_forwards.clone(),
+        ended: ended.clone(),
+    };
     match client::connect_stream(client_config(), stream, check).await {
-        Ok(handle) => Ok(Connection { handle, node, remote_forwards }),
+        Ok(handle) => Ok(Connection { handle, node, remote_forwards, ended }),
         Err(e) => {
             if let Some(why) = refusal.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 return Err(SshError::HostRejected { node, addr: target.addr.clone(), why });
@@ -287,7 +396,7 @@ impl Connection {
             channel.set_env(false, *name, *value).await.map_err(stale)?;
         }
         channel.exec(true, command).await.map_err(stale)?;
-        Ok(Started { channel, node: self.node.clone(), resizes: None })
+        Ok(Started { channel, node: self.node.clone(), resizes: None, ended: self.ended.clone() })
     }
 
     /// Opens a channel with a pseudo-terminal like `pty` and starts `command` in it, or the
@@ -309,7 +418,7 @@ impl Connection {
             Some(command) => channel.exec(true, command).await.map_err(stale)?,
             None => channel.request_shell(true).await.map_err(stale)?,
         }
-        Ok(Started { channel, node: self.node.clone(), resizes: None })
+        Ok(Started { channel, node: self.node.clone(), resizes: None, ended: self.ended.clone() })
     }
 
     /// Asks the agent to run SSH subsystem `name` (no input, no output expected).
@@ -318,7 +427,7 @@ impl Connection {
         let channel = self.handle.channel_open_session().await.map_err(stale)?;
         channel.request_subsystem(true, name).await.map_err(stale)?;
         let mut output = Writers { stdout: tokio::io::sink(), stderr: tokio::io::sink() };
-        Started { channel, node: self.node.clone(), resizes: None }
+        Started { channel, node: self.node.clone(), resizes: None, ended: self.ended.clone() }
             .finish(NoInput, &mut output, std::future::pending())
             .await
     }
@@ -422,11 +531,13 @@ pub struct Started {
     node: String,
     /// New terminal sizes (columns, rows) to pass on while it runs.
     resizes: Option<tokio::sync::mpsc::Receiver<(u32, u32)>>,
+    /// Why its connection ended, should it end under the command.
+    ended: Ended,
 }
 
 impl Started {
     pub(crate) fn new(channel: russh::Channel<client::Msg>, node: String) -> Started {
-        Started { channel, node, resizes: None }
+        Started { channel, node, resizes: None, ended: Ended::default() }
     }
 
     /// Passes each size from `resizes` on to the command's terminal while it runs.
@@ -435,12 +546,27 @@ impl Started {
         self
     }
 
-    /// Feeds the command `input`, streams its output, and returns how it ended.
+    /// Feeds the command `input`, streams its output, and returns how it ended; `cancel`
+    /// completing (the caller gone) stops it.
     pub async fn finish(
         self,
         input: impl Input,
         output: &mut impl Output,
         cancel: impl Future<Output = ()>,
+    ) -> Result<ExitStatus, SshError> {
+        self.finish_until(input, output, &mut crate::halt::GoneWhen::new(cancel)).await
+    }
+
+    /// As [`Started::finish`], stopped as `stops` says (see [`Halt`]): the caller gone
+    /// ([`SshError::Cancelled`]); a signal passed on, then the command given
+    /// [`SIGNAL_GRACE`] to end (its status, if it does; else [`SshError::Interrupted`]); the
+    /// deadline ([`SshError::TimedOut`], the command signalled with TERM). Whatever stops
+    /// it, the channel is closed, so the agent ends the command.
+    pub async fn finish_until(
+        self,
+        input: impl Input,
+        output: &mut impl Output,
+        stops: &mut impl crate::halt::Stops,
     ) -> Result<ExitStatus, SshError> {
         let (mut read, write) = self.channel.split();
         let write = Arc::new(write);
@@ -458,13 +584,26 @@ impl Started {
             })
         };
 
-        tokio::pin!(cancel);
         let mut status = None;
         let mut resizes = self.resizes;
+        // Set once a signal has been passed on: the command then has until here to end.
+        let mut grace: Option<(tokio::time::Instant, &'static str)> = None;
         let ended = loop {
             let msg = tokio::select! {
                 m = read.wait() => m,
-                _ = &mut cancel => break Err(SshError::Cancelled),
+                halt = stops.next() => match halt {
+                    Halt::Signal(name) => {
+                        if let Some(sig) = ssh_sig(name) {
+                            let _ = write.signal(sig).await;
+                        }
+                        grace.get_or_insert((tokio::time::Instant::now() + SIGNAL_GRACE, name));
+                        continue;
+                    }
+                    halt => break Err(halted(halt, &write).await),
+                },
+                () = async { tokio::time::sleep_until(grace.expect("guarded").0).await }, if grace.is_some() => {
+                    break Err(SshError::Interrupted(grace.expect("guarded").1));
+                }
                 Some((cols, rows)) = async { resizes.as_mut()?.recv().await }, if resizes.is_some() => {
                     let _ = write.window_change(cols, rows, 0, 0).await;
                     continue;
@@ -472,22 +611,18 @@ impl Started {
             };
             // Output that cannot be delivered is never dropped quietly: the command stops,
             // as a local one would on SIGPIPE, and the caller hears why. A caller that
-            // goes away while its output waits for room is noticed all the same.
-            // `Err(None)`: the caller went away first.
+            // goes away while its output waits for room is noticed all the same, and so
+            // is the deadline. `Err(None)`: the caller went away first.
             let delivered = match &msg {
-                Some(ChannelMsg::Data { data }) => Some(tokio::select! {
-                    r = output.stdout(data) => r.map_err(Some),
-                    _ = &mut cancel => Err(None),
-                }),
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => Some(tokio::select! {
-                    r = output.stderr(data) => r.map_err(Some),
-                    _ = &mut cancel => Err(None),
-                }),
+                Some(ChannelMsg::Data { data }) => Some(deliver(output.stdout(data), stops, &write).await),
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    Some(deliver(output.stderr(data), stops, &write).await)
+                }
                 _ => None,
             };
             match delivered {
                 Some(Ok(())) => continue,
-                Some(Err(why)) => break Err(why.map_or(SshError::Cancelled, SshError::Output)),
+                Some(Err(why)) => break Err(why),
                 None => {}
             }
             match msg {
@@ -509,10 +644,65 @@ impl Started {
             let _ = tokio::time::timeout(Duration::from_secs(5), write.close()).await;
         }
         ended?;
-        status.ok_or_else(|| SshError::Lost {
-            node: self.node.clone(),
-            why: "the connection closed while the command was running".into(),
+        if status.is_none() {
+            // The connection's own end is noted a moment after its channels end.
+            for _ in 0..20 {
+                if self.ended.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        status.ok_or_else(|| {
+            let said = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let why = said.unwrap_or_else(|| "the connection closed while the command was running".into());
+            SshError::Lost { node: self.node.clone(), why }
         })
+    }
+}
+
+/// The russh signal for an SSH signal name (`TERM`).
+fn ssh_sig(name: &str) -> Option<russh::Sig> {
+    use russh::Sig::*;
+    let all = [ABRT, ALRM, FPE, HUP, ILL, INT, KILL, PIPE, QUIT, SEGV, TERM, USR1];
+    match all.into_iter().find(|s| sig_name(s) == name) {
+        Some(sig) => Some(sig),
+        None => proto::exec::signal_number(name).map(|_| russh::Sig::Custom(name.to_owned())),
+    }
+}
+
+/// What a halt that ends the wait for a command means: the deadline signals it first.
+async fn halted(halt: Halt, write: &russh::ChannelWriteHalf<client::Msg>) -> SshError {
+    match halt {
+        Halt::Deadline => {
+            let _ = write.signal(russh::Sig::TERM).await;
+            SshError::TimedOut
+        }
+        Halt::Gone => SshError::Cancelled,
+        Halt::Signal(name) => SshError::Interrupted(name),
+    }
+}
+
+/// Waits for output to be taken by the caller (`written`), hearing halts meanwhile: a
+/// signal is passed on and the wait goes on; the caller gone or the deadline end it.
+async fn deliver(
+    written: impl Future<Output = std::io::Result<()>>,
+    stops: &mut impl Stops,
+    write: &russh::ChannelWriteHalf<client::Msg>,
+) -> Result<(), SshError> {
+    tokio::pin!(written);
+    loop {
+        tokio::select! {
+            r = &mut written => return r.map_err(SshError::Output),
+            halt = stops.next() => match halt {
+                Halt::Signal(name) => {
+                    if let Some(sig) = ssh_sig(name) {
+                        let _ = write.signal(sig).await;
+                    }
+                }
+                halt => return Err(halted(halt, write).await),
+            },
+        }
     }
 }
 

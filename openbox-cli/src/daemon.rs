@@ -5,7 +5,7 @@
 //! told which.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, IoSlice};
+use std::io::{BufRead, BufReader, IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -26,6 +26,8 @@ pub enum Failure {
     Mismatch(String),
     /// The daemon went away before answering `hello` (it was dying): nothing ran.
     Unanswered(String),
+    /// A second signal came before the call ended: the exit code it ends with here.
+    Signalled(u8),
     Other(String),
 }
 
@@ -66,6 +68,7 @@ fn call_with(call: &Call, context: &Context, fds: &[BorrowedFd<'_>]) -> Result<u
                 eprintln!("openbox: restarting openboxd ({why})");
             }
             Err(Failure::Unanswered(_)) if attempt == 0 => {}
+            Err(Failure::Signalled(code)) => return Ok(code),
             Err(Failure::Mismatch(why) | Failure::Unanswered(why) | Failure::Other(why)) => return Err(why),
         }
     }
@@ -173,10 +176,9 @@ fn exchange(stream: UnixStream, socket: &Path, call: &Call, fds: &[BorrowedFd<'_
         sent += rustix::io::write(&stream, &bytes[sent..]).map_err(|e| other(e.into()))?;
     }
 
-    let mut lines = BufReader::new(&stream).lines();
+    let mut answers = Answers::new(&stream).map_err(other)?;
     let mut next = || -> Result<Response, Failure> {
-        let line =
-            lines.next().ok_or_else(|| Failure::Other("openboxd closed the connection".into()))?.map_err(other)?;
+        let line = answers.next_line()?;
         serde_json::from_str(&line).map_err(|e| Failure::Other(format!("unreadable answer from openboxd: {e}")))
     };
     let hello = next().map_err(|f| match f {
@@ -198,6 +200,83 @@ fn exchange(stream: UnixStream, socket: &Path, call: &Call, fds: &[BorrowedFd<'_
             .map_err(|e| Failure::Other(format!("openboxd's answer has no exit code ({e})"))),
         (None, Some(err)) => Err(Failure::Other(err.message)),
         (None, None) => Err(Failure::Other("openboxd's answer is empty".into())),
+    }
+}
+
+/// The daemon's answers, line by line, read while this process's SIGINT, SIGTERM and
+/// SIGHUP are passed on: the first of them goes to the call (openboxd hands it to the
+/// command, which then ends, or is stopped a moment later — the answer says how it
+/// ended); a second one ends this process at once, which openboxd takes as the caller
+/// gone.
+struct Answers<'s> {
+    stream: &'s UnixStream,
+    buf: Vec<u8>,
+    /// A pipe per signal that gets a byte when it comes: (its name, read end).
+    signals: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    signalled: bool,
+}
+
+impl<'s> Answers<'s> {
+    fn new(stream: &'s UnixStream) -> std::io::Result<Answers<'s>> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = Vec::new();
+        for (sig, name) in [(SIGINT, "INT"), (SIGTERM, "TERM"), (SIGHUP, "HUP")] {
+            let (read, write) = std::io::pipe()?;
+            let write = std::os::fd::OwnedFd::from(write);
+            // A handler never blocks on a full pipe; one byte says it all.
+            let flags = rustix::fs::fcntl_getfl(&write)?;
+            rustix::fs::fcntl_setfl(&write, flags | rustix::fs::OFlags::NONBLOCK)?;
+            signal_hook::low_level::pipe::register(sig, write)?;
+            signals.push((name, read.into()));
+        }
+        Ok(Answers { stream, buf: Vec::new(), signals, signalled: false })
+    }
+
+    fn next_line(&mut self) -> Result<String, Failure> {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let other = |e: std::io::Error| Failure::Other(format!("talking to openboxd: {e}"));
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return Ok(String::from_utf8_lossy(&line[..end]).into_owned());
+            }
+            let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(self.stream, PollFlags::IN)];
+            fds.extend(self.signals.iter().map(|(_, fd)| PollFd::new(fd, PollFlags::IN)));
+            match poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(other(e.into())),
+            }
+            let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+            if let Some(i) = ready[1..].iter().position(|r| *r) {
+                let (name, fd) = &self.signals[i];
+                let mut byte = [0u8; 16];
+                let _ = rustix::io::read(fd, &mut byte);
+                if self.signalled {
+                    // Dropping the connection is the caller gone: openboxd stops the command.
+                    return Err(Failure::Signalled(proto::exec::signal_exit_code(name)));
+                }
+                self.signalled = true;
+                let note = Request::new(
+                    None,
+                    method::SIGNAL,
+                    to_value(&rpc::CallSignal { id: 1.into(), signal: (*name).to_owned() }),
+                );
+                let mut text = serde_json::to_vec(&note).expect("serializable");
+                text.push(b'\n');
+                let _ = (&mut &*self.stream).write_all(&text);
+                continue;
+            }
+            if ready[0] {
+                let mut chunk = [0u8; 8192];
+                match rustix::io::read(self.stream, &mut chunk) {
+                    Ok(0) => return Err(Failure::Other("openboxd closed the connection".into())),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                    Err(e) => return Err(other(e.into())),
+                }
+            }
+        }
     }
 }
 

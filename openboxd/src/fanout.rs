@@ -7,11 +7,11 @@
 //! reported, never waited for. The exit code is the largest remote one, 255 when any node
 //! could not be reached.
 
-use std::future::Future;
 use std::time::Instant;
 
 use futures_util::{FutureExt as _, StreamExt as _};
-use net::ssh::{NoInput, Output as _};
+use net::halt::{Halts, Stops as _};
+use net::ssh::{NoInput, Output as _, SshError};
 use proto::api::{Node, Target};
 use proto::request::FanOutRequest;
 use serde::Serialize;
@@ -21,10 +21,7 @@ use crate::Daemon;
 use crate::cap::{Capped, Truncated};
 use crate::connect::Want;
 use crate::io::CallOutput;
-use crate::run::FAILED;
-
-/// The exit code of a command stopped by `--timeout`, as `timeout(1)` gives.
-const TIMED_OUT: u8 = 124;
+use crate::run::{FAILED, TIMED_OUT};
 
 /// What one node did.
 #[derive(Serialize)]
@@ -59,14 +56,12 @@ struct Line {
     bytes: Vec<u8>,
 }
 
-pub async fn run(
-    d: &Daemon,
-    req: FanOutRequest,
-    json: bool,
-    output: &mut CallOutput,
-    cancel: impl Future<Output = ()>,
-) -> u8 {
-    match run_inner(d, req, json, output, cancel).await {
+/// Runs the command on every node; `halts` reach each of them: a signal is passed on to
+/// every node's command, the caller gone stops them all, and the deadline (`--timeout`,
+/// for the whole call) ends every node still running with 124 — a frozen node never
+/// holds back the others or the summary.
+pub async fn run(d: &Daemon, req: FanOutRequest, json: bool, output: &mut CallOutput, halts: Halts) -> u8 {
+    match run_inner(d, req, json, output, halts).await {
         Ok(code) => code,
         Err(e) => {
             output.eprint(&format!("openbox: {e:#}\n")).await;
@@ -80,8 +75,9 @@ async fn run_inner(
     req: FanOutRequest,
     json: bool,
     output: &mut CallOutput,
-    cancel: impl Future<Output = ()>,
+    halts: Halts,
 ) -> anyhow::Result<u8> {
+    let halts = halts.with_deadline(crate::run::deadline(req.timeout_secs));
     let acct = d.account()?;
     let all: Vec<Node> = acct.login.client()?.get("/v1/nodes").await?;
     let mut nodes: Vec<Node> = all.into_iter().filter(|n| req.tags.iter().all(|t| n.tags.contains(t))).collect();
@@ -90,8 +86,6 @@ async fn run_inner(
         anyhow::bail!("no node you may use carries {}", tags_shown(&req.tags));
     }
     let command = req.command.join(" ");
-    let timeout = req.timeout_secs.map(|t| t.to_string());
-    let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
     let keep = json || req.group;
     let (tx, mut rx) = mpsc::unbounded_channel::<Line>();
     let (isolation, prefix_lines, max_output) = (&req.isolation, req.prefix && !keep, req.max_output);
@@ -101,10 +95,11 @@ async fn run_inner(
     let jobs: Vec<futures_util::future::BoxFuture<'_, NodeResult>> = nodes
         .iter()
         .map(|node| {
-            let (tx, env, command, acct) = (tx.clone(), &env, &command, &acct);
+            let (tx, command, acct) = (tx.clone(), &command, &acct);
+            let mut halts = halts.clone();
             let prefix = prefix_lines.then(|| format!("{}: ", node.name));
             async move {
-                let started = Instant::now();
+                let began = Instant::now();
                 let mut result = NodeResult {
                     node: node.name.clone(),
                     exit_code: None,
@@ -118,28 +113,36 @@ async fn run_inner(
                     result.error = Some("offline".into());
                     return result;
                 }
+                // A node whose turn comes after the call was stopped is not started.
+                if halts.said().is_some() {
+                    result.error = Some("not started: the call was stopped".into());
+                    return result;
+                }
                 let target = Target::Node(node.id.clone());
                 let want = Want { target: &target, session: None, isolation };
                 let mut lines =
                     Lines { tx, prefix, keep, out: Vec::new(), err: Vec::new(), kept: (Vec::new(), Vec::new()) };
-                match crate::run::start(d, acct, want, crate::run::What { command: Some(command), pty: None }, env)
-                    .await
-                {
-                    Ok((_, begun)) => {
-                        let mut capped = Capped::new(&mut lines, max_output);
-                        let ended = begun.finish(NoInput, &mut capped, std::future::pending()).await;
-                        result.truncated = capped.finish().await;
-                        match ended {
-                            Ok(status) => result.exit_code = Some(status.exit_code()),
-                            Err(e) => result.error = Some(e.to_string()),
-                        }
+                let what = crate::run::What { command: Some(command), pty: None };
+                match on_node(d, acct, want, what, &mut halts, &mut lines, max_output).await {
+                    Ended::Status(status, truncated) => {
+                        result.exit_code = Some(status.exit_code());
+                        result.truncated = truncated;
                     }
-                    Err(e) => result.error = Some(e.to_string()),
+                    Ended::Halted(SshError::TimedOut, truncated) => {
+                        result.exit_code = Some(TIMED_OUT);
+                        result.truncated = truncated;
+                    }
+                    Ended::Halted(SshError::Interrupted(name), truncated) => {
+                        result.exit_code = Some(proto::exec::signal_exit_code(name));
+                        result.truncated = truncated;
+                    }
+                    Ended::Halted(e, _) => result.error = Some(e.to_string()),
+                    Ended::NotRun(why) => result.error = Some(why),
                 }
                 lines.flush();
                 result.stdout = String::from_utf8_lossy(&lines.kept.0).into_owned();
                 result.stderr = String::from_utf8_lossy(&lines.kept.1).into_owned();
-                result.duration_ms = started.elapsed().as_millis() as u64;
+                result.duration_ms = began.elapsed().as_millis() as u64;
                 result
             }
             .boxed()
@@ -147,15 +150,20 @@ async fn run_inner(
         .collect();
     let work = futures_util::stream::iter(jobs).buffer_unordered(req.fanout.max(1)).collect::<Vec<NodeResult>>();
 
-    // Lines are written as they come, while the nodes run.
-    tokio::pin!(work, cancel);
+    // Lines are written as they come, while the nodes run; each node hears the halts
+    // itself, so this ends when they have.
+    tokio::pin!(work);
     let mut results = loop {
         tokio::select! {
             Some(line) = rx.recv() => write(output, &line).await,
             results = &mut work => break results,
-            () = &mut cancel => return Ok(FAILED),
         }
     };
+    // Nobody to tell: the caller is gone.
+    if halts.said() == Some(net::halt::Halt::Gone) {
+        output.abandon();
+        return Ok(FAILED);
+    }
     while let Ok(line) = rx.try_recv() {
         write(output, &line).await;
     }
@@ -170,6 +178,47 @@ async fn run_inner(
     let unreachable = results.iter().any(|r| r.error.is_some());
     let worst = results.iter().filter_map(|r| r.exit_code).max().unwrap_or(0);
     Ok(if unreachable { 255 } else { worst })
+}
+
+/// How the command ended on one node.
+enum Ended {
+    Status(net::ssh::ExitStatus, Truncated),
+    /// Stopped by a halt (the deadline, a signal, the caller gone) after it started.
+    Halted(SshError, Truncated),
+    /// It never ran: the node could not be reached or refused, or the call was stopped
+    /// before it started.
+    NotRun(String),
+}
+
+/// Starts `what` on one node and runs it to its end, or until `halts` stop it.
+async fn on_node(
+    d: &Daemon,
+    acct: &crate::account::Account,
+    want: Want<'_>,
+    what: crate::run::What<'_>,
+    halts: &mut Halts,
+    lines: &mut Lines,
+    max_output: Option<u64>,
+) -> Ended {
+    let timeout = crate::run::agent_timeout(halts.deadline());
+    let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
+    let begun = tokio::select! {
+        started = crate::run::start(d, acct, want, what, &env) => match started {
+            Ok((_, begun)) => begun,
+            Err(e) => return Ended::NotRun(e.to_string()),
+        },
+        halt = halts.next() => return match crate::run::halt_error(halt) {
+            SshError::Cancelled => Ended::NotRun("not started: the caller is gone".into()),
+            stopped => Ended::Halted(stopped, Truncated::default()),
+        },
+    };
+    let mut capped = Capped::new(lines, max_output);
+    let ended = begun.finish_until(NoInput, &mut capped, halts).await;
+    let truncated = capped.finish().await;
+    match ended {
+        Ok(status) => Ended::Status(status, truncated),
+        Err(e) => Ended::Halted(e, truncated),
+    }
 }
 
 async fn write(output: &mut CallOutput, line: &Line) {

@@ -27,7 +27,6 @@ mod run;
 mod skill;
 pub mod terminal;
 
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 pub use mesh::{Wanted as WantedMesh, wanted as wanted_mesh};
@@ -155,17 +154,17 @@ impl Daemon {
 }
 
 /// Carries out one CLI call with the given streams and returns its exit code, once all
-/// its output is written. `cancel` completing (the caller went away) stops a running
-/// command.
+/// its output is written. `halts` stop a running command early: the caller gone, or
+/// signalled (see `net::halt`).
 pub async fn handle(
     d: &Arc<Daemon>,
     call: Call,
     input: CallInput,
     terminal: Option<terminal::Terminal>,
     mut output: CallOutput,
-    cancel: impl Future<Output = ()>,
+    halts: net::halt::Halts,
 ) -> u8 {
-    let code = handle_with(d, call, input, terminal, &mut output, cancel).await;
+    let code = handle_with(d, call, input, terminal, &mut output, halts).await;
     io::conclude(output, code).await
 }
 
@@ -175,12 +174,12 @@ async fn handle_with(
     input: CallInput,
     terminal: Option<terminal::Terminal>,
     output: &mut CallOutput,
-    cancel: impl Future<Output = ()>,
+    halts: net::halt::Halts,
 ) -> u8 {
     let json = call.json;
     let result = match call.request {
-        Request::Run(req) => return run::run(d, req, input, terminal.as_ref(), output, cancel).await.exit_code,
-        Request::FanOut(req) => return fanout::run(d, req, json, output, cancel).await,
+        Request::Run(req) => return run::run(d, req, input, terminal.as_ref(), output, halts).await.exit_code,
+        Request::FanOut(req) => return fanout::run(d, req, json, output, halts).await,
         Request::Login { server, token, fingerprint, insecure_http } => {
             commands::login(d, &server, fingerprint.as_deref(), insecure_http, &token).await
         }

@@ -103,7 +103,20 @@ fn one_shot(rt: &tokio::runtime::Runtime, text: &str, mesh: Option<openboxd::Wan
         // hears the terminal's resizes itself.
         let terminal = if wants_tty { openboxd::terminal::Terminal::own().ok() } else { None };
         let (input, output) = (fd_input(stdin), CallOutput::fds(stdout, stderr));
-        openboxd::handle(&d, call, input, terminal, output, std::future::pending()).await
+        // This process is the caller: its own signals go to the call's command (a second
+        // one, while the first is being dealt with, ends it at once).
+        let (tx, halts) = net::halt::Halts::channel();
+        if let Ok(mut signals) = tailnet::call_signals() {
+            tokio::spawn(async move {
+                let mut told = false;
+                while let Some(name) = signals.recv().await {
+                    let halt = if told { net::halt::Halt::Gone } else { net::halt::Halt::Signal(name) };
+                    tx.send_replace(Some(halt));
+                    told = true;
+                }
+            });
+        }
+        openboxd::handle(&d, call, input, terminal, output, halts).await
     });
     // Exit without waiting for a blocked read of stdin (the runtime would wait for it).
     std::process::exit(i32::from(code));

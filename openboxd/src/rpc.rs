@@ -21,6 +21,8 @@ use tokio::net::UnixListener;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
 
+use net::halt::{Halt, HaltSender, Halts};
+
 use crate::io::{CallInput, CallOutput, FrameSink, fd_input};
 use crate::terminal::Terminal;
 use crate::{Daemon, handle};
@@ -148,6 +150,9 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
     });
     // Flips to true when the client goes away: running commands are then stopped.
     let (gone_tx, gone) = watch::channel(false);
+    // Each running call's halts, by request id: a `signal` notification names one, and
+    // the client going away stops them all.
+    let mut halt_senders: HashMap<String, HaltSender> = HashMap::new();
     let mut reader = Reader { half: read, buf: Vec::new(), fds: VecDeque::new(), eof: false, broke: None };
     let mut greeted = false;
     let mut stdin_routes: HashMap<String, mpsc::Sender<Vec<u8>>> = HashMap::new();
@@ -229,10 +234,11 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     },
                     false => None,
                 };
-                let (d, lines, gone) = (d.clone(), lines.clone(), gone.clone());
+                let halts = halts_for(&mut halt_senders, &id);
+                let (d, lines) = (d.clone(), lines.clone());
                 tokio::spawn(async move {
                     let (input, output) = (fd_input(stdin), CallOutput::fds(stdout, stderr));
-                    let exit_code = handle(&d, params.call, input, terminal, output, went_away(gone)).await;
+                    let exit_code = handle(&d, params.call, input, terminal, output, halts).await;
                     let _ = lines.send(line(&Response::ok(id, to_value(&CliResult { exit_code })))).await;
                 });
             }
@@ -275,15 +281,22 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     }
                 };
                 let run = params.run;
-                let (d, lines, gone) = (d.clone(), lines.clone(), gone.clone());
+                let halts = halts_for(&mut halt_senders, &id);
+                let (d, lines) = (d.clone(), lines.clone());
                 tokio::spawn(async move {
                     let mut output = output;
-                    let outcome =
-                        crate::run::run(&d, run, input, terminal.as_ref(), &mut output, went_away(gone)).await;
+                    let outcome = crate::run::run(&d, run, input, terminal.as_ref(), &mut output, halts).await;
                     let exit_code = crate::io::conclude(output, outcome.exit_code).await;
                     let result = RunResult { exit_code, signal: outcome.signal, truncated: outcome.truncated };
                     let _ = lines.send(line(&Response::ok(id, to_value(&result)))).await;
                 });
+            }
+            method::SIGNAL => {
+                let Ok(params) = serde_json::from_value::<rpc::CallSignal>(req.params) else { continue };
+                let Some(name) = rpc::CALL_SIGNALS.iter().find(|s| **s == params.signal) else { continue };
+                if let Some(tx) = halt_senders.get(&params.id.to_string()) {
+                    tx.send_replace(Some(Halt::Signal(name)));
+                }
             }
             method::STDIN => {
                 let Ok(params) = serde_json::from_value::<rpc::Stdin>(req.params) else { continue };
@@ -338,6 +351,9 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
         let _ = lines.send(line(&Response::err(Value::Null, code::INVALID_REQUEST, format!("refused: {why}")))).await;
     }
     let _ = gone_tx.send(true);
+    for tx in halt_senders.values() {
+        tx.send_replace(Some(Halt::Gone));
+    }
     drop(lines);
     let _ = writer.await;
 }
@@ -391,6 +407,15 @@ fn take_three(fds: &mut VecDeque<OwnedFd>) -> Option<(OwnedFd, OwnedFd, OwnedFd)
         return None;
     }
     Some((fds.pop_front()?, fds.pop_front()?, fds.pop_front()?))
+}
+
+/// The halts of a new call `id`, its sender kept for `signal` notifications (and the
+/// client going away). Senders of calls that have ended are dropped as new ones come.
+fn halts_for(senders: &mut HashMap<String, HaltSender>, id: &Value) -> Halts {
+    senders.retain(|_, tx| tx.receiver_count() > 0);
+    let (tx, halts) = Halts::channel();
+    senders.insert(id.to_string(), tx);
+    halts
 }
 
 async fn went_away(mut gone: watch::Receiver<bool>) {

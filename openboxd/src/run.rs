@@ -2,7 +2,9 @@
 //! cold), then the command runs on a channel of its own with the call's streams.
 
 use std::future::Future;
+use std::time::Duration;
 
+use net::halt::{Halt, Halts, Stops as _};
 use net::ssh::{ExitStatus, PtySpec, SshError, Started};
 use proto::api::{Node, Target};
 use proto::request::RunRequest;
@@ -44,17 +46,49 @@ enum RunError {
     Ssh(#[from] SshError),
 }
 
+/// The exit code of a call whose deadline passed, as `timeout(1)` gives.
+pub const TIMED_OUT: u8 = 124;
+
+/// How long after a call's deadline openboxd stops it itself: a node that answers has
+/// stopped the command by then (it is told the same deadline) and said how; one that
+/// does not answer holds the call no longer than this past it.
+const DEADLINE_GRACE: Duration = Duration::from_millis(500);
+
+/// The call's deadline (`--timeout`) as openboxd holds it: from now, with the grace.
+pub fn deadline(timeout_secs: Option<u64>) -> Option<tokio::time::Instant> {
+    timeout_secs.map(|t| tokio::time::Instant::now() + Duration::from_secs(t) + DEADLINE_GRACE)
+}
+
+/// `OPENBOX_TIMEOUT` for the agent: what is left of the deadline, to the millisecond.
+pub fn agent_timeout(deadline: Option<tokio::time::Instant>) -> Option<String> {
+    let left = deadline?.saturating_duration_since(tokio::time::Instant::now()).saturating_sub(DEADLINE_GRACE);
+    Some(proto::exec::timeout_value(left))
+}
+
+/// How a halt that ended the wait for a node shows as an error.
+pub(crate) fn halt_error(halt: Halt) -> SshError {
+    match halt {
+        Halt::Gone => SshError::Cancelled,
+        Halt::Deadline => SshError::TimedOut,
+        Halt::Signal(name) => SshError::Interrupted(name),
+    }
+}
+
 /// Runs `req` (in a pseudo-terminal, with `terminal` the caller's, when it asks for
-/// one); failures are reported on the call's stderr as one line and exit 255.
+/// one); failures are reported on the call's stderr as one line and exit 255. `halts`
+/// stop it early (the caller gone or signalled); its `--timeout` is a deadline for the
+/// whole call, connecting included, held here whatever state the node is in.
 pub async fn run(
     d: &Daemon,
     req: RunRequest,
     input: CallInput,
     terminal: Option<&Terminal>,
     output: &mut CallOutput,
-    cancel: impl Future<Output = ()>,
+    halts: Halts,
 ) -> Outcome {
-    match run_inner(d, req, input, terminal, output, cancel).await {
+    let timeout_secs = req.timeout_secs;
+    let mut halts = halts.with_deadline(deadline(timeout_secs));
+    match run_inner(d, req, input, terminal, output, &mut halts).await {
         Ok((status, node_name, truncated)) => {
             let signal = match &status {
                 ExitStatus::Signal { name, .. } => {
@@ -71,6 +105,15 @@ pub async fn run(
         Err(RunError::Ssh(SshError::Cancelled)) => {
             output.abandon();
             Outcome { exit_code: FAILED, signal: None, truncated: Truncated::default() }
+        }
+        Err(RunError::Ssh(SshError::TimedOut)) => {
+            output.eprint(&format!("openbox: timed out after {}s\n", timeout_secs.unwrap_or_default())).await;
+            Outcome { exit_code: TIMED_OUT, signal: None, truncated: Truncated::default() }
+        }
+        // The caller was signalled and the command did not end within a moment of it: it
+        // was stopped, and the call ends as if the signal had killed it.
+        Err(RunError::Ssh(SshError::Interrupted(name))) => {
+            Outcome { exit_code: proto::exec::signal_exit_code(name), signal: None, truncated: Truncated::default() }
         }
         // An output failure is told by `conclude`.
         Err(RunError::Ssh(SshError::Output(_))) => {
@@ -103,7 +146,7 @@ async fn run_inner(
     input: CallInput,
     terminal: Option<&Terminal>,
     output: &mut CallOutput,
-    cancel: impl Future<Output = ()>,
+    halts: &mut Halts,
 ) -> Result<(ExitStatus, String, Truncated), RunError> {
     // A terminal runs the login shell when no command is given; forwards alone are held.
     if req.command.is_empty() && req.tty.is_none() && req.forwards.is_empty() {
@@ -125,18 +168,26 @@ async fn run_inner(
         None
     } else {
         let want = Want { target: &req.target, session: None, isolation: &req.isolation };
-        let (node, conn) = with_progress(d, output, connect(d, &acct, want)).await.map_err(StartError::from)?;
-        let (forwards, said, mut notices) = crate::forward::Forwards::start(conn, &node.name, &req.forwards).await?;
+        let (node, conn) = tokio::select! {
+            connected = with_progress(d, output, connect(d, &acct, want)) => connected.map_err(StartError::from)?,
+            halt = halts.next() => return Err(RunError::Ssh(halt_error(halt))),
+        };
+        let (forwards, said, mut notices) = tokio::select! {
+            started = crate::forward::Forwards::start(conn, &node.name, &req.forwards) => started?,
+            halt = halts.next() => return Err(RunError::Ssh(halt_error(halt))),
+        };
         if command.is_none() && pty.is_none() {
-            // Nothing to run: hold the forwards until the caller goes away.
+            // Nothing to run: hold the forwards until the caller goes away or is stopped.
             for line in said {
                 output.eprint(&format!("openbox: forwarding {line}\n")).await;
             }
             output.eprint("openbox: Ctrl-C to stop\n").await;
-            tokio::pin!(cancel);
             loop {
                 tokio::select! {
-                    () = &mut cancel => return Err(RunError::Ssh(SshError::Cancelled)),
+                    halt = halts.next() => {
+                        forwards.stop().await;
+                        return Err(RunError::Ssh(halt_error(halt)));
+                    }
                     Some(notice) = notices.recv() => output.eprint(&notice).await,
                 }
             }
@@ -149,11 +200,19 @@ async fn run_inner(
         Some(forwards)
     };
     let want = Want { target: &target, session: req.session.as_deref(), isolation: &req.isolation };
-    let timeout = req.timeout_secs.map(|t| t.to_string());
-    let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
-
     let what = What { command: command.as_deref(), pty: pty.as_ref() };
-    let (node, mut started) = with_progress(d, output, start(d, &acct, want, what, &env)).await?;
+    // Connecting counts against the deadline too, and a caller that is gone or stopped
+    // meanwhile starts nothing.
+    let deadline = halts.deadline();
+    let starting = async {
+        let timeout = agent_timeout(deadline);
+        let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
+        start(d, &acct, want, what, &env).await
+    };
+    let (node, mut started) = tokio::select! {
+        started = with_progress(d, output, starting) => started?,
+        halt = halts.next() => return Err(RunError::Ssh(halt_error(halt))),
+    };
     // Raw from here until the guard drops, however the call ends.
     let _raw = match (&pty, terminal) {
         (Some(_), Some(t)) => {
@@ -165,7 +224,7 @@ async fn run_inner(
         _ => None,
     };
     let mut capped = Capped::new(output, req.max_output);
-    let status = started.finish(input, &mut capped, cancel).await;
+    let status = started.finish_until(input, &mut capped, halts).await;
     let truncated = capped.finish().await;
     if let Some(forwards) = forwards {
         forwards.stop().await;

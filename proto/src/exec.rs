@@ -1,8 +1,20 @@
 //! What travels on an SSH channel besides the bytes: the environment variables and
 //! subsystem names openbox uses, and the signal names both ends agree on.
 
-/// Set by the client on a channel: stop the command after this many seconds (exit 124).
+/// Set by the client on a channel: stop the command after this many seconds (exit 124);
+/// a decimal fraction is allowed (`2.5`).
 pub const TIMEOUT_ENV: &str = "OPENBOX_TIMEOUT";
+
+/// [`TIMEOUT_ENV`]'s value as a duration, when it is a positive number of seconds.
+pub fn parse_timeout(value: &str) -> Option<std::time::Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs.is_finite() && secs > 0.0 && secs < 1e9).then(|| std::time::Duration::from_secs_f64(secs))
+}
+
+/// [`TIMEOUT_ENV`]'s value for a duration: seconds, to the millisecond.
+pub fn timeout_value(left: std::time::Duration) -> String {
+    format!("{:.3}", left.as_secs_f64().max(0.001))
+}
 /// Set by the agent for every command: the openbox user it runs for.
 pub const USER_ENV: &str = "OPENBOX_USER";
 /// Set by the agent for every command: the id of the node it runs on.
@@ -60,6 +72,18 @@ pub fn signal_exit_code(name: &str) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_travels_to_the_millisecond() {
+        use std::time::Duration;
+        assert_eq!(timeout_value(Duration::from_millis(2500)), "2.500");
+        assert_eq!(parse_timeout("2.500"), Some(Duration::from_millis(2500)));
+        assert_eq!(parse_timeout("3"), Some(Duration::from_secs(3)));
+        assert_eq!(timeout_value(Duration::ZERO), "0.001", "never none at all");
+        for bad in ["0", "-1", "nan", "inf", "", "1e12", "soon"] {
+            assert_eq!(parse_timeout(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn names_and_numbers_map_both_ways() {

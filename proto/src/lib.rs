@@ -24,6 +24,9 @@ pub const MAN_PAGES_ARG: &str = "--man-pages";
 
 /// Exit code for openbox's own failures (as ssh uses 255), distinct from remote exit codes.
 pub const EXIT_OPENBOX_FAILURE: u8 = 255;
+/// Exit code of a session call whose shell had ended (the agent restarted, the shell
+/// exited or was reaped): nothing ran, and the next call starts a new shell.
+pub const EXIT_SESSION_LOST: u8 = 254;
 
 /// Input that does not parse, by what it was meant to be; the message says why in words a
 /// user can act on.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::request::{Call, RunRequest};
 
 /// Bumped whenever a method, parameter or notification changes incompatibly.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// The methods and notifications, by the names they travel under.
 pub mod method {
@@ -20,6 +20,9 @@ pub mod method {
     pub const RUN: &str = "run";
     /// Notification to the daemon: bytes for a running command's stdin.
     pub const STDIN: &str = "stdin";
+    /// Notification to the daemon: the caller of a running call was signalled
+    /// ([`super::CallSignal`]); the signal goes to its command.
+    pub const SIGNAL: &str = "signal";
     /// Notification from the daemon: bytes of a running command's stdout or stderr.
     pub const OUTPUT: &str = "output";
     pub const NODES: &str = "nodes";
@@ -199,6 +202,18 @@ pub struct Stdin {
     #[serde(default)]
     pub eof: bool,
 }
+
+/// `signal` notification from the client: the call `id` (a `cli` or `run` request) should
+/// have its command sent `signal` (`INT`, `TERM` or `HUP`); the call then ends as the
+/// command does, or is stopped after a moment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CallSignal {
+    pub id: Value,
+    pub signal: String,
+}
+
+/// The signals a caller may pass on to its call.
+pub const CALL_SIGNALS: [&str; 3] = ["INT", "TERM", "HUP"];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunResult {

@@ -259,6 +259,30 @@ pub fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = (
     })
 }
 
+/// The signals a one-shot caller passes on to its call (SIGINT, SIGTERM, SIGHUP), by
+/// their SSH names, as they come; handlers installed as [`shutdown_signals`] does.
+pub fn call_signals() -> std::io::Result<tokio::sync::mpsc::UnboundedReceiver<&'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for (kind, sig, name) in [
+        (SignalKind::interrupt(), libc::SIGINT, "INT"),
+        (SignalKind::terminate(), libc::SIGTERM, "TERM"),
+        (SignalKind::hangup(), libc::SIGHUP, "HUP"),
+    ] {
+        let mut stream = signal(kind)?;
+        on_alternate_stack(sig)?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(name).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
 /// Adds `SA_ONSTACK` to the handler installed for `sig`.
 fn on_alternate_stack(sig: c_int) -> std::io::Result<()> {
     // SAFETY: sigaction with a zeroed struct to read into, then the same handler, mask

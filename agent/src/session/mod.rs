@@ -35,6 +35,33 @@ enum Ended {
     Exited(i32),
     Reaped(Duration),
     Removed,
+    /// It did not answer after a command was stopped, and was ended.
+    Unresponsive,
+    /// The agent stopped (or died) while the shell lived.
+    AgentRestarted,
+}
+
+impl Ended {
+    /// What the next caller is told; `None` when a new shell is what the caller asked for
+    /// (the session was removed).
+    fn told(&self) -> Option<String> {
+        Some(match self {
+            Ended::Exited(code) => format!("its shell exited (status {code})"),
+            Ended::Reaped(after) => format!("its shell was ended after {}s idle", after.as_secs()),
+            Ended::Unresponsive => "its shell did not answer after a command was stopped, and was ended".to_owned(),
+            Ended::AgentRestarted => "its shell ended when the node's agent stopped".to_owned(),
+            Ended::Removed => return None,
+        })
+    }
+}
+
+/// One session as the agent keeps it on disk, so that after a restart its next use is
+/// told its shell is gone rather than finding a new one unawares.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    user: String,
+    id: String,
+    owner: Option<String>,
 }
 
 #[derive(Default)]
@@ -99,6 +126,10 @@ pub struct Sessions {
     idle_limit: Duration,
     /// Sessions with a shell one user may have at once.
     max_per_user: usize,
+    /// Where the live sessions are written down (`sessions.json` in the agent's dir).
+    store: Option<std::path::PathBuf>,
+    /// What is written there: each live session's owner.
+    live: Mutex<HashMap<Key, Option<String>>>,
 }
 
 /// How long a session whose shell is gone is remembered, so that its next use can say
@@ -106,13 +137,41 @@ pub struct Sessions {
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl Sessions {
-    pub fn new(idle_limit: Duration, max_per_user: usize) -> Arc<Sessions> {
+    /// The sessions of this node; `store` is where live ones are written down. Those an
+    /// earlier run left there lost their shells with it: their next use is told so.
+    pub fn new(idle_limit: Duration, max_per_user: usize, store: Option<std::path::PathBuf>) -> Arc<Sessions> {
+        let earlier: Vec<Remembered> = store
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|text| serde_json::from_slice(&text).ok())
+            .unwrap_or_default();
+        // The directory hears at the first heartbeat that their shells are gone.
+        let reports: Vec<SessionReport> = earlier
+            .iter()
+            .map(|r| SessionReport { user: r.user.clone(), id: r.id.clone(), state: "exited".into(), last_used: 0 })
+            .collect();
+        let live: HashMap<Key, Option<String>> =
+            earlier.iter().map(|r| ((r.user.clone(), r.id.clone()), r.owner.clone())).collect();
+        let slots: HashMap<Key, Arc<tokio::sync::Mutex<Slot>>> = earlier
+            .into_iter()
+            .map(|r| {
+                let slot = Slot {
+                    owner: r.owner,
+                    ended: Some(Ended::AgentRestarted),
+                    idle_since: Some(Instant::now()),
+                    ..Slot::default()
+                };
+                ((r.user, r.id), Arc::new(tokio::sync::Mutex::new(slot)))
+            })
+            .collect();
         Arc::new(Sessions {
-            slots: Mutex::default(),
-            ended_reports: Mutex::default(),
+            slots: Mutex::new(slots),
+            ended_reports: Mutex::new(reports),
             ended: tokio::sync::Notify::new(),
             idle_limit,
             max_per_user,
+            store,
+            live: Mutex::new(live),
         })
     }
 
@@ -134,7 +193,27 @@ impl Sessions {
         self.slots.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
     }
 
+    /// Writes down which sessions have a shell (or lost one in a restart and have not
+    /// been told yet): `owner` for `key` now, or `None` to forget it.
+    fn remember(&self, key: &Key, owner: Option<Option<String>>) {
+        let Some(file) = &self.store else { return };
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        match owner {
+            Some(owner) => live.insert(key.clone(), owner),
+            None => live.remove(key),
+        };
+        let list: Vec<Remembered> = live
+            .iter()
+            .map(|((user, id), owner)| Remembered { user: user.clone(), id: id.clone(), owner: owner.clone() })
+            .collect();
+        let text = serde_json::to_vec(&list).expect("serializable");
+        if let Err(e) = paths::write_private(file, &text) {
+            tracing::warn!(path = %file.display(), error = %e, "could not write down the live sessions");
+        }
+    }
+
     fn report_end(&self, key: &Key, state: &str, slot: &Slot) {
+        self.remember(key, None);
         self.ended_reports.lock().unwrap_or_else(|e| e.into_inner()).push(SessionReport {
             user: key.0.clone(),
             id: key.1.clone(),
@@ -292,7 +371,11 @@ impl Sessions {
             Framed::Done(code) => Outcome::Code(code),
             Framed::TimedOut(after) => {
                 out.stderr(
-                    format!("openbox: timed out after {}s; the session is still there\n", after.as_secs()).as_bytes(),
+                    format!(
+                        "openbox: timed out after {}s; the session is still there\n",
+                        after.as_secs_f64().round() as u64
+                    )
+                    .as_bytes(),
                 )
                 .await;
                 Outcome::Code(124)
@@ -333,7 +416,7 @@ impl Sessions {
                     .as_bytes(),
                 )
                 .await;
-                s.ended = Some(Ended::Exited(255));
+                s.ended = Some(Ended::Unresponsive);
                 self.report_end(&key, "exited", &s);
                 Outcome::Code(if timed_out.is_some() { 124 } else { 255 })
             }
@@ -463,6 +546,19 @@ impl Sessions {
             }
             s.ended = None;
         }
+        // A shell that ended unasked: this call is told so and runs nothing; the next one
+        // starts a new shell. Nobody works on in the wrong directory unawares.
+        if s.shell.is_none()
+            && let Some(told) = s.ended.take().as_ref().and_then(Ended::told)
+        {
+            self.remember(key, None);
+            let why = format!(
+                "session {id}: {told}, and its directory and variables with it; nothing was run. Run again to start \
+                 a new shell, or end the session with `openbox session rm {id}`"
+            );
+            out.refuse_with(&why, u32::from(proto::EXIT_SESSION_LOST)).await;
+            return false;
+        }
         if s.shell.is_some() && s.confined != sandbox.hold.confined {
             // Started while its user was an admin (or before he became one): the shell
             // holds what it held then.
@@ -482,14 +578,7 @@ impl Sessions {
             return false;
         }
         if s.shell.is_none() {
-            if let Some(why) = s.ended.take() {
-                let why = match why {
-                    Ended::Exited(code) => format!("its shell had exited (status {code})"),
-                    Ended::Reaped(after) => format!("it was reaped after {}s idle", after.as_secs()),
-                    Ended::Removed => "it had been removed".to_owned(),
-                };
-                out.stderr(format!("openbox: session {id}: {why}; started a new shell\n").as_bytes()).await;
-            }
+            s.ended = None;
             let live = self.live_shells(&key.0, key);
             if live >= self.max_per_user {
                 let why = format!(
@@ -506,6 +595,7 @@ impl Sessions {
                     s.isolation = isolation.clone();
                     s.confined = sandbox.hold.confined;
                     s.created = proto::time::now();
+                    self.remember(key, Some(s.owner.clone()));
                 }
                 Err(e) => {
                     out.refuse(&format!("cannot start a shell for session {id}: {e}; nothing was run")).await;
