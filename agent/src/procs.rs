@@ -22,9 +22,13 @@ impl Proc {
         Some(Proc { pid, started: start_time(&stat)? })
     }
 
-    /// Whether the process still runs (and is this one, not a later one with its pid).
+    /// Whether the process still runs (and is this one, not a later one with its pid). A
+    /// zombie has ended: it only waits for a parent that may never come (the parent of a
+    /// shell that outlived its agent is whatever adopted it).
     pub fn is_running(&self) -> bool {
-        Proc::now(self.pid) == Some(*self)
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        start_time(&stat) == Some(self.started) && !matches!(state, Some("Z" | "X"))
     }
 
     /// Opens this process's root directory (`O_PATH`), making sure it is this process's:

@@ -212,6 +212,52 @@ fn a_node_with_a_direct_address_is_not_kept_waiting_for_a_tailnet_still_joining(
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "it waited {:?}", started.elapsed());
 }
 
+/// A laptop away from the node's LAN: the node's direct address refuses, its tailnet
+/// address answers once this openboxd has joined.
+#[test]
+fn a_node_whose_direct_address_refuses_is_reached_over_the_tailnet_and_that_way_is_remembered() {
+    let hs = Headscale::start();
+    let key = hs.auth_key("fleet");
+    let cp = ControlPlane::start();
+    let admin = meshed_admin(&cp, &hs, &key);
+    let closed = format!("127.0.0.1:{}", openbox_e2e::free_port());
+    let token = admin.enroll_token(&["both"]);
+    let agent = Agent::enroll_env(
+        &cp,
+        &token,
+        &["--mesh-control", &hs.url, "--addr", "127.0.0.1:0", "--advertise", &closed],
+        &[("OPENBOX_MESH_AUTHKEY", &key), MESH_TEST_ENV],
+    );
+    let node = admin.node(&agent.node_id).expect("listed");
+    assert_eq!(node["addr"], closed.as_str(), "{node}");
+    assert!(node["mesh_addr"].as_str().is_some_and(|a| a.starts_with("100.64.")), "{node}");
+
+    // A laptop whose openboxd is still joining (its coordination server is not answering
+    // yet) tries the direct address first; refused, it waits for the tailnet instead.
+    let token = admin.run(&["user", "add", "away", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    admin.run(&["user", "grant", "away", "--node", &agent.name]).ok();
+    hs.pause();
+    let laptop = Cli::with_env(&[("OPENBOX_MESH_CONTROL", &hs.url), ("OPENBOX_MESH_AUTHKEY", &key), MESH_TEST_ENV])
+        .log_in(&cp, &token);
+    let daemon_log = laptop.home.path().join("logs/openboxd.log");
+    let call = std::thread::scope(|s| {
+        let call = s.spawn(|| laptop.run(&["-t", "both", "--timeout", "60s", "echo", "carried"]));
+        wait_until("the direct address to be refused", || {
+            std::fs::read_to_string(&daemon_log).is_ok_and(|l| l.contains("not reached this way; trying the other"))
+        });
+        hs.resume();
+        call.join().unwrap()
+    });
+    assert_eq!(call.ok().stdout, "carried\n");
+    let log = std::fs::read_to_string(&daemon_log).unwrap();
+    assert!(log.contains("reached over another way than the first tried"), "{log}");
+
+    // The next call goes over the tailnet first: nothing is refused on the way.
+    assert_eq!(laptop.run(&["-t", "both", "echo", "again"]).ok().stdout, "again\n");
+    let log = std::fs::read_to_string(&daemon_log).unwrap();
+    assert_eq!(log.matches("not reached this way").count(), 1, "{log}");
+}
+
 #[test]
 fn a_control_plane_holding_the_tailnet_puts_nodes_and_laptops_on_it_with_no_settings_of_their_own() {
     let hs = Headscale::start();

@@ -132,19 +132,24 @@ fn a_caller_that_goes_away_takes_its_container_with_it() {
 }
 
 #[test]
-fn an_agent_that_stops_or_crashes_leaves_no_containers() {
+fn an_agent_that_stops_ends_its_containers_and_one_that_dies_takes_them_up_again() {
     let mut f = fleet(&[]);
     f.run(&["-s", "a"], "true").ok();
     assert_eq!(containers(&f), 1);
     f.agent.stop();
     assert_eq!(containers(&f), 0, "a stopped agent ends its sessions' containers");
 
-    // Killed outright, the session's shell reads the end of its input and exits.
+    // Killed outright, the session's container lives on, and the next start takes it up
+    // with its shell's directory and variables.
     f.agent.restart();
-    f.run(&["-s", "b"], "true").ok();
+    f.run(&["-s", "b"], "cd /tmp && export V=7").ok();
     assert_eq!(containers(&f), 1);
     f.agent.kill();
-    wait_until("the orphaned container to end", || containers(&f) == 0);
+    f.agent.restart();
+    assert_eq!(f.run(&["-s", "b"], "echo $V $PWD").ok().stdout, "7 /tmp\n");
+    assert_eq!(containers(&f), 1, "the same container");
+    f.agent.stop();
+    assert_eq!(containers(&f), 0);
 }
 
 #[test]

@@ -202,17 +202,61 @@ fn a_sessions_commands_read_the_callers_stdin_and_only_their_own() {
 
 /// The agent stops — killed, or restarted for an upgrade — while a session's shell holds a
 /// directory and variables: its next use must not run in a new shell unawares.
+/// Whether process `pid` runs (a zombie has ended).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z")))
+}
+
 #[test]
-fn a_session_whose_agent_restarted_says_its_shell_is_gone_before_anything_runs() {
+fn a_sessions_shell_outlives_its_agent_dying_and_is_taken_up_with_its_directory_and_variables() {
     let (_cp, cli, mut agent) = fleet(&[]);
-    for (how, restart) in [("killed", true), ("stopped", false)] {
-        let sid = format!("keep-{how}");
+    let s = ["-t", "t", "-s", "keep"];
+    let shell = cli.run(&[&s[..], &["cd /tmp && export V=42 && echo $$"]].concat()).ok().stdout;
+    agent.kill();
+    agent.restart();
+    let kept = cli.run(&[&s[..], &["echo V=$V PWD=$PWD $$"]].concat()).ok();
+    assert_eq!(kept.stdout, format!("V=42 PWD=/tmp {shell}"), "the same shell, as it was");
+    assert!(agent.log().contains("took up a session's shell left by an earlier run"), "{}", agent.log());
+
+    // Killed in the middle of a command: the call ends (the node is gone), the agent's
+    // next start stops what that command left, and the shell serves on.
+    let marker = format!("/tmp/obx-orphan-{}", std::process::id());
+    let mut call = cli
+        .cmd()
+        .args([&s[..], &[&format!("sleep 300 & echo $! > {marker}; wait")]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the command to start", || std::fs::read_to_string(&marker).is_ok_and(|p| p.ends_with('\n')));
+    let sleeper = std::fs::read_to_string(&marker).unwrap().trim().to_owned();
+    agent.kill();
+    let ended = call.wait().unwrap();
+    assert_eq!(ended.code(), Some(255), "the call ends when its node is gone");
+    agent.restart();
+    wait_until("the earlier command to be stopped", || !running(&sleeper));
+    let after = cli.run(&[&s[..], &["echo V=$V PWD=$PWD"]].concat()).ok();
+    assert_eq!(after.stdout, "V=42 PWD=/tmp\n");
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn a_session_whose_shell_did_not_outlive_its_agent_says_so_before_anything_runs() {
+    let (_cp, cli, mut agent) = fleet(&[]);
+    // A graceful stop ends the shells; a kill leaves them, and here the shell is killed too.
+    for how in ["stopped", "killed with its shell"] {
+        let sid = format!("keep-{}", how.len());
         let s = ["-t", "t", "-s", sid.as_str()];
-        cli.run(&[&s[..], &["cd /tmp && export V=42"]].concat()).ok();
-        if restart {
-            agent.kill();
-        } else {
+        let shell = cli.run(&[&s[..], &["cd /tmp && export V=42 && echo $$"]].concat()).ok().stdout;
+        if how == "stopped" {
             agent.stop();
+        } else {
+            agent.kill();
+            let pid = shell.trim().parse::<i32>().unwrap();
+            rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL)
+                .unwrap();
+            wait_until("the shell to end", || !running(shell.trim()));
         }
         agent.restart();
         let told = cli.run(&[&s[..], &["echo V=$V PWD=$PWD"]].concat());

@@ -325,13 +325,17 @@ pub struct Connection {
 /// [`connect_timeout`]: a node that accepts the connection but never speaks (frozen) is
 /// given up on.
 pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
-    let limit = connect_timeout();
+    dial_within(target, connect_timeout()).await
+}
+
+/// As [`dial`], giving up after `limit` (shorter when there is another way to try).
+pub async fn dial_within(target: &NodeTarget, limit: Duration) -> Result<Connection, SshError> {
     match tokio::time::timeout(limit, dial_now(target)).await {
         Ok(dialled) => dialled,
         Err(_) => Err(SshError::Unreachable {
             node: target.node_id.clone(),
             addr: target.addr.clone(),
-            why: format!("no answer within {}s (OPENBOX_CONNECT_TIMEOUT)", limit.as_secs()),
+            why: format!("no answer within {}s", limit.as_secs_f64().round() as u64),
         }),
     }
 }

@@ -114,22 +114,75 @@ async fn dispatch(acct: &Account, target: &Target, want: Want<'_>) -> Result<(No
     Ok((d.node, trust::parse_certificate(&d.cert).map_err(|e| bad(&e))?))
 }
 
-/// The one place openboxd dials a node: over the tailnet when both are on it, else at the
-/// node's direct address.
-async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Result<Connection, ConnectError> {
-    let (via, addr) = match (&node.mesh_addr, &d.mesh) {
-        // A node with a direct address is not kept waiting for a tailnet still joining.
-        (Some(_), Some(mesh)) if mesh.joining() && !node.addr.is_empty() => (Transport::Tcp, node.addr.clone()),
-        (Some(mesh_addr), Some(mesh)) => match mesh.node().await {
-            Ok(tailnet) => (Transport::Tailnet(tailnet), mesh_addr.clone()),
-            Err(_) if !node.addr.is_empty() => (Transport::Tcp, node.addr.clone()),
-            Err(why) => return Err(ConnectError::Mesh { node: node.name.clone(), why }),
-        },
-        (Some(_), None) if node.addr.is_empty() => return Err(ConnectError::TailnetOnly(node.name.clone())),
-        _ => (Transport::Tcp, node.addr.clone()),
+/// A way to a node: its direct address, or its address on the tailnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    Direct,
+    Tailnet,
+}
+
+/// How long a first way may take to answer when there is another to try.
+const FIRST_WAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The ways to `node` in the order to try them: the one that worked last first; else the
+/// tailnet when this openboxd is on it, and the direct address first while it is still
+/// joining (a node with one is not kept waiting for the join).
+fn ways(d: &Daemon, node: &Node) -> Vec<Way> {
+    let direct = !node.addr.is_empty();
+    let tailnet = node.mesh_addr.is_some() && d.mesh.is_some();
+    let mut ways = match (direct, tailnet) {
+        (true, true) if d.mesh.as_ref().is_some_and(|m| m.joining()) => vec![Way::Direct, Way::Tailnet],
+        (true, true) => vec![Way::Tailnet, Way::Direct],
+        (true, false) => vec![Way::Direct],
+        (false, true) => vec![Way::Tailnet],
+        (false, false) => Vec::new(),
     };
-    let target = NodeTarget { node_id: node.id.clone(), addr, via, ca: acct.login.ca.clone() };
-    let mut conn = net::ssh::dial(&target).await?;
-    conn.authenticate(&acct.login.user, acct.key.clone(), cert).await?;
-    Ok(conn)
+    if let Some(worked) = d.way_that_worked(&node.id)
+        && let Some(i) = ways.iter().position(|w| *w == worked)
+    {
+        ways[..=i].rotate_right(1);
+    }
+    ways
+}
+
+/// The one place openboxd dials a node. When a way does not connect (refused,
+/// unreachable, no answer within moments) the other is tried; the one that worked is
+/// remembered for the node and tried first next time.
+async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Result<Connection, ConnectError> {
+    let ways = ways(d, node);
+    if ways.is_empty() {
+        return Err(ConnectError::TailnetOnly(node.name.clone()));
+    }
+    let mut failed = None;
+    for (i, way) in ways.iter().enumerate() {
+        let more = i + 1 < ways.len();
+        let (via, addr) = match way {
+            Way::Direct => (Transport::Tcp, node.addr.clone()),
+            Way::Tailnet => match d.mesh.as_ref().expect("a tailnet way needs one").node().await {
+                Ok(tailnet) => (Transport::Tailnet(tailnet), node.mesh_addr.clone().unwrap_or_default()),
+                Err(why) => {
+                    failed = Some(ConnectError::Mesh { node: node.name.clone(), why });
+                    continue;
+                }
+            },
+        };
+        let target = NodeTarget { node_id: node.id.clone(), addr, via, ca: acct.login.ca.clone() };
+        let limit = if more { FIRST_WAY_TIMEOUT.min(net::ssh::connect_timeout()) } else { net::ssh::connect_timeout() };
+        match net::ssh::dial_within(&target, limit).await {
+            Ok(mut conn) => {
+                conn.authenticate(&acct.login.user, acct.key.clone(), cert).await?;
+                if i > 0 {
+                    tracing::info!(node = %node.id, ?way, "reached over another way than the first tried");
+                }
+                d.remember_way(&node.id, *way);
+                return Ok(conn);
+            }
+            Err(e @ SshError::Unreachable { .. }) if more => {
+                tracing::info!(node = %node.id, ?way, error = %e, "not reached this way; trying the other");
+                failed = Some(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(failed.expect("a way was tried"))
 }

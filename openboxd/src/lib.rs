@@ -54,9 +54,19 @@ pub struct Daemon {
     calls: std::sync::atomic::AtomicUsize,
     /// The tailnet node, when this openboxd is on a tailnet.
     mesh: Option<Arc<mesh::Mesh>>,
+    /// The way that last reached each node (by id), tried first next time.
+    ways: std::sync::Mutex<std::collections::HashMap<String, connect::Way>>,
 }
 
 impl Daemon {
+    fn way_that_worked(&self, node_id: &str) -> Option<connect::Way> {
+        self.ways.lock().unwrap_or_else(|e| e.into_inner()).get(node_id).copied()
+    }
+
+    fn remember_way(&self, node_id: &str, way: connect::Way) {
+        self.ways.lock().unwrap_or_else(|e| e.into_inner()).insert(node_id.to_owned(), way);
+    }
+
     /// A daemon state, joining `mesh` if given; call from within a tokio runtime.
     pub fn new(follow_registry: bool, mesh: Option<WantedMesh>) -> Arc<Daemon> {
         let d = Arc::new(Daemon {
@@ -67,6 +77,7 @@ impl Daemon {
             shutdown: tokio::sync::Notify::new(),
             calls: Default::default(),
             mesh: mesh.map(|m| mesh::Mesh::start(&tokio::runtime::Handle::current(), m)),
+            ways: Default::default(),
         });
         d.reload_login();
         d

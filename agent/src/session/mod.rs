@@ -15,6 +15,7 @@ mod shell;
 mod stdin;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,8 @@ type Key = (String, String);
 /// Why a session's previous shell is gone; told to the next caller.
 #[derive(Clone, Debug)]
 enum Ended {
-    Exited(i32),
+    /// With its status, when it is known.
+    Exited(Option<i32>),
     Reaped(Duration),
     Removed,
     /// It did not answer after a command was stopped, and was ended.
@@ -46,7 +48,8 @@ impl Ended {
     /// (the session was removed).
     fn told(&self) -> Option<String> {
         Some(match self {
-            Ended::Exited(code) => format!("its shell exited (status {code})"),
+            Ended::Exited(Some(code)) => format!("its shell exited (status {code})"),
+            Ended::Exited(None) => "its shell exited".to_owned(),
             Ended::Reaped(after) => format!("its shell was ended after {}s idle", after.as_secs()),
             Ended::Unresponsive => "its shell did not answer after a command was stopped, and was ended".to_owned(),
             Ended::AgentRestarted => "its shell ended when the node's agent stopped".to_owned(),
@@ -55,13 +58,23 @@ impl Ended {
     }
 }
 
-/// One session as the agent keeps it on disk, so that after a restart its next use is
-/// told its shell is gone rather than finding a new one unawares.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// One session as the agent keeps it on disk, so that after a restart its shell is taken
+/// up again, or its next use is told it is gone rather than finding a new one unawares.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Remembered {
     user: String,
     id: String,
     owner: Option<String>,
+    /// The isolation its shell was signed for, as text.
+    #[serde(default)]
+    isolation: String,
+    #[serde(default)]
+    confined: bool,
+    #[serde(default)]
+    created: u64,
+    /// Its shell, when one on this host can be taken up.
+    #[serde(default)]
+    shell: Option<shell::Kept>,
 }
 
 #[derive(Default)]
@@ -127,9 +140,11 @@ pub struct Sessions {
     /// Sessions with a shell one user may have at once.
     max_per_user: usize,
     /// Where the live sessions are written down (`sessions.json` in the agent's dir).
-    store: Option<std::path::PathBuf>,
-    /// What is written there: each live session's owner.
-    live: Mutex<HashMap<Key, Option<String>>>,
+    store: PathBuf,
+    /// Where shells' named pipes are (`shells/` in the agent's dir).
+    shells: PathBuf,
+    /// What is written there.
+    live: Mutex<HashMap<Key, Remembered>>,
 }
 
 /// How long a session whose shell is gone is remembered, so that its next use can say
@@ -137,42 +152,78 @@ pub struct Sessions {
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 impl Sessions {
-    /// The sessions of this node; `store` is where live ones are written down. Those an
-    /// earlier run left there lost their shells with it: their next use is told so.
-    pub fn new(idle_limit: Duration, max_per_user: usize, store: Option<std::path::PathBuf>) -> Arc<Sessions> {
-        let earlier: Vec<Remembered> = store
-            .as_ref()
-            .and_then(|f| std::fs::read(f).ok())
-            .and_then(|text| serde_json::from_slice(&text).ok())
-            .unwrap_or_default();
-        // The directory hears at the first heartbeat that their shells are gone.
-        let reports: Vec<SessionReport> = earlier
-            .iter()
-            .map(|r| SessionReport { user: r.user.clone(), id: r.id.clone(), state: "exited".into(), last_used: 0 })
-            .collect();
-        let live: HashMap<Key, Option<String>> =
-            earlier.iter().map(|r| ((r.user.clone(), r.id.clone()), r.owner.clone())).collect();
-        let slots: HashMap<Key, Arc<tokio::sync::Mutex<Slot>>> = earlier
-            .into_iter()
-            .map(|r| {
-                let slot = Slot {
-                    owner: r.owner,
-                    ended: Some(Ended::AgentRestarted),
-                    idle_since: Some(Instant::now()),
-                    ..Slot::default()
-                };
-                ((r.user, r.id), Arc::new(tokio::sync::Mutex::new(slot)))
-            })
-            .collect();
-        Arc::new(Sessions {
+    /// The sessions of this node, written down in the agent's `dir`. Shells an earlier run
+    /// left alive (it died) are taken up again; the sessions whose shells went with it are
+    /// told so at their next use.
+    pub async fn new(idle_limit: Duration, max_per_user: usize, dir: &Path) -> Arc<Sessions> {
+        let store = dir.join("sessions.json");
+        let shells = dir.join("shells");
+        let earlier: Vec<Remembered> =
+            std::fs::read(&store).ok().and_then(|text| serde_json::from_slice(&text).ok()).unwrap_or_default();
+        let (mut slots, mut live, mut reports) = (HashMap::new(), HashMap::new(), Vec::new());
+        for r in earlier {
+            let key = (r.user.clone(), r.id.clone());
+            let kept = r.shell.as_ref().filter(|k| k.is_under(&shells));
+            let taken_up = match kept {
+                Some(kept) => shell::take_up(kept).await.map_err(|why| {
+                    tracing::info!(user = %r.user, session = %r.id, %why, "a session's shell could not be taken up");
+                }),
+                None => Err(()),
+            };
+            let isolation = r.isolation.parse::<Isolation>().unwrap_or_default();
+            let slot = match taken_up {
+                Ok(shell) => {
+                    tracing::info!(user = %r.user, session = %r.id, "took up a session's shell left by an earlier run");
+                    Slot {
+                        shell: Some(shell),
+                        owner: r.owner.clone(),
+                        isolation,
+                        confined: r.confined,
+                        created: r.created,
+                        last_used: proto::time::now(),
+                        idle_since: Some(Instant::now()),
+                        ..Slot::default()
+                    }
+                }
+                Err(()) => {
+                    // The directory hears at the first heartbeat that the shell is gone.
+                    reports.push(SessionReport {
+                        user: r.user.clone(),
+                        id: r.id.clone(),
+                        state: "exited".into(),
+                        last_used: 0,
+                    });
+                    Slot {
+                        owner: r.owner.clone(),
+                        ended: Some(Ended::AgentRestarted),
+                        idle_since: Some(Instant::now()),
+                        ..Slot::default()
+                    }
+                }
+            };
+            let remembered = Remembered { shell: slot.shell.as_ref().and_then(Shell::kept), ..r };
+            live.insert(key.clone(), remembered);
+            slots.insert(key, Arc::new(tokio::sync::Mutex::new(slot)));
+        }
+        // Pipes of shells that are gone, or never written down.
+        let in_use: Vec<PathBuf> = live.values().filter_map(|r| r.shell.as_ref().map(shell::Kept::dir)).collect();
+        for entry in std::fs::read_dir(&shells).into_iter().flatten().flatten() {
+            if !in_use.contains(&entry.path()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let sessions = Arc::new(Sessions {
             slots: Mutex::new(slots),
             ended_reports: Mutex::new(reports),
             ended: tokio::sync::Notify::new(),
             idle_limit,
             max_per_user,
             store,
+            shells,
             live: Mutex::new(live),
-        })
+        });
+        sessions.write_down();
+        sessions
     }
 
     /// How many sessions of `user` other than `except` have a shell (or are busy, which
@@ -194,21 +245,24 @@ impl Sessions {
     }
 
     /// Writes down which sessions have a shell (or lost one in a restart and have not
-    /// been told yet): `owner` for `key` now, or `None` to forget it.
-    fn remember(&self, key: &Key, owner: Option<Option<String>>) {
-        let Some(file) = &self.store else { return };
-        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        match owner {
-            Some(owner) => live.insert(key.clone(), owner),
-            None => live.remove(key),
-        };
-        let list: Vec<Remembered> = live
-            .iter()
-            .map(|((user, id), owner)| Remembered { user: user.clone(), id: id.clone(), owner: owner.clone() })
-            .collect();
+    /// been told yet): `what` for `key` now, or `None` to forget it.
+    fn remember(&self, key: &Key, what: Option<Remembered>) {
+        {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            match what {
+                Some(what) => live.insert(key.clone(), what),
+                None => live.remove(key),
+            };
+        }
+        self.write_down();
+    }
+
+    fn write_down(&self) {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let list: Vec<&Remembered> = live.values().collect();
         let text = serde_json::to_vec(&list).expect("serializable");
-        if let Err(e) = paths::write_private(file, &text) {
-            tracing::warn!(path = %file.display(), error = %e, "could not write down the live sessions");
+        if let Err(e) = paths::write_private(&self.store, &text) {
+            tracing::warn!(path = %self.store.display(), error = %e, "could not write down the live sessions");
         }
     }
 
@@ -392,19 +446,18 @@ impl Sessions {
                             format!("openbox: session {id}: the shell closed its output; it was ended\n").as_bytes(),
                         )
                         .await;
-                        255
+                        Some(255)
                     }
                 };
+                let status = code.map_or("status unknown".to_owned(), |c| format!("status {c}"));
                 out.stderr(
-                    format!(
-                        "openbox: session {id}: the shell exited (status {code}); the next command starts a new one\n"
-                    )
-                    .as_bytes(),
+                    format!("openbox: session {id}: the shell exited ({status}); the next command starts a new one\n")
+                        .as_bytes(),
                 )
                 .await;
                 s.ended = Some(Ended::Exited(code));
                 self.report_end(&key, "exited", &s);
-                Outcome::Code(code as u32)
+                Outcome::Code(code.unwrap_or(255) as u32)
             }
             Framed::Unresponsive(timed_out) => {
                 let mut shell = s.shell.take().expect("running");
@@ -588,14 +641,23 @@ impl Sessions {
                 out.refuse(&why).await;
                 return false;
             }
-            match spawn_shell(sandbox, runtimes, env, login, id).await {
+            match spawn_shell(sandbox, runtimes, env, login, id, &self.shells).await {
                 Ok(shell) => {
+                    let remembered = Remembered {
+                        user: key.0.clone(),
+                        id: key.1.clone(),
+                        owner: owner.map(str::to_owned),
+                        isolation: isolation.to_string(),
+                        confined: sandbox.hold.confined,
+                        created: proto::time::now(),
+                        shell: shell.kept(),
+                    };
                     s.shell = Some(shell);
-                    s.owner = owner.map(str::to_owned);
+                    s.owner = remembered.owner.clone();
                     s.isolation = isolation.clone();
-                    s.confined = sandbox.hold.confined;
-                    s.created = proto::time::now();
-                    self.remember(key, Some(s.owner.clone()));
+                    s.confined = remembered.confined;
+                    s.created = remembered.created;
+                    self.remember(key, Some(remembered));
                 }
                 Err(e) => {
                     out.refuse(&format!("cannot start a shell for session {id}: {e}; nothing was run")).await;

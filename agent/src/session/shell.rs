@@ -1,9 +1,16 @@
 //! A session's shell and what it runs in: a process here, an nspawn container whose pid 1
 //! it is, or a Docker container whose pid 1 it is. Starting it, stopping the command it
 //! runs (keeping the shell), passing signals on, and ending it.
+//!
+//! A shell on this host talks to the agent through named pipes of its own, so it can
+//! outlive an agent that dies (a crash, a kill, out of memory) and be taken up again by
+//! the agent's next start, its directory and variables intact ([`take_up`]).
 
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
+use std::time::Duration;
 
 use proto::Isolation;
 use rustix::process::{Pid, Signal, kill_process_group};
@@ -22,13 +29,55 @@ pub struct Shell {
     pub stdout: Pin<Box<dyn AsyncRead + Send>>,
     pub stderr: Pin<Box<dyn AsyncRead + Send>>,
     pub host: ShellHost,
+    /// The named pipes of a shell on this host (none for a Docker session's).
+    fifos: Option<Fifos>,
+}
+
+impl Shell {
+    /// What the agent's next start needs to take this shell up again, if it can be.
+    pub fn kept(&self) -> Option<Kept> {
+        match (&self.host, &self.fifos) {
+            (ShellHost::Process { process: Some(process), nspawn, root, .. }, Some(fifos)) => Some(Kept {
+                process: process.to_string(),
+                nspawn: *nspawn,
+                root: root.map(|r| r.to_string()),
+                dir: fifos.dir.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Kept {
+    /// Whether its pipes are where this agent keeps shells' pipes (anything else in the
+    /// file is not taken up, nor removed).
+    pub fn is_under(&self, shells: &Path) -> bool {
+        self.dir.parent() == Some(shells)
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+}
+
+/// A shell on this host as the agent writes it down, to take it up after a restart.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    /// The shell's process (systemd-nspawn's, for an nspawn session), as `PID:STARTED`.
+    process: String,
+    nspawn: bool,
+    /// The container's first process, for an nspawn session.
+    root: Option<String>,
+    /// Where its named pipes are.
+    dir: PathBuf,
 }
 
 /// What the shell runs in.
 pub enum ShellHost {
     /// A process here: the shell itself, or (`nspawn`) the container whose pid 1 it is;
-    /// `root` is the process whose root is the shell's filesystem.
-    Process { child: Child, pid: u32, nspawn: bool, root: Option<procs::Proc> },
+    /// `root` is the process whose root is the shell's filesystem. `child` is none for a
+    /// shell taken up after a restart: another process is its parent now.
+    Process { child: Option<Child>, pid: u32, process: Option<procs::Proc>, nspawn: bool, root: Option<procs::Proc> },
     /// A container on the Docker engine whose pid 1 is the shell.
     Container(SessionContainer),
 }
@@ -77,32 +126,52 @@ impl ShellHost {
     /// Ends the shell and whatever it runs in.
     pub async fn stop(&mut self) {
         match self {
-            ShellHost::Process { child, pid, nspawn, .. } => {
+            ShellHost::Process { child, pid, process, nspawn, .. } => {
+                if child.is_none() && !process.is_some_and(|p| p.is_running()) {
+                    return; // taken up, and gone since: its pid may be another's now
+                }
                 if *nspawn && let Some(init) = procs::container_init(*pid) {
                     procs::signal(init, Signal::KILL); // takes the whole container down
                 }
                 if let Some(p) = Pid::from_raw(*pid as i32) {
                     let _ = kill_process_group(p, Signal::KILL);
                 }
-                let _ = child.wait().await;
+                match child {
+                    Some(child) => drop(child.wait().await),
+                    None => gone(process.as_ref()).await,
+                }
             }
             ShellHost::Container(c) => c.stop().await,
         }
     }
 
-    /// The exit status of a shell that has ended; its container is removed.
-    pub async fn exit_code(&mut self) -> i32 {
+    /// The exit status of a shell that has ended (none when it cannot be known: a shell
+    /// taken up after a restart is not the agent's child); its container is removed.
+    pub async fn exit_code(&mut self) -> Option<i32> {
         match self {
-            ShellHost::Process { child, .. } => match child.wait().await {
-                Ok(st) => st.code().unwrap_or(255),
-                Err(_) => 255,
+            ShellHost::Process { child: Some(child), .. } => match child.wait().await {
+                Ok(st) => Some(st.code().unwrap_or(255)),
+                Err(_) => Some(255),
             },
+            ShellHost::Process { child: None, process, .. } => {
+                gone(process.as_ref()).await;
+                None
+            }
             ShellHost::Container(c) => {
                 let code = c.engine.exit_code(&c.id).await.unwrap_or(255);
                 c.stop().await;
-                code.clamp(0, 255) as i32
+                Some(code.clamp(0, 255) as i32)
             }
         }
+    }
+}
+
+/// Waits for a process that is not the agent's child to end (there is nothing to wait on
+/// but its /proc entry).
+async fn gone(process: Option<&procs::Proc>) {
+    let Some(process) = process else { return };
+    while process.is_running() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -113,13 +182,15 @@ pub fn interrupt(pid: u32) {
     procs::kill_descendants(pid);
 }
 
-/// Starts the session's shell under `isolation`.
+/// Starts the session's shell under `isolation`; a shell on this host gets its named pipes
+/// in a directory of its own under `shells`.
 pub async fn spawn_shell(
     sandbox: &Sandbox,
     runtimes: &Runtimes,
     env: &[(&str, &str)],
     login: Option<&Login>,
     id: &str,
+    shells: &Path,
 ) -> Result<Shell, RuntimeError> {
     let hold = sandbox.hold;
     let (mut cmd, nspawn) = match &sandbox.isolation {
@@ -134,22 +205,38 @@ pub async fn spawn_shell(
                 stdout: Box::pin(io.stdout),
                 stderr: Box::pin(io.stderr),
                 host: ShellHost::Container(container),
+                fifos: None,
             });
         }
     };
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
+    let fifos = Fifos::make(shells).map_err(RuntimeError::Spawn)?;
+    let [stdin, stdout, stderr] = fifos.shell_ends().map_err(RuntimeError::Spawn)?;
+    cmd.stdin(Stdio::from(stdin)).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+    cmd.process_group(0).kill_on_drop(true);
+    let child = cmd.spawn().map_err(RuntimeError::Spawn)?;
+    drop(cmd); // its copies of the shell's ends
     let pid = child.id().unwrap_or(0);
+    let (stdin, stdout, stderr) = fifos.agent_ends().map_err(RuntimeError::Spawn)?;
     let mut shell = Shell {
-        stdin: Box::pin(child.stdin.take().expect("piped")),
-        stdout: Box::pin(child.stdout.take().expect("piped")),
-        stderr: Box::pin(child.stderr.take().expect("piped")),
-        host: ShellHost::Process { pid, child, nspawn, root: if nspawn { None } else { procs::Proc::now(pid) } },
+        stdin: Box::pin(stdin),
+        stdout: Box::pin(stdout),
+        stderr: Box::pin(stderr),
+        host: ShellHost::Process {
+            pid,
+            child: Some(child),
+            process: procs::Proc::now(pid),
+            nspawn,
+            root: if nspawn { None } else { procs::Proc::now(pid) },
+        },
+        fifos: Some(fifos),
     };
     if nspawn {
         // The container's first process has its final root once its shell reads commands.
-        let root =
-            if shell_answers(&mut shell).await { procs::container_init(pid).and_then(procs::Proc::now) } else { None };
+        let root = if answers(&mut shell, Duration::from_secs(30)).await {
+            procs::container_init(pid).and_then(procs::Proc::now)
+        } else {
+            None
+        };
         if let ShellHost::Process { root: r, .. } = &mut shell.host {
             *r = root;
         }
@@ -157,27 +244,133 @@ pub async fn spawn_shell(
     Ok(shell)
 }
 
-/// Whether the shell answers a no-op: then it runs, in the root it will run commands in.
-async fn shell_answers(shell: &mut Shell) -> bool {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let marker = format!("OBX-ready-{}", trust::token::random_id());
-    if shell.stdin.write_all(format!("echo {marker}\n").as_bytes()).await.is_err() {
-        return false;
+/// Takes up a shell that an earlier run of the agent left (it died with the shell alive):
+/// stops whatever command that run left in it, and makes sure it answers, with nothing
+/// of the old command's output left in its pipes.
+pub async fn take_up(kept: &Kept) -> Result<Shell, String> {
+    let parse = |text: &str| text.parse::<procs::Proc>();
+    let process = parse(&kept.process)?;
+    let root = kept.root.as_deref().map(parse).transpose()?;
+    let fifos = Fifos { dir: kept.dir.clone() };
+    if !process.is_running() || root.is_some_and(|r| !r.is_running()) {
+        return Err("it had ended".into());
     }
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    let read = async {
-        loop {
-            match shell.stdout.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(k) => seen.extend_from_slice(&buf[..k]),
-            }
-            if seen.ends_with(format!("{marker}\n").as_bytes()) {
-                return true;
-            }
-        }
+    let (stdin, stdout, stderr) = fifos.agent_ends().map_err(|e| format!("its pipes cannot be opened: {e}"))?;
+    let root = if kept.nspawn { root } else { Some(process) };
+    let host = ShellHost::Process { child: None, pid: process.pid, process: Some(process), nspawn: kept.nspawn, root };
+    let mut shell =
+        Shell { stdin: Box::pin(stdin), stdout: Box::pin(stdout), stderr: Box::pin(stderr), host, fifos: Some(fifos) };
+    shell.host.interrupt().await;
+    if !answers(&mut shell, Duration::from_secs(5)).await {
+        shell.host.stop().await;
+        return Err("it did not answer".into());
+    }
+    Ok(shell)
+}
+
+/// Whether the shell answers a no-op on both its outputs within `limit`: then it runs
+/// (in the root it will run commands in), and everything it wrote before has been read.
+async fn answers(shell: &mut Shell, limit: Duration) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    let marker = format!("OBX-ready-{}\n", trust::token::random_id());
+    let command = format!("echo {m}\necho {m} >&2\n", m = marker.trim_end());
+    let answered = async {
+        // Read while writing: a shell blocked on full pipes reads nothing until drained.
+        let (written, out, err) = tokio::join!(
+            shell.stdin.write_all(command.as_bytes()),
+            read_to_marker(&mut shell.stdout, &marker),
+            read_to_marker(&mut shell.stderr, &marker)
+        );
+        written.is_ok() && out && err
     };
-    tokio::time::timeout(std::time::Duration::from_secs(30), read).await.unwrap_or(false)
+    tokio::time::timeout(limit, answered).await.unwrap_or(false)
+}
+
+/// Reads `stream` up to `marker`; `false` if it ends first.
+async fn read_to_marker(stream: &mut Pin<Box<dyn AsyncRead + Send>>, marker: &str) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut scanner = super::framing::Scanner::new(marker.to_owned());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(k) if scanner.feed(&buf[..k]).1.is_some() => return true,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The named pipes of a shell on this host: `in`, `out` and `err` in a directory of its
+/// own. The shell holds each open for reading and writing, so it never sees the end of
+/// its input, nor a broken pipe, when the agent is gone; the agent opens its own ends,
+/// again after a restart. The directory goes with this value — unless the agent dies
+/// first, which is when it is needed.
+struct Fifos {
+    dir: PathBuf,
+}
+
+impl Fifos {
+    const NAMES: [&str; 3] = ["in", "out", "err"];
+
+    fn make(shells: &Path) -> std::io::Result<Fifos> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(shells)?;
+        let dir = shells.join(trust::token::random_id());
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let fifos = Fifos { dir };
+        for name in Self::NAMES {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                fifos.dir.join(name),
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+                0,
+            )?;
+        }
+        Ok(fifos)
+    }
+
+    fn open(&self, name: &str, flags: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
+        use rustix::fs::OFlags;
+        Ok(rustix::fs::open(
+            self.dir.join(name),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?)
+    }
+
+    /// The shell's stdin, stdout and stderr.
+    fn shell_ends(&self) -> std::io::Result<[OwnedFd; 3]> {
+        let rw = rustix::fs::OFlags::RDWR;
+        Ok([self.open("in", rw)?, self.open("out", rw)?, self.open("err", rw)?])
+    }
+
+    /// The agent's ends: it writes `in` and reads `out` and `err`. Fails when nothing
+    /// holds `in` open to read (the shell is gone).
+    fn agent_ends(
+        &self,
+    ) -> std::io::Result<(
+        tokio::net::unix::pipe::Sender,
+        tokio::net::unix::pipe::Receiver,
+        tokio::net::unix::pipe::Receiver,
+    )> {
+        use rustix::fs::OFlags;
+        use tokio::net::unix::pipe::{Receiver, Sender};
+        let read = OFlags::RDONLY | OFlags::NONBLOCK;
+        Ok((
+            Sender::from_owned_fd(self.open("in", OFlags::WRONLY | OFlags::NONBLOCK)?)?,
+            Receiver::from_owned_fd(self.open("out", read)?)?,
+            Receiver::from_owned_fd(self.open("err", read)?)?,
+        ))
+    }
+}
+
+impl Drop for Fifos {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a shell's pipes");
+        }
+    }
 }
 
 /// A command that joins the nspawn container whose first process is `init` (its
