@@ -139,10 +139,12 @@ pub async fn run_process(
         }
     };
     let stdin = child.stdin.take().expect("piped");
+    let pid = child.id().unwrap_or(0);
     let process = Spawned {
+        _noted: crate::leftovers::note(pid, tree),
         // Kept from the start: once the spawned process has been waited for, `child.id()`
         // is gone, but what it left running (`server &`) must still be stoppable.
-        pid: child.id().unwrap_or(0),
+        pid,
         tree,
         stdout: child.stdout.take().expect("piped"),
         stderr: child.stderr.take().expect("piped"),
@@ -162,6 +164,8 @@ pub async fn run_process(
 /// A spawned command as the loop drives it: its two output pipes, and its exit status,
 /// which is known only once both pipes have closed (what it left running may still write).
 struct Spawned {
+    /// Written down while it runs, for the agent's next start should this one die.
+    _noted: crate::leftovers::Noted,
     child: Child,
     pid: u32,
     tree: Tree,

@@ -102,7 +102,7 @@ impl Journal {
             kind: kind.to_owned(),
             command_sha256: command.map(trust::token::hash),
             command: command.filter(|_| self.record_commands.load(Ordering::Relaxed)).map(str::to_owned),
-            started_at: proto::time::now(),
+            started_at: proto::time::control_now(),
             duration_ms: 0,
             exit: String::new(),
         };

@@ -15,6 +15,7 @@ mod forward;
 mod heartbeat;
 mod identity;
 mod journal;
+mod leftovers;
 mod nspawn;
 mod procs;
 mod pty;
@@ -219,6 +220,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let ready = ready_line(&identity, if addr.is_empty() { mesh_addr.as_deref().unwrap_or_default() } else { &addr });
     let sessions = session::Sessions::new(config.session_idle, config.policy.max_sessions.into(), &config.dir).await;
+    leftovers::open(&config.dir);
     let reaper = tokio::spawn(sessions.clone().reap_forever());
     confine::limit_processes(config.policy.max_processes).context("setting the process limit (--max-processes)")?;
     let runtimes = runtimes::Runtimes::new(&identity.node_id, config.policy.clone());

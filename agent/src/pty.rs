@@ -124,8 +124,10 @@ pub async fn run(
         Err(e) => return out.refuse(&format!("cannot start a command in a terminal: {e}")).await,
     };
     let (read, write) = master.into_split();
+    let pid = child.id().unwrap_or(0);
     let process = InPty {
-        pid: child.id().unwrap_or(0),
+        _noted: crate::leftovers::note(pid, tree),
+        pid,
         child,
         tree,
         read,
@@ -139,6 +141,8 @@ pub async fn run(
 
 /// A command in a pty as the loop drives it.
 struct InPty {
+    /// Written down while it runs, for the agent's next start should this one die.
+    _noted: crate::leftovers::Noted,
     child: Child,
     pid: u32,
     tree: Tree,

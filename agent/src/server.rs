@@ -90,7 +90,7 @@ impl Shared {
     /// Why a connection's grant no longer holds, if it does not: a pooled connection may
     /// outlive the certificate that opened it, and its user. Checked on every request.
     fn lapsed(&self, grant: &UserGrant) -> Option<String> {
-        if proto::time::now() >= grant.valid_before {
+        if proto::time::control_now() >= grant.valid_before {
             return Some("the user certificate for this connection has expired; reconnect".into());
         }
         if self.is_cut_off(grant) {
@@ -331,6 +331,11 @@ impl Connection {
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
+    /// Certificates carry the control plane's times: they are judged by its clock.
+    fn certificate_time(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(proto::time::control_now())
+    }
+
     async fn auth_publickey(
         &mut self,
         user: &str,
@@ -343,7 +348,7 @@ impl russh::server::Handler for Connection {
 
     async fn auth_openssh_certificate(&mut self, user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
         let id = self.shared.identity();
-        match trust::verify_user_cert(cert, &id.ca, user, &id.node_id, proto::time::now()) {
+        match trust::verify_user_cert(cert, &id.ca, user, &id.node_id, proto::time::control_now()) {
             Ok(grant) if self.shared.is_cut_off(&grant) => {
                 tracing::warn!(peer = %self.peer, %user, key_id = %grant.key_id, "refused a certificate issued before its user's access changed");
                 Ok(Auth::reject())

@@ -759,7 +759,7 @@ impl Agent {
         cmd.env("OPENBOX_HOME", self.home.path()).args(["--heartbeat", "1s"]).args(args);
         // A TCP listener on a free port, unless this node is meant for a tailnet (then it
         // has a TCP listener only when the test asks for one).
-        if !self.env.iter().any(|(k, _)| k == MESH_TEST_ENV.0) {
+        if !self.env.iter().any(|(k, _)| k == MESH_TEST_ENV.0) && !args.contains(&"--addr") {
             cmd.args(["--addr", "127.0.0.1:0"]);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -1567,16 +1567,92 @@ impl Drop for Browser {
     }
 }
 
-/// A machine reachable only over SSH, for `openbox node add`: OpenSSH's sshd in a network
-/// namespace this fixture makes (a veth pair, the namespace at `.2`, this side at `.1`, a
-/// blackhole route so nothing aimed at the subnet leaves the machine) and a mount namespace
+/// A link to a network namespace this fixture makes: a veth pair, the namespace at `.2`,
+/// this side at `.1`, and a blackhole route so nothing aimed at the subnet leaves the
+/// machine. It can be cut (its far end set down: packets vanish, as behind a partition)
+/// and healed. The namespace, and everything still running in it, goes when it is dropped.
+pub struct Link {
+    netns: String,
+    veth: String,
+    subnet: String,
+}
+
+impl Link {
+    pub fn new(kind: &str) -> Link {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = std::process::id() % 100;
+        let (netns, veth) = (format!("ob{kind}{tag}_{n}"), format!("obv{kind}{tag}_{n}"));
+        // Subnets apart for each test process (and for SSH hosts, as before).
+        let subnet = if kind == "ssh" { format!("10.{}.{n}", 100 + tag) } else { format!("10.{tag}.{}", 100 + n) };
+        sh(&format!(
+            "ip netns add {netns} && ip link add {veth} type veth peer name {veth}p && ip link set {veth}p netns {netns} \
+             && ip addr add {subnet}.1/24 dev {veth} && ip link set {veth} up \
+             && ip -n {netns} addr add {subnet}.2/24 dev {veth}p && ip -n {netns} link set {veth}p up \
+             && ip -n {netns} link set lo up && ip route add blackhole {subnet}.0/24 metric 4000"
+        ));
+        Link { netns, veth, subnet }
+    }
+
+    /// The command prefix that runs a program in the namespace.
+    pub fn prefix(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.netns]
+    }
+
+    /// The namespace's address.
+    pub fn addr(&self) -> String {
+        format!("{}.2", self.subnet)
+    }
+
+    /// This machine's address on the link (where what runs in the namespace reaches it).
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    /// An address on the link where nothing answers.
+    pub fn unused_addr(&self) -> String {
+        format!("{}.3", self.subnet)
+    }
+
+    /// Cuts the link: from now on every packet either way is lost, and nobody is told.
+    pub fn cut(&self) {
+        sh(&format!("ip -n {} link set {}p down", self.netns, self.veth));
+    }
+
+    /// Heals a cut link.
+    pub fn heal(&self) {
+        sh(&format!("ip -n {} link set {}p up", self.netns, self.veth));
+    }
+
+    /// The pids of the processes running in the namespace.
+    pub fn pids(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "pids", &self.netns]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let (netns, veth, subnet) = (&self.netns, &self.veth, &self.subnet);
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "ip netns pids {netns} | xargs -r kill -9; ip netns del {netns}; ip link del {veth} 2>/dev/null; \
+                     ip route del blackhole {subnet}.0/24 metric 4000"
+                ),
+            ])
+            .status();
+    }
+}
+
+/// A machine reachable only over SSH, for `openbox node add`: OpenSSH's sshd behind a
+/// [`Link`] and in a mount namespace
 /// where the account `obnode` exists (its own /etc/passwd, shadow and group, a home under
 /// a temporary directory, another machine id). Everything it starts runs in those
 /// namespaces and is killed, with the namespace, when it is dropped.
 pub struct SshHost {
-    netns: String,
-    veth: String,
-    subnet: String,
+    link: Link,
     pub dir: TempDir,
     sshd: Option<Child>,
     /// The password of `obnode`.
@@ -1595,19 +1671,10 @@ fn sh(cmd: &str) {
 
 impl SshHost {
     pub fn start() -> SshHost {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tag = std::process::id() % 100;
-        let (netns, veth) = (format!("obssh{tag}_{n}"), format!("obv{tag}_{n}"));
-        let subnet = format!("10.{}.{n}", 100 + tag);
+        let link = Link::new("ssh");
+        let subnet = link.subnet.clone();
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display().to_string();
-        sh(&format!(
-            "ip netns add {netns} && ip link add {veth} type veth peer name {veth}p && ip link set {veth}p netns {netns} \
-             && ip addr add {subnet}.1/24 dev {veth} && ip link set {veth} up \
-             && ip -n {netns} addr add {subnet}.2/24 dev {veth}p && ip -n {netns} link set {veth}p up \
-             && ip -n {netns} link set lo up && ip route add blackhole {subnet}.0/24 metric 4000"
-        ));
         let etc = |name: &str, extra: &str| {
             let text = std::fs::read_to_string(format!("/etc/{name}")).unwrap_or_default();
             std::fs::write(dir.path().join(name), format!("{text}{extra}\n")).expect("write");
@@ -1615,7 +1682,8 @@ impl SshHost {
         etc("passwd", &format!("obnode:x:{OBNODE_UID}:{OBNODE_UID}:openbox test node:{d}/home:/bin/sh"));
         etc("shadow", &format!("obnode:{OBNODE_HASH}:19000:0:99999:7:::"));
         etc("group", &format!("obnode:x:{OBNODE_UID}:"));
-        std::fs::write(dir.path().join("machine-id"), format!("{:032x}\n", 0x0b55_0000u64 + u64::from(n))).unwrap();
+        let n: u64 = subnet.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        std::fs::write(dir.path().join("machine-id"), format!("{:032x}\n", 0x0b55_0000u64 + n)).unwrap();
         std::fs::create_dir_all(dir.path().join("home/.ssh")).unwrap();
         sh(&format!("chown -R {OBNODE_UID}:{OBNODE_UID} {d}/home && ssh-keygen -q -t ed25519 -N '' -f {d}/hostkey"));
         std::fs::write(
@@ -1627,7 +1695,7 @@ impl SshHost {
         )
         .unwrap();
         std::fs::create_dir_all("/run/sshd").unwrap();
-        let mut host = SshHost { netns, veth, subnet, dir, sshd: None, password: "correct horse" };
+        let mut host = SshHost { link, dir, sshd: None, password: "correct horse" };
         host.start_sshd();
         host
     }
@@ -1641,7 +1709,18 @@ impl SshHost {
              exec /usr/sbin/sshd -D -f {d}/sshd_config -E {d}/sshd.log"
         );
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "unshare", "--mount", "--propagation", "private", "sh", "-c", &inner])
+            .args([
+                "netns",
+                "exec",
+                &self.link.netns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &inner,
+            ])
             .stdin(Stdio::null())
             .spawn()
             .expect("start sshd");
@@ -1658,17 +1737,17 @@ impl SshHost {
 
     /// The machine's address.
     pub fn addr(&self) -> String {
-        format!("{}.2", self.subnet)
+        self.link.addr()
     }
 
     /// An address on the link where nothing answers.
     pub fn unused_addr(&self) -> String {
-        format!("{}.3", self.subnet)
+        self.link.unused_addr()
     }
 
     /// This machine's address on the link to it (where a control plane it must reach listens).
     pub fn gateway(&self) -> String {
-        format!("{}.1", self.subnet)
+        self.link.gateway()
     }
 
     /// The host key's fingerprint, as `ssh-keygen -l` shows it.
@@ -1705,14 +1784,13 @@ impl SshHost {
     /// The command lines of the processes running in the namespace besides sshd (an
     /// exited one waiting to be reaped does not count).
     pub fn processes(&self) -> Vec<String> {
-        let out = Command::new("ip").args(["netns", "pids", &self.netns]).output().unwrap();
+        let pids = self.link.pids();
         let zombie = |pid: &str| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
                 .unwrap_or(true)
         };
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
+        pids.iter()
             .filter(|pid| !zombie(pid))
             .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok())
             .map(|c| c.replace('\0', " ").trim().to_owned())
@@ -1731,16 +1809,6 @@ impl Drop for SshHost {
             let agent = self.dir.path().join("home/.local/state/openbox/agent.log");
             eprintln!("---- {} ----\n{}", agent.display(), std::fs::read_to_string(&agent).unwrap_or_default());
         }
-        let (netns, veth, subnet) = (&self.netns, &self.veth, &self.subnet);
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "ip netns pids {netns} | xargs -r kill -9; ip netns del {netns}; ip link del {veth} 2>/dev/null; \
-                     ip route del blackhole {subnet}.0/24 metric 4000"
-                ),
-            ])
-            .status();
         if let Some(mut c) = self.sshd.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -1768,4 +1836,65 @@ pub fn check_session_stdin(run: impl Fn(&str, &[u8]) -> Out) {
     // Input a command does not read ends with it, and the shell is none the worse.
     assert_eq!(run("echo done", &data[..8 << 20]).ok().stdout, "done\n");
     assert_eq!(run("cat", b"").ok().stdout, "");
+}
+
+/// How many processes whose command line is `needle` run on this machine.
+pub fn count_running(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let words: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            words.join(" ") == needle
+        })
+        .count()
+}
+
+pub fn running(needle: &str) -> bool {
+    count_running(needle) > 0
+}
+
+/// `openbox ARGS` running, once it has printed its first line.
+pub struct Call {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Call {
+    pub fn start(cli: &Cli, args: &[&str]) -> Call {
+        use std::io::BufRead as _;
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut child = cli
+            .cmd()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "no first line: {}", std::fs::read_to_string(stderr.path()).unwrap_or_default());
+        Call { child, stdout, stderr }
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), sig).unwrap();
+    }
+
+    pub fn end(mut self) -> Out {
+        use std::io::Read as _;
+        let mut stdout = String::new();
+        self.stdout.read_to_string(&mut stdout).unwrap();
+        let status = self.child.wait().unwrap();
+        let stderr = std::fs::read_to_string(self.stderr.path()).unwrap();
+        Out { code: status.code().unwrap_or(-1), stdout, stderr }
+    }
 }

@@ -48,11 +48,10 @@ impl Subscriber {
         let socket = cli.daemon_status()["socket"].as_str().expect("socket").to_owned();
         let mut conn = UnixStream::connect(socket).expect("connect to openboxd");
         conn.write_all(
-            concat!(
-                r#"{"jsonrpc":"2.0","id":0,"method":"hello","params":{"protocol":1,"client":"events-test"}}"#,
-                "\n",
-                r#"{"jsonrpc":"2.0","id":"sub","method":"subscribe"}"#,
-                "\n"
+            format!(
+                "{}\n{}\n",
+                serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {"protocol": proto::rpc::PROTOCOL, "client": "events-test"}}),
+                r#"{"jsonrpc":"2.0","id":"sub","method":"subscribe"}"#
             )
             .as_bytes(),
         )
@@ -142,10 +141,9 @@ fn not_logged_in_subscribe_says_what_to_do() {
     let cli = Cli::new();
     let socket = cli.daemon_status()["socket"].as_str().expect("socket").to_owned();
     let mut conn = UnixStream::connect(socket).unwrap();
-    conn.write_all(
-        b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"hello\",\"params\":{\"protocol\":1}}\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"subscribe\"}\n",
-    )
-    .unwrap();
+    let hello =
+        serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {"protocol": proto::rpc::PROTOCOL}});
+    conn.write_all(format!("{hello}\n{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"subscribe\"}}\n").as_bytes()).unwrap();
     let lines = lines_of(conn.try_clone().unwrap());
     let err = next(&lines, "the answer", |l| {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();

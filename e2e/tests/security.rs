@@ -148,7 +148,8 @@ fn a_request_line_past_the_limit_closes_that_connection_and_openboxd_keeps_servi
     let admin = Cli::admin(&cp);
     let socket = admin.home.path().join("run/openboxd.sock");
     let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    writeln!(conn, r#"{{"jsonrpc":"2.0","id":0,"method":"hello","params":{{"protocol":1,"client":"test"}}}}"#).unwrap();
+    let hello = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": {"protocol": proto::rpc::PROTOCOL, "client": "test"}});
+    writeln!(conn, "{hello}").unwrap();
     // Two MiB with no end of line: the daemon must not keep reading it in.
     let chunk = vec![b'x'; 64 * 1024];
     for _ in 0..32 {

@@ -276,6 +276,7 @@ impl Client {
             )),
             false => self.unreachable(e),
         })?;
+        heard_time(&resp);
         Ok((sender, resp))
     }
 
@@ -444,6 +445,19 @@ impl EventStream {
                 Err(e) => return Some(Err(ControlError::Protocol(e.to_string()))),
             }
         }
+    }
+}
+
+/// Notes the control plane's clock from an answer's `Date` (see [`proto::time::control_now`]).
+fn heard_time(resp: &hyper::Response<hyper::body::Incoming>) {
+    let date = resp.headers().get(hyper::header::DATE).and_then(|v| v.to_str().ok());
+    let Some(theirs) = date.and_then(|d| httpdate::parse_http_date(d).ok()) else { return };
+    let secs = theirs.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if let Some(offset) = proto::time::heard_control_time(secs) {
+        tracing::info!(
+            offset_secs = offset,
+            "the control plane's clock differs from this machine's; certificates are judged by its time"
+        );
     }
 }
 

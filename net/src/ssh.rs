@@ -190,14 +190,19 @@ impl Keepalive {
     }
 }
 
-/// How long reaching a node and its SSH greeting may take before the dial gives up:
-/// `OPENBOX_CONNECT_TIMEOUT` (a duration), 10 s by default.
-pub fn connect_timeout() -> Duration {
+/// How long reaching a node and its SSH greeting may take before the dial gives up over
+/// `via`: `OPENBOX_CONNECT_TIMEOUT` (a duration) when set; else 10 s over TCP, and 30 s
+/// over the tailnet, where a peer may take that long to hear of a node that just joined.
+pub fn connect_timeout(via: &Transport) -> Duration {
+    let default = match via {
+        Transport::Tcp => 10,
+        Transport::Tailnet(_) => 30,
+    };
     std::env::var("OPENBOX_CONNECT_TIMEOUT")
         .ok()
         .and_then(|v| proto::parse_duration(&v).ok())
         .filter(|s| *s > 0)
-        .map_or(Duration::from_secs(10), Duration::from_secs)
+        .map_or(Duration::from_secs(default), Duration::from_secs)
 }
 
 /// Where connections to each port the node listens on for us (`-R`) go here.
@@ -236,7 +241,7 @@ impl client::Handler for HostCheck {
     }
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        match host_verdict(key.certificate(), &self.target, proto::time::now()) {
+        match host_verdict(key.certificate(), &self.target, proto::time::control_now()) {
             Ok(()) => Ok(true),
             Err(why) => {
                 tracing::warn!(node = %self.target.node_id, addr = %self.target.addr, %why, "host certificate refused");
@@ -325,7 +330,7 @@ pub struct Connection {
 /// [`connect_timeout`]: a node that accepts the connection but never speaks (frozen) is
 /// given up on.
 pub async fn dial(target: &NodeTarget) -> Result<Connection, SshError> {
-    dial_within(target, connect_timeout()).await
+    dial_within(target, connect_timeout(&target.via)).await
 }
 
 /// As [`dial`], giving up after `limit` (shorter when there is another way to try).
@@ -374,6 +379,15 @@ impl Connection {
 
     pub fn is_closed(&self) -> bool {
         self.handle.is_closed()
+    }
+
+    /// The connection has ended: why, as [`SshError::Lost`] (none while it is open).
+    pub fn lost(&self) -> Option<SshError> {
+        if !self.is_closed() {
+            return None;
+        }
+        let why = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(SshError::Lost { node: self.node.clone(), why: why.unwrap_or_else(|| "the connection closed".into()) })
     }
 
     /// Runs `command` on the node: feeds it `input`, streams its stdout and stderr into

@@ -196,6 +196,10 @@ pub enum Command {
         /// Into or out of this session's container (the node side names the session's node).
         #[arg(short = 's', long, value_name = "SID")]
         session: Option<String>,
+        /// Give up after this long (e.g. 30s, 5m): the copy is stopped and openbox exits
+        /// 124. A file the copy was writing is left as far as it got, never reported copied.
+        #[arg(long, value_name = "DUR", value_parser = proto::parse_duration)]
+        timeout: Option<u64>,
         /// Where from: NODE:PATH, tag:TAG:PATH, or a path here.
         src: String,
         /// Where to: NODE:PATH, tag:TAG:PATH, or a path here (an existing directory takes
@@ -693,7 +697,10 @@ impl Cli {
                 Request::SessionRemove { id: name("session id", &id)? }
             }
             Some(Command::Whoami) => Request::Whoami,
-            Some(Command::Cp { recursive, session, src, dst }) => {
+            Some(Command::Cp { recursive, session, timeout, src, dst }) => {
+                if timeout == Some(0) {
+                    return Err("--timeout must be at least 1s".into());
+                }
                 let session = session.map(|s| name("session id", &s)).transpose()?;
                 let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
                 let (from, to) = (Place::parse(&src, &cwd)?, Place::parse(&dst, &cwd)?);
@@ -712,7 +719,7 @@ impl Cli {
                     }
                 }
                 let progress = rustix::termios::isatty(std::io::stderr()) && !json;
-                Request::Copy(CopyRequest { from, to, recursive, progress, session })
+                Request::Copy(CopyRequest { from, to, recursive, progress, session, timeout_secs: timeout })
             }
             Some(Command::Dashboard { no_open }) => return Ok(Action::Dashboard { json, no_open }),
             Some(Command::Skill { agents, dir, global, print }) => {

@@ -246,7 +246,7 @@ pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::R
     // The token goes in the environment: other users can read a process's arguments.
     let command =
         format!("{}={} openbox agent {}{tag_flags}", proto::api::ENROLL_TOKEN_ENV, tok.token, login.server.flags());
-    let left = proto::time::human_secs(tok.expires_at.saturating_sub(proto::time::now()));
+    let left = proto::time::human_secs(tok.expires_at.saturating_sub(proto::time::control_now()));
     let text = format!(
         "Enrollment token (single use, expires in {left}). On the new node run:\n  {command}\n\
          (add --addr 0.0.0.0:7684 --advertise THAT-HOST:7684 so other machines can reach it)"
@@ -309,7 +309,7 @@ pub async fn node_update(d: &Daemon, node: &str, update: NodeUpdate) -> anyhow::
 }
 
 fn ago(t: u64) -> String {
-    proto::time::ago(proto::time::now(), Some(t))
+    proto::time::ago(proto::time::control_now(), Some(t))
 }
 
 pub async fn sessions(d: &Daemon) -> anyhow::Result<Reply> {

@@ -167,7 +167,8 @@ async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Res
             },
         };
         let target = NodeTarget { node_id: node.id.clone(), addr, via, ca: acct.login.ca.clone() };
-        let limit = if more { FIRST_WAY_TIMEOUT.min(net::ssh::connect_timeout()) } else { net::ssh::connect_timeout() };
+        let full = net::ssh::connect_timeout(&target.via);
+        let limit = if more { FIRST_WAY_TIMEOUT.min(full) } else { full };
         match net::ssh::dial_within(&target, limit).await {
             Ok(mut conn) => {
                 conn.authenticate(&acct.login.user, acct.key.clone(), cert).await?;

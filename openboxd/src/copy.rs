@@ -15,6 +15,8 @@ use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use net::halt::{Halt, Halts, Stops as _};
+
 use crate::Daemon;
 use crate::commands::{Reply, to_json};
 use crate::connect::{Want, connect};
@@ -33,7 +35,47 @@ struct Copied {
     bytes: u64,
 }
 
-pub async fn copy(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow::Result<Reply> {
+/// A copy stopped before it was done: by its deadline (exit 124) or its caller.
+#[derive(Debug)]
+pub struct Stopped {
+    pub code: u8,
+    why: String,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Copies as `req` says, until it is done or `halts` stop it (its deadline from
+/// `--timeout`, a signal to the CLI, the CLI gone): then the SFTP channel is closed, which
+/// ends the transfer on the node too.
+pub async fn copy(d: &Daemon, req: CopyRequest, out: &mut CallOutput, halts: Halts) -> anyhow::Result<Reply> {
+    let mut halts = halts.with_deadline(crate::run::deadline(req.timeout_secs));
+    let timeout = req.timeout_secs;
+    tokio::select! {
+        done = copy_now(d, req, out) => done,
+        halt = halts.next() => {
+            let (code, why) = match halt {
+                Halt::Deadline => (
+                    crate::run::TIMED_OUT,
+                    format!("timed out after {}s; the copy was stopped (a file it was writing is incomplete)", timeout.unwrap_or_default()),
+                ),
+                Halt::Signal(name) => (
+                    proto::exec::signal_exit_code(name),
+                    format!("interrupted (SIG{name}); the copy was stopped (a file it was writing is incomplete)"),
+                ),
+                Halt::Gone => (crate::run::TIMED_OUT, "the caller went away; the copy was stopped".to_owned()),
+            };
+            Err(Stopped { code, why }.into())
+        }
+    }
+}
+
+async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow::Result<Reply> {
     let (target, upload) = match (&req.from, &req.to) {
         (Place::Local { .. }, Place::Remote { target, .. }) => (target, true),
         (Place::Remote { target, .. }, Place::Local { .. }) => (target, false),
@@ -60,7 +102,14 @@ pub async fn copy(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
     };
     run.progress.end(out).await;
     let _ = run.sftp.close().await;
-    result?;
+    if let Err(e) = result {
+        // The node gone under the copy is said as for a command: 255 and why.
+        if let Some(lost) = conn.lost() {
+            let why = format!("{lost}; the copy did not finish (a file it was writing is incomplete)");
+            return Err(Stopped { code: proto::EXIT_OPENBOX_FAILURE, why }.into());
+        }
+        return Err(e);
+    }
     let copied = Copied {
         from: req.from.to_string(),
         to: req.to.to_string(),

@@ -206,7 +206,7 @@ async fn handle_with(
         Request::UserRevoke { name, on } => commands::user_revoke(d, &name, &on).await,
         Request::NodeToken { tags, ttl_secs } => commands::node_token(d, &tags, ttl_secs).await,
         Request::NodeAdd(req) => bootstrap::node_add(d, req, output).await,
-        Request::Copy(req) => copy::copy(d, req, output).await,
+        Request::Copy(req) => copy::copy(d, req, output, halts).await,
         Request::Nodes { tag } => commands::nodes(d, tag.as_deref()).await,
         Request::NodeRemove { node } => commands::node_remove(d, &node).await,
         Request::NodeTag { node, add, remove } => {
@@ -248,7 +248,7 @@ async fn handle_with(
         }
         Err(e) => {
             output.eprint(&format!("openbox: {}\n", printable(&format!("{e:#}")))).await;
-            COMMAND_FAILED
+            e.downcast_ref::<copy::Stopped>().map_or(COMMAND_FAILED, |s| s.code)
         }
     }
 }

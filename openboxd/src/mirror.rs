@@ -56,7 +56,7 @@ impl Mirror {
     /// speeds up the calls that succeed.
     pub fn resolve(&self, target: &Target, kind: &str, spread: usize) -> Option<Node> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        proto::api::resolve(state.nodes.as_ref()?, target, kind, proto::time::now(), spread).ok().cloned()
+        proto::api::resolve(state.nodes.as_ref()?, target, kind, proto::time::control_now(), spread).ok().cloned()
     }
 
     /// (connected, nodes known)

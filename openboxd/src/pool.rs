@@ -33,14 +33,16 @@ impl Slot {
     /// The pooled connection, when it is alive and its certificate is good for a while.
     pub fn live(&self) -> Option<Arc<Connection>> {
         match (&self.conn, &self.cert) {
-            (Some(conn), Some(cert)) if !conn.is_closed() && fresh(cert, proto::time::now()) => Some(conn.clone()),
+            (Some(conn), Some(cert)) if !conn.is_closed() && fresh(cert, proto::time::control_now()) => {
+                Some(conn.clone())
+            }
             _ => None,
         }
     }
 
     /// The cached certificate, when it is good for a while.
     pub fn fresh_cert(&self) -> Option<Certificate> {
-        self.cert.clone().filter(|c| fresh(c, proto::time::now()))
+        self.cert.clone().filter(|c| fresh(c, proto::time::control_now()))
     }
 
     /// Keeps a certificate that came with a dispatch, before dialing with it: if the dial

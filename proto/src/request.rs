@@ -203,6 +203,9 @@ pub struct CopyRequest {
     /// Into or out of this session's container (or shell, for a native session).
     #[serde(default)]
     pub session: Option<String>,
+    /// Give up after this long (`--timeout`): the copy is stopped and the call exits 124.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
 }
 
 /// One side of a copy.

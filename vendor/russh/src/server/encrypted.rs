@@ -1112,7 +1112,7 @@ impl Encrypted {
                         // Validate certificate expiration. The bounds are None
                         // for OpenSSH's "always valid" sentinels (PROTOCOL.certkeys),
                         // which skips the corresponding check.
-                        let now = SystemTime::now();
+                        let now = handler.certificate_time();
                         if cert.valid_after_time().map(|t| now < t).unwrap_or_default()
                             || cert
                                 .valid_before_time()

@@ -254,6 +254,12 @@ pub struct VerifiedPublicKey<'a> {
 pub trait Handler: Sized {
     type Error: From<crate::Error> + Send;
 
+    /// The time a client certificate's validity period is judged at: this machine's clock,
+    /// unless the application keeps another (its certificate authority's, say).
+    fn certificate_time(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
+
     /// Check authentication using the "none" method.
     ///
     /// Russh makes sure rejection takes a constant [`Config::auth_rejection_time`],
