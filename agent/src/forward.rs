@@ -37,15 +37,26 @@ fn unprivileged_port_start() -> u16 {
         .unwrap_or(1024)
 }
 
-/// Why a forward is refused, in the caller's words.
-pub fn refusal(grant: &trust::UserGrant) -> Option<String> {
+/// Why a certificate does not let its connection forward ports.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotForwarding {
+    #[error("port forwarding is not offered within a session")]
+    InSession,
+    #[error("this certificate does not permit port forwarding")]
+    NotPermitted,
+    #[error("port forwarding reaches the node itself, not a {0} container")]
+    Container(&'static str),
+}
+
+/// Why a forward is refused, if it is.
+pub fn refusal(grant: &trust::UserGrant) -> Option<NotForwarding> {
     if grant.port_forwarding {
         return None;
     }
     Some(match (&grant.session, &grant.isolation) {
-        (Some(_), _) => "port forwarding is not offered within a session".into(),
-        (None, proto::Isolation::Native) => "this certificate does not permit port forwarding".into(),
-        (None, other) => format!("port forwarding reaches the node itself, not a {} container", other.kind()),
+        (Some(_), _) => NotForwarding::InSession,
+        (None, proto::Isolation::Native) => NotForwarding::NotPermitted,
+        (None, other) => NotForwarding::Container(other.kind()),
     })
 }
 
@@ -101,18 +112,15 @@ impl Listeners {
         port: &mut u32,
         account: Account<'_>,
         handle: Handle,
-    ) -> Result<(), String> {
+    ) -> Result<(), ListenError> {
         let ip = loopback(address)?;
-        let wanted = u16::try_from(*port).map_err(|_| format!("{port} is not a port"))?;
+        let wanted = u16::try_from(*port).map_err(|_| ListenError::NotAPort(*port))?;
         if wanted != 0 && wanted < unprivileged_port_start() && !account.is_root {
-            return Err(format!(
-                "port {wanted} needs root on this node, and your commands here run as {}",
-                account.name
-            ));
+            return Err(ListenError::NeedsRoot { port: wanted, account: account.name.to_owned() });
         }
-        let listener =
-            TcpListener::bind((ip, wanted)).await.map_err(|e| format!("cannot listen on {ip}:{wanted}: {e}"))?;
-        let bound = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let bind = |e| ListenError::Bind { ip, port: wanted, error: e };
+        let listener = TcpListener::bind((ip, wanted)).await.map_err(bind)?;
+        let bound = listener.local_addr().map_err(bind)?.port();
         // Known by the port it got (the one a caller that asked for any port cancels).
         let key = (address.to_owned(), u32::from(bound));
         *port = u32::from(bound);
@@ -159,14 +167,27 @@ impl Listeners {
     }
 }
 
+/// Why a listener for `-R` was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("{0:?} is not a loopback address: forwards listen on this node's loopback only")]
+    NotLoopback(String),
+    #[error("{0} is not a port")]
+    NotAPort(u32),
+    #[error("port {port} needs root on this node, and your commands here run as {account}")]
+    NeedsRoot { port: u16, account: String },
+    #[error("cannot listen on {ip}:{port}: {error}")]
+    Bind { ip: IpAddr, port: u16, error: std::io::Error },
+}
+
 /// The loopback address a caller's bind address names (`""`, `localhost`, or a loopback
 /// IP): a forward never listens beyond this node.
-fn loopback(address: &str) -> Result<IpAddr, String> {
+fn loopback(address: &str) -> Result<IpAddr, ListenError> {
     match address {
         "" | "localhost" => Ok(IpAddr::from([127, 0, 0, 1])),
         other => match other.parse::<IpAddr>() {
             Ok(ip) if ip.is_loopback() => Ok(ip),
-            _ => Err(format!("{other:?} is not a loopback address: forwards listen on this node's loopback only")),
+            _ => Err(ListenError::NotLoopback(other.to_owned())),
         },
     }
 }

@@ -17,19 +17,6 @@ pub struct Addrs {
     pub tailnet: Option<Arc<tailnet::Node>>,
 }
 
-/// A client for this node's control plane, over the tailnet when it is at a tailnet address.
-pub fn control_client(
-    server: &net::control::Endpoint,
-    secret: Option<trust::Secret>,
-    tailnet: Option<&Arc<tailnet::Node>>,
-) -> Result<net::control::Client, net::control::ControlError> {
-    let client = net::control::Client::new(server, secret)?;
-    Ok(match tailnet {
-        Some(node) => client.with_tailnet(Arc::new(node.clone())),
-        None => client,
-    })
-}
-
 /// How a heartbeat loop ended.
 pub enum Stop {
     /// The control plane removed this node; its identity is no longer valid.
@@ -38,7 +25,7 @@ pub enum Stop {
 
 async fn beat(shared: &Shared, addrs: &Addrs, stopping: bool) -> Result<HeartbeatReply, net::control::ControlError> {
     let id = shared.identity();
-    let client = control_client(&id.server, Some(id.heartbeat_secret.clone()), addrs.tailnet.as_ref())?;
+    let client = crate::control::client(&id.server, Some(id.heartbeat_secret.clone()), addrs.tailnet.as_ref())?;
     let hb = Heartbeat {
         node_id: id.node_id.clone(),
         addr: addrs.addr.clone(),
@@ -49,16 +36,10 @@ async fn beat(shared: &Shared, addrs: &Addrs, stopping: bool) -> Result<Heartbea
         stopping,
         sessions: shared.sessions.reports(),
         capabilities: shared.runtimes.capabilities().await,
-        host: Some(this_host()),
+        host: Some(crate::control::this_host()),
         executions: shared.journal.to_report(),
     };
     client.post("/v1/heartbeat", &hb).await
-}
-
-/// This machine and the user the agent runs as, so that the control plane knows whether
-/// this node could read its files.
-pub fn this_host() -> proto::api::AgentHost {
-    proto::api::AgentHost { machine: paths::machine(), uid: rustix::process::geteuid().as_raw() }
 }
 
 /// Sends a heartbeat every `every`, and at once when a session ends, until the node is
@@ -82,7 +63,7 @@ pub async fn run(
                     warned = false;
                 }
                 shared.revoke(reply.revoked_users).await;
-                shared.cut_off(reply.cert_cutoffs);
+                shared.access.cut_off(reply.cert_cutoffs);
                 shared.journal.recorded(&reply.executions_recorded);
                 shared.journal.record_commands(reply.audit_commands);
                 if let Some(text) = reply.host_cert {

@@ -6,17 +6,22 @@
 //! certificate already says who may run what here — so commands keep working while the
 //! control plane is down, for as long as callers' certificates are valid.
 
+mod access;
 mod channel;
 pub mod confine;
+mod control;
 mod docker;
 mod drive;
+mod enroll;
 mod exec;
 mod forward;
 mod heartbeat;
 mod identity;
 mod journal;
+mod launch;
 mod leftovers;
 mod nspawn;
+mod plan;
 mod procs;
 mod pty;
 pub mod run_as;
@@ -153,7 +158,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if existing.is_none()
         && config.mesh.is_none()
         && let (Some(server), Some(token)) = (&config.server, &config.token)
-        && let Some(mesh) = identity::fleet_mesh(server, token).await?
+        && let Some(mesh) = enroll::fleet_mesh(server, token).await?
     {
         if tailnet::BUILT {
             // Zero-config: join the fleet's tailnet first (starting again, with the
@@ -202,7 +207,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None => {
             let server = config.server.as_ref().context("enrolling needs --server URL")?;
             let token = config.token.as_deref().unwrap_or_default();
-            let id = identity::enroll(identity::EnrollParams {
+            let id = enroll::enroll(enroll::EnrollParams {
                 server,
                 token,
                 name: config.name.clone(),

@@ -18,7 +18,7 @@ use crate::exec::Tree;
 use crate::run_as::Login;
 
 /// What the caller's `pty-req` asked for.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PtyRequest {
     /// The caller's `TERM`.
     pub term: String,

@@ -111,17 +111,24 @@ impl RunAs {
 
     /// The account `user`'s commands run as: `None` when there is no mapping, a refusal
     /// when there is one and it does not name them.
-    pub fn login(&self, user: &str) -> Result<Option<&Login>, String> {
+    pub fn login(&self, user: &str) -> Result<Option<&Login>, NotMapped> {
         if !self.is_mapped() {
             return Ok(None);
         }
         match self.logins.get(user).or(self.others.as_ref()) {
             Some(login) => Ok(Some(login)),
-            None => Err(format!(
-                "this node runs commands only as the local accounts its --run-as mapping gives, and it names none for {user}; nothing was run"
-            )),
+            None => Err(NotMapped { user: user.to_owned() }),
         }
     }
+}
+
+/// A user the `--run-as` mapping names no account for: nothing of theirs runs here.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this node runs commands only as the local accounts its --run-as mapping gives, and it names none for {user}; nothing was run"
+)]
+pub struct NotMapped {
+    pub user: String,
 }
 
 #[cfg(test)]
@@ -139,7 +146,7 @@ mod tests {
         let mut only_bob = RunAs::default();
         only_bob.logins.insert("bob".into(), login("bobby", 1000));
         assert_eq!(only_bob.login("bob").unwrap().unwrap().name, "bobby");
-        assert!(only_bob.login("eve").unwrap_err().contains("names none for eve"));
+        assert_eq!(only_bob.login("eve"), Err(NotMapped { user: "eve".into() }));
         let mut with_others = only_bob.clone();
         with_others.others = Some(login("nobody", 65534));
         assert_eq!(with_others.login("eve").unwrap().unwrap().uid, 65534);

@@ -6,6 +6,7 @@
 use std::sync::Mutex;
 
 use proto::Isolation;
+use proto::isolation::Limits;
 
 use crate::confine::{ConfineError, Confinement, Policy};
 use crate::docker::{Engine, EngineError};
@@ -26,12 +27,23 @@ pub enum RuntimeError {
     Spawn(std::io::Error),
 }
 
-/// What one command runs under here: its isolation with every host path in it resolved
-/// to what it is on this node, and how tightly it is held beside that.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What one command runs under here: the runtime found for its isolation, with every host
+/// path in it resolved to what it is on this node, and how tightly it is held beside that.
+#[derive(Clone, Debug)]
 pub struct Sandbox {
-    pub isolation: Isolation,
+    pub runtime: Runtime,
     pub hold: Confinement,
+}
+
+/// The runtime a command's isolation found on this node.
+#[derive(Clone, Debug)]
+pub enum Runtime {
+    /// A shell on the node itself.
+    Native,
+    /// systemd-nspawn over the root tree `dir` (resolved: see `nspawn::resolve_tree`).
+    Nspawn { dir: String, limits: Limits },
+    /// A container from `image` on this engine.
+    Docker { engine: Engine, image: String, limits: Limits },
 }
 
 pub struct Runtimes {
@@ -82,8 +94,8 @@ impl Runtimes {
     /// now; why not, in words a user can act on.
     pub fn prepare(&self, isolation: &Isolation, admin: bool) -> Result<Sandbox, RuntimeError> {
         let hold = Confinement { confined: !admin, max_processes: self.policy.max_processes };
-        let isolation = match isolation {
-            Isolation::Native => Isolation::Native,
+        let runtime = match isolation {
+            Isolation::Native => Runtime::Native,
             Isolation::Docker { image, limits } => {
                 // No ping here: it would cost a round trip on every call, and an engine
                 // that does not answer fails the container's creation with the same words.
@@ -91,7 +103,7 @@ impl Runtimes {
                 // An engine on this machine sees this machine's paths (a remote one does not).
                 let local = if engine.host.starts_with("unix://") { Ok(()) } else { Err(engine.host.as_str()) };
                 let limits = crate::confine::mounts(limits, hold, &self.policy, local)?;
-                Isolation::Docker { image: image.clone(), limits }
+                Runtime::Docker { engine, image: image.clone(), limits }
             }
             Isolation::Nspawn { dir, limits } => {
                 if let Some(why) = crate::nspawn::unavailable() {
@@ -99,10 +111,10 @@ impl Runtimes {
                 }
                 let dir = crate::nspawn::resolve_tree(dir)?;
                 let limits = crate::confine::mounts(limits, hold, &self.policy, Ok(()))?;
-                Isolation::Nspawn { dir, limits }
+                Runtime::Nspawn { dir, limits }
             }
         };
-        Ok(Sandbox { isolation, hold })
+        Ok(Sandbox { runtime, hold })
     }
 
     /// Removes containers an earlier run of this agent left behind.

@@ -30,6 +30,12 @@ pub struct Engine {
     node_id: String,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("host", &self.host).finish_non_exhaustive()
+    }
+}
+
 /// What went wrong with the engine, each in one line for a user that names what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -24,7 +24,7 @@ use proto::api::SessionReport;
 
 use crate::channel::{ChannelOut, Outcome};
 use crate::run_as::Login;
-use crate::runtimes::{Runtimes, Sandbox};
+use crate::runtimes::Sandbox;
 use framing::{Framed, run_framed};
 use shell::{Shell, spawn_shell, stop_shell};
 
@@ -121,7 +121,6 @@ pub struct Job<'a> {
     pub sandbox: &'a Sandbox,
     /// The incarnation of the user it runs for.
     pub owner: Option<&'a str>,
-    pub runtimes: &'a Runtimes,
     /// Environment for a shell started for it.
     pub env: &'a [(&'a str, &'a str)],
     pub timeout: Option<Duration>,
@@ -589,7 +588,7 @@ impl Sessions {
     /// the slot's lock `s`; `false` once the caller has been told why not.
     async fn ensure_shell(&self, s: &mut Slot, key: &Key, job: &Job<'_>, out: &ChannelOut) -> bool {
         let id = key.1.as_str();
-        let Job { isolation, sandbox, owner, runtimes, env, login, .. } = *job;
+        let Job { isolation, sandbox, owner, env, login, .. } = *job;
         if s.owner.as_deref() != owner {
             // A removed user's session, under a name someone else has now: never theirs,
             // nor anything about it.
@@ -641,7 +640,7 @@ impl Sessions {
                 out.refuse(&why).await;
                 return false;
             }
-            match spawn_shell(sandbox, runtimes, env, login, id, &self.shells).await {
+            match spawn_shell(sandbox, env, login, id, &self.shells).await {
                 Ok(shell) => {
                     let remembered = Remembered {
                         user: key.0.clone(),

@@ -12,7 +12,6 @@ use std::pin::Pin;
 use std::process::Stdio;
 use std::time::Duration;
 
-use proto::Isolation;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::Child;
@@ -20,7 +19,7 @@ use tokio::process::Child;
 use crate::docker::SessionContainer;
 use crate::procs;
 use crate::run_as::Login;
-use crate::runtimes::{RuntimeError, Runtimes, Sandbox};
+use crate::runtimes::{Runtime, RuntimeError, Sandbox};
 
 /// A session's shell: the pipes it reads commands from and writes output to, and what it
 /// runs in.
@@ -182,24 +181,22 @@ pub fn interrupt(pid: u32) {
     procs::kill_descendants(pid);
 }
 
-/// Starts the session's shell under `isolation`; a shell on this host gets its named pipes
-/// in a directory of its own under `shells`.
+/// Starts the session's shell in `sandbox`; a shell on this host gets its named pipes in a
+/// directory of its own under `shells`.
 pub async fn spawn_shell(
     sandbox: &Sandbox,
-    runtimes: &Runtimes,
     env: &[(&str, &str)],
     login: Option<&Login>,
     id: &str,
     shells: &Path,
 ) -> Result<Shell, RuntimeError> {
     let hold = sandbox.hold;
-    let (mut cmd, nspawn) = match &sandbox.isolation {
-        Isolation::Native => (crate::exec::native_shell(env, login), false),
-        Isolation::Nspawn { dir, limits } => (crate::nspawn::command(dir, limits, hold, env, &["/bin/sh"]), true),
-        Isolation::Docker { image, limits } => {
-            let engine = runtimes.docker()?;
+    let (mut cmd, nspawn) = match &sandbox.runtime {
+        Runtime::Native => (crate::exec::native_shell(env, login), false),
+        Runtime::Nspawn { dir, limits } => (crate::nspawn::command(dir, limits, hold, env, &["/bin/sh"]), true),
+        Runtime::Docker { engine, image, limits } => {
             let spec = crate::docker::Spec { image, limits, hold, env, session: Some(id), login, tty: None };
-            let (container, io) = SessionContainer::start(&engine, spec).await?;
+            let (container, io) = SessionContainer::start(engine, spec).await?;
             return Ok(Shell {
                 stdin: io.stdin,
                 stdout: Box::pin(io.stdout),
