@@ -40,7 +40,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         capabilities: p.capabilities,
         host: Some(crate::control::this_host()),
     };
-    let e: Enrolled = client.post("/v1/enroll", &req).await.context("enrollment failed")?;
+    let e: Enrolled = client.call::<proto::routes::Enroll>(&[], &req).await.context("enrollment failed")?;
     Ok(Identity {
         node_id: e.node_id,
         name: e.name,
@@ -57,7 +57,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
 pub async fn fleet_mesh(server: &Endpoint, token: &str) -> anyhow::Result<Option<MeshSettings>> {
     let client = net::control::Client::new(server, None)?;
     let req = EnrollMeshRequest { token: token.to_owned() };
-    client.post("/v1/enroll/mesh", &req).await.context("enrollment failed")
+    client.call::<proto::routes::EnrollMesh>(&[], &req).await.context("enrollment failed")
 }
 
 /// This machine's host name, made into a valid node name.

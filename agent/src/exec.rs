@@ -7,58 +7,15 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 
 use russh::{ChannelReadHalf, Sig};
-use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use crate::channel::{ChannelOut, Outcome, messages};
 use crate::confine::Confinement;
 use crate::drive::{self, Process, StatusError, Step};
+use crate::procs::{Tree, signal_tree, tear_down};
 use crate::run_as::Login;
 use crate::signals;
-
-/// Where a command's processes live, for signalling them.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Tree {
-    /// Natively: the command's own process group.
-    Group,
-    /// In an nspawn container: the processes inside it.
-    Nspawn,
-}
-
-/// Passes the caller's signal to every process the command started (`pid` is the process
-/// openbox spawned; its group outlives it while the command's processes do). In a
-/// container that is what runs below its pid 1, so a SIGKILL'd command reads 128+9.
-pub(crate) fn signal_tree(pid: u32, tree: Tree, sig: Signal) {
-    match tree {
-        Tree::Group => {
-            if let Some(p) = Pid::from_raw(pid as i32) {
-                let _ = kill_process_group(p, sig);
-            }
-        }
-        Tree::Nspawn => {
-            for (host, inner) in crate::procs::container_processes(pid) {
-                if inner != 1 {
-                    crate::procs::signal(host, sig);
-                }
-            }
-        }
-    }
-}
-
-/// Ends everything the command started (timeout, or the caller gone). A container goes
-/// down with its pid 1.
-pub(crate) fn tear_down(pid: u32, tree: Tree) {
-    if tree == Tree::Nspawn {
-        match crate::procs::container_init(pid) {
-            Some(init) => crate::procs::signal(init, Signal::KILL),
-            None => crate::procs::signal(pid, Signal::KILL), // not started yet: stop nspawn
-        }
-    }
-    if let Some(p) = Pid::from_raw(pid as i32) {
-        let _ = kill_process_group(p, Signal::KILL);
-    }
-}
 
 /// Runs `command` natively on this host for the channel; returns when it has ended and its
 /// status has been sent.

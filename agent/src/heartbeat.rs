@@ -39,7 +39,7 @@ async fn beat(shared: &Shared, addrs: &Addrs, stopping: bool) -> Result<Heartbea
         host: Some(crate::control::this_host()),
         executions: shared.journal.to_report(),
     };
-    client.post("/v1/heartbeat", &hb).await
+    client.call::<proto::routes::Heartbeat>(&[], &hb).await
 }
 
 /// Sends a heartbeat every `every`, and at once when a session ends, until the node is

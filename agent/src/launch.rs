@@ -105,7 +105,7 @@ async fn start(run: Run, grant: &UserGrant, cx: Context<'_>, read: russh::Channe
             let argv = crate::nspawn::one_shot_argv(&command, hold.process_limit());
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             let cmd = crate::nspawn::command(dir, limits, hold, &env, &argv);
-            exec::run_process(cmd, exec::Tree::Nspawn, None, timeout, read, out).await;
+            exec::run_process(cmd, crate::procs::Tree::Nspawn, None, timeout, read, out).await;
         }
         Runtime::Docker { engine, image, limits } => {
             let spec = crate::docker::Spec { image, limits, hold, env: &env, session: None, login, tty: None };
@@ -132,7 +132,13 @@ fn in_terminal<'a>(
             let cmd = crate::nspawn::command_in_terminal(dir, limits, sandbox.hold, env, &argv);
             // Mapped accounts other than root were refused nspawn by the plan.
             // nspawn passes the container only what --setenv gives.
-            crate::pty::Spawn { cmd, env: crate::pty::Env::Inherit, arg0: None, login: None, tree: exec::Tree::Nspawn }
+            crate::pty::Spawn {
+                cmd,
+                env: crate::pty::Env::Inherit,
+                arg0: None,
+                login: None,
+                tree: crate::procs::Tree::Nspawn,
+            }
         }
         Runtime::Docker { .. } => unreachable!("a Docker engine makes its own terminal"),
         Runtime::Native => {
@@ -149,7 +155,7 @@ fn in_terminal<'a>(
                     (exec::native_command(&shell, env, login), Some(format!("-{name}").into()))
                 }
             };
-            crate::pty::Spawn { cmd, env: crate::pty::Env::Inherit, arg0, login, tree: exec::Tree::Group }
+            crate::pty::Spawn { cmd, env: crate::pty::Env::Inherit, arg0, login, tree: crate::procs::Tree::Group }
         }
     }
 }
@@ -175,5 +181,5 @@ async fn start_sftp(
     if let Some(shell) = root {
         cmd.arg(shell.to_string());
     }
-    exec::run_process(cmd, exec::Tree::Group, None, timeout, read, out).await;
+    exec::run_process(cmd, crate::procs::Tree::Group, None, timeout, read, out).await;
 }

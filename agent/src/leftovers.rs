@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 
 use rustix::process::{Pid, test_kill_process_group};
 
-use crate::exec::{Tree, tear_down};
 use crate::procs::Proc;
+use crate::procs::{Tree, tear_down};
 
 static DIR: OnceLock<PathBuf> = OnceLock::new();
 

@@ -1,10 +1,10 @@
 //! Process trees from /proc: what a command started, and the processes of an nspawn
-//! container (seen from the host).
+//! container (seen from the host); signalling and ending them.
 
 use std::os::fd::OwnedFd;
 
 use rustix::fs::{Mode, OFlags};
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
 /// A process known by its pid and its start time: once it has ended, another process that
 /// is given the same pid is not it.
@@ -179,4 +179,47 @@ pub fn container_processes(nspawn: u32) -> Vec<(u32, u32)> {
 /// The host pid of the container's first process (its pid 1).
 pub fn container_init(nspawn: u32) -> Option<u32> {
     container_processes(nspawn).into_iter().find(|(_, inner)| *inner == 1).map(|(p, _)| p)
+}
+
+/// Where a command's processes live, for signalling them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// Natively: the command's own process group.
+    Group,
+    /// In an nspawn container: the processes inside it.
+    Nspawn,
+}
+
+/// Passes the caller's signal to every process the command started (`pid` is the process
+/// openbox spawned; its group outlives it while the command's processes do). In a
+/// container that is what runs below its pid 1, so a SIGKILL'd command reads 128+9.
+pub fn signal_tree(pid: u32, tree: Tree, sig: Signal) {
+    match tree {
+        Tree::Group => {
+            if let Some(p) = Pid::from_raw(pid as i32) {
+                let _ = kill_process_group(p, sig);
+            }
+        }
+        Tree::Nspawn => {
+            for (host, inner) in container_processes(pid) {
+                if inner != 1 {
+                    signal(host, sig);
+                }
+            }
+        }
+    }
+}
+
+/// Ends everything the command started (timeout, or the caller gone). A container goes
+/// down with its pid 1.
+pub fn tear_down(pid: u32, tree: Tree) {
+    if tree == Tree::Nspawn {
+        match container_init(pid) {
+            Some(init) => signal(init, Signal::KILL),
+            None => signal(pid, Signal::KILL), // not started yet: stop nspawn
+        }
+    }
+    if let Some(p) = Pid::from_raw(pid as i32) {
+        let _ = kill_process_group(p, Signal::KILL);
+    }
 }

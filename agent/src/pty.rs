@@ -14,7 +14,7 @@ use tokio::process::Child;
 
 use crate::channel::{ChannelOut, messages};
 use crate::drive::{self, Process, Step};
-use crate::exec::Tree;
+use crate::procs::Tree;
 use crate::run_as::Login;
 
 /// What the caller's `pty-req` asked for.
@@ -187,7 +187,7 @@ impl Process for InPty {
 
     async fn signal(&mut self, sig: &Sig) {
         if let Some(s) = crate::signals::to_signal(sig) {
-            crate::exec::signal_tree(self.pid, self.tree, s);
+            crate::procs::signal_tree(self.pid, self.tree, s);
         }
     }
 
@@ -200,10 +200,10 @@ impl Process for InPty {
             for p in crate::procs::descendants(self.pid) {
                 crate::procs::signal(p, rustix::process::Signal::HUP);
             }
-            crate::exec::signal_tree(self.pid, self.tree, rustix::process::Signal::HUP);
+            crate::procs::signal_tree(self.pid, self.tree, rustix::process::Signal::HUP);
             let _ = tokio::time::timeout(HANG_UP_GRACE, self.child.wait()).await;
         }
-        crate::exec::tear_down(self.pid, self.tree);
+        crate::procs::tear_down(self.pid, self.tree);
     }
 
     async fn resize(&mut self, cols: u32, rows: u32) {

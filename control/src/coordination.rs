@@ -10,6 +10,7 @@
 
 use net::control::{Client, ControlError, Endpoint};
 use proto::api::MeshSettings;
+use proto::routes::{Method, Route};
 use serde::{Deserialize, Serialize};
 use trust::Secret;
 
@@ -43,7 +44,7 @@ pub struct CoordinationError {
     error: ControlError,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct NewKey {
     /// No user: the device belongs to its tags.
@@ -54,24 +55,24 @@ struct NewKey {
     acl_tags: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct KeyMinted {
     pre_auth_key: MintedKey,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct MintedKey {
     key: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Devices {
     #[serde(default)]
     nodes: Vec<Device>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Device {
     id: String,
@@ -79,6 +80,31 @@ struct Device {
     ip_addresses: Vec<String>,
     #[serde(default)]
     tags: Vec<String>,
+}
+
+/// Headscale's API, as far as the control plane uses it: one route each, as for openbox's own.
+struct MintKey;
+impl Route for MintKey {
+    const METHOD: Method = Method::Post;
+    const PATH: &'static str = "/api/v1/preauthkey";
+    type Request = NewKey;
+    type Response = KeyMinted;
+}
+
+struct ListDevices;
+impl Route for ListDevices {
+    const METHOD: Method = Method::Get;
+    const PATH: &'static str = "/api/v1/node";
+    type Request = ();
+    type Response = Devices;
+}
+
+struct DeleteDevice;
+impl Route for DeleteDevice {
+    const METHOD: Method = Method::Delete;
+    const PATH: &'static str = "/api/v1/node/{id}";
+    type Request = ();
+    type Response = serde_json::Value;
 }
 
 impl Coordination {
@@ -99,8 +125,7 @@ impl Coordination {
             expiration: rfc3339(proto::time::now() + KEY_TTL_SECS),
             acl_tags: tags,
         };
-        let minted: KeyMinted =
-            self.client.post("/api/v1/preauthkey", &request).await.map_err(self.fail("mint a key"))?;
+        let minted = self.client.call::<MintKey>(&[], &request).await.map_err(self.fail("mint a key"))?;
         Ok(Secret::new(minted.pre_auth_key.key))
     }
 
@@ -116,11 +141,10 @@ impl Coordination {
     }
 
     async fn delete_where(&self, which: impl Fn(&Device) -> bool) -> Result<usize, CoordinationError> {
-        let devices: Devices = self.client.get("/api/v1/node").await.map_err(self.fail("list its devices"))?;
+        let devices = self.client.call::<ListDevices>(&[], &()).await.map_err(self.fail("list its devices"))?;
         let mut deleted = 0;
         for d in devices.nodes.iter().filter(|d| which(d)) {
-            let path = format!("/api/v1/node/{}", d.id);
-            self.client.delete::<serde_json::Value>(&path).await.map_err(self.fail("delete a device"))?;
+            self.client.call::<DeleteDevice>(&[&d.id], &()).await.map_err(self.fail("delete a device"))?;
             deleted += 1;
         }
         Ok(deleted)

@@ -10,21 +10,20 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
 mod access;
-mod api;
 mod audit;
+mod auth;
 mod changes;
-mod console;
 mod coordination;
 mod enrollment;
-mod events;
+mod handlers;
 mod http;
 pub mod https;
 pub mod mesh;
 mod metrics;
 mod placement;
 mod refusal;
+mod router;
 pub mod store;
-mod terminal;
 mod web;
 
 use std::future::Future;
@@ -258,7 +257,7 @@ pub async fn serve(
         shutdown.await;
         closing.send_replace(true);
     };
-    http::serve(listener, api::router(app), tls, shutdown).await;
+    http::serve(listener, router::router(app), tls, shutdown).await;
     sweeper.abort();
     follower.abort();
     Ok(())

@@ -34,7 +34,7 @@ pub async fn serve(
     let ip = node.ips()?.into_iter().next().context("the tailnet gave the control plane no address")?;
     joined(format!("http://{}", std::net::SocketAddr::new(ip, port)));
     // Plain HTTP: the tailnet encrypts and authenticates every peer already.
-    crate::http::serve(OnTailnet(listener), crate::api::router(app.clone()), None, app.closing()).await;
+    crate::http::serve(OnTailnet(listener), crate::router::router(app.clone()), None, app.closing()).await;
     drop(node);
     Ok(())
 }

@@ -58,10 +58,11 @@ pub async fn count(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
 /// `GET /v1/ready`: 200 when the database answers, 503 when it does not.
 pub async fn ready(State(app): State<Arc<App>>) -> Response {
     match app.store.user_count().await {
-        Ok(_) => Json(serde_json::json!({ "ready": true })).into_response(),
+        Ok(_) => Json(proto::api::Readiness { ready: true, error: None }).into_response(),
         Err(e) => {
             let why = format!("the database does not answer: {e}");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "error": why }))).into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, Json(proto::api::Readiness { ready: false, error: Some(why) }))
+                .into_response()
         }
     }
 }

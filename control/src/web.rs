@@ -17,27 +17,21 @@ use std::sync::{Arc, LazyLock};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use trust::token;
 
 use crate::audit::{Record, Source};
+use crate::auth::{Caller, Credential, HOST_COOKIE, Posted, Reply, cookie, cookie_name, cookie_user, same_origin};
 use crate::refusal::{Kind, Refusal};
 use crate::store::User;
 use crate::{App, now};
+use proto::routes;
 
-/// The cookie that holds a browser session (with the `__Host-` prefix over HTTPS, which
-/// makes browsers refuse it unless Secure, for this host only, on every path).
-const COOKIE: &str = "openbox_session";
-const HOST_COOKIE: &str = "__Host-openbox_session";
-/// The header that carries the session secret.
-pub const SECRET_HEADER: &str = "x-openbox-session";
 /// How long a browser session lasts.
 const SESSION_SECS: u64 = 12 * 3600;
 /// How long a link from `openbox dashboard` can be followed.
@@ -70,17 +64,6 @@ const INDEX: &[u8] = include_bytes!("../../web/index.html");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
     connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-pub fn routes() -> axum::Router<Arc<App>> {
-    axum::Router::new()
-        .route("/", get(index))
-        .route("/assets/{file}", get(asset))
-        .route("/web/login", post(login))
-        .route("/web/link/{code}", get(follow_link))
-        .route("/web/link", post(use_link))
-        .route("/web/session", get(session))
-        .route("/web/logout", post(logout))
-}
-
 /// Headers every page and asset carries.
 fn page(content_type: &'static str, body: impl IntoResponse) -> Response {
     let mut resp = body.into_response();
@@ -96,12 +79,12 @@ fn page(content_type: &'static str, body: impl IntoResponse) -> Response {
     resp
 }
 
-async fn index(headers: HeaderMap) -> Response {
+pub async fn index(headers: HeaderMap) -> Response {
     static PAGE: LazyLock<Asset> = LazyLock::new(|| Asset::new(INDEX));
     PAGE.respond("text/html; charset=utf-8", &headers)
 }
 
-async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+pub async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
     static PREPARED: LazyLock<Vec<Asset>> =
         LazyLock::new(|| ASSETS.iter().map(|(_, _, body)| Asset::new(body)).collect());
     match ASSETS.iter().position(|(name, _, _)| *name == file) {
@@ -169,19 +152,19 @@ struct SessionInfo {
 }
 
 #[derive(Deserialize)]
-struct LoginRequest {
+pub struct LoginRequest {
     token: String,
 }
 
 /// Exchanges a login token for a browser session.
-async fn login(
+pub async fn login(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     source: Option<axum::Extension<Source>>,
-    b: Result<Json<LoginRequest>, JsonRejection>,
+    Posted(b): Posted<LoginRequest>,
 ) -> Result<Response, Refusal> {
     same_origin(&headers)?;
-    let req = crate::api::body(b)?;
+    let req = b;
     let tok = req.token.trim();
     let user = match tok.starts_with(token::LOGIN_PREFIX) {
         true => app.store.user_by_login_token(&token::hash(tok)).await?,
@@ -199,7 +182,7 @@ async fn login(
 /// Follows a one-time link: to the page, which uses it (`POST /web/link`) — at once, or
 /// after asking, when it holds another user's session. The link is not used up here: a
 /// page elsewhere that sends the browser to it logs no one in by that alone.
-async fn follow_link(Path(code): Path<String>) -> Response {
+pub async fn follow_link(Path(code): Path<String>) -> Response {
     let to = match code.starts_with(LINK_PREFIX) && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         true => format!("/#link={code}"),
         false => "/#link-expired".to_owned(),
@@ -211,19 +194,19 @@ async fn follow_link(Path(code): Path<String>) -> Response {
 }
 
 #[derive(Deserialize)]
-struct LinkRequest {
+pub struct LinkRequest {
     code: String,
 }
 
 /// Uses a one-time link from this site's own page: a session for the link's user.
-async fn use_link(
+pub async fn use_link(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     source: Option<axum::Extension<Source>>,
-    b: Result<Json<LinkRequest>, JsonRejection>,
+    Posted(b): Posted<LinkRequest>,
 ) -> Result<Response, Refusal> {
     same_origin(&headers)?;
-    let req = crate::api::body(b)?;
+    let req = b;
     let user = match req.code.starts_with(LINK_PREFIX) {
         true => app.store.take_web_link(&token::hash(&req.code), now()).await?,
         false => None,
@@ -235,11 +218,6 @@ async fn use_link(
         ));
     };
     start_session(&app, &user, source.map(|s| s.0).as_ref(), "web.login").await
-}
-
-/// The cookie's name here: `__Host-…` over HTTPS.
-fn cookie_name(app: &App) -> &'static str {
-    if app.config.public_url.starts_with("https://") { HOST_COOKIE } else { COOKIE }
 }
 
 async fn start_session(app: &App, user: &User, source: Option<&Source>, action: &str) -> Result<Response, Refusal> {
@@ -276,7 +254,7 @@ fn session_info(app: &App, user: &User, secret: Option<String>, expires_at: u64)
 
 /// The browser's session, if it has a live one and the page holds its secret (401
 /// otherwise, which the pages take as "show the login form"). The secret is not in it.
-async fn session(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, Refusal> {
+pub async fn session(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, Refusal> {
     let Some(cookie) = cookie(&app, &parts.headers) else {
         return Err(Refusal::new(Kind::Unauthorized, "not logged in"));
     };
@@ -288,9 +266,9 @@ async fn session(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, 
 }
 
 /// Ends the browser's session and clears its cookie.
-async fn logout(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, Refusal> {
-    let caller = crate::api::Caller::from_parts(&parts, &app).await?;
-    if let crate::api::Credential::Web(hash) = &caller.credential {
+pub async fn logout(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, Refusal> {
+    let caller = Caller::from_parts(&parts, &app).await?;
+    if let Credential::Web(hash) = &caller.credential {
         app.store.remove_web_session(hash).await?;
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -300,81 +278,8 @@ async fn logout(State(app): State<Arc<App>>, parts: Parts) -> Result<Response, R
     Ok(resp)
 }
 
-/// The session cookie's value, if the request has one (by the name it has here).
-pub fn cookie<'h>(app: &App, headers: &'h HeaderMap) -> Option<&'h str> {
-    let name = cookie_name(app);
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
-        .filter(|v| !v.is_empty())
-}
-
-/// The user of a request authenticated by its session cookie, which must come with the
-/// session's secret (`X-Openbox-Session`; a WebSocket, which cannot send headers, puts it
-/// in its query as `secret`); a state-changing request must also, when it says where it
-/// comes from, come from here.
-pub async fn cookie_user(app: &App, parts: &Parts, cookie: &str) -> Result<(User, String), Refusal> {
-    let hash = token::hash(cookie);
-    let Some(crate::store::WebSession { user, secret_hash, .. }) = app.store.web_session(&hash, now()).await? else {
-        return Err(Refusal::new(Kind::Unauthorized, "your dashboard session has ended; log in again"));
-    };
-    if !matches!(parts.method, Method::GET | Method::HEAD) {
-        same_origin(&parts.headers)?;
-    }
-    let sent = match parts.headers.get(SECRET_HEADER) {
-        Some(v) => v.to_str().ok().map(str::to_owned),
-        None if is_websocket(&parts.headers) => query_value(parts.uri.query().unwrap_or_default(), "secret"),
-        None => None,
-    };
-    if !sent.is_some_and(|s| token::same(&token::hash(&s), &secret_hash)) {
-        return Err(Refusal::new(
-            Kind::Unauthorized,
-            "this request has the dashboard's cookie but not its session secret; log in to the dashboard again",
-        ));
-    }
-    Ok((user, hash))
-}
-
-fn is_websocket(headers: &HeaderMap) -> bool {
-    headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
-/// One value of a query string (percent-decoding is not needed: the values asked for
-/// here are hex).
-fn query_value(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(str::to_owned)
-}
-
-/// A WebSocket from the dashboard: it must say it comes from this site (its credentials
-/// were checked with the caller's).
-pub fn check_socket(headers: &HeaderMap) -> Result<(), Refusal> {
-    if headers.get(header::ORIGIN).is_none() {
-        return Err(Refusal::new(Kind::Forbidden, "a terminal must be opened from the dashboard"));
-    }
-    same_origin(headers)
-}
-
-/// Refuses a request whose `Origin` names another site than the one it was sent to.
-fn same_origin(headers: &HeaderMap) -> Result<(), Refusal> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, h)| h).unwrap_or_default();
-    if origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
-        return Err(Refusal::new(Kind::Forbidden, "a request from another site is refused"));
-    }
-    Ok(())
-}
-
 /// A one-time link that opens the dashboard logged in as the caller (`openbox dashboard`).
-pub async fn new_link(
-    State(app): State<Arc<App>>,
-    caller: crate::api::Caller,
-) -> Result<Json<proto::api::WebLink>, Refusal> {
+pub async fn new_link(State(app): State<Arc<App>>, caller: Caller) -> Reply<routes::NewWebLink> {
     let code = token::generate(LINK_PREFIX);
     let t = now();
     app.store.add_web_link(&token::hash(code.expose()), caller.user.id, t, t + LINK_SECS).await?;

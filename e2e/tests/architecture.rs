@@ -136,3 +136,162 @@ fn the_cli_has_no_async_runtime_ssh_or_http_in_its_dependency_tree() {
     assert!(found.is_empty(), "the CLI pulls in {found:?}");
     assert!(names.contains("clap") && names.contains("openbox-proto"), "the walk must see the CLI's real dependencies");
 }
+
+/// The top-level modules of a crate (`src/foo.rs` and `src/foo/…` are `foo`) and, for each,
+/// the modules it names (`crate::bar`, `use crate::{bar, baz}`), with the first place it
+/// does. Comments and a file's trailing `#[cfg(test)]` module are left out: a doc link or
+/// a test's helper is not a dependency.
+fn module_edges(src: &std::path::Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut edges: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut files = vec![src.to_path_buf()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let rel = path.strip_prefix(src).unwrap();
+        let top = rel.components().next().unwrap().as_os_str().to_string_lossy().trim_end_matches(".rs").to_owned();
+        if ["lib", "main"].contains(&top.as_str()) || rel.starts_with("bin") {
+            continue; // the crate's root names everything
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        for (n, line) in code.lines().enumerate() {
+            let line = line.split("//").next().unwrap();
+            for named in crate_paths(line) {
+                if named != top {
+                    let at = format!("{}:{}", path.display(), n + 1);
+                    edges.entry(top.clone()).or_default().entry(named).or_insert(at);
+                }
+            }
+        }
+        edges.entry(top).or_default();
+    }
+    edges
+}
+
+/// The first segment of every `crate::…` path in `line`, braces included
+/// (`crate::{a, b::c}` names `a` and `b`).
+fn crate_paths(line: &str) -> Vec<String> {
+    let ident = |s: &str| -> String { s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
+    let mut found = Vec::new();
+    for (i, _) in line.match_indices("crate::") {
+        let rest = &line[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0;
+            let mut item_start = true;
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    c if item_start && !c.is_whitespace() => {
+                        found.push(ident(&group[j..]));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            found.push(ident(rest));
+        }
+    }
+    found.into_iter().filter(|s| !s.is_empty()).collect()
+}
+
+/// The sets of modules that name each other round a loop (Tarjan's strongly connected
+/// components of more than one module).
+fn module_loops(edges: &BTreeMap<String, BTreeMap<String, String>>) -> Vec<Vec<String>> {
+    struct Walk<'a> {
+        edges: &'a BTreeMap<String, BTreeMap<String, String>>,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        loops: Vec<Vec<String>>,
+    }
+    impl<'a> Walk<'a> {
+        fn visit(&mut self, m: &'a str) {
+            let i = self.index.len();
+            self.index.insert(m, i);
+            self.low.insert(m, i);
+            self.stack.push(m);
+            for next in self.edges.get(m).into_iter().flat_map(|e| e.keys()) {
+                let next = next.as_str();
+                if !self.edges.contains_key(next) {
+                    continue; // not a module of this crate (a macro's crate::, say)
+                }
+                if !self.index.contains_key(next) {
+                    self.visit(next);
+                    self.low.insert(m, self.low[m].min(self.low[next]));
+                } else if self.stack.contains(&next) {
+                    self.low.insert(m, self.low[m].min(self.index[next]));
+                }
+            }
+            if self.low[m] == self.index[m] {
+                let mut group = Vec::new();
+                while let Some(top) = self.stack.pop() {
+                    group.push(top.to_owned());
+                    if top == m {
+                        break;
+                    }
+                }
+                if group.len() > 1 {
+                    group.sort();
+                    self.loops.push(group);
+                }
+            }
+        }
+    }
+    let mut walk = Walk { edges, index: BTreeMap::new(), low: BTreeMap::new(), stack: Vec::new(), loops: Vec::new() };
+    for m in edges.keys() {
+        if !walk.index.contains_key(m.as_str()) {
+            walk.visit(m);
+        }
+    }
+    walk.loops
+}
+
+#[test]
+fn no_crate_has_modules_that_use_each_other_round_a_loop() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let g = graph();
+    let mut found = Vec::new();
+    for member in &g.members {
+        let dir = member.split('#').next().unwrap().trim_start_matches("path+file://");
+        let src = std::path::Path::new(dir).join("src");
+        if !src.is_dir() {
+            continue;
+        }
+        let edges = module_edges(&src);
+        for group in module_loops(&edges) {
+            let how: Vec<String> = group
+                .iter()
+                .flat_map(|m| {
+                    edges[m]
+                        .iter()
+                        .filter(|(to, _)| group.contains(to))
+                        .map(move |(to, at)| format!("{m} → {to} ({at})"))
+                })
+                .collect();
+            found.push(format!("{}: {}\n      {}", g.names[member], group.join(", "), how.join("\n      ")));
+        }
+    }
+    let _ = root;
+    assert!(found.is_empty(), "modules that use each other round a loop:\n  {}", found.join("\n  "));
+}
+
+#[test]
+fn the_loop_finder_finds_a_loop_and_reads_braced_paths() {
+    assert_eq!(crate_paths("use crate::{a, b::{c, d}, e::f};"), ["a", "b", "e"]);
+    assert_eq!(crate_paths("let x = crate::plan::plan(&g); crate::y"), ["plan", "y"]);
+    let edges: BTreeMap<String, BTreeMap<String, String>> =
+        [("a", &["b"][..]), ("b", &["c"]), ("c", &["a"]), ("d", &["a"])]
+            .iter()
+            .map(|(m, to)| (m.to_string(), to.iter().map(|t| (t.to_string(), String::new())).collect()))
+            .collect();
+    assert_eq!(module_loops(&edges), vec![vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]]);
+}

@@ -178,25 +178,46 @@ impl Client {
         &self.url
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ControlError> {
-        self.call(Method::GET, path, None::<&()>).await
+    /// Calls the route `R` with `params` for its path and `request` for its query or body.
+    pub async fn call<R: proto::routes::Route>(
+        &self,
+        params: &[&str],
+        request: &R::Request,
+    ) -> Result<R::Response, ControlError> {
+        use proto::routes::{Method as M, fill, query};
+        let path = fill::<R>(params);
+        match R::METHOD {
+            M::Get => self.get(&format!("{path}{}", query(request))).await,
+            M::Post => self.post(&path, request).await,
+            M::Patch => self.patch(&path, request).await,
+            M::Delete => self.delete(&path).await,
+        }
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
-        self.call(Method::POST, path, Some(body)).await
+    /// Opens the server-sent event stream of `R` (`Events`) with `request` as its query.
+    pub async fn events_of<R: proto::routes::Route>(&self, request: &R::Request) -> Result<EventStream, ControlError> {
+        self.events(&format!("{}{}", proto::routes::fill::<R>(&[]), proto::routes::query(request))).await
     }
 
-    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
-        self.call(Method::PATCH, path, Some(body)).await
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ControlError> {
+        self.exchange(Method::GET, path, None::<&()>).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
+        self.exchange(Method::POST, path, Some(body)).await
+    }
+
+    async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ControlError> {
+        self.exchange(Method::PATCH, path, Some(body)).await
     }
 
     /// A DELETE; `T` is what the answer holds (`()` for none).
-    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ControlError> {
-        self.call(Method::DELETE, path, None::<&()>).await
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ControlError> {
+        self.exchange(Method::DELETE, path, None::<&()>).await
     }
 
-    /// Opens a server-sent event stream (e.g. `/v1/events`).
-    pub async fn events(&self, path: &str) -> Result<EventStream, ControlError> {
+    /// Opens a server-sent event stream at `path`.
+    async fn events(&self, path: &str) -> Result<EventStream, ControlError> {
         let (sender, resp) = self.send(Method::GET, path, Vec::new(), "text/event-stream").await?;
         if !resp.status().is_success() {
             let status = resp.status();
@@ -206,7 +227,7 @@ impl Client {
         Ok(EventStream { body: resp.into_body(), buf: Vec::new(), last_id: None, scanned: 0, _sender: sender })
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    async fn exchange<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

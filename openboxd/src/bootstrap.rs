@@ -227,7 +227,7 @@ async fn bootstrap(
     // Already a node of this fleet? Then nothing changes, unless asked.
     if !req.reinstall
         && let Some((node_id, name)) = enrolled(remote, &layout).await
-        && control.get::<Vec<Node>>("/v1/nodes").await?.iter().any(|n| n.id == node_id)
+        && control.call::<proto::routes::ListNodes>(&[], &Default::default()).await?.iter().any(|n| n.id == node_id)
     {
         let text =
             format!("{who} is already node {name} ({node_id}); nothing changed (--reinstall installs it again).");
@@ -242,7 +242,7 @@ async fn bootstrap(
     let installed = Installed { layout: &layout, manager: machine.manager, binary_is_new: !existed };
     let done = async {
         let tok: EnrollToken = control
-            .post("/v1/enroll-tokens", &NewEnrollToken { tags: req.tags.clone(), ttl_secs: 600 })
+            .call::<proto::routes::NewEnrollToken>(&[], &NewEnrollToken { tags: req.tags.clone(), ttl_secs: 600 })
             .await
             .context("minting an enrollment token")?;
         put_token(remote, &layout, &tok.token).await.context("handing over the enrollment token")?;
@@ -525,7 +525,7 @@ async fn wait_online(
     let mut pause = Duration::from_millis(100);
     loop {
         if let Some((id, name)) = enrolled(remote, layout).await {
-            let nodes: Vec<Node> = control.get("/v1/nodes").await?;
+            let nodes: Vec<Node> = control.call::<proto::routes::ListNodes>(&[], &Default::default()).await?;
             if nodes.iter().any(|n| n.id == id && n.online) {
                 return Ok((id, name));
             }

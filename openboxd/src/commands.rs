@@ -4,6 +4,7 @@
 use anyhow::{Context as _, bail};
 use proto::api::*;
 use proto::output::{EnrollIssued, LoggedOut, LoginIssued, Removed};
+use proto::routes;
 use proto::rpc::Whoami;
 
 use crate::Daemon;
@@ -39,7 +40,7 @@ pub async fn login(
     let fingerprint = fingerprint.map(str::parse::<tls::Fingerprint>).transpose()?;
     let server = net::control::Endpoint { fingerprint, insecure_http, ..net::control::Endpoint::new(url) };
     let client = crate::mesh::control_client(&server, Some(trust::Secret::new(token)))?;
-    let me: WhoAmI = client.get("/v1/whoami").await.context("login failed")?;
+    let me: WhoAmI = client.call::<routes::WhoAmI>(&[], &()).await.context("login failed")?;
     let login = Login {
         server,
         user: me.user.clone(),
@@ -71,8 +72,8 @@ pub async fn login(
     // The fleet's tailnet, when the control plane holds one (an older one has no route).
     // A key only when this openboxd still needs one to join: each may be minted for it.
     let needs_key = d.mesh.is_none() || tailnet::has_kept_auth_key(&paths::tailnet_dir());
-    let path = if needs_key { "/v1/mesh" } else { "/v1/mesh?key=none" };
-    match client.get::<Option<MeshSettings>>(path).await {
+    let query = proto::api::MeshQuery { key: (!needs_key).then(|| "none".to_owned()) };
+    match client.call::<routes::Mesh>(&[], &query).await {
         Ok(Some(fleet)) => join_fleet_mesh(d, &fleet, &mut reply)?,
         Ok(None) => {}
         Err(e) if e.status() == Some(404) => tracing::debug!(error = %e, "no tailnet from the control plane"),
@@ -119,7 +120,7 @@ pub async fn logout(d: &Daemon) -> anyhow::Result<Reply> {
     // Revoke the token on the control plane too; if it cannot be reached, the local
     // logout still happens and says so.
     let mut warnings = Vec::new();
-    let revoked = match login.client()?.post::<_, ()>("/v1/logout", &()).await {
+    let revoked = match login.client()?.call::<routes::Logout>(&[], &()).await {
         Ok(()) => true,
         Err(e) => {
             warnings.push(format!("warning: the token could not be revoked on the control plane: {e}"));
@@ -137,7 +138,7 @@ pub async fn logout(d: &Daemon) -> anyhow::Result<Reply> {
 
 pub async fn whoami(d: &Daemon) -> anyhow::Result<Reply> {
     let login = d.login()?;
-    let me: WhoAmI = login.client()?.get("/v1/whoami").await?;
+    let me: WhoAmI = login.client()?.call::<routes::WhoAmI>(&[], &()).await?;
     let admin = if me.admin { " (admin)" } else { "" };
     let context = paths::context().name().to_owned();
     let text = format!("{}{admin} at {} (context {context})", me.user, login.server.url);
@@ -146,14 +147,14 @@ pub async fn whoami(d: &Daemon) -> anyhow::Result<Reply> {
 
 /// A one-time link that opens the web dashboard logged in as this user.
 pub async fn dashboard(d: &Daemon) -> anyhow::Result<Reply> {
-    let link: proto::api::WebLink = d.login()?.client()?.post("/v1/web-links", &()).await?;
+    let link: proto::api::WebLink = d.login()?.client()?.call::<routes::NewWebLink>(&[], &()).await?;
     Ok(Reply::new(to_json(&link), link.to_string()))
 }
 
 pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let client = login.client()?;
-    let created: UserCreated = client.post("/v1/users", &NewUser { name: name.to_owned() }).await?;
+    let created: UserCreated = client.call::<routes::AddUser>(&[], &NewUser { name: name.to_owned() }).await?;
     let command = format!("openbox login {} --token {}", login.server.flags(), created.token);
     let mut text = format!(
         "Created user {name}. They log in with (the token is shown only once):\n  {command}\n\
@@ -162,8 +163,13 @@ pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
         name = created.name
     );
     // The nodes a tag grant never reaches, so that the admin knows before granting.
-    let beside: Vec<String> =
-        client.get::<Vec<Node>>("/v1/nodes").await?.into_iter().filter(|n| n.shares_control).map(|n| n.name).collect();
+    let beside: Vec<String> = client
+        .call::<routes::ListNodes>(&[], &Default::default())
+        .await?
+        .into_iter()
+        .filter(|n| n.shares_control)
+        .map(|n| n.name)
+        .collect();
     if !beside.is_empty() {
         text += &format!(
             "\nNode{} {} run{} beside the control plane and could read its files (its CA key among them): only a grant \
@@ -179,7 +185,7 @@ pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
 
 /// Lets a user run on the nodes of a tag, or on one node.
 pub async fn user_grant(d: &Daemon, name: &str, grant: &Grant) -> anyhow::Result<Reply> {
-    let grants: Vec<Grant> = d.login()?.client()?.post(&format!("/v1/users/{name}/grants"), grant).await?;
+    let grants: Vec<Grant> = d.login()?.client()?.call::<routes::Grant>(&[name], grant).await?;
     let text = format!("{name} may now run on {grant}.\n{}", grants_line(name, &grants));
     Ok(Reply::new(to_json(&grants), text))
 }
@@ -187,8 +193,7 @@ pub async fn user_grant(d: &Daemon, name: &str, grant: &Grant) -> anyhow::Result
 /// Takes back a grant on a tag or a node.
 pub async fn user_revoke(d: &Daemon, name: &str, on: &Target) -> anyhow::Result<Reply> {
     let (kind, value) = on.parts();
-    let path = format!("/v1/users/{name}/grants/{kind}/{value}");
-    let grants: Vec<Grant> = d.login()?.client()?.delete(&path).await?;
+    let grants: Vec<Grant> = d.login()?.client()?.call::<routes::Revoke>(&[name, kind, value], &()).await?;
     let text = format!("{name} no longer runs on {kind}:{value}.\n{}", grants_line(name, &grants));
     Ok(Reply::new(to_json(&grants), text))
 }
@@ -208,7 +213,7 @@ fn grants_shown(grants: &[Grant]) -> String {
 /// A new login token for an existing user (their other tokens keep working).
 pub async fn user_token(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
-    let created: UserCreated = login.client()?.post(&format!("/v1/users/{name}/tokens"), &()).await?;
+    let created: UserCreated = login.client()?.call::<routes::NewUserToken>(&[name], &()).await?;
     let command = format!("openbox login {} --token {}", login.server.flags(), created.token);
     let text =
         format!("New login token for {}. They log in with (the token is shown only once):\n  {command}", created.name);
@@ -216,7 +221,7 @@ pub async fn user_token(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
 }
 
 pub async fn user_list(d: &Daemon) -> anyhow::Result<Reply> {
-    let users: Vec<UserInfo> = d.login()?.client()?.get("/v1/users").await?;
+    let users: Vec<UserInfo> = d.login()?.client()?.call::<routes::ListUsers>(&[], &()).await?;
     let mut text = format!("{:<24} {:<6} {:<10} {}\n", "NAME", "ADMIN", "CREATED", "MAY RUN ON");
     for u in &users {
         let grants = match (u.admin, u.grants.is_empty()) {
@@ -231,7 +236,7 @@ pub async fn user_list(d: &Daemon) -> anyhow::Result<Reply> {
 }
 
 pub async fn user_remove(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
-    d.login()?.client()?.delete::<()>(&format!("/v1/users/{name}")).await?;
+    d.login()?.client()?.call::<routes::RemoveUser>(&[name], &()).await?;
     Ok(Reply::new(
         to_json(&Removed { removed: name.to_owned(), node: None }),
         format!("Removed user {name}; their tokens no longer work."),
@@ -241,7 +246,7 @@ pub async fn user_remove(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
 pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let tok: EnrollToken =
-        login.client()?.post("/v1/enroll-tokens", &NewEnrollToken { tags: tags.to_vec(), ttl_secs }).await?;
+        login.client()?.call::<routes::NewEnrollToken>(&[], &NewEnrollToken { tags: tags.to_vec(), ttl_secs }).await?;
     let tag_flags: String = tok.tags.iter().map(|t| format!(" --tag {t}")).collect();
     // The token goes in the environment: other users can read a process's arguments.
     let command =
@@ -258,17 +263,14 @@ pub async fn node_token(d: &Daemon, tags: &[String], ttl_secs: u64) -> anyhow::R
 }
 
 pub async fn nodes(d: &Daemon, tag: Option<&str>) -> anyhow::Result<Reply> {
-    let path = match tag {
-        Some(t) => format!("/v1/nodes?tag={t}"),
-        None => "/v1/nodes".to_owned(),
-    };
     let client = d.login()?.client()?;
-    let nodes: Vec<Node> = client.get(&path).await?;
+    let filter = proto::api::NodeFilter { tag: tag.map(str::to_owned) };
+    let nodes: Vec<Node> = client.call::<routes::ListNodes>(&[], &filter).await?;
     let text = if nodes.is_empty() {
         match tag {
             Some(t) => format!("No node carries tag {t:?}."),
             // Only an admin can add one; anyone else is shown only the nodes granted to them.
-            None if client.get::<WhoAmI>("/v1/whoami").await.is_ok_and(|me| !me.admin) => {
+            None if client.call::<routes::WhoAmI>(&[], &()).await.is_ok_and(|me| !me.admin) => {
                 "No nodes you may use yet: an admin grants them to you (`openbox user grant`).".into()
             }
             None => "No nodes yet. Add one: `openbox node token --tag TAG` prints the command to run on it.".into(),
@@ -292,7 +294,7 @@ pub async fn nodes(d: &Daemon, tag: Option<&str>) -> anyhow::Result<Reply> {
 }
 
 pub async fn node_remove(d: &Daemon, node: &str) -> anyhow::Result<Reply> {
-    d.login()?.client()?.delete::<()>(&format!("/v1/nodes/{node}")).await?;
+    d.login()?.client()?.call::<routes::RemoveNode>(&[node], &()).await?;
     Ok(Reply::new(
         to_json(&Removed { removed: node.to_owned(), node: None }),
         format!("Removed node {node}; its identity is revoked."),
@@ -303,7 +305,7 @@ pub async fn node_update(d: &Daemon, node: &str, update: NodeUpdate) -> anyhow::
     if update.name.is_none() && update.add_tags.is_empty() && update.remove_tags.is_empty() {
         bail!("nothing to change: give +TAG to add or -TAG to remove");
     }
-    let n: Node = d.login()?.client()?.patch(&format!("/v1/nodes/{node}"), &update).await?;
+    let n: Node = d.login()?.client()?.call::<routes::UpdateNode>(&[node], &update).await?;
     let tags = if n.tags.is_empty() { "none".into() } else { n.tags.join(",") };
     Ok(Reply::new(serde_json::to_value(&n)?, format!("Node {} ({}): tags {tags}", n.name, n.id)))
 }
@@ -313,7 +315,7 @@ fn ago(t: u64) -> String {
 }
 
 pub async fn sessions(d: &Daemon) -> anyhow::Result<Reply> {
-    let sessions: Vec<SessionInfo> = d.login()?.client()?.get("/v1/sessions").await?;
+    let sessions: Vec<SessionInfo> = d.login()?.client()?.call::<routes::ListSessions>(&[], &()).await?;
     let text = if sessions.is_empty() {
         "No sessions. Start one with `openbox -t TAG -s NAME CMD`.".to_owned()
     } else {
@@ -334,7 +336,7 @@ fn isolation_text(s: &SessionInfo) -> String {
 /// Ends a session: stops its shell on the node, then removes it from the directory.
 pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
-    let sessions: Vec<SessionInfo> = login.client()?.get("/v1/sessions").await?;
+    let sessions: Vec<SessionInfo> = login.client()?.call::<routes::ListSessions>(&[], &()).await?;
     let Some(s) = sessions.into_iter().find(|s| s.id == id) else {
         bail!("you have no session {id:?}; `openbox sessions` lists them");
     };
@@ -355,7 +357,7 @@ pub async fn session_remove(d: &Daemon, id: &str) -> anyhow::Result<Reply> {
             s.node_name
         ));
     }
-    login.client()?.delete::<()>(&format!("/v1/sessions/{id}")).await?;
+    login.client()?.call::<routes::RemoveSession>(&[id], &()).await?;
     acct.forget_session(id);
     Ok(Reply {
         json: to_json(&Removed { removed: id.to_owned(), node: Some(s.node_id) }),
@@ -371,18 +373,13 @@ pub async fn audit(
     node: Option<&str>,
     since_secs: Option<u64>,
 ) -> anyhow::Result<Reply> {
-    let mut query = Vec::new();
-    if let Some(u) = user {
-        query.push(format!("user={u}"));
-    }
-    if let Some(n) = node {
-        query.push(format!("node={n}"));
-    }
-    if let Some(s) = since_secs {
-        query.push(format!("since={s}"));
-    }
-    let path = if query.is_empty() { "/v1/audit".to_owned() } else { format!("/v1/audit?{}", query.join("&")) };
-    let entries: Vec<AuditEntry> = d.login()?.client()?.get(&path).await?;
+    let filter = proto::api::AuditFilter {
+        user: user.map(str::to_owned),
+        node: node.map(str::to_owned),
+        since: since_secs,
+        limit: None,
+    };
+    let entries: Vec<AuditEntry> = d.login()?.client()?.call::<routes::Audit>(&[], &filter).await?;
     let text = if entries.is_empty() {
         "No audit entries match.".to_owned()
     } else {

@@ -107,7 +107,7 @@ async fn dispatch(acct: &Account, target: &Target, want: Want<'_>) -> Result<(No
         public_key: acct.key.public_key().to_openssh().map_err(|e| bad(&e))?,
     };
     let client = crate::mesh::control_client(&acct.login.server, Some(acct.login.token.clone()))?;
-    let d: Dispatch = client.post("/v1/dispatch", &request).await?;
+    let d: Dispatch = client.call::<proto::routes::Dispatch>(&[], &request).await?;
     if trust::parse_public_key(&d.ca_public_key).map_err(|e| bad(&e))? != acct.login.ca {
         return Err(ConnectError::CaChanged);
     }

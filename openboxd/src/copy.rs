@@ -124,7 +124,7 @@ async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
 /// Where session `sid` is, and what it runs under — as the control plane's directory
 /// says; `named` (the node side of the copy) must be its node.
 async fn session_place(d: &Daemon, sid: &str, named: &Target) -> anyhow::Result<(Target, proto::Isolation)> {
-    let sessions: Vec<SessionInfo> = d.login()?.client()?.get("/v1/sessions").await?;
+    let sessions: Vec<SessionInfo> = d.login()?.client()?.call::<proto::routes::ListSessions>(&[], &()).await?;
     let Some(s) = sessions.into_iter().find(|s| s.id == sid) else {
         bail!("you have no session {sid:?}: start it with a command first (openbox -t TAG -s {sid} … true)");
     };

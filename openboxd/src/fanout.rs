@@ -79,7 +79,7 @@ async fn run_inner(
 ) -> anyhow::Result<u8> {
     let halts = halts.with_deadline(crate::run::deadline(req.timeout_secs));
     let acct = d.account()?;
-    let all: Vec<Node> = acct.login.client()?.get("/v1/nodes").await?;
+    let all: Vec<Node> = acct.login.client()?.call::<proto::routes::ListNodes>(&[], &Default::default()).await?;
     let mut nodes: Vec<Node> = all.into_iter().filter(|n| req.tags.iter().all(|t| n.tags.contains(t))).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     if nodes.is_empty() {

@@ -153,7 +153,7 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
             let pid = CONTROL.spawn(&args, &[])?;
             let health = net::control::Client::new(&Endpoint::new(&url), None)?;
             wait_for("the control plane answering", &CONTROL, pid, || async {
-                health.get::<proto::api::Health>("/v1/health").await.is_ok()
+                health.call::<proto::routes::Health>(&[], &()).await.is_ok()
             })
             .await?;
             true
@@ -169,7 +169,9 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
             })?;
             let token = trust::Secret::new(token.trim());
             let server = Endpoint::new(&url);
-            let me: WhoAmI = net::control::Client::new(&server, Some(token.clone()))?.get("/v1/whoami").await?;
+            let me: WhoAmI = net::control::Client::new(&server, Some(token.clone()))?
+                .call::<proto::routes::WhoAmI>(&[], &())
+                .await?;
             let login = Login { server, user: me.user, token, ca: trust::parse_public_key(&me.ca_public_key)? };
             user_key()?;
             login.save()?;
@@ -192,7 +194,10 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
             if !enrolled {
                 let tok: EnrollToken = login
                     .client()?
-                    .post("/v1/enroll-tokens", &NewEnrollToken { tags: vec![LOCAL_TAG.into()], ttl_secs: 600 })
+                    .call::<proto::routes::NewEnrollToken>(
+                        &[],
+                        &NewEnrollToken { tags: vec![LOCAL_TAG.into()], ttl_secs: 600 },
+                    )
                     .await?;
                 args.extend(["--server".into(), url.clone()]);
                 token = Some(tok.token);

@@ -78,22 +78,19 @@ async fn feed(login: Login, state: Arc<RwLock<State>>, events: broadcast::Sender
     let mut pause = Duration::from_millis(200);
     // The last change taken in: a new stream resumes after it, so a reconnect costs the
     // changes missed, not the whole fleet again.
-    let mut since: Option<String> = None;
+    let mut since: Option<i64> = None;
     loop {
-        let path = match &since {
-            Some(seq) => format!("/v1/events?changes=true&since={seq}"),
-            None => "/v1/events?changes=true".to_owned(),
-        };
+        let query = proto::api::EventsQuery { changes: true, since };
         match login.client() {
-            Ok(client) => match client.events(&path).await {
+            Ok(client) => match client.events_of::<proto::routes::Events>(&query).await {
                 Ok(mut stream) => {
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok((name, data)) => match apply(&state, &events, &name, &data) {
                                 Ok(true) => {
                                     pause = Duration::from_millis(200);
-                                    if let Some(id) = stream.last_id() {
-                                        since = Some(id.to_owned());
+                                    if let Some(id) = stream.last_id().and_then(|id| id.parse().ok()) {
+                                        since = Some(id);
                                     }
                                 }
                                 // A change to a list it does not hold: start again from the whole list.

@@ -61,7 +61,7 @@ fn target(agent: &str, global: bool) -> anyhow::Result<Target> {
 }
 
 pub async fn write(d: &Daemon, agents: &[String], dir: &str, global: bool, print: bool) -> anyhow::Result<Reply> {
-    let nodes: Vec<Node> = d.login()?.client()?.get("/v1/nodes").await?;
+    let nodes: Vec<Node> = d.login()?.client()?.call::<proto::routes::ListNodes>(&[], &Default::default()).await?;
     let body = instructions(&nodes);
     let mut written = Vec::new();
     let mut text = String::new();

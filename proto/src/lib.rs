@@ -10,6 +10,7 @@ pub mod exec;
 pub mod isolation;
 pub mod output;
 pub mod request;
+pub mod routes;
 pub mod rpc;
 pub mod time;
 

@@ -539,7 +539,7 @@ impl Sessions {
                         env: crate::pty::Env::Fresh(fresh),
                         arg0: None,
                         login: None,
-                        tree: crate::exec::Tree::Group,
+                        tree: crate::procs::Tree::Group,
                     };
                     crate::pty::run(spawn, pty, timeout, input, out).await;
                 }

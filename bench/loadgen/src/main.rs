@@ -6,6 +6,7 @@
 //! going on, `--dispatchers` users dispatching as fast as answers come for
 //! `--burst-seconds`. It prints what it measured as JSON.
 
+use proto::routes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -120,7 +121,8 @@ async fn enroll(args: &Args) -> Vec<(Enrolled, usize)> {
                     return;
                 }
                 let mint = NewEnrollToken { tags: tags(i), ttl_secs: 3600 };
-                let token: EnrollToken = admin.post("/v1/enroll-tokens", &mint).await.expect("an enrollment token");
+                let token: EnrollToken =
+                    admin.call::<routes::NewEnrollToken>(&[], &mint).await.expect("an enrollment token");
                 let req = EnrollRequest {
                     token: token.token,
                     name: Some(format!("n{i:05}")),
@@ -133,7 +135,7 @@ async fn enroll(args: &Args) -> Vec<(Enrolled, usize)> {
                     capabilities: vec!["native".into()],
                     host: Some(simulated_host(i)),
                 };
-                let enrolled: Enrolled = anonymous.post("/v1/enroll", &req).await.expect("enrolled");
+                let enrolled: Enrolled = anonymous.call::<routes::Enroll>(&[], &req).await.expect("enrolled");
                 out.lock().await.push((enrolled, i));
             }
         }));
@@ -203,8 +205,7 @@ async fn main() {
                 tokio::time::sleep_until(next).await;
                 next += interval;
                 let t0 = Instant::now();
-                let ok =
-                    c.post::<_, serde_json::Value>("/v1/heartbeat", &hb).await.map(|_| ()).map_err(|e| e.to_string());
+                let ok = c.call::<routes::Heartbeat>(&[], &hb).await.map(|_| ()).map_err(|e| e.to_string());
                 if measuring.load(Ordering::Relaxed) {
                     beats.lock().await.add(t0.elapsed(), ok);
                 }
@@ -242,8 +243,7 @@ async fn main() {
                 };
                 k += 1;
                 let t0 = Instant::now();
-                let ok =
-                    c.post::<_, serde_json::Value>("/v1/dispatch", &req).await.map(|_| ()).map_err(|e| e.to_string());
+                let ok = c.call::<routes::Dispatch>(&[], &req).await.map(|_| ()).map_err(|e| e.to_string());
                 let samples = if flat_out { &burst } else { &steady };
                 samples.lock().await.add(t0.elapsed(), ok);
             }
@@ -253,14 +253,19 @@ async fn main() {
     // Subscribers: a user who may see the watched nodes, following the registry.
     let admin = client(&args.server, Some(&args.token));
     let watcher = format!("watcher{}", std::process::id());
-    let created: UserCreated = admin.post("/v1/users", &NewUser { name: watcher.clone() }).await.expect("a user");
+    let created: UserCreated =
+        admin.call::<routes::AddUser>(&[], &NewUser { name: watcher.clone() }).await.expect("a user");
     let grant = Grant { on: Target::Tag("watched".into()), isolation: Vec::new() };
-    let _: serde_json::Value = admin.post(&format!("/v1/users/{watcher}/grants"), &grant).await.expect("a grant");
+    admin.call::<routes::Grant>(&[&watcher], &grant).await.expect("a grant");
     let (arrivals_tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
     let mut opened = 0;
     for s in 0..args.subscribers {
         let c = client(&args.server, Some(&created.token));
-        let Ok(mut stream) = c.events("/v1/events?changes=true").await else { continue };
+        let Ok(mut stream) =
+            c.events_of::<routes::Events>(&proto::api::EventsQuery { changes: true, since: None }).await
+        else {
+            continue;
+        };
         opened += 1;
         let tx = arrivals_tx.clone();
         tokio::spawn(async move {
@@ -283,7 +288,7 @@ async fn main() {
         let mark = format!("mark-{j}");
         let t0 = Instant::now();
         let update = NodeUpdate { name: None, add_tags: vec![mark.clone()], remove_tags: Vec::new() };
-        let _: serde_json::Value = admin.patch(&format!("/v1/nodes/{watched}"), &update).await.expect("a retag");
+        admin.call::<routes::UpdateNode>(&[&watched], &update).await.expect("a retag");
         let mut seen = std::collections::HashSet::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while seen.len() < opened {
@@ -299,7 +304,7 @@ async fn main() {
             if seen.len() == opened { Ok(()) } else { Err(format!("{} of {opened} streams saw {mark}", seen.len())) };
         reach.add(t0.elapsed(), ok);
         let undo = NodeUpdate { name: None, add_tags: Vec::new(), remove_tags: vec![mark] };
-        let _: serde_json::Value = admin.patch(&format!("/v1/nodes/{watched}"), &undo).await.expect("an untag");
+        admin.call::<routes::UpdateNode>(&[&watched], &undo).await.expect("an untag");
     }
 
     let left = Duration::from_secs(args.seconds).saturating_sub(window.elapsed());

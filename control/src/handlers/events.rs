@@ -13,17 +13,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use proto::api::{EVENT_NODE, EVENT_NODE_REMOVED, EVENT_NODES, EVENT_SESSIONS, Grant, Node, NodeRemoved, SessionInfo};
-use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::sessions;
 use crate::App;
 use crate::access::Access;
-use crate::api::{Caller, Credential, sessions_of};
+use crate::auth::{Caller, Credential};
 use crate::changes::Update;
 use crate::store::{ChangeKind, User};
 
@@ -35,20 +35,11 @@ const RECHECK: Duration = Duration::from_secs(5);
 /// A resume further back than this many changes is sent the whole list instead.
 const MAX_REPLAY: i64 = 10_000;
 
-#[derive(Deserialize, Default)]
-pub struct EventsQuery {
-    /// Each change alone, numbered, after the whole list once.
-    #[serde(default)]
-    changes: bool,
-    /// Resume after this change (implies `changes`).
-    since: Option<i64>,
-}
-
 pub async fn events(
     State(app): State<Arc<App>>,
     caller: Caller,
     headers: HeaderMap,
-    Query(q): Query<EventsQuery>,
+    crate::auth::Params(q): crate::auth::Params<proto::routes::Events>,
 ) -> Events {
     // A browser's EventSource resumes on its own with the last id it saw.
     let resumed = headers.get("last-event-id").and_then(|v| v.to_str().ok()?.trim().parse().ok());
@@ -115,7 +106,7 @@ impl Follower {
 
     /// The caller's sessions, if they differ from those last sent.
     async fn sessions(&mut self) -> Option<Event> {
-        let sessions = sessions_of(&self.app, self.user.id).await.ok()?;
+        let sessions = sessions::of(&self.app, self.user.id).await.ok()?;
         if self.sent_sessions.as_ref() == Some(&sessions) {
             return None;
         }
@@ -274,7 +265,7 @@ fn whole_lists(app: Arc<App>, caller: Caller) -> Events {
                         (EVENT_NODES, serde_json::to_string(&nodes))
                     } else {
                         sessions_rx.borrow_and_update();
-                        let sessions = sessions_of(&app, user.id).await.ok()?;
+                        let sessions = sessions::of(&app, user.id).await.ok()?;
                         if sent.as_ref() == Some(&sessions) {
                             continue;
                         }

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -16,23 +16,10 @@ use net::ssh::PtySpec;
 use proto::api::Target;
 use tokio::sync::mpsc;
 
+use super::console::{Behalf, on_behalf};
 use crate::App;
-use crate::api::Caller;
-use crate::console::{Behalf, on_behalf};
+use crate::auth::Caller;
 use crate::refusal::{Kind, Refusal};
-
-/// What the page asks for.
-#[derive(serde::Deserialize)]
-pub struct TerminalQuery {
-    /// `node:NAME` or `tag:TAG`.
-    target: String,
-    #[serde(default)]
-    session: Option<String>,
-    #[serde(default)]
-    isolation: Option<String>,
-    cols: u32,
-    rows: u32,
-}
 
 #[derive(serde::Deserialize)]
 struct Resize {
@@ -48,10 +35,10 @@ pub async fn open(
     caller: Caller,
     headers: HeaderMap,
     slot: Option<axum::Extension<crate::http::ConnectionSlot>>,
-    Query(q): Query<TerminalQuery>,
+    crate::auth::Params(q): crate::auth::Params<proto::routes::ConsoleTerminal>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, Refusal> {
-    crate::web::check_socket(&headers)?;
+    crate::auth::check_socket(&headers)?;
     let reached = reach(&app, caller, q).await;
     Ok(ws.on_upgrade(move |mut socket| async move {
         // Counted among the open connections for as long as the terminal lasts.
@@ -72,7 +59,7 @@ struct Reached {
     pty: PtySpec,
 }
 
-async fn reach(app: &App, caller: Caller, q: TerminalQuery) -> Result<Reached, Refusal> {
+async fn reach(app: &App, caller: Caller, q: proto::api::TerminalQuery) -> Result<Reached, Refusal> {
     let target = match q.target.split_once(':') {
         Some(("node", n)) => Target::Node(n.to_owned()),
         Some(("tag", t)) => Target::Tag(t.to_owned()),

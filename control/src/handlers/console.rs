@@ -9,18 +9,16 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use net::ssh::{ExitStatus, NoInput, NodeTarget};
 use net::transport::Transport;
-use proto::api::{ConsoleEvent, ConsoleRequest, DispatchRequest, Target};
+use proto::api::{ConsoleEvent, DispatchRequest, Target};
 use tokio::sync::mpsc;
 
-use crate::api::{Caller, body};
+use crate::auth::Caller;
 use crate::refusal::{Kind, Refusal};
 use crate::{App, placement};
 
@@ -30,9 +28,8 @@ const BACKLOG: usize = 64;
 pub async fn run(
     State(app): State<Arc<App>>,
     caller: Caller,
-    b: Result<Json<ConsoleRequest>, JsonRejection>,
+    crate::auth::Body(req): crate::auth::Body<proto::routes::Console>,
 ) -> Result<Response, Refusal> {
-    let req = body(b)?;
     if req.command.trim().is_empty() {
         return Err(Refusal::new(Kind::BadRequest, "give a command to run"));
     }
