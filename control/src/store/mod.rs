@@ -4,6 +4,7 @@
 
 pub mod migrate;
 mod postgres;
+mod rules;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -241,17 +242,6 @@ fn tag_pattern(tag: &str) -> String {
     let quoted = serde_json::to_string(tag).expect("a string serializes");
     let escaped = quoted.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
     format!("%{escaped}%")
-}
-
-/// An enrollment token as stored (its tags, expiry, whether used) judged at `now`.
-fn token_state(tags: String, expires_at: Option<u64>, used: bool, now: u64) -> TokenCheck {
-    if used {
-        return Err(EnrollTokenProblem::Used);
-    }
-    if expires_at.is_some_and(|e| now >= e) {
-        return Err(EnrollTokenProblem::Expired);
-    }
-    Ok(tags_from(tags))
 }
 
 /// Tags and isolation kinds are kept as JSON lists in both backends.

@@ -18,7 +18,7 @@ use tokio_postgres::{AsyncMessage, Row};
 
 use super::{
     Change, ChangeKind, EnrollTokenProblem, NodeRow, Result, SessionRow, StoreError, TokenCheck, User, WebSession,
-    tags_from, tags_json,
+    rules, tags_from, tags_json,
 };
 
 /// Connections kept open per control plane.
@@ -27,131 +27,13 @@ const POOL_SIZE: usize = 16;
 /// migration lock.
 const MIGRATION_LOCK: i64 = 0x006f_7065_6e62_6f78;
 
-const MIGRATIONS: &[&str] = &[
-    // 1: the schema as SQLite's ten migrations left it.
-    "CREATE TABLE users (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        admin BOOLEAN NOT NULL,
-        created_at BIGINT NOT NULL,
-        incarnation TEXT NOT NULL
-    );
-    CREATE TABLE tokens (
-        hash TEXT PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('login', 'enroll')),
-        user_id BIGINT REFERENCES users(id) ON DELETE CASCADE,
-        tags TEXT NOT NULL DEFAULT '[]',
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT,
-        used_at BIGINT
-    );
-    CREATE TABLE nodes (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        tags TEXT NOT NULL,
-        os TEXT NOT NULL,
-        arch TEXT NOT NULL,
-        addr TEXT NOT NULL,
-        host_key TEXT NOT NULL,
-        secret_hash TEXT NOT NULL,
-        version TEXT NOT NULL DEFAULT '',
-        last_seen BIGINT,
-        stopped BOOLEAN NOT NULL DEFAULT FALSE,
-        created_at BIGINT NOT NULL,
-        capabilities TEXT NOT NULL DEFAULT '[\"native\"]',
-        mesh_addr TEXT,
-        shares_control BOOLEAN NOT NULL DEFAULT TRUE
-    );
-    CREATE TABLE revoked_nodes (
-        id TEXT PRIMARY KEY,
-        host_key TEXT NOT NULL,
-        revoked_at BIGINT NOT NULL,
-        secret_hash TEXT NOT NULL DEFAULT ''
-    );
-    CREATE TABLE sessions (
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        id TEXT NOT NULL,
-        node_id TEXT NOT NULL,
-        isolation TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        last_used BIGINT NOT NULL,
-        state TEXT NOT NULL,
-        PRIMARY KEY (user_id, id)
-    );
-    CREATE INDEX sessions_node ON sessions (node_id);
-    CREATE TABLE mesh (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        control_url TEXT NOT NULL,
-        auth_key TEXT NOT NULL
-    );
-    CREATE TABLE audit (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        at BIGINT NOT NULL,
-        \"user\" TEXT NOT NULL,
-        action TEXT NOT NULL,
-        node_id TEXT,
-        isolation TEXT,
-        session TEXT,
-        key_id TEXT,
-        source TEXT,
-        command_sha256 TEXT,
-        command TEXT,
-        detail TEXT
-    );
-    CREATE INDEX audit_at ON audit (at);
-    CREATE TABLE revoked_users (
-        incarnation TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        revoked_at BIGINT NOT NULL
-    );
-    CREATE TABLE grants (
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        kind TEXT NOT NULL CHECK (kind IN ('tag', 'node')),
-        value TEXT NOT NULL,
-        isolation TEXT NOT NULL DEFAULT '[]',
-        created_at BIGINT NOT NULL,
-        PRIMARY KEY (user_id, kind, value)
-    );
-    CREATE TABLE web_sessions (
-        hash TEXT PRIMARY KEY,
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        csrf TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL
-    );
-    CREATE TABLE web_links (
-        hash TEXT PRIMARY KEY,
-        user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        expires_at BIGINT NOT NULL
-    );",
-    // 2: the CA this fleet trusts (SQLite's 11).
-    "CREATE TABLE fleet_ca (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        public_key TEXT NOT NULL
-    );",
-    // 3: the registry's changes (SQLite's 12); the sweep for silent nodes reads an index of
-    // the ones still announced online.
-    "CREATE TABLE changes (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        at BIGINT NOT NULL,
-        kind TEXT NOT NULL,
-        node_id TEXT,
-        user_id BIGINT
-    );
-    CREATE INDEX changes_at ON changes (at);
-    ALTER TABLE nodes ADD COLUMN listed_online BOOLEAN NOT NULL DEFAULT FALSE;
-    CREATE INDEX nodes_listed_online ON nodes (last_seen) WHERE listed_online;",
-    // 4: executions nodes report, and when each user's access was last narrowed
-    // (SQLite's 13).
-    "ALTER TABLE audit ADD COLUMN record_id TEXT;
-    ALTER TABLE audit ADD COLUMN duration_ms BIGINT;
-    ALTER TABLE audit ADD COLUMN exit TEXT;
-    CREATE UNIQUE INDEX audit_record_id ON audit (record_id);
-    CREATE TABLE cert_cutoffs (
-        incarnation TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        cutoff BIGINT NOT NULL
-    );",
+/// The schema's migrations, in order: each change's number (shared by both backends, see
+/// `migrations/`) and its SQL.
+pub(super) const MIGRATIONS: &[(u32, &str)] = &[
+    (10, include_str!("migrations/postgres/0010-schema.sql")),
+    (11, include_str!("migrations/postgres/0011-fleet-ca.sql")),
+    (12, include_str!("migrations/postgres/0012-changes.sql")),
+    (13, include_str!("migrations/postgres/0013-executions-and-cutoffs.sql")),
 ];
 
 /// Records that `user_id`'s certificates issued before `now` are no longer good (in the
@@ -237,8 +119,8 @@ fn session_from(r: &Row) -> SessionRow {
 }
 
 /// A unique key broken by a concurrent insert becomes the conflict it is.
-fn conflict(e: tokio_postgres::Error, message: impl FnOnce() -> String) -> StoreError {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { StoreError::Conflict(message()) } else { e.into() }
+fn conflict(e: tokio_postgres::Error, refusal: impl FnOnce() -> StoreError) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) { refusal() } else { e.into() }
 }
 
 pub struct Postgres {
@@ -320,14 +202,9 @@ impl Postgres {
                 0
             }
         };
-        let known = MIGRATIONS.len();
         let version = usize::try_from(version).unwrap_or(0);
-        if version > known {
-            return Err(StoreError::Refused(format!(
-                "the database has schema version {version}, newer than this control plane knows ({known}); upgrade openbox"
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        rules::schema_known(version, MIGRATIONS.len())?;
+        for (i, (_, sql)) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.batch_execute(sql).await?;
             let v = i32::try_from(i + 1).expect("few migrations");
             tx.execute("UPDATE openbox_schema SET version = $1", &[&v]).await?;
@@ -456,7 +333,7 @@ impl Postgres {
     pub async fn create_user(&self, name: &str, admin: bool, token_hash: &str, now: u64) -> Result<User> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let exists = || format!("a user named {name:?} already exists");
+        let exists = || rules::user_exists(name);
         let incarnation = trust::token::random_id()[..16].to_owned();
         let row = tx
             .query_one(
@@ -520,13 +397,9 @@ impl Postgres {
         // both see another one left.
         let admins = tx.query("SELECT name FROM users WHERE admin FOR UPDATE", &[]).await?;
         let row = tx.query_opt("SELECT admin, incarnation, id FROM users WHERE name = $1 FOR UPDATE", &[&name]).await?;
-        let Some(row) = row else {
-            return Err(StoreError::NotFound(format!("no user named {name:?}")));
-        };
-        let (admin, incarnation, id): (bool, String, i64) = (row.get(0), row.get(1), row.get(2));
-        if admin && admins.len() <= 1 {
-            return Err(StoreError::Refused(format!("{name:?} is the last admin and cannot be removed")));
-        }
+        rules::may_remove_user(name, row.as_ref().map(|r| r.get::<_, bool>(0)), admins.len())?;
+        let row = row.expect("checked by the rule");
+        let (incarnation, id): (String, i64) = (row.get(1), row.get(2));
         tx.execute("DELETE FROM users WHERE name = $1", &[&name]).await?;
         tx.execute(
             "INSERT INTO revoked_users (incarnation, name, revoked_at) VALUES ($1, $2, $3)
@@ -570,7 +443,7 @@ impl Postgres {
         )
         .await?;
         // A grant changed may allow less than before: what it allowed is taken back.
-        if earlier.is_some_and(|e| e != isolation) {
+        if rules::grant_narrowed(earlier.as_deref(), &isolation) {
             cut_off(&tx, id, now).await?;
         }
         log(&tx, &ChangeKind::Policy(id), now).await?;
@@ -587,7 +460,7 @@ impl Postgres {
             .execute("DELETE FROM grants WHERE user_id = $1 AND kind = $2 AND value = $3", &[&id, &kind, &value])
             .await?;
         if removed == 0 {
-            return Err(StoreError::NotFound(format!("{user:?} has no grant on {on}; `openbox user ls` shows grants")));
+            return Err(rules::no_grant(user, on));
         }
         let now = proto::time::now();
         cut_off(&tx, id, now).await?;
@@ -703,7 +576,7 @@ impl Postgres {
             )
             .await?;
         if gone == 0 {
-            return Err(StoreError::NotFound(format!("no unused enrollment token {id:?}")));
+            return Err(rules::no_unused_enroll_token(id));
         }
         Ok(())
     }
@@ -737,7 +610,7 @@ impl Postgres {
             .await?;
         let Some(row) = row else { return Ok(Err(EnrollTokenProblem::Unknown)) };
         let (tags, expires_at, used_at): (String, Option<i64>, Option<i64>) = (row.get(0), row.get(1), row.get(2));
-        Ok(super::token_state(tags, expires_at.map(uint), used_at.is_some(), now))
+        Ok(rules::token_state(tags, expires_at.map(uint), used_at.is_some(), now))
     }
 
     pub async fn take_enroll_token(&self, token_hash: &str, now: u64) -> Result<TokenCheck> {
@@ -772,27 +645,11 @@ impl Postgres {
         let base = node.name.clone();
         // Another control plane may take the same free name at the same moment: pick again.
         for attempt in 0.. {
-            let taken = |name: String| {
-                let c = &c;
-                async move {
-                    let row = c.query_one("SELECT EXISTS(SELECT 1 FROM nodes WHERE name = $1)", &[&name]).await?;
-                    Ok::<bool, StoreError>(row.get(0))
-                }
-            };
-            node.name.clone_from(&base);
-            if taken(node.name.clone()).await? {
-                if exact_name {
-                    return Err(StoreError::Conflict(format!(
-                        "a node named {:?} already exists; choose another --name or remove it first",
-                        node.name
-                    )));
-                }
-                let mut n = 2;
-                while taken(format!("{base}-{n}")).await? {
-                    n += 1;
-                }
-                node.name = format!("{base}-{n}");
-            }
+            // The names the rule may look at: this one and its suffixed forms.
+            let like = format!("{}-%", base.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+            let rows = c.query("SELECT name FROM nodes WHERE name = $1 OR name LIKE $2", &[&base, &like]).await?;
+            let names: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+            node.name = rules::node_name(&base, exact_name, |n| Ok(names.contains(n)))?;
             let tx = c.transaction().await?;
             let inserted = tx
                 .execute(
@@ -824,7 +681,7 @@ impl Postgres {
                 }
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) && !exact_name && attempt < 5 => continue,
                 Err(e) => {
-                    return Err(conflict(e, || format!("a node named {:?} was added at the same moment", node.name)));
+                    return Err(conflict(e, || rules::node_name_taken(&node.name)));
                 }
             }
         }
@@ -955,7 +812,7 @@ impl Postgres {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         if let Some(name) = name {
-            let taken = || format!("a node named {name:?} already exists");
+            let taken = || rules::node_name_taken(name);
             tx.execute("UPDATE nodes SET name = $2 WHERE id = $1", &[&id, &name])
                 .await
                 .map_err(|e| conflict(e, taken))?;
@@ -970,7 +827,7 @@ impl Postgres {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let row = tx.query_opt("DELETE FROM nodes WHERE id = $1 RETURNING host_key, secret_hash", &[&id]).await?;
-        let row = row.ok_or_else(|| StoreError::NotFound(format!("no node {id:?}")))?;
+        let row = row.ok_or_else(|| rules::no_node(id))?;
         let (host_key, secret_hash): (String, String) = (row.get(0), row.get(1));
         tx.execute(
             "INSERT INTO revoked_nodes (id, host_key, revoked_at, secret_hash) VALUES ($1, $2, $3, $4)
@@ -1068,7 +925,7 @@ impl Postgres {
 
 async fn user_id(c: &Client, name: &str) -> Result<i64> {
     let row = c.query_opt("SELECT id FROM users WHERE name = $1", &[&name]).await?;
-    row.map(|r| r.get(0)).ok_or_else(|| StoreError::NotFound(format!("no user named {name:?}")))
+    row.map(|r| r.get(0)).ok_or_else(|| rules::no_user(name))
 }
 
 async fn grants(c: &Client, user_id: i64) -> Result<Vec<Grant>> {

@@ -8,151 +8,29 @@ use std::sync::Mutex;
 use proto::api::{Grant, Heartbeat, Platform, Target, UserInfo};
 
 use super::{
-    Change, ChangeKind, EnrollTokenProblem, NodeRow, SessionRow, StoreError, User, WebSession, tags_from, tags_json,
+    Change, ChangeKind, EnrollTokenProblem, NodeRow, SessionRow, StoreError, User, WebSession, rules, tags_from,
+    tags_json,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-const MIGRATIONS: &[&str] = &[
-    // 1: the first schema.
-    "CREATE TABLE users (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        admin INTEGER NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE TABLE tokens (
-        hash TEXT PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('login', 'enroll')),
-        user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
-        tags TEXT NOT NULL DEFAULT '[]',
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER,
-        used_at INTEGER
-    );
-    CREATE TABLE nodes (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        tags TEXT NOT NULL,
-        os TEXT NOT NULL,
-        arch TEXT NOT NULL,
-        addr TEXT NOT NULL,
-        host_key TEXT NOT NULL,
-        secret_hash TEXT NOT NULL,
-        version TEXT NOT NULL DEFAULT '',
-        last_seen INTEGER,
-        stopped INTEGER NOT NULL DEFAULT 0,
-        created_at INTEGER NOT NULL
-    );
-    CREATE TABLE revoked_nodes (
-        id TEXT PRIMARY KEY,
-        host_key TEXT NOT NULL,
-        revoked_at INTEGER NOT NULL
-    );",
-    // 2: the session directory.
-    "CREATE TABLE sessions (
-        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        id TEXT NOT NULL,
-        node_id TEXT NOT NULL,
-        isolation TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        last_used INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        PRIMARY KEY (user_id, id)
-    );",
-    // 3: what isolation kinds each node can serve, as its heartbeats say.
-    "ALTER TABLE nodes ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[\"native\"]';",
-    // 4: where a node is on the tailnet.
-    "ALTER TABLE nodes ADD COLUMN mesh_addr TEXT;",
-    // 6 (below 5): a removed node's secret, so only that node learns it was removed.
-    // 5: the fleet's tailnet, handed to nodes and users (the auth key is a secret).
-    "CREATE TABLE mesh (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        control_url TEXT NOT NULL,
-        auth_key TEXT NOT NULL
-    );",
-    "ALTER TABLE revoked_nodes ADD COLUMN secret_hash TEXT NOT NULL DEFAULT '';",
-    // 7: the audit log.
-    "CREATE TABLE audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at INTEGER NOT NULL,
-        user TEXT NOT NULL,
-        action TEXT NOT NULL,
-        node_id TEXT,
-        isolation TEXT,
-        session TEXT,
-        key_id TEXT,
-        source TEXT,
-        command_sha256 TEXT,
-        command TEXT,
-        detail TEXT
-    );
-    CREATE INDEX audit_at ON audit (at);",
-    // 8: each user's incarnation (a name removed and added again is another user), bound
-    // into its certificates; removed users, told to agents so they end what is left.
-    "ALTER TABLE users ADD COLUMN incarnation TEXT NOT NULL DEFAULT '';
-    UPDATE users SET incarnation = lower(hex(randomblob(8))) WHERE incarnation = '';
-    CREATE TABLE revoked_users (
-        incarnation TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        revoked_at INTEGER NOT NULL
-    );",
-    // 9: the access policy: which nodes (by tag, or one node by id) each user may run on,
-    // and with which isolation kinds ('[]': any); and whether a node's agent could read the
-    // control plane's files (assumed until its next heartbeat says otherwise).
-    "CREATE TABLE grants (
-        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        kind TEXT NOT NULL CHECK (kind IN ('tag', 'node')),
-        value TEXT NOT NULL,
-        isolation TEXT NOT NULL DEFAULT '[]',
-        created_at INTEGER NOT NULL,
-        PRIMARY KEY (user_id, kind, value)
-    );
-    ALTER TABLE nodes ADD COLUMN shares_control INTEGER NOT NULL DEFAULT 1;",
-    // 10: the dashboard: browser sessions (the cookie's hash, and the token each
-    // state-changing request must echo), and one-time links that open one.
-    "CREATE TABLE web_sessions (
-        hash TEXT PRIMARY KEY,
-        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        csrf TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL
-    );
-    CREATE TABLE web_links (
-        hash TEXT PRIMARY KEY,
-        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        expires_at INTEGER NOT NULL
-    );",
-    // 11: the CA this fleet trusts (its public key), so a control plane started with
-    // another CA key refuses rather than signing certificates no node accepts.
-    "CREATE TABLE fleet_ca (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        public_key TEXT NOT NULL
-    );",
-    // 12: the registry's changes, numbered: what event streams send and resume from, and
-    // how control planes sharing a database learn of each other's changes; and whether a
-    // node was last announced online, so that its going offline is announced once.
-    "CREATE TABLE changes (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        at INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        node_id TEXT,
-        user_id INTEGER
-    );
-    ALTER TABLE nodes ADD COLUMN listed_online INTEGER NOT NULL DEFAULT 0;",
-    // 13: what nodes report they ran (the audit's `exec` entries, each kept once by the
-    // node's own id for it), and when each user's access was last narrowed: certificates
-    // issued before then are refused by the nodes.
-    "ALTER TABLE audit ADD COLUMN record_id TEXT;
-    ALTER TABLE audit ADD COLUMN duration_ms INTEGER;
-    ALTER TABLE audit ADD COLUMN exit TEXT;
-    CREATE UNIQUE INDEX audit_record_id ON audit (record_id);
-    CREATE TABLE cert_cutoffs (
-        incarnation TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        cutoff INTEGER NOT NULL
-    );",
+/// The schema's migrations, in order: each change's number (shared by both backends, see
+/// `migrations/`) and its SQL.
+pub(super) const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001-first-schema.sql")),
+    (2, include_str!("migrations/sqlite/0002-sessions.sql")),
+    (3, include_str!("migrations/sqlite/0003-capabilities.sql")),
+    (4, include_str!("migrations/sqlite/0004-mesh-addr.sql")),
+    (5, include_str!("migrations/sqlite/0005-mesh.sql")),
+    (6, include_str!("migrations/sqlite/0006-revoked-node-secret.sql")),
+    (7, include_str!("migrations/sqlite/0007-audit.sql")),
+    (8, include_str!("migrations/sqlite/0008-incarnations.sql")),
+    (9, include_str!("migrations/sqlite/0009-grants.sql")),
+    (10, include_str!("migrations/sqlite/0010-web-sessions.sql")),
+    (11, include_str!("migrations/sqlite/0011-fleet-ca.sql")),
+    (12, include_str!("migrations/sqlite/0012-changes.sql")),
+    (13, include_str!("migrations/sqlite/0013-executions-and-cutoffs.sql")),
 ];
 
 /// Records that `user_id`'s certificates issued before `now` are no longer good (in the
@@ -191,7 +69,7 @@ fn usable_enroll_token(
     let Some((tags, expires_at, used_at)) = row else {
         return Ok(Err(EnrollTokenProblem::Unknown));
     };
-    Ok(super::token_state(tags, expires_at, used_at.is_some(), now))
+    Ok(rules::token_state(tags, expires_at, used_at.is_some(), now))
 }
 
 pub struct Sqlite {
@@ -213,13 +91,8 @@ impl Sqlite {
         // Every statement the hot paths (heartbeats, dispatch, event streams) run, compiled once.
         conn.set_prepared_statement_cache_capacity(64);
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::Refused(format!(
-                "the database has schema version {version}, newer than this control plane knows ({}); upgrade openbox",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        rules::schema_known(version, MIGRATIONS.len())?;
+        for (i, (_, sql)) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i + 1)?;
@@ -353,7 +226,7 @@ impl Sqlite {
         let tx = conn.transaction()?;
         let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM users WHERE name = ?1)", [name], |r| r.get(0))?;
         if exists {
-            return Err(StoreError::Conflict(format!("a user named {name:?} already exists")));
+            return Err(rules::user_exists(name));
         }
         let incarnation = trust::token::random_id()[..16].to_owned();
         tx.execute(
@@ -460,7 +333,7 @@ impl Sqlite {
                 params![id, kind, value, tags_json(&grant.isolation), now],
             )?;
             // A grant changed may allow less than before: what it allowed is taken back.
-            if earlier.is_some_and(|e| e != tags_json(&grant.isolation)) {
+            if rules::grant_narrowed(earlier.as_deref(), &tags_json(&grant.isolation)) {
                 cut_off(&tx, id, now)?;
             }
             log(&tx, &ChangeKind::Policy(id), now)?;
@@ -481,9 +354,7 @@ impl Sqlite {
                 params![id, kind, value],
             )?;
             if removed == 0 {
-                return Err(StoreError::NotFound(format!(
-                    "{user:?} has no grant on {on}; `openbox user ls` shows grants"
-                )));
+                return Err(rules::no_grant(user, on));
             }
             let now = proto::time::now();
             cut_off(&tx, id, now)?;
@@ -507,7 +378,7 @@ impl Sqlite {
     fn user_id(&self, name: &str) -> Result<i64> {
         let id: Option<i64> =
             self.conn().query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()?;
-        id.ok_or_else(|| StoreError::NotFound(format!("no user named {name:?}")))
+        id.ok_or_else(|| rules::no_user(name))
     }
 
     /// Removes a user and every token it had; the last admin cannot be removed.
@@ -519,17 +390,8 @@ impl Sqlite {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
-        let admin = row.as_ref().map(|(admin, _, _)| *admin);
-        match admin {
-            None => return Err(StoreError::NotFound(format!("no user named {name:?}"))),
-            Some(true) => {
-                let admins: i64 = tx.query_row("SELECT COUNT(*) FROM users WHERE admin = 1", [], |r| r.get(0))?;
-                if admins <= 1 {
-                    return Err(StoreError::Refused(format!("{name:?} is the last admin and cannot be removed")));
-                }
-            }
-            Some(false) => {}
-        }
+        let admins: i64 = tx.query_row("SELECT COUNT(*) FROM users WHERE admin = 1", [], |r| r.get(0))?;
+        rules::may_remove_user(name, row.as_ref().map(|(admin, _, _)| *admin), admins as usize)?;
         tx.execute("DELETE FROM users WHERE name = ?1", [name])?;
         if let Some((_, incarnation, id)) = row {
             tx.execute(
@@ -652,7 +514,7 @@ impl Sqlite {
             [id],
         )?;
         if gone == 0 {
-            return Err(StoreError::NotFound(format!("no unused enrollment token {id:?}")));
+            return Err(rules::no_unused_enroll_token(id));
         }
         Ok(())
     }
@@ -714,20 +576,7 @@ impl Sqlite {
         let taken = |name: &str| -> Result<bool> {
             Ok(conn.query_row("SELECT EXISTS(SELECT 1 FROM nodes WHERE name = ?1)", [name], |r| r.get(0))?)
         };
-        if taken(&node.name)? {
-            if exact_name {
-                return Err(StoreError::Conflict(format!(
-                    "a node named {:?} already exists; choose another --name or remove it first",
-                    node.name
-                )));
-            }
-            let base = node.name.clone();
-            let mut n = 2;
-            while taken(&format!("{base}-{n}"))? {
-                n += 1;
-            }
-            node.name = format!("{base}-{n}");
-        }
+        node.name = rules::node_name(&node.name, exact_name, taken)?;
         conn.execute(
             "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities, mesh_addr,
                 shares_control, listed_online)
@@ -894,7 +743,7 @@ impl Sqlite {
                 |r| r.get(0),
             )?;
             if clash {
-                return Err(StoreError::Conflict(format!("a node named {name:?} already exists")));
+                return Err(rules::node_name_taken(name));
             }
             conn.execute("UPDATE nodes SET name = ?2 WHERE id = ?1", params![id, name])?;
         }
@@ -911,7 +760,7 @@ impl Sqlite {
         let row: Option<(String, String)> = tx
             .query_row("SELECT host_key, secret_hash FROM nodes WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let (host_key, secret_hash) = row.ok_or_else(|| StoreError::NotFound(format!("no node {id:?}")))?;
+        let (host_key, secret_hash) = row.ok_or_else(|| rules::no_node(id))?;
         tx.execute(
             "INSERT OR REPLACE INTO revoked_nodes (id, host_key, revoked_at, secret_hash) VALUES (?1, ?2, ?3, ?4)",
             params![id, host_key, now, secret_hash],

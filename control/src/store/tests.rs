@@ -340,3 +340,90 @@ fn db_names_a_file_or_a_postgres_url_and_nothing_else() {
     let tls = parse("postgres://u@h/db?sslmode=require").unwrap_err();
     assert!(tls.contains("without TLS"), "{tls}");
 }
+
+/// The migrations each backend loads, and the files in `migrations/BACKEND/`.
+fn migrations(backend: &str, loaded: &[(u32, &str)]) -> Vec<u32> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/migrations").join(backend);
+    let mut files: Vec<(u32, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().into_string().unwrap();
+            let number =
+                name.split('-').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{name}: NNNN-what.sql"));
+            (number, std::fs::read_to_string(e.path()).unwrap())
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), loaded.len(), "{backend}: every file in {} is loaded, once", dir.display());
+    for ((number, text), (loaded_number, sql)) in files.iter().zip(loaded) {
+        assert_eq!((number, text.as_str()), (loaded_number, *sql), "{backend}: migration {number}, in order");
+    }
+    let numbers: Vec<u32> = files.iter().map(|(n, _)| *n).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{backend}: no number skipped: {numbers:?}");
+    numbers
+}
+
+#[test]
+fn both_backends_have_every_migration_from_the_first_they_share() {
+    let sqlite = migrations("sqlite", sqlite::MIGRATIONS);
+    let postgres = migrations("postgres", postgres::MIGRATIONS);
+    assert_eq!(sqlite.first(), Some(&1));
+    // PostgreSQL's first migration is the schema as SQLite's had it at that number; from
+    // there on, each change exists for both.
+    let first = postgres[0];
+    assert_eq!(sqlite.iter().filter(|n| **n >= first).collect::<Vec<_>>(), postgres.iter().collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn the_change_log_numbers_changes_announces_a_silent_node_offline_once_and_forgets_old_ones() {
+    for (s, db, _) in each_backend().await {
+        assert_eq!(s.change_range().await.unwrap(), (0, 0), "{db}: nothing logged yet");
+        let u = s.create_user("admin", true, "h", 1).await.unwrap();
+        let mut seen = node("n1", "box");
+        seen.last_seen = Some(100);
+        s.insert_node(seen, true).await.unwrap();
+        s.put_grant("admin", &Grant { on: Target::Tag("a".into()), isolation: vec![] }, 101).await.unwrap();
+        let changes = s.changes_since(0, 100).await.unwrap();
+        let kinds: Vec<&ChangeKind> = changes.iter().map(|c| &c.kind).collect();
+        assert_eq!(kinds, [&ChangeKind::Node("n1".into()), &ChangeKind::Policy(u.id)], "{db}");
+        assert!(changes.windows(2).all(|w| w[1].seq > w[0].seq), "{db}: numbered in order");
+        let (first, last) = s.change_range().await.unwrap();
+        assert_eq!((first, last), (changes[0].seq, changes[1].seq), "{db}");
+        assert!(s.changes_since(last, 100).await.unwrap().is_empty(), "{db}: nothing after the newest");
+        assert_eq!(s.changes_since(0, 1).await.unwrap().len(), 1, "{db}: at most the limit");
+
+        // Silent since before the cut-off: announced offline once, whoever sweeps.
+        assert!(s.mark_offline(200, 300).await.unwrap(), "{db}");
+        assert!(!s.mark_offline(200, 301).await.unwrap(), "{db}: once");
+        let newest = s.changes_since(last, 100).await.unwrap();
+        assert_eq!(newest.iter().map(|c| &c.kind).collect::<Vec<_>>(), [&ChangeKind::Node("n1".into())], "{db}");
+
+        // A heartbeat that changes what a list shows is logged; the same one again is not.
+        let hb = proto::api::Heartbeat {
+            node_id: "n1".into(),
+            addr: "127.0.0.1:9".into(),
+            mesh_addr: None,
+            platform: Platform::this_machine(),
+            version: "1".into(),
+            host_cert_valid_before: 0,
+            stopping: false,
+            sessions: Vec::new(),
+            capabilities: vec!["native".into()],
+            host: None,
+            executions: Vec::new(),
+        };
+        assert!(s.record_heartbeat(&hb, false, 400).await.unwrap(), "{db}: back online, at a new address");
+        assert!(!s.record_heartbeat(&hb, false, 401).await.unwrap(), "{db}: nothing a list shows changed");
+
+        s.remove_node("n1", 500).await.unwrap();
+        let (_, newest) = s.change_range().await.unwrap();
+        let removed = s.changes_since(newest - 1, 10).await.unwrap();
+        assert_eq!(removed[0].kind, ChangeKind::NodeRemoved("n1".into()), "{db}");
+
+        // Old changes are forgotten; the newest is kept, so numbering goes on from it.
+        s.forget_changes(1_000).await.unwrap();
+        let (first, last) = s.change_range().await.unwrap();
+        assert_eq!((first, last), (newest, newest), "{db}: only the newest is kept");
+    }
+}
