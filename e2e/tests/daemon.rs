@@ -1,6 +1,6 @@
 //! openboxd: the socket, auto-start, the warm path, and recovery when things die.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
@@ -122,6 +122,34 @@ while True:
     assert!(fake.wait().unwrap().success(), "the old daemon was asked to stop");
     assert_ne!(pid_of(&out.json()), fake.id() as i32);
     assert_eq!(out.json()["protocol"], proto::rpc::PROTOCOL);
+}
+
+#[test]
+fn a_daemon_of_another_release_refuses_an_openbox_client_and_tells_scripts_nothing() {
+    let cli = Cli::new();
+    let socket = cli.daemon_status()["socket"].as_str().unwrap().to_owned();
+    let hello = |release: Option<&str>| {
+        let mut conn = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let mut params = serde_json::json!({"protocol": proto::rpc::PROTOCOL, "client": "test"});
+        if let Some(r) = release {
+            params["release"] = r.into();
+        }
+        let line = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "hello", "params": params});
+        writeln!(conn, "{line}").unwrap();
+        let mut answer = String::new();
+        BufReader::new(conn).read_line(&mut answer).unwrap();
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()
+    };
+    // An openbox client of another release: refused as for another protocol, with what
+    // it needs to stop this daemon and start its own.
+    let refused = hello(Some("0.0.0-older"));
+    assert_eq!(refused["error"]["code"], proto::rpc::code::PROTOCOL_MISMATCH, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("release") && message.contains("0.0.0-older"), "{refused}");
+    assert_eq!(refused["error"]["data"]["version"], proto::VERSION, "{refused}");
+    // The same release, and a script that names none, are served.
+    assert_eq!(hello(Some(proto::VERSION))["result"]["protocol"], proto::rpc::PROTOCOL);
+    assert_eq!(hello(None)["result"]["protocol"], proto::rpc::PROTOCOL);
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use proto::request::RunRequest;
-use proto::rpc::{RunResult, Truncated};
-use serde_json::{Value, json};
+use proto::rpc::{Hello, Output, Request, RpcError, RunParams, RunResult, StdioMode, Truncated};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
 
@@ -33,20 +33,51 @@ struct Conn {
     write: tokio::net::unix::OwnedWriteHalf,
 }
 
-async fn open(method: &str, params: Value) -> Result<Conn, String> {
+async fn open(method: &str, params: impl serde::Serialize) -> Result<Conn, String> {
     let stream =
         UnixStream::connect(paths::daemon_socket()).await.map_err(|e| format!("cannot reach openboxd: {e}"))?;
     let (read, mut write) = stream.into_split();
-    let hello = json!({"jsonrpc": "2.0", "id": 0, "method": "hello",
-        "params": {"protocol": proto::rpc::PROTOCOL, "client": "openbox mcp"}});
-    let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    write.write_all(format!("{hello}\n{request}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+    let hello = Hello {
+        protocol: proto::rpc::PROTOCOL,
+        client: format!("openbox mcp {}", proto::VERSION),
+        release: Some(proto::VERSION.to_owned()),
+    };
+    let request = |id: u64, method: &str, params: Value| Request {
+        jsonrpc: "2.0".into(),
+        id: Some(id.into()),
+        method: method.to_owned(),
+        params,
+    };
+    let hello = request(0, proto::rpc::method::HELLO, to_value(&hello));
+    let call = request(1, method, to_value(&params));
+    let text = format!("{}\n{}\n", to_value(&hello), to_value(&call));
+    write.write_all(text.as_bytes()).await.map_err(|e| e.to_string())?;
     Ok(Conn { lines: BufReader::new(read).lines(), write })
+}
+
+/// `value` as JSON (what is sent here always serializes).
+fn to_value(value: &impl serde::Serialize) -> Value {
+    serde_json::to_value(value).expect("serializable")
+}
+
+/// A message from openboxd: an answer (with an id) or a notification (with a method).
+#[derive(serde::Deserialize)]
+struct Message {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Value,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<RpcError>,
 }
 
 impl Conn {
     /// The next message, or why there is none.
-    async fn next(&mut self) -> Result<Value, String> {
+    async fn next(&mut self) -> Result<Message, String> {
         match self.lines.next_line().await {
             Ok(Some(line)) => serde_json::from_str(&line).map_err(|e| format!("unreadable answer from openboxd: {e}")),
             Ok(None) => Err("openboxd closed the connection".into()),
@@ -54,32 +85,29 @@ impl Conn {
         }
     }
 
-    /// The answer to request 1 (the `hello` answer is checked on the way).
-    async fn answer(&mut self, mut on_note: impl FnMut(&Value)) -> Result<Value, String> {
+    /// The answer to request 1 (the `hello` answer is checked on the way); notifications
+    /// go to `on_note` as (method, params).
+    async fn answer(&mut self, mut on_note: impl FnMut(&str, Value)) -> Result<Value, String> {
         loop {
             let msg = self.next().await?;
-            match msg.get("id").and_then(Value::as_i64) {
-                Some(0) => {
-                    if let Some(err) = msg.get("error") {
-                        return Err(err["message"].as_str().unwrap_or("openboxd refused the connection").to_owned());
+            match msg.id.as_ref().and_then(Value::as_i64) {
+                Some(0 | 1) if msg.error.is_some() => return Err(msg.error.map(|e| e.message).unwrap_or_default()),
+                Some(0) => {}
+                Some(1) => return Ok(msg.result.unwrap_or(Value::Null)),
+                _ => {
+                    if let Some(method) = &msg.method {
+                        on_note(method, msg.params);
                     }
                 }
-                Some(1) => {
-                    if let Some(err) = msg.get("error") {
-                        return Err(err["message"].as_str().unwrap_or("openboxd failed").to_owned());
-                    }
-                    return Ok(msg.get("result").cloned().unwrap_or(Value::Null));
-                }
-                _ => on_note(&msg),
             }
         }
     }
 }
 
 /// A request that answers at once (`nodes`, `sessions`, …).
-pub async fn call(method: &str, params: Value) -> Result<Value, String> {
+pub async fn call(method: &str, params: impl serde::Serialize) -> Result<Value, String> {
     let mut conn = open(method, params).await?;
-    let answer = tokio::time::timeout(Duration::from_secs(60), conn.answer(|_| {})).await;
+    let answer = tokio::time::timeout(Duration::from_secs(60), conn.answer(|_, _| {})).await;
     drop(conn.write);
     answer.map_err(|_| "openboxd did not answer within 60s".to_owned())?
 }
@@ -91,18 +119,16 @@ pub trait Sink: Send {
 
 /// Runs `req` through openboxd, passing output to `sink` as it arrives.
 pub async fn run(req: &RunRequest, sink: &mut impl Sink) -> Result<(u8, Option<String>, Truncated), String> {
-    let mut params = serde_json::to_value(req).map_err(|e| e.to_string())?;
-    params["stdio"] = "frames".into();
+    let params = RunParams { run: req.clone(), stdio: StdioMode::Frames, stdin: false };
     let mut conn = open(proto::rpc::method::RUN, params).await?;
     let result = conn
-        .answer(|note| {
-            if note.get("method").and_then(Value::as_str) == Some(proto::rpc::method::OUTPUT) {
-                let p = &note["params"];
-                if let Some(data) =
-                    p["data"].as_str().and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
-                {
-                    sink.output(p["stream"] == "stderr", &data);
-                }
+        .answer(|method, params| {
+            if method != proto::rpc::method::OUTPUT {
+                return;
+            }
+            let Ok(out) = serde_json::from_value::<Output>(params) else { return };
+            if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(&out.data) {
+                sink.output(out.stream == "stderr", &data);
             }
         })
         .await?;
@@ -125,14 +151,11 @@ impl Sink for Collected {
 
 /// The nodes carrying every one of `tags`, by name, with whether each is online.
 pub async fn nodes_with(tags: &[String]) -> Result<Vec<(String, bool)>, String> {
-    let nodes = call(proto::rpc::method::NODES, json!({})).await?;
-    let mut found: Vec<(String, bool)> = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| tags.iter().all(|t| n["tags"].as_array().is_some_and(|have| have.iter().any(|h| h == t))))
-        .filter_map(|n| Some((n["name"].as_str()?.to_owned(), n["online"].as_bool().unwrap_or(false))))
-        .collect();
+    let nodes = call(proto::rpc::method::NODES, proto::rpc::NodesParams::default()).await?;
+    let nodes: Vec<proto::api::Node> =
+        serde_json::from_value(nodes).map_err(|e| format!("unreadable node list from openboxd: {e}"))?;
+    let mut found: Vec<(String, bool)> =
+        nodes.into_iter().filter(|n| tags.iter().all(|t| n.tags.contains(t))).map(|n| (n.name, n.online)).collect();
     found.sort();
     Ok(found)
 }

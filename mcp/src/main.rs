@@ -276,17 +276,19 @@ impl Openbox {
         description = "List the fleet's nodes you may use: name, id, online, tags, platform, isolation kinds offered."
     )]
     async fn list_nodes(&self, Parameters(args): Parameters<NodesArgs>) -> Result<CallToolResult, ErrorData> {
-        Ok(value_result(daemon::call(proto::rpc::method::NODES, json!({ "tag": args.tag })).await))
+        Ok(value_result(daemon::call(proto::rpc::method::NODES, proto::rpc::NodesParams { tag: args.tag }).await))
     }
 
     #[tool(description = "List your persistent sessions: id, node, isolation, created, last used, state.")]
     async fn list_sessions(&self) -> Result<CallToolResult, ErrorData> {
-        Ok(value_result(daemon::call(proto::rpc::method::SESSIONS, json!({})).await))
+        Ok(value_result(daemon::call(proto::rpc::method::SESSIONS, ()).await))
     }
 
     #[tool(description = "End a persistent session: its shell (and container) stops.")]
     async fn end_session(&self, Parameters(args): Parameters<SessionArgs>) -> Result<CallToolResult, ErrorData> {
-        Ok(value_result(daemon::call(proto::rpc::method::SESSION_END, json!({ "id": args.id })).await))
+        Ok(value_result(
+            daemon::call(proto::rpc::method::SESSION_END, proto::rpc::SessionEndParams { id: args.id }).await,
+        ))
     }
 
     #[tool(

@@ -157,7 +157,11 @@ fn exchange(stream: UnixStream, socket: &Path, call: &Call, fds: &[BorrowedFd<'_
     let hello = Request::new(
         Some(0.into()),
         method::HELLO,
-        to_value(&Hello { protocol: rpc::PROTOCOL, client: format!("openbox {}", proto::VERSION) }),
+        to_value(&Hello {
+            protocol: rpc::PROTOCOL,
+            client: format!("openbox {}", proto::VERSION),
+            release: Some(proto::VERSION.to_owned()),
+        }),
     );
     let cli = Request::new(Some(1.into()), method::CLI, to_value(&CliParams { call: call.clone() }));
     let mut bytes = serde_json::to_vec(&hello).expect("serializable");

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use net::ssh::{Connection, NodeTarget, SshError};
+use net::ssh::{Connection, NodeTarget, PtySpec, SshError, Started};
 use net::transport::Transport;
 use proto::Isolation;
 use proto::api::{Dispatch, DispatchRequest, Node, Target};
@@ -186,4 +186,51 @@ async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Res
         }
     }
     Err(failed.expect("a way was tried"))
+}
+
+/// What to start on a channel: a command, or (in a terminal) the login shell; in a
+/// terminal when `pty` is given.
+#[derive(Clone, Copy)]
+pub struct What<'a> {
+    pub command: Option<&'a str>,
+    pub pty: Option<&'a PtySpec>,
+}
+
+/// Connects for `want` and starts `command` there. A pooled connection can die without our
+/// noticing (the agent restarted): then the command never started, and one retry on a
+/// fresh connection is safe.
+pub async fn start(
+    d: &Daemon,
+    acct: &Account,
+    want: Want<'_>,
+    what: What<'_>,
+    env: &[(&str, &str)],
+) -> Result<(Node, Started), StartError> {
+    let mut retried = false;
+    loop {
+        let (node, conn) = connect(d, acct, want).await?;
+        let started = match (what.pty, what.command) {
+            (Some(pty), command) => conn.start_in_pty(command, env, pty).await,
+            (None, Some(command)) => conn.start(command, env).await,
+            (None, None) => unreachable!("a shell is started only in a terminal"),
+        };
+        match started {
+            Ok(started) => return Ok((node, started)),
+            Err(SshError::Stale { .. }) if !retried => {
+                tracing::info!(node = %node.id, "pooled connection was dead; retrying on a new one");
+                acct.pool.discard(&want.key(&node.id), &conn).await;
+                retried = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Why a command could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
 }

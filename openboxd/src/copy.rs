@@ -15,12 +15,12 @@ use russh_sftp::client::SftpSession;
 use russh_sftp::protocol::{FileAttributes, OpenFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use net::halt::{Halt, Halts, Stops as _};
+use net::halt::{Halt, Stops as _};
 
 use crate::Daemon;
 use crate::commands::{Reply, to_json};
 use crate::connect::{Want, connect};
-use crate::io::CallOutput;
+use crate::io::{CallIo, CallOutput};
 
 /// How much is read and written at a time.
 const CHUNK: usize = 256 * 1024;
@@ -53,8 +53,9 @@ impl std::error::Error for Stopped {}
 /// Copies as `req` says, until it is done or `halts` stop it (its deadline from
 /// `--timeout`, a signal to the CLI, the CLI gone): then the SFTP channel is closed, which
 /// ends the transfer on the node too.
-pub async fn copy(d: &Daemon, req: CopyRequest, out: &mut CallOutput, halts: Halts) -> anyhow::Result<Reply> {
-    let mut halts = halts.with_deadline(crate::run::deadline(req.timeout_secs));
+pub async fn copy(d: &Daemon, req: CopyRequest, io: &mut CallIo) -> anyhow::Result<Reply> {
+    let mut halts = io.halts.clone().with_deadline(crate::run::deadline(req.timeout_secs));
+    let out = &mut io.output;
     let timeout = req.timeout_secs;
     tokio::select! {
         done = copy_now(d, req, out) => done,

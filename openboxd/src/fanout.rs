@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::Daemon;
 use crate::cap::{Capped, Truncated};
 use crate::connect::Want;
-use crate::io::CallOutput;
+use crate::io::{CallIo, CallOutput};
 use crate::run::{FAILED, TIMED_OUT};
 
 /// What one node did.
@@ -60,7 +60,8 @@ struct Line {
 /// every node's command, the caller gone stops them all, and the deadline (`--timeout`,
 /// for the whole call) ends every node still running with 124 — a frozen node never
 /// holds back the others or the summary.
-pub async fn run(d: &Daemon, req: FanOutRequest, json: bool, output: &mut CallOutput, halts: Halts) -> u8 {
+pub async fn run(d: &Daemon, req: FanOutRequest, json: bool, io: &mut CallIo) -> u8 {
+    let (output, halts) = (&mut io.output, io.halts.clone());
     match run_inner(d, req, json, output, halts).await {
         Ok(code) => code,
         Err(e) => {
@@ -122,7 +123,7 @@ async fn run_inner(
                 let want = Want { target: &target, session: None, isolation };
                 let mut lines =
                     Lines { tx, prefix, keep, out: Vec::new(), err: Vec::new(), kept: (Vec::new(), Vec::new()) };
-                let what = crate::run::What { command: Some(command), pty: None };
+                let what = crate::connect::What { command: Some(command), pty: None };
                 match on_node(d, acct, want, what, &mut halts, &mut lines, max_output).await {
                     Ended::Status(status, truncated) => {
                         result.exit_code = Some(status.exit_code());
@@ -195,7 +196,7 @@ async fn on_node(
     d: &Daemon,
     acct: &crate::account::Account,
     want: Want<'_>,
-    what: crate::run::What<'_>,
+    what: crate::connect::What<'_>,
     halts: &mut Halts,
     lines: &mut Lines,
     max_output: Option<u64>,
@@ -203,7 +204,7 @@ async fn on_node(
     let timeout = crate::run::agent_timeout(halts.deadline());
     let env: Vec<(&str, &str)> = timeout.iter().map(|t| (proto::exec::TIMEOUT_ENV, t.as_str())).collect();
     let begun = tokio::select! {
-        started = crate::run::start(d, acct, want, what, &env) => match started {
+        started = crate::connect::start(d, acct, want, what, &env) => match started {
             Ok((_, begun)) => begun,
             Err(e) => return Ended::NotRun(e.to_string()),
         },

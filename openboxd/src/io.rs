@@ -31,6 +31,23 @@ const QUEUED_CHUNKS: usize = 16;
 /// local command killed by SIGPIPE exits with.
 const BROKEN_PIPE: u8 = 128 + 13;
 
+/// One call's streams and what may stop it, passed whole from where the call arrives (the
+/// socket, or this process for `--no-daemon`) to where its command runs: its input, the
+/// caller's terminal (for `-i`), its output, and its halts (see `net::halt`).
+pub struct CallIo {
+    pub input: CallInput,
+    pub terminal: Option<crate::terminal::Terminal>,
+    pub output: CallOutput,
+    pub halts: net::halt::Halts,
+}
+
+impl CallIo {
+    /// The call's input, taken for the command (what is left is empty).
+    pub fn take_input(&mut self) -> CallInput {
+        std::mem::replace(&mut self.input, CallInput::Empty)
+    }
+}
+
 /// A call's stdin.
 pub enum CallInput {
     Empty,

@@ -35,7 +35,7 @@ use proto::request::{Call, Request};
 pub use rpc::serve;
 
 use crate::account::Account;
-use crate::io::{CallInput, CallOutput};
+use crate::io::CallIo;
 use crate::login::Login;
 
 /// Exit code for a failed account or fleet command.
@@ -164,33 +164,19 @@ impl Daemon {
     }
 }
 
-/// Carries out one CLI call with the given streams and returns its exit code, once all
-/// its output is written. `halts` stop a running command early: the caller gone, or
+/// Carries out one CLI call with its streams and returns its exit code, once all its
+/// output is written. The call's halts stop a running command early: the caller gone, or
 /// signalled (see `net::halt`).
-pub async fn handle(
-    d: &Arc<Daemon>,
-    call: Call,
-    input: CallInput,
-    terminal: Option<terminal::Terminal>,
-    mut output: CallOutput,
-    halts: net::halt::Halts,
-) -> u8 {
-    let code = handle_with(d, call, input, terminal, &mut output, halts).await;
-    io::conclude(output, code).await
+pub async fn handle(d: &Arc<Daemon>, call: Call, mut io: CallIo) -> u8 {
+    let code = handle_with(d, call, &mut io).await;
+    crate::io::conclude(io.output, code).await
 }
 
-async fn handle_with(
-    d: &Arc<Daemon>,
-    call: Call,
-    input: CallInput,
-    terminal: Option<terminal::Terminal>,
-    output: &mut CallOutput,
-    halts: net::halt::Halts,
-) -> u8 {
+async fn handle_with(d: &Arc<Daemon>, call: Call, io: &mut CallIo) -> u8 {
     let json = call.json;
     let result = match call.request {
-        Request::Run(req) => return run::run(d, req, input, terminal.as_ref(), output, halts).await.exit_code,
-        Request::FanOut(req) => return fanout::run(d, req, json, output, halts).await,
+        Request::Run(req) => return run::run(d, req, io).await.exit_code,
+        Request::FanOut(req) => return fanout::run(d, req, json, io).await,
         Request::Login { server, token, fingerprint, insecure_http } => {
             commands::login(d, &server, fingerprint.as_deref(), insecure_http, &token).await
         }
@@ -205,8 +191,8 @@ async fn handle_with(
         Request::UserGrant { name, grant } => commands::user_grant(d, &name, &grant).await,
         Request::UserRevoke { name, on } => commands::user_revoke(d, &name, &on).await,
         Request::NodeToken { tags, ttl_secs } => commands::node_token(d, &tags, ttl_secs).await,
-        Request::NodeAdd(req) => bootstrap::node_add(d, req, output).await,
-        Request::Copy(req) => copy::copy(d, req, output, halts).await,
+        Request::NodeAdd(req) => bootstrap::node_add(d, req, &mut io.output).await,
+        Request::Copy(req) => copy::copy(d, req, io).await,
         Request::Nodes { tag } => commands::nodes(d, tag.as_deref()).await,
         Request::NodeRemove { node } => commands::node_remove(d, &node).await,
         Request::NodeTag { node, add, remove } => {
@@ -232,6 +218,7 @@ async fn handle_with(
             })
         }
     };
+    let output = &mut io.output;
     match result {
         Ok(reply) => {
             // What nodes and others reported reaches a terminal here: its control

@@ -116,7 +116,7 @@ fn one_shot(rt: &tokio::runtime::Runtime, text: &str, mesh: Option<openboxd::Wan
                 }
             });
         }
-        openboxd::handle(&d, call, input, terminal, output, halts).await
+        openboxd::handle(&d, call, openboxd::io::CallIo { input, terminal, output, halts }).await
     });
     // Exit without waiting for a blocked read of stdin (the runtime would wait for it).
     std::process::exit(i32::from(code));

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use net::halt::{Halt, HaltSender, Halts};
 
-use crate::io::{CallInput, CallOutput, FrameSink, fd_input};
+use crate::io::{CallInput, CallIo, CallOutput, FrameSink, fd_input};
 use crate::terminal::Terminal;
 use crate::{Daemon, handle};
 
@@ -187,8 +187,14 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                         break;
                     }
                 };
-                if hello.protocol != rpc::PROTOCOL {
-                    let msg = format!("openboxd speaks protocol {}, the client {}", rpc::PROTOCOL, hello.protocol);
+                let other_release = hello.release.as_deref().filter(|r| *r != proto::VERSION);
+                if hello.protocol != rpc::PROTOCOL || other_release.is_some() {
+                    let msg = match other_release {
+                        Some(release) if hello.protocol == rpc::PROTOCOL => {
+                            format!("openboxd is release {}, the client {release}", proto::VERSION)
+                        }
+                        _ => format!("openboxd speaks protocol {}, the client {}", rpc::PROTOCOL, hello.protocol),
+                    };
                     let mut resp = Response::err(id, code::PROTOCOL_MISMATCH, msg);
                     if let Some(e) = resp.error.as_mut() {
                         let me = me();
@@ -238,7 +244,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 let (d, lines) = (d.clone(), lines.clone());
                 tokio::spawn(async move {
                     let (input, output) = (fd_input(stdin), CallOutput::fds(stdout, stderr));
-                    let exit_code = handle(&d, params.call, input, terminal, output, halts).await;
+                    let exit_code = handle(&d, params.call, CallIo { input, terminal, output, halts }).await;
                     let _ = lines.send(line(&Response::ok(id, to_value(&CliResult { exit_code })))).await;
                 });
             }
@@ -284,9 +290,9 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 let halts = halts_for(&mut halt_senders, &id);
                 let (d, lines) = (d.clone(), lines.clone());
                 tokio::spawn(async move {
-                    let mut output = output;
-                    let outcome = crate::run::run(&d, run, input, terminal.as_ref(), &mut output, halts).await;
-                    let exit_code = crate::io::conclude(output, outcome.exit_code).await;
+                    let mut io = CallIo { input, terminal, output, halts };
+                    let outcome = crate::run::run(&d, run, &mut io).await;
+                    let exit_code = crate::io::conclude(io.output, outcome.exit_code).await;
                     let result = RunResult { exit_code, signal: outcome.signal, truncated: outcome.truncated };
                     let _ = lines.send(line(&Response::ok(id, to_value(&result)))).await;
                 });
@@ -323,11 +329,14 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
             method::WHOAMI => reply(reply_of(id, crate::commands::whoami(&d).await)).await,
             method::SESSIONS => reply(reply_of(id, crate::commands::sessions(&d).await)).await,
             method::SESSION_END => {
-                let Some(sid) = req.params.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
-                    reply(Response::err(id, code::INVALID_PARAMS, "session_end needs {\"id\": SESSION}")).await;
-                    continue;
+                let params: rpc::SessionEndParams = match params(req.params, method::SESSION_END) {
+                    Ok(p) => p,
+                    Err(msg) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, msg)).await;
+                        continue;
+                    }
                 };
-                reply(reply_of(id, crate::commands::session_remove(&d, &sid).await)).await;
+                reply(reply_of(id, crate::commands::session_remove(&d, &params.id).await)).await;
             }
             method::SUBSCRIBE => {
                 if let Err(e) = d.login() {

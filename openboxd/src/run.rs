@@ -5,15 +5,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use net::halt::{Halt, Halts, Stops as _};
-use net::ssh::{ExitStatus, PtySpec, SshError, Started};
-use proto::api::{Node, Target};
+use net::ssh::{ExitStatus, PtySpec, SshError};
+use proto::api::Target;
 use proto::request::RunRequest;
 
 use crate::Daemon;
-use crate::account::Account;
 use crate::cap::{Capped, Truncated};
-use crate::connect::{ConnectError, Want, connect};
-use crate::io::{CallInput, CallOutput};
+use crate::connect::{ConnectError, StartError, Want, What, connect, start};
+use crate::io::{CallInput, CallIo, CallOutput};
 use crate::terminal::Terminal;
 
 /// Exit code openbox uses for its own failures.
@@ -74,21 +73,16 @@ pub(crate) fn halt_error(halt: Halt) -> SshError {
     }
 }
 
-/// Runs `req` (in a pseudo-terminal, with `terminal` the caller's, when it asks for
-/// one); failures are reported on the call's stderr as one line and exit 255. `halts`
-/// stop it early (the caller gone or signalled); its `--timeout` is a deadline for the
-/// whole call, connecting included, held here whatever state the node is in.
-pub async fn run(
-    d: &Daemon,
-    req: RunRequest,
-    input: CallInput,
-    terminal: Option<&Terminal>,
-    output: &mut CallOutput,
-    halts: Halts,
-) -> Outcome {
+/// Runs `req` with the call's streams (in a pseudo-terminal, the caller's terminal, when it
+/// asks for one); failures are reported on the call's stderr as one line and exit 255. The
+/// call's halts stop it early (the caller gone or signalled); its `--timeout` is a deadline
+/// for the whole call, connecting included, held here whatever state the node is in.
+pub async fn run(d: &Daemon, req: RunRequest, io: &mut CallIo) -> Outcome {
     let timeout_secs = req.timeout_secs;
-    let mut halts = halts.with_deadline(deadline(timeout_secs));
-    match run_inner(d, req, input, terminal, output, &mut halts).await {
+    let mut halts = io.halts.clone().with_deadline(deadline(timeout_secs));
+    let input = io.take_input();
+    let output = &mut io.output;
+    match run_inner(d, req, input, io.terminal.as_ref(), output, &mut halts).await {
         Ok((status, node_name, truncated)) => {
             let signal = match &status {
                 ExitStatus::Signal { name, .. } => {
@@ -230,53 +224,6 @@ async fn run_inner(
         forwards.stop().await;
     }
     Ok((status?, node.name, truncated))
-}
-
-/// What to start on a channel: a command, or (in a terminal) the login shell; in a
-/// terminal when `pty` is given.
-#[derive(Clone, Copy)]
-pub(crate) struct What<'a> {
-    pub command: Option<&'a str>,
-    pub pty: Option<&'a PtySpec>,
-}
-
-/// Connects for `want` and starts `command` there. A pooled connection can die without our
-/// noticing (the agent restarted): then the command never started, and one retry on a
-/// fresh connection is safe.
-pub(crate) async fn start(
-    d: &Daemon,
-    acct: &Account,
-    want: Want<'_>,
-    what: What<'_>,
-    env: &[(&str, &str)],
-) -> Result<(Node, Started), StartError> {
-    let mut retried = false;
-    loop {
-        let (node, conn) = connect(d, acct, want).await?;
-        let started = match (what.pty, what.command) {
-            (Some(pty), command) => conn.start_in_pty(command, env, pty).await,
-            (None, Some(command)) => conn.start(command, env).await,
-            (None, None) => unreachable!("a shell is started only in a terminal"),
-        };
-        match started {
-            Ok(started) => return Ok((node, started)),
-            Err(SshError::Stale { .. }) if !retried => {
-                tracing::info!(node = %node.id, "pooled connection was dead; retrying on a new one");
-                acct.pool.discard(&want.key(&node.id), &conn).await;
-                retried = true;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Why a command could not be started.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum StartError {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error(transparent)]
-    Ssh(#[from] SshError),
 }
 
 impl From<StartError> for RunError {

@@ -106,6 +106,11 @@ pub struct Hello {
     pub protocol: u32,
     #[serde(default)]
     pub client: String,
+    /// The client's release, when it is one of openbox's own: a daemon of another release
+    /// answers as for another protocol, so that an upgraded CLI replaces an old openboxd.
+    /// Scripts leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
 }
 
 /// The answer to `hello`.
@@ -126,6 +131,13 @@ pub struct Mismatch {
     pub version: Option<String>,
     #[serde(default)]
     pub pid: Option<u32>,
+}
+
+/// `session_end` parameters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SessionEndParams {
+    /// The session's id.
+    pub id: String,
 }
 
 /// `nodes` parameters.
