@@ -24,6 +24,8 @@ mod placement;
 mod refusal;
 mod router;
 pub mod store;
+#[cfg(test)]
+mod testing;
 mod web;
 
 use std::future::Future;

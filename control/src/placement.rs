@@ -183,3 +183,72 @@ async fn session_node(
     tracing::info!(user = %user.name, session = %sid, node = %node.id, "session placed");
     Ok(node)
 }
+
+#[cfg(test)]
+mod tests {
+    use proto::api::Grant;
+
+    use super::*;
+    use crate::testing::{add_node, app, user};
+
+    fn request(target: Target, session: Option<&str>, isolation: &str) -> DispatchRequest {
+        DispatchRequest {
+            target,
+            session: session.map(str::to_owned),
+            isolation: isolation.parse().unwrap(),
+            public_key: trust::generate_key().public_key().to_openssh().unwrap(),
+        }
+    }
+
+    fn tag(t: &str) -> Target {
+        Target::Tag(t.into())
+    }
+
+    #[tokio::test]
+    async fn a_user_runs_only_where_granted_and_is_told_what_an_admin_could_grant() {
+        let (app, _, _dir) = app().await;
+        add_node(&app, "gpu1", &["gpu"], 0).await;
+        let bob = user(&app, "bob").await;
+        let refused = dispatch(&app, &bob, None, request(tag("gpu"), None, "native"), None).await.unwrap_err();
+        assert_eq!(refused.kind, Kind::Forbidden, "{refused}");
+        assert!(refused.message.contains("openbox user grant"), "{refused}");
+
+        app.store.put_grant("bob", &Grant { on: tag("gpu"), isolation: vec![] }, now()).await.unwrap();
+        let d = dispatch(&app, &bob, None, request(tag("gpu"), None, "native"), None).await.unwrap();
+        assert_eq!(d.node.id, "gpu1");
+        // The certificate binds the user, the node and the isolation, and nodes take it.
+        let cert = trust::parse_certificate(&d.cert).unwrap();
+        let grant = trust::verify_user_cert(&cert, app.ca.public_key(), "bob", "gpu1", now()).unwrap();
+        assert_eq!((grant.user.as_str(), grant.admin), ("bob", false));
+        assert!(trust::verify_user_cert(&cert, app.ca.public_key(), "bob", "other", now()).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_offline_node_or_an_unknown_tag_is_refused_with_its_reason() {
+        let (app, token, _dir) = app().await;
+        let admin = app.store.user_by_login_token(&token::hash(&token)).await.unwrap().unwrap();
+        add_node(&app, "old", &["ci"], 3600).await;
+        let offline = dispatch(&app, &admin, None, request(tag("ci"), None, "native"), None).await.unwrap_err();
+        assert_eq!(offline.kind, Kind::Unavailable, "{offline}");
+        let unknown = dispatch(&app, &admin, None, request(tag("nope"), None, "native"), None).await.unwrap_err();
+        assert_eq!(unknown.kind, Kind::NotFound, "{unknown}");
+        assert!(unknown.message.contains("\"nope\""), "{unknown}");
+    }
+
+    #[tokio::test]
+    async fn a_session_stays_on_its_first_node_with_its_first_isolation() {
+        let (app, _, _dir) = app().await;
+        add_node(&app, "a", &["t"], 0).await;
+        add_node(&app, "b", &["t"], 0).await;
+        let bob = user(&app, "bob").await;
+        app.store.put_grant("bob", &Grant { on: tag("t"), isolation: vec![] }, now()).await.unwrap();
+        let first = dispatch(&app, &bob, None, request(tag("t"), Some("s"), "native"), None).await.unwrap();
+        for _ in 0..8 {
+            let again = dispatch(&app, &bob, None, request(tag("t"), Some("s"), "native"), None).await.unwrap();
+            assert_eq!(again.node.id, first.node.id, "a session stays where it went first");
+        }
+        let other = dispatch(&app, &bob, None, request(tag("t"), Some("s"), "docker:img"), None).await.unwrap_err();
+        assert_eq!(other.kind, Kind::Conflict, "{other}");
+        assert!(other.message.contains("openbox session rm s"), "{other}");
+    }
+}

@@ -61,6 +61,8 @@ fn the_control_plane_image_builds_with_podman_and_serves_from_a_container() {
     let port = free_port();
     let name = format!("openbox-control-test-{port}");
     let addr = format!("127.0.0.1:{port}");
+    // The container and the image go however the test ends.
+    let _gone = Removed { container: name.clone(), image: image.clone() };
     podman(&["run", "-d", "--rm", "--network", "host", "--name", &name, &image, "--addr", &addr]);
     let mut logs = String::new();
     wait_until("the control plane in the container prints its login command", || {
@@ -81,6 +83,17 @@ fn the_control_plane_image_builds_with_podman_and_serves_from_a_container() {
     for file in ["ca_key", "openbox.db"] {
         assert!(out.join(file).exists(), "no {file} in /var/lib/openbox/control");
     }
-    podman(&["rm", "-f", &name]);
-    podman(&["rmi", &image]);
+}
+
+/// Removes a container and its image when dropped.
+struct Removed {
+    container: String,
+    image: String,
+}
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        podman(&["rm", "-f", &self.container]);
+        podman(&["rmi", "-f", &self.image]);
+    }
 }

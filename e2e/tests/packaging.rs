@@ -186,6 +186,8 @@ fn install_sh_installs_into_a_fresh_prefix_where_the_fleet_runs_and_upgrades_in_
     let after = sh(r#""$P/bin/openbox" -t local echo still here"#, &env_up).ok();
     assert_eq!(after.stdout.trim(), "still here");
     sh(r#""$P/bin/openbox" down"#, &env_up).ok();
+    // And its openboxd, which outlives the fleet (the next call would use it).
+    sh(r#""$P/bin/openbox" daemon stop"#, &env_up).ok();
 
     // From a URL: a release served over HTTP (on loopback).
     let port = free_port();

@@ -124,22 +124,24 @@ pub enum Way {
 /// How long a first way may take to answer when there is another to try.
 const FIRST_WAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The ways to `node` in the order to try them: the one that worked last first; else the
-/// tailnet when this openboxd is on it, and the direct address first while it is still
-/// joining (a node with one is not kept waiting for the join).
+/// The ways to `node` in the order to try them (see [`order`]).
 fn ways(d: &Daemon, node: &Node) -> Vec<Way> {
-    let direct = !node.addr.is_empty();
-    let tailnet = node.mesh_addr.is_some() && d.mesh.is_some();
+    let joining = d.mesh.as_ref().is_some_and(|m| m.joining());
+    order(!node.addr.is_empty(), node.mesh_addr.is_some() && d.mesh.is_some(), joining, d.way_that_worked(&node.id))
+}
+
+/// The order to try a node's ways in: the one that `worked` last first; else the tailnet
+/// when there is one to use, and the direct address first while this openboxd is still
+/// `joining` its tailnet (a node with one is not kept waiting for the join).
+fn order(direct: bool, tailnet: bool, joining: bool, worked: Option<Way>) -> Vec<Way> {
     let mut ways = match (direct, tailnet) {
-        (true, true) if d.mesh.as_ref().is_some_and(|m| m.joining()) => vec![Way::Direct, Way::Tailnet],
+        (true, true) if joining => vec![Way::Direct, Way::Tailnet],
         (true, true) => vec![Way::Tailnet, Way::Direct],
         (true, false) => vec![Way::Direct],
         (false, true) => vec![Way::Tailnet],
         (false, false) => Vec::new(),
     };
-    if let Some(worked) = d.way_that_worked(&node.id)
-        && let Some(i) = ways.iter().position(|w| *w == worked)
-    {
+    if let Some(i) = worked.and_then(|w| ways.iter().position(|x| *x == w)) {
         ways[..=i].rotate_right(1);
     }
     ways
@@ -233,4 +235,21 @@ pub enum StartError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Ssh(#[from] SshError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tailnet_goes_first_unless_still_joining_and_what_worked_last_goes_first() {
+        use Way::{Direct, Tailnet};
+        assert_eq!(order(true, true, false, None), [Tailnet, Direct]);
+        assert_eq!(order(true, true, true, None), [Direct, Tailnet], "not kept waiting for the join");
+        assert_eq!(order(true, true, true, Some(Tailnet)), [Tailnet, Direct], "remembered");
+        assert_eq!(order(true, true, false, Some(Direct)), [Direct, Tailnet]);
+        assert_eq!(order(true, false, false, Some(Tailnet)), [Direct], "a way it no longer has");
+        assert_eq!(order(false, true, false, None), [Tailnet]);
+        assert!(order(false, false, false, None).is_empty());
+    }
 }

@@ -167,3 +167,53 @@ fn apply(
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, name: &str, tags: &[&str], online: bool) -> Node {
+        Node {
+            id: id.into(),
+            name: name.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            platform: proto::api::Platform::this_machine(),
+            addr: "127.0.0.1:1".into(),
+            mesh_addr: None,
+            online,
+            last_seen: Some(proto::time::now()),
+            created_at: 1,
+            capabilities: vec!["native".into()],
+            shares_control: false,
+        }
+    }
+
+    fn feed(mirror: &Mirror, name: &str, data: &impl serde::Serialize) -> bool {
+        apply(&mirror.state, &mirror.events, name, &serde_json::to_string(data).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_whole_list_then_each_change_keeps_a_copy_that_resolves_tags_and_says_what_changed() {
+        let mirror = Mirror::default();
+        let mut heard = mirror.events.subscribe();
+        let tag = Target::Tag("t".into());
+        assert!(mirror.resolve(&tag, "native", 0).is_none(), "nothing known yet: the control plane picks");
+        assert!(!feed(&mirror, proto::api::EVENT_NODE, &node("a", "alpha", &["t"], true)), "a change before a list");
+
+        feed(&mirror, proto::api::EVENT_NODES, &vec![node("b", "beta", &["t"], true)]);
+        assert!(heard.try_recv().is_err(), "the first list is what is known, not a change");
+        assert_eq!(mirror.resolve(&tag, "native", 0).unwrap().id, "b");
+
+        // One node joins, in name order; another goes offline; one is removed.
+        feed(&mirror, proto::api::EVENT_NODE, &node("a", "alpha", &["t"], true));
+        assert!(matches!(heard.try_recv(), Ok(FleetEvent::NodeJoined { node }) if node.id == "a"));
+        feed(&mirror, proto::api::EVENT_NODE, &node("b", "beta", &["t"], false));
+        assert!(matches!(heard.try_recv(), Ok(FleetEvent::NodeOffline { node }) if node.id == "b"));
+        assert_eq!(mirror.resolve(&tag, "native", 1).unwrap().id, "a", "an offline node is not picked");
+        feed(&mirror, proto::api::EVENT_NODE_REMOVED, &proto::api::NodeRemoved { id: "a".into() });
+        assert!(matches!(heard.try_recv(), Ok(FleetEvent::NodeLeft { node }) if node.id == "a"));
+        assert!(mirror.resolve(&tag, "native", 0).is_none(), "no online node carries t");
+
+        assert!(feed(&mirror, "some-newer-event", &()), "an event of a newer control plane is passed over");
+    }
+}

@@ -667,3 +667,46 @@ impl Sessions {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_whose_shell_went_with_the_agent_is_reported_gone_and_stray_pipes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shells = dir.path().join("shells");
+        std::fs::create_dir_all(shells.join("stray")).unwrap();
+        let gone = shell_record(&shells.join("gone"));
+        let earlier = serde_json::json!([
+            {"user": "bob", "id": "build", "owner": "bob-1", "isolation": "native", "created": 5, "shell": gone},
+            {"user": "eve", "id": "docker", "owner": null, "isolation": "docker:img"},
+        ]);
+        std::fs::write(dir.path().join("sessions.json"), earlier.to_string()).unwrap();
+
+        let sessions = Sessions::new(Duration::from_secs(60), 8, dir.path()).await;
+        let mut reports = sessions.reports();
+        reports.sort_by(|a, b| a.id.cmp(&b.id));
+        let said: Vec<(&str, &str)> = reports.iter().map(|r| (r.id.as_str(), r.state.as_str())).collect();
+        assert_eq!(said, [("build", "exited"), ("docker", "exited")], "neither shell could be taken up");
+        assert!(!shells.join("stray").exists(), "pipes of no session are removed");
+        // Still written down, to tell their next use what happened.
+        let kept: Vec<Remembered> =
+            serde_json::from_slice(&std::fs::read(dir.path().join("sessions.json")).unwrap()).unwrap();
+        assert_eq!(kept.len(), 2);
+        assert!(kept.iter().all(|r| r.shell.is_none()));
+    }
+
+    /// A shell record for a process that does not run (pid 0 never is a process).
+    fn shell_record(dir: &Path) -> serde_json::Value {
+        serde_json::json!({"process": "0:1", "nspawn": false, "root": null, "dir": dir})
+    }
+
+    #[test]
+    fn the_next_use_is_told_why_the_shell_went_unless_it_was_removed() {
+        assert!(Ended::AgentRestarted.told().unwrap().contains("agent stopped"));
+        assert!(Ended::Exited(Some(3)).told().unwrap().contains("status 3"));
+        assert!(Ended::Reaped(Duration::from_secs(60)).told().unwrap().contains("60s idle"));
+        assert!(Ended::Removed.told().is_none(), "a removed session starts afresh silently");
+    }
+}
