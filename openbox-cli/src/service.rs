@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use service::{Role, Scope};
+use service::{Os, Place, Plan, Role, Scope, Step, shell_word};
 
 use crate::args::{ScopeArgs, ServiceCommand};
 
@@ -68,73 +68,58 @@ impl Manager {
     }
 }
 
-/// Where one role's service files live in one scope.
-struct Place {
-    role: Role,
-    scope: Scope,
-    /// The unit or the property list.
-    file: PathBuf,
-    /// Where an enrollment token given on the command line is kept.
-    token: PathBuf,
-    /// launchd: where the service's output goes.
-    log: PathBuf,
+/// Where one role's service lives here, in one scope.
+fn place(role: Role, scope: Scope) -> Result<Place, String> {
+    let home = std::env::var("HOME").map_err(|_| "HOME is not set".to_owned())?;
+    let config = match std::env::var("XDG_CONFIG_HOME").ok().filter(|d| Path::new(d).is_absolute()) {
+        Some(dir) => dir,
+        None => format!("{home}/.config"),
+    };
+    let uid = rustix::process::getuid().as_raw();
+    Ok(Place::new(role, scope, Os::here(), &home, &config, uid))
 }
 
-impl Place {
-    fn new(role: Role, scope: Scope) -> Result<Place, String> {
-        let home = || std::env::var_os("HOME").map(PathBuf::from).ok_or("HOME is not set");
-        let config = || -> Result<PathBuf, String> {
-            Ok(match std::env::var_os("XDG_CONFIG_HOME").filter(|d| Path::new(d).is_absolute()) {
-                Some(d) => PathBuf::from(d),
-                None => home()?.join(".config"),
-            })
-        };
-        let (file, token, log) = match (scope, cfg!(target_os = "macos")) {
-            (Scope::System, false) => (
-                Path::new("/etc/systemd/system").join(role.unit()),
-                PathBuf::from("/etc/openbox/enroll.token"),
-                PathBuf::new(),
-            ),
-            (Scope::User, false) => (
-                config()?.join("systemd/user").join(role.unit()),
-                config()?.join("openbox/enroll.token"),
-                PathBuf::new(),
-            ),
-            (Scope::System, true) => (
-                Path::new("/Library/LaunchDaemons").join(format!("{}.plist", role.label())),
-                PathBuf::from("/etc/openbox/enroll.token"),
-                PathBuf::from(format!("/var/log/openbox-{}.log", role.name())),
-            ),
-            (Scope::User, true) => (
-                home()?.join("Library/LaunchAgents").join(format!("{}.plist", role.label())),
-                config()?.join("openbox/enroll.token"),
-                home()?.join(format!("Library/Logs/openbox-{}.log", role.name())),
-            ),
-        };
-        Ok(Place { role, scope, file, token, log })
-    }
+fn scope_word(scope: Scope) -> &'static str {
+    if scope == Scope::System { "system" } else { "user" }
+}
 
-    /// `systemctl` or `systemctl --user`, with these arguments.
-    fn systemctl(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("systemctl");
-        if self.scope == Scope::User {
-            cmd.arg("--user");
-        }
-        cmd.args(args);
-        cmd
+/// `systemctl` (or `systemctl --user`) with `args`.
+fn systemctl(scope: Scope, args: &[&str]) -> Command {
+    let mut cmd = Command::new("systemctl");
+    if scope == Scope::User {
+        cmd.arg("--user");
     }
+    cmd.args(args);
+    cmd
+}
 
-    /// launchd's name for the domain the service is in.
-    fn launchd_domain(&self) -> String {
-        match self.scope {
-            Scope::System => "system".to_owned(),
-            Scope::User => format!("gui/{}", rustix::process::getuid().as_raw()),
+/// Carries out `plan` here: its files always, its service manager's commands when one runs
+/// (`manager`).
+fn carry_out(plan: &Plan, manager: Manager) -> Result<(), String> {
+    for step in &plan.steps {
+        match step {
+            Step::Write { path, mode, text } => Path::new(path)
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| paths::write_atomically(Path::new(path), text.as_bytes(), *mode))
+                .map_err(|e| format!("cannot write {path}: {e}"))?,
+            Step::Remove { path } => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("{path}: {e}")),
+                _ => {}
+            },
+            Step::Run { .. } if manager == Manager::Absent => {}
+            Step::Run { argv, checked } => {
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                if *checked {
+                    run(cmd)?;
+                } else {
+                    let _ = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+                }
+            }
         }
     }
-
-    fn scope_word(&self) -> &'static str {
-        if self.scope == Scope::System { "system" } else { "user" }
-    }
+    Ok(())
 }
 
 fn is_root() -> bool {
@@ -161,7 +146,7 @@ fn choose_scope(role: Role, asked: ScopeArgs, changes_files: bool) -> Result<Sco
 
 fn install(role: Role, scope: ScopeArgs, print: bool, args: Vec<String>, json: bool) -> Result<u8, String> {
     let scope = choose_scope(role, scope, !print)?;
-    let place = Place::new(role, scope)?;
+    let place = place(role, scope)?;
     let bin_dir = own_dir()?;
     let binary = bin_dir.join(role.binary());
     if !binary.is_file() {
@@ -171,58 +156,27 @@ fn install(role: Role, scope: ScopeArgs, print: bool, args: Vec<String>, json: b
             bin_dir.display()
         ));
     }
-    let (args, token) = take_token(role, args, &place.token)?;
+    let (args, token) = take_token(role, args, Path::new(&place.token))?;
     let args = absolute_paths(args)?;
     check_args(&binary, &args)?;
-    let bin_dir = bin_dir.display().to_string();
-    let text = if cfg!(target_os = "macos") {
-        service::launchd_plist(role, &bin_dir, &args, &place.log.display().to_string())
-    } else {
-        service::systemd_unit(role, scope, &bin_dir, &args)
-    };
+    let plan = Plan::install(&place, &bin_dir.display().to_string(), &args, token.as_deref());
     if print {
-        print!("{text}");
+        // The service's own file (the unit or the property list), as it would be written.
+        if let Some(Step::Write { text, .. }) =
+            plan.steps.iter().find(|s| matches!(s, Step::Write { path, .. } if *path == place.file))
+        {
+            print!("{text}");
+        }
         return Ok(0);
     }
-    if let Some(token) = &token {
-        paths::write_private(&place.token, token.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", place.token.display()))?;
-    }
-    // A unit holds no secret: readable by all, as the service manager's own are.
-    place
-        .file
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| paths::write_atomically(&place.file, text.as_bytes(), 0o644))
-        .map_err(|e| format!("cannot write {}: {e}", place.file.display()))?;
     let manager = Manager::find(scope);
-    let started = match manager {
-        Manager::Systemd => {
-            run(place.systemctl(&["daemon-reload"]))?;
-            run(place.systemctl(&["enable", role.unit()]))?;
-            // Restart, not start: installing again takes the new arguments.
-            run(place.systemctl(&["restart", role.unit()]))?;
-            true
-        }
-        Manager::Launchd => {
-            let domain = place.launchd_domain();
-            // Unload an earlier version first; it is not an error when there is none.
-            let _ = Command::new("launchctl")
-                .args(["bootout", &format!("{domain}/{}", role.label())])
-                .stderr(Stdio::null())
-                .status();
-            let mut load = Command::new("launchctl");
-            load.args(["bootstrap", &domain]).arg(&place.file);
-            run(load)?;
-            true
-        }
-        Manager::Absent => false,
-    };
+    carry_out(&plan, manager)?;
+    let started = manager != Manager::Absent;
     let by_hand = by_hand(&place, &binary, &args);
     if json {
         let out = serde_json::json!({
             "role": role.name(),
-            "scope": place.scope_word(),
+            "scope": scope_word(scope),
             "file": place.file,
             "token_file": token.as_ref().map(|_| &place.token),
             "manager": manager.name(),
@@ -231,12 +185,12 @@ fn install(role: Role, scope: ScopeArgs, print: bool, args: Vec<String>, json: b
         });
         println!("{out}");
     } else {
-        println!("wrote {}", place.file.display());
+        println!("wrote {}", place.file);
         if token.is_some() {
-            println!("wrote the enrollment token to {} (mode 0600)", place.token.display());
+            println!("wrote the enrollment token to {} (mode 0600)", place.token);
         }
         if started {
-            println!("{} is enabled and started ({} {} service).", role.unit(), manager.name(), place.scope_word());
+            println!("{} is enabled and started ({} {} service).", role.unit(), manager.name(), scope_word(scope));
             println!("{}", watch_hint(&place));
         } else {
             println!("No service manager runs here ({}), so nothing was started.", why_absent(scope));
@@ -278,7 +232,7 @@ fn why_absent(scope: Scope) -> &'static str {
 
 fn watch_hint(place: &Place) -> String {
     match (cfg!(target_os = "macos"), place.scope, place.role) {
-        (true, _, _) => format!("Its output goes to {}.", place.log.display()),
+        (true, _, _) => format!("Its output goes to {}.", place.log),
         (false, Scope::System, Role::Control) => format!(
             "Its first start writes the admin's login token to {}/control/admin-token (mode 0600) and the login \
              command to its journal: journalctl -u openbox-control",
@@ -291,30 +245,16 @@ fn watch_hint(place: &Place) -> String {
 
 fn uninstall(role: Role, scope: ScopeArgs, json: bool) -> Result<u8, String> {
     let scope = choose_scope(role, scope, true)?;
-    let place = Place::new(role, scope)?;
-    let installed = place.file.exists();
-    let manager = Manager::find(scope);
-    if installed {
-        match manager {
-            Manager::Systemd => {
-                // A unit that is not loaded cannot be disabled; that is not an error here.
-                let _ = place.systemctl(&["disable", "--now", role.unit()]).stderr(Stdio::null()).status();
-            }
-            Manager::Launchd => {
-                let _ = Command::new("launchctl")
-                    .args(["bootout", &format!("{}/{}", place.launchd_domain(), role.label())])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            Manager::Absent => {}
-        }
-        std::fs::remove_file(&place.file).map_err(|e| format!("{}: {e}", place.file.display()))?;
-        if manager == Manager::Systemd {
-            run(place.systemctl(&["daemon-reload"]))?;
-        }
-    }
+    let place = place(role, scope)?;
+    let installed = Path::new(&place.file).exists();
     // The token is only the agent's, and only until it has enrolled.
-    let token_removed = role == Role::Agent && std::fs::remove_file(&place.token).is_ok();
+    let token_removed = role == Role::Agent && Path::new(&place.token).exists();
+    let mut plan = Plan::uninstall(&place);
+    if !installed {
+        // Nothing of the service to stop or remove: only a token left behind.
+        plan.steps.retain(|s| matches!(s, Step::Remove { path } if *path == place.token));
+    }
+    carry_out(&plan, Manager::find(scope))?;
     let state = match (scope, role.system_state()) {
         (Scope::System, Some(dir)) => Some(dir.to_owned()),
         _ => None,
@@ -322,7 +262,7 @@ fn uninstall(role: Role, scope: ScopeArgs, json: bool) -> Result<u8, String> {
     if json {
         let out = serde_json::json!({
             "role": role.name(),
-            "scope": place.scope_word(),
+            "scope": scope_word(scope),
             "file": place.file,
             "removed": installed,
             "token_removed": token_removed,
@@ -330,17 +270,12 @@ fn uninstall(role: Role, scope: ScopeArgs, json: bool) -> Result<u8, String> {
         });
         println!("{out}");
     } else if installed {
-        println!("removed {} ({} service {})", place.file.display(), place.scope_word(), role.unit());
+        println!("removed {} ({} service {})", place.file, scope_word(scope), role.unit());
         if let Some(dir) = state {
             println!("Its state stays in {dir}: remove that directory to forget it for good.");
         }
     } else {
-        println!(
-            "{} is not installed as a {} service (no {}).",
-            role.binary(),
-            place.scope_word(),
-            place.file.display()
-        );
+        println!("{} is not installed as a {} service (no {}).", role.binary(), scope_word(scope), place.file);
     }
     Ok(0)
 }
@@ -367,16 +302,15 @@ fn status(role: Option<Role>, scope: ScopeArgs, json: bool) -> Result<u8, String
             _ => vec![Scope::User],
         };
         for s in scopes {
-            let place = Place::new(r, s)?;
-            let installed = place.file.exists();
+            let place = place(r, s)?;
+            let installed = Path::new(&place.file).exists();
             let (enabled, active) = match (installed, Manager::find(s)) {
-                (true, Manager::Systemd) => (
-                    answer(place.systemctl(&["is-enabled", r.unit()])),
-                    answer(place.systemctl(&["is-active", r.unit()])),
-                ),
+                (true, Manager::Systemd) => {
+                    (answer(systemctl(s, &["is-enabled", r.unit()])), answer(systemctl(s, &["is-active", r.unit()])))
+                }
                 (true, Manager::Launchd) => {
                     let loaded = Command::new("launchctl")
-                        .args(["print", &format!("{}/{}", place.launchd_domain(), r.label())])
+                        .args(["print", &format!("{}/{}", place.domain, r.label())])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status()
@@ -385,7 +319,7 @@ fn status(role: Option<Role>, scope: ScopeArgs, json: bool) -> Result<u8, String
                 }
                 _ => (String::new(), String::new()),
             };
-            shown.push(Shown { role: r, scope: place.scope_word(), file: place.file, installed, enabled, active });
+            shown.push(Shown { role: r, scope: scope_word(s), file: place.file.into(), installed, enabled, active });
         }
     }
     if json {
@@ -527,15 +461,6 @@ fn run(mut cmd: Command) -> Result<(), String> {
         return Ok(());
     }
     Err(format!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
-}
-
-/// A word the shell takes literally.
-fn shell_word(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=,+@".contains(c)) {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 #[cfg(test)]

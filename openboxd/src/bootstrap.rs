@@ -36,6 +36,7 @@ struct Machine {
     /// Through `sudo -n` (the login is not root).
     sudo: bool,
     home: String,
+    uid: u32,
     manager: Manager,
 }
 
@@ -66,38 +67,44 @@ struct Layout {
     token: String,
     log: String,
     pid: String,
-    unit: Option<String>,
+    /// The agent's service, where a service manager runs it (the same place `openbox
+    /// service install agent` would use there).
+    service: Option<service::Place>,
 }
 
 impl Layout {
     fn for_machine(m: &Machine) -> Layout {
-        if m.root {
-            Layout {
-                bin: "/usr/local/bin/openbox-agent".into(),
-                home_env: Some("/var/lib/openbox-agent".into()),
-                token: "/etc/openbox/enroll.token".into(),
-                log: "/var/log/openbox-agent.log".into(),
-                pid: "/run/openbox-agent.pid".into(),
-                unit: match m.manager {
-                    Manager::Systemd => Some("/etc/systemd/system/openbox-agent.service".into()),
-                    _ => None,
-                },
-            }
+        let os = if m.os == "macos" { service::Os::MacOs } else { service::Os::Linux };
+        let scope = if m.root { Scope::System } else { Scope::User };
+        let service = match m.manager {
+            Manager::Nohup => None,
+            _ => Some(service::Place::new(Role::Agent, scope, os, &m.home, &format!("{}/.config", m.home), m.uid)),
+        };
+        let state = format!("{}/.local/state/openbox", m.home);
+        let (bin, home_env, nohup_token, log, pid) = if m.root {
+            (
+                "/usr/local/bin/openbox-agent".to_owned(),
+                Some("/var/lib/openbox-agent".to_owned()),
+                "/etc/openbox/enroll.token".to_owned(),
+                "/var/log/openbox-agent.log".to_owned(),
+                "/run/openbox-agent.pid".to_owned(),
+            )
         } else {
-            let state = format!("{}/.local/state/openbox", m.home);
-            Layout {
-                bin: format!("{}/.local/bin/openbox-agent", m.home),
-                home_env: None,
-                token: format!("{state}/enroll.token"),
-                log: format!("{state}/agent.log"),
-                pid: format!("{state}/agent.pid"),
-                unit: match m.manager {
-                    Manager::SystemdUser => Some(format!("{}/.config/systemd/user/openbox-agent.service", m.home)),
-                    Manager::Launchd => Some(format!("{}/Library/LaunchAgents/dev.openbox.agent.plist", m.home)),
-                    _ => None,
-                },
-            }
-        }
+            (
+                format!("{}/.local/bin/openbox-agent", m.home),
+                None,
+                format!("{state}/enroll.token"),
+                format!("{state}/agent.log"),
+                format!("{state}/agent.pid"),
+            )
+        };
+        // A service keeps its token and log where the service crate puts them.
+        let token = service.as_ref().map_or(nohup_token, |p| p.token.clone());
+        let log = match &service {
+            Some(p) if !p.log.is_empty() => p.log.clone(),
+            _ => log,
+        };
+        Layout { bin, home_env, token, log, pid, service }
     }
 
     /// The directory the agent binary is in.
@@ -239,7 +246,7 @@ async fn bootstrap(
     let existed = remote.run(&format!("test -e {}", sh(&layout.bin)), NoInput).await?.ok();
     upload(remote, &binary, &layout.bin, out).await.context("uploading the agent")?;
 
-    let installed = Installed { layout: &layout, manager: machine.manager, binary_is_new: !existed };
+    let installed = Installed { layout: &layout, binary_is_new: !existed };
     let done = async {
         let tok: EnrollToken = control
             .call::<proto::routes::NewEnrollToken>(&[], &NewEnrollToken { tags: req.tags.clone(), ttl_secs: 600 })
@@ -286,6 +293,7 @@ else echo nohup; fi"#;
     let [os, arch, uid, home, manager, ..] = lines[..] else {
         bail!("the probe's answer is not understood: {text:?}");
     };
+    let uid_number: u32 = uid.parse().map_err(|_| anyhow!("the probe's answer is not understood: {text:?}"))?;
     let os = match os {
         "Linux" => "linux",
         "Darwin" => "macos",
@@ -304,7 +312,15 @@ else echo nohup; fi"#;
     };
     // Not root, but a system service all the same: through sudo.
     let sudo = uid != "0" && manager == Manager::Systemd;
-    Ok(Machine { os: os.into(), arch: arch.into(), root: uid == "0" || sudo, sudo, home: home.into(), manager })
+    Ok(Machine {
+        os: os.into(),
+        arch: arch.into(),
+        root: uid == "0" || sudo,
+        sudo,
+        home: home.into(),
+        uid: uid_number,
+        manager,
+    })
 }
 
 /// The node this machine's agent says it is, if it has enrolled.
@@ -438,47 +454,17 @@ fn agent_args(req: &NodeAddRequest, server: &net::control::Endpoint, layout: &La
 /// Installs the agent as a service (or starts it with nohup) and says how.
 async fn start_agent(remote: &On<'_>, m: &Machine, layout: &Layout, args: &[String]) -> anyhow::Result<String> {
     let quoted: Vec<String> = args.iter().map(|a| sh(a)).collect();
-    let (command, said) = match m.manager {
-        Manager::Systemd => {
-            let env = format!("OPENBOX_AGENT_ARGS={}\n", args.join(" "));
-            let unit = layout.unit.as_deref().unwrap_or_default();
-            (
-                format!(
-                    "mkdir -p /etc/openbox && umask 077 && printf %s {} > /etc/openbox/agent.env && umask 022 && printf %s {} > {} \
-                     && systemctl daemon-reload && systemctl enable openbox-agent.service && systemctl restart openbox-agent.service",
-                    sh(&env),
-                    sh(&service::systemd_unit(Role::Agent, Scope::System, &layout.bin_dir(), &[])),
-                    sh(unit)
-                ),
-                "installed the systemd unit openbox-agent.service (enabled, started)".to_owned(),
-            )
-        }
-        Manager::SystemdUser => {
-            let unit = layout.unit.as_deref().unwrap_or_default();
-            let text = service::systemd_unit(Role::Agent, Scope::User, &layout.bin_dir(), args);
-            (
-                format!(
-                    "mkdir -p \"$(dirname {u})\" && printf %s {} > {u} && systemctl --user daemon-reload \
-                     && systemctl --user enable openbox-agent.service && systemctl --user restart openbox-agent.service",
-                    sh(&text),
-                    u = sh(unit)
-                ),
-                "installed the systemd user unit openbox-agent.service (enabled, started; `loginctl enable-linger` keeps it running when you are logged out)".to_owned(),
-            )
-        }
-        Manager::Launchd => {
-            let plist = service::launchd_plist(Role::Agent, &layout.bin_dir(), args, &layout.log);
-            let path = layout.unit.as_deref().unwrap_or_default();
-            (
-                format!(
-                    "mkdir -p \"$(dirname {p})\" && launchctl unload {p} 2>/dev/null; printf %s {} > {p} && launchctl load -w {p}",
-                    sh(&plist),
-                    p = sh(path)
-                ),
-                "installed the launchd agent dev.openbox.agent (loaded)".to_owned(),
-            )
-        }
-        Manager::Nohup => {
+    let (command, said) = match (&layout.service, m.manager) {
+        // The token is already there (it travels on stdin, never in a command line).
+        (Some(place), manager) => (
+            service::Plan::install(place, &layout.bin_dir(), args, None).script(),
+            match manager {
+                Manager::SystemdUser => "installed the systemd user unit openbox-agent.service (enabled, started; `loginctl enable-linger` keeps it running when you are logged out)".to_owned(),
+                Manager::Launchd => "installed the launchd agent dev.openbox.agent (loaded)".to_owned(),
+                _ => "installed the systemd unit openbox-agent.service (enabled, started)".to_owned(),
+            },
+        ),
+        (None, _) => {
             let log_dir =
                 std::path::Path::new(&layout.log).parent().map(|d| d.display().to_string()).unwrap_or_default();
             let start = format!("{} {}", layout.agent(), quoted.join(" "));
@@ -554,29 +540,15 @@ async fn agent_gone(remote: &On<'_>, layout: &Layout) -> Option<String> {
 /// What one run put on the machine, so that a failure can take it away again.
 struct Installed<'a> {
     layout: &'a Layout,
-    manager: Manager,
     binary_is_new: bool,
 }
 
 impl Installed<'_> {
     async fn remove(&self, remote: &On<'_>) {
         let l = self.layout;
-        let mut steps = match self.manager {
-            Manager::Systemd => vec![
-                "systemctl disable --now openbox-agent.service".to_owned(),
-                format!("rm -f {} /etc/openbox/agent.env", sh(l.unit.as_deref().unwrap_or_default())),
-                "systemctl daemon-reload".to_owned(),
-            ],
-            Manager::SystemdUser => vec![
-                "systemctl --user disable --now openbox-agent.service".to_owned(),
-                format!("rm -f {}", sh(l.unit.as_deref().unwrap_or_default())),
-                "systemctl --user daemon-reload".to_owned(),
-            ],
-            Manager::Launchd => {
-                let p = sh(l.unit.as_deref().unwrap_or_default());
-                vec![format!("launchctl unload -w {p}"), format!("rm -f {p}")]
-            }
-            Manager::Nohup => vec![format!("test -f {p} && kill \"$(cat {p})\"; rm -f {p}", p = sh(&l.pid))],
+        let mut steps = match &l.service {
+            Some(place) => vec![service::Plan::uninstall(place).script()],
+            None => vec![format!("test -f {p} && kill \"$(cat {p})\"; rm -f {p}", p = sh(&l.pid))],
         };
         steps.push(format!("rm -f {}", sh(&l.token)));
         if self.binary_is_new {

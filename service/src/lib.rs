@@ -8,6 +8,10 @@
 
 use std::fmt::Write as _;
 
+pub mod plan;
+
+pub use plan::{Os, Place, Plan, Step, shell_word};
+
 /// A role that runs as a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
