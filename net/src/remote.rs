@@ -50,8 +50,8 @@ pub enum Trusted {
 pub enum RemoteError {
     #[error("cannot reach {addr}: {why}")]
     Unreachable { addr: String, why: String },
-    #[error("{0}")]
-    HostKey(String),
+    #[error(transparent)]
+    HostKey(#[from] HostKeyRefusal),
     #[error("{user}@{host} refused {how}")]
     AuthFailed { user: String, host: String, how: String },
     #[error("the SSH connection to {host} failed: {why}")]
@@ -67,7 +67,31 @@ struct HostKeyCheck {
 }
 
 /// The host key taken and why, or the refusal.
-type Verdict = Result<(Trusted, PublicKey), String>;
+type Verdict = Result<(Trusted, PublicKey), HostKeyRefusal>;
+
+/// Why a machine's host key was not taken, in OpenSSH's words where it has them.
+#[derive(Debug, thiserror::Error)]
+pub enum HostKeyRefusal {
+    #[error("it presented a host certificate; give it a plain host key")]
+    Certificate,
+    #[error("the host key of {name} is {presented}, not the {pin} you gave; refusing to connect")]
+    NotThePin { name: String, presented: String, pin: String },
+    #[error(
+        "the host key of {name} is not known ({presented}). Check it on that machine (`ssh-keygen -lf \
+         /etc/ssh/ssh_host_ed25519_key.pub`), then give --host-key-fingerprint {presented}, or --accept-new to \
+         take it as it is"
+    )]
+    Unknown { name: String, presented: String },
+    #[error(
+        "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED for {name}! Someone could be eavesdropping on you right \
+         now (a man-in-the-middle attack), or the host key has just been changed. It presents {presented}; \
+         {file}:{line} records {recorded}. If the change is expected, remove that line (`ssh-keygen -R '{name}' -f '{file}'`) \
+         and try again. Refusing to connect"
+    )]
+    Changed { name: String, presented: String, file: String, line: usize, recorded: String },
+    #[error("the host key of {name} ({presented}) is marked @revoked in {file}:{line}; refusing to connect")]
+    Revoked { name: String, presented: String, file: String, line: usize },
+}
 
 impl client::Handler for HostKeyCheck {
     type Error = russh::Error;
@@ -75,9 +99,7 @@ impl client::Handler for HostKeyCheck {
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let verdict = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => judge(&self.host, self.port, &self.policy, key),
-            PublicKeyOrCertificate::Certificate(_) => {
-                Err("it presented a host certificate; give it a plain host key".into())
-            }
+            PublicKeyOrCertificate::Certificate(_) => Err(HostKeyRefusal::Certificate),
         };
         let ok = verdict.is_ok();
         *self.verdict.lock().unwrap_or_else(|e| e.into_inner()) = Some(verdict);
@@ -90,29 +112,20 @@ impl client::Handler for HostKeyCheck {
 fn judge(host: &str, port: u16, policy: &HostKeyPolicy, key: &PublicKey) -> Verdict {
     let presented = known_hosts::fingerprint(key);
     let name = known_hosts::host_name(host, port);
-    let file = &policy.known_hosts_path;
+    let file = policy.known_hosts_path.clone();
     if let Some(pin) = &policy.pin
         && *pin != presented
     {
-        return Err(format!("the host key of {name} is {presented}, not the {pin} you gave; refusing to connect"));
+        return Err(HostKeyRefusal::NotThePin { name, presented, pin: pin.clone() });
     }
     match known_hosts::status(&policy.known_hosts, host, port, key) {
         HostKeyStatus::Known => Ok((Trusted::Known, key.clone())),
         HostKeyStatus::Unknown if policy.pin.is_some() || policy.accept_new => Ok((Trusted::New, key.clone())),
-        HostKeyStatus::Unknown => Err(format!(
-            "the host key of {name} is not known ({presented}). Check it on that machine (`ssh-keygen -lf \
-             /etc/ssh/ssh_host_ed25519_key.pub`), then give --host-key-fingerprint {presented}, or --accept-new to \
-             take it as it is"
-        )),
-        HostKeyStatus::Changed { line, recorded } => Err(format!(
-            "WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED for {name}! Someone could be eavesdropping on you right \
-             now (a man-in-the-middle attack), or the host key has just been changed. It presents {presented}; \
-             {file}:{line} records {recorded}. If the change is expected, remove that line (`ssh-keygen -R '{name}' -f '{file}'`) \
-             and try again. Refusing to connect"
-        )),
-        HostKeyStatus::Revoked { line } => Err(format!(
-            "the host key of {name} ({presented}) is marked @revoked in {file}:{line}; refusing to connect"
-        )),
+        HostKeyStatus::Unknown => Err(HostKeyRefusal::Unknown { name, presented }),
+        HostKeyStatus::Changed { line, recorded } => {
+            Err(HostKeyRefusal::Changed { name, presented, file, line, recorded })
+        }
+        HostKeyStatus::Revoked { line } => Err(HostKeyRefusal::Revoked { name, presented, file, line }),
     }
 }
 
@@ -176,7 +189,7 @@ pub async fn connect(
     let handshake = client::connect_stream(config, stream, check).await;
     let taken = verdict.lock().unwrap_or_else(|e| e.into_inner()).take();
     let (mut handle, (trusted, host_key)) = match (handshake, taken) {
-        (_, Some(Err(why))) => return Err(RemoteError::HostKey(why)),
+        (_, Some(Err(why))) => return Err(why.into()),
         (Ok(handle), Some(Ok(taken))) => (handle, taken),
         (Ok(_), None) => return Err(unreachable("the SSH handshake ended without a host key".into())),
         (Err(e), _) => return Err(unreachable(format!("SSH handshake failed: {e}"))),
@@ -258,10 +271,12 @@ mod tests {
         };
         let known = known_hosts::entry_line("h", 2222, &key);
         let fp = known_hosts::fingerprint(&key);
-        let taken = |p: &HostKeyPolicy, k: &PublicKey| judge("h", 2222, p, k).map(|(t, _)| t);
+        let taken =
+            |p: &HostKeyPolicy, k: &PublicKey| judge("h", 2222, p, k).map(|(t, _)| t).map_err(|e| e.to_string());
         assert_eq!(taken(&policy(&known, None, false), &key), Ok(Trusted::Known));
         assert_eq!(taken(&policy("", Some(&fp), false), &key), Ok(Trusted::New));
         assert_eq!(taken(&policy("", None, true), &key), Ok(Trusted::New));
+        assert!(matches!(judge("h", 2222, &policy("", None, false), &key), Err(HostKeyRefusal::Unknown { .. })));
         let unknown = taken(&policy("", None, false), &key).unwrap_err();
         assert!(unknown.contains("not known") && unknown.contains(&fp), "{unknown}");
         let wrong_pin = taken(&policy("", Some(&known_hosts::fingerprint(&other)), true), &key).unwrap_err();

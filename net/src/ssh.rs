@@ -24,7 +24,7 @@ pub enum SshError {
     #[error("cannot reach node {node} at {addr}: {why}")]
     Unreachable { node: String, addr: String, why: String },
     #[error("node {node} at {addr} was refused: {why}")]
-    HostRejected { node: String, addr: String, why: String },
+    HostRejected { node: String, addr: String, why: HostRefusal },
     #[error(
         "node {node} refused the user certificate (its agent log says why); retry, and if it persists log in again"
     )]
@@ -146,7 +146,7 @@ impl ExitStatus {
 
 struct HostCheck {
     target: NodeTarget,
-    refusal: Arc<Mutex<Option<String>>>,
+    refusal: Arc<Mutex<Option<HostRefusal>>>,
     remote_forwards: RemoteForwards,
     /// Why the connection ended, once it has.
     ended: Ended,
@@ -245,8 +245,7 @@ impl client::Handler for HostCheck {
             Ok(()) => Ok(true),
             Err(why) => {
                 tracing::warn!(node = %self.target.node_id, addr = %self.target.addr, %why, "host certificate refused");
-                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(format!("its host certificate is not acceptable: {why}"));
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                 Ok(false)
             }
         }
@@ -289,12 +288,23 @@ impl client::Handler for HostCheck {
     }
 }
 
+/// Why a node's host key was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum HostRefusal {
+    #[error(
+        "its host certificate is not acceptable: it presented a bare host key, not a host certificate from this fleet's CA"
+    )]
+    BareKey,
+    #[error("its host certificate is not acceptable: {0}")]
+    Certificate(#[from] trust::TrustError),
+}
+
 /// Whether a node may be talked to: only with a host certificate from the fleet's CA,
 /// valid at `now`, naming the node id the caller meant to reach. Why not, otherwise.
-fn host_verdict(cert: Option<&Certificate>, target: &NodeTarget, now: u64) -> Result<(), String> {
+fn host_verdict(cert: Option<&Certificate>, target: &NodeTarget, now: u64) -> Result<(), HostRefusal> {
     match cert {
-        Some(cert) => trust::verify_host_cert(cert, &target.ca, &target.node_id, now).map_err(|e| e.to_string()),
-        None => Err("it presented a bare host key, not a host certificate from this fleet's CA".to_owned()),
+        Some(cert) => Ok(trust::verify_host_cert(cert, &target.ca, &target.node_id, now)?),
+        None => Err(HostRefusal::BareKey),
     }
 }
 
@@ -754,10 +764,10 @@ mod tests {
             ca.sign_host(host.public_key(), node, after, before).expect("sign")
         };
         let t = target(&ca);
-        assert_eq!(host_verdict(Some(&cert(&ca, "n1", now - 10, now + 10)), &t, now), Ok(()));
+        assert!(host_verdict(Some(&cert(&ca, "n1", now - 10, now + 10)), &t, now).is_ok());
 
         let refused = |c: Option<&Certificate>, needle: &str| {
-            let why = host_verdict(c, &t, now).expect_err("must be refused");
+            let why = host_verdict(c, &t, now).expect_err("must be refused").to_string();
             assert!(why.contains(needle), "{why}");
         };
         refused(None, "bare host key");

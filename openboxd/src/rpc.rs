@@ -214,7 +214,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 let params: CliParams = match params(req.params, "cli") {
                     Ok(p) => p,
                     Err(msg) => {
-                        reply(Response::err(id, code::INVALID_PARAMS, msg)).await;
+                        reply(Response::err(id, code::INVALID_PARAMS, msg.to_string())).await;
                         continue;
                     }
                 };
@@ -252,7 +252,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 let params: RunParams = match params(req.params, "run") {
                     Ok(p) => p,
                     Err(msg) => {
-                        reply(Response::err(id, code::INVALID_PARAMS, msg)).await;
+                        reply(Response::err(id, code::INVALID_PARAMS, msg.to_string())).await;
                         continue;
                     }
                 };
@@ -320,7 +320,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 let params: NodesParams = match params(req.params, method::NODES) {
                     Ok(p) => p,
                     Err(msg) => {
-                        reply(Response::err(id, code::INVALID_PARAMS, msg)).await;
+                        reply(Response::err(id, code::INVALID_PARAMS, msg.to_string())).await;
                         continue;
                     }
                 };
@@ -332,7 +332,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                 let params: rpc::SessionEndParams = match params(req.params, method::SESSION_END) {
                     Ok(p) => p,
                     Err(msg) => {
-                        reply(Response::err(id, code::INVALID_PARAMS, msg)).await;
+                        reply(Response::err(id, code::INVALID_PARAMS, msg.to_string())).await;
                         continue;
                     }
                 };
@@ -395,11 +395,19 @@ async fn forward_events(
     }
 }
 
+/// Parameters that do not fit their method.
+#[derive(Debug, thiserror::Error)]
+#[error("{method}: {error}")]
+struct BadParams {
+    method: String,
+    error: serde_json::Error,
+}
+
 /// A method's parameters, or why they do not fit.
-fn params<T: serde::de::DeserializeOwned>(value: Value, method: &str) -> Result<T, String> {
+fn params<T: serde::de::DeserializeOwned>(value: Value, method: &str) -> Result<T, BadParams> {
     // Parameters left out altogether are no parameters.
     let value = if value.is_null() { Value::Object(Default::default()) } else { value };
-    serde_json::from_value(value).map_err(|e| format!("{method}: {e}"))
+    serde_json::from_value(value).map_err(|error| BadParams { method: method.to_owned(), error })
 }
 
 /// This daemon, as `hello` describes it.

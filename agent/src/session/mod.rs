@@ -97,6 +97,15 @@ struct Slot {
     terminals: usize,
 }
 
+/// What of a session's container cannot be had from this host (by its id).
+#[derive(Debug, thiserror::Error)]
+pub enum NotHere {
+    #[error("session {0}'s container files cannot be reached from here (its engine runs elsewhere)")]
+    Files(String),
+    #[error("session {0}'s container cannot be entered from here")]
+    Container(String),
+}
+
 /// Where a session's terminal is opened: its Docker container, or its nspawn container
 /// (by the host pid of its first process).
 enum Place {
@@ -491,9 +500,7 @@ impl Sessions {
                 shell::ShellHost::Process { nspawn: true, root, .. } => root.map(Files::Root),
                 shell::ShellHost::Process { nspawn: false, .. } => Some(Files::Host),
             }
-            .ok_or_else(|| {
-                format!("session {id}'s container files cannot be reached from here (its engine runs elsewhere)")
-            })
+            .ok_or_else(|| NotHere::Files(id.to_owned()))
         };
         self.in_use(user, id, &job, out, files, visit).await;
     }
@@ -519,7 +526,7 @@ impl Sessions {
         let place = |host: &shell::ShellHost| match host {
             shell::ShellHost::Container(c) => Ok(Place::Docker(c.engine.clone(), c.id.clone())),
             shell::ShellHost::Process { root: Some(init), nspawn: true, .. } => Ok(Place::Nspawn(*init)),
-            shell::ShellHost::Process { .. } => Err(format!("session {id}'s container cannot be entered from here")),
+            shell::ShellHost::Process { .. } => Err(NotHere::Container(id.to_owned())),
         };
         let command = Some(job.command).filter(|c| !c.is_empty());
         let (env, login, timeout) = (job.env, job.login, job.timeout);
@@ -557,7 +564,7 @@ impl Sessions {
         id: &str,
         job: &Job<'_>,
         out: ChannelOut,
-        pick: impl FnOnce(&shell::ShellHost) -> Result<T, String>,
+        pick: impl FnOnce(&shell::ShellHost) -> Result<T, NotHere>,
         then: F,
     ) where
         F: FnOnce(T, ChannelOut) -> Fut,
@@ -571,7 +578,7 @@ impl Sessions {
         }
         let found = match s.shell.as_ref().map(|shell| pick(&shell.host)) {
             Some(Ok(found)) => found,
-            Some(Err(why)) => return out.refuse(&why).await,
+            Some(Err(why)) => return out.refuse(&why.to_string()).await,
             None => return, // ensure_shell leaves a shell, or has told the caller why not
         };
         s.terminals += 1;

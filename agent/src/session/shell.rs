@@ -241,18 +241,31 @@ pub async fn spawn_shell(
     Ok(shell)
 }
 
+/// Why a shell an earlier run left was not taken up.
+#[derive(Debug, thiserror::Error)]
+pub enum NotTakenUp {
+    #[error("it had ended")]
+    Ended,
+    #[error("its pipes cannot be opened: {0}")]
+    Pipes(std::io::Error),
+    #[error("it did not answer")]
+    Silent,
+    #[error("its record is not understood: {0}")]
+    Record(String),
+}
+
 /// Takes up a shell that an earlier run of the agent left (it died with the shell alive):
 /// stops whatever command that run left in it, and makes sure it answers, with nothing
 /// of the old command's output left in its pipes.
-pub async fn take_up(kept: &Kept) -> Result<Shell, String> {
-    let parse = |text: &str| text.parse::<procs::Proc>();
+pub async fn take_up(kept: &Kept) -> Result<Shell, NotTakenUp> {
+    let parse = |text: &str| text.parse::<procs::Proc>().map_err(NotTakenUp::Record);
     let process = parse(&kept.process)?;
     let root = kept.root.as_deref().map(parse).transpose()?;
     let fifos = Fifos { dir: kept.dir.clone() };
     if !process.is_running() || root.is_some_and(|r| !r.is_running()) {
-        return Err("it had ended".into());
+        return Err(NotTakenUp::Ended);
     }
-    let (stdin, stdout, stderr) = fifos.agent_ends().map_err(|e| format!("its pipes cannot be opened: {e}"))?;
+    let (stdin, stdout, stderr) = fifos.agent_ends().map_err(NotTakenUp::Pipes)?;
     let root = if kept.nspawn { root } else { Some(process) };
     let host = ShellHost::Process { child: None, pid: process.pid, process: Some(process), nspawn: kept.nspawn, root };
     let mut shell =
@@ -260,7 +273,7 @@ pub async fn take_up(kept: &Kept) -> Result<Shell, String> {
     shell.host.interrupt().await;
     if !answers(&mut shell, Duration::from_secs(5)).await {
         shell.host.stop().await;
-        return Err("it did not answer".into());
+        return Err(NotTakenUp::Silent);
     }
     Ok(shell)
 }
