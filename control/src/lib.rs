@@ -3,9 +3,9 @@
 //! certificate for every dispatch.
 //!
 //! It brokers identity and steps aside: command bytes never pass through it — except for
-//! the dashboard's console ([`console`]), where it runs one command on the caller's behalf
+//! the dashboard's console (`handlers::console`), where it runs one command on the caller's behalf
 //! with a key and certificate of its own for that call. It knows nothing of how agents
-//! run commands. It also serves the dashboard's pages ([`web`]).
+//! run commands. It also serves the dashboard's pages (`web`).
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
@@ -54,7 +54,7 @@ pub struct Config {
     /// The token that lets a scraper read `/metrics` from elsewhere than this machine.
     pub metrics_token: Option<String>,
     /// An API key for the fleet's tailnet's coordination server (Headscale's), with which
-    /// each laptop and node gets a one-time key of its own (see [`coordination`]).
+    /// each laptop and node gets a one-time key of its own (see `coordination`).
     pub mesh_api_key: Option<trust::Secret>,
 }
 
