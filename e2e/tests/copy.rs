@@ -203,3 +203,25 @@ fn a_terminal_sees_the_copy_progress_and_a_pipe_does_not() {
     let quiet = admin.run(&["cp", file.to_str().unwrap(), &dest]).ok();
     assert_eq!((quiet.stdout.as_str(), quiet.stderr.as_str()), ("", ""));
 }
+
+#[test]
+fn a_copy_right_after_its_agent_restarted_arrives_and_a_node_out_of_reach_is_255() {
+    let (_cp, admin, mut agent) = fleet();
+    let here = tempfile::tempdir().unwrap();
+    let file = here.path().join("f");
+    std::fs::write(&file, "pooled\n").unwrap();
+    let name = agent.name.clone();
+    let to = |file: &str| format!("{name}:{}", here.path().join(file).display());
+    admin.run(&["cp", file.to_str().unwrap(), &to("first")]).ok();
+    // The same address: openboxd's pooled connection to it is dead, a new one is opened.
+    let addr = agent.addr.clone();
+    agent.kill();
+    agent.restart_with(&["--addr", &addr]);
+    admin.run(&["cp", file.to_str().unwrap(), &to("second")]).ok();
+    assert_eq!(std::fs::read_to_string(here.path().join("second")).unwrap(), "pooled\n");
+    // A node that cannot be reached is said as for a command.
+    agent.kill();
+    let out = admin.run(&["cp", "--timeout", "20s", file.to_str().unwrap(), &to("third")]);
+    assert_eq!(out.code, 255, "{out:?}");
+    assert!(out.stderr.contains(&name) || out.stderr.contains(&agent.node_id), "{}", out.stderr);
+}

@@ -54,3 +54,45 @@ fn openbox_mcp_answers_version_and_refuses_arguments_it_does_not_take() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("unexpected argument '--stdio'"), "{out:?}");
 }
+
+#[test]
+fn openbox_mcp_starts_openboxd_again_when_it_was_killed_under_it() {
+    use std::io::{BufRead as _, Write as _};
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["mcp"]);
+    let mut server = admin
+        .cmd()
+        .arg("mcp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openbox mcp");
+    let mut input = server.stdin.take().unwrap();
+    let mut output = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut ask = |id: u64, method: &str, params: serde_json::Value| -> serde_json::Value {
+        let msg = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        writeln!(input, "{msg}").unwrap();
+        if method == "initialize" {
+            writeln!(input, r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#).unwrap();
+        }
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).expect("a JSON-RPC answer")
+    };
+    let init = serde_json::json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}});
+    ask(1, "initialize", init);
+    let run = |word: &str| serde_json::json!({"name": "run", "arguments": {"node": agent.name, "command": format!("echo {word}")}});
+    let first = ask(2, "tools/call", run("first"));
+    assert_eq!(first["result"]["structuredContent"]["stdout"], "first\n", "{first}");
+
+    let pid = admin.daemon_status()["pid"].as_i64().unwrap() as i32;
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL).unwrap();
+    wait_until("openboxd to be gone", || !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists());
+
+    let second = ask(3, "tools/call", run("second"));
+    assert_eq!(second["result"]["structuredContent"]["stdout"], "second\n", "{second}");
+    assert_ne!(admin.daemon_status()["pid"].as_i64().unwrap() as i32, pid, "a new openboxd");
+    drop(input);
+    let _ = server.wait();
+}

@@ -34,8 +34,15 @@ struct Conn {
 }
 
 async fn open(method: &str, params: impl serde::Serialize) -> Result<Conn, String> {
-    let stream =
-        UnixStream::connect(paths::daemon_socket()).await.map_err(|e| format!("cannot reach openboxd: {e}"))?;
+    let stream = match UnixStream::connect(paths::daemon_socket()).await {
+        Ok(stream) => stream,
+        // openboxd went away since this server started (killed, upgraded): start it again,
+        // as the next `openbox` call would.
+        Err(_) => {
+            ensure_running().await?;
+            UnixStream::connect(paths::daemon_socket()).await.map_err(|e| format!("cannot reach openboxd: {e}"))?
+        }
+    };
     let (read, mut write) = stream.into_split();
     let hello = Hello {
         protocol: proto::rpc::PROTOCOL,

@@ -8,6 +8,7 @@ use net::ssh::{Connection, NodeTarget, PtySpec, SshError, Started};
 use net::transport::Transport;
 use proto::Isolation;
 use proto::api::{Dispatch, DispatchRequest, Node, Target};
+use russh_sftp::client::SftpSession;
 use trust::Certificate;
 
 use crate::Daemon;
@@ -220,6 +221,28 @@ pub async fn start(
             Ok(started) => return Ok((node, started)),
             Err(SshError::Stale { .. }) if !retried => {
                 tracing::info!(node = %node.id, "pooled connection was dead; retrying on a new one");
+                acct.pool.discard(&want.key(&node.id), &conn).await;
+                retried = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Connects for `want` and opens an SFTP session there — once more on a fresh connection
+/// when a pooled one turns out dead, as for [`start`]: nothing was done on it yet.
+pub async fn sftp(
+    d: &Daemon,
+    acct: &Account,
+    want: Want<'_>,
+) -> Result<(Node, Arc<Connection>, SftpSession), StartError> {
+    let mut retried = false;
+    loop {
+        let (node, conn) = connect(d, acct, want).await?;
+        match conn.sftp().await {
+            Ok(sftp) => return Ok((node, conn, sftp)),
+            Err(SshError::Stale { .. }) if !retried => {
+                tracing::info!(node = %node.id, "pooled connection was dead; opening SFTP on a new one");
                 acct.pool.discard(&want.key(&node.id), &conn).await;
                 retried = true;
             }

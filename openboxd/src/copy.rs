@@ -19,7 +19,7 @@ use net::halt::{Halt, Stops as _};
 
 use crate::Daemon;
 use crate::commands::{Reply, to_json};
-use crate::connect::{Want, connect};
+use crate::connect::Want;
 use crate::io::{CallIo, CallOutput};
 
 /// How much is read and written at a time.
@@ -89,8 +89,10 @@ async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
         None => (target.clone(), proto::Isolation::Native),
     };
     let want = Want { target: &target, session: req.session.as_deref(), isolation: &isolation };
-    let (node, conn) = connect(d, &acct, want).await?;
-    let sftp = conn.sftp().await?;
+    // A node out of reach is said as for a command: 255 and why.
+    let (node, conn, sftp) = crate::connect::sftp(d, &acct, want)
+        .await
+        .map_err(|e| Stopped { code: proto::EXIT_OPENBOX_FAILURE, why: e.to_string() })?;
     let mut run = Run { sftp, node: node.name.clone(), progress: Progress::new(req.progress), stats: Stats::default() };
     let result = match (&req.from, &req.to) {
         (Place::Local { path }, Place::Remote { path: remote, .. }) if upload => {
