@@ -34,15 +34,24 @@ const OMITTED: [&str; 19] = [
 
 fn main() {
     let go_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir")).join("go");
-    for f in ["tailscale.go", "tailscale.h", "go.mod", "go.sum"] {
-        println!("cargo:rerun-if-changed={}", go_dir.join(f).display());
-    }
+    println!("cargo:rerun-if-changed={}", go_dir.display());
     println!("cargo:rerun-if-env-changed=GO");
     println!("cargo:rerun-if-env-changed=TARGET_CC");
     if std::env::var_os("CARGO_FEATURE_MESH").is_none() {
         return;
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    // Built from a copy in OUT_DIR: a C compiler run by cgo may leave files where it runs.
+    let src = out.join("go");
+    let _ = std::fs::remove_dir_all(&src); // a file removed from go/ goes here too
+    std::fs::create_dir_all(&src).expect("OUT_DIR/go");
+    for entry in std::fs::read_dir(&go_dir).expect("libtailscale-sys/go") {
+        let path = entry.expect("a file of go/").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".go") || name.ends_with(".h") || name == "go.mod" || name == "go.sum" {
+            std::fs::copy(&path, src.join(name)).expect("copying go/");
+        }
+    }
     let go = std::env::var("GO").unwrap_or_else(|_| "go".into());
     check_go(&go);
     let mut build = Command::new(&go);
@@ -58,7 +67,7 @@ fn main() {
         .arg("-o")
         .arg(out.join("libopenbox_tailscale.a"))
         .arg(".")
-        .current_dir(&go_dir)
+        .current_dir(&src)
         .env("CGO_ENABLED", "1")
         // Every module is pinned in go.mod/go.sum: never resolve versions, never fetch a
         // toolchain.

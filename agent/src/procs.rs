@@ -1,8 +1,11 @@
-//! Process trees from /proc: what a command started, and the processes of an nspawn
-//! container (seen from the host); signalling and ending them.
+//! Process trees: what a command started, and the processes of an nspawn container (seen
+//! from the host); signalling and ending them. What the kernel says about each process
+//! comes from `procinfo` (/proc on Linux, libproc on macOS); a process's root and user
+//! namespace, which only Linux has, from /proc here.
 
 use std::os::fd::OwnedFd;
 
+#[cfg(target_os = "linux")]
 use rustix::fs::{Mode, OFlags};
 use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
@@ -11,29 +14,32 @@ use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proc {
     pub pid: u32,
-    /// When it started, in clock ticks after boot (`/proc/PID/stat`, field 22).
+    /// When it started (`procinfo::Info::started`).
     pub started: u64,
 }
 
 impl Proc {
     /// Process `pid` as it is now, if there is one.
     pub fn now(pid: u32) -> Option<Proc> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Some(Proc { pid, started: start_time(&stat)? })
+        procinfo::of(pid).map(|p| Proc { pid, started: p.started })
     }
 
     /// Whether the process still runs (and is this one, not a later one with its pid). A
     /// zombie has ended: it only waits for a parent that may never come (the parent of a
     /// shell that outlived its agent is whatever adopted it).
     pub fn is_running(&self) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-        start_time(&stat) == Some(self.started) && !matches!(state, Some("Z" | "X"))
+        procinfo::of(self.pid).is_some_and(|p| p.started == self.started && !p.zombie)
+    }
+
+    /// The user and group it runs as, while it is this process.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        procinfo::of(self.pid).filter(|p| p.started == self.started).map(|p| (p.uid, p.gid))
     }
 
     /// Opens this process's root directory (`O_PATH`), making sure it is this process's:
     /// its /proc directory is opened first and its start time checked through it, and a
     /// /proc directory opened so stays the process's own, even after the pid is reused.
+    #[cfg(target_os = "linux")]
     pub fn open_root(&self) -> std::io::Result<OwnedFd> {
         let dir = self.open_dir()?;
         Ok(rustix::fs::openat(&dir, "root", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
@@ -41,6 +47,7 @@ impl Proc {
 
     /// As [`Proc::open_root`], with the host user and group that are root inside the
     /// process's user namespace when it has one of its own (a confined container's).
+    #[cfg(target_os = "linux")]
     pub fn open_root_and_owner(&self) -> std::io::Result<(OwnedFd, Option<(u32, u32)>)> {
         let dir = self.open_dir()?;
         let root = rustix::fs::openat(&dir, "root", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
@@ -62,7 +69,18 @@ impl Proc {
         Ok((root, Some((outside_of_zero("uid_map")?, outside_of_zero("gid_map")?))))
     }
 
+    /// On macOS every process the agent starts shares the machine's root (there are no
+    /// containers on the host to reach into: Docker's run in a virtual machine).
+    #[cfg(not(target_os = "linux"))]
+    pub fn open_root(&self) -> std::io::Result<OwnedFd> {
+        if !self.is_running() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("process {} has ended", self.pid)));
+        }
+        Ok(std::fs::File::open("/")?.into())
+    }
+
     /// Its /proc directory, once its start time has been checked through it.
+    #[cfg(target_os = "linux")]
     fn open_dir(&self) -> std::io::Result<OwnedFd> {
         let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, format!("process {} has ended", self.pid));
         let dir = rustix::fs::open(format!("/proc/{}", self.pid), OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
@@ -75,6 +93,7 @@ impl Proc {
 }
 
 /// A small file under a /proc directory.
+#[cfg(target_os = "linux")]
 fn read_at(dir: &OwnedFd, name: &str) -> std::io::Result<String> {
     let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     let mut text = String::new();
@@ -100,25 +119,15 @@ impl std::str::FromStr for Proc {
 
 /// Field 22 of a `/proc/PID/stat` line (counted after the command name, which may hold
 /// spaces and parentheses).
+#[cfg(target_os = "linux")]
 fn start_time(stat: &str) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Every process below `root`, from /proc.
+/// Every process below `root`.
 pub fn descendants(root: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-            // The fields after the command name (which may hold spaces) start after ')'.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
-                parent_of.push((pid, ppid));
-            }
-        }
-    }
+    let parent_of: Vec<(u32, u32)> = procinfo::all().into_iter().map(|p| (p.pid, p.ppid)).collect();
     let mut found = vec![root];
     let mut i = 0;
     while i < found.len() {
@@ -133,16 +142,7 @@ pub fn descendants(root: u32) -> Vec<u32> {
 /// How many processes run with `uid` as their real user: what the kernel's process limit
 /// (`RLIMIT_NPROC`) counts.
 pub fn count_of_user(uid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    let real_uid = |status: &str| {
-        let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-        line.split_whitespace().nth(1)?.parse::<u32>().ok()
-    };
-    dir.flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .filter(|status| real_uid(status) == Some(uid))
-        .count() as u64
+    procinfo::all().into_iter().filter(|p| p.ruid == uid).count() as u64
 }
 
 pub fn signal(pid: u32, sig: Signal) {
@@ -160,6 +160,7 @@ pub fn kill_descendants(pid: u32) {
 
 /// The pid a process has inside its own pid namespace (the last `NSpid` field), when it
 /// is in a namespace below ours.
+#[cfg(target_os = "linux")]
 fn inner_pid(pid: u32) -> Option<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
@@ -168,6 +169,12 @@ fn inner_pid(pid: u32) -> Option<u32> {
         return None;
     }
     fields.last()?.parse().ok()
+}
+
+/// macOS has no pid namespaces: no process is inside a container seen from the host.
+#[cfg(not(target_os = "linux"))]
+fn inner_pid(_pid: u32) -> Option<u32> {
+    None
 }
 
 /// The processes inside the container an nspawn process `nspawn` runs, as (host pid,

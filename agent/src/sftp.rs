@@ -28,18 +28,7 @@ const READ_MAX: u32 = 256 * 1024;
 /// root.
 pub fn serve(root: Option<&std::ffi::OsStr>) -> std::io::Result<()> {
     if let Some(root) = root {
-        let invalid = || std::io::Error::new(ErrorKind::InvalidInput, format!("{root:?}: expected PID:STARTED"));
-        let shell: crate::procs::Proc = root.to_str().and_then(|r| r.parse().ok()).ok_or_else(invalid)?;
-        let (dir, owner) = shell.open_root_and_owner()?;
-        rustix::process::fchdir(&dir)?;
-        rustix::process::chroot(".")?;
-        std::env::set_current_dir("/")?;
-        if let Some((uid, gid)) = owner {
-            // One thread so far: the thread's credentials are the process's.
-            rustix::thread::set_thread_groups(&[])?;
-            rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(gid))?;
-            rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))?;
-        }
+        enter_root(root)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -56,6 +45,34 @@ pub fn serve(root: Option<&std::ffi::OsStr>) -> std::io::Result<()> {
         let _ = done.await;
         Ok::<(), std::io::Error>(())
     })
+}
+
+/// Makes the root of container process `root` (`PID:STARTED`) this process's, and its user
+/// the one that is root in there when the container has a user namespace of its own.
+#[cfg(target_os = "linux")]
+fn enter_root(root: &std::ffi::OsStr) -> std::io::Result<()> {
+    let invalid = || std::io::Error::new(ErrorKind::InvalidInput, format!("{root:?}: expected PID:STARTED"));
+    let shell: crate::procs::Proc = root.to_str().and_then(|r| r.parse().ok()).ok_or_else(invalid)?;
+    let (dir, owner) = shell.open_root_and_owner()?;
+    rustix::process::fchdir(&dir)?;
+    rustix::process::chroot(".")?;
+    std::env::set_current_dir("/")?;
+    if let Some((uid, gid)) = owner {
+        // One thread so far: the thread's credentials are the process's.
+        rustix::thread::set_thread_groups(&[])?;
+        rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(gid))?;
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(uid))?;
+    }
+    Ok(())
+}
+
+/// A Mac's containers run in a virtual machine: their files are not the host's to enter.
+#[cfg(not(target_os = "linux"))]
+fn enter_root(_root: &std::ffi::OsStr) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        ErrorKind::Unsupported,
+        "a session's container files are out of reach on a Mac node (its containers run in a virtual machine); copy through the session's commands instead",
+    ))
 }
 
 /// Serves SFTP within the agent's own process — as the agent's account, over the node's

@@ -22,13 +22,7 @@ fn the_python_sdk_runs_commands_sessions_and_background_jobs_through_openbox_mcp
     assert_eq!(stdout, "protocol 2026-07-28\nprotocol 2025-11-25\nok\n", "both revisions");
 
     // A client of an older revision still is answered in it.
-    let mut server = admin
-        .cmd()
-        .arg("mcp")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("openbox mcp");
+    let mut server = mcp_server(&admin);
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"older","version":"1"}}}"#;
     use std::io::{BufRead as _, Write as _};
     writeln!(server.stdin.as_mut().unwrap(), "{init}").unwrap();
@@ -61,13 +55,7 @@ fn openbox_mcp_starts_openboxd_again_when_it_was_killed_under_it() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
     let agent = Agent::enroll(&cp, &admin, &["mcp"]);
-    let mut server = admin
-        .cmd()
-        .arg("mcp")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("openbox mcp");
+    let mut server = mcp_server(&admin);
     let mut input = server.stdin.take().unwrap();
     let mut output = std::io::BufReader::new(server.stdout.take().unwrap());
     let mut ask = |id: u64, method: &str, params: serde_json::Value| -> serde_json::Value {
@@ -95,4 +83,14 @@ fn openbox_mcp_starts_openboxd_again_when_it_was_killed_under_it() {
     assert_ne!(admin.daemon_status()["pid"].as_i64().unwrap() as i32, pid, "a new openboxd");
     drop(input);
     let _ = server.wait();
+}
+
+/// `openbox mcp` for `cli`, its stdin and stdout piped.
+fn mcp_server(cli: &Cli) -> std::process::Child {
+    cli.cmd()
+        .arg("mcp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openbox mcp")
 }

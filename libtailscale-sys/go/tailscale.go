@@ -282,7 +282,7 @@ func tailscale_errmsg(sd C.int, buf *C.char, buflen C.size_t) C.int {
 // bridge makes a socketpair, copies between one end and conn until either side ends, and
 // returns the other end's fd for the caller.
 func bridge(conn net.Conn) (C.int, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := socketpair(syscall.SOCK_STREAM)
 	if err != nil {
 		return -1, err
 	}
@@ -369,7 +369,7 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 	if err != nil {
 		return srv.fail(err)
 	}
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	fds, err := socketpair(listenerSocketType)
 	if err != nil {
 		ln.Close()
 		return srv.fail(err)
@@ -422,7 +422,7 @@ func tailscale_listen(sd C.int, network *C.char, addr *C.char, listenerOut *C.in
 func tailscale_accept(listener C.int, connOut *C.int) C.int {
 	buf := make([]byte, 256)
 	oob := make([]byte, syscall.CmsgSpace(4))
-	n, oobn, _, _, err := syscall.Recvmsg(int(listener), buf, oob, syscall.MSG_CMSG_CLOEXEC)
+	n, oobn, err := recvmsg(int(listener), buf, oob)
 	if err != nil {
 		return C.int(err.(syscall.Errno))
 	}
@@ -437,6 +437,7 @@ func tailscale_accept(listener C.int, connOut *C.int) C.int {
 	if err != nil || len(fds) == 0 {
 		return C.int(syscall.EBADMSG)
 	}
+	received(fds)
 	mu.Lock()
 	remoteOf[C.int(fds[0])] = string(buf[:n])
 	mu.Unlock()

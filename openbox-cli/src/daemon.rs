@@ -78,20 +78,27 @@ fn call_with(call: &Call, context: &Context, fds: &[BorrowedFd<'_>]) -> Result<u
 /// Checks that whoever serves the socket runs as this user: the call hands it this
 /// process's terminal and files.
 fn ours(stream: UnixStream, socket: &Path) -> Result<UnixStream, String> {
-    #[cfg(target_os = "linux")]
-    {
-        let me = rustix::process::getuid().as_raw();
-        let peer = rustix::net::sockopt::socket_peercred(&stream)
-            .map_err(|e| format!("cannot tell who serves {}: {e}", socket.display()))?;
-        if peer.uid.as_raw() != me {
-            return Err(format!(
-                "{} is served by uid {}, not by you (uid {me}); refusing to hand it this call. Remove it, then try again",
-                socket.display(),
-                peer.uid.as_raw()
-            ));
-        }
+    let me = rustix::process::getuid().as_raw();
+    let peer = peer_uid(&stream).map_err(|e| format!("cannot tell who serves {}: {e}", socket.display()))?;
+    if peer != me {
+        return Err(format!(
+            "{} is served by uid {peer}, not by you (uid {me}); refusing to hand it this call. Remove it, then try again",
+            socket.display(),
+        ));
     }
     Ok(stream)
+}
+
+/// The user of the process at the socket's other end (`SO_PEERCRED`).
+#[cfg(target_os = "linux")]
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(stream)?.uid.as_raw())
+}
+
+/// The user of the process at the socket's other end (`getpeereid`, `LOCAL_PEERCRED`).
+#[cfg(target_os = "macos")]
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    Ok(nix::unistd::getpeereid(stream)?.0.as_raw())
 }
 
 fn connect_or_start(context: &Context) -> Result<UnixStream, String> {

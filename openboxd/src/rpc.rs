@@ -27,6 +27,12 @@ use crate::io::{CallInput, CallIo, CallOutput, FrameSink, fd_input};
 use crate::terminal::Terminal;
 use crate::{Daemon, handle};
 
+/// Received descriptors are close-on-exec from the start where the kernel can do that.
+#[cfg(target_os = "linux")]
+const RECV_FLAGS: RecvFlags = RecvFlags::CMSG_CLOEXEC;
+#[cfg(not(target_os = "linux"))]
+const RECV_FLAGS: RecvFlags = RecvFlags::empty();
+
 /// Serves the socket until `shutdown` completes or a client calls `shutdown`; then stops
 /// accepting and gives open connections a few seconds to finish (so a stop request is
 /// answered, and short calls complete).
@@ -108,12 +114,18 @@ impl Reader {
                 let mut data = vec![0u8; 64 * 1024];
                 let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
                 let mut control = RecvAncillaryBuffer::new(&mut space);
-                let msg = recvmsg(stream, &mut [IoSliceMut::new(&mut data)], &mut control, RecvFlags::CMSG_CLOEXEC)?;
+                let msg = recvmsg(stream, &mut [IoSliceMut::new(&mut data)], &mut control, RECV_FLAGS)?;
                 let mut fds = Vec::new();
                 for m in control.drain() {
                     if let RecvAncillaryMessage::ScmRights(received) = m {
                         fds.extend(received);
                     }
+                }
+                // macOS cannot set close-on-exec as they arrive: set it now, so that no
+                // process openboxd starts inherits a caller's terminal or files.
+                #[cfg(not(target_os = "linux"))]
+                for fd in &fds {
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
                 }
                 data.truncate(msg.bytes);
                 Ok((data, fds))

@@ -3,6 +3,7 @@
 //! with the node that owns it, and one clear line for whatever the engine says went wrong.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -19,13 +20,43 @@ use proto::isolation::{Limits, Network};
 
 /// Label on every container openbox creates: the node id that owns it.
 pub const NODE_LABEL: &str = "dev.openbox.node";
-const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// Where the engines a Mac runs put their sockets, under the home of the agent's user:
+/// Docker Desktop, colima, OrbStack, Rancher Desktop and `podman machine` (the system
+/// socket, which Docker Desktop links when allowed to, is looked at first).
+const MAC_SOCKETS: [&str; 5] = [
+    ".docker/run/docker.sock",
+    ".colima/default/docker.sock",
+    ".orbstack/run/docker.sock",
+    ".rd/docker.sock",
+    ".local/share/containers/podman/machine/podman.sock",
+];
+
+/// Where to reach the engine: `DOCKER_HOST` when set; else the system socket — and on
+/// macOS, when that is missing, the first socket a Mac's engine made under `home`.
+fn engine_host(
+    docker_host: Option<String>,
+    macos: bool,
+    home: Option<&Path>,
+    exists: impl Fn(&Path) -> bool,
+) -> String {
+    if let Some(host) = docker_host {
+        return host;
+    }
+    let system = Path::new(DEFAULT_SOCKET);
+    let found = match home {
+        Some(home) if macos && !exists(system) => MAC_SOCKETS.iter().map(|s| home.join(s)).find(|p| exists(p)),
+        _ => None,
+    };
+    format!("unix://{}", found.as_deref().unwrap_or(system).display())
+}
 
 /// The node's engine: a client and where it points.
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
-    /// `DOCKER_HOST`, or the default socket, for messages.
+    /// `DOCKER_HOST`, or the socket found, for messages.
     pub host: String,
     node_id: String,
 }
@@ -74,11 +105,17 @@ fn explain(host: &str, image: Option<&str>, e: DockerError) -> EngineError {
 }
 
 impl Engine {
-    /// A client for `DOCKER_HOST` (or the default socket); fails while a Unix socket is
-    /// missing.
+    /// A client for `DOCKER_HOST` (or the socket found, see `engine_host`); fails while a
+    /// Unix socket is missing.
     pub fn from_env(node_id: &str) -> Result<Engine, EngineError> {
-        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned());
-        let docker = match Docker::connect_with_defaults() {
+        let docker_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let host = engine_host(docker_host.clone(), cfg!(target_os = "macos"), home.as_deref(), |p| p.exists());
+        let connected = match docker_host {
+            Some(_) => Docker::connect_with_defaults(),
+            None => Docker::connect_with_unix(&host, 120, bollard::API_DEFAULT_VERSION),
+        };
+        let docker = match connected {
             Ok(docker) => docker,
             Err(error) => return Err(EngineError::Unreachable { host, error }),
         };
@@ -362,6 +399,35 @@ impl Drop for Removal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_engine_is_docker_host_else_the_system_socket_else_on_a_mac_the_first_one_an_engine_made() {
+        let home = Path::new("/Users/ann");
+        let none = |_: &Path| false;
+        let set = Some("tcp://127.0.0.1:2375".to_owned());
+        assert_eq!(engine_host(set, true, Some(home), none), "tcp://127.0.0.1:2375");
+        assert_eq!(
+            engine_host(None, false, Some(home), none),
+            "unix:///var/run/docker.sock",
+            "Linux looks at the system socket"
+        );
+        assert_eq!(
+            engine_host(None, true, Some(home), none),
+            "unix:///var/run/docker.sock",
+            "nothing found: named in the error"
+        );
+        let colima_and_podman =
+            |p: &Path| p.ends_with(".colima/default/docker.sock") || p.ends_with("machine/podman.sock");
+        assert_eq!(
+            engine_host(None, true, Some(home), colima_and_podman),
+            "unix:///Users/ann/.colima/default/docker.sock"
+        );
+        assert_eq!(engine_host(None, false, Some(home), colima_and_podman), "unix:///var/run/docker.sock");
+        let desktop_linked =
+            |p: &Path| p == Path::new("/var/run/docker.sock") || p.ends_with(".docker/run/docker.sock");
+        assert_eq!(engine_host(None, true, Some(home), desktop_linked), "unix:///var/run/docker.sock");
+        assert_eq!(engine_host(None, true, None, colima_and_podman), "unix:///var/run/docker.sock", "no home");
+    }
 
     fn refusal(status_code: u16, message: &str) -> DockerError {
         DockerError::DockerResponseServerError { status_code, message: message.into() }

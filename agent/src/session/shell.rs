@@ -329,13 +329,7 @@ impl Fifos {
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let fifos = Fifos { dir };
         for name in Self::NAMES {
-            rustix::fs::mknodat(
-                rustix::fs::CWD,
-                fifos.dir.join(name),
-                rustix::fs::FileType::Fifo,
-                rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-                0,
-            )?;
+            make_fifo(&fifos.dir.join(name))?;
         }
         Ok(fifos)
     }
@@ -373,6 +367,20 @@ impl Fifos {
             Receiver::from_owned_fd(self.open("err", read)?)?,
         ))
     }
+}
+
+/// A FIFO at `path` that only this user may open.
+#[cfg(target_os = "linux")]
+fn make_fifo(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{FileType, Mode};
+    Ok(rustix::fs::mknodat(rustix::fs::CWD, path, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)?)
+}
+
+/// A FIFO at `path` that only this user may open.
+#[cfg(not(target_os = "linux"))]
+fn make_fifo(path: &Path) -> std::io::Result<()> {
+    use nix::sys::stat::Mode;
+    Ok(nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR)?)
 }
 
 impl Drop for Fifos {

@@ -4,14 +4,15 @@
 //! caller's end of input. When the command ends the FIFO goes with whatever it did not
 //! read: the next command gets a new one, and never sees this one's leftovers.
 //!
-//! The FIFO is made from here through `/proc/PID/root` of the shell (the container's first
-//! process for nspawn and Docker), with every name resolved inside that root, so that a
-//! link in a container cannot point it at the host's files.
+//! On Linux the FIFO is made from here through `/proc/PID/root` of the shell (the
+//! container's first process for nspawn and Docker), with every name resolved inside that
+//! root, so that a link in a container cannot point it at the host's files. On macOS every
+//! shell the agent starts shares the machine's root, and the FIFO is made in its `/tmp`.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::channel::Window;
@@ -29,26 +30,19 @@ impl Fifo {
     /// Makes a FIFO in the `/tmp` of process `shell`'s root, readable only by that
     /// process's user.
     pub fn make(shell: crate::procs::Proc) -> std::io::Result<Fifo> {
-        let pid = shell.pid;
+        let gone = || std::io::Error::new(std::io::ErrorKind::NotFound, format!("process {} has ended", shell.pid));
         let root = shell.open_root()?;
-        let dir = rustix::fs::openat2(
-            &root,
-            "tmp",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )?;
         let name = format!(".openbox-stdin-{}", trust::token::random_id());
-        rustix::fs::mknodat(&dir, &name, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)?;
+        let dir = make_in_tmp(&root, &name)?;
         let fifo = Fifo { dir: Arc::new(dir), path_in_shell: format!("/tmp/{name}"), name };
         // The shell may run as another user (a mapped login): the FIFO is theirs.
-        let owner = rustix::fs::stat(format!("/proc/{pid}"))?;
-        if owner.st_uid != rustix::process::geteuid().as_raw() {
+        let (uid, gid) = shell.owner().ok_or_else(gone)?;
+        if uid != rustix::process::geteuid().as_raw() {
             rustix::fs::chownat(
                 &*fifo.dir,
                 &fifo.name,
-                Some(rustix::fs::Uid::from_raw(owner.st_uid)),
-                Some(rustix::fs::Gid::from_raw(owner.st_gid)),
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )?;
         }
@@ -70,6 +64,34 @@ impl Fifo {
         };
         crate::drive::feed(open, window)
     }
+}
+
+/// Makes FIFO `name` in `/tmp` under `root`, resolving every name inside that root; the
+/// directory it is in.
+#[cfg(target_os = "linux")]
+fn make_in_tmp(root: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{FileType, ResolveFlags};
+    let dir = rustix::fs::openat2(
+        root,
+        "tmp",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    rustix::fs::mknodat(&dir, name, FileType::Fifo, Mode::RUSR | Mode::WUSR, 0)?;
+    Ok(dir)
+}
+
+/// Makes FIFO `name` in `/tmp` (a link to `/private/tmp`, which only root may change) —
+/// `root` is the machine's own on macOS; the directory it is in.
+#[cfg(not(target_os = "linux"))]
+fn make_in_tmp(root: &OwnedFd, name: &str) -> std::io::Result<OwnedFd> {
+    let dir = rustix::fs::openat(root, "tmp", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    nix::unistd::mkfifo(
+        &std::path::Path::new("/tmp").join(name),
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )?;
+    Ok(dir)
 }
 
 impl Drop for Fifo {

@@ -1,0 +1,110 @@
+//! What the kernel says about a process — its parent, its users, whether it has ended and
+//! when it started — read from `/proc` on Linux and from libproc on macOS, so that the
+//! agent can follow the processes a command started on either without `unsafe` of its own.
+//!
+//! A start time is only compared with another of the same machine: clock ticks after boot
+//! on Linux, microseconds since the epoch on macOS.
+
+#[cfg(target_os = "macos")]
+#[allow(unsafe_code)]
+mod macos;
+
+/// One process, as the kernel describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Info {
+    pub pid: u32,
+    pub ppid: u32,
+    /// The real user: the one the per-user process limit counts.
+    pub ruid: u32,
+    /// The effective user and group: whose files it may touch.
+    pub uid: u32,
+    pub gid: u32,
+    /// When it started, in this machine's own units (see the crate's documentation).
+    pub started: u64,
+    /// It has ended and waits for its parent to collect its status.
+    pub zombie: bool,
+}
+
+/// Process `pid` as it is now, if there is one.
+pub fn of(pid: u32) -> Option<Info> {
+    #[cfg(target_os = "linux")]
+    return linux::of(pid);
+    #[cfg(target_os = "macos")]
+    return macos::of(pid);
+}
+
+/// Every process on the machine that this one may see.
+pub fn all() -> Vec<Info> {
+    #[cfg(target_os = "linux")]
+    return linux::all();
+    #[cfg(target_os = "macos")]
+    return macos::all();
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::Info;
+
+    pub fn of(pid: u32) -> Option<Info> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        parse(pid, &stat, &status)
+    }
+
+    pub fn all() -> Vec<Info> {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter_map(of).collect()
+    }
+
+    /// A process from its `stat` line and `status` file.
+    pub(crate) fn parse(pid: u32, stat: &str, status: &str) -> Option<Info> {
+        // The fields after the command name (which may hold spaces and parentheses) start
+        // after its last ')': state, ppid, …, start time (field 22 of the line).
+        let (_, rest) = stat.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ids = |key: &str| -> Option<Vec<u32>> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            Some(line.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect())
+        };
+        let (uids, gids) = (ids("Uid:")?, ids("Gid:")?);
+        Some(Info {
+            pid,
+            ppid: fields.get(1)?.parse().ok()?,
+            ruid: *uids.first()?,
+            uid: *uids.get(1)?,
+            gid: *gids.get(1)?,
+            started: fields.get(19)?.parse().ok()?,
+            zombie: matches!(*fields.first()?, "Z" | "X"),
+        })
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (a (b) c) Z 17 4242 4242 0 -1 4194304 90 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        let status = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t100\t50\t50\t50\n";
+        let info = linux::parse(4242, stat, status).unwrap();
+        assert_eq!(info, Info { pid: 4242, ppid: 17, ruid: 1000, uid: 0, gid: 50, started: 987654, zombie: true });
+    }
+
+    #[test]
+    fn this_process_is_found_with_its_parent_and_users_and_stays_the_same() {
+        let me = of(std::process::id()).expect("this process");
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert_eq!(me.ruid, real_uid_of_self());
+        assert!(!me.zombie);
+        assert_eq!(of(me.pid).unwrap().started, me.started, "a start time does not move");
+        assert!(all().iter().any(|p| p.pid == me.pid));
+    }
+
+    /// This process's real user, from its /proc/self (the test's own view).
+    fn real_uid_of_self() -> u32 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
