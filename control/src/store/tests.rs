@@ -224,19 +224,7 @@ async fn heartbeats_sessions_browser_sessions_and_the_audit_log_keep_what_they_a
     for (s, db, _) in each_backend().await {
         let u = s.create_user("admin", true, "h1", 1).await.unwrap();
         s.insert_node(node("n1", "box"), false).await.unwrap();
-        let hb = proto::api::Heartbeat {
-            node_id: "n1".into(),
-            addr: "127.0.0.1:9".into(),
-            mesh_addr: None,
-            platform: Platform::this_machine(),
-            version: "1".into(),
-            host_cert_valid_before: 0,
-            stopping: false,
-            sessions: Vec::new(),
-            capabilities: vec!["native".into(), "docker".into(), "teleport".into()],
-            host: None,
-            executions: Vec::new(),
-        };
+        let hb = heartbeat(&["native", "docker", "teleport"]);
         s.record_heartbeat(&hb, true, 42).await.unwrap();
         let n = s.node("n1").await.unwrap().unwrap();
         assert_eq!((n.addr.as_str(), n.last_seen, n.shares_control), ("127.0.0.1:9", Some(42), true), "{db}");
@@ -400,19 +388,7 @@ async fn the_change_log_numbers_changes_announces_a_silent_node_offline_once_and
         assert_eq!(newest.iter().map(|c| &c.kind).collect::<Vec<_>>(), [&ChangeKind::Node("n1".into())], "{db}");
 
         // A heartbeat that changes what a list shows is logged; the same one again is not.
-        let hb = proto::api::Heartbeat {
-            node_id: "n1".into(),
-            addr: "127.0.0.1:9".into(),
-            mesh_addr: None,
-            platform: Platform::this_machine(),
-            version: "1".into(),
-            host_cert_valid_before: 0,
-            stopping: false,
-            sessions: Vec::new(),
-            capabilities: vec!["native".into()],
-            host: None,
-            executions: Vec::new(),
-        };
+        let hb = heartbeat(&["native"]);
         assert!(s.record_heartbeat(&hb, false, 400).await.unwrap(), "{db}: back online, at a new address");
         assert!(!s.record_heartbeat(&hb, false, 401).await.unwrap(), "{db}: nothing a list shows changed");
 
@@ -425,5 +401,22 @@ async fn the_change_log_numbers_changes_announces_a_silent_node_offline_once_and
         s.forget_changes(1_000).await.unwrap();
         let (first, last) = s.change_range().await.unwrap();
         assert_eq!((first, last), (newest, newest), "{db}: only the newest is kept");
+    }
+}
+
+/// Node n1's heartbeat from 127.0.0.1:9, offering `capabilities`.
+fn heartbeat(capabilities: &[&str]) -> proto::api::Heartbeat {
+    proto::api::Heartbeat {
+        node_id: "n1".into(),
+        addr: "127.0.0.1:9".into(),
+        mesh_addr: None,
+        platform: Platform::this_machine(),
+        version: "1".into(),
+        host_cert_valid_before: 0,
+        stopping: false,
+        sessions: Vec::new(),
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+        host: None,
+        executions: Vec::new(),
     }
 }
