@@ -3,7 +3,7 @@
 //! commands and sessions between them — and a clear refusal from an openboxd that is not
 //! on the tailnet.
 
-use openbox_e2e::{Agent, Cli, ControlPlane, Headscale, MESH_TEST_ENV, wait_until};
+use openbox_e2e::{Agent, Cli, ControlPlane, Headscale, MESH_TEST_ENV, process_running, wait_until};
 use rustix::process::{Pid, Signal, kill_process};
 
 /// A CLI whose openboxd joins `hs`'s tailnet (it starts with the login call).
@@ -91,7 +91,8 @@ fn a_meshed_fleet_recovers_from_restarts_and_stops_cleanly_on_signals() {
     // SIGINT to a meshed openboxd and SIGTERM to a meshed agent: clean exits, no Go crash.
     let pid = admin.daemon_status()["pid"].as_i64().unwrap() as i32;
     kill_process(Pid::from_raw(pid).unwrap(), Signal::INT).unwrap();
-    wait_until("openboxd to stop on SIGINT", || std::os::unix::net::UnixStream::connect(&socket).is_err());
+    // It stops listening first, then leaves the tailnet and writes its last line.
+    wait_until("openboxd to stop on SIGINT", || !process_running(pid));
     let log = std::fs::read_to_string(admin.home.path().join("logs/openboxd.log")).unwrap();
     assert!(log.contains("openboxd stopped") && !crashed(&log), "{log}");
 

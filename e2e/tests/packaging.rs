@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use openbox_e2e::{Out, free_port, podman};
+use openbox_e2e::{Out, free_port, podman, process_running};
 
 /// The release directory packaging/build wrote.
 fn release() -> PathBuf {
@@ -178,10 +178,7 @@ fn install_sh_installs_into_a_fresh_prefix_where_the_fleet_runs_and_upgrades_in_
     )
     .ok();
     assert!(again.stderr.contains("installed openbox"), "{again:?}");
-    // Gone, or a zombie its new parent has not reaped yet.
-    let gone = wait_for(Duration::from_secs(30), || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
-    });
+    let gone = wait_for(Duration::from_secs(30), || !process_running(pid));
     assert!(gone, "the old openboxd ({pid}) stopped");
     let after = sh(r#""$P/bin/openbox" -t local echo still here"#, &env_up).ok();
     assert_eq!(after.stdout.trim(), "still here");

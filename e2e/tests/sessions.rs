@@ -2,7 +2,7 @@
 
 use std::process::{Command, Stdio};
 
-use openbox_e2e::{Agent, Cli, ControlPlane, wait_until};
+use openbox_e2e::{Agent, Cli, ControlPlane, process_running, wait_until};
 
 fn fleet(agent_args: &[&str]) -> (ControlPlane, Cli, Agent) {
     let cp = ControlPlane::start();
@@ -202,12 +202,6 @@ fn a_sessions_commands_read_the_callers_stdin_and_only_their_own() {
 
 /// The agent stops — killed, or restarted for an upgrade — while a session's shell holds a
 /// directory and variables: its next use must not run in a new shell unawares.
-/// Whether process `pid` runs (a zombie has ended).
-fn running(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !matches!(stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()), Some("Z")))
-}
-
 #[test]
 fn a_sessions_shell_outlives_its_agent_dying_and_is_taken_up_with_its_directory_and_variables() {
     let (_cp, cli, mut agent) = fleet(&[]);
@@ -235,7 +229,7 @@ fn a_sessions_shell_outlives_its_agent_dying_and_is_taken_up_with_its_directory_
     let ended = call.wait().unwrap();
     assert_eq!(ended.code(), Some(255), "the call ends when its node is gone");
     agent.restart();
-    wait_until("the earlier command to be stopped", || !running(&sleeper));
+    wait_until("the earlier command to be stopped", || !process_running(&sleeper));
     let after = cli.run(&[&s[..], &["echo V=$V PWD=$PWD"]].concat()).ok();
     assert_eq!(after.stdout, "V=42 PWD=/tmp\n");
     let _ = std::fs::remove_file(&marker);
@@ -256,7 +250,7 @@ fn a_session_whose_shell_did_not_outlive_its_agent_says_so_before_anything_runs(
             let pid = shell.trim().parse::<i32>().unwrap();
             rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL)
                 .unwrap();
-            wait_until("the shell to end", || !running(shell.trim()));
+            wait_until("the shell to end", || !process_running(shell.trim()));
         }
         agent.restart();
         let told = cli.run(&[&s[..], &["echo V=$V PWD=$PWD"]].concat());
