@@ -168,6 +168,62 @@ def proc_stat(pid):
         return None
 
 
+def fd_targets(pid):
+    """What each open descriptor of a process points at (`socket:[…]`, a path, …)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    targets = []
+    for name in names:
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            continue  # closed meanwhile
+    return targets
+
+
+def fd_kinds(pid):
+    """A process's open descriptors counted by kind: socket, pipe, pty, file, eventpoll…"""
+    kinds = collections.Counter()
+    for target in fd_targets(pid):
+        if target.startswith(("socket:", "pipe:")):
+            kinds[target.split(":")[0]] += 1
+        elif target.startswith("anon_inode:"):
+            kinds[target[len("anon_inode:"):].strip("[]")] += 1
+        elif target.startswith("/dev/pts/") or target == "/dev/ptmx":
+            kinds["pty"] += 1
+        else:
+            kinds["file"] += 1
+    return kinds
+
+
+def fd_files(pid):
+    """The files (not sockets, pipes, terminals or kernel objects) a process has open."""
+    return collections.Counter(re.sub(r"/tmp/obsoak-[^/]+", "TMP", t) for t in fd_targets(pid)
+                               if t.startswith("/") and not t.startswith("/dev/pts/") and t != "/dev/ptmx")
+
+
+def descendants(pid):
+    """How many processes descend from `pid`."""
+    count, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            count += len(kids)
+            todo += kids
+    return count
+
+
 def proc_state(pid):
     """The State line of /proc/PID/status, e.g. "T (stopped)"."""
     try:
@@ -307,6 +363,12 @@ class Stats:
         with self.lock:
             self.harness.append(what)
         self.log(f"HARNESS ERROR: {what}")
+
+    def leaked(self, detail):
+        """What a process still held once the run was over and everything it did was undone."""
+        with self.lock:
+            self.failures.append(("descriptors", "leaked", detail))
+        self.log(f"FAILURE descriptors leaked: {detail}")
 
     def failed(self):
         return bool(self.failures or self.harness)
@@ -700,6 +762,8 @@ class Soak:
         self.mounted = False
         self.agents, self.users = [], {}
         self.samples = collections.defaultdict(list)  # role -> [(t, pid, rss KiB, fds)]
+        # role -> [(t, pid, descriptors by kind, descendant processes)]: what a growth is made of
+        self.kinds = collections.defaultdict(list)
         self.threads = []
 
     def bin(self, name):
@@ -816,6 +880,8 @@ class Soak:
             ("faults", lambda: self.fault_loop(random.Random(a.seed))),
             ("sampler", self.sampler),
         ]
+        self.sample()  # what each process holds before the first call
+        self.files_before = {a.name: fd_files(a.proc.pid) for a in self.agents}
         for name, body in workers:
             t = threading.Thread(target=self.guarded, args=(name, body), name=name, daemon=True)
             t.start()
@@ -828,6 +894,42 @@ class Soak:
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 self.stats.harness_error(f"thread {t.name} did not end")
+
+    def settle(self):
+        """Once the calls and faults are over, every session left is removed (some were left
+        when their `session rm` met a fault), and each agent's descriptors are compared with
+        its own before the first call: what a live session does not explain is a leak.
+        Sockets are shown, not judged: a connection cut by a partition stays open at the
+        agent until its SSH keepalive gives up on it."""
+        removed = 0
+        for user in self.users.values():
+            ran = user.run(["sessions", "--json"], 30)
+            if ran.code != 0:
+                self.stats.harness_error(f"{user.name}: openbox sessions: {ran.err.strip()}")
+                continue
+            for session in json.loads(ran.out):
+                if user.run(["session", "rm", session["id"]], 30).code == 0:
+                    removed += 1
+        deadline = time.monotonic() + 60
+        while any(descendants(a.proc.pid) for a in self.agents) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.settled = []  # (role, descriptors before the first call, now, processes under it now)
+        for agent in self.agents:
+            role, pid = f"agent {agent.name}", agent.proc.pid
+            first = self.kinds[role][0] if self.kinds[role] else None
+            if not first or first[1] != pid:
+                continue  # restarted during the run: nothing of its own to compare with
+            now, under = fd_kinds(pid), descendants(pid)
+            self.settled.append((role, first[2], now, under))
+            grown = {k: (first[2].get(k, 0), n) for k, n in now.items() if k != "socket" and n > first[2].get(k, 0)}
+            if grown:
+                new_files = fd_files(pid) - self.files_before.get(agent.name, collections.Counter())
+                self.stats.leaked(f"{role} holds more than before the first call once its {removed} sessions "
+                                  f"left were removed: " + ", ".join(f"{k} {a}→{b}" for k, (a, b) in grown.items())
+                                  + f"; processes under it: {under}; files it did not have: "
+                                  + (", ".join(sorted(new_files)) or "none"))
+        self.log(f"settled: removed {removed} sessions left by the run")
+        self.settled_sessions = removed
 
     def guarded(self, name, body):
         try:
@@ -1120,6 +1222,7 @@ class Soak:
             got = pid and proc_stat(pid)
             if got:
                 self.samples[role].append((t, pid, *got))
+                self.kinds[role].append((t, pid, fd_kinds(pid), descendants(pid)))
 
     def sampler(self):
         self.sample()
@@ -1142,7 +1245,11 @@ class Soak:
             longest = max(by_pid.values(), key=len)
             rss_h = slope_per_hour([(t, rss / 1024) for t, _, rss, _ in longest])
             fds_h = slope_per_hour([(t, fds) for t, _, _, fds in longest])
-            rows.append({"role": role, "rss_mib": [samples[0][2] / 1024, samples[-1][2] / 1024,
+            pid = longest[0][1]
+            kinds = [k for k in self.kinds[role] if k[1] == pid and k[0] - self.started >= warm]
+            rows.append({"role": role, "fd_kinds": [dict(kinds[0][2]), dict(kinds[-1][2])] if kinds else None,
+                         "descendants": [kinds[0][3], kinds[-1][3]] if kinds else None,
+                         "rss_mib": [samples[0][2] / 1024, samples[-1][2] / 1024,
                                                     max(s[2] for s in samples) / 1024],
                          "rss_growth_mib_per_h": rss_h, "fds": [samples[0][3], samples[-1][3],
                                                                  max(s[3] for s in samples)],
@@ -1184,6 +1291,23 @@ class Soak:
             gf = "—" if r["fds_growth_per_h"] is None else f"{r['fds_growth_per_h']:+.0f}"
             print(f"  {r['role']:<28} {rs[0]:8.1f} {rs[1]:6.1f} {rs[2]:6.1f} {g:>9}   "
                   f"{fd[0]:10} {fd[1]:4} {fd[2]:4} {gf:>8} {r['samples']:8} {r['pids']:4}")
+        grew = [r for r in rows if r["fd_kinds"] and r["fds"][1] > r["fds"][0]]
+        if grew:
+            print("what the descriptors that grew are (start → end of the longest-lived process):")
+        for r in grew:
+            start, end = r["fd_kinds"]
+            parts = [f"{k} {start.get(k, 0)}→{end.get(k, 0)}" for k in sorted(set(start) | set(end))
+                     if start.get(k, 0) != end.get(k, 0)]
+            d0, d1 = r["descendants"]
+            print(f"  {r['role']:<28} {', '.join(parts) or 'no change by kind'}; processes under it {d0}→{d1}")
+        if getattr(self, "settled", None):
+            print(f"agents' descriptors before the first call → once the {self.settled_sessions} sessions left "
+                  f"were removed:")
+        for role, before, now, under in getattr(self, "settled", []):
+            total = f"{sum(before.values())}→{sum(now.values())}"
+            parts = [f"{k} {before.get(k, 0)}→{now.get(k, 0)}" for k in sorted(set(before) | set(now))
+                     if before.get(k, 0) != now.get(k, 0)]
+            print(f"  {role:<28} {total}: {', '.join(parts) or 'the same by kind'}; processes under it {under}")
         for row, kind, detail in st.failures[:30]:
             print(f"FAILED {row} {kind}: {detail}")
         if len(st.failures) > 30:
@@ -1287,6 +1411,7 @@ def main():
     try:
         soak.setup()
         soak.run()
+        soak.settle()
         code = soak.report()
     except KeyboardInterrupt:
         print("interrupted", flush=True)

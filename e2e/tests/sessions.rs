@@ -142,8 +142,12 @@ fn session_rm_stops_the_shell_and_forgets_the_session() {
     let listed = cli.run(&["sessions", "--json"]).ok().json();
     assert_eq!(listed[0]["id"], "gone");
     assert_eq!(listed[0]["state"], "active");
+    // A one-shot's connection, and the session's own (its certificate names the session).
+    cli.run(&["-t", "t", "true"]).ok();
+    assert_eq!(cli.daemon_status()["connections"], 2);
     cli.run(&["session", "rm", "gone"]).ok();
-    wait_until("the session's shell to stop", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    wait_until("the session's shell to stop", || !process_running(pid));
+    assert_eq!(cli.daemon_status()["connections"], 1, "the session's connection went with it");
     assert_eq!(cli.run(&["sessions", "--json"]).ok().json(), serde_json::json!([]));
     cli.run(&["session", "rm", "gone"]).fails_with(1, "no session \"gone\"");
     let again = cli.run(&["-t", "t", "-s", "gone", "echo $$"]).ok();

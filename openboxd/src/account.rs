@@ -43,7 +43,10 @@ impl Account {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), node_id.to_owned());
     }
 
+    /// The session is over: where it was, and its connection (its certificate names the
+    /// session, so nothing else could use it), are dropped.
     pub fn forget_session(&self, id: &str) {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.pool.forget_session(id);
     }
 }

@@ -107,6 +107,11 @@ impl Pool {
         self.slots.lock().unwrap().len()
     }
 
+    /// Drops the slots of session `id`: their connections close once no call holds them.
+    pub fn forget_session(&self, id: &str) {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.session.as_deref() != Some(id));
+    }
+
     /// Drops `conn` from the pool if it is still the pooled one (it turned out dead).
     pub async fn discard(&self, key: &Key, conn: &Arc<Connection>) {
         let slot = self.slot(key);
@@ -164,5 +169,29 @@ mod tests {
         pool.slot(&key(201));
         assert_eq!(pool.len(), 2, "a slot in use is kept");
         drop(held);
+    }
+
+    #[test]
+    fn a_sessions_slots_go_when_it_is_forgotten_and_no_others() {
+        let pool = Pool::default();
+        let key = |session: Option<&str>, isolation| Key {
+            node_id: "n".into(),
+            session: session.map(str::to_owned),
+            isolation,
+        };
+        let docker = Isolation::Docker { image: "alpine".into(), limits: Default::default() };
+        let (a, a_docker, b, none) = (
+            key(Some("a"), Isolation::Native),
+            key(Some("a"), docker),
+            key(Some("b"), Isolation::Native),
+            key(None, Isolation::Native),
+        );
+        for k in [&a, &a_docker, &b, &none] {
+            pool.slot(k).try_lock().unwrap().remember(cert(0, u64::MAX / 2));
+        }
+        assert_eq!(pool.len(), 4);
+        pool.forget_session("a");
+        let kept: std::collections::HashSet<Key> = pool.slots.lock().unwrap().keys().cloned().collect();
+        assert_eq!(kept, [b, none].into_iter().collect());
     }
 }
