@@ -50,15 +50,22 @@ if [ -z "$prefix" ]; then
   if [ "$(id -u)" -eq 0 ]; then prefix=/usr/local; else prefix="${HOME:?HOME is not set}/.local"; fi
 fi
 
+# Which tarball: linux-x86_64, linux-aarch64, macos-arm64 or macos-x86_64.
+machine=$(uname -m)
 case "$(uname -s)" in
   Linux) os=linux ;;
-  Darwin) fail "no macOS build is published; build it from source (docs/install.md, \"macOS\")" ;;
+  Darwin)
+    os=macos
+    # A shell under Rosetta says x86_64 on Apple silicon: the arm64 build is the one to run.
+    [ "$(sysctl -n sysctl.proc_translated 2>/dev/null || echo 0)" = 1 ] && machine=arm64 ;;
   *) fail "openbox is built for Linux and macOS, not $(uname -s)" ;;
 esac
-case "$(uname -m)" in
-  x86_64|amd64) arch=x86_64 ;;
-  aarch64|arm64) arch=aarch64 ;;
-  *) fail "no build for $(uname -m): x86_64 and aarch64 are published" ;;
+case "$os-$machine" in
+  linux-x86_64|linux-amd64) arch=x86_64 ;;
+  linux-aarch64|linux-arm64) arch=aarch64 ;;
+  macos-arm64|macos-aarch64) arch=arm64 ;;
+  macos-x86_64) arch=x86_64 ;;
+  *) fail "no build for $os on $machine: Linux x86_64 and aarch64, macOS arm64 and x86_64 are published" ;;
 esac
 
 tmp=$(mktemp -d)
@@ -140,6 +147,12 @@ old_version=""
 [ -x "$prefix/bin/openbox" ] && old_version=$("$prefix/bin/openbox" --version 2>/dev/null || true)
 for b in "$top"/bin/*; do put "$b" "$prefix/bin/$(basename "$b")" 0755; done
 for f in $(cd "$top/share" && find . -type f); do put "$top/share/$f" "$prefix/share/${f#./}" 0644; done
+# macOS: a tarball a browser downloaded passes its quarantine mark to what it holds, and
+# Gatekeeper would then refuse the binaries as from an unidentified developer. Their
+# checksums (and, with the release key, their origin) were checked above.
+if [ "$os" = macos ] && command -v xattr >/dev/null 2>&1; then
+  for b in "$top"/bin/*; do xattr -d com.apple.quarantine "$prefix/bin/$(basename "$b")" 2>/dev/null || true; done
+fi
 new_version=$("$prefix/bin/openbox" --version) || fail "the installed $prefix/bin/openbox does not run on this machine"
 
 # An upgrade: each context's openboxd stops cleanly; the next call starts the new one.

@@ -192,6 +192,20 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// The release directory packaging/build wrote (tarballs, .debs, SHA256SUMS, install.sh):
+/// `OPENBOX_TEST_PACKAGES`, else target/packages, where scripts/test builds it.
+pub fn release_dir() -> PathBuf {
+    let dir = std::env::var_os("OPENBOX_TEST_PACKAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/packages"));
+    assert!(
+        dir.join("SHA256SUMS").exists(),
+        "no release in {}: run packaging/build first (scripts/test does)",
+        dir.display()
+    );
+    dir.canonicalize().unwrap()
+}
+
 /// Whether process `pid` still runs (a zombie its parent has not reaped has ended).
 pub fn process_running(pid: impl std::fmt::Display) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

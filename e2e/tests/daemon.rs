@@ -64,6 +64,22 @@ except (ConnectionResetError, BrokenPipeError):
 }
 
 #[test]
+fn a_socket_path_too_long_for_the_system_is_refused_with_what_to_do() {
+    let base = tempfile::tempdir().unwrap();
+    let home = base.path().join("h".repeat(100));
+    std::fs::create_dir(&home).unwrap();
+    for args in [&["-t", "local", "true"][..], &["daemon", "status"]] {
+        let out = Command::new(openbox_e2e::bin("openbox")).args(args).env("OPENBOX_HOME", &home).output().unwrap();
+        let out = openbox_e2e::Out::from(out).fails_with(255, "longer than the 107 a Unix socket may have here");
+        assert!(out.stderr.contains("set OPENBOX_HOME to a shorter directory"), "{out:?}");
+    }
+    // And openboxd started by hand says the same.
+    let out = Command::new(openbox_e2e::bin("openboxd")).env("OPENBOX_HOME", &home).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("longer than the 107"), "{out:?}");
+}
+
+#[test]
 fn ten_concurrent_first_calls_start_one_daemon() {
     let cli = Cli::new();
     let children: Vec<_> = (0..10)

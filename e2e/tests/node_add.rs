@@ -1,6 +1,8 @@
 //! `openbox node add`: a machine reachable only over SSH — OpenSSH's sshd in a network
 //! namespace the test makes — becomes a node, its host key checked.
 
+use std::path::Path;
+
 use openbox_e2e::{Cli, ControlPlane, Out, SshHost};
 
 /// A control plane the machine can reach (on this side of its link; HTTPS, as it is not
@@ -140,6 +142,54 @@ fn unknown_and_changed_host_keys_and_a_wrong_password_are_refused_and_leave_noth
         add_with_password(&admin, &host, host.password, &["--accept-new", "--reinstall", "--known-hosts", kh_arg]);
     let changed = changed.fails_with(1, "REMOTE HOST IDENTIFICATION HAS CHANGED");
     assert!(changed.stderr.contains(&format!("{kh_arg}:1")), "names the line: {changed:?}");
+}
+
+#[test]
+fn the_agent_from_a_release_directory_is_checked_against_its_checksums_then_installed() {
+    let host = SshHost::start();
+    let (_cp, admin) = fleet_for(&host);
+    let kh = host.dir.path().join("known_hosts");
+    let args = |from: &Path| {
+        ["--accept-new", "--known-hosts", kh.to_str().unwrap(), "--from", from.to_str().unwrap()].map(str::to_owned)
+    };
+    let release = openbox_e2e::release_dir();
+    let tarball = format!("openbox-{}-linux-{}.tar.gz", proto::VERSION, std::env::consts::ARCH);
+
+    // A copy of the release whose tarball changed after its checksums were made: refused
+    // before anything reaches the machine.
+    let tampered = tempfile::tempdir().unwrap();
+    std::fs::copy(release.join("SHA256SUMS"), tampered.path().join("SHA256SUMS")).unwrap();
+    let mut bytes = std::fs::read(release.join(&tarball)).unwrap();
+    bytes.push(0);
+    std::fs::write(tampered.path().join(&tarball), bytes).unwrap();
+    let a = args(tampered.path());
+    let out = add_with_password(&admin, &host, host.password, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = out.fails_with(1, "checksum mismatch");
+    assert!(out.stderr.contains("choosing the agent for the machine") && out.stderr.contains(&tarball), "{out:?}");
+    assert!(!host.home_file(".local/bin/openbox-agent").exists(), "nothing was uploaded");
+
+    // The release as published: its agent, not this openbox's own, runs the node.
+    let a = args(&release);
+    let out = add_with_password(
+        &admin,
+        &host,
+        host.password,
+        &[&a.iter().map(String::as_str).collect::<Vec<_>>()[..], &["--json"]].concat(),
+    )
+    .ok();
+    let name = out.json()["name"].as_str().unwrap().to_owned();
+    let unpacked = tempfile::tempdir().unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(release.join(&tarball))
+        .arg("-C")
+        .arg(unpacked.path())
+        .status();
+    assert!(tar.unwrap().success());
+    let shipped = unpacked.path().join(tarball.trim_end_matches(".tar.gz")).join("bin/openbox-agent");
+    let installed = std::fs::read(host.home_file(".local/bin/openbox-agent")).unwrap();
+    assert!(installed == std::fs::read(shipped).unwrap(), "the release's agent was installed");
+    assert_eq!(admin.run(&["-n", &name, "echo", "released"]).ok().stdout, "released\n");
 }
 
 #[test]

@@ -9,19 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use openbox_e2e::{Out, free_port, podman, process_running};
+use sha2::Digest as _;
 
-/// The release directory packaging/build wrote.
-fn release() -> PathBuf {
-    let dir = std::env::var_os("OPENBOX_TEST_PACKAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/packages"));
-    assert!(
-        dir.join("SHA256SUMS").exists(),
-        "no release in {}: run packaging/build first (scripts/test does)",
-        dir.display()
-    );
-    dir.canonicalize().unwrap()
-}
+use openbox_e2e::release_dir as release;
 
 fn sh(script: &str, env: &[(&str, &Path)]) -> Out {
     let mut cmd = Command::new("sh");
@@ -130,6 +120,151 @@ fn the_release_has_tarballs_and_debs_for_both_architectures_with_their_checksums
     let info = Command::new("dpkg-deb").args(["--field"]).arg(&deb).args(["Architecture", "Depends"]).output().unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("Architecture: amd64") && info.contains("libc6 (>= 2."), "{info}");
+}
+
+/// Checks a Mach-O binary's code signature as a Mac checks it before running it: its
+/// code directory's hash of each page (SHA-256) matches the page. Returns the signature's
+/// flags (0x2: ad hoc), or None when the binary is not signed.
+fn code_signature(bytes: &[u8]) -> Option<u32> {
+    let le = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    assert_eq!(le(0), 0xfeed_facf, "a 64-bit Mach-O file");
+    let mut at = 32; // after the header: the load commands
+    let mut signature = None;
+    for _ in 0..le(16) {
+        if le(at) == 0x1d {
+            signature = Some((le(at + 8) as usize, le(at + 12) as usize)); // LC_CODE_SIGNATURE
+        }
+        at += le(at + 4) as usize;
+    }
+    let (offset, size) = signature?;
+    let blob = &bytes[offset..offset + size];
+    let be = |at: usize| u32::from_be_bytes(blob[at..at + 4].try_into().unwrap());
+    assert_eq!(be(0), 0xfade_0cc0, "an embedded signature");
+    let directory = (0..be(8) as usize).map(|i| be(16 + 8 * i) as usize).find(|&o| be(o) == 0xfade_0c02);
+    let cd = &blob[directory.expect("a code directory")..];
+    let cd_u32 = |at: usize| u32::from_be_bytes(cd[at..at + 4].try_into().unwrap());
+    let (flags, hashes, pages, limit) = (cd_u32(12), cd_u32(16) as usize, cd_u32(28) as usize, cd_u32(32) as usize);
+    let (hash_size, hash_type, page_size) = (cd[36] as usize, cd[37], 1usize << cd[39]);
+    assert_eq!((hash_size, hash_type), (32, 2), "SHA-256 page hashes");
+    for page in 0..pages {
+        let code = &bytes[page * page_size..((page + 1) * page_size).min(limit)];
+        let want = &cd[hashes + page * 32..hashes + (page + 1) * 32];
+        assert!(sha2::Sha256::digest(code).as_slice() == want, "page {page} matches its hash");
+    }
+    Some(flags)
+}
+
+#[test]
+fn the_mac_tarballs_hold_mach_o_binaries_for_their_cpu_signed_for_apple_silicon_with_launchd_services() {
+    let dir = release();
+    let v = proto::VERSION;
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for (platform, cpu) in [("arm64", "arm64"), ("x86_64", "x86_64")] {
+        let name = format!("openbox-{v}-macos-{platform}");
+        let tar = dir.join(format!("{name}.tar.gz"));
+        let line = sums.lines().find(|l| l.ends_with(&format!("  {name}.tar.gz")));
+        let out = Command::new("sha256sum").arg(&tar).output().unwrap();
+        let sum = String::from_utf8_lossy(&out.stdout).split(' ').next().map(str::to_owned);
+        assert_eq!(line.and_then(|l| l.split(' ').next()).map(str::to_owned), sum, "{name} in SHA256SUMS");
+
+        let listing = Command::new("tar").arg("-tzf").arg(&tar).output().unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let mut want: Vec<String> = ["openbox", "openboxd", "openbox-control", "openbox-agent", "openbox-mcp"]
+            .iter()
+            .map(|b| format!("bin/{b}"))
+            .collect();
+        want.extend(
+            [
+                "share/man/man1/openbox-node-add.1.gz",
+                "share/bash-completion/completions/openbox",
+                "share/zsh/site-functions/_openbox",
+                "share/fish/vendor_completions.d/openbox.fish",
+                "share/openbox/launchd/dev.openbox.openboxd.plist",
+                "share/openbox/launchd/dev.openbox.agent.plist",
+                "share/openbox/launchd/dev.openbox.control.plist",
+                "share/doc/openbox/LICENSE",
+                "share/doc/openbox/THIRD-PARTY.md",
+            ]
+            .map(str::to_owned),
+        );
+        for f in &want {
+            assert!(listing.lines().any(|l| l == format!("{name}/{f}")), "{name}: {f} in\n{listing}");
+        }
+        assert!(!listing.contains("systemd"), "a Mac has no systemd: {listing}");
+
+        let out = Command::new("tar").arg("-xzf").arg(&tar).arg("-C").arg(work.path()).output().unwrap();
+        assert!(out.status.success());
+        for b in ["openbox", "openboxd", "openbox-control", "openbox-agent", "openbox-mcp"] {
+            let path = work.path().join(&name).join("bin").join(b);
+            let kind = Command::new("file").arg("-b").arg(&path).output().expect("file(1)");
+            let kind = String::from_utf8_lossy(&kind.stdout);
+            assert!(kind.starts_with(&format!("Mach-O 64-bit {cpu} executable")), "{name} {b}: {kind}");
+            // Apple silicon runs no binary without a valid signature: ad hoc is enough, and
+            // the linker makes one. An Intel Mac runs unsigned binaries.
+            let bytes = std::fs::read(&path).unwrap();
+            if cpu == "arm64" {
+                let flags = code_signature(&bytes).unwrap_or_else(|| panic!("{name} {b} is signed"));
+                assert!(flags & 0x2 != 0, "{name} {b}: signed ad hoc ({flags:#x})");
+            }
+            // The tailnet is in the binaries that hold it (Go keeps its functions' names, for
+            // its own tracebacks, when the symbols are stripped).
+            if b != "openbox" && b != "openbox-mcp" {
+                assert!(bytes.windows(9).any(|w| w == b"tailscale"), "{name} {b} embeds the tailnet");
+            }
+        }
+        let third = std::fs::read_to_string(work.path().join(&name).join("share/doc/openbox/THIRD-PARTY.md")).unwrap();
+        assert!(third.contains("| kqueue |") && third.contains("tailscale"), "the Mac's own dependencies: {third}");
+    }
+}
+
+/// A directory of stand-ins for a Mac's `uname`, `sysctl` and `xattr`, put first on PATH:
+/// install.sh's choices, checked here. `xattr` records what it was asked.
+fn pretend_mac(dir: &Path, machine: &str, rosetta: bool) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    script("uname", &format!(r#"case "$1" in -s) echo Darwin ;; -m) echo {machine} ;; *) echo Darwin ;; esac"#));
+    script("sysctl", &format!("echo {}", u8::from(rosetta)));
+    script("xattr", &format!(r#"echo "$*" >>"{}/xattr.log""#, dir.display()));
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap())
+}
+
+#[test]
+fn install_sh_on_a_mac_takes_the_mac_tarball_for_its_cpu_and_lifts_the_quarantine() {
+    let dir = release();
+    let v = proto::VERSION;
+    for (machine, rosetta, platform, cpu) in [
+        ("arm64", false, "arm64", "arm64"),
+        ("x86_64", true, "arm64", "arm64"), // a shell under Rosetta on Apple silicon
+        ("x86_64", false, "x86_64", "x86_64"),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        let prefix = work.path().join("prefix");
+        let path = pretend_mac(&work.path().join("mac"), machine, rosetta);
+        let out = Command::new("sh")
+            .arg(install_sh())
+            .arg("--from")
+            .arg(format!("{}/", dir.display()))
+            .arg("--prefix")
+            .arg(&prefix)
+            .env("PATH", &path)
+            .env("HOME", work.path())
+            .output()
+            .unwrap();
+        let out = Out::from(out);
+        assert!(out.stderr.contains(&format!("fetching openbox-{v}-macos-{platform}.tar.gz")), "{machine}: {out:?}");
+        // Installed, then found not to run here: this is not a Mac.
+        let kind = Command::new("file").arg("-b").arg(prefix.join("bin/openbox-agent")).output().unwrap();
+        assert!(String::from_utf8_lossy(&kind.stdout).starts_with(&format!("Mach-O 64-bit {cpu}")), "{machine}");
+        let lifted = std::fs::read_to_string(work.path().join("mac/xattr.log")).unwrap();
+        assert!(lifted.contains(&format!("-d com.apple.quarantine {}/bin/openboxd", prefix.display())), "{lifted}");
+        assert_eq!(lifted.lines().count(), 5, "each binary: {lifted}");
+        out.fails_with(1, "does not run on this machine");
+    }
 }
 
 #[test]

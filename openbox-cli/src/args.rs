@@ -478,8 +478,9 @@ pub enum NodeCommand {
         /// The known_hosts file [default: ~/.ssh/known_hosts].
         #[arg(long, value_name = "FILE")]
         known_hosts: Option<std::path::PathBuf>,
-        /// Directory of release binaries for other platforms (openbox-agent-OS-ARCH, e.g.
-        /// openbox-agent-linux-aarch64); this machine's own agent is used when they match.
+        /// The release directory to take the agent from (the machine's tarball, e.g.
+        /// openbox-VERSION-macos-arm64.tar.gz, checked against SHA256SUMS); needed when the
+        /// machine's OS or CPU differs from this one's, whose own agent is used otherwise.
         #[arg(long, value_name = "DIR")]
         from: Option<std::path::PathBuf>,
         /// Install again even when the machine is already a node.

@@ -103,6 +103,7 @@ fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
 
 fn connect_or_start(context: &Context) -> Result<UnixStream, String> {
     let socket = &context.daemon_socket();
+    paths::check_socket_path(socket)?;
     if let Ok(s) = UnixStream::connect(socket) {
         return ours(s, socket);
     }

@@ -79,6 +79,19 @@ fn place(role: Role, scope: Scope) -> Result<Place, String> {
     Ok(Place::new(role, scope, Os::here(), &home, &config, uid))
 }
 
+/// On macOS, the variables of the service's environment file, if there is one: launchd
+/// reads no file, so they go into the property list (install again after changing it).
+fn launchd_env(place: &Place) -> Result<Vec<(String, String)>, String> {
+    if place.os != Os::MacOs {
+        return Ok(Vec::new());
+    }
+    match std::fs::read_to_string(&place.env) {
+        Ok(text) => service::parse_env(&text).map_err(|e| format!("{}: {e}", place.env)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("reading {}: {e}", place.env)),
+    }
+}
+
 fn scope_word(scope: Scope) -> &'static str {
     if scope == Scope::System { "system" } else { "user" }
 }
@@ -159,7 +172,8 @@ fn install(role: Role, scope: ScopeArgs, print: bool, args: Vec<String>, json: b
     let (args, token) = take_token(role, args, Path::new(&place.token))?;
     let args = absolute_paths(args)?;
     check_args(&binary, &args)?;
-    let plan = Plan::install(&place, &bin_dir.display().to_string(), &args, token.as_deref());
+    let env = launchd_env(&place)?;
+    let plan = Plan::install(&place, &bin_dir.display().to_string(), &args, token.as_deref(), &env);
     if print {
         // The service's own file (the unit or the property list), as it would be written.
         if let Some(Step::Write { text, .. }) =

@@ -27,6 +27,7 @@ use crate::io::CallOutput;
 const ONLINE_WITHIN: Duration = Duration::from_secs(60);
 
 /// What the machine is, as the probe found it.
+#[derive(Clone)]
 struct Machine {
     os: String,
     arch: String,
@@ -242,9 +243,12 @@ async fn bootstrap(
         return Ok(Reply::new(to_json(&added), text));
     }
 
-    let binary = agent_binary(&machine, req.from.as_deref())?;
+    let (m, from) = (machine.clone(), req.from.clone());
+    let binary = tokio::task::spawn_blocking(move || agent_binary(&m, from.as_deref()))
+        .await?
+        .context("choosing the agent for the machine")?;
     let existed = remote.run(&format!("test -e {}", sh(&layout.bin)), NoInput).await?.ok();
-    upload(remote, &binary, &layout.bin, out).await.context("uploading the agent")?;
+    upload(remote, &binary.path, &layout.bin, out).await.context("uploading the agent")?;
 
     let installed = Installed { layout: &layout, binary_is_new: !existed };
     let done = async {
@@ -330,26 +334,123 @@ async fn enrolled(remote: &On<'_>, layout: &Layout) -> Option<(String, String)> 
     Some((id["node_id"].as_str()?.to_owned(), id["name"].as_str()?.to_owned()))
 }
 
-/// The agent binary for the machine: this machine's own when they match, else from `from`.
-fn agent_binary(m: &Machine, from: Option<&str>) -> anyhow::Result<std::path::PathBuf> {
-    let here = (if cfg!(target_os = "macos") { "macos" } else { "linux" }, std::env::consts::ARCH);
-    if (m.os.as_str(), m.arch.as_str()) == here {
-        return Ok(paths::sibling_binary("openbox-agent"));
+/// The agent binary to upload, and the directory a release tarball was unpacked into
+/// (removed when this is dropped).
+struct AgentBinary {
+    path: std::path::PathBuf,
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+/// How a release names a platform in its tarballs' names: `linux-x86_64`, `linux-aarch64`,
+/// `macos-arm64` (Apple's name for its own CPUs), `macos-x86_64`.
+fn release_platform(os: &str, arch: &str) -> String {
+    match (os, arch) {
+        ("macos", "aarch64") => "macos-arm64".to_owned(),
+        _ => format!("{os}-{arch}"),
     }
-    let name = format!("openbox-agent-{}-{}", m.os, m.arch);
-    match from {
-        Some(dir) => {
-            let path = std::path::Path::new(dir).join(&name);
-            if path.is_file() { Ok(path) } else { bail!("{} is not there: --from must hold {name}", path.display()) }
+}
+
+/// The agent binary for the machine: from `from` when given — a release directory, whose
+/// tarball for the machine's platform is checked against its `SHA256SUMS` and unpacked, or
+/// a directory of `openbox-agent-OS-ARCH` binaries — else this machine's own, when the
+/// platforms match. Whatever it is, its header must say the machine's platform.
+fn agent_binary(m: &Machine, from: Option<&str>) -> anyhow::Result<AgentBinary> {
+    let platform = release_platform(&m.os, &m.arch);
+    let tarball = format!("openbox-{}-{platform}.tar.gz", proto::VERSION);
+    let binary = match from {
+        None => {
+            let here = (if cfg!(target_os = "macos") { "macos" } else { "linux" }, std::env::consts::ARCH);
+            if (m.os.as_str(), m.arch.as_str()) != here {
+                bail!(
+                    "the machine is {} {} and this one {} {}: give --from DIR, the release directory holding {tarball} and its SHA256SUMS",
+                    m.os,
+                    m.arch,
+                    here.0,
+                    here.1
+                );
+            }
+            AgentBinary { path: paths::sibling_binary("openbox-agent"), _unpacked: None }
         }
-        None => bail!(
-            "the machine is {} {} and this one {} {}: give --from DIR holding {name}",
-            m.os,
-            m.arch,
-            here.0,
-            here.1
+        Some(dir) => {
+            let dir = std::path::Path::new(dir);
+            let loose = dir.join(format!("openbox-agent-{}-{}", m.os, m.arch));
+            if loose.is_file() { AgentBinary { path: loose, _unpacked: None } } else { unpack_agent(dir, &tarball)? }
+        }
+    };
+    let mut head = [0u8; 64];
+    let n = std::io::Read::read(
+        &mut std::fs::File::open(&binary.path).with_context(|| format!("opening {}", binary.path.display()))?,
+        &mut head,
+    )?;
+    match binary_platform(&head[..n]) {
+        Some((os, arch)) if (os, arch) == (m.os.as_str(), m.arch.as_str()) => Ok(binary),
+        found => bail!(
+            "{} is not an agent for {platform} (it is {}): the machine would not run it",
+            binary.path.display(),
+            found.map_or("no Linux or macOS binary".to_owned(), |(os, arch)| release_platform(os, arch))
         ),
     }
+}
+
+/// `openbox-agent` out of the release tarball `name` in `dir`, once the tarball's checksum
+/// matches the one its `SHA256SUMS` lists (as install.sh checks it).
+fn unpack_agent(dir: &std::path::Path, name: &str) -> anyhow::Result<AgentBinary> {
+    use sha2::Digest as _;
+    let sums_path = dir.join("SHA256SUMS");
+    let sums = std::fs::read_to_string(&sums_path).map_err(|e| {
+        anyhow!("{}: {e}; --from takes a release directory, with its tarballs and SHA256SUMS", sums_path.display())
+    })?;
+    let listed = sums.lines().filter_map(|line| line.split_once("  "));
+    let Some((expected, _)) = listed.into_iter().find(|(_, file)| file.trim_start_matches('*') == name) else {
+        bail!("the release in {} has no {name} (its SHA256SUMS does not list it)", dir.display());
+    };
+    let path = dir.join(name);
+    let mut file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hash = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hash).with_context(|| format!("reading {}", path.display()))?;
+    let actual: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if actual != expected {
+        bail!(
+            "checksum mismatch for {}: SHA256SUMS says {expected}, the file is {actual}; refusing to install it",
+            path.display()
+        );
+    }
+    let unpacked = tempfile::tempdir().context("making a directory to unpack the release in")?;
+    let tar = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&path)
+        .arg("-C")
+        .arg(unpacked.path())
+        .output()
+        .context("running tar")?;
+    if !tar.status.success() {
+        bail!("{} is not a tarball openbox can read: {}", path.display(), String::from_utf8_lossy(&tar.stderr).trim());
+    }
+    let agent = unpacked.path().join(name.trim_end_matches(".tar.gz")).join("bin/openbox-agent");
+    if !agent.is_file() {
+        bail!("{} holds no bin/openbox-agent: not an openbox release", path.display());
+    }
+    Ok(AgentBinary { path: agent, _unpacked: Some(unpacked) })
+}
+
+/// The platform (`linux`/`macos`, `x86_64`/`aarch64`) a binary is built for, from the
+/// first bytes of it: an ELF header's machine or a 64-bit Mach-O header's CPU type.
+fn binary_platform(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    if head.len() >= 20 && head.starts_with(b"\x7fELF") {
+        return match u16::from_le_bytes([head[18], head[19]]) {
+            62 => Some(("linux", "x86_64")),
+            183 => Some(("linux", "aarch64")),
+            _ => None,
+        };
+    }
+    if head.len() >= 8 && head[..4] == 0xfeed_facf_u32.to_le_bytes() {
+        return match u32::from_le_bytes([head[4], head[5], head[6], head[7]]) {
+            0x0100_0007 => Some(("macos", "x86_64")),
+            0x0100_000c => Some(("macos", "aarch64")),
+            _ => None,
+        };
+    }
+    None
 }
 
 /// Streams `local` to `path` on the machine (through a temporary name, so a cut upload
@@ -457,7 +558,7 @@ async fn start_agent(remote: &On<'_>, m: &Machine, layout: &Layout, args: &[Stri
     let (command, said) = match (&layout.service, m.manager) {
         // The token is already there (it travels on stdin, never in a command line).
         (Some(place), manager) => (
-            service::Plan::install(place, &layout.bin_dir(), args, None).script(),
+            service::Plan::install(place, &layout.bin_dir(), args, None, &[]).script(),
             match manager {
                 Manager::SystemdUser => "installed the systemd user unit openbox-agent.service (enabled, started; `loginctl enable-linger` keeps it running when you are logged out)".to_owned(),
                 Manager::Launchd => "installed the launchd agent dev.openbox.agent (loaded)".to_owned(),
@@ -563,6 +664,58 @@ impl Installed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn machine(os: &str, arch: &str) -> Machine {
+        Machine {
+            os: os.into(),
+            arch: arch.into(),
+            root: false,
+            sudo: false,
+            home: "/home/u".into(),
+            uid: 1000,
+            manager: Manager::Nohup,
+        }
+    }
+
+    #[test]
+    fn a_release_names_each_platform_as_its_tarballs_do() {
+        assert_eq!(release_platform("linux", "x86_64"), "linux-x86_64");
+        assert_eq!(release_platform("linux", "aarch64"), "linux-aarch64");
+        assert_eq!(release_platform("macos", "aarch64"), "macos-arm64");
+        assert_eq!(release_platform("macos", "x86_64"), "macos-x86_64");
+    }
+
+    #[test]
+    fn a_binarys_header_says_its_platform() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let os = if cfg!(target_os = "macos") { "macos" } else { "linux" };
+        assert_eq!(binary_platform(&me[..64]), Some((os, std::env::consts::ARCH)));
+        // 64-bit Mach-O headers: magic, then the CPU type.
+        let mach_o = |cpu: u32| [0xfeed_facf_u32.to_le_bytes(), cpu.to_le_bytes()].concat();
+        assert_eq!(binary_platform(&mach_o(0x0100_000c)), Some(("macos", "aarch64")));
+        assert_eq!(binary_platform(&mach_o(0x0100_0007)), Some(("macos", "x86_64")));
+        assert_eq!(binary_platform(&mach_o(12)), None, "32-bit ARM");
+        assert_eq!(binary_platform(b"#!/bin/sh\necho agent\n"), None);
+    }
+
+    #[test]
+    fn a_directory_of_loose_binaries_must_hold_one_for_the_machines_platform() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::env::current_exe().unwrap();
+        let mac = machine("macos", "aarch64");
+        // This machine's own binary, named for a Mac: its header gives it away.
+        std::fs::copy(&me, dir.path().join("openbox-agent-macos-aarch64")).unwrap();
+        let err = agent_binary(&mac, dir.path().to_str()).err().unwrap().to_string();
+        assert!(err.contains("is not an agent for macos-arm64"), "{err}");
+        // Neither a loose binary nor a release for it.
+        let err = agent_binary(&machine("macos", "x86_64"), dir.path().to_str()).err().unwrap().to_string();
+        assert!(err.contains("SHA256SUMS") && err.contains("release directory"), "{err}");
+        // Without --from only this machine's own platform is served.
+        let err = agent_binary(&mac, None).err().map(|e| e.to_string()).unwrap_or_default();
+        if !cfg!(all(target_os = "macos", target_arch = "aarch64")) {
+            assert!(err.contains(&format!("openbox-{}-macos-arm64.tar.gz", proto::VERSION)), "{err}");
+        }
+    }
 
     #[test]
     fn shell_quoting_keeps_every_byte() {

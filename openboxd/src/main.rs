@@ -143,6 +143,7 @@ async fn daemon(mesh: Option<openboxd::WantedMesh>) -> anyhow::Result<()> {
 /// left over from a daemon that died, and is replaced.
 fn bind(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
+    paths::check_socket_path(socket).map_err(anyhow::Error::msg)?;
     let dir = socket.parent().context("socket path has no directory")?;
     paths::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;

@@ -50,7 +50,65 @@ pub fn runtime_dir() -> PathBuf {
     if let Some(h) = home() {
         return h.join("run");
     }
-    project().and_then(|p| p.runtime_dir().map(|d| d.to_path_buf())).unwrap_or_else(|| state_dir().join("run"))
+    let platform = project().and_then(|p| p.runtime_dir().map(|d| d.to_path_buf()));
+    runtime_dir_from(darwin_user_temp_dir(), platform, state_dir)
+}
+
+/// Where sockets go, from what the platform offers: on macOS the user's private temporary
+/// directory (`/var/folders/…/T/`, the same for a terminal and a launchd agent), since a
+/// socket under `~/Library/Application Support/` can pass the 104 bytes a socket path may
+/// have there; elsewhere the runtime directory (`$XDG_RUNTIME_DIR/openbox`), else the
+/// state directory's `run`.
+fn runtime_dir_from(
+    darwin_temp: Option<PathBuf>,
+    platform: Option<PathBuf>,
+    state: impl FnOnce() -> PathBuf,
+) -> PathBuf {
+    match (darwin_temp, platform) {
+        (Some(temp), _) => temp.join("openbox"),
+        (None, Some(runtime)) => runtime,
+        (None, None) => state().join("run"),
+    }
+}
+
+/// The user's private temporary directory on macOS (`confstr(_CS_DARWIN_USER_TEMP_DIR)`,
+/// which `$TMPDIR` is set from but which does not depend on the environment).
+#[cfg(target_os = "macos")]
+#[allow(unsafe_code)] // one libc call, no safe wrapper exists
+fn darwin_user_temp_dir() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: the buffer is writable for its whole length, which is what is passed.
+    let n = unsafe { libc::confstr(libc::_CS_DARWIN_USER_TEMP_DIR, buf.as_mut_ptr().cast(), buf.len()) };
+    if n == 0 || n > buf.len() {
+        return None;
+    }
+    buf.truncate(n - 1); // less the NUL
+    Some(PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
+#[cfg(not(target_os = "macos"))]
+fn darwin_user_temp_dir() -> Option<PathBuf> {
+    None
+}
+
+/// The longest path a Unix socket may have on this system, in bytes: `sun_path` less
+/// its closing NUL.
+pub const SOCKET_PATH_MAX: usize = if cfg!(target_os = "linux") { 107 } else { 103 };
+
+/// Checks that `socket` is short enough to bind or connect to, with what to do if not
+/// (the system's own error, "path must be shorter than SUN_LEN", does not say).
+pub fn check_socket_path(socket: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let len = socket.as_os_str().as_bytes().len();
+    if len <= SOCKET_PATH_MAX {
+        return Ok(());
+    }
+    Err(format!(
+        "the socket path {} is {len} bytes, longer than the {SOCKET_PATH_MAX} a Unix socket may have here: \
+         set {HOME_ENV} to a shorter directory, or use a shorter context name",
+        socket.display()
+    ))
 }
 
 /// The CLI's login state in this process's context (see [`Context::login_file`]).
@@ -153,7 +211,7 @@ pub struct Context {
     name: String,
 }
 
-/// The longest context name: a socket path must stay short (104 bytes on macOS).
+/// The longest context name: a socket path must stay short ([`SOCKET_PATH_MAX`]).
 const CONTEXT_NAME_MAX: usize = 32;
 
 impl std::fmt::Display for Context {
@@ -212,7 +270,10 @@ impl Context {
 
     /// Where this context's openboxd has its socket and lock.
     pub fn runtime_dir(&self) -> PathBuf {
-        self.under(runtime_dir())
+        if self.is_default() {
+            return runtime_dir();
+        }
+        context_runtime_dir(runtime_dir(), &self.name, cfg!(target_os = "macos"))
     }
 
     /// Where this context's openboxd logs.
@@ -269,6 +330,14 @@ impl Context {
     pub fn own_dirs(&self) -> Vec<PathBuf> {
         if self.is_default() { Vec::new() } else { vec![self.config_dir(), self.runtime_dir(), self.logs_dir()] }
     }
+}
+
+/// Where a context other than the default has its socket and lock under the runtime
+/// directory `base`: `contexts/NAME` like its other files, or, when `flat`, as on macOS,
+/// `NAME` itself, so that the longest context's socket fits a Mac's 103 bytes. (A context
+/// name has no dot, so it never meets the default's `openboxd.sock` and `openboxd.lock`.)
+fn context_runtime_dir(base: PathBuf, name: &str, flat: bool) -> PathBuf {
+    if flat { base.join(name) } else { base.join("contexts").join(name) }
 }
 
 /// The context this process works in: `OPENBOX_CONTEXT`, else the default.
@@ -385,6 +454,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sockets_go_to_the_macos_temporary_directory_else_the_runtime_directory_else_state() {
+        let state = || PathBuf::from("/home/u/.local/share/openbox");
+        let mac = Some(PathBuf::from("/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/"));
+        let xdg = PathBuf::from("/run/user/1000/openbox");
+        assert_eq!(
+            runtime_dir_from(mac.clone(), None, state),
+            PathBuf::from("/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/openbox")
+        );
+        assert_eq!(runtime_dir_from(None, Some(xdg.clone()), state), xdg);
+        assert_eq!(runtime_dir_from(None, None, state), PathBuf::from("/home/u/.local/share/openbox/run"));
+        // The longest context's socket on a Mac fits its 103 bytes (a Mac's temporary
+        // directory always has this shape and length).
+        let longest = "x".repeat(CONTEXT_NAME_MAX);
+        let socket = context_runtime_dir(runtime_dir_from(mac, None, state), &longest, true).join("openboxd.sock");
+        assert!(socket.as_os_str().len() <= 103, "{} is {} bytes", socket.display(), socket.as_os_str().len());
+        assert_eq!(check_socket_path(&socket), Ok(()));
+    }
+
+    #[test]
+    fn a_socket_path_too_long_is_refused_with_what_to_do() {
+        let long = PathBuf::from("/tmp").join("d".repeat(SOCKET_PATH_MAX)).join("openboxd.sock");
+        let err = check_socket_path(&long).unwrap_err();
+        assert!(err.contains("longer than the") && err.contains(HOME_ENV), "{err}");
+        let fits = PathBuf::from("/").join("s".repeat(SOCKET_PATH_MAX - 1));
+        assert_eq!(check_socket_path(&fits), Ok(()));
+    }
+
+    #[test]
     fn context_names_are_short_lowercase_words() {
         for good in ["work", "a", "eu-1", "lab_2", "0day", &"x".repeat(32)] {
             assert_eq!(Context::new(good).map(|c| c.name().to_owned()), Ok(good.to_owned()), "{good:?}");
@@ -416,8 +513,10 @@ mod tests {
         assert_eq!(c.login_file(), config_dir().join("contexts/work/login.json"));
         assert_eq!(c.user_key(), config_dir().join("contexts/work/id_ed25519"));
         assert_eq!(c.tailnet_dir(), config_dir().join("contexts/work/tailnet"));
-        assert_eq!(c.daemon_socket(), runtime_dir().join("contexts/work/openboxd.sock"));
+        // A Mac keeps sockets flat under its runtime directory (see `context_runtime_dir`).
+        let run = runtime_dir().join(if cfg!(target_os = "macos") { "work" } else { "contexts/work" });
+        assert_eq!(c.daemon_socket(), run.join("openboxd.sock"));
         assert_eq!(c.daemon_log(), logs_dir().join("contexts/work/openboxd.log"));
-        assert_eq!(c.own_dirs(), [config_dir(), runtime_dir(), logs_dir()].map(|d| d.join("contexts/work")));
+        assert_eq!(c.own_dirs(), [config_dir().join("contexts/work"), run, logs_dir().join("contexts/work")]);
     }
 }

@@ -79,10 +79,11 @@ mod linux {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_stat_line_is_read_past_a_command_name_with_spaces_and_parentheses() {
         let stat = "4242 (a (b) c) Z 17 4242 4242 0 -1 4194304 90 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
@@ -91,20 +92,39 @@ mod tests {
         assert_eq!(info, Info { pid: 4242, ppid: 17, ruid: 1000, uid: 0, gid: 50, started: 987654, zombie: true });
     }
 
+    // The tests below are the same on Linux and macOS: they check each one's half.
+
     #[test]
     fn this_process_is_found_with_its_parent_and_users_and_stays_the_same() {
         let me = of(std::process::id()).expect("this process");
         assert_eq!(me.ppid, std::os::unix::process::parent_id());
-        assert_eq!(me.ruid, real_uid_of_self());
+        assert_eq!(me.ruid, rustix::process::getuid().as_raw());
+        assert_eq!(me.uid, rustix::process::geteuid().as_raw());
+        assert_eq!(me.gid, rustix::process::getegid().as_raw());
         assert!(!me.zombie);
         assert_eq!(of(me.pid).unwrap().started, me.started, "a start time does not move");
         assert!(all().iter().any(|p| p.pid == me.pid));
     }
 
-    /// This process's real user, from its /proc/self (the test's own view).
-    fn real_uid_of_self() -> u32 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    #[test]
+    fn a_child_is_seen_under_its_parent_then_as_a_zombie_then_not_at_all() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let seen = of(pid).expect("the child");
+        assert_eq!((seen.ppid, seen.zombie), (std::process::id(), false));
+        assert!(seen.started >= of(std::process::id()).unwrap().started, "it started after its parent");
+        assert!(all().iter().any(|p| p.pid == pid && p.ppid == std::process::id()));
+        drop(child.stdin.take()); // `read` ends: the child exits, and nobody has waited for it yet
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !of(pid).is_some_and(|p| p.zombie) {
+            assert!(std::time::Instant::now() < deadline, "the child became a zombie");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert_eq!(of(pid), None, "reaped: gone");
     }
 }

@@ -208,18 +208,30 @@ pub fn systemd_word(word: &str) -> String {
 }
 
 /// The launchd property list that runs `role` from `bin_dir` with `args`, logging to `log`.
-pub fn launchd_plist(role: Role, bin_dir: &str, args: &[String], log: &str) -> String {
+///
+/// launchd reads no environment file: `env` holds the variables of the role's (see
+/// [`Place::env`]), read when the service is installed.
+pub fn launchd_plist(role: Role, bin_dir: &str, args: &[String], log: &str, env: &[(String, String)]) -> String {
     let bin = format!("{}/{}", bin_dir.trim_end_matches('/'), role.binary());
     let items: String = std::iter::once(bin.as_str())
         .chain(args.iter().map(String::as_str))
         .map(|a| format!("        <string>{}</string>\n", xml(a)))
         .collect();
+    let env = if env.is_empty() {
+        String::new()
+    } else {
+        let vars: String = env
+            .iter()
+            .map(|(k, v)| format!("        <key>{}</key>\n        <string>{}</string>\n", xml(k), xml(v)))
+            .collect();
+        format!("    <key>EnvironmentVariables</key>\n    <dict>\n{vars}    </dict>\n")
+    };
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n\
          <!-- The {desc}, written by `openbox service install {name}`. -->\n\
          <plist version=\"1.0\">\n<dict>\n    <key>Label</key>\n    <string>{label}</string>\n\
-         \x20   <key>ProgramArguments</key>\n    <array>\n{items}    </array>\n\
+         \x20   <key>ProgramArguments</key>\n    <array>\n{items}    </array>\n{env}\
          \x20   <key>RunAtLoad</key>\n    <true/>\n\
          \x20   <key>KeepAlive</key>\n    <dict>\n        <key>SuccessfulExit</key>\n        <false/>\n    </dict>\n\
          \x20   <key>ProcessType</key>\n    <string>{kind}</string>\n\
@@ -231,6 +243,35 @@ pub fn launchd_plist(role: Role, bin_dir: &str, args: &[String], log: &str) -> S
         kind = if role == Role::Daemon { "Interactive" } else { "Standard" },
         log = xml(log),
     )
+}
+
+/// The variables of an environment file as systemd reads one: `KEY=VALUE` lines (an
+/// `export ` before is allowed), `#` comments, blank lines; a value may be quoted with `'`
+/// or `"`. A line that is none of these is an error naming it.
+pub fn parse_env(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let name_ok = |k: &str| {
+            !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        match line.split_once('=') {
+            Some((k, v)) if name_ok(k.trim()) => {
+                let v = v.trim();
+                let unquoted =
+                    ['"', '\''].iter().find_map(|q| v.strip_prefix(*q).and_then(|r| r.strip_suffix(*q))).unwrap_or(v);
+                vars.push((k.trim().to_owned(), unquoted.to_owned()));
+            }
+            _ => return Err(format!("line {}: {line:?} is not KEY=VALUE", n + 1)),
+        }
+    }
+    Ok(vars)
 }
 
 fn xml(s: &str) -> String {
@@ -257,7 +298,7 @@ mod tests {
             (Role::Agent, "/var/log/openbox-agent.log", include_str!("../../launchd/dev.openbox.agent.plist")),
         ];
         for (role, log, text) in plists {
-            assert_eq!(launchd_plist(role, "/usr/local/bin", &[], log), text, "launchd/{}.plist", role.label());
+            assert_eq!(launchd_plist(role, "/usr/local/bin", &[], log, &[]), text, "launchd/{}.plist", role.label());
         }
     }
 
@@ -310,20 +351,33 @@ mod tests {
         assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 
         let plist = dir.path().join("agent.plist");
-        std::fs::write(&plist, launchd_plist(Role::Agent, "/usr/local/bin", &args, "/tmp/a&b.log")).unwrap();
-        let check = "import plistlib,sys,json; p=plistlib.load(open(sys.argv[1],'rb')); print(json.dumps([p['Label'], p['ProgramArguments'], p['StandardErrorPath']]))";
+        let env = [("DOCKER_HOST".to_owned(), "unix:///Users/a&b/.docker/run/docker.sock".to_owned())];
+        std::fs::write(&plist, launchd_plist(Role::Agent, "/usr/local/bin", &args, "/tmp/a&b.log", &env)).unwrap();
+        let check = "import plistlib,sys,json; p=plistlib.load(open(sys.argv[1],'rb')); print(json.dumps([p['Label'], p['ProgramArguments'], p['StandardErrorPath'], p['EnvironmentVariables']]))";
         let out = std::process::Command::new("python3").args(["-c", check]).arg(&plist).output().unwrap();
         let read: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a plist python reads");
         let mut expected = vec!["/usr/local/bin/openbox-agent".to_owned()];
         expected.extend(args);
-        assert_eq!(read, serde_json::json!(["dev.openbox.agent", expected, "/tmp/a&b.log"]));
+        let env = serde_json::json!({"DOCKER_HOST": "unix:///Users/a&b/.docker/run/docker.sock"});
+        assert_eq!(read, serde_json::json!(["dev.openbox.agent", expected, "/tmp/a&b.log", env]));
     }
 
     #[test]
     fn plist_arguments_are_escaped() {
-        let p = launchd_plist(Role::Agent, "/usr/local/bin", &["--name".into(), "a<b&c".into()], "/var/log/x.log");
+        let p = launchd_plist(Role::Agent, "/usr/local/bin", &["--name".into(), "a<b&c".into()], "/var/log/x.log", &[]);
         assert!(p.contains("<string>a&lt;b&amp;c</string>"));
         assert!(p.contains("<string>dev.openbox.agent</string>"));
+    }
+
+    #[test]
+    fn environment_files_read_as_systemd_reads_them() {
+        let text = "# the engine\nDOCKER_HOST=unix:///Users/me/.colima/default/docker.sock\n\nexport A=\"two words\"\nB='x=y'\n";
+        let vars = parse_env(text).unwrap();
+        let want = [("DOCKER_HOST", "unix:///Users/me/.colima/default/docker.sock"), ("A", "two words"), ("B", "x=y")];
+        assert_eq!(vars, want.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        for bad in ["just words", "=v", "1A=v", "A B=v"] {
+            assert!(parse_env(bad).unwrap_err().starts_with("line 1:"), "{bad}");
+        }
     }
 
     #[test]

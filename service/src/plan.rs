@@ -36,6 +36,8 @@ pub struct Place {
     pub log: String,
     /// launchd: the domain the service is loaded in (`system`, `gui/UID`).
     pub domain: String,
+    /// The optional file of variables for the service (`DOCKER_HOST=…`).
+    pub env: String,
 }
 
 impl Place {
@@ -66,7 +68,11 @@ impl Place {
             Scope::System => "system".to_owned(),
             Scope::User => format!("gui/{uid}"),
         };
-        Place { role, scope, os, file, token, log, domain }
+        let env = match (scope, os) {
+            (Scope::User, Os::MacOs) => format!("{config}/openbox/{}.env", role.name()),
+            _ => crate::env_file(role, scope),
+        };
+        Place { role, scope, os, file, token, log, domain, env }
     }
 
     /// `systemctl` (or `systemctl --user`) with `args`.
@@ -105,7 +111,15 @@ pub struct Plan {
 impl Plan {
     /// Installs `place.role` from `bin_dir` with `args`, an enrollment `token` kept in its
     /// file when given; enables and (re)starts it — installing again takes new arguments.
-    pub fn install(place: &Place, bin_dir: &str, args: &[String], token: Option<&str>) -> Plan {
+    /// `env`: the variables of [`Place::env`] for launchd, which reads no file itself (a
+    /// systemd unit reads the file when the service starts).
+    pub fn install(
+        place: &Place,
+        bin_dir: &str,
+        args: &[String],
+        token: Option<&str>,
+        env: &[(String, String)],
+    ) -> Plan {
         let mut steps = Vec::new();
         if let Some(token) = token {
             steps.push(Step::Write { path: place.token.clone(), mode: 0o600, text: format!("{}\n", token.trim()) });
@@ -121,7 +135,7 @@ impl Plan {
                 steps.push(run(place.systemctl(&["restart", place.role.unit()])));
             }
             Os::MacOs => {
-                let text = launchd_plist(place.role, bin_dir, args, &place.log);
+                let text = launchd_plist(place.role, bin_dir, args, &place.log, env);
                 steps.push(Step::Write { path: place.file.clone(), mode: 0o644, text });
                 // An earlier version is unloaded first; there may be none.
                 let bootout = vec!["launchctl".into(), "bootout".into(), place.launchd_target()];
@@ -221,13 +235,35 @@ mod tests {
         let p = place(Role::Agent, Scope::User, Os::MacOs);
         assert_eq!(p.file, "/home/u/Library/LaunchAgents/dev.openbox.agent.plist");
         assert_eq!((p.domain.as_str(), p.log.as_str()), ("gui/1000", "/home/u/Library/Logs/openbox-agent.log"));
+        assert_eq!(p.env, "/home/u/.config/openbox/agent.env", "read at install: launchd has no %h");
+        let p = place(Role::Agent, Scope::System, Os::MacOs);
+        assert_eq!((p.file.as_str(), p.domain.as_str()), ("/Library/LaunchDaemons/dev.openbox.agent.plist", "system"));
+        assert_eq!((p.env.as_str(), p.log.as_str()), ("/etc/openbox/agent.env", "/var/log/openbox-agent.log"));
+        assert_eq!(
+            place(Role::Daemon, Scope::User, Os::MacOs).file,
+            "/home/u/Library/LaunchAgents/dev.openbox.openboxd.plist"
+        );
         assert_eq!(place(Role::Control, Scope::System, Os::MacOs).domain, "system");
+        assert_eq!(place(Role::Agent, Scope::User, Os::Linux).env, "%h/.config/openbox/agent.env");
+    }
+
+    #[test]
+    fn on_a_mac_the_environment_files_variables_go_into_the_property_list() {
+        let p = place(Role::Agent, Scope::System, Os::MacOs);
+        let env = [("DOCKER_HOST".to_owned(), "unix:///Users/me/.docker/run/docker.sock".to_owned())];
+        let plan = Plan::install(&p, "/usr/local/bin", &[], None, &env);
+        let Step::Write { path, text, .. } = &plan.steps[0] else { panic!() };
+        assert_eq!(path, "/Library/LaunchDaemons/dev.openbox.agent.plist");
+        assert!(
+            text.contains("<key>EnvironmentVariables</key>\n    <dict>\n        <key>DOCKER_HOST</key>\n        <string>unix:///Users/me/.docker/run/docker.sock</string>"),
+            "{text}"
+        );
     }
 
     #[test]
     fn installing_writes_the_token_and_the_unit_then_enables_and_restarts_it() {
         let p = place(Role::Agent, Scope::User, Os::Linux);
-        let plan = Plan::install(&p, "/opt/bin", &["--server".into(), "https://h".into()], Some("enroll_x"));
+        let plan = Plan::install(&p, "/opt/bin", &["--server".into(), "https://h".into()], Some("enroll_x"), &[]);
         assert_eq!(plan.files().collect::<Vec<_>>(), [p.token.as_str(), p.file.as_str()]);
         let Step::Write { mode, text, .. } = &plan.steps[0] else { panic!() };
         assert_eq!((*mode, text.as_str()), (0o600, "enroll_x\n"));
@@ -256,7 +292,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
         let place = Place::new(Role::Agent, Scope::User, Os::Linux, &d, &format!("{d}/config"), 1);
-        let mut plan = Plan::install(&place, "/opt/it's here", &["--name".into(), "a b".into()], Some("tok'en"));
+        let mut plan = Plan::install(&place, "/opt/it's here", &["--name".into(), "a b".into()], Some("tok'en"), &[]);
         // No service manager in a test: keep the files, and one command whose failure is fine.
         plan.steps.retain(|s| matches!(s, Step::Write { .. }));
         plan.steps.push(Step::Run { argv: vec!["false".into()], checked: false });
