@@ -678,6 +678,42 @@ mod tests {
     }
 
     #[test]
+    fn on_a_mac_the_agent_becomes_a_launch_daemon_as_root_else_a_launch_agent() {
+        let root = Machine {
+            root: true,
+            home: "/var/root".into(),
+            uid: 0,
+            manager: Manager::Launchd,
+            ..machine("macos", "aarch64")
+        };
+        let l = Layout::for_machine(&root);
+        let place = l.service.as_ref().expect("a launchd service");
+        assert_eq!(l.bin, "/usr/local/bin/openbox-agent");
+        assert_eq!(
+            (place.file.as_str(), place.domain.as_str()),
+            ("/Library/LaunchDaemons/dev.openbox.agent.plist", "system")
+        );
+        assert_eq!((l.log.as_str(), l.token.as_str()), ("/var/log/openbox-agent.log", "/etc/openbox/enroll.token"));
+        let script =
+            service::Plan::install(place, &l.bin_dir(), &["--server".into(), "https://cp".into()], None, &[]).script();
+        assert!(
+            script.contains("launchctl bootstrap system /Library/LaunchDaemons/dev.openbox.agent.plist"),
+            "{script}"
+        );
+
+        let user =
+            Machine { home: "/Users/me".into(), uid: 501, manager: Manager::Launchd, ..machine("macos", "x86_64") };
+        let l = Layout::for_machine(&user);
+        let place = l.service.as_ref().expect("a launchd service");
+        assert_eq!(l.bin, "/Users/me/.local/bin/openbox-agent");
+        assert_eq!(
+            (place.file.as_str(), place.domain.as_str()),
+            ("/Users/me/Library/LaunchAgents/dev.openbox.agent.plist", "gui/501")
+        );
+        assert_eq!(l.log, "/Users/me/Library/Logs/openbox-agent.log");
+    }
+
+    #[test]
     fn a_release_names_each_platform_as_its_tarballs_do() {
         assert_eq!(release_platform("linux", "x86_64"), "linux-x86_64");
         assert_eq!(release_platform("linux", "aarch64"), "linux-aarch64");
