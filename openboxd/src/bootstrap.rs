@@ -400,8 +400,8 @@ fn unpack_agent(dir: &std::path::Path, name: &str) -> anyhow::Result<AgentBinary
     let sums = std::fs::read_to_string(&sums_path).map_err(|e| {
         anyhow!("{}: {e}; --from takes a release directory, with its tarballs and SHA256SUMS", sums_path.display())
     })?;
-    let listed = sums.lines().filter_map(|line| line.split_once("  "));
-    let Some((expected, _)) = listed.into_iter().find(|(_, file)| file.trim_start_matches('*') == name) else {
+    let mut listed = sums.lines().filter_map(|line| line.split_once("  "));
+    let Some((expected, _)) = listed.find(|(_, file)| file.trim_start_matches('*') == name) else {
         bail!("the release in {} has no {name} (its SHA256SUMS does not list it)", dir.display());
     };
     let path = dir.join(name);
