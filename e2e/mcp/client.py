@@ -43,7 +43,7 @@ async def main():
             check("command" in tools["run"].input_schema["properties"], "run takes a command", tools["run"].input_schema)
 
             nodes, err = result(await session.call_tool("list_nodes", {}))
-            check(not err and any(n["name"] == node for n in nodes["result"]), "list_nodes", nodes)
+            check(not err and any(n["name"] == node for n in nodes["nodes"]), "list_nodes", nodes)
 
             ok, err = result(await session.call_tool("run", {"tag": tag, "command": "echo hi; echo there >&2"}))
             check(not err and ok["exit_code"] == 0 and ok["stdout"] == "hi\n" and ok["stderr"] == "there\n", "run", ok)
@@ -66,7 +66,7 @@ async def main():
             s, err = result(await session.call_tool("run", {"node": node, "session": "mcp", "command": "pwd"}))
             check(s["stdout"] == "/tmp\n", "session keeps the directory", s)
             listed, err = result(await session.call_tool("list_sessions", {}))
-            check(any(x["id"] == "mcp" for x in listed["result"]), "list_sessions", listed)
+            check(any(x["id"] == "mcp" for x in listed["sessions"]), "list_sessions", listed)
             ended, err = result(await session.call_tool("end_session", {"id": "mcp"}))
             check(not err, "end_session", ended)
 

@@ -53,6 +53,16 @@ fn json_gives_one_result_per_node_and_group_merges_identical_output() {
     assert_eq!(by_node(&fb.name)["exit_code"], 3);
     assert_eq!(by_node(&fc.name)["error"], "offline");
     assert!(by_node(&fa.name)["duration_ms"].is_u64());
+    assert!(by_node(&fa.name)["signal"].is_null());
+    let killed =
+        admin.run(&["-t", "fan", "--all", "--json", &format!("[ $OPENBOX_NODE != {} ] || kill -KILL $$", fa.node_id)]);
+    let killed = killed.json();
+    let fa_run = killed.as_array().unwrap().iter().find(|r| r["node"] == fa.name.as_str()).unwrap();
+    assert_eq!(
+        (&fa_run["signal"], &fa_run["exit_code"]),
+        (&serde_json::json!("KILL"), &serde_json::json!(137)),
+        "{killed}"
+    );
 
     let grouped = admin.run(&["-t", "fan", "--all", "--group", "echo same; echo $OPENBOX_NODE >&2"]);
     let rule = "-".repeat(16);

@@ -39,6 +39,70 @@ fn the_python_sdk_runs_commands_sessions_and_background_jobs_through_openbox_mcp
     });
 }
 
+/// Runs `script` (in e2e/mcp) with the Python SDK's interpreter: `openbox`, then `args`.
+fn python_sdk(cli: &Cli, script: &str, args: &[&str]) -> (String, String) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp");
+    let python = dir.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup-test-env", python.display());
+    let out = std::process::Command::new(&python)
+        .arg(dir.join(script))
+        .arg(bin("openbox"))
+        .args(args)
+        .env("OPENBOX_HOME", cli.home.path())
+        .output()
+        .expect("python");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.ends_with("ok\n"), "stdout: {stdout}\nstderr: {stderr}");
+    (stdout.into_owned(), stderr.into_owned())
+}
+
+#[test]
+fn the_python_sdk_reads_writes_edits_and_copies_files_with_strict_tools_and_progress() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["mcpfiles"]);
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("files");
+    std::fs::create_dir_all(dir.join("sub/inner")).unwrap();
+    std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
+    std::fs::write(top.path().join("png"), PNG).unwrap();
+    python_sdk(&admin, "files.py", &[&agent.name, "mcpfiles", dir.to_str().unwrap()]);
+
+    // What the tools wrote is on the node, exactly, with its mode.
+    use std::os::unix::fs::PermissionsExt as _;
+    let a = std::fs::read_to_string(dir.join("a.txt")).unwrap();
+    assert_eq!(a, "one\nTWO\nthree ünï\nfour\nfive\n");
+    assert_eq!(std::fs::metadata(dir.join("a.txt")).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert_eq!(std::fs::read(dir.join("dot.png")).unwrap(), PNG);
+    assert_eq!(std::fs::read_to_string(dir.join("b.txt")).unwrap(), "x = 2\nx = 2\n");
+    // No temporary file is left beside the files replaced.
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".openbox-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The file tools are in the audit, as `openbox cp` is: the node's record of SFTP.
+    let log = admin.run(&["audit", "--json", "--node", &agent.name]).ok().stdout;
+    assert!(log.contains("sftp"), "{log}");
+}
+
+#[test]
+fn the_python_sdk_reads_and_writes_files_inside_a_sessions_container() {
+    let f = openbox_e2e::IsolatedFleet::nspawn(&[]);
+    let isolation = format!("nspawn:{}", f.e.tree);
+    python_sdk(&f.cli, "files.py", &[&f.agent.name, "t", "/obx-mcp-files", "box", &isolation]);
+    assert!(!std::path::Path::new("/obx-mcp-files").exists(), "the files went into the container, not the host");
+}
+
+/// A 1×1 PNG.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0d, 0x49,
+    0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0xf8, 0xff, 0xff, 0x3f, 0x00, 0x05, 0xfe, 0x02, 0xfe, 0xa7, 0xd6, 0xa4, 0xa8,
+    0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
 #[test]
 fn openbox_mcp_answers_version_and_refuses_arguments_it_does_not_take() {
     let cli = Cli::new();

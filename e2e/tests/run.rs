@@ -46,6 +46,34 @@ fn a_remote_signal_exits_128_plus_its_number() {
 }
 
 #[test]
+fn json_gives_one_object_with_the_streams_exit_code_signal_duration_and_cuts() {
+    let (_cp, cli, agent) = fleet(&["t"]);
+    let out = cli.run(&["--json", "-t", "t", "echo to-out; echo to-err >&2; exit 7"]);
+    assert_eq!(out.code, 7, "the exit code is the remote one, as without --json");
+    assert_eq!(out.stderr, "", "everything is in the object");
+    let v = out.json();
+    assert_eq!(v["node"], agent.name.as_str());
+    assert_eq!((v["stdout"].as_str(), v["stderr"].as_str()), (Some("to-out\n"), Some("to-err\n")), "{v}");
+    assert_eq!((v["exit_code"].as_u64(), v["signal"].is_null()), (Some(7), true), "{v}");
+    assert!(v["duration_ms"].is_u64() && v["error"].is_null(), "{v}");
+    assert_eq!(v["truncated"], serde_json::json!({"stdout": false, "stderr": false}));
+
+    let killed = cli.run(&["-t", "t", "--json", "kill -TERM $$"]);
+    assert_eq!((killed.code, &killed.json()["signal"]), (143, &serde_json::json!("TERM")), "{killed:?}");
+    let cut = cli.run(&["--json", "--max-output", "100", "-t", "t", "seq 1 1000"]).ok().json();
+    assert_eq!(cut["truncated"]["stdout"], true, "{cut}");
+    // Bytes that are not text come exact, base64-encoded.
+    let binary = cli.run(&["--json", "-t", "t", "printf '\\377\\000\\201'"]).ok().json();
+    assert_eq!(binary["stdout_base64"], "/wCB", "{binary}");
+    assert!(binary["stdout"].is_null(), "{binary}");
+    // openbox's own failure: 255, and why in `error`, not in the command's stderr.
+    let missing = cli.run(&["--json", "-n", "nosuchnode", "true"]);
+    assert_eq!(missing.code, 255, "{missing:?}");
+    let v = missing.json();
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("nosuchnode")) && v["stderr"] == "", "{v}");
+}
+
+#[test]
 fn stdin_is_forwarded() {
     let (_cp, cli, _agent) = fleet(&["t"]);
     assert_eq!(cli.run_stdin(&["-t", "t", "cat"], b"hi\n").ok().stdout, "hi\n");

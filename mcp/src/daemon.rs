@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use proto::request::RunRequest;
-use proto::rpc::{Hello, Output, Request, RpcError, RunParams, RunResult, StdioMode, Truncated};
+use proto::rpc::{Hello, Output, Request, RpcError, RunParams, RunResult, Stdin, StdioMode, Truncated};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::UnixStream;
@@ -141,6 +141,44 @@ pub async fn run(req: &RunRequest, sink: &mut impl Sink) -> Result<(u8, Option<S
         .await?;
     let r: RunResult = serde_json::from_value(result).map_err(|e| format!("unreadable run result: {e}"))?;
     Ok((r.exit_code, r.signal, r.truncated))
+}
+
+/// A `file` or `copy` request: `data` (a write's bytes) goes as `stdin` notifications;
+/// the answer comes with what the call sent as output (a read's bytes).
+pub async fn transfer(
+    method: &str,
+    params: impl serde::Serialize,
+    data: Option<&[u8]>,
+) -> Result<(Value, Vec<u8>), String> {
+    let mut conn = open(method, params).await?;
+    let encode = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    // Pieces well under the socket's 1 MiB line, base64 included.
+    for piece in data.unwrap_or_default().chunks(256 << 10) {
+        let note = Request::new(
+            None,
+            proto::rpc::method::STDIN,
+            to_value(&Stdin { id: 1.into(), data: Some(encode(piece)), eof: false }),
+        );
+        // openboxd stops reading a write it refused: its answer says why.
+        if conn.write.write_all(format!("{}\n", to_value(&note)).as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let eof = Request::new(None, proto::rpc::method::STDIN, to_value(&Stdin { id: 1.into(), data: None, eof: true }));
+    let _ = conn.write.write_all(format!("{}\n", to_value(&eof)).as_bytes()).await;
+    let mut out = Collected::default();
+    let answer = conn
+        .answer(|method, params| {
+            if method != proto::rpc::method::OUTPUT {
+                return;
+            }
+            let Ok(o) = serde_json::from_value::<Output>(params) else { return };
+            if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(&o.data) {
+                out.output(o.stream == "stderr", &data);
+            }
+        })
+        .await?;
+    Ok((answer, out.stdout))
 }
 
 /// Output collected whole.

@@ -324,7 +324,8 @@ pub enum Command {
         out: std::path::PathBuf,
     },
     /// Serve openbox to AI agents over MCP on stdio (tools: run, run_all, list_nodes,
-    /// list_sessions, end_session, start, read, wait, stop); see docs/agents.md.
+    /// list_sessions, end_session, read_file, write_file, edit_file, list_dir, stat, upload,
+    /// download, start, read, wait, stop); see docs/agents.md.
     #[command(disable_help_flag = true)]
     Mcp {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -728,8 +729,8 @@ impl Cli {
                 let mut chosen = Vec::new();
                 for a in agents {
                     match a.as_str() {
-                        "all" => chosen.extend(KNOWN.iter().map(|k| k.to_string())),
-                        k if KNOWN.contains(&k) => chosen.push(a),
+                        // openboxd knows which of them `all` skips with --global.
+                        k if k == "all" || KNOWN.contains(&k) => chosen.push(a),
                         other => {
                             return Err(format!("{other:?}: give claude, cursor, copilot, codex, opencode or all"));
                         }

@@ -27,8 +27,21 @@ impl Stream {
 
     /// The part of `data` to pass on now; the rest goes to the tail.
     fn take<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
-        let now = data.len().min(self.head_left as usize);
-        self.head_left -= now as u64;
+        let mut now = data.len().min(self.head_left as usize);
+        if now < data.len() {
+            // The head ends before a character it would cut (UTF-8: its first byte is at
+            // most 3 back), so text stays text on both sides of the mark.
+            let mut start = now;
+            while start > 0 && now - start < 3 && is_continuation(data[start]) {
+                start -= 1;
+            }
+            if !is_continuation(data[start]) {
+                now = start;
+            }
+            self.head_left = 0;
+        } else {
+            self.head_left -= now as u64;
+        }
         let (head, rest) = data.split_at(now);
         if let Some(b) = head.last() {
             self.last = Some(*b);
@@ -50,6 +63,10 @@ impl Stream {
     fn end(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         if self.omitted > 0 {
+            // Nor does the tail begin inside a character.
+            let cut = self.tail.iter().take(3).take_while(|b| is_continuation(**b)).count();
+            self.tail.drain(..cut);
+            self.omitted += cut as u64;
             if self.last.is_some_and(|b| b != b'\n') {
                 out.push(b'\n');
             }
@@ -58,6 +75,11 @@ impl Stream {
         out.extend(self.tail.drain(..));
         out
     }
+}
+
+/// A byte inside a UTF-8 character, not its first.
+fn is_continuation(b: u8) -> bool {
+    b & 0b1100_0000 == 0b1000_0000
 }
 
 /// An output under a cap (or none: then everything passes).
@@ -117,9 +139,8 @@ mod tests {
         for p in pieces {
             out.extend_from_slice(s.take(p));
         }
-        let omitted = s.omitted;
         out.extend(s.end());
-        (out, omitted)
+        (out, s.omitted)
     }
 
     #[test]
@@ -135,6 +156,14 @@ mod tests {
         let pieces: Vec<&[u8]> = data.chunks(7).collect();
         assert_eq!(capped(100, &pieces), whole);
         assert_eq!(whole.1, 900);
+        // Text cut by the cap stays text: no character is split at either side of the mark.
+        let euros = "€".repeat(100);
+        for limit in [10, 11, 12, 13, 101] {
+            let (out, omitted) = capped(limit, &[euros.as_bytes()]);
+            let text = String::from_utf8(out).unwrap_or_else(|e| panic!("cap {limit}: {e}"));
+            assert!(text.starts_with('€') && text.ends_with('€'), "cap {limit}: {text}");
+            assert!(text.contains(&format!("[… {omitted} bytes omitted …]")), "{text}");
+        }
         let text = String::from_utf8(whole.0).unwrap();
         assert!(
             text.starts_with(std::str::from_utf8(&data[..50]).unwrap())

@@ -85,7 +85,7 @@ async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
     let acct = d.account()?;
     // A session's files: its node, and a certificate for its isolation.
     let (target, isolation) = match &req.session {
-        Some(sid) => session_place(d, sid, target).await?,
+        Some(sid) => session_place(d, sid, Some(target)).await?,
         None => (target.clone(), proto::Isolation::Native),
     };
     let want = Want { target: &target, session: req.session.as_deref(), isolation: &isolation };
@@ -126,13 +126,17 @@ async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
 
 /// Where session `sid` is, and what it runs under — as the control plane's directory
 /// says; `named` (the node side of the copy) must be its node.
-async fn session_place(d: &Daemon, sid: &str, named: &Target) -> anyhow::Result<(Target, proto::Isolation)> {
+pub(crate) async fn session_place(
+    d: &Daemon,
+    sid: &str,
+    named: Option<&Target>,
+) -> anyhow::Result<(Target, proto::Isolation)> {
     let sessions: Vec<SessionInfo> = d.login()?.client()?.call::<proto::routes::ListSessions>(&[], &()).await?;
     let Some(s) = sessions.into_iter().find(|s| s.id == sid) else {
         bail!("you have no session {sid:?}: start it with a command first (openbox -t TAG -s {sid} … true)");
     };
     let Some(isolation) = s.isolation else { bail!("session {sid:?}: {}", s.state) };
-    if let Target::Node(n) = named
+    if let Some(Target::Node(n)) = named
         && n != &s.node_id
         && n != &s.node_name
     {

@@ -30,6 +30,8 @@ struct NodeResult {
     /// The remote exit code (128+N for a signal, 124 after `--timeout`); none when the
     /// command did not run to its end.
     exit_code: Option<u8>,
+    /// The signal that ended the command, if one did (`KILL`, …).
+    signal: Option<String>,
     /// Why it did not run (offline, unreachable, refused).
     error: Option<String>,
     stdout: String,
@@ -104,6 +106,7 @@ async fn run_inner(
                 let mut result = NodeResult {
                     node: node.name.clone(),
                     exit_code: None,
+                    signal: None,
                     error: None,
                     stdout: String::new(),
                     stderr: String::new(),
@@ -127,6 +130,9 @@ async fn run_inner(
                 match on_node(d, acct, want, what, &mut halts, &mut lines, max_output).await {
                     Ended::Status(status, truncated) => {
                         result.exit_code = Some(status.exit_code());
+                        if let net::ssh::ExitStatus::Signal { name, .. } = &status {
+                            result.signal = Some(name.clone());
+                        }
                         result.truncated = truncated;
                     }
                     Ended::Halted(SshError::TimedOut, truncated) => {

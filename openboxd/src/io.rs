@@ -268,6 +268,16 @@ fn wait_writable(fd: &OwnedFd, abandoned: &AtomicBool) -> std::io::Result<()> {
 pub enum CallOutput {
     Fds(FdWriter),
     Frames(FrameSink),
+    /// Held here, to be said at the end in one piece (`--json`).
+    Buffer(Box<Held>),
+}
+
+/// A call's output held whole: the command's streams, and openbox's own messages apart.
+#[derive(Default)]
+pub struct Held {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub notes: Vec<u8>,
 }
 
 impl CallOutput {
@@ -280,7 +290,18 @@ impl CallOutput {
         let _ = self.stdout(text.as_bytes()).await;
     }
 
+    /// Holds the output, for the call to say at its end.
+    pub fn buffer() -> CallOutput {
+        CallOutput::Buffer(Box::default())
+    }
+
+    /// openbox's own message (a line starting `openbox: `), on stderr — or apart from the
+    /// command's output when it is held.
     pub async fn eprint(&mut self, text: &str) {
+        if let CallOutput::Buffer(held) = self {
+            held.notes.extend_from_slice(text.as_bytes());
+            return;
+        }
         let _ = self.stderr(text.as_bytes()).await;
     }
 
@@ -304,7 +325,7 @@ impl CallOutput {
     fn failure_of(&self, stream: Stream) -> Option<WriteFailure> {
         match self {
             CallOutput::Fds(w) => w.failure_of(stream),
-            CallOutput::Frames(_) => None,
+            CallOutput::Frames(_) | CallOutput::Buffer(_) => None,
         }
     }
 }
@@ -337,6 +358,10 @@ impl Output for CallOutput {
         match self {
             CallOutput::Fds(w) => w.write(Stream::Stdout, data).await,
             CallOutput::Frames(f) => f.send("stdout", data).await,
+            CallOutput::Buffer(held) => {
+                held.stdout.extend_from_slice(data);
+                Ok(())
+            }
         }
     }
 
@@ -344,6 +369,10 @@ impl Output for CallOutput {
         match self {
             CallOutput::Fds(w) => w.write(Stream::Stderr, data).await,
             CallOutput::Frames(f) => f.send("stderr", data).await,
+            CallOutput::Buffer(held) => {
+                held.stderr.extend_from_slice(data);
+                Ok(())
+            }
         }
     }
 }

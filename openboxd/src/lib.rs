@@ -15,6 +15,7 @@ mod connect;
 mod copy;
 mod events;
 mod fanout;
+mod files;
 mod fleet;
 mod forward;
 pub mod io;
@@ -175,6 +176,7 @@ pub async fn handle(d: &Arc<Daemon>, call: Call, mut io: CallIo) -> u8 {
 async fn handle_with(d: &Arc<Daemon>, call: Call, io: &mut CallIo) -> u8 {
     let json = call.json;
     let result = match call.request {
+        Request::Run(req) if json && req.tty.is_none() => return run::run_json(d, req, io).await,
         Request::Run(req) => return run::run(d, req, io).await.exit_code,
         Request::FanOut(req) => return fanout::run(d, req, json, io).await,
         Request::Login { server, token, fingerprint, insecure_http } => {

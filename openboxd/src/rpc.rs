@@ -309,6 +309,38 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     let _ = lines.send(line(&Response::ok(id, to_value(&result)))).await;
                 });
             }
+            method::FILE | method::COPY => {
+                let call = match req.method.as_str() {
+                    method::FILE => params(req.params, method::FILE).map(Transfer::File),
+                    _ => params(req.params, method::COPY).map(Transfer::Copy),
+                };
+                let call = match call {
+                    Ok(call) => call,
+                    Err(msg) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, msg.to_string())).await;
+                        continue;
+                    }
+                };
+                // A write's bytes come in `stdin` notifications.
+                let (tx, rx) = mpsc::channel(16);
+                stdin_routes.insert(id.to_string(), tx);
+                let input = CallInput::Chunks(rx);
+                let output = CallOutput::Frames(FrameSink { id: id.clone(), lines: lines.clone() });
+                let halts = halts_for(&mut halt_senders, &id);
+                let (d, lines) = (d.clone(), lines.clone());
+                tokio::spawn(async move {
+                    let mut io = CallIo { input, terminal: None, output, halts };
+                    let done = match call {
+                        Transfer::File(p) => crate::files::file(&d, p, &mut io).await,
+                        Transfer::Copy(req) => crate::copy::copy(&d, req, &mut io).await.map(|r| r.json),
+                    };
+                    let resp = match done {
+                        Ok(value) => Response::ok(id, value),
+                        Err(e) => Response::err(id, code::FAILED, format!("{e:#}")),
+                    };
+                    let _ = lines.send(line(&resp)).await;
+                });
+            }
             method::SIGNAL => {
                 let Ok(params) = serde_json::from_value::<rpc::CallSignal>(req.params) else { continue };
                 let Some(name) = rpc::CALL_SIGNALS.iter().find(|s| **s == params.signal) else { continue };
@@ -405,6 +437,12 @@ async fn forward_events(
         () = forward => {}
         () = gone => {}
     }
+}
+
+/// A `file` or `copy` request.
+enum Transfer {
+    File(proto::files::FileParams),
+    Copy(proto::request::CopyRequest),
 }
 
 /// Parameters that do not fit their method.

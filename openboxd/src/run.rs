@@ -23,6 +23,14 @@ pub struct Outcome {
     pub exit_code: u8,
     pub signal: Option<String>,
     pub truncated: Truncated,
+    /// The node it ran on, once one was reached.
+    pub node: Option<String>,
+}
+
+impl Outcome {
+    fn failed(exit_code: u8) -> Outcome {
+        Outcome { exit_code, signal: None, truncated: Truncated::default(), node: None }
+    }
 }
 
 /// Why a command did not run to its end.
@@ -93,31 +101,61 @@ pub async fn run(d: &Daemon, req: RunRequest, io: &mut CallIo) -> Outcome {
                 }
                 ExitStatus::Code(_) => None,
             };
-            Outcome { exit_code: status.exit_code(), signal, truncated }
+            Outcome { exit_code: status.exit_code(), signal, truncated, node: Some(node_name) }
         }
         // A cancelled call has nobody to tell, nor to write to.
         Err(RunError::Ssh(SshError::Cancelled)) => {
             output.abandon();
-            Outcome { exit_code: FAILED, signal: None, truncated: Truncated::default() }
+            Outcome::failed(FAILED)
         }
         Err(RunError::Ssh(SshError::TimedOut)) => {
             output.eprint(&format!("openbox: timed out after {}s\n", timeout_secs.unwrap_or_default())).await;
-            Outcome { exit_code: TIMED_OUT, signal: None, truncated: Truncated::default() }
+            Outcome::failed(TIMED_OUT)
         }
         // The caller was signalled and the command did not end within a moment of it: it
         // was stopped, and the call ends as if the signal had killed it.
-        Err(RunError::Ssh(SshError::Interrupted(name))) => {
-            Outcome { exit_code: proto::exec::signal_exit_code(name), signal: None, truncated: Truncated::default() }
-        }
+        Err(RunError::Ssh(SshError::Interrupted(name))) => Outcome::failed(proto::exec::signal_exit_code(name)),
         // An output failure is told by `conclude`.
-        Err(RunError::Ssh(SshError::Output(_))) => {
-            Outcome { exit_code: FAILED, signal: None, truncated: Truncated::default() }
-        }
+        Err(RunError::Ssh(SshError::Output(_))) => Outcome::failed(FAILED),
         Err(e) => {
             output.eprint(&format!("openbox: {e}\n")).await;
-            Outcome { exit_code: FAILED, signal: None, truncated: Truncated::default() }
+            Outcome::failed(FAILED)
         }
     }
+}
+
+/// One command's run as one JSON object on stdout (`openbox --json -t T CMD`): its output,
+/// exit code, signal, duration and what the cap cut — openbox's own messages in `error`.
+/// The whole output is held until the command ends (bound it with `--max-output`).
+pub async fn run_json(d: &Daemon, req: RunRequest, io: &mut CallIo) -> u8 {
+    let began = std::time::Instant::now();
+    let caller = std::mem::replace(&mut io.output, CallOutput::buffer());
+    let outcome = run(d, req, io).await;
+    let CallOutput::Buffer(held) = std::mem::replace(&mut io.output, caller) else { unreachable!("put there above") };
+    let mut value = serde_json::json!({
+        "node": outcome.node,
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "truncated": outcome.truncated,
+        "duration_ms": began.elapsed().as_millis() as u64,
+    });
+    for (name, bytes) in [("stdout", &held.stdout), ("stderr", &held.stderr)] {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => value[name] = text.into(),
+            // Not text: the exact bytes, never replacement characters.
+            Err(_) => {
+                use base64::Engine as _;
+                value[format!("{name}_base64")] = base64::engine::general_purpose::STANDARD.encode(bytes).into();
+            }
+        }
+    }
+    let notes = String::from_utf8_lossy(&held.notes);
+    let notes: Vec<&str> = notes.lines().map(|l| l.strip_prefix("openbox: ").unwrap_or(l)).collect();
+    if !notes.is_empty() {
+        value["error"] = notes.join("; ").into();
+    }
+    io.output.print(&format!("{}\n", serde_json::to_string_pretty(&value).expect("serializable"))).await;
+    outcome.exit_code
 }
 
 /// Awaits `connecting`; if it takes more than a moment while this openboxd is still

@@ -25,6 +25,10 @@ struct Target {
 
 const DESCRIPTION: &str = "Run commands, builds and containers on the machines of this openbox fleet (by tag or node name), keep state in sessions, and fan a command out over a tag. Use it instead of ssh for remote work.";
 
+/// Agents with no file in the home directory: `openbox skill all --global` skips them.
+const NO_USER_WIDE_FILE: [&str; 2] = ["cursor", "copilot"];
+const WHY_NO_USER_WIDE_FILE: &str = "keeps user-wide instructions in its settings, not in a file";
+
 fn target(agent: &str, global: bool) -> anyhow::Result<Target> {
     let t = |agent, path, front_matter| Target { agent, path, front_matter };
     Ok(match (agent, global) {
@@ -51,23 +55,65 @@ fn target(agent: &str, global: bool) -> anyhow::Result<Target> {
             ".config/opencode/agents/openbox.md",
             Some("---\ndescription: \"{DESCRIPTION}\"\nmode: subagent\n---\n"),
         ),
-        (a @ ("cursor" | "copilot"), true) => {
-            bail!(
-                "{a} keeps user-wide instructions in its settings, not in a file: write it per project (leave out --global)"
-            )
+        (a, true) if NO_USER_WIDE_FILE.contains(&a) => {
+            bail!("{a} {WHY_NO_USER_WIDE_FILE}: write it per project (leave out --global)")
         }
         (other, _) => bail!("{other:?}: give claude, cursor, copilot, codex, opencode or all"),
     })
 }
 
+/// An agent left out, and why.
+#[derive(Debug, serde::Serialize)]
+struct Skipped {
+    agent: String,
+    reason: &'static str,
+}
+
+/// Every agent `all` names.
+const ALL: [&str; 5] = ["claude", "cursor", "copilot", "codex", "opencode"];
+
+/// The files to write for `agents`, and the agents left out: `all` with `--global` writes
+/// those that have a file in the home directory and skips the others, while one of those
+/// named on its own is an error.
+fn plan(agents: &[String], global: bool) -> anyhow::Result<(Vec<Target>, Vec<Skipped>)> {
+    let (mut targets, mut skipped) = (Vec::<Target>::new(), Vec::new());
+    // Every agent is checked before anything is written: an error leaves no file half-done.
+    for agent in agents {
+        let (named, from_all) = match agent.as_str() {
+            "all" => (ALL.to_vec(), true),
+            one => (vec![one], false),
+        };
+        for agent in named {
+            if targets.iter().any(|t| t.agent == agent) {
+                continue;
+            }
+            if global && from_all && NO_USER_WIDE_FILE.contains(&agent) {
+                skipped.push(Skipped { agent: agent.to_owned(), reason: WHY_NO_USER_WIDE_FILE });
+                continue;
+            }
+            targets.push(target(agent, global)?);
+        }
+    }
+    Ok((targets, skipped))
+}
+
+/// The directory a project's files go into: the root of the git work tree `dir` is in
+/// (where agents look for them, whichever subdirectory they were started in), else `dir`.
+/// `.git` is a directory, or a file in a linked work tree or a submodule.
+fn project_root(dir: &Path) -> &Path {
+    dir.ancestors().find(|d| d.join(".git").exists()).unwrap_or(dir)
+}
+
 pub async fn write(d: &Daemon, agents: &[String], dir: &str, global: bool, print: bool) -> anyhow::Result<Reply> {
+    let (targets, skipped) = plan(agents, global)?;
     let nodes: Vec<Node> = d.login()?.client()?.call::<proto::routes::ListNodes>(&[], &Default::default()).await?;
     let body = instructions(&nodes);
+    let asked = Path::new(dir);
+    let root = if global { asked } else { project_root(asked) };
     let mut written = Vec::new();
     let mut text = String::new();
-    for agent in agents {
-        let t = target(agent, global)?;
-        let path = Path::new(dir).join(t.path);
+    for t in &targets {
+        let path = root.join(t.path);
         let front = t.front_matter.map(|f| f.replace("{DESCRIPTION}", &DESCRIPTION.replace('"', "'")));
         if print {
             text += &format!("==> {} <==\n{}{BEGIN}\n{body}{END}\n\n", path.display(), front.as_deref().unwrap_or(""));
@@ -86,10 +132,33 @@ pub async fn write(d: &Daemon, agents: &[String], dir: &str, global: bool, print
         text += &format!("{:<9} {}\n", t.agent, path.display());
         written.push(serde_json::json!({"agent": t.agent, "path": path}));
     }
-    if !print {
-        text = format!("Wrote openbox's instructions for:\n{text}");
+    let mut warnings = Vec::new();
+    if print {
+        // stdout is the files themselves; what was left out goes beside them.
+        warnings =
+            skipped.iter().map(|s| format!("skipped {}: it {}; write it per project", s.agent, s.reason)).collect();
+    } else {
+        let place = if global {
+            format!("your home directory ({}), for every project", root.display())
+        } else if root != asked {
+            format!("{}, the root of the git work tree {} is in", root.display(), asked.display())
+        } else {
+            root.display().to_string()
+        };
+        text = format!("Wrote openbox's instructions into {place}:\n{text}");
+        if !skipped.is_empty() {
+            let names: Vec<&str> = skipped.iter().map(|s| s.agent.as_str()).collect();
+            text += &format!(
+                "Skipped, as they have no file in your home directory (run `openbox skill {}` in a project instead):\n",
+                names.join(" ")
+            );
+            for s in &skipped {
+                text += &format!("{:<9} {}\n", s.agent, s.reason);
+            }
+        }
     }
-    Ok(Reply::new(to_json(&written), text))
+    let json = serde_json::json!({"dir": root, "written": written, "skipped": to_json(&skipped)});
+    Ok(Reply { json, text, warnings })
 }
 
 /// `old` with openbox's section put in (replacing the one there), after the front matter.
@@ -139,24 +208,60 @@ already logged in.
 
 {fleet}
 
-- `openbox -t TAG CMD…` runs CMD on an online node carrying TAG; `openbox -n NODE CMD…` on one node.
-  Quote shell syntax as one word: `openbox -t linux 'cd /src && make -j8'`.
-- Sessions keep a shell (directory, exported variables) across calls, on the same node:
-  `openbox -t TAG -s build 'cd /src'` then `openbox -t TAG -s build make`. End one with
-  `openbox session rm build`; list them with `openbox sessions`.
-- Isolation: `--docker IMAGE` runs in a fresh container (`--cpus`, `--memory`, `--network none`,
-  `--mount SRC:DST[:ro]`); `--nspawn DIR` in a systemd-nspawn container.
-- Time and size: `--timeout 10m` stops a command (exit 124); `--max-output 64k` keeps the head
-  and tail of each stream with a `[… N bytes omitted …]` mark — use it for commands that may
-  print a lot.
-- Many nodes at once: `openbox -t TAG --all CMD` prefixes each line with the node's name and
-  prints a summary; `--json` gives one result per node.
+## Where a command runs
+
+- `openbox -t TAG CMD…` runs CMD on an online node carrying TAG, picked anew on every call:
+  two calls with the same `-t` may run on different machines. For work in several steps
+  (build, then test; edit, then run), stay on one node: `openbox -n NODE CMD…`, or a session.
+- A session (`-s NAME`) is one shell on one node: `cd` and exported variables carry over from
+  call to call. Give the same `-t TAG` (or `-n NODE`) and `-s NAME` on every call:
+  `openbox -t TAG -s build 'cd ~/src/app && export CC=clang'`, then
+  `openbox -t TAG -s build 'make -j8'`. `openbox sessions` lists them; `openbox session rm build`
+  ends one.
+- Quote shell syntax as one word, or your own shell runs it: `openbox -n NODE 'cd /src && make'`.
+
+## Containers
+
+- `--docker IMAGE` runs in a fresh container, removed afterwards (`--cpus`, `--memory`,
+  `--network none`, `--mount SRC:DST[:ro]`); `--nspawn DIR` in a systemd-nspawn container.
+- A session started with `--docker IMAGE` (or `--nspawn DIR`) keeps one container for all its
+  calls, and every call to it must repeat the same `--docker IMAGE` and options: without
+  them the call is refused and nothing runs.
+  `openbox -t TAG -s ci --docker rust:1 'cd /work && cargo build'`, then
+  `openbox -t TAG -s ci --docker rust:1 'cargo test'`.
+
+## Files
+
+- `openbox cp` copies files to and from a node as scp does, `-r` for directories:
+  `openbox cp app.py NODE:/src/`, `openbox cp -r NODE:src/ ./src-copy`. `-s NAME` copies into
+  or out of that session's container (the node side names the session's node). A
+  `tag:TAG:PATH` side picks a node as `-t` does: name the node when you will run there next.
+- Over MCP, use the file tools `read_file`, `write_file`, `edit_file`, `list_dir`, `stat`,
+  `upload` and `download` instead of `cat`, `sed -i` or heredocs through `run`.
+
+## Long work
+
+- Many agents' shell tools stop a command after about 2 minutes. A build or test run that
+  may take longer belongs in a background job: over MCP, `start` it, then `read` its output,
+  `wait` for it to end (up to 50 s a call) and `stop` it if need be.
+- From the shell, start it in the background in a session, with its output in a file, and
+  read the file in later calls:
+  `openbox -n NODE -s build '(make -j8; echo "exit $?") > build.log 2>&1 &'`, then
+  `openbox -n NODE -s build 'tail -n 20 build.log'` until the `exit` line shows.
+- `--timeout 10m` stops a command (exit 124); `--max-output 64k` keeps the head and tail of
+  each stream with a `[… N bytes omitted …]` mark — use it for commands that may print a lot.
+
+## Results
+
 - Exit codes: the remote command's own; 128+N when a signal killed it; 124 after `--timeout`;
   255 when openbox itself could not run it (the message on stderr says why: no such tag, node
-  offline, not allowed). With `--all`: the largest remote code, 255 if a node was unreachable.
+  offline, not allowed).
+- Many nodes at once: `openbox -t TAG --all CMD` prefixes each line with the node's name and
+  prints a summary; `--json` gives one result per node; the exit code is the largest remote
+  one, 255 if a node was unreachable.
 - stdin is forwarded to one-shot commands: `tar c . | openbox -n NODE 'tar x -C /dst'`.
-- An MCP server is there too: `openbox mcp` (tools `run`, `run_all`, `list_nodes`,
-  `list_sessions`, `end_session`, and `start`/`read`/`wait`/`stop` for long work).
+- MCP server: `openbox mcp` (tools `run`, `run_all`, `list_nodes`, `list_sessions`,
+  `end_session`, the file tools above, and `start`/`read`/`wait`/`stop` for long work).
 "#
     )
 }
@@ -182,5 +287,67 @@ mod tests {
         let again = merged(&own, Some(front), "second body\n");
         assert_eq!(again.matches("---\nname: openbox").count(), 1, "{again}");
         assert!(again.contains("second body") && !again.contains("first body"), "{again}");
+    }
+
+    fn names(agents: &[&str]) -> Vec<String> {
+        agents.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn all_global_skips_the_agents_without_a_user_wide_file_and_naming_one_is_an_error() {
+        let all = names(&["all"]);
+        let (targets, skipped) = plan(&all, true).unwrap();
+        let paths: Vec<&str> = targets.iter().map(|t| t.path).collect();
+        assert_eq!(
+            paths,
+            [".claude/skills/openbox/SKILL.md", ".codex/AGENTS.md", ".config/opencode/agents/openbox.md"]
+        );
+        let left_out: Vec<&str> = skipped.iter().map(|s| s.agent.as_str()).collect();
+        assert_eq!(left_out, ["cursor", "copilot"]);
+        assert!(skipped.iter().all(|s| s.reason.contains("settings")), "{skipped:?}");
+
+        // In a project nothing is skipped.
+        let (targets, skipped) = plan(&all, false).unwrap();
+        assert_eq!((targets.len(), skipped.len()), (5, 0));
+
+        // Named on its own, with another or not, it is refused before anything is written.
+        for asked in [names(&["cursor"]), names(&["claude", "copilot"])] {
+            let e = plan(&asked, true).err().expect("refused").to_string();
+            assert!(e.contains("per project (leave out --global)"), "{e}");
+        }
+    }
+
+    #[test]
+    fn project_files_go_to_the_root_of_the_git_work_tree() {
+        let top = tempfile::tempdir().unwrap();
+        let repo = top.path().join("repo");
+        let deep = repo.join("src/deep");
+        std::fs::create_dir_all(&deep).unwrap();
+        // Outside a work tree: the directory itself.
+        assert_eq!(project_root(&deep), deep);
+        std::fs::create_dir(repo.join(".git")).unwrap();
+        assert_eq!(project_root(&deep), repo);
+        assert_eq!(project_root(&repo), repo);
+        // A linked work tree (or a submodule) has a .git file, and is a root of its own.
+        let linked = deep.join("linked");
+        std::fs::create_dir(&linked).unwrap();
+        std::fs::write(linked.join(".git"), "gitdir: /elsewhere\n").unwrap();
+        assert_eq!(project_root(&linked.join("x")), linked);
+    }
+
+    #[test]
+    fn the_text_teaches_where_commands_run_containers_files_and_long_work() {
+        let text = instructions(&[]);
+        for habit in [
+            "picked anew on every call",
+            "stay on one node: `openbox -n NODE CMD…`, or a session",
+            "must repeat the same `--docker IMAGE`",
+            "`openbox cp` copies files",
+            "`read_file`, `write_file`, `edit_file`, `list_dir`, `stat`",
+            "after about 2 minutes",
+            "over MCP, `start` it, then `read` its output",
+        ] {
+            assert!(text.contains(habit), "{habit:?} missing from:\n{text}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cert;
 pub mod exec;
+pub mod files;
 pub mod isolation;
 pub mod output;
 pub mod request;

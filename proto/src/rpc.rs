@@ -37,6 +37,10 @@ pub mod method {
     pub const WHOAMI: &str = "whoami";
     pub const STATUS: &str = "status";
     pub const SHUTDOWN: &str = "shutdown";
+    /// One file operation on a node ([`crate::files::FileParams`]).
+    pub const FILE: &str = "file";
+    /// `openbox cp` ([`crate::request::CopyRequest`]): between this machine and a node.
+    pub const COPY: &str = "copy";
 }
 
 /// JSON-RPC error codes (the standard ones, and openbox's in the server range).
