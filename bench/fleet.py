@@ -7,7 +7,12 @@ address of its own (127.0.1.1 …), logging in the bench user by key; then measu
   - `openbox -t many --all true` against `pdsh -R ssh -w 127.0.1.[1-N] true` (fresh ssh
     connections, as pdsh makes them), median of --rounds;
   - an MCP `tools/call run` of `true` through one open `openbox mcp` session against the
-    CLI `openbox -n NODE true`, median of --calls each.
+    CLI `openbox -n NODE true`, median of --calls each;
+  - MCP `write_file` and `read_file` of 1 MiB and 100 MiB against `openbox cp` up and down
+    of the same file (median of 5 for 1 MiB, 2 for 100 MiB);
+  - a job's output throughput: `start` of a command printing 200 MiB, until `wait` says it
+    exited and every byte is in openboxd's spool, against the same command's output through
+    `openbox -n NODE CMD > /dev/null`.
 
 Usage: bench/fleet [--agents N] [--rounds N] [--calls N]   (needs root: it starts sshd)
 """
@@ -158,6 +163,62 @@ def main():
                 mcp_times.append(took)
         mcp_ms = statistics.median(mcp_times)
 
+        # Files over MCP against `openbox cp`, the same bytes each way.
+        import base64
+        next_id = [10_000]
+
+        def tool(name, arguments):
+            next_id[0] += 1
+            reply = rpc({"jsonrpc": "2.0", "id": next_id[0], "method": "tools/call",
+                         "params": {"name": name, "arguments": arguments}})
+            if reply["result"].get("isError"):
+                sys.exit(f"MCP {name} failed: {str(reply)[:2000]}")
+            return reply["result"]
+
+        file_rows = []
+        for size, label, rounds in ((1 << 20, "1 MiB", 5), (100 << 20, "100 MiB", 2)):
+            data = os.urandom(size)
+            local = f"{tmp}/file.bin"
+            with open(local, "wb") as f:
+                f.write(data)
+            encoded = base64.b64encode(data).decode()
+            remote = f"{tmp}/remote.bin"
+            up_ms = statistics.median(timed([f"{BIN}/openbox", "cp", local, f"m00:{remote}"], env) for _ in range(rounds))
+            down_ms = statistics.median(
+                timed([f"{BIN}/openbox", "cp", f"m00:{remote}", f"{tmp}/back.bin"], env) for _ in range(rounds))
+            writes, reads = [], []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                tool("write_file", {"node": "m00", "path": remote, "content_base64": encoded})
+                writes.append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                got = tool("read_file", {"node": "m00", "path": remote, "length": size})
+                reads.append((time.perf_counter() - t) * 1000)
+                blob = next(c for c in got["content"] if c["type"] == "resource")["resource"]["blob"]
+                if base64.b64decode(blob) != data:
+                    sys.exit(f"read_file of {label} came back different")
+            write_ms, read_ms = statistics.median(writes), statistics.median(reads)
+            file_rows.append((f"MCP `write_file` of {label}, median of {rounds}", f"{write_ms:.1f} ms",
+                              f"{up_ms:.1f} ms (`openbox cp` up)", f"{write_ms / up_ms:.2f}x cp"))
+            file_rows.append((f"MCP `read_file` of {label}, median of {rounds}", f"{read_ms:.1f} ms",
+                              f"{down_ms:.1f} ms (`openbox cp` down)", f"{read_ms / down_ms:.2f}x cp"))
+
+        # A job's output, 200 MiB, until it is all in the spool, against the same output
+        # streamed by a plain call.
+        flood = "head -c 209715200 /dev/zero"
+        stream_ms = timed([f"{BIN}/openbox", "-n", "m00", flood], env)
+        t = time.perf_counter()
+        job = tool("start", {"node": "m00", "command": flood})["structuredContent"]
+        while True:
+            info = tool("wait", {"job": job["id"], "seconds": 50})["structuredContent"]
+            if info["state"] != "running":
+                break
+        job_ms = (time.perf_counter() - t) * 1000
+        if info["stdout_bytes"] != 200 << 20:
+            sys.exit(f"the job's spool holds {info['stdout_bytes']} bytes, not 200 MiB")
+        file_rows.append(("job output, 200 MiB into openboxd's spool", f"{200 / job_ms * 1000:.0f} MiB/s",
+                          f"{200 / stream_ms * 1000:.0f} MiB/s (a call to /dev/null)", f"{stream_ms / job_ms:.2f}x the call"))
+
         rows = [
             (f"`true` on {a.agents} nodes, first call (cold)", f"{cold_ms:.1f} ms", f"{pdsh_ms:.1f} ms",
              f"{cold_ms / pdsh_ms:.2f}x pdsh (ssh)"),
@@ -165,6 +226,7 @@ def main():
              f"{openbox_ms / pdsh_ms:.2f}x pdsh (ssh)"),
             (f"MCP `run` of `true`, median of {a.calls}", f"{mcp_ms:.2f} ms", f"{cli_ms:.2f} ms (CLI)",
              f"{mcp_ms / cli_ms:.2f}x the CLI"),
+            *file_rows,
         ]
         print("| measure | openbox | baseline | ratio |\n|---|---|---|---|")
         for r in rows:

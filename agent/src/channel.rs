@@ -68,6 +68,23 @@ pub enum Outcome {
     Signal(Sig, bool),
 }
 
+/// Where a command's output goes: its caller's channel, or a job's spool on the node.
+pub trait Out: Sync {
+    /// Whether the bytes were taken (false: nobody takes them any more).
+    fn stdout(&self, data: &[u8]) -> impl std::future::Future<Output = bool> + Send;
+    fn stderr(&self, data: &[u8]) -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl Out for ChannelOut {
+    async fn stdout(&self, data: &[u8]) -> bool {
+        ChannelOut::stdout(self, data).await
+    }
+
+    async fn stderr(&self, data: &[u8]) -> bool {
+        ChannelOut::stderr(self, data).await
+    }
+}
+
 /// The caller's messages (stdin, end of input, signals, close) for a command, read from
 /// the channel by a task of its own. russh's session loop — which also carries window
 /// adjustments for our output — waits while a channel's messages go unread, so a command
@@ -85,6 +102,12 @@ pub struct Messages {
 impl Messages {
     pub async fn recv(&mut self) -> Option<ChannelMsg> {
         self.rx.recv().await
+    }
+
+    /// Messages that come from within the agent rather than a channel (to a session's job:
+    /// its input, signals, and `Close` to stop it); no window to reopen.
+    pub fn queued(rx: tokio::sync::mpsc::UnboundedReceiver<ChannelMsg>) -> Messages {
+        Messages { rx, window: Window { to: None, unreported: Default::default() } }
     }
 }
 
@@ -108,22 +131,23 @@ const WINDOW_STEP: u32 = 128 * 1024;
 /// the command, or dropped because nothing will read it.
 #[derive(Clone)]
 pub struct Window {
-    handle: Handle,
-    id: ChannelId,
+    /// The channel whose window it is (none for input from within the agent).
+    to: Option<(Handle, ChannelId)>,
     unreported: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Window {
     pub fn new(handle: Handle, id: ChannelId) -> Window {
-        Window { handle, id, unreported: Default::default() }
+        Window { to: Some((handle, id)), unreported: Default::default() }
     }
 
     pub fn used(&self, bytes: usize) {
         use std::sync::atomic::Ordering;
+        let Some((handle, id)) = &self.to else { return };
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         let total = self.unreported.fetch_add(bytes, Ordering::Relaxed).saturating_add(bytes);
         if total >= WINDOW_STEP {
-            let _ = self.handle.window_consumed(self.id, self.unreported.swap(0, Ordering::Relaxed));
+            let _ = handle.window_consumed(*id, self.unreported.swap(0, Ordering::Relaxed));
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::session::{Files, Job, Sessions};
 
 /// What launching reads of the node beside the plan.
 pub struct Context<'a> {
-    pub sessions: &'a Sessions,
+    pub sessions: &'a std::sync::Arc<Sessions>,
     pub node_id: &'a str,
 }
 
@@ -55,13 +55,14 @@ pub async fn launch(plan: Plan, grant: &UserGrant, cx: Context<'_>, read: russh:
             };
             cx.sessions.visit(&grant.user, &session, job, out, serve).await;
         }
+        Plan::Job { session, op } => cx.sessions.job_op(&grant.user, &session, op, read, out).await,
         Plan::Run(run) => start(run, grant, cx, read, out).await,
     }
 }
 
 /// Runs a command or a login shell.
 async fn start(run: Run, grant: &UserGrant, cx: Context<'_>, read: russh::ChannelReadHalf, out: ChannelOut) {
-    let Run { command, terminal, session, sandbox, login, timeout } = run;
+    let Run { command, terminal, session, sandbox, login, timeout, detach } = run;
     // The command itself may hold secrets (a token in a curl header): only its size and a
     // short hash at info, the text at debug.
     let text = command.as_deref().unwrap_or_default();
@@ -96,6 +97,9 @@ async fn start(run: Run, grant: &UserGrant, cx: Context<'_>, read: russh::Channe
         return crate::pty::run(spawn, &pty, timeout, read, out).await;
     }
     let Some(command) = command else { return }; // a shell is planned only with a terminal
+    if let (Some(session), Some(stdin)) = (&session, detach) {
+        return cx.sessions.start_job(&grant.user, session, job(&command), stdin, out).await;
+    }
     if let Some(session) = &session {
         return cx.sessions.run(&grant.user, session, job(&command), &out, read).await;
     }

@@ -23,6 +23,8 @@ pub struct Request {
     pub pty: Option<PtyRequest>,
     /// What is left of the caller's deadline (`OPENBOX_TIMEOUT`).
     pub timeout: Option<Duration>,
+    /// What it asks of the session's job (`OPENBOX_JOB`), as sent.
+    pub job: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +60,8 @@ pub enum Plan {
     Sftp { login: Option<Login>, into: Option<(String, Sandbox)>, timeout: Option<Duration> },
     /// Run a command, or a login shell.
     Run(Run),
+    /// Read, feed, signal or forget the certificate's session's job.
+    Job { session: String, op: proto::exec::JobOp },
 }
 
 /// A command (or login shell) to run, and everything it runs with.
@@ -72,6 +76,9 @@ pub struct Run {
     /// The account it runs as (none: the agent's own user).
     pub login: Option<Login>,
     pub timeout: Option<Duration>,
+    /// Run it as the session's job, detached from the channel: `Some(stdin)` keeps its
+    /// input open for later.
+    pub detach: Option<bool>,
 }
 
 /// Why a request is refused, in the words the caller is told.
@@ -86,6 +93,10 @@ pub enum Refusal {
     NotForwarding(#[from] crate::forward::NotForwarding),
     #[error("this certificate names no session to end")]
     NoSessionToEnd,
+    #[error("a job runs in a session: this certificate names none")]
+    JobWithoutSession,
+    #[error("{0:?} is not a job operation (start, read:OUT:ERR, input, signal:NAME, forget)")]
+    BadJobOp(String),
     #[error("a shell needs a terminal: ask for one first (`openbox -n NODE -i`, `ssh -t`)")]
     ShellWithoutTerminal,
     #[error("subsystem {0:?} is not offered")]
@@ -117,7 +128,27 @@ pub trait Node {
 /// Decides what to do for `request` on a channel of a connection authenticated as
 /// `grant`: exactly what the certificate names, or nothing.
 pub fn plan(grant: &UserGrant, request: Request, node: &impl Node) -> Result<Plan, Refusal> {
-    let Request { kind, pty, timeout } = request;
+    let Request { kind, pty, timeout, job } = request;
+    let job = match job {
+        Some(value) => Some(proto::exec::JobOp::parse(&value).ok_or(Refusal::BadJobOp(value))?),
+        None => None,
+    };
+    if job.is_some() && grant.session.is_none() {
+        return Err(Refusal::JobWithoutSession);
+    }
+    let detach = match (&kind, job) {
+        (Kind::Command(_), Some(proto::exec::JobOp::Start { stdin })) => Some(stdin),
+        (Kind::Subsystem(name), Some(op))
+            if name == proto::exec::JOB_SUBSYSTEM && !matches!(op, proto::exec::JobOp::Start { .. }) =>
+        {
+            if let Some(lapsed) = node.lapsed(grant) {
+                return Err(Refusal::Lapsed(lapsed));
+            }
+            return Ok(Plan::Job { session: grant.session.clone().expect("checked above"), op });
+        }
+        (_, Some(op)) => return Err(Refusal::BadJobOp(op.value())),
+        (_, None) => None,
+    };
     let command = match kind {
         Kind::Subsystem(name) if name == proto::exec::END_SESSION_SUBSYSTEM => {
             let session = grant.session.clone().ok_or(Refusal::NoSessionToEnd)?;
@@ -126,6 +157,7 @@ pub fn plan(grant: &UserGrant, request: Request, node: &impl Node) -> Result<Pla
         Kind::Subsystem(name) if name == "sftp" => return plan_sftp(grant, timeout, node),
         Kind::Subsystem(name) => return Err(Refusal::NotOffered(name)),
         Kind::Shell if pty.is_none() => return Err(Refusal::ShellWithoutTerminal),
+        Kind::Shell if detach.is_some() => return Err(Refusal::BadJobOp("start".into())),
         Kind::Shell => None,
         Kind::Command(command) => Some(command),
     };
@@ -144,7 +176,10 @@ pub fn plan(grant: &UserGrant, request: Request, node: &impl Node) -> Result<Pla
     {
         return Err(Refusal::NspawnAsAccount { user: grant.user.clone(), login: login.name.clone() });
     }
-    Ok(Plan::Run(Run { command, terminal: pty, session: grant.session.clone(), sandbox, login, timeout }))
+    if detach.is_some() && pty.is_some() {
+        return Err(Refusal::BadJobOp("start (a job runs without a terminal)".into()));
+    }
+    Ok(Plan::Run(Run { command, terminal: pty, session: grant.session.clone(), sandbox, login, timeout, detach }))
 }
 
 /// Whether `grant`'s connection may forward ports (`-L`, `-R`) now: asked on every
@@ -237,7 +272,7 @@ mod tests {
     }
 
     fn command(text: &str) -> Request {
-        Request { kind: Kind::Command(text.into()), pty: None, timeout: None }
+        Request { kind: Kind::Command(text.into()), pty: None, timeout: None, job: None }
     }
 
     fn pty() -> Option<PtyRequest> {
@@ -296,12 +331,13 @@ mod tests {
     #[test]
     fn shells_need_a_terminal_and_subsystems_are_sftp_or_ending_the_session() {
         let node = FakeNode::default();
-        let shell = Request { kind: Kind::Shell, pty: None, timeout: None };
+        let shell = Request { kind: Kind::Shell, pty: None, timeout: None, job: None };
         assert!(matches!(plan(&grant("native", None), shell.clone(), &node), Err(Refusal::ShellWithoutTerminal)));
         let Ok(Plan::Run(run)) = plan(&grant("native", None), Request { pty: pty(), ..shell }, &node) else { panic!() };
         assert!(run.command.is_none() && run.terminal.is_some(), "a login shell in a terminal");
 
-        let subsystem = |name: &str| Request { kind: Kind::Subsystem(name.into()), pty: None, timeout: None };
+        let subsystem =
+            |name: &str| Request { kind: Kind::Subsystem(name.into()), pty: None, timeout: None, job: None };
         assert!(
             matches!(plan(&grant("native", None), subsystem("x11"), &node), Err(Refusal::NotOffered(n)) if n == "x11")
         );
@@ -315,7 +351,7 @@ mod tests {
     #[test]
     fn files_are_transferred_on_the_node_or_in_a_session_never_in_a_one_shot_container() {
         let node = FakeNode::default();
-        let sftp = Request { kind: Kind::Subsystem("sftp".into()), pty: None, timeout: None };
+        let sftp = Request { kind: Kind::Subsystem("sftp".into()), pty: None, timeout: None, job: None };
         assert!(matches!(plan(&grant("native", None), sftp.clone(), &node), Ok(Plan::Sftp { into: None, .. })));
         let refused = plan(&grant("nspawn:/srv/tree", None), sftp.clone(), &node).unwrap_err();
         assert!(matches!(refused, Refusal::OneShotFiles));
@@ -330,7 +366,8 @@ mod tests {
 
     #[test]
     fn the_journal_records_commands_shells_and_transfers() {
-        let journal = |kind: Kind, pty: Option<PtyRequest>| Request { kind, pty, timeout: None }.journal_kind();
+        let journal =
+            |kind: Kind, pty: Option<PtyRequest>| Request { kind, pty, timeout: None, job: None }.journal_kind();
         assert_eq!(journal(Kind::Command("x".into()), None), Some("command"));
         assert_eq!(journal(Kind::Shell, pty()), Some("shell"));
         assert_eq!(journal(Kind::Shell, None), None);

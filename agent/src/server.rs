@@ -437,10 +437,10 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         let served = match name {
             "sftp" => self.grant.as_ref().is_some_and(|g| {
-                let sftp = Request { kind: Kind::Subsystem(name.to_owned()), pty: None, timeout: None };
+                let sftp = Request { kind: Kind::Subsystem(name.to_owned()), pty: None, timeout: None, job: None };
                 crate::plan::plan(g, sftp, &*self.shared).is_ok()
             }),
-            proto::exec::END_SESSION_SUBSYSTEM => true,
+            proto::exec::END_SESSION_SUBSYSTEM | proto::exec::JOB_SUBSYSTEM => true,
             _ => false,
         };
         if served {
@@ -522,7 +522,7 @@ async fn serve_channel(channel: Channel<Msg>, grant: UserGrant, handle: russh::s
 /// request, or a subsystem — with the terminal and the deadline asked for before it.
 /// None when the channel closes first.
 async fn read_request(read: &mut russh::ChannelReadHalf) -> Option<Request> {
-    let (mut pty, mut timeout) = (None, None);
+    let (mut pty, mut timeout, mut job) = (None, None, None);
     let kind = loop {
         match read.wait().await? {
             ChannelMsg::Exec { command, .. } => break Kind::Command(String::from_utf8_lossy(&command).into_owned()),
@@ -534,9 +534,12 @@ async fn read_request(read: &mut russh::ChannelReadHalf) -> Option<Request> {
             ChannelMsg::SetEnv { variable_name, variable_value, .. } if variable_name == proto::exec::TIMEOUT_ENV => {
                 timeout = proto::exec::parse_timeout(&variable_value);
             }
+            ChannelMsg::SetEnv { variable_name, variable_value, .. } if variable_name == proto::exec::JOB_ENV => {
+                job = Some(variable_value);
+            }
             ChannelMsg::Close | ChannelMsg::Eof => return None,
             _ => continue,
         }
     };
-    Some(Request { kind, pty, timeout })
+    Some(Request { kind, pty, timeout, job })
 }

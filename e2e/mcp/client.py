@@ -5,25 +5,12 @@ logged-in CLI). Exits non-zero, saying why, on the first check that fails.
 """
 
 import asyncio
-import json
 import os
 import sys
 
+from common import check, result
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-
-
-def result(r):
-    """The structured result of a tool call, and whether it is an error."""
-    data = r.structured_content
-    if data is None:
-        data = json.loads(r.content[0].text)
-    return data, bool(r.is_error)
-
-
-def check(cond, what, got=None):
-    if not cond:
-        sys.exit(f"FAILED: {what}: {got!r}")
 
 
 async def main():
@@ -37,7 +24,7 @@ async def main():
             print("protocol 2026-07-28")
 
             tools = {t.name: t for t in (await session.list_tools()).tools}
-            for name in ["run", "run_all", "list_nodes", "list_sessions", "end_session", "start", "read", "wait", "stop"]:
+            for name in ["run", "run_all", "list_nodes", "list_sessions", "end_session", "start", "read", "wait", "stop", "list_jobs", "write_stdin"]:
                 check(name in tools, f"tool {name}", sorted(tools))
                 check(tools[name].description and tools[name].input_schema.get("type") == "object", f"{name} schema", tools[name])
             check("command" in tools["run"].input_schema["properties"], "run takes a command", tools["run"].input_schema)
@@ -72,19 +59,19 @@ async def main():
 
             # A background command driven by start / read / wait.
             job, err = result(await session.call_tool("start", {"node": node, "command": "for i in 1 2 3; do echo line $i; sleep 0.3; done; exit 5"}))
-            check(not err and job["job"], "start", job)
-            waited, err = result(await session.call_tool("wait", {"job": job["job"], "seconds": 20}))
-            check(not waited["running"] and waited["exit_code"] == 5 and err, "wait until it ends", waited)
-            first, _ = result(await session.call_tool("read", {"job": job["job"], "max_bytes": 7}))
+            check(not err and job["id"] and job["state"] == "running", "start", job)
+            waited, err = result(await session.call_tool("wait", {"job": job["id"], "seconds": 20}))
+            check(waited["state"] == "exited" and waited["exit_code"] == 5 and err, "wait until it ends", waited)
+            first, _ = result(await session.call_tool("read", {"job": job["id"], "max_bytes": 7}))
             check(first["stdout"] == "line 1\n" and first["stdout_next"] == 7 and first["more"], "read from 0", first)
-            rest, _ = result(await session.call_tool("read", {"job": job["job"], "stdout_offset": first["stdout_next"]}))
-            check(rest["stdout"] == "line 2\nline 3\n" and not rest["more"], "read from the offset", rest)
+            rest, _ = result(await session.call_tool("read", {"job": job["id"], "stdout_offset": first["stdout_next"]}))
+            check(rest["stdout"] == "line 2\nline 3\n" and not rest["more"] and rest["exit_code"] == 5, "read from the offset", rest)
 
             long_job, _ = result(await session.call_tool("start", {"node": node, "command": "sleep 300"}))
-            stopped, err = result(await session.call_tool("stop", {"job": long_job["job"]}))
-            check(not err and stopped["stopped"], "stop", stopped)
-            after, _ = result(await session.call_tool("read", {"job": long_job["job"]}))
-            check(not after["running"] and after["error"] == "stopped", "stopped job", after)
+            stopped, err = result(await session.call_tool("stop", {"job": long_job["id"]}))
+            check(not err and stopped["state"] == "exited", "stop", stopped)
+            listed, _ = result(await session.call_tool("list_jobs", {}))
+            check({job["id"], long_job["id"]} <= {j["id"] for j in listed["jobs"]}, "list_jobs", listed)
 
             # A call the client gives up on (its read timeout sends notifications/cancelled)
             # stops its command on the node — for run and for every node of run_all.

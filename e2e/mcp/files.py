@@ -15,17 +15,9 @@ import os
 import sys
 import tempfile
 
+from common import check, result
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-
-
-def result(r):
-    return (r.structured_content or {}), bool(r.is_error)
-
-
-def check(cond, what, got=None):
-    if not cond:
-        sys.exit(f"FAILED: {what}: {got!r}")
 
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8ffff3f0005fe02fea7d6a4a80000000049454e44ae426082")

@@ -88,6 +88,80 @@ fn the_python_sdk_reads_writes_edits_and_copies_files_with_strict_tools_and_prog
 }
 
 #[test]
+fn a_job_started_over_mcp_outlives_the_server_and_openboxd_and_is_read_to_its_last_byte() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["mcpjobs"]);
+    let marker = tempfile::tempdir().unwrap();
+    let (started, _) = python_sdk(&admin, "jobs.py", &["start", &agent.name, marker.path().to_str().unwrap()]);
+    let id = started.lines().next().unwrap().to_owned();
+    // The MCP server is gone; now openboxd goes too, while the job runs on.
+    let pid = admin.daemon_status()["pid"].as_i64().unwrap() as i32;
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL).unwrap();
+    wait_until("openboxd to be gone", || !openbox_e2e::process_running(pid));
+    wait_until("the job to finish on its node", || marker.path().join("done").exists());
+    python_sdk(&admin, "jobs.py", &["finish", &id]);
+}
+
+/// A server process, stopped however the test ends.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `openbox mcp --http 127.0.0.1:0`, and where it serves (from its first line on stderr).
+fn mcp_over_http(cli: &Cli, token_file: &std::path::Path) -> (Served, String) {
+    use std::io::BufRead as _;
+    let mut server = cli
+        .cmd()
+        .args(["mcp", "--http", "127.0.0.1:0", "--token-file", token_file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openbox mcp --http");
+    let mut first = String::new();
+    std::io::BufReader::new(server.stderr.take().unwrap()).read_line(&mut first).unwrap();
+    let served = Served(server);
+    let url = first.split_whitespace().find(|w| w.starts_with("http://")).unwrap_or_else(|| panic!("{first}"));
+    (served, url.to_owned())
+}
+
+#[test]
+fn the_python_and_typescript_sdks_use_openbox_mcp_over_streamable_http_with_a_bearer_token() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["mcphttp"]);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let (server, url) = mcp_over_http(&admin, &token_file);
+    python_sdk(&admin, "over_http.py", &[&url, "s3cret-token", &agent.name]);
+
+    let ts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/ts");
+    assert!(ts.join("node_modules").exists(), "{} has no node_modules: run scripts/setup-test-env", ts.display());
+    let out = std::process::Command::new("node")
+        .arg(ts.join("client.mjs"))
+        .args([&url, "s3cret-token", &agent.name])
+        .output()
+        .expect("node");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.ends_with("ok\n"), "stdout: {stdout}\nstderr: {stderr}");
+    drop(server);
+
+    // Beyond loopback it is refused; a named token file must be there.
+    let far = admin.run(&["mcp", "--http", "0.0.0.0:0"]);
+    assert_eq!(far.code, 1, "{far:?}");
+    assert!(far.stderr.contains("loopback only"), "{far:?}");
+    let missing = admin.run(&["mcp", "--http", "127.0.0.1:0", "--token-file", "/nonexistent/token"]);
+    assert!(missing.code == 1 && missing.stderr.contains("/nonexistent/token"), "{missing:?}");
+    admin.run(&["mcp", "--token-file", "x"]).fails_with(2, "--token-file goes with --http");
+}
+
+#[test]
 fn the_python_sdk_reads_and_writes_files_inside_a_sessions_container() {
     let f = openbox_e2e::IsolatedFleet::nspawn(&[]);
     let isolation = format!("nspawn:{}", f.e.tree);

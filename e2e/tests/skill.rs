@@ -161,7 +161,9 @@ fn the_text_teaches_where_commands_run_containers_files_and_long_work() {
         "use the file tools `read_file`, `write_file`, `edit_file`, `list_dir`, `stat`",
         // Long work is a background job, not a call a shell tool cuts short.
         "Many agents' shell tools stop a command after about 2 minutes",
-        "over MCP, `start` it, then `read` its output",
+        "belongs in a job, which runs on the node whoever is connected",
+        "`openbox job wait --timeout 90s ID`",
+        "Over MCP the same jobs: `start` it, then `read` its output",
     ] {
         assert!(text.contains(habit), "{habit:?} missing from:\n{text}");
     }

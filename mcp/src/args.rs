@@ -77,11 +77,52 @@ pub struct ReadArgs {
     /// The job id `start` returned.
     pub job: String,
     /// Byte offset in stdout to read from (the `stdout_next` of the last read). Default 0.
-    pub stdout_offset: Option<usize>,
+    pub stdout_offset: Option<u64>,
     /// Byte offset in stderr to read from. Default 0.
-    pub stderr_offset: Option<usize>,
-    /// At most this many bytes of each stream. Default 65536.
-    pub max_bytes: Option<usize>,
+    pub stderr_offset: Option<u64>,
+    /// At most this many bytes of each stream. Default 65536, at most 16777216.
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartArgs {
+    /// Run on an online node carrying this tag (give `tag`, `node` or `session`).
+    pub tag: Option<String>,
+    /// Run on this node, by name or id.
+    pub node: Option<String>,
+    /// The command line, run by the node's `sh -c` (quote as for a shell).
+    pub command: String,
+    /// Run it in this session (it waits for the job between calls); default: a session of its own.
+    pub session: Option<String>,
+    /// `native` (default), `docker:IMAGE` or `nspawn:DIR`.
+    pub isolation: Option<String>,
+    /// Stop the job after this many seconds (exit 124). Default: no limit.
+    pub timeout_secs: Option<u64>,
+    /// Keep the job's stdin open for `write_stdin` (else it reads end of input at once).
+    pub stdin: Option<bool>,
+}
+
+impl StartArgs {
+    /// The command part, as for `run`.
+    pub fn run(self) -> (RunArgs, bool) {
+        let StartArgs { tag, node, command, session, isolation, timeout_secs, stdin } = self;
+        let run = RunArgs { tag, node, command, session, isolation, timeout_secs, max_output: None };
+        (run, stdin.unwrap_or(false))
+    }
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdinArgs {
+    /// The job id `start` returned.
+    pub job: String,
+    /// Text to write.
+    pub text: Option<String>,
+    /// Bytes to write, base64-encoded.
+    pub data_base64: Option<String>,
+    /// Close the job's stdin after this.
+    pub close: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -292,9 +333,8 @@ pub struct Copied {
 }
 
 #[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct Started {
-    /// The job's id, for `read`, `wait` and `stop`.
-    pub job: String,
+pub struct JobsOut {
+    pub jobs: Vec<proto::jobs::JobInfo>,
 }
 
 #[cfg(test)]

@@ -3,11 +3,12 @@
 //! Every tool goes through openboxd over its socket, so each call is warm and obeys the
 //! same access policy as the CLI (see [`tools`]). Output is capped (1 MiB per stream by
 //! default: head and tail, with a mark), and a command that may outlast a client's
-//! tool-call timeout runs in the background: `start`, then `read` / `wait` / `stop`.
+//! tool-call timeout runs as a job openboxd keeps: `start`, then `read` / `wait` / `stop`.
 
 mod args;
 mod content;
 mod daemon;
+mod http;
 mod tools;
 
 use rmcp::ServiceExt as _;
@@ -15,33 +16,74 @@ use rmcp::ServiceExt as _;
 /// The exit code of a call whose deadline passed, as openboxd gives it.
 const TIMED_OUT: u8 = 124;
 
-fn main() -> std::process::ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        None => {}
-        Some("--help" | "-h") => {
-            println!(
-                "openbox mcp: an MCP server on stdio. Tools: run, run_all, list_nodes, list_sessions, end_session,\n\
-                 read_file, write_file, edit_file, list_dir, stat, upload, download, start, read, wait, stop.\n\
-                 Configure your MCP client to start `openbox mcp` (see docs/agents.md). Every call goes through openboxd."
-            );
-            return std::process::ExitCode::SUCCESS;
-        }
-        Some("--version" | "-V") => {
-            println!("openbox mcp {}", proto::VERSION);
-            return std::process::ExitCode::SUCCESS;
-        }
-        // A client told to pass flags it does not take would otherwise get a server that
-        // quietly ignores them.
-        Some(other) => {
-            eprintln!("openbox mcp: unexpected argument '{other}': it takes none but --help and --version");
-            return std::process::ExitCode::from(2);
+/// How it was asked to serve: on stdio, or over HTTP at an address.
+enum Serve {
+    Stdio,
+    Http { addr: String, token_file: Option<std::path::PathBuf> },
+}
+
+const HELP: &str = "openbox mcp: an MCP server, on stdio (as MCP clients start it) or, with --http ADDR, over \
+Streamable HTTP at http://ADDR/mcp (loopback only; every request needs `Authorization: Bearer TOKEN`, the token in \
+--token-file FILE or this context's `mcp-token`, made on first use).
+Tools: run, run_all, list_nodes, list_sessions, end_session,
+  read_file, write_file, edit_file, list_dir, stat, upload, download,
+  start, read, wait, stop, list_jobs, write_stdin.
+Configure your MCP client to start `openbox mcp` (see docs/agents.md). Every call goes through openboxd.";
+
+/// What the arguments ask for, or why they do not fit (then exit 2).
+fn parse(args: &[String]) -> Result<Option<Serve>, String> {
+    let (mut addr, mut token_file) = (None, None);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--help" | "-h" => {
+                println!("{HELP}");
+                return Ok(None);
+            }
+            "--version" | "-V" => {
+                println!("openbox mcp {}", proto::VERSION);
+                return Ok(None);
+            }
+            "--http" => addr = Some(it.next().ok_or("--http needs an address: --http 127.0.0.1:8765")?.clone()),
+            "--token-file" => {
+                token_file = Some(it.next().ok_or("--token-file needs a file")?.into());
+            }
+            // A client told to pass flags it does not take would otherwise get a server that
+            // quietly ignores them.
+            other => {
+                return Err(format!(
+                    "unexpected argument '{other}': it takes --http ADDR, --token-file FILE, --help and --version"
+                ));
+            }
         }
     }
+    match (addr, token_file) {
+        (Some(addr), token_file) => Ok(Some(Serve::Http { addr, token_file })),
+        (None, Some(_)) => Err("--token-file goes with --http ADDR".into()),
+        (None, None) => Ok(Some(Serve::Stdio)),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let serve = match parse(&args) {
+        Ok(Some(serve)) => serve,
+        Ok(None) => return std::process::ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("openbox mcp: {why}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let served = rt.block_on(async {
         daemon::ensure_running().await.map_err(anyhow::Error::msg)?;
-        let service = tools::Openbox::new().serve(rmcp::transport::stdio()).await?;
-        service.waiting().await?;
+        match serve {
+            Serve::Stdio => {
+                let service = tools::Openbox::new().serve(rmcp::transport::stdio()).await?;
+                service.waiting().await?;
+            }
+            Serve::Http { addr, token_file } => http::serve(&addr, token_file).await?,
+        }
         anyhow::Ok(())
     });
     match served {

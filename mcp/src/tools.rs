@@ -3,7 +3,6 @@
 //! `isError` set and `{"error": "…"}` saying what to send instead — never a protocol
 //! error — so a model reads and acts on it the same way each time.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,16 +24,16 @@ use crate::args::*;
 use crate::content;
 use crate::daemon;
 
-/// What a background command keeps of each stream for `read`.
-const JOB_KEEP: usize = 64 << 20;
 /// A quiet `run` still tells a client with a progress token that it is alive this often.
 const PROGRESS_BEAT: Duration = Duration::from_secs(10);
 /// Output for progress notifications is gathered this long before it is sent.
 const PROGRESS_BATCH: Duration = Duration::from_millis(200);
 
-/// A failed call, as every tool says it.
+/// A failed call, as every tool says it: `{"error": "…"}` as the result's text, with
+/// `isError`. (Not as structured content, which clients check against the tool's output
+/// schema — the shape of a success.)
 fn failed(why: impl std::fmt::Display) -> CallToolResult {
-    CallToolResult::structured_error(json!({ "error": why.to_string() }))
+    CallToolResult::error(vec![ContentBlock::text(json!({ "error": why.to_string() }).to_string())])
 }
 
 fn ok(value: impl Serialize) -> CallToolResult {
@@ -59,38 +58,8 @@ async fn until_cancelled<T>(
     }
 }
 
-/// A command running in the background.
-#[derive(Default)]
-struct Job {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    /// Bytes not kept past [`JOB_KEEP`].
-    dropped: bool,
-    /// `(exit code, signal)` once it ended, or why it could not run.
-    ended: Option<Result<(u8, Option<String>), String>>,
-    started: Option<Instant>,
-    duration_ms: u64,
-}
-
-/// A background job and the handle that stops its task.
-type Running = (Arc<Mutex<Job>>, tokio::task::AbortHandle);
-
-struct JobSink(Arc<Mutex<Job>>);
-
-impl daemon::Sink for JobSink {
-    fn output(&mut self, stderr: bool, bytes: &[u8]) {
-        let mut job = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let keep = JOB_KEEP.saturating_sub(if stderr { job.stderr.len() } else { job.stdout.len() });
-        job.dropped |= bytes.len() > keep;
-        let take = &bytes[..bytes.len().min(keep)];
-        if stderr { job.stderr.extend_from_slice(take) } else { job.stdout.extend_from_slice(take) }
-    }
-}
-
 #[derive(Clone)]
 pub struct Openbox {
-    jobs: Arc<Mutex<HashMap<String, Running>>>,
-    next_job: Arc<Mutex<u64>>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -240,7 +209,7 @@ fn local_path(path: &str) -> Result<String, String> {
 #[tool_router]
 impl Openbox {
     pub fn new() -> Openbox {
-        Openbox { jobs: Arc::default(), next_job: Arc::default(), tool_router: Self::tool_router() }
+        Openbox { tool_router: Self::tool_router() }
     }
 
     #[tool(
@@ -486,104 +455,156 @@ impl Openbox {
     }
 
     #[tool(
-        description = "Start a command in the background (for work longer than a tool call may take, e.g. a build). \
-        Returns a job id at once; then use `read` for its output (by offsets), `wait` until it ends, `stop` to end it. \
-        No timeout unless timeout_secs is given.",
-        output_schema = schema::<Started>(),
+        description = "Start a command as a job (for builds and anything longer than a tool call may take): it returns a job id at once, \
+        and the command runs on the node whoever is connected — this server or openboxd may restart — its output kept by openboxd \
+        (head and tail of very long output). Then `read` its output by offsets, `wait` until it ends, `stop` it, `write_stdin` to it \
+        (with `stdin: true`); `list_jobs` lists all, including those started by the CLI. No timeout unless timeout_secs is given.",
+        output_schema = schema::<proto::jobs::JobInfo>(),
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)
     )]
-    async fn start(&self, Parameters(args): Parameters<RunArgs>) -> CallToolResult {
-        let req = match run_request(args, None) {
+    async fn start(&self, Parameters(args): Parameters<StartArgs>) -> CallToolResult {
+        let (run, stdin) = args.run();
+        let req = match run_request(run, None) {
             Ok(req) => req,
             Err(why) => return failed(why),
         };
-        let id = {
-            let mut n = self.next_job.lock().unwrap_or_else(|e| e.into_inner());
-            *n += 1;
-            format!("job{n}")
-        };
-        let job = Arc::new(Mutex::new(Job { started: Some(Instant::now()), ..Job::default() }));
-        let task = {
-            let job = job.clone();
-            tokio::spawn(async move {
-                let mut sink = JobSink(job.clone());
-                let result = daemon::run(&req, &mut sink).await;
-                let mut j = job.lock().unwrap_or_else(|e| e.into_inner());
-                j.duration_ms = j.started.map_or(0, |s| s.elapsed().as_millis() as u64);
-                j.ended = Some(result.map(|(code, signal, _)| (code, signal)));
-            })
-        };
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), (job, task.abort_handle()));
-        ok(Started { job: id })
+        let params = proto::jobs::JobStartParams { run: req, stdin };
+        match daemon::call(proto::rpc::method::JOB_START, params).await.and_then(answer::<proto::jobs::JobInfo>) {
+            Ok(info) => ok(info),
+            Err(why) => failed(why),
+        }
     }
 
     #[tool(
-        description = "Read a background job's output from the given offsets; returns the bytes, the next offsets, and whether it is still running (with its exit code once it ended).",
+        description = "List the jobs openboxd keeps (started here or by `openbox --detach`): id, node, state (running, exited, lost), exit code, bytes of output.",
+        output_schema = schema::<JobsOut>(),
+        annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn list_jobs(&self, Parameters(_): Parameters<NoArgs>) -> CallToolResult {
+        match daemon::call(proto::rpc::method::JOBS, ()).await.and_then(answer) {
+            Ok(jobs) => ok(JobsOut { jobs }),
+            Err(why) => failed(why),
+        }
+    }
+
+    #[tool(
+        description = "Read a job's output from byte offsets (0 at first, then the `*_next` of the last read); returns the text \
+        (whole characters only; output that is not text as `*_base64`), the next offsets, `more` when more is there now, and the job's state \
+        (`running`, or `exited` with `exit_code`). Where a very long output's middle was dropped, `*_skipped` says how many bytes.",
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
     async fn read(&self, Parameters(args): Parameters<ReadArgs>) -> CallToolResult {
-        let job = match self.job(&args.job) {
-            Ok(job) => job,
-            Err(why) => return failed(why),
+        let params = proto::jobs::JobReadParams {
+            id: args.job,
+            stdout_offset: args.stdout_offset.unwrap_or(0),
+            stderr_offset: args.stderr_offset.unwrap_or(0),
+            max_bytes: args.max_bytes,
         };
-        let j = job.lock().unwrap_or_else(|e| e.into_inner());
-        let max = args.max_bytes.unwrap_or(64 << 10);
-        let slice = |buf: &[u8], from: Option<usize>| {
-            let from = from.unwrap_or(0).min(buf.len());
-            let to = (from + max).min(buf.len());
+        let read =
+            match daemon::call(proto::rpc::method::JOB_READ, &params).await.and_then(answer::<proto::jobs::JobRead>) {
+                Ok(read) => read,
+                Err(why) => return failed(why),
+            };
+        let mut value = serde_json::Map::new();
+        let streams = [
+            ("stdout", &read.stdout, params.stdout_offset, read.stdout_from, read.stdout_next, read.job.stdout_bytes),
+            ("stderr", &read.stderr, params.stderr_offset, read.stderr_from, read.stderr_next, read.job.stderr_bytes),
+        ];
+        let mut more = read.more;
+        for (name, b64, asked, from, next, total) in streams {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
             // Whole characters: one cut at the end is left for the next read.
-            match content::as_text(&buf[from..to], false, to < buf.len()) {
-                Some(t) => (t.text, to - t.back),
-                None => (String::from_utf8_lossy(&buf[from..to]).into_owned(), to),
+            let (next, shown) = match content::as_text(&bytes, false, next < total) {
+                Some(t) => (next - t.back as u64, Value::from(t.text)),
+                None => (next, Value::Null),
+            };
+            if shown.is_null() {
+                value.insert(format!("{name}_base64"), content::base64(&bytes).into());
+            } else {
+                value.insert(name.to_owned(), shown);
             }
-        };
-        let (stdout, stdout_next) = slice(&j.stdout, args.stdout_offset);
-        let (stderr, stderr_next) = slice(&j.stderr, args.stderr_offset);
-        let mut value = json!({"stdout": stdout, "stdout_next": stdout_next, "stderr": stderr, "stderr_next": stderr_next,
-            "more": stdout_next < j.stdout.len() || stderr_next < j.stderr.len(), "dropped": j.dropped});
-        status_into(&j, &mut value);
-        CallToolResult::structured(value)
+            value.insert(format!("{name}_next"), next.into());
+            if from > asked {
+                value.insert(format!("{name}_skipped"), (from - asked).into());
+            }
+            more |= next < total;
+        }
+        value.insert("more".into(), more.into());
+        job_state_into(&read.job, &mut value);
+        CallToolResult::structured(Value::Object(value))
     }
 
     #[tool(
-        description = "Wait until a background job ends, at most `seconds` (default and at most 50). Returns whether it is still running, and its exit code once it ended.",
+        description = "Wait until a job ends, at most `seconds` (default and at most 50, so the tool call itself never times out). \
+        Returns the job: `state` running, or exited with `exit_code` (isError when not 0), or lost with `error`.",
+        output_schema = schema::<proto::jobs::JobInfo>(),
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
     async fn wait(&self, Parameters(args): Parameters<WaitArgs>) -> CallToolResult {
-        let job = match self.job(&args.job) {
-            Ok(job) => job,
-            Err(why) => return failed(why),
-        };
-        let deadline = Instant::now() + Duration::from_secs(args.seconds.unwrap_or(50).min(50));
-        loop {
-            let done = job.lock().unwrap_or_else(|e| e.into_inner()).ended.is_some();
-            if done || Instant::now() >= deadline {
-                break;
+        let params =
+            proto::jobs::JobWaitParams { id: args.job, timeout_secs: Some(args.seconds.unwrap_or(50).min(50)) };
+        match daemon::call(proto::rpc::method::JOB_WAIT, params).await.and_then(answer::<proto::jobs::JobInfo>) {
+            Ok(info) => {
+                let bad = info.state == "lost" || info.exit_code.is_some_and(|c| c != 0);
+                let value = serde_json::to_value(&info).expect("answers serialize");
+                if bad { CallToolResult::structured_error(value) } else { CallToolResult::structured(value) }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(why) => failed(why),
         }
-        let j = job.lock().unwrap_or_else(|e| e.into_inner());
-        let mut value = json!({"stdout_bytes": j.stdout.len(), "stderr_bytes": j.stderr.len()});
-        status_into(&j, &mut value);
-        let failed = matches!(&j.ended, Some(Ok((code, _))) if *code != 0) || matches!(j.ended, Some(Err(_)));
-        if failed { CallToolResult::structured_error(value) } else { CallToolResult::structured(value) }
     }
 
     #[tool(
-        description = "Stop a background job: the command on the node is ended.",
+        description = "Stop a job: its command on the node is interrupted, then ended. Returns the job.",
+        output_schema = schema::<proto::jobs::JobInfo>(),
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = true)
     )]
     async fn stop(&self, Parameters(args): Parameters<JobArgs>) -> CallToolResult {
-        let running = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).get(&args.job).cloned();
-        let Some((job, abort)) = running else {
-            return failed(format!("no job {:?}; `start` returns job ids", args.job));
-        };
-        abort.abort();
-        let mut j = job.lock().unwrap_or_else(|e| e.into_inner());
-        if j.ended.is_none() {
-            j.ended = Some(Err("stopped".into()));
+        match daemon::call(proto::rpc::method::JOB_STOP, proto::jobs::JobParams { id: args.job })
+            .await
+            .and_then(answer::<proto::jobs::JobInfo>)
+        {
+            Ok(info) => ok(info),
+            Err(why) => failed(why),
         }
-        CallToolResult::structured(json!({"job": args.job, "stopped": true}))
+    }
+
+    #[tool(
+        description = "Write to a running job's stdin (a job started with `stdin: true`): `text`, or `data_base64` for bytes; \
+        `close` then closes its stdin (the program reads end of input).",
+        output_schema = schema::<proto::jobs::JobInfo>(),
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn write_stdin(&self, Parameters(args): Parameters<StdinArgs>) -> CallToolResult {
+        let data = match (args.text, args.data_base64) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(b64)) => {
+                use base64::Engine as _;
+                match base64::engine::general_purpose::STANDARD.decode(b64.trim()) {
+                    Ok(bytes) => bytes,
+                    Err(e) => return failed(format!("`data_base64` is not base64: {e}")),
+                }
+            }
+            (None, None) if args.close.unwrap_or(false) => Vec::new(),
+            _ => return failed("give `text` or `data_base64` (or just `close: true`)"),
+        };
+        let params = proto::jobs::JobSendParams { id: args.job, close: args.close.unwrap_or(false) };
+        match daemon::transfer(proto::rpc::method::JOB_SEND, &params, Some(&data)).await {
+            Ok((value, _)) => answer::<proto::jobs::JobInfo>(value).map(ok).unwrap_or_else(failed),
+            Err(why) => failed(why),
+        }
+    }
+}
+
+/// A job's state in a `read` answer: `running`, and `exit_code` or `error` once it ended.
+fn job_state_into(job: &proto::jobs::JobInfo, value: &mut serde_json::Map<String, Value>) {
+    value.insert("running".into(), (job.state == "running").into());
+    value.insert("state".into(), job.state.clone().into());
+    if let Some(code) = job.exit_code {
+        value.insert("exit_code".into(), code.into());
+    }
+    if let Some(why) = &job.error {
+        value.insert("error".into(), why.clone().into());
     }
 }
 
@@ -667,31 +688,6 @@ async fn copy(a: CopyArgs, upload: bool) -> CallToolResult {
     }
 }
 
-impl Openbox {
-    fn job(&self, id: &str) -> Result<Arc<Mutex<Job>>, String> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .map(|(j, _)| j.clone())
-            .ok_or_else(|| format!("no job {id:?}; `start` returns job ids"))
-    }
-}
-
-/// `running`, and `exit_code`/`signal`/`error` and `duration_ms` once it ended.
-fn status_into(j: &Job, value: &mut Value) {
-    value["running"] = (j.ended.is_none()).into();
-    match &j.ended {
-        Some(Ok((code, signal))) => {
-            value["exit_code"] = (*code).into();
-            value["signal"] = json!(signal);
-            value["duration_ms"] = j.duration_ms.into();
-        }
-        Some(Err(why)) => value["error"] = why.clone().into(),
-        None => {}
-    }
-}
-
 #[tool_handler]
 impl ServerHandler for Openbox {
     /// Every tool's failure in one shape: arguments that do not fit (an unknown one, a
@@ -705,7 +701,12 @@ impl ServerHandler for Openbox {
         let known = self.tool_router.has_route(&name);
         let result = self.tool_router.call(ToolCallContext::new(self, request, context)).await;
         match result {
-            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) && r.structured_content.is_none() => {
+            // rmcp's own word on arguments that do not fit: plain text, not yet our shape.
+            Ok(CallToolResponse::Complete(r))
+                if r.is_error == Some(true)
+                    && r.structured_content.is_none()
+                    && !r.content.iter().any(|c| c.as_text().is_some_and(|t| t.text.starts_with("{\"error\""))) =>
+            {
                 let why: Vec<String> = r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect();
                 Ok(failed(format!("{name}: {} ({})", why.join(" "), argument_help(self, &name))).into())
             }
@@ -719,7 +720,7 @@ impl ServerHandler for Openbox {
             .with_server_info(Implementation::new("openbox", proto::VERSION))
             .with_instructions(
                 "openbox runs commands on the user's machines (nodes, found by tag or name) through their logged-in openboxd. \
-                 Use `run` for commands under a minute, `start`/`read`/`wait` for longer ones, `run_all` for every node of a tag, \
+                 Use `run` for commands under a minute, jobs (`start`, then `read`/`wait`) for builds and longer ones, `run_all` for every node of a tag, \
                  sessions (`session`) to keep a shell's directory and variables between calls, and the file tools \
                  (read_file, write_file, edit_file, list_dir, stat, upload, download) rather than cat and sed through `run`.",
             )

@@ -449,6 +449,18 @@ impl Connection {
         Ok(Started { channel, node: self.node.clone(), resizes: None, ended: self.ended.clone() })
     }
 
+    /// Opens a channel with `env` set and starts SSH subsystem `name` on it. Fails with
+    /// [`SshError::Stale`] as [`Connection::start`] does.
+    pub async fn start_subsystem(&self, name: &str, env: &[(&str, &str)]) -> Result<Started, SshError> {
+        let stale = |e: russh::Error| SshError::Stale { node: self.node.clone(), why: e.to_string() };
+        let channel = self.handle.channel_open_session().await.map_err(stale)?;
+        for (name, value) in env {
+            channel.set_env(false, *name, *value).await.map_err(stale)?;
+        }
+        channel.request_subsystem(true, name).await.map_err(stale)?;
+        Ok(Started { channel, node: self.node.clone(), resizes: None, ended: self.ended.clone() })
+    }
+
     /// Asks the agent to run SSH subsystem `name` (no input, no output expected).
     pub async fn subsystem(&self, name: &str) -> Result<ExitStatus, SshError> {
         let stale = |e: russh::Error| SshError::Stale { node: self.node.clone(), why: e.to_string() };

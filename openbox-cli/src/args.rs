@@ -141,6 +141,15 @@ pub struct RunArgs {
     /// `ssh -R` (PORT 0: any free one, printed). Repeatable.
     #[arg(short = 'R', long = "remote-forward", value_name = "[BIND:]PORT:HOST:HOSTPORT", conflicts_with = "all")]
     remote_forwards: Vec<String>,
+    /// Run it as a job: its id is printed at once, and it runs on whoever is connected —
+    /// openboxd may restart, this machine sleep — its output kept (`openbox jobs`, `openbox
+    /// job logs -f ID`, `openbox job wait ID`). For builds and anything longer than a
+    /// tool's time limit. In a session of its own unless -s names one.
+    #[arg(short = 'd', long, conflicts_with_all = ["all", "tty", "local_forwards", "remote_forwards"])]
+    detach: bool,
+    /// With --detach: keep the job's stdin open for `openbox job send ID` (else it is empty).
+    #[arg(long, requires = "detach")]
+    stdin: bool,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<String>,
@@ -245,6 +254,11 @@ pub enum Command {
     /// Manage persistent sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// List jobs (started with --detach): id, node, state or exit code, age, command.
+    Jobs,
+    /// Follow, wait for, feed, stop or remove a job.
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Manage users (admins only).
     #[command(subcommand)]
     User(UserCommand),
@@ -325,7 +339,7 @@ pub enum Command {
     },
     /// Serve openbox to AI agents over MCP on stdio (tools: run, run_all, list_nodes,
     /// list_sessions, end_session, read_file, write_file, edit_file, list_dir, stat, upload,
-    /// download, start, read, wait, stop); see docs/agents.md.
+    /// download, start, read, wait, stop, list_jobs, write_stdin); see docs/agents.md.
     #[command(disable_help_flag = true)]
     Mcp {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -529,6 +543,36 @@ pub enum SessionCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum JobCommand {
+    /// Print a job's output so far (stdout and stderr, each to its own); with -f, then what
+    /// comes until it ends, and exit with its code.
+    Logs {
+        /// Follow until the job ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        id: String,
+    },
+    /// Wait until a job ends and exit with its code (124 when it still runs at --timeout,
+    /// 255 when it was lost).
+    Wait {
+        #[arg(long, value_name = "DUR", value_parser = proto::parse_duration)]
+        timeout: Option<u64>,
+        id: String,
+    },
+    /// Stop a job: its command on the node is interrupted, then ended.
+    Stop { id: String },
+    /// Send this command's stdin to a job's (started with --stdin).
+    Send {
+        /// Close the job's stdin after it (the job reads end of input).
+        #[arg(long)]
+        close: bool,
+        id: String,
+    },
+    /// Remove an ended job and its output (here and on its node).
+    Rm { id: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum UserCommand {
     /// Create a user and print their login command.
     Add { name: String },
@@ -654,6 +698,10 @@ impl Cli {
         let mut json = self.json;
         let request = match self.command {
             None if self.run.all => Request::FanOut(self.run.into_fan_out()?),
+            None if self.run.detach => {
+                let stdin = self.run.stdin;
+                Request::JobStart { run: self.run.into_request()?, stdin }
+            }
             None => Request::Run(self.run.into_request()?),
             Some(Command::Control { args }) => return Ok(Action::Exec("openbox-control", args)),
             Some(Command::Mcp { args }) => return Ok(Action::Exec("openbox-mcp", args)),
@@ -695,6 +743,14 @@ impl Cli {
             Some(Command::Completions { shell }) => return Ok(Action::Completions(shell)),
             Some(Command::Man { out }) => return Ok(Action::Man(out)),
             Some(Command::Sessions) => Request::Sessions,
+            Some(Command::Jobs) => Request::Jobs,
+            Some(Command::Job(c)) => match c {
+                JobCommand::Logs { follow, id } => Request::JobLogs { id, follow },
+                JobCommand::Wait { timeout, id } => Request::JobWait { id, timeout_secs: timeout },
+                JobCommand::Stop { id } => Request::JobStop { id },
+                JobCommand::Send { close, id } => Request::JobSend { id, close },
+                JobCommand::Rm { id } => Request::JobRemove { id },
+            },
             Some(Command::Session(SessionCommand::Rm { id })) => {
                 Request::SessionRemove { id: name("session id", &id)? }
             }

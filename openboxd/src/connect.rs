@@ -197,6 +197,8 @@ async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Res
 pub struct What<'a> {
     pub command: Option<&'a str>,
     pub pty: Option<&'a PtySpec>,
+    /// An SSH subsystem instead of a command (a session's job).
+    pub subsystem: Option<&'a str>,
 }
 
 /// Connects for `want` and starts `command` there. A pooled connection can die without our
@@ -212,10 +214,11 @@ pub async fn start(
     let mut retried = false;
     loop {
         let (node, conn) = connect(d, acct, want).await?;
-        let started = match (what.pty, what.command) {
-            (Some(pty), command) => conn.start_in_pty(command, env, pty).await,
-            (None, Some(command)) => conn.start(command, env).await,
-            (None, None) => unreachable!("a shell is started only in a terminal"),
+        let started = match (what.pty, what.command, what.subsystem) {
+            (_, _, Some(name)) => conn.start_subsystem(name, env).await,
+            (Some(pty), command, None) => conn.start_in_pty(command, env, pty).await,
+            (None, Some(command), None) => conn.start(command, env).await,
+            (None, None, None) => unreachable!("a shell is started only in a terminal"),
         };
         match started {
             Ok(started) => return Ok((node, started)),

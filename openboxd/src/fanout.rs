@@ -126,7 +126,7 @@ async fn run_inner(
                 let want = Want { target: &target, session: None, isolation };
                 let mut lines =
                     Lines { tx, prefix, keep, out: Vec::new(), err: Vec::new(), kept: (Vec::new(), Vec::new()) };
-                let what = crate::connect::What { command: Some(command), pty: None };
+                let what = crate::connect::What { command: Some(command), pty: None, subsystem: None };
                 match on_node(d, acct, want, what, &mut halts, &mut lines, max_output).await {
                     Ended::Status(status, truncated) => {
                         result.exit_code = Some(status.exit_code());

@@ -19,6 +19,7 @@ mod files;
 mod fleet;
 mod forward;
 pub mod io;
+mod jobs;
 mod login;
 mod mesh;
 mod mirror;
@@ -26,6 +27,7 @@ mod pool;
 mod rpc;
 mod run;
 mod skill;
+mod spool;
 pub mod terminal;
 
 use std::sync::{Arc, RwLock};
@@ -40,7 +42,7 @@ use crate::io::CallIo;
 use crate::login::Login;
 
 /// Exit code for a failed account or fleet command.
-const COMMAND_FAILED: u8 = 1;
+pub(crate) const COMMAND_FAILED: u8 = 1;
 
 /// Everything openboxd keeps between calls.
 pub struct Daemon {
@@ -57,6 +59,8 @@ pub struct Daemon {
     mesh: Option<Arc<mesh::Mesh>>,
     /// The way that last reached each node (by id), tried first next time.
     ways: std::sync::Mutex<std::collections::HashMap<String, connect::Way>>,
+    /// Jobs, which only a long-lived openboxd keeps (and follows).
+    jobs: Option<Arc<jobs::Jobs>>,
 }
 
 impl Daemon {
@@ -79,9 +83,18 @@ impl Daemon {
             calls: Default::default(),
             mesh: mesh.map(|m| mesh::Mesh::start(&tokio::runtime::Handle::current(), m)),
             ways: Default::default(),
+            jobs: follow_registry.then(|| jobs::Jobs::open(paths::context().jobs_dir())),
         });
         d.reload_login();
+        if let Some(jobs) = &d.jobs {
+            jobs.resume(&d);
+        }
         d
+    }
+
+    /// The jobs, or why there are none here.
+    pub(crate) fn jobs(&self) -> anyhow::Result<&Arc<jobs::Jobs>> {
+        self.jobs.as_ref().ok_or_else(|| anyhow::anyhow!("jobs are kept by openboxd: leave out --no-daemon"))
     }
 
     /// Rereads the login file; when the login changed, the account made for the old one
@@ -210,6 +223,30 @@ async fn handle_with(d: &Arc<Daemon>, call: Call, io: &mut CallIo) -> u8 {
         Request::Audit { user, node, since_secs } => {
             commands::audit(d, user.as_deref(), node.as_deref(), since_secs).await
         }
+        Request::JobStart { run, stdin } => match d.jobs() {
+            Ok(jobs) => jobs.start(d, run, stdin).await.map(|info| jobs::started(&info)),
+            Err(e) => Err(e),
+        },
+        Request::Jobs => d.jobs().map(|jobs| jobs::listed(&jobs.list())),
+        Request::JobLogs { id, follow } => return jobs::logs_command(d, &id, follow, &mut io.output).await,
+        Request::JobWait { id, timeout_secs } => {
+            return jobs::wait_command(d, &id, timeout_secs, json, &mut io.output).await;
+        }
+        Request::JobStop { id } => match d.jobs() {
+            Ok(jobs) => jobs.stop(d, &id).await.map(|info| jobs::described(&info)),
+            Err(e) => Err(e),
+        },
+        Request::JobSend { id, close } => match d.jobs() {
+            Ok(jobs) => jobs.send(d, &id, io.take_input(), close).await.map(|info| jobs::described(&info)),
+            Err(e) => Err(e),
+        },
+        Request::JobRemove { id } => match d.jobs() {
+            Ok(jobs) => jobs
+                .forget(d, &id)
+                .await
+                .map(|()| commands::Reply::new(serde_json::json!({"removed": id}), format!("Removed job {id}."))),
+            Err(e) => Err(e),
+        },
         Request::DaemonStatus => Ok(daemon_status(d)),
         Request::DaemonStop => {
             d.shutdown.notify_one();

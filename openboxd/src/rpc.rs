@@ -341,6 +341,36 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     let _ = lines.send(line(&resp)).await;
                 });
             }
+            method::JOB_START
+            | method::JOBS
+            | method::JOB_READ
+            | method::JOB_WAIT
+            | method::JOB_STOP
+            | method::JOB_SEND
+            | method::JOB_FORGET => {
+                let call = match job_call(req.method.as_str(), req.params) {
+                    Ok(call) => call,
+                    Err(msg) => {
+                        reply(Response::err(id, code::INVALID_PARAMS, msg.to_string())).await;
+                        continue;
+                    }
+                };
+                let input = if matches!(call, JobCall::Send(_)) {
+                    let (tx, rx) = mpsc::channel(16);
+                    stdin_routes.insert(id.to_string(), tx);
+                    CallInput::Chunks(rx)
+                } else {
+                    CallInput::Empty
+                };
+                let (d, lines) = (d.clone(), lines.clone());
+                tokio::spawn(async move {
+                    let resp = match job(&d, call, input).await {
+                        Ok(value) => Response::ok(id, value),
+                        Err(e) => Response::err(id, code::FAILED, format!("{e:#}")),
+                    };
+                    let _ = lines.send(line(&resp)).await;
+                });
+            }
             method::SIGNAL => {
                 let Ok(params) = serde_json::from_value::<rpc::CallSignal>(req.params) else { continue };
                 let Some(name) = rpc::CALL_SIGNALS.iter().find(|s| **s == params.signal) else { continue };
@@ -437,6 +467,52 @@ async fn forward_events(
         () = forward => {}
         () = gone => {}
     }
+}
+
+/// A job request, its parameters read.
+enum JobCall {
+    Start(Box<proto::jobs::JobStartParams>),
+    List,
+    Read(proto::jobs::JobReadParams),
+    Wait(proto::jobs::JobWaitParams),
+    Stop(proto::jobs::JobParams),
+    Send(proto::jobs::JobSendParams),
+    Forget(proto::jobs::JobParams),
+}
+
+fn job_call(name: &str, value: Value) -> Result<JobCall, BadParams> {
+    Ok(match name {
+        method::JOB_START => JobCall::Start(Box::new(params(value, name)?)),
+        method::JOB_READ => JobCall::Read(params(value, name)?),
+        method::JOB_WAIT => JobCall::Wait(params(value, name)?),
+        method::JOB_STOP => JobCall::Stop(params(value, name)?),
+        method::JOB_SEND => JobCall::Send(params(value, name)?),
+        method::JOB_FORGET => JobCall::Forget(params(value, name)?),
+        _ => JobCall::List,
+    })
+}
+
+/// Carries out a job request; its answer as JSON.
+async fn job(d: &Arc<Daemon>, call: JobCall, input: CallInput) -> anyhow::Result<Value> {
+    let jobs = d.jobs()?;
+    Ok(match call {
+        JobCall::Start(p) => {
+            let p = *p;
+            to_value(&jobs.start(d, p.run, p.stdin).await?)
+        }
+        JobCall::List => to_value(&jobs.list()),
+        JobCall::Read(p) => {
+            let max = p.max_bytes.unwrap_or(64 << 10).min(16 << 20) as usize;
+            to_value(&jobs.read(&p.id, p.stdout_offset, p.stderr_offset, max)?)
+        }
+        JobCall::Wait(p) => to_value(&jobs.wait(&p.id, p.timeout_secs.map(std::time::Duration::from_secs)).await?),
+        JobCall::Stop(p) => to_value(&jobs.stop(d, &p.id).await?),
+        JobCall::Send(p) => to_value(&jobs.send(d, &p.id, input, p.close).await?),
+        JobCall::Forget(p) => {
+            jobs.forget(d, &p.id).await?;
+            serde_json::json!({ "removed": p.id })
+        }
+    })
 }
 
 /// A `file` or `copy` request.

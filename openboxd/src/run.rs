@@ -232,7 +232,7 @@ async fn run_inner(
         Some(forwards)
     };
     let want = Want { target: &target, session: req.session.as_deref(), isolation: &req.isolation };
-    let what = What { command: command.as_deref(), pty: pty.as_ref() };
+    let what = What { command: command.as_deref(), pty: pty.as_ref(), subsystem: None };
     // Connecting counts against the deadline too, and a caller that is gone or stopped
     // meanwhile starts nothing.
     let deadline = halts.deadline();

@@ -242,12 +242,14 @@ already logged in.
 ## Long work
 
 - Many agents' shell tools stop a command after about 2 minutes. A build or test run that
-  may take longer belongs in a background job: over MCP, `start` it, then `read` its output,
-  `wait` for it to end (up to 50 s a call) and `stop` it if need be.
-- From the shell, start it in the background in a session, with its output in a file, and
-  read the file in later calls:
-  `openbox -n NODE -s build '(make -j8; echo "exit $?") > build.log 2>&1 &'`, then
-  `openbox -n NODE -s build 'tail -n 20 build.log'` until the `exit` line shows.
+  may take longer belongs in a job, which runs on the node whoever is connected and keeps
+  its output: `openbox -n NODE --detach 'cd ~/src/app && make -j8'` prints the job's id at
+  once; then `openbox job wait --timeout 90s ID` (exit 124 while it still runs, else the
+  job's own code), `openbox job logs ID` (all its output so far; `-f` follows it to its end),
+  `openbox jobs` to list them, `openbox job stop ID` to stop one.
+- Over MCP the same jobs: `start` it, then `read` its output from offsets, `wait` for it to
+  end (up to 50 s a call), `stop` it, `list_jobs`; `write_stdin` feeds one started with
+  `stdin: true`.
 - `--timeout 10m` stops a command (exit 124); `--max-output 64k` keeps the head and tail of
   each stream with a `[… N bytes omitted …]` mark — use it for commands that may print a lot.
 
@@ -261,7 +263,8 @@ already logged in.
   one, 255 if a node was unreachable.
 - stdin is forwarded to one-shot commands: `tar c . | openbox -n NODE 'tar x -C /dst'`.
 - MCP server: `openbox mcp` (tools `run`, `run_all`, `list_nodes`, `list_sessions`,
-  `end_session`, the file tools above, and `start`/`read`/`wait`/`stop` for long work).
+  `end_session`, the file tools above, and `start`/`read`/`wait`/`stop`/`list_jobs`/`write_stdin`
+  for jobs).
 "#
     )
 }
@@ -345,7 +348,9 @@ mod tests {
             "`openbox cp` copies files",
             "`read_file`, `write_file`, `edit_file`, `list_dir`, `stat`",
             "after about 2 minutes",
-            "over MCP, `start` it, then `read` its output",
+            "belongs in a job",
+            "`openbox -n NODE --detach 'cd ~/src/app && make -j8'`",
+            "Over MCP the same jobs: `start` it, then `read` its output",
         ] {
             assert!(text.contains(habit), "{habit:?} missing from:\n{text}");
         }

@@ -276,6 +276,11 @@ impl Context {
         context_runtime_dir(runtime_dir(), &self.name, cfg!(target_os = "macos"))
     }
 
+    /// Where this context's openboxd keeps its jobs: each one's record and output.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.under(state_dir()).join("jobs")
+    }
+
     /// Where this context's openboxd logs.
     pub fn logs_dir(&self) -> PathBuf {
         self.under(logs_dir())
@@ -328,7 +333,16 @@ impl Context {
     /// The directories that hold this context's files and nothing else (none for the
     /// default, whose files live beside everything else's).
     pub fn own_dirs(&self) -> Vec<PathBuf> {
-        if self.is_default() { Vec::new() } else { vec![self.config_dir(), self.runtime_dir(), self.logs_dir()] }
+        if self.is_default() {
+            return Vec::new();
+        }
+        let mut dirs = vec![self.config_dir(), self.runtime_dir(), self.logs_dir()];
+        // Its jobs, when they are not in its config directory already.
+        let state = self.under(state_dir());
+        if !dirs.contains(&state) {
+            dirs.push(state);
+        }
+        dirs
     }
 }
 
@@ -517,6 +531,12 @@ mod tests {
         let run = runtime_dir().join(if cfg!(target_os = "macos") { "work" } else { "contexts/work" });
         assert_eq!(c.daemon_socket(), run.join("openboxd.sock"));
         assert_eq!(c.daemon_log(), logs_dir().join("contexts/work/openboxd.log"));
-        assert_eq!(c.own_dirs(), [config_dir().join("contexts/work"), run, logs_dir().join("contexts/work")]);
+        let mut own = vec![config_dir().join("contexts/work"), run, logs_dir().join("contexts/work")];
+        let state = state_dir().join("contexts/work");
+        if !own.contains(&state) {
+            own.push(state);
+        }
+        assert_eq!(c.own_dirs(), own);
+        assert_eq!(c.jobs_dir(), state_dir().join("contexts/work/jobs"));
     }
 }

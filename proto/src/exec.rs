@@ -23,6 +23,66 @@ pub const NODE_ENV: &str = "OPENBOX_NODE";
 /// The SSH subsystem that ends the session named by the caller's certificate.
 pub const END_SESSION_SUBSYSTEM: &str = "openbox-end-session";
 
+/// Set by the client on a channel: the command (an `exec`) or the request (the
+/// [`JOB_SUBSYSTEM`]) is about the job of the certificate's session — see [`JobOp`].
+pub const JOB_ENV: &str = "OPENBOX_JOB";
+
+/// The SSH subsystem for a session's job: what it does is said in [`JOB_ENV`].
+pub const JOB_SUBSYSTEM: &str = "openbox-job";
+
+/// What a channel asks of a session's job (a command the node runs on in the session's
+/// shell, whoever is connected, its output kept on the node until it is read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOp {
+    /// The `exec` command starts as the session's job; the channel is answered at once.
+    /// Its stdin stays open for [`JobOp::Input`] when `stdin`, else it is empty.
+    Start { stdin: bool },
+    /// Sends its output from these offsets in stdout and stderr, following it until it
+    /// ends; the channel's exit status is then the job's.
+    Read { stdout: u64, stderr: u64 },
+    /// The channel's data goes to its stdin; with `close`, the channel's EOF closes it.
+    Input { close: bool },
+    /// Sends it this signal (`TERM`, `KILL`, …).
+    Signal(String),
+    /// Stops it as a call given up on is stopped: interrupted, then its shell ended if it
+    /// does not end within a moment.
+    Stop,
+    /// Its output is no longer wanted: the node deletes it (once it ended).
+    Forget,
+}
+
+impl JobOp {
+    /// The value of [`JOB_ENV`] that says this.
+    pub fn value(&self) -> String {
+        match self {
+            JobOp::Start { stdin: true } => "start:stdin".into(),
+            JobOp::Start { stdin: false } => "start".into(),
+            JobOp::Read { stdout, stderr } => format!("read:{stdout}:{stderr}"),
+            JobOp::Input { close: false } => "input".into(),
+            JobOp::Input { close: true } => "input:close".into(),
+            JobOp::Signal(name) => format!("signal:{name}"),
+            JobOp::Stop => "stop".into(),
+            JobOp::Forget => "forget".into(),
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<JobOp> {
+        let mut parts = value.split(':');
+        let op = match (parts.next()?, parts.next(), parts.next()) {
+            ("start", None, None) => JobOp::Start { stdin: false },
+            ("start", Some("stdin"), None) => JobOp::Start { stdin: true },
+            ("read", Some(out), Some(err)) => JobOp::Read { stdout: out.parse().ok()?, stderr: err.parse().ok()? },
+            ("input", None, None) => JobOp::Input { close: false },
+            ("input", Some("close"), None) => JobOp::Input { close: true },
+            ("signal", Some(name), None) if signal_number(name).is_some() => JobOp::Signal(name.to_owned()),
+            ("stop", None, None) => JobOp::Stop,
+            ("forget", None, None) => JobOp::Forget,
+            _ => return None,
+        };
+        parts.next().is_none().then_some(op)
+    }
+}
+
 /// Signals by the names SSH uses (RFC 4254 §6.10: without "SIG") and the numbers Linux
 /// gives them; the one table every crate reads.
 pub const SIGNALS: &[(&str, u8)] = &[
@@ -94,6 +154,26 @@ mod tests {
         assert_eq!(signal_number("SIGTERM"), Some(15));
         assert_eq!(signal_number("NOPE"), None);
         assert_eq!(signal_name(64), None);
+    }
+
+    #[test]
+    fn a_job_operation_travels_as_one_value() {
+        let ops = [
+            JobOp::Start { stdin: false },
+            JobOp::Start { stdin: true },
+            JobOp::Read { stdout: 12, stderr: 0 },
+            JobOp::Input { close: false },
+            JobOp::Input { close: true },
+            JobOp::Signal("TERM".into()),
+            JobOp::Stop,
+            JobOp::Forget,
+        ];
+        for op in ops {
+            assert_eq!(JobOp::parse(&op.value()), Some(op.clone()), "{op:?}");
+        }
+        for bad in ["", "read:1", "read:x:2", "signal:NOPE", "start:x", "forget:1", "input:"] {
+            assert_eq!(JobOp::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

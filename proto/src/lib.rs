@@ -9,6 +9,7 @@ pub mod cert;
 pub mod exec;
 pub mod files;
 pub mod isolation;
+pub mod jobs;
 pub mod output;
 pub mod request;
 pub mod routes;

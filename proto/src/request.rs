@@ -147,6 +147,41 @@ pub enum Request {
     },
     Up(UpRequest),
     Down,
+    /// Start a command as a job (`--detach`): its id is printed at once.
+    JobStart {
+        run: RunRequest,
+        /// Keep its stdin open for `openbox job send`.
+        #[serde(default)]
+        stdin: bool,
+    },
+    /// The jobs openboxd keeps.
+    Jobs,
+    /// A job's output so far (and, with `follow`, as it comes until it ends).
+    JobLogs {
+        id: String,
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Wait until a job ends; exit with its code.
+    JobWait {
+        id: String,
+        #[serde(default)]
+        timeout_secs: Option<u64>,
+    },
+    /// Stop a job on its node.
+    JobStop {
+        id: String,
+    },
+    /// The caller's stdin, to a job's; with `close`, the job's stdin is closed after it.
+    JobSend {
+        id: String,
+        #[serde(default)]
+        close: bool,
+    },
+    /// Forget an ended job: its output here and on its node goes.
+    JobRemove {
+        id: String,
+    },
     /// The caller's persistent sessions.
     Sessions,
     /// End a persistent session (its shell on the node is stopped).

@@ -41,6 +41,15 @@ pub mod method {
     pub const FILE: &str = "file";
     /// `openbox cp` ([`crate::request::CopyRequest`]): between this machine and a node.
     pub const COPY: &str = "copy";
+    /// Start a job ([`crate::jobs::JobStartParams`]); list them; read, wait for, stop,
+    /// feed (`stdin` notifications) and forget one.
+    pub const JOB_START: &str = "job_start";
+    pub const JOBS: &str = "jobs";
+    pub const JOB_READ: &str = "job_read";
+    pub const JOB_WAIT: &str = "job_wait";
+    pub const JOB_STOP: &str = "job_stop";
+    pub const JOB_SEND: &str = "job_send";
+    pub const JOB_FORGET: &str = "job_forget";
 }
 
 /// JSON-RPC error codes (the standard ones, and openbox's in the server range).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::shell::Shell;
-use crate::channel::{ChannelOut, Messages};
+use crate::channel::{Messages, Out};
 
 fn nonce() -> String {
     trust::token::random_id()
@@ -141,7 +141,7 @@ pub async fn run_framed(
     shell: &mut Shell,
     command: &str,
     timeout: Option<Duration>,
-    out: &ChannelOut,
+    out: &impl Out,
     input: &mut Messages,
 ) -> Framed {
     let n = nonce();

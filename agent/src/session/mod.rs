@@ -11,6 +11,7 @@
 //! reaping. `shell` starts, signals and ends a shell; `framing` runs one command in it.
 
 pub(crate) mod framing;
+mod job;
 mod shell;
 mod stdin;
 
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use proto::Isolation;
 use proto::api::SessionReport;
 
-use crate::channel::{ChannelOut, Outcome};
+use crate::channel::{ChannelOut, Messages, Out, Outcome};
 use crate::run_as::Login;
 use crate::runtimes::Sandbox;
 use framing::{Framed, run_framed};
@@ -153,7 +154,14 @@ pub struct Sessions {
     shells: PathBuf,
     /// What is written there.
     live: Mutex<HashMap<Key, Remembered>>,
+    /// Where jobs keep their output (`jobs/` in the agent's dir).
+    jobs_dir: PathBuf,
+    /// The jobs this run of the agent started, running or ended and not yet forgotten.
+    jobs: Mutex<HashMap<Key, Arc<job::Running>>>,
 }
+
+/// How long a job's output is kept after it ended when its owner never says to forget it.
+const KEEP_JOB_OUTPUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a session whose shell is gone is remembered, so that its next use can say
 /// why the shell went; after that it is forgotten and the registry does not grow forever.
@@ -213,6 +221,30 @@ impl Sessions {
             live.insert(key.clone(), remembered);
             slots.insert(key, Arc::new(tokio::sync::Mutex::new(slot)));
         }
+        // Jobs that ran when the agent stopped: lost, and their sessions' shells with them
+        // (a shell taken up mid-command cannot frame the next one).
+        let jobs_dir = dir.join("jobs");
+        for (user, id, dir) in job_dirs(&jobs_dir) {
+            if dir.join("ended.json").exists() {
+                continue;
+            }
+            job::write_end(&dir, &job::End::Lost("the node's agent stopped while it ran".into()));
+            let key = (user, id);
+            if let Some(slot) = slots.get_mut(&key).and_then(|s: &mut Arc<tokio::sync::Mutex<Slot>>| Arc::get_mut(s))
+                && let Some(mut shell) = slot.get_mut().shell.take()
+            {
+                stop_shell(&mut shell).await;
+                let slot = slot.get_mut();
+                slot.ended = Some(Ended::AgentRestarted);
+                live.remove(&key);
+                reports.push(SessionReport {
+                    user: key.0.clone(),
+                    id: key.1.clone(),
+                    state: "exited".into(),
+                    last_used: 0,
+                });
+            }
+        }
         // Pipes of shells that are gone, or never written down.
         let in_use: Vec<PathBuf> = live.values().filter_map(|r| r.shell.as_ref().map(shell::Kept::dir)).collect();
         for entry in std::fs::read_dir(&shells).into_iter().flatten().flatten() {
@@ -229,6 +261,8 @@ impl Sessions {
             store,
             shells,
             live: Mutex::new(live),
+            jobs_dir,
+            jobs: Mutex::default(),
         });
         sessions.write_down();
         sessions
@@ -331,6 +365,18 @@ impl Sessions {
                 }
             }
             self.forget_old();
+            self.forget_old_jobs();
+        }
+    }
+
+    /// Deletes the output of jobs that ended long ago and were never forgotten.
+    fn forget_old_jobs(&self) {
+        for (user, id, dir) in job_dirs(&self.jobs_dir) {
+            let ended = std::fs::metadata(dir.join("ended.json")).and_then(|m| m.modified());
+            if ended.is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= KEEP_JOB_OUTPUT)) {
+                self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(&(user, id));
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
     }
 
@@ -399,6 +445,10 @@ impl Sessions {
     /// Ends a session's shell (`openbox session rm`).
     pub async fn remove(&self, user: &str, id: &str) -> bool {
         let key = (user.to_owned(), id.to_owned());
+        // A job holds the session while it runs: it is stopped first, as a call given up on.
+        if let Some(running) = self.job(&key).filter(|j| j.progress.borrow().ended.is_none()) {
+            let _ = running.input.send(russh::ChannelMsg::Close);
+        }
         let slot = self.slot(&key);
         let mut s = slot.lock().await;
         let had = match s.shell.take() {
@@ -426,10 +476,19 @@ impl Sessions {
         s.last_used = proto::time::now();
         s.idle_since = None;
         let shell = s.shell.as_mut().expect("just ensured");
-        let outcome = run_framed(shell, command, timeout, out, &mut input).await;
+        let framed = run_framed(shell, command, timeout, out, &mut input).await;
+        let outcome = self.conclude(&mut s, &key, framed, out).await;
+        drop(s);
+        out.finish(outcome).await;
+    }
+
+    /// What a framed command's end means for the session (its shell may be gone) and the
+    /// caller, who is told on `out` when it was more than the command's own status.
+    async fn conclude(&self, s: &mut Slot, key: &Key, framed: Framed, out: &impl Out) -> Outcome {
+        let id = key.1.as_str();
         s.last_used = proto::time::now();
         s.idle_since = Some(Instant::now());
-        let outcome = match outcome {
+        match framed {
             Framed::Done(code) => Outcome::Code(code),
             Framed::TimedOut(after) => {
                 out.stderr(
@@ -464,7 +523,7 @@ impl Sessions {
                 )
                 .await;
                 s.ended = Some(Ended::Exited(code));
-                self.report_end(&key, "exited", &s);
+                self.report_end(key, "exited", s);
                 Outcome::Code(code.unwrap_or(255) as u32)
             }
             Framed::Unresponsive(timed_out) => {
@@ -478,12 +537,144 @@ impl Sessions {
                 )
                 .await;
                 s.ended = Some(Ended::Unresponsive);
-                self.report_end(&key, "exited", &s);
+                self.report_end(key, "exited", s);
                 Outcome::Code(if timed_out.is_some() { 124 } else { 255 })
             }
+        }
+    }
+
+    fn job(&self, key: &Key) -> Option<Arc<job::Running>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    /// Starts `job` as the session's job (starting its shell if needed) and answers the
+    /// channel at once: the command runs on, its output kept here, until it ends.
+    pub async fn start_job(self: &Arc<Self>, user: &str, id: &str, job: Job<'_>, stdin: bool, mut out: ChannelOut) {
+        let key = (user.to_owned(), id.to_owned());
+        if self.job(&key).is_some_and(|j| j.progress.borrow().ended.is_none()) {
+            return out.refuse(&format!("session {id} already runs a job; nothing was started")).await;
+        }
+        let slot = self.slot(&key);
+        let mut s = slot.lock_owned().await;
+        if !self.ensure_shell(&mut s, &key, &job, &out).await {
+            return;
+        }
+        let dir = job::dir_of(&self.jobs_dir, user, id);
+        let (progress, _) = tokio::sync::watch::channel(job::Progress::default());
+        let spool = match job::prepare(&dir) {
+            Ok(()) => job::Spool::open(&dir, progress.clone()).await,
+            Err(e) => Err(e),
         };
-        drop(s);
-        out.finish(outcome).await;
+        let spool = match spool {
+            Ok(spool) => spool,
+            Err(e) => return out.refuse(&format!("cannot keep the job's output ({e}); nothing was started")).await,
+        };
+        let (input_tx, input_rx) = tokio::sync::mpsc::unbounded_channel();
+        if !stdin {
+            let _ = input_tx.send(russh::ChannelMsg::Eof);
+        }
+        let running = Arc::new(job::Running { dir: dir.clone(), progress: progress.clone(), input: input_tx });
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), running);
+        s.last_used = proto::time::now();
+        s.idle_since = None;
+        // The audit's record of the command ends when the job does, with its status.
+        let record = out.record.take();
+        let (command, timeout) = (job.command.to_owned(), job.timeout);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut input = Messages::queued(input_rx);
+            let shell = s.shell.as_mut().expect("just ensured");
+            let framed = run_framed(shell, &command, timeout, &spool, &mut input).await;
+            let end = match this.conclude(&mut s, &key, framed, &spool).await {
+                Outcome::Code(code) => job::End::Code(code),
+                Outcome::Signal(sig, _) => job::End::Code(
+                    crate::signals::name(&sig).map_or(255, |n| u32::from(proto::exec::signal_exit_code(n))),
+                ),
+            };
+            drop(s);
+            if let Some(record) = record {
+                record.end(match &end {
+                    job::End::Code(code) => code.to_string(),
+                    job::End::Lost(why) => format!("lost: {why}"),
+                });
+            }
+            job::write_end(&dir, &end);
+            progress.send_modify(|p| p.ended = Some(end));
+        });
+        out.finish(Outcome::Code(0)).await;
+    }
+
+    /// Carries out `op` on the session's job for a channel of its owner.
+    pub async fn job_op(
+        &self,
+        user: &str,
+        id: &str,
+        op: proto::exec::JobOp,
+        read: russh::ChannelReadHalf,
+        out: ChannelOut,
+    ) {
+        use proto::exec::JobOp;
+        let key = (user.to_owned(), id.to_owned());
+        let running = self.job(&key);
+        let live = running.as_ref().filter(|j| j.progress.borrow().ended.is_none());
+        match op {
+            JobOp::Read { stdout, stderr } => {
+                let (dir, progress) = match &running {
+                    Some(j) => (j.dir.clone(), j.progress.subscribe()),
+                    None => {
+                        // Ended in an earlier run of the agent: its files say it all.
+                        let dir = job::dir_of(&self.jobs_dir, user, id);
+                        let Some(last) = job::from_disk(&dir) else {
+                            return out.refuse(&format!("session {id} has no job")).await;
+                        };
+                        (dir, tokio::sync::watch::channel(last).1)
+                    }
+                };
+                job::read(&dir, progress, (stdout, stderr), out).await;
+            }
+            JobOp::Input { close } => {
+                let Some(j) = live else { return out.refuse(&format!("session {id} runs no job")).await };
+                let mut messages = crate::channel::messages(read, &out);
+                while let Some(msg) = messages.recv().await {
+                    match msg {
+                        russh::ChannelMsg::Data { data } => {
+                            messages.window.used(data.len());
+                            let _ = j.input.send(russh::ChannelMsg::Data { data });
+                        }
+                        russh::ChannelMsg::Eof => {
+                            if close {
+                                let _ = j.input.send(russh::ChannelMsg::Eof);
+                            }
+                            break;
+                        }
+                        russh::ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+                out.finish(Outcome::Code(0)).await;
+            }
+            JobOp::Signal(name) => {
+                let Some(j) = live else { return out.refuse(&format!("session {id} runs no job")).await };
+                let number = proto::exec::signal_number(&name).map_or(15, i32::from);
+                let _ = j.input.send(russh::ChannelMsg::Signal { signal: crate::signals::from_raw(number) });
+                out.finish(Outcome::Code(0)).await;
+            }
+            JobOp::Stop => {
+                if let Some(j) = live {
+                    let _ = j.input.send(russh::ChannelMsg::Close);
+                }
+                out.finish(Outcome::Code(0)).await;
+            }
+            JobOp::Forget => {
+                if live.is_some() {
+                    return out.refuse(&format!("session {id}'s job still runs: stop it first")).await;
+                }
+                self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                let _ = std::fs::remove_dir_all(job::dir_of(&self.jobs_dir, user, id));
+                out.finish(Outcome::Code(0)).await;
+            }
+            JobOp::Start { .. } => out.refuse("a job is started with its command (exec)").await,
+        }
     }
 
     /// Runs `visit` with the session's files (starting the session if needed): the node's
@@ -673,6 +864,22 @@ impl Sessions {
         }
         true
     }
+}
+
+/// The job directories under `jobs` (`USER/SESSION`), with their user and session.
+fn job_dirs(jobs: &Path) -> Vec<(String, String, PathBuf)> {
+    let mut found = Vec::new();
+    for user in std::fs::read_dir(jobs).into_iter().flatten().flatten() {
+        for session in std::fs::read_dir(user.path()).into_iter().flatten().flatten() {
+            let (Some(u), Some(id)) =
+                (user.file_name().to_str().map(str::to_owned), session.file_name().to_str().map(str::to_owned))
+            else {
+                continue;
+            };
+            found.push((u, id, session.path()));
+        }
+    }
+    found
 }
 
 #[cfg(test)]

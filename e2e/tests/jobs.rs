@@ -1,0 +1,136 @@
+//! Jobs (`openbox --detach`, `openbox jobs`, `openbox job …`): commands that run on a node
+//! whoever is connected, their output kept by openboxd — across its own restarts.
+
+use openbox_e2e::{Agent, Cli, ControlPlane, process_running, wait_until};
+
+fn fleet() -> (ControlPlane, Cli, Agent) {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["t"]);
+    (cp, admin, agent)
+}
+
+/// `openbox --detach ARGS…`: the job's id.
+fn detach(cli: &Cli, args: &[&str]) -> String {
+    let mut all = vec!["-t", "t", "--detach"];
+    all.extend(args);
+    let out = cli.run(&all).ok();
+    let id = out.stdout.trim().to_owned();
+    assert_eq!(id.len(), 10, "{out:?}");
+    assert!(out.stderr.contains(&format!("openbox job logs -f {id}")), "how to go on: {out:?}");
+    id
+}
+
+fn job(cli: &Cli, id: &str) -> serde_json::Value {
+    let all = cli.run(&["jobs", "--json"]).ok().json();
+    all.as_array().unwrap().iter().find(|j| j["id"] == id).cloned().unwrap_or_else(|| panic!("no job {id}: {all}"))
+}
+
+fn daemon_pid(cli: &Cli) -> i32 {
+    cli.daemon_status()["pid"].as_i64().unwrap() as i32
+}
+
+#[test]
+fn a_detached_job_is_listed_waited_for_and_its_output_kept_apart_per_stream() {
+    let (_cp, cli, _agent) = fleet();
+    let id = detach(&cli, &["echo start; sleep 1; echo done >&2; exit 3"]);
+    assert_eq!(job(&cli, &id)["state"], "running");
+    let waited = cli.run(&["job", "wait", &id]);
+    assert_eq!(waited.code, 3, "the job's exit code: {waited:?}");
+    let logs = cli.run(&["job", "logs", &id]).ok();
+    assert_eq!((logs.stdout.as_str(), logs.stderr.as_str()), ("start\n", "done\n"));
+    let j = job(&cli, &id);
+    assert_eq!((&j["state"], &j["exit_code"]), (&serde_json::json!("exited"), &serde_json::json!(3)), "{j}");
+    let text = cli.run(&["jobs"]).ok().stdout;
+    assert!(text.contains(&id) && text.contains("exit 3"), "{text}");
+    // Its session of its own goes once it ended and was read.
+    let session = j["session"].as_str().unwrap().to_owned();
+    wait_until("the job's session to go", || !cli.run(&["sessions"]).ok().stdout.contains(&session));
+    cli.run(&["job", "rm", &id]).ok();
+    cli.run(&["job", "logs", &id]).fails_with(1, "no job");
+}
+
+#[test]
+fn a_job_runs_on_while_openboxd_is_gone_and_what_it_printed_meanwhile_is_collected() {
+    let (_cp, cli, _agent) = fleet();
+    let marker = tempfile::tempdir().unwrap();
+    let done = marker.path().join("done");
+    let script =
+        format!("for i in $(seq 1 40); do echo line $i; sleep 0.05; done; touch {}; echo end >&2", done.display());
+    let id = detach(&cli, &[&script]);
+    let pid = daemon_pid(&cli);
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), rustix::process::Signal::KILL).unwrap();
+    wait_until("openboxd to be gone", || !process_running(pid));
+    // The node ran it to its end with nobody connected.
+    wait_until("the job to finish on the node", || done.exists());
+    // A new openboxd (the next call starts one) follows it from where the spool stopped.
+    let waited = cli.run(&["job", "wait", &id]);
+    assert_eq!(waited.code, 0, "{waited:?}");
+    assert_ne!(daemon_pid(&cli), pid);
+    let logs = cli.run(&["job", "logs", &id]).ok();
+    let expected: String = (1..=40).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(logs.stdout, expected, "every line, none twice");
+    assert_eq!(logs.stderr, "end\n");
+}
+
+#[test]
+fn a_job_takes_input_is_stopped_on_its_node_and_says_what_it_cannot_do() {
+    let (_cp, cli, _agent) = fleet();
+    let id = detach(&cli, &["--stdin", "read a; read b; echo got $a $b"]);
+    cli.run_stdin(&["job", "send", &id], b"one\n").ok();
+    cli.run_stdin(&["job", "send", "--close", &id], b"two\n").ok();
+    assert_eq!(cli.run(&["job", "wait", &id]).code, 0);
+    assert_eq!(cli.run(&["job", "logs", &id]).ok().stdout, "got one two\n");
+
+    let sleeper = detach(&cli, &["sleep 313"]);
+    cli.run(&["job", "send", &sleeper]).fails_with(1, "started without stdin");
+    cli.run(&["job", "rm", &sleeper]).fails_with(1, "still running: stop it first");
+    let stopped = cli.run(&["job", "stop", "--json", &sleeper]).ok().json();
+    assert_eq!(stopped["state"], "exited", "{stopped}");
+    wait_until("the stopped job's command to end on the node", || {
+        std::process::Command::new("pgrep").args(["-f", "sleep 313"]).status().is_ok_and(|s| !s.success())
+    });
+    // Followed to its end: exits with its code.
+    let followed = cli.run(&["job", "logs", "-f", &sleeper]);
+    assert_eq!(Some(followed.code), stopped["exit_code"].as_u64().map(|c| c as i32), "{followed:?}");
+
+    let waited = cli.run(&["job", "wait", "--timeout", "1s", &detach(&cli, &["sleep 2"])]);
+    assert_eq!(waited.code, 124, "still running at the timeout: {waited:?}");
+    cli.run(&["job", "wait", "nosuchjob"]).fails_with(1, "no job \"nosuchjob\"");
+    cli.run(&["-t", "t", "--detach", "-i", "true"]).fails_with(2, "cannot be used with");
+    cli.run(&["--no-daemon", "-t", "t", "--detach", "true"]).fails_with(1, "leave out --no-daemon");
+}
+
+#[test]
+fn a_long_output_keeps_its_head_and_tail_and_says_what_it_dropped() {
+    let (_cp, cli, _agent) = fleet();
+    // 200 numbered lines of 1 MiB each: more than the head (8 MiB) and two tail segments.
+    let line = "x".repeat((1 << 20) - 6);
+    let id = detach(
+        &cli,
+        &["for i in $(seq 1000 1199); do printf '%s ' $i; head -c 1048570 /dev/zero | tr '\\0' x; echo; done"],
+    );
+    assert_eq!(cli.run(&["job", "wait", &id]).code, 0);
+    let j = job(&cli, &id);
+    assert_eq!(j["stdout_bytes"], 200u64 << 20, "{j}");
+    let dropped = j["stdout_dropped"].as_u64().unwrap();
+    assert!(dropped > 0 && dropped < 200 << 20, "{j}");
+    let logs = cli.run(&["job", "logs", &id]).ok();
+    assert!(logs.stdout.starts_with("1000 xxx"), "the head");
+    assert!(logs.stdout.ends_with(&format!("1199 {line}\n")), "the tail, to the last byte");
+    assert!(logs.stdout.contains(&format!("[… {dropped} bytes dropped …]")), "the gap is said");
+    assert_eq!(
+        logs.stdout.len() as u64,
+        (200 << 20) - dropped + format!("\n[… {dropped} bytes dropped …]\n").len() as u64
+    );
+}
+
+#[test]
+fn ended_jobs_go_after_their_retention() {
+    let cp = ControlPlane::start();
+    let cli = Cli::with_env(&[("OPENBOX_JOB_RETENTION", "1s")]).log_in(&cp, &cp.admin_token);
+    let _agent = Agent::enroll(&cp, &cli, &["t"]);
+    let id = detach(&cli, &["true"]);
+    assert_eq!(cli.run(&["job", "wait", &id]).code, 0);
+    wait_until("the ended job to be removed", || !cli.run(&["jobs"]).ok().stdout.contains(&id));
+}
