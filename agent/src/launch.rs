@@ -55,7 +55,10 @@ pub async fn launch(plan: Plan, grant: &UserGrant, cx: Context<'_>, read: russh:
             };
             cx.sessions.visit(&grant.user, &session, job, out, serve).await;
         }
-        Plan::Job { session, op } => cx.sessions.job_op(&grant.user, &session, op, read, out).await,
+        Plan::Job { session, op } => {
+            let owner = grant.incarnation.as_deref();
+            cx.sessions.job_op(&grant.user, owner, &session, op, read, out).await;
+        }
         Plan::Run(run) => start(run, grant, cx, read, out).await,
     }
 }
@@ -97,8 +100,8 @@ async fn start(run: Run, grant: &UserGrant, cx: Context<'_>, read: russh::Channe
         return crate::pty::run(spawn, &pty, timeout, read, out).await;
     }
     let Some(command) = command else { return }; // a shell is planned only with a terminal
-    if let (Some(session), Some(stdin)) = (&session, detach) {
-        return cx.sessions.start_job(&grant.user, session, job(&command), stdin, out).await;
+    if let (Some(session), Some((id, stdin))) = (&session, detach) {
+        return cx.sessions.start_job(&grant.user, session, &id, job(&command), stdin, out).await;
     }
     if let Some(session) = &session {
         return cx.sessions.run(&grant.user, session, job(&command), &out, read).await;

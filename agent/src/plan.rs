@@ -76,9 +76,9 @@ pub struct Run {
     /// The account it runs as (none: the agent's own user).
     pub login: Option<Login>,
     pub timeout: Option<Duration>,
-    /// Run it as the session's job, detached from the channel: `Some(stdin)` keeps its
-    /// input open for later.
-    pub detach: Option<bool>,
+    /// Run it as the session's job, detached from the channel: the job's id, and whether
+    /// its input stays open for later.
+    pub detach: Option<(String, bool)>,
 }
 
 /// Why a request is refused, in the words the caller is told.
@@ -137,9 +137,11 @@ pub fn plan(grant: &UserGrant, request: Request, node: &impl Node) -> Result<Pla
         return Err(Refusal::JobWithoutSession);
     }
     let detach = match (&kind, job) {
-        (Kind::Command(_), Some(proto::exec::JobOp::Start { stdin })) => Some(stdin),
+        (Kind::Command(_), Some(proto::exec::JobOp { id, act: proto::exec::JobAct::Start { stdin } })) => {
+            Some((id, stdin))
+        }
         (Kind::Subsystem(name), Some(op))
-            if name == proto::exec::JOB_SUBSYSTEM && !matches!(op, proto::exec::JobOp::Start { .. }) =>
+            if name == proto::exec::JOB_SUBSYSTEM && !matches!(op.act, proto::exec::JobAct::Start { .. }) =>
         {
             if let Some(lapsed) = node.lapsed(grant) {
                 return Err(Refusal::Lapsed(lapsed));

@@ -105,6 +105,8 @@ async def main():
             check(not err and out["text"] == text and out["size"] == len(text.encode()) and out["eof"] and out["total_lines"] == 4, "read_file whole", out)
             out, err = await call("read_file", node=node, path=f"{d}/a.txt", line=2, count=2)
             check(out["text"] == "two\nthree ünï\n" and out["first_line"] == 2 and out["lines"] == 2 and out["total_lines"] == 4, "read_file by lines", out)
+            out, err = await call("read_file", node=node, path=f"{d}/a.txt", line=1, length=4)
+            check(out["text"] == "one\n" and out["lines"] == 1 and out["next_offset"] == 4, "a byte cap at a line's end counts that line only", out)
             # Bytes 12..16 cut ü (bytes 14-15) after its first byte: it is left for the next read.
             out, err = await call("read_file", node=node, path=f"{d}/a.txt", offset=8, length=7)
             check(out["text"] == "three " and out["next_offset"] == 14 and not out["eof"], "a range never cuts a character", out)

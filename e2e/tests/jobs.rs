@@ -1,5 +1,5 @@
 //! Jobs (`openbox --detach`, `openbox jobs`, `openbox job …`): commands that run on a node
-//! whoever is connected, their output kept by openboxd — across its own restarts.
+//! whether or not anyone is connected, their output kept by openboxd — across its own restarts.
 
 use openbox_e2e::{Agent, Cli, ControlPlane, process_running, wait_until};
 
@@ -32,7 +32,7 @@ fn daemon_pid(cli: &Cli) -> i32 {
 
 #[test]
 fn a_detached_job_is_listed_waited_for_and_its_output_kept_apart_per_stream() {
-    let (_cp, cli, _agent) = fleet();
+    let (_cp, cli, agent) = fleet();
     let id = detach(&cli, &["echo start; sleep 1; echo done >&2; exit 3"]);
     assert_eq!(job(&cli, &id)["state"], "running");
     let waited = cli.run(&["job", "wait", &id]);
@@ -46,6 +46,9 @@ fn a_detached_job_is_listed_waited_for_and_its_output_kept_apart_per_stream() {
     // Its session of its own goes once it ended and was read.
     let session = j["session"].as_str().unwrap().to_owned();
     wait_until("the job's session to go", || !cli.run(&["sessions"]).ok().stdout.contains(&session));
+    // And the node kept its output only until it was read.
+    let on_node = agent.home.path().join("agent/jobs/admin").join(&session);
+    assert!(on_node.is_dir() && !on_node.join(&id).exists(), "{} still holds the job", on_node.display());
     cli.run(&["job", "rm", &id]).ok();
     cli.run(&["job", "logs", &id]).fails_with(1, "no job");
 }
@@ -93,6 +96,16 @@ fn a_job_takes_input_is_stopped_on_its_node_and_says_what_it_cannot_do() {
     // Followed to its end: exits with its code.
     let followed = cli.run(&["job", "logs", "-f", &sleeper]);
     assert_eq!(Some(followed.code), stopped["exit_code"].as_u64().map(|c| c as i32), "{followed:?}");
+
+    // In a named session: one job at a time, each with its own output.
+    let first = detach(&cli, &["-s", "named", "echo first; sleep 1"]);
+    cli.run(&["-t", "t", "--detach", "-s", "named", "true"]).fails_with(1, "session named is busy");
+    assert_eq!(cli.run(&["job", "wait", &first]).code, 0);
+    let second = detach(&cli, &["-s", "named", "echo second"]);
+    assert_eq!(cli.run(&["job", "wait", &second]).code, 0);
+    assert_eq!(cli.run(&["job", "logs", &first]).ok().stdout, "first\n");
+    assert_eq!(cli.run(&["job", "logs", &second]).ok().stdout, "second\n");
+    assert!(cli.run(&["sessions"]).ok().stdout.contains("named"), "a named session stays");
 
     let waited = cli.run(&["job", "wait", "--timeout", "1s", &detach(&cli, &["sleep 2"])]);
     assert_eq!(waited.code, 124, "still running at the timeout: {waited:?}");

@@ -161,7 +161,7 @@ fn the_text_teaches_where_commands_run_containers_files_and_long_work() {
         "use the file tools `read_file`, `write_file`, `edit_file`, `list_dir`, `stat`",
         // Long work is a background job, not a call a shell tool cuts short.
         "Many agents' shell tools stop a command after about 2 minutes",
-        "belongs in a job, which runs on the node whoever is connected",
+        "belongs in a job, which runs on the node whether or not anyone is connected",
         "`openbox job wait --timeout 90s ID`",
         "Over MCP the same jobs: `start` it, then `read` its output",
     ] {

@@ -456,7 +456,7 @@ impl Openbox {
 
     #[tool(
         description = "Start a command as a job (for builds and anything longer than a tool call may take): it returns a job id at once, \
-        and the command runs on the node whoever is connected — this server or openboxd may restart — its output kept by openboxd \
+        and the command runs on the node whether or not anyone is connected — this server or openboxd may restart — its output kept by openboxd \
         (head and tail of very long output). Then `read` its output by offsets, `wait` until it ends, `stop` it, `write_stdin` to it \
         (with `stdin: true`); `list_jobs` lists all, including those started by the CLI. No timeout unless timeout_secs is given.",
         output_schema = schema::<proto::jobs::JobInfo>(),

@@ -141,7 +141,7 @@ pub struct RunArgs {
     /// `ssh -R` (PORT 0: any free one, printed). Repeatable.
     #[arg(short = 'R', long = "remote-forward", value_name = "[BIND:]PORT:HOST:HOSTPORT", conflicts_with = "all")]
     remote_forwards: Vec<String>,
-    /// Run it as a job: its id is printed at once, and it runs on whoever is connected —
+    /// Run it as a job: its id is printed at once, and it runs on the node whether or not you stay connected —
     /// openboxd may restart, this machine sleep — its output kept (`openbox jobs`, `openbox
     /// job logs -f ID`, `openbox job wait ID`). For builds and anything longer than a
     /// tool's time limit. In a session of its own unless -s names one.

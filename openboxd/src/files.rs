@@ -58,6 +58,8 @@ async fn file_now(d: &Daemon, params: FileParams, input: CallInput, out: &mut Ca
     };
     let want = Want { target: &target, session: params.session.as_deref(), isolation: &isolation };
     let (node, _conn, sftp) = crate::connect::sftp(d, &acct, want).await?;
+    // Shared with the last step of a write, which runs to its end even when the call stops.
+    let sftp = std::sync::Arc::new(sftp);
     let on = |path: &str| format!("{}:{path}", node.name);
     let done = match params.op {
         FileOp::Read { path, offset, length, line, count } => {
@@ -166,8 +168,8 @@ async fn read(sftp: &SftpSession, path: &str, range: Range, out: &mut CallOutput
                         sent += take as u64;
                     }
                     if take < end - i {
-                        // The byte cap, mid-line: the line begun counts, cut short.
-                        sent_lines += 1;
+                        // The byte cap: a line begun counts, cut short; one not begun does not.
+                        sent_lines += u64::from(take > 0);
                         done = true;
                         i += take;
                         continue;
@@ -210,7 +212,7 @@ fn count_newlines(bytes: &[u8]) -> u64 {
 
 /// Writes what `input` brings, as `how` says.
 async fn write(
-    sftp: &SftpSession,
+    sftp: &std::sync::Arc<SftpSession>,
     path: &str,
     how: WriteHow,
     mode: Option<u32>,
@@ -287,16 +289,28 @@ fn temporary_beside(path: &str) -> String {
 }
 
 /// Puts the finished `tmp` where `real` is. SFTP's rename never replaces, so the old file
-/// goes first: in between, the whole new content is already safe under `tmp`.
-async fn put_in_place(sftp: &SftpSession, tmp: &str, real: &str) -> anyhow::Result<()> {
-    sftp.remove_file(real).await.context("replacing it")?;
-    sftp.rename(tmp, real).await.with_context(|| format!("replacing it (its new content is in {tmp})"))?;
-    Ok(())
+/// goes first: in between, the whole new content is already safe under `tmp`. The two
+/// steps run in a task of their own, so a call stopped between them still ends with the
+/// file in place.
+async fn put_in_place(sftp: &std::sync::Arc<SftpSession>, tmp: &str, real: &str) -> anyhow::Result<()> {
+    let (sftp, tmp, real) = (sftp.clone(), tmp.to_owned(), real.to_owned());
+    tokio::spawn(async move {
+        sftp.remove_file(&real).await.context("replacing it")?;
+        sftp.rename(&tmp, &real).await.with_context(|| format!("replacing it (its new content is in {tmp})"))
+    })
+    .await
+    .context("replacing it")?
 }
 
 /// Replaces `old` by `new` in a text file, exactly where `old` occurs once (or, with
 /// `all`, everywhere) — the way coding agents edit.
-async fn edit(sftp: &SftpSession, path: &str, old: &str, new: &str, all: bool) -> anyhow::Result<Written> {
+async fn edit(
+    sftp: &std::sync::Arc<SftpSession>,
+    path: &str,
+    old: &str,
+    new: &str,
+    all: bool,
+) -> anyhow::Result<Written> {
     if old.is_empty() {
         bail!("the text to replace is empty: give the exact text that is there now");
     }

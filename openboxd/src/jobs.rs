@@ -1,4 +1,4 @@
-//! Jobs: commands that run on a node whoever is connected, owned by openboxd. Started by
+//! Jobs: commands that run on a node whether or not anyone is connected, owned by openboxd. Started by
 //! `openbox --detach` or the MCP server's `start`, each runs in a session of its own on
 //! its node (or the one named) as that session's job; the node keeps its output until it
 //! is read. Here each job has a record and its output spooled under the state directory
@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use net::ssh::{ExitStatus, NoInput};
 use proto::api::Target;
-use proto::exec::JobOp;
+use proto::exec::{JobAct, JobOp};
 use proto::jobs::{JobInfo, JobRead};
 use proto::request::RunRequest;
 use serde::{Deserialize, Serialize};
@@ -132,13 +132,19 @@ impl Job {
     }
 
     fn append(&self, stderr: bool, data: &[u8]) -> std::io::Result<()> {
-        {
+        let appended = {
             let mut s = self.streams.lock().unwrap_or_else(|e| e.into_inner());
             let stream = if stderr { &mut s.1 } else { &mut s.0 };
-            stream.append(data)?;
-        }
+            let appended = stream.append(data);
+            if appended.is_err() {
+                // Written partway (a full disk): the files say how far it came, and the
+                // next read from the node goes on from there.
+                *stream = Spool::open(&self.dir, if stderr { "stderr" } else { "stdout" })?;
+            }
+            appended
+        };
         self.changed.send_modify(|g| *g += 1);
-        Ok(())
+        appended
     }
 
     fn want(&self) -> (Target, String, proto::Isolation) {
@@ -250,7 +256,7 @@ impl Jobs {
         let line = if own_session { format!("(\n{command}\n)") } else { command.clone() };
         let want = Want { target: &run.target, session: Some(&session), isolation: &run.isolation };
         let what = What { command: Some(&line), pty: None, subsystem: None };
-        let op = JobOp::Start { stdin }.value();
+        let op = JobOp::new(&id, JobAct::Start { stdin }).value();
         let timeout = run.timeout_secs.map(|t| t.to_string());
         let mut env = vec![(proto::exec::JOB_ENV, op.as_str())];
         if let Some(t) = &timeout {
@@ -343,7 +349,7 @@ impl Jobs {
         if job.ended() {
             return Ok(job.info());
         }
-        on_node(d, &job, JobOp::Stop, NoInput).await?;
+        on_node(d, &job, JobAct::Stop, NoInput).await?;
         self.wait(id, Some(Duration::from_secs(10))).await
     }
 
@@ -356,7 +362,7 @@ impl Jobs {
         if !job.record().stdin {
             bail!("job {id} was started without stdin: start it with --stdin (MCP: `stdin: true`) to send it input");
         }
-        on_node(d, &job, JobOp::Input { close }, input).await?;
+        on_node(d, &job, JobAct::Input { close }, input).await?;
         Ok(job.info())
     }
 
@@ -368,7 +374,7 @@ impl Jobs {
         }
         // The node may have dropped it already (a job is forgotten there once followed to
         // its end); a node out of reach deletes it itself after a week.
-        let _ = tokio::time::timeout(Duration::from_secs(10), on_node(d, &job, JobOp::Forget, NoInput)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), on_node(d, &job, JobAct::Forget, NoInput)).await;
         self.table.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         std::fs::remove_dir_all(&job.dir).with_context(|| format!("removing {}", job.dir.display()))?;
         Ok(())
@@ -437,9 +443,10 @@ fn load(dir: &Path) -> anyhow::Result<Job> {
     new_job(dir, record)
 }
 
-/// Asks the job's node to do `op`, with `input` as the channel's data.
-async fn on_node(d: &Daemon, job: &Job, op: JobOp, input: impl net::ssh::Input) -> anyhow::Result<()> {
-    let acct = d.account()?;
+/// Asks the job's node to do `act` to it, with `input` as the channel's data.
+async fn on_node(d: &Daemon, job: &Job, act: JobAct, input: impl net::ssh::Input) -> anyhow::Result<()> {
+    let acct = account_of(d, job)?;
+    let op = JobOp::new(&job.record().id, act);
     let (target, session, isolation) = job.want();
     let want = Want { target: &target, session: Some(&session), isolation: &isolation };
     let what = What { command: None, pty: None, subsystem: Some(proto::exec::JOB_SUBSYSTEM) };
@@ -475,7 +482,7 @@ async fn follow(d: Arc<Daemon>, job: Arc<Job>) {
         }
     }
     let r = job.record();
-    let _ = tokio::time::timeout(Duration::from_secs(10), on_node(&d, &job, JobOp::Forget, NoInput)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), on_node(&d, &job, JobAct::Forget, NoInput)).await;
     if r.own_session {
         let _ = tokio::time::timeout(Duration::from_secs(10), crate::commands::session_remove(&d, &r.session)).await;
     }
@@ -483,27 +490,30 @@ async fn follow(d: Arc<Daemon>, job: Arc<Job>) {
 
 /// One connection's worth of following: `Ok` once the job ended (and its record says how).
 async fn follow_once(d: &Daemon, job: &Arc<Job>) -> anyhow::Result<()> {
-    let acct = d.account()?;
+    let acct = account_of(d, job)?;
     let (target, session, isolation) = job.want();
     let want = Want { target: &target, session: Some(&session), isolation: &isolation };
     let what = What { command: None, pty: None, subsystem: Some(proto::exec::JOB_SUBSYSTEM) };
     let (out, err) = job.lens();
-    let value = JobOp::Read { stdout: out, stderr: err }.value();
+    let value = JobOp::new(&job.record().id, JobAct::Read { stdout: out, stderr: err }).value();
     let (_, started) = crate::connect::start(d, &acct, want, what, &[(proto::exec::JOB_ENV, &value)]).await?;
     let mut output = FollowOutput { job: job.clone(), said: None };
     // A connection lost under it is an error: the next try reads on from where this stopped.
     let status = started.finish(NoInput, &mut output, std::future::pending()).await?;
     let code = status.exit_code();
-    match (&status, output.said) {
-        // The node no longer has it (its agent restarted under it, or it was forgotten).
-        (ExitStatus::Code(255), Some(said)) => {
-            let why = said.trim().trim_start_matches("openbox agent: ").to_owned();
+    let said = output.said.as_deref().map(|s| s.trim().trim_start_matches("openbox agent: "));
+    match (&status, said) {
+        // The node no longer has it (its agent restarted under it).
+        (ExitStatus::Code(255), Some(said)) if said.starts_with(proto::exec::JOB_LOST) => {
+            let why = said.trim_start_matches(proto::exec::JOB_LOST).to_owned();
             job.update(|r| {
                 r.state = State::Lost;
                 r.error = Some(why);
                 r.ended = Some(proto::time::now());
             });
         }
+        // Any other refusal (a certificate that lapsed meanwhile, …): asked again later.
+        (ExitStatus::Code(255), Some(said)) => bail!("node {}: {said}", job.record().node),
         _ => job.update(|r| {
             r.state = State::Exited;
             r.exit_code = Some(code);
@@ -533,6 +543,17 @@ impl net::ssh::Output for FollowOutput {
         }
         self.job.append(true, data)
     }
+}
+
+/// The account the job's node is reached with: the current login's, when it is the job's
+/// user (after logging in as someone else, that user's jobs wait for them).
+fn account_of(d: &Daemon, job: &Job) -> anyhow::Result<Arc<crate::account::Account>> {
+    let acct = d.account()?;
+    let user = job.record().user;
+    if acct.login.user != user {
+        bail!("job {} is {user}'s; log in as {user} to reach it", job.record().id);
+    }
+    Ok(acct)
 }
 
 /// Output kept whole, for the few bytes the node says to a job request.

@@ -242,7 +242,7 @@ already logged in.
 ## Long work
 
 - Many agents' shell tools stop a command after about 2 minutes. A build or test run that
-  may take longer belongs in a job, which runs on the node whoever is connected and keeps
+  may take longer belongs in a job, which runs on the node whether or not anyone is connected and keeps
   its output: `openbox -n NODE --detach 'cd ~/src/app && make -j8'` prints the job's id at
   once; then `openbox job wait --timeout 90s ID` (exit 124 while it still runs, else the
   job's own code), `openbox job logs ID` (all its output so far; `-f` follows it to its end),

@@ -30,12 +30,20 @@ pub const JOB_ENV: &str = "OPENBOX_JOB";
 /// The SSH subsystem for a session's job: what it does is said in [`JOB_ENV`].
 pub const JOB_SUBSYSTEM: &str = "openbox-job";
 
-/// What a channel asks of a session's job (a command the node runs on in the session's
-/// shell, whoever is connected, its output kept on the node until it is read).
+/// What a channel asks of a session's job (a command the node runs in the session's
+/// shell, whether or not anyone is connected, its output kept on the node until it is
+/// read). Each names the job by the id its starter gave it: an operation meant for an
+/// earlier job of the same session never reaches a later one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum JobOp {
+pub struct JobOp {
+    pub id: String,
+    pub act: JobAct,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobAct {
     /// The `exec` command starts as the session's job; the channel is answered at once.
-    /// Its stdin stays open for [`JobOp::Input`] when `stdin`, else it is empty.
+    /// Its stdin stays open for [`JobAct::Input`] when `stdin`, else it is empty.
     Start { stdin: bool },
     /// Sends its output from these offsets in stdout and stderr, following it until it
     /// ends; the channel's exit status is then the job's.
@@ -51,35 +59,48 @@ pub enum JobOp {
     Forget,
 }
 
+/// What a job's refusal to be read says when the node no longer has the job.
+pub const JOB_LOST: &str = "the job was lost: ";
+
 impl JobOp {
-    /// The value of [`JOB_ENV`] that says this.
+    pub fn new(id: &str, act: JobAct) -> JobOp {
+        JobOp { id: id.to_owned(), act }
+    }
+
+    /// The value of [`JOB_ENV`] that says this: `ACT:ID[:…]`.
     pub fn value(&self) -> String {
-        match self {
-            JobOp::Start { stdin: true } => "start:stdin".into(),
-            JobOp::Start { stdin: false } => "start".into(),
-            JobOp::Read { stdout, stderr } => format!("read:{stdout}:{stderr}"),
-            JobOp::Input { close: false } => "input".into(),
-            JobOp::Input { close: true } => "input:close".into(),
-            JobOp::Signal(name) => format!("signal:{name}"),
-            JobOp::Stop => "stop".into(),
-            JobOp::Forget => "forget".into(),
+        let id = &self.id;
+        match &self.act {
+            JobAct::Start { stdin: true } => format!("start:{id}:stdin"),
+            JobAct::Start { stdin: false } => format!("start:{id}"),
+            JobAct::Read { stdout, stderr } => format!("read:{id}:{stdout}:{stderr}"),
+            JobAct::Input { close: false } => format!("input:{id}"),
+            JobAct::Input { close: true } => format!("input:{id}:close"),
+            JobAct::Signal(name) => format!("signal:{id}:{name}"),
+            JobAct::Stop => format!("stop:{id}"),
+            JobAct::Forget => format!("forget:{id}"),
         }
     }
 
     pub fn parse(value: &str) -> Option<JobOp> {
-        let mut parts = value.split(':');
-        let op = match (parts.next()?, parts.next(), parts.next()) {
-            ("start", None, None) => JobOp::Start { stdin: false },
-            ("start", Some("stdin"), None) => JobOp::Start { stdin: true },
-            ("read", Some(out), Some(err)) => JobOp::Read { stdout: out.parse().ok()?, stderr: err.parse().ok()? },
-            ("input", None, None) => JobOp::Input { close: false },
-            ("input", Some("close"), None) => JobOp::Input { close: true },
-            ("signal", Some(name), None) if signal_number(name).is_some() => JobOp::Signal(name.to_owned()),
-            ("stop", None, None) => JobOp::Stop,
-            ("forget", None, None) => JobOp::Forget,
+        let parts: Vec<&str> = value.split(':').collect();
+        let (&act, &id) = (parts.first()?, parts.get(1)?);
+        // A job id is a name: letters, digits and dashes (it names a directory on the node).
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return None;
+        }
+        let act = match (act, &parts[2..]) {
+            ("start", []) => JobAct::Start { stdin: false },
+            ("start", ["stdin"]) => JobAct::Start { stdin: true },
+            ("read", [out, err]) => JobAct::Read { stdout: out.parse().ok()?, stderr: err.parse().ok()? },
+            ("input", []) => JobAct::Input { close: false },
+            ("input", ["close"]) => JobAct::Input { close: true },
+            ("signal", [name]) if signal_number(name).is_some() => JobAct::Signal((*name).to_owned()),
+            ("stop", []) => JobAct::Stop,
+            ("forget", []) => JobAct::Forget,
             _ => return None,
         };
-        parts.next().is_none().then_some(op)
+        Some(JobOp::new(id, act))
     }
 }
 
@@ -158,20 +179,33 @@ mod tests {
 
     #[test]
     fn a_job_operation_travels_as_one_value() {
-        let ops = [
-            JobOp::Start { stdin: false },
-            JobOp::Start { stdin: true },
-            JobOp::Read { stdout: 12, stderr: 0 },
-            JobOp::Input { close: false },
-            JobOp::Input { close: true },
-            JobOp::Signal("TERM".into()),
-            JobOp::Stop,
-            JobOp::Forget,
+        let acts = [
+            JobAct::Start { stdin: false },
+            JobAct::Start { stdin: true },
+            JobAct::Read { stdout: 12, stderr: 0 },
+            JobAct::Input { close: false },
+            JobAct::Input { close: true },
+            JobAct::Signal("TERM".into()),
+            JobAct::Stop,
+            JobAct::Forget,
         ];
-        for op in ops {
+        for act in acts {
+            let op = JobOp::new("3f9c2a71be", act);
             assert_eq!(JobOp::parse(&op.value()), Some(op.clone()), "{op:?}");
         }
-        for bad in ["", "read:1", "read:x:2", "signal:NOPE", "start:x", "forget:1", "input:"] {
+        for bad in [
+            "",
+            "read:j1:1",
+            "read:j1:x:2",
+            "signal:j1:NOPE",
+            "start:j1:x",
+            "forget:j1:1",
+            "input:j1:",
+            "stop",
+            "stop::",
+            "stop:../x",
+            "stop:a/b",
+        ] {
             assert_eq!(JobOp::parse(bad), None, "{bad}");
         }
     }

@@ -1,4 +1,4 @@
-//! Jobs: commands that run on a node whoever is connected, owned by openboxd (`openbox
+//! Jobs: commands that run on a node whether or not anyone is connected, owned by openboxd (`openbox
 //! --detach`, `openbox jobs`, `openbox job …`, the MCP server's `start`, `read`, `wait`,
 //! `stop`, `write_stdin`, `list_jobs`).
 

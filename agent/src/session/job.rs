@@ -1,6 +1,8 @@
-//! A session's job: a command the node runs in the session's shell whoever is connected
-//! — openboxd may restart, the laptop sleep — its output kept in the agent's directory
-//! (`jobs/USER/SESSION/`) until its owner has read it and says to forget it.
+//! A session's job: a command the node runs in the session's shell whether or not anyone
+//! is connected — openboxd may restart, the laptop sleep — its output kept in the agent's
+//! directory (`jobs/USER/SESSION/ID/`, private) until its owner has read it and says to
+//! forget it. Every operation names the job by id, and only the user incarnation that
+//! started it reaches it.
 //!
 //! The job holds its session while it runs, as a command does: the session is busy, not
 //! reaped, and other calls to it wait their turn. Its input, signals and stop reach it
@@ -35,6 +37,9 @@ pub struct Progress {
 
 /// A job the agent knows: its files, how far it is, and (while it runs) its input.
 pub struct Running {
+    pub id: String,
+    /// The incarnation of the user who started it.
+    pub owner: Option<String>,
     pub dir: PathBuf,
     pub progress: watch::Sender<Progress>,
     /// Input, signals and `Close` (stop) for the job's framed command.
@@ -45,19 +50,27 @@ const STDOUT: &str = "stdout";
 const STDERR: &str = "stderr";
 /// Written when the job ends: an [`End`].
 const ENDED: &str = "ended.json";
+/// The incarnation of the user who started it.
+const OWNER: &str = "owner";
 
-/// Where `user`'s job in session `id` keeps its output, under the agent's `jobs` dir.
-pub fn dir_of(jobs: &Path, user: &str, id: &str) -> PathBuf {
-    jobs.join(user).join(id)
+/// Where `user`'s job `job` in session `session` keeps its output, under the agent's `jobs`.
+pub fn dir_of(jobs: &Path, user: &str, session: &str, job: &str) -> PathBuf {
+    jobs.join(user).join(session).join(job)
 }
 
-/// Makes a fresh directory for a job (what an earlier one there left is removed).
-pub fn prepare(dir: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    std::fs::File::create(dir.join(STDOUT))?;
-    std::fs::File::create(dir.join(STDERR))?;
+/// Makes a job's directory, private, with empty output and its owner written down.
+pub fn prepare(dir: &Path, owner: Option<&str>) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::File::create_new(dir.join(STDOUT))?;
+    std::fs::File::create_new(dir.join(STDERR))?;
+    std::fs::write(dir.join(OWNER), owner.unwrap_or_default())?;
     Ok(())
+}
+
+/// Whether the job in `dir` was started by `owner` (the same incarnation of its user).
+pub fn owned_by(dir: &Path, owner: Option<&str>) -> bool {
+    std::fs::read_to_string(dir.join(OWNER)).is_ok_and(|o| o == owner.unwrap_or_default())
 }
 
 /// Writes down how the job ended, beside its output.
@@ -166,7 +179,7 @@ pub async fn read(dir: &Path, mut progress: watch::Receiver<Progress>, from: (u6
         {
             return match end {
                 End::Code(code) => out.finish(Outcome::Code(*code)).await,
-                End::Lost(why) => out.refuse(&format!("the job was lost: {why}")).await,
+                End::Lost(why) => out.refuse(&format!("{}{why}", proto::exec::JOB_LOST)).await,
             };
         }
         if progress.changed().await.is_err() {
@@ -189,23 +202,26 @@ mod tests {
 
     #[tokio::test]
     async fn the_spool_keeps_both_streams_and_says_how_far_they_came() {
-        let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path()).unwrap();
+        let top = tempfile::tempdir().unwrap();
+        let dir = &top.path().join("job");
+        prepare(dir, Some("bob-1")).unwrap();
+        assert!(owned_by(dir, Some("bob-1")) && !owned_by(dir, Some("bob-2")) && !owned_by(dir, None));
+        assert!(prepare(dir, Some("bob-1")).is_err(), "a job's directory is never made twice");
         let (tx, rx) = watch::channel(Progress::default());
-        let spool = Spool::open(dir.path(), tx).await.unwrap();
+        let spool = Spool::open(dir, tx).await.unwrap();
         use crate::channel::Out as _;
         spool.stdout(b"out 1\n").await;
         spool.stderr(b"err\n").await;
         spool.stdout(b"out 2\n").await;
         let p = rx.borrow().clone();
         assert_eq!((p.stdout, p.stderr), (12, 4));
-        assert_eq!(std::fs::read(dir.path().join(STDOUT)).unwrap(), b"out 1\nout 2\n");
+        assert_eq!(std::fs::read(dir.join(STDOUT)).unwrap(), b"out 1\nout 2\n");
 
         // Once it ended it is read from the files, as after a restart.
-        let gone = from_disk(dir.path()).unwrap();
+        let gone = from_disk(dir).unwrap();
         assert_eq!(gone.ended, Some(End::Lost("the node's agent stopped while it ran".into())));
-        write_end(dir.path(), &End::Code(3));
-        let done = from_disk(dir.path()).unwrap();
+        write_end(dir, &End::Code(3));
+        let done = from_disk(dir).unwrap();
         assert_eq!((done.stdout, done.stderr, done.ended), (12, 4, Some(End::Code(3))));
     }
 }

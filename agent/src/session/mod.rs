@@ -374,7 +374,12 @@ impl Sessions {
         for (user, id, dir) in job_dirs(&self.jobs_dir) {
             let ended = std::fs::metadata(dir.join("ended.json")).and_then(|m| m.modified());
             if ended.is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= KEEP_JOB_OUTPUT)) {
-                self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(&(user, id));
+                let key = (user, id);
+                let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                if jobs.get(&key).is_some_and(|j| j.dir == dir) {
+                    jobs.remove(&key);
+                }
+                drop(jobs);
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
@@ -409,6 +414,18 @@ impl Sessions {
     /// the fleet; returns how many were idle and ended now. A session running a command
     /// is ended when that command is done (its user can start no other).
     pub async fn end_user(self: &Arc<Self>, incarnation: &str) -> usize {
+        // Their jobs hold their sessions: stopped first, as calls given up on.
+        let theirs: Vec<Arc<job::Running>> = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|j| j.owner.as_deref() == Some(incarnation) && j.progress.borrow().ended.is_none())
+            .cloned()
+            .collect();
+        for j in theirs {
+            let _ = j.input.send(russh::ChannelMsg::Close);
+        }
         let slots: Vec<(Key, Arc<tokio::sync::Mutex<Slot>>)> =
             self.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut ended = 0;
@@ -547,21 +564,31 @@ impl Sessions {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
 
-    /// Starts `job` as the session's job (starting its shell if needed) and answers the
-    /// channel at once: the command runs on, its output kept here, until it ends.
-    pub async fn start_job(self: &Arc<Self>, user: &str, id: &str, job: Job<'_>, stdin: bool, mut out: ChannelOut) {
+    /// Starts `job` as the session's job `job_id` (starting its shell if needed) and answers
+    /// the channel at once: the command runs on, its output kept here, until it ends. A
+    /// session busy with a command or another job refuses it rather than starting it later,
+    /// when its starter may have given up.
+    pub async fn start_job(
+        self: &Arc<Self>,
+        user: &str,
+        id: &str,
+        job_id: &str,
+        job: Job<'_>,
+        stdin: bool,
+        mut out: ChannelOut,
+    ) {
         let key = (user.to_owned(), id.to_owned());
-        if self.job(&key).is_some_and(|j| j.progress.borrow().ended.is_none()) {
-            return out.refuse(&format!("session {id} already runs a job; nothing was started")).await;
-        }
         let slot = self.slot(&key);
-        let mut s = slot.lock_owned().await;
+        let Ok(mut s) = slot.try_lock_owned() else {
+            let why = format!("session {id} is busy (a command or a job runs in it); nothing was started");
+            return out.refuse(&why).await;
+        };
         if !self.ensure_shell(&mut s, &key, &job, &out).await {
             return;
         }
-        let dir = job::dir_of(&self.jobs_dir, user, id);
+        let dir = job::dir_of(&self.jobs_dir, user, id, job_id);
         let (progress, _) = tokio::sync::watch::channel(job::Progress::default());
-        let spool = match job::prepare(&dir) {
+        let spool = match job::prepare(&dir, job.owner) {
             Ok(()) => job::Spool::open(&dir, progress.clone()).await,
             Err(e) => Err(e),
         };
@@ -573,7 +600,13 @@ impl Sessions {
         if !stdin {
             let _ = input_tx.send(russh::ChannelMsg::Eof);
         }
-        let running = Arc::new(job::Running { dir: dir.clone(), progress: progress.clone(), input: input_tx });
+        let running = Arc::new(job::Running {
+            id: job_id.to_owned(),
+            owner: job.owner.map(str::to_owned),
+            dir: dir.clone(),
+            progress: progress.clone(),
+            input: input_tx,
+        });
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), running);
         s.last_used = proto::time::now();
         s.idle_since = None;
@@ -604,36 +637,43 @@ impl Sessions {
         out.finish(Outcome::Code(0)).await;
     }
 
-    /// Carries out `op` on the session's job for a channel of its owner.
+    /// Carries out `op` on the session's job for a channel of `user` (incarnation `owner`):
+    /// only the job it names, and only when that incarnation started it.
     pub async fn job_op(
         &self,
         user: &str,
+        owner: Option<&str>,
         id: &str,
         op: proto::exec::JobOp,
         read: russh::ChannelReadHalf,
         out: ChannelOut,
     ) {
-        use proto::exec::JobOp;
+        use proto::exec::JobAct;
         let key = (user.to_owned(), id.to_owned());
-        let running = self.job(&key);
+        let dir = job::dir_of(&self.jobs_dir, user, id, &op.id);
+        let running = self.job(&key).filter(|j| j.id == op.id);
+        let theirs = match &running {
+            Some(j) => j.owner.as_deref() == owner,
+            None => job::owned_by(&dir, owner),
+        };
+        if !theirs {
+            return out.refuse(&format!("session {id} has no job {}", op.id)).await;
+        }
         let live = running.as_ref().filter(|j| j.progress.borrow().ended.is_none());
-        match op {
-            JobOp::Read { stdout, stderr } => {
-                let (dir, progress) = match &running {
-                    Some(j) => (j.dir.clone(), j.progress.subscribe()),
-                    None => {
-                        // Ended in an earlier run of the agent: its files say it all.
-                        let dir = job::dir_of(&self.jobs_dir, user, id);
-                        let Some(last) = job::from_disk(&dir) else {
-                            return out.refuse(&format!("session {id} has no job")).await;
-                        };
-                        (dir, tokio::sync::watch::channel(last).1)
-                    }
+        match op.act {
+            JobAct::Read { stdout, stderr } => {
+                let progress = match &running {
+                    Some(j) => j.progress.subscribe(),
+                    // Ended in an earlier run of the agent: its files say it all.
+                    None => match job::from_disk(&dir) {
+                        Some(last) => tokio::sync::watch::channel(last).1,
+                        None => return out.refuse(&format!("session {id} has no job {}", op.id)).await,
+                    },
                 };
                 job::read(&dir, progress, (stdout, stderr), out).await;
             }
-            JobOp::Input { close } => {
-                let Some(j) = live else { return out.refuse(&format!("session {id} runs no job")).await };
+            JobAct::Input { close } => {
+                let Some(j) = live else { return out.refuse(&format!("job {} is not running", op.id)).await };
                 let mut messages = crate::channel::messages(read, &out);
                 while let Some(msg) = messages.recv().await {
                     match msg {
@@ -653,27 +693,29 @@ impl Sessions {
                 }
                 out.finish(Outcome::Code(0)).await;
             }
-            JobOp::Signal(name) => {
-                let Some(j) = live else { return out.refuse(&format!("session {id} runs no job")).await };
+            JobAct::Signal(name) => {
+                let Some(j) = live else { return out.refuse(&format!("job {} is not running", op.id)).await };
                 let number = proto::exec::signal_number(&name).map_or(15, i32::from);
                 let _ = j.input.send(russh::ChannelMsg::Signal { signal: crate::signals::from_raw(number) });
                 out.finish(Outcome::Code(0)).await;
             }
-            JobOp::Stop => {
+            JobAct::Stop => {
                 if let Some(j) = live {
                     let _ = j.input.send(russh::ChannelMsg::Close);
                 }
                 out.finish(Outcome::Code(0)).await;
             }
-            JobOp::Forget => {
+            JobAct::Forget => {
                 if live.is_some() {
-                    return out.refuse(&format!("session {id}'s job still runs: stop it first")).await;
+                    return out.refuse(&format!("job {} still runs: stop it first", op.id)).await;
                 }
-                self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-                let _ = std::fs::remove_dir_all(job::dir_of(&self.jobs_dir, user, id));
+                if running.is_some() {
+                    self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                }
+                let _ = std::fs::remove_dir_all(&dir);
                 out.finish(Outcome::Code(0)).await;
             }
-            JobOp::Start { .. } => out.refuse("a job is started with its command (exec)").await,
+            JobAct::Start { .. } => out.refuse("a job is started with its command (exec)").await,
         }
     }
 
