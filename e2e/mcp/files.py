@@ -155,13 +155,13 @@ async def main():
             out, err = await call("list_dir", node=node, path=f"{d}/a.txt")
             check(err and "not a directory" in out["error"], "list_dir of a file", out)
 
-            # Several MiB each way, byte-exact.
-            big = os.urandom(5 << 20)
+            # 20 MiB each way, byte-exact (more than an MCP SDK's default line of 16 MiB).
+            big = os.urandom(20 << 20)
             out, err = await call("write_file", node=node, path=f"{d}/big.bin", content_base64=base64.b64encode(big).decode())
-            check(not err and out["size"] == len(big), "a 5 MiB write", out)
-            r = await s.call_tool("read_file", {"node": node, "path": f"{d}/big.bin", "length": 8 << 20})
+            check(not err and out["size"] == len(big), "a 20 MiB write", out)
+            r = await s.call_tool("read_file", {"node": node, "path": f"{d}/big.bin", "length": 32 << 20})
             res = [c for c in r.content if c.type == "resource"]
-            check(res and hashlib.sha256(base64.b64decode(res[0].resource.blob)).digest() == hashlib.sha256(big).digest(), "a 5 MiB read", r.structured_content)
+            check(res and hashlib.sha256(base64.b64decode(res[0].resource.blob)).digest() == hashlib.sha256(big).digest(), "a 20 MiB read", r.structured_content)
 
             # upload and download between this machine and the node.
             with tempfile.TemporaryDirectory() as here:

@@ -16,9 +16,6 @@ use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
-/// The largest request body taken: a `write_file` of 128 MiB, base64-encoded, and the rest.
-const MAX_BODY: usize = 192 << 20;
-
 /// Where the bearer token is kept when `--token-file` names none.
 fn default_token_file() -> anyhow::Result<PathBuf> {
     let context = paths::Context::from_env().map_err(anyhow::Error::msg)?;
@@ -68,7 +65,7 @@ pub async fn serve(addr: &str, token_file: Option<PathBuf>) -> anyhow::Result<()
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
     let mut config = StreamableHttpServerConfig::default();
-    config.max_request_body_bytes = MAX_BODY;
+    config.max_request_body_bytes = crate::MAX_MESSAGE;
     let config =
         config.with_allowed_hosts(["localhost".to_owned(), "127.0.0.1".into(), "::1".into(), bound.to_string()]);
     let service = StreamableHttpService::new(

@@ -13,6 +13,10 @@ mod tools;
 
 use rmcp::ServiceExt as _;
 
+/// The longest message taken from a client: a `write_file` of 128 MiB, base64-encoded, and
+/// the rest. (The SDK's own limit, 16 MiB, would drop a larger write without an answer.)
+const MAX_MESSAGE: usize = 192 << 20;
+
 /// The exit code of a call whose deadline passed, as openboxd gives it.
 const TIMED_OUT: u8 = 124;
 
@@ -79,7 +83,11 @@ fn main() -> std::process::ExitCode {
         daemon::ensure_running().await.map_err(anyhow::Error::msg)?;
         match serve {
             Serve::Stdio => {
-                let service = tools::Openbox::new().serve(rmcp::transport::stdio()).await?;
+                let (stdin, stdout) = rmcp::transport::stdio();
+                let transport =
+                    rmcp::transport::async_rw::AsyncRwTransport::<rmcp::RoleServer, _, _>::new(stdin, stdout)
+                        .with_max_line_length(MAX_MESSAGE);
+                let service = tools::Openbox::new().serve(transport).await?;
                 service.waiting().await?;
             }
             Serve::Http { addr, token_file } => http::serve(&addr, token_file).await?,

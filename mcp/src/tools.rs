@@ -367,7 +367,7 @@ impl Openbox {
     }
 
     #[tool(
-        description = "Write a file on a node (or in a session's container): `content` (text) or `content_base64` (bytes). \
+        description = "Write a file on a node (or in a session's container): `content` (text) or `content_base64` (bytes), up to 128 MiB (`upload` takes any size). \
         `how`: overwrite (default; the file is replaced whole, never left half-written), create (fail if it exists) or append. `mode` like \"0755\".",
         output_schema = schema::<proto::files::Written>(),
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)

@@ -26,6 +26,8 @@ pub struct Spool {
     len: u64,
     head_max: u64,
     segment_max: u64,
+    /// The file appended to last, kept open for the next append.
+    writing: Option<(PathBuf, std::fs::File)>,
 }
 
 /// A piece read back.
@@ -58,7 +60,7 @@ impl Spool {
         }
         segments.sort();
         let len = segments.last().map_or(head, |(start, len)| start + len);
-        Ok(Spool { dir: dir.to_owned(), name, head, segments, len, head_max, segment_max })
+        Ok(Spool { dir: dir.to_owned(), name, head, segments, len, head_max, segment_max, writing: None })
     }
 
     /// The stream's whole length: every byte ever appended, kept or not.
@@ -79,7 +81,8 @@ impl Spool {
     pub fn append(&mut self, mut data: &[u8]) -> std::io::Result<()> {
         if self.head < self.head_max && self.segments.is_empty() {
             let take = data.len().min((self.head_max - self.head) as usize);
-            append_to(&self.path("head"), &data[..take])?;
+            let head = self.path("head");
+            self.append_to(head, &data[..take])?;
             self.head += take as u64;
             self.len += take as u64;
             data = &data[take..];
@@ -94,10 +97,11 @@ impl Spool {
                 self.segments.push((self.len, 0));
                 std::fs::File::create(self.path(&self.len.to_string()))?;
             }
-            let (start, seg_len) = self.segments.last_mut().expect("one at least");
-            let take = data.len().min((self.segment_max - *seg_len) as usize);
-            append_to(&self.dir.join(format!("{}.{start}", self.name)), &data[..take])?;
-            *seg_len += take as u64;
+            let (start, seg_len) = *self.segments.last().expect("one at least");
+            let take = data.len().min((self.segment_max - seg_len) as usize);
+            let segment = self.path(&start.to_string());
+            self.append_to(segment, &data[..take])?;
+            self.segments.last_mut().expect("one at least").1 += take as u64;
             self.len += take as u64;
             data = &data[take..];
         }
@@ -126,9 +130,15 @@ impl Spool {
     }
 }
 
-fn append_to(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(data)
+impl Spool {
+    /// Appends to `path`, through the file kept open when it is the one written last.
+    fn append_to(&mut self, path: PathBuf, data: &[u8]) -> std::io::Result<()> {
+        if self.writing.as_ref().is_none_or(|(p, _)| *p != path) {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            self.writing = Some((path, file));
+        }
+        self.writing.as_mut().expect("just opened").1.write_all(data)
+    }
 }
 
 #[cfg(test)]
