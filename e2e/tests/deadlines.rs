@@ -202,7 +202,7 @@ fn a_partitioned_node_ends_calls_by_keepalives_or_deadlines_and_its_commands_sto
     // Cut under a running command: the keepalives notice on this side, 255 and a line
     // naming the node; on the far side the agent notices its caller is gone and stops it.
     let call = Call::start(&admin, &["-t", "far", "echo started; sleep 3170"]);
-    assert!(running("sleep 3170"));
+    wait_until("the command to run on the far node", || running("sleep 3170"));
     link.cut();
     let t0 = Instant::now();
     let out = call.end();

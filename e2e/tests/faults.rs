@@ -29,7 +29,7 @@ fn an_agent_killed_mid_command_ends_the_call_with_255_and_its_next_start_stops_w
     assert!(out.stderr.contains(&agent.node_id) && out.stderr.contains("lost"), "{out:?}");
     assert!(t0.elapsed() < SLACK, "it took {:?}", t0.elapsed());
     // What the command started has nobody to stop it until the agent is back.
-    assert!(running("sleep 3190"));
+    wait_until("the command to run on the node", || running("sleep 3190"));
     agent.restart();
     wait_until("the agent's next start to stop what the command left", || !running("sleep 3190"));
     assert!(agent.log().contains("stopped commands an earlier run of the agent left running"), "{}", agent.log());
