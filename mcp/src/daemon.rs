@@ -111,6 +111,22 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// The answer to request 1, the call's `output` notifications passed to `sink` on the way.
+    async fn answer_with_output(&mut self, sink: &mut impl Sink) -> Result<Value, String> {
+        self.answer(|method, params| {
+            if method != proto::rpc::method::OUTPUT {
+                return;
+            }
+            let Ok(out) = serde_json::from_value::<Output>(params) else { return };
+            if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(&out.data) {
+                sink.output(out.stream == "stderr", &data);
+            }
+        })
+        .await
+    }
+}
+
 /// A request that answers at once (`nodes`, `sessions`, …).
 pub async fn call(method: &str, params: impl serde::Serialize) -> Result<Value, String> {
     let mut conn = open(method, params).await?;
@@ -128,17 +144,7 @@ pub trait Sink: Send {
 pub async fn run(req: &RunRequest, sink: &mut impl Sink) -> Result<(u8, Option<String>, Truncated), String> {
     let params = RunParams { run: req.clone(), stdio: StdioMode::Frames, stdin: false };
     let mut conn = open(proto::rpc::method::RUN, params).await?;
-    let result = conn
-        .answer(|method, params| {
-            if method != proto::rpc::method::OUTPUT {
-                return;
-            }
-            let Ok(out) = serde_json::from_value::<Output>(params) else { return };
-            if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(&out.data) {
-                sink.output(out.stream == "stderr", &data);
-            }
-        })
-        .await?;
+    let result = conn.answer_with_output(sink).await?;
     let r: RunResult = serde_json::from_value(result).map_err(|e| format!("unreadable run result: {e}"))?;
     Ok((r.exit_code, r.signal, r.truncated))
 }
@@ -167,17 +173,7 @@ pub async fn transfer(
     let eof = Request::new(None, proto::rpc::method::STDIN, to_value(&Stdin { id: 1.into(), data: None, eof: true }));
     let _ = conn.write.write_all(format!("{}\n", to_value(&eof)).as_bytes()).await;
     let mut out = Collected::default();
-    let answer = conn
-        .answer(|method, params| {
-            if method != proto::rpc::method::OUTPUT {
-                return;
-            }
-            let Ok(o) = serde_json::from_value::<Output>(params) else { return };
-            if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(&o.data) {
-                out.output(o.stream == "stderr", &data);
-            }
-        })
-        .await?;
+    let answer = conn.answer_with_output(&mut out).await?;
     Ok((answer, out.stdout))
 }
 

@@ -445,13 +445,7 @@ fn load(dir: &Path) -> anyhow::Result<Job> {
 
 /// Asks the job's node to do `act` to it, with `input` as the channel's data.
 async fn on_node(d: &Daemon, job: &Job, act: JobAct, input: impl net::ssh::Input) -> anyhow::Result<()> {
-    let acct = account_of(d, job)?;
-    let op = JobOp::new(&job.record().id, act);
-    let (target, session, isolation) = job.want();
-    let want = Want { target: &target, session: Some(&session), isolation: &isolation };
-    let what = What { command: None, pty: None, subsystem: Some(proto::exec::JOB_SUBSYSTEM) };
-    let value = op.value();
-    let (_, started) = crate::connect::start(d, &acct, want, what, &[(proto::exec::JOB_ENV, &value)]).await?;
+    let started = job_channel(d, job, act).await?;
     let mut said = crate::io::Held::default();
     let status = started.finish(input, &mut HeldOutput(&mut said), std::future::pending()).await?;
     if status.exit_code() != 0 {
@@ -459,6 +453,17 @@ async fn on_node(d: &Daemon, job: &Job, act: JobAct, input: impl net::ssh::Input
         bail!("{}", why.trim().trim_start_matches("openbox agent: "));
     }
     Ok(())
+}
+
+/// A channel to the job's node asking `act` of it (the job subsystem, in its session).
+async fn job_channel(d: &Daemon, job: &Job, act: JobAct) -> anyhow::Result<net::ssh::Started> {
+    let acct = account_of(d, job)?;
+    let (target, session, isolation) = job.want();
+    let want = Want { target: &target, session: Some(&session), isolation: &isolation };
+    let what = What { command: None, pty: None, subsystem: Some(proto::exec::JOB_SUBSYSTEM) };
+    let value = JobOp::new(&job.record().id, act).value();
+    let (_, started) = crate::connect::start(d, &acct, want, what, &[(proto::exec::JOB_ENV, &value)]).await?;
+    Ok(started)
 }
 
 /// Reads the job's output from its node into the spool until it ends, reaching the node
@@ -490,13 +495,8 @@ async fn follow(d: Arc<Daemon>, job: Arc<Job>) {
 
 /// One connection's worth of following: `Ok` once the job ended (and its record says how).
 async fn follow_once(d: &Daemon, job: &Arc<Job>) -> anyhow::Result<()> {
-    let acct = account_of(d, job)?;
-    let (target, session, isolation) = job.want();
-    let want = Want { target: &target, session: Some(&session), isolation: &isolation };
-    let what = What { command: None, pty: None, subsystem: Some(proto::exec::JOB_SUBSYSTEM) };
     let (out, err) = job.lens();
-    let value = JobOp::new(&job.record().id, JobAct::Read { stdout: out, stderr: err }).value();
-    let (_, started) = crate::connect::start(d, &acct, want, what, &[(proto::exec::JOB_ENV, &value)]).await?;
+    let started = job_channel(d, job, JobAct::Read { stdout: out, stderr: err }).await?;
     let mut output = FollowOutput { job: job.clone(), said: None };
     // A connection lost under it is an error: the next try reads on from where this stopped.
     let status = started.finish(NoInput, &mut output, std::future::pending()).await?;
