@@ -103,6 +103,9 @@ pub struct Caller {
     pub credential: Credential,
     /// Where the request came from.
     pub source: Option<Source>,
+    /// What the caller acts through, when the control plane knows it from the credential
+    /// itself: `mcp` for the MCP server it runs for the user (see `crate::mcp`).
+    pub via: Option<&'static str>,
 }
 
 /// What a caller proved who they are with (each as its hash).
@@ -128,7 +131,7 @@ impl Caller {
             return match cookie(app, &parts.headers) {
                 Some(cookie) => {
                     let (user, hash) = cookie_user(app, parts, cookie).await?;
-                    Ok(Caller { user, credential: Credential::Web(hash), source })
+                    Ok(Caller { user, credential: Credential::Web(hash), source, via: None })
                 }
                 None => Err(unauthorized("not logged in: run `openbox login --server URL --token TOKEN`")),
             };
@@ -137,8 +140,9 @@ impl Caller {
             return Err(unauthorized("that is not a login token (login tokens start with obx_)"));
         }
         let token_hash = token::hash(tok);
+        let via = tok.starts_with(token::MCP_LOGIN_PREFIX).then_some("mcp");
         match app.store.user_by_login_token(&token_hash).await? {
-            Some(user) => Ok(Caller { user, credential: Credential::Token(token_hash), source }),
+            Some(user) => Ok(Caller { user, credential: Credential::Token(token_hash), source, via }),
             None => Err(unauthorized(
                 "the login token is invalid or was revoked; ask an admin for a new one (`openbox user token NAME`)",
             )),
@@ -154,7 +158,13 @@ impl Caller {
     }
 
     /// Records an action by this caller in the audit log.
-    pub async fn audit(&self, app: &App, action: &str, record: Record<'_>) -> Result<(), Refusal> {
+    pub async fn audit(&self, app: &App, action: &str, mut record: Record<'_>) -> Result<(), Refusal> {
+        if let Some(via) = self.via {
+            record.detail = Some(match record.detail {
+                Some(detail) => format!("{detail} ({via})"),
+                None => via.to_owned(),
+            });
+        }
         app.audit(&self.user.name, action, self.source.as_ref(), record).await
     }
 

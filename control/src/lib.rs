@@ -18,6 +18,7 @@ mod enrollment;
 mod handlers;
 mod http;
 pub mod https;
+pub mod mcp;
 pub mod mesh;
 mod metrics;
 mod placement;
@@ -56,6 +57,9 @@ pub struct Config {
     /// An API key for the fleet's tailnet's coordination server (Headscale's), with which
     /// each laptop and node gets a one-time key of its own (see `coordination`).
     pub mesh_api_key: Option<trust::Secret>,
+    /// Where the MCP servers run for users (`/mcp`, see [`mcp`]) keep their state; `None`:
+    /// `/mcp` is not served.
+    pub mcp_dir: Option<PathBuf>,
 }
 
 /// Changes an event stream may fall behind by before it is sent the whole list again.
@@ -84,6 +88,8 @@ pub struct App {
     pub(crate) metrics: metrics::Metrics,
     /// The coordination server's API, when the control plane holds a key for it.
     coordination: Option<coordination::Coordination>,
+    /// The MCP servers run for users behind `/mcp`.
+    pub(crate) mcp: mcp::Gateway,
 }
 
 impl App {
@@ -125,6 +131,7 @@ impl App {
             },
             _ => None,
         };
+        let config_mcp_dir = config.mcp_dir.clone();
         Arc::new(App {
             config,
             store,
@@ -138,6 +145,7 @@ impl App {
             wake,
             metrics,
             coordination,
+            mcp: mcp::Gateway::new(config_mcp_dir),
         })
     }
 
@@ -253,6 +261,7 @@ pub async fn serve(
     // Nodes go offline by staying silent; notice that within a second. Changes made
     // through any control plane on the database reach this one's event streams.
     let sweeper = tokio::spawn(changes::sweep(app.clone()));
+    app.mcp.revoke_earlier(&app).await;
     let follower = tokio::spawn(changes::follow(app.clone()));
     let closing = app.closing.clone();
     let shutdown = async move {

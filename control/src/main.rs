@@ -295,6 +295,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         audit_commands: args.audit_commands,
         metrics_token,
         mesh_api_key,
+        mcp_dir: Some(state_dir.join("mcp")),
     };
     let app = openbox_control::App::new(config, store, ca).await;
     if let Some(mesh) = fleet_mesh {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::handler::Handler;
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, any, delete, get, patch, post};
 use proto::routes::{self, Method, Route};
 
 use crate::App;
@@ -64,6 +64,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/web/link", post(crate::web::use_link))
         .route("/web/session", get(crate::web::session))
         .route("/web/logout", post(crate::web::logout))
+        // MCP's Streamable HTTP: POST, GET (a stream) and DELETE (a session's end).
+        .route("/mcp", any(crate::mcp::serve))
         .layer(axum::middleware::from_fn_with_state(app.clone(), crate::metrics::count))
         .with_state(app)
 }

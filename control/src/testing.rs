@@ -20,6 +20,7 @@ pub async fn app() -> (Arc<App>, String, tempfile::TempDir) {
         audit_commands: false,
         metrics_token: None,
         mesh_api_key: None,
+        mcp_dir: None,
     };
     (App::new(config, store, trust::Ca::generate()).await, admin, dir)
 }

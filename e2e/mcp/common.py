@@ -1,7 +1,12 @@
 """What the MCP client scripts share: reading a tool's result, and failing clearly."""
 
+import contextlib
 import json
 import sys
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
 
 def result(r):
@@ -16,3 +21,14 @@ def check(cond, what, got=None):
     """Exits, saying what failed and what came, unless `cond`."""
     if not cond:
         sys.exit(f"FAILED: {what}: {got!r}")
+
+
+@contextlib.asynccontextmanager
+async def over_http(url, token):
+    """An initialized MCP session with openbox over Streamable HTTP, with `token` as the bearer token."""
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+        async with streamable_http_client(url, http_client=client) as streams:
+            async with ClientSession(streams[0], streams[1]) as s:
+                init = await s.initialize()
+                check(init.server_info.name == "openbox", "the handshake", init)
+                yield s

@@ -8,9 +8,7 @@ import asyncio
 import sys
 
 import httpx2
-from common import check
-from mcp import ClientSession
-from mcp.client.streamable_http import streamable_http_client
+from common import check, over_http
 
 
 async def main():
@@ -23,28 +21,23 @@ async def main():
                              headers={"Accept": "application/json, text/event-stream", "Authorization": "Bearer wrong"})
         check(r.status_code == 401, "a wrong token: refused", r.status_code)
 
-    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    async with streamable_http_client(url, http_client=client) as streams:
-        async with ClientSession(streams[0], streams[1]) as s:
-            init = await s.initialize()
-            check(init.server_info.name == "openbox", "the handshake", init)
-            tools = {t.name for t in (await s.list_tools()).tools}
-            check({"run", "read_file", "start", "list_jobs"} <= tools, "the tools", tools)
-            r = await s.call_tool("run", {"node": node, "command": "echo over-http; echo err >&2"})
-            check(not r.is_error and r.structured_content["stdout"] == "over-http\n", "run", r)
-            seen = []
+    async with over_http(url, token) as s:
+        tools = {t.name for t in (await s.list_tools()).tools}
+        check({"run", "read_file", "start", "list_jobs"} <= tools, "the tools", tools)
+        r = await s.call_tool("run", {"node": node, "command": "echo over-http; echo err >&2"})
+        check(not r.is_error and r.structured_content["stdout"] == "over-http\n", "run", r)
+        seen = []
 
-            async def progress(p, total, message):
-                seen.append(message or "")
+        async def progress(p, total, message):
+            seen.append(message or "")
 
-            r = await s.call_tool("run", {"node": node, "command": "echo a; sleep 0.5; echo b"}, progress_callback=progress)
-            check(r.structured_content["stdout"] == "a\nb\n" and "".join(seen).startswith("a\n"), "progress over HTTP", seen)
-            job = (await s.call_tool("start", {"node": node, "command": "echo http-job"})).structured_content
-            waited = await s.call_tool("wait", {"job": job["id"], "seconds": 30})
-            check(not waited.is_error and waited.structured_content["exit_code"] == 0, "a job", waited)
-            read = (await s.call_tool("read", {"job": job["id"]})).structured_content
-            check(read["stdout"] == "http-job\n", "its output", read)
-    await client.aclose()
+        r = await s.call_tool("run", {"node": node, "command": "echo a; sleep 0.5; echo b"}, progress_callback=progress)
+        check(r.structured_content["stdout"] == "a\nb\n" and "".join(seen).startswith("a\n"), "progress over HTTP", seen)
+        job = (await s.call_tool("start", {"node": node, "command": "echo http-job"})).structured_content
+        waited = await s.call_tool("wait", {"job": job["id"], "seconds": 30})
+        check(not waited.is_error and waited.structured_content["exit_code"] == 0, "a job", waited)
+        read = (await s.call_tool("read", {"job": job["id"]})).structured_content
+        check(read["stdout"] == "http-job\n", "its output", read)
     print("ok")
 
 

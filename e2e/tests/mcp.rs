@@ -130,6 +130,16 @@ fn mcp_over_http(cli: &Cli, token_file: &std::path::Path) -> (Served, String) {
     (served, url.to_owned())
 }
 
+/// Runs e2e/mcp/ts/client.mjs (the TypeScript SDK) against `url` with `token`.
+fn typescript_sdk(url: &str, token: &str, node: &str) {
+    let ts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/ts");
+    assert!(ts.join("node_modules").exists(), "{} has no node_modules: run scripts/setup-test-env", ts.display());
+    let out =
+        std::process::Command::new("node").arg(ts.join("client.mjs")).args([url, token, node]).output().expect("node");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.ends_with("ok\n"), "stdout: {stdout}\nstderr: {stderr}");
+}
+
 #[test]
 fn the_python_and_typescript_sdks_use_openbox_mcp_over_streamable_http_with_a_bearer_token() {
     let cp = ControlPlane::start();
@@ -141,15 +151,7 @@ fn the_python_and_typescript_sdks_use_openbox_mcp_over_streamable_http_with_a_be
     let (server, url) = mcp_over_http(&admin, &token_file);
     python_sdk(&admin, "over_http.py", &[&url, "s3cret-token", &agent.name]);
 
-    let ts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/ts");
-    assert!(ts.join("node_modules").exists(), "{} has no node_modules: run scripts/setup-test-env", ts.display());
-    let out = std::process::Command::new("node")
-        .arg(ts.join("client.mjs"))
-        .args([&url, "s3cret-token", &agent.name])
-        .output()
-        .expect("node");
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.ends_with("ok\n"), "stdout: {stdout}\nstderr: {stderr}");
+    typescript_sdk(&url, "s3cret-token", &agent.name);
     drop(server);
 
     // Beyond loopback it is refused; a named token file must be there.
@@ -185,6 +187,7 @@ fn openbox_mcp_answers_version_and_refuses_arguments_it_does_not_take() {
     let out = cli.run(&["mcp", "--stdio"]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("unexpected argument '--stdio'"), "{out:?}");
+    cli.run(&["mcp", "--hosted"]).fails_with(2, "--hosted goes with --http ADDR");
 }
 
 #[test]
@@ -231,4 +234,58 @@ fn mcp_server(cli: &Cli) -> std::process::Child {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("openbox mcp")
+}
+
+#[test]
+fn the_control_plane_serves_mcp_to_each_user_as_themselves_over_streamable_http() {
+    let mut cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["hosted"]);
+    let url = format!("{}/mcp", cp.url);
+    // The admin, with their login token as the bearer token: the Python and TypeScript SDKs.
+    python_sdk(&admin, "over_http.py", &[&url, &cp.admin_token, &agent.name]);
+    typescript_sdk(&url, &cp.admin_token, &agent.name);
+
+    // Bob, not an admin: his grants hold, and he runs as himself.
+    let bob = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    python_sdk(&admin, "hosted.py", &[&url, &bob, &agent.name, "ungranted"]);
+    admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
+    python_sdk(&admin, "hosted.py", &[&url, &bob, &agent.name, "granted"]);
+
+    // The audit log has what his MCP server did as his, marked `mcp`; the CLI's is not.
+    admin.run(&["-n", &agent.name, "true"]).ok();
+    let log = admin.run(&["audit", "--json"]).ok().json();
+    let entries = log.as_array().unwrap();
+    let of = |user: &str, action: &str| -> Vec<&serde_json::Value> {
+        entries.iter().filter(|e| e["user"] == user && e["action"] == action).collect()
+    };
+    assert!(!of("bob", "dispatch").is_empty() && of("bob", "dispatch").iter().all(|e| e["detail"] == "mcp"), "{log}");
+    assert_eq!(of("bob", "mcp.start").len(), 1, "one server for bob: {log}");
+    let admins = of("admin", "dispatch");
+    assert!(admins.iter().any(|e| e["detail"] == "mcp") && admins.iter().any(|e| e["detail"].is_null()), "{log}");
+
+    // The servers and their openboxds stop with the control plane.
+    let sockets = openboxd_sockets(cp.home.path());
+    assert_eq!(sockets.len(), 2, "an openboxd for each user: {sockets:?}");
+    cp.stop();
+    wait_until("the MCP servers' openboxds to stop", || {
+        sockets.iter().all(|s| std::os::unix::net::UnixStream::connect(s).is_err())
+    });
+}
+
+/// Every openboxd socket under `dir`.
+fn openboxd_sockets(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let (path, kind) = (e.path(), e.file_type().unwrap());
+            if kind.is_dir() {
+                todo.push(path);
+            } else if path.file_name().is_some_and(|n| n == "openboxd.sock") {
+                found.push(path);
+            }
+        }
+    }
+    found
 }

@@ -28,6 +28,18 @@ pub async fn ensure_running() -> Result<(), String> {
     if status.success() { Ok(()) } else { Err("openboxd did not start; run `openbox daemon status`".into()) }
 }
 
+/// Stops this context's openboxd (`openbox daemon stop`), as a server that started it for
+/// itself alone does when it ends.
+pub async fn stop() {
+    let Ok(context) = paths::Context::from_env() else { return };
+    let _ = tokio::process::Command::new(paths::sibling_binary("openbox"))
+        .args(["daemon", "stop"])
+        .env(paths::CONTEXT_ENV, context.name())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await;
+}
+
 struct Conn {
     lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     write: tokio::net::unix::OwnedWriteHalf,

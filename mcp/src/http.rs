@@ -48,38 +48,108 @@ fn random_token() -> anyhow::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Serves the tools at `http://addr/mcp` until the process is stopped.
-pub async fn serve(addr: &str, token_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let addr: SocketAddr =
-        addr.parse().with_context(|| format!("{addr:?}: give a loopback IP:PORT, e.g. 127.0.0.1:8765"))?;
-    if !addr.ip().is_loopback() {
+/// Where to listen: a loopback TCP address, or a Unix socket (`unix:PATH`, for a control
+/// plane that serves these tools to its users through its own `/mcp`).
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+fn listen_at(addr: &str) -> anyhow::Result<Listen> {
+    if let Some(path) = addr.strip_prefix("unix:") {
+        return Ok(Listen::Unix(path.into()));
+    }
+    let tcp: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("{addr:?}: give a loopback IP:PORT, e.g. 127.0.0.1:8765, or unix:PATH"))?;
+    if !tcp.ip().is_loopback() {
         bail!(
-            "{addr}: serve MCP over plain HTTP on loopback only (127.0.0.1:PORT); reach it from elsewhere through a tunnel"
+            "{tcp}: serve MCP over plain HTTP on loopback only (127.0.0.1:PORT); reach it from elsewhere through a tunnel"
         );
     }
+    Ok(Listen::Tcp(tcp))
+}
+
+/// Serves the tools at `http://addr/mcp` until the process is stopped. `hosted`: served by
+/// a control plane for one of its users (see [`crate::tools::Openbox::hosted`]); it stops
+/// when its standard input closes, as it does when that control plane is gone.
+pub async fn serve(addr: &str, token_file: Option<PathBuf>, hosted: bool) -> anyhow::Result<()> {
+    let listen = listen_at(addr)?;
     let (file, made) = match token_file {
         Some(f) => (f, false),
         None => (default_token_file()?, true),
     };
     let expected = Arc::new(format!("Bearer {}", token(&file, made)?));
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    let bound = listener.local_addr()?;
     let mut config = StreamableHttpServerConfig::default();
     config.max_request_body_bytes = crate::MAX_MESSAGE;
-    let config =
-        config.with_allowed_hosts(["localhost".to_owned(), "127.0.0.1".into(), "::1".into(), bound.to_string()]);
+    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".into(), "::1".into()];
+    let listener = match &listen {
+        Listen::Tcp(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            hosts.push(listener.local_addr()?.to_string());
+            Either::Tcp(listener)
+        }
+        Listen::Unix(path) => {
+            // A socket left by an earlier server of this context: nobody answers on it.
+            let _ = std::fs::remove_file(path);
+            let listener =
+                tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            Either::Unix(listener)
+        }
+    };
+    let config = config.with_allowed_hosts(hosts);
     let service = StreamableHttpService::new(
-        || Ok(crate::tools::Openbox::new()),
+        move || Ok(if hosted { crate::tools::Openbox::hosted() } else { crate::tools::Openbox::new() }),
         Arc::new(LocalSessionManager::default()),
         config,
     );
     let app =
         axum::Router::new().nest_service("/mcp", service).layer(axum::middleware::from_fn_with_state(expected, bearer));
-    eprintln!(
-        "openbox mcp: serving MCP at http://{bound}/mcp (Authorization: Bearer, the token in {})",
-        file.display()
-    );
-    axum::serve(listener, app).with_graceful_shutdown(stopped()).await.context("serving MCP over HTTP")
+    let until = async move {
+        if hosted {
+            tokio::select! {
+                _ = stopped() => {}
+                _ = stdin_closed() => {}
+            }
+        } else {
+            stopped().await;
+        }
+    };
+    match listener {
+        Either::Tcp(l) => {
+            let bound = l.local_addr()?;
+            eprintln!(
+                "openbox mcp: serving MCP at http://{bound}/mcp (Authorization: Bearer, the token in {})",
+                file.display()
+            );
+            axum::serve(l, app).with_graceful_shutdown(until).await
+        }
+        Either::Unix(l) => {
+            eprintln!("openbox mcp: serving MCP at {addr} (path /mcp; Authorization: Bearer)");
+            axum::serve(l, app).with_graceful_shutdown(until).await
+        }
+    }
+    .context("serving MCP over HTTP")
+}
+
+enum Either {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Resolves when standard input reaches its end (or fails).
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt as _;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// Refuses a request without the bearer token: 401, saying what to send.

@@ -23,12 +23,14 @@ const TIMED_OUT: u8 = 124;
 /// How it was asked to serve: on stdio, or over HTTP at an address.
 enum Serve {
     Stdio,
-    Http { addr: String, token_file: Option<std::path::PathBuf> },
+    Http { addr: String, token_file: Option<std::path::PathBuf>, hosted: bool },
 }
 
 const HELP: &str = "openbox mcp: an MCP server, on stdio (as MCP clients start it) or, with --http ADDR, over \
-Streamable HTTP at http://ADDR/mcp (loopback only; every request needs `Authorization: Bearer TOKEN`, the token in \
---token-file FILE or this context's `mcp-token`, made on first use).
+Streamable HTTP at http://ADDR/mcp (loopback only, or a Unix socket as unix:PATH; every request needs \
+`Authorization: Bearer TOKEN`, the token in --token-file FILE or this context's `mcp-token`, made on first use).
+--hosted (with --http): as a control plane serves it to a user: no upload/download (the files of this machine are not \
+theirs); it stops, and stops its openboxd, when its standard input closes.
 Tools: run, run_all, list_nodes, list_sessions, end_session,
   read_file, write_file, edit_file, list_dir, stat, upload, download,
   start, read, wait, stop, list_jobs, write_stdin.
@@ -36,7 +38,7 @@ Configure your MCP client to start `openbox mcp` (see docs/agents.md). Every cal
 
 /// What the arguments ask for, or why they do not fit (then exit 2).
 fn parse(args: &[String]) -> Result<Option<Serve>, String> {
-    let (mut addr, mut token_file) = (None, None);
+    let (mut addr, mut token_file, mut hosted) = (None, None, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -49,6 +51,7 @@ fn parse(args: &[String]) -> Result<Option<Serve>, String> {
                 return Ok(None);
             }
             "--http" => addr = Some(it.next().ok_or("--http needs an address: --http 127.0.0.1:8765")?.clone()),
+            "--hosted" => hosted = true,
             "--token-file" => {
                 token_file = Some(it.next().ok_or("--token-file needs a file")?.into());
             }
@@ -56,14 +59,15 @@ fn parse(args: &[String]) -> Result<Option<Serve>, String> {
             // quietly ignores them.
             other => {
                 return Err(format!(
-                    "unexpected argument '{other}': it takes --http ADDR, --token-file FILE, --help and --version"
+                    "unexpected argument '{other}': it takes --http ADDR, --token-file FILE, --hosted, --help and --version"
                 ));
             }
         }
     }
     match (addr, token_file) {
-        (Some(addr), token_file) => Ok(Some(Serve::Http { addr, token_file })),
+        (Some(addr), token_file) => Ok(Some(Serve::Http { addr, token_file, hosted })),
         (None, Some(_)) => Err("--token-file goes with --http ADDR".into()),
+        (None, None) if hosted => Err("--hosted goes with --http ADDR".into()),
         (None, None) => Ok(Some(Serve::Stdio)),
     }
 }
@@ -90,7 +94,15 @@ fn main() -> std::process::ExitCode {
                 let service = tools::Openbox::new().serve(transport).await?;
                 service.waiting().await?;
             }
-            Serve::Http { addr, token_file } => http::serve(&addr, token_file).await?,
+            Serve::Http { addr, token_file, hosted } => {
+                let served = http::serve(&addr, token_file, hosted).await;
+                // Its openboxd was started for it alone: it goes too (the jobs it follows
+                // go on running on their nodes, and are followed again by the next one).
+                if hosted {
+                    daemon::stop().await;
+                }
+                served?;
+            }
         }
         anyhow::Ok(())
     });

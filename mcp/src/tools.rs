@@ -212,6 +212,16 @@ impl Openbox {
         Openbox { tool_router: Self::tool_router() }
     }
 
+    /// The tools a control plane serves to a remote user: none that reach the files of the
+    /// machine the server runs on (`upload`, `download`), which is not the user's.
+    pub fn hosted() -> Openbox {
+        let mut tool_router = Self::tool_router();
+        for local in ["upload", "download"] {
+            tool_router.remove_route(local);
+        }
+        Openbox { tool_router }
+    }
+
     #[tool(
         description = "Run a shell command on a node of the openbox fleet (by `node` name, `tag`, or `session`) and return its exit code, stdout and stderr. \
         Output is capped (max_output, default 1 MiB per stream: head and tail kept, with a '[… N bytes omitted …]' mark; `truncated` says which); \
@@ -688,7 +698,7 @@ async fn copy(a: CopyArgs, upload: bool) -> CallToolResult {
     }
 }
 
-#[tool_handler]
+#[tool_handler(router = self.tool_router)]
 impl ServerHandler for Openbox {
     /// Every tool's failure in one shape: arguments that do not fit (an unknown one, a
     /// wrong type) come back as `{"error": …}` with `isError`, as the tools' own do.
@@ -699,6 +709,10 @@ impl ServerHandler for Openbox {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.clone();
         let known = self.tool_router.has_route(&name);
+        if !known {
+            let tools: Vec<String> = self.tool_router.list_all().into_iter().map(|t| t.name.into_owned()).collect();
+            return Ok(failed(format!("there is no tool {name:?} here; the tools are: {}", tools.join(", "))).into());
+        }
         let result = self.tool_router.call(ToolCallContext::new(self, request, context)).await;
         match result {
             // rmcp's own word on arguments that do not fit: plain text, not yet our shape.
@@ -710,7 +724,7 @@ impl ServerHandler for Openbox {
                 let why: Vec<String> = r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect();
                 Ok(failed(format!("{name}: {} ({})", why.join(" "), argument_help(self, &name))).into())
             }
-            Err(e) if known => Ok(failed(format!("{name}: {} ({})", e.message, argument_help(self, &name))).into()),
+            Err(e) => Ok(failed(format!("{name}: {} ({})", e.message, argument_help(self, &name))).into()),
             other => other,
         }
     }

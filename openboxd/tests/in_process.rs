@@ -37,6 +37,7 @@ async fn fleet() -> Fleet {
         audit_commands: false,
         metrics_token: None,
         mesh_api_key: None,
+        mcp_dir: None,
     };
     let app = openbox_control::App::new(config, store, trust::Ca::generate()).await;
     tokio::spawn(openbox_control::serve(listener, app, None, std::future::pending()));

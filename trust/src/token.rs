@@ -7,6 +7,10 @@ use crate::Secret;
 
 /// People log in with these.
 pub const LOGIN_PREFIX: &str = "obx_";
+/// The login tokens a control plane makes for the MCP server it runs for a user (its
+/// `/mcp`): what is done with one is marked `mcp` in the audit log. A login token made any
+/// other way is hex after `obx_`, so it never starts with this.
+pub const MCP_LOGIN_PREFIX: &str = "obx_mcp_";
 /// Nodes enroll once with these.
 pub const ENROLL_PREFIX: &str = "enroll_";
 /// Nodes authenticate heartbeats with these.

@@ -15,5 +15,5 @@ pub async fn dispatch(
     caller: Caller,
     Body(req): Body<routes::Dispatch>,
 ) -> Reply<routes::Dispatch> {
-    Ok(Json(crate::placement::dispatch(&app, &caller.user, caller.source.as_ref(), req, None).await?))
+    Ok(Json(crate::placement::dispatch(&app, &caller.user, caller.source.as_ref(), req, caller.via).await?))
 }
