@@ -10,7 +10,7 @@ use russh::{ChannelMsg, Sig};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use crate::channel::{ChannelOut, Messages, Outcome, Window};
+use crate::channel::{ChannelOut, Messages, Out, Outcome, Window};
 
 /// What a running command does next, as the loop sees it.
 pub enum Step<'a> {
@@ -54,12 +54,26 @@ pub trait Process {
 /// Drives `command` for the channel until it has ended and its status has been sent.
 /// `stdin` is the command's input, fed from the caller's data.
 pub async fn run(
+    command: impl Process,
+    stdin: impl AsyncWrite + Unpin + Send + 'static,
+    timeout: Option<Duration>,
+    input: Messages,
+    out: ChannelOut,
+) {
+    let outcome = drive(command, stdin, timeout, input, &out).await;
+    out.finish(outcome).await;
+}
+
+/// Drives `command` until it has ended, its output to `out` (a channel, or a job's
+/// spool); how it ended. `input` is what the caller sends: data for `stdin`, signals,
+/// window changes, and its going away.
+pub async fn drive(
     mut command: impl Process,
     stdin: impl AsyncWrite + Unpin + Send + 'static,
     timeout: Option<Duration>,
     mut input: Messages,
-    out: ChannelOut,
-) {
+    out: &impl Out,
+) -> Outcome {
     let mut stdin = Some(feed(std::future::ready(Ok(stdin)), input.window.clone()));
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let (mut timed_out, mut input_open) = (false, true);
@@ -128,16 +142,15 @@ pub async fn run(
     if timed_out {
         let secs = timeout.map(|t| t.as_secs_f64().round() as u64).unwrap_or(0);
         out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
-        return out.finish(Outcome::Code(124)).await;
+        return Outcome::Code(124);
     }
-    let outcome = match ended {
+    match ended {
         Ok(outcome) => outcome,
         Err(e) => {
             out.stderr(format!("openbox agent: {e}\n").as_bytes()).await;
             Outcome::Code(255)
         }
-    };
-    out.finish(outcome).await;
+    }
 }
 
 /// Waits for `write` (output waiting for window room), keeping the caller's messages for

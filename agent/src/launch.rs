@@ -84,6 +84,12 @@ async fn start(run: Run, grant: &UserGrant, cx: Context<'_>, read: russh::Channe
         timeout,
         login,
     };
+    if let (Some(session), Some((id, stdin)), Some(command)) = (&session, &detach, &command) {
+        let start = crate::session::JobStart { id, stdin: *stdin, terminal };
+        let owner = grant.incarnation.as_deref();
+        let job = Job { command, isolation, sandbox: &sandbox, owner, env: &env, timeout, login };
+        return cx.sessions.start_job(&grant.user, session, start, job, out).await;
+    }
     if let Some(pty) = terminal {
         if let Some(session) = &session {
             // An empty command: a login shell.
@@ -100,9 +106,6 @@ async fn start(run: Run, grant: &UserGrant, cx: Context<'_>, read: russh::Channe
         return crate::pty::run(spawn, &pty, timeout, read, out).await;
     }
     let Some(command) = command else { return }; // a shell is planned only with a terminal
-    if let (Some(session), Some((id, stdin))) = (&session, detach) {
-        return cx.sessions.start_job(&grant.user, session, &id, job(&command), stdin, out).await;
-    }
     if let Some(session) = &session {
         return cx.sessions.run(&grant.user, session, job(&command), &out, read).await;
     }

@@ -178,9 +178,6 @@ pub fn plan(grant: &UserGrant, request: Request, node: &impl Node) -> Result<Pla
     {
         return Err(Refusal::NspawnAsAccount { user: grant.user.clone(), login: login.name.clone() });
     }
-    if detach.is_some() && pty.is_some() {
-        return Err(Refusal::BadJobOp("start (a job runs without a terminal)".into()));
-    }
     Ok(Plan::Run(Run { command, terminal: pty, session: grant.session.clone(), sandbox, login, timeout, detach }))
 }
 

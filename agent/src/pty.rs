@@ -103,6 +103,15 @@ pub async fn run(
     out: ChannelOut,
 ) {
     let input = messages(input, &out);
+    match start(spawn, pty) {
+        Ok((process, write)) => drive::run(process, write, timeout, input, out).await,
+        Err(why) => out.refuse(&why).await,
+    }
+}
+
+/// Starts `spawn` in a new pty of the requested size: the process, for the loop to drive,
+/// and the pty's input.
+pub fn start(spawn: Spawn<'_>, pty: &PtyRequest) -> Result<(InPty, pty_process::OwnedWritePty), String> {
     let Spawn { cmd, env, arg0, login, tree } = spawn;
     let spawned = (|| {
         let (master, pts) = pty_process::open()?;
@@ -114,15 +123,11 @@ pub async fn run(
         let child = pcmd.spawn(pts)?;
         Ok::<_, pty_process::Error>((master, child))
     })();
-    let (master, child) = match spawned {
-        Ok(spawned) => spawned,
-        Err(e) => return out.refuse(&format!("cannot start a command in a terminal: {e}")).await,
-    };
+    let (master, child) = spawned.map_err(|e| format!("cannot start a command in a terminal: {e}"))?;
     // A second handle on the terminal, to resize it while the write half feeds it.
-    let resize = match std::os::fd::AsFd::as_fd(&master).try_clone_to_owned() {
-        Ok(fd) => fd,
-        Err(e) => return out.refuse(&format!("cannot start a command in a terminal: {e}")).await,
-    };
+    let resize = std::os::fd::AsFd::as_fd(&master)
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot start a command in a terminal: {e}"))?;
     let (read, write) = master.into_split();
     let pid = child.id().unwrap_or(0);
     let process = InPty {
@@ -136,11 +141,11 @@ pub async fn run(
         open: true,
         status: None,
     };
-    drive::run(process, write, timeout, input, out).await;
+    Ok((process, write))
 }
 
 /// A command in a pty as the loop drives it.
-struct InPty {
+pub struct InPty {
     /// Written down while it runs, for the agent's next start should this one die.
     _noted: crate::leftovers::Noted,
     child: Child,

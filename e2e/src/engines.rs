@@ -125,6 +125,24 @@ impl IsolatedFleet {
         who.run_stdin(&args, input)
     }
 
+    /// A job in a terminal in a session's container: it sees the container's files, shows
+    /// its screen, takes keys, and ends with its program.
+    pub fn terminal_job_in_a_session(&self) {
+        self.run(&["-s", "tty"], "echo from-the-session > /tmp/mark").ok();
+        let started =
+            self.run(&["-s", "tty", "--detach", "--terminal", "6x40"], "cat /tmp/mark; read x; echo got $x").ok();
+        let id = started.stdout.trim().to_owned();
+        let lines = || -> Vec<String> {
+            let screen = self.cli.run(&["job", "screen", &id, "--json"]).ok().json();
+            screen["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_owned()).collect()
+        };
+        wait_until("the program's first line on its screen", || lines()[0] == "from-the-session");
+        self.cli.run_stdin(&["job", "send", &id], b"typed\r").ok();
+        wait_until("what it printed for the keys", || lines()[..3] == ["from-the-session", "typed", "got typed"]);
+        self.cli.run(&["job", "wait", &id, "--timeout", "30s"]).ok();
+        self.cli.run(&["session", "rm", "tty"]).ok();
+    }
+
     /// A user who is not an admin, granted this fleet's node by name (it shares the
     /// control plane's machine) with this fleet's isolation kind and `more` kinds.
     pub fn user(&self, name: &str, more: &[&str]) -> Cli {

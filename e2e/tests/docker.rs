@@ -236,3 +236,10 @@ fn a_sessions_commands_read_the_callers_stdin_and_only_their_own() {
     let f = fleet(&[]);
     openbox_e2e::check_session_stdin(|cmd, input| f.run_stdin(&["-s", "in"], cmd, input));
 }
+
+#[test]
+fn a_job_in_a_terminal_runs_in_the_sessions_container() {
+    let f = fleet(&[]);
+    f.terminal_job_in_a_session();
+    assert_no_containers_left(&f);
+}

@@ -210,14 +210,25 @@ fn calls_during(cli: &Cli, tag: &str, fault: impl FnOnce(&dyn Fn() -> usize)) ->
                 }
             });
         }
+        // The calls stop however this ends: a fault or a wait that fails must not leave
+        // them running for ever (the scope waits for them).
+        let _stop = StopOnDrop(stop.clone());
         let calls = || ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
         wait_until("calls under way", || calls() > 6);
         fault(&calls);
         let after = calls();
         wait_until("calls after the fault", || calls() > after + 6);
-        stop.store(true, Ordering::Relaxed);
     });
     (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 #[test]

@@ -147,3 +147,37 @@ fn ended_jobs_go_after_their_retention() {
     assert_eq!(cli.run(&["job", "wait", &id]).code, 0);
     wait_until("the ended job to be removed", || !cli.run(&["jobs"]).ok().stdout.contains(&id));
 }
+
+#[test]
+fn a_job_in_a_terminal_shows_its_screen_and_takes_keys_for_an_interactive_program() {
+    let (_cp, cli, _agent) = fleet();
+    let dir = tempfile::tempdir().unwrap();
+    let note = dir.path().join("note.txt");
+    let id = detach(&cli, &["--terminal", "12x50", &format!("vi {}", note.display())]);
+    assert_eq!(job(&cli, &id)["terminal"], serde_json::json!({"rows": 12, "cols": 50}));
+    let screen = |cli: &Cli| cli.run(&["job", "screen", &id, "--json"]).ok().json();
+    // vi draws an empty file: its rows of `~`, the file's name on the last line.
+    wait_until("vi to draw its screen", || {
+        let s = screen(&cli);
+        let lines: Vec<&str> = s["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+        lines.len() == 12 && lines[1..10].iter().all(|l| *l == "~") && lines[11].contains("note.txt")
+    });
+    assert_eq!(screen(&cli)["cursor"], serde_json::json!([0, 0]));
+
+    // Keys: insert a line, then write and quit.
+    cli.run_stdin(&["job", "send", &id], b"ihello from keys").ok();
+    wait_until("the typed text to show", || screen(&cli)["lines"][0] == "hello from keys");
+    cli.run_stdin(&["job", "send", &id], b"\x1b:wq\r").ok();
+    cli.run(&["job", "wait", &id, "--timeout", "30s"]).ok();
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "hello from keys\n");
+    // Its last screen is kept past its end: vi has left its own (the alternate screen), as
+    // a terminal shows it once vi quit.
+    let last = screen(&cli);
+    assert_eq!((last["rows"].as_u64(), last["cols"].as_u64()), (Some(12), Some(50)), "{last}");
+    assert!(!last["lines"].as_array().unwrap().iter().any(|l| l == "~"), "{last}");
+
+    // A job without a terminal has no screen, and says how to get one.
+    let plain = detach(&cli, &["true"]);
+    cli.run(&["job", "screen", &plain]).fails_with(1, "runs without a terminal");
+    cli.run(&["-t", "t", "--detach", "--terminal", "0x80", "true"]).fails_with(2, "rows must be 1 to 500");
+}

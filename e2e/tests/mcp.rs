@@ -289,3 +289,13 @@ fn openboxd_sockets(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+#[test]
+fn the_python_sdk_drives_an_interactive_program_in_a_terminal_job_by_its_screen_and_keys() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &["mcptty"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typed.txt");
+    python_sdk(&admin, "terminal.py", &[&agent.name, file.to_str().unwrap()]);
+}

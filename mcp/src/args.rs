@@ -101,14 +101,17 @@ pub struct StartArgs {
     pub timeout_secs: Option<u64>,
     /// Keep the job's stdin open for `write_stdin` (else it reads end of input at once).
     pub stdin: Option<bool>,
+    /// Run it in a terminal of this size, for an interactive program (an editor, a REPL, a
+    /// prompt): `screen` shows what it shows, `send_keys` types into it.
+    pub terminal: Option<proto::jobs::TerminalSize>,
 }
 
 impl StartArgs {
-    /// The command part, as for `run`.
-    pub fn run(self) -> (RunArgs, bool) {
-        let StartArgs { tag, node, command, session, isolation, timeout_secs, stdin } = self;
+    /// The command part, as for `run`; whether stdin stays open; the terminal.
+    pub fn run(self) -> (RunArgs, bool, Option<proto::jobs::TerminalSize>) {
+        let StartArgs { tag, node, command, session, isolation, timeout_secs, stdin, terminal } = self;
         let run = RunArgs { tag, node, command, session, isolation, timeout_secs, max_output: None };
-        (run, stdin.unwrap_or(false))
+        (run, stdin.unwrap_or(false), terminal)
     }
 }
 
@@ -123,6 +126,17 @@ pub struct StdinArgs {
     pub data_base64: Option<String>,
     /// Close the job's stdin after this.
     pub close: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeysArgs {
+    /// The job id `start` returned (a job started with `terminal`).
+    pub job: String,
+    /// What to type, in order: each item is text typed as is, or one key by name — Enter,
+    /// Tab, Escape, Backspace, Up, Down, Left, Right, Home, End, PageUp, PageDown, Delete,
+    /// Space, or Ctrl-X for a letter X (Ctrl-C interrupts). E.g. ["i", "hello", "Escape", ":wq", "Enter"].
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

@@ -33,7 +33,7 @@ Streamable HTTP at http://ADDR/mcp (loopback only, or a Unix socket as unix:PATH
 theirs); it stops, and stops its openboxd, when its standard input closes.
 Tools: run, run_all, list_nodes, list_sessions, end_session,
   read_file, write_file, edit_file, list_dir, stat, upload, download,
-  start, read, wait, stop, list_jobs, write_stdin.
+  start, read, wait, stop, list_jobs, write_stdin, screen, send_keys.
 Configure your MCP client to start `openbox mcp` (see docs/agents.md). Every call goes through openboxd.";
 
 /// What the arguments ask for, or why they do not fit (then exit 2).

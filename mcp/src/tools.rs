@@ -468,17 +468,18 @@ impl Openbox {
         description = "Start a command as a job (for builds and anything longer than a tool call may take): it returns a job id at once, \
         and the command runs on the node whether or not anyone is connected — this server or openboxd may restart — its output kept by openboxd \
         (head and tail of very long output). Then `read` its output by offsets, `wait` until it ends, `stop` it, `write_stdin` to it \
-        (with `stdin: true`); `list_jobs` lists all, including those started by the CLI. No timeout unless timeout_secs is given.",
+        (with `stdin: true`); `list_jobs` lists all, including those started by the CLI. No timeout unless timeout_secs is given. \
+        With `terminal: {rows, cols}` it runs in a terminal, for interactive programs: `screen` shows its screen, `send_keys` types.",
         output_schema = schema::<proto::jobs::JobInfo>(),
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)
     )]
     async fn start(&self, Parameters(args): Parameters<StartArgs>) -> CallToolResult {
-        let (run, stdin) = args.run();
+        let (run, stdin, terminal) = args.run();
         let req = match run_request(run, None) {
             Ok(req) => req,
             Err(why) => return failed(why),
         };
-        let params = proto::jobs::JobStartParams { run: req, stdin };
+        let params = proto::jobs::JobStartParams { run: req, stdin, terminal };
         match daemon::call(proto::rpc::method::JOB_START, params).await.and_then(answer::<proto::jobs::JobInfo>) {
             Ok(info) => ok(info),
             Err(why) => failed(why),
@@ -598,12 +599,80 @@ impl Openbox {
             (None, None) if args.close.unwrap_or(false) => Vec::new(),
             _ => return failed("give `text` or `data_base64` (or just `close: true`)"),
         };
-        let params = proto::jobs::JobSendParams { id: args.job, close: args.close.unwrap_or(false) };
-        match daemon::transfer(proto::rpc::method::JOB_SEND, &params, Some(&data)).await {
-            Ok((value, _)) => answer::<proto::jobs::JobInfo>(value).map(ok).unwrap_or_else(failed),
+        send_to_job(args.job, &data, args.close.unwrap_or(false)).await
+    }
+
+    #[tool(
+        description = "Type into a job that runs in a terminal (started with `terminal`): text and named keys, in order \
+        (e.g. [\"i\", \"hello\", \"Escape\", \":wq\", \"Enter\"]). Then `screen` shows the result.",
+        output_schema = schema::<proto::jobs::JobInfo>(),
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn send_keys(&self, Parameters(args): Parameters<KeysArgs>) -> CallToolResult {
+        if args.keys.is_empty() {
+            return failed("give `keys`: text and key names, e.g. [\"ls\", \"Enter\"]");
+        }
+        match key_bytes(&args.keys) {
+            Ok(bytes) => send_to_job(args.job, &bytes, false).await,
             Err(why) => failed(why),
         }
     }
+
+    #[tool(
+        description = "Show the screen of a job that runs in a terminal (started with `terminal`), as a person at it would see it: \
+        its lines, and where the cursor is. After the job ended: its last screen.",
+        output_schema = schema::<proto::jobs::Screen>(),
+        annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
+    )]
+    async fn screen(&self, Parameters(args): Parameters<JobArgs>) -> CallToolResult {
+        let params = proto::jobs::JobParams { id: args.job };
+        match daemon::call(proto::rpc::method::JOB_SCREEN, params).await.and_then(answer::<proto::jobs::Screen>) {
+            Ok(screen) => ok(screen),
+            Err(why) => failed(why),
+        }
+    }
+}
+
+/// Sends `data` to a job's stdin (a terminal job's: its keys); with `close`, closes it.
+async fn send_to_job(id: String, data: &[u8], close: bool) -> CallToolResult {
+    let params = proto::jobs::JobSendParams { id, close };
+    match daemon::transfer(proto::rpc::method::JOB_SEND, &params, Some(data)).await {
+        Ok((value, _)) => answer::<proto::jobs::JobInfo>(value).map(ok).unwrap_or_else(failed),
+        Err(why) => failed(why),
+    }
+}
+
+/// The bytes a terminal gets for `keys` (see [`KeysArgs`]), or the first name not known.
+fn key_bytes(keys: &[String]) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    for key in keys {
+        let named: &[u8] = match key.as_str() {
+            "Enter" => b"\r",
+            "Tab" => b"\t",
+            "Escape" | "Esc" => b"\x1b",
+            "Backspace" => b"\x7f",
+            "Space" => b" ",
+            "Up" => b"\x1b[A",
+            "Down" => b"\x1b[B",
+            "Right" => b"\x1b[C",
+            "Left" => b"\x1b[D",
+            "Home" => b"\x1b[H",
+            "End" => b"\x1b[F",
+            "PageUp" => b"\x1b[5~",
+            "PageDown" => b"\x1b[6~",
+            "Delete" => b"\x1b[3~",
+            other => match other.strip_prefix("Ctrl-").map(str::as_bytes) {
+                Some([c]) if c.is_ascii_alphabetic() => {
+                    bytes.push(c.to_ascii_uppercase() - b'@');
+                    continue;
+                }
+                Some(_) => return Err(format!("{other:?} is no key: Ctrl- takes one letter, e.g. Ctrl-C")),
+                None => other.as_bytes(),
+            },
+        };
+        bytes.extend_from_slice(named);
+    }
+    Ok(bytes)
 }
 
 /// A job's state in a `read` answer: `running`, and `exit_code` or `error` once it ended.
@@ -759,4 +828,20 @@ fn argument_help(server: &Openbox, tool: &str) -> String {
         })
         .unwrap_or_default();
     if names.is_empty() { format!("{tool} takes no arguments") } else { format!("{tool} takes: {}", names.join(", ")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_typed_as_text_or_named() {
+        let keys = |k: &[&str]| key_bytes(&k.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(keys(&["i", "hé", "Escape", ":wq", "Enter"]).unwrap(), "ihé\x1b:wq\r".as_bytes());
+        assert_eq!(keys(&["Up", "Ctrl-C", "Ctrl-d", "Tab"]).unwrap(), b"\x1b[A\x03\x04\t");
+        // A name that is not a key is typed as text, except a Ctrl- that names no letter.
+        assert_eq!(keys(&["Enterprise"]).unwrap(), b"Enterprise");
+        assert!(keys(&["Ctrl-Shift"]).unwrap_err().contains("one letter"));
+        assert!(keys(&["Ctrl-1"]).is_err());
+    }
 }

@@ -150,6 +150,11 @@ pub struct RunArgs {
     /// With --detach: keep the job's stdin open for `openbox job send ID` (else it is empty).
     #[arg(long, requires = "detach")]
     stdin: bool,
+    /// With --detach: run it in a terminal of this size, for interactive programs (vi, a
+    /// REPL, an installer's prompts): `openbox job screen ID` shows its screen, and
+    /// `openbox job send ID` types into it (e.g. `printf ':wq\r' | openbox job send ID`).
+    #[arg(long, requires = "detach", value_name = "ROWSxCOLS", value_parser = terminal_size)]
+    terminal: Option<proto::jobs::TerminalSize>,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<String>,
@@ -570,6 +575,19 @@ pub enum JobCommand {
     },
     /// Remove an ended job and its output (here and on its node).
     Rm { id: String },
+    /// Print a terminal job's screen (started with --terminal): as it shows now, or as it
+    /// was when the job ended. --json adds its size and the cursor.
+    Screen { id: String },
+}
+
+/// `--terminal ROWSxCOLS`, e.g. 24x80.
+fn terminal_size(text: &str) -> Result<proto::jobs::TerminalSize, String> {
+    let (rows, cols) = text.split_once(['x', 'X']).ok_or("give ROWSxCOLS, e.g. 24x80")?;
+    let n = |s: &str, what: &str, max: u16| match s.trim().parse::<u16>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: {what} must be 1 to {max}")),
+    };
+    Ok(proto::jobs::TerminalSize { rows: n(rows, "rows", 500)?, cols: n(cols, "columns", 1000)? })
 }
 
 #[derive(Subcommand, Debug)]
@@ -699,8 +717,8 @@ impl Cli {
         let request = match self.command {
             None if self.run.all => Request::FanOut(self.run.into_fan_out()?),
             None if self.run.detach => {
-                let stdin = self.run.stdin;
-                Request::JobStart { run: self.run.into_request()?, stdin }
+                let (stdin, terminal) = (self.run.stdin, self.run.terminal);
+                Request::JobStart { run: self.run.into_request()?, stdin, terminal }
             }
             None => Request::Run(self.run.into_request()?),
             Some(Command::Control { args }) => return Ok(Action::Exec("openbox-control", args)),
@@ -750,6 +768,7 @@ impl Cli {
                 JobCommand::Stop { id } => Request::JobStop { id },
                 JobCommand::Send { close, id } => Request::JobSend { id, close },
                 JobCommand::Rm { id } => Request::JobRemove { id },
+                JobCommand::Screen { id } => Request::JobScreen { id },
             },
             Some(Command::Session(SessionCommand::Rm { id })) => {
                 Request::SessionRemove { id: name("session id", &id)? }
@@ -1031,6 +1050,15 @@ mod tests {
     fn action(args: &[&str]) -> Result<Action, String> {
         let argv = std::iter::once("openbox").chain(args.iter().copied()).map(OsString::from).collect();
         Cli::try_from_argv(argv).map_err(|e| e.to_string())?.into_action()
+    }
+
+    #[test]
+    fn a_terminal_size_is_rows_by_columns_within_bounds() {
+        let size = terminal_size("24x80").unwrap();
+        assert_eq!((size.rows, size.cols), (24, 80));
+        assert!(terminal_size("80").unwrap_err().contains("ROWSxCOLS"));
+        assert!(terminal_size("0x80").unwrap_err().contains("rows must be 1 to 500"));
+        assert!(terminal_size("24x2000").unwrap_err().contains("columns must be 1 to 1000"));
     }
 
     fn run(args: &[&str]) -> RunRequest {

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use net::ssh::PtySpec;
 use net::ssh::{ExitStatus, NoInput};
 use proto::api::Target;
 use proto::exec::{JobAct, JobOp};
-use proto::jobs::{JobInfo, JobRead};
+use proto::jobs::{JobInfo, JobRead, Screen, TerminalSize};
 use proto::request::RunRequest;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -28,6 +29,10 @@ use crate::spool::Spool;
 /// How long an ended job is kept (`OPENBOX_JOB_RETENTION` changes it, e.g. `1d`).
 const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const RETENTION_ENV: &str = "OPENBOX_JOB_RETENTION";
+/// A job's terminal when `-i` asks for one and gives no size.
+const DEFAULT_TERMINAL: TerminalSize = TerminalSize { rows: 24, cols: 80 };
+/// A terminal job's screen at its end, in its directory.
+const LAST_SCREEN: &str = "screen.json";
 /// A follower that cannot reach the node tries again after at most this long.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -44,6 +49,9 @@ struct Record {
     isolation: proto::Isolation,
     started: u64,
     stdin: bool,
+    /// The size of the terminal it runs in, if it runs in one.
+    #[serde(default)]
+    terminal: Option<TerminalSize>,
     /// Whose job it is: the login it was started with.
     user: String,
     state: State,
@@ -107,6 +115,7 @@ impl Job {
             ended: r.ended,
             error: r.error,
             stdin: r.stdin,
+            terminal: r.terminal,
             stdout_bytes: s.0.len(),
             stderr_bytes: s.1.len(),
             stdout_dropped: s.0.dropped(),
@@ -238,10 +247,28 @@ impl Jobs {
     }
 
     /// Starts `run` as a job on its node and follows it; returns once the node has it.
-    pub async fn start(self: &Arc<Self>, d: &Arc<Daemon>, run: RunRequest, stdin: bool) -> anyhow::Result<JobInfo> {
-        if run.tty.is_some() || !run.forwards.is_empty() {
-            bail!("a job runs without a terminal and without forwards (leave out -i, -L and -R)");
+    /// With `terminal` (or `-i`: 24×80), in a terminal of that size: its output is the
+    /// terminal's, and its screen is kept (see [`Jobs::screen`]).
+    pub async fn start(
+        self: &Arc<Self>,
+        d: &Arc<Daemon>,
+        run: RunRequest,
+        stdin: bool,
+        terminal: Option<TerminalSize>,
+    ) -> anyhow::Result<JobInfo> {
+        if !run.forwards.is_empty() {
+            bail!("a job runs without forwards (leave out -L and -R)");
         }
+        let terminal = terminal.or_else(|| run.tty.as_ref().map(|_| DEFAULT_TERMINAL));
+        if let Some(t) = terminal
+            && (t.rows == 0 || t.cols == 0 || t.rows > 500 || t.cols > 1000)
+        {
+            bail!("a terminal of {}×{} cannot be: give 1 to 500 rows and 1 to 1000 columns", t.rows, t.cols);
+        }
+        let term = run.tty.as_ref().map_or("xterm-256color", |t| t.term.as_str());
+        let pty = terminal.map(|t| PtySpec { term: term.to_owned(), cols: t.cols.into(), rows: t.rows.into() });
+        // Keys go to a terminal's stdin.
+        let stdin = stdin || terminal.is_some();
         if run.command.is_empty() {
             bail!("no command given: openbox -t TAG --detach CMD [ARGS…]");
         }
@@ -255,7 +282,7 @@ impl Jobs {
         // In a session of its own, the job's `exit` ends the job, not the session's shell.
         let line = if own_session { format!("(\n{command}\n)") } else { command.clone() };
         let want = Want { target: &run.target, session: Some(&session), isolation: &run.isolation };
-        let what = What { command: Some(&line), pty: None, subsystem: None };
+        let what = What { command: Some(&line), pty: pty.as_ref(), subsystem: None };
         let op = JobOp::new(&id, JobAct::Start { stdin }).value();
         let timeout = run.timeout_secs.map(|t| t.to_string());
         let mut env = vec![(proto::exec::JOB_ENV, op.as_str())];
@@ -287,6 +314,7 @@ impl Jobs {
             isolation: run.isolation.clone(),
             started: proto::time::now(),
             stdin,
+            terminal,
             user: acct.login.user.clone(),
             state: State::Running,
             exit_code: None,
@@ -366,6 +394,20 @@ impl Jobs {
         Ok(job.info())
     }
 
+    /// A job's terminal screen: from its node while it runs, else as it was at its end.
+    pub async fn screen(&self, d: &Daemon, id: &str) -> anyhow::Result<Screen> {
+        let job = self.get(id)?;
+        if job.record().terminal.is_none() {
+            bail!("job {id} runs without a terminal: start it with a terminal (MCP: `terminal`; CLI: -i --detach)");
+        }
+        if !job.ended() {
+            return screen_on_node(d, &job).await;
+        }
+        let text = std::fs::read(job.dir.join(LAST_SCREEN))
+            .with_context(|| format!("job {id} ended before its last screen could be kept"))?;
+        Ok(serde_json::from_slice(&text)?)
+    }
+
     /// Forgets an ended job: its output here and on the node goes.
     pub async fn forget(&self, d: &Daemon, id: &str) -> anyhow::Result<()> {
         let job = self.get(id)?;
@@ -443,8 +485,15 @@ fn load(dir: &Path) -> anyhow::Result<Job> {
     new_job(dir, record)
 }
 
-/// Asks the job's node to do `act` to it, with `input` as the channel's data.
-async fn on_node(d: &Daemon, job: &Job, act: JobAct, input: impl net::ssh::Input) -> anyhow::Result<()> {
+/// The job's screen as its node sees it now.
+async fn screen_on_node(d: &Daemon, job: &Job) -> anyhow::Result<Screen> {
+    let answer = on_node(d, job, JobAct::Screen, NoInput).await?;
+    serde_json::from_slice(&answer).context("the node's answer for the job's screen")
+}
+
+/// Asks the job's node to do `act` to it, with `input` as the channel's data; what the
+/// node answered on stdout.
+async fn on_node(d: &Daemon, job: &Job, act: JobAct, input: impl net::ssh::Input) -> anyhow::Result<Vec<u8>> {
     let started = job_channel(d, job, act).await?;
     let mut said = crate::io::Held::default();
     let status = started.finish(input, &mut HeldOutput(&mut said), std::future::pending()).await?;
@@ -452,7 +501,7 @@ async fn on_node(d: &Daemon, job: &Job, act: JobAct, input: impl net::ssh::Input
         let why = String::from_utf8_lossy(&said.stderr);
         bail!("{}", why.trim().trim_start_matches("openbox agent: "));
     }
-    Ok(())
+    Ok(said.stdout)
 }
 
 /// A channel to the job's node asking `act` of it (the job subsystem, in its session).
@@ -487,6 +536,19 @@ async fn follow(d: Arc<Daemon>, job: Arc<Job>) {
         }
     }
     let r = job.record();
+    // The node forgets the job's screen with it: its last one is kept here.
+    if r.terminal.is_some() {
+        match tokio::time::timeout(Duration::from_secs(10), screen_on_node(&d, &job)).await {
+            Ok(Ok(screen)) => {
+                let text = serde_json::to_vec(&screen).expect("serializable");
+                if let Err(e) = paths::write_private(&job.dir.join(LAST_SCREEN), &text) {
+                    tracing::warn!(job = %r.id, error = %e, "could not keep a job's last screen");
+                }
+            }
+            Ok(Err(e)) => tracing::info!(job = %r.id, error = %format!("{e:#}"), "no last screen for a job"),
+            Err(_) => tracing::info!(job = %r.id, "no last screen for a job: its node did not answer"),
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), on_node(&d, &job, JobAct::Forget, NoInput)).await;
     if r.own_session {
         let _ = tokio::time::timeout(Duration::from_secs(10), crate::commands::session_remove(&d, &r.session)).await;
@@ -608,6 +670,15 @@ pub fn listed(jobs: &[JobInfo]) -> crate::commands::Reply {
 }
 
 /// A job after something was done to it.
+/// `openbox job screen ID`: the screen's lines as they show.
+pub fn screened(screen: &Screen) -> crate::commands::Reply {
+    let mut text = screen.lines.join("\n");
+    while text.ends_with('\n') {
+        text.pop();
+    }
+    crate::commands::Reply::new(crate::commands::to_json(screen), text)
+}
+
 pub fn described(info: &JobInfo) -> crate::commands::Reply {
     crate::commands::Reply::new(crate::commands::to_json(info), line(info))
 }

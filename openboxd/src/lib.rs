@@ -223,8 +223,8 @@ async fn handle_with(d: &Arc<Daemon>, call: Call, io: &mut CallIo) -> u8 {
         Request::Audit { user, node, since_secs } => {
             commands::audit(d, user.as_deref(), node.as_deref(), since_secs).await
         }
-        Request::JobStart { run, stdin } => match d.jobs() {
-            Ok(jobs) => jobs.start(d, run, stdin).await.map(|info| jobs::started(&info)),
+        Request::JobStart { run, stdin, terminal } => match d.jobs() {
+            Ok(jobs) => jobs.start(d, run, stdin, terminal).await.map(|info| jobs::started(&info)),
             Err(e) => Err(e),
         },
         Request::Jobs => d.jobs().map(|jobs| jobs::listed(&jobs.list())),
@@ -238,6 +238,10 @@ async fn handle_with(d: &Arc<Daemon>, call: Call, io: &mut CallIo) -> u8 {
         },
         Request::JobSend { id, close } => match d.jobs() {
             Ok(jobs) => jobs.send(d, &id, io.take_input(), close).await.map(|info| jobs::described(&info)),
+            Err(e) => Err(e),
+        },
+        Request::JobScreen { id } => match d.jobs() {
+            Ok(jobs) => jobs.screen(d, &id).await.map(|screen| jobs::screened(&screen)),
             Err(e) => Err(e),
         },
         Request::JobRemove { id } => match d.jobs() {

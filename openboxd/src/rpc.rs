@@ -347,7 +347,8 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
             | method::JOB_WAIT
             | method::JOB_STOP
             | method::JOB_SEND
-            | method::JOB_FORGET => {
+            | method::JOB_FORGET
+            | method::JOB_SCREEN => {
                 let call = match job_call(req.method.as_str(), req.params) {
                     Ok(call) => call,
                     Err(msg) => {
@@ -478,6 +479,7 @@ enum JobCall {
     Stop(proto::jobs::JobParams),
     Send(proto::jobs::JobSendParams),
     Forget(proto::jobs::JobParams),
+    Screen(proto::jobs::JobParams),
 }
 
 fn job_call(name: &str, value: Value) -> Result<JobCall, BadParams> {
@@ -488,6 +490,7 @@ fn job_call(name: &str, value: Value) -> Result<JobCall, BadParams> {
         method::JOB_STOP => JobCall::Stop(params(value, name)?),
         method::JOB_SEND => JobCall::Send(params(value, name)?),
         method::JOB_FORGET => JobCall::Forget(params(value, name)?),
+        method::JOB_SCREEN => JobCall::Screen(params(value, name)?),
         _ => JobCall::List,
     })
 }
@@ -498,7 +501,7 @@ async fn job(d: &Arc<Daemon>, call: JobCall, input: CallInput) -> anyhow::Result
     Ok(match call {
         JobCall::Start(p) => {
             let p = *p;
-            to_value(&jobs.start(d, p.run, p.stdin).await?)
+            to_value(&jobs.start(d, p.run, p.stdin, p.terminal).await?)
         }
         JobCall::List => to_value(&jobs.list()),
         JobCall::Read(p) => {
@@ -508,6 +511,7 @@ async fn job(d: &Arc<Daemon>, call: JobCall, input: CallInput) -> anyhow::Result
         JobCall::Wait(p) => to_value(&jobs.wait(&p.id, p.timeout_secs.map(std::time::Duration::from_secs)).await?),
         JobCall::Stop(p) => to_value(&jobs.stop(d, &p.id).await?),
         JobCall::Send(p) => to_value(&jobs.send(d, &p.id, input, p.close).await?),
+        JobCall::Screen(p) => to_value(&jobs.screen(d, &p.id).await?),
         JobCall::Forget(p) => {
             jobs.forget(d, &p.id).await?;
             serde_json::json!({ "removed": p.id })

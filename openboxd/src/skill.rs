@@ -249,7 +249,10 @@ already logged in.
   `openbox jobs` to list them, `openbox job stop ID` to stop one.
 - Over MCP the same jobs: `start` it, then `read` its output from offsets, `wait` for it to
   end (up to 50 s a call), `stop` it, `list_jobs`; `write_stdin` feeds one started with
-  `stdin: true`.
+  `stdin: true`. An interactive program (an editor, a REPL, a prompt) runs as a job with
+  `terminal: {{"rows": 24, "cols": 80}}`: `screen` shows what it shows, `send_keys` types
+  (`["i", "text", "Escape", ":wq", "Enter"]`); on the CLI `--detach --terminal 24x80`,
+  `openbox job screen ID`, and keys through `openbox job send ID`.
 - `--timeout 10m` stops a command (exit 124); `--max-output 64k` keeps the head and tail of
   each stream with a `[… N bytes omitted …]` mark — use it for commands that may print a lot.
 
@@ -264,7 +267,7 @@ already logged in.
 - stdin is forwarded to one-shot commands: `tar c . | openbox -n NODE 'tar x -C /dst'`.
 - MCP server: `openbox mcp` (tools `run`, `run_all`, `list_nodes`, `list_sessions`,
   `end_session`, the file tools above, and `start`/`read`/`wait`/`stop`/`list_jobs`/`write_stdin`
-  for jobs).
+  for jobs, `screen`/`send_keys` for jobs in a terminal).
 "#
     )
 }

@@ -57,6 +57,9 @@ pub enum JobAct {
     Stop,
     /// Its output is no longer wanted: the node deletes it (once it ended).
     Forget,
+    /// A job with a terminal: its screen as it is now, a [`crate::jobs::Screen`] as JSON on
+    /// stdout.
+    Screen,
 }
 
 /// What a job's refusal to be read says when the node no longer has the job.
@@ -79,6 +82,7 @@ impl JobOp {
             JobAct::Signal(name) => format!("signal:{id}:{name}"),
             JobAct::Stop => format!("stop:{id}"),
             JobAct::Forget => format!("forget:{id}"),
+            JobAct::Screen => format!("screen:{id}"),
         }
     }
 
@@ -98,6 +102,7 @@ impl JobOp {
             ("signal", [name]) if signal_number(name).is_some() => JobAct::Signal((*name).to_owned()),
             ("stop", []) => JobAct::Stop,
             ("forget", []) => JobAct::Forget,
+            ("screen", []) => JobAct::Screen,
             _ => return None,
         };
         Some(JobOp::new(id, act))

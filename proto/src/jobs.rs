@@ -35,6 +35,9 @@ pub struct JobInfo {
     /// Whether its stdin is open for `job send` / `write_stdin`.
     #[serde(default)]
     pub stdin: bool,
+    /// It runs in a terminal of this size (`job screen` / `screen` show it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<TerminalSize>,
     /// Bytes of each stream received so far, and of those, bytes no longer kept (the
     /// middle of a long output: its head and tail are kept).
     pub stdout_bytes: u64,
@@ -51,6 +54,31 @@ pub struct JobStartParams {
     /// Keep its stdin open for `job_send` (else it is empty).
     #[serde(default)]
     pub stdin: bool,
+    /// Run it in a terminal of this size (its stdin is open then: keys go there).
+    #[serde(default)]
+    pub terminal: Option<TerminalSize>,
+}
+
+/// A job's terminal size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// A job's terminal screen as the node sees it now (`job_screen`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Screen {
+    pub rows: u16,
+    pub cols: u16,
+    /// Its lines, top to bottom, without trailing blanks.
+    pub lines: Vec<String>,
+    /// Where the cursor is: row and column, from 0.
+    pub cursor: [u16; 2],
+    /// Whether the program hid its cursor.
+    pub cursor_hidden: bool,
 }
 
 /// `job_read`: a job's output from these offsets.

@@ -153,6 +153,9 @@ pub enum Request {
         /// Keep its stdin open for `openbox job send`.
         #[serde(default)]
         stdin: bool,
+        /// Run it in a terminal of this size (`--terminal ROWSxCOLS`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        terminal: Option<crate::jobs::TerminalSize>,
     },
     /// The jobs openboxd keeps.
     Jobs,
@@ -180,6 +183,10 @@ pub enum Request {
     },
     /// Forget an ended job: its output here and on its node goes.
     JobRemove {
+        id: String,
+    },
+    /// A terminal job's screen: as its node shows it now, or as it was at its end.
+    JobScreen {
         id: String,
     },
     /// The caller's persistent sessions.

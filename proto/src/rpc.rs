@@ -50,6 +50,8 @@ pub mod method {
     pub const JOB_STOP: &str = "job_stop";
     pub const JOB_SEND: &str = "job_send";
     pub const JOB_FORGET: &str = "job_forget";
+    /// A terminal job's screen ([`crate::jobs::Screen`]).
+    pub const JOB_SCREEN: &str = "job_screen";
 }
 
 /// JSON-RPC error codes (the standard ones, and openbox's in the server range).

@@ -224,25 +224,35 @@ pub async fn exec_in_terminal(
     input: ChannelReadHalf,
     out: ChannelOut,
 ) {
-    let Entry { engine, container, env, login } = entry;
     let input = crate::channel::messages(input, &out);
+    match start_in_terminal(entry, command, pty).await {
+        Ok((exec, stdin)) => drive::run(exec, stdin, None, input, out).await,
+        Err(why) => out.refuse(&why).await,
+    }
+}
+
+/// Starts `command` (or a login shell) in the session's container with a terminal: the
+/// exec, for the loop to drive, and its input.
+pub async fn start_in_terminal(
+    entry: Entry<'_>,
+    command: Option<&str>,
+    pty: &crate::pty::PtyRequest,
+) -> Result<(Exec, impl tokio::io::AsyncWrite + Unpin + Send + 'static), String> {
+    let Entry { engine, container, env, login } = entry;
     let argv = match command {
         Some(command) => vec!["/bin/sh".to_owned(), "-c".to_owned(), command.to_owned()],
         None => vec!["/bin/sh".to_owned(), "-l".to_owned()],
     };
     let env = env.iter().map(|(k, v)| format!("{k}={v}")).chain([format!("TERM={}", pty.term)]).collect();
     let user = login.map(|l| format!("{}:{}", l.uid, l.gid));
-    let (exec_id, output, stdin) = match engine.exec_in_terminal(container, argv, env, user).await {
-        Ok(started) => started,
-        Err(e) => return out.refuse(&format!("{e}; nothing was run")).await,
-    };
+    let (exec_id, output, stdin) =
+        engine.exec_in_terminal(container, argv, env, user).await.map_err(|e| format!("{e}; nothing was run"))?;
     engine.resize_exec(&exec_id, pty.cols, pty.rows).await;
-    let exec = Exec { engine: engine.clone(), id: exec_id, output, message: bytes::Bytes::new(), output_open: true };
-    drive::run(exec, stdin, None, input, out).await;
+    Ok((Exec { engine: engine.clone(), id: exec_id, output, message: bytes::Bytes::new(), output_open: true }, stdin))
 }
 
 /// A command started in a session's container with a terminal, as the loop drives it.
-struct Exec {
+pub struct Exec {
     engine: Engine,
     id: String,
     output: engine::ExecOutput,

@@ -10,6 +10,7 @@
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
@@ -44,6 +45,33 @@ pub struct Running {
     pub progress: watch::Sender<Progress>,
     /// Input, signals and `Close` (stop) for the job's framed command.
     pub input: mpsc::UnboundedSender<russh::ChannelMsg>,
+    /// A job in a terminal: its screen, kept current from its output.
+    pub screen: Option<Screen>,
+}
+
+/// A terminal's screen, as its output draws it.
+pub type Screen = Arc<std::sync::Mutex<vt100::Parser>>;
+
+/// A fresh screen of the terminal's size.
+pub fn new_screen(pty: &crate::pty::PtyRequest) -> Screen {
+    let dim =
+        |n: u32| std::num::NonZeroU16::new(u16::try_from(n).unwrap_or(u16::MAX)).unwrap_or(std::num::NonZeroU16::MIN);
+    Arc::new(std::sync::Mutex::new(vt100::Parser::new(dim(pty.rows), dim(pty.cols), 0)))
+}
+
+/// What the screen shows now.
+pub fn snapshot(screen: &Screen) -> proto::jobs::Screen {
+    let parser = screen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let screen = parser.screen();
+    let (rows, cols) = screen.size();
+    let (row, col) = screen.cursor_position();
+    proto::jobs::Screen {
+        rows: rows.get(),
+        cols: cols.get(),
+        lines: screen.rows(0, cols.get()).map(|l| l.trim_end().to_owned()).collect(),
+        cursor: [row, col],
+        cursor_hidden: screen.hide_cursor(),
+    }
 }
 
 const STDOUT: &str = "stdout";
@@ -96,10 +124,12 @@ pub struct Spool {
     stdout: tokio::sync::Mutex<tokio::fs::File>,
     stderr: tokio::sync::Mutex<tokio::fs::File>,
     progress: watch::Sender<Progress>,
+    /// A terminal's screen, drawn from its output (all on stdout).
+    screen: Option<Screen>,
 }
 
 impl Spool {
-    pub async fn open(dir: &Path, progress: watch::Sender<Progress>) -> std::io::Result<Spool> {
+    pub async fn open(dir: &Path, progress: watch::Sender<Progress>, screen: Option<Screen>) -> std::io::Result<Spool> {
         let append = |name| {
             let path = dir.join(name);
             async move { tokio::fs::OpenOptions::new().append(true).open(path).await }
@@ -108,12 +138,16 @@ impl Spool {
             stdout: tokio::sync::Mutex::new(append(STDOUT).await?),
             stderr: tokio::sync::Mutex::new(append(STDERR).await?),
             progress,
+            screen,
         })
     }
 
     async fn write(&self, stderr: bool, data: &[u8]) -> bool {
         let file = if stderr { &self.stderr } else { &self.stdout };
         let mut file = file.lock().await;
+        if let Some(screen) = self.screen.as_ref().filter(|_| !stderr) {
+            screen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).process(data);
+        }
         if let Err(e) = file.write_all(data).await {
             // A full disk: the job goes on; what it says meanwhile is lost, and logged.
             tracing::warn!(error = %e, bytes = data.len(), "a job's output could not be kept");
@@ -208,7 +242,7 @@ mod tests {
         assert!(owned_by(dir, Some("bob-1")) && !owned_by(dir, Some("bob-2")) && !owned_by(dir, None));
         assert!(prepare(dir, Some("bob-1")).is_err(), "a job's directory is never made twice");
         let (tx, rx) = watch::channel(Progress::default());
-        let spool = Spool::open(dir, tx).await.unwrap();
+        let spool = Spool::open(dir, tx, None).await.unwrap();
         use crate::channel::Out as _;
         spool.stdout(b"out 1\n").await;
         spool.stderr(b"err\n").await;

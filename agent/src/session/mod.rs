@@ -138,6 +138,58 @@ pub struct Job<'a> {
     pub login: Option<&'a Login>,
 }
 
+/// How a job starts: its id, whether its stdin stays open, and the terminal it runs in
+/// (then its stdin is open for keys, and its screen is kept).
+pub struct JobStart<'a> {
+    pub id: &'a str,
+    pub stdin: bool,
+    pub terminal: Option<crate::pty::PtyRequest>,
+}
+
+/// A job's program in a terminal of its own, beside its session's shell.
+enum TerminalProgram {
+    Pty(crate::pty::InPty, pty_process::OwnedWritePty),
+    Docker(crate::docker::Exec, std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>),
+}
+
+impl TerminalProgram {
+    /// Starts the job's command in a terminal where the session's shell is: on this host
+    /// as the job's account, or in the shell's container.
+    async fn start(host: &shell::ShellHost, job: &Job<'_>, pty: &crate::pty::PtyRequest) -> Result<Self, String> {
+        let spawn = match host {
+            shell::ShellHost::Container(c) => {
+                let entry =
+                    crate::docker::Entry { engine: &c.engine, container: &c.id, env: job.env, login: job.login };
+                let (exec, input) = crate::docker::start_in_terminal(entry, Some(job.command), pty).await?;
+                return Ok(TerminalProgram::Docker(exec, Box::pin(input)));
+            }
+            shell::ShellHost::Process { root: Some(init), nspawn: true, .. } => {
+                if !init.is_running() {
+                    return Err("the session's container has ended".into());
+                }
+                let (cmd, fresh) = shell::enter_nspawn(init.pid, Some(job.command), job.env);
+                let env = crate::pty::Env::Fresh(fresh);
+                crate::pty::Spawn { cmd, env, arg0: None, login: None, tree: crate::procs::Tree::Group }
+            }
+            shell::ShellHost::Process { .. } => {
+                let mut cmd = crate::exec::native_shell(job.env, job.login);
+                cmd.arg("-c").arg(job.command);
+                let env = crate::pty::Env::Inherit;
+                crate::pty::Spawn { cmd, env, arg0: None, login: job.login, tree: crate::procs::Tree::Group }
+            }
+        };
+        let (process, input) = crate::pty::start(spawn, pty)?;
+        Ok(TerminalProgram::Pty(process, input))
+    }
+
+    async fn drive(self, timeout: Option<Duration>, input: Messages, out: &impl Out) -> Outcome {
+        match self {
+            TerminalProgram::Pty(process, stdin) => crate::drive::drive(process, stdin, timeout, input, out).await,
+            TerminalProgram::Docker(exec, stdin) => crate::drive::drive(exec, stdin, timeout, input, out).await,
+        }
+    }
+}
+
 /// All sessions on this node.
 pub struct Sessions {
     slots: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Slot>>>>,
@@ -572,11 +624,13 @@ impl Sessions {
         self: &Arc<Self>,
         user: &str,
         id: &str,
-        job_id: &str,
+        start: JobStart<'_>,
         job: Job<'_>,
-        stdin: bool,
         mut out: ChannelOut,
     ) {
+        let JobStart { id: job_id, terminal, .. } = start;
+        // A terminal's keys go to its stdin: it stays open.
+        let stdin = start.stdin || terminal.is_some();
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let Ok(mut s) = slot.try_lock_owned() else {
@@ -588,13 +642,26 @@ impl Sessions {
         }
         let dir = job::dir_of(&self.jobs_dir, user, id, job_id);
         let (progress, _) = tokio::sync::watch::channel(job::Progress::default());
+        let screen = terminal.as_ref().map(job::new_screen);
         let spool = match job::prepare(&dir, job.owner) {
-            Ok(()) => job::Spool::open(&dir, progress.clone()).await,
+            Ok(()) => job::Spool::open(&dir, progress.clone(), screen.clone()).await,
             Err(e) => Err(e),
         };
         let spool = match spool {
             Ok(spool) => spool,
             Err(e) => return out.refuse(&format!("cannot keep the job's output ({e}); nothing was started")).await,
+        };
+        // A program in a terminal starts beside the session's shell (in its container, for
+        // a container's session) — now, so that the caller hears when it cannot.
+        let in_terminal = match (&terminal, s.shell.as_ref()) {
+            (Some(pty), Some(shell)) => match TerminalProgram::start(&shell.host, &job, pty).await {
+                Ok(program) => Some(program),
+                Err(why) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return out.refuse(&why).await;
+                }
+            },
+            _ => None,
         };
         let (input_tx, input_rx) = tokio::sync::mpsc::unbounded_channel();
         if !stdin {
@@ -606,6 +673,7 @@ impl Sessions {
             dir: dir.clone(),
             progress: progress.clone(),
             input: input_tx,
+            screen,
         });
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), running);
         s.last_used = proto::time::now();
@@ -616,9 +684,16 @@ impl Sessions {
         let this = self.clone();
         tokio::spawn(async move {
             let mut input = Messages::queued(input_rx);
-            let shell = s.shell.as_mut().expect("just ensured");
-            let framed = run_framed(shell, &command, timeout, &spool, &mut input).await;
-            let end = match this.conclude(&mut s, &key, framed, &spool).await {
+            let outcome = match in_terminal {
+                // The session's shell is not touched: it stays as it was.
+                Some(program) => program.drive(timeout, input, &spool).await,
+                None => {
+                    let shell = s.shell.as_mut().expect("just ensured");
+                    let framed = run_framed(shell, &command, timeout, &spool, &mut input).await;
+                    this.conclude(&mut s, &key, framed, &spool).await
+                }
+            };
+            let end = match outcome {
                 Outcome::Code(code) => job::End::Code(code),
                 Outcome::Signal(sig, _) => job::End::Code(
                     crate::signals::name(&sig).map_or(255, |n| u32::from(proto::exec::signal_exit_code(n))),
@@ -715,6 +790,18 @@ impl Sessions {
                 let _ = std::fs::remove_dir_all(&dir);
                 out.finish(Outcome::Code(0)).await;
             }
+            JobAct::Screen => match running.as_ref().and_then(|j| j.screen.as_ref()) {
+                Some(screen) => {
+                    let text = serde_json::to_vec(&job::snapshot(screen)).expect("serializable");
+                    out.stdout(&text).await;
+                    out.finish(Outcome::Code(0)).await;
+                }
+                None if running.is_some() => out.refuse(&format!("job {} runs without a terminal", op.id)).await,
+                None => {
+                    let why = format!("job {} ended before the node's agent restarted: its screen is gone", op.id);
+                    out.refuse(&why).await;
+                }
+            },
             JobAct::Start { .. } => out.refuse("a job is started with its command (exec)").await,
         }
     }
