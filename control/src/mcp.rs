@@ -5,13 +5,15 @@
 //! openboxd of its own, logged in to this control plane as that user with a login token
 //! made for it (`obx_mcp_…`, so that what it does is marked `mcp` in the audit log), and
 //! passes the user's requests to it over a Unix socket in the user's directory
-//! (`STATE/mcp/USER-INCARNATION`). From there the path is the CLI's: the same access
+//! (`STATE/mcp/INCARNATION`, named by the user's incarnation). From there the path is the CLI's: the same access
 //! policy, certificates signed for the user, the same audit entries, the same jobs. The
 //! hosted server has no tools that reach this machine's own files.
 //!
 //! The servers live as long as the control plane: each stops, with its openboxd, when its
-//! standard input (a pipe from here) closes. A login token made for one is revoked when
-//! the next is made, and at the next start for those of an earlier run.
+//! standard input (a pipe from here) closes. They start with no environment but what they
+//! need (none of the control plane's secrets), and keep ended jobs for a day. A login token
+//! made for one is kept here only as its hash, and revoked when the next is made, when a
+//! start fails, and at the next start for those of an earlier run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,13 +36,19 @@ use crate::store::User;
 
 /// How long a user's server has to start (log in, start openboxd, listen).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The hash of the login token made for a user's server, in its directory.
+const TOKEN_HASH: &str = "login-token.sha256";
 
 /// The MCP servers run for users, one per user incarnation.
 pub struct Gateway {
     /// Where their directories are; `None`: `/mcp` is not served.
     dir: Option<PathBuf>,
-    servers: tokio::sync::Mutex<HashMap<String, Arc<Server>>>,
+    /// Each user's server, behind a lock of its own: one user's slow start holds no one else.
+    servers: std::sync::Mutex<HashMap<String, Arc<ServerCell>>>,
 }
+
+/// A user's server once started, and the lock its start is made under.
+type ServerCell = tokio::sync::Mutex<Option<Arc<Server>>>;
 
 /// One user's MCP server.
 struct Server {
@@ -59,7 +67,7 @@ impl Server {
 
 impl Gateway {
     pub fn new(dir: Option<PathBuf>) -> Gateway {
-        Gateway { dir, servers: tokio::sync::Mutex::new(HashMap::new()) }
+        Gateway { dir, servers: std::sync::Mutex::new(HashMap::new()) }
     }
 
     /// Revokes the login tokens made for the servers of an earlier run (they stopped with
@@ -68,7 +76,7 @@ impl Gateway {
         let Some(dir) = &self.dir else { return };
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
-            revoke_token_in(app, &entry.path().join("login-token")).await;
+            revoke_token_in(app, &entry.path()).await;
         }
     }
 
@@ -77,43 +85,70 @@ impl Gateway {
         let Some(dir) = &self.dir else {
             return Err(Refusal::new(Kind::NotFound, "this control plane does not serve MCP"));
         };
-        let mut servers = self.servers.lock().await;
-        if let Some(s) = servers.get(&caller.user.incarnation)
-            && s.running()
-        {
+        let incarnation = &caller.user.incarnation;
+        let cell = {
+            let mut servers = self.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            servers.entry(incarnation.clone()).or_default().clone()
+        };
+        let mut cell = cell.lock().await;
+        if let Some(s) = cell.as_ref().filter(|s| s.running()) {
             return Ok(s.clone());
         }
-        let user_dir = dir.join(format!("{}-{}", caller.user.name, &caller.user.incarnation));
-        let server = Arc::new(start(app, &caller.user, &user_dir).await.map_err(|why| {
-            tracing::warn!(user = %caller.user.name, error = %why, "MCP server did not start");
-            Refusal::new(Kind::Unavailable, format!("the MCP server did not start: {why}"))
-        })?);
+        // Named by the incarnation alone: short enough for the sockets under it.
+        let short: String = incarnation.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+        let user_dir = dir.join(short);
         caller.audit(app, "mcp.start", Record::default()).await?;
-        servers.insert(caller.user.incarnation.clone(), server.clone());
+        let server = match start(app, &caller.user, &user_dir).await {
+            Ok(server) => Arc::new(server),
+            Err(why) => {
+                revoke_token_in(app, &user_dir).await;
+                tracing::warn!(user = %caller.user.name, error = %why, "MCP server did not start");
+                return Err(Refusal::new(Kind::Unavailable, format!("the MCP server did not start: {why}")));
+            }
+        };
+        *cell = Some(server.clone());
         Ok(server)
     }
 }
 
-/// Revokes the login token kept in `file`, if there is one.
-async fn revoke_token_in(app: &App, file: &Path) {
-    if let Ok(old) = std::fs::read_to_string(file)
-        && !old.trim().is_empty()
+/// Revokes the login token made for the server in `dir`, if it has one.
+async fn revoke_token_in(app: &App, dir: &Path) {
+    let file = dir.join(TOKEN_HASH);
+    if let Ok(hash) = std::fs::read_to_string(&file)
+        && !hash.trim().is_empty()
     {
-        let _ = app.store.revoke_login_token(&token::hash(old.trim())).await;
-        let _ = std::fs::remove_file(file);
+        let _ = app.store.revoke_login_token(hash.trim()).await;
+        let _ = std::fs::remove_file(&file);
     }
+}
+
+/// `program` with only the environment a user's server needs: none of the control
+/// plane's own (its CA key, its tailnet's keys).
+fn clean_command(program: &Path, dir: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+        .env("HOME", dir)
+        .env(paths::HOME_ENV, dir)
+        // Ended jobs take this machine's disk: a day, not a week.
+        .env("OPENBOX_JOB_RETENTION", "1d")
+        .env("TS_NO_LOGS_NO_SUPPORT", "true")
+        .current_dir(dir)
+        .kill_on_drop(false);
+    cmd
 }
 
 /// Logs a fresh openbox identity in as `user` in `dir` and starts its MCP server there.
 async fn start(app: &App, user: &User, dir: &Path) -> Result<Server, String> {
     paths::create_private_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let token_file = dir.join("login-token");
-    revoke_token_in(app, &token_file).await;
+    revoke_token_in(app, dir).await;
     let login = token::generate(token::MCP_LOGIN_PREFIX);
-    app.store
-        .add_login_token(&user.name, &token::hash(login.expose()), crate::now())
-        .await
-        .map_err(|e| e.to_string())?;
+    let hash = token::hash(login.expose());
+    // The hash first: a token that exists is one this directory can revoke.
+    paths::write_private(&dir.join(TOKEN_HASH), hash.as_bytes()).map_err(|e| e.to_string())?;
+    app.store.add_login_token(&user.name, &hash, crate::now()).await.map_err(|e| e.to_string())?;
+    // The token itself only for `openbox login` to read (not in its arguments).
+    let token_file = dir.join("login-token");
     paths::write_private(&token_file, login.expose().as_bytes()).map_err(|e| e.to_string())?;
 
     let mut args = vec!["login".to_owned(), "--no-daemon".into(), "--server".into(), app.config.public_url.clone()];
@@ -121,14 +156,14 @@ async fn start(app: &App, user: &User, dir: &Path) -> Result<Server, String> {
         args.extend(["--fingerprint".into(), fp.clone()]);
     }
     args.extend(["--token-file".into(), token_file.display().to_string()]);
-    let logged_in = tokio::process::Command::new(paths::sibling_binary("openbox"))
-        .args(&args)
-        .env(paths::HOME_ENV, dir)
-        .env_remove(paths::CONTEXT_ENV)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {}: {e}", paths::sibling_binary("openbox").display()))?;
+    let openbox = paths::sibling_binary("openbox");
+    let mut login_cmd = clean_command(&openbox, dir);
+    login_cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+    let logged_in = tokio::time::timeout(START_TIMEOUT, login_cmd.output()).await;
+    let _ = std::fs::remove_file(&token_file);
+    let logged_in = logged_in
+        .map_err(|_| format!("openbox login did not end within {} s", START_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("cannot run {}: {e}", openbox.display()))?;
     if !logged_in.status.success() {
         return Err(format!("openbox login: {}", String::from_utf8_lossy(&logged_in.stderr).trim()));
     }
@@ -143,15 +178,12 @@ async fn start(app: &App, user: &User, dir: &Path) -> Result<Server, String> {
         .open(dir.join("mcp.log"))
         .map_err(|e| format!("opening {}: {e}", dir.join("mcp.log").display()))?;
     let mcp = paths::sibling_binary("openbox-mcp");
-    let mut child = tokio::process::Command::new(&mcp)
+    let mut child = clean_command(&mcp, dir)
         .arg("--http")
         .arg(format!("unix:{}", socket.display()))
         .arg("--token-file")
         .arg(&bearer_file)
         .arg("--hosted")
-        .current_dir(dir)
-        .env(paths::HOME_ENV, dir)
-        .env_remove(paths::CONTEXT_ENV)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(log)
@@ -191,6 +223,7 @@ pub async fn serve(State(app): State<Arc<App>>, caller: Caller, request: Request
     let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str()).to_owned();
     parts.uri = path.parse().map_err(|_| Refusal::new(Kind::BadRequest, "a request path that does not parse"))?;
     parts.headers.remove(header::COOKIE);
+    strip_hop_by_hop(&mut parts.headers);
     let bearer = HeaderValue::from_str(&format!("Bearer {}", server.bearer)).expect("hex");
     parts.headers.insert(header::AUTHORIZATION, bearer);
     parts.headers.insert(header::HOST, HeaderValue::from_static("localhost"));
@@ -199,6 +232,23 @@ pub async fn serve(State(app): State<Arc<App>>, caller: Caller, request: Request
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unavailable(&e))?;
     tokio::spawn(connection);
-    let answer = sender.send_request(Request::from_parts(parts, body)).await.map_err(|e| unavailable(&e))?;
+    let mut answer = sender.send_request(Request::from_parts(parts, body)).await.map_err(|e| unavailable(&e))?;
+    strip_hop_by_hop(answer.headers_mut());
     Ok(answer.map(Body::new))
+}
+
+/// Removes the headers that are about one connection, not the message (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
 }

@@ -137,6 +137,25 @@ impl Cli {
         self.run(&["daemon", "status", "--json"]).ok().json()
     }
 
+    /// One request straight to openboxd's socket (after `hello`), as a script would send
+    /// it: its answer (`result` or `error`), notifications before it skipped.
+    pub fn rpc(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead as _, Write as _};
+        let socket = self.daemon_status()["socket"].as_str().expect("the socket").to_owned();
+        let mut conn = std::os::unix::net::UnixStream::connect(&socket).expect("openboxd's socket");
+        let hello = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "hello",
+            "params": {"protocol": proto::rpc::PROTOCOL, "client": "e2e"}});
+        let call = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        writeln!(conn, "{hello}\n{call}").expect("write to openboxd");
+        for line in std::io::BufReader::new(conn).lines() {
+            let message: serde_json::Value = serde_json::from_str(&line.expect("read")).expect("JSON");
+            if message["id"] == 1 {
+                return message;
+            }
+        }
+        panic!("openboxd closed the connection without answering {method}")
+    }
+
     /// The node list as JSON.
     pub fn nodes(&self) -> Vec<serde_json::Value> {
         self.run(&["nodes", "--json"]).ok().json().as_array().expect("array").clone()

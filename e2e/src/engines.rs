@@ -140,6 +140,11 @@ impl IsolatedFleet {
         self.cli.run_stdin(&["job", "send", &id], b"typed\r").ok();
         wait_until("what it printed for the keys", || lines()[..3] == ["from-the-session", "typed", "got typed"]);
         self.cli.run(&["job", "wait", &id, "--timeout", "30s"]).ok();
+        // Stopped, everything it started goes: the shell's child holds the terminal too.
+        let started = self.run(&["-s", "tty", "--detach", "--terminal", "6x40"], "sleep 300; echo never").ok();
+        let id = started.stdout.trim().to_owned();
+        let stopped = self.cli.run(&["job", "stop", &id, "--json"]).ok().json();
+        assert_eq!(stopped["state"], "exited", "{stopped}");
         self.cli.run(&["session", "rm", "tty"]).ok();
     }
 

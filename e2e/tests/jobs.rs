@@ -167,6 +167,8 @@ fn a_job_in_a_terminal_shows_its_screen_and_takes_keys_for_an_interactive_progra
     // Keys: insert a line, then write and quit.
     cli.run_stdin(&["job", "send", &id], b"ihello from keys").ok();
     wait_until("the typed text to show", || screen(&cli)["lines"][0] == "hello from keys");
+    // Its input is its keyboard: it is never closed.
+    cli.run_stdin(&["job", "send", "--close", &id], b"").fails_with(1, "stays open");
     cli.run_stdin(&["job", "send", &id], b"\x1b:wq\r").ok();
     cli.run(&["job", "wait", &id, "--timeout", "30s"]).ok();
     assert_eq!(std::fs::read_to_string(&note).unwrap(), "hello from keys\n");
@@ -180,4 +182,9 @@ fn a_job_in_a_terminal_shows_its_screen_and_takes_keys_for_an_interactive_progra
     let plain = detach(&cli, &["true"]);
     cli.run(&["job", "screen", &plain]).fails_with(1, "runs without a terminal");
     cli.run(&["-t", "t", "--detach", "--terminal", "0x80", "true"]).fails_with(2, "rows must be 1 to 500");
+    // Through the socket, past the CLI's check, openboxd refuses it too.
+    let huge =
+        serde_json::json!({"target": {"tag": "t"}, "command": ["true"], "terminal": {"rows": 60000, "cols": 60000}});
+    let refused = cli.rpc("job_start", huge);
+    assert!(refused["error"]["message"].as_str().is_some_and(|m| m.contains("1 to 500 rows")), "{refused}");
 }

@@ -587,7 +587,11 @@ fn terminal_size(text: &str) -> Result<proto::jobs::TerminalSize, String> {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(format!("{s:?}: {what} must be 1 to {max}")),
     };
-    Ok(proto::jobs::TerminalSize { rows: n(rows, "rows", 500)?, cols: n(cols, "columns", 1000)? })
+    use proto::jobs::TerminalSize;
+    Ok(TerminalSize {
+        rows: n(rows, "rows", TerminalSize::MAX_ROWS)?,
+        cols: n(cols, "columns", TerminalSize::MAX_COLS)?,
+    })
 }
 
 #[derive(Subcommand, Debug)]

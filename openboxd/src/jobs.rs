@@ -260,10 +260,8 @@ impl Jobs {
             bail!("a job runs without forwards (leave out -L and -R)");
         }
         let terminal = terminal.or_else(|| run.tty.as_ref().map(|_| DEFAULT_TERMINAL));
-        if let Some(t) = terminal
-            && (t.rows == 0 || t.cols == 0 || t.rows > 500 || t.cols > 1000)
-        {
-            bail!("a terminal of {}×{} cannot be: give 1 to 500 rows and 1 to 1000 columns", t.rows, t.cols);
+        if let Some(t) = terminal {
+            TerminalSize::check(t.rows.into(), t.cols.into()).map_err(anyhow::Error::msg)?;
         }
         let term = run.tty.as_ref().map_or("xterm-256color", |t| t.term.as_str());
         let pty = terminal.map(|t| PtySpec { term: term.to_owned(), cols: t.cols.into(), rows: t.rows.into() });
@@ -390,6 +388,11 @@ impl Jobs {
         if !job.record().stdin {
             bail!("job {id} was started without stdin: start it with --stdin (MCP: `stdin: true`) to send it input");
         }
+        if close && job.record().terminal.is_some() {
+            bail!(
+                "a terminal job's input is its keyboard and stays open: send Ctrl-D (\\x04) to end a program's input"
+            );
+        }
         on_node(d, &job, JobAct::Input { close }, input).await?;
         Ok(job.info())
     }
@@ -485,6 +488,22 @@ fn load(dir: &Path) -> anyhow::Result<Job> {
     new_job(dir, record)
 }
 
+/// Keeps a terminal job's last screen here (the node forgets it with the job); before its
+/// end is recorded, so that whoever saw it end finds the screen.
+async fn keep_last_screen(d: &Daemon, job: &Job) {
+    let id = job.record().id;
+    match tokio::time::timeout(Duration::from_secs(10), screen_on_node(d, job)).await {
+        Ok(Ok(screen)) => {
+            let text = serde_json::to_vec(&screen).expect("serializable");
+            if let Err(e) = paths::write_private(&job.dir.join(LAST_SCREEN), &text) {
+                tracing::warn!(job = %id, error = %e, "could not keep a job's last screen");
+            }
+        }
+        Ok(Err(e)) => tracing::info!(job = %id, error = %format!("{e:#}"), "no last screen for a job"),
+        Err(_) => tracing::info!(job = %id, "no last screen for a job: its node did not answer"),
+    }
+}
+
 /// The job's screen as its node sees it now.
 async fn screen_on_node(d: &Daemon, job: &Job) -> anyhow::Result<Screen> {
     let answer = on_node(d, job, JobAct::Screen, NoInput).await?;
@@ -536,19 +555,6 @@ async fn follow(d: Arc<Daemon>, job: Arc<Job>) {
         }
     }
     let r = job.record();
-    // The node forgets the job's screen with it: its last one is kept here.
-    if r.terminal.is_some() {
-        match tokio::time::timeout(Duration::from_secs(10), screen_on_node(&d, &job)).await {
-            Ok(Ok(screen)) => {
-                let text = serde_json::to_vec(&screen).expect("serializable");
-                if let Err(e) = paths::write_private(&job.dir.join(LAST_SCREEN), &text) {
-                    tracing::warn!(job = %r.id, error = %e, "could not keep a job's last screen");
-                }
-            }
-            Ok(Err(e)) => tracing::info!(job = %r.id, error = %format!("{e:#}"), "no last screen for a job"),
-            Err(_) => tracing::info!(job = %r.id, "no last screen for a job: its node did not answer"),
-        }
-    }
     let _ = tokio::time::timeout(Duration::from_secs(10), on_node(&d, &job, JobAct::Forget, NoInput)).await;
     if r.own_session {
         let _ = tokio::time::timeout(Duration::from_secs(10), crate::commands::session_remove(&d, &r.session)).await;
@@ -576,12 +582,17 @@ async fn follow_once(d: &Daemon, job: &Arc<Job>) -> anyhow::Result<()> {
         }
         // Any other refusal (a certificate that lapsed meanwhile, …): asked again later.
         (ExitStatus::Code(255), Some(said)) => bail!("node {}: {said}", job.record().node),
-        _ => job.update(|r| {
-            r.state = State::Exited;
-            r.exit_code = Some(code);
-            r.error = None;
-            r.ended = Some(proto::time::now());
-        }),
+        _ => {
+            if job.record().terminal.is_some() {
+                keep_last_screen(d, job).await;
+            }
+            job.update(|r| {
+                r.state = State::Exited;
+                r.exit_code = Some(code);
+                r.error = None;
+                r.ended = Some(proto::time::now());
+            });
+        }
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::request::RunRequest;
+pub use crate::request::TerminalSize;
 
 /// A job as openboxd keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,14 +58,6 @@ pub struct JobStartParams {
     /// Run it in a terminal of this size (its stdin is open then: keys go there).
     #[serde(default)]
     pub terminal: Option<TerminalSize>,
-}
-
-/// A job's terminal size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct TerminalSize {
-    pub rows: u16,
-    pub cols: u16,
 }
 
 /// A job's terminal screen as the node sees it now (`job_screen`).
@@ -131,4 +124,19 @@ pub struct JobSendParams {
     pub id: String,
     #[serde(default)]
     pub close: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminal_is_at_least_one_cell_and_at_most_the_bounds() {
+        assert!(TerminalSize::check(24, 80).is_ok());
+        assert!(TerminalSize::check(500, 1000).is_ok());
+        for (rows, cols) in [(0, 80), (24, 0), (501, 80), (24, 1001), (65535, 65535)] {
+            let why = TerminalSize::check(rows, cols).unwrap_err();
+            assert!(why.contains("1 to 500 rows and 1 to 1000 columns"), "{why}");
+        }
+    }
 }

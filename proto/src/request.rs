@@ -155,7 +155,7 @@ pub enum Request {
         stdin: bool,
         /// Run it in a terminal of this size (`--terminal ROWSxCOLS`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        terminal: Option<crate::jobs::TerminalSize>,
+        terminal: Option<TerminalSize>,
     },
     /// The jobs openboxd keeps.
     Jobs,
@@ -377,6 +377,33 @@ impl std::fmt::Display for Forward {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let host = |h: &str| if h.contains(':') { format!("[{h}]") } else { h.to_owned() };
         write!(f, "{}:{} -> {}:{}", host(&self.bind), self.port, host(&self.host), self.host_port)
+    }
+}
+
+/// A job's terminal size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl TerminalSize {
+    /// The largest terminal a job gets (its screen is kept in memory on the node).
+    pub const MAX_ROWS: u16 = 500;
+    pub const MAX_COLS: u16 = 1000;
+
+    /// Whether a terminal of `rows` × `cols` may be, or what to give instead.
+    pub fn check(rows: u32, cols: u32) -> Result<(), String> {
+        let fits = |n: u32, max: u16| (1..=u32::from(max)).contains(&n);
+        if fits(rows, Self::MAX_ROWS) && fits(cols, Self::MAX_COLS) {
+            return Ok(());
+        }
+        Err(format!(
+            "a terminal of {rows}×{cols} cannot be: give 1 to {} rows and 1 to {} columns",
+            Self::MAX_ROWS,
+            Self::MAX_COLS
+        ))
     }
 }
 

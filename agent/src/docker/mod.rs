@@ -296,7 +296,12 @@ impl Process for Exec {
     }
 
     async fn stop(&mut self) {
+        // Everything it started too (a subshell, the program it runs): they hold the
+        // terminal open, and the exec's output with it.
         if let Some(pid) = exec_host_pid(&self.engine, &self.id).await {
+            for p in crate::procs::descendants(pid) {
+                crate::procs::signal(p, rustix::process::Signal::KILL);
+            }
             crate::procs::signal(pid, rustix::process::Signal::KILL);
         }
     }

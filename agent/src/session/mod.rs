@@ -163,15 +163,16 @@ impl TerminalProgram {
                 let (exec, input) = crate::docker::start_in_terminal(entry, Some(job.command), pty).await?;
                 return Ok(TerminalProgram::Docker(exec, Box::pin(input)));
             }
-            shell::ShellHost::Process { root: Some(init), nspawn: true, .. } => {
-                if !init.is_running() {
-                    return Err("the session's container has ended".into());
-                }
+            shell::ShellHost::Process { root, nspawn: true, .. } => {
+                // Never on this host instead: a container whose init is not known is refused.
+                let Some(init) = (*root).filter(|init| init.is_running()) else {
+                    return Err("the session's container is not running; end the session and start it again".into());
+                };
                 let (cmd, fresh) = shell::enter_nspawn(init.pid, Some(job.command), job.env);
                 let env = crate::pty::Env::Fresh(fresh);
                 crate::pty::Spawn { cmd, env, arg0: None, login: None, tree: crate::procs::Tree::Group }
             }
-            shell::ShellHost::Process { .. } => {
+            shell::ShellHost::Process { nspawn: false, .. } => {
                 let mut cmd = crate::exec::native_shell(job.env, job.login);
                 cmd.arg("-c").arg(job.command);
                 let env = crate::pty::Env::Inherit;
@@ -629,6 +630,10 @@ impl Sessions {
         mut out: ChannelOut,
     ) {
         let JobStart { id: job_id, terminal, .. } = start;
+        // Its screen is kept here, in memory: a size past the bounds is refused.
+        if let Some(why) = terminal.as_ref().and_then(|t| proto::jobs::TerminalSize::check(t.rows, t.cols).err()) {
+            return out.refuse(&format!("{why}; nothing was started")).await;
+        }
         // A terminal's keys go to its stdin: it stays open.
         let stdin = start.stdin || terminal.is_some();
         let key = (user.to_owned(), id.to_owned());
@@ -685,8 +690,13 @@ impl Sessions {
         tokio::spawn(async move {
             let mut input = Messages::queued(input_rx);
             let outcome = match in_terminal {
-                // The session's shell is not touched: it stays as it was.
-                Some(program) => program.drive(timeout, input, &spool).await,
+                // The session's shell is not touched: it stays as it was, idle from now.
+                Some(program) => {
+                    let outcome = program.drive(timeout, input, &spool).await;
+                    s.last_used = proto::time::now();
+                    s.idle_since = Some(Instant::now());
+                    outcome
+                }
                 None => {
                     let shell = s.shell.as_mut().expect("just ensured");
                     let framed = run_framed(shell, &command, timeout, &spool, &mut input).await;
