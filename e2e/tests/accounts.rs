@@ -97,3 +97,16 @@ fn bad_tokens_and_unreachable_control_planes_get_one_clear_line() {
     // The control plane still serves after the bad requests.
     Cli::admin(&cp).run(&["whoami"]).ok();
 }
+
+#[test]
+fn a_login_token_comes_from_the_environment_and_without_one_the_cli_says_where_to_put_it() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let token = admin.run(&["user", "add", "uma", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let uma = Cli::new();
+    // Not on a terminal, and no token anywhere: refused, saying where it may come from.
+    uma.run(&["login", "--server", &cp.url]).fails_with(2, "give --token-file FILE or OPENBOX_LOGIN_TOKEN");
+    let out = uma.cmd().args(["login", "--server", &cp.url]).env("OPENBOX_LOGIN_TOKEN", &token).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(uma.run(&["whoami", "--json"]).ok().json()["user"], "uma");
+}

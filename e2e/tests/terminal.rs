@@ -229,3 +229,18 @@ fn ctrl_z_stops_the_remote_job_not_openbox() {
     tmux.shows("suspended-148");
     tmux.shows("local-exit-0");
 }
+
+#[test]
+fn login_asks_for_the_token_on_a_terminal_and_never_shows_it() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let token = admin.run(&["user", "add", "tess", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let tess = Cli::new();
+    let tmux = Tmux::start(&tess, 120, 30);
+    tmux.line(&format!("{} login --server {}", openbox(), cp.url));
+    tmux.shows("Login token (not shown as you type):");
+    tmux.line(&token);
+    tmux.shows("Logged in to");
+    assert!(!tmux.screen().contains(&token), "the token was shown:\n{}", tmux.screen());
+    assert_eq!(tess.run(&["whoami", "--json"]).ok().json()["user"], "tess");
+}

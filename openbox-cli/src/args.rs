@@ -166,13 +166,17 @@ pub enum Command {
     ///
     /// Use the command the control plane or an admin printed: over https it carries the
     /// fingerprint of the control plane's TLS key, checked before anything is saved.
+    ///
+    /// The token comes from --token-file or --token; without them from OPENBOX_LOGIN_TOKEN;
+    /// without that, on a terminal, it is asked for (and not shown as it is typed).
     Login {
         /// The control plane's URL: https://HOST[:PORT], or http:// on loopback.
         #[arg(long, value_name = "URL")]
         server: String,
         /// A login token (obx_…), from the control plane's first start, `openbox user
-        /// add` or `openbox user token`. Other users can see arguments: prefer --token-file.
-        #[arg(long, value_name = "TOKEN", required_unless_present = "token_file")]
+        /// add` or `openbox user token`. Other users can see arguments and shell history
+        /// keeps them: prefer --token-file, OPENBOX_LOGIN_TOKEN or the prompt.
+        #[arg(long, value_name = "TOKEN")]
         token: Option<String>,
         /// A file holding the login token (the control plane's first start writes the
         /// admin's to one, mode 0600).
@@ -580,6 +584,41 @@ pub enum JobCommand {
     Screen { id: String },
 }
 
+/// The environment variable a login token may come in (kept out of arguments and history).
+const LOGIN_TOKEN_ENV: &str = "OPENBOX_LOGIN_TOKEN";
+
+/// A login token given neither as an argument nor in a file: from OPENBOX_LOGIN_TOKEN, else
+/// asked for on the terminal, not echoed.
+fn login_token_elsewhere() -> Result<String, String> {
+    use std::io::{BufRead as _, IsTerminal as _};
+    if let Ok(token) = std::env::var(LOGIN_TOKEN_ENV)
+        && !token.trim().is_empty()
+    {
+        return Ok(token.trim().to_owned());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(format!(
+            "no login token: give --token-file FILE or {LOGIN_TOKEN_ENV} (or run this on a terminal to be asked)"
+        ));
+    }
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let was = tcgetattr(&stdin).map_err(|e| format!("reading the terminal's settings: {e}"))?;
+    let mut quiet = was.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    eprint!("Login token (not shown as you type): ");
+    tcsetattr(&stdin, OptionalActions::Now, &quiet).map_err(|e| format!("turning the terminal's echo off: {e}"))?;
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    let _ = tcsetattr(&stdin, OptionalActions::Now, &was);
+    eprintln!();
+    read.map_err(|e| format!("reading the token: {e}"))?;
+    match line.trim() {
+        "" => Err("no login token typed".into()),
+        token => Ok(token.to_owned()),
+    }
+}
+
 /// `--terminal ROWSxCOLS`, e.g. 24x80.
 fn terminal_size(text: &str) -> Result<proto::jobs::TerminalSize, String> {
     let (rows, cols) = text.split_once(['x', 'X']).ok_or("give ROWSxCOLS, e.g. 24x80")?;
@@ -755,7 +794,7 @@ impl Cli {
                         .map_err(|e| format!("reading the login token from {}: {e}", file.display()))?
                         .trim()
                         .to_owned(),
-                    (None, None) => return Err("give --token TOKEN or --token-file FILE".into()),
+                    (None, None) => login_token_elsewhere()?,
                 };
                 Request::Login { server, token, fingerprint, insecure_http }
             }
