@@ -133,8 +133,7 @@ fn clean_command(program: &Path, dir: &Path) -> tokio::process::Command {
         // Ended jobs take this machine's disk: a day, not a week.
         .env("OPENBOX_JOB_RETENTION", "1d")
         .env("TS_NO_LOGS_NO_SUPPORT", "true")
-        .current_dir(dir)
-        .kill_on_drop(false);
+        .current_dir(dir);
     cmd
 }
 

@@ -72,9 +72,12 @@ impl Cli {
     /// Adds a user (this CLI being an admin's) and returns theirs, logged in. They may run
     /// nothing until granted (`openbox user grant`).
     pub fn add_user(&self, cp: &ControlPlane, name: &str) -> Cli {
-        let token =
-            self.run(&["user", "add", name, "--json"]).ok().json()["token"].as_str().expect("a token").to_owned();
-        Cli::logged_in(cp, &token)
+        Cli::logged_in(cp, &self.new_user_token(name))
+    }
+
+    /// `openbox user add NAME` (as this admin): the new user's login token.
+    pub fn new_user_token(&self, name: &str) -> String {
+        self.run(&["user", "add", name, "--json"]).ok().json()["token"].as_str().expect("a token").to_owned()
     }
 
     /// The admin, logged in with the bootstrap token.

@@ -102,7 +102,7 @@ fn bad_tokens_and_unreachable_control_planes_get_one_clear_line() {
 fn a_login_token_comes_from_the_environment_and_without_one_the_cli_says_where_to_put_it() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
-    let token = admin.run(&["user", "add", "uma", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let token = admin.new_user_token("uma");
     let uma = Cli::new();
     // Not on a terminal, and no token anywhere: refused, saying where it may come from.
     uma.run(&["login", "--server", &cp.url]).fails_with(2, "give --token-file FILE or OPENBOX_LOGIN_TOKEN");

@@ -247,7 +247,7 @@ fn the_control_plane_serves_mcp_to_each_user_as_themselves_over_streamable_http(
     typescript_sdk(&url, &cp.admin_token, &agent.name);
 
     // Bob, not an admin: his grants hold, and he runs as himself.
-    let bob = admin.run(&["user", "add", "bob", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let bob = admin.new_user_token("bob");
     python_sdk(&admin, "hosted.py", &[&url, &bob, &agent.name, "ungranted"]);
     admin.run(&["user", "grant", "bob", "--node", &agent.name]).ok();
     python_sdk(&admin, "hosted.py", &[&url, &bob, &agent.name, "granted"]);

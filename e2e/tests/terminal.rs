@@ -234,7 +234,7 @@ fn ctrl_z_stops_the_remote_job_not_openbox() {
 fn login_asks_for_the_token_on_a_terminal_and_never_shows_it() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
-    let token = admin.run(&["user", "add", "tess", "--json"]).ok().json()["token"].as_str().unwrap().to_owned();
+    let token = admin.new_user_token("tess");
     let tess = Cli::new();
     let tmux = Tmux::start(&tess, 120, 30);
     tmux.line(&format!("{} login --server {}", openbox(), cp.url));

@@ -683,11 +683,8 @@ pub fn listed(jobs: &[JobInfo]) -> crate::commands::Reply {
 /// A job after something was done to it.
 /// `openbox job screen ID`: the screen's lines as they show.
 pub fn screened(screen: &Screen) -> crate::commands::Reply {
-    let mut text = screen.lines.join("\n");
-    while text.ends_with('\n') {
-        text.pop();
-    }
-    crate::commands::Reply::new(crate::commands::to_json(screen), text)
+    let text = screen.lines.join("\n");
+    crate::commands::Reply::new(crate::commands::to_json(screen), text.trim_end_matches('\n').to_owned())
 }
 
 pub fn described(info: &JobInfo) -> crate::commands::Reply {

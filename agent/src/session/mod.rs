@@ -629,13 +629,13 @@ impl Sessions {
         job: Job<'_>,
         mut out: ChannelOut,
     ) {
-        let JobStart { id: job_id, terminal, .. } = start;
+        let JobStart { id: job_id, stdin, terminal } = start;
         // Its screen is kept here, in memory: a size past the bounds is refused.
         if let Some(why) = terminal.as_ref().and_then(|t| proto::jobs::TerminalSize::check(t.rows, t.cols).err()) {
             return out.refuse(&format!("{why}; nothing was started")).await;
         }
         // A terminal's keys go to its stdin: it stays open.
-        let stdin = start.stdin || terminal.is_some();
+        let stdin = stdin || terminal.is_some();
         let key = (user.to_owned(), id.to_owned());
         let slot = self.slot(&key);
         let Ok(mut s) = slot.try_lock_owned() else {
