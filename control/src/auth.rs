@@ -133,7 +133,7 @@ impl Caller {
                     let (user, hash) = cookie_user(app, parts, cookie).await?;
                     Ok(Caller { user, credential: Credential::Web(hash), source, via: None })
                 }
-                None => Err(unauthorized("not logged in: run `openbox login --server URL --token TOKEN`")),
+                None => Err(unauthorized("not logged in: run `openbox login --server URL`")),
             };
         };
         if !tok.starts_with(token::LOGIN_PREFIX) {

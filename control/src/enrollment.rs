@@ -160,10 +160,11 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result
         tracing::warn!(node = %node.id, reason = %telemetry::untrusted(&why.to_string()), "heartbeat refused: it reports what a node cannot");
         return Err(why.into());
     }
-    // What the node ran, into the audit log before it is told so (then it forgets them).
-    let recorded = record_executions(app, &node.id, &hb.executions).await?;
+    // Where the node is now, first: whoever sees what it ran since may dial it at once.
     // Most heartbeats change nothing a node list shows, and wake no one.
     let shown = app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now()).await?;
+    // What the node ran, into the audit log before it is told so (then it forgets them).
+    let recorded = record_executions(app, &node.id, &hb.executions).await?;
     let sessions = app.store.apply_session_reports(&node.id, &hb.sessions).await?;
     if shown || sessions {
         app.changed();

@@ -221,10 +221,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // What clients pin; not when a proxy in front ends TLS with a certificate of its own.
     let fingerprint = https.as_ref().filter(|_| url.starts_with("https://")).map(|h| h.fingerprint);
-    let server_flags = match &fingerprint {
-        Some(fp) => format!("--server {url} --fingerprint {fp}"),
-        None => format!("--server {url}"),
-    };
+    let login_command = net::control::Endpoint::served(&url, fingerprint).login_command();
 
     let first_token = openbox_control::bootstrap_admin(&store, &args.admin).await?;
     let extra_token =
@@ -252,11 +249,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Some(path) => {
                 paths::write_private(&path, tok.expose().as_bytes())?;
                 println!("{what} Its login token is in {} (mode 0600). Log in with:", path.display());
-                println!("  openbox login {server_flags} --token-file {}", path.display());
+                println!("  {login_command} --token-file {}", path.display());
             }
             None => {
-                println!("{what} Log in with (the token is shown only once):");
-                println!("  openbox login {server_flags} --token {}", tok.expose());
+                println!("{what} Its login token (shown only once):");
+                println!("  {}", tok.expose());
+                println!("Log in with this, which asks for the token (or takes it from OPENBOX_LOGIN_TOKEN):");
+                println!("  {login_command}");
             }
         }
     }

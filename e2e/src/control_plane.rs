@@ -13,6 +13,8 @@ pub struct ControlPlane {
     pub fingerprint: Option<String>,
     /// The admin's one-time login token from the first start.
     pub admin_token: String,
+    /// The login command the first start printed (empty for a replica).
+    pub login_command: String,
     extra: Vec<String>,
     /// Environment for the control plane (kept for restarts).
     env: Vec<(String, String)>,
@@ -71,7 +73,7 @@ impl ControlPlane {
             .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .expect("URL in the listening line")
             .to_owned();
-        let (admin_token, fingerprint) = if first {
+        let (admin_token, fingerprint, login_command) = if first {
             // Not on a terminal: the token is in a private file the login line names.
             let login = proc.wait_line("openbox login --server");
             let file = flag_value(&login, "--token-file").expect("the token file in the login line");
@@ -79,9 +81,9 @@ impl ControlPlane {
             let mode =
                 std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).expect("token file").permissions());
             assert_eq!(mode & 0o777, 0o600, "{file}");
-            (token, flag_value(&login, "--fingerprint"))
+            (token, flag_value(&login, "--fingerprint"), login.trim().to_owned())
         } else {
-            (String::new(), None)
+            (String::new(), None, String::new())
         };
         let addr = url.split_once("://").expect("a URL").1.to_owned();
         ControlPlane {
@@ -91,6 +93,7 @@ impl ControlPlane {
             addr,
             fingerprint,
             admin_token,
+            login_command,
             extra,
             env,
             wrapped: !wrapper.is_empty(),

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use openbox_e2e::{Cli, ControlPlane};
+use openbox_e2e::{Cli, ControlPlane, Link};
 
 #[test]
 fn login_creates_a_local_key_pair_and_whoami_reports_the_user() {
@@ -109,4 +109,36 @@ fn a_login_token_comes_from_the_environment_and_without_one_the_cli_says_where_t
     let out = uma.cmd().args(["login", "--server", &cp.url]).env("OPENBOX_LOGIN_TOKEN", &token).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(uma.run(&["whoami", "--json"]).ok().json()["user"], "uma");
+}
+
+#[test]
+fn the_login_commands_printed_work_as_printed_with_http_https_and_insecure_http() {
+    let link = Link::new("cp"); // an address beyond loopback that this test made
+    let beyond = format!("{}:0", link.gateway());
+    for (mode, args, flag) in [
+        ("http on loopback", vec![], None),
+        ("https", vec!["--tls"], Some("--fingerprint")),
+        ("plain http beyond loopback", vec!["--insecure-http", "--addr", beyond.as_str()], Some("--insecure-http")),
+    ] {
+        let cp = ControlPlane::start_with(&args);
+        if let Some(flag) = flag {
+            assert!(cp.login_command.contains(flag), "{mode}: {}", cp.login_command);
+        }
+        // The control plane's first start: a token file and the command that reads it.
+        let admin = Cli::new();
+        let words: Vec<&str> = cp.login_command.split_whitespace().skip(1).collect();
+        admin.run(&words).ok();
+        assert_eq!(admin.run(&["whoami", "--json"]).ok().json()["user"], "admin", "{mode}");
+        // `user add` prints the token apart from a command that takes it from the environment.
+        let added = admin.run(&["user", "add", "bob", "--json"]).ok().json();
+        let command = added["command"].as_str().expect("a login command");
+        let token = added["token"].as_str().expect("a token");
+        assert!(!command.contains(token) && !command.contains("--token"), "{mode}: {command}");
+        let bob = Cli::with_env(&[("OPENBOX_LOGIN_TOKEN", token)]);
+        let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+        bob.run(&words).ok();
+        assert_eq!(bob.run(&["whoami", "--json"]).ok().json()["user"], "bob", "{mode}");
+        let text = admin.run(&["user", "token", "bob"]).ok().stdout;
+        assert!(!text.lines().any(|l| l.contains("openbox login") && l.contains("obx_")), "{mode}: {text}");
+    }
 }

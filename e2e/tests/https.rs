@@ -43,7 +43,7 @@ fn a_control_plane_over_https_is_reached_only_with_its_pinned_key() {
     let added = admin.run(&["user", "add", "bob", "--json"]).ok().json();
     let command = added["command"].as_str().expect("a login command");
     assert_eq!(flag_value(command, "--fingerprint").as_deref(), Some(fp.as_str()), "{command}");
-    let bob = Cli::new();
+    let bob = Cli::with_env(&[("OPENBOX_LOGIN_TOKEN", added["token"].as_str().expect("a token"))]);
     let words: Vec<&str> = command.split_whitespace().skip(1).collect();
     assert!(bob.run(&words).ok().stdout.contains("as bob"));
     let minted = admin.run(&["node", "token", "--tag", "tls", "--json"]).ok().json();

@@ -244,3 +244,19 @@ fn login_asks_for_the_token_on_a_terminal_and_never_shows_it() {
     assert!(!tmux.screen().contains(&token), "the token was shown:\n{}", tmux.screen());
     assert_eq!(tess.run(&["whoami", "--json"]).ok().json()["user"], "tess");
 }
+
+#[test]
+fn a_control_plane_first_started_on_a_terminal_shows_the_token_apart_from_a_login_command_that_works() {
+    let home = Cli::new(); // the control plane's home
+    let tmux = Tmux::start(&home, 160, 30);
+    tmux.line(&format!("{} --addr 127.0.0.1:0", openbox_e2e::bin("openbox-control").display()));
+    tmux.shows("Log in with this, which asks for the token");
+    let screen = tmux.screen();
+    let token = screen.lines().map(str::trim).find(|l| l.starts_with("obx_")).expect("the token on a line of its own");
+    let command = screen.lines().map(str::trim).find(|l| l.starts_with("openbox login")).expect("a login command");
+    assert!(!command.contains("obx_") && !command.contains("--token"), "{command}");
+    let admin = Cli::with_env(&[("OPENBOX_LOGIN_TOKEN", token)]);
+    let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+    admin.run(&words).ok();
+    assert_eq!(admin.run(&["whoami", "--json"]).ok().json()["user"], "admin");
+}

@@ -72,6 +72,23 @@ impl Endpoint {
         Endpoint { url: url.into().trim_end_matches('/').to_owned(), fingerprint: None, insecure_http: false }
     }
 
+    /// How a control plane serving `url` tells its clients to reach it: pinned to its own
+    /// TLS key when it has one, and with `--insecure-http` when plain http leaves this
+    /// machine and the tailnet (which a client refuses unless told).
+    pub fn served(url: &str, fingerprint: Option<tls::Fingerprint>) -> Endpoint {
+        let insecure_http = url.strip_prefix("http://").is_some_and(|rest| {
+            let authority = rest.trim_end_matches('/');
+            split_host_port(authority).is_some_and(|(host, _)| !is_loopback(host) && !on_tailnet(authority))
+        });
+        Endpoint { fingerprint, insecure_http, ..Endpoint::new(url) }
+    }
+
+    /// The login command for this endpoint, without a token: `openbox login` takes it from
+    /// `OPENBOX_LOGIN_TOKEN`, or asks for it on a terminal.
+    pub fn login_command(&self) -> String {
+        format!("openbox login {}", self.flags())
+    }
+
     /// The flags that reach this control plane as this endpoint does, for a printed command:
     /// `--server URL [--fingerprint FP] [--insecure-http]`.
     pub fn flags(&self) -> String {
@@ -531,6 +548,13 @@ mod tests {
             assert!(err.to_string().contains("--insecure-http"), "{err}");
             assert!(client(url, true).is_ok(), "{url} with --insecure-http was refused");
         }
+        // What a control plane tells its clients is what they take, with the flag only where needed.
+        for url in ["http://127.0.0.1:7683", "http://100.64.0.7:7683", "http://10.0.0.1:7683", "http://0.0.0.0:7683/"] {
+            let served = Endpoint::served(url, None);
+            assert!(Client::new(&served, None).is_ok(), "{url}: {}", served.login_command());
+            assert_eq!(served.insecure_http, client(url, false).is_err(), "{url}");
+        }
+        assert!(!Endpoint::served("https://control.example", pin).insecure_http);
         let pinned_http = Endpoint { fingerprint: pin, ..Endpoint::new("http://127.0.0.1:7683") };
         assert!(matches!(Client::new(&pinned_http, None), Err(ControlError::PinWithoutTls(_))));
         assert_eq!(client("https://control.example", false).unwrap().authority, "control.example:443");

@@ -36,7 +36,7 @@ Several control planes side by side: `openbox context --help`.";
 const CONTEXT_HELP: &str = "\
 A context is one login to a control plane, with its own key pair and its own openboxd.
 `default` is the login `openbox login` makes; name another to log in beside it:
-  openbox login --context work --server https://cp.work:7683 --token obx_…
+  openbox login --context work --server https://cp.work:7683 --token-file work-token
   openbox --context work nodes        one command in context work
   OPENBOX_CONTEXT=work openbox nodes  every command in this environment
   openbox context use work            every command from now on (`use default` goes back)

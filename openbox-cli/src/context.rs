@@ -62,7 +62,7 @@ impl Selected {
             return Ok(&self.context);
         }
         let name = self.context.name();
-        let login = format!("`openbox login --context {name} --server URL --token TOKEN` makes it");
+        let login = format!("`openbox login --context {name} --server URL` makes it");
         let (from, fix) = match self.source {
             Source::Flag => (" (named by --context)", login),
             Source::Argument => ("", login),

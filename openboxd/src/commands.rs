@@ -155,11 +155,12 @@ pub async fn user_add(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let client = login.client()?;
     let created: UserCreated = client.call::<routes::AddUser>(&[], &NewUser { name: name.to_owned() }).await?;
-    let command = format!("openbox login {} --token {}", login.server.flags(), created.token);
+    let command = login.server.login_command();
     let mut text = format!(
-        "Created user {name}. They log in with (the token is shown only once):\n  {command}\n\
+        "Created user {name}. {}\n\
          They can run nothing until you grant them nodes: `openbox user grant {name} --tag TAG` (or --node NODE, \
          and --isolation docker|nspawn|native to allow only those).",
+        how_to_log_in(&created.token, &command),
         name = created.name
     );
     // The nodes a tag grant never reaches, so that the admin knows before granting.
@@ -214,10 +215,18 @@ fn grants_shown(grants: &[Grant]) -> String {
 pub async fn user_token(d: &Daemon, name: &str) -> anyhow::Result<Reply> {
     let login = d.login()?;
     let created: UserCreated = login.client()?.call::<routes::NewUserToken>(&[name], &()).await?;
-    let command = format!("openbox login {} --token {}", login.server.flags(), created.token);
-    let text =
-        format!("New login token for {}. They log in with (the token is shown only once):\n  {command}", created.name);
+    let command = login.server.login_command();
+    let text = format!("New login token for {}. {}", created.name, how_to_log_in(&created.token, &command));
     Ok(Reply::new(to_json(&LoginIssued { name: created.name, token: created.token, command }), text))
+}
+
+/// A new login token and the command that takes it: kept apart, so that the token goes
+/// into no argument list or shell history.
+fn how_to_log_in(token: &str, command: &str) -> String {
+    format!(
+        "Their login token (shown only once):\n  {token}\n\
+         They log in with this, which asks for the token (or takes it from OPENBOX_LOGIN_TOKEN):\n  {command}"
+    )
 }
 
 pub async fn user_list(d: &Daemon) -> anyhow::Result<Reply> {

@@ -38,13 +38,9 @@ impl Login {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let context = paths::context();
                 if context.is_default() {
-                    bail!(
-                        "not logged in: run `openbox login --server URL --token TOKEN` (or `openbox up` for a local fleet)"
-                    )
+                    bail!("not logged in: run `openbox login --server URL` (or `openbox up` for a local fleet)")
                 }
-                bail!(
-                    "not logged in (context {context}): run `openbox login --context {context} --server URL --token TOKEN`"
-                )
+                bail!("not logged in (context {context}): run `openbox login --context {context} --server URL`")
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };

@@ -39,7 +39,8 @@ pub struct LoggedOut {
 pub struct LoginIssued {
     pub name: String,
     pub token: String,
-    /// The exact `openbox login …` command that uses it.
+    /// The `openbox login …` command that takes it (without it: from `OPENBOX_LOGIN_TOKEN`,
+    /// or asked for on a terminal).
     pub command: String,
 }
 
