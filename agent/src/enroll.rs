@@ -49,6 +49,7 @@ pub async fn enroll(p: EnrollParams<'_>) -> anyhow::Result<Identity> {
         ca: trust::parse_public_key(&e.ca_public_key)?,
         host_cert: trust::parse_certificate(&e.host_cert)?,
         host_key,
+        enrolled_with: Some(trust::token::hash(p.token)),
     })
 }
 

@@ -21,6 +21,8 @@ struct Stored {
     heartbeat_secret: String,
     ca_public_key: String,
     host_cert: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enrolled_with: Option<String>,
 }
 
 /// Everything the agent needs to prove who it is and to check who calls it.
@@ -34,6 +36,9 @@ pub struct Identity {
     pub ca: PublicKey,
     pub host_key: PrivateKey,
     pub host_cert: Certificate,
+    /// The hash of the enrollment token this node enrolled with: a start given that token
+    /// again (a service's token file) is a restart, any other token a second node.
+    pub enrolled_with: Option<String>,
 }
 
 fn identity_file(dir: &Path) -> PathBuf {
@@ -62,6 +67,7 @@ impl Identity {
             ca: trust::parse_public_key(&s.ca_public_key)?,
             host_key: PrivateKey::from_openssh(&key_text).context("the host key file is damaged")?,
             host_cert: trust::parse_certificate(&s.host_cert)?,
+            enrolled_with: s.enrolled_with,
         }))
     }
 
@@ -77,6 +83,7 @@ impl Identity {
             heartbeat_secret: self.heartbeat_secret.expose().to_owned(),
             ca_public_key: self.ca.to_openssh()?,
             host_cert: self.host_cert.to_openssh()?,
+            enrolled_with: self.enrolled_with.clone(),
         };
         paths::write_private(&identity_file(dir), serde_json::to_string_pretty(&s)?.as_bytes())
             .context("writing the node identity")

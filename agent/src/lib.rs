@@ -147,6 +147,31 @@ fn tailnet_dir(dir: &std::path::Path) -> PathBuf {
     dir.join("tailnet")
 }
 
+/// Refuses an enrollment `token` when the agent state in `dir` already belongs to a node
+/// that enrolled with another: that is a second agent on this machine, which would
+/// otherwise take over the first one's node. The token it enrolled with (a service's
+/// token file, read at every start) is a restart.
+pub fn check_token_is_this_nodes(dir: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    let Some(id) = Identity::load(dir)? else { return Ok(()) };
+    match &id.enrolled_with {
+        Some(hash) if *hash == trust::token::hash(token) => Ok(()),
+        Some(_) => bail!(
+            "the agent state in {} already belongs to node {} ({}), which enrolled with another token. \
+             To run a second agent on this machine, give it a directory of its own: \
+             `openbox agent --state-dir DIR …` (or OPENBOX_HOME=DIR). To start node {} again, leave the token out.",
+            dir.display(),
+            id.name,
+            id.node_id,
+            id.name
+        ),
+        // Enrolled before the token was remembered: which one it was is not known.
+        None => {
+            tracing::warn!(node = %id.node_id, dir = %dir.display(), "already enrolled; the token given is not used (a second agent needs --state-dir DIR)");
+            Ok(())
+        }
+    }
+}
+
 /// Enrolls if needed, then serves until `shutdown` completes or the node is removed.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<Ended> {
     let existing = Identity::load(&config.dir)?;
@@ -194,9 +219,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let identity = match existing {
         Some(mut id) => {
-            if config.token.is_some() {
-                tracing::info!(node = %id.node_id, "already enrolled; the --token given is not used");
-            }
             if let Some(server) = config.server.as_ref().filter(|s| **s != id.server) {
                 tracing::info!(node = %id.node_id, was = %id.server.url, now = %server.url, "the control plane is now reached as given");
                 id.server = server.clone();

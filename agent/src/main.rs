@@ -31,6 +31,11 @@ struct Args {
     /// File holding the enrollment token.
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     token_file: Option<std::path::PathBuf>,
+    /// Where this agent keeps its identity, sessions and journal. A second agent on one
+    /// machine needs a directory of its own (or its own OPENBOX_HOME).
+    /// [default: `agent` in openbox's state directory]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
     /// Address the agent's SSH server listens on over TCP (port 0 picks a free port)
     /// [default: 127.0.0.1:7684; none when on a tailnet, unless given].
     #[arg(long)]
@@ -167,7 +172,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let dir = paths::agent_dir();
+    let dir = match args.state_dir.as_deref().map(std::path::absolute).transpose() {
+        Ok(dir) => dir.unwrap_or_else(paths::agent_dir),
+        Err(e) => {
+            eprintln!("openbox agent: --state-dir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(token) = &token
+        && let Err(e) = openbox_agent::check_token_is_this_nodes(&dir, token)
+    {
+        eprintln!("openbox agent: {e:#}");
+        return ExitCode::from(2);
+    }
     if args.identity {
         return match openbox_agent::enrolled(&dir) {
             Ok(Some(shown)) => {

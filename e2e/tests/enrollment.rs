@@ -2,7 +2,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use openbox_e2e::{Agent, Cli, ControlPlane, engines, wait_until};
+use std::process::Command;
+
+use openbox_e2e::{Agent, Cli, ControlPlane, Out, bin, engines, wait_until};
 
 #[test]
 fn node_token_prints_the_agent_command_and_the_token_enrolls_exactly_once() {
@@ -166,4 +168,42 @@ fn a_tailnet_address_that_cannot_be_dialled_is_refused_and_the_token_kept() {
     let resp = enroll("100.64.0.7:7684");
     assert!(resp.starts_with("HTTP/1.1 200"), "the token was still unused: {resp}");
     assert_eq!(admin.nodes()[0]["mesh_addr"], "100.64.0.7:7684");
+}
+
+#[test]
+fn a_second_agent_on_one_machine_refuses_a_new_token_until_given_a_state_dir_of_its_own() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let mut first = Agent::enroll(&cp, &admin, &["one"]);
+    let state = first.home.path().display().to_string();
+    // A second agent started as the first was, with a new token: refused at once, saying
+    // whose state it found and how to run a second agent.
+    let token = admin.enroll_token(&["two"]);
+    let out = Command::new(bin("openbox-agent"))
+        .env("OPENBOX_HOME", &state)
+        .env("OPENBOX_ENROLL_TOKEN", &token)
+        .args(["--server", &cp.url, "--addr", "127.0.0.1:0", "--tag", "two"])
+        .output()
+        .unwrap();
+    let out = Out::from(out).fails_with(2, "--state-dir DIR");
+    assert!(out.stderr.contains(&format!("{state}/agent")) && out.stderr.contains(&first.name), "{out:?}");
+    // The token is still good: with a directory of its own the second agent is a node of its own.
+    let own = tempfile::tempdir().unwrap();
+    let own_dir = own.path().display().to_string();
+    let second = Agent::enroll_env(
+        &cp,
+        &token,
+        &["--state-dir", &own_dir, "--name", "second", "--tag", "two"],
+        &[("OPENBOX_HOME", &state)],
+    );
+    assert_ne!(second.node_id, first.node_id);
+    assert!(own.path().join("identity.json").exists(), "the second identity is kept in its own directory");
+    assert_eq!(admin.node(&second.node_id).unwrap()["tags"], serde_json::json!(["two"]));
+    // The first restarts with the token it enrolled with (as a service's token file gives it)
+    // and is the same node, beside the second.
+    let id = first.node_id.clone();
+    first.restart();
+    assert_eq!(first.node_id, id);
+    admin.run(&["-n", &first.name, "true"]).ok();
+    admin.run(&["-n", "second", "true"]).ok();
 }

@@ -423,7 +423,7 @@ fn take_token(role: Role, args: Vec<String>, file: &Path) -> Result<(Vec<String>
 
 /// File arguments made absolute: a service does not start in this directory.
 fn absolute_paths(args: Vec<String>) -> Result<Vec<String>, String> {
-    const FILE_FLAGS: [&str; 4] = ["--ca", "--tls-cert", "--tls-key", "--db"];
+    const FILE_FLAGS: [&str; 5] = ["--ca", "--tls-cert", "--tls-key", "--db", "--state-dir"];
     let takes_file = |flag: &str| flag.ends_with("-file") || FILE_FLAGS.contains(&flag);
     let absolute = |v: &str| -> Result<String, String> {
         if v.contains("://") || v.starts_with("sqlite:") || Path::new(v).is_absolute() {
