@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use openbox_e2e::{Cli, free_port, wait_until};
+use openbox_e2e::{Cli, ControlPlane, free_port, wait_until};
 
 #[test]
 fn up_brings_a_local_fleet_that_runs_commands_and_down_stops_it() {
@@ -109,4 +109,33 @@ fn up_after_an_upgrade_says_the_fleet_still_runs_the_old_binaries_until_down_and
     assert!(!moved.stderr.contains("before an upgrade"), "{moved:?}");
     run(&["-t", "local", "true"]).ok();
     run(&["down"]).ok();
+}
+
+#[test]
+fn up_on_a_taken_port_says_by_what_and_remembers_the_address_it_is_given_instead() {
+    let other = ControlPlane::start(); // someone else's control plane, on the port asked for
+    let me = Cli::new();
+    let out = me
+        .run(&["up", "--addr", &other.addr])
+        .fails_with(1, &format!("{} is taken by openbox-control (pid", other.addr));
+    assert!(out.stderr.contains("openbox up --addr 127.0.0.1:"), "{out:?}");
+    assert!(me.run(&["whoami"]).code != 0, "up logged in nowhere");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    me.run(&["up", "--addr", &addr]).ok();
+    // Later `up`s without --addr act on that fleet; another address is refused while it runs.
+    let again = me.run(&["up", "--json"]).ok().json();
+    assert_eq!(
+        (again["server"].as_str(), again["control_started"].as_bool()),
+        (Some(&*format!("http://{addr}")), Some(false))
+    );
+    me.run(&["up", "--addr", &other.addr]).fails_with(1, &format!("already runs with its control plane on {addr}"));
+    me.run(&["down"]).ok();
+    let back = me.run(&["up", "--json"]).ok().json();
+    assert_eq!(
+        (back["server"].as_str(), back["control_started"].as_bool()),
+        (Some(&*format!("http://{addr}")), Some(true))
+    );
+    me.run(&["-t", "local", "true"]).ok();
+    me.run(&["down"]).ok();
 }

@@ -273,10 +273,12 @@ pub enum Command {
     User(UserCommand),
     /// Start a personal fleet here: a local control plane, this machine as a node tagged `local`, logged in.
     Up {
-        /// Control plane address for the local fleet: a loopback IP:PORT. (A control plane
-        /// other machines reach runs as a service: `openbox service install control`.)
-        #[arg(long, default_value = "127.0.0.1:7683")]
-        addr: String,
+        /// Control plane address for the local fleet: a loopback IP:PORT, remembered for
+        /// the next `up`. (A control plane other machines reach runs as a service:
+        /// `openbox service install control`.) [default: the last one given, else
+        /// 127.0.0.1:7683]
+        #[arg(long)]
+        addr: Option<String>,
     },
     /// Stop what `openbox up` started.
     Down,
@@ -864,7 +866,9 @@ impl Cli {
                 Request::Skill { agents: chosen, dir, global, print }
             }
             Some(Command::Nodes { tag }) => Request::Nodes { tag: tag.map(|t| name("tag", &t)).transpose()? },
-            Some(Command::Up { addr }) => Request::Up(UpRequest { control_addr: loopback(&addr)? }),
+            Some(Command::Up { addr }) => {
+                Request::Up(UpRequest { control_addr: addr.as_deref().map(loopback).transpose()? })
+            }
             Some(Command::Down) => Request::Down,
             Some(Command::Audit { user, node, since }) => Request::Audit {
                 user: user.map(|u| name("user name", &u)).transpose()?,
@@ -1224,8 +1228,12 @@ mod tests {
     fn up_takes_only_a_loopback_address() {
         for addr in ["127.0.0.1:7683", "[::1]:7683"] {
             let got = action(&["up", "--addr", addr]);
-            assert!(matches!(got, Ok(Action::Call { request: Request::Up(r), .. }) if r.control_addr == addr));
+            assert!(
+                matches!(got, Ok(Action::Call { request: Request::Up(r), .. }) if r.control_addr.as_deref() == Some(addr))
+            );
         }
+        let remembered = action(&["up"]);
+        assert!(matches!(remembered, Ok(Action::Call { request: Request::Up(r), .. }) if r.control_addr.is_none()));
         let refused = action(&["up", "--addr", "0.0.0.0:7683"]);
         assert!(refused.is_err_and(|e| e.contains("openbox service install control -- --addr 0.0.0.0:7683")));
         assert!(action(&["up", "--addr", "localhost"]).is_err_and(|e| e.contains("expected IP:PORT")));

@@ -128,10 +128,45 @@ fn log_since(role: &Role, offset: u64) -> String {
     String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default()).into_owned()
 }
 
+/// Where `up` puts the control plane when not told: where the last `up` put it.
+const DEFAULT_CONTROL_ADDR: &str = "127.0.0.1:7683";
+
+fn remembered_addr() -> Option<String> {
+    let text = std::fs::read_to_string(paths::up_addr_file()).ok()?;
+    Some(text.trim().to_owned()).filter(|a| !a.is_empty())
+}
+
+/// Refuses an address another program listens on, naming it when this machine says who.
+fn check_free(addr: &str) -> anyhow::Result<()> {
+    let err = match std::net::TcpListener::bind(addr) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => e,
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+    };
+    let Ok(sock) = addr.parse::<std::net::SocketAddr>() else { return Err(err.into()) };
+    let by = match procinfo::tcp_listener(sock.port()) {
+        Some((pid, name)) => format!(" by {name} (pid {pid})"),
+        None => " by another program".to_owned(),
+    };
+    // A port near it that is free now, to suggest.
+    let free = (1..=20u16)
+        .filter_map(|i| sock.port().checked_add(i))
+        .map(|port| std::net::SocketAddr::new(sock.ip(), port))
+        .find(|a| std::net::TcpListener::bind(a).is_ok())
+        .map_or_else(|| "127.0.0.1:PORT".to_owned(), |a| a.to_string());
+    bail!(
+        "{addr} is taken{by}, so this fleet's control plane cannot listen there. \
+         `openbox up --addr {free}` starts it on another port (remembered: later `openbox up` and `openbox down` act on that fleet)"
+    )
+}
+
 pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
     let logs = paths::logs_dir();
     paths::create_private_dir(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let url = format!("http://{}", req.control_addr);
+    let remembered = remembered_addr();
+    let control_addr =
+        req.control_addr.clone().or_else(|| remembered.clone()).unwrap_or_else(|| DEFAULT_CONTROL_ADDR.to_owned());
+    let url = format!("http://{control_addr}");
     let logged_in = Login::load().ok().filter(|l| l.server.url == url);
 
     // 1. The control plane.
@@ -140,12 +175,21 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
     let mut warnings = Vec::new();
     let control_started = match CONTROL.running() {
         Some(pid) => {
+            let running_at = remembered.as_deref().unwrap_or(DEFAULT_CONTROL_ADDR);
+            if control_addr != running_at {
+                bail!(
+                    "this machine's fleet already runs with its control plane on {running_at}; \
+                     `openbox down` stops it, then `openbox up --addr {control_addr}` starts it there"
+                );
+            }
             warnings.extend(CONTROL.older_binary_warning(pid));
             false
         }
         None => {
+            check_free(&control_addr)?;
+            paths::write_private(&paths::up_addr_file(), format!("{control_addr}\n").as_bytes())?;
             let mut args =
-                vec!["--addr".into(), req.control_addr.clone(), "--bootstrap-token-file".into(), path_arg(&token_file)];
+                vec!["--addr".into(), control_addr.clone(), "--bootstrap-token-file".into(), path_arg(&token_file)];
             if logged_in.is_none() {
                 args.push("--new-admin-token".into());
             }

@@ -167,6 +167,11 @@ pub fn pid_file(name: &str) -> PathBuf {
     logs_dir().join(format!("{name}.pid"))
 }
 
+/// The control plane address `openbox up` was last given (for the next `up`).
+pub fn up_addr_file() -> PathBuf {
+    logs_dir().join("up.addr")
+}
+
 /// Where the local control plane leaves its admin's first login token for `openbox up`.
 pub fn admin_token_file() -> PathBuf {
     logs_dir().join("admin.token")

@@ -41,9 +41,47 @@ pub fn all() -> Vec<Info> {
     return macos::all();
 }
 
+/// The process listening on TCP `port` of this machine, when this process may see it:
+/// its pid and command name. (Linux only; elsewhere none is named.)
+pub fn tcp_listener(port: u16) -> Option<(u32, String)> {
+    #[cfg(target_os = "linux")]
+    return linux::tcp_listener(port);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = port;
+        None
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     use super::Info;
+
+    pub fn tcp_listener(port: u16) -> Option<(u32, String)> {
+        let tables = ["/proc/net/tcp", "/proc/net/tcp6"].map(|f| std::fs::read_to_string(f).unwrap_or_default());
+        let inode = tables.iter().find_map(|t| listening_inode(t, port))?;
+        let wanted = format!("socket:[{inode}]");
+        let dir = std::fs::read_dir("/proc").ok()?;
+        dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).find_map(|pid| {
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+            fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str())).then(
+                || {
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    (pid, comm.trim().to_owned())
+                },
+            )
+        })
+    }
+
+    /// The inode of the socket listening on `port` in a `/proc/net/tcp` table.
+    pub(crate) fn listening_inode(table: &str, port: u16) -> Option<u64> {
+        const LISTEN: &str = "0A";
+        table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            (local_port == port && *f.get(3)? == LISTEN).then(|| f.get(9)?.parse().ok()).flatten()
+        })
+    }
 
     pub fn of(pid: u32) -> Option<Info> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -90,6 +128,22 @@ mod tests {
         let status = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t100\t50\t50\t50\n";
         let info = linux::parse(4242, stat, status).unwrap();
         assert_eq!(info, Info { pid: 4242, ppid: 17, ruid: 1000, uid: 0, gid: 50, started: 987654, zombie: true });
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_is_found_listening_on_its_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (pid, _) = tcp_listener(port).expect("the listener's process");
+        assert_eq!(pid, std::process::id());
+        // A connected socket on a port is no listener.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1E07 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1000        0 111 1
+   1: 0100007F:1E07 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 222 1";
+        assert_eq!(linux::listening_inode(table, 0x1E07), Some(222));
+        assert_eq!(linux::listening_inode(table, 0x1E08), None);
+        drop(listener);
     }
 
     // The tests below are the same on Linux and macOS: they check each one's half.

@@ -476,6 +476,8 @@ pub struct FanOutRequest {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UpRequest {
-    /// Control plane listen address for the embedded fleet.
-    pub control_addr: String,
+    /// Control plane listen address for the embedded fleet; without one, the address the
+    /// last `up` was given (127.0.0.1:7683 the first time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_addr: Option<String>,
 }
