@@ -140,8 +140,8 @@ pub async fn drive(
         }
     };
     if timed_out {
-        let secs = timeout.map(|t| t.as_secs_f64().round() as u64).unwrap_or(0);
-        out.stderr(format!("openbox: timed out after {secs}s\n").as_bytes()).await;
+        let after = proto::time::span(timeout.unwrap_or_default());
+        out.stderr(format!("openbox: timed out after {after}\n").as_bytes()).await;
         return Outcome::Code(124);
     }
     match ended {

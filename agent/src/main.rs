@@ -50,10 +50,10 @@ struct Args {
     #[arg(long)]
     name: Option<String>,
     /// How often to heartbeat.
-    #[arg(long, default_value = "10s", value_parser = proto::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = proto::parse_secs)]
     heartbeat: u64,
     /// Reap a persistent session's shell after it has been idle this long.
-    #[arg(long, default_value = "30m", value_parser = proto::parse_duration)]
+    #[arg(long, default_value = "30m", value_parser = proto::parse_secs)]
     session_idle: u64,
     /// Join this tailnet's coordination server (Headscale or Tailscale) and serve on the
     /// tailnet; remembered, so later starts rejoin as the same tailnet node.
@@ -71,7 +71,7 @@ struct Args {
     #[arg(long, default_value_t = 7684)]
     mesh_port: u16,
     /// How long joining the tailnet may take at start before the agent gives up.
-    #[arg(long, default_value = "60s", value_parser = proto::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = proto::parse_secs)]
     mesh_timeout: u64,
     /// Run an openbox user's commands as a local account, `USER=LOGIN` (repeatable; `*=LOGIN`
     /// for everyone not named). With a mapping, a user it does not name runs nothing. Needs
@@ -88,7 +88,7 @@ struct Args {
     /// Send a keepalive to a caller whose connection has been silent this long; one that
     /// answers none of --client-alive-count-max of them in a row is cut off, and what it
     /// started is stopped as when it hangs up.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = proto::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = proto::parse_secs)]
     client_alive_interval: u64,
     /// See --client-alive-interval.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]

@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, default_value = "admin")]
     admin: String,
     /// Show a node offline when its last heartbeat is older than this (e.g. 30s, 2m).
-    #[arg(long, default_value = "30s", value_parser = proto::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = proto::parse_secs)]
     offline_after: u64,
     /// How long the user certificate minted for each command stays valid (10s to 1h).
     #[arg(long, default_value = "5m", value_parser = parse_cert_ttl)]
@@ -67,7 +67,7 @@ struct Args {
     new_admin_token: bool,
     /// How long the audit log keeps an entry (every dispatch and every change to users,
     /// nodes, tokens and sessions; `openbox audit` shows it).
-    #[arg(long, default_value = "90d", value_parser = proto::parse_duration)]
+    #[arg(long, default_value = "90d", value_parser = proto::parse_secs)]
     audit_retention: u64,
     /// Keep command lines in the audit log (by default only their SHA-256).
     #[arg(long)]
@@ -415,7 +415,7 @@ async fn fleet_mesh(
 }
 
 fn parse_cert_ttl(text: &str) -> Result<u64, proto::Invalid> {
-    let secs = proto::parse_duration(text)?;
+    let secs = proto::parse_secs(text)?;
     if !(10..=3600).contains(&secs) {
         return Err(proto::Invalid::Duration("the user certificate lifetime must be between 10s and 1h".into()));
     }

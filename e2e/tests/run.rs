@@ -198,3 +198,24 @@ fn a_timeout_stops_what_a_command_left_running_after_its_shell_exited() {
     assert_eq!((out.code, out.stdout.as_str()), (124, "started\n"), "{out:?}");
     assert!(out.stderr.contains("timed out after 1s"), "{out:?}");
 }
+
+#[test]
+fn durations_take_the_forms_people_write_and_a_bad_one_says_which_forms() {
+    let (_cp, cli, _agent) = fleet(&["t"]);
+    // Half a second: the command is stopped well before it would end.
+    let out = cli.run(&["--timeout", "500ms", "-t", "t", "echo started; sleep 30"]);
+    assert_eq!((out.code, out.stdout.as_str()), (124, "started\n"), "{out:?}");
+    assert!(out.stderr.contains("timed out after 0.5s"), "{out:?}");
+    cli.run(&["--timeout", "1m30s", "-t", "t", "true"]).ok();
+    let token = cli.run(&["node", "token", "--tag", "t", "--ttl", "1h30m", "--json"]).ok().json();
+    let left = token["expires_at"].as_u64().expect("expires_at") - proto_now();
+    assert!((5300..=5400).contains(&left), "a token for 1h30m expires in {left}s");
+    let out = cli.run(&["--timeout", "5 fortnights", "-t", "t", "true"]).fails_with(2, "write it as 90s, 1m30s, 500ms");
+    assert!(out.stderr.contains("--timeout"), "{out:?}");
+    // Where whole seconds are kept, a fraction is refused rather than rounded.
+    cli.run(&["node", "token", "--tag", "t", "--ttl", "1500ms"]).fails_with(2, "whole seconds");
+}
+
+fn proto_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}

@@ -252,11 +252,12 @@ pub fn target(tag: Option<String>, node: Option<String>, session: bool) -> Resul
 }
 
 /// `timeout_secs` as openboxd takes it: 0 is no limit.
-pub fn timeout(given: Option<u64>, default: Option<u64>) -> Option<u64> {
+/// A tool's `timeout_secs`: none when 0, else the one given or the tool's default.
+pub fn timeout(given: Option<u64>, default: Option<u64>) -> Option<proto::time::Seconds> {
     match given {
         Some(0) => None,
-        Some(t) => Some(t),
-        None => default,
+        Some(t) => Some(proto::time::Seconds::from_secs(t)),
+        None => default.map(proto::time::Seconds::from_secs),
     }
 }
 
@@ -366,8 +367,8 @@ mod tests {
     #[test]
     fn zero_seconds_is_no_limit() {
         assert_eq!(timeout(Some(0), Some(60)), None);
-        assert_eq!(timeout(None, Some(60)), Some(60));
-        assert_eq!(timeout(Some(5), None), Some(5));
+        assert_eq!(timeout(None, Some(60)), Some(proto::time::Seconds::from_secs(60)));
+        assert_eq!(timeout(Some(5), None), Some(proto::time::Seconds::from_secs(5)));
     }
 
     #[test]

@@ -87,7 +87,7 @@ fn run_out(
     (exit_code, signal, truncated): (u8, Option<String>, proto::rpc::Truncated),
     out: &daemon::Collected,
     took: Duration,
-    timeout_secs: Option<u64>,
+    timeout_secs: Option<proto::time::Seconds>,
 ) -> RunOut {
     let mut streams = serde_json::Map::new();
     content::stream_fields("stdout", &out.stdout, &mut streams);
@@ -95,7 +95,7 @@ fn run_out(
     let text = |k: &str| streams.get(k).and_then(Value::as_str).map(str::to_owned);
     let hint = (exit_code == crate::TIMED_OUT && timeout_secs.is_some()).then(|| {
         format!(
-            "if it was stopped at timeout_secs ({}s): run it as a background job instead — `start` with the same arguments, then `read` and `wait` — or give a larger timeout_secs",
+            "if it was stopped at timeout_secs ({}): run it as a background job instead — `start` with the same arguments, then `read` and `wait` — or give a larger timeout_secs",
             timeout_secs.unwrap_or_default()
         )
     });
@@ -187,7 +187,12 @@ fn file_params(
     timeout_secs: Option<u64>,
 ) -> Result<proto::files::FileParams, String> {
     let target = target(tag, node, session.is_some())?;
-    Ok(proto::files::FileParams { target, session, op, timeout_secs })
+    Ok(proto::files::FileParams {
+        target,
+        session,
+        op,
+        timeout_secs: timeout_secs.map(proto::time::Seconds::from_secs),
+    })
 }
 
 /// openboxd's answer as `T`.
@@ -553,8 +558,10 @@ impl Openbox {
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
     async fn wait(&self, Parameters(args): Parameters<WaitArgs>) -> CallToolResult {
-        let params =
-            proto::jobs::JobWaitParams { id: args.job, timeout_secs: Some(args.seconds.unwrap_or(50).min(50)) };
+        let params = proto::jobs::JobWaitParams {
+            id: args.job,
+            timeout_secs: Some(proto::time::Seconds::from_secs(args.seconds.unwrap_or(50).min(50))),
+        };
         match daemon::call(proto::rpc::method::JOB_WAIT, params).await.and_then(answer::<proto::jobs::JobInfo>) {
             Ok(info) => {
                 let bad = info.state == "lost" || info.exit_code.is_some_and(|c| c != 0);

@@ -173,7 +173,7 @@ impl Keepalive {
     pub fn from_env() -> Keepalive {
         let interval = std::env::var("OPENBOX_SERVER_ALIVE_INTERVAL")
             .ok()
-            .and_then(|v| proto::parse_duration(&v).ok())
+            .and_then(|v| proto::parse_secs(&v).ok())
             .filter(|s| *s > 0)
             .map_or(Keepalive::DEFAULT.interval, Duration::from_secs);
         let max = std::env::var("OPENBOX_SERVER_ALIVE_COUNT_MAX")
@@ -200,7 +200,7 @@ pub fn connect_timeout(via: &Transport) -> Duration {
     };
     std::env::var("OPENBOX_CONNECT_TIMEOUT")
         .ok()
-        .and_then(|v| proto::parse_duration(&v).ok())
+        .and_then(|v| proto::parse_secs(&v).ok())
         .filter(|s| *s > 0)
         .map_or(Duration::from_secs(default), Duration::from_secs)
 }

@@ -1,6 +1,7 @@
 //! The command line, and its translation into one typed [`Request`]. Everything is
 //! validated here, before anything runs.
 
+use proto::time::Seconds;
 use std::ffi::OsString;
 
 use clap::{Args, Parser, Subcommand};
@@ -124,9 +125,10 @@ pub struct RunArgs {
     /// Mount a node directory into the container: SRC:DST or SRC:DST:ro (repeatable).
     #[arg(long = "mount", value_name = "SRC:DST[:ro]")]
     mounts: Vec<String>,
-    /// Stop the command after this long (e.g. 30s, 5m): exit 124, output so far is kept.
-    #[arg(long, value_name = "DUR", value_parser = proto::parse_duration)]
-    timeout: Option<u64>,
+    /// Stop the command after this long (e.g. 30s, 1m30s, 500ms): exit 124, output so
+    /// far is kept.
+    #[arg(long, value_name = "DUR", value_parser = Seconds::parse)]
+    timeout: Option<Seconds>,
     /// Give the command a terminal on the node (as `ssh -t`); with no command, a login
     /// shell. Keys go through as typed (Ctrl-C too) and the window size follows yours.
     /// Needs a terminal as stdin.
@@ -214,10 +216,11 @@ pub enum Command {
         /// Into or out of this session's container (the node side names the session's node).
         #[arg(short = 's', long, value_name = "SID")]
         session: Option<String>,
-        /// Give up after this long (e.g. 30s, 5m): the copy is stopped and openbox exits
-        /// 124. A file the copy was writing is left as far as it got, never reported copied.
-        #[arg(long, value_name = "DUR", value_parser = proto::parse_duration)]
-        timeout: Option<u64>,
+        /// Give up after this long (e.g. 30s, 5m, 1m30s): the copy is stopped and openbox
+        /// exits 124. A file the copy was writing is left as far as it got, never reported
+        /// copied.
+        #[arg(long, value_name = "DUR", value_parser = Seconds::parse)]
+        timeout: Option<Seconds>,
         /// Where from: NODE:PATH, tag:TAG:PATH, or a path here.
         src: String,
         /// Where to: NODE:PATH, tag:TAG:PATH, or a path here (an existing directory takes
@@ -292,7 +295,7 @@ pub enum Command {
         #[arg(long)]
         node: Option<String>,
         /// Only the last DURATION (e.g. 30m, 1h, 7d).
-        #[arg(long, value_name = "DURATION", value_parser = proto::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = proto::parse_secs)]
         since: Option<u64>,
     },
     /// Run or manage openboxd, the per-user daemon that keeps connections warm.
@@ -462,7 +465,7 @@ pub enum NodeCommand {
         #[arg(long = "tag", value_name = "TAG")]
         tags: Vec<String>,
         /// How long the token stays valid (e.g. 30m, 1h, 7d).
-        #[arg(long, default_value = "1h", value_parser = proto::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = proto::parse_secs)]
         ttl: u64,
     },
     /// Make a machine you can reach over SSH a node: checks its host key, installs the
@@ -566,8 +569,8 @@ pub enum JobCommand {
     /// Wait until a job ends and exit with its code (124 when it still runs at --timeout,
     /// 255 when it was lost).
     Wait {
-        #[arg(long, value_name = "DUR", value_parser = proto::parse_duration)]
-        timeout: Option<u64>,
+        #[arg(long, value_name = "DUR", value_parser = Seconds::parse)]
+        timeout: Option<Seconds>,
         id: String,
     },
     /// Stop a job: its command on the node is interrupted, then ended.
@@ -820,8 +823,8 @@ impl Cli {
             }
             Some(Command::Whoami) => Request::Whoami,
             Some(Command::Cp { recursive, session, timeout, src, dst }) => {
-                if timeout == Some(0) {
-                    return Err("--timeout must be at least 1s".into());
+                if timeout.is_some_and(Seconds::is_zero) {
+                    return Err("--timeout must be more than 0 (such as 500ms, 30s or 1m30s)".into());
                 }
                 let session = session.map(|s| name("session id", &s)).transpose()?;
                 let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
@@ -1001,8 +1004,8 @@ impl RunArgs {
         if self.command.is_empty() {
             return Err("no command given to run: openbox -t TAG --all CMD [ARGS…]".into());
         }
-        if self.timeout == Some(0) {
-            return Err("--timeout must be at least 1s".into());
+        if self.timeout.is_some_and(Seconds::is_zero) {
+            return Err("--timeout must be more than 0 (such as 500ms, 30s or 1m30s)".into());
         }
         if self.fanout == 0 {
             return Err("--fanout must be at least 1".into());
@@ -1059,8 +1062,8 @@ impl RunArgs {
             false => None,
         };
         let session = self.session.map(|s| name("session id", &s)).transpose()?;
-        if self.timeout == Some(0) {
-            return Err("--timeout must be at least 1s".into());
+        if self.timeout.is_some_and(Seconds::is_zero) {
+            return Err("--timeout must be more than 0 (such as 500ms, 30s or 1m30s)".into());
         }
         Ok(RunRequest {
             target,
@@ -1125,7 +1128,11 @@ mod tests {
         assert_eq!((r.session, r.timeout_secs), (None, None));
         let r = run(&["-n", "box-1", "-s", "build", "--timeout", "5m", "make"]);
         assert_eq!(r.target, Target::Node("box-1".into()));
-        assert_eq!((r.session.as_deref(), r.timeout_secs), (Some("build"), Some(300)));
+        assert_eq!((r.session.as_deref(), r.timeout_secs), (Some("build"), Some(Seconds::from_secs(300))));
+        let r = run(&["-t", "gpu", "--timeout", "1m30s", "make"]);
+        assert_eq!(r.timeout_secs, Some(Seconds::from_secs(90)));
+        let r = run(&["-t", "gpu", "--timeout", "500ms", "make"]);
+        assert_eq!(r.timeout_secs, Some(Seconds(std::time::Duration::from_millis(500))));
     }
 
     #[test]

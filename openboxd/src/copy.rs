@@ -63,7 +63,7 @@ pub async fn copy(d: &Daemon, req: CopyRequest, io: &mut CallIo) -> anyhow::Resu
             let (code, why) = match halt {
                 Halt::Deadline => (
                     crate::run::TIMED_OUT,
-                    format!("timed out after {}s; the copy was stopped (a file it was writing is incomplete)", timeout.unwrap_or_default()),
+                    format!("timed out after {}; the copy was stopped (a file it was writing is incomplete)", timeout.unwrap_or_default()),
                 ),
                 Halt::Signal(name) => (
                     proto::exec::signal_exit_code(name),

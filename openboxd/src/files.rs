@@ -42,7 +42,7 @@ pub async fn file(d: &Daemon, params: FileParams, io: &mut CallIo) -> anyhow::Re
     tokio::select! {
         done = file_now(d, params, input, &mut io.output) => done,
         halt = halts.next() => match halt {
-            Halt::Deadline => bail!("timed out after {}s; stopped (a file being written keeps its old content)", timeout.unwrap_or_default()),
+            Halt::Deadline => bail!("timed out after {}; stopped (a file being written keeps its old content)", timeout.unwrap_or_default()),
             Halt::Signal(name) => bail!("interrupted (SIG{name}); stopped"),
             Halt::Gone => bail!("the caller went away; stopped"),
         },

@@ -18,6 +18,7 @@ use proto::api::Target;
 use proto::exec::{JobAct, JobOp};
 use proto::jobs::{JobInfo, JobRead, Screen, TerminalSize};
 use proto::request::RunRequest;
+use proto::time::Seconds;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -214,7 +215,7 @@ impl Jobs {
     fn sweep(&self) {
         let keep = std::env::var(RETENTION_ENV)
             .ok()
-            .and_then(|v| proto::parse_duration(&v).ok())
+            .and_then(|v| proto::parse_secs(&v).ok())
             .map_or(RETENTION, Duration::from_secs);
         let now = proto::time::now();
         let old: Vec<Arc<Job>> = self
@@ -282,7 +283,7 @@ impl Jobs {
         let want = Want { target: &run.target, session: Some(&session), isolation: &run.isolation };
         let what = What { command: Some(&line), pty: pty.as_ref(), subsystem: None };
         let op = JobOp::new(&id, JobAct::Start { stdin }).value();
-        let timeout = run.timeout_secs.map(|t| t.to_string());
+        let timeout = run.timeout_secs.map(|t| proto::exec::timeout_value(t.0));
         let mut env = vec![(proto::exec::JOB_ENV, op.as_str())];
         if let Some(t) = &timeout {
             env.push((proto::exec::TIMEOUT_ENV, t.as_str()));
@@ -708,9 +709,9 @@ pub async fn logs_command(d: &Daemon, id: &str, follow: bool, out: &mut CallOutp
 
 /// `openbox job wait ID [--timeout DUR]`: exits with the job's code, 124 when it still
 /// runs at the timeout, 255 when it was lost.
-pub async fn wait_command(d: &Daemon, id: &str, timeout_secs: Option<u64>, json: bool, out: &mut CallOutput) -> u8 {
+pub async fn wait_command(d: &Daemon, id: &str, timeout: Option<Seconds>, json: bool, out: &mut CallOutput) -> u8 {
     let done = match d.jobs() {
-        Ok(jobs) => jobs.wait(id, timeout_secs.map(Duration::from_secs)).await,
+        Ok(jobs) => jobs.wait(id, timeout.map(|t| t.0)).await,
         Err(e) => Err(e),
     };
     let info = match done {
@@ -726,7 +727,7 @@ pub async fn wait_command(d: &Daemon, id: &str, timeout_secs: Option<u64>, json:
     match (info.state.as_str(), info.exit_code) {
         ("exited", Some(code)) => code,
         ("running", _) => {
-            out.eprint(&format!("openbox: job {id} still runs after {}s\n", timeout_secs.unwrap_or_default())).await;
+            out.eprint(&format!("openbox: job {id} still runs after {}\n", timeout.unwrap_or_default())).await;
             crate::run::TIMED_OUT
         }
         _ => {

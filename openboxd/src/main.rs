@@ -33,7 +33,7 @@ struct Args {
     /// How long one try at joining the tailnet may take; a failed try is tried again,
     /// and calls that need the tailnet meanwhile fail at once. Also OPENBOX_MESH_TIMEOUT
     /// [default: 30s].
-    #[arg(long, value_parser = proto::parse_duration)]
+    #[arg(long, value_parser = proto::parse_secs)]
     mesh_timeout: Option<u64>,
 }
 

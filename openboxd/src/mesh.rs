@@ -61,7 +61,7 @@ pub fn wanted(
     let up_timeout = match up_timeout {
         Some(secs) => Duration::from_secs(secs.max(1)),
         None => match from_env(TIMEOUT_ENV) {
-            Some(text) => Duration::from_secs(proto::parse_duration(&text).context(TIMEOUT_ENV)?.max(1)),
+            Some(text) => Duration::from_secs(proto::parse_secs(&text).context(TIMEOUT_ENV)?.max(1)),
             None => UP,
         },
     };

@@ -508,7 +508,7 @@ async fn job(d: &Arc<Daemon>, call: JobCall, input: CallInput) -> anyhow::Result
             let max = p.max_bytes.unwrap_or(64 << 10).min(16 << 20) as usize;
             to_value(&jobs.read(&p.id, p.stdout_offset, p.stderr_offset, max)?)
         }
-        JobCall::Wait(p) => to_value(&jobs.wait(&p.id, p.timeout_secs.map(std::time::Duration::from_secs)).await?),
+        JobCall::Wait(p) => to_value(&jobs.wait(&p.id, p.timeout_secs.map(|t| t.0)).await?),
         JobCall::Stop(p) => to_value(&jobs.stop(d, &p.id).await?),
         JobCall::Send(p) => to_value(&jobs.send(d, &p.id, input, p.close).await?),
         JobCall::Screen(p) => to_value(&jobs.screen(d, &p.id).await?),

@@ -8,6 +8,7 @@ use net::halt::{Halt, Halts, Stops as _};
 use net::ssh::{ExitStatus, PtySpec, SshError};
 use proto::api::Target;
 use proto::request::RunRequest;
+use proto::time::Seconds;
 
 use crate::Daemon;
 use crate::cap::{Capped, Truncated};
@@ -62,8 +63,8 @@ pub const TIMED_OUT: u8 = 124;
 const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 
 /// The call's deadline (`--timeout`) as openboxd holds it: from now, with the grace.
-pub fn deadline(timeout_secs: Option<u64>) -> Option<tokio::time::Instant> {
-    timeout_secs.map(|t| tokio::time::Instant::now() + Duration::from_secs(t) + DEADLINE_GRACE)
+pub fn deadline(timeout: Option<Seconds>) -> Option<tokio::time::Instant> {
+    timeout.map(|t| tokio::time::Instant::now() + t.0 + DEADLINE_GRACE)
 }
 
 /// `OPENBOX_TIMEOUT` for the agent: what is left of the deadline, to the millisecond.
@@ -109,7 +110,7 @@ pub async fn run(d: &Daemon, req: RunRequest, io: &mut CallIo) -> Outcome {
             Outcome::failed(FAILED)
         }
         Err(RunError::Ssh(SshError::TimedOut)) => {
-            output.eprint(&format!("openbox: timed out after {}s\n", timeout_secs.unwrap_or_default())).await;
+            output.eprint(&format!("openbox: timed out after {}\n", timeout_secs.unwrap_or_default())).await;
             Outcome::failed(TIMED_OUT)
         }
         // The caller was signalled and the command did not end within a moment of it: it

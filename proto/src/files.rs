@@ -29,7 +29,7 @@ pub struct FileParams {
     /// Give up after this long: the operation is stopped (a file being written is left
     /// as it was; writes go to a temporary file first).
     #[serde(default)]
-    pub timeout_secs: Option<u64>,
+    pub timeout_secs: Option<crate::time::Seconds>,
 }
 
 /// What to do with the file at `path` (absolute, or from the account's home).

@@ -108,7 +108,7 @@ pub struct JobRead {
 pub struct JobWaitParams {
     pub id: String,
     #[serde(default)]
-    pub timeout_secs: Option<u64>,
+    pub timeout_secs: Option<crate::time::Seconds>,
 }
 
 /// `job_stop`, `job_forget`.

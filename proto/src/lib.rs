@@ -79,35 +79,53 @@ mod tests {
     }
 }
 
-/// Parses a duration such as `90s`, `15m`, `2h`, `7d` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<u64, Invalid> {
+/// Parses a duration as people write them: `90s`, `1m30s`, `500ms`, `2h`, `7d`, `1h 15m`
+/// (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, Invalid> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = |why: String| Invalid::Duration(why);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| bad(format!("invalid duration {text:?}: expected a number with s, m, h or d, as in 15m")))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(bad(format!("invalid duration {text:?}: the unit must be s, m, h or d"))),
-    };
-    n.checked_mul(mult).ok_or_else(|| bad(format!("duration {text:?} is too long")))
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = t.parse().map_err(|_| Invalid::Duration(format!("duration {text:?} is too long")))?;
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        Invalid::Duration(format!("invalid duration {text:?}: {e}; write it as 90s, 1m30s, 500ms, 2h or 7d"))
+    })
+}
+
+/// A duration given where whole seconds are kept (intervals, lifetimes): as
+/// [`parse_duration`], refusing a fraction of a second.
+pub fn parse_secs(text: &str) -> Result<u64, Invalid> {
+    let d = parse_duration(text)?;
+    if d.subsec_nanos() != 0 {
+        return Err(Invalid::Duration(format!("{text:?}: this takes whole seconds, such as 1s or 2m")));
+    }
+    Ok(d.as_secs())
 }
 
 #[cfg(test)]
 mod duration_tests {
+    use std::time::Duration;
+
     #[test]
-    fn durations_take_the_four_units_and_refuse_others() {
-        assert_eq!(super::parse_duration("90").unwrap(), 90);
-        assert_eq!(super::parse_duration("15m").unwrap(), 900);
-        assert_eq!(super::parse_duration("2h").unwrap(), 7200);
-        assert_eq!(super::parse_duration("1d").unwrap(), 86400);
-        for bad in ["", "m", "5w", "-1s", "1.5h"] {
-            assert!(super::parse_duration(bad).is_err(), "{bad:?}");
+    fn durations_take_the_forms_people_write() {
+        let d = |t: &str| super::parse_duration(t).unwrap();
+        assert_eq!(d("90"), Duration::from_secs(90));
+        assert_eq!(d("15m"), Duration::from_secs(900));
+        assert_eq!(d("1m30s"), Duration::from_secs(90));
+        assert_eq!(d("1h 15m"), Duration::from_secs(4500));
+        assert_eq!(d("500ms"), Duration::from_millis(500));
+        assert_eq!(d("2h"), Duration::from_secs(7200));
+        assert_eq!(d("7d"), Duration::from_secs(7 * 86400));
+        assert_eq!(d("1.5h"), Duration::from_secs(5400));
+        for bad in ["", "m", "5x", "-1s", "99999999999999999999999"] {
+            let err = super::parse_duration(bad).expect_err(bad).to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn whole_seconds_refuse_a_fraction() {
+        assert_eq!(super::parse_secs("1m30s").unwrap(), 90);
+        assert!(super::parse_secs("1500ms").unwrap_err().to_string().contains("whole seconds"));
     }
 }

@@ -169,7 +169,7 @@ pub enum Request {
     JobWait {
         id: String,
         #[serde(default)]
-        timeout_secs: Option<u64>,
+        timeout_secs: Option<crate::time::Seconds>,
     },
     /// Stop a job on its node.
     JobStop {
@@ -220,7 +220,7 @@ pub struct RunRequest {
     pub command: Vec<String>,
     /// Stop the command after this many seconds (exit 124; a session survives).
     #[serde(default)]
-    pub timeout_secs: Option<u64>,
+    pub timeout_secs: Option<crate::time::Seconds>,
     /// Keep at most this many bytes of each stream: its head and its tail, with a mark.
     #[serde(default)]
     pub max_output: Option<u64>,
@@ -247,7 +247,7 @@ pub struct CopyRequest {
     pub session: Option<String>,
     /// Give up after this long (`--timeout`): the copy is stopped and the call exits 124.
     #[serde(default)]
-    pub timeout_secs: Option<u64>,
+    pub timeout_secs: Option<crate::time::Seconds>,
 }
 
 /// One side of a copy.
@@ -462,7 +462,7 @@ pub struct FanOutRequest {
     pub command: Vec<String>,
     /// Per node.
     #[serde(default)]
-    pub timeout_secs: Option<u64>,
+    pub timeout_secs: Option<crate::time::Seconds>,
     /// At most this many nodes at once.
     pub fanout: usize,
     /// Each line as `name: line`.

@@ -29,6 +29,73 @@ pub fn heard_control_time(theirs: u64) -> Option<i64> {
     ((offset - before).abs() > 2).then_some(offset)
 }
 
+/// A span of time on the wire, in seconds: whole (`30`) or with a fraction (`0.5`), a JSON
+/// number either way, as a script writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seconds(pub std::time::Duration);
+
+impl Seconds {
+    pub fn from_secs(secs: u64) -> Seconds {
+        Seconds(std::time::Duration::from_secs(secs))
+    }
+
+    /// A duration as a user writes it (see [`crate::parse_duration`]).
+    pub fn parse(text: &str) -> Result<Seconds, crate::Invalid> {
+        crate::parse_duration(text).map(Seconds)
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0.is_zero()
+    }
+}
+
+impl std::fmt::Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&span(self.0))
+    }
+}
+
+/// A timeout as a message tells it, to a tenth of a second: `90s`, `0.5s`, `1.5s` (what is
+/// left of a deadline, a hair under what was asked, reads as what was asked).
+pub fn span(d: std::time::Duration) -> String {
+    let text = format!("{:.1}", d.as_secs_f64());
+    format!("{}s", text.strip_suffix(".0").unwrap_or(&text))
+}
+
+impl serde::Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.subsec_nanos() == 0 {
+            s.serialize_u64(self.0.as_secs())
+        } else {
+            s.serialize_f64(self.0.as_secs_f64())
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of seconds, 0 or more (such as 30 or 0.5)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds::from_secs(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u64::try_from(v).map(Seconds::from_secs).map_err(|_| E::custom("seconds cannot be negative"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Seconds, E> {
+                std::time::Duration::try_from_secs_f64(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom(format!("{v} is not a number of seconds, 0 or more")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// A span of seconds in one short unit: `90s`, `15m`, `5h`, `3d` (each unit is used until
 /// two of the next fit).
 pub fn human_secs(s: u64) -> String {
@@ -51,6 +118,22 @@ pub fn ago(now: u64, t: Option<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_travel_as_whole_or_fractional_numbers() {
+        let read = |json: &str| serde_json::from_str::<Seconds>(json);
+        assert_eq!(read("30").unwrap(), Seconds::from_secs(30));
+        assert_eq!(read("0.5").unwrap(), Seconds(std::time::Duration::from_millis(500)));
+        for bad in ["-1", "-0.5", "\"30s\"", "1e400"] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+        assert_eq!(serde_json::to_string(&Seconds::from_secs(90)).unwrap(), "90");
+        assert_eq!(serde_json::to_string(&Seconds(std::time::Duration::from_millis(1500))).unwrap(), "1.5");
+        assert_eq!(Seconds(std::time::Duration::from_millis(500)).to_string(), "0.5s");
+        assert_eq!(Seconds::from_secs(90).to_string(), "90s");
+        assert_eq!(span(std::time::Duration::from_millis(2998)), "3s");
+        assert_eq!(span(std::time::Duration::from_millis(1499)), "1.5s");
+    }
 
     #[test]
     fn spans_read_in_one_short_unit() {

@@ -562,11 +562,8 @@ impl Sessions {
             Framed::Done(code) => Outcome::Code(code),
             Framed::TimedOut(after) => {
                 out.stderr(
-                    format!(
-                        "openbox: timed out after {}s; the session is still there\n",
-                        after.as_secs_f64().round() as u64
-                    )
-                    .as_bytes(),
+                    format!("openbox: timed out after {}; the session is still there\n", proto::time::span(after))
+                        .as_bytes(),
                 )
                 .await;
                 Outcome::Code(124)
