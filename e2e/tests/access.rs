@@ -161,6 +161,7 @@ impl Held {
         let cert = trust::parse_certificate(&dispatch.cert).unwrap();
         let target = net::ssh::NodeTarget {
             node_id: agent.node_id.clone(),
+            name: agent.name.clone(),
             addr: agent.addr.clone(),
             via: net::transport::Transport::Tcp,
             ca: cp.ca().public_key().clone(),

@@ -42,6 +42,7 @@ impl Node {
     fn target(&self) -> NodeTarget {
         NodeTarget {
             node_id: self.agent.node_id.clone(),
+            name: self.agent.name.clone(),
             addr: self.agent.addr.clone(),
             via: net::transport::Transport::Tcp,
             ca: self.cp.ca().public_key().clone(),

@@ -28,6 +28,7 @@ fn usage_errors_exit_2_and_say_what_to_do() {
     cli.run(&["-t", "x", "-n", "y", "true"]).fails_with(2, "cannot be used with");
     cli.run(&["--isolate", "vm:x", "-t", "x", "true"]).fails_with(2, "invalid isolation");
     cli.run(&["-t", "bad tag", "true"]).fails_with(2, "may hold only");
-    cli.run(&["node", "token", "--ttl", "5w"]).fails_with(2, "unit must be");
+    cli.run(&["node", "token", "--ttl", "5 fortnights"]).fails_with(2, "write it as 90s, 1m30s");
     cli.run(&["frobnicate"]).fails_with(2, "\"frobnicate\" is not an openbox command");
+    cli.run(&["nods"]).fails_with(2, "did you mean `openbox nodes`?");
 }

@@ -22,7 +22,8 @@ fn a_tag_whose_nodes_are_all_offline_says_so() {
     a.stop();
     let out = admin.run(&["-t", "sleepy", "true"]).fails_with(255, "every node tagged \"sleepy\" is offline");
     assert!(out.stderr.contains(&a.name), "names the nodes: {out:?}");
-    admin.run(&["-n", &a.node_id, "true"]).fails_with(255, "is offline");
+    let out = admin.run(&["-n", &a.node_id, "true"]).fails_with(255, &format!("node {} is offline", a.name));
+    assert!(!out.stderr.contains(&a.node_id), "named, even when asked for by id: {out:?}");
 }
 
 #[test]
@@ -30,9 +31,9 @@ fn an_unreachable_node_is_named_in_the_error() {
     let cp = ControlPlane::start();
     let admin = Cli::admin(&cp);
     // Heartbeats work, but the advertised address has nobody listening.
-    let a = Agent::enroll_with(&cp, &admin.enroll_token(&["far"]), &["--advertise", "127.0.0.1:9"]);
-    let out = admin.run(&["-t", "far", "true"]).fails_with(255, "cannot reach node");
-    assert!(out.stderr.contains("127.0.0.1:9") && out.stderr.contains(&a.node_id), "{out:?}");
+    let a = Agent::enroll_with(&cp, &admin.enroll_token(&["far"]), &["--advertise", "127.0.0.1:9", "--name", "far-1"]);
+    let out = admin.run(&["-t", "far", "true"]).fails_with(255, "cannot reach node far-1 at 127.0.0.1:9");
+    assert!(!out.stderr.contains(&a.node_id), "named as people know it, not by id: {out:?}");
     assert_eq!(out.stderr.lines().count(), 1, "one line: {out:?}");
 }
 

@@ -90,6 +90,7 @@ fn exec_with(
 ) -> Result<(u8, String), SshError> {
     let target = NodeTarget {
         node_id: agent.node_id.clone(),
+        name: agent.name.clone(),
         addr: agent.addr.clone(),
         via: net::transport::Transport::Tcp,
         ca: cp.ca().public_key().clone(),

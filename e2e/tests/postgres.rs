@@ -337,6 +337,8 @@ fn a_running_personal_fleet_moves_to_postgres_and_its_nodes_and_logins_keep_work
     // The same control plane (address, CA key) on the new database: everything works.
     cp.restart_with(&["--db", &db]);
     assert_eq!(admin.run(&["-t", "moving", "-s", "kept", "pwd"]).ok().stdout, "/tmp\n");
+    // A start on a database that has its tables says nothing of them.
+    assert!(!cp.log().contains("NOTICE"), "{}", cp.log());
     assert_eq!(bob.run(&["-t", "moving", "echo", "bob-still"]).ok().stdout, "bob-still\n");
     assert!(admin.node(&agent.node_id).is_some_and(|n| n["online"] == true));
     let later = Agent::enroll_with(&cp, &spare, &[]);

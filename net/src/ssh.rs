@@ -121,7 +121,10 @@ impl Input for tokio::sync::mpsc::Receiver<Vec<u8>> {
 /// Where a node is, how to reach it, and how to recognise it.
 #[derive(Clone, Debug)]
 pub struct NodeTarget {
+    /// What its host certificate must name.
     pub node_id: String,
+    /// What messages call it: its name, as people know it.
+    pub name: String,
     pub addr: String,
     pub via: Transport,
     pub ca: PublicKey,
@@ -348,7 +351,7 @@ pub async fn dial_within(target: &NodeTarget, limit: Duration) -> Result<Connect
     match tokio::time::timeout(limit, dial_now(target)).await {
         Ok(dialled) => dialled,
         Err(_) => Err(SshError::Unreachable {
-            node: target.node_id.clone(),
+            node: target.name.clone(),
             addr: target.addr.clone(),
             why: format!("no answer within {}s", limit.as_secs_f64().round() as u64),
         }),
@@ -356,7 +359,7 @@ pub async fn dial_within(target: &NodeTarget, limit: Duration) -> Result<Connect
 }
 
 async fn dial_now(target: &NodeTarget) -> Result<Connection, SshError> {
-    let node = target.node_id.clone();
+    let node = target.name.clone();
     let unreachable = |why: String| SshError::Unreachable { node: node.clone(), addr: target.addr.clone(), why };
     let stream = target.via.connect(&target.addr).await.map_err(|e| unreachable(e.to_string()))?;
     let refusal = Arc::new(Mutex::new(None));
@@ -761,6 +764,7 @@ mod tests {
     fn target(ca: &trust::Ca) -> NodeTarget {
         NodeTarget {
             node_id: "n1".into(),
+            name: "one".into(),
             addr: "127.0.0.1:1".into(),
             via: Transport::Tcp,
             ca: ca.public_key().clone(),

@@ -1034,9 +1034,13 @@ impl RunArgs {
                 return Err("no command given; see `openbox --help`".into());
             }
             (None, None) => {
+                let word = &self.command[0];
+                let hint = match did_you_mean(word) {
+                    Some(near) => format!("; did you mean `openbox {near}`?"),
+                    None => " (see `openbox --help`)".to_owned(),
+                };
                 return Err(format!(
-                    "{:?} is not an openbox command (see `openbox --help`); to run it on a node, say where: -t TAG or -n NODE",
-                    self.command[0]
+                    "{word:?} is not an openbox command{hint} To run it on a node, say where: -t TAG or -n NODE"
                 ));
             }
             (Some(_), Some(_)) => return Err("give -t TAG or -n NODE, not both".into()),
@@ -1081,6 +1085,32 @@ impl RunArgs {
 /// `openbox up`'s control-plane address: a loopback one. The personal fleet talks plain
 /// HTTP to it, which the control plane serves only there; a fleet for other machines is a
 /// service with HTTPS.
+/// The command or flag of `openbox` closest to a mistyped `word`, if one is near enough.
+fn did_you_mean(word: &str) -> Option<String> {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let candidates: Vec<String> = if word.starts_with("--") {
+        cli.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")).collect()
+    } else {
+        cli.get_subcommands()
+            .flat_map(|c| std::iter::once(c.get_name()).chain(c.get_all_aliases()))
+            .map(str::to_owned)
+            .collect()
+    };
+    // Close for its length: one edit in a short word, two in a longer one, none in two
+    // letters (`ps` is a program, not a typo of `cp`).
+    let allowed = match word.trim_start_matches('-').len() {
+        0..=2 => return None,
+        3..=4 => 1,
+        _ => 2,
+    };
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(word, &c), c))
+        .filter(|(d, _)| *d <= allowed)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
 fn loopback(addr: &str) -> Result<String, String> {
     match addr.parse::<std::net::SocketAddr>() {
         Ok(a) if a.ip().is_loopback() => Ok(addr.to_owned()),
@@ -1229,6 +1259,17 @@ mod tests {
             _ => panic!("not understood"),
         }
         assert!(action(&["node", "tag", "web1", "gpu"]).is_err_and(|e| e.contains("+TAG")));
+    }
+
+    #[test]
+    fn a_mistyped_command_or_flag_gets_the_nearest_one_and_a_far_one_none() {
+        let err = |args: &[&str]| action(args).err().unwrap_or_default();
+        assert!(err(&["nods"]).contains("did you mean `openbox nodes`?"), "{}", err(&["nods"]));
+        assert!(err(&["sesion", "ls"]).contains("did you mean `openbox session`?"));
+        assert!(err(&["--tiemout", "5", "true"]).contains("did you mean `openbox --timeout`?"));
+        assert!(!err(&["ps"]).contains("did you mean"));
+        let far = err(&["make", "build"]);
+        assert!(!far.contains("did you mean") && far.contains("-t TAG or -n NODE"), "{far}");
     }
 
     #[test]

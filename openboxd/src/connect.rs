@@ -169,7 +169,8 @@ async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Res
                 }
             },
         };
-        let target = NodeTarget { node_id: node.id.clone(), addr, via, ca: acct.login.ca.clone() };
+        let target =
+            NodeTarget { node_id: node.id.clone(), name: node.name.clone(), addr, via, ca: acct.login.ca.clone() };
         let full = net::ssh::connect_timeout(&target.via);
         let limit = if more { FIRST_WAY_TIMEOUT.min(full) } else { full };
         match net::ssh::dial_within(&target, limit).await {

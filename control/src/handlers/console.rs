@@ -101,6 +101,7 @@ pub(crate) async fn on_behalf(
     let cert = trust::parse_certificate(&d.cert)?;
     let target = NodeTarget {
         node_id: d.node.id.clone(),
+        name: d.node.name.clone(),
         addr: d.node.addr.clone(),
         via: Transport::Tcp,
         ca: app.ca.public_key().clone(),

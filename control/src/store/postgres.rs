@@ -194,7 +194,11 @@ impl Postgres {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-        tx.batch_execute("CREATE TABLE IF NOT EXISTS openbox_schema (version INTEGER NOT NULL)").await?;
+        // Quietly: "already exists, skipping" at every start would read as a problem.
+        tx.batch_execute(
+            "SET LOCAL client_min_messages TO warning; CREATE TABLE IF NOT EXISTS openbox_schema (version INTEGER NOT NULL)",
+        )
+        .await?;
         let version: i32 = match tx.query_opt("SELECT version FROM openbox_schema", &[]).await? {
             Some(r) => r.get(0),
             None => {
