@@ -107,6 +107,49 @@ fn a_missing_path_and_bad_places_are_clear_errors() {
     admin.run(&["cp", &missing, &missing]).fails_with(2, "both places are on nodes");
 }
 
+#[test]
+fn several_sources_go_into_a_directory_and_a_missing_one_is_named() {
+    let (_cp, admin, agent) = fleet();
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap(); // the node's side (the same machine)
+    let (a, b) = (here.path().join("a.txt"), here.path().join("b.txt"));
+    std::fs::write(&a, "alpha").unwrap();
+    std::fs::write(&b, "beta").unwrap();
+    let node_dir = format!("{}:{}/", agent.name, there.path().display());
+    let up = admin.run(&["cp", a.to_str().unwrap(), b.to_str().unwrap(), &node_dir, "--json"]).ok().json();
+    assert_eq!(up["files"], 2, "{up}");
+    assert_eq!(std::fs::read_to_string(there.path().join("a.txt")).unwrap(), "alpha");
+    assert_eq!(std::fs::read_to_string(there.path().join("b.txt")).unwrap(), "beta");
+    // And back, from one node into a local directory.
+    let back = tempfile::tempdir().unwrap();
+    let remote = |name: &str| format!("{}:{}/{name}", agent.name, there.path().display());
+    admin.run(&["cp", &remote("a.txt"), &remote("b.txt"), back.path().to_str().unwrap()]).ok();
+    assert_eq!(std::fs::read_to_string(back.path().join("b.txt")).unwrap(), "beta");
+
+    // Into a directory that is not there: named, with how to make it, and nothing copied.
+    let missing = format!("{}/new", there.path().display());
+    let out = admin
+        .run(&["cp", a.to_str().unwrap(), &format!("{}:{missing}/", agent.name)])
+        .fails_with(1, &format!("{}:{missing}: no such directory there", agent.name));
+    assert!(out.stderr.contains(&format!("mkdir -p {missing}")), "{out:?}");
+    admin
+        .run(&["cp", a.to_str().unwrap(), &format!("{}:{missing}/deeper/a.txt", agent.name)])
+        .fails_with(1, &format!("{}:{missing}/deeper: no such directory there", agent.name));
+    admin
+        .run(&["cp", a.to_str().unwrap(), b.to_str().unwrap(), &format!("{}:{missing}", agent.name)])
+        .fails_with(1, "several sources go into a directory that exists");
+    assert!(!Path::new(&missing).exists());
+    let nowhere = back.path().join("no/such");
+    admin
+        .run(&["cp", &remote("a.txt"), nowhere.join("a.txt").to_str().unwrap()])
+        .fails_with(1, &format!("{}: no such directory here", nowhere.display()));
+    // Sources on two sides, or two nodes, are refused before anything is copied.
+    admin
+        .run(&["cp", a.to_str().unwrap(), &remote("a.txt"), back.path().to_str().unwrap()])
+        .fails_with(2, "both places are here");
+    admin.run(&["cp", &remote("a.txt"), "other:/x", back.path().to_str().unwrap()]).fails_with(2, "different nodes");
+}
+
 /// A small tmpfs, unmounted when dropped.
 struct SmallDisk(tempfile::TempDir);
 

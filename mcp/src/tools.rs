@@ -761,7 +761,7 @@ async fn copy(a: CopyArgs, upload: bool) -> CallToolResult {
     let remote = proto::request::Place::Remote { target, path: a.remote_path };
     let (from, to) = if upload { (local, remote) } else { (remote, local) };
     let req = proto::request::CopyRequest {
-        from,
+        from: vec![from],
         to,
         recursive: a.recursive.unwrap_or(false),
         progress: false,

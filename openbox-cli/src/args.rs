@@ -205,7 +205,9 @@ pub enum Command {
     /// One side is NODE:PATH (a node by name or id; tag:TAG:PATH for one node carrying
     /// TAG), the other a path here. A remote PATH without a leading / is from the account's
     /// home. Modes are kept; a progress line shows on a terminal.
+    /// Several sources go into a directory that exists, all from one side (one node).
     ///   openbox cp build.tar box:/tmp/          into /tmp on box
+    ///   openbox cp a.py b.py box:src/           both into src/ in the home on box
     ///   openbox cp -r box:src/ ./src-copy       a directory, everything in it
     ///   openbox cp -s build app.py box:/src/    into session build's container on box
     #[command(verbatim_doc_comment)]
@@ -221,10 +223,12 @@ pub enum Command {
         /// copied.
         #[arg(long, value_name = "DUR", value_parser = Seconds::parse)]
         timeout: Option<Seconds>,
-        /// Where from: NODE:PATH, tag:TAG:PATH, or a path here.
-        src: String,
+        /// Where from: NODE:PATH, tag:TAG:PATH, or a path here; one or more.
+        #[arg(value_name = "SRC", required = true)]
+        src: Vec<String>,
         /// Where to: NODE:PATH, tag:TAG:PATH, or a path here (an existing directory takes
-        /// the source's name inside it).
+        /// each source by its name inside it).
+        #[arg(value_name = "DST", required = true)]
         dst: String,
     },
     /// Write openbox's instructions for AI coding agents, in each one's own place and format:
@@ -828,20 +832,31 @@ impl Cli {
                 }
                 let session = session.map(|s| name("session id", &s)).transpose()?;
                 let cwd = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
-                let (from, to) = (Place::parse(&src, &cwd)?, Place::parse(&dst, &cwd)?);
-                match (&from, &to) {
-                    (Place::Local { .. }, Place::Remote { .. }) | (Place::Remote { .. }, Place::Local { .. }) => {}
-                    (Place::Local { .. }, Place::Local { .. }) => {
-                        return Err(
-                            "both places are here: one side of `openbox cp` is NODE:PATH (use cp for local copies)"
-                                .into(),
-                        );
+                let from: Vec<Place> = src.iter().map(|s| Place::parse(s, &cwd)).collect::<Result<_, _>>()?;
+                let to = Place::parse(&dst, &cwd)?;
+                for place in &from {
+                    match (place, &to) {
+                        (Place::Local { .. }, Place::Remote { .. }) | (Place::Remote { .. }, Place::Local { .. }) => {}
+                        (Place::Local { .. }, Place::Local { .. }) => {
+                            return Err(
+                                "both places are here: one side of `openbox cp` is NODE:PATH (use cp for local copies)"
+                                    .into(),
+                            );
+                        }
+                        (Place::Remote { .. }, Place::Remote { .. }) => {
+                            return Err(
+                                "both places are on nodes: copy to here first, then on (one side is a local path)"
+                                    .into(),
+                            );
+                        }
                     }
-                    (Place::Remote { .. }, Place::Remote { .. }) => {
-                        return Err(
-                            "both places are on nodes: copy to here first, then on (one side is a local path)".into()
-                        );
-                    }
+                }
+                let node = |p: &Place| match p {
+                    Place::Remote { target, .. } => Some(target.clone()),
+                    Place::Local { .. } => None,
+                };
+                if from.iter().any(|p| node(p) != node(&from[0])) {
+                    return Err("the sources are on different nodes: copy from one node at a time".into());
                 }
                 let progress = rustix::termios::isatty(std::io::stderr()) && !json;
                 Request::Copy(CopyRequest { from, to, recursive, progress, session, timeout_secs: timeout })

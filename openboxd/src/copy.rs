@@ -77,11 +77,21 @@ pub async fn copy(d: &Daemon, req: CopyRequest, io: &mut CallIo) -> anyhow::Resu
 }
 
 async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow::Result<Reply> {
-    let (target, upload) = match (&req.from, &req.to) {
+    let Some(first) = req.from.first() else { bail!("nothing to copy: give at least one source") };
+    let (target, upload) = match (first, &req.to) {
         (Place::Local { .. }, Place::Remote { target, .. }) => (target, true),
         (Place::Remote { target, .. }, Place::Local { .. }) => (target, false),
         _ => bail!("one side of a copy is NODE:PATH, the other a path here"),
     };
+    // All from one side, and from one node.
+    let same_side = |p: &Place| match (p, upload) {
+        (Place::Local { .. }, true) => true,
+        (Place::Remote { target: t, .. }, false) => t == target,
+        _ => false,
+    };
+    if !req.from.iter().all(same_side) {
+        bail!("the sources of one copy are all here, or all on one node");
+    }
     let acct = d.account()?;
     // A session's files: its node, and a certificate for its isolation.
     let (target, isolation) = match &req.session {
@@ -94,15 +104,7 @@ async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
         .await
         .map_err(|e| Stopped { code: proto::EXIT_OPENBOX_FAILURE, why: e.to_string() })?;
     let mut run = Run { sftp, node: node.name.clone(), progress: Progress::new(req.progress), stats: Stats::default() };
-    let result = match (&req.from, &req.to) {
-        (Place::Local { path }, Place::Remote { path: remote, .. }) if upload => {
-            run.upload(Path::new(path), remote, req.recursive, out).await
-        }
-        (Place::Remote { path: remote, .. }, Place::Local { path }) => {
-            run.download(remote, Path::new(path), req.recursive, out).await
-        }
-        _ => unreachable!("checked above"),
-    };
+    let result = run.all(&req.from, &req.to, req.recursive, out).await;
     run.progress.end(out).await;
     let _ = run.sftp.close().await;
     if let Err(e) = result {
@@ -114,7 +116,7 @@ async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
         return Err(e);
     }
     let copied = Copied {
-        from: req.from.to_string(),
+        from: req.from.iter().map(Place::to_string).collect::<Vec<_>>().join(" "),
         to: req.to.to_string(),
         node: node.name,
         files: run.stats.files,
@@ -174,12 +176,65 @@ fn base(path: &str) -> anyhow::Result<String> {
 }
 
 impl Run {
+    /// Copies each of `from` to `to` (checked to be one side of the copy each). Several go
+    /// into `to`, which must be a directory that exists, as for scp.
+    async fn all(&mut self, from: &[Place], to: &Place, recursive: bool, out: &mut CallOutput) -> anyhow::Result<()> {
+        let several = from.len() > 1;
+        match to {
+            Place::Remote { path: remote, .. } => {
+                let into_dir = self.sftp.metadata(remote).await.is_ok_and(|m| m.is_dir());
+                if !into_dir && (several || remote.ends_with('/')) {
+                    bail!(self.no_remote_dir(remote, several));
+                }
+                for place in from {
+                    if let Place::Local { path } = place {
+                        self.upload(Path::new(path), remote, into_dir, recursive, out).await?;
+                    }
+                }
+            }
+            Place::Local { path } => {
+                let local = Path::new(path);
+                let into_dir = local.is_dir();
+                if !into_dir && (several || path.ends_with('/')) {
+                    let why = if several { "several sources go into a directory that exists" } else { "make it first" };
+                    bail!("{}: no such directory here; {why}", path.trim_end_matches('/'));
+                }
+                for place in from {
+                    if let Place::Remote { path: remote, .. } = place {
+                        self.download(remote, local, into_dir, recursive, out).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a directory on the node that a copy needs and that is not there.
+    fn no_remote_dir(&self, dir: &str, several: bool) -> String {
+        let dir = dir.trim_end_matches('/');
+        let why = if several { "several sources go into a directory that exists; " } else { "" };
+        format!(
+            "{}:{dir}: no such directory there; {why}make it first: openbox -n {} mkdir -p {dir}",
+            self.node, self.node
+        )
+    }
+
+    /// Why writing `dst` on the node failed, when it is that its directory is missing.
+    async fn missing_parent(&self, dst: &str) -> Option<String> {
+        let parent = match dst.trim_end_matches('/').rsplit_once('/') {
+            Some(("", _)) | None => return None,
+            Some((parent, _)) => parent,
+        };
+        self.sftp.metadata(parent).await.is_err().then(|| self.no_remote_dir(parent, false))
+    }
+
     /// Copies `local` (a file, or with `recursive` a directory) to `remote` — inside it,
-    /// when it is a directory already.
+    /// when it is a directory (`into_dir`).
     async fn upload(
         &mut self,
         local: &Path,
         remote: &str,
+        into_dir: bool,
         recursive: bool,
         out: &mut CallOutput,
     ) -> anyhow::Result<()> {
@@ -187,17 +242,18 @@ impl Run {
         if meta.is_dir() && !recursive {
             bail!("{} is a directory: add -r to copy it and everything in it", local.display());
         }
-        let into_dir = self.sftp.metadata(remote).await.is_ok_and(|m| m.is_dir());
         let dest = if into_dir { join(remote, &base(&local.display().to_string())?) } else { remote.to_owned() };
         let mut todo = vec![(local.to_path_buf(), dest)];
         while let Some((src, dst)) = todo.pop() {
             let meta = std::fs::metadata(&src).with_context(|| format!("{}", src.display()))?;
             if meta.is_dir() {
-                if !self.sftp.metadata(&dst).await.is_ok_and(|m| m.is_dir()) {
-                    self.sftp
-                        .create_dir(&dst)
-                        .await
-                        .with_context(|| format!("{}:{dst}: making the directory", self.node))?;
+                if !self.sftp.metadata(&dst).await.is_ok_and(|m| m.is_dir())
+                    && let Err(e) = self.sftp.create_dir(&dst).await
+                {
+                    if let Some(why) = self.missing_parent(&dst).await {
+                        bail!(why);
+                    }
+                    return Err(e).with_context(|| format!("{}:{dst}: making the directory", self.node));
                 }
                 self.set_mode(&dst, meta.permissions().mode()).await?;
                 self.stats.directories += 1;
@@ -228,8 +284,13 @@ impl Run {
         let mut file = tokio::fs::File::open(src).await.with_context(|| format!("{}", src.display()))?;
         let flags = OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE;
         let attrs = FileAttributes { permissions: Some(meta.permissions().mode() & 0o7777), ..FileAttributes::empty() };
-        let mut remote =
-            self.sftp.open_with_flags_and_attributes(dst, flags, attrs).await.with_context(|| there.clone())?;
+        let mut remote = match self.sftp.open_with_flags_and_attributes(dst, flags, attrs).await {
+            Ok(f) => f,
+            Err(e) => match self.missing_parent(dst).await {
+                Some(why) => bail!(why),
+                None => return Err(e).with_context(|| there.clone()),
+            },
+        };
         self.progress.start(&src.display().to_string(), meta.len());
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -256,11 +317,12 @@ impl Run {
     }
 
     /// Copies `remote` (a file, or with `recursive` a directory) to `local` — inside it,
-    /// when it is a directory already.
+    /// when it is a directory (`into_dir`).
     async fn download(
         &mut self,
         remote: &str,
         local: &Path,
+        into_dir: bool,
         recursive: bool,
         out: &mut CallOutput,
     ) -> anyhow::Result<()> {
@@ -270,7 +332,10 @@ impl Run {
         if meta.is_dir() && !recursive {
             bail!("{} is a directory: add -r to copy it and everything in it", there(remote));
         }
-        let dest = if local.is_dir() { local.join(base(remote)?) } else { local.to_path_buf() };
+        let dest = if into_dir { local.join(base(remote)?) } else { local.to_path_buf() };
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+            bail!("{}: no such directory here; make it first", parent.display());
+        }
         let mut todo = vec![(remote.to_owned(), dest)];
         while let Some((src, dst)) = todo.pop() {
             let meta = self.sftp.metadata(&src).await.with_context(|| there(&src))?;

@@ -236,7 +236,10 @@ pub struct RunRequest {
 /// `openbox cp`: one side here, the other on a node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRequest {
-    pub from: Place,
+    /// Where from: one place, or a list of them, all on one side (several go into `to`,
+    /// which is then a directory that exists, as for scp).
+    #[serde(with = "one_or_many")]
+    pub from: Vec<Place>,
     pub to: Place,
     /// Directories too, with everything in them.
     pub recursive: bool,
@@ -248,6 +251,36 @@ pub struct CopyRequest {
     /// Give up after this long (`--timeout`): the copy is stopped and the call exits 124.
     #[serde(default)]
     pub timeout_secs: Option<crate::time::Seconds>,
+}
+
+/// A list on the wire that may be one item alone.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+
+    pub fn serialize<T: Serialize, S: Serializer>(items: &[T], s: S) -> Result<S::Ok, S::Error> {
+        match items {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        let items = match OneOrMany::deserialize(d)? {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        };
+        if items.is_empty() {
+            return Err(serde::de::Error::custom("an empty list: give at least one"));
+        }
+        Ok(items)
+    }
 }
 
 /// One side of a copy.
@@ -415,6 +448,24 @@ mod forward_tests {
     fn copy_places_read_as_scp_reads_them() {
         let cwd = std::path::Path::new("/home/me");
         let node = |n: &str, p: &str| Place::Remote { target: crate::api::Target::Node(n.into()), path: p.into() };
+        // One source travels as a place, several as a list; both are read.
+        let to = Place::Local { path: "/d".into() };
+        let req = |from: Vec<Place>| CopyRequest {
+            from,
+            to: to.clone(),
+            recursive: false,
+            progress: false,
+            session: None,
+            timeout_secs: None,
+        };
+        for from in [vec![node("a", "/x")], vec![node("a", "/x"), node("a", "/y")]] {
+            let json = serde_json::to_value(req(from.clone())).unwrap();
+            assert_eq!(json["from"].is_array(), from.len() > 1, "{json}");
+            assert_eq!(serde_json::from_value::<CopyRequest>(json).unwrap().from, from);
+        }
+        let empty =
+            serde_json::json!({"from": [], "to": {"local": {"path": "/d"}}, "recursive": false, "progress": false});
+        assert!(serde_json::from_value::<CopyRequest>(empty).is_err());
         assert_eq!(Place::parse("box:/etc/hosts", cwd).unwrap(), node("box", "/etc/hosts"));
         assert_eq!(Place::parse("box:", cwd).unwrap(), node("box", "."));
         assert_eq!(
