@@ -41,8 +41,8 @@ fn the_release_has_tarballs_and_debs_for_both_architectures_with_their_checksums
     let names = [
         format!("openbox-{v}-linux-x86_64.tar.gz"),
         format!("openbox-{v}-linux-aarch64.tar.gz"),
-        format!("openbox_{v}_amd64.deb"),
-        format!("openbox_{v}_arm64.deb"),
+        format!("openbox-fleet_{v}_amd64.deb"),
+        format!("openbox-fleet_{v}_arm64.deb"),
     ];
     for name in &names {
         let line =
@@ -99,20 +99,28 @@ fn the_release_has_tarballs_and_debs_for_both_architectures_with_their_checksums
     }
 
     // The package: its files, and a postinst that starts nothing.
-    let deb = dir.join(format!("openbox_{v}_amd64.deb"));
+    let deb = dir.join(format!("openbox-fleet_{v}_amd64.deb"));
     let listing = Command::new("dpkg-deb").arg("--contents").arg(&deb).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
     for f in [
-        "./usr/bin/openbox",
-        "./usr/bin/openbox-agent",
+        "./usr/lib/openbox-fleet/bin/openbox",
+        "./usr/lib/openbox-fleet/bin/openbox-agent",
+        "./usr/bin/openbox-agent -> ../lib/openbox-fleet/bin/openbox-agent",
+        "./usr/bin/obx -> ../lib/openbox-fleet/bin/openbox",
+        "./usr/lib/openbox-fleet/man/openbox.1.gz",
         "./usr/share/man/man1/openbox-service-install.1.gz",
         "./usr/share/bash-completion/completions/openbox",
         "./usr/share/zsh/vendor-completions/_openbox",
         "./usr/lib/systemd/system/openbox-control.service",
         "./usr/lib/systemd/user/openboxd.service",
-        "./usr/share/doc/openbox/copyright",
+        "./usr/share/doc/openbox-fleet/copyright",
     ] {
         assert!(listing.lines().any(|l| l.ends_with(f)), "{f} in the .deb:\n{listing}");
+    }
+    // Nothing where Debian's openbox (the window manager) has files: /usr/bin/openbox and
+    // its manual pages are an alternative, made at install.
+    for f in ["./usr/bin/openbox", "./usr/share/man/man1/openbox.1.gz", "./usr/share/man/man1/openbox-session.1.gz"] {
+        assert!(!listing.lines().any(|l| l.ends_with(f) || l.contains(&format!("{f} -> "))), "{f} in the .deb");
     }
     let postinst = Command::new("dpkg-deb").arg("--info").arg(&deb).arg("postinst").output().unwrap();
     let postinst = String::from_utf8_lossy(&postinst.stdout);
@@ -467,9 +475,18 @@ struct Root {
 impl Root {
     /// `release` is seen at /release in the root (this machine's /tmp is not: a fresh one is).
     fn start(systemd: bool, release: &Path) -> Root {
+        Root::start_with(systemd, release, None)
+    }
+
+    /// As [`Root::start`], with `more` seen at /more too.
+    fn start_with(systemd: bool, release: &Path, more: Option<&Path>) -> Root {
         let name = format!("openbox-root-{}-{}", std::process::id(), free_port());
         let volume = format!("{}:/release:ro", release.display());
         let mut args: Vec<&str> = vec!["run", "-d", "--name", &name, "-v", &volume];
+        let more = more.map(|m| format!("{}:/more:ro", m.display()));
+        if let Some(m) = &more {
+            args.extend(["-v", m]);
+        }
         if systemd {
             // /tmp and /run start empty (copying this machine's up would race with its files).
             args.extend(["--systemd=always", "--tmpfs", "/tmp:rw,notmpcopyup", "--tmpfs", "/run:rw,notmpcopyup"]);
@@ -508,7 +525,7 @@ fn wait_for(within: Duration, mut check: impl FnMut() -> bool) -> bool {
 #[test]
 fn the_deb_installs_with_dpkg_in_a_throwaway_root_and_a_first_command_runs() {
     let dir = release();
-    let deb = format!("/release/openbox_{}_amd64.deb", proto::VERSION);
+    let deb = format!("/release/openbox-fleet_{}_amd64.deb", proto::VERSION);
     let root = Root::start(false, &dir);
     let out = root.sh(&format!(
         "set -e
@@ -521,9 +538,10 @@ fn the_deb_installs_with_dpkg_in_a_throwaway_root_and_a_first_command_runs() {
         export HOME=/tmp/home; mkdir -p $HOME
         openbox up --addr 127.0.0.1:{port}
         openbox -t local echo first command from the deb
-        openbox service install control --print | grep -q '^ExecStart=/usr/bin/openbox-control'
+        openbox service install control --print | grep -q '^ExecStart=/usr/lib/openbox-fleet/bin/openbox-control'
+        man -w openbox | grep -q /usr/lib/openbox-fleet/man/openbox.1.gz
         openbox down
-        dpkg -r openbox
+        dpkg -r openbox-fleet
         if test -e /usr/bin/openbox; then echo 'still there after dpkg -r'; exit 7; fi",
         port = free_port(),
     ));
@@ -531,6 +549,51 @@ fn the_deb_installs_with_dpkg_in_a_throwaway_root_and_a_first_command_runs() {
     assert!(out.stdout.contains(&format!("openbox {}", proto::VERSION)), "{out:#?}");
     assert!(out.stdout.contains("-F _openbox openbox"), "{out:#?}");
     assert!(out.stdout.contains("first command from the deb"), "{out:#?}");
+}
+
+/// Debian's openbox (the window manager) and what it needs that this machine lacks, as
+/// scripts/setup-test-env downloads them.
+const WINDOW_MANAGER_DEBS: &str = "/var/cache/openbox-test/window-manager";
+
+#[test]
+fn the_deb_and_debians_openbox_window_manager_install_side_by_side_in_either_order() {
+    let wm = Path::new(WINDOW_MANAGER_DEBS);
+    let has_wm = std::fs::read_dir(wm).is_ok_and(|d| {
+        d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("openbox_3"))
+    });
+    assert!(has_wm, "scripts/setup-test-env downloads Debian's openbox into {WINDOW_MANAGER_DEBS}");
+    let root = Root::start_with(false, &release(), Some(wm));
+    let out = root.sh(&format!(
+        "set -ex
+        ours=/release/openbox-fleet_{v}_amd64.deb
+        # Ours first: /usr/bin/openbox is ours.
+        dpkg -i $ours >/dev/null
+        openbox --version | grep -qx 'openbox {v}'
+        # Then the window manager: its files take their places, and ours is obx.
+        dpkg -i /more/*.deb >/dev/null 2>&1
+        test \"$(dpkg -S /usr/bin/openbox)\" = 'openbox: /usr/bin/openbox'
+        openbox --version | grep -q '^Openbox 3'
+        obx --version | grep -qx 'openbox {v}'
+        # Ours removed and installed again: the window manager keeps its files.
+        dpkg -r openbox-fleet >/dev/null
+        test -x /usr/bin/openbox && ! command -v obx
+        dpkg -i $ours >/tmp/install.log
+        grep -q 'run this one as obx' /tmp/install.log
+        openbox --version | grep -q '^Openbox 3'
+        export HOME=/tmp/home; mkdir -p $HOME
+        obx up --addr 127.0.0.1:{port}
+        obx -t local echo beside the window manager
+        obx down
+        # apt keeps the two apart: an upgrade touches neither.
+        apt-get -s -o Debug::NoLocking=1 upgrade >/tmp/upgrade.txt
+        if grep -E '^(Inst|Remv|Conf) openbox' /tmp/upgrade.txt; then exit 6; fi
+        dpkg-query -W -f='${{Package}} ${{Version}}\n' openbox openbox-fleet",
+        v = proto::VERSION,
+        port = free_port(),
+    ));
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.contains("beside the window manager"), "{out:#?}");
+    assert!(out.stdout.contains("openbox 3.6") && out.stdout.contains(&format!("openbox-fleet {}", proto::VERSION)), "{out:#?}");
 }
 
 #[test]
