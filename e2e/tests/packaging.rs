@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use openbox_e2e::{Out, free_port, podman, process_running};
+use openbox_e2e::{Out, bin, free_port, podman, process_running};
 use sha2::Digest as _;
 
 use openbox_e2e::release_dir as release;
@@ -558,9 +558,8 @@ const WINDOW_MANAGER_DEBS: &str = "/var/cache/openbox-test/window-manager";
 #[test]
 fn the_deb_and_debians_openbox_window_manager_install_side_by_side_in_either_order() {
     let wm = Path::new(WINDOW_MANAGER_DEBS);
-    let has_wm = std::fs::read_dir(wm).is_ok_and(|d| {
-        d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("openbox_3"))
-    });
+    let has_wm = std::fs::read_dir(wm)
+        .is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("openbox_3")));
     assert!(has_wm, "scripts/setup-test-env downloads Debian's openbox into {WINDOW_MANAGER_DEBS}");
     let root = Root::start_with(false, &release(), Some(wm));
     let out = root.sh(&format!(
@@ -593,7 +592,10 @@ fn the_deb_and_debians_openbox_window_manager_install_side_by_side_in_either_ord
     ));
     assert_eq!(out.code, 0, "{out:#?}");
     assert!(out.stdout.contains("beside the window manager"), "{out:#?}");
-    assert!(out.stdout.contains("openbox 3.6") && out.stdout.contains(&format!("openbox-fleet {}", proto::VERSION)), "{out:#?}");
+    assert!(
+        out.stdout.contains("openbox 3.6") && out.stdout.contains(&format!("openbox-fleet {}", proto::VERSION)),
+        "{out:#?}"
+    );
 }
 
 #[test]
@@ -711,4 +713,91 @@ fn service_install_where_no_service_manager_runs_writes_the_unit_and_says_what_t
     run(&["service", "uninstall", "daemon"]);
     assert!(!unit.exists());
     assert_eq!(run(&["service", "status", "daemon"]).code, 4);
+}
+
+#[test]
+fn packaging_build_honours_cargo_target_dir_and_packages_binaries_already_built() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build");
+    let (arch, v) = (std::env::consts::ARCH, proto::VERSION);
+    let built = bin("openbox").parent().unwrap().to_path_buf(); // the tests' own build
+    let work = tempfile::tempdir().unwrap();
+    let run = |target_dir: &Path, args: &[&str]| {
+        Out::from(
+            Command::new(&script)
+                .env("CARGO_TARGET_DIR", target_dir)
+                .args(["--profile", "dev", "--arch", arch])
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    // Binaries already built are packaged as they are: Cargo never runs.
+    let given = work.path().join("bin");
+    std::fs::create_dir(&given).unwrap();
+    for b in ["openbox", "openboxd", "openbox-control", "openbox-agent", "openbox-mcp"] {
+        std::fs::copy(built.join(b), given.join(b)).unwrap();
+    }
+    let nowhere = work.path().join("no-target");
+    let out_dir = work.path().join("out");
+    let out = run(&nowhere, &["--bin-dir", given.to_str().unwrap(), "--out", out_dir.to_str().unwrap()]).ok();
+    assert!(out.stderr.contains("nothing built") && !out.stderr.contains("building"), "{out:?}");
+    assert!(!nowhere.exists(), "nothing was built");
+    let unpacked = work.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let tar = out_dir.join(format!("openbox-{v}-linux-{arch}.tar.gz"));
+    assert!(Command::new("tar").arg("-xzf").arg(&tar).arg("-C").arg(&unpacked).status().unwrap().success());
+    let packed = unpacked.join(format!("openbox-{v}-linux-{arch}/bin/openboxd"));
+    assert!(std::fs::read(packed).unwrap() == std::fs::read(given.join("openboxd")).unwrap(), "the binary given");
+    // Each step says when it ran.
+    assert!(out.stderr.lines().any(|l| l.starts_with("packaging/build [0m")), "{out:?}");
+    // One directory of binaries is one platform's.
+    run(&nowhere, &["--arch", "x86_64,aarch64", "--bin-dir", given.to_str().unwrap()]).fails_with(2, "one platform");
+
+    // CARGO_TARGET_DIR is where the build is (here, the tests' own, so nothing is rebuilt)
+    // and where the packages go.
+    let target = work.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&built, target.join("debug")).unwrap();
+    let out = run(&target, &[]).ok();
+    assert!(out.stderr.contains("building the dev binaries"), "{out:?}");
+    assert!(target.join(format!("packages/openbox-{v}-linux-{arch}.tar.gz")).is_file(), "{out:?}");
+}
+
+#[test]
+fn a_system_control_plane_from_a_home_directory_is_refused_and_uninstall_removes_what_install_made() {
+    let dir = release();
+    let root = Root::start(false, &dir);
+    let out = root.sh(&format!(
+        "set -e
+        # openbox as install.sh puts it for a user: under their home.
+        mkdir -p /home/alice/.local && tar -xzf /release/openbox-{v}-linux-$(uname -m).tar.gz -C /home/alice/.local --strip-components 1
+        if /home/alice/.local/bin/openbox service install control 2>/tmp/err; then echo 'installed from a home'; exit 9; fi
+        cat /tmp/err
+        test ! -e /etc/systemd/system/openbox-control.service
+        # From /usr/local, a file under a home is refused by the argument that names it.
+        mkdir -p /usr/local && tar -xzf /release/openbox-{v}-linux-$(uname -m).tar.gz -C /usr/local --strip-components 1
+        if openbox service install control -- --tls-cert /root/cert.pem --tls-key /etc/key.pem 2>/tmp/err; then exit 8; fi
+        cat /tmp/err
+        # What install makes, uninstall takes away: the unit, the token, /etc/openbox.
+        set +e; openbox service install agent -- --server https://cp.example:7683 --token enroll_x >/dev/null; set -e
+        test -f /etc/openbox/enroll.token && test -f /etc/systemd/system/openbox-agent.service
+        openbox service uninstall agent >/dev/null
+        test ! -e /etc/systemd/system/openbox-agent.service
+        if test -e /etc/openbox; then echo '/etc/openbox left behind'; exit 7; fi
+        # A directory with a file of the user's in it stays.
+        set +e; openbox service install agent -- --server https://cp.example:7683 --token enroll_x >/dev/null; set -e
+        echo DOCKER_HOST=unix:///run/podman/podman.sock >/etc/openbox/agent.env
+        openbox service uninstall agent >/dev/null
+        test -f /etc/openbox/agent.env && test ! -e /etc/openbox/enroll.token
+        echo done",
+        v = proto::VERSION
+    ));
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stdout.contains("its binary, /home/alice/.local/bin/openbox-control is in a home directory"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("openbox service install control --user"), "{out:#?}");
+    assert!(out.stdout.contains("--tls-cert /root/cert.pem is in a home directory"), "{out:#?}");
+    assert!(out.stdout.ends_with("done\n"), "{out:#?}");
 }

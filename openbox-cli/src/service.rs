@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use service::{Os, Place, Plan, Role, Scope, Step, shell_word};
+use service::{Os, Place, Plan, Role, Scope, Step, hidden_from_service, shell_word};
 
 use crate::args::{ScopeArgs, ServiceCommand};
 
@@ -120,6 +120,10 @@ fn carry_out(plan: &Plan, manager: Manager) -> Result<(), String> {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("{path}: {e}")),
                 _ => {}
             },
+            // Left alone when something is still in it (or it is not there).
+            Step::RemoveEmptyDir { path } => {
+                let _ = std::fs::remove_dir(path);
+            }
             Step::Run { .. } if manager == Manager::Absent => {}
             Step::Run { argv, checked } => {
                 let mut cmd = Command::new(&argv[0]);
@@ -171,6 +175,19 @@ fn install(role: Role, scope: ScopeArgs, print: bool, args: Vec<String>, json: b
     }
     let (args, token) = take_token(role, args, Path::new(&place.token))?;
     let args = absolute_paths(args)?;
+    if let Some(why) = hidden_from_service(role, scope, "its binary,", &binary.display().to_string()) {
+        return Err(why);
+    }
+    // A file an argument names (`--flag PATH` or `--flag=PATH`), absolute by now.
+    let joined = args.iter().filter_map(|a| a.split_once('=').filter(|(f, _)| f.starts_with("--")));
+    let paired = args.iter().zip(args.iter().skip(1)).map(|(f, v)| (f.as_str(), v.as_str()));
+    for (flag, value) in joined.chain(paired) {
+        if flag.starts_with("--")
+            && let Some(why) = hidden_from_service(role, scope, flag, value)
+        {
+            return Err(why);
+        }
+    }
     check_args(&binary, &args)?;
     let env = launchd_env(&place)?;
     let plan = Plan::install(&place, &bin_dir.display().to_string(), &args, token.as_deref(), &env);
@@ -266,7 +283,11 @@ fn uninstall(role: Role, scope: ScopeArgs, json: bool) -> Result<u8, String> {
     let mut plan = Plan::uninstall(&place);
     if !installed {
         // Nothing of the service to stop or remove: only a token left behind.
-        plan.steps.retain(|s| matches!(s, Step::Remove { path } if *path == place.token));
+        plan.steps.retain(|s| match s {
+            Step::Remove { path } => *path == place.token,
+            Step::RemoveEmptyDir { .. } => true,
+            _ => false,
+        });
     }
     carry_out(&plan, Manager::find(scope))?;
     let state = match (scope, role.system_state()) {

@@ -183,6 +183,25 @@ pub fn systemd_unit(role: Role, scope: Scope, bin_dir: &str, args: &[String]) ->
     u
 }
 
+/// What the system control plane's sandbox (`ProtectHome=yes`) hides from it.
+const HOMES: [&str; 3] = ["/home", "/root", "/run/user"];
+
+/// Why `role`'s service in `scope` could not use `path` (its binary, or a file an argument
+/// names), when its sandbox hides it: a line that says what to do instead.
+pub fn hidden_from_service(role: Role, scope: Scope, what: &str, path: &str) -> Option<String> {
+    let hidden = role == Role::Control
+        && scope == Scope::System
+        && HOMES.iter().any(|h| path == *h || path.starts_with(&format!("{h}/")));
+    hidden.then(|| {
+        format!(
+            "{what} {path} is in a home directory, which the control plane's system service cannot see \
+             (its sandbox has ProtectHome=yes): install openbox outside home directories (as root: the .deb, or \
+             install.sh --prefix /usr/local), keep its files elsewhere (say /etc/openbox), or run it as your own \
+             service: openbox service install control --user"
+        )
+    })
+}
+
 /// The control plane needs its state directory, its port and the network; nothing else of
 /// the machine.
 const CONTROL_HARDENING: &str = "StateDirectory=openbox\nStateDirectoryMode=0700\n\

@@ -97,6 +97,9 @@ pub enum Step {
     Write { path: String, mode: u32, text: String },
     /// `path` removed, if it is there.
     Remove { path: String },
+    /// The directory `path` removed if it is there and empty (what install made for the
+    /// token and environment files, once nothing is left in it).
+    RemoveEmptyDir { path: String },
     /// A service manager's command; when not `checked`, its failure is expected and fine
     /// (stopping what may not be running).
     Run { argv: Vec<String>, checked: bool },
@@ -167,6 +170,9 @@ impl Plan {
         if place.role == Role::Agent {
             steps.push(Step::Remove { path: place.token.clone() });
         }
+        if let Some((dir, _)) = place.token.rsplit_once('/') {
+            steps.push(Step::RemoveEmptyDir { path: dir.to_owned() });
+        }
         Plan { steps }
     }
 
@@ -195,6 +201,9 @@ impl Plan {
                     ));
                 }
                 Step::Remove { path } => out.push_str(&format!("rm -f {}\n", shell_word(path))),
+                Step::RemoveEmptyDir { path } => {
+                    out.push_str(&format!("rmdir {} 2>/dev/null || true\n", shell_word(path)));
+                }
                 Step::Run { argv, checked } => {
                     let line: Vec<String> = argv.iter().map(|a| shell_word(a)).collect();
                     out.push_str(&line.join(" "));
