@@ -340,6 +340,9 @@ pub enum Command {
     Service(ServiceCommand),
     /// Print the shell completion script for bash, zsh or fish.
     ///
+    /// Beside commands and flags, it completes node names (-n), tags (-t), session ids (-s)
+    /// and contexts (--context) from what a running openboxd knows: at once, with no call
+    /// to the control plane (nothing when openboxd is not running).
     /// The packages install them; to load them by hand:
     ///   bash: source <(openbox completions bash)
     ///   zsh:  openbox completions zsh > "${fpath[1]}/_openbox"
@@ -348,6 +351,12 @@ pub enum Command {
     Completions {
         #[arg(value_enum)]
         shell: Shell,
+    },
+    /// The names a completion offers, one per line (the completion scripts call it).
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(value_enum)]
+        kind: CompleteKind,
     },
     /// Write the manual pages (openbox.1 and one per command) into DIR.
     #[command(hide = true)]
@@ -452,6 +461,15 @@ pub struct ScopeArgs {
     /// The machine's service, run as root from boot [default for control and agent as root].
     #[arg(long)]
     pub system: bool,
+}
+
+/// What `openbox __complete` lists.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompleteKind {
+    Nodes,
+    Tags,
+    Sessions,
+    Contexts,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -698,6 +716,8 @@ pub enum Action {
     Service { command: ServiceCommand, json: bool },
     /// Print a shell's completion script.
     Completions(Shell),
+    /// Print the names a completion offers.
+    Complete(CompleteKind),
     /// Write the manual pages into a directory.
     Man(std::path::PathBuf),
 }
@@ -811,6 +831,7 @@ impl Cli {
             Some(Command::Context(command)) => return Ok(Action::Context { command, json }),
             Some(Command::Service(command)) => return Ok(Action::Service { command, json }),
             Some(Command::Completions { shell }) => return Ok(Action::Completions(shell)),
+            Some(Command::Complete { kind }) => return Ok(Action::Complete(kind)),
             Some(Command::Man { out }) => return Ok(Action::Man(out)),
             Some(Command::Sessions) => Request::Sessions,
             Some(Command::Jobs) => Request::Jobs,

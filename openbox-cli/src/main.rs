@@ -41,6 +41,7 @@ fn main() -> ExitCode {
     };
     match action {
         args::Action::Context { command, json } => context::command(command, &selected, json),
+        args::Action::Complete(kind) => complete(kind, &selected.context),
         // A login is what makes a context: it may name one that does not exist yet.
         args::Action::Call { request: request @ Request::Login { .. }, json, .. } if !selected.context.exists() => {
             first_login(Call { request, json }, &selected.context)
@@ -50,6 +51,27 @@ fn main() -> ExitCode {
             Err(msg) => usage_error(&msg),
         },
     }
+}
+
+/// `openbox __complete KIND`: names for a shell's completion, one per line, at once: from
+/// the running openboxd's copy of the fleet, never starting one; nothing when none runs.
+fn complete(kind: args::CompleteKind, context: &Context) -> ExitCode {
+    use proto::request::NameKind;
+    let kind = match kind {
+        args::CompleteKind::Contexts => {
+            for c in paths::contexts() {
+                println!("{}", c.name());
+            }
+            return ExitCode::SUCCESS;
+        }
+        args::CompleteKind::Nodes => NameKind::Nodes,
+        args::CompleteKind::Tags => NameKind::Tags,
+        args::CompleteKind::Sessions => NameKind::Sessions,
+    };
+    if !context.exists() || !daemon_running(context) {
+        return ExitCode::SUCCESS;
+    }
+    through_daemon(daemon::call(&Call { request: Request::Names { kind }, json: false }, context))
 }
 
 /// A command line that cannot be carried out as written: exit 2, as for clap's own.
@@ -92,6 +114,7 @@ fn act(action: args::Action, context: &Context) -> ExitCode {
         args::Action::Context { .. }
         | args::Action::Service { .. }
         | args::Action::Completions(_)
+        | args::Action::Complete(_)
         | args::Action::Man(_) => unreachable!("handled before a context is chosen"),
     }
 }

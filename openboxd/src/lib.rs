@@ -251,6 +251,15 @@ async fn handle_with(d: &Arc<Daemon>, call: Call, io: &mut CallIo) -> u8 {
                 .map(|()| commands::Reply::new(serde_json::json!({"removed": id}), format!("Removed job {id}."))),
             Err(e) => Err(e),
         },
+        Request::Names { kind } => {
+            let names = d.mirror.names(kind);
+            let text = names.iter().map(|n| format!("{n}\n")).collect::<String>();
+            Ok(commands::Reply {
+                json: serde_json::json!(names),
+                text: text.trim_end().to_owned(),
+                warnings: Vec::new(),
+            })
+        }
         Request::DaemonStatus => Ok(daemon_status(d)),
         Request::DaemonStop => {
             d.shutdown.notify_one();

@@ -59,6 +59,20 @@ impl Mirror {
         proto::api::resolve(state.nodes.as_ref()?, target, kind, proto::time::control_now(), spread).ok().cloned()
     }
 
+    /// The names of `kind` it holds, sorted, each once: node names, their tags, or the
+    /// user's session ids.
+    pub fn names(&self, kind: proto::request::NameKind) -> Vec<String> {
+        use proto::request::NameKind;
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let nodes = s.nodes.iter().flatten();
+        let names: std::collections::BTreeSet<String> = match kind {
+            NameKind::Nodes => nodes.map(|n| n.name.clone()).collect(),
+            NameKind::Tags => nodes.flat_map(|n| n.tags.iter().cloned()).collect(),
+            NameKind::Sessions => s.sessions.iter().flatten().map(|x| x.id.clone()).collect(),
+        };
+        names.into_iter().collect()
+    }
+
     /// (connected, nodes known)
     pub fn status(&self) -> (bool, usize) {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());

@@ -202,10 +202,24 @@ pub enum Request {
         /// Only entries from the last this many seconds.
         since_secs: Option<u64>,
     },
+    /// Names for a shell's completion, one per line, from what openboxd knows already
+    /// (no control-plane call): empty when it knows none yet.
+    Names {
+        kind: NameKind,
+    },
     /// Show the running openboxd's state.
     DaemonStatus,
     /// Stop the running openboxd.
     DaemonStop,
+}
+
+/// What [`Request::Names`] lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameKind {
+    Nodes,
+    Tags,
+    Sessions,
 }
 
 /// A command to run: on which node, in which session and isolation.
