@@ -19,8 +19,9 @@ const SERVICE: &[&str] = &[
     "openbox-service",
 ];
 
-/// Beyond those, the agent follows the processes its commands start, on Linux and macOS.
-const AGENT_ALSO: &[&str] = &["openbox-procinfo"];
+/// Beyond those, the agent follows the processes its commands start, on Linux and macOS,
+/// and openboxd's `up` names the process that holds the port it wants.
+const PROCINFO_USERS: &[&str] = &["openbox-agent", "openboxd"];
 
 /// Each openbox crate and the openbox crates it may depend on (normal dependencies).
 const ALLOWED: &[(&str, &[&str])] = &[
@@ -118,7 +119,7 @@ fn openbox_crates_depend_only_on_the_crates_the_architecture_allows() {
         };
         for dep in &g.normal[member] {
             let dep_name = g.names[dep].as_str();
-            let also = name == "openbox-agent" && AGENT_ALSO.contains(&dep_name);
+            let also = PROCINFO_USERS.contains(&name) && dep_name == "openbox-procinfo";
             if g.members.contains(dep) && !ok.contains(&dep_name) && !also {
                 wrong.push(format!("{name} depends on {}", g.names[dep]));
             }
