@@ -2,6 +2,7 @@
 //! dependency edge outside them fails here, not in review.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -301,4 +302,22 @@ fn the_loop_finder_finds_a_loop_and_reads_braced_paths() {
             .map(|(m, to)| (m.to_string(), to.iter().map(|t| (t.to_string(), String::new())).collect()))
             .collect();
     assert_eq!(module_loops(&edges), vec![vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]]);
+}
+
+#[test]
+fn the_fuzz_targets_lock_file_holds_every_crate_they_build_with() {
+    // A crate the workspace gained and fuzz/Cargo.lock lacks would be resolved afresh on
+    // each fuzz run; `--locked` refuses that here first.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(&fuzz)
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "fuzz/Cargo.lock is not up to date (run `cargo metadata` in fuzz/ and commit the lock file): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
