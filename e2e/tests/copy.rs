@@ -242,6 +242,14 @@ fn a_terminal_sees_the_copy_progress_and_a_pipe_does_not() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("8.0 MiB / 8.0 MiB  100%") && shown.contains("/s"), "{shown}");
+    // On a terminal with -q: no progress line.
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &cp.replacen(" cp ", " cp -q ", 1), "/dev/null"])
+        .env("OPENBOX_HOME", admin.home.path())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !shown.contains("MiB"), "{shown}");
     // Through a pipe, nothing but errors.
     let quiet = admin.run(&["cp", file.to_str().unwrap(), &dest]).ok();
     assert_eq!((quiet.stdout.as_str(), quiet.stderr.as_str()), ("", ""));

@@ -219,3 +219,26 @@ fn durations_take_the_forms_people_write_and_a_bad_one_says_which_forms() {
 fn proto_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
+
+#[test]
+fn verbose_says_how_the_call_went_and_quiet_and_verbose_do_not_mix() {
+    let (_cp, cli, agent) = fleet(&["t"]);
+    // The first call: the control plane picks the node; openbox dials it.
+    let first = cli.run(&["-v", "-t", "t", "echo", "hi"]).ok();
+    assert_eq!(first.stdout, "hi\n", "the answer is as without -v");
+    assert!(first.stderr.contains("the control plane chose the node and signed a certificate"), "{first:?}");
+    assert!(
+        first.stderr.contains(&format!("connected and authenticated node={} addr={}", agent.name, agent.addr)),
+        "{first:?}"
+    );
+    assert!(
+        first.stderr.lines().all(|l| l.starts_with("openbox: [debug] openbox")),
+        "openbox's own lines only: {first:?}"
+    );
+    // The next reuses what the first made.
+    let next = cli.run(&["--verbose", "-t", "t", "true"]).ok();
+    assert!(next.stderr.contains("an open connection to it is used"), "{next:?}");
+    // Without it, nothing but the answer.
+    assert_eq!(cli.run(&["-t", "t", "echo", "hi"]).ok().stderr, "");
+    cli.run(&["-q", "-v", "-t", "t", "true"]).fails_with(2, "cannot be used with");
+}

@@ -67,6 +67,13 @@ pub struct Cli {
     /// Run this call directly instead of through openboxd (also OPENBOX_NO_DAEMON=1).
     #[arg(long, global = true)]
     pub no_daemon: bool,
+    /// Say nothing but the answer and errors: no progress lines.
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Say more: openbox's own log lines for this call on stderr (which node, which way,
+    /// how long each step took); twice for more.
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// Use this context: a login to a control plane of its own (also OPENBOX_CONTEXT; see
     /// `openbox context --help`).
     #[arg(long, global = true, value_name = "NAME", value_parser = paths::Context::new)]
@@ -703,7 +710,7 @@ pub enum UserCommand {
 #[allow(clippy::large_enum_variant, reason = "one value per process, made once")]
 pub enum Action {
     /// Hand this request to openboxd; `json` asks for machine-readable output.
-    Call { request: Request, json: bool, no_daemon: bool },
+    Call { request: Request, json: bool, no_daemon: bool, verbosity: i8 },
     /// Get a dashboard link from openboxd, print it, and open it unless `no_open`.
     Dashboard { json: bool, no_open: bool },
     /// Run another role's binary with these arguments.
@@ -786,6 +793,7 @@ impl Cli {
 
     pub fn into_action(self) -> Result<Action, String> {
         let mut json = self.json;
+        let verbosity = if self.quiet { -1 } else { self.verbose.min(3) as i8 };
         let request = match self.command {
             None if self.run.all => Request::FanOut(self.run.into_fan_out()?),
             None if self.run.detach => {
@@ -879,7 +887,7 @@ impl Cli {
                 if from.iter().any(|p| node(p) != node(&from[0])) {
                     return Err("the sources are on different nodes: copy from one node at a time".into());
                 }
-                let progress = rustix::termios::isatty(std::io::stderr()) && !json;
+                let progress = rustix::termios::isatty(std::io::stderr()) && !json && !self.quiet;
                 Request::Copy(CopyRequest { from, to, recursive, progress, session, timeout_secs: timeout })
             }
             Some(Command::Dashboard { no_open }) => return Ok(Action::Dashboard { json, no_open }),
@@ -1003,7 +1011,7 @@ impl Cli {
                 Request::NodeTag { node, add, remove }
             }
         };
-        Ok(Action::Call { request, json, no_daemon: self.no_daemon })
+        Ok(Action::Call { request, json, no_daemon: self.no_daemon, verbosity })
     }
 }
 
@@ -1228,7 +1236,7 @@ mod tests {
     #[test]
     fn global_flags_may_come_before_a_subcommand() {
         match action(&["--json", "--no-daemon", "nodes", "-t", "gpu"]) {
-            Ok(Action::Call { request: Request::Nodes { tag }, json: true, no_daemon: true }) => {
+            Ok(Action::Call { request: Request::Nodes { tag }, json: true, no_daemon: true, .. }) => {
                 assert_eq!(tag.as_deref(), Some("gpu"));
             }
             _ => panic!("not understood"),

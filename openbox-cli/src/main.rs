@@ -43,8 +43,10 @@ fn main() -> ExitCode {
         args::Action::Context { command, json } => context::command(command, &selected, json),
         args::Action::Complete(kind) => complete(kind, &selected.context),
         // A login is what makes a context: it may name one that does not exist yet.
-        args::Action::Call { request: request @ Request::Login { .. }, json, .. } if !selected.context.exists() => {
-            first_login(Call { request, json }, &selected.context)
+        args::Action::Call { request: request @ Request::Login { .. }, json, verbosity, .. }
+            if !selected.context.exists() =>
+        {
+            first_login(Call { request, json, verbosity }, &selected.context)
         }
         action => match selected.existing() {
             Ok(context) => act(action, context),
@@ -71,7 +73,7 @@ fn complete(kind: args::CompleteKind, context: &Context) -> ExitCode {
     if !context.exists() || !daemon_running(context) {
         return ExitCode::SUCCESS;
     }
-    through_daemon(daemon::call(&Call { request: Request::Names { kind }, json: false }, context))
+    through_daemon(daemon::call(&Call { request: Request::Names { kind }, json: false, verbosity: 0 }, context))
 }
 
 /// A command line that cannot be carried out as written: exit 2, as for clap's own.
@@ -83,10 +85,10 @@ fn usage_error(msg: &str) -> ExitCode {
 /// Carries out `action` in `context`, which exists.
 fn act(action: args::Action, context: &Context) -> ExitCode {
     match action {
-        args::Action::Call { request, json, no_daemon } => {
+        args::Action::Call { request, json, no_daemon, verbosity } => {
             // Stopping the fleet never starts a daemon just to do it.
             let no_daemon = no_daemon || (matches!(request, Request::Down) && !daemon_running(context));
-            let call = Call { request, json };
+            let call = Call { request, json, verbosity };
             if no_daemon || std::env::var_os("OPENBOX_NO_DAEMON").is_some_and(|v| !v.is_empty() && v != "0") {
                 return exec(&mut direct(&call, context), "openboxd");
             }
@@ -103,7 +105,7 @@ fn act(action: args::Action, context: &Context) -> ExitCode {
                 println!("{}", if json { r#"{"stopping":false}"# } else { "openboxd is not running." });
                 return ExitCode::SUCCESS;
             }
-            through_daemon(daemon::call(&Call { request: Request::DaemonStop, json }, context))
+            through_daemon(daemon::call(&Call { request: Request::DaemonStop, json, verbosity: 0 }, context))
         }
         args::Action::Exec(binary, rest) => exec(
             Command::new(paths::sibling_binary(binary))
@@ -158,13 +160,14 @@ fn first_login(call: Call, context: &Context) -> ExitCode {
 
 /// Prints a one-time dashboard link from openboxd and opens it in the browser.
 fn dashboard(json: bool, no_open: bool, context: &Context) -> ExitCode {
-    let (code, out) = match daemon::call_capturing(&Call { request: Request::Dashboard, json: true }, context) {
-        Ok(answer) => answer,
-        Err(msg) => {
-            eprintln!("openbox: {msg}");
-            return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
-        }
-    };
+    let (code, out) =
+        match daemon::call_capturing(&Call { request: Request::Dashboard, json: true, verbosity: 0 }, context) {
+            Ok(answer) => answer,
+            Err(msg) => {
+                eprintln!("openbox: {msg}");
+                return ExitCode::from(proto::EXIT_OPENBOX_FAILURE);
+            }
+        };
     let link = serde_json::from_slice::<proto::api::WebLink>(&out).ok().filter(|_| code == 0);
     let Some(link) = link else {
         // openboxd said what went wrong on stderr already.

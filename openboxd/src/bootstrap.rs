@@ -143,9 +143,11 @@ fn sh(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Progress, on the call's stderr.
+/// Progress, on the call's stderr (none with `-q`).
 async fn say(out: &mut CallOutput, text: &str) {
-    out.eprint(&format!("node add: {text}\n")).await;
+    if !crate::call_log::quiet() {
+        out.eprint(&format!("node add: {text}\n")).await;
+    }
 }
 
 pub async fn node_add(d: &Daemon, req: NodeAddRequest, out: &mut CallOutput) -> anyhow::Result<Reply> {

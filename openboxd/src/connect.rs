@@ -62,13 +62,16 @@ pub async fn connect(d: &Daemon, acct: &Account, want: Want<'_>) -> Result<(Node
         None => d.mirror.resolve(want.target, want.isolation.kind(), d.spread()),
     };
     if let Some(node) = known {
+        tracing::debug!(node = %node.name, "the fleet's copy here names the node");
         let key = want.key(&node.id);
         let slot = acct.pool.slot(&key);
         let mut s = slot.lock().await;
         if let Some(conn) = s.live() {
+            tracing::debug!(node = %node.name, "an open connection to it is used");
             return Ok((node, conn));
         }
         if let Some(cert) = s.fresh_cert() {
+            tracing::debug!(node = %node.name, "dialling with a certificate held here");
             match dial(d, acct, &node, cert.clone()).await {
                 Ok(conn) => return Ok((node, s.keep(cert, conn))),
                 Err(ConnectError::Node(SshError::Unreachable { .. })) => {} // it may have moved: ask where it is now
@@ -108,7 +111,10 @@ async fn dispatch(acct: &Account, target: &Target, want: Want<'_>) -> Result<(No
         public_key: acct.key.public_key().to_openssh().map_err(|e| bad(&e))?,
     };
     let client = crate::mesh::control_client(&acct.login.server, Some(acct.login.token.clone()))?;
+    let asked = std::time::Instant::now();
     let d: Dispatch = client.call::<proto::routes::Dispatch>(&[], &request).await?;
+    let took_ms = asked.elapsed().as_millis();
+    tracing::debug!(node = %d.node.name, took_ms, "the control plane chose the node and signed a certificate");
     if trust::parse_public_key(&d.ca_public_key).map_err(|e| bad(&e))? != acct.login.ca {
         return Err(ConnectError::CaChanged);
     }
@@ -173,9 +179,12 @@ async fn dial(d: &Daemon, acct: &Account, node: &Node, cert: Certificate) -> Res
             NodeTarget { node_id: node.id.clone(), name: node.name.clone(), addr, via, ca: acct.login.ca.clone() };
         let full = net::ssh::connect_timeout(&target.via);
         let limit = if more { FIRST_WAY_TIMEOUT.min(full) } else { full };
+        let dialled = std::time::Instant::now();
         match net::ssh::dial_within(&target, limit).await {
             Ok(mut conn) => {
                 conn.authenticate(&acct.login.user, acct.key.clone(), cert).await?;
+                let took_ms = dialled.elapsed().as_millis();
+                tracing::debug!(node = %node.name, addr = %target.addr, ?way, took_ms, "connected and authenticated");
                 if i > 0 {
                     tracing::info!(node = %node.id, ?way, "reached over another way than the first tried");
                 }

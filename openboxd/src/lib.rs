@@ -9,6 +9,7 @@
 
 mod account;
 mod bootstrap;
+pub mod call_log;
 mod cap;
 mod commands;
 mod connect;

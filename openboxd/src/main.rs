@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     }
     let call = std::env::var_os(CALL_ENV);
     // A one-shot call's stderr is the user's own: only warnings belong there.
-    telemetry::init_at(if call.is_some() { "warn" } else { "info" });
+    telemetry::init_at_with(if call.is_some() { "warn" } else { "info" }, openboxd::call_log::layer());
     telemetry::raise_open_file_limit();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match call {
@@ -116,7 +116,9 @@ fn one_shot(rt: &tokio::runtime::Runtime, text: &str, mesh: Option<openboxd::Wan
                 }
             });
         }
-        openboxd::handle(&d, call, openboxd::io::CallIo { input, terminal, output, halts }).await
+        let (verbosity, log_to) = (call.verbosity, std::io::stderr().as_fd().try_clone_to_owned().ok().map(Into::into));
+        let call = openboxd::handle(&d, call, openboxd::io::CallIo { input, terminal, output, halts });
+        openboxd::call_log::scope(verbosity, log_to, call).await
     });
     // Exit without waiting for a blocked read of stdin (the runtime would wait for it).
     std::process::exit(i32::from(code));

@@ -85,7 +85,7 @@ async fn fleet() -> Fleet {
     };
     let login =
         Request::Login { server: url, token: admin.expose().to_owned(), fingerprint: None, insecure_http: false };
-    assert_eq!(openboxd::handle(&d, Call { request: login, json: false }, io).await, 0, "logged in");
+    assert_eq!(openboxd::handle(&d, Call { request: login, json: false, verbosity: 0 }, io).await, 0, "logged in");
     let socket = home.path().join("openboxd.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     tokio::spawn(openboxd::serve(listener, Arc::clone(&d), std::future::pending()));

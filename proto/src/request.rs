@@ -70,6 +70,14 @@ pub struct Call {
     /// Print machine-readable JSON instead of text.
     #[serde(default)]
     pub json: bool,
+    /// How much openbox says besides the answer: -1 quiet (no progress lines), 0 as
+    /// usual, 1 and more its own log lines for the call too (`-v`, `-vv`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub verbosity: i8,
+}
+
+fn is_zero(v: &i8) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -25,6 +25,21 @@ pub fn init_at(default: &str) {
         .init();
 }
 
+/// As [`init_at`], with `extra` seeing events too, under a filter of its own (the level
+/// set here does not hold them back).
+pub fn init_at_with<L>(default: &str, extra: L)
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| default.into());
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(filter);
+    tracing_subscriber::registry().with(extra).with(log).init();
+}
+
 /// Raises this process's limit on open files to the most it may have, so that a flood of
 /// connections does not leave a service unable to open the files and sockets real work
 /// needs (the usual soft limit is 1024). Services call it first thing.
