@@ -139,3 +139,38 @@ fn up_on_a_taken_port_says_by_what_and_remembers_the_address_it_is_given_instead
     me.run(&["-t", "local", "true"]).ok();
     me.run(&["down"]).ok();
 }
+
+#[test]
+fn without_openbox_home_files_go_where_xdg_says_and_earlier_logs_move_there() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(openbox_e2e::bin("openbox"));
+        cmd.args(args).env("HOME", home.path());
+        for var in
+            ["OPENBOX_HOME", "OPENBOX_CONTEXT", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"]
+        {
+            cmd.env_remove(var);
+        }
+        openbox_e2e::Out::from(cmd.output().unwrap())
+    };
+    // What an earlier release left: logs in the data directory.
+    let (data, state) = (home.path().join(".local/share/openbox"), home.path().join(".local/state/openbox"));
+    std::fs::create_dir_all(data.join("logs")).unwrap();
+    std::fs::write(data.join("logs/earlier.log"), "kept").unwrap();
+
+    run(&["up", "--addr", &format!("127.0.0.1:{}", free_port())]).ok();
+    run(&["-t", "local", "true"]).ok();
+    // Logs and pid files in the state directory, the earlier ones with them.
+    for f in ["logs/control.log", "logs/agent.log", "logs/control.pid", "logs/agent.pid", "logs/openboxd.log"] {
+        assert!(state.join(f).is_file(), "{f} under {}", state.display());
+    }
+    assert_eq!(std::fs::read_to_string(state.join("logs/earlier.log")).unwrap(), "kept");
+    assert!(!data.join("logs").exists(), "the earlier logs moved");
+    // Identities in the data directory, the login in the config directory.
+    for f in ["agent/identity.json", "control/openbox.db", "control/ca_key"] {
+        assert!(data.join(f).is_file(), "{f} under {}", data.display());
+    }
+    assert!(home.path().join(".config/openbox/login.json").is_file());
+    run(&["down"]).ok();
+    run(&["daemon", "stop"]).ok();
+}

@@ -40,9 +40,18 @@ pub fn config_dir() -> PathBuf {
     home().or_else(|| project().map(|p| p.config_dir().to_path_buf())).unwrap_or_else(last_resort)
 }
 
-/// Service state (control-plane database, agent identity) and logs.
-pub fn state_dir() -> PathBuf {
+/// What identifies and must be kept: the control plane's database and CA key, an agent's
+/// identity, openboxd's jobs (`~/.local/share/openbox`).
+pub fn data_dir() -> PathBuf {
     home().or_else(|| project().map(|p| p.data_local_dir().to_path_buf())).unwrap_or_else(last_resort)
+}
+
+/// What only says how things went: logs, pid files (`~/.local/state/openbox`, XDG's state
+/// directory; where the platform has none, the data directory).
+pub fn state_dir() -> PathBuf {
+    home()
+        .or_else(|| project().map(|p| p.state_dir().unwrap_or_else(|| p.data_local_dir()).to_path_buf()))
+        .unwrap_or_else(last_resort)
 }
 
 /// Sockets and lock files.
@@ -51,7 +60,7 @@ pub fn runtime_dir() -> PathBuf {
         return h.join("run");
     }
     let platform = project().and_then(|p| p.runtime_dir().map(|d| d.to_path_buf()));
-    runtime_dir_from(darwin_user_temp_dir(), platform, state_dir)
+    runtime_dir_from(darwin_user_temp_dir(), platform, data_dir)
 }
 
 /// Where sockets go, from what the platform offers: on macOS the user's private temporary
@@ -123,7 +132,7 @@ pub fn user_key() -> PathBuf {
 
 /// The control plane's files (database, CA key) when run with defaults.
 pub fn control_dir() -> PathBuf {
-    state_dir().join("control")
+    data_dir().join("control")
 }
 
 /// Where the control plane writes the admin's first login token (mode 0600) when it does not
@@ -134,12 +143,23 @@ pub fn control_admin_token() -> PathBuf {
 
 /// The agent's identity: node id, host key and certificate, CA key, heartbeat secret.
 pub fn agent_dir() -> PathBuf {
-    state_dir().join("agent")
+    data_dir().join("agent")
 }
 
-/// Logs and pid files of the processes `openbox up` starts.
+/// Logs and pid files of the processes `openbox up` starts, and openboxd's log.
 pub fn logs_dir() -> PathBuf {
-    state_dir().join("logs")
+    let logs = state_dir().join("logs");
+    // Earlier releases kept them in the data directory: they move, once, to their place
+    // (a process writing to a log there keeps writing to it; renaming keeps the file).
+    let earlier = data_dir().join("logs");
+    if earlier != logs && !logs.exists() && earlier.is_dir() {
+        let moved =
+            logs.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::rename(&earlier, &logs));
+        if moved.is_err() {
+            return earlier;
+        }
+    }
+    logs
 }
 
 /// The socket of this process's context's openboxd (see [`Context::daemon_socket`]).
@@ -283,7 +303,7 @@ impl Context {
 
     /// Where this context's openboxd keeps its jobs: each one's record and output.
     pub fn jobs_dir(&self) -> PathBuf {
-        self.under(state_dir()).join("jobs")
+        self.under(data_dir()).join("jobs")
     }
 
     /// Where this context's openboxd logs.
@@ -343,9 +363,9 @@ impl Context {
         }
         let mut dirs = vec![self.config_dir(), self.runtime_dir(), self.logs_dir()];
         // Its jobs, when they are not in its config directory already.
-        let state = self.under(state_dir());
-        if !dirs.contains(&state) {
-            dirs.push(state);
+        let data = self.under(data_dir());
+        if !dirs.contains(&data) {
+            dirs.push(data);
         }
         dirs
     }
@@ -537,11 +557,11 @@ mod tests {
         assert_eq!(c.daemon_socket(), run.join("openboxd.sock"));
         assert_eq!(c.daemon_log(), logs_dir().join("contexts/work/openboxd.log"));
         let mut own = vec![config_dir().join("contexts/work"), run, logs_dir().join("contexts/work")];
-        let state = state_dir().join("contexts/work");
-        if !own.contains(&state) {
-            own.push(state);
+        let data = data_dir().join("contexts/work");
+        if !own.contains(&data) {
+            own.push(data);
         }
         assert_eq!(c.own_dirs(), own);
-        assert_eq!(c.jobs_dir(), state_dir().join("contexts/work/jobs"));
+        assert_eq!(c.jobs_dir(), data_dir().join("contexts/work/jobs"));
     }
 }
