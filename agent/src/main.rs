@@ -154,10 +154,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let dir = match args.state_dir.as_deref().map(std::path::absolute).transpose() {
+        Ok(dir) => dir.unwrap_or_else(paths::agent_dir),
+        Err(e) => {
+            eprintln!("openbox agent: --state-dir: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let token = match (args.token, &args.token_file) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => match std::fs::read_to_string(f) {
             Ok(t) => Some(t.trim().to_owned()),
+            // Enrolled already, it needs no token: one removed after enrolling (as `openbox
+            // node add` does) does not stop a service from starting again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && paths::agent_identity(&dir).exists() => None,
             Err(e) => {
                 eprintln!("openbox agent: reading the enrollment token from {}: {e}", f.display());
                 return ExitCode::from(2);
@@ -169,13 +179,6 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("openbox agent: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
-    let dir = match args.state_dir.as_deref().map(std::path::absolute).transpose() {
-        Ok(dir) => dir.unwrap_or_else(paths::agent_dir),
-        Err(e) => {
-            eprintln!("openbox agent: --state-dir: {e}");
             return ExitCode::from(2);
         }
     };

@@ -207,3 +207,22 @@ fn a_second_agent_on_one_machine_refuses_a_new_token_until_given_a_state_dir_of_
     admin.run(&["-n", &first.name, "true"]).ok();
     admin.run(&["-n", "second", "true"]).ok();
 }
+
+#[test]
+fn an_agent_whose_token_file_is_gone_after_enrolling_starts_again_as_the_same_node() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("enroll.token");
+    std::fs::write(&file, admin.enroll_token(&["t"])).unwrap();
+    let file_arg = file.display().to_string();
+    let mut agent = Agent::enroll_with(&cp, "", &["--token-file", &file_arg]);
+    let id = agent.node_id.clone();
+    // As `openbox node add` does once the node is online; the service still names the file.
+    std::fs::remove_file(&file).unwrap();
+    agent.restart_with(&["--token-file", &file_arg]);
+    assert_eq!(agent.node_id, id);
+    admin.run(&["-n", &agent.name, "true"]).ok();
+    // Never enrolled, a missing file is still an error that names it.
+    Agent::run_to_end(&["--server", &cp.url, "--token-file", &file_arg]).fails_with(2, "enroll.token");
+}

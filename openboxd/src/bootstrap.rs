@@ -235,9 +235,20 @@ async fn bootstrap(
     let remote = &On { remote, sudo: machine.sudo };
 
     // Already a node of this fleet? Then nothing changes, unless asked.
+    let enrolled_here = match enrolled(remote, &layout).await {
+        Some((node_id, name))
+            if control
+                .call::<proto::routes::ListNodes>(&[], &Default::default())
+                .await?
+                .iter()
+                .any(|n| n.id == node_id) =>
+        {
+            Some((node_id, name))
+        }
+        _ => None,
+    };
     if !req.reinstall
-        && let Some((node_id, name)) = enrolled(remote, &layout).await
-        && control.call::<proto::routes::ListNodes>(&[], &Default::default()).await?.iter().any(|n| n.id == node_id)
+        && let Some((node_id, name)) = enrolled_here.clone()
     {
         let text =
             format!("{who} is already node {name} ({node_id}); nothing changed (--reinstall installs it again).");
@@ -254,11 +265,15 @@ async fn bootstrap(
 
     let installed = Installed { layout: &layout, binary_is_new: !existed };
     let done = async {
-        let tok: EnrollToken = control
-            .call::<proto::routes::NewEnrollToken>(&[], &NewEnrollToken { tags: req.tags.clone(), ttl_secs: 600 })
-            .await
-            .context("minting an enrollment token")?;
-        put_token(remote, &layout, &tok.token).await.context("handing over the enrollment token")?;
+        // Installed again over a node of the fleet, the agent stays that node: it gets no
+        // token (one it did not enroll with would be refused as a second node's).
+        if enrolled_here.is_none() {
+            let tok: EnrollToken = control
+                .call::<proto::routes::NewEnrollToken>(&[], &NewEnrollToken { tags: req.tags.clone(), ttl_secs: 600 })
+                .await
+                .context("minting an enrollment token")?;
+            put_token(remote, &layout, &tok.token).await.context("handing over the enrollment token")?;
+        }
         let args = agent_args(req, server, &layout);
         let how = start_agent(remote, &machine, &layout, &args).await.context("starting the agent")?;
         say(out, &how).await;
