@@ -150,12 +150,18 @@ fn tailnet_dir(dir: &std::path::Path) -> PathBuf {
 /// Refuses an enrollment `token` when the agent state in `dir` already belongs to a node
 /// that enrolled with another: that is a second agent on this machine, which would
 /// otherwise take over the first one's node. The token it enrolled with (a service's
-/// token file, read at every start) is a restart.
-pub fn check_token_is_this_nodes(dir: &std::path::Path, token: &str) -> anyhow::Result<()> {
+/// token file, read at every start) is a restart. A node that enrolled before the token
+/// was remembered cannot tell: a token from a file (a service's) is let through, one
+/// given on the command line or in the environment (as a person starts an agent) is not.
+pub fn check_token_is_this_nodes(dir: &std::path::Path, token: &str, from_file: bool) -> anyhow::Result<()> {
     let Some(id) = Identity::load(dir)? else { return Ok(()) };
     match &id.enrolled_with {
         Some(hash) if *hash == trust::token::hash(token) => Ok(()),
-        Some(_) => bail!(
+        None if from_file => {
+            tracing::warn!(node = %id.node_id, dir = %dir.display(), "already enrolled; the token given is not used (a second agent needs --state-dir DIR)");
+            Ok(())
+        }
+        _ => bail!(
             "the agent state in {} already belongs to node {} ({}), which enrolled with another token. \
              To run a second agent on this machine, give it a directory of its own: \
              `openbox agent --state-dir DIR …` (or OPENBOX_HOME=DIR). To start node {} again, leave the token out.",
@@ -164,12 +170,19 @@ pub fn check_token_is_this_nodes(dir: &std::path::Path, token: &str) -> anyhow::
             id.node_id,
             id.name
         ),
-        // Enrolled before the token was remembered: which one it was is not known.
-        None => {
-            tracing::warn!(node = %id.node_id, dir = %dir.display(), "already enrolled; the token given is not used (a second agent needs --state-dir DIR)");
-            Ok(())
-        }
     }
+}
+
+/// Sets the identity in `dir` aside (its files renamed `*.forgotten`), so that the next
+/// start enrolls anew; what it was, if there was one.
+pub fn forget_identity(dir: &std::path::Path) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(shown) = enrolled(dir)? else { return Ok(None) };
+    for file in [paths::agent_identity(dir), paths::agent_host_key(dir)] {
+        let mut aside = file.clone().into_os_string();
+        aside.push(".forgotten");
+        std::fs::rename(&file, &aside).with_context(|| format!("setting {} aside", file.display()))?;
+    }
+    Ok(Some(shown))
 }
 
 /// Enrolls if needed, then serves until `shutdown` completes or the node is removed.

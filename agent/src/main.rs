@@ -107,6 +107,11 @@ struct Args {
     /// enrolled, 3 when it has not.
     #[arg(long)]
     identity: bool,
+    /// Set this node's identity aside (its files renamed *.forgotten) and exit: the next
+    /// start enrolls anew, with a token. `openbox node add` uses it for an identity the
+    /// fleet does not know.
+    #[arg(long, conflicts_with = "identity")]
+    forget_identity: bool,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let from_file = args.token.is_none() && args.token_file.is_some();
     let token = match (args.token, &args.token_file) {
         (Some(t), _) => Some(t),
         (None, Some(f)) => match std::fs::read_to_string(f) {
@@ -183,10 +189,26 @@ fn main() -> ExitCode {
         }
     };
     if let Some(token) = &token
-        && let Err(e) = openbox_agent::check_token_is_this_nodes(&dir, token)
+        && let Err(e) = openbox_agent::check_token_is_this_nodes(&dir, token, from_file)
     {
         eprintln!("openbox agent: {e:#}");
         return ExitCode::from(2);
+    }
+    if args.forget_identity {
+        return match openbox_agent::forget_identity(&dir) {
+            Ok(Some(shown)) => {
+                println!("{shown}");
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("openbox agent: this machine has not enrolled; nothing to forget");
+                ExitCode::from(3)
+            }
+            Err(e) => {
+                eprintln!("openbox agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if args.identity {
         return match openbox_agent::enrolled(&dir) {

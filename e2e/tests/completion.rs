@@ -40,10 +40,15 @@ fn names_come_from_the_running_openboxd_and_none_is_started_for_them() {
     let (_cp, admin, _agent) = fleet();
     assert_eq!(admin.run(&["__complete", "tags"]).ok().stdout, "gpu\n");
     assert_eq!(admin.run(&["__complete", "contexts"]).ok().stdout, "default\n");
-    // Nothing runs here: nothing is offered, and no openboxd is started to ask.
+    // With openboxd stopped, nothing is offered, and none is started to ask.
+    admin.run(&["daemon", "stop"]).ok();
+    let socket = admin.home.path().join("run/openboxd.sock");
+    wait_until("openboxd to be gone", || !socket.exists());
+    assert_eq!(admin.run(&["__complete", "nodes"]).ok().stdout, "");
+    assert!(!socket.exists(), "no openboxd was started");
+    // Nor where nobody has logged in.
     let nobody = Cli::new();
     assert_eq!(nobody.run(&["__complete", "nodes"]).ok().stdout, "");
-    assert!(!nobody.home.path().join("run/openboxd.sock").exists(), "no openboxd was started");
 }
 
 #[test]

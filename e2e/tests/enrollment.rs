@@ -206,6 +206,45 @@ fn a_second_agent_on_one_machine_refuses_a_new_token_until_given_a_state_dir_of_
     assert_eq!(first.node_id, id);
     admin.run(&["-n", &first.name, "true"]).ok();
     admin.run(&["-n", "second", "true"]).ok();
+
+    // A node enrolled before the token was remembered: a token given as a person gives one
+    // is refused as well; one from a file (a service's) is let through.
+    first.stop();
+    let identity = first.identity_file();
+    let mut stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&identity).unwrap()).unwrap();
+    assert!(stored.as_object_mut().unwrap().remove("enrolled_with").is_some(), "the token's hash is kept");
+    std::fs::write(&identity, stored.to_string()).unwrap();
+    let out = Command::new(bin("openbox-agent"))
+        .env("OPENBOX_HOME", &state)
+        .env("OPENBOX_ENROLL_TOKEN", admin.enroll_token(&["two"]))
+        .args(["--server", &cp.url, "--addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    Out::from(out).fails_with(2, "--state-dir DIR");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), admin.enroll_token(&["two"])).unwrap();
+    first.restart_with(&["--token-file", file.path().to_str().unwrap()]);
+    assert_eq!(first.node_id, id);
+}
+
+#[test]
+fn an_identity_set_aside_is_kept_and_the_next_start_enrolls_anew() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let mut agent = Agent::enroll(&cp, &admin, &["t"]);
+    let old = agent.node_id.clone();
+    agent.stop();
+    let home = agent.home.path().to_path_buf();
+    let run = |args: &[&str]| {
+        Out::from(Command::new(bin("openbox-agent")).env("OPENBOX_HOME", &home).args(args).output().unwrap())
+    };
+    let forgotten = run(&["--forget-identity"]).ok().json();
+    assert_eq!(forgotten["node_id"], old.as_str());
+    run(&["--identity"]).fails_with(3, "has not enrolled");
+    assert!(home.join("agent/identity.json.forgotten").is_file(), "kept aside");
+    run(&["--forget-identity"]).fails_with(3, "nothing to forget");
+    agent.restart_with(&["--server", &cp.url, "--token", &admin.enroll_token(&["t"])]);
+    assert_ne!(agent.node_id, old, "a new node");
 }
 
 #[test]

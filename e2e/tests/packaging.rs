@@ -577,7 +577,7 @@ fn the_deb_and_debians_openbox_window_manager_install_side_by_side_in_either_ord
         dpkg -r openbox-fleet >/dev/null
         test -x /usr/bin/openbox && ! command -v obx
         dpkg -i $ours >/tmp/install.log
-        grep -q 'run this one as obx' /tmp/install.log
+        grep -q 'another program.s (package openbox): run this one as obx' /tmp/install.log
         openbox --version | grep -q '^Openbox 3'
         export HOME=/tmp/home; mkdir -p $HOME
         obx up --addr 127.0.0.1:{port}

@@ -138,6 +138,12 @@ fn up_on_a_taken_port_says_by_what_and_remembers_the_address_it_is_given_instead
     );
     me.run(&["-t", "local", "true"]).ok();
     me.run(&["down"]).ok();
+    // Moved to another address, the fleet keeps its node: the agent heartbeats there.
+    let moved = format!("127.0.0.1:{}", free_port());
+    me.run(&["up", "--addr", &moved]).ok();
+    assert_eq!(me.nodes().len(), 1);
+    me.run(&["-t", "local", "true"]).ok();
+    me.run(&["down"]).ok();
 }
 
 #[test]

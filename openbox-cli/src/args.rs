@@ -1081,7 +1081,7 @@ impl RunArgs {
                 let word = &self.command[0];
                 let hint = match did_you_mean(word) {
                     Some(near) => format!("; did you mean `openbox {near}`?"),
-                    None => " (see `openbox --help`)".to_owned(),
+                    None => " (see `openbox --help`).".to_owned(),
                 };
                 return Err(format!(
                     "{word:?} is not an openbox command{hint} To run it on a node, say where: -t TAG or -n NODE"
@@ -1227,7 +1227,7 @@ mod tests {
         refused(&["ls"], "say where: -t TAG or -n NODE");
         refused(&["-t", "t"], "no command given");
         refused(&["-t", "a;b", "true"], "may hold only");
-        refused(&["-t", "t", "--timeout", "0", "true"], "at least 1s");
+        refused(&["-t", "t", "--timeout", "0", "true"], "must be more than 0");
         refused(&["-t", "t", "--docker", "x;cpus=1", "true"], "';' is not allowed");
         refused(&["-t", "t", "--isolate", "chroot:/x", "true"], "");
         refused(&["-t", "t", "-n", "n", "true"], "cannot be used with");

@@ -58,6 +58,15 @@ pub fn call_capturing(call: &Call, context: &Context) -> Result<(u8, Vec<u8>), S
     Ok((code, out))
 }
 
+/// Runs `call` through the context's openboxd only if one runs: none is started, and none
+/// is started again when the running one speaks another protocol (then nothing runs).
+pub fn call_if_running(call: &Call, context: &Context) -> Option<u8> {
+    let socket = context.daemon_socket();
+    let stream = ours(UnixStream::connect(&socket).ok()?, &socket).ok()?;
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    exchange(stream, &socket, call, &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()]).ok()
+}
+
 fn call_with(call: &Call, context: &Context, fds: &[BorrowedFd<'_>]) -> Result<u8, String> {
     let socket = context.daemon_socket();
     for attempt in 0..2 {

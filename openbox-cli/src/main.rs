@@ -70,10 +70,11 @@ fn complete(kind: args::CompleteKind, context: &Context) -> ExitCode {
         args::CompleteKind::Tags => NameKind::Tags,
         args::CompleteKind::Sessions => NameKind::Sessions,
     };
-    if !context.exists() || !daemon_running(context) {
+    if !context.exists() {
         return ExitCode::SUCCESS;
     }
-    through_daemon(daemon::call(&Call { request: Request::Names { kind }, json: false, verbosity: 0 }, context))
+    let call = Call { request: Request::Names { kind }, json: false, verbosity: 0 };
+    ExitCode::from(daemon::call_if_running(&call, context).unwrap_or(0))
 }
 
 /// A command line that cannot be carried out as written: exit 2, as for clap's own.

@@ -183,7 +183,7 @@ fn install(role: Role, scope: ScopeArgs, print: bool, args: Vec<String>, json: b
     let paired = args.iter().zip(args.iter().skip(1)).map(|(f, v)| (f.as_str(), v.as_str()));
     for (flag, value) in joined.chain(paired) {
         if flag.starts_with("--")
-            && let Some(why) = hidden_from_service(role, scope, flag, value)
+            && let Some(why) = hidden_from_service(role, scope, flag, value.strip_prefix("sqlite:").unwrap_or(value))
         {
             return Err(why);
         }

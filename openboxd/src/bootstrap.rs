@@ -234,7 +234,9 @@ async fn bootstrap(
     let layout = Layout::for_machine(&machine);
     let remote = &On { remote, sudo: machine.sudo };
 
-    // Already a node of this fleet? Then nothing changes, unless asked.
+    // Already a node of this fleet? Then nothing changes, unless asked. An identity the
+    // fleet does not know (the node was removed, or it is another fleet's) is set aside,
+    // so that the agent enrolls anew.
     let enrolled_here = match enrolled(remote, &layout).await {
         Some((node_id, name))
             if control
@@ -245,7 +247,19 @@ async fn bootstrap(
         {
             Some((node_id, name))
         }
-        _ => None,
+        Some((node_id, name)) => {
+            let forget = remote.run(&format!("{} --forget-identity", layout.agent()), NoInput).await?;
+            if !forget.ok() {
+                bail!(
+                    "{who} has the identity of node {name} ({node_id}), which this fleet does not know, and it could not be set aside: {}",
+                    forget.why()
+                );
+            }
+            say(out, &format!("set aside the identity of node {name} ({node_id}), which this fleet does not know"))
+                .await;
+            None
+        }
+        None => None,
     };
     if !req.reinstall
         && let Some((node_id, name)) = enrolled_here.clone()

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -15,18 +15,45 @@ tokio::task_local! {
     static CALL: Settings;
 }
 
+/// Lines a verbose call may have waiting for its caller to read them; past that, new
+/// ones are dropped (a caller who stops reading never holds openboxd up).
+const BACKLOG: usize = 256;
+
 #[derive(Clone)]
 struct Settings {
     verbosity: i8,
-    /// The caller's stderr, when its lines go there.
-    stderr: Option<Arc<Mutex<std::fs::File>>>,
+    /// Lines for the caller's stderr, written by a thread of their own, when they go there.
+    lines: Option<SyncSender<String>>,
+    /// Whether warnings and errors go there too (not when the caller's stderr already gets
+    /// them from this process's own log, as for a call run without openboxd).
+    warnings: bool,
 }
 
 /// Runs `call` knowing its `verbosity` (-1 quiet, 0 as usual, 1 and more verbose); when
-/// verbose, the events it logs are written to `stderr` as well.
-pub async fn scope<F: Future>(verbosity: i8, stderr: Option<std::fs::File>, call: F) -> F::Output {
-    let stderr = stderr.filter(|_| verbosity > 0).map(|f| Arc::new(Mutex::new(f)));
-    CALL.scope(Settings { verbosity, stderr }, call).await
+/// verbose, the events it logs are written to `stderr` as well (warnings and errors only
+/// with `warnings`).
+pub async fn scope<F: Future>(verbosity: i8, stderr: Option<std::fs::File>, warnings: bool, call: F) -> F::Output {
+    let (lines, writer) = match stderr.filter(|_| verbosity > 0) {
+        Some(mut file) => {
+            let (tx, rx) = sync_channel::<String>(BACKLOG);
+            // Blocking writes, off the runtime's own threads, until the call is done.
+            let writer = tokio::task::spawn_blocking(move || {
+                for line in rx {
+                    if file.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+            (Some(tx), Some(writer))
+        }
+        None => (None, None),
+    };
+    let done = CALL.scope(Settings { verbosity, lines, warnings }, call).await;
+    // Every line said before the call's end is.
+    if let Some(w) = writer {
+        let _ = w.await;
+    }
+    done
 }
 
 /// Whether the call asked for no progress lines (`-q`).
@@ -50,7 +77,11 @@ pub fn layer<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a
     let enabled = |meta: &Metadata<'_>, _: &Context<'_, S>| {
         meta.target().starts_with("openbox")
             && CALL
-                .try_with(|s| s.stderr.is_some() && most_detail(s.verbosity).is_some_and(|l| *meta.level() <= l))
+                .try_with(|s| {
+                    s.lines.is_some()
+                        && most_detail(s.verbosity).is_some_and(|l| *meta.level() <= l)
+                        && (s.warnings || *meta.level() > Level::WARN)
+                })
                 .unwrap_or(false)
     };
     let ours = |meta: &'static Metadata<'static>| {
@@ -64,7 +95,7 @@ struct ToCaller;
 impl<S: Subscriber> Layer<S> for ToCaller {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         let _ = CALL.try_with(|s| {
-            let Some(stderr) = &s.stderr else { return };
+            let Some(lines) = &s.lines else { return };
             let meta = event.metadata();
             let mut line = Line::default();
             event.record(&mut line);
@@ -75,7 +106,7 @@ impl<S: Subscriber> Layer<S> for ToCaller {
                 if line.message.is_empty() { String::new() } else { format!(": {}", line.message) },
                 line.fields
             );
-            let _ = stderr.lock().unwrap_or_else(|e| e.into_inner()).write_all(text.as_bytes());
+            let _ = lines.try_send(text);
         });
     }
 }

@@ -103,7 +103,13 @@ async fn copy_now(d: &Daemon, req: CopyRequest, out: &mut CallOutput) -> anyhow:
     let (node, conn, sftp) = crate::connect::sftp(d, &acct, want)
         .await
         .map_err(|e| Stopped { code: proto::EXIT_OPENBOX_FAILURE, why: e.to_string() })?;
-    let mut run = Run { sftp, node: node.name.clone(), progress: Progress::new(req.progress), stats: Stats::default() };
+    let mut run = Run {
+        sftp,
+        node: node.name.clone(),
+        session: req.session.clone(),
+        progress: Progress::new(req.progress),
+        stats: Stats::default(),
+    };
     let result = run.all(&req.from, &req.to, req.recursive, out).await;
     run.progress.end(out).await;
     let _ = run.sftp.close().await;
@@ -157,6 +163,8 @@ struct Stats {
 struct Run {
     sftp: SftpSession,
     node: String,
+    /// The session whose container (or shell) the node side is in.
+    session: Option<String>,
     progress: Progress,
     stats: Stats,
 }
@@ -209,13 +217,19 @@ impl Run {
         Ok(())
     }
 
-    /// The error for a directory on the node that a copy needs and that is not there.
+    /// The error for a directory on the node that a copy needs and that is not there, with
+    /// the command that makes it where the copy looks (in the session's container, for one).
     fn no_remote_dir(&self, dir: &str, several: bool) -> String {
         let dir = dir.trim_end_matches('/');
         let why = if several { "several sources go into a directory that exists; " } else { "" };
+        let mut place = format!("-n {}", service::shell_word(&self.node));
+        if let Some(sid) = &self.session {
+            place.push_str(&format!(" -s {}", service::shell_word(sid)));
+        }
         format!(
-            "{}:{dir}: no such directory there; {why}make it first: openbox -n {} mkdir -p {dir}",
-            self.node, self.node
+            "{}:{dir}: no such directory there; {why}make it first: openbox {place} mkdir -p {}",
+            self.node,
+            service::shell_word(dir)
         )
     }
 

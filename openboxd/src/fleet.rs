@@ -175,8 +175,10 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
     let mut warnings = Vec::new();
     let control_started = match CONTROL.running() {
         Some(pid) => {
-            let running_at = remembered.as_deref().unwrap_or(DEFAULT_CONTROL_ADDR);
-            if control_addr != running_at {
+            // (A fleet an earlier release started remembers no address: it is not second-guessed.)
+            if let Some(running_at) = remembered.as_deref()
+                && control_addr != running_at
+            {
                 bail!(
                     "this machine's fleet already runs with its control plane on {running_at}; \
                      `openbox down` stops it, then `openbox up --addr {control_addr}` starts it there"
@@ -233,7 +235,9 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
             false
         }
         None => {
-            let mut args: Vec<String> = vec!["--addr".into(), "127.0.0.1:0".into()];
+            // The control plane's address always: after `up --addr` moved the fleet, an
+            // enrolled agent heartbeats to where it is now.
+            let args: Vec<String> = vec!["--addr".into(), "127.0.0.1:0".into(), "--server".into(), url.clone()];
             let mut token = None;
             if !enrolled {
                 let tok: EnrollToken = login
@@ -243,7 +247,6 @@ pub async fn up(d: &Daemon, req: UpRequest) -> anyhow::Result<Reply> {
                         &NewEnrollToken { tags: vec![LOCAL_TAG.into()], ttl_secs: 600 },
                     )
                     .await?;
-                args.extend(["--server".into(), url.clone()]);
                 token = Some(tok.token);
             }
             let offset = log_len(&AGENT);

@@ -118,7 +118,7 @@ fn one_shot(rt: &tokio::runtime::Runtime, text: &str, mesh: Option<openboxd::Wan
         }
         let (verbosity, log_to) = (call.verbosity, std::io::stderr().as_fd().try_clone_to_owned().ok().map(Into::into));
         let call = openboxd::handle(&d, call, openboxd::io::CallIo { input, terminal, output, halts });
-        openboxd::call_log::scope(verbosity, log_to, call).await
+        openboxd::call_log::scope(verbosity, log_to, false, call).await
     });
     // Exit without waiting for a blocked read of stdin (the runtime would wait for it).
     std::process::exit(i32::from(code));

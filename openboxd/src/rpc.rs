@@ -259,7 +259,7 @@ async fn connection(stream: tokio::net::UnixStream, d: Arc<Daemon>) {
                     let log_to = (verbosity > 0).then(|| stderr.try_clone().ok().map(Into::into)).flatten();
                     let (input, output) = (fd_input(stdin), CallOutput::fds(stdout, stderr));
                     let call = handle(&d, params.call, CallIo { input, terminal, output, halts });
-                    let exit_code = crate::call_log::scope(verbosity, log_to, call).await;
+                    let exit_code = crate::call_log::scope(verbosity, log_to, true, call).await;
                     let _ = lines.send(line(&Response::ok(id, to_value(&CliResult { exit_code })))).await;
                 });
             }

@@ -155,7 +155,9 @@ pub fn logs_dir() -> PathBuf {
     if earlier != logs && !logs.exists() && earlier.is_dir() {
         let moved =
             logs.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::rename(&earlier, &logs));
-        if moved.is_err() {
+        // Another process may have moved them first; only when they are not there either
+        // do the earlier ones stay in use.
+        if moved.is_err() && !logs.is_dir() {
             return earlier;
         }
     }
