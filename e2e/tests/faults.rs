@@ -26,7 +26,7 @@ fn an_agent_killed_mid_command_ends_the_call_with_255_and_its_next_start_stops_w
     let t0 = Instant::now();
     let out = call.end();
     assert_eq!(out.code, 255, "{out:?}");
-    assert!(out.stderr.contains(&agent.node_id) && out.stderr.contains("lost"), "{out:?}");
+    assert!(out.stderr.contains(&format!("node {} ", agent.name)) && out.stderr.contains("lost"), "{out:?}");
     assert!(t0.elapsed() < SLACK, "it took {:?}", t0.elapsed());
     // What the command started has nobody to stop it until the agent is back.
     wait_until("the command to run on the node", || running("sleep 3190"));
