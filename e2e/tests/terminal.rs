@@ -259,4 +259,8 @@ fn a_control_plane_first_started_on_a_terminal_shows_the_token_apart_from_a_logi
     let words: Vec<&str> = command.split_whitespace().skip(1).collect();
     admin.run(&words).ok();
     assert_eq!(admin.run(&["whoami", "--json"]).ok().json()["user"], "admin");
+    // Stopped as in a terminal (a service ignores the hangup of closing it).
+    tmux.run(&["send-keys", "-t", "0", "C-c"]);
+    tmux.line("echo stopped-$((40+2))");
+    tmux.shows("stopped-42");
 }
