@@ -55,12 +55,14 @@ impl std::fmt::Display for Seconds {
     }
 }
 
-/// A timeout as a message tells it: under a second in milliseconds (`500ms`), else to a
-/// tenth of a second (`90s`, `1.5s`) — what is left of a deadline, a hair under what was
-/// asked, reads as what was asked.
+/// A timeout as a message tells it: under a second in milliseconds, to ten (`500ms`), else
+/// to a tenth of a second (`90s`, `1.5s`) — what is left of a deadline, a hair under what
+/// was asked, reads as what was asked.
 pub fn span(d: std::time::Duration) -> String {
-    if d < std::time::Duration::from_millis(999) {
-        return format!("{}ms", d.as_millis().max(1));
+    let ms = d.as_millis();
+    let shown = if ms < 10 { ms.max(1) } else { (ms + 5) / 10 * 10 };
+    if shown < 1000 {
+        return format!("{shown}ms");
     }
     let text = format!("{:.1}", d.as_secs_f64());
     format!("{}s", text.strip_suffix(".0").unwrap_or(&text))
@@ -134,8 +136,9 @@ mod tests {
         assert_eq!(serde_json::to_string(&Seconds::from_secs(90)).unwrap(), "90");
         assert_eq!(serde_json::to_string(&Seconds(std::time::Duration::from_millis(1500))).unwrap(), "1.5");
         assert_eq!(Seconds(std::time::Duration::from_millis(500)).to_string(), "500ms");
-        assert_eq!(span(std::time::Duration::from_millis(499)), "499ms");
-        assert_eq!(span(std::time::Duration::from_millis(999)), "1s");
+        assert_eq!(span(std::time::Duration::from_millis(499)), "500ms");
+        assert_eq!(span(std::time::Duration::from_millis(3)), "3ms");
+        assert_eq!(span(std::time::Duration::from_millis(997)), "1s");
         assert_eq!(Seconds::from_secs(90).to_string(), "90s");
         assert_eq!(span(std::time::Duration::from_millis(2998)), "3s");
         assert_eq!(span(std::time::Duration::from_millis(1499)), "1.5s");
