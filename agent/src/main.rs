@@ -195,36 +195,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.forget_identity {
-        return match openbox_agent::forget_identity(&dir) {
-            Ok(Some(shown)) => {
-                println!("{shown}");
-                ExitCode::SUCCESS
-            }
-            Ok(None) => {
-                eprintln!("openbox agent: this machine has not enrolled; nothing to forget");
-                ExitCode::from(3)
-            }
-            Err(e) => {
-                eprintln!("openbox agent: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return said_identity(openbox_agent::forget_identity(&dir), "this machine has not enrolled; nothing to forget");
     }
     if args.identity {
-        return match openbox_agent::enrolled(&dir) {
-            Ok(Some(shown)) => {
-                println!("{shown}");
-                ExitCode::SUCCESS
-            }
-            Ok(None) => {
-                eprintln!("openbox agent: this machine has not enrolled");
-                ExitCode::from(3)
-            }
-            Err(e) => {
-                eprintln!("openbox agent: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return said_identity(openbox_agent::enrolled(&dir), "this machine has not enrolled");
     }
     let mesh = match openbox_agent::mesh_settings(
         &dir,
@@ -282,6 +256,24 @@ fn main() -> ExitCode {
             println!("openbox agent: starting again to join the fleet's tailnet at {url}, then enroll");
             drop(rt);
             start_again()
+        }
+        Err(e) => {
+            eprintln!("openbox agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--identity` and `--forget-identity`: the identity as JSON and 0, else `none` and 3.
+fn said_identity(identity: anyhow::Result<Option<serde_json::Value>>, none: &str) -> ExitCode {
+    match identity {
+        Ok(Some(shown)) => {
+            println!("{shown}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!("openbox agent: {none}");
+            ExitCode::from(3)
         }
         Err(e) => {
             eprintln!("openbox agent: {e:#}");
