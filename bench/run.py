@@ -174,12 +174,33 @@ class Fleet:
             self.stop()  # whatever `up` did start
             sys.exit(f"openbox up failed: {out.stderr}")
         self.openbox = [f"{BIN}/openbox", "-t", "local"]
+        self.extra = []
+
+    def sessions_agent(self, tmp, sessions):
+        """A second agent on this machine (tag `benchsessions`) that allows each user
+        `sessions` sessions: more than an agent's default, for the pooled-connections row."""
+        token = json.loads(subprocess.run([f"{BIN}/openbox", "node", "token", "--tag", "benchsessions", "--json"],
+                                          env=self.env, capture_output=True, text=True, check=True).stdout)["token"]
+        log = os.path.join(tmp, "sessions-agent.log")
+        agent = subprocess.Popen([f"{BIN}/openbox-agent", "--server", f"http://{self.addr}", "--token", token,
+                                  "--addr", "127.0.0.1:0", "--name", "benchsessions", "--max-sessions", str(sessions)],
+                                 env=dict(os.environ, OPENBOX_HOME=os.path.join(tmp, "sessions-agent")),
+                                 stdout=open(log, "a"), stderr=subprocess.STDOUT)
+        self.extra.append(agent)
+        wait_for(lambda: "serving on" in open(log).read() or agent.poll() is not None)
+        return [f"{BIN}/openbox", "-t", "benchsessions"]
 
     def daemon_pid(self):
         out = subprocess.run([f"{BIN}/openbox", "daemon", "status", "--json"], env=self.env, capture_output=True, text=True)
         return json.loads(out.stdout)["pid"]
 
     def stop(self):
+        for p in self.extra:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
         subprocess.run([f"{BIN}/openbox", "down"], env=self.env, capture_output=True)
         subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=self.env, capture_output=True)
 
@@ -222,6 +243,7 @@ class Mesh:
         key = json.loads(self.headscale("preauthkeys", "create", "-u", str(user["id"]), "--reusable", "-e", "1h",
                                         "-o", "json"))["key"]
 
+        self.key = key
         token = json.loads(subprocess.run([f"{BIN}/openbox", "node", "token", "--tag", "meshtag", "--json"],
                                           env=fleet.env, capture_output=True, text=True, check=True).stdout)["token"]
         agent_env = dict(os.environ, OPENBOX_HOME=os.path.join(tmp, "mesh-agent"), OPENBOX_MESH_AUTHKEY=key, **MESH_ENV)
@@ -237,6 +259,30 @@ class Mesh:
         subprocess.run([f"{BIN}/openbox", "login", "--server", f"http://{fleet.addr}", "--token", login],
                        env=self.env, check=True, stdout=subprocess.DEVNULL)
         self.openbox = [f"{BIN}/openbox", "-t", "meshtag"]
+
+    def tsnet_throughput(self, tmp, nbytes):
+        """MB/s of `nbytes` over one TCP connection between two tsnet nodes on this tailnet,
+        with nothing of openbox's in between (libtailscale-sys/go/cmd/tsnetbench)."""
+        go_dir = os.path.join(ROOT, "libtailscale-sys", "go")
+        with open(os.path.join(go_dir, "omitted.txt")) as f:
+            tags = ",".join("ts_omit_" + l.strip() for l in f if l.strip() and not l.startswith("#"))
+        exe = os.path.join(tmp, "tsnetbench")
+        subprocess.run(["go", "build", "-trimpath", "-tags", tags, "-o", exe, "./cmd/tsnetbench"], cwd=go_dir, check=True,
+                       env=dict(os.environ, GOFLAGS="-mod=readonly -buildvcs=false", GOTOOLCHAIN="local"))
+        env = dict(os.environ, **MESH_ENV)
+        common = ["-control", self.url, "-authkey", self.key]
+        server = subprocess.Popen([exe, "-role", "serve", "-dir", os.path.join(tmp, "tsnet-serve"), "-bytes", str(nbytes)]
+                                  + common, env=env, stdout=subprocess.PIPE, text=True)
+        self.procs.append(server)
+        ready = server.stdout.readline().split()
+        if ready[:1] != ["ready"]:
+            sys.exit("tsnetbench did not join the tailnet")
+        out = subprocess.run([exe, "-role", "fetch", "-dir", os.path.join(tmp, "tsnet-fetch"), "-addr", ready[1]] + common,
+                             env=env, capture_output=True, text=True, check=True)
+        got = json.loads(out.stdout)
+        if got["bytes"] != nbytes:
+            sys.exit(f"tsnetbench moved {got['bytes']} bytes, not {nbytes}")
+        return got["mb_per_s"]
 
     def spawn(self, argv, log, env=None):
         p = subprocess.Popen(argv, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
@@ -371,12 +417,18 @@ def concurrent_rate(argv, loops, seconds, env=None):
     return sum(count) / seconds
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def rss(pid):
+    """Resident memory, and how much of it is the process's own (anonymous) rather than
+    pages of its binary and libraries, which the kernel shares and may drop at any time."""
+    return f"{rss_kib(pid) / 1024:.1f} MiB ({rss_kib(pid, 'RssAnon') / 1024:.1f} own)"
 
 
 def ms(s):
@@ -500,13 +552,18 @@ def main():
         t_mesh = time_calls(mesh.openbox + ["true"], args.calls, mesh.env)
         rows.append(("latency of `true` over the tailnet, median", ms(med(t_mesh)), ms(med(t_cm)), "",
                      f"{med(t_mesh) / med(t_ob):.2f}x TCP, {med(t_mesh) / med(t_cm):.2f}x ControlMaster"))
-        rss_mesh = rss_kib(mesh.daemon_pid())
-        rows.append(("openboxd RSS with the tailnet up", f"{rss_mesh / 1024:.1f} MiB", "", "", ""))
+        rows.append(("openboxd RSS with the tailnet up", rss(mesh.daemon_pid()), "", "", ""))
         mb_mesh = throughput(mesh.openbox, args.bytes // 4, mesh.env)
+        mb_tsnet = mesh.tsnet_throughput(tmp, args.bytes // 4)
         rows.append((f"stdout throughput over the tailnet, {args.bytes // 4 / 1e6:.0f} MB", f"{mb_mesh:.0f} MB/s",
-                     "", "", f"{mb_mesh / mb_ob:.2f}x TCP"))
-        rss_after = rss_kib(mesh.daemon_pid())
-        rows.append(("openboxd RSS with the tailnet up, after that stream", f"{rss_after / 1024:.1f} MiB", "", "", ""))
+                     "", "", f"{mb_mesh / mb_ob:.2f}x TCP, {mb_mesh / mb_tsnet:.2f}x tsnet alone"))
+        rows.append((f"tsnet alone: one TCP connection between two nodes, {args.bytes // 4 / 1e6:.0f} MB",
+                     f"{mb_tsnet:.0f} MB/s", "", "", f"{mb_tsnet / mb_ob:.2f}x openbox over TCP"))
+        rows.append(("openboxd RSS with the tailnet up, after that stream", rss(mesh.daemon_pid()), "", "", ""))
+        # The tailnet gives back what a stream grew once its connections have been quiet
+        # for 5 to 10 seconds (libtailscale-sys/go, releaseWhenQuiet).
+        time.sleep(12)
+        rows.append(("openboxd RSS with the tailnet up, 12 s after that stream", rss(mesh.daemon_pid()), "", "", ""))
         t_cold = cold_start(mesh)
         rows.append(("cold start over the tailnet (openboxd start to `true` done)", ms(t_cold), "", "", ""))
 
@@ -515,13 +572,14 @@ def main():
         rows.append((f"8 loops of `true` for {args.seconds:.0f}s", f"{r_ob:.0f} calls/s", f"{r_cm:.0f} calls/s", "",
                      f"{r_ob / r_cm:.2f}x ControlMaster"))
 
-        # 50 pooled connections: one per session id (each certificate binds its session).
+        # 50 pooled connections: one per session id (each certificate binds its session), on
+        # an agent that allows that many sessions.
+        many = fleet.sessions_agent(tmp, 64)
         for i in range(50):
-            subprocess.run(ob[:1] + ["-t", "local", "-s", f"bench{i}", "true"], env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(many + ["-s", f"bench{i}", "true"], env=env, check=True, stdout=subprocess.DEVNULL)
         status = json.loads(subprocess.run([f"{BIN}/openbox", "daemon", "status", "--json"], env=env,
                                            capture_output=True, text=True).stdout)
-        rss = rss_kib(fleet.daemon_pid())
-        rows.append((f"openboxd RSS, {status['connections']} pooled connections", f"{rss / 1024:.1f} MiB", "", "", ""))
+        rows.append((f"openboxd RSS, {status['connections']} pooled connections", rss(fleet.daemon_pid()), "", "", ""))
 
         size = os.path.getsize(f"{BIN}/openbox")
         t_ver = time_calls([f"{BIN}/openbox", "--version"], args.calls)
@@ -530,6 +588,13 @@ def main():
         for name in ("openboxd", "openbox-agent", "openbox-control"):
             rows.append((f"{name} binary size", f"{os.path.getsize(f'{BIN}/{name}') / 1e6:.1f} MB", "", "", ""))
         rows.append(("`openbox --version` start, median", ms(med(t_ver)), "", "", f"{med(t_ver) / med(t_true):.2f}x /bin/true ({ms(med(t_true))})"))
+        # The floor of a warm call in this design: two processes start — the CLI here and
+        # the node's `sh -c` — whatever openboxd and the agent do between them.
+        t_sh = time_calls(["/bin/sh", "-c", "true"], args.calls)
+        floor = med(t_ver) + med(t_sh)
+        rows.append(("`sh -c true` start, median (what the agent runs)", ms(med(t_sh)), "", "", ""))
+        rows.append(("floor of a warm call: CLI start + `sh -c true`", ms(floor), ms(med(t_cm)), "",
+                     f"{floor / med(t_cm):.2f}x ControlMaster; the call is {ms(med(t_ob) - floor)} above it"))
     finally:
         for thing in reversed(started):
             thing.stop()

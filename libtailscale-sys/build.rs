@@ -5,32 +5,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Tailscale features left out of the build: each would reach beyond the control server and
-/// the peers openbox is given (captive-portal probes of Tailscale's own hosts, NAT-PMP and
-/// UPnP to the LAN gateway, cloud metadata services, log upload, update checks), or serves
-/// nothing openbox uses. Smaller, too.
-const OMITTED: [&str; 19] = [
-    "captiveportal",
-    "portmapper",
-    "logtail",
-    "clientupdate",
-    "cloud",
-    "aws",
-    "kube",
-    "synology",
-    "tpm",
-    "drive",
-    "taildrop",
-    "ssh",
-    "webclient",
-    "doctor",
-    "bird",
-    "capture",
-    "wakeonlan",
-    // Auth keys of these kinds would make tsnet call Tailscale's own API.
-    "oauthkey",
-    "identityfederation",
-];
+/// The Tailscale features left out of the build, one `ts_omit_` tag each: see
+/// `go/omitted.txt` for why.
+fn omitted_tags(go_dir: &std::path::Path) -> String {
+    let list = std::fs::read_to_string(go_dir.join("omitted.txt")).expect("libtailscale-sys/go/omitted.txt");
+    let names = list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    names.map(|name| format!("ts_omit_{name}")).collect::<Vec<_>>().join(",")
+}
 
 fn main() {
     let go_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir")).join("go");
@@ -57,13 +38,7 @@ fn main() {
     let mut build = Command::new(&go);
     cross_compile(&mut build);
     let status = build
-        .args([
-            "build",
-            "-buildmode=c-archive",
-            "-trimpath",
-            "-tags",
-            &OMITTED.map(|f| format!("ts_omit_{f}")).join(","),
-        ])
+        .args(["build", "-buildmode=c-archive", "-trimpath", "-tags", &omitted_tags(&go_dir)])
         .arg("-o")
         .arg(out.join("libopenbox_tailscale.a"))
         .arg(".")

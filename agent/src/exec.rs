@@ -106,8 +106,8 @@ pub async fn run_process(
         stdout: child.stdout.take().expect("piped"),
         stderr: child.stderr.take().expect("piped"),
         child,
-        out_buf: vec![0u8; 128 * 1024],
-        err_buf: vec![0u8; 32 * 1024],
+        out_buf: Vec::with_capacity(128 * 1024),
+        err_buf: Vec::with_capacity(32 * 1024),
         out_open: true,
         err_open: true,
         status: None,
@@ -154,14 +154,18 @@ impl Process for Spawned {
             {
                 return Step::Ended(outcome(status));
             }
+            // Read into the buffers' spare room: nothing is zeroed first, and a command with
+            // little output touches little memory.
+            self.out_buf.clear();
+            self.err_buf.clear();
             tokio::select! {
-                r = self.stdout.read(&mut self.out_buf), if self.out_open => match r {
+                r = self.stdout.read_buf(&mut self.out_buf), if self.out_open => match r {
                     Ok(0) | Err(_) => self.out_open = false,
-                    Ok(n) => return Step::Stdout(&self.out_buf[..n]),
+                    Ok(_) => return Step::Stdout(&self.out_buf),
                 },
-                r = self.stderr.read(&mut self.err_buf), if self.err_open => match r {
+                r = self.stderr.read_buf(&mut self.err_buf), if self.err_open => match r {
                     Ok(0) | Err(_) => self.err_open = false,
-                    Ok(n) => return Step::Stderr(&self.err_buf[..n]),
+                    Ok(_) => return Step::Stderr(&self.err_buf),
                 },
                 s = self.child.wait(), if self.status.is_none() => {
                     let failed = s.as_ref().is_ok_and(|s| !s.success());

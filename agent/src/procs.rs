@@ -21,7 +21,7 @@ pub struct Proc {
 impl Proc {
     /// Process `pid` as it is now, if there is one.
     pub fn now(pid: u32) -> Option<Proc> {
-        procinfo::of(pid).map(|p| Proc { pid, started: p.started })
+        procinfo::started(pid).map(|started| Proc { pid, started })
     }
 
     /// Whether the process still runs (and is this one, not a later one with its pid). A

@@ -18,6 +18,7 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -296,11 +297,12 @@ func bridge(conn net.Conn) (C.int, error) {
 	// Each direction half-closes when it ends; once both have, both ends are released.
 	var both sync.WaitGroup
 	both.Add(2)
+	quietRelease.Do(func() { go releaseWhenQuiet() })
 	// A side that stays silent after the other has finished gets a minute, not forever.
 	const linger = time.Minute
 	go func() {
 		defer both.Done()
-		io.Copy(conn, local)
+		io.Copy(counted{conn}, local)
 		if c, ok := conn.(interface{ CloseWrite() error }); ok {
 			c.CloseWrite()
 		} else {
@@ -310,7 +312,7 @@ func bridge(conn net.Conn) (C.int, error) {
 	}()
 	go func() {
 		defer both.Done()
-		io.Copy(local, conn)
+		io.Copy(counted{local}, conn)
 		local.(*net.UnixConn).CloseWrite()
 		local.SetReadDeadline(time.Now().Add(linger))
 	}()
@@ -320,6 +322,38 @@ func bridge(conn net.Conn) (C.int, error) {
 		local.Close()
 	}()
 	return C.int(fds[1]), nil
+}
+
+// moved counts the bytes through every bridged connection.
+var moved atomic.Int64
+
+// counted is a writer that adds what it writes to moved.
+type counted struct{ io.Writer }
+
+func (c counted) Write(p []byte) (int, error) {
+	n, err := c.Writer.Write(p)
+	moved.Add(int64(n))
+	return n, err
+}
+
+var quietRelease sync.Once
+
+// releaseWhenQuiet gives the memory a fast stream grew (the network stack's buffers, the
+// garbage it left) back to the system once the bridges have moved at least 16 MiB since
+// the last time and then little (keep-alives, a short call) for a while: the soft limit
+// lets a stream run at full speed, and a process at rest should not keep what it used.
+func releaseWhenQuiet() {
+	const every, enough, little = 5 * time.Second, 16 << 20, 1 << 20
+	var seen, released int64
+	for range time.Tick(every) {
+		now := moved.Load()
+		quiet := now-seen < little
+		seen = now
+		if quiet && now-released >= enough {
+			debug.FreeOSMemory()
+			released = now
+		}
+	}
 }
 
 // dialTimeout bounds tailscale_dial: tsnet's Dial waits, without limit, for the node to
@@ -463,11 +497,13 @@ func tailscale_getremoteaddr(listener C.int, conn C.int, buf *C.char, buflen C.s
 
 func init() {
 	log.SetOutput(io.Discard) // tsnet's fallback logger, when no log fd is set
-	// A soft memory limit, so that the buffers a fast stream grows are given back to the
-	// system instead of kept: openboxd is a long-lived background process. (64 MiB made a
-	// stream collect garbage all the time and run at a third of the speed.)
+	// A soft memory limit, so that a fast stream's garbage is collected before the process
+	// grows far: openboxd is a long-lived background process. What a stream grew is given
+	// back once it has ended (releaseWhenQuiet). Measured with cmd/tsnetbench (see
+	// docs/benchmarks.md): 128 MiB held a stream to half the speed of 256 MiB; no limit ran
+	// no faster than 256 MiB but peaked at 240 MiB.
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(128 << 20)
+		debug.SetMemoryLimit(256 << 20)
 	}
 }
 

@@ -80,7 +80,38 @@ pub struct Cli {
     pub context: Option<paths::Context>,
 }
 
-#[derive(Args, Debug)]
+/// The names (and aliases) of `openbox`'s subcommands: a command word that is one of them
+/// is a subcommand, not a command to run.
+const SUBCOMMANDS: &[&str] = &[
+    "login",
+    "logout",
+    "context",
+    "whoami",
+    "cp",
+    "skill",
+    "dashboard",
+    "nodes",
+    "node",
+    "sessions",
+    "session",
+    "jobs",
+    "job",
+    "user",
+    "up",
+    "down",
+    "audit",
+    "daemon",
+    "control",
+    "agent",
+    "service",
+    "completions",
+    "__complete",
+    "man",
+    "mcp",
+    "help",
+];
+
+#[derive(Args, Debug, Default)]
 pub struct RunArgs {
     /// Run on a node carrying this tag (with --all: on every node carrying all the tags
     /// given; repeatable).
@@ -753,6 +784,16 @@ fn grant_target(tag: Option<String>, node: Option<String>) -> Result<Target, Str
     }
 }
 
+/// Whether the command line only asks for openbox's version: answered without clap.
+pub fn asks_version(argv: &[OsString]) -> bool {
+    matches!(argv, [_, flag] if flag == "--version" || flag == "-V")
+}
+
+/// What `openbox --version` prints (clap's own form of it).
+pub fn version() -> String {
+    format!("openbox {}\n", proto::VERSION)
+}
+
 impl Cli {
     /// Parses the whole command line, exiting with clap's message on a usage error.
     pub fn from_argv(argv: Vec<OsString>) -> Cli {
@@ -776,7 +817,10 @@ impl Cli {
             }
             argv.remove(1);
         }
-        let mut cli = Cli::try_parse_from(argv)?;
+        let mut cli = match Cli::common_run(&argv) {
+            Some(cli) => cli,
+            None => Cli::try_parse_from(argv)?,
+        };
         cli.json |= json;
         cli.no_daemon |= no_daemon;
         if let Some(name) = context.filter(|_| cli.context.is_none()) {
@@ -789,6 +833,52 @@ impl Cli {
             })?);
         }
         Ok(cli)
+    }
+
+    /// The run form most calls take — `[-t TAG | -n NODE] [-s SID] [--timeout DUR] [-q|-v]
+    /// [--json] CMD [ARGS…]`, each flag at most once — read without building clap's command
+    /// tree, which costs more than the rest of the CLI's start. Anything else (another flag,
+    /// a repeated one, `--`, a command word that names a subcommand) is `None`, for clap to
+    /// read. A test checks this reads every such line exactly as clap does.
+    fn common_run(argv: &[OsString]) -> Option<Cli> {
+        let mut words = argv.iter().skip(1).map(|w| w.to_str());
+        let mut cli = Cli {
+            command: None,
+            run: RunArgs { fanout: 32, ..RunArgs::default() },
+            json: false,
+            no_daemon: false,
+            quiet: false,
+            verbose: 0,
+            context: None,
+        };
+        fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+            slot.is_none().then(|| *slot = Some(value))
+        }
+        loop {
+            let word = words.next()??;
+            let mut value = || words.next().flatten().filter(|v| !v.starts_with('-')).map(str::to_owned);
+            match word {
+                "-t" | "--tag" if cli.run.tags.is_empty() => cli.run.tags.push(value()?),
+                "-n" | "--node" => once(&mut cli.run.node, value()?)?,
+                "-s" | "--session" => once(&mut cli.run.session, value()?)?,
+                "--timeout" => once(&mut cli.run.timeout, Seconds::parse(&value()?).ok()?)?,
+                "--json" if !cli.json => cli.json = true,
+                "-q" | "--quiet" if !cli.quiet && cli.verbose == 0 => cli.quiet = true,
+                "-v" | "--verbose" if !cli.quiet && cli.verbose == 0 => cli.verbose = 1,
+                _ if word.starts_with('-') || SUBCOMMANDS.contains(&word) => return None,
+                command => {
+                    cli.run.command.push(command.to_owned());
+                    break;
+                }
+            }
+        }
+        if !cli.run.tags.is_empty() && cli.run.node.is_some() {
+            return None; // clap's own message says they conflict
+        }
+        for word in words {
+            cli.run.command.push(word?.to_owned());
+        }
+        Some(cli)
     }
 
     pub fn into_action(self) -> Result<Action, String> {
@@ -1174,6 +1264,74 @@ mod tests {
     fn action(args: &[&str]) -> Result<Action, String> {
         let argv = std::iter::once("openbox").chain(args.iter().copied()).map(OsString::from).collect();
         Cli::try_from_argv(argv).map_err(|e| e.to_string())?.into_action()
+    }
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        std::iter::once("openbox").chain(args.iter().copied()).map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_common_run_form_is_read_without_clap_exactly_as_clap_reads_it() {
+        let common: &[&[&str]] = &[
+            &["-t", "gpu", "true"],
+            &["-n", "box", "ls", "-la", "--json", "-t", "x"],
+            &["--tag", "mac", "-s", "build", "make", "-j4"],
+            &["-s", "build", "-t", "mac", "--timeout", "1m30s", "--json", "-q", "pwd"],
+            &["--node", "box", "--session", "s1", "-v", "sh", "-c", "echo 'a b'"],
+            &["--timeout", "0", "-t", "gpu", "true"],
+            &["ls"],
+            &["nodez"],
+            &["-s", "only-a-session", "true"],
+        ];
+        for args in common {
+            let fast = Cli::common_run(&argv(args)).unwrap_or_else(|| panic!("{args:?} is the common run form"));
+            let clap = Cli::try_parse_from(argv(args)).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{args:?}");
+        }
+        let for_clap: &[&[&str]] = &[
+            &[],
+            &["nodes"],
+            &["help"],
+            &["__complete", "nodes"],
+            &["-t", "gpu", "nodes"],
+            &["-t", "gpu"],
+            &["-t", "a", "-t", "b", "true"],
+            &["-t", "a", "-n", "b", "true"],
+            &["-q", "-v", "-t", "a", "true"],
+            &["-v", "-v", "-t", "a", "true"],
+            &["-t", "-x", "true"],
+            &["--tag=a", "true"],
+            &["-tgpu", "true"],
+            &["-t", "a", "--docker", "img", "true"],
+            &["-t", "a", "--timeout", "soon", "true"],
+            &["-t", "a", "--", "true"],
+            &["--json", "--json", "-t", "a", "true"],
+            &["-t", "a", "-i"],
+        ];
+        for args in for_clap {
+            assert!(Cli::common_run(&argv(args)).is_none(), "{args:?} is for clap to read");
+        }
+    }
+
+    #[test]
+    fn the_names_taken_for_subcommands_are_clap_s_own() {
+        let cli = <Cli as clap::CommandFactory>::command();
+        let mut names: Vec<&str> =
+            cli.get_subcommands().flat_map(|c| std::iter::once(c.get_name()).chain(c.get_all_aliases())).collect();
+        names.push("help"); // clap's own, added as the command is built
+        names.sort_unstable();
+        let mut ours = SUBCOMMANDS.to_vec();
+        ours.sort_unstable();
+        assert_eq!(ours, names);
+    }
+
+    #[test]
+    fn the_version_is_printed_as_clap_prints_it() {
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        cli.build();
+        assert_eq!(version(), cli.render_version());
+        assert!(asks_version(&argv(&["--version"])) && asks_version(&argv(&["-V"])));
+        assert!(!asks_version(&argv(&["-t", "x", "--version"])));
     }
 
     #[test]

@@ -19,7 +19,12 @@ use paths::Context;
 use proto::request::{CALL_ENV, Call, Request};
 
 fn main() -> ExitCode {
-    let cli = args::Cli::from_argv(std::env::args_os().collect());
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if args::asks_version(&argv) {
+        print!("{}", args::version());
+        return ExitCode::SUCCESS;
+    }
+    let cli = args::Cli::from_argv(argv);
     let flag = cli.context.clone();
     let action = match cli.into_action() {
         Ok(action) => action,

@@ -3,8 +3,9 @@
 //!
 //! Descriptors are used as they come: blocking or not (rsync hands its remote shell a
 //! non-blocking socket), pipes, sockets, terminals or files, perhaps shared with other
-//! processes — so their flags are never changed. Each is served by a thread of its own
-//! that writes or reads and, on `EAGAIN`, waits in `poll` until the descriptor is ready.
+//! processes — so their flags are never changed. Each is served by a blocking thread of
+//! the runtime's (kept between calls, so a call starts none) that writes or reads and, on
+//! `EAGAIN`, waits in `poll` until the descriptor is ready.
 //! Output is never dropped: a write that truly fails is remembered, and [`conclude`]
 //! turns it into a message and a failing exit code.
 
@@ -19,6 +20,9 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::io::Errno;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+
+/// Blocking threads at most: two per call at most, so 2048 calls at once.
+pub const MAX_BLOCKING_THREADS: usize = 4096;
 
 /// How often a thread waiting on a descriptor checks whether its call still wants it.
 const TICK: Duration = Duration::from_millis(100);
@@ -76,12 +80,12 @@ pub fn fd_input(fd: OwnedFd) -> CallInput {
     CallInput::Fd(fd)
 }
 
-/// Reads a stdin descriptor on a thread of its own. It polls with a short timeout so that
+/// Reads a stdin descriptor on a blocking thread. It polls with a short timeout so that
 /// it stops soon after the command ends: a read left blocked on a terminal would otherwise
 /// swallow what the user types next.
 fn read_fd(fd: OwnedFd) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-    std::thread::spawn(move || {
+    tokio::task::spawn_blocking(move || {
         let tick = Timespec::try_from(TICK).expect("small duration");
         loop {
             if tx.is_closed() {
@@ -159,7 +163,7 @@ enum Chunk {
 }
 
 /// Writes a call's stdout and stderr into two descriptors, in the order the output
-/// arrived, on one thread of its own.
+/// arrived, on one blocking thread.
 pub struct FdWriter {
     queue: mpsc::Sender<Chunk>,
     failures: Arc<Mutex<[Option<WriteFailure>; 2]>>,
@@ -174,7 +178,7 @@ impl FdWriter {
         let failures: Arc<Mutex<[Option<WriteFailure>; 2]>> = Arc::default();
         let abandoned = Arc::new(AtomicBool::new(false));
         let (failed, gone) = (failures.clone(), abandoned.clone());
-        std::thread::spawn(move || {
+        tokio::task::spawn_blocking(move || {
             let fds = [stdout, stderr];
             while let Some(chunk) = chunks.blocking_recv() {
                 match chunk {

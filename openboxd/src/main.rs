@@ -60,16 +60,28 @@ fn main() -> ExitCode {
     // A one-shot call's stderr is the user's own: only warnings belong there.
     telemetry::init_at_with(if call.is_some() { "warn" } else { "info" }, openboxd::call_log::layer());
     telemetry::raise_open_file_limit();
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Each call's descriptors are served by blocking threads (see `openboxd::io`): this
+        // many calls at once, not tokio's default of 256, before one has to wait.
+        .max_blocking_threads(openboxd::io::MAX_BLOCKING_THREADS)
+        .build()
+        .expect("tokio runtime");
     match call {
         Some(text) => one_shot(&rt, &text.to_string_lossy(), mesh),
-        None => match rt.block_on(daemon(mesh)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("openboxd: {e:#}");
-                ExitCode::FAILURE
+        None => {
+            let served = rt.block_on(daemon(mesh));
+            // A thread still serving a caller's descriptor notices within a tick that its
+            // call is gone; never wait on one longer than that.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("openboxd: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 

@@ -33,6 +33,15 @@ pub fn of(pid: u32) -> Option<Info> {
     return macos::of(pid);
 }
 
+/// When process `pid` started, if there is one: what tells it from a later process given
+/// the same pid. Cheaper than [`of`] (on Linux one small file, not two).
+pub fn started(pid: u32) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    return linux::started(pid);
+    #[cfg(target_os = "macos")]
+    return macos::of(pid).map(|p| p.started);
+}
+
 /// Every process on the machine that this one may see.
 pub fn all() -> Vec<Info> {
     #[cfg(target_os = "linux")]
@@ -89,17 +98,26 @@ mod linux {
         parse(pid, &stat, &status)
     }
 
+    pub fn started(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat_fields(&stat)?.get(19)?.parse().ok()
+    }
+
     pub fn all() -> Vec<Info> {
         let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter_map(of).collect()
     }
 
+    /// The fields of a `stat` line after the command name (which may hold spaces and
+    /// parentheses; they start after its last ')'): state, ppid, …, start time (field 22
+    /// of the line, 19 here).
+    fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+        Some(stat.rsplit_once(')')?.1.split_whitespace().collect())
+    }
+
     /// A process from its `stat` line and `status` file.
     pub(crate) fn parse(pid: u32, stat: &str, status: &str) -> Option<Info> {
-        // The fields after the command name (which may hold spaces and parentheses) start
-        // after its last ')': state, ppid, …, start time (field 22 of the line).
-        let (_, rest) = stat.rsplit_once(')')?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let fields = stat_fields(stat)?;
         let ids = |key: &str| -> Option<Vec<u32>> {
             let line = status.lines().find(|l| l.starts_with(key))?;
             Some(line.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect())
@@ -128,6 +146,13 @@ mod tests {
         let status = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t100\t50\t50\t50\n";
         let info = linux::parse(4242, stat, status).unwrap();
         assert_eq!(info, Info { pid: 4242, ppid: 17, ruid: 1000, uid: 0, gid: 50, started: 987654, zombie: true });
+    }
+
+    #[test]
+    fn a_start_time_alone_is_the_one_the_whole_description_gives() {
+        let me = std::process::id();
+        assert_eq!(started(me), of(me).map(|p| p.started));
+        assert!(started(me).is_some());
     }
 
     #[cfg(target_os = "linux")]
