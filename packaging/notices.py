@@ -6,7 +6,6 @@ Usage: notices.py TARGET-TRIPLE > THIRD-PARTY.md   (run from the repository's to
 """
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -33,9 +32,9 @@ while todo:
 
 crates = sorted((packages[p]["name"], packages[p]["version"], packages[p].get("license") or "see its repository")
                 for p in seen if p not in members)
-# The same features left out as in libtailscale-sys/build.rs, so the same modules linked.
-build_rs = open("libtailscale-sys/build.rs").read()
-omitted = re.findall(r'"(\w+)"', build_rs[build_rs.index("const OMITTED"):build_rs.index("];")])
+# The same features left out as libtailscale-sys/build.rs leaves out, so the same modules linked.
+with open("libtailscale-sys/go/omitted.txt") as f:
+    omitted = [line.strip() for line in f if line.strip() and not line.startswith("#")]
 go = subprocess.check_output(
     ["go", "list", "-deps", "-tags", ",".join(f"ts_omit_{f}" for f in omitted),
      "-f", "{{with .Module}}{{.Path}} {{.Version}}{{end}}", "."],
