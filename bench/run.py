@@ -176,18 +176,23 @@ class Fleet:
         self.openbox = [f"{BIN}/openbox", "-t", "local"]
         self.extra = []
 
+    def enroll_agent(self, tag, name, home, log, flags, procs, env=None):
+        """Starts another openbox-agent enrolled with `tag`, its identity under `home`, into
+        `procs` (so that it is stopped on every way out), and waits until it serves."""
+        token = json.loads(subprocess.run([f"{BIN}/openbox", "node", "token", "--tag", tag, "--json"],
+                                          env=self.env, capture_output=True, text=True, check=True).stdout)["token"]
+        agent = subprocess.Popen([f"{BIN}/openbox-agent", "--server", f"http://{self.addr}", "--token", token,
+                                  "--name", name, *flags], env=dict(env or os.environ, OPENBOX_HOME=home),
+                                 stdout=open(log, "a"), stderr=subprocess.STDOUT)
+        procs.append(agent)
+        wait_for(lambda: "serving on" in open(log).read() or agent.poll() is not None)
+
     def sessions_agent(self, tmp, sessions):
         """A second agent on this machine (tag `benchsessions`) that allows each user
         `sessions` sessions: more than an agent's default, for the pooled-connections row."""
-        token = json.loads(subprocess.run([f"{BIN}/openbox", "node", "token", "--tag", "benchsessions", "--json"],
-                                          env=self.env, capture_output=True, text=True, check=True).stdout)["token"]
-        log = os.path.join(tmp, "sessions-agent.log")
-        agent = subprocess.Popen([f"{BIN}/openbox-agent", "--server", f"http://{self.addr}", "--token", token,
-                                  "--addr", "127.0.0.1:0", "--name", "benchsessions", "--max-sessions", str(sessions)],
-                                 env=dict(os.environ, OPENBOX_HOME=os.path.join(tmp, "sessions-agent")),
-                                 stdout=open(log, "a"), stderr=subprocess.STDOUT)
-        self.extra.append(agent)
-        wait_for(lambda: "serving on" in open(log).read() or agent.poll() is not None)
+        self.enroll_agent("benchsessions", "benchsessions", os.path.join(tmp, "sessions-agent"),
+                          os.path.join(tmp, "sessions-agent.log"),
+                          ["--addr", "127.0.0.1:0", "--max-sessions", str(sessions)], self.extra)
         return [f"{BIN}/openbox", "-t", "benchsessions"]
 
     def daemon_pid(self):
@@ -195,12 +200,7 @@ class Fleet:
         return json.loads(out.stdout)["pid"]
 
     def stop(self):
-        for p in self.extra:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(self.extra)
         subprocess.run([f"{BIN}/openbox", "down"], env=self.env, capture_output=True)
         subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=self.env, capture_output=True)
 
@@ -244,13 +244,9 @@ class Mesh:
                                         "-o", "json"))["key"]
 
         self.key = key
-        token = json.loads(subprocess.run([f"{BIN}/openbox", "node", "token", "--tag", "meshtag", "--json"],
-                                          env=fleet.env, capture_output=True, text=True, check=True).stdout)["token"]
-        agent_env = dict(os.environ, OPENBOX_HOME=os.path.join(tmp, "mesh-agent"), OPENBOX_MESH_AUTHKEY=key, **MESH_ENV)
-        agent = self.spawn([f"{BIN}/openbox-agent", "--server", f"http://{fleet.addr}", "--token", token,
-                            "--mesh-control", self.url, "--name", "meshnode"], os.path.join(tmp, "mesh-agent.log"),
-                           env=agent_env)
-        wait_for(lambda: "serving on" in open(os.path.join(tmp, "mesh-agent.log")).read() or agent.poll() is not None)
+        fleet.enroll_agent("meshtag", "meshnode", os.path.join(tmp, "mesh-agent"), os.path.join(tmp, "mesh-agent.log"),
+                           ["--mesh-control", self.url], self.procs,
+                           env=dict(os.environ, OPENBOX_MESH_AUTHKEY=key, **MESH_ENV))
 
         login = json.loads(subprocess.run([f"{BIN}/openbox", "user", "token", "admin", "--json"], env=fleet.env,
                                           capture_output=True, text=True, check=True).stdout)["token"]
@@ -263,12 +259,9 @@ class Mesh:
     def tsnet_throughput(self, tmp, nbytes):
         """MB/s of `nbytes` over one TCP connection between two tsnet nodes on this tailnet,
         with nothing of openbox's in between (libtailscale-sys/go/cmd/tsnetbench)."""
-        go_dir = os.path.join(ROOT, "libtailscale-sys", "go")
-        with open(os.path.join(go_dir, "omitted.txt")) as f:
-            tags = ",".join("ts_omit_" + l.strip() for l in f if l.strip() and not l.startswith("#"))
         exe = os.path.join(tmp, "tsnetbench")
-        subprocess.run(["go", "build", "-trimpath", "-tags", tags, "-o", exe, "./cmd/tsnetbench"], cwd=go_dir, check=True,
-                       env=dict(os.environ, GOFLAGS="-mod=readonly -buildvcs=false", GOTOOLCHAIN="local"))
+        subprocess.run([os.path.join(ROOT, "scripts", "tailnet-go"), "build", "-trimpath", "-o", exe, "./cmd/tsnetbench"],
+                       check=True)
         env = dict(os.environ, **MESH_ENV)
         common = ["-control", self.url, "-authkey", self.key]
         server = subprocess.Popen([exe, "-role", "serve", "-dir", os.path.join(tmp, "tsnet-serve"), "-bytes", str(nbytes)]
@@ -300,12 +293,17 @@ class Mesh:
     def stop(self):
         if self.env:
             subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=self.env, capture_output=True)
-        for p in reversed(self.procs):
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(self.procs)
+
+
+def stop_processes(procs):
+    """Stops what was started, last first: SIGTERM, and SIGKILL for what takes over 10 s."""
+    for p in reversed(procs):
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def wait_for(check, seconds=60):

@@ -5,7 +5,6 @@ with its version and (for crates) its license, for the tarball's and the package
 Usage: notices.py TARGET-TRIPLE > THIRD-PARTY.md   (run from the repository's top)
 """
 import json
-import os
 import subprocess
 import sys
 
@@ -32,14 +31,9 @@ while todo:
 
 crates = sorted((packages[p]["name"], packages[p]["version"], packages[p].get("license") or "see its repository")
                 for p in seen if p not in members)
-# The same features left out as libtailscale-sys/build.rs leaves out, so the same modules linked.
-with open("libtailscale-sys/go/omitted.txt") as f:
-    omitted = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+# With the features libtailscale-sys/build.rs leaves out left out, so the same modules linked.
 go = subprocess.check_output(
-    ["go", "list", "-deps", "-tags", ",".join(f"ts_omit_{f}" for f in omitted),
-     "-f", "{{with .Module}}{{.Path}} {{.Version}}{{end}}", "."],
-    cwd="libtailscale-sys/go", text=True,
-    env=dict(os.environ, GOFLAGS="-mod=readonly -buildvcs=false", GOTOOLCHAIN="local", CGO_ENABLED="1"))
+    ["scripts/tailnet-go", "list", "-deps", "-f", "{{with .Module}}{{.Path}} {{.Version}}{{end}}", "."], text=True)
 modules = sorted({line for line in go.splitlines() if line.strip() and not line.startswith("openbox/")})
 
 print("# Third-party software in openbox's binaries\n")
