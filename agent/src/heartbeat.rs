@@ -23,9 +23,23 @@ pub enum Stop {
     Revoked(String),
 }
 
-async fn beat(shared: &Shared, addrs: &Addrs, stopping: bool) -> Result<HeartbeatReply, net::control::ControlError> {
+/// Sends one heartbeat through `client`, made on first use and kept, so that its connection
+/// stays open from one beat to the next.
+async fn beat(
+    shared: &Shared,
+    addrs: &Addrs,
+    client: &mut Option<net::control::Client>,
+    stopping: bool,
+) -> Result<HeartbeatReply, net::control::ControlError> {
     let id = shared.identity();
-    let client = crate::control::client(&id.server, Some(id.heartbeat_secret.clone()), addrs.tailnet.as_ref())?;
+    let client = match client {
+        Some(client) => client,
+        None => client.insert(crate::control::client(
+            &id.server,
+            Some(id.heartbeat_secret.clone()),
+            addrs.tailnet.as_ref(),
+        )?),
+    };
     let hb = Heartbeat {
         node_id: id.node_id.clone(),
         addr: addrs.addr.clone(),
@@ -55,8 +69,9 @@ pub async fn run(
 ) -> Stop {
     let mut warned = false;
     let mut ready = Some(ready);
+    let mut client = None;
     loop {
-        match beat(&shared, &addrs, false).await {
+        match beat(&shared, &addrs, &mut client, false).await {
             Ok(reply) => {
                 if warned {
                     tracing::info!("control plane reachable again");
@@ -106,5 +121,5 @@ pub async fn run(
 
 /// Tells the control plane this node is stopping, so it shows offline at once.
 pub async fn say_goodbye(shared: &Shared, addrs: &Addrs) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), beat(shared, addrs, true)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), beat(shared, addrs, &mut None, true)).await;
 }

@@ -290,3 +290,27 @@ impl Call {
         Out { code: status.code().unwrap_or(-1), stdout, stderr }
     }
 }
+
+/// The local `ADDR:PORT` of each established TCP connection process `pid` holds to `remote`
+/// (`127.0.0.1:PORT`), from its descriptors and the kernel's IPv4 table.
+pub fn tcp_connections_to(pid: u32, remote: &str) -> Vec<String> {
+    let hex = |addr: std::net::SocketAddrV4| format!("{:08X}:{:04X}", u32::from(*addr.ip()).swap_bytes(), addr.port());
+    let remote = hex(remote.parse().expect("an IPv4 ADDR:PORT"));
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| fds.flatten().filter_map(|fd| std::fs::read_link(fd.path()).ok()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|target| target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .collect();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let established = fields.get(3) == Some(&"01");
+            (established && fields.get(2) == Some(&remote.as_str()) && inodes.contains(*fields.get(9)?))
+                .then(|| fields[1].to_owned())
+        })
+        .collect()
+}

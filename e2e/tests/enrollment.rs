@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use std::process::Command;
 
-use openbox_e2e::{Agent, Cli, ControlPlane, Out, bin, engines, wait_until};
+use openbox_e2e::{Agent, Cli, ControlPlane, Out, bin, engines, tcp_connections_to, wait_until};
 
 #[test]
 fn node_token_prints_the_agent_command_and_the_token_enrolls_exactly_once() {
@@ -101,6 +101,25 @@ fn heartbeats_without_the_node_secret_are_refused() {
     let own: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(agent.identity_file()).unwrap()).unwrap();
     assert!(raw_heartbeat(&cp, &agent.node_id, own["heartbeat_secret"].as_str()).contains(" 200 "));
+}
+
+#[test]
+fn an_agent_keeps_one_connection_to_the_control_plane_across_its_heartbeats() {
+    let cp = ControlPlane::start();
+    let admin = Cli::admin(&cp);
+    let agent = Agent::enroll(&cp, &admin, &[]);
+    let last_seen = || admin.node(&agent.node_id).and_then(|n| n["last_seen"].as_u64()).unwrap_or(0);
+    let first = last_seen();
+    // Every look over the next heartbeats (one a second) finds the same one connection.
+    let mut looks = Vec::new();
+    wait_until("three more heartbeats", || {
+        looks.push(tcp_connections_to(agent.pid(), &cp.addr));
+        last_seen() >= first + 3
+    });
+    assert!(looks.len() > 3, "{looks:?}");
+    let kept = looks[0].clone();
+    assert_eq!(kept.len(), 1, "{looks:?}");
+    assert!(looks.iter().all(|look| *look == kept), "the connection changed: {looks:?}");
 }
 
 #[test]

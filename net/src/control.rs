@@ -3,7 +3,8 @@
 //! crosses a network — loopback, the tailnet (encrypted already), or where the user said
 //! `--insecure-http`.
 
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -103,7 +104,10 @@ impl Endpoint {
     }
 }
 
-/// A client for one control plane, optionally authenticated with a bearer token.
+/// A client for one control plane, optionally authenticated with a bearer token. It keeps
+/// its connection open between calls (for up to [`KEEP_IDLE`]), so a node heartbeating
+/// through one client pays for a TCP and TLS handshake once, not at every beat; clones
+/// share that connection.
 #[derive(Clone)]
 pub struct Client {
     url: String,
@@ -115,7 +119,18 @@ pub struct Client {
     token: Option<Secret>,
     /// How to reach a control plane at a tailnet address, when this process can.
     tailnet: Option<Arc<dyn TailnetAccess>>,
+    /// The local address TCP connections are made from, when not the system's choice.
+    source: Option<IpAddr>,
+    /// The connection the last call left open.
+    kept: Arc<std::sync::Mutex<Option<Kept>>>,
 }
+
+/// A connection left open by a call, and since when it has been idle.
+type Kept = (Connection, Instant);
+
+/// One HTTP/1 connection's request side; its task ends, and the connection closes, once this
+/// is dropped with no request in flight, or with one whose caller gave up on it.
+type Connection = SendRequest<Full<Bytes>>;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +161,9 @@ pub fn on_tailnet(authority: &str) -> bool {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a connection may sit idle and still be used for the next call: well inside the
+/// control plane's own idle limit (75 s), so that it is not closed as the call goes out.
+pub const KEEP_IDLE: Duration = Duration::from_secs(50);
 /// The largest answer (or event) read from a control plane: a registry of 50,000 nodes
 /// fits many times over; a misbehaving server cannot make a client hold more.
 pub const MAX_BODY: usize = 64 << 20;
@@ -182,12 +200,35 @@ impl Client {
             }
             None
         };
-        Ok(Client { url, authority, tls, pinned: endpoint.fingerprint.is_some(), token, tailnet: None })
+        Ok(Client {
+            url,
+            authority,
+            tls,
+            pinned: endpoint.fingerprint.is_some(),
+            token,
+            tailnet: None,
+            source: None,
+            kept: Arc::default(),
+        })
     }
 
     /// Reaches a control plane at a tailnet address through `tailnet` (others over TCP).
     pub fn with_tailnet(mut self, tailnet: Arc<dyn TailnetAccess>) -> Client {
         self.tailnet = Some(tailnet);
+        self
+    }
+
+    /// The same client (and connection) with another credential: a load generator sends
+    /// many nodes' heartbeats over fewer connections than nodes.
+    pub fn with_token(mut self, token: Secret) -> Client {
+        self.token = Some(token);
+        self
+    }
+
+    /// Makes TCP connections from `source` (a load generator spreads its connections over
+    /// loopback addresses, as one address has too few ports for a large fleet).
+    pub fn from_source(mut self, source: IpAddr) -> Client {
+        self.source = Some(source);
         self
     }
 
@@ -235,13 +276,16 @@ impl Client {
 
     /// Opens a server-sent event stream at `path`.
     async fn events(&self, path: &str) -> Result<EventStream, ControlError> {
-        let (sender, resp) = self.send(Method::GET, path, Vec::new(), "text/event-stream").await?;
+        let request = self.request(Method::GET, path, Vec::new(), "text/event-stream")?;
+        let mut connection = self.open().await?;
+        let resp = connection.send_request(request).await.map_err(|e| self.send_failed(e))?;
+        heard_time(&resp);
         if !resp.status().is_success() {
             let status = resp.status();
             let body = self.body(resp).await?;
             return Err(api_error(status, &body));
         }
-        Ok(EventStream { body: resp.into_body(), buf: Vec::new(), last_id: None, scanned: 0, _sender: sender })
+        Ok(EventStream { body: resp.into_body(), buf: Vec::new(), last_id: None, scanned: 0, _connection: connection })
     }
 
     async fn exchange<B: Serialize, T: DeserializeOwned>(
@@ -266,9 +310,11 @@ impl Client {
             Some(b) => serde_json::to_vec(b).map_err(|e| ControlError::Protocol(e.to_string()))?,
             None => Vec::new(),
         };
-        let (_sender, resp) = self.send(method, path, bytes, "application/json").await?;
+        let (connection, resp) = self.send(method, path, bytes).await?;
         let status = resp.status();
         let body = self.body(resp).await?;
+        // Read to its end, the answer leaves the connection free for the next call.
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some((connection, Instant::now()));
         if !status.is_success() {
             return Err(api_error(status, &body));
         }
@@ -276,17 +322,44 @@ impl Client {
         serde_json::from_slice(body).map_err(|e| ControlError::Protocol(e.to_string()))
     }
 
-    /// Opens a connection and sends one request; the connection lives as long as the
-    /// returned sender (a streamed response needs it).
+    /// Sends one request on the connection kept from the last call when it is still open,
+    /// else on a new one; returns the connection with the answer (whose body is still to
+    /// be read).
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Vec<u8>,
-        accept: &str,
-    ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<hyper::body::Incoming>), ControlError> {
+    ) -> Result<(Connection, hyper::Response<hyper::body::Incoming>), ControlError> {
+        let body = Bytes::from(body);
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((mut connection, idle_since)) = kept
+            && idle_since.elapsed() < KEEP_IDLE
+            && connection.ready().await.is_ok()
+        {
+            let request = self.request(method.clone(), path, body.clone(), "application/json")?;
+            match connection.send_request(request).await {
+                Ok(resp) => {
+                    heard_time(&resp);
+                    return Ok((connection, resp));
+                }
+                // Closed by the server before the request went out: it is sent again on a
+                // new connection. (A request that may have reached the server is not.)
+                Err(e) if e.is_canceled() => {}
+                Err(e) => return Err(self.send_failed(e)),
+            }
+        }
+        let mut connection = self.open().await?;
+        let request = self.request(method, path, body, "application/json")?;
+        let resp = connection.send_request(request).await.map_err(|e| self.send_failed(e))?;
+        heard_time(&resp);
+        Ok((connection, resp))
+    }
+
+    /// A new connection, through TLS when the URL is https.
+    async fn open(&self) -> Result<Connection, ControlError> {
         let stream = self.connect().await?;
-        let mut sender = match &self.tls {
+        match &self.tls {
             None => handshake(stream).await,
             Some((config, name)) => {
                 let secured = tokio_rustls::TlsConnector::from(config.clone())
@@ -296,7 +369,16 @@ impl Client {
                 handshake(secured).await
             }
         }
-        .map_err(|e| self.unreachable(e))?;
+        .map_err(|e| self.unreachable(e))
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+        accept: &str,
+    ) -> Result<Request<Full<Bytes>>, ControlError> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -307,15 +389,16 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {}", t.expose()));
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| match e.is_parse() && self.tls.is_none() {
-            true => self.unreachable(format!(
+        req.body(Full::new(body.into())).map_err(|e| ControlError::Protocol(e.to_string()))
+    }
+
+    fn send_failed(&self, e: hyper::Error) -> ControlError {
+        if e.is_parse() && self.tls.is_none() {
+            return self.unreachable(format!(
                 "its answer is not plain HTTP ({e}); if it serves HTTPS, use its https:// URL with --fingerprint"
-            )),
-            false => self.unreachable(e),
-        })?;
-        heard_time(&resp);
-        Ok((sender, resp))
+            ));
+        }
+        self.unreachable(e)
     }
 
     /// A whole response body, refused past [`MAX_BODY`].
@@ -338,6 +421,8 @@ impl Client {
                 return Err(self.unreachable("that is an address on a tailnet, and this process is not on one"));
             };
             Transport::Tailnet(tailnet.node().await.map_err(|why| self.unreachable(why))?)
+        } else if let Some(source) = self.source {
+            return crate::transport::connect_from(source, &self.authority).await.map_err(|e| self.unreachable(e));
         } else {
             Transport::Tcp
         };
@@ -381,7 +466,7 @@ impl Client {
 }
 
 /// Starts HTTP/1 over `io`; the connection runs in its own task.
-async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
+async fn handshake<T>(io: T) -> Result<Connection, hyper::Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -434,8 +519,8 @@ pub struct EventStream {
     last_id: Option<String>,
     /// How much of `buf` is known to hold no event end, so each byte is looked at once.
     scanned: usize,
-    // Keeps the connection's request side alive for as long as the stream is read.
-    _sender: SendRequest<Full<Bytes>>,
+    // Keeps the connection open for as long as the stream is read.
+    _connection: Connection,
 }
 
 impl EventStream {
@@ -523,6 +608,80 @@ mod tests {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// A server answering every GET with `null`, counting the connections it accepts; it
+    /// closes each connection after `answers_per_connection` answers.
+    async fn counting_server(answers_per_connection: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut heads = Vec::new();
+                    for _ in 0..answers_per_connection {
+                        while !heads.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut buf = [0u8; 4096];
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => heads.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let end = heads.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        heads.drain(..end);
+                        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnull").await.unwrap();
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), accepted)
+    }
+
+    #[tokio::test]
+    async fn a_client_keeps_its_connection_between_calls_and_opens_another_once_it_is_closed() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (url, accepted) = counting_server(usize::MAX).await;
+        let client = Client::new(&Endpoint::new(url), None).unwrap();
+        for _ in 0..5 {
+            client.get::<serde_json::Value>("/v1/nodes").await.unwrap();
+        }
+        client.clone().get::<serde_json::Value>("/v1/nodes").await.unwrap();
+        assert_eq!(accepted.load(SeqCst), 1, "six calls, clones included, went over one connection");
+
+        // A server that closes each connection after one answer (as one does at its idle
+        // limit, or when it restarts): every call still succeeds, each on a new connection.
+        let (url, accepted) = counting_server(1).await;
+        let client = Client::new(&Endpoint::new(url), None).unwrap();
+        for _ in 0..3 {
+            client.get::<serde_json::Value>("/v1/nodes").await.unwrap();
+        }
+        assert_eq!(accepted.load(SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_call_given_up_on_closes_its_connection() {
+        // A server that reads a request and never answers, then reports when the client
+        // closes the connection.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (asked_tx, asked) = tokio::sync::oneshot::channel();
+        let closed = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            assert!(s.read(&mut buf).await.unwrap() > 0);
+            asked_tx.send(()).unwrap();
+            s.read(&mut buf).await.unwrap()
+        });
+        let client = Client::new(&Endpoint::new(url), None).unwrap();
+        let call = tokio::spawn(async move { client.get::<serde_json::Value>("/v1/nodes").await });
+        asked.await.unwrap();
+        call.abort(); // as a time limit does
+        let read = tokio::time::timeout(Duration::from_secs(10), closed).await.expect("the connection closed").unwrap();
+        assert_eq!(read, 0, "the server saw the connection end");
     }
 
     #[test]

@@ -62,6 +62,20 @@ impl Transport {
     }
 }
 
+/// A TCP stream to `addr` (`host:port`) from the local address `source`.
+pub async fn connect_from(source: std::net::IpAddr, addr: &str) -> io::Result<Stream> {
+    let to = tokio::net::lookup_host(addr).await?.find(|to| to.is_ipv4() == source.is_ipv4()).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("{addr} has no address of {source}'s family"))
+    })?;
+    let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    let stream = tokio::time::timeout(DIAL_TIMEOUT, socket.connect(to)).await.map_err(|_| {
+        io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {}s", DIAL_TIMEOUT.as_secs()))
+    })??;
+    stream.set_nodelay(true)?;
+    Ok(Stream::Tcp(stream))
+}
+
 /// A byte stream to a node, whichever transport made it.
 #[derive(Debug)]
 pub enum Stream {
