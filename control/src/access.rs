@@ -55,9 +55,10 @@ impl<'a> Access<'a> {
 
     /// `node` as this user sees it (in `nodes` and the event stream): only if a grant covers
     /// it, and offering only the isolation kinds they may use there, so that openboxd's
-    /// mirror never picks it for anything else.
-    pub fn view(&self, mut node: Node) -> Option<Node> {
-        let kinds = self.kinds(&node)?;
+    /// mirror never picks it for anything else. Only a node the user may see is copied.
+    pub fn view(&self, node: &Node) -> Option<Node> {
+        let kinds = self.kinds(node)?;
+        let mut node = node.clone();
         node.capabilities.retain(|k| kinds.contains(k));
         Some(node)
     }
@@ -147,8 +148,8 @@ mod tests {
         let ci = node("n1", &["ci"], false);
         let gpu = node("n2", &["gpu"], false);
         let access = Access::new(&bob, vec![grant(Target::Tag("ci".into()), &["docker"])]);
-        assert_eq!(access.view(ci.clone()).unwrap().capabilities, ["docker"], "offered only what bob may use");
-        assert!(access.view(gpu.clone()).is_none());
+        assert_eq!(access.view(&ci).unwrap().capabilities, ["docker"], "offered only what bob may use");
+        assert!(access.view(&gpu).is_none());
         assert!(access.check(&ci, "docker").is_ok());
         let e = access.check(&ci, "native").unwrap_err();
         assert!(e.message.contains("only with docker isolation"), "{}", e.message);
@@ -166,7 +167,7 @@ mod tests {
         let bob = user(false);
         let local = node("n1", &["local"], true);
         let by_tag = Access::new(&bob, vec![grant(Target::Tag("local".into()), &[])]);
-        assert!(by_tag.view(local.clone()).is_none());
+        assert!(by_tag.view(&local).is_none());
         let e = by_tag.check(&local, "native").unwrap_err();
         assert!(e.message.contains("runs beside the control plane"), "{}", e.message);
         let by_name = Access::new(&bob, vec![grant(Target::Node("n1".into()), &[])]);

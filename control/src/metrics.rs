@@ -80,8 +80,11 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<
         return Err(Refusal::new(Kind::Unauthorized, "metrics need the scrape token (Authorization: Bearer TOKEN)"));
     }
     let m = &app.metrics;
-    let nodes = app.subscribe_registry().borrow().clone();
-    let online = nodes.iter().filter(|n| n.online).count();
+    let (total, online) = {
+        let nodes = app.subscribe_registry();
+        let nodes = nodes.borrow();
+        (nodes.len(), nodes.iter().filter(|n| n.online).count())
+    };
     let database_up = u8::from(app.store.user_count().await.is_ok());
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
@@ -103,8 +106,7 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<
     metric("openbox_enrollments_total", "counter", "Nodes enrolled.", &count(&m.enrollments));
     let streams = m.event_streams.load(Ordering::Relaxed).to_string();
     metric("openbox_event_streams", "gauge", "Event streams open now.", &[("", streams)]);
-    let states =
-        [("{state=\"online\"}", online.to_string()), ("{state=\"offline\"}", (nodes.len() - online).to_string())];
+    let states = [("{state=\"online\"}", online.to_string()), ("{state=\"offline\"}", (total - online).to_string())];
     metric("openbox_nodes", "gauge", "Nodes in the registry.", &states);
     let latest = app.subscribe_updates().1.to_string();
     metric(

@@ -85,13 +85,9 @@ async fn resolve(app: &App, access: &Access<'_>, target: &Target, isolation: &Is
     // fleet of 50,000. When that picks none (a node that joined a moment ago may not be
     // in it yet), the database decides, as for a node named.
     if let Target::Tag(tag) = target {
-        let cached: Vec<Node> = app
-            .subscribe_registry()
-            .borrow()
-            .iter()
-            .filter(|n| n.tags.contains(tag) && access.allows(n, kind))
-            .cloned()
-            .collect();
+        let registry = app.subscribe_registry();
+        let registry = registry.borrow();
+        let cached: Vec<&Node> = registry.iter().filter(|n| n.tags.contains(tag) && access.allows(n, kind)).collect();
         if let Ok(node) = proto::api::resolve(&cached, target, kind, t, spread) {
             return Ok(node.clone());
         }

@@ -660,14 +660,16 @@ impl std::fmt::Display for ResolveError {
 /// Picks the node for `target` from a registry listing: an exact node (by id, else name),
 /// or one of the online nodes carrying the tag, chosen by `spread` (any number; it spreads
 /// calls over the candidates). The node must offer the isolation `kind`. Shared by the
-/// control plane and openboxd's registry mirror so both choose alike.
-pub fn resolve<'a>(
-    nodes: &'a [Node],
+/// control plane and openboxd's registry mirror so both choose alike. The listing may hold
+/// the nodes or references to them (a caller that filters a large registry copies nothing).
+pub fn resolve<'a, N: std::borrow::Borrow<Node>>(
+    listing: &'a [N],
     target: &Target,
     kind: &str,
     now: u64,
     spread: usize,
 ) -> Result<&'a Node, ResolveError> {
+    let nodes = || listing.iter().map(std::borrow::Borrow::borrow);
     let incapable = |nodes: &[&Node]| ResolveError::Incapable {
         target: target.clone(),
         kind: kind.to_owned(),
@@ -675,10 +677,9 @@ pub fn resolve<'a>(
     };
     match target {
         Target::Node(n) => {
-            let node = nodes
-                .iter()
+            let node = nodes()
                 .find(|x| &x.id == n)
-                .or_else(|| nodes.iter().find(|x| &x.name == n))
+                .or_else(|| nodes().find(|x| &x.name == n))
                 .ok_or_else(|| ResolveError::NoSuchNode(n.clone()))?;
             if node.online {
                 if !node.can_run(kind) {
@@ -694,9 +695,9 @@ pub fn resolve<'a>(
             }
         }
         Target::Tag(tag) => {
-            let tagged: Vec<&Node> = nodes.iter().filter(|n| n.tags.contains(tag)).collect();
+            let tagged: Vec<&Node> = nodes().filter(|n| n.tags.contains(tag)).collect();
             if tagged.is_empty() {
-                let mut known: Vec<String> = nodes.iter().flat_map(|n| n.tags.iter().cloned()).collect();
+                let mut known: Vec<String> = nodes().flat_map(|n| n.tags.iter().cloned()).collect();
                 known.sort_unstable();
                 known.dedup();
                 return Err(ResolveError::NoSuchTag { tag: tag.clone(), known });

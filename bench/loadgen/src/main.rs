@@ -1,6 +1,7 @@
 //! A fleet simulated against a real control plane, for `bench/scale`: it enrolls `--nodes`
 //! nodes through the API, then has each heartbeat every `--interval` seconds with its own
-//! secret (a new connection each time, as agents do), users dispatching at
+//! secret (keeping its connection from one beat to the next, as agents do, or with
+//! `--fresh-connections` a new one each time), users dispatching at
 //! `--dispatch-rate` a second, and `--subscribers` event streams (`?changes=true`, as
 //! openboxd follows the registry) that must each see a change; then, with the heartbeats
 //! going on, `--dispatchers` users dispatching as fast as answers come for
@@ -27,6 +28,17 @@ struct Args {
     /// An admin's login token.
     #[arg(long)]
     token: String,
+    /// The control plane's TLS key, for an https:// server.
+    #[arg(long)]
+    fingerprint: Option<tls::Fingerprint>,
+    /// A new connection (and over https a TLS handshake) for every heartbeat.
+    #[arg(long)]
+    fresh_connections: bool,
+    /// Connections the nodes' heartbeats are kept open on [default: one per node, as
+    /// agents keep them]; fewer when the open-file limit does not allow one per node, the
+    /// nodes then taking turns on each.
+    #[arg(long)]
+    connections: Option<usize>,
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
     /// Seconds between one node's heartbeats.
@@ -90,8 +102,19 @@ impl Samples {
     }
 }
 
-fn client(server: &str, token: Option<&str>) -> Client {
-    Client::new(&Endpoint::new(server), token.map(trust::Secret::new)).expect("a client for the server")
+fn client(args: &Args, token: Option<&str>) -> Client {
+    let endpoint = Endpoint { fingerprint: args.fingerprint, ..Endpoint::new(&args.server) };
+    Client::new(&endpoint, token.map(trust::Secret::new)).expect("a client for the server")
+}
+
+/// Nodes whose connections come from one loopback address: one address has about 28,000
+/// ports to connect from (and the dispatchers and streams need some).
+const NODES_PER_SOURCE: usize = 16_000;
+
+/// The loopback address connection number `n` comes from.
+fn source(n: usize) -> std::net::IpAddr {
+    let block = u8::try_from(n / NODES_PER_SOURCE).expect("fewer than 4 million connections");
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 1, block, 1))
 }
 
 /// The tags node `i` carries: every node `load`, a rack of a hundred, and the few the
@@ -104,17 +127,17 @@ fn tags(i: usize) -> Vec<String> {
     tags
 }
 
-async fn enroll(args: &Args) -> Vec<(Enrolled, usize)> {
-    let admin = Arc::new(client(&args.server, Some(&args.token)));
+async fn enroll(args: &Arc<Args>) -> Vec<(Enrolled, usize)> {
+    let admin = Arc::new(client(args, Some(&args.token)));
     let key = trust::generate_key().public_key().to_openssh().expect("a public key");
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let out = Arc::new(Mutex::new(Vec::with_capacity(args.nodes)));
     let mut workers = Vec::new();
     for _ in 0..32 {
-        let (admin, key, next, out, server, n) =
-            (admin.clone(), key.clone(), next.clone(), out.clone(), args.server.clone(), args.nodes);
+        let (admin, key, next, out, args) = (admin.clone(), key.clone(), next.clone(), out.clone(), args.clone());
+        let n = args.nodes;
         workers.push(tokio::spawn(async move {
-            let anonymous = client(&server, None);
+            let anonymous = client(&args, None);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
@@ -183,7 +206,8 @@ fn rss(pid: Option<u32>) -> serde_json::Value {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let args = Arc::new(Args::parse());
+    let at_start = rss(args.pid);
     let started = Instant::now();
     let nodes = enroll(&args).await;
     let enroll_secs = started.elapsed().as_secs_f64();
@@ -193,27 +217,52 @@ async fn main() {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let beats = Arc::new(Mutex::new(Samples::default()));
+    let beaten = Arc::new(tokio::sync::Semaphore::new(0));
     let interval = Duration::from_secs(args.interval);
+    // Each connection with its turn: nodes that share one beat on it one after another (a
+    // beat that found it busy would open another, past what the open-file limit allows).
+    let connections: Vec<(Client, Arc<Mutex<()>>)> =
+        (0..args.connections.unwrap_or(nodes.len()).clamp(1, nodes.len().max(1)))
+            .map(|c| (client(&args, None).from_source(source(c)), Arc::default()))
+            .collect();
     for (n, (node, i)) in nodes.iter().enumerate() {
-        let (server, secret, hb) = (args.server.clone(), node.heartbeat_secret.clone(), heartbeat_of(node, *i));
-        let (measuring, stop, beats) = (measuring.clone(), stop.clone(), beats.clone());
+        let ((connection, turn), from) = (connections[n % connections.len()].clone(), source(n % connections.len()));
+        let (secret, hb) = (node.heartbeat_secret.clone(), heartbeat_of(node, *i));
+        let (measuring, stop, beats, beaten, args) =
+            (measuring.clone(), stop.clone(), beats.clone(), beaten.clone(), args.clone());
         let phase = interval.mul_f64(n as f64 / nodes.len() as f64);
         tokio::spawn(async move {
-            let c = client(&server, Some(&secret));
+            let kept = connection.clone().with_token(trust::Secret::new(secret.clone()));
             let mut next = tokio::time::Instant::now() + phase;
+            let mut first = true;
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep_until(next).await;
                 next += interval;
+                let fresh;
+                let c = if args.fresh_connections {
+                    fresh = client(&args, Some(&secret)).from_source(from);
+                    &fresh
+                } else {
+                    &kept
+                };
+                // Timed from its turn: waiting for another node's beat is this bench's, not
+                // the control plane's.
+                let _turn = turn.lock().await;
                 let t0 = Instant::now();
                 let ok = c.call::<routes::Heartbeat>(&[], &hb).await.map(|_| ()).map_err(|e| e.to_string());
                 if measuring.load(Ordering::Relaxed) {
                     beats.lock().await.add(t0.elapsed(), ok);
+                } else if first {
+                    first = false;
+                    beaten.add_permits(1);
                 }
             }
         });
     }
-    // Every node beats once before anything is measured.
-    tokio::time::sleep(interval).await;
+    // Every node beats once (and, over TLS, has made its connection) before anything is measured.
+    let all = u32::try_from(nodes.len()).expect("fewer than 4 billion nodes");
+    drop(beaten.acquire_many(all).await.expect("the count of first beats"));
+    eprintln!("every node beat once after {:.1} s", started.elapsed().as_secs_f64() - enroll_secs);
     measuring.store(true, Ordering::Relaxed);
     let window = Instant::now();
 
@@ -223,7 +272,7 @@ async fn main() {
     let bursting = Arc::new(AtomicBool::new(false));
     let pace = Duration::from_secs_f64(args.dispatchers as f64 / f64::from(args.dispatch_rate.max(1)));
     for d in 0..args.dispatchers {
-        let c = client(&args.server, Some(&args.token));
+        let c = client(&args, Some(&args.token));
         let (stop, steady, burst, bursting) = (stop.clone(), steady.clone(), burst.clone(), bursting.clone());
         let public_key = trust::generate_key().public_key().to_openssh().expect("a public key");
         tokio::spawn(async move {
@@ -251,7 +300,7 @@ async fn main() {
     }
 
     // Subscribers: a user who may see the watched nodes, following the registry.
-    let admin = client(&args.server, Some(&args.token));
+    let admin = client(&args, Some(&args.token));
     let watcher = format!("watcher{}", std::process::id());
     let created: UserCreated =
         admin.call::<routes::AddUser>(&[], &NewUser { name: watcher.clone() }).await.expect("a user");
@@ -260,7 +309,7 @@ async fn main() {
     let (arrivals_tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
     let mut opened = 0;
     for s in 0..args.subscribers {
-        let c = client(&args.server, Some(&created.token));
+        let c = client(&args, Some(&created.token));
         let Ok(mut stream) =
             c.events_of::<routes::Events>(&proto::api::EventsQuery { changes: true, since: None }).await
         else {
@@ -329,6 +378,7 @@ async fn main() {
         "dispatch_burst": burst,
         "subscribers": opened,
         "change_to_all_subscribers": reach.summary(seconds),
+        "control_plane_memory_at_start": at_start,
         "control_plane_memory": memory,
         "control_plane_memory_after_burst": peak,
     });

@@ -76,11 +76,10 @@ impl Follower {
         true
     }
 
-    /// The nodes this caller may see now.
+    /// The nodes this caller may see now (copying only those from the whole registry).
     fn visible(&self) -> Vec<Node> {
-        let nodes = self.app.subscribe_registry().borrow().clone();
         let access = self.access();
-        nodes.into_iter().filter_map(|n| access.view(n)).collect()
+        self.app.subscribe_registry().borrow().iter().filter_map(|n| access.view(n)).collect()
     }
 
     /// The whole node list as this caller sees it, numbered `seq`.
@@ -92,7 +91,7 @@ impl Follower {
 
     /// One node's change as this caller sees it, if it is news to them.
     fn node(&mut self, seq: Option<i64>, id: &str, node: Option<&Node>) -> Option<Event> {
-        match node.cloned().and_then(|n| self.access().view(n)) {
+        match node.and_then(|n| self.access().view(n)) {
             Some(n) => {
                 self.shown.insert(n.id.clone());
                 Some(numbered(EVENT_NODE, &n, seq))
@@ -259,9 +258,9 @@ fn whole_lists(app: Arc<App>, caller: Caller) -> Events {
                     // Who the caller is now: removed or logged out ends the stream; grants filter it.
                     let user = Caller::current_user(&app, &credential).await?;
                     let (name, data) = if nodes_changed {
-                        let nodes = nodes_rx.borrow_and_update().clone();
                         let access = app.access(&user).await.ok()?;
-                        let nodes: Vec<Node> = nodes.into_iter().filter_map(|n| access.view(n)).collect();
+                        let nodes: Vec<Node> =
+                            nodes_rx.borrow_and_update().iter().filter_map(|n| access.view(n)).collect();
                         (EVENT_NODES, serde_json::to_string(&nodes))
                     } else {
                         sessions_rx.borrow_and_update();

@@ -26,7 +26,7 @@ pub async fn list(
         nodes
             .iter()
             .filter(|n| f.tag.as_ref().is_none_or(|tag| n.tags.contains(tag)))
-            .filter_map(|n| access.view(n.to_api(t, app.config.offline_after_secs)))
+            .filter_map(|n| access.view(&n.to_api(t, app.config.offline_after_secs)))
             .collect(),
     ))
 }
