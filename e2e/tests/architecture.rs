@@ -42,8 +42,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-cli", &["openbox-proto", "openbox-paths", "openbox-service"]),
     ("openbox-mcp", &["openbox-proto", "openbox-paths"]),
     ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-tls", "openbox-net"]),
-    // bench/loadgen: a client of the control plane's API, like an agent's heartbeats.
-    ("openbox-loadgen", &["openbox-proto", "openbox-trust", "openbox-net"]),
+    // bench/loadgen: a client of the control plane's API, like an agent's heartbeats (over
+    // HTTPS, with the control plane's key pinned).
+    ("openbox-loadgen", &["openbox-proto", "openbox-trust", "openbox-net", "openbox-tls"]),
 ];
 
 /// Crates the CLI must not pull in, directly or through anything else: it has no async
