@@ -111,8 +111,9 @@ def main():
         resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
     except (OSError, ValueError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if files < max(int(n) for n in a.sizes.split(",")) + a.subscribers + 2048:
+    largest = max(int(n) for n in a.sizes.split(","))
+    if connections_for(largest, a) < largest:
+        files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         print(f"bench/scale: {files} open files allowed (root raises the limit, unless the machine forbids it): "
               "where that is too few for a connection per node, the nodes take turns on fewer", file=sys.stderr)
 

@@ -278,8 +278,7 @@ impl Client {
     async fn events(&self, path: &str) -> Result<EventStream, ControlError> {
         let request = self.request(Method::GET, path, Vec::new(), "text/event-stream")?;
         let mut connection = self.open().await?;
-        let resp = connection.send_request(request).await.map_err(|e| self.send_failed(e))?;
-        heard_time(&resp);
+        let resp = sent(&mut connection, request).await.map_err(|e| self.send_failed(e))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let body = self.body(resp).await?;
@@ -338,11 +337,8 @@ impl Client {
             && connection.ready().await.is_ok()
         {
             let request = self.request(method.clone(), path, body.clone(), "application/json")?;
-            match connection.send_request(request).await {
-                Ok(resp) => {
-                    heard_time(&resp);
-                    return Ok((connection, resp));
-                }
+            match sent(&mut connection, request).await {
+                Ok(resp) => return Ok((connection, resp)),
                 // Closed by the server before the request went out: it is sent again on a
                 // new connection. (A request that may have reached the server is not.)
                 Err(e) if e.is_canceled() => {}
@@ -351,8 +347,7 @@ impl Client {
         }
         let mut connection = self.open().await?;
         let request = self.request(method, path, body, "application/json")?;
-        let resp = connection.send_request(request).await.map_err(|e| self.send_failed(e))?;
-        heard_time(&resp);
+        let resp = sent(&mut connection, request).await.map_err(|e| self.send_failed(e))?;
         Ok((connection, resp))
     }
 
@@ -463,6 +458,16 @@ impl Client {
         };
         ControlError::Untrusted { url: self.url.clone(), why }
     }
+}
+
+/// Sends `request` on `connection` and notes the control plane's clock from the answer.
+async fn sent(
+    connection: &mut Connection,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error> {
+    let resp = connection.send_request(request).await?;
+    heard_time(&resp);
+    Ok(resp)
 }
 
 /// Starts HTTP/1 over `io`; the connection runs in its own task.

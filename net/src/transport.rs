@@ -40,21 +40,12 @@ impl Transport {
     /// Opens a stream to `addr` (`host:port`), giving up after [`DIAL_TIMEOUT`] (over TCP)
     /// or [`TAILNET_DIAL_TIMEOUT`].
     pub async fn connect(&self, addr: &str) -> io::Result<Stream> {
-        let timed_out = || {
-            let limit = if matches!(self, Transport::Tcp) { DIAL_TIMEOUT } else { TAILNET_DIAL_TIMEOUT };
-            io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {}s", limit.as_secs()))
-        };
         match self {
-            Transport::Tcp => {
-                let stream =
-                    tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| timed_out())??;
-                stream.set_nodelay(true)?;
-                Ok(Stream::Tcp(stream))
-            }
+            Transport::Tcp => tcp(TcpStream::connect(addr)).await,
             Transport::Tailnet(node) => {
                 let stream = tokio::time::timeout(TAILNET_DIAL_TIMEOUT, node.dial(addr))
                     .await
-                    .map_err(|_| timed_out())?
+                    .map_err(|_| no_answer(TAILNET_DIAL_TIMEOUT))?
                     .map_err(io::Error::other)?;
                 Ok(Stream::Tailnet(stream))
             }
@@ -69,11 +60,18 @@ pub async fn connect_from(source: std::net::IpAddr, addr: &str) -> io::Result<St
     })?;
     let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.bind(std::net::SocketAddr::new(source, 0))?;
-    let stream = tokio::time::timeout(DIAL_TIMEOUT, socket.connect(to)).await.map_err(|_| {
-        io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {}s", DIAL_TIMEOUT.as_secs()))
-    })??;
+    tcp(socket.connect(to)).await
+}
+
+/// A TCP dial given up after [`DIAL_TIMEOUT`], its stream sending each write at once.
+async fn tcp(dial: impl Future<Output = io::Result<TcpStream>>) -> io::Result<Stream> {
+    let stream = tokio::time::timeout(DIAL_TIMEOUT, dial).await.map_err(|_| no_answer(DIAL_TIMEOUT))??;
     stream.set_nodelay(true)?;
     Ok(Stream::Tcp(stream))
+}
+
+fn no_answer(limit: Duration) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {}s", limit.as_secs()))
 }
 
 /// A byte stream to a node, whichever transport made it.
