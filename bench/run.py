@@ -8,7 +8,7 @@ Sets up, all on 127.0.0.1 and under a temporary directory:
   - the container engines (scripts/test-engines): podman's Docker-API service, which the
     agent uses and the ssh user reaches with `podman --remote`, and an nspawn tree.
 Then prints latency (median, p99), throughput, concurrent calls per second, container
-runs, openboxd's memory with 50 pooled connections, and the CLI's size and start time,
+runs, openboxd's memory after all that and, fresh, with 50 pooled connections, and the CLI's size and start time,
 with ratios.
 
 Usage: bench/run [--calls N] [--bytes N] [--seconds S]   (needs root: it starts sshd)
@@ -570,6 +570,10 @@ def main():
         rows.append((f"8 loops of `true` for {args.seconds:.0f}s", f"{r_ob:.0f} calls/s", f"{r_cm:.0f} calls/s", "",
                      f"{r_ob / r_cm:.2f}x ControlMaster"))
 
+        # What the rows above left in openboxd (gigabytes streamed, thousands of calls); then
+        # a fresh openboxd for the pooled connections, so that row measures them alone.
+        rows.append(("openboxd RSS after the rows above", rss(fleet.daemon_pid()), "", "", ""))
+        subprocess.run([f"{BIN}/openbox", "daemon", "stop"], env=env, check=True, capture_output=True)
         # 50 pooled connections: one per session id (each certificate binds its session), on
         # an agent that allows that many sessions.
         many = fleet.sessions_agent(tmp, 64)

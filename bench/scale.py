@@ -6,7 +6,9 @@ connection between beats, as agents do (--fresh-connections: a new connection, a
 handshake, for every beat), --dispatchers users dispatching to a rack as fast as answers
 come, and --subscribers event streams that must each see a change. Prints a Markdown table:
 heartbeat p50/p99, dispatches per second and p99, time for a change to reach every
-subscriber, and the control plane's memory, also per 10,000 nodes.
+subscriber, the control plane's memory, also per 10,000 nodes, and the cores kept busy in
+the measured window (the control plane, the load generator, the whole machine — the
+database included).
 
 PostgreSQL is the test cluster of scripts/test-postgres (fsync off: the numbers are the
 control plane's, not a disk's). The load generator shares the machine's cores with the
@@ -119,8 +121,8 @@ def main():
 
     print(f"| backend | nodes | connections | heartbeats/s | heartbeat p50 / p99 | dispatch p50 / p99 at {a.dispatch_rate}/s "
           "| dispatches/s flat out (p99) | change to all subscribers (median / max) | memory (RSS / peak) "
-          "| RSS per 10k nodes (above the start's) | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| RSS per 10k nodes (above the start's) | cores busy: control / loadgen / machine | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for backend in a.backends.split(","):
         for nodes in (int(n) for n in a.sizes.split(",")):
             r = run(backend, nodes, a)
@@ -129,11 +131,14 @@ def main():
             start = (r["control_plane_memory_at_start"] or {}).get("rss_mib") or 0
             errors = hb["errors"] + d["errors"] + b["errors"] + c["errors"]
             conns = "new per beat" if a.fresh_connections else f"{connections_for(nodes, a):,}"
+            cpu = r["cpu_in_window"]
             print(f"| {backend} | {nodes:,} | {conns} | {hb['per_sec']:.0f} | {hb['p50_ms']:.1f} / {hb['p99_ms']:.1f} ms "
                   f"| {d['p50_ms']:.1f} / {d['p99_ms']:.1f} ms | {b['per_sec']:.0f} ({b['p99_ms']:.1f} ms) "
                   f"| {c['p50_ms']:.0f} / {c['max_ms']:.0f} ms ({r['subscribers']} streams) "
                   f"| {m.get('rss_mib')} / {m.get('peak_mib')} MiB "
-                  f"| {((m.get('rss_mib') or 0) - start) * 10000 / nodes:.1f} MiB | {errors} |", flush=True)
+                  f"| {((m.get('rss_mib') or 0) - start) * 10000 / nodes:.1f} MiB "
+                  f"| {cpu['control_plane']:.2f} / {cpu['load_generator']:.2f} / {cpu['machine']:.2f} of {cpu['cores']} "
+                  f"| {errors} |", flush=True)
             for k in ("heartbeats", "dispatches", "dispatch_burst", "change_to_all_subscribers"):
                 if r[k]["first_error"]:
                     print(f"  {backend} {nodes} {k}: {r[k]['first_error']}", file=sys.stderr)

@@ -1,6 +1,10 @@
 //! Builds `go/` (our libtailscale over tsnet) as a c-archive into OUT_DIR and links it —
 //! only with the `mesh` feature. Cargo reruns this only when the Go sources change, and Go's
 //! own build cache makes a rebuild cheap.
+//!
+//! On Linux the archive's constructor is then turned into plain data (see
+//! [`defer_go_runtime`]): Go's runtime starts on the first tailnet call instead of when the
+//! process loads, so a process without a tailnet never runs or pages in Go.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -51,6 +55,9 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("cannot run `{go}` ({e}): the mesh needs Go >= 1.25 with cgo (see README)"));
     assert!(status.success(), "building the Go side of the mesh failed (see above)");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        defer_go_runtime(&out.join("libopenbox_tailscale.a"));
+    }
     println!("cargo:rustc-link-search=native={}", out.display());
     println!("cargo:rustc-link-lib=static=openbox_tailscale");
     println!("cargo:rustc-link-lib=dylib=pthread");
@@ -100,4 +107,70 @@ fn check_go(go: &str) {
         Some(m) if m >= 25 => {}
         _ => panic!("{text} is too old: the mesh needs Go >= 1.25 with cgo (see README)"),
     }
+}
+
+/// The section a c-archive's constructor (Go's `_rt0_*_lib`, which starts Go's runtime and
+/// runs every package's initializer) is moved to; `src/lib.rs` calls it on first use.
+/// Exactly as long as `.init_array`, so the name is rewritten in place.
+const DEFERRED_SECTION: &[u8; 11] = b"openbox_rt0";
+
+/// Renames the `.init_array` section of the archive's Go object to [`DEFERRED_SECTION`]
+/// and makes it plain data the linker keeps (`SHF_GNU_RETAIN`), in place: the loader no
+/// longer calls Go's constructor, and `__start_openbox_rt0` still finds the pointer to it. Without this, every process linking the tailnet pays Go's start (and
+/// ~13 MiB of its code and tables paged in) whether or not it ever joins a tailnet.
+fn defer_go_runtime(archive: &std::path::Path) {
+    let mut bytes = std::fs::read(archive).expect("reading the Go archive");
+    let (start, len) =
+        ar_member(&bytes, b"go.o/").expect("the Go archive has no go.o: has the c-archive layout changed?");
+    let renamed = rename_init_array(&mut bytes[start..start + len]);
+    assert!(renamed.is_ok(), "deferring Go's runtime start: {}", renamed.unwrap_err());
+    std::fs::write(archive, bytes).expect("writing the Go archive");
+}
+
+/// The offset and length of the archive member named `name` (GNU `ar` format).
+fn ar_member(ar: &[u8], name: &[u8]) -> Option<(usize, usize)> {
+    let mut at = ar.strip_prefix(b"!<arch>\n").map(|_| 8)?;
+    while at + 60 <= ar.len() {
+        let header = &ar[at..at + 60];
+        let size: usize = std::str::from_utf8(&header[48..58]).ok()?.trim().parse().ok()?;
+        let data = at + 60;
+        if header[..16].starts_with(name) {
+            return Some((data, size));
+        }
+        at = data + size + size % 2;
+    }
+    None
+}
+
+/// Renames the one `SHT_INIT_ARRAY` section of a 64-bit little-endian ELF object and makes
+/// it `SHT_PROGBITS`, kept by the linker's garbage collection.
+fn rename_init_array(elf: &mut [u8]) -> Result<(), String> {
+    const SHT_PROGBITS: u32 = 1;
+    const SHT_INIT_ARRAY: u32 = 14;
+    const SHF_GNU_RETAIN: u64 = 0x20_0000;
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        return Err("go.o is not a 64-bit little-endian ELF object".into());
+    }
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes")) as usize;
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(elf, 0x28), u16_at(elf, 0x3a), u16_at(elf, 0x3c), u16_at(elf, 0x3e));
+    let header = |i: usize| shoff + i * shentsize;
+    let strtab = u64_at(elf, header(shstrndx) + 24);
+    let mut found = Vec::new();
+    for i in 0..shnum {
+        let name = strtab + u32_at(elf, header(i)) as usize;
+        if u32_at(elf, header(i) + 4) == SHT_INIT_ARRAY && elf.get(name..name + 12) == Some(b".init_array\0") {
+            found.push((header(i), name));
+        }
+    }
+    let [(at, name)] = found[..] else {
+        return Err(format!("expected one .init_array section in go.o, found {}", found.len()));
+    };
+    elf[name..name + DEFERRED_SECTION.len()].copy_from_slice(DEFERRED_SECTION);
+    elf[at + 4..at + 8].copy_from_slice(&SHT_PROGBITS.to_le_bytes());
+    let flags = u64_at(elf, at + 8) as u64 | SHF_GNU_RETAIN;
+    elf[at + 8..at + 16].copy_from_slice(&flags.to_le_bytes());
+    Ok(())
 }

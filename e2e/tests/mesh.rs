@@ -53,6 +53,21 @@ fn a_tailnet_only_node_serves_commands_and_sessions_to_a_meshed_openboxd() {
     admin.run(&["user", "grant", "bob", "--node", "meshy"]).ok();
     bob.run(&["-t", "meshtag", "true"])
         .fails_with(255, "reachable only on the tailnet, and this openboxd is not on it");
+
+    // Go's runtime starts with a process's tailnet, not when the process loads: bob's
+    // openboxd, not on the tailnet, never started it (nor paged in Go's code).
+    let pid = |cli: &Cli| cli.daemon_status()["pid"].as_u64().expect("openboxd's pid");
+    assert!(go_runtime_started(pid(&admin)), "the meshed openboxd runs Go");
+    assert!(!go_runtime_started(pid(&bob)), "an openboxd without a tailnet never starts Go's runtime");
+}
+
+/// Whether Go's runtime runs in a process: it catches SIGURG (preempting goroutines with
+/// it), which nothing else in openbox does.
+fn go_runtime_started(pid: u64) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
+    let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).expect("SigCgt");
+    let mask = u64::from_str_radix(caught.trim(), 16).expect("a hexadecimal mask");
+    mask & (1 << (Signal::URG.as_raw() - 1)) != 0
 }
 
 /// What a Go runtime prints when it crashes.

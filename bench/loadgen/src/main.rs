@@ -204,6 +204,58 @@ fn rss(pid: Option<u32>) -> serde_json::Value {
     serde_json::json!({ "rss_mib": kib("VmRSS:").map(|k| k / 1024), "peak_mib": kib("VmHWM:").map(|k| k / 1024) })
 }
 
+/// CPU time used so far, in seconds: by process `pid` (`/proc/PID/stat`'s utime and
+/// stime), or with no pid by the whole machine (`/proc/stat`: all but idle and iowait).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    // Clock ticks: 100 a second on every Linux this runs on (USER_HZ).
+    const TICKS: f64 = 100.0;
+    let ticks: u64 = match pid {
+        Some(p) => {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // After the command name, which may hold spaces: state is field 3, utime 14, stime 15.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+            rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
+        }
+        None => {
+            let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+            let cpu = stat.lines().next().unwrap_or_default().split_whitespace().skip(1);
+            let fields: Vec<u64> = cpu.filter_map(|f| f.parse().ok()).collect();
+            // user nice system idle iowait irq softirq steal: all but idle and iowait.
+            fields.iter().take(8).enumerate().filter(|(k, _)| *k != 3 && *k != 4).map(|(_, v)| v).sum()
+        }
+    };
+    ticks as f64 / TICKS
+}
+
+/// Cores kept busy between two readings of [`cpu_seconds`]: the control plane, this load
+/// generator, and the whole machine (the database, when it is PostgreSQL, is in the last).
+struct CpuReading {
+    control_plane: f64,
+    load_generator: f64,
+    machine: f64,
+}
+
+impl CpuReading {
+    fn now(control_plane: Option<u32>) -> CpuReading {
+        CpuReading {
+            control_plane: cpu_seconds(control_plane),
+            load_generator: cpu_seconds(Some(std::process::id())),
+            machine: cpu_seconds(None),
+        }
+    }
+
+    fn cores_since(&self, control_plane: Option<u32>, seconds: f64) -> serde_json::Value {
+        let now = CpuReading::now(control_plane);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        serde_json::json!({
+            "control_plane": (now.control_plane - self.control_plane) / seconds,
+            "load_generator": (now.load_generator - self.load_generator) / seconds,
+            "machine": (now.machine - self.machine) / seconds,
+            "cores": cores,
+        })
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Arc::new(Args::parse());
@@ -265,6 +317,7 @@ async fn main() {
     eprintln!("every node beat once after {:.1} s", started.elapsed().as_secs_f64() - enroll_secs);
     measuring.store(true, Ordering::Relaxed);
     let window = Instant::now();
+    let cpu_at_window = CpuReading::now(args.pid);
 
     // Users dispatching to a rack: at a steady rate in the window, then as fast as answers come.
     let steady = Arc::new(Mutex::new(Samples::default()));
@@ -360,6 +413,7 @@ async fn main() {
     tokio::time::sleep(left).await;
     let seconds = window.elapsed().as_secs_f64();
     measuring.store(false, Ordering::Relaxed);
+    let cpu = cpu_at_window.cores_since(args.pid, seconds);
     let memory = rss(args.pid);
     let beats = beats.lock().await.summary(seconds);
     let steady = steady.lock().await.summary(seconds);
@@ -378,6 +432,7 @@ async fn main() {
         "dispatch_burst": burst,
         "subscribers": opened,
         "change_to_all_subscribers": reach.summary(seconds),
+        "cpu_in_window": cpu,
         "control_plane_memory_at_start": at_start,
         "control_plane_memory": memory,
         "control_plane_memory_after_burst": peak,

@@ -567,6 +567,12 @@ impl Outgoing {
     /// Unwritten bytes past which the loop stops reading the peer until they are written.
     pub(crate) const READ_PAUSE: usize = 16 << 20;
 
+    /// Capacity a buffer keeps between writes. A burst (a channel's whole window, 8 MiB
+    /// for openbox) grows this buffer and the writer's, which trade places; once a write
+    /// is small beside what it holds, the burst is over and the rest is given back, or
+    /// each of a daemon's pooled sessions would keep its largest burst for good.
+    const KEPT_CAPACITY: usize = 256 << 10;
+
     /// How long the last packets of a session may take to leave, at most.
     const FINISH_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -626,6 +632,9 @@ impl Outgoing {
             self.written += n;
             if !self.is_empty() {
                 return Ok(());
+            }
+            if self.bytes.capacity() > Self::KEPT_CAPACITY && self.bytes.len() < self.bytes.capacity() / 16 {
+                self.bytes = Vec::new();
             }
             self.bytes.clear();
             self.written = 0;
