@@ -256,9 +256,10 @@ class Mesh:
                        env=self.env, check=True, stdout=subprocess.DEVNULL)
         self.openbox = [f"{BIN}/openbox", "-t", "meshtag"]
 
-    def tsnet_throughput(self, tmp, nbytes):
-        """MB/s of `nbytes` over one TCP connection between two tsnet nodes on this tailnet,
-        with nothing of openbox's in between (libtailscale-sys/go/cmd/tsnetbench)."""
+    def tsnet_alone(self, tmp, nbytes):
+        """tsnet between two nodes on this tailnet, with nothing of openbox's in between
+        (libtailscale-sys/go/cmd/tsnetbench): one-byte round trips (`rtt_median_ms`,
+        `rtt_p99_ms`), then `nbytes` over one TCP connection (`mb_per_s`)."""
         exe = os.path.join(tmp, "tsnetbench")
         subprocess.run([os.path.join(ROOT, "scripts", "tailnet-go"), "build", "-trimpath", "-o", exe, "./cmd/tsnetbench"],
                        check=True)
@@ -275,7 +276,7 @@ class Mesh:
         got = json.loads(out.stdout)
         if got["bytes"] != nbytes:
             sys.exit(f"tsnetbench moved {got['bytes']} bytes, not {nbytes}")
-        return got["mb_per_s"]
+        return got
 
     def spawn(self, argv, log, env=None):
         p = subprocess.Popen(argv, stdout=open(log, "a"), stderr=subprocess.STDOUT, env=env)
@@ -552,11 +553,23 @@ def main():
                      f"{med(t_mesh) / med(t_ob):.2f}x TCP, {med(t_mesh) / med(t_cm):.2f}x ControlMaster"))
         rows.append(("openboxd RSS with the tailnet up", rss(mesh.daemon_pid()), "", "", ""))
         mb_mesh = throughput(mesh.openbox, args.bytes // 4, mesh.env)
-        mb_tsnet = mesh.tsnet_throughput(tmp, args.bytes // 4)
+        tsnet = mesh.tsnet_alone(tmp, args.bytes // 4)
+        mb_tsnet = tsnet["mb_per_s"]
         rows.append((f"stdout throughput over the tailnet, {args.bytes // 4 / 1e6:.0f} MB", f"{mb_mesh:.0f} MB/s",
                      "", "", f"{mb_mesh / mb_ob:.2f}x TCP, {mb_mesh / mb_tsnet:.2f}x tsnet alone"))
         rows.append((f"tsnet alone: one TCP connection between two nodes, {args.bytes // 4 / 1e6:.0f} MB",
                      f"{mb_tsnet:.0f} MB/s", "", "", f"{mb_tsnet / mb_ob:.2f}x openbox over TCP"))
+        # A warm call is two round trips on its pooled connection (channel open, then exec
+        # to exit status): over the tailnet, at best the same call over TCP plus two of
+        # tsnet's own round trips.
+        rtt = tsnet["rtt_median_ms"] / 1000
+        rows.append(("tsnet alone: one-byte round trip between two nodes, median / p99",
+                     f"{ms(rtt)} / {ms(tsnet['rtt_p99_ms'] / 1000)}", "", "",
+                     f"the tailnet adds {(med(t_mesh) - med(t_ob)) / rtt:.1f} of them to a call"))
+        floor_mesh = med(t_ob) + 2 * rtt
+        rows.append(("floor of a warm call over the tailnet: the call over TCP + 2 of those", ms(floor_mesh),
+                     ms(med(t_cm)), "", f"{floor_mesh / med(t_cm):.2f}x ControlMaster; the call is "
+                     f"{ms(med(t_mesh) - floor_mesh)} above it"))
         rows.append(("openboxd RSS with the tailnet up, after that stream", rss(mesh.daemon_pid()), "", "", ""))
         # The tailnet gives back what a stream grew once its connections have been quiet
         # for 5 to 10 seconds (libtailscale-sys/go, releaseWhenQuiet).
