@@ -73,6 +73,7 @@ async fn publish(app: &App, changes: Vec<Change>) -> bool {
             }
             ChangeKind::Policy(user) => {
                 policy = true;
+                app.policy_changes.fetch_add(1, Ordering::AcqRel);
                 Update::Policy { seq: change.seq, user }
             }
             ChangeKind::Sessions => {

@@ -171,13 +171,10 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result
     }
     // Users removed this past week: the node refuses what they still hold and ends their
     // sessions (a node away for longer learns nothing stale: their certificates expired).
+    let bulletin = app.bulletin(REVOCATIONS_KEPT_SECS).await?;
     let mut reply = HeartbeatReply {
-        revoked_users: app.store.revoked_users(now().saturating_sub(REVOCATIONS_KEPT_SECS)).await?,
-        // Narrowed lately enough that a certificate from before may still be valid.
-        cert_cutoffs: app
-            .store
-            .cert_cutoffs(now().saturating_sub(app.config.user_cert_ttl_secs + 2 * CLOCK_SKEW_SECS))
-            .await?,
+        revoked_users: bulletin.revoked_users.clone(),
+        cert_cutoffs: bulletin.cert_cutoffs.clone(),
         executions_recorded: recorded,
         audit_commands: app.config.audit_commands,
         ..Default::default()

@@ -90,6 +90,19 @@ pub struct App {
     coordination: Option<coordination::Coordination>,
     /// The MCP servers run for users behind `/mcp`.
     pub(crate) mcp: mcp::Gateway,
+    /// Counts the policy changes published (a user removed, a grant changed).
+    policy_changes: std::sync::atomic::AtomicU64,
+    /// What every heartbeat's reply tells alike, as last read (see [`App::bulletin`]).
+    bulletin: std::sync::Mutex<Option<Arc<Bulletin>>>,
+}
+
+/// What every node is told in its heartbeat's reply: users removed lately, and users
+/// whose certificates from before a time are no longer good.
+pub(crate) struct Bulletin {
+    pub revoked_users: Vec<proto::api::RevokedUser>,
+    pub cert_cutoffs: Vec<proto::api::CertCutoff>,
+    /// The second it was read, and the policy changes published by then.
+    read_at: (u64, u64),
 }
 
 impl App {
@@ -146,6 +159,8 @@ impl App {
             metrics,
             coordination,
             mcp: mcp::Gateway::new(config_mcp_dir),
+            policy_changes: Default::default(),
+            bulletin: Default::default(),
         })
     }
 
@@ -173,8 +188,35 @@ impl App {
         });
     }
 
+    /// What every heartbeat's reply tells, read from the database at most once a second
+    /// and again as soon as a policy change is published: thousands of heartbeats a
+    /// second would otherwise each read the same two lists.
+    pub(crate) async fn bulletin(&self, revocations_kept_secs: u64) -> Result<Arc<Bulletin>, StoreError> {
+        let t = now();
+        let read_at = (t, self.policy_changes.load(std::sync::atomic::Ordering::Acquire));
+        if let Some(b) = &*self.bulletin.lock().unwrap_or_else(|e| e.into_inner())
+            && b.read_at == read_at
+        {
+            return Ok(b.clone());
+        }
+        let bulletin = Arc::new(Bulletin {
+            revoked_users: self.store.revoked_users(t.saturating_sub(revocations_kept_secs)).await?,
+            // Narrowed lately enough that a certificate from before may still be valid.
+            cert_cutoffs: self
+                .store
+                .cert_cutoffs(t.saturating_sub(self.config.user_cert_ttl_secs + 2 * proto::cert::CLOCK_SKEW_SECS))
+                .await?,
+            read_at,
+        });
+        *self.bulletin.lock().unwrap_or_else(|e| e.into_inner()) = Some(bulletin.clone());
+        Ok(bulletin)
+    }
+
     /// Says a change was logged here: the follower reads the log at once.
     pub(crate) fn changed(&self) {
+        // A removal or a narrowed grant made here is told from the next heartbeat on, not
+        // only once the follower has published it.
+        *self.bulletin.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.wake.notify_one();
     }
 

@@ -42,6 +42,18 @@ pub fn started(pid: u32) -> Option<u64> {
     return macos::of(pid).map(|p| p.started);
 }
 
+/// The CPU time process `pid` has used so far, user and system, in clock ticks (USER_HZ:
+/// 100 a second). (Linux only; elsewhere none.)
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    return linux::cpu_ticks(pid);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
 /// Every process on the machine that this one may see.
 pub fn all() -> Vec<Info> {
     #[cfg(target_os = "linux")]
@@ -103,6 +115,13 @@ mod linux {
         stat_fields(&stat)?.get(19)?.parse().ok()
     }
 
+    pub fn cpu_ticks(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields = stat_fields(&stat)?;
+        // utime and stime: fields 14 and 15 of the line.
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+
     pub fn all() -> Vec<Info> {
         let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
         dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter_map(of).collect()
@@ -153,6 +172,21 @@ mod tests {
         let me = std::process::id();
         assert_eq!(started(me), of(me).map(|p| p.started));
         assert!(started(me).is_some());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cpu_time_grows_while_this_process_works() {
+        let me = std::process::id();
+        let before = cpu_ticks(me).expect("this process's CPU time");
+        // Spin for 100 ms of wall time: the kernel counts some ticks of it (10 ms each).
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(cpu_ticks(me).unwrap() > before, "100 ms of spinning counted");
+        assert_eq!(cpu_ticks(u32::MAX), None, "no such process");
     }
 
     #[cfg(target_os = "linux")]

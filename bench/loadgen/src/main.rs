@@ -210,12 +210,7 @@ fn cpu_seconds(pid: Option<u32>) -> f64 {
     // Clock ticks: 100 a second on every Linux this runs on (USER_HZ).
     const TICKS: f64 = 100.0;
     let ticks: u64 = match pid {
-        Some(p) => {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            // After the command name, which may hold spaces: state is field 3, utime 14, stime 15.
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-            rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
-        }
+        Some(p) => procinfo::cpu_ticks(p).unwrap_or_default(),
         None => {
             let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
             let cpu = stat.lines().next().unwrap_or_default().split_whitespace().skip(1);

@@ -42,6 +42,7 @@ pub async fn remove(
     caller.require_admin()?;
     let t = now();
     app.store.remove_user(&name, t).await?;
+    app.changed();
     // Its laptops leave the tailnet too (its incarnation is in the removals just recorded).
     if let Some(gone) = app.store.revoked_users(t).await?.into_iter().find(|r| r.name == name) {
         crate::coordination::forget_user(&app, &name, &gone.incarnation);

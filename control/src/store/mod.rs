@@ -256,7 +256,7 @@ fn tags_from(text: String) -> Vec<String> {
 /// The registry, on one backend or the other.
 pub enum Store {
     Sqlite(Sqlite),
-    Postgres(Postgres),
+    Postgres(Box<Postgres>),
 }
 
 impl Store {
@@ -264,7 +264,7 @@ impl Store {
     pub async fn open(db: &Database) -> Result<Store> {
         Ok(match db {
             Database::Sqlite(path) => Store::Sqlite(Sqlite::open(path)?),
-            Database::Postgres(url) => Store::Postgres(Postgres::connect(url).await?),
+            Database::Postgres(url) => Store::Postgres(Box::new(Postgres::connect(url).await?)),
         })
     }
 

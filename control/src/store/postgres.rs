@@ -8,6 +8,7 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMe
 use proto::api::{
     AuditEntry, EnrollTokenInfo, Grant, Heartbeat, MeshSettings, Platform, RevokedUser, SessionReport, Target, UserInfo,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,7 +127,14 @@ fn conflict(e: tokio_postgres::Error, refusal: impl FnOnce() -> StoreError) -> S
 pub struct Postgres {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// When nodes last beat, for heartbeats that moved nothing but that: written together
+    /// by the next sweep (see [`Postgres::mark_offline`]), one statement a second for all
+    /// of them, and shown by this control plane's reads meanwhile.
+    beats: std::sync::Mutex<HashMap<String, u64>>,
 }
+
+/// Nodes' `last_seen` written by one statement, at most.
+const BEATS_PER_STATEMENT: usize = 10_000;
 
 type Client = deadpool_postgres::Object;
 
@@ -141,7 +149,7 @@ impl Postgres {
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager).max_size(POOL_SIZE).build().expect("a pool without timeouts builds");
-        let db = Postgres { pool, config };
+        let db = Postgres { pool, config, beats: Default::default() };
         db.migrate().await?;
         Ok(db)
     }
@@ -695,24 +703,25 @@ impl Postgres {
     pub async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let c = self.client().await?;
         let query = c.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")).await?;
-        Ok(c.query(&query, &[]).await?.iter().map(node_from).collect())
+        Ok(self.with_beats(c.query(&query, &[]).await?.iter().map(node_from).collect()))
     }
 
     pub async fn nodes_for(&self, target: &Target) -> Result<Vec<NodeRow>> {
         let c = self.client().await?;
         let tag = match target {
-            Target::Node(n) => return Ok(node(&c, n).await?.into_iter().collect()),
+            Target::Node(n) => return Ok(self.with_beats(node(&c, n).await?.into_iter().collect())),
             Target::Tag(tag) => tag,
         };
         let query = c
             .prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE tags LIKE $1 ESCAPE '\\' ORDER BY name"))
             .await?;
         let rows = c.query(&query, &[&super::tag_pattern(tag)]).await?;
-        Ok(rows.iter().map(node_from).filter(|n| n.tags.contains(tag)).collect())
+        Ok(self.with_beats(rows.iter().map(node_from).filter(|n| n.tags.contains(tag)).collect()))
     }
 
     pub async fn node(&self, id_or_name: &str) -> Result<Option<NodeRow>> {
-        node(&self.client().await?, id_or_name).await
+        let row = node(&self.client().await?, id_or_name).await?;
+        Ok(self.with_beats(row.into_iter().collect()).pop())
     }
 
     pub async fn is_revoked(&self, id: &str, secret_hash: &str) -> Result<bool> {
@@ -727,11 +736,36 @@ impl Postgres {
 
     pub async fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<bool> {
         // Only kinds this control plane knows how to dispatch are kept.
-        let caps = proto::api::known_capabilities(&hb.capabilities);
+        let caps = tags_json(&proto::api::known_capabilities(&hb.capabilities));
         let mut c = self.client().await?;
+        // Most heartbeats move nothing but `last_seen`: those are not a transaction each
+        // (a row lock and a commit), only a read, and join the next batch of beats.
+        let read = c
+            .prepare_cached(
+                "SELECT addr, os, arch, version, capabilities, mesh_addr, shares_control, stopped, listed_online
+                 FROM nodes WHERE id = $1",
+            )
+            .await?;
+        let Some(r) = c.query_opt(&read, &[&hb.node_id]).await? else { return Ok(false) };
+        let text = |i| r.get::<_, Option<String>>(i);
+        let unchanged = text(0).as_deref() == Some(hb.addr.as_str())
+            && text(1).as_deref() == Some(hb.platform.os.as_str())
+            && text(2).as_deref() == Some(hb.platform.arch.as_str())
+            && text(3).as_deref() == Some(hb.version.as_str())
+            && text(4).as_deref() == Some(caps.as_str())
+            && text(5) == hb.mesh_addr
+            && r.get::<_, bool>(6) == shares_control
+            && r.get::<_, bool>(7) == hb.stopping
+            && r.get::<_, bool>(8) != hb.stopping;
+        if unchanged {
+            let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = beats.entry(hb.node_id.clone()).or_default();
+            *seen = (*seen).max(now);
+            return Ok(false);
+        }
         let tx = c.transaction().await?;
         // What a node list shows, before and after: a change there is logged; a heartbeat
-        // that only moves last_seen is not.
+        // that only moved the version is not.
         let shown = "addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online";
         let before = tx.prepare_cached(&format!("SELECT {shown} FROM nodes WHERE id = $1 FOR UPDATE")).await?;
         let update = tx
@@ -753,7 +787,7 @@ impl Postgres {
                     &hb.version,
                     &int(now),
                     &hb.stopping,
-                    &tags_json(&caps),
+                    &caps,
                     &hb.mesh_addr,
                     &shares_control,
                 ],
@@ -771,8 +805,56 @@ impl Postgres {
         Ok(changed)
     }
 
+    /// Writes the beats kept since the last call, a statement per [`BEATS_PER_STATEMENT`]
+    /// nodes; `last_seen` only ever moves forward, whichever control plane wrote last.
+    /// What could not be written is kept for the next call.
+    async fn write_beats(&self, c: &Client) -> Result<()> {
+        let mut beats: Vec<(String, u64)> =
+            std::mem::take(&mut *self.beats.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect();
+        if beats.is_empty() {
+            return Ok(());
+        }
+        // In one order everywhere, so that two control planes writing at once wait for
+        // each other rather than deadlock.
+        beats.sort_unstable();
+        let write = c
+            .prepare_cached(
+                "UPDATE nodes SET last_seen = beat.at FROM unnest($1::TEXT[], $2::BIGINT[]) AS beat (id, at)
+                 WHERE nodes.id = beat.id AND (nodes.last_seen IS NULL OR nodes.last_seen < beat.at)",
+            )
+            .await?;
+        for (i, chunk) in beats.chunks(BEATS_PER_STATEMENT).enumerate() {
+            let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+            let ats: Vec<i64> = chunk.iter().map(|(_, at)| int(*at)).collect();
+            if let Err(e) = c.execute(&write, &[&ids, &ats]).await {
+                let mut kept = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+                for (id, at) in beats.drain(i * BEATS_PER_STATEMENT..) {
+                    let seen = kept.entry(id).or_default();
+                    *seen = (*seen).max(at);
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Shows the beats not yet written in `rows`.
+    fn with_beats(&self, mut rows: Vec<NodeRow>) -> Vec<NodeRow> {
+        let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        if !beats.is_empty() {
+            for row in &mut rows {
+                if let Some(&at) = beats.get(&row.id) {
+                    row.last_seen = Some(row.last_seen.map_or(at, |t| t.max(at)));
+                }
+            }
+        }
+        rows
+    }
+
     pub async fn mark_offline(&self, cutoff: u64, now: u64) -> Result<bool> {
         let mut c = self.client().await?;
+        // The beats kept since the last sweep first, or it would take their nodes for silent.
+        self.write_beats(&c).await?;
         let tx = c.transaction().await?;
         let gone = tx
             .query(

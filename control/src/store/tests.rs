@@ -391,6 +391,13 @@ async fn the_change_log_numbers_changes_announces_a_silent_node_offline_once_and
         let hb = heartbeat(&["native"]);
         assert!(s.record_heartbeat(&hb, false, 400).await.unwrap(), "{db}: back online, at a new address");
         assert!(!s.record_heartbeat(&hb, false, 401).await.unwrap(), "{db}: nothing a list shows changed");
+        // However it is kept (PostgreSQL writes such beats together, at the next sweep), the
+        // beat is seen at once here, and by every control plane once the sweep has run.
+        assert_eq!(s.node("n1").await.unwrap().unwrap().last_seen, Some(401), "{db}");
+        assert_eq!(s.list_nodes().await.unwrap()[0].last_seen, Some(401), "{db}");
+        assert!(!s.mark_offline(401, 402).await.unwrap(), "{db}: a node that just beat is not silent");
+        let replica = Store::open(&db).await.unwrap();
+        assert_eq!(replica.node("n1").await.unwrap().unwrap().last_seen, Some(401), "{db}: written for all");
 
         s.remove_node("n1", 500).await.unwrap();
         let (_, newest) = s.change_range().await.unwrap();
