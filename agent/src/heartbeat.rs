@@ -68,9 +68,19 @@ pub async fn run(
     ready: impl FnOnce(),
 ) -> Stop {
     let mut warned = false;
+    let mut lapsed = false;
     let mut ready = Some(ready);
     let mut client = None;
     loop {
+        // Said once when it lapses, and once when a renewal mends it.
+        let valid_before = shared.identity().host_cert.valid_before();
+        if valid_before <= proto::time::control_now() && !lapsed {
+            tracing::error!(
+                "this node's host certificate expired {}: callers refuse this node until its control plane renews it, at the next heartbeat that reaches it",
+                proto::time::ago(proto::time::control_now(), Some(valid_before))
+            );
+            lapsed = true;
+        }
         match beat(&shared, &addrs, &mut client, false).await {
             Ok(reply) => {
                 if warned {
@@ -84,6 +94,11 @@ pub async fn run(
                 if let Some(text) = reply.host_cert {
                     match trust::parse_certificate(&text) {
                         Ok(cert) => {
+                            if std::mem::take(&mut lapsed) {
+                                tracing::info!(
+                                    "host certificate renewed after it had expired; callers accept this node again"
+                                );
+                            }
                             shared.renew_host_cert(cert);
                             if let Err(e) = shared.identity().save(&agent_dir) {
                                 tracing::error!(error = %format!("{e:#}"), "could not save the renewed host certificate");

@@ -131,6 +131,7 @@ mod tests {
             created_at: 0,
             capabilities: vec!["native".into(), "docker".into()],
             shares_control,
+            host_cert_expires: None,
         }
     }
 

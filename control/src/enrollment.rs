@@ -60,7 +60,7 @@ pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> 
     let tags = app.store.take_enroll_token(&token_hash, now()).await?.map_err(token_refusal)?;
     let node_id = token::random_id()[..12].to_owned();
     let secret = token::generate(token::NODE_PREFIX);
-    let host_cert = sign_host_cert(app, &host_key, &node_id)?;
+    let (host_cert, host_cert_expires) = sign_host_cert(app, &host_key, &node_id)?;
     let exact_name = req.name.is_some();
     let inserted = app
         .store
@@ -79,6 +79,7 @@ pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> 
                 created_at: now(),
                 capabilities: proto::api::known_capabilities(&req.capabilities),
                 shares_control: app.shares_control(req.host.as_ref()),
+                host_cert_expires: Some(host_cert_expires),
             },
             exact_name,
         )
@@ -135,7 +136,7 @@ const REVOCATIONS_KEPT_SECS: u64 = 7 * 24 * 3600;
 
 /// Records a heartbeat authenticated by the node's secret, and renews the node's host
 /// certificate once past half its life.
-pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
+pub async fn heartbeat(app: &App, secret: Option<&str>, mut hb: Heartbeat) -> Result<HeartbeatReply, Refusal> {
     app.metrics.heartbeats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // One answer for an unknown id and a wrong secret, so nobody can probe for node ids;
     // only the removed node itself (its own secret) learns that it was removed.
@@ -160,6 +161,17 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result
         tracing::warn!(node = %node.id, reason = %telemetry::untrusted(&why.to_string()), "heartbeat refused: it reports what a node cannot");
         return Err(why.into());
     }
+    // Renewed at half its life (a node stopping takes none: it will not present it).
+    let host_cert = if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
+        let key = trust::parse_public_key(&node.host_key)?;
+        let (cert, expires) = sign_host_cert(app, &key, &node.id)?;
+        tracing::info!(node = %node.id, "host certificate renewed");
+        // What the registry shows from now on is the certificate the node is sent.
+        hb.host_cert_valid_before = expires;
+        Some(cert)
+    } else {
+        None
+    };
     // Where the node is now, first: whoever sees what it ran since may dial it at once.
     // Most heartbeats change nothing a node list shows, and wake no one.
     let shown = app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now()).await?;
@@ -172,19 +184,13 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, hb: Heartbeat) -> Result
     // Users removed this past week: the node refuses what they still hold and ends their
     // sessions (a node away for longer learns nothing stale: their certificates expired).
     let bulletin = app.bulletin(REVOCATIONS_KEPT_SECS).await?;
-    let mut reply = HeartbeatReply {
+    Ok(HeartbeatReply {
         revoked_users: bulletin.revoked_users.clone(),
         cert_cutoffs: bulletin.cert_cutoffs.clone(),
         executions_recorded: recorded,
         audit_commands: app.config.audit_commands,
-        ..Default::default()
-    };
-    if hb.host_cert_valid_before.saturating_sub(now()) < HOST_CERT_TTL_SECS / 2 && !hb.stopping {
-        let key = trust::parse_public_key(&node.host_key)?;
-        reply.host_cert = Some(sign_host_cert(app, &key, &node.id)?);
-        tracing::info!(node = %node.id, "host certificate renewed");
-    }
-    Ok(reply)
+        host_cert,
+    })
 }
 
 /// Puts what a node reports it ran into the audit log, as `exec` entries of the node the
@@ -231,8 +237,9 @@ fn check_mesh_addr(mesh_addr: Option<&str>) -> Result<(), Refusal> {
 
 /// A host certificate for `node_id`, valid from now (less the clock skew) for the host
 /// certificate lifetime.
-fn sign_host_cert(app: &App, host_key: &trust::PublicKey, node_id: &str) -> Result<String, Refusal> {
+/// A host certificate for the node, and when it ends.
+fn sign_host_cert(app: &App, host_key: &trust::PublicKey, node_id: &str) -> Result<(String, u64), Refusal> {
     let t = now();
     let cert = app.ca.sign_host(host_key, node_id, t - CLOCK_SKEW_SECS, t + HOST_CERT_TTL_SECS)?;
-    Ok(cert.to_openssh().map_err(trust::TrustError::from)?)
+    Ok((cert.to_openssh().map_err(trust::TrustError::from)?, t + HOST_CERT_TTL_SECS))
 }

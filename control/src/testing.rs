@@ -41,6 +41,7 @@ pub async fn add_node(app: &App, id: &str, tags: &[&str], age: u64) {
         created_at: 1,
         capabilities: vec!["native".into()],
         shares_control: false,
+        host_cert_expires: None,
     };
     app.store.insert_node(row, true).await.unwrap();
 }

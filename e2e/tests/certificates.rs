@@ -175,7 +175,7 @@ fn the_client_refuses_a_host_certificate_from_another_ca_or_for_another_node() {
 }
 
 #[test]
-fn the_client_refuses_an_expired_host_certificate_and_renewal_repairs_it() {
+fn the_client_refuses_an_expired_host_certificate_both_ends_say_so_and_renewal_repairs_it() {
     let mut n = node();
     let ca = n.cp.ca();
     // Give the node an expired host certificate while the control plane is down, so that
@@ -189,8 +189,19 @@ fn the_client_refuses_an_expired_host_certificate_and_renewal_repairs_it() {
     id["host_cert"] = expired.to_openssh().unwrap().into();
     std::fs::write(&path, id.to_string()).unwrap();
     n.agent.restart();
-    let err = runtime().block_on(dial(&n.target())).err().expect("must refuse");
-    assert!(err.to_string().contains("expired"), "{err}");
+    let err = runtime().block_on(dial(&n.target())).err().expect("must refuse").to_string();
+    assert!(
+        err.contains("its host certificate expired ")
+            && err.contains("s ago: the node renews it")
+            && err.contains("openbox nodes"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // The node says so too, in one line.
+    let said = |text: &str| n.agent.log().lines().filter(|l| l.contains(text)).count();
+    openbox_e2e::wait_until("the agent to say its certificate lapsed", || {
+        said("this node's host certificate expired") == 1
+    });
 
     // With the control plane back, the next heartbeat brings a fresh certificate.
     n.cp.restart();
@@ -198,6 +209,17 @@ fn the_client_refuses_an_expired_host_certificate_and_renewal_repairs_it() {
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let renewed = trust::parse_certificate(saved["host_cert"].as_str().unwrap()).unwrap();
     assert!(renewed.valid_before() > now() + 3600, "the renewed certificate is saved for the next start");
+    assert_eq!(said("host certificate renewed after it had expired"), 1, "{}", n.agent.log());
+    assert_eq!(said("this node's host certificate expired"), 1, "said once, not at every beat");
+
+    // The node list shows when each node's certificate ends: the renewed one's.
+    let listed = n._admin.run(&["nodes", "--json"]).ok().json();
+    let expires = listed[0]["host_cert_expires"].as_u64().expect("an expiry");
+    assert!(expires.abs_diff(renewed.valid_before()) <= 60, "{expires} against {}", renewed.valid_before());
+    let table = n._admin.run(&["nodes"]).ok().stdout;
+    assert!(table.lines().next().unwrap().contains("HOST CERT"), "{table}");
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.contains(" in 6d ") || row.contains(" in 7d "), "{table}");
 }
 
 // ---- OpenSSH interoperability ----

@@ -298,6 +298,11 @@ pub enum HostRefusal {
         "its host certificate is not acceptable: it presented a bare host key, not a host certificate from this fleet's CA"
     )]
     BareKey,
+    #[error(
+        "its host certificate expired {}: the node renews it at its next heartbeat that reaches its control plane (`openbox nodes` shows when each node's ends)",
+        proto::time::ago(*now, Some(*valid_before))
+    )]
+    Lapsed { valid_before: u64, now: u64 },
     #[error("its host certificate is not acceptable: {0}")]
     Certificate(#[from] trust::TrustError),
 }
@@ -306,7 +311,10 @@ pub enum HostRefusal {
 /// valid at `now`, naming the node id the caller meant to reach. Why not, otherwise.
 fn host_verdict(cert: Option<&Certificate>, target: &NodeTarget, now: u64) -> Result<(), HostRefusal> {
     match cert {
-        Some(cert) => Ok(trust::verify_host_cert(cert, &target.ca, &target.node_id, now)?),
+        Some(cert) => trust::verify_host_cert(cert, &target.ca, &target.node_id, now).map_err(|e| match e {
+            trust::TrustError::Expired { valid_before, now } => HostRefusal::Lapsed { valid_before, now },
+            e => e.into(),
+        }),
         None => Err(HostRefusal::BareKey),
     }
 }

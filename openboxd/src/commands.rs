@@ -285,17 +285,22 @@ pub async fn nodes(d: &Daemon, tag: Option<&str>) -> anyhow::Result<Reply> {
             None => "No nodes yet. Add one: `openbox node token --tag TAG` prints the command to run on it.".into(),
         }
     } else {
-        let row = |c: [&str; 8]| {
-            let [id, name, status, platform, addr, seen, iso, tags] = c;
-            format!("{id:<13} {name:<16} {status:<8} {platform:<14} {addr:<22} {seen:<10} {iso:<20} {tags}\n")
+        let row = |c: [&str; 9]| {
+            let [id, name, status, platform, addr, seen, cert, iso, tags] = c;
+            format!(
+                "{id:<13} {name:<16} {status:<8} {platform:<14} {addr:<22} {seen:<10} {cert:<16} {iso:<20} {tags}\n"
+            )
         };
-        let mut text = row(["ID", "NAME", "STATUS", "PLATFORM", "ADDRESS", "LAST SEEN", "ISOLATION", "TAGS"]);
+        let mut text =
+            row(["ID", "NAME", "STATUS", "PLATFORM", "ADDRESS", "LAST SEEN", "HOST CERT", "ISOLATION", "TAGS"]);
+        let t = proto::time::control_now();
         for n in &nodes {
             let platform = format!("{}/{}", n.platform.os, n.platform.arch);
             let seen = n.last_seen.map(ago).unwrap_or_else(|| "never".into());
             let status = if n.online { "online" } else { "offline" };
-            text +=
-                &row([&n.id, &n.name, status, &platform, &n.addr, &seen, &n.capabilities.join(","), &n.tags.join(",")]);
+            let cert = proto::time::expires(t, n.host_cert_expires);
+            let (iso, tags) = (n.capabilities.join(","), n.tags.join(","));
+            text += &row([&n.id, &n.name, status, &platform, &n.addr, &seen, &cert, &iso, &tags]);
         }
         text
     };

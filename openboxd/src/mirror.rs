@@ -199,6 +199,7 @@ mod tests {
             created_at: 1,
             capabilities: vec!["native".into()],
             shares_control: false,
+            host_cert_expires: None,
         }
     }
 

@@ -502,6 +502,10 @@ pub struct Node {
     /// node by name, may run there.
     #[serde(default)]
     pub shares_control: bool,
+    /// When its host certificate ends (Unix seconds): the one it presented at its last
+    /// heartbeat, or the one renewed in the reply. A node renews it at half its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_cert_expires: Option<u64>,
 }
 
 impl Node {
@@ -733,6 +737,7 @@ mod resolve_tests {
             created_at: 1,
             capabilities: vec!["native".into()],
             shares_control: false,
+            host_cert_expires: None,
         }
     }
 

@@ -121,9 +121,27 @@ pub fn ago(now: u64, t: Option<u64>) -> String {
     }
 }
 
+/// When `t` ends, seen from `now`: `in 3d`, `expired 2h ago`, or `unknown` without one.
+pub fn expires(now: u64, t: Option<u64>) -> String {
+    match t {
+        Some(t) if t > now => format!("in {}", human_secs(t - now)),
+        Some(t) => format!("expired {} ago", human_secs(now - t)),
+        None => "unknown".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_end_is_told_from_now() {
+        assert_eq!(expires(1000, Some(1000 + 7 * 86400)), "in 7d");
+        assert_eq!(expires(1000, Some(1090)), "in 90s");
+        assert_eq!(expires(1000, Some(1000)), "expired 0s ago");
+        assert_eq!(expires(8200, Some(1000)), "expired 2h ago");
+        assert_eq!(expires(1000, None), "unknown");
+    }
 
     #[test]
     fn seconds_travel_as_whole_or_fractional_numbers() {

@@ -176,8 +176,9 @@ fn heartbeat_of(node: &Enrolled, i: usize) -> Heartbeat {
         mesh_addr: None,
         platform: Platform { os: "linux".into(), arch: "x86_64".into() },
         version: proto::VERSION.into(),
-        // Far off: no renewal is asked for during the run.
-        host_cert_valid_before: u64::MAX / 2,
+        // As an agent reports it: the certificate enrollment gave (no renewal is asked for
+        // in a run of minutes).
+        host_cert_valid_before: trust::parse_certificate(&node.host_cert).map_or(0, |c| c.valid_before()),
         stopping: false,
         sessions: Vec::new(),
         capabilities: vec!["native".into()],

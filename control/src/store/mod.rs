@@ -162,6 +162,8 @@ pub struct NodeRow {
     pub capabilities: Vec<String>,
     /// Its agent could read the control plane's files (see [`Node::shares_control`]).
     pub shares_control: bool,
+    /// When its host certificate ends (see [`Node::host_cert_expires`]).
+    pub host_cert_expires: Option<u64>,
 }
 
 impl NodeRow {
@@ -179,6 +181,7 @@ impl NodeRow {
             created_at: self.created_at,
             capabilities: self.capabilities.clone(),
             shares_control: self.shares_control,
+            host_cert_expires: self.host_cert_expires,
         }
     }
 }

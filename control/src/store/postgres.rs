@@ -35,6 +35,7 @@ pub(super) const MIGRATIONS: &[(u32, &str)] = &[
     (11, include_str!("migrations/postgres/0011-fleet-ca.sql")),
     (12, include_str!("migrations/postgres/0012-changes.sql")),
     (13, include_str!("migrations/postgres/0013-executions-and-cutoffs.sql")),
+    (14, include_str!("migrations/postgres/0014-host-cert-expires.sql")),
 ];
 
 /// Records that `user_id`'s certificates issued before `now` are no longer good (in the
@@ -86,7 +87,7 @@ fn user_from(r: &Row) -> User {
 }
 
 const NODE_COLUMNS: &str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, \
-                            capabilities, mesh_addr, shares_control";
+                            capabilities, mesh_addr, shares_control, host_cert_expires";
 
 fn node_from(r: &Row) -> NodeRow {
     NodeRow {
@@ -103,6 +104,7 @@ fn node_from(r: &Row) -> NodeRow {
         capabilities: tags_from(r.get(11)),
         mesh_addr: r.get(12),
         shares_control: r.get(13),
+        host_cert_expires: r.get::<_, Option<i64>>(14).map(uint),
     }
 }
 
@@ -127,10 +129,18 @@ fn conflict(e: tokio_postgres::Error, refusal: impl FnOnce() -> StoreError) -> S
 pub struct Postgres {
     pool: Pool,
     config: tokio_postgres::Config,
-    /// When nodes last beat, for heartbeats that moved nothing but that: written together
-    /// by the next sweep (see [`Postgres::mark_offline`]), one statement a second for all
-    /// of them, and shown by this control plane's reads meanwhile.
-    beats: std::sync::Mutex<HashMap<String, u64>>,
+    /// When nodes last beat (and the version they run), for heartbeats that changed
+    /// nothing a node list shows: written together by the next sweep (see
+    /// [`Postgres::mark_offline`]), one statement a second for all of them, and shown by
+    /// this control plane's reads meanwhile.
+    beats: std::sync::Mutex<HashMap<String, Beat>>,
+}
+
+/// A heartbeat not yet written: when, and the version the node runs.
+#[derive(Default)]
+struct Beat {
+    at: u64,
+    version: String,
 }
 
 /// Nodes' `last_seen` written by one statement, at most.
@@ -666,8 +676,8 @@ impl Postgres {
             let inserted = tx
                 .execute(
                     "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at,
-                        capabilities, mesh_addr, shares_control, listed_online)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $9::BIGINT IS NOT NULL)",
+                        capabilities, mesh_addr, shares_control, listed_online, host_cert_expires)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $9::BIGINT IS NOT NULL, $14)",
                     &[
                         &node.id,
                         &node.name,
@@ -682,6 +692,7 @@ impl Postgres {
                         &tags_json(&node.capabilities),
                         &node.mesh_addr,
                         &node.shares_control,
+                        &node.host_cert_expires.map(int),
                     ],
                 )
                 .await;
@@ -737,12 +748,14 @@ impl Postgres {
     pub async fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<bool> {
         // Only kinds this control plane knows how to dispatch are kept.
         let caps = tags_json(&proto::api::known_capabilities(&hb.capabilities));
+        let cert_expires = (hb.host_cert_valid_before > 0).then(|| int(hb.host_cert_valid_before));
         let mut c = self.client().await?;
-        // Most heartbeats move nothing but `last_seen`: those are not a transaction each
-        // (a row lock and a commit), only a read, and join the next batch of beats.
+        // Most heartbeats change nothing a node list shows: those are not a transaction
+        // each (a row lock and a commit), only a read, and join the next batch of beats.
         let read = c
             .prepare_cached(
-                "SELECT addr, os, arch, version, capabilities, mesh_addr, shares_control, stopped, listed_online
+                "SELECT addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online,
+                        host_cert_expires
                  FROM nodes WHERE id = $1",
             )
             .await?;
@@ -751,27 +764,30 @@ impl Postgres {
         let unchanged = text(0).as_deref() == Some(hb.addr.as_str())
             && text(1).as_deref() == Some(hb.platform.os.as_str())
             && text(2).as_deref() == Some(hb.platform.arch.as_str())
-            && text(3).as_deref() == Some(hb.version.as_str())
-            && text(4).as_deref() == Some(caps.as_str())
-            && text(5) == hb.mesh_addr
-            && r.get::<_, bool>(6) == shares_control
-            && r.get::<_, bool>(7) == hb.stopping
-            && r.get::<_, bool>(8) != hb.stopping;
+            && text(3).as_deref() == Some(caps.as_str())
+            && text(4) == hb.mesh_addr
+            && r.get::<_, bool>(5) == shares_control
+            && r.get::<_, bool>(6) == hb.stopping
+            && r.get::<_, bool>(7) != hb.stopping
+            && r.get::<_, Option<i64>>(8) == cert_expires;
         if unchanged {
             let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
-            let seen = beats.entry(hb.node_id.clone()).or_default();
-            *seen = (*seen).max(now);
+            let beat = beats.entry(hb.node_id.clone()).or_default();
+            if now >= beat.at {
+                *beat = Beat { at: now, version: hb.version.clone() };
+            }
             return Ok(false);
         }
         let tx = c.transaction().await?;
-        // What a node list shows, before and after: a change there is logged; a heartbeat
-        // that only moved the version is not.
-        let shown = "addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online";
+        // What a node list shows, before and after: a change there is logged.
+        let shown =
+            "addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online, host_cert_expires";
         let before = tx.prepare_cached(&format!("SELECT {shown} FROM nodes WHERE id = $1 FOR UPDATE")).await?;
         let update = tx
             .prepare_cached(&format!(
                 "UPDATE nodes SET addr = $2, os = $3, arch = $4, version = $5, last_seen = $6, stopped = $7,
-                    capabilities = $8, mesh_addr = $9, shares_control = $10, listed_online = NOT $7
+                    capabilities = $8, mesh_addr = $9, shares_control = $10, listed_online = NOT $7,
+                    host_cert_expires = $11
                  WHERE id = $1 RETURNING {shown}"
             ))
             .await?;
@@ -790,12 +806,14 @@ impl Postgres {
                     &caps,
                     &hb.mesh_addr,
                     &shares_control,
+                    &cert_expires,
                 ],
             )
             .await?;
         let row = |r: &Row| {
             let text = |i| r.get::<_, Option<String>>(i);
-            (text(0), text(1), text(2), text(3), text(4), r.get::<_, bool>(5), r.get::<_, bool>(6), r.get::<_, bool>(7))
+            let flags = (r.get::<_, bool>(5), r.get::<_, bool>(6), r.get::<_, bool>(7));
+            (text(0), text(1), text(2), text(3), text(4), flags, r.get::<_, Option<i64>>(8))
         };
         let changed = row(&before) != row(&after);
         if changed {
@@ -809,28 +827,32 @@ impl Postgres {
     /// nodes; `last_seen` only ever moves forward, whichever control plane wrote last.
     /// What could not be written is kept for the next call.
     async fn write_beats(&self, c: &Client) -> Result<()> {
-        let mut beats: Vec<(String, u64)> =
+        let mut beats: Vec<(String, Beat)> =
             std::mem::take(&mut *self.beats.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect();
         if beats.is_empty() {
             return Ok(());
         }
         // In one order everywhere, so that two control planes writing at once wait for
         // each other rather than deadlock.
-        beats.sort_unstable();
+        beats.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let write = c
             .prepare_cached(
-                "UPDATE nodes SET last_seen = beat.at FROM unnest($1::TEXT[], $2::BIGINT[]) AS beat (id, at)
+                "UPDATE nodes SET last_seen = beat.at, version = beat.version
+                 FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[]) AS beat (id, at, version)
                  WHERE nodes.id = beat.id AND (nodes.last_seen IS NULL OR nodes.last_seen < beat.at)",
             )
             .await?;
         for (i, chunk) in beats.chunks(BEATS_PER_STATEMENT).enumerate() {
             let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
-            let ats: Vec<i64> = chunk.iter().map(|(_, at)| int(*at)).collect();
-            if let Err(e) = c.execute(&write, &[&ids, &ats]).await {
+            let ats: Vec<i64> = chunk.iter().map(|(_, b)| int(b.at)).collect();
+            let versions: Vec<&str> = chunk.iter().map(|(_, b)| b.version.as_str()).collect();
+            if let Err(e) = c.execute(&write, &[&ids, &ats, &versions]).await {
                 let mut kept = self.beats.lock().unwrap_or_else(|e| e.into_inner());
-                for (id, at) in beats.drain(i * BEATS_PER_STATEMENT..) {
-                    let seen = kept.entry(id).or_default();
-                    *seen = (*seen).max(at);
+                for (id, beat) in beats.drain(i * BEATS_PER_STATEMENT..) {
+                    let newer = kept.entry(id).or_default();
+                    if beat.at > newer.at {
+                        *newer = beat;
+                    }
                 }
                 return Err(e.into());
             }
@@ -843,8 +865,8 @@ impl Postgres {
         let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
         if !beats.is_empty() {
             for row in &mut rows {
-                if let Some(&at) = beats.get(&row.id) {
-                    row.last_seen = Some(row.last_seen.map_or(at, |t| t.max(at)));
+                if let Some(beat) = beats.get(&row.id) {
+                    row.last_seen = Some(row.last_seen.map_or(beat.at, |t| t.max(beat.at)));
                 }
             }
         }

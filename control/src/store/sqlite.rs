@@ -31,6 +31,7 @@ pub(super) const MIGRATIONS: &[(u32, &str)] = &[
     (11, include_str!("migrations/sqlite/0011-fleet-ca.sql")),
     (12, include_str!("migrations/sqlite/0012-changes.sql")),
     (13, include_str!("migrations/sqlite/0013-executions-and-cutoffs.sql")),
+    (14, include_str!("migrations/sqlite/0014-host-cert-expires.sql")),
 ];
 
 /// Records that `user_id`'s certificates issued before `now` are no longer good (in the
@@ -579,8 +580,8 @@ impl Sqlite {
         node.name = rules::node_name(&node.name, exact_name, taken)?;
         conn.execute(
             "INSERT INTO nodes (id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, created_at, capabilities, mesh_addr,
-                shares_control, listed_online)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?9 IS NOT NULL)",
+                shares_control, listed_online, host_cert_expires)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?9 IS NOT NULL, ?14)",
             params![
                 node.id,
                 node.name,
@@ -594,7 +595,8 @@ impl Sqlite {
                 node.created_at,
                 tags_json(&node.capabilities),
                 node.mesh_addr,
-                node.shares_control
+                node.shares_control,
+                node.host_cert_expires
             ],
         )?;
         log(&conn, &ChangeKind::Node(node.id.clone()), node.created_at)?;
@@ -617,10 +619,11 @@ impl Sqlite {
             capabilities: tags_from(r.get(11)?),
             mesh_addr: r.get(12)?,
             shares_control: r.get(13)?,
+            host_cert_expires: r.get(14)?,
         })
     }
 
-    const NODE_COLUMNS: &'static str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities, mesh_addr, shares_control";
+    const NODE_COLUMNS: &'static str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities, mesh_addr, shares_control, host_cert_expires";
 
     pub fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
@@ -670,7 +673,9 @@ impl Sqlite {
         let tx = conn.transaction()?;
         // What a node list shows, before and after: a change there is logged; a heartbeat
         // that only moves last_seen is not.
-        let shown = "SELECT addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online FROM nodes WHERE id = ?1";
+        let shown =
+            "SELECT addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online, host_cert_expires
+                     FROM nodes WHERE id = ?1";
         let read = |tx: &rusqlite::Transaction<'_>| {
             tx.prepare_cached(shown)?
                 .query_row([&hb.node_id], |r| {
@@ -683,6 +688,7 @@ impl Sqlite {
                         r.get::<_, bool>(5)?,
                         r.get::<_, bool>(6)?,
                         r.get::<_, bool>(7)?,
+                        r.get::<_, Option<u64>>(8)?,
                     ))
                 })
                 .optional()
@@ -690,7 +696,7 @@ impl Sqlite {
         let before = read(&tx)?;
         tx.prepare_cached(
             "UPDATE nodes SET addr = ?2, os = ?3, arch = ?4, version = ?5, last_seen = ?6, stopped = ?7, capabilities = ?8,
-             mesh_addr = ?9, shares_control = ?10, listed_online = NOT ?7 WHERE id = ?1",
+             mesh_addr = ?9, shares_control = ?10, listed_online = NOT ?7, host_cert_expires = ?11 WHERE id = ?1",
         )?
         .execute(params![
                 hb.node_id,
@@ -702,7 +708,8 @@ impl Sqlite {
                 hb.stopping,
                 caps,
                 hb.mesh_addr,
-                shares_control
+                shares_control,
+                (hb.host_cert_valid_before > 0).then_some(hb.host_cert_valid_before)
             ])?;
         let changed = before.is_some() && before != read(&tx)?;
         if changed {

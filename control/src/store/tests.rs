@@ -21,6 +21,7 @@ fn node(id: &str, name: &str) -> NodeRow {
         created_at: 1,
         capabilities: vec!["native".into()],
         shares_control: false,
+        host_cert_expires: None,
     }
 }
 
@@ -398,6 +399,11 @@ async fn the_change_log_numbers_changes_announces_a_silent_node_offline_once_and
         assert!(!s.mark_offline(401, 402).await.unwrap(), "{db}: a node that just beat is not silent");
         let replica = Store::open(&db).await.unwrap();
         assert_eq!(replica.node("n1").await.unwrap().unwrap().last_seen, Some(401), "{db}: written for all");
+        // When its host certificate ends is shown, so a renewal is logged.
+        let renewed = proto::api::Heartbeat { host_cert_valid_before: 9_000, ..hb.clone() };
+        assert!(s.record_heartbeat(&renewed, false, 402).await.unwrap(), "{db}: a renewal is shown");
+        assert_eq!(replica.node("n1").await.unwrap().unwrap().host_cert_expires, Some(9_000), "{db}");
+        assert!(!s.record_heartbeat(&renewed, false, 403).await.unwrap(), "{db}");
 
         s.remove_node("n1", 500).await.unwrap();
         let (_, newest) = s.change_range().await.unwrap();
