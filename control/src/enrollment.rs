@@ -80,6 +80,7 @@ pub async fn enroll(app: &App, req: EnrollRequest) -> Result<Enrolled, Refusal> 
                 capabilities: proto::api::known_capabilities(&req.capabilities),
                 shares_control: app.shares_control(req.host.as_ref()),
                 host_cert_expires: Some(host_cert_expires),
+                listed_online: true,
             },
             exact_name,
         )
@@ -174,7 +175,7 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, mut hb: Heartbeat) -> Re
     };
     // Where the node is now, first: whoever sees what it ran since may dial it at once.
     // Most heartbeats change nothing a node list shows, and wake no one.
-    let shown = app.store.record_heartbeat(&hb, app.shares_control(hb.host.as_ref()), now()).await?;
+    let shown = app.store.record_heartbeat(&hb, &node, app.shares_control(hb.host.as_ref()), now()).await?;
     // What the node ran, into the audit log before it is told so (then it forgets them).
     let recorded = record_executions(app, &node.id, &hb.executions).await?;
     let sessions = app.store.apply_session_reports(&node.id, &hb.sessions).await?;

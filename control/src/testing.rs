@@ -42,6 +42,7 @@ pub async fn add_node(app: &App, id: &str, tags: &[&str], age: u64) {
         capabilities: vec!["native".into()],
         shares_control: false,
         host_cert_expires: None,
+        listed_online: false,
     };
     app.store.insert_node(row, true).await.unwrap();
 }

@@ -164,6 +164,8 @@ pub struct NodeRow {
     pub shares_control: bool,
     /// When its host certificate ends (see [`Node::host_cert_expires`]).
     pub host_cert_expires: Option<u64>,
+    /// Announced online in the change log, and not yet offline (kept by the store).
+    pub listed_online: bool,
 }
 
 impl NodeRow {
@@ -374,9 +376,9 @@ both! {
     /// Whether `id` names a node that was removed, asked with that node's own secret.
     fn is_revoked(&self, id: &str, secret_hash: &str) -> bool;
     /// Records a heartbeat, and whether (by the host it reports) the node shares the
-    /// control plane's files.
+    /// control plane's files; `seen` is the node's row as the caller read it just before.
     /// Returns whether that changed what a node list shows (and so was logged).
-    fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> bool;
+    fn record_heartbeat(&self, hb: &Heartbeat, seen: &NodeRow, shares_control: bool, now: u64) -> bool;
     /// Nodes silent since before `cutoff` (or stopped) that were last announced online
     /// are announced offline (logged), each once however many control planes sweep.
     /// Returns whether any was.

@@ -87,7 +87,7 @@ fn user_from(r: &Row) -> User {
 }
 
 const NODE_COLUMNS: &str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, \
-                            capabilities, mesh_addr, shares_control, host_cert_expires";
+                            capabilities, mesh_addr, shares_control, host_cert_expires, listed_online";
 
 fn node_from(r: &Row) -> NodeRow {
     NodeRow {
@@ -105,6 +105,7 @@ fn node_from(r: &Row) -> NodeRow {
         mesh_addr: r.get(12),
         shares_control: r.get(13),
         host_cert_expires: r.get::<_, Option<i64>>(14).map(uint),
+        listed_online: r.get(15),
     }
 }
 
@@ -700,6 +701,7 @@ impl Postgres {
                 Ok(_) => {
                     log(&tx, &ChangeKind::Node(node.id.clone()), node.created_at).await?;
                     tx.commit().await?;
+                    node.listed_online = node.last_seen.is_some();
                     return Ok(node);
                 }
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) && !exact_name && attempt < 5 => continue,
@@ -745,31 +747,27 @@ impl Postgres {
         Ok(c.query_one(&query, &[&id, &secret_hash]).await?.get(0))
     }
 
-    pub async fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<bool> {
+    pub async fn record_heartbeat(
+        &self,
+        hb: &Heartbeat,
+        seen: &NodeRow,
+        shares_control: bool,
+        now: u64,
+    ) -> Result<bool> {
         // Only kinds this control plane knows how to dispatch are kept.
-        let caps = tags_json(&proto::api::known_capabilities(&hb.capabilities));
-        let cert_expires = (hb.host_cert_valid_before > 0).then(|| int(hb.host_cert_valid_before));
-        let mut c = self.client().await?;
-        // Most heartbeats change nothing a node list shows: those are not a transaction
-        // each (a row lock and a commit), only a read, and join the next batch of beats.
-        let read = c
-            .prepare_cached(
-                "SELECT addr, os, arch, capabilities, mesh_addr, shares_control, stopped, listed_online,
-                        host_cert_expires
-                 FROM nodes WHERE id = $1",
-            )
-            .await?;
-        let Some(r) = c.query_opt(&read, &[&hb.node_id]).await? else { return Ok(false) };
-        let text = |i| r.get::<_, Option<String>>(i);
-        let unchanged = text(0).as_deref() == Some(hb.addr.as_str())
-            && text(1).as_deref() == Some(hb.platform.os.as_str())
-            && text(2).as_deref() == Some(hb.platform.arch.as_str())
-            && text(3).as_deref() == Some(caps.as_str())
-            && text(4) == hb.mesh_addr
-            && r.get::<_, bool>(5) == shares_control
-            && r.get::<_, bool>(6) == hb.stopping
-            && r.get::<_, bool>(7) != hb.stopping
-            && r.get::<_, Option<i64>>(8) == cert_expires;
+        let caps = proto::api::known_capabilities(&hb.capabilities);
+        let cert_expires = (hb.host_cert_valid_before > 0).then_some(hb.host_cert_valid_before);
+        // Most heartbeats change nothing a node list shows (as the row just read says):
+        // those are not a transaction each (a row lock and a commit), nor even a read, and
+        // join the next batch of beats.
+        let unchanged = seen.addr == hb.addr
+            && seen.platform == hb.platform
+            && seen.capabilities == caps
+            && seen.mesh_addr == hb.mesh_addr
+            && seen.shares_control == shares_control
+            && seen.stopped == hb.stopping
+            && seen.listed_online != hb.stopping
+            && seen.host_cert_expires == cert_expires;
         if unchanged {
             let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
             let beat = beats.entry(hb.node_id.clone()).or_default();
@@ -778,6 +776,8 @@ impl Postgres {
             }
             return Ok(false);
         }
+        let (caps, cert_expires) = (tags_json(&caps), cert_expires.map(int));
+        let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // What a node list shows, before and after: a change there is logged.
         let shown =

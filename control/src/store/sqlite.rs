@@ -601,6 +601,7 @@ impl Sqlite {
         )?;
         log(&conn, &ChangeKind::Node(node.id.clone()), node.created_at)?;
         conn.commit()?;
+        node.listed_online = node.last_seen.is_some();
         Ok(node)
     }
 
@@ -620,10 +621,11 @@ impl Sqlite {
             mesh_addr: r.get(12)?,
             shares_control: r.get(13)?,
             host_cert_expires: r.get(14)?,
+            listed_online: r.get(15)?,
         })
     }
 
-    const NODE_COLUMNS: &'static str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities, mesh_addr, shares_control, host_cert_expires";
+    const NODE_COLUMNS: &'static str = "id, name, tags, os, arch, addr, host_key, secret_hash, last_seen, stopped, created_at, capabilities, mesh_addr, shares_control, host_cert_expires, listed_online";
 
     pub fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let conn = self.conn();
@@ -666,7 +668,7 @@ impl Sqlite {
 
     /// Records a heartbeat, and whether (by the host it reports) the node shares the
     /// control plane's files.
-    pub fn record_heartbeat(&self, hb: &Heartbeat, shares_control: bool, now: u64) -> Result<bool> {
+    pub fn record_heartbeat(&self, hb: &Heartbeat, _seen: &NodeRow, shares_control: bool, now: u64) -> Result<bool> {
         // Only kinds this control plane knows how to dispatch are kept.
         let caps = tags_json(&proto::api::known_capabilities(&hb.capabilities));
         let mut conn = self.conn();
