@@ -55,8 +55,10 @@ pub async fn follow(app: Arc<App>) {
 async fn publish(app: &App, changes: Vec<Change>) -> bool {
     let (mut policy, mut sessions, mut all) = (false, false, true);
     for change in changes {
+        let mut changed_node = None;
         let update = match change.kind {
             ChangeKind::Node(id) | ChangeKind::NodeRemoved(id) => {
+                changed_node = Some(id.clone());
                 // Unreadable now (the database away): stop here and read this change again
                 // later — never take it for a removal.
                 let row = match app.store.node(&id).await {
@@ -82,6 +84,11 @@ async fn publish(app: &App, changes: Vec<Change>) -> bool {
             }
         };
         app.latest.store(change.seq, Ordering::Release);
+        // After the number moved, so that a heartbeat reading the node meanwhile either
+        // sees the move (and keeps nothing) or kept its row before this forgets it.
+        if let Some(id) = changed_node {
+            app.forget_node(&id);
+        }
         // No stream listening is not an error.
         let _ = app.updates.send(Arc::new(update));
     }

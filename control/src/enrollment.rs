@@ -143,7 +143,7 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, mut hb: Heartbeat) -> Re
     // only the removed node itself (its own secret) learns that it was removed.
     let refused = || Refusal::new(Kind::Unauthorized, "not a node of this fleet, or not its heartbeat secret");
     let secret_hash = secret.map(token::hash).unwrap_or_default();
-    let Some(node) = app.store.node(&hb.node_id).await? else {
+    let Some(node) = app.known_node(&hb.node_id).await? else {
         if app.store.is_revoked(&hb.node_id, &secret_hash).await? {
             return Err(Refusal::new(
                 Kind::Gone,
@@ -175,7 +175,13 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, mut hb: Heartbeat) -> Re
     };
     // Where the node is now, first: whoever sees what it ran since may dial it at once.
     // Most heartbeats change nothing a node list shows, and wake no one.
-    let shown = app.store.record_heartbeat(&hb, &node, app.shares_control(hb.host.as_ref()), now()).await?;
+    let shares_control = app.shares_control(hb.host.as_ref());
+    let shown = app.store.record_heartbeat(&hb, &node, shares_control, now()).await?;
+    if !shown && !node.shows_same_after(&hb, shares_control) {
+        // What was kept of the node was behind the database (a change not yet published
+        // here): read it again at the next heartbeat.
+        app.forget_node(&node.id);
+    }
     // What the node ran, into the audit log before it is told so (then it forgets them).
     let recorded = record_executions(app, &node.id, &hb.executions).await?;
     let sessions = app.store.apply_session_reports(&node.id, &hb.sessions).await?;

@@ -94,6 +94,8 @@ pub struct App {
     policy_changes: std::sync::atomic::AtomicU64,
     /// What every heartbeat's reply tells alike, as last read (see [`App::bulletin`]).
     bulletin: std::sync::Mutex<Option<Arc<Bulletin>>>,
+    /// Nodes as last read for their heartbeats (see [`App::known_node`]).
+    known_nodes: std::sync::Mutex<std::collections::HashMap<String, Arc<store::NodeRow>>>,
 }
 
 /// What every node is told in its heartbeat's reply: users removed lately, and users
@@ -161,6 +163,7 @@ impl App {
             mcp: mcp::Gateway::new(config_mcp_dir),
             policy_changes: Default::default(),
             bulletin: Default::default(),
+            known_nodes: Default::default(),
         })
     }
 
@@ -186,6 +189,31 @@ impl App {
                 (None, None) => false,
             }
         });
+    }
+
+    /// Node `id` as its heartbeats are checked against: kept from the last read, so that a
+    /// heartbeat costs no read of the database. The change log's follower forgets a node
+    /// whenever it is changed or removed through any control plane (see
+    /// [`App::forget_node`]), so what is kept is never older than what the follower has
+    /// published.
+    pub(crate) async fn known_node(&self, id: &str) -> Result<Option<Arc<store::NodeRow>>, StoreError> {
+        if let Some(row) = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(Some(row.clone()));
+        }
+        let read_at = self.latest.load(std::sync::atomic::Ordering::Acquire);
+        let Some(row) = self.store.node(id).await?.map(Arc::new) else { return Ok(None) };
+        let mut known = self.known_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        // Kept only when no change was published meanwhile: the row may predate it, and
+        // the follower may have forgotten the node before this could keep it.
+        if row.id == id && self.latest.load(std::sync::atomic::Ordering::Acquire) == read_at {
+            known.insert(row.id.clone(), row.clone());
+        }
+        Ok(Some(row))
+    }
+
+    /// Forgets what was kept of node `id` (called after the change is published).
+    pub(crate) fn forget_node(&self, id: &str) {
+        self.known_nodes.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
     }
 
     /// What every heartbeat's reply tells, read from the database at most once a second

@@ -46,6 +46,8 @@ pub async fn remove(
     caller.require_admin()?;
     let row = find(&app, &node).await?;
     app.store.remove_node(&row.id, now()).await?;
+    // Its next heartbeat is refused here at once, not only once the change is published.
+    app.forget_node(&row.id);
     crate::coordination::forget_node(&app, &row.id, row.mesh_addr.as_deref());
     tracing::info!(node = %row.id, name = %row.name, by = %caller.user.name, "node removed and revoked");
     caller

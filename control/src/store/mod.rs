@@ -169,6 +169,19 @@ pub struct NodeRow {
 }
 
 impl NodeRow {
+    /// Whether heartbeat `hb` (from a node that does or does not share the control plane's
+    /// files) leaves what a node list shows of this row as it is.
+    pub fn shows_same_after(&self, hb: &Heartbeat, shares_control: bool) -> bool {
+        self.addr == hb.addr
+            && self.platform == hb.platform
+            && self.capabilities == proto::api::known_capabilities(&hb.capabilities)
+            && self.mesh_addr == hb.mesh_addr
+            && self.shares_control == shares_control
+            && self.stopped == hb.stopping
+            && self.listed_online != hb.stopping
+            && self.host_cert_expires == (hb.host_cert_valid_before > 0).then_some(hb.host_cert_valid_before)
+    }
+
     pub fn to_api(&self, now: u64, offline_after: u64) -> Node {
         let online = !self.stopped && self.last_seen.is_some_and(|t| now.saturating_sub(t) <= offline_after);
         Node {

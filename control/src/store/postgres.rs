@@ -754,21 +754,10 @@ impl Postgres {
         shares_control: bool,
         now: u64,
     ) -> Result<bool> {
-        // Only kinds this control plane knows how to dispatch are kept.
-        let caps = proto::api::known_capabilities(&hb.capabilities);
-        let cert_expires = (hb.host_cert_valid_before > 0).then_some(hb.host_cert_valid_before);
         // Most heartbeats change nothing a node list shows (as the row just read says):
         // those are not a transaction each (a row lock and a commit), nor even a read, and
         // join the next batch of beats.
-        let unchanged = seen.addr == hb.addr
-            && seen.platform == hb.platform
-            && seen.capabilities == caps
-            && seen.mesh_addr == hb.mesh_addr
-            && seen.shares_control == shares_control
-            && seen.stopped == hb.stopping
-            && seen.listed_online != hb.stopping
-            && seen.host_cert_expires == cert_expires;
-        if unchanged {
+        if seen.shows_same_after(hb, shares_control) {
             let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
             let beat = beats.entry(hb.node_id.clone()).or_default();
             if now >= beat.at {
@@ -776,7 +765,9 @@ impl Postgres {
             }
             return Ok(false);
         }
-        let (caps, cert_expires) = (tags_json(&caps), cert_expires.map(int));
+        // Only kinds this control plane knows how to dispatch are kept.
+        let caps = tags_json(&proto::api::known_capabilities(&hb.capabilities));
+        let cert_expires = (hb.host_cert_valid_before > 0).then(|| int(hb.host_cert_valid_before));
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // What a node list shows, before and after: a change there is logged.
