@@ -99,6 +99,12 @@ fn two_control_planes_on_one_database_serve_one_fleet_interchangeably() {
     // A node renamed through B is renamed for A.
     via_b.run(&["node", "rename", &agent.name, "renamed"]).ok();
     assert!(via_a.nodes().iter().any(|n| n["name"] == "renamed"));
+    // A node removed through B is refused by A, which checks heartbeats against the node
+    // as it last read it: its agent, heartbeating to A, learns it was removed and stops.
+    let mut agent = agent;
+    via_b.run(&["node", "rm", "renamed"]).ok();
+    assert!(!agent.wait_exit().success());
+    assert!(agent.log().contains("removed from the fleet"), "{}", agent.log());
 }
 
 #[test]
