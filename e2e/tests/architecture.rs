@@ -44,7 +44,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("openbox-e2e", &["openbox-proto", "openbox-paths", "openbox-trust", "openbox-tls", "openbox-net"]),
     // bench/loadgen: a client of the control plane's API, like an agent's heartbeats (over
     // HTTPS, with the control plane's key pinned).
-    ("openbox-loadgen", &["openbox-proto", "openbox-trust", "openbox-net", "openbox-tls"]),
+    ("openbox-loadgen", &["openbox-proto", "openbox-trust", "openbox-net", "openbox-tls", "openbox-procinfo"]),
 ];
 
 /// Crates the CLI must not pull in, directly or through anything else: it has no async
