@@ -176,8 +176,9 @@ pub async fn heartbeat(app: &App, secret: Option<&str>, mut hb: Heartbeat) -> Re
     // Where the node is now, first: whoever sees what it ran since may dial it at once.
     // Most heartbeats change nothing a node list shows, and wake no one.
     let shares_control = app.shares_control(hb.host.as_ref());
-    let shown = app.store.record_heartbeat(&hb, &node, shares_control, now()).await?;
-    if !shown && !node.shows_same_after(&hb, shares_control) {
+    let unchanged = node.shows_same_after(&hb, shares_control);
+    let shown = app.store.record_heartbeat(&hb, unchanged, shares_control, now()).await?;
+    if !shown && !unchanged {
         // What was kept of the node was behind the database (a change not yet published
         // here): read it again at the next heartbeat.
         app.forget_node(&node.id);
@@ -243,8 +244,7 @@ fn check_mesh_addr(mesh_addr: Option<&str>) -> Result<(), Refusal> {
 }
 
 /// A host certificate for `node_id`, valid from now (less the clock skew) for the host
-/// certificate lifetime.
-/// A host certificate for the node, and when it ends.
+/// certificate lifetime; and when it ends.
 fn sign_host_cert(app: &App, host_key: &trust::PublicKey, node_id: &str) -> Result<(String, u64), Refusal> {
     let t = now();
     let cert = app.ca.sign_host(host_key, node_id, t - CLOCK_SKEW_SECS, t + HOST_CERT_TTL_SECS)?;

@@ -389,9 +389,10 @@ both! {
     /// Whether `id` names a node that was removed, asked with that node's own secret.
     fn is_revoked(&self, id: &str, secret_hash: &str) -> bool;
     /// Records a heartbeat, and whether (by the host it reports) the node shares the
-    /// control plane's files; `seen` is the node's row as the caller read it just before.
+    /// control plane's files; `unchanged`: by the node's row as the caller read it just
+    /// before, the beat changes nothing a node list shows ([`NodeRow::shows_same_after`]).
     /// Returns whether that changed what a node list shows (and so was logged).
-    fn record_heartbeat(&self, hb: &Heartbeat, seen: &NodeRow, shares_control: bool, now: u64) -> bool;
+    fn record_heartbeat(&self, hb: &Heartbeat, unchanged: bool, shares_control: bool, now: u64) -> bool;
     /// Nodes silent since before `cutoff` (or stopped) that were last announced online
     /// are announced offline (logged), each once however many control planes sweep.
     /// Returns whether any was.

@@ -750,14 +750,14 @@ impl Postgres {
     pub async fn record_heartbeat(
         &self,
         hb: &Heartbeat,
-        seen: &NodeRow,
+        unchanged: bool,
         shares_control: bool,
         now: u64,
     ) -> Result<bool> {
         // Most heartbeats change nothing a node list shows (as the row just read says):
         // those are not a transaction each (a row lock and a commit), nor even a read, and
         // join the next batch of beats.
-        if seen.shows_same_after(hb, shares_control) {
+        if unchanged {
             let mut beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
             let beat = beats.entry(hb.node_id.clone()).or_default();
             if now >= beat.at {

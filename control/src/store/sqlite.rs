@@ -668,7 +668,7 @@ impl Sqlite {
 
     /// Records a heartbeat, and whether (by the host it reports) the node shares the
     /// control plane's files.
-    pub fn record_heartbeat(&self, hb: &Heartbeat, _seen: &NodeRow, shares_control: bool, now: u64) -> Result<bool> {
+    pub fn record_heartbeat(&self, hb: &Heartbeat, _unchanged: bool, shares_control: bool, now: u64) -> Result<bool> {
         // Only kinds this control plane knows how to dispatch are kept.
         let caps = tags_json(&proto::api::known_capabilities(&hb.capabilities));
         let mut conn = self.conn();
